@@ -1,0 +1,494 @@
+"""
+The gateway's only way to Airflow: a client for Airflow 3's REST API (v2).
+
+`AirflowClient` speaks to Airflow with treq over a persistent connection
+pool, with an explicit reactor and one deadline for every exchange.  It
+logs in with ``POST /auth/token``, keeps the JWT until shortly before it
+expires, fetches a new one once when Airflow answers 401, and shares one
+login among all calls that need it at the same moment.
+
+Its methods take validated ids and return plain dicts in the gateway's own
+shapes (see the ``_DAG_FIELDS`` and friends below), so that the XML-RPC
+layer never sees an Airflow response as such.  Every failure is one of the
+`txairflowrpc.errors` types; Airflow's own error texts never leave here.
+Every returned Deferred can be cancelled, which abandons the HTTP request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Iterable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+
+from . import errors, ids
+
+_NOTHING = object()
+
+#: Fields of a DAG, DAG run and task instance that the gateway returns, in
+#: Airflow's own names.  Anything else Airflow sends (file locations,
+#: internal tokens) stays inside.
+_DAG_FIELDS = (
+    "dag_id", "dag_display_name", "description", "is_paused", "is_stale",
+    "owners", "timetable_summary", "timetable_description", "max_active_runs",
+    "max_active_tasks", "has_import_errors", "last_parsed_time",
+    "next_dagrun_logical_date", "next_dagrun_run_after",
+)
+_RUN_FIELDS = (
+    "dag_id", "dag_run_id", "state", "run_type", "triggered_by",
+    "triggering_user_name", "logical_date", "run_after", "queued_at",
+    "start_date", "end_date", "duration", "data_interval_start",
+    "data_interval_end", "conf", "note",
+)
+_TASK_INSTANCE_FIELDS = (
+    "task_id", "task_display_name", "dag_id", "dag_run_id", "map_index",
+    "state", "try_number", "max_tries", "operator", "operator_name",
+    "start_date", "end_date", "duration", "queued_when", "pool", "queue",
+)
+
+#: How many pages of a task log are read at most.
+MAX_LOG_PAGES = 50
+
+
+def _pick(data: Any, fields: Iterable[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise errors.UpstreamError("Airflow answered with an unexpected document")
+    return {f: data[f] for f in fields if data.get(f) is not None}
+
+
+def shape_dag(data: Any) -> dict[str, Any]:
+    dag = _pick(data, _DAG_FIELDS)
+    tags = data.get("tags") or []
+    dag["tags"] = sorted(
+        t["name"] if isinstance(t, dict) else str(t)
+        for t in tags
+        if (isinstance(t, dict) and isinstance(t.get("name"), str)) or isinstance(t, str)
+    )
+    return dag
+
+
+def shape_run(data: Any) -> dict[str, Any]:
+    return _pick(data, _RUN_FIELDS)
+
+
+def shape_task_instance(data: Any) -> dict[str, Any]:
+    return _pick(data, _TASK_INSTANCE_FIELDS)
+
+
+def _items(data: Any, key: str) -> tuple[list[Any], int]:
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise errors.UpstreamError("Airflow answered with an unexpected document")
+    total = data.get("total_entries")
+    return data[key], total if isinstance(total, int) else len(data[key])
+
+
+def _jwt_lifetime(token: str) -> float | None:
+    """Seconds between a JWT's ``iat`` and ``exp``, if it says."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"]) - float(claims["iat"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _rejected_fields(body: Any) -> list[str]:
+    """The field names in a 422 ``detail`` list, never their messages."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    names = []
+    if isinstance(detail, list):
+        for item in detail:
+            loc = item.get("loc") if isinstance(item, dict) else None
+            if isinstance(loc, list) and loc:
+                name = str(loc[-1])
+                if name.replace("_", "").isalnum() and len(name) < 64:
+                    names.append(name)
+    return sorted(set(names))
+
+
+@attrs.frozen
+class _Answer:
+    status: int
+    body: Any
+
+
+class AirflowClient:
+    """
+    Airflow 3 REST API v2, as the gateway needs it.
+
+    :param http: a treq ``HTTPClient`` (or ``treq.testing.StubTreq``).
+    :param reactor: the reactor that runs deadlines.
+    :param timeout: seconds for each HTTP exchange, body included.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: Any,
+        reactor: Any,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: float,
+    ) -> None:
+        self._http = http
+        self._reactor = reactor
+        self._base = base_url.rstrip("/")
+        self._credentials = {"username": username, "password": password}
+        self._timeout = timeout
+        self._jwt: str | None = None
+        self._jwt_renew_at = 0.0
+        self._login_waiters: list[Deferred[str]] | None = None
+        #: How many times the client logged in; for tests and metrics.
+        self.logins = 0
+
+    # -- transport -------------------------------------------------------
+
+    async def _exchange(
+        self, method: str, url: str, headers: dict[str, str], body: Any, params: Any
+    ) -> _Answer:
+        kwargs: dict[str, Any] = {"headers": headers, "reactor": self._reactor}
+        if body is not _NOTHING:
+            kwargs["json"] = body
+        if params:
+            kwargs["params"] = params
+        response = await self._http.request(method, url, **kwargs)
+        content = await response.content()
+        if not content:
+            return _Answer(response.code, None)
+        try:
+            return _Answer(response.code, json.loads(content))
+        except ValueError:
+            if 200 <= response.code < 300:
+                raise errors.UpstreamError(
+                    "Airflow answered with a body that is not JSON", response.code
+                ) from None
+            return _Answer(response.code, None)
+
+    async def _send(
+        self, method: str, path: str, *, token: str | None, body: Any = _NOTHING,
+        params: Any = None, accept: str = "application/json",
+    ) -> _Answer:
+        headers = {"Accept": accept}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        # One deadline covers connecting, the request, and reading the body.
+        d = Deferred.fromCoroutine(
+            self._exchange(method, self._base + path, headers, body, params)
+        )
+        d.addTimeout(self._timeout, self._reactor)
+        try:
+            return await d
+        except TimeoutError:
+            raise errors.UpstreamTimeout(self._timeout) from None
+        except errors.GatewayError:
+            raise
+        except CancelledError:
+            raise
+        except (ConnectError, DNSLookupError):
+            raise errors.UpstreamUnavailable("Airflow refused the connection") from None
+        except (ResponseFailed, ResponseNeverReceived):
+            raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
+        except Exception:
+            raise errors.UpstreamError("the exchange with Airflow failed") from None
+
+    # -- login -----------------------------------------------------------
+
+    async def _token(self) -> str:
+        if self._jwt is not None and self._reactor.seconds() < self._jwt_renew_at:
+            return self._jwt
+        waiter: Deferred[str] = Deferred()
+        if self._login_waiters is None:
+            self._login_waiters = [waiter]
+            Deferred.fromCoroutine(self._login()).addBoth(self._logged_in)
+        else:
+            self._login_waiters.append(waiter)
+        return await waiter
+
+    def _logged_in(self, result: Any) -> None:
+        waiters, self._login_waiters = self._login_waiters or [], None
+        for w in waiters:
+            if w.called:  # cancelled by its caller
+                continue
+            if isinstance(result, str):
+                w.callback(result)
+            else:
+                w.errback(result)
+
+    async def _login(self) -> str:
+        self.logins += 1
+        answer = await self._send(
+            "POST", "/auth/token", token=None, body=self._credentials
+        )
+        token = answer.body.get("access_token") if isinstance(answer.body, dict) else None
+        if answer.status in (401, 403):
+            raise errors.UpstreamError(
+                "Airflow rejected the gateway's own credentials", answer.status
+            )
+        if answer.status not in (200, 201) or not isinstance(token, str):
+            raise errors.UpstreamError(
+                f"Airflow's login answered HTTP {answer.status}", answer.status
+            )
+        lifetime = _jwt_lifetime(token) or 300.0
+        # Renew well before expiry: at 90% of the lifetime, or a minute before.
+        self._jwt_renew_at = self._reactor.seconds() + max(
+            0.0, min(lifetime * 0.9, lifetime - 60.0)
+        )
+        self._jwt = token
+        return token
+
+    # -- one API call ----------------------------------------------------
+
+    async def _api(
+        self, method: str, path: str, *, what: str, body: Any = _NOTHING,
+        params: Any = None, conflict: str | None = None,
+    ) -> Any:
+        """
+        Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer.
+
+        ``what`` names the object for a 404 (``DAG 'etl'``); ``conflict``
+        says what a 409 means for this call.
+        """
+        full = "/api/v2/" + path
+        token = await self._token()
+        answer = await self._send(method, full, token=token, body=body, params=params)
+        if answer.status == 401:
+            # The token expired or Airflow restarted with a new secret.
+            if self._jwt == token:
+                self._jwt = None
+            token = await self._token()
+            answer = await self._send(method, full, token=token, body=body, params=params)
+        status = answer.status
+        if 200 <= status < 300:
+            return answer.body
+        if status == 404:
+            raise errors.NotFound(what)
+        if status == 409:
+            raise errors.Conflict(conflict or f"Airflow refused the change to {what}")
+        if status in (400, 422):
+            fields = _rejected_fields(answer.body)
+            named = f" (fields: {', '.join(fields)})" if fields else ""
+            raise errors.InvalidParams(f"Airflow rejected the request for {what}{named}")
+        if status in (401, 403):
+            raise errors.UpstreamError(
+                f"Airflow refused the gateway's service account (HTTP {status})", status
+            )
+        if status in (429, 503):
+            raise errors.UpstreamUnavailable(f"Airflow is overloaded (HTTP {status})")
+        raise errors.UpstreamError(f"Airflow answered HTTP {status}", status)
+
+    def _call(self, coroutine: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(coroutine)
+
+    # -- DAGs --------------------------------------------------------------
+
+    def list_dags(
+        self, *, pattern: str | None, tags: list[str], paused: bool | None,
+        limit: int, offset: int,
+    ) -> Deferred[dict[str, Any]]:
+        """DAGs (``dags``, shaped) and ``total``, ordered by dag_id."""
+        params: list[tuple[str, str]] = [
+            ("limit", str(limit)), ("offset", str(offset)), ("order_by", "dag_id"),
+        ]
+        if pattern:
+            params.append(("dag_id_pattern", pattern))
+        if paused is not None:
+            params.append(("paused", "true" if paused else "false"))
+        params.extend(("tags", t) for t in tags)
+
+        async def run() -> dict[str, Any]:
+            body = await self._api("GET", "dags", what="DAGs", params=params)
+            dags, total = _items(body, "dags")
+            return {"dags": [shape_dag(d) for d in dags], "total": total}
+
+        return self._call(run())
+
+    def get_dag(self, dag_id: str) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            body = await self._api("GET", ids.path("dags", dag_id), what=f"DAG {dag_id!r}")
+            return shape_dag(body)
+
+        return self._call(run())
+
+    def set_dag_paused(self, dag_id: str, paused: bool) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            body = await self._api(
+                "PATCH", ids.path("dags", dag_id), what=f"DAG {dag_id!r}",
+                body={"is_paused": paused}, params=[("update_mask", "is_paused")],
+            )
+            return shape_dag(body)
+
+        return self._call(run())
+
+    # -- DAG runs ----------------------------------------------------------
+
+    def trigger_dag_run(
+        self, dag_id: str, *, dag_run_id: str | None, conf: dict[str, Any],
+        logical_date: str | None, note: str | None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Create a run; `errors.Conflict` if ``dag_run_id`` is taken.
+
+        Never retried here: a trigger is not idempotent in Airflow.
+        """
+        body: dict[str, Any] = {"logical_date": logical_date, "conf": conf}
+        if dag_run_id is not None:
+            body["dag_run_id"] = dag_run_id
+        if note is not None:
+            body["note"] = note
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "POST", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
+                body=body,
+                conflict=f"DAG {dag_id!r} already has a run with this dag_run_id",
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    def get_dag_run(self, dag_id: str, dag_run_id: str) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    def list_dag_runs(
+        self, dag_id: str, *, states: list[str], limit: int, offset: int
+    ) -> Deferred[dict[str, Any]]:
+        """Runs of a DAG, newest first (``dag_runs``, shaped) and ``total``."""
+        params = [("limit", str(limit)), ("offset", str(offset)), ("order_by", "-run_after")]
+        params.extend(("state", s) for s in states)
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
+                params=params,
+            )
+            runs, total = _items(data, "dag_runs")
+            return {"dag_runs": [shape_run(r) for r in runs], "total": total}
+
+        return self._call(run())
+
+    def set_dag_run_state(
+        self, dag_id: str, dag_run_id: str, state: str
+    ) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "PATCH", ids.path("dags", dag_id, "dagRuns", dag_run_id),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}", body={"state": state},
+                params=[("update_mask", "state")],
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    # -- task instances ----------------------------------------------------
+
+    def list_task_instances(
+        self, dag_id: str, dag_run_id: str
+    ) -> Deferred[list[dict[str, Any]]]:
+        async def run() -> list[dict[str, Any]]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances"),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
+                params=[("limit", "100")],
+            )
+            tis, _ = _items(data, "task_instances")
+            return [shape_task_instance(t) for t in tis]
+
+        return self._call(run())
+
+    def get_task_instance(
+        self, dag_id: str, dag_run_id: str, task_id: str
+    ) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET",
+                ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id),
+                what=f"task {task_id!r} in run {dag_run_id!r} of DAG {dag_id!r}",
+            )
+            return shape_task_instance(data)
+
+        return self._call(run())
+
+    def clear_task_instances(
+        self, dag_id: str, dag_run_id: str, *, task_ids: list[str] | None,
+        only_failed: bool, dry_run: bool,
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Clear (re-run) task instances of one run; the ones cleared."""
+        body: dict[str, Any] = {
+            "dag_run_id": dag_run_id, "dry_run": dry_run, "only_failed": only_failed,
+        }
+        if task_ids is not None:
+            body["task_ids"] = task_ids
+
+        async def run() -> list[dict[str, Any]]:
+            data = await self._api(
+                "POST", ids.path("dags", dag_id, "clearTaskInstances"),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}", body=body,
+            )
+            tis, _ = _items(data, "task_instances")
+            return [shape_task_instance(t) for t in tis]
+
+        return self._call(run())
+
+    def get_task_log(
+        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int
+    ) -> Deferred[str]:
+        """The log of one try of a task, as text lines."""
+        what = f"log of try {try_number} of task {task_id!r} in run {dag_run_id!r}"
+        path = ids.path(
+            "dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id, "logs",
+            str(try_number),
+        )
+
+        async def run() -> str:
+            lines: list[str] = []
+            token: str | None = None
+            for _ in range(MAX_LOG_PAGES):
+                params = [("full_content", "true")]
+                if token:
+                    params.append(("token", token))
+                data = await self._api("GET", path, what=what, params=params)
+                if not isinstance(data, dict):
+                    raise errors.UpstreamError("Airflow answered with an unexpected log")
+                lines.extend(format_log_content(data.get("content")))
+                next_token = data.get("continuation_token")
+                if not isinstance(next_token, str) or not next_token or next_token == token:
+                    break
+                token = next_token
+            return "\n".join(lines) + ("\n" if lines else "")
+
+        return self._call(run())
+
+
+def format_log_content(content: Any) -> list[str]:
+    """Airflow 3's structured log entries (or plain text) as text lines."""
+    if isinstance(content, str):
+        return content.splitlines()
+    if not isinstance(content, list):
+        return []
+    lines = []
+    for entry in content:
+        if isinstance(entry, str):
+            lines.append(entry)
+        elif isinstance(entry, dict):
+            parts = [
+                str(entry[k]) for k in ("timestamp", "level") if entry.get(k) is not None
+            ]
+            if parts and "level" in entry:
+                parts[-1] = f"[{parts[-1]}]"
+            event = entry.get("event")
+            parts.append("" if event is None else str(event))
+            lines.append(" ".join(parts))
+    return lines
+

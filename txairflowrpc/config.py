@@ -1,0 +1,248 @@
+"""
+The gateway's configuration: one TOML file, parsed once into frozen values.
+
+`load` checks everything it can before the service starts: unknown keys,
+missing keys, types, ranges, and that every file it names can be read.  A
+problem is a `ConfigError` that names the key, which twistd prints as one
+line.  Relative paths are relative to the directory of the config file, so
+a config works from any working directory.
+
+The sections and keys are documented in ``conf/airflowrpc.toml`` and in
+the README.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import attrs
+
+
+@attrs.define(auto_exc=True, str=False)
+class ConfigError(Exception):
+    """The config cannot be used; ``key`` is the dotted key at fault."""
+
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}" if self.key else self.problem
+
+
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _at_least(n: int) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if value < n:
+            raise ValueError(f"must be at least {n}")
+
+    return check
+
+
+_REQUIRED = object()
+
+
+@attrs.frozen
+class _Key:
+    """How one key is read: its TOML type, default, and an extra check."""
+
+    type: type
+    default: Any = _REQUIRED
+    check: Callable[[Any], None] | None = None
+    is_path: bool = False
+
+
+@attrs.frozen
+class ListenConfig:
+    """Where the TLS listener binds."""
+
+    host: str
+    port: int
+
+    _keys = {
+        "host": _Key(str, "127.0.0.1"),
+        "port": _Key(int, 8443, _port),
+    }
+
+
+@attrs.frozen
+class TLSConfig:
+    """The server's certificate and the CA that signs client certificates."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path
+
+    _keys = {
+        "certificate": _Key(str, is_path=True),
+        "private_key": _Key(str, is_path=True),
+        "client_ca": _Key(str, is_path=True),
+    }
+
+
+@attrs.frozen
+class AirflowConfig:
+    """How the gateway reaches Airflow, and as whom."""
+
+    base_url: str
+    username: str
+    password_file: Path
+    password: str = attrs.field(repr=False)
+    timeout_seconds: float
+    max_connections: int
+
+    _keys = {
+        "base_url": _Key(str),
+        "username": _Key(str),
+        "password_file": _Key(str, is_path=True),
+        "timeout_seconds": _Key(float, 30.0, _positive),
+        "max_connections": _Key(int, 20, _at_least(1)),
+    }
+
+
+@attrs.frozen
+class RPCConfig:
+    """Limits of the XML-RPC surface."""
+
+    max_multicall: int
+    max_wait_seconds: int
+    wait_poll_seconds: float
+    max_body_bytes: int
+
+    _keys = {
+        "max_multicall": _Key(int, 50, _at_least(1)),
+        "max_wait_seconds": _Key(int, 3600, _at_least(0)),
+        "wait_poll_seconds": _Key(float, 2.0, _positive),
+        "max_body_bytes": _Key(int, 1024 * 1024, _at_least(1024)),
+    }
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration, as loaded from ``source``."""
+
+    source: Path
+    listen: ListenConfig
+    tls: TLSConfig
+    airflow: AirflowConfig
+    rpc: RPCConfig
+
+
+_SECTIONS: dict[str, type] = {
+    "listen": ListenConfig,
+    "tls": TLSConfig,
+    "airflow": AirflowConfig,
+    "rpc": RPCConfig,
+}
+
+_TOML_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _read_section(name: str, table: object, base: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(name, "must be a table ([%s])" % name)
+    keys: dict[str, _Key] = _SECTIONS[name]._keys
+    for key in table:
+        if key not in keys:
+            raise ConfigError(f"{name}.{key}", "unknown key")
+    values: dict[str, Any] = {}
+    for key, spec in keys.items():
+        dotted = f"{name}.{key}"
+        if key not in table:
+            if spec.default is _REQUIRED:
+                raise ConfigError(dotted, "missing (required)")
+            values[key] = spec.default
+            continue
+        value = table[key]
+        if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, spec.type) or (
+            spec.type is int and isinstance(value, bool)
+        ):
+            raise ConfigError(dotted, f"must be {_TOML_TYPE_NAMES[spec.type]}")
+        if spec.check is not None:
+            try:
+                spec.check(value)
+            except ValueError as e:
+                raise ConfigError(dotted, str(e)) from None
+        if spec.is_path:
+            value = _readable(dotted, base / value)
+        values[key] = value
+    return values
+
+
+def _readable(key: str, path: Path) -> Path:
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    return path
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("airflow.base_url", "must be an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ConfigError("airflow.base_url", "must not have a query or fragment")
+    return url.rstrip("/")
+
+
+def parse(document: dict[str, Any], source: Path) -> Config:
+    """Build a `Config` from an already parsed TOML document."""
+    base = source.parent
+    for name in document:
+        if name not in _SECTIONS:
+            raise ConfigError(name, "unknown section")
+    sections = {
+        name: _read_section(name, document.get(name, {}), base) for name in _SECTIONS
+    }
+    airflow = sections["airflow"]
+    airflow["base_url"] = _check_base_url(airflow["base_url"])
+    try:
+        password = airflow["password_file"].read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError("airflow.password_file", "cannot read it as UTF-8 text") from None
+    if not password:
+        raise ConfigError("airflow.password_file", "is empty")
+    airflow["password"] = password
+    return Config(
+        source=source,
+        listen=ListenConfig(**sections["listen"]),
+        tls=TLSConfig(**sections["tls"]),
+        airflow=AirflowConfig(**airflow),
+        rpc=RPCConfig(**sections["rpc"]),
+    )
+
+
+def load(path: str | Path) -> Config:
+    """
+    Read and check the config file at ``path``.
+
+    Raises `ConfigError` naming the key at fault; never anything else for
+    a bad file.
+    """
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {source}: {e.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("", f"config file {source} is not UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"config file {source} is not valid TOML: {e}") from None
+    return parse(document, source)

@@ -1,0 +1,211 @@
+"""
+The one pipeline every call passes through.
+
+`Dispatcher.call` is where a call starts and ends, whether it came alone
+or inside ``system.multicall``: look the method up (only among the
+registered specs, never by attribute walking), check the arguments,
+authorise, run the handler, and turn any failure into a `GatewayError`.
+Each finished call is announced as one ``txairflowrpc.call`` log event,
+which an audit observer can record.
+
+The ``system.*`` introspection methods and ``system.multicall`` live here,
+since they are about the method table itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import errors
+from .spec import CallContext, MethodSpec, Param, collect, rpc_method
+
+_log = Logger(namespace="txairflowrpc.dispatch")
+
+
+class Policy(Protocol):
+    def authorize(self, call: CallContext, spec: MethodSpec, args: tuple[Any, ...]) -> None:
+        """Raise `errors.Forbidden` unless the call is allowed."""
+
+
+class AuthenticatedPolicy:
+    """
+    Allow every call of an authenticated principal.
+
+    The transport has already verified the caller; per-principal scopes are
+    the identity issue's policy, which replaces this one.
+    """
+
+    def authorize(self, call: CallContext, spec: MethodSpec, args: tuple[Any, ...]) -> None:
+        if call.principal is None:
+            raise errors.Forbidden(spec.name, "the caller is not authenticated")
+
+
+#: The identifying arguments a call event carries, when present.
+_ID_PARAMS = ("dag_id", "dag_run_id", "task_id")
+
+
+class Dispatcher:
+    """
+    Runs calls: the methods of ``providers`` plus ``system.*``.
+
+    :param max_multicall: the most calls one ``system.multicall`` may hold.
+    :param clock: gives the time in seconds (a reactor), for call durations.
+    """
+
+    def __init__(
+        self, providers: list[object], *, policy: Policy, max_multicall: int,
+        clock: Any,
+    ) -> None:
+        self._policy = policy
+        self._max_multicall = max_multicall
+        self._clock = clock
+        self.methods: dict[str, MethodSpec] = {}
+        for provider in [*providers, self]:
+            self.methods.update(collect(provider))
+
+    def call(self, ctx: CallContext, name: str, args: tuple[Any, ...]) -> Deferred[Any]:
+        """
+        Run one call; the Deferred fires with the result or fails with a
+        `GatewayError` (anything else is logged and becomes an internal
+        error).  Cancelling it cancels the handler's work.
+        """
+        started = self._clock.seconds()
+        spec = self.methods.get(name) if isinstance(name, str) else None
+        d = maybeDeferred(self._run, ctx, spec, name, args)
+        d.addErrback(self._as_gateway_error, ctx, spec)
+        d.addBoth(self._announce, ctx, spec, name, args, started)
+        return d
+
+    def _run(self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...]) -> Any:
+        if spec is None:
+            raise errors.MethodNotFound(str(name)[:100])
+        checked = spec.check(args)
+        self._policy.authorize(ctx, spec, checked)
+        result = spec.handler(ctx, *checked)
+        if inspect.iscoroutine(result):
+            return Deferred.fromCoroutine(result)
+        return result
+
+    def _as_gateway_error(self, failure: Failure, ctx: CallContext, spec: MethodSpec | None) -> Failure:
+        if failure.check(errors.InvalidParams) and spec and not failure.value.method:
+            failure.value.method = spec.name
+        if failure.check(errors.GatewayError, CancelledError):
+            return failure
+        _log.failure(
+            "internal error in {method} (request {request_id})", failure,
+            method=spec.name if spec else None, request_id=ctx.request_id,
+        )
+        return Failure(errors.InternalError(ctx.request_id))
+
+    def _announce(
+        self, result: Any, ctx: CallContext, spec: MethodSpec | None, name: str,
+        args: tuple[Any, ...], started: float,
+    ) -> Any:
+        fault = None
+        if isinstance(result, Failure):
+            fault = getattr(result.value, "code", "cancelled")
+        ids = {}
+        if spec is not None:
+            for param, value in zip(spec.params, args):
+                if param.name in _ID_PARAMS and isinstance(value, str):
+                    ids[param.name] = value[:250]
+        _log.info(
+            "call {method} by {principal}: {outcome}",
+            log_event="txairflowrpc.call",
+            method=spec.name if spec else "(unknown)",
+            principal=getattr(ctx.principal, "name", None),
+            request_id=ctx.request_id,
+            peer=ctx.peer,
+            outcome="ok" if fault is None else f"fault {fault}",
+            fault_code=fault,
+            duration=self._clock.seconds() - started,
+            **ids,
+        )
+        return result
+
+    # -- system.* --------------------------------------------------------
+
+    @rpc_method("system.listMethods", "array")
+    def list_methods(self, call: CallContext) -> list[str]:
+        """The names of all methods, sorted."""
+        return sorted(self.methods)
+
+    @rpc_method("system.methodSignature", "array", Param("method", "string", "a method name"))
+    def method_signature(self, call: CallContext, method: str) -> list[list[str]]:
+        """The method's signatures: arrays of [return type, parameter types...]."""
+        return self._spec(method).signatures()
+
+    @rpc_method("system.methodHelp", "string", Param("method", "string", "a method name"))
+    def method_help(self, call: CallContext, method: str) -> str:
+        """Help text for a method: what it does and its parameters."""
+        return self._spec(method).help()
+
+    @rpc_method("system.getCapabilities", "struct")
+    def get_capabilities(self, call: CallContext) -> dict[str, Any]:
+        """The specifications this server implements, per the xmlrpc-epi convention."""
+        return {
+            "xmlrpc": {"specUrl": "http://www.xmlrpc.com/spec", "specVersion": 1},
+            "faults_interop": {
+                "specUrl": "http://xmlrpc-epi.sourceforge.net/specs/rfc.fault_codes.php",
+                "specVersion": 20010516,
+            },
+            "system.multicall": {
+                "specUrl": "https://mirrors.talideon.com/articles/multicall.html",
+                "specVersion": 1,
+            },
+            "introspection": {
+                "specUrl": "http://xmlrpc-c.sourceforge.net/introspection.html",
+                "specVersion": 1,
+            },
+        }
+
+    def _spec(self, method: str) -> MethodSpec:
+        spec = self.methods.get(method)
+        if spec is None:
+            raise errors.MethodNotFound(method[:100])
+        return spec
+
+    @rpc_method(
+        "system.multicall", "array",
+        Param("calls", "array", "structs with methodName (string) and params (array)"),
+    )
+    async def multicall(self, call: CallContext, calls: list[Any]) -> list[Any]:
+        """
+        Run several calls in one request, in order. Each result is a
+        one-element array holding the result, or a fault struct (faultCode,
+        faultString) in place. system.multicall cannot be nested.
+        """
+        if len(calls) > self._max_multicall:
+            raise errors.InvalidParams(
+                f"at most {self._max_multicall} calls per multicall, got {len(calls)}"
+            )
+        results: list[Any] = []
+        for entry in calls:
+            try:
+                name, params = _multicall_entry(entry)
+                results.append([await self.call(call, name, params)])
+            except errors.GatewayError as e:
+                results.append({"faultCode": e.code, "faultString": e.message})
+        return results
+
+
+def _multicall_entry(entry: Any) -> tuple[str, tuple[Any, ...]]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("methodName"), str):
+        raise errors.InvalidParams(
+            "each multicall entry must be a struct with a methodName string",
+            "system.multicall",
+        )
+    params = entry.get("params", [])
+    if not isinstance(params, list) or set(entry) - {"methodName", "params"}:
+        raise errors.InvalidParams(
+            "each multicall entry holds only methodName and params (an array)",
+            "system.multicall",
+        )
+    if entry["methodName"] == "system.multicall":
+        raise errors.InvalidParams("system.multicall cannot be nested", "system.multicall")
+    return entry["methodName"], tuple(params)

@@ -1,0 +1,218 @@
+"""
+Every way a call can fail, as types, and the one place they become faults.
+
+Each error carries the fault code a caller sees and a message written for
+the caller: what is wrong and what to do about it.  A message never holds a
+traceback, an Airflow internal message, a credential or parser internals;
+the code that raises an error is responsible for that, and the types here
+take only the pieces they need (a parameter name, an id) to build it.
+"""
+
+from __future__ import annotations
+
+from xmlrpc.client import Fault
+
+import attrs
+
+# Interoperability fault codes for protocol errors (xmlrpc-epi spec).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# The gateway's application codes, modelled on the HTTP statuses.
+UNAUTHENTICATED = 401
+FORBIDDEN = 403
+NOT_FOUND = 404
+CONFLICT = 409
+RATE_LIMITED = 429
+UPSTREAM_ERROR = 502
+UPSTREAM_UNAVAILABLE = 503
+UPSTREAM_TIMEOUT = 504
+
+#: Fault codes and what they mean, as documented in the README and
+#: returned by ``system.getCapabilities``.
+FAULT_CODES = {
+    PARSE_ERROR: "parse error: the request is not well-formed XML",
+    INVALID_REQUEST: "invalid request: well-formed XML but not an XML-RPC methodCall",
+    METHOD_NOT_FOUND: "method not found",
+    INVALID_PARAMS: "invalid params: wrong number, type or value of a parameter",
+    INTERNAL_ERROR: "internal error in the gateway (logged with the request id)",
+    FORBIDDEN: "forbidden: the caller may not make this call",
+    NOT_FOUND: "not found: the DAG, run or task does not exist in Airflow",
+    CONFLICT: "conflict: the request clashes with Airflow's current state",
+    RATE_LIMITED: "rate limited: too many calls, retry later",
+    UPSTREAM_ERROR: "upstream error: Airflow answered with an error or garbage",
+    UPSTREAM_UNAVAILABLE: "upstream unavailable: Airflow cannot be reached",
+    UPSTREAM_TIMEOUT: "upstream timeout: Airflow did not answer in time",
+}
+
+
+class GatewayError(Exception):
+    """
+    Base of every error that is reported to a caller as a fault.
+
+    Subclasses define ``code`` and build ``message``.
+    """
+
+    code: int = INTERNAL_ERROR
+
+    @property
+    def message(self) -> str:  # pragma: no cover - overridden
+        return "internal error"
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_fault(self) -> Fault:
+        return Fault(self.code, self.message)
+
+
+@attrs.define(auto_exc=True, str=False)
+class ParseError(GatewayError):
+    """The request body is not well-formed XML, or uses forbidden XML features."""
+
+    reason: str
+    code = PARSE_ERROR
+
+    @property
+    def message(self) -> str:
+        return f"request is not well-formed XML: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class InvalidRequest(GatewayError):
+    """Well-formed XML that is not an XML-RPC method call."""
+
+    reason: str
+    code = INVALID_REQUEST
+
+    @property
+    def message(self) -> str:
+        return f"request is not a valid XML-RPC methodCall: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class MethodNotFound(GatewayError):
+    method: str
+    code = METHOD_NOT_FOUND
+
+    @property
+    def message(self) -> str:
+        return (
+            f"method {self.method!r} does not exist; "
+            "system.listMethods lists the methods"
+        )
+
+
+@attrs.define(auto_exc=True, str=False)
+class InvalidParams(GatewayError):
+    """
+    A parameter is missing, of the wrong type or has a bad value.
+
+    ``method`` may be left empty where it is not known (the Airflow client);
+    the dispatcher fills it in.
+    """
+
+    reason: str
+    method: str = ""
+    code = INVALID_PARAMS
+
+    @property
+    def message(self) -> str:
+        where = f" for {self.method}" if self.method else ""
+        return f"invalid params{where}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class Forbidden(GatewayError):
+    method: str
+    reason: str
+    code = FORBIDDEN
+
+    @property
+    def message(self) -> str:
+        return f"forbidden: {self.method}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class NotFound(GatewayError):
+    """Airflow has no such object; ``what`` names it, e.g. ``DAG 'etl'``."""
+
+    what: str
+    code = NOT_FOUND
+
+    @property
+    def message(self) -> str:
+        return f"not found: {self.what}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class Conflict(GatewayError):
+    reason: str
+    code = CONFLICT
+
+    @property
+    def message(self) -> str:
+        return f"conflict: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class UpstreamError(GatewayError):
+    """Airflow answered, but not with something the gateway can use."""
+
+    reason: str
+    status: int | None = None
+    code = UPSTREAM_ERROR
+
+    @property
+    def message(self) -> str:
+        return f"Airflow error: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class UpstreamUnavailable(GatewayError):
+    """Airflow could not be reached at all."""
+
+    reason: str = "Airflow cannot be reached"
+    code = UPSTREAM_UNAVAILABLE
+
+    @property
+    def message(self) -> str:
+        return f"Airflow unavailable: {self.reason}; retry later"
+
+
+@attrs.define(auto_exc=True, str=False)
+class UpstreamTimeout(GatewayError):
+    seconds: float
+    code = UPSTREAM_TIMEOUT
+
+    @property
+    def message(self) -> str:
+        return f"Airflow did not answer within {self.seconds:g} s; retry later"
+
+
+@attrs.define(auto_exc=True, str=False)
+class InternalError(GatewayError):
+    """A bug or an unexpected condition; details go to the service log only."""
+
+    request_id: str = ""
+    code = INTERNAL_ERROR
+
+    @property
+    def message(self) -> str:
+        ref = f" (request id {self.request_id})" if self.request_id else ""
+        return f"internal error in the gateway{ref}"
+
+
+def as_fault(exc: BaseException, request_id: str = "") -> Fault:
+    """
+    Map any exception to the fault a caller sees.
+
+    A `GatewayError` keeps its code and message; anything else is an
+    internal error whose text is never shown.
+    """
+    if isinstance(exc, GatewayError):
+        return exc.to_fault()
+    return InternalError(request_id).to_fault()
