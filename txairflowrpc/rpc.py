@@ -64,6 +64,12 @@ class RPCResource(XMLRPC):
     def listProcedures(self) -> list[str]:
         return sorted(self._dispatcher.methods)
 
+    def render(self, request: server.Request) -> Any:
+        if request.method != b"POST":
+            request.setHeader(b"Allow", b"POST")
+            return _http_error(request, 405, "only POST is allowed on /RPC2")
+        return self.render_POST(request)
+
     def render_POST(self, request: server.Request) -> Any:
         request_id = _request_id()
         request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
@@ -133,8 +139,25 @@ def _http_error(request: server.Request, status: int, message: str) -> bytes:
     return (message + "\n").encode("utf-8")
 
 
+class _Root(Resource):
+    """``/RPC2`` and nothing else: any other path is a plain-text 404."""
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        return _http_error(request, 404, "not found: the XML-RPC endpoint is /RPC2")
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return _http_error(request, 404, "not found: the XML-RPC endpoint is /RPC2")
+
+
 def root(rpc: RPCResource) -> Resource:
-    """The site's root: ``/RPC2`` and nothing else (404 for any other path)."""
-    top = Resource()
+    """The site's root, with the XML-RPC resource at ``/RPC2``."""
+    top = _Root()
     top.putChild(b"RPC2", rpc)
     return top

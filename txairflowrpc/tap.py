@@ -10,7 +10,7 @@ tests can pass a fake one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from treq.client import HTTPClient
 from twisted.application import service
@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import config as config_module
 from .airflow import AirflowClient
-from .auth import authenticate
+from .auth import Principal, authenticate
 from .dispatch import AuthenticatedPolicy, Dispatcher
 from .methods import AirflowMethods
 from .rpc import RPCResource, root
@@ -61,7 +61,10 @@ class _PoolService(service.Service):
         return self._pool.closeCachedConnections()
 
 
-def build_site(cfg: config_module.Config, reactor: Any, http: Any) -> server.Site:
+def build_site(
+    cfg: config_module.Config, reactor: Any, http: Any,
+    authenticate: Callable[[Any], Principal] = authenticate,
+) -> server.Site:
     """The web site of the gateway, calling Airflow through ``http``."""
     client = AirflowClient(
         http=http, reactor=reactor, base_url=cfg.airflow.base_url,

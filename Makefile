@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+AIRFLOW_VENV := .airflow-venv
+AIRFLOW_VERSION := 3.3.2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test unit integration install airflow system-deps clean
+
+## run: start a local Airflow 3 and the gateway in front of it (foreground)
+run: install airflow
+	$(BIN)/python -m tests.harness.devrun
+
+## test: install what the tests need and run them all
+test: install airflow system-deps
+	$(BIN)/pytest
+
+## unit: only the fast tests (no Airflow, no network)
+unit: install
+	$(BIN)/pytest tests/unit
+
+install: $(VENV)/.installed
+airflow: $(AIRFLOW_VENV)/.installed
+
+# The project, editable in compat mode so that twistd finds twisted/plugins.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# Airflow in its own venv: its dependencies must not mix with the gateway's.
+$(AIRFLOW_VENV)/.installed:
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q apache-airflow==$(AIRFLOW_VERSION)
+	touch $@
+
+# Perl's RPC::XML (with HTTPS) for the interoperability tests.
+system-deps:
+	@perl -MRPC::XML::Client -MLWP::Protocol::https -e1 2>/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    librpc-xml-perl liblwp-protocol-https-perl; }
+
+clean:
+	rm -rf $(VENV) $(AIRFLOW_VENV) var build dist *.egg-info

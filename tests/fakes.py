@@ -1,0 +1,172 @@
+"""
+An in-memory Airflow 3 REST API (v2) for unit tests, served through
+``treq.testing.StubTreq``.  It answers the way AIRFLOW-API.md says a real
+one does (201 for a login, 409 with an object ``detail`` for a duplicate
+run, 422 with a list ``detail``), and records every request it gets.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.web.resource import Resource
+
+
+def make_jwt(lifetime: int = 3600, iat: int = 1_700_000_000, n: int = 0) -> str:
+    def b64(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{b64({'alg': 'HS512'})}.{b64({'iat': iat, 'exp': iat + lifetime, 'n': n})}.sig"
+
+
+class FakeAirflow(Resource):
+    isLeaf = True
+
+    def __init__(self, password: str = "pw", token_lifetime: int = 3600) -> None:
+        super().__init__()
+        self.password = password
+        self.token_lifetime = token_lifetime
+        self.requests: list[tuple[str, str]] = []
+        self.bodies: list[Any] = []
+        self.valid_tokens: set[str] = set()
+        self._counter = itertools.count(1)
+        #: (method, path-prefix) -> (status, body) for the next matching request.
+        self.fail_next: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.dags: dict[str, dict[str, Any]] = {}
+        self.runs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.task_instances: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.logs: dict[tuple[str, str, str, int], Any] = {}
+        self.add_dag("example_hello", tags=["example"], tasks=["say_hello"])
+        self.add_dag("etl_orders", tags=["etl"], tasks=["extract", "load"])
+
+    def add_dag(self, dag_id: str, tags: list[str], tasks: list[str]) -> None:
+        self.dags[dag_id] = {
+            "dag_id": dag_id, "dag_display_name": dag_id, "is_paused": False,
+            "is_stale": False, "tags": [{"name": t, "dag_id": dag_id} for t in tags],
+            "owners": ["airflow"], "fileloc": "/secret/path/" + dag_id + ".py",
+            "description": None, "file_token": "internal", "_tasks": tasks,
+        }
+
+    def api_requests(self) -> list[tuple[str, str]]:
+        return [r for r in self.requests if r[1] != "/auth/token"]
+
+    def logins(self) -> int:
+        return sum(1 for r in self.requests if r[1] == "/auth/token")
+
+    # -- serving -----------------------------------------------------------
+
+    def render(self, request: Any) -> bytes:
+        method = request.method.decode()
+        path = unquote(request.path.decode())
+        self.requests.append((method, path))
+        raw = request.content.read()
+        body = json.loads(raw) if raw else None
+        self.bodies.append(body)
+        for (m, prefix), answer in list(self.fail_next.items()):
+            if m == method and path.startswith(prefix):
+                del self.fail_next[(m, prefix)]
+                return self._json(request, *answer)
+        if path == "/auth/token" and method == "POST":
+            if body != {"username": "gateway", "password": self.password}:
+                return self._json(request, 401, {"detail": "Invalid credentials"})
+            token = make_jwt(self.token_lifetime, n=next(self._counter))
+            self.valid_tokens.add(token)
+            return self._json(request, 201, {"access_token": token})
+        auth = (request.getHeader("authorization") or "").removeprefix("Bearer ")
+        if auth not in self.valid_tokens:
+            return self._json(request, 401, {"detail": "Not authenticated"})
+        if not path.startswith("/api/v2/"):
+            return self._json(request, 404, {"detail": "Not Found"})
+        parts = path[len("/api/v2/"):].split("/")
+        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        return self._json(request, *self._route(method, parts, args, body))
+
+    def _json(self, request: Any, status: int, body: Any) -> bytes:
+        request.setResponseCode(status)
+        if isinstance(body, bytes):
+            return body
+        request.setHeader("content-type", "application/json")
+        return json.dumps(body).encode()
+
+    def _dag(self, dag_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.dags[dag_id].items() if k != "_tasks"}
+
+    def _route(self, method: str, parts: list[str], args: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        if parts == ["dags"] and method == "GET":
+            dags = sorted(self.dags)
+            if "dag_id_pattern" in args:
+                dags = [d for d in dags if args["dag_id_pattern"][0].strip("%") in d]
+            offset, limit = int(args.get("offset", ["0"])[0]), int(args.get("limit", ["50"])[0])
+            return 200, {"dags": [self._dag(d) for d in dags[offset:offset + limit]],
+                         "total_entries": len(dags)}
+        if not parts or parts[0] != "dags" or len(parts) < 2:
+            return 404, {"detail": "Not Found"}
+        dag_id = parts[1]
+        if dag_id not in self.dags:
+            return 404, {"detail": f"The Dag with ID: `{dag_id}` was not found"}
+        rest = parts[2:]
+        if rest == [] and method == "GET":
+            return 200, self._dag(dag_id)
+        if rest == [] and method == "PATCH":
+            self.dags[dag_id]["is_paused"] = body["is_paused"]
+            return 200, self._dag(dag_id)
+        if rest == ["dagRuns"] and method == "POST":
+            if "logical_date" not in body:
+                return 422, {"detail": [{"type": "missing", "loc": ["body", "logical_date"],
+                                         "msg": "Field required", "input": body}]}
+            run_id = body.get("dag_run_id") or f"manual__{next(self._counter)}"
+            if (dag_id, run_id) in self.runs:
+                return 409, {"detail": {"reason": "Unique constraint violation",
+                                        "statement": "INSERT INTO dag_run ...",
+                                        "orig_error": "UNIQUE constraint failed"}}
+            run = {"dag_id": dag_id, "dag_run_id": run_id, "state": "queued",
+                   "conf": body.get("conf") or {}, "note": body.get("note"),
+                   "logical_date": body["logical_date"], "run_type": "manual",
+                   "end_date": None, "bundle_version": None}
+            self.runs[(dag_id, run_id)] = run
+            self.task_instances[(dag_id, run_id)] = [
+                {"task_id": t, "dag_id": dag_id, "dag_run_id": run_id, "state": None,
+                 "try_number": 0, "map_index": -1, "hostname": "worker-1"}
+                for t in self.dags[dag_id]["_tasks"]
+            ]
+            return 200, run
+        if rest == ["dagRuns"] and method == "GET":
+            runs = [r for (d, _), r in self.runs.items() if d == dag_id]
+            if "state" in args:
+                runs = [r for r in runs if r["state"] in args["state"]]
+            return 200, {"dag_runs": runs, "total_entries": len(runs)}
+        if rest == ["clearTaskInstances"] and method == "POST":
+            tis = self.task_instances.get((dag_id, body["dag_run_id"]), [])
+            chosen = [t for t in tis if not body.get("task_ids") or t["task_id"] in body["task_ids"]]
+            if not body.get("dry_run", True):
+                for t in chosen:
+                    t["state"] = None
+            return 200, {"task_instances": chosen, "total_entries": len(chosen)}
+        if len(rest) >= 2 and rest[0] == "dagRuns":
+            key = (dag_id, rest[1])
+            if key not in self.runs:
+                return 404, {"detail": "DagRun not found"}
+            if len(rest) == 2 and method == "GET":
+                return 200, self.runs[key]
+            if len(rest) == 2 and method == "PATCH":
+                self.runs[key]["state"] = body["state"]
+                return 200, self.runs[key]
+            if rest[2:] == ["taskInstances"]:
+                tis = self.task_instances[key]
+                return 200, {"task_instances": tis, "total_entries": len(tis)}
+            if len(rest) >= 4 and rest[2] == "taskInstances":
+                ti = [t for t in self.task_instances[key] if t["task_id"] == rest[3]]
+                if not ti:
+                    return 404, {"detail": "TaskInstance not found"}
+                if len(rest) == 4:
+                    return 200, ti[0]
+                if len(rest) == 6 and rest[4] == "logs":
+                    log = self.logs.get((*key, rest[3], int(rest[5])))
+                    if log is None:
+                        return 404, {"detail": "no log"}
+                    return 200, log
+        return 404, {"detail": "Not Found"}

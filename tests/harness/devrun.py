@@ -1,0 +1,78 @@
+"""
+``make run``: a local Airflow 3 with the DAGs from conf/dags, a development
+PKI, and the gateway in the foreground in front of them.
+
+Everything it creates lives under var/ (ignored by git): var/tls holds the
+CA, the server certificate and a client certificate for "dev-client",
+var/airflow is AIRFLOW_HOME.  Ctrl-C stops the gateway, then Airflow.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from .airflow import REPO, LocalAirflow
+from .pki import DevPKI
+
+VAR = REPO / "var"
+CONFIG = REPO / "conf" / "airflowrpc.toml"
+AIRFLOW_PORT = 28080  # must match airflow.base_url in conf/airflowrpc.toml
+GATEWAY_PORT = 8443  # must match listen.port there
+
+SNIPPET = """
+The gateway is starting on https://localhost:{port}/RPC2 in front of Airflow at
+{airflow} (UI login: admin / {admin}).  Call it from Python:
+
+    import ssl, xmlrpc.client
+    ctx = ssl.create_default_context(cafile="{ca}")
+    ctx.load_cert_chain("{cert}", "{key}")
+    rpc = xmlrpc.client.ServerProxy("https://localhost:{port}/RPC2", context=ctx)
+    print(rpc.whoami())
+    run = rpc.trigger_dag("example_hello", {{"who": "me"}}, {{"dag_run_id": "try-1"}})
+    print(rpc.wait_dag_run("example_hello", run["dag_run_id"], 120))
+    print(rpc.get_task_log("example_hello", run["dag_run_id"], "say_hello"))
+
+Ctrl-C stops the gateway and Airflow.
+"""
+
+
+def main() -> int:
+    tls = VAR / "tls"
+    pki = DevPKI.create(tls)
+    client = pki.client("dev-client")
+    password_file = VAR / "airflow" / "gateway-password"
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    if not password_file.exists():
+        password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        password_file.chmod(0o600)
+    airflow = LocalAirflow(
+        VAR / "airflow", AIRFLOW_PORT, password_file.read_text().strip()
+    )
+    print(f"Starting Airflow 3 on {airflow.base_url} (log: {airflow.log_path}) ...", flush=True)
+    airflow.start()
+    try:
+        airflow.wait_dags(["example_hello", "etl_orders"])
+        print(SNIPPET.format(
+            port=GATEWAY_PORT, airflow=airflow.base_url, admin=airflow.admin_password,
+            ca=pki.ca_file, cert=client.cert, key=client.key,
+        ), flush=True)
+        twistd = Path(sys.executable).parent / "twistd"
+        gateway = subprocess.Popen(
+            [str(twistd), "-n", "--pidfile=", "airflowrpc", "--config", str(CONFIG)],
+            cwd=REPO,
+        )
+        try:
+            return gateway.wait()
+        except KeyboardInterrupt:
+            gateway.terminate()
+            return gateway.wait()
+    finally:
+        print("Stopping Airflow ...", flush=True)
+        airflow.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The whole gateway site in memory: StubTreq on both sides, a Clock for time."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import attrs
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from txairflowrpc.auth import Principal
+from txairflowrpc.config import AirflowConfig, Config, ListenConfig, RPCConfig, TLSConfig
+from txairflowrpc.tap import build_site
+
+from ..fakes import FakeAirflow
+
+CONFIG = Config(
+    source=Path("test.toml"),
+    listen=ListenConfig(host="127.0.0.1", port=0),
+    tls=TLSConfig(certificate=Path("x"), private_key=Path("x"), client_ca=Path("x")),
+    airflow=AirflowConfig(base_url="http://airflow.test", username="gateway",
+                          password_file=Path("pw"), password="pw", timeout_seconds=10,
+                          max_connections=4),
+    rpc=RPCConfig(max_multicall=5, max_wait_seconds=300, wait_poll_seconds=2,
+                  max_body_bytes=256 * 1024),
+)
+
+
+@attrs.define
+class Gateway:
+    clock: Clock
+    airflow: FakeAirflow
+    client: StubTreq
+    principal: Principal | None = Principal("ci-bot", "client_certificate")
+
+    def advance(self, seconds: float) -> None:
+        """Let time pass, then deliver any response written meanwhile."""
+        self.clock.advance(seconds)
+        self.client.flush()
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None, path: str = "/RPC2") -> Any:
+        hdrs = {"Content-Type": "text/xml"}
+        hdrs.update(headers or {})
+        return self.client.post("https://gw.test" + path, data=body, headers=hdrs)
+
+    def call_d(self, method: str, *params: Any) -> Any:
+        """The Deferred of (status, headers, parsed result or Fault)."""
+        d = self.post(xmlrpc.client.dumps(params, method).encode())
+
+        async def read(response: Any) -> Any:
+            body = await response.content()
+            try:
+                (result,), _ = xmlrpc.client.loads(body)
+            except xmlrpc.client.Fault as fault:
+                result = fault
+            return response.code, response.headers, result
+
+        from twisted.internet.defer import Deferred
+
+        return d.addCallback(lambda r: Deferred.fromCoroutine(read(r)))
+
+
+def gateway(config: Config = CONFIG) -> Gateway:
+    clock = Clock()
+    airflow = FakeAirflow()
+    holder: list[Gateway] = []
+
+    def authenticate(request: Any) -> Principal:
+        from txairflowrpc.auth import Unauthenticated
+
+        if holder[0].principal is None:
+            raise Unauthenticated("a client certificate is required")
+        return holder[0].principal
+
+    site = build_site(config, clock, StubTreq(airflow), authenticate=authenticate)
+    gw = Gateway(clock, airflow, StubTreq(site.resource))
+    holder.append(gw)
+    return gw

@@ -1,0 +1,218 @@
+"""The Airflow client against an in-memory Airflow (treq.testing.StubTreq)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc import errors
+from txairflowrpc.airflow import AirflowClient
+
+from ..fakes import FakeAirflow
+
+
+def client_for(http: Any, clock: Clock, timeout: float = 10.0) -> AirflowClient:
+    return AirflowClient(
+        http=http, reactor=clock, base_url="http://airflow.test", username="gateway",
+        password="pw", timeout=timeout,
+    )
+
+
+class LoginTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.airflow = FakeAirflow(token_lifetime=3600)
+        self.client = client_for(StubTreq(self.airflow), self.clock)
+
+    def test_token_is_cached_across_calls(self) -> None:
+        for _ in range(5):
+            self.successResultOf(self.client.get_dag("example_hello"))
+        self.assertEqual(self.airflow.logins(), 1)
+
+    def test_token_is_renewed_before_it_expires(self) -> None:
+        self.successResultOf(self.client.get_dag("example_hello"))
+        self.clock.advance(3600 - 30)  # inside the last minute of its life
+        self.successResultOf(self.client.get_dag("example_hello"))
+        self.assertEqual(self.airflow.logins(), 2)
+
+    def test_401_gets_one_new_token_and_retries(self) -> None:
+        self.successResultOf(self.client.get_dag("example_hello"))
+        self.airflow.valid_tokens.clear()  # e.g. Airflow restarted with a new secret
+        dag = self.successResultOf(self.client.get_dag("example_hello"))
+        self.assertEqual(dag["dag_id"], "example_hello")
+        self.assertEqual(self.airflow.logins(), 2)
+        # first call, the refused one, and its single retry
+        self.assertEqual(
+            self.airflow.api_requests().count(("GET", "/api/v2/dags/example_hello")), 3)
+
+    def test_persistent_401_is_an_upstream_error_not_a_loop(self) -> None:
+        self.successResultOf(self.client.get_dag("example_hello"))
+        self.airflow.fail_next[("GET", "/api/v2/dags")] = (401, {"detail": "Not authenticated"})
+        self.airflow.valid_tokens.clear()
+        self.airflow.password = "changed"
+        f = self.failureResultOf(self.client.get_dag("example_hello"), errors.UpstreamError)
+        self.assertIn("rejected the gateway's own credentials", f.value.message)
+        self.assertNotIn("pw", f.value.message)
+        self.assertEqual(self.airflow.logins(), 2)
+
+    def test_concurrent_calls_share_one_login(self) -> None:
+        pending: list[Deferred[Any]] = []
+
+        class SlowLogin:
+            """Holds the login answer until released, like a real network."""
+
+            def __init__(self, real: StubTreq) -> None:
+                self.real = real
+
+            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+                d = self.real.request(method, url, **kw)
+                if url.endswith("/auth/token"):
+                    gate: Deferred[Any] = Deferred()
+                    pending.append(gate)
+                    return gate.addCallback(lambda _: d).addCallback(lambda r: r)
+                return d
+
+        client = client_for(SlowLogin(StubTreq(self.airflow)), self.clock)
+        calls = [client.get_dag("example_hello") for _ in range(3)]
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(None)
+        for d in calls:
+            self.assertEqual(self.successResultOf(d)["dag_id"], "example_hello")
+        self.assertEqual(self.airflow.logins(), 1)
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.airflow = FakeAirflow()
+        self.client = client_for(StubTreq(self.airflow), self.clock)
+
+    def test_404_names_the_object(self) -> None:
+        f = self.failureResultOf(self.client.get_dag("nope"), errors.NotFound)
+        self.assertEqual(f.value.message, "not found: DAG 'nope'")
+        self.assertEqual(f.value.code, 404)
+
+    def test_409_with_object_detail_is_a_conflict(self) -> None:
+        kw = dict(dag_run_id="r1", conf={}, logical_date=None, note=None)
+        self.successResultOf(self.client.trigger_dag_run("example_hello", **kw))
+        f = self.failureResultOf(self.client.trigger_dag_run("example_hello", **kw), errors.Conflict)
+        self.assertNotIn("INSERT", f.value.message)
+        self.assertNotIn("UNIQUE", f.value.message)
+
+    def test_422_names_fields_not_messages(self) -> None:
+        self.airflow.fail_next[("POST", "/api/v2/dags/example_hello/dagRuns")] = (
+            422, {"detail": [{"type": "x", "loc": ["body", "logical_date"],
+                              "msg": "secret internals", "input": "x"}]})
+        f = self.failureResultOf(
+            self.client.trigger_dag_run("example_hello", dag_run_id=None, conf={},
+                                        logical_date=None, note=None),
+            errors.InvalidParams)
+        self.assertIn("logical_date", f.value.message)
+        self.assertNotIn("secret internals", f.value.message)
+
+    def test_5xx_is_an_upstream_error_without_airflow_text(self) -> None:
+        self.airflow.fail_next[("GET", "/api/v2/dags/example_hello")] = (
+            500, {"detail": "Traceback: sqlalchemy.exc.OperationalError password=hunter2"})
+        f = self.failureResultOf(self.client.get_dag("example_hello"), errors.UpstreamError)
+        self.assertEqual(f.value.code, 502)
+        self.assertEqual(f.value.message, "Airflow error: Airflow answered HTTP 500")
+
+    def test_503_is_upstream_unavailable(self) -> None:
+        self.airflow.fail_next[("GET", "/api/v2/dags/example_hello")] = (503, b"busy")
+        f = self.failureResultOf(self.client.get_dag("example_hello"), errors.UpstreamUnavailable)
+        self.assertEqual(f.value.code, 503)
+
+    def test_garbage_body_is_an_upstream_error(self) -> None:
+        self.airflow.fail_next[("GET", "/api/v2/dags/example_hello")] = (200, b"<html>oops")
+        f = self.failureResultOf(self.client.get_dag("example_hello"), errors.UpstreamError)
+        self.assertIn("not JSON", f.value.message)
+
+    def test_unexpected_document_is_an_upstream_error(self) -> None:
+        self.airflow.fail_next[("GET", "/api/v2/dags")] = (200, {"something": "else"})
+        self.failureResultOf(
+            self.client.list_dags(pattern=None, tags=[], paused=None, limit=10, offset=0),
+            errors.UpstreamError)
+
+    def test_refused_connection_is_upstream_unavailable(self) -> None:
+        class Refusing:
+            def request(self, *a: Any, **kw: Any) -> Deferred[Any]:
+                return fail(ConnectionRefusedError())
+
+        client = client_for(Refusing(), self.clock)
+        f = self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
+        self.assertEqual(f.value.code, 503)
+
+    def silent_client(self, timeout: float = 10) -> tuple[AirflowClient, list[str]]:
+        """
+        A client whose logins work but whose API calls never get an answer;
+        the list says which of those requests were cancelled.
+        """
+        sent: list[str] = []
+        login = StubTreq(self.airflow)
+
+        class Silent:
+            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+                if url.endswith("/auth/token"):
+                    return login.request(method, url, **kw)
+                sent.append("pending")
+                index = len(sent) - 1
+                return Deferred(lambda _: sent.__setitem__(index, "cancelled"))
+
+        return client_for(Silent(), self.clock, timeout=timeout), sent
+
+    def test_silent_airflow_times_out_and_the_request_is_cancelled(self) -> None:
+        client, sent = self.silent_client(timeout=7)
+        d = client.get_dag("example_hello")
+        self.assertNoResult(d)
+        self.clock.advance(6.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        f = self.failureResultOf(d, errors.UpstreamTimeout)
+        self.assertEqual(f.value.code, 504)
+        self.assertEqual(sent, ["cancelled"])  # not left pending
+
+    def test_cancelling_a_call_abandons_the_request(self) -> None:
+        client, sent = self.silent_client()
+        d = client.get_dag("example_hello")
+        self.assertEqual(len(sent), 1)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(sent, ["cancelled"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ShapeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.airflow = FakeAirflow()
+        self.client = client_for(StubTreq(self.airflow), Clock())
+
+    def test_dag_keeps_only_public_fields_and_flattens_tags(self) -> None:
+        dag = self.successResultOf(self.client.get_dag("etl_orders"))
+        self.assertEqual(dag["tags"], ["etl"])
+        self.assertNotIn("fileloc", dag)
+        self.assertNotIn("file_token", dag)
+        self.assertNotIn("description", dag)  # None in Airflow: omitted, never nil
+
+    def test_ids_are_percent_encoded_in_paths(self) -> None:
+        self.airflow.runs[("example_hello", "manual__2026-01-01T00:00:00+00:00")] = {
+            "dag_id": "example_hello", "dag_run_id": "manual__2026-01-01T00:00:00+00:00",
+            "state": "success"}
+        run = self.successResultOf(
+            self.client.get_dag_run("example_hello", "manual__2026-01-01T00:00:00+00:00"))
+        self.assertEqual(run["state"], "success")
+
+    def test_log_entries_become_text_lines_across_pages(self) -> None:
+        self.successResultOf(self.client.trigger_dag_run(
+            "example_hello", dag_run_id="r1", conf={}, logical_date=None, note=None))
+        self.airflow.logs[("example_hello", "r1", "say_hello", 1)] = {
+            "content": [{"timestamp": "2026-01-01T00:00:00Z", "level": "info", "event": "hello"},
+                        {"event": "::endgroup::"}],
+            "continuation_token": None,
+        }
+        text = self.successResultOf(self.client.get_task_log("example_hello", "r1", "say_hello", 1))
+        self.assertEqual(text, "2026-01-01T00:00:00Z [info] hello\n::endgroup::\n")

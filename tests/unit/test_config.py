@@ -1,0 +1,104 @@
+"""Config: one TOML file, every problem one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from txairflowrpc.config import ConfigError, load
+from txairflowrpc.tls import server_options
+
+from ..harness.pki import DevPKI
+
+GOOD = """
+[listen]
+host = "127.0.0.1"
+port = 8443
+[tls]
+certificate = "tls/server.pem"
+private_key = "tls/server.key"
+client_ca = "tls/ca.pem"
+[airflow]
+base_url = "http://127.0.0.1:8080/"
+username = "gateway"
+password_file = "pw"
+timeout_seconds = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def confdir(tmp_path: Path, pki: DevPKI) -> Path:
+    (tmp_path / "tls").symlink_to(pki.directory)
+    (tmp_path / "pw").write_text("s3cret\n")
+    return tmp_path
+
+
+def write(confdir: Path, text: str) -> Path:
+    path = confdir / "airflowrpc.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_with_defaults_and_relative_paths(confdir: Path) -> None:
+    cfg = load(write(confdir, GOOD))
+    assert cfg.airflow.base_url == "http://127.0.0.1:8080"
+    assert cfg.airflow.password == "s3cret"
+    assert cfg.airflow.timeout_seconds == 5.0
+    assert cfg.tls.certificate == confdir / "tls" / "server.pem"
+    assert cfg.rpc.max_multicall == 50 and cfg.rpc.max_body_bytes == 1024 * 1024
+    assert "s3cret" not in repr(cfg)
+    server_options(cfg.tls)  # the certificates really load
+
+
+def test_shipped_example_parses(confdir: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "conf" / "airflowrpc.toml"
+    text = example.read_text().replace("../var/tls/", "tls/").replace(
+        "../var/airflow/gateway-password", "pw")
+    cfg = load(write(confdir, text))
+    assert cfg.listen.port == 8443
+
+
+@pytest.mark.parametrize("edit,key,words", [
+    (lambda t: t + "\n[rpc]\nmax_multical = 3\n", "rpc.max_multical", "unknown key"),
+    (lambda t: t.replace("port = 8443", 'port = "8443"'), "listen.port", "must be an integer"),
+    (lambda t: t.replace("port = 8443", "port = 70000"), "listen.port", "port number"),
+    (lambda t: t.replace('username = "gateway"\n', ""), "airflow.username", "missing"),
+    (lambda t: t.replace('"pw"', '"nope"'), "airflow.password_file", "cannot read"),
+    (lambda t: t.replace("tls/ca.pem", "tls/missing.pem"), "tls.client_ca", "cannot read"),
+    (lambda t: t.replace("http://127.0.0.1:8080/", "ftp://x"), "airflow.base_url", "http"),
+    (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 0"),
+     "airflow.timeout_seconds", "greater than 0"),
+    (lambda t: t + "\n[extra]\n", "extra", "unknown section"),
+])
+def test_bad_config_names_the_key(confdir: Path, edit, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(write(confdir, edit(GOOD)))
+    assert e.value.key == key
+    assert words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[listen\n"))
+
+
+def test_unusable_certificate_files_name_the_key(confdir: Path, pki: DevPKI) -> None:
+    cfg = load(write(confdir, GOOD.replace("tls/server.pem", "pw")))
+    with pytest.raises(ConfigError) as e:
+        server_options(cfg.tls)
+    assert e.value.key == "tls.certificate"
+    other = DevPKI.create(confdir / "other")
+    cfg = load(write(confdir, GOOD.replace("tls/server.key", "other/server.key")))
+    with pytest.raises(ConfigError, match="does not match") as e:
+        server_options(cfg.tls)
+    assert e.value.key == "tls.private_key"
+    assert other

@@ -1,0 +1,237 @@
+"""Every XML-RPC method through the whole gateway site, in memory."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from .helpers import gateway
+
+
+class MethodTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = gateway()
+
+    def call(self, method: str, *params: Any) -> Any:
+        status, headers, result = self.successResultOf(self.gw.call_d(method, *params))
+        self.assertEqual(status, 200)
+        self.assertTrue(headers.getRawHeaders("x-request-id"))
+        return result
+
+    def fault(self, method: str, *params: Any) -> xmlrpc.client.Fault:
+        result = self.call(method, *params)
+        self.assertIsInstance(result, xmlrpc.client.Fault, f"expected a fault, got {result!r}")
+        return result
+
+
+class SurfaceTests(MethodTestCase):
+    def test_ping_and_whoami(self) -> None:
+        self.assertEqual(self.call("ping"), "pong")
+        self.assertEqual(self.call("whoami"),
+                         {"principal": "ci-bot", "authenticated_by": "client_certificate"})
+
+    def test_list_dags_with_filters(self) -> None:
+        result = self.call("list_dags", {"pattern": "etl", "limit": 10})
+        self.assertEqual([d["dag_id"] for d in result["dags"]], ["etl_orders"])
+        self.assertEqual(result["total"], 1)
+        self.assertIn(("GET", "/api/v2/dags"), self.gw.airflow.api_requests())
+
+    def test_list_dags_rejects_bad_filters(self) -> None:
+        for filters, words in [
+            ({"limit": 0}, "filters.limit"), ({"limit": 101}, "filters.limit"),
+            ({"pattern": "a/b"}, "filters.pattern"), ({"paused": "yes"}, "filters.paused"),
+            ({"sort": "x"}, "unknown key 'sort'"), ({"tags": [1]}, "filters.tags"),
+        ]:
+            f = self.fault("list_dags", filters)
+            self.assertEqual(f.faultCode, -32602)
+            self.assertIn(words, f.faultString)
+
+    def test_pause_and_unpause_return_the_dag_after_the_change(self) -> None:
+        self.assertTrue(self.call("pause_dag", "etl_orders")["is_paused"])
+        self.assertTrue(self.call("get_dag", "etl_orders")["is_paused"])
+        self.assertFalse(self.call("unpause_dag", "etl_orders")["is_paused"])
+
+    def test_unknown_dag_is_404(self) -> None:
+        f = self.fault("get_dag", "no_such_dag")
+        self.assertEqual((f.faultCode, f.faultString), (404, "not found: DAG 'no_such_dag'"))
+
+    def test_traversal_ids_never_reach_airflow(self) -> None:
+        for method, params in [
+            ("get_dag", ("x/../../variables",)), ("get_dag", ("..",)),
+            ("get_dag_run", ("etl_orders", "../../config")),
+            ("get_task_log", ("etl_orders", "r", "a/../../b")),
+            ("clear_task_instances", ("etl_orders", "r", {"task_ids": ["../x"]})),
+            ("trigger_dag", ("etl_orders", {}, {"dag_run_id": "a/b"})),
+        ]:
+            before = len(self.gw.airflow.requests)
+            f = self.fault(method, *params)
+            self.assertEqual(f.faultCode, -32602)
+            self.assertEqual(len(self.gw.airflow.requests), before, method)
+
+    def test_trigger_get_and_list_runs(self) -> None:
+        run = self.call("trigger_dag", "etl_orders", {"day": "2026-01-01"},
+                        {"dag_run_id": "ci-1", "note": "from CI",
+                         "logical_date": "2026-01-01T10:00:00+02:00"})
+        self.assertTrue(run["created"])
+        self.assertEqual(run["conf"], {"day": "2026-01-01"})
+        self.assertEqual(self.gw.airflow.bodies[-1]["logical_date"], "2026-01-01T08:00:00Z")
+        self.assertEqual(self.call("get_dag_run", "etl_orders", "ci-1")["dag_run_id"], "ci-1")
+        listed = self.call("list_dag_runs", "etl_orders", {"state": ["queued"]})
+        self.assertEqual(listed["total"], 1)
+        self.assertEqual(self.call("list_dag_runs", "etl_orders", {"state": "success"})["total"], 0)
+
+    def test_trigger_without_options_sends_a_null_logical_date(self) -> None:
+        run = self.call("trigger_dag", "example_hello")
+        self.assertTrue(run["created"])
+        self.assertEqual(self.gw.airflow.bodies[-1], {"logical_date": None, "conf": {}})
+
+    def test_trigger_retry_with_same_id_and_conf_is_idempotent(self) -> None:
+        first = self.call("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "ci-2"})
+        again = self.call("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "ci-2"})
+        self.assertEqual((first["created"], again["created"]), (True, False))
+        self.assertEqual(again["dag_run_id"], "ci-2")
+        self.assertEqual(len(self.gw.airflow.runs), 1)
+
+    def test_trigger_same_id_other_conf_is_a_conflict(self) -> None:
+        self.call("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "ci-3"})
+        f = self.fault("trigger_dag", "etl_orders", {"a": 2}, {"dag_run_id": "ci-3"})
+        self.assertEqual(f.faultCode, 409)
+        self.assertIn("different conf", f.faultString)
+
+    def test_trigger_rejects_bad_options(self) -> None:
+        for params, words in [
+            (({}, {"logical_date": "yesterday"}), "ISO-8601"),
+            (({}, {"logical_date": "2026-01-01T00:00:00"}), "time zone"),
+            (({}, {"note": "x" * 1001}), "options.note"),
+            (({"a": xmlrpc.client.Binary(b"x")},), "conf may hold only"),
+            (({"k": "v" * 70000},), "larger than"),
+        ]:
+            f = self.fault("trigger_dag", "etl_orders", *params)
+            self.assertEqual(f.faultCode, -32602)
+            self.assertIn(words, f.faultString)
+
+    def test_wait_dag_run_returns_when_the_run_finishes(self) -> None:
+        self.call("trigger_dag", "example_hello", {}, {"dag_run_id": "w1"})
+        d = self.gw.call_d("wait_dag_run", "example_hello", "w1", 60)
+        self.assertNoResult(d)
+        self.gw.airflow.runs[("example_hello", "w1")]["state"] = "success"
+        self.gw.advance(2)
+        _, _, run = self.successResultOf(d)
+        self.assertEqual((run["state"], run["finished"]), ("success", True))
+
+    def test_wait_dag_run_timeout_is_capped_by_config(self) -> None:
+        self.call("trigger_dag", "example_hello", {}, {"dag_run_id": "w2"})
+        d = self.gw.call_d("wait_dag_run", "example_hello", "w2", 10**6)
+        self.gw.advance(300)  # rpc.max_wait_seconds in the test config
+        _, _, run = self.successResultOf(d)
+        self.assertFalse(run["finished"])
+
+    def test_set_state_task_instances_clear_and_log(self) -> None:
+        self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "t1"})
+        self.assertEqual(self.call("set_dag_run_state", "etl_orders", "t1", "failed")["state"],
+                         "failed")
+        f = self.fault("set_dag_run_state", "etl_orders", "t1", "running")
+        self.assertEqual(f.faultCode, -32602)
+        tis = self.call("list_task_instances", "etl_orders", "t1")
+        self.assertEqual(sorted(t["task_id"] for t in tis), ["extract", "load"])
+        self.assertNotIn("hostname", tis[0])
+        cleared = self.call("clear_task_instances", "etl_orders", "t1", {"task_ids": ["load"]})
+        self.assertEqual((cleared["total"], cleared["dry_run"]), (1, False))
+        self.assertEqual(self.gw.airflow.bodies[-1],
+                         {"dag_run_id": "t1", "dry_run": False, "only_failed": False,
+                          "task_ids": ["load"]})
+        f = self.fault("get_task_log", "etl_orders", "t1", "extract")
+        self.assertEqual(f.faultCode, 404)
+        self.assertIn("has not run yet", f.faultString)
+        self.gw.airflow.task_instances[("etl_orders", "t1")][0]["try_number"] = 2
+        self.gw.airflow.logs[("etl_orders", "t1", "extract", 2)] = {"content": ["line one"]}
+        self.assertEqual(self.call("get_task_log", "etl_orders", "t1", "extract"), "line one\n")
+        f = self.fault("get_task_log", "etl_orders", "t1", "extract", 0)
+        self.assertEqual(f.faultCode, -32602)
+
+
+class ProtocolTests(MethodTestCase):
+    def test_every_method_has_real_signatures_and_help(self) -> None:
+        methods = self.call("system.listMethods")
+        for name in ["ping", "whoami", "list_dags", "get_dag", "pause_dag", "unpause_dag",
+                     "trigger_dag", "get_dag_run", "list_dag_runs", "wait_dag_run",
+                     "set_dag_run_state", "list_task_instances", "clear_task_instances",
+                     "get_task_log", "system.multicall", "system.getCapabilities",
+                     "system.methodHelp", "system.methodSignature", "system.listMethods"]:
+            self.assertIn(name, methods)
+        for name in methods:
+            signatures = self.call("system.methodSignature", name)
+            self.assertIsInstance(signatures, list)
+            self.assertTrue(signatures and all(isinstance(s, list) and s for s in signatures))
+            help_text = self.call("system.methodHelp", name)
+            self.assertTrue(help_text.startswith(name + "("), help_text)
+        self.assertEqual(self.call("system.methodSignature", "trigger_dag"),
+                         [["struct", "string"], ["struct", "string", "struct"],
+                          ["struct", "string", "struct", "struct"]])
+
+    def test_capabilities_advertise_interop_faults(self) -> None:
+        caps = self.call("system.getCapabilities")
+        self.assertEqual(caps["faults_interop"]["specVersion"], 20010516)
+
+    def test_unknown_method_and_attribute_walking(self) -> None:
+        for name in ["nope", "system.nope", "_client", "ping.__class__", "__init__",
+                     "system._spec", "lookupProcedure"]:
+            f = self.fault(name)
+            self.assertEqual(f.faultCode, -32601, name)
+
+    def test_wrong_arity_and_types_name_the_parameter(self) -> None:
+        f = self.fault("get_dag")
+        self.assertEqual(f.faultCode, -32602)
+        self.assertIn("expects 1 parameter(s) (dag_id), got 0", f.faultString)
+        f = self.fault("get_dag", 5)
+        self.assertIn("'dag_id' must be a string", f.faultString)
+        f = self.fault("wait_dag_run", "a", "b", True)
+        self.assertIn("'timeout_seconds' must be an int", f.faultString)
+        f = self.fault("ping", "extra")
+        self.assertIn("expects 0 parameter(s)", f.faultString)
+
+    def test_multicall_runs_each_call_with_faults_in_place(self) -> None:
+        results = self.call("system.multicall", [
+            {"methodName": "ping", "params": []},
+            {"methodName": "get_dag", "params": ["nope"]},
+            {"methodName": "system.multicall", "params": [[]]},
+            {"methodName": "get_dag", "params": ["etl_orders"]},
+            {"params": []},
+        ])
+        self.assertEqual(results[0], ["pong"])
+        self.assertEqual(results[1]["faultCode"], 404)
+        self.assertEqual(results[2]["faultCode"], -32602)
+        self.assertIn("cannot be nested", results[2]["faultString"])
+        self.assertEqual(results[3][0]["dag_id"], "etl_orders")
+        self.assertEqual(results[4]["faultCode"], -32602)
+
+    def test_multicall_is_capped(self) -> None:
+        f = self.fault("system.multicall", [{"methodName": "ping", "params": []}] * 6)
+        self.assertEqual(f.faultCode, -32602)
+        self.assertIn("at most 5 calls", f.faultString)
+
+    def test_internal_errors_hide_their_text(self) -> None:
+        self.gw.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (200, [1, 2])
+        f = self.fault("get_dag", "etl_orders")
+        self.assertEqual(f.faultCode, 502)
+        boom = RuntimeError("secret=hunter2")
+
+        def explode(*a: Any) -> None:
+            raise boom
+
+        site_methods = self.gw  # the dispatcher is reachable only through the site
+        del site_methods
+        from txairflowrpc import airflow
+
+        original = airflow.shape_dag
+        airflow.shape_dag = explode
+        try:
+            f = self.fault("get_dag", "etl_orders")
+        finally:
+            airflow.shape_dag = original
+        self.assertEqual(f.faultCode, -32603)
+        self.assertNotIn("hunter2", f.faultString)
+        self.assertIn("request id", f.faultString)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

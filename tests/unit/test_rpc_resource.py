@@ -1,0 +1,93 @@
+"""The /RPC2 resource at the HTTP level: what is refused before any XML is read."""
+
+from __future__ import annotations
+
+import io
+import xmlrpc.client
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from .helpers import gateway
+
+PING = xmlrpc.client.dumps((), "ping").encode()
+
+
+class HTTPTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = gateway()
+
+    def response(self, d: Any) -> tuple[int, Any, bytes]:
+        response = self.successResultOf(d)
+        return response.code, response.headers, self.successResultOf(response.content())
+
+    def test_xml_post_is_served_with_a_request_id(self) -> None:
+        code, headers, body = self.response(self.gw.post(PING))
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/xml; charset=utf-8"])
+        self.assertRegex(headers.getRawHeaders("x-request-id")[0], "^[0-9a-f]{16}$")
+        self.assertEqual(xmlrpc.client.loads(body)[0], ("pong",))
+
+    def test_each_request_gets_its_own_id(self) -> None:
+        ids = {self.response(self.gw.post(PING))[1].getRawHeaders("x-request-id")[0]
+               for _ in range(5)}
+        self.assertEqual(len(ids), 5)
+
+    def test_unauthenticated_is_401_before_parsing(self) -> None:
+        self.gw.principal = None
+        code, headers, body = self.response(self.gw.post(b"<!DOCTYPE x><garbage"))
+        self.assertEqual(code, 401)
+        self.assertIn(b"client certificate", body)
+
+    def test_non_xml_content_type_is_415(self) -> None:
+        code, _, _ = self.response(self.gw.post(PING, {"Content-Type": "text/plain"}))
+        self.assertEqual(code, 415)
+        code, _, _ = self.response(self.gw.post(PING, {"Content-Type": "application/xml; charset=utf-8"}))
+        self.assertEqual(code, 200)
+
+    def test_compressed_body_is_415(self) -> None:
+        code, _, body = self.response(self.gw.post(PING, {"Content-Encoding": "gzip"}))
+        self.assertEqual((code, body), (415, b"Content-Encoding must be identity\n"))
+
+    def test_body_over_the_cap_is_413(self) -> None:
+        big = xmlrpc.client.dumps(("x" * 300 * 1024,), "get_dag").encode()
+        code, _, _ = self.response(self.gw.post(big))
+        self.assertEqual(code, 413)
+        self.assertEqual(self.gw.airflow.requests, [])
+
+    def test_get_is_405_and_other_paths_404(self) -> None:
+        response = self.successResultOf(self.gw.client.get("https://gw.test/RPC2"))
+        self.assertEqual(response.code, 405)
+        self.assertEqual(self.response(self.gw.post(PING, path="/RPC3"))[0], 404)
+        self.assertEqual(self.response(self.gw.post(PING, path="/"))[0], 404)
+
+    def test_doctype_is_a_fault_not_an_error_page(self) -> None:
+        code, _, body = self.response(self.gw.post(
+            b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "c">]><methodCall/>'))
+        self.assertEqual(code, 200)
+        with self.assertRaises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(body)
+        self.assertEqual(e.exception.faultCode, -32700)
+
+
+class DisconnectTests(SynchronousTestCase):
+    def test_client_disconnect_cancels_a_pending_wait(self) -> None:
+        gw = gateway()
+        gw.airflow.runs[("example_hello", "r")] = {"dag_id": "example_hello",
+                                                   "dag_run_id": "r", "state": "running"}
+        site = gw.client._agent._rootResource  # the site's root, in memory
+        rpc = site.children[b"RPC2"]
+        request = DummyRequest([b"RPC2"])
+        request.method = b"POST"
+        request.requestHeaders.setRawHeaders(b"content-type", [b"text/xml"])
+        request.content = io.BytesIO(
+            xmlrpc.client.dumps(("example_hello", "r", 600), "wait_dag_run").encode())
+        self.assertEqual(rpc.render(request), NOT_DONE_YET)
+        self.assertTrue(gw.clock.getDelayedCalls())  # polling and the deadline
+        request.processingFailed(Failure(CancelledError()))  # the connection is gone
+        self.assertEqual(gw.clock.getDelayedCalls(), [])
+        self.assertEqual(request.written, [])
