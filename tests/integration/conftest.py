@@ -1,0 +1,149 @@
+"""
+Fixtures for the integration tests: a real Airflow 3.3.2 (``airflow
+standalone``), the real ``twistd airflowrpc`` over real mutual TLS on
+loopback, and the development PKI.  Nothing here skips: a missing Airflow,
+twistd or Perl fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ..harness.airflow import LocalAirflow
+from ..harness.pki import ClientFiles, DevPKI
+
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_context(pki: DevPKI, client: ClientFiles | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    if client is not None:
+        ctx.load_cert_chain(str(client.cert), str(client.key))
+    return ctx
+
+
+GATEWAY_CONFIG = """
+[listen]
+host = "127.0.0.1"
+port = {port}
+[tls]
+certificate = "{tls}/server.pem"
+private_key = "{tls}/server.key"
+client_ca = "{tls}/ca.pem"
+[airflow]
+base_url = "{airflow}"
+username = "gateway"
+password_file = "{password_file}"
+timeout_seconds = 20
+[rpc]
+max_multicall = 20
+max_wait_seconds = 600
+wait_poll_seconds = 1.0
+"""
+
+
+class RunningGateway:
+    """A ``twistd -n airflowrpc`` process and how to call it."""
+
+    def __init__(self, directory: Path, pki: DevPKI, airflow: LocalAirflow) -> None:
+        self.pki = pki
+        self.port = free_port()
+        self.url = f"https://localhost:{self.port}/RPC2"
+        password_file = directory / "airflow-password"
+        password_file.write_text(airflow.gateway_password + "\n")
+        self.config = directory / "airflowrpc.toml"
+        self.config.write_text(GATEWAY_CONFIG.format(
+            port=self.port, tls=pki.directory, airflow=airflow.base_url,
+            password_file=password_file,
+        ))
+        self.log = directory / "twistd.log"
+        self.client = pki.client("ci-bot.example.com")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(TWISTD), "-n", "--pidfile=", "airflowrpc", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if self.proxy().ping() == "pong":
+                    return
+            except (OSError, xmlrpc.client.ProtocolError):
+                time.sleep(0.2)
+        raise RuntimeError(f"gateway did not answer; see {self.log}")
+
+    def proxy(self, client: ClientFiles | None = None) -> xmlrpc.client.ServerProxy:
+        ctx = client_context(self.pki, client or self.client)
+        return xmlrpc.client.ServerProxy(self.url, context=ctx)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
+    af = LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(),
+                      secrets.token_urlsafe(16))
+    try:
+        af.start()
+        af.wait_dags(["example_hello", "etl_orders"])
+        yield af
+    finally:
+        af.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow
+) -> Iterator[RunningGateway]:
+    gw = RunningGateway(tmp_path_factory.mktemp("gateway"), pki, airflow)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def rpc(gateway: RunningGateway) -> xmlrpc.client.ServerProxy:
+    return gateway.proxy()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.nodeid.split("::")[0]:
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,160 @@
+"""
+Every call against a real Airflow 3.3.2, through the real ``twistd
+airflowrpc`` over mutual TLS, with Python's own ``xmlrpc.client``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import xmlrpc.client
+
+import pytest
+
+from .conftest import RunningGateway
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def test_ping_and_whoami_name_the_certificate(rpc: xmlrpc.client.ServerProxy) -> None:
+    assert rpc.ping() == "pong"
+    me = rpc.whoami()
+    assert me["principal"] == "ci-bot.example.com"
+    assert me["authenticated_by"] == "client_certificate"
+    assert len(me["certificate"]["fingerprint_sha256"]) == 64
+
+
+def test_list_and_get_dags(rpc: xmlrpc.client.ServerProxy) -> None:
+    listed = rpc.list_dags()
+    assert {"example_hello", "etl_orders"} <= {d["dag_id"] for d in listed["dags"]}
+    assert listed["total"] >= 2
+    etl = rpc.list_dags({"tags": ["etl"]})
+    assert [d["dag_id"] for d in etl["dags"]] == ["etl_orders"]
+    assert [d["dag_id"] for d in rpc.list_dags({"pattern": "hello"})["dags"]] == ["example_hello"]
+    dag = rpc.get_dag("etl_orders")
+    assert dag["tags"] == ["etl"] and "fileloc" not in dag
+
+
+def test_trigger_wait_and_read_the_log(rpc: xmlrpc.client.ServerProxy) -> None:
+    who = unique("caller")
+    run_id = unique("it-run")
+    run = rpc.trigger_dag("example_hello", {"who": who}, {"dag_run_id": run_id, "note": "it"})
+    assert run["created"] is True and run["dag_run_id"] == run_id
+    assert run["conf"] == {"who": who}
+    done = rpc.wait_dag_run("example_hello", run_id, 180)
+    assert done["finished"] is True and done["state"] == "success"
+    tis = rpc.list_task_instances("example_hello", run_id)
+    assert [(t["task_id"], t["state"], t["try_number"]) for t in tis] == [("say_hello", "success", 1)]
+    log = rpc.get_task_log("example_hello", run_id, "say_hello")
+    assert f"hello from txairflowrpc to {who}" in log
+    runs = rpc.list_dag_runs("example_hello", {"state": "success", "limit": 100})
+    assert run_id in [r["dag_run_id"] for r in runs["dag_runs"]]
+
+
+def test_clear_reruns_the_task(rpc: xmlrpc.client.ServerProxy) -> None:
+    run_id = unique("it-clear")
+    rpc.trigger_dag("example_hello", {"who": "first"}, {"dag_run_id": run_id})
+    assert rpc.wait_dag_run("example_hello", run_id, 180)["state"] == "success"
+    dry = rpc.clear_task_instances("example_hello", run_id, {"dry_run": True})
+    assert dry["dry_run"] is True and [t["task_id"] for t in dry["task_instances"]] == ["say_hello"]
+    assert rpc.list_task_instances("example_hello", run_id)[0]["try_number"] == 1
+    cleared = rpc.clear_task_instances("example_hello", run_id, {"task_ids": ["say_hello"]})
+    assert cleared["total"] == 1 and cleared["dry_run"] is False
+    done = rpc.wait_dag_run("example_hello", run_id, 180)
+    assert done["finished"] and done["state"] == "success"
+    ti = rpc.list_task_instances("example_hello", run_id)[0]
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    assert "hello from txairflowrpc to first" in rpc.get_task_log("example_hello", run_id, "say_hello", 2)
+    assert "hello from txairflowrpc to first" in rpc.get_task_log("example_hello", run_id, "say_hello", 1)
+
+
+def test_pause_unpause_and_set_run_state(rpc: xmlrpc.client.ServerProxy) -> None:
+    assert rpc.pause_dag("etl_orders")["is_paused"] is True
+    try:
+        assert rpc.get_dag("etl_orders")["is_paused"] is True
+        run_id = unique("it-paused")
+        run = rpc.trigger_dag("etl_orders", {}, {"dag_run_id": run_id})
+        assert run["state"] == "queued"  # a paused DAG accepts the trigger but does not run it
+        waited = rpc.wait_dag_run("etl_orders", run_id, 2)
+        assert waited["finished"] is False and waited["state"] == "queued"
+        assert rpc.set_dag_run_state("etl_orders", run_id, "failed")["state"] == "failed"
+        assert rpc.get_dag_run("etl_orders", run_id)["state"] == "failed"
+    finally:
+        assert rpc.unpause_dag("etl_orders")["is_paused"] is False
+    assert rpc.get_dag("etl_orders")["is_paused"] is False
+
+
+def test_trigger_is_idempotent_on_dag_run_id(rpc: xmlrpc.client.ServerProxy) -> None:
+    run_id = unique("it-idem")
+    conf = {"day": "2026-01-01", "n": 3}
+    first = rpc.trigger_dag("etl_orders", conf, {"dag_run_id": run_id})
+    again = rpc.trigger_dag("etl_orders", conf, {"dag_run_id": run_id})
+    assert (first["created"], again["created"]) == (True, False)
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        rpc.trigger_dag("etl_orders", {"day": "other"}, {"dag_run_id": run_id})
+    assert e.value.faultCode == 409
+    runs = rpc.list_dag_runs("etl_orders", {"limit": 100})["dag_runs"]
+    assert [r["dag_run_id"] for r in runs].count(run_id) == 1
+    rpc.wait_dag_run("etl_orders", run_id, 180)
+
+
+def test_faults_for_bad_calls(rpc: xmlrpc.client.ServerProxy) -> None:
+    cases = [
+        (lambda: rpc.get_dag("no_such_dag"), 404),
+        (lambda: rpc.get_dag("x/../../variables"), -32602),
+        (lambda: rpc.get_dag_run("example_hello", "no-such-run"), 404),
+        (lambda: rpc.no_such_method(), -32601),
+        (lambda: rpc.get_dag(), -32602),
+        (lambda: rpc.trigger_dag("example_hello", {}, {"logical_date": "2026-01-01"}), -32602),
+    ]
+    for call, code in cases:
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            call()
+        assert e.value.faultCode == code
+        assert "Traceback" not in e.value.faultString
+
+
+def test_multicall_and_introspection(rpc: xmlrpc.client.ServerProxy) -> None:
+    multi = xmlrpc.client.MultiCall(rpc)
+    multi.ping()
+    multi.get_dag("etl_orders")
+    multi.get_dag("no_such_dag")
+    results = multi()
+    assert results[0] == "pong"
+    assert results[1]["dag_id"] == "etl_orders"
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        results[2]
+    assert e.value.faultCode == 404
+    assert "trigger_dag" in rpc.system.listMethods()
+    assert rpc.system.methodSignature("get_task_log") == [
+        ["string", "string", "string", "string"], ["string", "string", "string", "string", "int"]]
+    assert "dag_run_id" in rpc.system.methodHelp("trigger_dag")
+
+
+def test_many_waiters_do_not_block_other_calls(gateway: RunningGateway) -> None:
+    rpc = gateway.proxy()
+    run_id = unique("it-waiters")
+    rpc.trigger_dag("example_hello", {"who": "waiters"}, {"dag_run_id": run_id})
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            results.append(gateway.proxy().wait_dag_run("example_hello", run_id, 180))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wait) for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert rpc.ping() == "pong"
+    assert time.monotonic() - started < 5  # answered while 20 calls are held open
+    for t in threads:
+        t.join(200)
+    assert not errors
+    assert len(results) == 20 and all(r["finished"] and r["state"] == "success" for r in results)
