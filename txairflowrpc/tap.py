@@ -47,7 +47,9 @@ class Options(usage.Options):
             self["loaded"] = config_module.load(self["config"])
             self["tls_options"] = server_options(self["loaded"].tls)
         except config_module.ConfigError as e:
-            raise usage.UsageError(f"{self['config']}: {e}") from None
+            # One line on stderr and exit status 1: twistd would print its
+            # whole usage text above a UsageError, burying the problem.
+            raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
 
 
 class _PoolService(service.Service):

@@ -1,0 +1,38 @@
+"""The built wheel carries the twistd plugin, and twistd finds it once installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_holds_the_plugin_and_twistd_lists_it(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = dist.glob("txairflowrpc-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/airflowrpc.py" in names
+    assert "twisted/plugins/__init__.py" not in names  # never shadow Twisted's own
+    assert "txairflowrpc/tap.py" in names
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    pip = env_dir / "bin" / "pip"
+    subprocess.run([str(pip), "install", "-q", str(wheel)], check=True, timeout=600)
+    help_text = subprocess.run([str(env_dir / "bin" / "twistd"), "--help"], check=True,
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path).stdout
+    assert "airflowrpc" in help_text
+    # Plugin discovery must not import the gateway itself.
+    probe = ("import sys; from twisted.plugin import getPlugins; "
+             "from twisted.application.service import IServiceMaker; "
+             "names = [p.tapname for p in getPlugins(IServiceMaker)]; "
+             "assert 'airflowrpc' in names, names; "
+             "assert not any(m.startswith('txairflowrpc') for m in sys.modules), 'imported'")
+    subprocess.run([str(env_dir / "bin" / "python"), "-c", probe], check=True, timeout=120,
+                   cwd=tmp_path)

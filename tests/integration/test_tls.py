@@ -1,0 +1,74 @@
+"""The listener is TLS 1.2+ only and demands a client certificate from our CA."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from ..harness.pki import DevPKI
+from .conftest import RunningGateway, client_context
+
+
+def handshake(gateway: RunningGateway, ctx: ssl.SSLContext) -> str:
+    """Complete a handshake and one call; the outcome in words."""
+    proxy = xmlrpc.client.ServerProxy(gateway.url, context=ctx)
+    try:
+        return proxy.ping()
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError) as e:
+        return f"refused: {type(e).__name__}"
+
+
+def test_no_client_certificate_is_refused(gateway: RunningGateway) -> None:
+    assert handshake(gateway, client_context(gateway.pki, None)).startswith("refused")
+
+
+def test_certificate_from_another_ca_is_refused(gateway: RunningGateway, tmp_path: Path) -> None:
+    other = DevPKI.create(tmp_path / "other")
+    stranger = other.client("ci-bot.example.com")
+    ctx = client_context(gateway.pki, None)
+    ctx.load_cert_chain(str(stranger.cert), str(stranger.key))
+    assert handshake(gateway, ctx).startswith("refused")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_1_1_is_refused_by_the_server(gateway: RunningGateway) -> None:
+    ctx = client_context(gateway.pki, gateway.client)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError) as e:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+    # The server's protocol_version alert, not a client that could not offer 1.1.
+    assert "ALERT_PROTOCOL_VERSION" in str(e.value)
+
+
+def test_tls_1_2_and_1_3_work(gateway: RunningGateway) -> None:
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(gateway.pki, gateway.client)
+        ctx.minimum_version = ctx.maximum_version = version
+        assert handshake(gateway, ctx) == "pong"
+
+
+def test_plaintext_http_gets_no_answer(gateway: RunningGateway) -> None:
+    with pytest.raises((OSError, urllib.error.URLError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/RPC2", timeout=5).read()
+
+
+def test_alpn_offering_client_is_served(gateway: RunningGateway) -> None:
+    ctx = client_context(gateway.pki, gateway.client)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            body = xmlrpc.client.dumps((), "ping").encode()
+            tls.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b"pong" in answer

@@ -1,0 +1,104 @@
+"""The real ``twistd airflowrpc`` command: bad configs, daemon mode, Airflow down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from ..harness.pki import DevPKI
+from .conftest import TWISTD, client_context, free_port
+
+CONFIG = """
+[listen]
+port = {port}
+[tls]
+certificate = "{tls}/server.pem"
+private_key = "{tls}/server.key"
+client_ca = "{tls}/ca.pem"
+[airflow]
+base_url = "http://127.0.0.1:{airflow_port}"
+username = "gateway"
+password_file = "pw"
+timeout_seconds = 5
+"""
+
+
+def write_config(directory: Path, pki: DevPKI, port: int, airflow_port: int) -> Path:
+    (directory / "pw").write_text("unused\n")
+    path = directory / "airflowrpc.toml"
+    path.write_text(CONFIG.format(port=port, tls=pki.directory, airflow_port=airflow_port))
+    return path
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda t: t + "\n[rpc]\nmax_multical = 3\n", "rpc.max_multical: unknown key"),
+    (lambda t: t.replace('"pw"', '"missing-pw"'), "airflow.password_file: cannot read"),
+    (lambda t: t.replace("server.pem", "nothing.pem"), "tls.certificate: cannot read"),
+    (lambda t: t.replace("timeout_seconds = 5", 'timeout_seconds = "5"'),
+     "airflow.timeout_seconds: must be a number"),
+])
+def test_bad_config_stops_twistd_with_one_line(tmp_path: Path, pki: DevPKI, edit, expected: str) -> None:
+    path = write_config(tmp_path, pki, free_port(), free_port())
+    path.write_text(edit(path.read_text()))
+    out = subprocess.run([str(TWISTD), "-n", "airflowrpc", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert expected in lines[0] and "Traceback" not in lines[0]
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    out = subprocess.run([str(TWISTD), "-n", "airflowrpc", "--config", "nope.toml"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1
+    assert (out.stdout + out.stderr).strip() == (
+        "airflowrpc: nope.toml: cannot read config file nope.toml: No such file or directory")
+
+
+def test_daemonizes_with_pidfile_and_logfile_and_reports_airflow_down(
+    tmp_path: Path, pki: DevPKI
+) -> None:
+    port = free_port()
+    # Nothing listens on this port: Airflow is "down" for this gateway.
+    path = write_config(tmp_path, pki, port, free_port())
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    subprocess.run(
+        [str(TWISTD), f"--pidfile={pidfile}", f"--logfile={logfile}", "airflowrpc",
+         "--config", str(path)],
+        check=True, timeout=60, cwd=tmp_path,
+    )
+    pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        client = pki.client("daemon-test")
+        proxy = xmlrpc.client.ServerProxy(
+            f"https://localhost:{port}/RPC2", context=client_context(pki, client))
+        while True:
+            try:
+                assert proxy.ping() == "pong"
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            proxy.get_dag("etl_orders")
+        assert e.value.faultCode == 503
+        assert "Airflow unavailable" in e.value.faultString
+        assert "Site (TLS) starting on" in logfile.read_text()
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while pidfile.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    assert not pidfile.exists()
