@@ -6,7 +6,7 @@ AIRFLOW_VENV := .airflow-venv
 AIRFLOW_VERSION := 3.3.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit integration install airflow system-deps clean
+.PHONY: run test unit bench install airflow system-deps clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
@@ -19,6 +19,10 @@ test: install airflow system-deps
 ## unit: only the fast tests (no Airflow, no network)
 unit: install
 	$(BIN)/pytest tests/unit
+
+## bench: measure what the audit trail's durability costs (side by side, one run)
+bench: install
+	$(BIN)/python bench/audit_cost.py
 
 install: $(VENV)/.installed
 airflow: $(AIRFLOW_VENV)/.installed

@@ -26,6 +26,7 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from . import errors, ids
+from .calltrace import note_airflow_status
 
 _NOTHING = object()
 
@@ -263,6 +264,7 @@ class AirflowClient:
             token = await self._token()
             answer = await self._send(method, full, token=token, body=body, params=params)
         status = answer.status
+        note_airflow_status(status)
         if 200 <= status < 300:
             return answer.body
         if status == 404:

@@ -32,6 +32,14 @@ class Principal:
     method: str
     certificate: PeerCertificate | None = None
 
+    def audit_identity(self) -> dict[str, Any]:
+        """How the principal authenticated, for the audit trail (never a secret)."""
+        identity: dict[str, Any] = {"method": self.method}
+        if self.certificate is not None:
+            identity["certificate_sha256"] = self.certificate.fingerprint_sha256
+            identity["certificate_subject"] = self.certificate.subject
+        return identity
+
     def describe(self) -> dict[str, Any]:
         """What ``whoami`` tells the caller about itself (no secrets)."""
         info: dict[str, Any] = {"principal": self.name, "authenticated_by": self.method}

@@ -13,6 +13,7 @@ the README.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,11 @@ def _positive(value: float) -> None:
         raise ValueError("must be greater than 0")
 
 
+def _strings(value: list[Any]) -> None:
+    if not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be an array of non-empty strings")
+
+
 def _at_least(n: int) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value < n:
@@ -61,6 +67,8 @@ class _Key:
     default: Any = _REQUIRED
     check: Callable[[Any], None] | None = None
     is_path: bool = False
+    #: For paths: must the file exist (and be readable) at start?
+    must_exist: bool = True
 
 
 @attrs.frozen
@@ -129,6 +137,26 @@ class RPCConfig:
 
 
 @attrs.frozen
+class AuditConfig:
+    """Where the audit trail goes and how it rotates."""
+
+    path: Path
+    rotate_bytes: int
+    rotate_daily: bool
+    fsync: bool
+    redact_keys: tuple[str, ...]
+
+    _keys = {
+        "path": _Key(str, is_path=True, must_exist=False),
+        "rotate_bytes": _Key(int, 100 * 1024 * 1024, _at_least(0)),
+        "rotate_daily": _Key(bool, True),
+        "fsync": _Key(bool, True),
+        "redact_keys": _Key(list, ["password", "passwd", "secret", "token", "api_key",
+                                   "apikey", "credentials", "private_key"], _strings),
+    }
+
+
+@attrs.frozen
 class Config:
     """The whole configuration, as loaded from ``source``."""
 
@@ -137,6 +165,7 @@ class Config:
     tls: TLSConfig
     airflow: AirflowConfig
     rpc: RPCConfig
+    audit: AuditConfig
 
 
 _SECTIONS: dict[str, type] = {
@@ -144,9 +173,13 @@ _SECTIONS: dict[str, type] = {
     "tls": TLSConfig,
     "airflow": AirflowConfig,
     "rpc": RPCConfig,
+    "audit": AuditConfig,
 }
 
-_TOML_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TOML_TYPE_NAMES = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false",
+    list: "an array",
+}
 
 
 def _read_section(name: str, table: object, base: Path) -> dict[str, Any]:
@@ -177,7 +210,7 @@ def _read_section(name: str, table: object, base: Path) -> dict[str, Any]:
             except ValueError as e:
                 raise ConfigError(dotted, str(e)) from None
         if spec.is_path:
-            value = _readable(dotted, base / value)
+            value = _readable(dotted, base / value) if spec.must_exist else base / value
         values[key] = value
     return values
 
@@ -224,7 +257,19 @@ def parse(document: dict[str, Any], source: Path) -> Config:
         tls=TLSConfig(**sections["tls"]),
         airflow=AirflowConfig(**airflow),
         rpc=RPCConfig(**sections["rpc"]),
+        audit=_audit(sections["audit"]),
     )
+
+
+def _audit(values: dict[str, Any]) -> AuditConfig:
+    path: Path = values["path"]
+    if path.is_dir():
+        raise ConfigError("audit.path", f"{path} is a directory; name the log file")
+    directory = path.parent
+    if directory.exists() and not os.access(directory, os.W_OK):
+        raise ConfigError("audit.path", f"cannot write in {directory}")
+    values["redact_keys"] = tuple(k.lower() for k in values["redact_keys"])
+    return AuditConfig(**values)
 
 
 def load(path: str | Path) -> Config:

@@ -5,8 +5,8 @@ The one pipeline every call passes through.
 or inside ``system.multicall``: look the method up (only among the
 registered specs, never by attribute walking), check the arguments,
 authorise, run the handler, and turn any failure into a `GatewayError`.
-Each finished call is announced as one ``txairflowrpc.call`` log event,
-which an audit observer can record.
+Each finished call is logged, and recorded on the audit trail before its
+result is handed back.
 
 The ``system.*`` introspection methods and ``system.multicall`` live here,
 since they are about the method table itself.
@@ -15,13 +15,15 @@ since they are about the method table itself.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import errors
+from . import calltrace, errors
+from .audit import AuditLog, summarize_args
+from .calltrace import CallTrace
 from .spec import CallContext, MethodSpec, Param, collect, rpc_method
 
 _log = Logger(namespace="txairflowrpc.dispatch")
@@ -45,10 +47,6 @@ class AuthenticatedPolicy:
             raise errors.Forbidden(spec.name, "the caller is not authenticated")
 
 
-#: The identifying arguments a call event carries, when present.
-_ID_PARAMS = ("dag_id", "dag_run_id", "task_id")
-
-
 class Dispatcher:
     """
     Runs calls: the methods of ``providers`` plus ``system.*``.
@@ -59,37 +57,60 @@ class Dispatcher:
 
     def __init__(
         self, providers: list[object], *, policy: Policy, max_multicall: int,
-        clock: Any,
+        clock: Any, audit: AuditLog | None = None, redact_keys: tuple[str, ...] = (),
     ) -> None:
         self._policy = policy
         self._max_multicall = max_multicall
         self._clock = clock
+        self._audit = audit
+        self._redact = redact_keys
         self.methods: dict[str, MethodSpec] = {}
         for provider in [*providers, self]:
             self.methods.update(collect(provider))
 
-    def call(self, ctx: CallContext, name: str, args: tuple[Any, ...]) -> Deferred[Any]:
+    def call(
+        self, ctx: CallContext, name: str, args: tuple[Any, ...],
+        multicall_index: int | None = None,
+    ) -> Deferred[Any]:
         """
         Run one call; the Deferred fires with the result or fails with a
         `GatewayError` (anything else is logged and becomes an internal
-        error).  Cancelling it cancels the handler's work.
+        error).  With an audit log, it fires only once the call's record
+        is on disk, and fails with `errors.AuditUnavailable` if it cannot
+        be written.  Cancelling it cancels the handler's work.
         """
         started = self._clock.seconds()
         spec = self.methods.get(name) if isinstance(name, str) else None
-        d = maybeDeferred(self._run, ctx, spec, name, args)
+        trace = CallTrace()
+        d = maybeDeferred(self._run, ctx, spec, name, args, trace)
         d.addErrback(self._as_gateway_error, ctx, spec)
-        d.addBoth(self._announce, ctx, spec, name, args, started)
+        d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index)
         return d
 
-    def _run(self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...]) -> Any:
+    def _run(
+        self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],
+        trace: CallTrace,
+    ) -> Any:
+        if self._audit is not None and self._audit.failed is not None:
+            trace.decision, trace.reason = "denied", "audit log unavailable"
+            raise errors.AuditUnavailable()
         if spec is None:
             raise errors.MethodNotFound(str(name)[:100])
         checked = spec.check(args)
-        self._policy.authorize(ctx, spec, checked)
-        result = spec.handler(ctx, *checked)
-        if inspect.iscoroutine(result):
-            return Deferred.fromCoroutine(result)
-        return result
+        try:
+            self._policy.authorize(ctx, spec, checked)
+        except errors.Forbidden as e:
+            trace.decision, trace.reason = "denied", e.reason
+            raise
+        trace.decision = "allowed"
+        token = calltrace.current.set(trace)
+        try:
+            result = spec.handler(ctx, *checked)
+            if inspect.iscoroutine(result):
+                return Deferred.fromCoroutine(result)
+            return result
+        finally:
+            calltrace.current.reset(token)
 
     def _as_gateway_error(self, failure: Failure, ctx: CallContext, spec: MethodSpec | None) -> Failure:
         if failure.check(errors.InvalidParams) and spec and not failure.value.method:
@@ -102,31 +123,53 @@ class Dispatcher:
         )
         return Failure(errors.InternalError(ctx.request_id))
 
-    def _announce(
-        self, result: Any, ctx: CallContext, spec: MethodSpec | None, name: str,
-        args: tuple[Any, ...], started: float,
+    def _finish(
+        self, result: Any, ctx: CallContext, spec: MethodSpec | None, name: Any,
+        args: tuple[Any, ...], trace: CallTrace, started: float,
+        multicall_index: int | None,
     ) -> Any:
+        cancelled = isinstance(result, Failure) and result.check(CancelledError)
         fault = None
-        if isinstance(result, Failure):
-            fault = getattr(result.value, "code", "cancelled")
-        ids = {}
-        if spec is not None:
-            for param, value in zip(spec.params, args):
-                if param.name in _ID_PARAMS and isinstance(value, str):
-                    ids[param.name] = value[:250]
+        if isinstance(result, Failure) and not cancelled:
+            fault = result.value.code
+        method = spec.name if spec else str(name)[:100]
+        duration = self._clock.seconds() - started
         _log.info(
             "call {method} by {principal}: {outcome}",
-            log_event="txairflowrpc.call",
-            method=spec.name if spec else "(unknown)",
-            principal=getattr(ctx.principal, "name", None),
-            request_id=ctx.request_id,
-            peer=ctx.peer,
-            outcome="ok" if fault is None else f"fault {fault}",
-            fault_code=fault,
-            duration=self._clock.seconds() - started,
-            **ids,
+            method=method, principal=getattr(ctx.principal, "name", None),
+            request_id=ctx.request_id, peer=ctx.peer,
+            outcome="cancelled" if cancelled else "ok" if fault is None else f"fault {fault}",
+            duration=duration,
         )
-        return result
+        if self._audit is None:
+            return result
+        params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
+        ids, summary = summarize_args(params, args, self._redact)
+        fields: dict[str, Any] = {
+            "kind": "call",
+            "request_id": ctx.request_id,
+            "multicall_index": multicall_index,
+            "principal": getattr(ctx.principal, "name", None),
+            "auth": ctx.principal.audit_identity() if ctx.principal is not None else None,
+            "source": ctx.peer,
+            "method": method,
+            **ids,
+            "args": summary or None,
+            "decision": trace.decision,
+            "reason": trace.reason,
+            "outcome": "cancelled" if cancelled else "ok" if fault is None else "fault",
+            "fault_code": fault,
+            "airflow_status": trace.airflow_status,
+            "duration_ms": round(duration * 1000, 3),
+        }
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None})
+
+        def unrecorded(failure: Failure) -> Any:
+            if cancelled:
+                return result
+            return Failure(errors.AuditUnavailable())
+
+        return recorded.addCallbacks(lambda _: result, unrecorded)
 
     # -- system.* --------------------------------------------------------
 
@@ -185,10 +228,10 @@ class Dispatcher:
                 f"at most {self._max_multicall} calls per multicall, got {len(calls)}"
             )
         results: list[Any] = []
-        for entry in calls:
+        for index, entry in enumerate(calls):
             try:
                 name, params = _multicall_entry(entry)
-                results.append([await self.call(call, name, params)])
+                results.append([await self.call(call, name, params, multicall_index=index)])
             except errors.GatewayError as e:
                 results.append({"faultCode": e.code, "faultString": e.message})
         return results

@@ -30,6 +30,7 @@ RATE_LIMITED = 429
 UPSTREAM_ERROR = 502
 UPSTREAM_UNAVAILABLE = 503
 UPSTREAM_TIMEOUT = 504
+AUDIT_UNAVAILABLE = 507
 
 #: Fault codes and what they mean, as documented in the README and
 #: returned by ``system.getCapabilities``.
@@ -46,6 +47,7 @@ FAULT_CODES = {
     UPSTREAM_ERROR: "upstream error: Airflow answered with an error or garbage",
     UPSTREAM_UNAVAILABLE: "upstream unavailable: Airflow cannot be reached",
     UPSTREAM_TIMEOUT: "upstream timeout: Airflow did not answer in time",
+    AUDIT_UNAVAILABLE: "audit log unavailable: calls are refused until it can be written",
 }
 
 
@@ -191,6 +193,21 @@ class UpstreamTimeout(GatewayError):
     @property
     def message(self) -> str:
         return f"Airflow did not answer within {self.seconds:g} s; retry later"
+
+
+@attrs.define(auto_exc=True, str=False)
+class AuditUnavailable(GatewayError):
+    """The audit log cannot be written, so the gateway serves nothing (fail closed)."""
+
+    code = AUDIT_UNAVAILABLE
+
+    @property
+    def message(self) -> str:
+        return (
+            "the audit log cannot be written, so calls are refused until it can; "
+            "retry later (a call already under way may have reached Airflow: "
+            "retry it with the same dag_run_id)"
+        )
 
 
 @attrs.define(auto_exc=True, str=False)

@@ -27,7 +27,9 @@ SETTABLE_RUN_STATES = ("success", "failed", "queued")
 MAX_PAGE = 100
 MAX_CONF_BYTES = 64 * 1024
 MAX_CONF_DEPTH = 16
-MAX_NOTE_LENGTH = 1000
+# Airflow keeps 1000 characters of note; the gateway's attribution line
+# takes the rest.
+MAX_NOTE_LENGTH = 700
 MAX_TAGS = 50
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id")
@@ -120,6 +122,17 @@ def _logical_date(method: str, value: Any) -> str:
     return parsed.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def attribution(call: CallContext, note: str | None) -> str:
+    """
+    The note a triggered run carries in Airflow: who really asked, and the
+    request id that finds the call on the audit trail, above the caller's
+    own note.
+    """
+    name = getattr(call.principal, "name", "unknown")[:200]
+    line = f"Triggered through txairflowrpc by {name} (request {call.request_id})"
+    return line if not note else f"{line}\n\n{note}"
+
+
 def _same_conf(a: Any, b: Any) -> bool:
     return json.dumps(a or {}, sort_keys=True) == json.dumps(b or {}, sort_keys=True)
 
@@ -210,14 +223,16 @@ class AirflowMethods:
         Param("options", "struct",
               "dag_run_id (string; makes the call idempotent), logical_date "
               "(ISO-8601 string with a time zone, or dateTime taken as UTC), "
-              "note (string)", required=False),
+              "note (string, at most 700 characters)", required=False),
     )
     async def trigger_dag(
         self, call: CallContext, dag_id: str, conf: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """
-        Start a run of a DAG. Returns the run, with ``created`` true.
+        Start a run of a DAG. Returns the run, with ``created`` true. The run's
+        note in Airflow names the caller and the request id, above the
+        caller's own note (at most 700 characters).
 
         With a dag_run_id the call is idempotent: if that run exists with the
         same conf, it is returned with ``created`` false and nothing is
@@ -242,7 +257,8 @@ class AirflowMethods:
             )
         try:
             run = await self._client.trigger_dag_run(
-                dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date, note=note
+                dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date,
+                note=attribution(call, note),
             )
         except errors.Conflict:
             if run_id is None:

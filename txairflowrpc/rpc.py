@@ -1,13 +1,16 @@
 """
-The XML-RPC resource served at ``/RPC2``.
+The XML-RPC resource served at ``/RPC2``, and the site around it.
 
-It builds on `twisted.web.xmlrpc.XMLRPC` for the HTTP side (POST only,
-405 otherwise) and replaces its request handling: the caller is
-authenticated before any XML is read, the body is checked for size, type
-and encoding, parsed by `wire.parse_call`, and handed to the `Dispatcher`,
-the pipeline every call passes through.  Every response carries an
-``X-Request-Id`` header.  When the client goes away, the call's work is
-cancelled.
+`RPCResource` builds on `twisted.web.xmlrpc.XMLRPC` and replaces its
+request handling: the caller is authenticated before any XML is read, the
+body is checked for size, type and encoding, parsed by `wire.parse_call`,
+and handed to the `Dispatcher`, the pipeline every call passes through.
+Every response carries an ``X-Request-Id`` header.  When the client goes
+away, the call's work is cancelled.
+
+Every refusal (401, 404, 405, 413, 415, a request that is not XML-RPC, a
+TLS handshake that fails) is recorded on the audit trail; a refusal's
+answer, like a call's, leaves only once its record is on disk.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from __future__ import annotations
 import secrets
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError
+from OpenSSL import SSL
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.xmlrpc import XMLRPC, NoSuchFunction
 
 from . import errors, wire
+from .audit import AuditLog
 from .auth import Principal, Unauthenticated
 from .dispatch import Dispatcher
 from .spec import CallContext
@@ -36,6 +41,51 @@ def _request_id() -> str:
     return secrets.token_hex(8)
 
 
+def _peer(request: Any) -> str:
+    peer = request.getClientAddress()
+    return f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+
+
+class Refusals:
+    """Records refused requests on the audit trail, then answers them."""
+
+    def __init__(self, audit: AuditLog | None) -> None:
+        self._audit = audit
+
+    def record(
+        self, request: Any, request_id: str, reason: str, *,
+        http_status: int | None = None, fault_code: int | None = None,
+        principal: Principal | None = None,
+    ) -> Deferred[Any]:
+        if self._audit is None:
+            return succeed(None)
+        fields: dict[str, Any] = {
+            "kind": "refused", "request_id": request_id, "source": _peer(request),
+            "method": None, "decision": "denied", "reason": reason,
+            "http_status": http_status, "fault_code": fault_code,
+            "http_method": request.method.decode("latin-1")[:16],
+            "path": request.path.decode("latin-1")[:200],
+        }
+        if principal is not None:
+            fields["principal"] = principal.name
+            fields["auth"] = principal.audit_identity()
+        return self._audit.append({k: v for k, v in fields.items() if v is not None})
+
+    def answer(
+        self, request: server.Request, status: int, message: str, *,
+        request_id: str | None = None, principal: Principal | None = None,
+    ) -> Any:
+        """Refuse ``request`` with HTTP ``status`` once the refusal is recorded."""
+        request_id = request_id or _request_id()
+        request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
+        body = _http_error(request, status, message)
+        recorded = self.record(
+            request, request_id, message, http_status=status, principal=principal
+        )
+        recorded.addBoth(lambda _: _write(request, body, b"text/plain; charset=utf-8"))
+        return server.NOT_DONE_YET
+
+
 class RPCResource(XMLRPC):
     """
     XML-RPC over HTTP POST, in front of a `Dispatcher`.
@@ -47,12 +97,13 @@ class RPCResource(XMLRPC):
 
     def __init__(
         self, dispatcher: Dispatcher, *, authenticate: Callable[[Any], Principal],
-        max_body_bytes: int,
+        max_body_bytes: int, audit: AuditLog | None = None,
     ) -> None:
         super().__init__(allowNone=False, useDateTime=False)
         self._dispatcher = dispatcher
         self._authenticate = authenticate
         self._max_body = max_body_bytes
+        self.refusals = Refusals(audit)
 
     def lookupProcedure(self, procedurePath: str) -> Any:
         # Only registered methods; never Twisted's attribute lookup.
@@ -67,7 +118,7 @@ class RPCResource(XMLRPC):
     def render(self, request: server.Request) -> Any:
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
-            return _http_error(request, 405, "only POST is allowed on /RPC2")
+            return self.refusals.answer(request, 405, "only POST is allowed on /RPC2")
         return self.render_POST(request)
 
     def render_POST(self, request: server.Request) -> Any:
@@ -76,26 +127,31 @@ class RPCResource(XMLRPC):
         try:
             principal = self._authenticate(request)
         except Unauthenticated as e:
-            return _http_error(request, 401, f"unauthenticated: {e.reason}")
+            return self.refusals.answer(
+                request, 401, f"unauthenticated: {e.reason}", request_id=request_id
+            )
         problem = _body_problem(request)
         if problem is not None:
-            return _http_error(request, *problem)
+            return self.refusals.answer(
+                request, *problem, request_id=request_id, principal=principal
+            )
         request.content.seek(0, 0)
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
-            return _http_error(
-                request, 413, f"request body is larger than {self._max_body} bytes"
+            return self.refusals.answer(
+                request, 413, f"request body is larger than {self._max_body} bytes",
+                request_id=request_id, principal=principal,
             )
-        peer = request.getClientAddress()
-        ctx = CallContext(
-            principal=principal, request_id=request_id,
-            peer=f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
-        )
         try:
             method, params = wire.parse_call(body)
         except errors.GatewayError as e:
-            self._write(request, wire.dump_fault(e.to_fault()))
+            recorded = self.refusals.record(
+                request, request_id, e.message, fault_code=e.code, principal=principal
+            )
+            content = wire.dump_fault(e.to_fault())
+            recorded.addBoth(lambda _: _write(request, content))
             return server.NOT_DONE_YET
+        ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
         d = self._dispatcher.call(ctx, method, params)
         gone: list[Failure] = []
 
@@ -105,7 +161,7 @@ class RPCResource(XMLRPC):
 
         request.notifyFinish().addErrback(client_gone)
         d.addCallbacks(wire.dump_response, self._fault_body, errbackArgs=(request_id,))
-        d.addCallback(lambda content: None if gone else self._write(request, content))
+        d.addCallback(lambda content: None if gone else _write(request, content))
         d.addErrback(lambda f: None if f.check(CancelledError) else _log.failure("", f))
         return server.NOT_DONE_YET
 
@@ -114,11 +170,14 @@ class RPCResource(XMLRPC):
             return failure  # type: ignore[return-value]
         return wire.dump_fault(errors.as_fault(failure.value, request_id))
 
-    def _write(self, request: server.Request, content: bytes) -> None:
-        request.setHeader(b"Content-Type", b"text/xml; charset=utf-8")
-        request.setHeader(b"Content-Length", b"%d" % len(content))
-        request.write(content)
-        request.finish()
+
+def _write(request: Any, content: bytes, content_type: bytes = b"text/xml; charset=utf-8") -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", b"%d" % len(content))
+    request.write(content)
+    request.finish()
 
 
 def _body_problem(request: server.Request) -> tuple[int, str] | None:
@@ -133,31 +192,81 @@ def _body_problem(request: server.Request) -> tuple[int, str] | None:
 
 def _http_error(request: server.Request, status: int, message: str) -> bytes:
     request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     if status == 401:
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="airflowrpc"')
     return (message + "\n").encode("utf-8")
 
 
-class _Root(Resource):
-    """``/RPC2`` and nothing else: any other path is a plain-text 404."""
-
-    def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return _NotFound()
-
-    def render(self, request: server.Request) -> bytes:
-        return _http_error(request, 404, "not found: the XML-RPC endpoint is /RPC2")
-
-
 class _NotFound(Resource):
+    """Any path but ``/RPC2``: a plain-text 404, recorded."""
+
     isLeaf = True
 
-    def render(self, request: server.Request) -> bytes:
-        return _http_error(request, 404, "not found: the XML-RPC endpoint is /RPC2")
+    def __init__(self, refusals: Refusals) -> None:
+        super().__init__()
+        self._refusals = refusals
+
+    def render(self, request: server.Request) -> Any:
+        return self._refusals.answer(request, 404, "not found: the XML-RPC endpoint is /RPC2")
+
+
+class _Root(Resource):
+    def __init__(self, refusals: Refusals) -> None:
+        super().__init__()
+        self._not_found = _NotFound(refusals)
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return self._not_found
+
+    def render(self, request: server.Request) -> Any:
+        return self._not_found.render(request)
 
 
 def root(rpc: RPCResource) -> Resource:
     """The site's root, with the XML-RPC resource at ``/RPC2``."""
-    top = _Root()
+    top = _Root(rpc.refusals)
     top.putChild(b"RPC2", rpc)
     return top
+
+
+class _AuditedChannel(http.HTTPChannel):
+    """Records connections that end in a failed TLS handshake."""
+
+    _sawRequest = False
+
+    def allHeadersReceived(self) -> None:
+        self._sawRequest = True
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self._sawRequest and reason.check(SSL.Error):
+            self.site.record_tls_refusal(self.transport.getPeer(), reason)
+        super().connectionLost(reason)
+
+
+class AuditedSite(server.Site):
+    """A `Site` whose failed TLS handshakes (no, expired or unknown client
+    certificate, old protocol) are recorded on the audit trail."""
+
+    protocol = _AuditedChannel
+
+    def __init__(self, resource: Resource, *, audit: AuditLog | None, reactor: Any) -> None:
+        super().__init__(resource, reactor=reactor)
+        self._audit = audit
+
+    def record_tls_refusal(self, peer: Any, reason: Failure) -> None:
+        if self._audit is None:
+            return
+        self._audit.append({
+            "kind": "refused", "decision": "denied", "reason": "TLS handshake failed",
+            "tls_error": _tls_reason(reason.value),
+            "source": f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
+        }).addErrback(lambda f: None)
+
+
+def _tls_reason(error: BaseException) -> str:
+    """OpenSSL's short reason, e.g. 'peer did not return a certificate'."""
+    try:
+        return str(error.args[0][0][2])[:200]
+    except (IndexError, TypeError):
+        return type(error).__name__

@@ -3,29 +3,35 @@
 
 `Options` loads and checks the config file (so a bad config stops twistd
 with one line naming the key), and `makeService` wires the parts together:
-the pooled treq client to Airflow, the run watcher, the method table, the
-XML-RPC resource and the TLS listener.  The reactor is a parameter so
+the audit log and its writer thread, the pooled treq client to Airflow, the
+run watcher, the method table, the XML-RPC resource and the TLS listener.  The reactor is a parameter so
 tests can pass a fake one.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable
 
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.python import usage
 from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import config as config_module
+from . import __version__
 from .airflow import AirflowClient
+from .audit import AuditLog
 from .auth import Principal, authenticate
 from .dispatch import AuthenticatedPolicy, Dispatcher
 from .methods import AirflowMethods
-from .rpc import RPCResource, root
+from .rpc import AuditedSite, RPCResource, root
 from .tls import server_options
 from .watch import RunWatcher
 
@@ -63,8 +69,43 @@ class _PoolService(service.Service):
         return self._pool.closeCachedConnections()
 
 
+class AuditService(service.Service):
+    """
+    Owns the audit log and its one writer thread; records service start
+    and stop as administrative events.
+    """
+
+    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str) -> None:
+        self.audit = audit
+        self._threads = threads
+        self._config_path = config_path
+
+    def startService(self) -> None:
+        super().startService()
+        self._threads.start()
+        self.audit.append({
+            "event": "service.start", "version": __version__, "config": self._config_path,
+        }).addErrback(lambda f: None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.audit.append({"event": "service.stop"}).addErrback(lambda f: None)
+        d = self.audit.close()
+        d.addBoth(lambda _: self._threads.stop())
+        return d
+
+
+def open_audit(cfg: config_module.AuditConfig, reactor: Any, run_blocking: Any) -> AuditLog:
+    audit = AuditLog(
+        cfg.path, clock=reactor, run_blocking=run_blocking, instance=secrets.token_hex(6),
+        rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
+    )
+    audit.open()
+    return audit
+
+
 def build_site(
-    cfg: config_module.Config, reactor: Any, http: Any,
+    cfg: config_module.Config, reactor: Any, http: Any, audit: AuditLog | None,
     authenticate: Callable[[Any], Principal] = authenticate,
 ) -> server.Site:
     """The web site of the gateway, calling Airflow through ``http``."""
@@ -77,11 +118,13 @@ def build_site(
     dispatcher = Dispatcher(
         [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
         policy=AuthenticatedPolicy(), max_multicall=cfg.rpc.max_multicall, clock=reactor,
+        audit=audit, redact_keys=cfg.audit.redact_keys,
     )
     rpc = RPCResource(
-        dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes
+        dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
+        audit=audit,
     )
-    site = server.Site(root(rpc), reactor=reactor)
+    site = AuditedSite(root(rpc), audit=audit, reactor=reactor)
     site.displayTracebacks = False
     return site
 
@@ -90,16 +133,20 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     cfg: config_module.Config = options["loaded"]
+    top = service.MultiService()
+
+    threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
+    audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f))
+    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     http = HTTPClient(Agent(reactor, pool=pool))
-    site = build_site(cfg, reactor, http)
-    top = service.MultiService()
     _PoolService(pool).setServiceParent(top)
+
+    site = build_site(cfg, reactor, http, audit)
     endpoint = SSL4ServerEndpoint(
         reactor, cfg.listen.port, options["tls_options"], interface=cfg.listen.host
     )
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
     return top
-
-

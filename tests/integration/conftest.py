@@ -57,6 +57,8 @@ timeout_seconds = 20
 max_multicall = 20
 max_wait_seconds = 600
 wait_poll_seconds = 1.0
+[audit]
+path = "{audit}"
 """
 
 
@@ -69,10 +71,11 @@ class RunningGateway:
         self.url = f"https://localhost:{self.port}/RPC2"
         password_file = directory / "airflow-password"
         password_file.write_text(airflow.gateway_password + "\n")
+        self.audit_path = directory / "audit" / "audit.jsonl"
         self.config = directory / "airflowrpc.toml"
         self.config.write_text(GATEWAY_CONFIG.format(
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
-            password_file=password_file,
+            password_file=password_file, audit=self.audit_path,
         ))
         self.log = directory / "twistd.log"
         self.client = pki.client("ci-bot.example.com")

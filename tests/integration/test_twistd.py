@@ -26,6 +26,8 @@ base_url = "http://127.0.0.1:{airflow_port}"
 username = "gateway"
 password_file = "pw"
 timeout_seconds = 5
+[audit]
+path = "audit.jsonl"
 """
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import tempfile
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
 import attrs
 from treq.testing import StubTreq
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from txairflowrpc.auth import Principal
-from txairflowrpc.config import AirflowConfig, Config, ListenConfig, RPCConfig, TLSConfig
+from txairflowrpc.audit import AuditLog
+from txairflowrpc.config import (
+    AirflowConfig, AuditConfig, Config, ListenConfig, RPCConfig, TLSConfig,
+)
 from txairflowrpc.tap import build_site
 
 from ..fakes import FakeAirflow
@@ -25,6 +30,8 @@ CONFIG = Config(
                           max_connections=4),
     rpc=RPCConfig(max_multicall=5, max_wait_seconds=300, wait_poll_seconds=2,
                   max_body_bytes=256 * 1024),
+    audit=AuditConfig(path=Path("unused"), rotate_bytes=0, rotate_daily=False, fsync=False,
+                      redact_keys=("password", "token")),
 )
 
 
@@ -33,6 +40,7 @@ class Gateway:
     clock: Clock
     airflow: FakeAirflow
     client: StubTreq
+    audit: AuditLog
     principal: Principal | None = Principal("ci-bot", "client_certificate")
 
     def advance(self, seconds: float) -> None:
@@ -62,9 +70,21 @@ class Gateway:
         return d.addCallback(lambda r: Deferred.fromCoroutine(read(r)))
 
 
-def gateway(config: Config = CONFIG) -> Gateway:
-    clock = Clock()
+def audit_log(directory: str, clock: Clock, **kw: Any) -> AuditLog:
+    """An audit log that writes synchronously, for tests."""
+    log = AuditLog(Path(directory) / "audit.jsonl", clock=clock,
+                   run_blocking=lambda f: maybeDeferred(f), instance="test", **kw)
+    log.open()
+    return log
+
+
+def gateway(
+    config: Config = CONFIG, audit_dir: str | None = None, clock: Clock | None = None,
+    audit: AuditLog | None = None,
+) -> Gateway:
+    clock = clock or Clock()
     airflow = FakeAirflow()
+    audit = audit or audit_log(audit_dir or tempfile.mkdtemp(), clock)
     holder: list[Gateway] = []
 
     def authenticate(request: Any) -> Principal:
@@ -74,7 +94,7 @@ def gateway(config: Config = CONFIG) -> Gateway:
             raise Unauthenticated("a client certificate is required")
         return holder[0].principal
 
-    site = build_site(config, clock, StubTreq(airflow), authenticate=authenticate)
-    gw = Gateway(clock, airflow, StubTreq(site.resource))
+    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate)
+    gw = Gateway(clock, airflow, StubTreq(site.resource), audit)
     holder.append(gw)
     return gw

@@ -24,6 +24,8 @@ base_url = "http://127.0.0.1:8080/"
 username = "gateway"
 password_file = "pw"
 timeout_seconds = 5
+[audit]
+path = "audit/audit.jsonl"
 """
 
 
@@ -52,6 +54,8 @@ def test_good_config_loads_with_defaults_and_relative_paths(confdir: Path) -> No
     assert cfg.airflow.timeout_seconds == 5.0
     assert cfg.tls.certificate == confdir / "tls" / "server.pem"
     assert cfg.rpc.max_multicall == 50 and cfg.rpc.max_body_bytes == 1024 * 1024
+    assert cfg.audit.path == confdir / "audit" / "audit.jsonl"
+    assert cfg.audit.fsync is True and "password" in cfg.audit.redact_keys
     assert "s3cret" not in repr(cfg)
     server_options(cfg.tls)  # the certificates really load
 
@@ -59,13 +63,16 @@ def test_good_config_loads_with_defaults_and_relative_paths(confdir: Path) -> No
 def test_shipped_example_parses(confdir: Path) -> None:
     example = Path(__file__).resolve().parents[2] / "conf" / "airflowrpc.toml"
     text = example.read_text().replace("../var/tls/", "tls/").replace(
-        "../var/airflow/gateway-password", "pw")
+        "../var/airflow/gateway-password", "pw").replace("../var/audit/", "audit/")
     cfg = load(write(confdir, text))
     assert cfg.listen.port == 8443
 
 
 @pytest.mark.parametrize("edit,key,words", [
     (lambda t: t + "\n[rpc]\nmax_multical = 3\n", "rpc.max_multical", "unknown key"),
+    (lambda t: t.replace('path = "audit/audit.jsonl"', ""), "audit.path", "missing"),
+    (lambda t: t.replace('"audit/audit.jsonl"', '"tls"'), "audit.path", "is a directory"),
+    (lambda t: t + "redact_keys = [1]\n", "audit.redact_keys", "non-empty strings"),
     (lambda t: t.replace("port = 8443", 'port = "8443"'), "listen.port", "must be an integer"),
     (lambda t: t.replace("port = 8443", "port = 70000"), "listen.port", "port number"),
     (lambda t: t.replace('username = "gateway"\n', ""), "airflow.username", "missing"),

@@ -85,7 +85,17 @@ class SurfaceTests(MethodTestCase):
     def test_trigger_without_options_sends_a_null_logical_date(self) -> None:
         run = self.call("trigger_dag", "example_hello")
         self.assertTrue(run["created"])
-        self.assertEqual(self.gw.airflow.bodies[-1], {"logical_date": None, "conf": {}})
+        body = self.gw.airflow.bodies[-1]
+        self.assertEqual((body["logical_date"], body["conf"]), (None, {}))
+        self.assertRegex(body["note"], r"^Triggered through txairflowrpc by ci-bot "
+                                       r"\(request [0-9a-f]{16}\)$")
+
+    def test_trigger_note_keeps_the_callers_note_below_the_attribution(self) -> None:
+        status, headers, run = self.successResultOf(self.gw.call_d(
+            "trigger_dag", "example_hello", {}, {"note": "nightly retrain"}))
+        request_id = headers.getRawHeaders("x-request-id")[0]
+        self.assertEqual(run["note"], f"Triggered through txairflowrpc by ci-bot "
+                                      f"(request {request_id})\n\nnightly retrain")
 
     def test_trigger_retry_with_same_id_and_conf_is_idempotent(self) -> None:
         first = self.call("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "ci-2"})
@@ -104,7 +114,7 @@ class SurfaceTests(MethodTestCase):
         for params, words in [
             (({}, {"logical_date": "yesterday"}), "ISO-8601"),
             (({}, {"logical_date": "2026-01-01T00:00:00"}), "time zone"),
-            (({}, {"note": "x" * 1001}), "options.note"),
+            (({}, {"note": "x" * 701}), "options.note"),
             (({"a": xmlrpc.client.Binary(b"x")},), "conf may hold only"),
             (({"k": "v" * 70000},), "larger than"),
         ]:

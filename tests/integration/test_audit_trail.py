@@ -1,0 +1,208 @@
+"""
+The audit trail of a real gateway: complete, verifiable, durable through
+``kill -9``, and failing closed when its file cannot grow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..harness.airflow import LocalAirflow
+from ..harness.pki import DevPKI
+from .conftest import TWISTD, RunningGateway, client_context
+
+AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AIRFLOWRPC), "audit", "verify", *map(str, paths)],
+                          capture_output=True, text=True, timeout=60)
+
+
+class RequestIdTransport(xmlrpc.client.SafeTransport):
+    """Remembers the X-Request-Id of every response it parsed."""
+
+    def __init__(self, context: ssl.SSLContext, seen: list[str]) -> None:
+        super().__init__(context=context)
+        self.seen = seen
+
+    def parse_response(self, response: Any) -> Any:
+        request_id = response.getheader("X-Request-Id")
+        try:
+            result = super().parse_response(response)
+        except xmlrpc.client.Fault:
+            self.seen.append(request_id)  # a fault is an answer too
+            raise
+        self.seen.append(request_id)  # only once the whole answer was read
+        return result
+
+
+def test_every_call_and_refusal_is_on_a_verifiable_trail(gateway: RunningGateway) -> None:
+    seen: list[str] = []
+    ctx = client_context(gateway.pki, gateway.client)
+    proxy = xmlrpc.client.ServerProxy(gateway.url, transport=RequestIdTransport(ctx, seen))
+    proxy.get_dag("etl_orders")
+    with pytest.raises(xmlrpc.client.Fault):
+        proxy.get_dag("no_such_dag")
+    bare = xmlrpc.client.ServerProxy(gateway.url, context=client_context(gateway.pki, None))
+    with pytest.raises(OSError):
+        bare.ping()
+    time.sleep(0.5)
+    recs = records(gateway.audit_path)
+    by_id = {r.get("request_id"): r for r in recs}
+    ok, missing = by_id[seen[0]], by_id[seen[1]]
+    assert (ok["method"], ok["dag_id"], ok["outcome"], ok["airflow_status"]) == (
+        "get_dag", "etl_orders", "ok", 200)
+    assert ok["principal"] == "ci-bot.example.com"
+    assert len(ok["auth"]["certificate_sha256"]) == 64
+    assert (missing["outcome"], missing["fault_code"], missing["airflow_status"]) == (
+        "fault", 404, 404)
+    assert any(r.get("reason") == "TLS handshake failed" for r in recs[-3:])
+    assert recs[0]["event"] == "service.start"
+    out = verify(gateway.audit_path)
+    assert out.returncode == 0 and out.stdout.startswith("chain whole:"), out.stdout
+
+
+def start_gateway(gateway: RunningGateway, config: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile=", "airflowrpc", "--config", str(config)],
+        stdin=subprocess.DEVNULL, start_new_session=True, **popen,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None
+        try:
+            if gateway.proxy().ping() == "pong":
+                return process
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def test_kill_9_loses_no_record_of_an_answered_call(
+    tmp_path: Path, pki: DevPKI, airflow: LocalAirflow
+) -> None:
+    gw = RunningGateway(tmp_path, pki, airflow)
+    process = start_gateway(gw, gw.config, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        ctx = client_context(pki, gw.client)
+        proxy = xmlrpc.client.ServerProxy(gw.url, transport=RequestIdTransport(ctx, answered))
+        for i in range(2000):  # bounded; ends at the kill
+            if stop.is_set():
+                return
+            try:
+                proxy.get_dag("etl_orders") if i % 2 else proxy.ping()
+            except (OSError, xmlrpc.client.ProtocolError):
+                return
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(answered) > 50, "the load did not run"
+    recorded = {r.get("request_id") for r in records(gw.audit_path)}
+    lost = [rid for rid in answered if rid not in recorded]
+    assert lost == [], f"{len(lost)} answered calls have no record"
+    # A restart trims any torn last line and continues the same chain.
+    process = start_gateway(gw, gw.config, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        gw.proxy().ping()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    out = verify(gw.audit_path)
+    assert out.returncode == 0, out.stdout
+
+
+def test_a_full_disk_fails_closed_and_recovers(
+    tmp_path: Path, pki: DevPKI, airflow: LocalAirflow
+) -> None:
+    gw = RunningGateway(tmp_path, pki, airflow)
+    limit = 12 * 1024  # bytes any file of the gateway may grow to: a "full disk"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    process = start_gateway(gw, gw.config, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, preexec_fn=small_files)
+    try:
+        proxy = gw.proxy()
+        faults: list[int] = []
+        for _ in range(100):  # bounded: the file fills after a few dozen records
+            try:
+                proxy.get_dag("etl_orders")
+            except xmlrpc.client.Fault as fault:
+                faults.append(fault.faultCode)
+                break
+        assert faults == [507], "the audit file never filled"
+        before = gw.audit_path.stat().st_size
+        for _ in range(3):  # refused at once, without asking Airflow
+            with pytest.raises(xmlrpc.client.Fault) as e:
+                proxy.trigger_dag("etl_orders", {}, {"dag_run_id": f"never-{_}"})
+            assert e.value.faultCode == 507
+            assert "audit log cannot be written" in e.value.faultString
+        # Space again: the gateway recovers by itself and writes what it held.
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert proxy.ping() == "pong"
+                break
+            except xmlrpc.client.Fault as fault:
+                assert fault.faultCode == 507 and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert gw.audit_path.stat().st_size > before
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    recs = records(gw.audit_path)
+    refused = [r for r in recs if r.get("method") == "trigger_dag"]
+    assert len(refused) == 3 and all(r["fault_code"] == 507 for r in refused)
+    assert all(r["decision"] == "denied" for r in refused)
+    out = verify(gw.audit_path)
+    assert out.returncode == 0, out.stdout
+    # The refused triggers never reached Airflow.
+    assert not any(airflow_has_run(airflow, "etl_orders", f"never-{i}") for i in range(3))
+
+
+def airflow_has_run(airflow: LocalAirflow, dag_id: str, run_id: str) -> bool:
+    """Ask Airflow directly (as its admin), not through the gateway."""
+    import urllib.error
+    import urllib.request
+
+    token = airflow.token("admin", airflow.admin_password)
+    req = urllib.request.Request(f"{airflow.base_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            return True
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise

@@ -1,0 +1,330 @@
+"""The audit trail: chained, durable before answers, fail-closed, rotated."""
+
+from __future__ import annotations
+
+import errno
+import json
+import xmlrpc.client
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc import errors
+from txairflowrpc.audit import RETRY_SECONDS, AuditLog, verify
+from txairflowrpc.cli import main as cli
+
+from .helpers import audit_log, gateway
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class HeldWrites:
+    """run_blocking whose writes finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self.fail_with: OSError | None = None
+
+    def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((f, d))
+        return d
+
+    def release(self) -> None:
+        """Finish the writes started so far (not those they start in turn)."""
+        batch, self.pending = self.pending, []
+        for f, d in batch:
+            if self.fail_with is not None:
+                d.errback(self.fail_with)
+            else:
+                maybeDeferred(f).chainDeferred(d)
+
+
+class ChainTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.dir = Path(self.mktemp())
+        self.log = audit_log(str(self.dir), self.clock)
+        self.path = self.dir / "audit.jsonl"
+
+    def fill(self, n: int) -> None:
+        for i in range(n):
+            self.successResultOf(self.log.append({"kind": "call", "i": i}))
+
+    def test_records_are_chained_and_verify_says_whole(self) -> None:
+        self.fill(5)
+        recs = records(self.path)
+        self.assertEqual([r["seq"] for r in recs], [1, 2, 3, 4, 5])
+        self.assertEqual(recs[0]["prev"], "0" * 64)
+        self.assertEqual([r["prev"] for r in recs[1:]], [r["hash"] for r in recs[:-1]])
+        self.assertEqual(recs[0]["time"], "2027-01-15T08:00:00.000000Z")
+        self.assertEqual(verify([self.path]), (True, "chain whole: 5 records, seq 1..5"))
+
+    def tamper(self, change: Callable[[list[str]], list[str]]) -> str:
+        self.fill(5)
+        lines = self.path.read_text().splitlines(keepends=True)
+        self.path.write_text("".join(change(lines)))
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        return message
+
+    def test_an_edited_line_is_found(self) -> None:
+        message = self.tamper(lambda ls: ls[:2] + [ls[2].replace('"i":2', '"i":7')] + ls[3:])
+        self.assertIn(":3: record seq 3 was altered", message)
+
+    def test_a_deleted_line_is_found(self) -> None:
+        message = self.tamper(lambda ls: ls[:2] + ls[3:])
+        self.assertIn(":3: records 3..3 are missing", message)
+
+    def test_reordered_lines_are_found(self) -> None:
+        message = self.tamper(lambda ls: [ls[0], ls[2], ls[1]] + ls[3:])
+        self.assertIn(":2: records 2..2 are missing", message)
+
+    def test_a_rewritten_chain_tail_is_found(self) -> None:
+        # Deleting the last record leaves a shorter whole chain: a reader
+        # sees it by the seq, which the next start continues from.
+        message = self.tamper(lambda ls: ls[:-1] + [ls[-1][:-10]])
+        self.assertIn("incomplete last line", message)
+
+    def test_the_chain_continues_after_a_restart_and_a_torn_line(self) -> None:
+        self.fill(3)
+        self.successResultOf(self.log.close())
+        with self.path.open("ab") as f:
+            f.write(b'{"seq":4,"torn')  # a crash in the middle of a write
+        again = audit_log(str(self.dir), self.clock)
+        self.successResultOf(again.append({"kind": "call"}))
+        self.assertEqual([r["seq"] for r in records(self.path)], [1, 2, 3, 4])
+        self.assertTrue(verify([self.path])[0])
+
+    def test_control_characters_cannot_split_or_forge_a_record(self) -> None:
+        evil = 'x"}\n{"seq":99,"kind":"call"}\r\n\x00\u2028'
+        self.successResultOf(self.log.append({"kind": "call", "method": evil}))
+        lines = self.path.read_bytes().split(b"\n")
+        self.assertEqual(len(lines), 2)  # one record and the final newline
+        self.assertEqual(json.loads(lines[0])["method"], evil)
+        self.assertTrue(verify([self.path])[0])
+
+    def test_log_observer_records_administrative_events(self) -> None:
+        self.log({"audit_event": "config.reload", "audit_fields": {"result": "rejected"}})
+        self.log({"log_format": "ordinary event, not audited"})
+        (rec,) = records(self.path)
+        self.assertEqual((rec["event"], rec["result"]), ("config.reload", "rejected"))
+
+
+class DurabilityTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.held = HeldWrites()
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.log = AuditLog(self.dir / "audit.jsonl", clock=self.clock,
+                            run_blocking=self.held, instance="t")
+        self.log.open()
+
+    def test_group_commit_writes_what_arrived_meanwhile_with_one_fsync(self) -> None:
+        first = self.log.append({"n": 0})
+        rest = [self.log.append({"n": i}) for i in range(1, 100)]
+        self.assertNoResult(first)
+        self.assertEqual(len(self.held.pending), 1)  # one write in flight
+        self.held.release()  # first batch: 1 record
+        self.successResultOf(first)
+        for d in rest:
+            self.assertNoResult(d)  # not acknowledged before its own fsync
+        self.held.release()  # second batch: the 99 that waited
+        for d in rest:
+            self.successResultOf(d)
+        self.assertEqual((self.log.fsyncs, self.log.written), (2, 100))
+
+    def test_failed_write_fails_closed_and_loses_nothing(self) -> None:
+        self.held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        d = self.log.append({"n": 1})
+        self.held.release()
+        self.failureResultOf(d, errors.AuditUnavailable)
+        self.assertEqual(self.log.failed, "No space left on device")
+        d2 = self.log.append({"n": 2})  # also queued behind the failed record
+        self.held.release()
+        self.failureResultOf(d2, errors.AuditUnavailable)
+        self.held.fail_with = None  # space again
+        self.clock.advance(RETRY_SECONDS)
+        self.held.release()
+        self.assertIsNone(self.log.failed)
+        recs = records(self.dir / "audit.jsonl")
+        self.assertEqual([r["n"] for r in recs], [1, 2])
+        self.assertTrue(verify([self.dir / "audit.jsonl"])[0])
+
+
+class RotationTests(SynchronousTestCase):
+    def test_rotation_by_size_keeps_the_chain_whole_and_deletes_nothing(self) -> None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        directory = Path(self.mktemp())
+        log = audit_log(str(directory), clock, rotate_bytes=2000)
+        for i in range(60):
+            clock.advance(1)
+            self.successResultOf(log.append({"kind": "call", "i": i}))
+        files = sorted(directory.iterdir())
+        self.assertGreater(len(files), 3)
+        self.assertTrue(all(f.stat().st_size <= 2000 for f in files))
+        rotated = [r for f in files for r in records(f) if r.get("event") == "audit.rotated"]
+        self.assertEqual(len(rotated), len(files) - 1)
+        self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
+        calls = sorted(r["i"] for f in files for r in records(f) if "i" in r)
+        self.assertEqual(calls, list(range(60)))  # none lost, none duplicated
+
+    def test_rotation_by_day(self) -> None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        directory = Path(self.mktemp())
+        log = audit_log(str(directory), clock, rotate_daily=True)
+        self.successResultOf(log.append({"day": 1}))
+        clock.advance(86400)
+        self.successResultOf(log.append({"day": 2}))
+        files = sorted(directory.iterdir())
+        self.assertEqual([f.name for f in files],
+                         ["audit.jsonl", "audit.jsonl.20270116T080000Z"])
+        self.assertTrue(verify([files[1], files[0]])[0])
+
+    def test_reopening_after_rotation_continues_the_chain(self) -> None:
+        clock = Clock()
+        directory = Path(self.mktemp())
+        log = audit_log(str(directory), clock, rotate_bytes=600)
+        for i in range(5):
+            self.successResultOf(log.append({"i": i}))
+        self.successResultOf(log.close())
+        (directory / "audit.jsonl").unlink()  # ops moved the current file away
+        again = audit_log(str(directory), clock)
+        self.successResultOf(again.append({"i": 5}))
+        files = sorted(directory.iterdir())
+        self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
+
+
+class GatewayRecordTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.gw = gateway(audit_dir=self.dir)
+        self.path = Path(self.dir) / "audit.jsonl"
+
+    def call(self, method: str, *params: Any) -> tuple[str, Any]:
+        status, headers, result = self.successResultOf(self.gw.call_d(method, *params))
+        return headers.getRawHeaders("x-request-id")[0], result
+
+    def test_a_call_record_says_who_what_where_and_how_it_ended(self) -> None:
+        request_id, run = self.call(
+            "trigger_dag", "etl_orders", {"day": "2026-01-01", "db_password": "hunter2"},
+            {"dag_run_id": "r1", "note": "secret-ish note"})
+        self.assertTrue(run["created"])
+        (rec,) = records(self.path)
+        self.assertEqual(rec["request_id"], request_id)
+        self.assertEqual(rec["principal"], "ci-bot")
+        self.assertEqual(rec["auth"], {"method": "client_certificate"})
+        self.assertEqual((rec["method"], rec["dag_id"], rec["dag_run_id"]),
+                         ("trigger_dag", "etl_orders", "r1"))
+        self.assertEqual((rec["decision"], rec["outcome"], rec["airflow_status"]),
+                         ("allowed", "ok", 200))
+        self.assertEqual(set(rec["args"]["conf"]), {"sha256", "size"})
+        self.assertEqual(rec["args"]["options"]["dag_run_id"], "r1")
+        self.assertEqual(set(rec["args"]["options"]["note"]), {"sha256", "size"})
+        self.assertIn("duration_ms", rec)
+        raw = self.path.read_text()
+        for secret in ("hunter2", "secret-ish", "2026-01-01"):
+            self.assertNotIn(secret, raw)
+
+    def test_sensitive_keys_are_redacted_before_digesting(self) -> None:
+        from txairflowrpc.audit import digest_of
+
+        self.call("trigger_dag", "etl_orders", {"db_password": "hunter2"}, {"token": "t0ps3cret"})
+        (rec,) = records(self.path)
+        self.assertEqual(rec["fault_code"], -32602)  # options has no "token" key
+        self.assertEqual(rec["args"]["options"]["token"], "[redacted]")
+        self.assertEqual(rec["args"]["conf"], digest_of({"db_password": "[redacted]"}))
+        self.assertNotIn("t0ps3cret", self.path.read_text())
+
+    def test_faults_are_recorded_with_their_code(self) -> None:
+        self.call("get_dag", "no_such_dag")
+        self.call("get_dag", "x/../../variables")
+        self.call("nope")
+        recs = records(self.path)
+        self.assertEqual([(r["outcome"], r["fault_code"], r["decision"]) for r in recs],
+                         [("fault", 404, "allowed"), ("fault", -32602, "allowed"),
+                          ("fault", -32601, "invalid")])
+        self.assertEqual(recs[0]["airflow_status"], 404)
+        self.assertEqual(recs[1]["dag_id"], "x/../../variables")  # escaped JSON, not a path
+        self.assertNotIn("airflow_status", recs[1])
+
+    def test_multicall_records_each_inner_call_linked_to_the_request(self) -> None:
+        request_id, _ = self.call("system.multicall", [
+            {"methodName": "ping", "params": []},
+            {"methodName": "get_dag", "params": ["etl_orders"]},
+        ])
+        recs = records(self.path)
+        self.assertEqual([(r["method"], r.get("multicall_index")) for r in recs],
+                         [("ping", 0), ("get_dag", 1), ("system.multicall", None)])
+        self.assertEqual({r["request_id"] for r in recs}, {request_id})
+
+    def test_refusals_are_recorded(self) -> None:
+        ping = xmlrpc.client.dumps((), "ping").encode()
+        for d in [self.gw.post(ping, {"Content-Type": "text/plain"}),
+                  self.gw.post(ping, path="/other"),
+                  self.gw.post(b"<!DOCTYPE x><methodCall/>"),
+                  self.gw.client.get("https://gw.test/RPC2")]:
+            self.successResultOf(d)
+        self.gw.principal = None
+        self.successResultOf(self.gw.post(ping))
+        recs = records(self.path)
+        self.assertEqual([(r["kind"], r.get("http_status"), r.get("fault_code")) for r in recs],
+                         [("refused", 415, None), ("refused", 404, None),
+                          ("refused", None, -32700), ("refused", 405, None),
+                          ("refused", 401, None)])
+        self.assertTrue(all(r["decision"] == "denied" for r in recs))
+
+    def test_no_answer_leaves_before_its_record_is_on_disk(self) -> None:
+        held = HeldWrites()
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        clock = Clock()
+        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
+        log.open()
+        gw = gateway(clock=clock, audit=log)
+        d = gw.call_d("ping")
+        self.assertNoResult(d)
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2], "pong")
+
+    def test_calls_are_refused_while_the_log_cannot_be_written(self) -> None:
+        held = HeldWrites()
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        clock = Clock()
+        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
+        log.open()
+        gw = gateway(clock=clock, audit=log)
+        held.fail_with = OSError(errno.EFBIG, "File too large")
+        d = gw.call_d("get_dag", "etl_orders")
+        held.release()
+        gw.client.flush()
+        fault = self.successResultOf(d)[2]
+        self.assertEqual(fault.faultCode, 507)  # it ran, but could not be recorded
+        before = len(gw.airflow.requests)
+        d = gw.call_d("trigger_dag", "etl_orders")
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2].faultCode, 507)
+        self.assertEqual(len(gw.airflow.requests), before)  # refused: Airflow never asked
+        held.fail_with = None
+        clock.advance(RETRY_SECONDS)
+        held.release()
+        d = gw.call_d("ping")
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2], "pong")
+        recs = records(directory / "audit.jsonl")
+        self.assertEqual([(r["method"], r.get("fault_code")) for r in recs],
+                         [("get_dag", None), ("trigger_dag", 507), ("ping", None)])
+        self.assertEqual(recs[1]["decision"], "denied")

@@ -1,0 +1,33 @@
+"""
+What one call learns on its way through, for its audit record.
+
+The dispatcher sets `current` while it starts a handler; every coroutine
+the handler starts copies that context (Twisted runs each coroutine in a
+copy of the context it was created in), so the Airflow client can note the
+status Airflow answered without being handed the call explicitly.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+import attrs
+
+
+@attrs.define
+class CallTrace:
+    #: "allowed" once the policy allowed the call, "denied" if it refused it;
+    #: "invalid" if the call never reached the policy (bad name or params).
+    decision: str = "invalid"
+    reason: str | None = None
+    #: The HTTP status of the last answer Airflow gave for this call.
+    airflow_status: int | None = None
+
+
+current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)
+
+
+def note_airflow_status(status: int) -> None:
+    trace = current.get()
+    if trace is not None:
+        trace.airflow_status = status
