@@ -24,9 +24,11 @@ and stop, ...).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -72,10 +74,23 @@ def utc_now(seconds: float) -> str:
 def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
     """The last complete record of ``path`` and the size up to its end."""
     with path.open("rb") as f:
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    lines = data[:end].splitlines()
-    return (json.loads(lines[-1]) if lines else None), end
+        size = f.seek(0, os.SEEK_END)
+        chunk = 4096
+        while True:
+            f.seek(max(0, size - chunk))
+            data = f.read(chunk)
+            end = data.rfind(b"\n")
+            if end < 0 and size > chunk:
+                chunk *= 4
+                continue
+            if end < 0:
+                return None, 0
+            line_start = data.rfind(b"\n", 0, end) + 1
+            if line_start == 0 and size > chunk:
+                chunk *= 4
+                continue
+            good = max(0, size - len(data)) + end + 1
+            return json.loads(data[line_start:end]), good
 
 
 def _rotated_name(path: Path, now: float) -> Path:
@@ -88,6 +103,159 @@ def _rotated_name(path: Path, now: float) -> Path:
     return candidate
 
 
+def _today(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d")
+
+
+class ChainFile:
+    """
+    The file side of the chain: seals records (seq, prev, hash) and appends
+    them, under an exclusive lock on ``<path>.lock``, so that the gateway
+    and the ``airflowrpc`` CLI can both append to one chain.  Blocking:
+    call it from the audit thread or a CLI, never from the reactor.
+    """
+
+    def __init__(
+        self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0,
+        rotate_daily: bool = False,
+    ) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._fsync = fsync
+        self._rotate_bytes = rotate_bytes
+        self._rotate_daily = rotate_daily
+        self._fd: int | None = None
+        self._known: tuple[int, int] | None = None  # (inode, size) as last seen
+        self._seq = 0
+        self._prev = GENESIS
+        self._day: str | None = None
+
+    def open(self) -> None:
+        """Create the directory and file; checks that both are writable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        os.close(lock)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, records: list[dict[str, Any]], now: float) -> list[Path]:
+        """
+        Seal and append ``records``; return the files rotated away meanwhile.
+
+        Raises OSError if they cannot be written and fsynced; then nothing of
+        them stays in the file and they may be appended again.
+        """
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._catch_up()
+            rotated: list[Path] = []
+            lines = self._seal(records)
+            data = "".join(lines).encode("ascii")
+            if self._rotation_due(len(data), now):
+                rotated.append(self._rotate(now))
+                self._seq, self._prev = self._seq - len(records), self._undo_prev
+                lines = self._seal(
+                    [{"time": utc_now(now), "instance": records[0].get("instance"),
+                      "event": "audit.rotated", "previous_file": rotated[0].name}, *records]
+                )
+                data = "".join(lines).encode("ascii")
+            self._write(data)
+            self._day = _today(now)
+            return rotated
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _catch_up(self) -> None:
+        """Learn the chain's end from the file, if anyone else wrote to it."""
+        assert self._fd is not None
+        st = os.stat(self.path)
+        if self._known == (st.st_ino, st.st_size):
+            return
+        if self._known is None or st.st_ino != self._known[0]:
+            own = os.fstat(self._fd)
+            if own.st_ino != st.st_ino:  # the file was moved away: follow the name
+                os.close(self._fd)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        last, good = _last_record(self.path) if st.st_size else (None, 0)
+        if good != st.st_size:
+            os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
+        if last is None:
+            last = self._last_of_rotated()
+        if last is not None:
+            self._seq, self._prev = int(last["seq"]), str(last["hash"])
+        if good and self._day is None:
+            self._day = str(last.get("time", ""))[:10] if last else None
+        self._known = (st.st_ino, good)
+
+    def _last_of_rotated(self) -> dict[str, Any] | None:
+        rotated = sorted(
+            (p for p in self.path.parent.glob(self.path.name + ".*") if not p.name.endswith(".lock")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in reversed(rotated):
+            last, _ = _last_record(old)
+            if last is not None:
+                return last
+        return None
+
+    def _seal(self, records: list[dict[str, Any]]) -> list[str]:
+        self._undo_prev = self._prev
+        lines = []
+        for record in records:
+            self._seq += 1
+            sealed = {"time": record["time"], "seq": self._seq}
+            sealed.update((k, v) for k, v in record.items() if k != "time")
+            sealed["prev"] = self._prev
+            line = seal(sealed)
+            self._prev = line[-67:-3]  # the hash just sealed into the line
+            lines.append(line)
+        return lines
+
+    def _rotation_due(self, incoming: int, now: float) -> bool:
+        assert self._known is not None
+        size = self._known[1]
+        if size == 0:
+            return False
+        if self._rotate_bytes and size + incoming > self._rotate_bytes:
+            return True
+        return bool(self._rotate_daily and self._day and _today(now) != self._day)
+
+    def _rotate(self, now: float) -> Path:
+        assert self._fd is not None
+        target = _rotated_name(self.path, now)
+        os.fsync(self._fd)
+        os.rename(self.path, target)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._known = (os.fstat(self._fd).st_ino, 0)
+        return target
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None and self._known is not None
+        inode, start = self._known
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError:
+            # Leave no partial line behind, and hand the records back.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            self._known = None  # re-read the chain's end next time
+            raise
+        self._known = (inode, start + len(data))
+
+
 def _orphan() -> Deferred[None]:
     """A Deferred for a record nobody waits on any more."""
     d: Deferred[None] = Deferred()
@@ -98,7 +266,8 @@ def _orphan() -> Deferred[None]:
 @implementer(ILogObserver)
 class AuditLog:
     """
-    An append-only, hash-chained, fsynced JSON Lines file.
+    The gateway's side of the audit trail: queues records from the reactor
+    and has them appended, a batch at a time, on the audit thread.
 
     :param run_blocking: runs a blocking function off the reactor and gives
         a Deferred of its result (a one-thread pool in production).
@@ -114,88 +283,46 @@ class AuditLog:
         self._clock = clock
         self._run_blocking = run_blocking
         self.instance = instance
-        self._rotate_bytes = rotate_bytes
-        self._rotate_daily = rotate_daily
-        self._fsync = fsync
-        self._fd: int | None = None
-        self._size = 0
-        self._day: str | None = None
-        self._seq = 0
-        self._prev = GENESIS
-        self._queue: list[tuple[bytes, Deferred[None]]] = []
+        self._file = ChainFile(
+            path, fsync=fsync, rotate_bytes=rotate_bytes, rotate_daily=rotate_daily
+        )
+        self._queue: list[tuple[dict[str, Any] | None, Deferred[None]]] = []
         self._writing = False
+        self._closed = False
         self._retry: Any = None
         #: Why the last write failed, or None while the log is healthy.
         self.failed: str | None = None
-        #: How many fsyncs and records were written; for the benchmark.
+        #: How many batches (fsyncs) and records were written; for the benchmark.
         self.fsyncs = 0
         self.written = 0
 
-    # -- opening -----------------------------------------------------------
-
     def open(self) -> None:
-        """
-        Open the file, continuing the chain of what is already there.
-
-        Runs at start-up, before the reactor serves anything.  A line cut
-        short by a crash is removed (it was never acknowledged).
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        last = None
-        if self.path.exists():
-            last, end = _last_record(self.path)
-            if end != self.path.stat().st_size:
-                os.truncate(self.path, end)
-        if last is None:
-            last = self._last_of_rotated()
-        if last is not None:
-            self._seq, self._prev = int(last["seq"]), str(last["hash"])
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
-        self._day = self._today(self._clock.seconds()) if self._size else None
-
-    def _last_of_rotated(self) -> dict[str, Any] | None:
-        rotated = sorted(
-            self.path.parent.glob(self.path.name + ".*"), key=lambda p: p.stat().st_mtime
-        )
-        for old in reversed(rotated):
-            last, _ = _last_record(old)
-            if last is not None:
-                return last
-        return None
+        """Open (and create) the file; at start-up, before serving anything."""
+        self._file.open()
 
     def close(self) -> Deferred[None]:
         """Write what is queued (if it can), then close the file."""
         d = self.flush()
 
-        def done(result: Any) -> Any:
+        def done(result: Any) -> None:
+            self._closed = True
             if self._retry is not None and self._retry.active():
                 self._retry.cancel()
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            return None
+            self._file.close()
 
         return d.addBoth(done)
 
-    # -- appending ---------------------------------------------------------
-
     def append(self, fields: dict[str, Any]) -> Deferred[None]:
         """
-        Chain ``fields`` into a record; fires once it is on disk.
+        Queue a record of ``fields``; fires once it is on disk.
 
         Fails with `errors.AuditUnavailable` if the write fails; the record
         stays queued and is written when the log recovers.
         """
-        now = self._clock.seconds()
-        self._seq += 1
-        record = {"time": utc_now(now), "seq": self._seq, "instance": self.instance}
+        record = {"time": utc_now(self._clock.seconds()), "instance": self.instance}
         record.update(fields)
-        record["prev"] = self._prev
-        line = seal(record)
-        self._prev = line[-67:-3]  # the hash just written into the line
         d: Deferred[None] = Deferred()
-        self._queue.append((line.encode("ascii"), d))
+        self._queue.append((record, d))
         self._kick()
         return d
 
@@ -213,81 +340,37 @@ class AuditLog:
         if not self._queue and not self._writing:
             return maybeDeferred(lambda: None)
         marker: Deferred[None] = Deferred()
-        self._queue.append((b"", marker))
+        self._queue.append((None, marker))
         self._kick()
         return marker.addErrback(lambda f: None)
 
     def _kick(self) -> None:
-        if self._writing or not self._queue or self._fd is None:
+        if self._writing or not self._queue or self._closed:
             return
         self._writing = True
         batch, self._queue = self._queue, []
-        data = b"".join(line for line, _ in batch)
-        rotate_to = self._rotation_due(len(data))
-        d = self._run_blocking(lambda: self._write(data, rotate_to))
+        records = [r for r, _ in batch if r is not None]
+        now = self._clock.seconds()
+        if records:
+            d = self._run_blocking(lambda: self._file.append(records, now))
+        else:
+            d = maybeDeferred(list)
         d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch,))
 
-    def _rotation_due(self, incoming: int) -> Path | None:
-        if self._size == 0:
-            return None
-        now = self._clock.seconds()
-        if self._rotate_bytes and self._size + incoming > self._rotate_bytes:
-            return _rotated_name(self.path, now)
-        if self._rotate_daily and self._day is not None and self._today(now) != self._day:
-            return _rotated_name(self.path, now)
-        return None
-
-    @staticmethod
-    def _today(seconds: float) -> str:
-        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d")
-
-    def _write(self, data: bytes, rotate_to: Path | None) -> tuple[int, Path | None]:
-        """In the audit thread: rotate if due, append, fsync."""
-        assert self._fd is not None
-        if rotate_to is not None:
-            os.fsync(self._fd)
-            os.rename(self.path, rotate_to)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            os.close(self._fd)
-            self._fd = fd
-            self._size = 0
-        view = memoryview(data)
-        start = self._size
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            if self._fsync:
-                os.fsync(self._fd)
-        except OSError:
-            # Leave no partial line behind: the whole batch is written again.
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
-            raise
-        return len(data), rotate_to
-
-    def _written(self, result: tuple[int, Path | None], batch: list[tuple[bytes, Deferred[None]]]) -> None:
-        size, rotated = result
-        self._size += size
-        self._day = self._today(self._clock.seconds())
+    def _written(self, rotated: list[Path], batch: list[tuple[Any, Deferred[None]]]) -> None:
         self.fsyncs += 1
-        self.written += sum(1 for line, _ in batch if line)
+        self.written += sum(1 for r, _ in batch if r is not None)
         self._writing = False
         if self.failed is not None:
             _log.info("audit log writable again: {path}", path=str(self.path))
             self.failed = None
         for _, d in batch:
             d.callback(None)
-        if rotated is not None:
-            _log.info("audit log rotated to {old}", old=str(rotated))
-            self.append({"event": "audit.rotated", "previous_file": rotated.name}).addErrback(
-                lambda f: None
-            )
+        for old in rotated:
+            _log.info("audit log rotated to {old}", old=str(old))
         self._kick()
 
-    def _write_failed(self, failure: Failure, batch: list[tuple[bytes, Deferred[None]]]) -> None:
+    def _write_failed(self, failure: Failure, batch: list[tuple[Any, Deferred[None]]]) -> None:
         self._writing = False
         reason = getattr(failure.value, "strerror", None) or failure.getErrorMessage()
         if self.failed is None:
@@ -295,11 +378,22 @@ class AuditLog:
         self.failed = reason
         # Keep the records, in order, ahead of anything queued since; their
         # callers have their answer (the failure) already.
-        self._queue[:0] = [(line, _orphan()) for line, _ in batch if line]
+        self._queue[:0] = [(r, _orphan()) for r, _ in batch if r is not None]
         for _, d in batch:
             d.errback(errors.AuditUnavailable())
-        if self._retry is None or not self._retry.active():
+        if not self._closed and (self._retry is None or not self._retry.active()):
             self._retry = self._clock.callLater(RETRY_SECONDS, self._kick)
+
+
+def append_now(path: Path, fields: dict[str, Any], *, instance: str = "cli") -> None:
+    """Append one record from outside the gateway (the CLI), blocking."""
+    chain = ChainFile(path)
+    chain.open()
+    try:
+        now = time.time()
+        chain.append([{"time": utc_now(now), "instance": instance, **fields}], now)
+    finally:
+        chain.close()
 
 
 # -- verification ----------------------------------------------------------

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc import errors
-from txairflowrpc.audit import RETRY_SECONDS, AuditLog, verify
+from txairflowrpc.audit import RETRY_SECONDS, AuditLog, append_now, verify
 from txairflowrpc.cli import main as cli
 
 from .helpers import audit_log, gateway
@@ -102,6 +102,15 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual([r["seq"] for r in records(self.path)], [1, 2, 3, 4])
         self.assertTrue(verify([self.path])[0])
 
+    def test_the_cli_appends_to_the_same_chain_between_gateway_writes(self) -> None:
+        self.fill(2)
+        append_now(self.path, {"event": "token.created", "token_id": "abc"})
+        self.fill(2)
+        recs = records(self.path)
+        self.assertEqual([r["seq"] for r in recs], [1, 2, 3, 4, 5])
+        self.assertEqual((recs[2]["event"], recs[2]["instance"]), ("token.created", "cli"))
+        self.assertTrue(verify([self.path])[0])
+
     def test_control_characters_cannot_split_or_forge_a_record(self) -> None:
         evil = 'x"}\n{"seq":99,"kind":"call"}\r\n\x00\u2028'
         self.successResultOf(self.log.append({"kind": "call", "method": evil}))
@@ -168,7 +177,7 @@ class RotationTests(SynchronousTestCase):
         for i in range(60):
             clock.advance(1)
             self.successResultOf(log.append({"kind": "call", "i": i}))
-        files = sorted(directory.iterdir())
+        files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
         self.assertGreater(len(files), 3)
         self.assertTrue(all(f.stat().st_size <= 2000 for f in files))
         rotated = [r for f in files for r in records(f) if r.get("event") == "audit.rotated"]
@@ -185,7 +194,7 @@ class RotationTests(SynchronousTestCase):
         self.successResultOf(log.append({"day": 1}))
         clock.advance(86400)
         self.successResultOf(log.append({"day": 2}))
-        files = sorted(directory.iterdir())
+        files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
         self.assertEqual([f.name for f in files],
                          ["audit.jsonl", "audit.jsonl.20270116T080000Z"])
         self.assertTrue(verify([files[1], files[0]])[0])
@@ -200,7 +209,7 @@ class RotationTests(SynchronousTestCase):
         (directory / "audit.jsonl").unlink()  # ops moved the current file away
         again = audit_log(str(directory), clock)
         self.successResultOf(again.append({"i": 5}))
-        files = sorted(directory.iterdir())
+        files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
         self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
 
 
