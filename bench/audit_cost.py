@@ -73,6 +73,11 @@ password_file = "{dir}/pw"
 [audit]
 path = "{dir}/audit-{name}.jsonl"
 fsync = {fsync}
+[roles.pinger]
+scopes = []
+[principals.bench]
+roles = ["pinger"]
+cert_cn = ["bench"]
 """
 
 

@@ -1,18 +1,39 @@
 """
 Who is calling: the principal of each HTTP request.
 
-For now a caller is known by its client certificate, which the TLS layer
-has already verified against the configured CA; the certificate's subject
-CN (else its first SAN) is the principal's name.  `authenticate` is the one
-place that decides this, so tokens and OIDC (a later issue) plug in here.
+`Authenticator.authenticate` is the one place that decides it, once per
+HTTP request (so a ``system.multicall`` cannot be used to try many
+credentials).  A caller proves who it is with
+
+- a client certificate (verified by the TLS layer against the configured
+  CA), mapped to a configured principal by SAN, CN, fingerprint or SPKI
+  hash; a certificate that maps to no principal is refused;
+- a gateway token, as ``Authorization: Bearer arpc_...`` or, for clients
+  that only do basic auth, ``Authorization: Basic`` with the principal's
+  name and the token;
+- a JWT access token from a configured OIDC provider, as a bearer token:
+  the principal is ``<provider>/<sub>``.
+
+``[auth] client_certificate`` says whether a certificate is required (and
+then it names the principal) or optional (a token or JWT may authenticate
+instead); ``require_token`` asks for a token or JWT as well, naming the
+same principal.  Every failure is `Unauthenticated` (HTTP 401, before any
+XML is read), and `Backoff` slows down a source that keeps failing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 
+from . import oidc, tokens
+from .access import AccessConfig
+from .policy import Grants, Role
 from .tls import PeerCertificate, peer_certificate
 
 
@@ -28,9 +49,19 @@ class Principal:
     """An authenticated caller."""
 
     name: str
-    #: How it proved who it is, e.g. ``"client_certificate"``.
+    #: How it proved who it is: "client_certificate", "token" or "oidc",
+    #: joined with "+" when more than one was required.
     method: str
     certificate: PeerCertificate | None = None
+    token_id: str | None = None
+    oidc_issuer: str | None = None
+    oidc_sub: str | None = None
+    #: When the credential it used stops working (token or JWT), if known.
+    expires: datetime | None = None
+    roles: tuple[str, ...] = ()
+    grants: Grants = attrs.field(default=Grants(), eq=False, repr=False)
+    #: Days before expiry from which the caller is warned.
+    warning_days: int = 14
 
     def audit_identity(self) -> dict[str, Any]:
         """How the principal authenticated, for the audit trail (never a secret)."""
@@ -38,11 +69,22 @@ class Principal:
         if self.certificate is not None:
             identity["certificate_sha256"] = self.certificate.fingerprint_sha256
             identity["certificate_subject"] = self.certificate.subject
+        if self.token_id is not None:
+            identity["token_id"] = self.token_id
+        if self.oidc_issuer is not None:
+            identity["oidc_issuer"] = self.oidc_issuer
+            identity["oidc_sub"] = self.oidc_sub
         return identity
 
-    def describe(self) -> dict[str, Any]:
+    def expires_within(self, days: int, now: datetime) -> bool:
+        return self.expires is not None and (self.expires - now).total_seconds() < days * 86400
+
+    def describe(self, now: datetime | None = None) -> dict[str, Any]:
         """What ``whoami`` tells the caller about itself (no secrets)."""
-        info: dict[str, Any] = {"principal": self.name, "authenticated_by": self.method}
+        info: dict[str, Any] = {
+            "principal": self.name, "authenticated_by": self.method,
+            "roles": list(self.roles), "scopes": self.grants.scope_names,
+        }
         if self.certificate is not None:
             info["certificate"] = {
                 "subject": self.certificate.subject,
@@ -52,18 +94,196 @@ class Principal:
                 "uris": list(self.certificate.uris),
                 "emails": list(self.certificate.emails),
             }
+        if self.token_id is not None:
+            info["token_id"] = self.token_id
+        if self.expires is not None:
+            now = now or datetime.now(timezone.utc)
+            info["expires"] = self.expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+            info["expires_in_days"] = round((self.expires - now).total_seconds() / 86400, 2)
+            if self.expires_within(self.warning_days, now):
+                info["warning"] = (
+                    f"this credential expires within {self.warning_days} days: rotate it"
+                )
         return info
 
 
-def authenticate(request: Any) -> Principal:
-    """
-    The principal behind ``request``.
+@attrs.frozen
+class _Credential:
+    scheme: str  # "bearer" or "basic"
+    secret: str = attrs.field(repr=False)
+    username: str | None = None
 
-    Raises `Unauthenticated` when the connection carries no verified client
-    certificate (which the TLS listener does not allow, so this guards
-    against a misconfigured listener).
+
+def _credential(request: Any) -> _Credential | None:
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(b" ")
+    value = value.strip()
+    if scheme.lower() == b"bearer" and value:
+        return _Credential("bearer", value.decode("latin-1"))
+    if scheme.lower() == b"basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthenticated("malformed basic credentials") from None
+        name, sep, secret = decoded.partition(":")
+        if not sep:
+            raise Unauthenticated("malformed basic credentials")
+        return _Credential("basic", secret, name)
+    raise Unauthenticated("unsupported Authorization scheme (use Bearer or Basic)")
+
+
+class Authenticator:
     """
-    cert = peer_certificate(request.transport)
-    if cert is None:
-        raise Unauthenticated("a client certificate is required")
-    return Principal(name=cert.name, method="client_certificate", certificate=cert)
+    Authenticates requests against one version of the access config, token
+    store and key sets; a reload builds a new one.
+    """
+
+    def __init__(
+        self, access: AccessConfig, *, tokens_store: tokens.TokenStore | None,
+        jwks: dict[str, oidc.JWKSet], clock: Any,
+    ) -> None:
+        self.access = access
+        self.tokens = tokens_store
+        self.jwks = jwks
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+
+    def _grants(self, roles: tuple[str, ...]) -> Grants:
+        known: dict[str, Role] = self.access.roles
+        return Grants(tuple(known[r] for r in roles if r in known))
+
+    def authenticate(self, request: Any) -> Deferred[Principal]:
+        """The principal behind ``request``; fails with `Unauthenticated`."""
+        return Deferred.fromCoroutine(self._authenticate(request))
+
+    async def _authenticate(self, request: Any) -> Principal:
+        settings = self.access.auth
+        cert = peer_certificate(request.transport)
+        by_cert = self._from_certificate(cert) if cert is not None else None
+        credential = _credential(request)
+        by_credential = await self._from_credential(credential) if credential else None
+        if settings.client_certificate == "required" and by_cert is None:
+            raise Unauthenticated("a client certificate is required")
+        if settings.require_token and by_credential is None:
+            raise Unauthenticated("a token or OIDC access token is required as well")
+        if by_cert and by_credential:
+            if by_cert.name != by_credential.name:
+                raise Unauthenticated("the certificate and the token name different principals")
+            return attrs.evolve(by_credential, method=f"client_certificate+{by_credential.method}",
+                                certificate=cert, warning_days=settings.expiry_warning_days)
+        principal = by_credential or by_cert
+        if principal is None:
+            raise Unauthenticated("no credentials: send a client certificate or a token")
+        return attrs.evolve(principal, warning_days=settings.expiry_warning_days)
+
+    def _from_certificate(self, cert: PeerCertificate) -> Principal:
+        for entry in self.access.principals.values():
+            if entry.matches(cert):
+                return Principal(
+                    name=entry.name, method="client_certificate", certificate=cert,
+                    roles=entry.roles, grants=self._grants(entry.roles),
+                )
+        raise Unauthenticated("the client certificate matches no principal")
+
+    async def _from_credential(self, credential: _Credential) -> Principal:
+        secret = credential.secret
+        if secret.startswith(tokens.PREFIX):
+            return self._from_token(credential)
+        if credential.scheme == "bearer" and oidc.looks_like_jwt(secret):
+            return await self._from_jwt(secret)
+        raise Unauthenticated("the credential is neither a gateway token nor a JWT")
+
+    def _from_token(self, credential: _Credential) -> Principal:
+        if self.tokens is None:
+            raise Unauthenticated("tokens are not accepted here")
+        try:
+            record = self.tokens.check(credential.secret, self._now())
+        except tokens.TokenError as e:
+            raise Unauthenticated(str(e)) from None
+        if credential.username is not None and credential.username != record.principal:
+            raise Unauthenticated("the basic-auth name is not the token's principal")
+        entry = self.access.principals.get(record.principal)
+        if entry is None:
+            raise Unauthenticated(f"token {record.id} names an unknown principal")
+        roles = record.roles if record.roles is not None else entry.roles
+        return Principal(
+            name=record.principal, method="token", token_id=record.id,
+            expires=record.expires, roles=roles, grants=self._grants(roles),
+        )
+
+    async def _from_jwt(self, token: str) -> Principal:
+        issuer = oidc.unverified_issuer(token)
+        try:
+            keyset = next(k for k in self.jwks.values() if k.provider.issuer == issuer)
+        except StopIteration:
+            raise Unauthenticated("JWT from an unknown issuer") from None
+        provider = keyset.provider
+        try:
+            keys = await keyset.key_for(token)
+            claims = oidc.verify_jwt(token, provider, keys, self._clock.seconds())
+        except oidc.JWTError as e:
+            raise Unauthenticated(f"JWT refused: {e}") from None
+        name = f"{provider.name}/{claims['sub']}"
+        roles = oidc.roles_from_claims(provider, claims)
+        entry = self.access.principals.get(name)
+        if entry is not None:
+            roles = tuple(dict.fromkeys((*roles, *entry.roles)))
+        return Principal(
+            name=name, method="oidc", oidc_issuer=provider.issuer, oidc_sub=claims["sub"],
+            expires=datetime.fromtimestamp(claims["exp"], timezone.utc),
+            roles=roles, grants=self._grants(roles),
+        )
+
+
+class Gate:
+    """
+    The current `Authenticator`, swapped whole by a reload, so that a
+    request is authenticated against one consistent version.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.current = authenticator
+
+    def authenticate(self, request: Any) -> Deferred[Principal]:
+        return self.current.authenticate(request)
+
+    @property
+    def warning_days(self) -> int:
+        return self.current.access.auth.expiry_warning_days
+
+
+class Backoff:
+    """
+    Slows down sources that keep failing to authenticate.
+
+    After ``free`` failures within ``window`` seconds, each further failure
+    from the same address is answered after a delay that doubles up to
+    ``maximum``.  Successful requests are never delayed, so a legitimate
+    principal behind the same address is slowed only on its own mistakes.
+    """
+
+    def __init__(self, clock: Any, maximum: float, free: int = 5, window: float = 900) -> None:
+        self._clock = clock
+        self.maximum = maximum
+        self._free = free
+        self._window = window
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failed(self, source: str) -> float:
+        """Note a failure; the delay before answering it, in seconds."""
+        now = self._clock.seconds()
+        count, since = self._failures.get(source, (0, now))
+        if now - since > self._window:
+            count, since = 0, now
+        count += 1
+        self._failures[source] = (count, since)
+        if len(self._failures) > 10000:  # bounded memory under a spray of addresses
+            oldest = min(self._failures, key=lambda k: self._failures[k][1])
+            del self._failures[oldest]
+        if count <= self._free:
+            return 0.0
+        return min(self.maximum, 0.25 * 2 ** (count - self._free))

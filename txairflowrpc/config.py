@@ -38,17 +38,17 @@ def _port(value: int) -> None:
         raise ValueError("must be a port number from 0 to 65535")
 
 
-def _positive(value: float) -> None:
+def positive(value: float) -> None:
     if value <= 0:
         raise ValueError("must be greater than 0")
 
 
-def _strings(value: list[Any]) -> None:
+def strings(value: list[Any]) -> None:
     if not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be an array of non-empty strings")
 
 
-def _at_least(n: int) -> Callable[[int], None]:
+def at_least(n: int) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value < n:
             raise ValueError(f"must be at least {n}")
@@ -60,7 +60,7 @@ _REQUIRED = object()
 
 
 @attrs.frozen
-class _Key:
+class Key:
     """How one key is read: its TOML type, default, and an extra check."""
 
     type: type
@@ -79,8 +79,8 @@ class ListenConfig:
     port: int
 
     _keys = {
-        "host": _Key(str, "127.0.0.1"),
-        "port": _Key(int, 8443, _port),
+        "host": Key(str, "127.0.0.1"),
+        "port": Key(int, 8443, _port),
     }
 
 
@@ -93,9 +93,9 @@ class TLSConfig:
     client_ca: Path
 
     _keys = {
-        "certificate": _Key(str, is_path=True),
-        "private_key": _Key(str, is_path=True),
-        "client_ca": _Key(str, is_path=True),
+        "certificate": Key(str, is_path=True),
+        "private_key": Key(str, is_path=True),
+        "client_ca": Key(str, is_path=True),
     }
 
 
@@ -111,11 +111,11 @@ class AirflowConfig:
     max_connections: int
 
     _keys = {
-        "base_url": _Key(str),
-        "username": _Key(str),
-        "password_file": _Key(str, is_path=True),
-        "timeout_seconds": _Key(float, 30.0, _positive),
-        "max_connections": _Key(int, 20, _at_least(1)),
+        "base_url": Key(str),
+        "username": Key(str),
+        "password_file": Key(str, is_path=True),
+        "timeout_seconds": Key(float, 30.0, positive),
+        "max_connections": Key(int, 20, at_least(1)),
     }
 
 
@@ -129,10 +129,10 @@ class RPCConfig:
     max_body_bytes: int
 
     _keys = {
-        "max_multicall": _Key(int, 50, _at_least(1)),
-        "max_wait_seconds": _Key(int, 3600, _at_least(0)),
-        "wait_poll_seconds": _Key(float, 2.0, _positive),
-        "max_body_bytes": _Key(int, 1024 * 1024, _at_least(1024)),
+        "max_multicall": Key(int, 50, at_least(1)),
+        "max_wait_seconds": Key(int, 3600, at_least(0)),
+        "wait_poll_seconds": Key(float, 2.0, positive),
+        "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
     }
 
 
@@ -147,12 +147,12 @@ class AuditConfig:
     redact_keys: tuple[str, ...]
 
     _keys = {
-        "path": _Key(str, is_path=True, must_exist=False),
-        "rotate_bytes": _Key(int, 100 * 1024 * 1024, _at_least(0)),
-        "rotate_daily": _Key(bool, True),
-        "fsync": _Key(bool, True),
-        "redact_keys": _Key(list, ["password", "passwd", "secret", "token", "api_key",
-                                   "apikey", "credentials", "private_key"], _strings),
+        "path": Key(str, is_path=True, must_exist=False),
+        "rotate_bytes": Key(int, 100 * 1024 * 1024, at_least(0)),
+        "rotate_daily": Key(bool, True),
+        "fsync": Key(bool, True),
+        "redact_keys": Key(list, ["password", "passwd", "secret", "token", "api_key",
+                                   "apikey", "credentials", "private_key"], strings),
     }
 
 
@@ -166,6 +166,7 @@ class Config:
     airflow: AirflowConfig
     rpc: RPCConfig
     audit: AuditConfig
+    access: "access.AccessConfig"
 
 
 _SECTIONS: dict[str, type] = {
@@ -178,14 +179,21 @@ _SECTIONS: dict[str, type] = {
 
 _TOML_TYPE_NAMES = {
     str: "a string", int: "an integer", float: "a number", bool: "true or false",
-    list: "an array",
+    list: "an array", dict: "a table",
 }
 
 
-def _read_section(name: str, table: object, base: Path) -> dict[str, Any]:
+def read_table(
+    name: str, table: object, base: Path, keys: dict[str, Key] | None = None
+) -> dict[str, Any]:
+    """
+    Check one TOML table against its keys: unknown and missing keys, types,
+    checks, readable paths.  ``name`` is its dotted name for messages.
+    """
     if not isinstance(table, dict):
         raise ConfigError(name, "must be a table ([%s])" % name)
-    keys: dict[str, _Key] = _SECTIONS[name]._keys
+    if keys is None:
+        keys = _SECTIONS[name]._keys
     for key in table:
         if key not in keys:
             raise ConfigError(f"{name}.{key}", "unknown key")
@@ -237,10 +245,10 @@ def parse(document: dict[str, Any], source: Path) -> Config:
     """Build a `Config` from an already parsed TOML document."""
     base = source.parent
     for name in document:
-        if name not in _SECTIONS:
+        if name not in _SECTIONS and name not in access.SECTIONS:
             raise ConfigError(name, "unknown section")
     sections = {
-        name: _read_section(name, document.get(name, {}), base) for name in _SECTIONS
+        name: read_table(name, document.get(name, {}), base) for name in _SECTIONS
     }
     airflow = sections["airflow"]
     airflow["base_url"] = _check_base_url(airflow["base_url"])
@@ -258,6 +266,7 @@ def parse(document: dict[str, Any], source: Path) -> Config:
         airflow=AirflowConfig(**airflow),
         rpc=RPCConfig(**sections["rpc"]),
         audit=_audit(sections["audit"]),
+        access=access.parse(document, base),
     )
 
 
@@ -291,3 +300,6 @@ def load(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"config file {source} is not valid TOML: {e}") from None
     return parse(document, source)
+
+
+from . import access  # noqa: E402  (access builds on the helpers above)

@@ -34,19 +34,6 @@ class Policy(Protocol):
         """Raise `errors.Forbidden` unless the call is allowed."""
 
 
-class AuthenticatedPolicy:
-    """
-    Allow every call of an authenticated principal.
-
-    The transport has already verified the caller; per-principal scopes are
-    the identity issue's policy, which replaces this one.
-    """
-
-    def authorize(self, call: CallContext, spec: MethodSpec, args: tuple[Any, ...]) -> None:
-        if call.principal is None:
-            raise errors.Forbidden(spec.name, "the caller is not authenticated")
-
-
 class Dispatcher:
     """
     Runs calls: the methods of ``providers`` plus ``system.*``.
@@ -173,22 +160,24 @@ class Dispatcher:
 
     # -- system.* --------------------------------------------------------
 
-    @rpc_method("system.listMethods", "array")
+    @rpc_method("system.listMethods", "array", scope="")
     def list_methods(self, call: CallContext) -> list[str]:
         """The names of all methods, sorted."""
         return sorted(self.methods)
 
-    @rpc_method("system.methodSignature", "array", Param("method", "string", "a method name"))
+    @rpc_method("system.methodSignature", "array", Param("method", "string", "a method name"),
+                scope="")
     def method_signature(self, call: CallContext, method: str) -> list[list[str]]:
         """The method's signatures: arrays of [return type, parameter types...]."""
         return self._spec(method).signatures()
 
-    @rpc_method("system.methodHelp", "string", Param("method", "string", "a method name"))
+    @rpc_method("system.methodHelp", "string", Param("method", "string", "a method name"),
+                scope="")
     def method_help(self, call: CallContext, method: str) -> str:
         """Help text for a method: what it does and its parameters."""
         return self._spec(method).help()
 
-    @rpc_method("system.getCapabilities", "struct")
+    @rpc_method("system.getCapabilities", "struct", scope="")
     def get_capabilities(self, call: CallContext) -> dict[str, Any]:
         """The specifications this server implements, per the xmlrpc-epi convention."""
         return {
@@ -216,6 +205,7 @@ class Dispatcher:
     @rpc_method(
         "system.multicall", "array",
         Param("calls", "array", "structs with methodName (string) and params (array)"),
+        scope="",
     )
     async def multicall(self, call: CallContext, calls: list[Any]) -> list[Any]:
         """

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 
 from . import errors, ids
 from .airflow import AirflowClient
+from .policy import AUTHENTICATED
 from .spec import CallContext, Param, rpc_method, type_problem
 from .watch import RunWatcher
 
@@ -31,6 +32,9 @@ MAX_CONF_DEPTH = 16
 # takes the rest.
 MAX_NOTE_LENGTH = 700
 MAX_TAGS = 50
+#: How many pages of DAGs (of 100) list_dags reads to filter them for a
+#: caller who may read only some.
+MAX_SCAN_PAGES = 100
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id")
@@ -149,12 +153,12 @@ class AirflowMethods:
         self._watcher = watcher
         self._max_wait = max_wait
 
-    @rpc_method("ping", "string")
+    @rpc_method("ping", "string", scope=AUTHENTICATED)
     def ping(self, call: CallContext) -> str:
         """Answer "pong": the gateway is up and the caller is authenticated."""
         return "pong"
 
-    @rpc_method("whoami", "struct")
+    @rpc_method("whoami", "struct", scope=AUTHENTICATED)
     def whoami(self, call: CallContext) -> dict[str, Any]:
         """
         Who the gateway thinks the caller is: ``principal``, how it
@@ -170,6 +174,7 @@ class AirflowMethods:
               "wildcards), tags (array of strings: DAGs with any of them), "
               "paused (boolean), limit (int 1-100, default 100), offset (int)",
               required=False),
+        scope="dags:read",
     )
     def list_dags(self, call: CallContext, filters: dict[str, Any] | None = None) -> Deferred[Any]:
         """
@@ -197,21 +202,45 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"filters.tags must be at most {MAX_TAGS} non-empty strings", m
             )
-        return self._client.list_dags(
-            pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit, offset=offset
-        )
+        grants = call.principal.grants
+        if grants.allows_every_dag("dags:read"):
+            return self._client.list_dags(
+                pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
+                offset=offset,
+            )
+        return Deferred.fromCoroutine(self._list_visible_dags(
+            grants, pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
+            offset=offset,
+        ))
 
-    @rpc_method("get_dag", "struct", _DAG_ID)
+    async def _list_visible_dags(
+        self, grants: Any, *, limit: int, offset: int, **filters: Any
+    ) -> dict[str, Any]:
+        """
+        Only the DAGs the caller may read, paged after filtering, so that
+        neither the list nor ``total`` reveals the others.
+        """
+        visible: list[dict[str, Any]] = []
+        page = 0
+        while page < MAX_SCAN_PAGES:
+            batch = await self._client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
+            visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"]))
+            page += 1
+            if page * MAX_PAGE >= batch["total"]:
+                break
+        return {"dags": visible[offset:offset + limit], "total": len(visible)}
+
+    @rpc_method("get_dag", "struct", _DAG_ID, scope="dags:read")
     def get_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """One DAG: dag_id, is_paused, tags, owners, schedule and more."""
         return self._client.get_dag(_check_id("get_dag", "dag_id", dag_id))
 
-    @rpc_method("pause_dag", "struct", _DAG_ID)
+    @rpc_method("pause_dag", "struct", _DAG_ID, scope="dags:pause")
     def pause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Pause a DAG: no new runs are scheduled. Returns the DAG after the change."""
         return self._client.set_dag_paused(_check_id("pause_dag", "dag_id", dag_id), True)
 
-    @rpc_method("unpause_dag", "struct", _DAG_ID)
+    @rpc_method("unpause_dag", "struct", _DAG_ID, scope="dags:pause")
     def unpause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Unpause a DAG. Returns the DAG after the change."""
         return self._client.set_dag_paused(_check_id("unpause_dag", "dag_id", dag_id), False)
@@ -224,6 +253,7 @@ class AirflowMethods:
               "dag_run_id (string; makes the call idempotent), logical_date "
               "(ISO-8601 string with a time zone, or dateTime taken as UTC), "
               "note (string, at most 700 characters)", required=False),
+        scope="runs:trigger",
     )
     async def trigger_dag(
         self, call: CallContext, dag_id: str, conf: dict[str, Any] | None = None,
@@ -271,7 +301,7 @@ class AirflowMethods:
             return {**existing, "created": False}
         return {**run, "created": True}
 
-    @rpc_method("get_dag_run", "struct", _DAG_ID, _RUN_ID)
+    @rpc_method("get_dag_run", "struct", _DAG_ID, _RUN_ID, scope="runs:read")
     def get_dag_run(self, call: CallContext, dag_id: str, dag_run_id: str) -> Deferred[Any]:
         """One run: state, dates, conf, note, run_type."""
         m = "get_dag_run"
@@ -284,6 +314,7 @@ class AirflowMethods:
         Param("filters", "struct",
               "state (string or array of: queued, running, success, failed), "
               "limit (int 1-100, default 25), offset (int)", required=False),
+        scope="runs:read",
     )
     def list_dag_runs(
         self, call: CallContext, dag_id: str, filters: dict[str, Any] | None = None
@@ -309,6 +340,7 @@ class AirflowMethods:
         Param("timeout_seconds", "int",
               "how long to wait at most (default 60; capped by the gateway's "
               "rpc.max_wait_seconds)", required=False),
+        scope="runs:read",
     )
     def wait_dag_run(
         self, call: CallContext, dag_id: str, dag_run_id: str, timeout_seconds: int = 60
@@ -328,6 +360,7 @@ class AirflowMethods:
     @rpc_method(
         "set_dag_run_state", "struct", _DAG_ID, _RUN_ID,
         Param("state", "string", "success, failed or queued"),
+        scope="runs:write",
     )
     def set_dag_run_state(
         self, call: CallContext, dag_id: str, dag_run_id: str, state: str
@@ -342,7 +375,7 @@ class AirflowMethods:
             )
         return self._client.set_dag_run_state(dag_id, dag_run_id, state)
 
-    @rpc_method("list_task_instances", "array", _DAG_ID, _RUN_ID)
+    @rpc_method("list_task_instances", "array", _DAG_ID, _RUN_ID, scope="runs:read")
     def list_task_instances(
         self, call: CallContext, dag_id: str, dag_run_id: str
     ) -> Deferred[Any]:
@@ -358,6 +391,7 @@ class AirflowMethods:
               "task_ids (array of strings; default all tasks of the run), "
               "only_failed (boolean, default false), dry_run (boolean, default "
               "false: the tasks really are cleared and re-run)", required=False),
+        scope="tasks:clear",
     )
     async def clear_task_instances(
         self, call: CallContext, dag_id: str, dag_run_id: str,
@@ -392,6 +426,7 @@ class AirflowMethods:
     @rpc_method(
         "get_task_log", "string", _DAG_ID, _RUN_ID, _TASK_ID,
         Param("try_number", "int", "which try (default: the latest)", required=False),
+        scope="logs:read",
     )
     async def get_task_log(
         self, call: CallContext, dag_id: str, dag_run_id: str, task_id: str,

@@ -16,10 +16,11 @@ answer, like a call's, leaves only once its record is on disk.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -28,7 +29,7 @@ from twisted.web.xmlrpc import XMLRPC, NoSuchFunction
 
 from . import errors, wire
 from .audit import AuditLog
-from .auth import Principal, Unauthenticated
+from .auth import Backoff, Principal, Unauthenticated
 from .dispatch import Dispatcher
 from .spec import CallContext
 
@@ -90,19 +91,23 @@ class RPCResource(XMLRPC):
     """
     XML-RPC over HTTP POST, in front of a `Dispatcher`.
 
-    :param authenticate: gives the `Principal` of a request or raises
-        `Unauthenticated`.
+    :param authenticate: gives a Deferred of the `Principal` of a request,
+        failing with `Unauthenticated`.
+    :param backoff: delays the 401 answers to sources that keep failing.
     :param max_body_bytes: larger bodies get HTTP 413.
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, *, authenticate: Callable[[Any], Principal],
-        max_body_bytes: int, audit: AuditLog | None = None,
+        self, dispatcher: Dispatcher, *,
+        authenticate: Callable[[Any], "Deferred[Principal]"], max_body_bytes: int,
+        clock: Any, audit: AuditLog | None = None, backoff: Backoff | None = None,
     ) -> None:
         super().__init__(allowNone=False, useDateTime=False)
         self._dispatcher = dispatcher
         self._authenticate = authenticate
         self._max_body = max_body_bytes
+        self._clock = clock
+        self._backoff = backoff
         self.refusals = Refusals(audit)
 
     def lookupProcedure(self, procedurePath: str) -> Any:
@@ -124,24 +129,47 @@ class RPCResource(XMLRPC):
     def render_POST(self, request: server.Request) -> Any:
         request_id = _request_id()
         request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
-        try:
-            principal = self._authenticate(request)
-        except Unauthenticated as e:
-            return self.refusals.answer(
-                request, 401, f"unauthenticated: {e.reason}", request_id=request_id
+        d = maybeDeferred(self._authenticate, request)
+        d.addCallbacks(
+            self._authenticated, self._unauthenticated,
+            (request, request_id), None, (request, request_id),
+        )
+        d.addErrback(lambda f: _log.failure("request {id} failed", f, id=request_id))
+        return server.NOT_DONE_YET
+
+    def _unauthenticated(self, failure: Failure, request: server.Request, request_id: str) -> None:
+        reason = failure.value.reason if failure.check(Unauthenticated) else "authentication failed"
+        if not failure.check(Unauthenticated):
+            _log.failure("authentication of request {id} failed", failure, id=request_id)
+        delay = self._backoff.failed(getattr(request.getClientAddress(), "host", "")) if (
+            self._backoff is not None) else 0.0
+        if delay:
+            self._clock.callLater(
+                delay, self.refusals.answer, request, 401, f"unauthenticated: {reason}",
+                request_id=request_id,
+            )
+        else:
+            self.refusals.answer(request, 401, f"unauthenticated: {reason}", request_id=request_id)
+
+    def _authenticated(self, principal: Principal, request: server.Request, request_id: str) -> None:
+        if principal.expires is not None and principal.expires_within(
+            principal.warning_days, datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+        ):
+            request.setHeader(
+                b"X-Credential-Expires", principal.expires.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
             )
         problem = _body_problem(request)
         if problem is not None:
-            return self.refusals.answer(
-                request, *problem, request_id=request_id, principal=principal
-            )
+            self.refusals.answer(request, *problem, request_id=request_id, principal=principal)
+            return
         request.content.seek(0, 0)
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
-            return self.refusals.answer(
+            self.refusals.answer(
                 request, 413, f"request body is larger than {self._max_body} bytes",
                 request_id=request_id, principal=principal,
             )
+            return
         try:
             method, params = wire.parse_call(body)
         except errors.GatewayError as e:
@@ -150,7 +178,7 @@ class RPCResource(XMLRPC):
             )
             content = wire.dump_fault(e.to_fault())
             recorded.addBoth(lambda _: _write(request, content))
-            return server.NOT_DONE_YET
+            return
         ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
         d = self._dispatcher.call(ctx, method, params)
         gone: list[Failure] = []
@@ -163,7 +191,6 @@ class RPCResource(XMLRPC):
         d.addCallbacks(wire.dump_response, self._fault_body, errbackArgs=(request_id,))
         d.addCallback(lambda content: None if gone else _write(request, content))
         d.addErrback(lambda f: None if f.check(CancelledError) else _log.failure("", f))
-        return server.NOT_DONE_YET
 
     def _fault_body(self, failure: Failure, request_id: str) -> bytes:
         if failure.check(CancelledError):

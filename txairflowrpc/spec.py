@@ -59,6 +59,9 @@ class MethodSpec:
     returns: str
     doc: str
     handler: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    #: The scope a caller needs ("runs:trigger"), "" for any authenticated
+    #: caller, None for nobody (deny by default).
+    scope: str | None = None
 
     def signatures(self) -> list[list[str]]:
         """One signature per accepted number of parameters."""
@@ -71,6 +74,9 @@ class MethodSpec:
     def help(self) -> str:
         lines = [f"{self.name}({', '.join(self._param_names())}) -> {self.returns}", ""]
         lines.append(self.doc.strip())
+        if self.scope:
+            lines.append("")
+            lines.append(f"Needs scope {self.scope} (on the DAG, where it names one).")
         if self.params:
             lines.append("")
             lines.append("Parameters:")
@@ -123,14 +129,15 @@ def _article(xmlrpc_type: str) -> str:
 
 
 def rpc_method(
-    name: str, returns: str, *params: Param
+    name: str, returns: str, *params: Param, scope: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Mark a handler as the XML-RPC method ``name``; its docstring is the help.
+    ``scope`` is what a caller needs (see `txairflowrpc.policy`).
     """
 
     def mark(handler: Callable[..., Any]) -> Callable[..., Any]:
-        handler.__rpc__ = (name, returns, params)  # type: ignore[attr-defined]
+        handler.__rpc__ = (name, returns, params, scope)  # type: ignore[attr-defined]
         return handler
 
     return mark
@@ -143,10 +150,10 @@ def collect(obj: object) -> dict[str, MethodSpec]:
         marked = getattr(getattr(type(obj), attr), "__rpc__", None)
         if marked is None:
             continue
-        name, returns, params = marked
+        name, returns, params, scope = marked
         handler = getattr(obj, attr)
         specs[name] = MethodSpec(
             name=name, params=params, returns=returns,
-            doc=inspect.cleandoc(handler.__doc__ or name), handler=handler,
+            doc=inspect.cleandoc(handler.__doc__ or name), handler=handler, scope=scope,
         )
     return specs

@@ -28,11 +28,14 @@ from . import config as config_module
 from . import __version__
 from .airflow import AirflowClient
 from .audit import AuditLog
-from .auth import Principal, authenticate
-from .dispatch import AuthenticatedPolicy, Dispatcher
+from .auth import Backoff, Gate, Principal
+from .dispatch import Dispatcher
 from .methods import AirflowMethods
+from .policy import ScopePolicy
+from .reload import Reloader, build_authenticator
 from .rpc import AuditedSite, RPCResource, root
-from .tls import server_options
+from .tls import ReloadableTLS, server_options
+from .tokens import TokenStore
 from .watch import RunWatcher
 
 __all__ = ["Options", "makeService"]
@@ -50,8 +53,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["loaded"] = config_module.load(self["config"])
-            self["tls_options"] = server_options(self["loaded"].tls)
+            cfg = self["loaded"] = config_module.load(self["config"])
+            self["tls_options"] = server_options(cfg.tls, cfg.access.auth.client_certificate)
+            if cfg.access.auth.token_store is not None:
+                try:
+                    TokenStore.load(cfg.access.auth.token_store)
+                except ValueError as e:
+                    raise config_module.ConfigError("auth.token_store", str(e)) from None
         except config_module.ConfigError as e:
             # One line on stderr and exit status 1: twistd would print its
             # whole usage text above a UsageError, burying the problem.
@@ -106,7 +114,8 @@ def open_audit(cfg: config_module.AuditConfig, reactor: Any, run_blocking: Any) 
 
 def build_site(
     cfg: config_module.Config, reactor: Any, http: Any, audit: AuditLog | None,
-    authenticate: Callable[[Any], Principal] = authenticate,
+    authenticate: Callable[[Any], "Deferred[Principal]"],
+    backoff: Backoff | None = None,
 ) -> server.Site:
     """The web site of the gateway, calling Airflow through ``http``."""
     client = AirflowClient(
@@ -117,12 +126,12 @@ def build_site(
     watcher = RunWatcher(client.get_dag_run, reactor, cfg.rpc.wait_poll_seconds)
     dispatcher = Dispatcher(
         [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
-        policy=AuthenticatedPolicy(), max_multicall=cfg.rpc.max_multicall, clock=reactor,
+        policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=reactor,
         audit=audit, redact_keys=cfg.audit.redact_keys,
     )
     rpc = RPCResource(
         dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
-        audit=audit,
+        clock=reactor, audit=audit, backoff=backoff,
     )
     site = AuditedSite(root(rpc), audit=audit, reactor=reactor)
     site.displayTracebacks = False
@@ -144,9 +153,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     http = HTTPClient(Agent(reactor, pool=pool))
     _PoolService(pool).setServiceParent(top)
 
-    site = build_site(cfg, reactor, http, audit)
-    endpoint = SSL4ServerEndpoint(
-        reactor, cfg.listen.port, options["tls_options"], interface=cfg.listen.host
-    )
+    gate = Gate(build_authenticator(cfg, http=http, reactor=reactor))
+    tls = ReloadableTLS(options["tls_options"])
+    Reloader(cfg, gate=gate, tls=tls, http=http, reactor=reactor, audit=audit).setServiceParent(top)
+
+    backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
+    site = build_site(cfg, reactor, http, audit, gate.authenticate, backoff)
+    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
     return top

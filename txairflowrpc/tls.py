@@ -2,8 +2,9 @@
 The TLS side of the gateway: the server context and the caller's certificate.
 
 `server_options` builds the only kind of listener the gateway has: TLS 1.2
-or newer, and a client certificate signed by the configured CA is required
-(mutual TLS); a handshake without one fails before any HTTP is read.
+or newer, with client certificates verified against the configured CA
+(mutual TLS): required, so that a handshake without one fails before any
+HTTP is read, or optional when tokens may authenticate instead.
 `peer_certificate` turns the verified peer certificate into the plain
 values that identify a caller.
 """
@@ -17,8 +18,10 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from .config import ConfigError, TLSConfig
 
@@ -104,9 +107,12 @@ def load_ca_bundle(key: str, path: Any) -> list[ssl.Certificate]:
     ]
 
 
-def server_options(config: TLSConfig) -> ssl.CertificateOptions:
+def server_options(config: TLSConfig, client_certificate: str = "required") -> ssl.CertificateOptions:
     """
-    The TLS context factory for the listener.
+    The TLS options for the listener: TLS 1.2 or newer, and client
+    certificates verified against ``tls.client_ca``.  With
+    ``client_certificate = "required"`` a handshake without one fails;
+    with ``"optional"`` a certificate is verified if one is presented.
 
     Raises `ConfigError` naming the key whose file cannot be used.
     """
@@ -135,14 +141,31 @@ def server_options(config: TLSConfig) -> ssl.CertificateOptions:
         raise ConfigError(
             "tls.private_key", "does not match the certificate in tls.certificate"
         )
-    return ssl.CertificateOptions(
+    cas = load_ca_bundle("tls.client_ca", config.client_ca)
+    common = dict(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(leaf),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
-        trustRoot=ssl.trustRootFromCertificates(
-            load_ca_bundle("tls.client_ca", config.client_ca)
-        ),
-        # With a trustRoot, CertificateOptions verifies the peer and
-        # requires its certificate: a handshake without one fails.
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    if client_certificate == "required":
+        # With a trustRoot, CertificateOptions verifies the peer and
+        # requires its certificate: a handshake without one fails.
+        return ssl.CertificateOptions(trustRoot=ssl.trustRootFromCertificates(cas), **common)
+    return ssl.CertificateOptions(
+        verify=True, requireCertificate=False, caCerts=[c.original for c in cas], **common
+    )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """
+    The listener's TLS, whose options a reload can replace: new
+    connections use the new certificates, open ones keep theirs.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)

@@ -40,7 +40,34 @@ def client_context(pki: DevPKI, client: ClientFiles | None) -> ssl.SSLContext:
     return ctx
 
 
-GATEWAY_CONFIG = """
+ACCESS = """
+[auth]
+client_certificate = "{cert_mode}"
+token_store = "{tokens}"
+rotation_overlap_seconds = 3
+[roles.operator]
+scopes = ["dags:read", "dags:pause", "runs:trigger", "runs:read", "runs:write",
+          "tasks:clear", "logs:read"]
+[roles.ci]
+scopes = ["dags:read:etl_*", "runs:trigger:etl_*", "runs:read:etl_*", "logs:read:etl_*"]
+[roles.ci.conf."etl_*"]
+type = "object"
+additionalProperties = false
+properties.day = {{ type = "string", pattern = "^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$" }}
+[roles.auditor]
+scopes = ["dags:read", "runs:read", "logs:read"]
+[principals.ci-bot]
+roles = ["operator"]
+cert_dns = ["ci-bot.example.com"]
+[principals.etl-bot]
+roles = ["ci"]
+cert_cn = ["etl-bot"]
+[principals.auditor]
+roles = ["auditor"]
+cert_email = ["auditor@example.com"]
+"""
+
+GATEWAY_CONFIG = ACCESS + """
 [listen]
 host = "127.0.0.1"
 port = {port}
@@ -65,18 +92,23 @@ path = "{audit}"
 class RunningGateway:
     """A ``twistd -n airflowrpc`` process and how to call it."""
 
-    def __init__(self, directory: Path, pki: DevPKI, airflow: LocalAirflow) -> None:
+    def __init__(
+        self, directory: Path, pki: DevPKI, airflow: LocalAirflow, *,
+        cert_mode: str = "required", extra: str = "",
+    ) -> None:
         self.pki = pki
         self.port = free_port()
         self.url = f"https://localhost:{self.port}/RPC2"
         password_file = directory / "airflow-password"
         password_file.write_text(airflow.gateway_password + "\n")
         self.audit_path = directory / "audit" / "audit.jsonl"
+        self.token_store = directory / "tokens.json"
         self.config = directory / "airflowrpc.toml"
         self.config.write_text(GATEWAY_CONFIG.format(
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
-            password_file=password_file, audit=self.audit_path,
-        ))
+            password_file=password_file, audit=self.audit_path, cert_mode=cert_mode,
+            tokens=self.token_store,
+        ) + extra)
         self.log = directory / "twistd.log"
         self.client = pki.client("ci-bot.example.com")
         self.process: subprocess.Popen[bytes] | None = None

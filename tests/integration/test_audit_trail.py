@@ -70,7 +70,7 @@ def test_every_call_and_refusal_is_on_a_verifiable_trail(gateway: RunningGateway
     ok, missing = by_id[seen[0]], by_id[seen[1]]
     assert (ok["method"], ok["dag_id"], ok["outcome"], ok["airflow_status"]) == (
         "get_dag", "etl_orders", "ok", 200)
-    assert ok["principal"] == "ci-bot.example.com"
+    assert ok["principal"] == "ci-bot"
     assert len(ok["auth"]["certificate_sha256"]) == 64
     assert (missing["outcome"], missing["fault_code"], missing["airflow_status"]) == (
         "fault", 404, 404)

@@ -23,7 +23,7 @@ def test_perl_rpc_xml_client_with_a_client_certificate(gateway: RunningGateway) 
     lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
     assert lines == {
         "ping": "pong",
-        "principal": "ci-bot.example.com",
+        "principal": "ci-bot",
         "dags": "etl_orders,example_hello",
         "created": "1",
         "state": "success",

@@ -28,6 +28,11 @@ password_file = "pw"
 timeout_seconds = 5
 [audit]
 path = "audit.jsonl"
+[roles.reader]
+scopes = ["dags:read"]
+[principals.daemon-test]
+roles = ["reader"]
+cert_cn = ["daemon-test"]
 """
 
 

@@ -12,7 +12,9 @@ from treq.testing import StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
-from txairflowrpc.auth import Principal
+from txairflowrpc.access import AccessConfig, AuthSettings
+from txairflowrpc.auth import Principal, Unauthenticated
+from txairflowrpc.policy import SCOPES, Grants, Role, Scope
 from txairflowrpc.audit import AuditLog
 from txairflowrpc.config import (
     AirflowConfig, AuditConfig, Config, ListenConfig, RPCConfig, TLSConfig,
@@ -32,6 +34,11 @@ CONFIG = Config(
                   max_body_bytes=256 * 1024),
     audit=AuditConfig(path=Path("unused"), rotate_bytes=0, rotate_daily=False, fsync=False,
                       redact_keys=("password", "token")),
+    access=AccessConfig(
+        auth=AuthSettings(client_certificate="required", require_token=False, token_store=None,
+                          token_days=90, rotation_overlap_seconds=60, expiry_warning_days=14,
+                          failure_backoff_max_seconds=30),
+        roles={}, principals={}, oidc={}),
 )
 
 
@@ -41,7 +48,7 @@ class Gateway:
     airflow: FakeAirflow
     client: StubTreq
     audit: AuditLog
-    principal: Principal | None = Principal("ci-bot", "client_certificate")
+    principal: Principal | None = attrs.field(factory=lambda: OPERATOR)
 
     def advance(self, seconds: float) -> None:
         """Let time pass, then deliver any response written meanwhile."""
@@ -70,6 +77,12 @@ class Gateway:
         return d.addCallback(lambda r: Deferred.fromCoroutine(read(r)))
 
 
+#: A role with every scope on every DAG.
+EVERYTHING = Role("operator", tuple(Scope.parse(name) for name in SCOPES))
+OPERATOR = Principal("ci-bot", "client_certificate", roles=("operator",),
+                     grants=Grants((EVERYTHING,)))
+
+
 def audit_log(directory: str, clock: Clock, **kw: Any) -> AuditLog:
     """An audit log that writes synchronously, for tests."""
     log = AuditLog(Path(directory) / "audit.jsonl", clock=clock,
@@ -88,8 +101,6 @@ def gateway(
     holder: list[Gateway] = []
 
     def authenticate(request: Any) -> Principal:
-        from txairflowrpc.auth import Unauthenticated
-
         if holder[0].principal is None:
             raise Unauthenticated("a client certificate is required")
         return holder[0].principal

@@ -29,8 +29,10 @@ class MethodTestCase(SynchronousTestCase):
 class SurfaceTests(MethodTestCase):
     def test_ping_and_whoami(self) -> None:
         self.assertEqual(self.call("ping"), "pong")
-        self.assertEqual(self.call("whoami"),
-                         {"principal": "ci-bot", "authenticated_by": "client_certificate"})
+        me = self.call("whoami")
+        self.assertEqual((me["principal"], me["authenticated_by"], me["roles"]),
+                         ("ci-bot", "client_certificate", ["operator"]))
+        self.assertIn("runs:trigger", me["scopes"])
 
     def test_list_dags_with_filters(self) -> None:
         result = self.call("list_dags", {"pattern": "etl", "limit": 10})
