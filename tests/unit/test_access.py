@@ -1,0 +1,365 @@
+"""Authentication and authorisation, in memory: who gets in, and what they may do."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc import config as config_module
+from txairflowrpc import tokens
+from txairflowrpc.auth import Authenticator, Backoff, Unauthenticated
+from txairflowrpc.oidc import JWKSet
+from txairflowrpc.tls import PeerCertificate
+
+from ..harness.pki import DevPKI
+from ..jwt_helpers import Signer, jwks
+from .helpers import gateway
+
+NOW = 1_800_000_000
+
+ACCESS = """
+[listen]
+port = 8443
+[tls]
+certificate = "tls/server.pem"
+private_key = "tls/server.key"
+client_ca = "tls/ca.pem"
+[airflow]
+base_url = "http://127.0.0.1:8080"
+username = "gateway"
+password_file = "pw"
+[audit]
+path = "audit.jsonl"
+[auth]
+client_certificate = "{mode}"
+require_token = {require}
+token_store = "tokens.json"
+[roles.ci]
+scopes = ["dags:read:etl_*", "runs:trigger:etl_*", "runs:read:etl_*"]
+[roles.ci.conf."etl_*"]
+type = "object"
+additionalProperties = false
+required = ["day"]
+properties.day = {{ type = "string", pattern = "^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$" }}
+properties.mode = {{ enum = ["full", "delta"] }}
+[roles.auditor]
+scopes = ["dags:read", "runs:read", "logs:read"]
+[roles.free]
+scopes = ["runs:trigger:sandbox_*"]
+[principals.ci-bot]
+roles = ["ci"]
+cert_dns = ["ci-bot.example.com"]
+[principals.auditor]
+roles = ["auditor"]
+cert_email = ["auditor@example.com"]
+[principals.pinned]
+roles = ["auditor"]
+cert_sha256 = ["{sha}"]
+[principals."corp/alice"]
+roles = ["auditor"]
+[oidc.corp]
+issuer = "https://idp.example.com"
+audience = "airflowrpc"
+jwks_file = "jwks.json"
+claim_roles = {{ "airflow-ci" = ["ci"] }}
+"""
+
+SIGNER = Signer("ES256", "ec1")
+
+
+def cert(**kw: Any) -> PeerCertificate:
+    values = dict(subject="CN=x", common_name="x", dns_names=(), uris=(), emails=(),
+                  fingerprint_sha256="ab" * 32, spki_sha256="cd" * 32, not_after="2030")
+    values.update(kw)
+    return PeerCertificate(**values)
+
+
+class FakeRequest:
+    def __init__(self, peer: PeerCertificate | None, authorization: str | None = None) -> None:
+        self.transport = self
+        self._peer = peer
+        self._auth = authorization
+
+    def getPeerCertificate(self) -> Any:
+        return None if self._peer is None else self
+
+    def to_cryptography(self) -> Any:
+        return self._peer
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        return self._auth.encode() if self._auth is not None and name == b"authorization" else None
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+def load(tmp: Path, pki: DevPKI, mode: str = "required", require: bool = False,
+         extra: str = "") -> config_module.Config:
+    if not (tmp / "tls").exists():
+        (tmp / "tls").symlink_to(pki.directory)
+    (tmp / "pw").write_text("pw\n")
+    (tmp / "jwks.json").write_text(json.dumps(jwks(SIGNER)))
+    path = tmp / "airflowrpc.toml"
+    path.write_text(ACCESS.format(mode=mode, require=str(require).lower(), sha="ee" * 32) + extra)
+    return config_module.load(path)
+
+
+def authenticator(cfg: config_module.Config, clock: Clock) -> Authenticator:
+    store = tokens.TokenStore.load(cfg.access.auth.token_store)
+    keys = {n: JWKSet(p, http=None, reactor=clock) for n, p in cfg.access.oidc.items()}
+    return Authenticator(cfg.access, tokens_store=store, jwks=keys, clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def _patch_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # FakeRequest hands out PeerCertificate values directly.
+    monkeypatch.setattr("txairflowrpc.auth.peer_certificate",
+                        lambda transport: transport._peer)
+
+
+def run(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "not synchronous"
+    if isinstance(results[0], BaseException) or hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def basic(name: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()
+
+
+class TestCertificates:
+    def test_certificates_map_by_san_email_and_fingerprint(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth = authenticator(load(tmp_path, pki), Clock())
+        assert run(auth.authenticate(FakeRequest(cert(dns_names=("ci-bot.example.com",))))).name == "ci-bot"
+        assert run(auth.authenticate(FakeRequest(cert(emails=("auditor@example.com",))))).name == "auditor"
+        assert run(auth.authenticate(FakeRequest(cert(fingerprint_sha256="ee" * 32)))).name == "pinned"
+
+    def test_a_verified_certificate_of_nobody_is_refused(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth = authenticator(load(tmp_path, pki), Clock())
+        with pytest.raises(Unauthenticated, match="matches no principal"):
+            run(auth.authenticate(FakeRequest(cert(dns_names=("stranger",)))))
+
+    def test_required_certificate(self, tmp_path: Path, pki: DevPKI) -> None:
+        cfg = load(tmp_path, pki)
+        _, token = tokens.create(cfg.access.auth.token_store, "ci-bot", None, 90, datetime.now(timezone.utc))
+        auth = authenticator(cfg, Clock())
+        with pytest.raises(Unauthenticated, match="client certificate is required"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+
+
+class TestTokens:
+    def setup(self, tmp_path: Path, pki: DevPKI, **kw: Any) -> tuple[Authenticator, str, Clock]:
+        cfg = load(tmp_path, pki, **kw)
+        clock = Clock()
+        clock.advance(NOW)
+        record, token = tokens.create(cfg.access.auth.token_store, "ci-bot", None, 90,
+                                      datetime.fromtimestamp(NOW, timezone.utc))
+        return authenticator(cfg, clock), token, clock
+
+    def test_bearer_and_basic(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth, token, _ = self.setup(tmp_path, pki, mode="optional")
+        p = run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+        assert (p.name, p.method, p.roles) == ("ci-bot", "token", ("ci",))
+        assert p.token_id and p.audit_identity()["token_id"] == p.token_id
+        assert run(auth.authenticate(FakeRequest(None, basic("ci-bot", token)))).name == "ci-bot"
+        with pytest.raises(Unauthenticated, match="not the token's principal"):
+            run(auth.authenticate(FakeRequest(None, basic("auditor", token))))
+
+    def test_wrong_expired_and_foreign_credentials(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth, token, clock = self.setup(tmp_path, pki, mode="optional")
+        for header, reason in [
+            ("Bearer arpc_garbage", "malformed token"),
+            (f"Bearer {tokens.mint()[1]}", "unknown token"),
+            ("Bearer hello", "neither a gateway token nor a JWT"),
+            ("Digest x", "unsupported Authorization scheme"),
+            ("Basic !!!", "malformed basic"),
+            (None, "no credentials"),
+        ]:
+            with pytest.raises(Unauthenticated, match=reason):
+                run(auth.authenticate(FakeRequest(None, header)))
+        clock.advance(90 * 86400)
+        with pytest.raises(Unauthenticated, match="expired"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+
+    def test_both_required_and_must_agree(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth, token, _ = self.setup(tmp_path, pki, require=True)
+        ci_cert = cert(dns_names=("ci-bot.example.com",))
+        with pytest.raises(Unauthenticated, match="required as well"):
+            run(auth.authenticate(FakeRequest(ci_cert)))
+        p = run(auth.authenticate(FakeRequest(ci_cert, f"Bearer {token}")))
+        assert p.method == "client_certificate+token" and p.certificate is not None
+        with pytest.raises(Unauthenticated, match="different principals"):
+            run(auth.authenticate(FakeRequest(cert(emails=("auditor@example.com",)),
+                                              f"Bearer {token}")))
+
+    def test_expiry_warning(self, tmp_path: Path, pki: DevPKI) -> None:
+        auth, token, clock = self.setup(tmp_path, pki, mode="optional")
+        p = run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+        now = datetime.fromtimestamp(clock.seconds(), timezone.utc)
+        assert "warning" not in p.describe(now)
+        clock.advance(80 * 86400)
+        later = datetime.fromtimestamp(clock.seconds(), timezone.utc)
+        info = p.describe(later)
+        assert info["expires_in_days"] == 10.0 and "expires within 14 days" in info["warning"]
+
+
+class TestOIDC:
+    def test_jwt_principal_and_roles(self, tmp_path: Path, pki: DevPKI) -> None:
+        clock = Clock()
+        clock.advance(NOW)
+        auth = authenticator(load(tmp_path, pki, mode="optional"), clock)
+        token = SIGNER.sign({"iss": "https://idp.example.com", "aud": "airflowrpc",
+                             "sub": "alice", "exp": NOW + 60, "scope": "airflow-ci"})
+        p = run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+        assert (p.name, p.method, p.roles) == ("corp/alice", "oidc", ("ci", "auditor"))
+        other = Signer("ES256", "ec1").sign({"iss": "https://idp.example.com",
+                                              "aud": "airflowrpc", "sub": "alice",
+                                              "exp": NOW + 60})
+        with pytest.raises(Unauthenticated, match="bad signature"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {other}")))
+        evil = SIGNER.sign({"iss": "https://evil", "aud": "airflowrpc", "sub": "x",
+                            "exp": NOW + 60})
+        with pytest.raises(Unauthenticated, match="unknown issuer"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {evil}")))
+
+
+class TestConfig:
+    @pytest.mark.parametrize("extra,key,words", [
+        ('\n[roles.bad]\nscopes = ["runs:delete"]\n', "roles.bad.scopes", "unknown scope"),
+        ('\n[principals.x]\nroles = ["nope"]\n', "principals.x.roles", "unknown role"),
+        ('\n[roles.bad2]\nconf."x" = { type = "nonsense" }\n', "roles.bad2.conf.x",
+         "not a valid JSON Schema"),
+    ])
+    def test_access_mistakes_name_the_key(self, tmp_path: Path, pki: DevPKI, extra: str,
+                                          key: str, words: str) -> None:
+        with pytest.raises(config_module.ConfigError) as e:
+            load(tmp_path, pki, extra=extra)
+        assert e.value.key == key and words in str(e.value)
+
+    def test_symmetric_and_none_algorithms_are_refused(self, tmp_path: Path, pki: DevPKI) -> None:
+        for alg in ("HS256", "none"):
+            text = ACCESS.replace('jwks_file = "jwks.json"',
+                                  f'jwks_file = "jwks.json"\nalgorithms = ["RS256", "{alg}"]')
+            load(tmp_path, pki)
+            (tmp_path / "airflowrpc.toml").write_text(
+                text.format(mode="required", require="false", sha="ee" * 32))
+            with pytest.raises(config_module.ConfigError, match="asymmetric only") as e:
+                config_module.load(tmp_path / "airflowrpc.toml")
+            assert e.value.key == "oidc.corp.algorithms"
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_failures_from_one_source_are_slowed_down_up_to_a_cap(self) -> None:
+        clock = Clock()
+        backoff = Backoff(clock, maximum=30)
+        delays = [backoff.failed("10.0.0.1") for _ in range(12)]
+        self.assertEqual(delays[:5], [0.0] * 5)
+        self.assertEqual(delays[5:9], [0.5, 1.0, 2.0, 4.0])
+        self.assertEqual(delays[-1], 30)
+        self.assertEqual(backoff.failed("10.0.0.2"), 0.0)  # another source is not slowed
+        clock.advance(901)
+        self.assertEqual(backoff.failed("10.0.0.1"), 0.0)  # the window passed
+
+
+class ScopeTests(SynchronousTestCase):
+    """Scope checks on every method, through the whole site."""
+
+    def principal(self, *scopes: str, conf: dict[str, Any] | None = None) -> Any:
+        from txairflowrpc.auth import Principal
+        from txairflowrpc.policy import ConfRule, Grants, Role, Scope
+
+        rules = tuple(ConfRule.build(g, s) for g, s in (conf or {}).items())
+        role = Role("r", tuple(Scope.parse(s) for s in scopes), rules)
+        return Principal("bot", "token", roles=("r",), grants=Grants((role,)))
+
+    def call(self, gw: Any, method: str, *params: Any) -> Any:
+        return self.successResultOf(gw.call_d(method, *params))[2]
+
+    def test_every_method_needs_its_scope(self) -> None:
+        gw = gateway()
+        gw.airflow.runs[("etl_orders", "r1")] = {"dag_id": "etl_orders", "dag_run_id": "r1",
+                                                 "state": "success"}
+        gw.airflow.task_instances[("etl_orders", "r1")] = [
+            {"task_id": "extract", "dag_id": "etl_orders", "dag_run_id": "r1",
+             "state": "success", "try_number": 1}]
+        calls = {
+            "get_dag": ("dags:read", ("etl_orders",)),
+            "pause_dag": ("dags:pause", ("etl_orders",)),
+            "unpause_dag": ("dags:pause", ("etl_orders",)),
+            "trigger_dag": ("runs:trigger", ("etl_orders",)),
+            "get_dag_run": ("runs:read", ("etl_orders", "r1")),
+            "list_dag_runs": ("runs:read", ("etl_orders",)),
+            "wait_dag_run": ("runs:read", ("etl_orders", "r1", 0)),
+            "list_task_instances": ("runs:read", ("etl_orders", "r1")),
+            "set_dag_run_state": ("runs:write", ("etl_orders", "r1", "failed")),
+            "clear_task_instances": ("tasks:clear", ("etl_orders", "r1", {"dry_run": True})),
+            "get_task_log": ("logs:read", ("etl_orders", "r1", "extract", 1)),
+        }
+        for method, (scope, params) in calls.items():
+            others = [s for s, _ in calls.values() if s != scope]
+            gw.principal = self.principal(*others, f"{scope}:sandbox_*")
+            before = len(gw.airflow.api_requests())
+            fault = self.call(gw, method, *params)
+            self.assertEqual(fault.faultCode, 403, method)
+            self.assertEqual(fault.faultString,
+                             f"forbidden: {method}: requires scope {scope}:etl_orders")
+            self.assertEqual(len(gw.airflow.api_requests()), before, method)
+            gw.principal = self.principal(f"{scope}:etl_*")
+            result = self.call(gw, method, *params)
+            # Allowed now: an answer, or at worst Airflow's own 404 (no such log).
+            self.assertIn(getattr(result, "faultCode", None), (None, 404), method)
+        gw.principal = self.principal()
+        self.assertEqual(self.call(gw, "ping"), "pong")
+        self.assertIn("ping", self.call(gw, "system.listMethods"))
+
+    def test_list_dags_shows_only_readable_dags(self) -> None:
+        gw = gateway()
+        gw.principal = self.principal("dags:read:etl_*")
+        result = self.call(gw, "list_dags")
+        self.assertEqual(([d["dag_id"] for d in result["dags"]], result["total"]),
+                         (["etl_orders"], 1))
+        gw.principal = self.principal("runs:read")
+        self.assertEqual(self.call(gw, "list_dags").faultCode, 403)
+
+    def test_conf_guardrails_name_the_key_and_the_rule(self) -> None:
+        gw = gateway()
+        schema = {"type": "object", "additionalProperties": False,
+                  "properties": {"day": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                                 "mode": {"enum": ["full", "delta"]}}}
+        gw.principal = self.principal("runs:trigger:etl_*", conf={"etl_*": schema})
+        for conf, message in [
+            ({"day": "tomorrow"}, "conf.day: violates rule pattern"),
+            ({"mode": "all"}, "conf.mode: violates rule enum"),
+            ({"sql": "DROP TABLE x"}, "conf: key 'sql' is not allowed (rule additionalProperties)"),
+        ]:
+            fault = self.call(gw, "trigger_dag", "etl_orders", conf)
+            self.assertEqual(fault.faultCode, 403)
+            self.assertIn(message, fault.faultString)
+        self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", {"day": "2026-01-01"})["created"])
+
+    def test_multicall_checks_every_inner_call(self) -> None:
+        gw = gateway()
+        gw.principal = self.principal("dags:read:etl_*")
+        results = self.call(gw, "system.multicall", [
+            {"methodName": "get_dag", "params": ["etl_orders"]},
+            {"methodName": "get_dag", "params": ["example_hello"]},
+            {"methodName": "trigger_dag", "params": ["etl_orders"]},
+        ])
+        self.assertEqual(results[0][0]["dag_id"], "etl_orders")
+        self.assertEqual([r["faultCode"] for r in results[1:]], [403, 403])
+        self.assertFalse(any(p.startswith("/api/v2/dags/example_hello") for _, p in
+                             gw.airflow.api_requests()))

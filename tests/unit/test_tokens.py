@@ -1,0 +1,99 @@
+"""Gateway tokens: format, checksum, store, rotation, revocation."""
+
+from __future__ import annotations
+
+import json
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from txairflowrpc import tokens
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def test_minted_tokens_have_prefix_id_and_a_valid_checksum() -> None:
+    token_id, token = tokens.mint()
+    assert token.startswith(f"arpc_{token_id}_")
+    assert len(token) == len("arpc_") + 10 + 1 + 32 + 6
+    assert tokens.parse(token) == token_id
+    assert tokens.mint()[1] != token
+
+
+def test_a_typo_fails_the_checksum_without_a_lookup() -> None:
+    _, token = tokens.mint()
+    i = 20
+    typo = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+    assert tokens.parse(typo) is None
+    assert tokens.parse("arpc_short") is None
+    assert tokens.parse("ghp_" + token[5:]) is None
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.json"
+
+
+def test_the_store_keeps_only_a_hash_and_is_private(store_path: Path) -> None:
+    record, token = tokens.create(store_path, "ci-bot", None, 90, NOW)
+    text = store_path.read_text()
+    secret = token.split("_")[2]
+    assert secret not in text and token not in text
+    assert json.loads(text)["tokens"][0]["sha256"] == tokens.token_hash(token)
+    assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
+    assert record.expires == NOW + timedelta(days=90)
+
+
+def test_check_accepts_a_live_token_and_refuses_the_rest(store_path: Path) -> None:
+    record, token = tokens.create(store_path, "ci-bot", ("ci",), 90, NOW)
+    store = tokens.TokenStore.load(store_path)
+    assert store.check(token, NOW).principal == "ci-bot"
+    assert store.check(token, NOW).roles == ("ci",)
+    wrong_secret = tokens.PREFIX + record.id + "_" + "x" * 32
+    wrong_secret += tokens._checksum(wrong_secret)
+    with pytest.raises(tokens.TokenError, match="unknown token"):
+        store.check(wrong_secret, NOW)
+    other_id, other = tokens.mint()
+    with pytest.raises(tokens.TokenError, match="unknown token"):
+        store.check(other, NOW)
+    with pytest.raises(tokens.TokenError, match="expired"):
+        store.check(token, NOW + timedelta(days=90))
+    with pytest.raises(tokens.TokenError, match="malformed"):
+        store.check("not-a-token", NOW)
+
+
+def test_revoke_refuses_at_once(store_path: Path) -> None:
+    record, token = tokens.create(store_path, "ci-bot", None, 90, NOW)
+    tokens.revoke(store_path, record.id, NOW)
+    with pytest.raises(tokens.TokenError, match="revoked"):
+        tokens.TokenStore.load(store_path).check(token, NOW)
+
+
+def test_rotation_overlaps_then_the_old_token_dies(store_path: Path) -> None:
+    old, old_token = tokens.create(store_path, "ci-bot", None, 90, NOW)
+    overlap = timedelta(hours=24)
+    old_after, new, new_token = tokens.rotate(store_path, old.id, 90, overlap, NOW)
+    store = tokens.TokenStore.load(store_path)
+    assert store.check(old_token, NOW + timedelta(hours=23)).id == old.id
+    assert store.check(new_token, NOW + timedelta(hours=25)).id == new.id
+    with pytest.raises(tokens.TokenError, match="expired"):
+        store.check(old_token, NOW + overlap)
+    assert old_after.rotated_to == new.id and new.last_rotated == NOW
+    with pytest.raises(ValueError, match="only an active token rotates"):
+        tokens.rotate(store_path, old.id, 90, overlap, NOW + timedelta(hours=30))
+
+
+def test_listing_shows_no_secret_and_no_hash(store_path: Path) -> None:
+    record, token = tokens.create(store_path, "ci-bot", None, 90, NOW)
+    rows = list(tokens.listing(store_path, NOW))
+    assert rows == [{"id": record.id, "principal": "ci-bot", "roles": "(principal's)",
+                     "created": "2026-11-26T12:00:00Z", "expires": "2027-02-24T12:00:00Z",
+                     "state": "active"}]
+    assert record.sha256 not in json.dumps(rows)
+
+
+def test_expiry_is_mandatory(store_path: Path) -> None:
+    with pytest.raises(ValueError):
+        tokens.create(store_path, "ci-bot", None, 0, NOW)
