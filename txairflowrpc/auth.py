@@ -203,7 +203,15 @@ class Authenticator:
         try:
             record = self.tokens.check(credential.secret, self._now())
         except tokens.TokenError as e:
-            raise Unauthenticated(str(e)) from None
+            if not str(e).startswith("unknown token") or not self.tokens.changed():
+                raise Unauthenticated(str(e)) from None
+            # A token minted a moment ago: read the store now rather than at
+            # the next poll (a stat per unknown token; a read only on change).
+            try:
+                self.tokens = tokens.TokenStore.load(self.tokens.path)
+                record = self.tokens.check(credential.secret, self._now())
+            except (ValueError, tokens.TokenError) as again:
+                raise Unauthenticated(str(again)) from None
         if credential.username is not None and credential.username != record.principal:
             raise Unauthenticated("the basic-auth name is not the token's principal")
         entry = self.access.principals.get(record.principal)

@@ -35,6 +35,14 @@ The gateway is starting on https://localhost:{port}/RPC2 in front of Airflow at
     print(rpc.wait_dag_run("example_hello", run["dag_run_id"], 120))
     print(rpc.get_task_log("example_hello", run["dag_run_id"], "say_hello"))
 
+The client certificate is principal "dev-client" (role operator). For a token of
+the CI bot (role ci: only etl_* DAGs), in another shell:
+
+    .venv/bin/airflowrpc token create --principal ci-bot
+    python3 -c 'import ssl, xmlrpc.client; print(xmlrpc.client.ServerProxy(
+        "https://localhost:{port}/RPC2", headers=[("Authorization", "Bearer TOKEN")],
+        context=ssl.create_default_context(cafile="{ca}")).whoami())'
+
 Ctrl-C stops the gateway and Airflow.
 """
 

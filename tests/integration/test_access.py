@@ -1,0 +1,306 @@
+"""
+Identity and access over real mutual TLS, against the real twistd and a real
+Airflow: every way in, every way it is refused, scopes, rotation and
+revocation through the CLI, a JWKS URL, reload under load, and third-party
+clients carrying tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from txairflowrpc import tokens
+
+from ..harness.airflow import LocalAirflow
+from ..harness.pki import DevPKI
+from ..jwt_helpers import Signer, hs256_with_public_key, jwks, unsigned
+from .conftest import RunningGateway, client_context
+
+AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"
+ISSUER = "https://idp.example.test"
+
+
+class JWKSServer:
+    """A loopback HTTP server for the identity provider's key set."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                body = json.dumps(outer.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SIGNER = Signer("RS256", "key-1")
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[JWKSServer]:
+    server = JWKSServer(jwks(SIGNER))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
+       idp: JWKSServer) -> Iterator[RunningGateway]:
+    extra = f"""
+[oidc.corp]
+issuer = "{ISSUER}"
+audience = "airflowrpc"
+jwks_url = "{idp.url}"
+jwks_refetch_cooldown_seconds = 1
+claim_roles = {{ "airflow-ci" = ["ci"], "auditors" = ["auditor"] }}
+"""
+    gateway = RunningGateway(tmp_path_factory.mktemp("access-gw"), pki, airflow,
+                             cert_mode="optional", extra=extra)
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def cli(gateway: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AIRFLOWRPC), "token", "--config", str(gateway.config), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def new_token(gateway: RunningGateway, principal: str) -> str:
+    out = cli(gateway, "create", "--principal", principal)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def by_token(gateway: RunningGateway, token: str) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(gateway.url, context=client_context(gateway.pki, None),
+                                     headers=[("Authorization", f"Bearer {token}")])
+
+
+def refused(call: Any) -> int:
+    """The HTTP status of a refused call (401 expected), or 0 if it got in."""
+    try:
+        call()
+    except xmlrpc.client.ProtocolError as e:
+        return e.errcode
+    return 0
+
+
+def wait_until(check: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def audit(gateway: RunningGateway) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gateway.audit_path.read_text().splitlines()]
+
+
+def test_tokens_by_bearer_header_and_by_basic_auth(gw: RunningGateway) -> None:
+    token = new_token(gw, "etl-bot")
+    me = by_token(gw, token).whoami()
+    assert (me["principal"], me["authenticated_by"], me["roles"]) == ("etl-bot", "token", ["ci"])
+    assert me["expires_in_days"] > 89 and "warning" not in me
+    basic = xmlrpc.client.ServerProxy(
+        gw.url.replace("https://", f"https://etl-bot:{token}@"),
+        context=client_context(gw.pki, None))
+    assert basic.whoami()["principal"] == "etl-bot"
+    listed = cli(gw, "list").stdout
+    assert "etl-bot" in listed and token.split("_")[2] not in listed
+
+
+def test_wrong_expired_and_missing_credentials_get_401(gw: RunningGateway) -> None:
+    record, expired = tokens.create(gw.token_store, "etl-bot", None, 1,
+                                    dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2))
+    wait_until(lambda: refused(lambda: by_token(gw, expired).ping()) == 401)
+    assert refused(lambda: by_token(gw, tokens.mint()[1]).ping()) == 401
+    assert refused(lambda: by_token(gw, "arpc_nonsense").ping()) == 401
+    anonymous = xmlrpc.client.ServerProxy(gw.url, context=client_context(gw.pki, None))
+    assert refused(anonymous.ping) == 401
+    reasons = [r.get("reason", "") for r in audit(gw) if r.get("http_status") == 401]
+    assert any("expired" in r for r in reasons) and any("no credentials" in r for r in reasons)
+
+
+def test_revoke_takes_effect_without_a_restart(gw: RunningGateway) -> None:
+    token = new_token(gw, "etl-bot")
+    proxy = by_token(gw, token)
+    assert proxy.ping() == "pong"
+    token_id = tokens.parse(token)
+    assert cli(gw, "revoke", token_id).returncode == 0
+    wait_until(lambda: refused(proxy.ping) == 401, seconds=5)
+    events = [r for r in audit(gw) if r.get("event") == "token.revoked"]
+    assert events[-1]["token_id"] == token_id and events[-1]["instance"] == "cli"
+
+
+def test_rotation_overlap_then_the_old_token_dies(gw: RunningGateway) -> None:
+    old = new_token(gw, "etl-bot")
+    out = cli(gw, "rotate", tokens.parse(old))
+    assert out.returncode == 0, out.stderr
+    new = out.stdout.strip()
+    wait_until(lambda: refused(by_token(gw, new).ping) == 0)
+    assert by_token(gw, old).ping() == "pong"  # inside the 3 s overlap
+    wait_until(lambda: refused(by_token(gw, old).ping) == 401, seconds=10)
+    assert by_token(gw, new).ping() == "pong"
+
+
+def test_certificates_of_nobody_and_expired_ones_are_refused(gw: RunningGateway, pki: DevPKI) -> None:
+    nobody = pki.client("nobody.example.com")
+    assert refused(gw.proxy(nobody).ping) == 401
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    expired = pki.client("etl-bot-expired", not_after=past)
+    with pytest.raises((OSError, xmlrpc.client.ProtocolError)):
+        gw.proxy(expired).ping()
+
+
+def jwt(signer: Signer = SIGNER, **claims: Any) -> str:
+    body = {"iss": ISSUER, "aud": "airflowrpc", "sub": "alice",
+            "exp": int(time.time()) + 300, "scope": "openid airflow-ci"}
+    body.update(claims)
+    return signer.sign(body)
+
+
+def test_oidc_tokens_and_every_way_one_is_refused(gw: RunningGateway, idp: JWKSServer) -> None:
+    me = by_token(gw, jwt()).whoami()
+    assert (me["principal"], me["authenticated_by"], me["roles"]) == ("corp/alice", "oidc", ["ci"])
+    bad = {
+        "bad signature": jwt(Signer("RS256", "key-1")),
+        "wrong issuer": jwt(iss="https://evil.example.test"),
+        "wrong audience": jwt(aud="other"),
+        "expired": jwt(exp=int(time.time()) - 120),
+        "alg none": unsigned({"iss": ISSUER, "aud": "airflowrpc", "sub": "alice",
+                              "exp": int(time.time()) + 300}, kid="key-1"),
+        "HS256 with the public key": hs256_with_public_key(
+            SIGNER, {"iss": ISSUER, "aud": "airflowrpc", "sub": "alice",
+                     "exp": int(time.time()) + 300}),
+        "unknown kid": jwt(Signer("RS256", "key-9")),
+    }
+    for name, token in bad.items():
+        assert refused(lambda: by_token(gw, token).ping()) == 401, name
+
+
+def test_a_new_provider_key_is_fetched_on_its_first_use(gw: RunningGateway, idp: JWKSServer) -> None:
+    rotated = Signer("ES256", "key-2")
+    idp.document = jwks(SIGNER, rotated)
+    hits = idp.hits
+    time.sleep(1.1)  # past the refetch cooldown
+    assert by_token(gw, jwt(rotated, sub="bob")).whoami()["principal"] == "corp/bob"
+    assert idp.hits == hits + 1
+
+
+def test_scopes_decide_what_each_caller_may_do(gw: RunningGateway, pki: DevPKI) -> None:
+    etl = gw.proxy(pki.client("etl-bot"))
+    assert [d["dag_id"] for d in etl.list_dags()["dags"]] == ["etl_orders"]
+    run = etl.trigger_dag("etl_orders", {"day": "2026-01-01"})
+    assert run["created"] and run["note"].startswith("Triggered through txairflowrpc by etl-bot")
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        etl.trigger_dag("example_hello", {})
+    assert (e.value.faultCode, e.value.faultString) == (
+        403, "forbidden: trigger_dag: requires scope runs:trigger:example_hello")
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        etl.trigger_dag("etl_orders", {"day": "2026-01-01", "sql": "DROP TABLE orders"})
+    assert e.value.faultCode == 403 and "key 'sql' is not allowed" in e.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        etl.pause_dag("etl_orders")
+    assert e.value.faultString == "forbidden: pause_dag: requires scope dags:pause:etl_orders"
+    results = etl.system.multicall([
+        {"methodName": "get_dag", "params": ["etl_orders"]},
+        {"methodName": "get_dag", "params": ["example_hello"]},
+    ])
+    assert results[0][0]["dag_id"] == "etl_orders" and results[1]["faultCode"] == 403
+    auditor = gw.proxy(pki.client("auditor@example.com"))  # mapped by its email SAN
+    assert {"etl_orders", "example_hello"} <= {d["dag_id"] for d in auditor.list_dags()["dags"]}
+    assert auditor.get_dag_run("etl_orders", run["dag_run_id"])["dag_run_id"] == run["dag_run_id"]
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        auditor.trigger_dag("etl_orders", {"day": "2026-01-01"})
+    assert e.value.faultString == "forbidden: trigger_dag: requires scope runs:trigger:etl_orders"
+    assert refused(gw.proxy(pki.client("auditor")).ping) == 401  # same CN, no email SAN
+
+
+def test_reload_under_load_drops_no_call(gw: RunningGateway) -> None:
+    failures: list[BaseException] = []
+    done = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        proxy = gw.proxy()
+        for _ in range(3000):  # bounded
+            if stop.is_set():
+                return
+            try:
+                assert proxy.get_dag("etl_orders")["dag_id"] == "etl_orders"
+                done[0] += 1
+            except BaseException as e:  # reported below
+                failures.append(e)
+                return
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    original = gw.config.read_text()
+    try:
+        for i in range(5):
+            gw.config.write_text(original + f'\n[principals.extra{i}]\nroles = ["auditor"]\n')
+            os.kill(gw.process.pid, signal.SIGHUP)
+            time.sleep(0.4)
+        gw.config.write_text(original + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
+        os.kill(gw.process.pid, signal.SIGHUP)
+        time.sleep(0.5)
+    finally:
+        gw.config.write_text(original)
+        os.kill(gw.process.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == [] and done[0] > 20
+    reloads = [r for r in audit(gw) if r.get("event") == "config.reload"]
+    results = [r["result"] for r in reloads]
+    assert results.count("accepted") >= 6 and "rejected" in results
+    rejected = next(r for r in reloads if r["result"] == "rejected")
+    assert "roles.broken.scopes" in rejected["error"]
+
+
+def test_perl_rpc_xml_with_a_token(gw: RunningGateway) -> None:
+    token = new_token(gw, "etl-bot")
+    script = (
+        "use RPC::XML::Client; my $c = RPC::XML::Client->new($ARGV[0], useragent => "
+        "[ssl_opts => {SSL_ca_file => $ARGV[1]}]); "
+        "$c->request->header('Authorization' => 'Bearer ' . $ARGV[2]); "
+        "my $r = $c->send_request('whoami'); "
+        "print ref($r) ? $r->value->{principal} . ' ' . $r->value->{authenticated_by} : $r;"
+    )
+    out = subprocess.run(["perl", "-e", script, gw.url, str(gw.pki.ca_file), token],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "etl-bot token", out.stdout + out.stderr
