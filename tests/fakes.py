@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 
 def make_jwt(lifetime: int = 3600, iat: int = 1_700_000_000, n: int = 0) -> str:
@@ -40,6 +41,8 @@ class FakeAirflow(Resource):
         self.runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.task_instances: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.logs: dict[tuple[str, str, str, int], Any] = {}
+        #: Paths (prefixes) that never get an answer.
+        self.hang: list[str] = []
         self.add_dag("example_hello", tags=["example"], tasks=["say_hello"])
         self.add_dag("etl_orders", tags=["etl"], tasks=["extract", "load"])
 
@@ -66,6 +69,8 @@ class FakeAirflow(Resource):
         raw = request.content.read()
         body = json.loads(raw) if raw else None
         self.bodies.append(body)
+        if any(path.startswith(prefix) for prefix in self.hang):
+            return NOT_DONE_YET
         for (m, prefix), answer in list(self.fail_next.items()):
             if m == method and path.startswith(prefix):
                 del self.fail_next[(m, prefix)]

@@ -7,6 +7,10 @@ logs in with ``POST /auth/token``, keeps the JWT until shortly before it
 expires, fetches a new one once when Airflow answers 401, and shares one
 login among all calls that need it at the same moment.
 
+Reads are retried with a jittered back-off; a circuit breaker makes calls
+fail fast while Airflow is down and lets a probe through to notice that it
+is back; a cap on requests in flight protects Airflow from a burst.
+
 Its methods take validated ids and return plain dicts in the gateway's own
 shapes (see the ``_DAG_FIELDS`` and friends below), so that the XML-RPC
 layer never sees an Airflow response as such.  Every failure is one of the
@@ -18,14 +22,17 @@ from __future__ import annotations
 
 import base64
 import json
+from random import Random
 from typing import Any, Iterable
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from . import errors, ids
+from .breaker import CircuitBreaker
 from .calltrace import note_airflow_status
 
 _NOTHING = object()
@@ -53,6 +60,8 @@ _TASK_INSTANCE_FIELDS = (
 
 #: How many pages of a task log are read at most.
 MAX_LOG_PAGES = 50
+#: First retry waits up to this (jittered), doubling each time.
+RETRY_BASE_SECONDS = 0.25
 
 
 def _pick(data: Any, fields: Iterable[str]) -> dict[str, Any]:
@@ -97,6 +106,11 @@ def _jwt_lifetime(token: str) -> float | None:
         return None
 
 
+def _invalid_jwt(body: Any) -> bool:
+    """Airflow's 403 for a token it cannot verify (e.g. signed before a restart)."""
+    return isinstance(body, dict) and body.get("detail") == "Invalid JWT token"
+
+
 def _rejected_fields(body: Any) -> list[str]:
     """The field names in a 422 ``detail`` list, never their messages."""
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -135,8 +149,16 @@ class AirflowClient:
         username: str,
         password: str,
         timeout: float,
+        retries: int = 2,
+        breaker: CircuitBreaker | None = None,
+        max_in_flight: int = 64,
+        random: Random | None = None,
     ) -> None:
         self._http = http
+        self._retries = retries
+        self._breaker = breaker
+        self._slots = DeferredSemaphore(max_in_flight)
+        self._random = random or Random()
         self._reactor = reactor
         self._base = base_url.rstrip("/")
         self._credentials = {"username": username, "password": password}
@@ -174,6 +196,33 @@ class AirflowClient:
         self, method: str, path: str, *, token: str | None, body: Any = _NOTHING,
         params: Any = None, accept: str = "application/json",
     ) -> _Answer:
+        """
+        One HTTP exchange, through the circuit breaker and the cap on
+        requests in flight to Airflow.
+        """
+        if self._breaker is not None:
+            self._breaker.before()
+        if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
+            raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
+        await self._slots.acquire()
+        try:
+            answer = await self._exchange_with_deadline(method, path, token, body, params, accept)
+        except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
+            if self._breaker is not None:
+                self._breaker.failure()
+            raise
+        finally:
+            self._slots.release()
+        if self._breaker is not None:
+            if answer.status >= 500:
+                self._breaker.failure()
+            else:
+                self._breaker.success()
+        return answer
+
+    async def _exchange_with_deadline(
+        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
+    ) -> _Answer:
         headers = {"Accept": accept}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -192,7 +241,9 @@ class AirflowClient:
             raise
         except (ConnectError, DNSLookupError):
             raise errors.UpstreamUnavailable("Airflow refused the connection") from None
-        except (ResponseFailed, ResponseNeverReceived):
+        except (ResponseFailed, ResponseNeverReceived) as e:
+            if any(r.check(CancelledError) for r in e.reasons):
+                raise CancelledError() from None  # our caller gave up: not Airflow's fault
             raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
         except Exception:
             raise errors.UpstreamError("the exchange with Airflow failed") from None
@@ -246,19 +297,40 @@ class AirflowClient:
 
     async def _api(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
-        params: Any = None, conflict: str | None = None,
+        params: Any = None, conflict: str | None = None, retry: bool | None = None,
     ) -> Any:
         """
         Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer.
 
         ``what`` names the object for a 404 (``DAG 'etl'``); ``conflict``
-        says what a 409 means for this call.
+        says what a 409 means for this call.  Reads and idempotent changes
+        (GET, PATCH; POST only with ``retry=True``) are retried, after a
+        jittered exponential back-off, when Airflow is unreachable, times
+        out or answers 502/503/504 -- never while the circuit is open.
         """
+        retry = method in ("GET", "PATCH") if retry is None else retry
+        attempt = 0
+        while True:
+            try:
+                return await self._api_once(method, path, what=what, body=body,
+                                            params=params, conflict=conflict)
+            except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
+                transient = not isinstance(e, errors.UpstreamError) or e.status in (502, 503, 504)
+                if not retry or not transient or attempt >= self._retries:
+                    raise
+            attempt += 1
+            delay = self._random.uniform(0, RETRY_BASE_SECONDS * 2 ** attempt)
+            await deferLater(self._reactor, delay)
+
+    async def _api_once(
+        self, method: str, path: str, *, what: str, body: Any, params: Any,
+        conflict: str | None,
+    ) -> Any:
         full = "/api/v2/" + path
         token = await self._token()
         answer = await self._send(method, full, token=token, body=body, params=params)
-        if answer.status == 401:
-            # The token expired or Airflow restarted with a new secret.
+        if answer.status == 401 or (answer.status == 403 and _invalid_jwt(answer.body)):
+            # The token expired, or Airflow restarted with a new secret.
             if self._jwt == token:
                 self._jwt = None
             token = await self._token()
@@ -335,7 +407,8 @@ class AirflowClient:
         """
         Create a run; `errors.Conflict` if ``dag_run_id`` is taken.
 
-        Never retried here: a trigger is not idempotent in Airflow.
+        Retried only with a ``dag_run_id``: then a retry of a trigger that
+        did reach Airflow meets a 409, never a second run.
         """
         body: dict[str, Any] = {"logical_date": logical_date, "conf": conf}
         if dag_run_id is not None:
@@ -348,6 +421,7 @@ class AirflowClient:
                 "POST", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
                 body=body,
                 conflict=f"DAG {dag_id!r} already has a run with this dag_run_id",
+                retry=dag_run_id is not None,
             )
             return shape_run(data)
 

@@ -109,6 +109,10 @@ class AirflowConfig:
     password: str = attrs.field(repr=False)
     timeout_seconds: float
     max_connections: int
+    max_in_flight: int
+    retries: int
+    breaker_failures: int
+    breaker_reset_seconds: float
 
     _keys = {
         "base_url": Key(str),
@@ -116,6 +120,10 @@ class AirflowConfig:
         "password_file": Key(str, is_path=True),
         "timeout_seconds": Key(float, 30.0, positive),
         "max_connections": Key(int, 20, at_least(1)),
+        "max_in_flight": Key(int, 64, at_least(1)),
+        "retries": Key(int, 2, at_least(0)),
+        "breaker_failures": Key(int, 5, at_least(1)),
+        "breaker_reset_seconds": Key(float, 10.0, positive),
     }
 
 
@@ -133,6 +141,46 @@ class RPCConfig:
         "max_wait_seconds": Key(int, 3600, at_least(0)),
         "wait_poll_seconds": Key(float, 2.0, positive),
         "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
+    }
+
+
+@attrs.frozen
+class LimitsConfig:
+    """What protects the gateway from slow, many and greedy clients."""
+
+    request_deadline_seconds: float
+    idle_timeout_seconds: float
+    handshake_timeout_seconds: float
+    max_connections: int
+    rate_per_second: float
+    burst: int
+    max_in_flight: int
+    call_deadline_seconds: float
+
+    _keys = {
+        "request_deadline_seconds": Key(float, 30.0, positive),
+        "idle_timeout_seconds": Key(float, 60.0, positive),
+        "handshake_timeout_seconds": Key(float, 10.0, positive),
+        "max_connections": Key(int, 1000, at_least(1)),
+        "rate_per_second": Key(float, 20.0, positive),
+        "burst": Key(int, 40, at_least(1)),
+        "max_in_flight": Key(int, 20, at_least(1)),
+        "call_deadline_seconds": Key(float, 60.0, positive),
+    }
+
+
+@attrs.frozen
+class HealthConfig:
+    """The plain-HTTP admin listener for liveness and readiness probes."""
+
+    host: str
+    port: int
+    certificate_warning_days: int
+
+    _keys = {
+        "host": Key(str, "127.0.0.1"),
+        "port": Key(int, 8081, _port),
+        "certificate_warning_days": Key(int, 14, at_least(0)),
     }
 
 
@@ -166,6 +214,8 @@ class Config:
     airflow: AirflowConfig
     rpc: RPCConfig
     audit: AuditConfig
+    limits: LimitsConfig
+    health: HealthConfig
     access: "access.AccessConfig"
 
 
@@ -175,6 +225,8 @@ _SECTIONS: dict[str, type] = {
     "airflow": AirflowConfig,
     "rpc": RPCConfig,
     "audit": AuditConfig,
+    "limits": LimitsConfig,
+    "health": HealthConfig,
 }
 
 _TOML_TYPE_NAMES = {
@@ -266,6 +318,8 @@ def parse(document: dict[str, Any], source: Path) -> Config:
         airflow=AirflowConfig(**airflow),
         rpc=RPCConfig(**sections["rpc"]),
         audit=_audit(sections["audit"]),
+        limits=LimitsConfig(**sections["limits"]),
+        health=HealthConfig(**sections["health"]),
         access=access.parse(document, base),
     )
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import calltrace, errors
 from .audit import AuditLog, summarize_args
 from .calltrace import CallTrace
+from .limits import CallLimits
 from .spec import CallContext, MethodSpec, Param, collect, rpc_method
 
 _log = Logger(namespace="txairflowrpc.dispatch")
@@ -45,8 +46,12 @@ class Dispatcher:
     def __init__(
         self, providers: list[object], *, policy: Policy, max_multicall: int,
         clock: Any, audit: AuditLog | None = None, redact_keys: tuple[str, ...] = (),
+        limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
     ) -> None:
         self._policy = policy
+        self._limits = limits
+        self._deadline = deadline
+        self._max_wait = max_wait
         self._max_multicall = max_multicall
         self._clock = clock
         self._audit = audit
@@ -69,10 +74,45 @@ class Dispatcher:
         started = self._clock.seconds()
         spec = self.methods.get(name) if isinstance(name, str) else None
         trace = CallTrace()
-        d = maybeDeferred(self._run, ctx, spec, name, args, trace)
+        top = multicall_index is None
+        who = getattr(ctx.principal, "name", "")
+        entered = False
+        try:
+            if self._limits is not None:
+                self._limits.take(who)
+                if top:
+                    self._limits.enter(who)
+                    entered = True
+            d = maybeDeferred(self._run, ctx, spec, name, args, trace)
+        except errors.RateLimited as e:
+            trace.decision, trace.reason = "denied", e.message
+            d = fail(e)
+        if top:
+            deadline = self._deadline_for(spec, args)
+            d.addTimeout(deadline, self._clock)
+            d.addErrback(self._timed_out, deadline)
+        if entered:
+            d.addBoth(self._left, who)
         d.addErrback(self._as_gateway_error, ctx, spec)
         d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index)
         return d
+
+    def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
+        """A call's deadline; a wait's own timeout (capped) comes on top."""
+        if spec is not None and spec.name == "wait_dag_run":
+            timeout = args[2] if len(args) > 2 and isinstance(args[2], int) else 60
+            return self._deadline + min(max(timeout, 0), self._max_wait)
+        return self._deadline
+
+    def _timed_out(self, failure: Failure, deadline: float) -> Failure:
+        if failure.check(TimeoutError):
+            return Failure(errors.CallTimeout(deadline))
+        return failure
+
+    def _left(self, result: Any, who: str) -> Any:
+        assert self._limits is not None
+        self._limits.leave(who)
+        return result
 
     def _run(
         self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],

@@ -161,6 +161,32 @@ class Conflict(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
+class RateLimited(GatewayError):
+    """The caller exceeded its rate or its calls in flight."""
+
+    limit: str
+    retry_after: float | None = None
+    code = RATE_LIMITED
+
+    @property
+    def message(self) -> str:
+        wait = f"; retry after {self.retry_after:.1f} s" if self.retry_after else "; retry later"
+        return f"rate limited: {self.limit} for this principal{wait}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class CallTimeout(GatewayError):
+    """A call did not finish within its deadline; its work was cancelled."""
+
+    seconds: float
+    code = UPSTREAM_TIMEOUT
+
+    @property
+    def message(self) -> str:
+        return f"the call did not finish within its deadline of {self.seconds:g} s; retry later"
+
+
+@attrs.define(auto_exc=True, str=False)
 class UpstreamError(GatewayError):
     """Airflow answered, but not with something the gateway can use."""
 
@@ -183,6 +209,22 @@ class UpstreamUnavailable(GatewayError):
     @property
     def message(self) -> str:
         return f"Airflow unavailable: {self.reason}; retry later"
+
+
+@attrs.define(auto_exc=True, str=False)
+class CircuitOpen(GatewayError):
+    """Airflow failed repeatedly; calls fail fast until a probe succeeds."""
+
+    failures: int
+    retry_in: float
+    code = UPSTREAM_UNAVAILABLE
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Airflow unavailable: it failed {self.failures} times in a row, so calls "
+            f"fail fast; the gateway tries again in {self.retry_in:.0f} s"
+        )
 
 
 @attrs.define(auto_exc=True, str=False)

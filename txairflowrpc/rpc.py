@@ -8,9 +8,10 @@ and handed to the `Dispatcher`, the pipeline every call passes through.
 Every response carries an ``X-Request-Id`` header.  When the client goes
 away, the call's work is cancelled.
 
-Every refusal (401, 404, 405, 413, 415, a request that is not XML-RPC, a
-TLS handshake that fails) is recorded on the audit trail; a refusal's
-answer, like a call's, leaves only once its record is on disk.
+Every refusal (401, 404, 405, 413, 415, a request that is not XML-RPC) is
+recorded on the audit trail; a refusal's answer, like a call's, leaves only
+once its record is on disk.  The connection-level limits (body size while
+it arrives, deadlines, connection cap) are in `txairflowrpc.site`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.xmlrpc import XMLRPC, NoSuchFunction
 
@@ -254,46 +254,3 @@ def root(rpc: RPCResource) -> Resource:
     top = _Root(rpc.refusals)
     top.putChild(b"RPC2", rpc)
     return top
-
-
-class _AuditedChannel(http.HTTPChannel):
-    """Records connections that end in a failed TLS handshake."""
-
-    _sawRequest = False
-
-    def allHeadersReceived(self) -> None:
-        self._sawRequest = True
-        super().allHeadersReceived()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if not self._sawRequest and reason.check(SSL.Error):
-            self.site.record_tls_refusal(self.transport.getPeer(), reason)
-        super().connectionLost(reason)
-
-
-class AuditedSite(server.Site):
-    """A `Site` whose failed TLS handshakes (no, expired or unknown client
-    certificate, old protocol) are recorded on the audit trail."""
-
-    protocol = _AuditedChannel
-
-    def __init__(self, resource: Resource, *, audit: AuditLog | None, reactor: Any) -> None:
-        super().__init__(resource, reactor=reactor)
-        self._audit = audit
-
-    def record_tls_refusal(self, peer: Any, reason: Failure) -> None:
-        if self._audit is None:
-            return
-        self._audit.append({
-            "kind": "refused", "decision": "denied", "reason": "TLS handshake failed",
-            "tls_error": _tls_reason(reason.value),
-            "source": f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
-        }).addErrback(lambda f: None)
-
-
-def _tls_reason(error: BaseException) -> str:
-    """OpenSSL's short reason, e.g. 'peer did not return a certificate'."""
-    try:
-        return str(error.args[0][0][2])[:200]
-    except (IndexError, TypeError):
-        return type(error).__name__

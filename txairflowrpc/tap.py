@@ -29,11 +29,14 @@ from . import __version__
 from .airflow import AirflowClient
 from .audit import AuditLog
 from .auth import Backoff, Gate, Principal
+from .breaker import CircuitBreaker
 from .dispatch import Dispatcher
+from .limits import CallLimits
 from .methods import AirflowMethods
 from .policy import ScopePolicy
 from .reload import Reloader, build_authenticator
-from .rpc import AuditedSite, RPCResource, root
+from .rpc import RPCResource, root
+from .site import GatewaySite
 from .tls import ReloadableTLS, server_options
 from .tokens import TokenStore
 from .watch import RunWatcher
@@ -118,24 +121,29 @@ def build_site(
     backoff: Backoff | None = None,
 ) -> server.Site:
     """The web site of the gateway, calling Airflow through ``http``."""
+    breaker = CircuitBreaker(reactor, failures=cfg.airflow.breaker_failures,
+                             reset_seconds=cfg.airflow.breaker_reset_seconds)
     client = AirflowClient(
         http=http, reactor=reactor, base_url=cfg.airflow.base_url,
         username=cfg.airflow.username, password=cfg.airflow.password,
-        timeout=cfg.airflow.timeout_seconds,
+        timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
+        breaker=breaker, max_in_flight=cfg.airflow.max_in_flight,
     )
     watcher = RunWatcher(client.get_dag_run, reactor, cfg.rpc.wait_poll_seconds)
     dispatcher = Dispatcher(
         [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=reactor,
         audit=audit, redact_keys=cfg.audit.redact_keys,
+        limits=CallLimits(reactor, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
+                          max_in_flight=cfg.limits.max_in_flight),
+        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
     )
     rpc = RPCResource(
         dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
         clock=reactor, audit=audit, backoff=backoff,
     )
-    site = AuditedSite(root(rpc), audit=audit, reactor=reactor)
-    site.displayTracebacks = False
-    return site
+    return GatewaySite(root(rpc), audit=audit, reactor=reactor, limits=cfg.limits,
+                       max_body_bytes=cfg.rpc.max_body_bytes)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:

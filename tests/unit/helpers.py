@@ -17,7 +17,8 @@ from txairflowrpc.auth import Principal, Unauthenticated
 from txairflowrpc.policy import SCOPES, Grants, Role, Scope
 from txairflowrpc.audit import AuditLog
 from txairflowrpc.config import (
-    AirflowConfig, AuditConfig, Config, ListenConfig, RPCConfig, TLSConfig,
+    AirflowConfig, AuditConfig, Config, HealthConfig, LimitsConfig, ListenConfig, RPCConfig,
+    TLSConfig,
 )
 from txairflowrpc.tap import build_site
 
@@ -29,11 +30,16 @@ CONFIG = Config(
     tls=TLSConfig(certificate=Path("x"), private_key=Path("x"), client_ca=Path("x")),
     airflow=AirflowConfig(base_url="http://airflow.test", username="gateway",
                           password_file=Path("pw"), password="pw", timeout_seconds=10,
-                          max_connections=4),
+                          max_connections=4, max_in_flight=8, retries=2, breaker_failures=5,
+                          breaker_reset_seconds=10),
     rpc=RPCConfig(max_multicall=5, max_wait_seconds=300, wait_poll_seconds=2,
                   max_body_bytes=256 * 1024),
     audit=AuditConfig(path=Path("unused"), rotate_bytes=0, rotate_daily=False, fsync=False,
                       redact_keys=("password", "token")),
+    limits=LimitsConfig(request_deadline_seconds=30, idle_timeout_seconds=60,
+                        handshake_timeout_seconds=10, max_connections=100, rate_per_second=1000,
+                        burst=1000, max_in_flight=100, call_deadline_seconds=60),
+    health=HealthConfig(host="127.0.0.1", port=0, certificate_warning_days=14),
     access=AccessConfig(
         auth=AuthSettings(client_certificate="required", require_token=False, token_store=None,
                           token_days=90, rotation_overlap_seconds=60, expiry_warning_days=14,

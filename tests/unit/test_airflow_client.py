@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from random import Random
 from typing import Any
 
 from treq.testing import StubTreq
@@ -12,14 +13,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc import errors
 from txairflowrpc.airflow import AirflowClient
+from txairflowrpc.breaker import CircuitBreaker
 
 from ..fakes import FakeAirflow
 
 
-def client_for(http: Any, clock: Clock, timeout: float = 10.0) -> AirflowClient:
+def client_for(http: Any, clock: Clock, timeout: float = 10.0, retries: int = 0,
+               breaker: CircuitBreaker | None = None) -> AirflowClient:
     return AirflowClient(
         http=http, reactor=clock, base_url="http://airflow.test", username="gateway",
-        password="pw", timeout=timeout,
+        password="pw", timeout=timeout, retries=retries, breaker=breaker, max_in_flight=4,
+        random=Random(7),
     )
 
 

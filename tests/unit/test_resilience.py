@@ -1,0 +1,266 @@
+"""Hardening in memory: retries, circuit breaker, upstream cap, rate limits,
+deadlines, and the connection-level limits of the site."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from random import Random
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc import errors
+from txairflowrpc.airflow import AirflowClient
+from txairflowrpc.breaker import CircuitBreaker
+from txairflowrpc.limits import CallLimits
+from txairflowrpc.site import GatewaySite
+from txairflowrpc.methods import AirflowMethods
+from txairflowrpc.watch import RunWatcher
+
+from ..fakes import FakeAirflow
+from .helpers import CONFIG, gateway
+
+
+class Flaky:
+    """Wraps StubTreq: the next ``fail`` API requests fail as told."""
+
+    def __init__(self, airflow: FakeAirflow) -> None:
+        self.stub = StubTreq(airflow)
+        self.airflow = airflow
+        self.plan: list[str] = []  # "refuse", "break-after" (reaches Airflow), "silent"
+        self.sent: list[str] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+        if url.endswith("/auth/token") or not self.plan:
+            self.sent.append(f"{method} {url}")
+            return self.stub.request(method, url, **kw)
+        self.sent.append(f"{method} {url}")
+        what = self.plan.pop(0)
+        if what == "refuse":
+            return fail(ConnectionRefusedError())
+        if what == "break-after":
+            # The request reaches Airflow, but the answer is lost on the way back.
+            d = self.stub.request(method, url, **kw)
+            return d.addCallback(lambda _: fail(ConnectionRefusedError()))
+        return Deferred()
+
+
+def client(http: Any, clock: Clock, **kw: Any) -> AirflowClient:
+    values = dict(http=http, reactor=clock, base_url="http://airflow.test", username="gateway",
+                  password="pw", timeout=5, retries=2, max_in_flight=4, random=Random(1))
+    values.update(kw)
+    return AirflowClient(**values)
+
+
+class RetryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.airflow = FakeAirflow()
+        self.http = Flaky(self.airflow)
+
+    def api_sent(self) -> list[str]:
+        return [s for s in self.http.sent if "/auth/token" not in s]
+
+    def test_reads_are_retried_with_backoff(self) -> None:
+        c = client(self.http, self.clock)
+        self.http.plan = ["refuse", "refuse"]
+        d = c.get_dag("etl_orders")
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d)["dag_id"], "etl_orders")
+        self.assertEqual(len(self.api_sent()), 3)
+
+    def test_reads_give_up_after_the_retries(self) -> None:
+        c = client(self.http, self.clock)
+        self.http.plan = ["refuse"] * 5
+        d = c.get_dag("etl_orders")
+        for _ in range(4):
+            self.clock.advance(1.0)
+        self.failureResultOf(d, errors.UpstreamUnavailable)
+        self.assertEqual(len(self.api_sent()), 3)
+
+    def test_a_trigger_without_run_id_is_never_retried(self) -> None:
+        c = client(self.http, self.clock)
+        self.http.plan = ["break-after"]
+        d = c.trigger_dag_run("etl_orders", dag_run_id=None, conf={}, logical_date=None, note=None)
+        self.clock.advance(10)
+        self.failureResultOf(d, errors.UpstreamUnavailable)
+        self.assertEqual(len(self.api_sent()), 1)
+        self.assertEqual(len(self.airflow.runs), 1)
+
+    def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
+        c = client(self.http, self.clock)
+        methods = AirflowMethods(c, RunWatcher(c.get_dag_run, self.clock, 2), 300)
+        from .helpers import OPERATOR
+        from txairflowrpc.spec import CallContext
+
+        self.http.plan = ["break-after"]
+        d = Deferred.fromCoroutine(methods.trigger_dag(
+            CallContext(OPERATOR, "req"), "etl_orders", {"a": 1}, {"dag_run_id": "r1"}))
+        self.clock.advance(1)
+        run = self.successResultOf(d)
+        self.assertEqual((run["dag_run_id"], run["created"]), ("r1", False))
+        self.assertEqual(len(self.airflow.runs), 1)
+
+    def test_invalid_jwt_403_gets_a_new_token(self) -> None:
+        c = client(StubTreq(self.airflow), self.clock)
+        self.successResultOf(c.get_dag("etl_orders"))
+        self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (
+            403, {"detail": "Invalid JWT token"})
+        self.successResultOf(c.get_dag("etl_orders"))
+        self.assertEqual(self.airflow.logins(), 2)
+
+
+class BreakerTests(SynchronousTestCase):
+    def test_opens_fails_fast_probes_and_closes(self) -> None:
+        clock = Clock()
+        airflow = FakeAirflow()
+        http = Flaky(airflow)
+        breaker = CircuitBreaker(clock, failures=3, reset_seconds=10)
+        c = client(http, clock, retries=0, breaker=breaker)
+        self.successResultOf(c.get_dag("etl_orders"))  # logged in, healthy
+        http.plan = ["refuse"] * 3
+        for _ in range(3):
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertEqual(breaker.state, "open")
+        sent = len(http.sent)
+        f = self.failureResultOf(c.get_dag("etl_orders"), errors.CircuitOpen)
+        self.assertEqual(f.value.code, 503)
+        self.assertEqual(len(http.sent), sent)  # failed fast: Airflow not asked
+        clock.advance(10)
+        self.assertEqual(breaker.state, "half-open")
+        http.plan = ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)  # the probe
+        self.assertEqual(breaker.state, "open")
+        clock.advance(10)
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.assertEqual(breaker.state, "closed")
+
+
+class UpstreamCapTests(SynchronousTestCase):
+    def test_at_most_max_in_flight_requests_reach_airflow(self) -> None:
+        clock = Clock()
+        airflow = FakeAirflow()
+        http = Flaky(airflow)
+        c = client(http, clock, retries=0, max_in_flight=4)
+        self.successResultOf(c.get_dag("etl_orders"))
+        before = len(http.sent)
+        http.plan = ["silent"] * 10
+        calls = [c.get_dag("etl_orders") for _ in range(6)]
+        self.assertEqual(len(http.sent) - before, 4)
+        calls[-1].cancel()  # a waiting call can leave the queue
+        self.failureResultOf(calls[-1])
+        clock.advance(5)  # the four time out; the fifth gets its turn
+        self.assertEqual(len(http.sent) - before, 5)
+
+
+class CallLimitTests(SynchronousTestCase):
+    def test_rate_and_in_flight_caps_are_429(self) -> None:
+        clock = Clock()
+        limits = CallLimits(clock, rate=2, burst=3, max_in_flight=2)
+        for _ in range(3):
+            limits.take("bot")
+        with self.assertRaises(errors.RateLimited) as e:
+            limits.take("bot")
+        self.assertEqual(e.exception.code, 429)
+        self.assertIn("retry after 0.5 s", e.exception.message)
+        limits.take("other")  # per principal
+        clock.advance(0.5)
+        limits.take("bot")
+        limits.enter("bot")
+        limits.enter("bot")
+        with self.assertRaises(errors.RateLimited):
+            limits.enter("bot")
+        limits.leave("bot")
+        limits.enter("bot")
+
+    def test_through_the_gateway(self) -> None:
+        gw = gateway()
+        dispatcher = gw.client._agent._rootResource.children[b"RPC2"]._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=2, max_in_flight=10)
+        results = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(3)]
+        self.assertEqual(results[:2], ["pong", "pong"])
+        self.assertEqual(results[2].faultCode, 429)
+        gw.advance(2)
+        multi = self.successResultOf(gw.call_d("system.multicall", [
+            {"methodName": "ping", "params": []}] * 3))[2]
+        # the multicall itself took a token: every inner call counts too
+        self.assertEqual(multi.faultCode if hasattr(multi, "faultCode") else
+                         [m if isinstance(m, list) else m["faultCode"] for m in multi],
+                         [["pong"], 429, 429])
+
+    def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
+        gw = gateway()
+        dispatcher = gw.client._agent._rootResource.children[b"RPC2"]._dispatcher
+        dispatcher._deadline = 5  # shorter than the Airflow timeout (10 s)
+        self.successResultOf(gw.call_d("get_dag", "etl_orders"))  # logged in
+        gw.airflow.hang.append("/api/v2/dags/etl_orders")
+        d = gw.call_d("get_dag", "etl_orders")
+        gw.advance(4.9)
+        self.assertNoResult(d)
+        gw.advance(0.1)
+        fault = self.successResultOf(d)[2]
+        self.assertEqual((fault.faultCode, fault.faultString),
+                         (504, "the call did not finish within its deadline of 5 s; retry later"))
+        self.assertEqual(gw.clock.getDelayedCalls(), [])  # the Airflow request is abandoned
+
+
+def channel(**limits: Any) -> tuple[Any, StringTransport, Clock, GatewaySite]:
+    import attrs
+    from twisted.web.resource import Resource
+
+    clock = Clock()
+    cfg = attrs.evolve(CONFIG.limits, **limits)
+    site = GatewaySite(Resource(), audit=None, reactor=clock, limits=cfg, max_body_bytes=1000)
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, clock, site
+
+
+class SiteLimitTests(SynchronousTestCase):
+    def test_declared_body_over_the_cap_is_413_before_it_is_read(self) -> None:
+        proto, transport, _, _ = channel()
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                           b"Content-Length: 5000000\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_body_is_cut_at_the_cap(self) -> None:
+        proto, transport, _, _ = channel()
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            proto.dataReceived(b"200\r\n" + b"x" * 0x200 + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
+        self.assertLessEqual(proto.requests[-1].content.tell(), 1000)
+
+    def test_a_slow_request_is_dropped_at_its_deadline(self) -> None:
+        proto, transport, clock, site = channel(request_deadline_seconds=10)
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
+        clock.advance(5)
+        proto.dataReceived(b"Host: x\r\n")  # slowloris: a byte now and then
+        self.assertFalse(transport.disconnecting)
+        clock.advance(5)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(site.slow_dropped, 1)
+
+    def test_a_silent_connection_is_dropped_at_the_handshake_deadline(self) -> None:
+        proto, transport, clock, site = channel(handshake_timeout_seconds=3)
+        clock.advance(3)
+        self.assertTrue(transport.disconnected)
+
+    def test_connections_over_the_cap_are_closed_at_once_and_counted(self) -> None:
+        _, _, _, site = channel(max_connections=1)
+        extra = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1235))
+        transport = StringTransport()
+        extra.makeConnection(transport)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(site.refused_connections, 1)
