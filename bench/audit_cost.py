@@ -73,6 +73,12 @@ password_file = "{dir}/pw"
 [audit]
 path = "{dir}/audit-{name}.jsonl"
 fsync = {fsync}
+[health]
+port = 0
+[limits]
+rate_per_second = 100000
+burst = 100000
+max_in_flight = 1000
 [roles.pinger]
 scopes = []
 [principals.bench]

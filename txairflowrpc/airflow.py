@@ -248,6 +248,24 @@ class AirflowClient:
         except Exception:
             raise errors.UpstreamError("the exchange with Airflow failed") from None
 
+    def reachable(self) -> Deferred[bool]:
+        """
+        Whether Airflow's unauthenticated health endpoint answers 200, for
+        the readiness probe.  Bypasses the circuit breaker so that it tells
+        the truth; never fails.
+        """
+
+        async def probe() -> bool:
+            try:
+                answer = await self._exchange_with_deadline(
+                    "GET", "/api/v2/monitor/health", None, _NOTHING, None, "application/json"
+                )
+            except (errors.GatewayError, CancelledError):
+                return False
+            return answer.status == 200
+
+        return Deferred.fromCoroutine(probe())
+
     # -- login -----------------------------------------------------------
 
     async def _token(self) -> str:

@@ -170,7 +170,8 @@ class RateLimited(GatewayError):
 
     @property
     def message(self) -> str:
-        wait = f"; retry after {self.retry_after:.1f} s" if self.retry_after else "; retry later"
+        wait = (f"; retry after {max(0.1, self.retry_after):.1f} s" if self.retry_after
+                else "; retry later")
         return f"rate limited: {self.limit} for this principal{wait}"
 
 

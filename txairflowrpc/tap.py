@@ -13,11 +13,12 @@ from __future__ import annotations
 import secrets
 from typing import Any, Callable
 
+import attrs
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.python import usage
@@ -31,6 +32,7 @@ from .audit import AuditLog
 from .auth import Backoff, Gate, Principal
 from .breaker import CircuitBreaker
 from .dispatch import Dispatcher
+from .health import HealthResource
 from .limits import CallLimits
 from .methods import AirflowMethods
 from .policy import ScopePolicy
@@ -115,11 +117,31 @@ def open_audit(cfg: config_module.AuditConfig, reactor: Any, run_blocking: Any) 
     return audit
 
 
+@attrs.define
+class Parts:
+    """What `build_site` made, for the service and the health endpoint."""
+
+    site: GatewaySite
+    client: AirflowClient
+    breaker: CircuitBreaker
+    limits: CallLimits
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "open_connections": self.site.open_connections,
+            "refused_connections": self.site.refused_connections,
+            "slow_clients_dropped": self.site.slow_dropped,
+            "calls_rate_limited": self.limits.refused,
+            "circuit": self.breaker.state,
+            "calls_failed_fast": self.breaker.rejected,
+        }
+
+
 def build_site(
     cfg: config_module.Config, reactor: Any, http: Any, audit: AuditLog | None,
     authenticate: Callable[[Any], "Deferred[Principal]"],
     backoff: Backoff | None = None,
-) -> server.Site:
+) -> Parts:
     """The web site of the gateway, calling Airflow through ``http``."""
     breaker = CircuitBreaker(reactor, failures=cfg.airflow.breaker_failures,
                              reset_seconds=cfg.airflow.breaker_reset_seconds)
@@ -130,20 +152,21 @@ def build_site(
         breaker=breaker, max_in_flight=cfg.airflow.max_in_flight,
     )
     watcher = RunWatcher(client.get_dag_run, reactor, cfg.rpc.wait_poll_seconds)
+    limits = CallLimits(reactor, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
+                        max_in_flight=cfg.limits.max_in_flight)
     dispatcher = Dispatcher(
         [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=reactor,
-        audit=audit, redact_keys=cfg.audit.redact_keys,
-        limits=CallLimits(reactor, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
-                          max_in_flight=cfg.limits.max_in_flight),
+        audit=audit, redact_keys=cfg.audit.redact_keys, limits=limits,
         deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
     )
     rpc = RPCResource(
         dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
         clock=reactor, audit=audit, backoff=backoff,
     )
-    return GatewaySite(root(rpc), audit=audit, reactor=reactor, limits=cfg.limits,
+    site = GatewaySite(root(rpc), audit=audit, reactor=reactor, limits=cfg.limits,
                        max_body_bytes=cfg.rpc.max_body_bytes)
+    return Parts(site, client, breaker, limits)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -163,10 +186,19 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
     gate = Gate(build_authenticator(cfg, http=http, reactor=reactor))
     tls = ReloadableTLS(options["tls_options"])
-    Reloader(cfg, gate=gate, tls=tls, http=http, reactor=reactor, audit=audit).setServiceParent(top)
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, reactor=reactor, audit=audit)
+    reloader.setServiceParent(top)
 
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
-    site = build_site(cfg, reactor, http, audit, gate.authenticate, backoff)
+    parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff)
     endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
-    StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    StreamServerEndpointService(endpoint, parts.site).setServiceParent(top)
+
+    if cfg.health.port:
+        health = HealthResource(
+            config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
+            audit=audit, counters=parts.counters, clock=reactor,
+        )
+        admin = TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
+        StreamServerEndpointService(admin, server.Site(health, reactor=reactor)).setServiceParent(top)
     return top

@@ -18,12 +18,17 @@ import re
 from typing import Any
 from xml.parsers import expat
 from xmlrpc.client import DateTime, Fault, Unmarshaller, dumps
+from xmlrpc.client import Error as XMLRPCError
 
 from . import errors
 
 #: Deeper element nesting than this is refused.  A methodCall with a
 #: struct inside an array inside a param is already 9 deep.
 MAX_DEPTH = 64
+#: Most values in one request (every <value>, at any depth).
+MAX_VALUES = 10000
+#: Longest single string (or other text) in a request, in characters.
+MAX_TEXT = 256 * 1024
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Characters XML 1.0 does not allow, which no client could parse.
@@ -62,27 +67,43 @@ def parse_call(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, tuple[Any,
 
     Raises `errors.ParseError` (-32700) for XML that is not well-formed or
     uses DTD features, `errors.InvalidRequest` (-32600) for XML that is not
-    a methodCall, and `errors.InvalidParams` (-32602) for nesting too deep.
+    a methodCall, and `errors.InvalidParams` (-32602) for nesting too deep,
+    too many values or a value too long.
     """
     target = _Unmarshaller()
     parser = expat.ParserCreate(None, None)
     depth = 0
+    values = 0
+    text = 0
 
     def start(tag: str, attrs: dict[str, str]) -> None:
-        nonlocal depth
+        nonlocal depth, values, text
         depth += 1
+        text = 0
         if depth > max_depth:
             raise _Refused(errors.InvalidParams(f"the request nests deeper than {max_depth}"))
+        if tag == "value":
+            values += 1
+            if values > MAX_VALUES:
+                raise _Refused(errors.InvalidParams(f"the request holds more than {MAX_VALUES} values"))
         target.start(tag, attrs)
 
+    def data(chunk: str) -> None:
+        nonlocal text
+        text += len(chunk)
+        if text > MAX_TEXT:
+            raise _Refused(errors.InvalidParams(f"a value is longer than {MAX_TEXT} characters"))
+        target.data(chunk)
+
     def end(tag: str) -> None:
-        nonlocal depth
+        nonlocal depth, text
         depth -= 1
+        text = 0
         target.end(tag)
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.CharacterDataHandler = target.data
+    parser.CharacterDataHandler = data
     parser.buffer_text = True
     parser.StartDoctypeDeclHandler = _forbid("a DOCTYPE")
     parser.EntityDeclHandler = _forbid("an entity declaration")
@@ -98,6 +119,9 @@ def parse_call(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, tuple[Any,
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError):
         # The Unmarshaller's conversion of a value (<int>abc</int>, ...).
         raise errors.InvalidRequest("a value does not match its type") from None
+    except XMLRPCError:
+        # The Unmarshaller's structure checks (<data> outside an <array>, ...).
+        raise errors.InvalidRequest("its elements are not XML-RPC's") from None
     try:
         params = target.close()
     except Exception:

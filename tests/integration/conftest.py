@@ -47,6 +47,13 @@ token_store = "{tokens}"
 rotation_overlap_seconds = 3
 # The suite fails to authenticate on purpose, many times, from one address.
 failure_backoff_max_seconds = 0.2
+[limits]
+# The suite drives load as one principal; the limits have tests of their own.
+rate_per_second = 10000
+burst = 10000
+max_in_flight = 1000
+[health]
+port = {health_port}
 [roles.operator]
 scopes = ["dags:read", "dags:pause", "runs:trigger", "runs:read", "runs:write",
           "tasks:clear", "logs:read"]
@@ -105,11 +112,12 @@ class RunningGateway:
         password_file.write_text(airflow.gateway_password + "\n")
         self.audit_path = directory / "audit" / "audit.jsonl"
         self.token_store = directory / "tokens.json"
+        self.health_port = free_port()
         self.config = directory / "airflowrpc.toml"
         self.config.write_text(GATEWAY_CONFIG.format(
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
             password_file=password_file, audit=self.audit_path, cert_mode=cert_mode,
-            tokens=self.token_store,
+            tokens=self.token_store, health_port=self.health_port,
         ) + extra)
         self.log = directory / "twistd.log"
         self.client = pki.client("ci-bot.example.com")

@@ -28,6 +28,8 @@ password_file = "pw"
 timeout_seconds = 5
 [audit]
 path = "audit.jsonl"
+[health]
+port = 0
 [roles.reader]
 scopes = ["dags:read"]
 [principals.daemon-test]

@@ -111,7 +111,7 @@ def gateway(
             raise Unauthenticated("a client certificate is required")
         return holder[0].principal
 
-    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate)
+    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate).site
     gw = Gateway(clock, airflow, StubTreq(site.resource), audit)
     holder.append(gw)
     return gw

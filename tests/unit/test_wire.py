@@ -68,6 +68,9 @@ def test_malformed_xml_is_a_parse_error_without_expat_internals(body: bytes) -> 
     b"<methodCall><methodName>x</methodName><params><param><value><int>abc</int></value>"
     b"</param></params></methodCall>",
     b"<foo/>",
+    # found by the fuzz test: a <data> outside an <array>
+    b"<methodCall><methodName>x</methodName><params><param><value><data>"
+    b"</data></value></param></params></methodCall>",
 ])
 def test_not_a_method_call_is_an_invalid_request(body: bytes) -> None:
     with pytest.raises(errors.InvalidRequest) as e:
@@ -97,3 +100,13 @@ def test_fault_text_is_made_safe_too() -> None:
     with pytest.raises(xmlrpc.client.Fault) as e:
         xmlrpc.client.loads(body)
     assert (e.value.faultCode, e.value.faultString) == (404, "not found: x")
+
+
+def test_too_many_values_and_too_long_strings_are_invalid_params() -> None:
+    many = call("list_dags", [1] * 10001)
+    with pytest.raises(errors.InvalidParams, match="more than 10000 values"):
+        parse_call(many)
+    long = call("get_dag", "x" * (256 * 1024 + 1))
+    with pytest.raises(errors.InvalidParams, match="longer than"):
+        parse_call(long)
+    assert parse_call(call("get_dag", "x" * (256 * 1024)))[1][0] == "x" * (256 * 1024)
