@@ -159,6 +159,10 @@ class UpstreamCapTests(SynchronousTestCase):
         self.failureResultOf(calls[-1])
         clock.advance(5)  # the four time out; the fifth gets its turn
         self.assertEqual(len(http.sent) - before, 5)
+        for d in calls[:4]:
+            self.failureResultOf(d, errors.UpstreamTimeout)
+        clock.advance(5)
+        self.failureResultOf(calls[4], errors.UpstreamTimeout)
 
 
 class CallLimitTests(SynchronousTestCase):
