@@ -26,9 +26,10 @@ from random import Random
 from typing import Any, Iterable
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from . import errors, ids
@@ -104,6 +105,10 @@ def _jwt_lifetime(token: str) -> float | None:
         return float(claims["exp"]) - float(claims["iat"])
     except (IndexError, ValueError, KeyError, TypeError):
         return None
+
+
+def _upstream_timeout(result: Any, timeout: float) -> Failure:
+    return Failure(errors.UpstreamTimeout(timeout))
 
 
 def _invalid_jwt(body: Any) -> bool:
@@ -204,12 +209,21 @@ class AirflowClient:
             self._breaker.before()
         if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
             raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
-        await self._slots.acquire()
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if self._breaker is not None:
+                self._breaker.abandon()
+            raise
         try:
             answer = await self._exchange_with_deadline(method, path, token, body, params, accept)
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
             if self._breaker is not None:
                 self._breaker.failure()
+            raise
+        except BaseException:
+            if self._breaker is not None:
+                self._breaker.abandon()
             raise
         finally:
             self._slots.release()
@@ -230,11 +244,11 @@ class AirflowClient:
         d = Deferred.fromCoroutine(
             self._exchange(method, self._base + path, headers, body, params)
         )
-        d.addTimeout(self._timeout, self._reactor)
+        # When the deadline passes, whatever the cancelled request fails with
+        # (treq reports ResponseNeverReceived) becomes an upstream timeout.
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_upstream_timeout)
         try:
             return await d
-        except TimeoutError:
-            raise errors.UpstreamTimeout(self._timeout) from None
         except errors.GatewayError:
             raise
         except CancelledError:

@@ -59,6 +59,14 @@ class CircuitBreaker:
         self._opened_at = None
         self._probing = False
 
+    def abandon(self) -> None:
+        """
+        A request ended with neither verdict (cancelled by its caller, or an
+        error that says nothing about Airflow's health): if it was the probe,
+        let the next request probe instead, so the circuit never sticks.
+        """
+        self._probing = False
+
     def failure(self) -> None:
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self._threshold):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -89,8 +89,10 @@ class Dispatcher:
             d = fail(e)
         if top:
             deadline = self._deadline_for(spec, args)
-            d.addTimeout(deadline, self._clock)
-            d.addErrback(self._timed_out, deadline)
+            # Past the deadline the work is cancelled, and whatever it then
+            # fails with, the call's answer is a timeout.
+            d.addTimeout(deadline, self._clock,
+                         onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
         d.addErrback(self._as_gateway_error, ctx, spec)
@@ -103,11 +105,6 @@ class Dispatcher:
             timeout = args[2] if len(args) > 2 and isinstance(args[2], int) else 60
             return self._deadline + min(max(timeout, 0), self._max_wait)
         return self._deadline
-
-    def _timed_out(self, failure: Failure, deadline: float) -> Failure:
-        if failure.check(TimeoutError):
-            return Failure(errors.CallTimeout(deadline))
-        return failure
 
     def _left(self, result: Any, who: str) -> Any:
         assert self._limits is not None

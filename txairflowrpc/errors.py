@@ -188,6 +188,17 @@ class CallTimeout(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
+class Cancelled(GatewayError):
+    """The call's work was cancelled before it finished."""
+
+    code = UPSTREAM_TIMEOUT
+
+    @property
+    def message(self) -> str:
+        return "the call was cancelled before it finished; retry it"
+
+
+@attrs.define(auto_exc=True, str=False)
 class UpstreamError(GatewayError):
     """Airflow answered, but not with something the gateway can use."""
 

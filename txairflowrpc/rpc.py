@@ -190,11 +190,14 @@ class RPCResource(XMLRPC):
         request.notifyFinish().addErrback(client_gone)
         d.addCallbacks(wire.dump_response, self._fault_body, errbackArgs=(request_id,))
         d.addCallback(lambda content: None if gone else _write(request, content))
-        d.addErrback(lambda f: None if f.check(CancelledError) else _log.failure("", f))
+        d.addErrback(lambda f: _log.failure("answering request {id} failed", f, id=request_id))
 
     def _fault_body(self, failure: Failure, request_id: str) -> bytes:
         if failure.check(CancelledError):
-            return failure  # type: ignore[return-value]
+            # Normally the caller went away and nothing is written; should
+            # work be cancelled while the caller still waits, it gets an
+            # answer rather than a hang.
+            return wire.dump_fault(errors.Cancelled().to_fault())
         return wire.dump_fault(errors.as_fault(failure.value, request_id))
 
 

@@ -62,7 +62,7 @@ def main() -> int:
     print(f"Starting Airflow 3 on {airflow.base_url} (log: {airflow.log_path}) ...", flush=True)
     airflow.start()
     try:
-        airflow.wait_dags(["example_hello", "etl_orders"])
+        airflow.wait_dags(["example_hello", "etl_orders", "example_noop"])
         print(SNIPPET.format(
             port=GATEWAY_PORT, airflow=airflow.base_url, admin=airflow.admin_password,
             ca=pki.ca_file, cert=client.cert, key=client.key,

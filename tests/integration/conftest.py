@@ -165,7 +165,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
                       secrets.token_urlsafe(16))
     try:
         af.start()
-        af.wait_dags(["example_hello", "etl_orders"])
+        af.wait_dags(["example_hello", "etl_orders", "example_noop"])
         yield af
     finally:
         af.stop()

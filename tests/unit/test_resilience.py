@@ -9,7 +9,9 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -42,6 +44,10 @@ class Flaky:
             return self.stub.request(method, url, **kw)
         self.sent.append(f"{method} {url}")
         what = self.plan.pop(0)
+        if what == "silent-agent":
+            # What a real Agent does when its request is cancelled.
+            return Deferred(lambda d: d.errback(
+                ResponseNeverReceived([Failure(CancelledError())])))
         if what == "refuse":
             return fail(ConnectionRefusedError())
         if what == "break-after":
@@ -118,6 +124,17 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(self.airflow.logins(), 2)
 
 
+    def test_a_request_cancelled_by_its_own_timeout_is_an_upstream_timeout(self) -> None:
+        # Found against a real Airflow: the Agent reports the cancellation as
+        # ResponseNeverReceived, which once became a silent "cancelled".
+        c = client(self.http, self.clock, retries=0)
+        self.successResultOf(c.get_dag("etl_orders"))
+        self.http.plan = ["silent-agent"]
+        d = c.get_dag("etl_orders")
+        self.clock.advance(5)
+        self.failureResultOf(d, errors.UpstreamTimeout)
+
+
 class BreakerTests(SynchronousTestCase):
     def test_opens_fails_fast_probes_and_closes(self) -> None:
         clock = Clock()
@@ -140,6 +157,24 @@ class BreakerTests(SynchronousTestCase):
         self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)  # the probe
         self.assertEqual(breaker.state, "open")
         clock.advance(10)
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.assertEqual(breaker.state, "closed")
+
+
+    def test_a_cancelled_probe_does_not_leave_the_circuit_stuck(self) -> None:
+        clock = Clock()
+        airflow = FakeAirflow()
+        http = Flaky(airflow)
+        breaker = CircuitBreaker(clock, failures=1, reset_seconds=10)
+        c = client(http, clock, retries=0, breaker=breaker)
+        self.successResultOf(c.get_dag("etl_orders"))
+        http.plan = ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        clock.advance(10)
+        http.plan = ["silent"]
+        probe = c.get_dag("etl_orders")  # the probe hangs ...
+        probe.cancel()  # ... and its caller gives up
+        self.failureResultOf(probe)
         self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
         self.assertEqual(breaker.state, "closed")
 
