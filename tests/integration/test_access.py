@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -141,6 +142,23 @@ def test_tokens_by_bearer_header_and_by_basic_auth(gw: RunningGateway) -> None:
     assert "etl-bot" in listed and token.split("_")[2] not in listed
 
 
+def test_a_token_near_expiry_is_warned_about(gw: RunningGateway) -> None:
+    out = cli(gw, "create", "--principal", "etl-bot", "--days", "10")
+    token = out.stdout.strip()
+    seen: dict[str, str | None] = {}
+
+    class Headers(xmlrpc.client.SafeTransport):
+        def parse_response(self, response: Any) -> Any:
+            seen["expires"] = response.getheader("X-Credential-Expires")
+            return super().parse_response(response)
+
+    proxy = xmlrpc.client.ServerProxy(gw.url, transport=Headers(
+        context=client_context(gw.pki, None), headers=[("Authorization", f"Bearer {token}")]))
+    me = proxy.whoami()
+    assert "expires within 14 days" in me["warning"] and 9 < me["expires_in_days"] <= 10
+    assert seen["expires"] == me["expires"]
+
+
 def test_wrong_expired_and_missing_credentials_get_401(gw: RunningGateway) -> None:
     record, expired = tokens.create(gw.token_store, "etl-bot", None, 1,
                                     dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2))
@@ -246,6 +264,40 @@ def test_scopes_decide_what_each_caller_may_do(gw: RunningGateway, pki: DevPKI) 
         auditor.trigger_dag("etl_orders", {"day": "2026-01-01"})
     assert e.value.faultString == "forbidden: trigger_dag: requires scope runs:trigger:etl_orders"
     assert refused(gw.proxy(pki.client("auditor")).ping) == 401  # same CN, no email SAN
+
+
+def test_new_tls_certificates_are_used_without_a_restart(gw: RunningGateway, tmp_path: Path) -> None:
+    import shutil
+
+    from cryptography import x509
+
+    def served_serial() -> int:
+        ctx = client_context(gw.pki, gw.client)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+
+    before = served_serial()
+    fresh = gw.pki.ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    tls_dir = gw.pki.directory
+    backup = tmp_path / "server-backup"
+    backup.mkdir()
+    for name in ("server.pem", "server.key"):
+        shutil.copy(tls_dir / name, backup / name)
+    try:
+        fresh.private_key_pem.write_to_path(str(tls_dir / "server.key.new"))
+        fresh.cert_chain_pems[0].write_to_path(str(tls_dir / "server.pem.new"))
+        os.replace(tls_dir / "server.key.new", tls_dir / "server.key")
+        os.replace(tls_dir / "server.pem.new", tls_dir / "server.pem")
+        os.kill(gw.process.pid, signal.SIGHUP)
+        wait_until(lambda: served_serial() != before)
+        assert gw.proxy().ping() == "pong"
+    finally:
+        for name in ("server.pem", "server.key"):
+            shutil.copy(backup / name, tls_dir / name)
+        os.kill(gw.process.pid, signal.SIGHUP)
+        wait_until(lambda: served_serial() == before)
 
 
 def test_reload_under_load_drops_no_call(gw: RunningGateway) -> None:

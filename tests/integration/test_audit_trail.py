@@ -206,3 +206,37 @@ def airflow_has_run(airflow: LocalAirflow, dag_id: str, run_id: str) -> bool:
         if e.code == 404:
             return False
         raise
+
+
+def test_rotation_under_load_keeps_the_chain_whole(
+    tmp_path: Path, pki: DevPKI, airflow: LocalAirflow
+) -> None:
+    gw = RunningGateway(tmp_path, pki, airflow)
+    gw.config.write_text(gw.config.read_text().replace(
+        '[audit]\npath = "', '[audit]\nrotate_bytes = 20000\npath = "'))
+    process = start_gateway(gw, gw.config, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    answered: list[str] = []
+
+    def load() -> None:
+        ctx = client_context(pki, gw.client)
+        proxy = xmlrpc.client.ServerProxy(gw.url, transport=RequestIdTransport(ctx, answered))
+        for _ in range(60):
+            proxy.ping()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    files = sorted(f for f in gw.audit_path.parent.iterdir() if not f.name.endswith(".lock"))
+    assert len(files) >= 4, files  # it did rotate, several times
+    out = verify(*files)
+    assert out.returncode == 0, out.stdout
+    ids = [r.get("request_id") for f in files for r in records(f) if r.get("method") == "ping"]
+    # none lost, none doubled (plus the readiness ping of start_gateway)
+    assert len(answered) == 360 and set(answered) <= set(ids)
+    assert len(ids) == len(set(ids)) == len(answered) + 1

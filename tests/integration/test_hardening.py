@@ -144,7 +144,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
     text = gw.config.read_text()
     text = text.replace("rate_per_second = 10000\nburst = 10000\nmax_in_flight = 1000", (
         "rate_per_second = 5\nburst = 5\nmax_in_flight = 1000\nrequest_deadline_seconds = 2\n"
-        "handshake_timeout_seconds = 2\nmax_connections = 20"))
+        "handshake_timeout_seconds = 2\nmax_connections = 20\nidle_timeout_seconds = 2"))
     gw.config.write_text(text)
     gw.start()
     yield gw
@@ -177,6 +177,21 @@ def test_slowloris_is_dropped_at_the_request_deadline(strict: RunningGateway) ->
     time.sleep(0.3)
     records = [json.loads(line) for line in strict.audit_path.read_text().splitlines()]
     assert any("request not completed in time" in r.get("reason", "") for r in records)
+
+
+def test_an_idle_keep_alive_connection_is_closed(strict: RunningGateway) -> None:
+    time.sleep(1.2)  # a full rate bucket
+    body = call("ping")
+    with tls_socket(strict) as sock:
+        sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        sock.settimeout(10)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and b"pong" in first
+        started = time.monotonic()
+        rest = read_all(sock)  # nothing more is sent: the server closes when idle
+        idle = time.monotonic() - started
+    assert rest == b"" and 1.5 < idle < 6, idle
 
 
 def test_a_connection_flood_is_capped_and_the_gateway_recovers(strict: RunningGateway) -> None:
