@@ -135,13 +135,29 @@ class LocalAirflow:
             return json.load(r)["access_token"]
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """
+        Stop standalone and everything it started: SIGTERM to its process
+        group, then, after the parent is gone (or 30 s), SIGKILL to whatever
+        of the group is left (the scheduler and its workers outlive a
+        SIGTERM to the group).
+        """
+        if self.process is None:
+            return
+        group = self.process.pid
+        try:
+            os.killpg(group, signal.SIGTERM)
+        except ProcessLookupError:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        if self.process.poll() is None:
+            self.process.wait(timeout=10)
