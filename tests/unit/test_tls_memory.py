@@ -1,0 +1,106 @@
+"""
+The gateway's TLS in memory: the real site behind the real server options,
+a TLS client on the other side, bytes carried between them by the test.
+"""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet.testing import StringTransport
+
+from txairflowrpc.auth import Gate
+from txairflowrpc.reload import build_authenticator
+from txairflowrpc.tap import build_site
+from txairflowrpc.tls import ReloadableTLS, server_options
+
+from ..fakes import FakeAirflow
+from ..harness.pki import ClientFiles, DevPKI
+from .test_access import load, pki  # noqa: F401
+
+ADDRESS = IPv4Address("TCP", "127.0.0.1", 4443)
+
+
+class Wire(StringTransport):
+    """A TCP-like transport in memory."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+class Collector(Protocol):
+    def connectionMade(self) -> None:
+        self.received = b""
+        body = xmlrpc.client.dumps((), "whoami").encode()
+        self.transport.write(
+            b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def exchange(
+    tmp_path: Path, pki: DevPKI, client: ClientFiles | None  # noqa: F811
+) -> tuple[Collector, Wire]:
+    """One whoami over TLS in memory: what the client got, and the server's wire."""
+    cfg = load(tmp_path, pki)
+    clock = Clock()
+    gate = Gate(build_authenticator(cfg, http=None, reactor=clock))
+    site = build_site(cfg, clock, StubTreq(FakeAirflow()), None, gate.authenticate).site
+    # TLS batches small writes with the clock: the same Clock runs both sides.
+    server = TLSMemoryBIOFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,
+                                 clock=clock)
+    ca = Certificate.loadPEM(pki.ca_file.read_bytes())
+    identity = None
+    if client is not None:
+        identity = PrivateCertificate.loadPEM(client.cert.read_bytes() + client.key.read_bytes())
+    options = optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=identity)
+    client_factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Collector),
+                                         clock=clock)
+    server_side, client_side = server.buildProtocol(ADDRESS), client_factory.buildProtocol(ADDRESS)
+    server_wire, client_wire = Wire(), Wire()
+    server_side.makeConnection(server_wire)
+    client_side.makeConnection(client_wire)
+    for _ in range(100):  # shuttle bytes both ways until both sides are quiet
+        clock.advance(0)
+        to_server, to_client = client_wire.value(), server_wire.value()
+        client_wire.clear()
+        server_wire.clear()
+        if not to_server and not to_client:
+            break
+        if to_server:
+            server_side.dataReceived(to_server)
+        if to_client:
+            client_side.dataReceived(to_client)
+    return client_side.wrappedProtocol, server_wire
+
+
+def test_a_client_certificate_from_the_ca_gets_in(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    answer, _ = exchange(tmp_path, pki, pki.client("ci-bot.example.com"))
+    assert answer.received.startswith(b"HTTP/1.1 200")
+    (me,), _ = xmlrpc.client.loads(answer.received.partition(b"\r\n\r\n")[2])
+    assert (me["principal"], me["authenticated_by"]) == ("ci-bot", "client_certificate")
+
+
+def test_no_client_certificate_fails_the_handshake(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    answer, server_wire = exchange(tmp_path, pki, None)
+    assert answer.received == b""  # no HTTP answer at all
+    assert server_wire.disconnecting  # the server closed the connection
+
+
+def test_a_certificate_from_another_ca_fails_the_handshake(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    stranger = DevPKI.create(tmp_path / "other").client("ci-bot.example.com")
+    answer, server_wire = exchange(tmp_path, pki, stranger)
+    assert answer.received == b""
+    assert server_wire.disconnecting
