@@ -10,6 +10,7 @@ var/airflow is AIRFLOW_HOME.  Ctrl-C stops the gateway, then Airflow.
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ GATEWAY_PORT = 8443  # must match listen.port there
 
 SNIPPET = """
 The gateway is starting on https://localhost:{port}/RPC2 in front of Airflow at
-{airflow} (UI login: admin / {admin}).  Call it from Python:
+{airflow} (UI login "admin", password in {passwords}).  Call it from Python:
 
     import ssl, xmlrpc.client
     ctx = ssl.create_default_context(cafile="{ca}")
@@ -47,7 +48,15 @@ Ctrl-C stops the gateway and Airflow.
 """
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C, or a TERM from a process manager, stops everything, even where
+    # the shell started us with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     tls = VAR / "tls"
     pki = DevPKI.create(tls)
     client = pki.client("dev-client")
@@ -60,11 +69,12 @@ def main() -> int:
         VAR / "airflow", AIRFLOW_PORT, password_file.read_text().strip()
     )
     print(f"Starting Airflow 3 on {airflow.base_url} (log: {airflow.log_path}) ...", flush=True)
-    airflow.start()
     try:
+        airflow.start()
         airflow.wait_dags(["example_hello", "etl_orders", "example_noop"])
         print(SNIPPET.format(
-            port=GATEWAY_PORT, airflow=airflow.base_url, admin=airflow.admin_password,
+            port=GATEWAY_PORT, airflow=airflow.base_url,
+            passwords=airflow.home / "simple_auth_manager_passwords.json.generated",
             ca=pki.ca_file, cert=client.cert, key=client.key,
         ), flush=True)
         twistd = Path(sys.executable).parent / "twistd"
@@ -77,6 +87,8 @@ def main() -> int:
         except KeyboardInterrupt:
             gateway.terminate()
             return gateway.wait()
+    except KeyboardInterrupt:
+        return 130
     finally:
         print("Stopping Airflow ...", flush=True)
         airflow.stop()
