@@ -86,7 +86,8 @@ def main() -> int:
             return gateway.wait()
         except KeyboardInterrupt:
             gateway.terminate()
-            return gateway.wait()
+            gateway.wait()
+            return 0  # stopped as asked
     except KeyboardInterrupt:
         return 130
     finally:
