@@ -29,6 +29,7 @@ from twisted.python.threadpool import ThreadPool
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.harness.gatewayconf import core_config  # noqa: E402
 from tests.harness.pki import DevPKI  # noqa: E402
 from txairflowrpc.audit import AuditLog  # noqa: E402
 
@@ -59,20 +60,7 @@ async def audit_alone(reactor, directory: Path, mode: str, n: int) -> float:
     return n / elapsed
 
 
-CONFIG = """
-[listen]
-port = {port}
-[tls]
-certificate = "{tls}/server.pem"
-private_key = "{tls}/server.key"
-client_ca = "{tls}/ca.pem"
-[airflow]
-base_url = "http://127.0.0.1:9"
-username = "gateway"
-password_file = "{dir}/pw"
-[audit]
-path = "{dir}/audit-{name}.jsonl"
-fsync = {fsync}
+REST = """
 [health]
 port = 0
 [limits]
@@ -90,8 +78,11 @@ cert_cn = ["bench"]
 def start(directory: Path, pki: DevPKI, name: str, port: int, fsync: bool) -> subprocess.Popen:
     (directory / "pw").write_text("x\n")
     config = directory / f"{name}.toml"
-    config.write_text(CONFIG.format(port=port, tls=pki.directory, dir=directory, name=name,
-                                    fsync=str(fsync).lower()))
+    config.write_text(core_config(
+        port=port, tls=pki.directory, airflow="http://127.0.0.1:9",
+        password_file=directory / "pw", audit=directory / f"audit-{name}.jsonl",
+        audit_extra=f"fsync = {str(fsync).lower()}",
+    ) + REST)
     twistd = Path(sys.executable).parent / "twistd"
     return subprocess.Popen([str(twistd), "-n", "--pidfile=", "airflowrpc", "--config",
                              str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from ..harness.airflow import LocalAirflow
+from ..harness.gatewayconf import core_config
 from ..harness.pki import ClientFiles, DevPKI
 
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -76,25 +77,11 @@ roles = ["auditor"]
 cert_email = ["auditor@example.com"]
 """
 
-GATEWAY_CONFIG = ACCESS + """
-[listen]
-host = "127.0.0.1"
-port = {port}
-[tls]
-certificate = "{tls}/server.pem"
-private_key = "{tls}/server.key"
-client_ca = "{tls}/ca.pem"
-[airflow]
-base_url = "{airflow}"
-username = "gateway"
-password_file = "{password_file}"
-timeout_seconds = 20
+RPC = """
 [rpc]
 max_multicall = 20
 max_wait_seconds = 600
 wait_poll_seconds = 1.0
-[audit]
-path = "{audit}"
 """
 
 
@@ -114,10 +101,11 @@ class RunningGateway:
         self.token_store = directory / "tokens.json"
         self.health_port = free_port()
         self.config = directory / "airflowrpc.toml"
-        self.config.write_text(GATEWAY_CONFIG.format(
+        self.config.write_text(core_config(
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
-            password_file=password_file, audit=self.audit_path, cert_mode=cert_mode,
-            tokens=self.token_store, health_port=self.health_port,
+            password_file=password_file, audit=self.audit_path,
+        ) + RPC + ACCESS.format(
+            cert_mode=cert_mode, tokens=self.token_store, health_port=self.health_port,
         ) + extra)
         self.log = directory / "twistd.log"
         self.client = pki.client("ci-bot.example.com")

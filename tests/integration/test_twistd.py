@@ -11,23 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ..harness.gatewayconf import core_config
 from ..harness.pki import DevPKI
 from .conftest import TWISTD, client_context, free_port
 
-CONFIG = """
-[listen]
-port = {port}
-[tls]
-certificate = "{tls}/server.pem"
-private_key = "{tls}/server.key"
-client_ca = "{tls}/ca.pem"
-[airflow]
-base_url = "http://127.0.0.1:{airflow_port}"
-username = "gateway"
-password_file = "pw"
-timeout_seconds = 5
-[audit]
-path = "audit.jsonl"
+ACCESS = """
 [health]
 port = 0
 [roles.reader]
@@ -41,7 +29,10 @@ cert_cn = ["daemon-test"]
 def write_config(directory: Path, pki: DevPKI, port: int, airflow_port: int) -> Path:
     (directory / "pw").write_text("unused\n")
     path = directory / "airflowrpc.toml"
-    path.write_text(CONFIG.format(port=port, tls=pki.directory, airflow_port=airflow_port))
+    path.write_text(core_config(
+        port=port, tls=pki.directory, airflow=f"http://127.0.0.1:{airflow_port}",
+        password_file=Path("pw"), audit=Path("audit.jsonl"), timeout=5,
+    ) + ACCESS)
     return path
 
 
