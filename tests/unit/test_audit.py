@@ -292,14 +292,18 @@ class GatewayRecordTests(SynchronousTestCase):
                           ("refused", 401, None)])
         self.assertTrue(all(r["decision"] == "denied" for r in recs))
 
-    def test_no_answer_leaves_before_its_record_is_on_disk(self) -> None:
+    def held_gateway(self) -> tuple[Any, HeldWrites, Clock, Path]:
+        """A gateway whose audit writes finish only when the test releases them."""
         held = HeldWrites()
         directory = Path(self.mktemp())
         directory.mkdir()
         clock = Clock()
         log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
         log.open()
-        gw = gateway(clock=clock, audit=log)
+        return gateway(clock=clock, audit=log), held, clock, directory
+
+    def test_no_answer_leaves_before_its_record_is_on_disk(self) -> None:
+        gw, held, _, _ = self.held_gateway()
         d = gw.call_d("ping")
         self.assertNoResult(d)
         held.release()
@@ -307,13 +311,7 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d)[2], "pong")
 
     def test_calls_are_refused_while_the_log_cannot_be_written(self) -> None:
-        held = HeldWrites()
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        clock = Clock()
-        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
-        log.open()
-        gw = gateway(clock=clock, audit=log)
+        gw, held, clock, directory = self.held_gateway()
         held.fail_with = OSError(errno.EFBIG, "File too large")
         d = gw.call_d("get_dag", "etl_orders")
         held.release()
