@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
+import tempfile
 import xmlrpc.client
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +19,16 @@ from txairflowrpc.audit import RETRY_SECONDS, AuditLog, append_now, verify
 from txairflowrpc.cli import main as cli
 
 from .helpers import audit_log, gateway
+
+
+def scratch(case: SynchronousTestCase) -> Path:
+    """
+    A fresh directory, removed after the test.  (trial's own mktemp makes
+    one below the working directory, where it ends up in the repository.)
+    """
+    directory = Path(tempfile.mkdtemp(prefix="txairflowrpc-test-"))
+    case.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +61,7 @@ class ChainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.dir = Path(self.mktemp())
+        self.dir = scratch(self)
         self.log = audit_log(str(self.dir), self.clock)
         self.path = self.dir / "audit.jsonl"
 
@@ -130,8 +142,7 @@ class DurabilityTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.held = HeldWrites()
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratch(self)
         self.log = AuditLog(self.dir / "audit.jsonl", clock=self.clock,
                             run_blocking=self.held, instance="t")
         self.log.open()
@@ -172,7 +183,7 @@ class RotationTests(SynchronousTestCase):
     def test_rotation_by_size_keeps_the_chain_whole_and_deletes_nothing(self) -> None:
         clock = Clock()
         clock.advance(1_800_000_000)
-        directory = Path(self.mktemp())
+        directory = scratch(self)
         log = audit_log(str(directory), clock, rotate_bytes=2000)
         for i in range(60):
             clock.advance(1)
@@ -189,7 +200,7 @@ class RotationTests(SynchronousTestCase):
     def test_rotation_by_day(self) -> None:
         clock = Clock()
         clock.advance(1_800_000_000)
-        directory = Path(self.mktemp())
+        directory = scratch(self)
         log = audit_log(str(directory), clock, rotate_daily=True)
         self.successResultOf(log.append({"day": 1}))
         clock.advance(86400)
@@ -201,7 +212,7 @@ class RotationTests(SynchronousTestCase):
 
     def test_reopening_after_rotation_continues_the_chain(self) -> None:
         clock = Clock()
-        directory = Path(self.mktemp())
+        directory = scratch(self)
         log = audit_log(str(directory), clock, rotate_bytes=600)
         for i in range(5):
             self.successResultOf(log.append({"i": i}))
@@ -215,7 +226,7 @@ class RotationTests(SynchronousTestCase):
 
 class GatewayRecordTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
+        self.dir = str(scratch(self))
         self.gw = gateway(audit_dir=self.dir)
         self.path = Path(self.dir) / "audit.jsonl"
 
@@ -295,8 +306,7 @@ class GatewayRecordTests(SynchronousTestCase):
     def held_gateway(self) -> tuple[Any, HeldWrites, Clock, Path]:
         """A gateway whose audit writes finish only when the test releases them."""
         held = HeldWrites()
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = scratch(self)
         clock = Clock()
         log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
         log.open()
