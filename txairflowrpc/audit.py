@@ -154,17 +154,15 @@ class ChainFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
             rotated: list[Path] = []
-            lines = self._seal(records)
-            data = "".join(lines).encode("ascii")
+            data, end = self._seal(records)
             if self._rotation_due(len(data), now):
                 rotated.append(self._rotate(now))
-                self._seq, self._prev = self._seq - len(records), self._undo_prev
-                lines = self._seal(
+                data, end = self._seal(
                     [{"time": utc_now(now), "instance": records[0].get("instance"),
                       "event": "audit.rotated", "previous_file": rotated[0].name}, *records]
                 )
-                data = "".join(lines).encode("ascii")
             self._write(data)
+            self._seq, self._prev = end  # the chain moves on only once written
             self._day = _today(now)
             return rotated
         finally:
@@ -203,18 +201,19 @@ class ChainFile:
                 return last
         return None
 
-    def _seal(self, records: list[dict[str, Any]]) -> list[str]:
-        self._undo_prev = self._prev
+    def _seal(self, records: list[dict[str, Any]]) -> tuple[bytes, tuple[int, str]]:
+        """The lines that chain ``records`` after the current end, and the new end."""
+        seq, prev = self._seq, self._prev
         lines = []
         for record in records:
-            self._seq += 1
-            sealed = {"time": record["time"], "seq": self._seq}
+            seq += 1
+            sealed = {"time": record["time"], "seq": seq}
             sealed.update((k, v) for k, v in record.items() if k != "time")
-            sealed["prev"] = self._prev
+            sealed["prev"] = prev
             line = seal(sealed)
-            self._prev = line[-67:-3]  # the hash just sealed into the line
+            prev = line[-67:-3]  # the hash just sealed into the line
             lines.append(line)
-        return lines
+        return "".join(lines).encode("ascii"), (seq, prev)
 
     def _rotation_due(self, incoming: int, now: float) -> bool:
         assert self._known is not None
