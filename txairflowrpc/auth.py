@@ -173,8 +173,10 @@ class Authenticator:
         if by_cert and by_credential:
             if by_cert.name != by_credential.name:
                 raise Unauthenticated("the certificate and the token name different principals")
-            return attrs.evolve(by_credential, method=f"client_certificate+{by_credential.method}",
-                                certificate=cert, warning_days=settings.expiry_warning_days)
+            by_credential = attrs.evolve(
+                by_credential, method=f"client_certificate+{by_credential.method}",
+                certificate=cert,
+            )
         principal = by_credential or by_cert
         if principal is None:
             raise Unauthenticated("no credentials: send a client certificate or a token")
@@ -258,10 +260,6 @@ class Gate:
 
     def authenticate(self, request: Any) -> Deferred[Principal]:
         return self.current.authenticate(request)
-
-    @property
-    def warning_days(self) -> int:
-        return self.current.access.auth.expiry_warning_days
 
 
 class Backoff:

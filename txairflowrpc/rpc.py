@@ -1,5 +1,5 @@
 """
-The XML-RPC resource served at ``/RPC2``, and the site around it.
+The XML-RPC resource served at ``/RPC2``, and the root resource around it.
 
 `RPCResource` builds on `twisted.web.xmlrpc.XMLRPC` and replaces its
 request handling: the caller is authenticated before any XML is read, the
@@ -31,6 +31,7 @@ from . import errors, wire
 from .audit import AuditLog
 from .auth import Backoff, Principal, Unauthenticated
 from .dispatch import Dispatcher
+from .site import address_text
 from .spec import CallContext
 
 _log = Logger()
@@ -43,8 +44,7 @@ def _request_id() -> str:
 
 
 def _peer(request: Any) -> str:
-    peer = request.getClientAddress()
-    return f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+    return address_text(request.getClientAddress())
 
 
 class Refusals:

@@ -41,9 +41,9 @@ _log = Logger()
 _REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
 
 
-def _peer(transport: Any) -> str:
-    peer = transport.getPeer()
-    return f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+def address_text(address: Any) -> str:
+    """``host:port`` of a peer address, for the audit trail and the log."""
+    return f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
 
 
 class GatewayRequest(server.Request):
@@ -195,7 +195,7 @@ class GatewaySite(server.Site):
         if self._audit is None:
             return
         record = {"kind": "refused", "decision": "denied", "reason": reason,
-                  "source": _peer(transport), **fields}
+                  "source": address_text(transport.getPeer()), **fields}
         self._audit.append(record).addErrback(lambda f: None)
 
 
