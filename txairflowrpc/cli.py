@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from . import config as config_module
 from . import tokens
 from .audit import append_now, verify
-from .tls import server_options
+from .reload import load_checked
 
 
 def _first_seq(path: Path) -> float:
@@ -47,8 +47,7 @@ def audit_verify(files: list[str]) -> int:
 
 def config_check(path: str) -> int:
     try:
-        cfg = config_module.load(path)
-        server_options(cfg.tls, cfg.access.auth.client_certificate)
+        cfg = load_checked(path).config
     except config_module.ConfigError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1

@@ -21,7 +21,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application import service
+from twisted.internet import ssl
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -36,27 +38,52 @@ POLL_SECONDS = 1.0
 _log = Logger()
 
 
-def build_authenticator(
-    cfg: config_module.Config, *, http: Any, reactor: Any, previous: Authenticator | None = None,
-) -> Authenticator:
-    """An `Authenticator` for ``cfg``; raises ConfigError or ValueError."""
-    access = cfg.access
+@attrs.frozen
+class Checked:
+    """A config file read and checked whole: what the gateway runs on."""
+
+    config: config_module.Config
+    tls_options: ssl.CertificateOptions = attrs.field(eq=False)
+    tokens: tokens.TokenStore | None
+
+
+def load_checked(path: str | Path) -> Checked:
+    """
+    Read the config and every file it names, as twistd does at start, a
+    reload does, and ``airflowrpc config check`` does: the TOML, the TLS
+    certificates, the token store, the OIDC key files.  Raises `ConfigError`
+    naming the key at fault.
+    """
+    cfg = config_module.load(path)
+    options = server_options(cfg.tls, cfg.access.auth.client_certificate)
     store = None
-    if access.auth.token_store is not None:
+    if cfg.access.auth.token_store is not None:
         try:
-            store = tokens.TokenStore.load(access.auth.token_store)
+            store = tokens.TokenStore.load(cfg.access.auth.token_store)
         except ValueError as e:
             raise config_module.ConfigError("auth.token_store", str(e)) from None
+    for name, provider in cfg.access.oidc.items():
+        if provider.jwks is not None:
+            try:
+                oidc.parse_jwks(provider.jwks)
+            except ValueError as e:
+                raise config_module.ConfigError(f"oidc.{name}.jwks_file", str(e)) from None
+    return Checked(cfg, options, store)
+
+
+def build_authenticator(
+    checked: Checked, *, http: Any, reactor: Any, previous: Authenticator | None = None,
+) -> Authenticator:
+    """An `Authenticator` for a checked config; OIDC key sets carry over a reload."""
     jwks = {}
-    for name, provider in access.oidc.items():
-        try:
-            keyset = oidc.JWKSet(provider, http=http, reactor=reactor)
-        except ValueError as e:
-            raise config_module.ConfigError(f"oidc.{name}.jwks_file", str(e)) from None
+    for name, provider in checked.config.access.oidc.items():
+        keyset = oidc.JWKSet(provider, http=http, reactor=reactor)
         if previous is not None and name in previous.jwks:
             keyset.adopt(previous.jwks[name])
         jwks[name] = keyset
-    return Authenticator(access, tokens_store=store, jwks=jwks, clock=reactor)
+    return Authenticator(
+        checked.config.access, tokens_store=checked.tokens, jwks=jwks, clock=reactor
+    )
 
 
 def _mtime(path: Path | None) -> float | None:
@@ -144,23 +171,22 @@ class Reloader(service.Service):
         """Re-read everything; True if the new config is now in force."""
         self._seen = self._stamps(self.cfg)
         try:
-            cfg = config_module.load(self.cfg.source)
-            options = server_options(cfg.tls, cfg.access.auth.client_certificate)
-            authenticator = build_authenticator(
-                cfg, http=self._http, reactor=self._reactor, previous=self._gate.current
-            )
+            checked = load_checked(self.cfg.source)
         except config_module.ConfigError as e:
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(e))
             self._record("rejected", trigger, str(e))
             return False
+        cfg = checked.config
         restart = [name for name in ("listen", "airflow", "rpc", "audit")
                    if getattr(cfg, name) != getattr(self.cfg, name)]
         if restart:
             _log.warn("config reload: [{sections}] changed but need a restart to apply",
                       sections="], [".join(restart))
-        self._tls.options = options
-        self._gate.current = authenticator
+        self._tls.options = checked.tls_options
+        self._gate.current = build_authenticator(
+            checked, http=self._http, reactor=self._reactor, previous=self._gate.current
+        )
         self.cfg = cfg
         self._seen = self._stamps(cfg)
         self.reloads += 1

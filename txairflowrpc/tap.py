@@ -36,11 +36,10 @@ from .health import HealthResource
 from .limits import CallLimits
 from .methods import AirflowMethods
 from .policy import ScopePolicy
-from .reload import Reloader, build_authenticator
+from .reload import Checked, Reloader, build_authenticator, load_checked
 from .rpc import RPCResource, root
 from .site import GatewaySite
-from .tls import ReloadableTLS, server_options
-from .tokens import TokenStore
+from .tls import ReloadableTLS
 from .watch import RunWatcher
 
 __all__ = ["Options", "makeService"]
@@ -58,13 +57,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            cfg = self["loaded"] = config_module.load(self["config"])
-            self["tls_options"] = server_options(cfg.tls, cfg.access.auth.client_certificate)
-            if cfg.access.auth.token_store is not None:
-                try:
-                    TokenStore.load(cfg.access.auth.token_store)
-                except ValueError as e:
-                    raise config_module.ConfigError("auth.token_store", str(e)) from None
+            self["checked"] = load_checked(self["config"])
         except config_module.ConfigError as e:
             # One line on stderr and exit status 1: twistd would print its
             # whole usage text above a UsageError, burying the problem.
@@ -172,7 +165,8 @@ def build_site(
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    cfg: config_module.Config = options["loaded"]
+    checked: Checked = options["checked"]
+    cfg = checked.config
     top = service.MultiService()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
@@ -184,8 +178,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     http = HTTPClient(Agent(reactor, pool=pool))
     _PoolService(pool).setServiceParent(top)
 
-    gate = Gate(build_authenticator(cfg, http=http, reactor=reactor))
-    tls = ReloadableTLS(options["tls_options"])
+    gate = Gate(build_authenticator(checked, http=http, reactor=reactor))
+    tls = ReloadableTLS(checked.tls_options)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, reactor=reactor, audit=audit)
     reloader.setServiceParent(top)
 

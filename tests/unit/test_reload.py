@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from txairflowrpc import tokens
 from txairflowrpc.auth import Gate, Unauthenticated
-from txairflowrpc.reload import Reloader, build_authenticator
+from txairflowrpc.reload import Reloader, build_authenticator, load_checked
 from txairflowrpc.tls import ReloadableTLS, server_options
 
 from ..harness.pki import DevPKI
@@ -30,7 +30,7 @@ def bump(path: Path) -> None:
 def setup(tmp_path: Path, pki: DevPKI):  # noqa: F811
     cfg = load(tmp_path, pki, mode="optional")
     clock = Clock()
-    gate = Gate(build_authenticator(cfg, http=None, reactor=clock))
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, reactor=clock))
     tls = ReloadableTLS(server_options(cfg.tls, "optional"))
     audit = audit_log(str(tmp_path / "audit"), clock)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=None, reactor=clock, audit=audit)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import xmlrpc.client
 from pathlib import Path
 
-import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
@@ -18,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.internet.testing import StringTransport
 
 from txairflowrpc.auth import Gate
-from txairflowrpc.reload import build_authenticator
+from txairflowrpc.reload import build_authenticator, load_checked
 from txairflowrpc.tap import build_site
 from txairflowrpc.tls import ReloadableTLS, server_options
 
@@ -54,7 +53,7 @@ def exchange(
     """One whoami over TLS in memory: what the client got, and the server's wire."""
     cfg = load(tmp_path, pki)
     clock = Clock()
-    gate = Gate(build_authenticator(cfg, http=None, reactor=clock))
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, reactor=clock))
     site = build_site(cfg, clock, StubTreq(FakeAirflow()), None, gate.authenticate).site
     # TLS batches small writes with the clock: the same Clock runs both sides.
     server = TLSMemoryBIOFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,
