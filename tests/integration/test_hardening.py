@@ -11,7 +11,6 @@ import ssl
 import time
 import urllib.request
 import xmlrpc.client
-from pathlib import Path
 from typing import Iterator
 
 import pytest

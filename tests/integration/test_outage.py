@@ -15,7 +15,6 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from ..harness.airflow import LocalAirflow
 from ..harness.pki import DevPKI

@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock

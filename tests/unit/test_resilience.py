@@ -3,7 +3,6 @@ deadlines, and the connection-level limits of the site."""
 
 from __future__ import annotations
 
-import xmlrpc.client
 from random import Random
 from typing import Any
 
