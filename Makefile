@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
-	$(BIN)/python -m tests.harness.devrun
+	$(BIN)/python -m txairflowrpc.devstack
 
 ## test: install what the tests need and run them all
 test: install airflow system-deps

@@ -29,8 +29,8 @@ from twisted.python.threadpool import ThreadPool
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness.gatewayconf import core_config  # noqa: E402
-from tests.harness.pki import DevPKI  # noqa: E402
+from txairflowrpc.devstack.gatewayconf import core_config  # noqa: E402
+from txairflowrpc.devstack.pki import DevPKI  # noqa: E402
 from txairflowrpc.audit import AuditLog  # noqa: E402
 
 RECORD = {"kind": "call", "request_id": "0123456789abcdef", "principal": "ci-bot",

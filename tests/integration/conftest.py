@@ -21,9 +21,9 @@ from typing import Iterator
 
 import pytest
 
-from ..harness.airflow import LocalAirflow
-from ..harness.gatewayconf import core_config
-from ..harness.pki import ClientFiles, DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.gatewayconf import core_config
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
 TWISTD = Path(sys.executable).parent / "twistd"
 

@@ -25,8 +25,8 @@ import pytest
 
 from txairflowrpc import tokens
 
-from ..harness.airflow import LocalAirflow
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.pki import DevPKI
 from ..jwt_helpers import Signer, hs256_with_public_key, jwks, unsigned
 from .conftest import RunningGateway, client_context
 

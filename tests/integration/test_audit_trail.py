@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from ..harness.airflow import LocalAirflow
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.pki import DevPKI
 from .conftest import TWISTD, RunningGateway, client_context
 
 AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"

@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from ..harness.airflow import LocalAirflow
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.pki import DevPKI
 from .conftest import RunningGateway, client_context
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 
-from ..harness.airflow import LocalAirflow
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.pki import DevPKI
 from .conftest import RunningGateway
 
 DEADLINE = 15.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.pki import DevPKI
 from .conftest import RunningGateway, client_context
 
 

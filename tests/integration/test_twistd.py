@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ..harness.gatewayconf import core_config
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.gatewayconf import core_config
+from txairflowrpc.devstack.pki import DevPKI
 from .conftest import TWISTD, client_context, free_port
 
 ACCESS = """

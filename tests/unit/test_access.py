@@ -19,7 +19,7 @@ from txairflowrpc.auth import Authenticator, Backoff, Unauthenticated
 from txairflowrpc.oidc import JWKSet
 from txairflowrpc.tls import PeerCertificate
 
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.pki import DevPKI
 from ..jwt_helpers import Signer, jwks
 from .helpers import gateway
 

@@ -9,7 +9,7 @@ import pytest
 from txairflowrpc.config import ConfigError, load
 from txairflowrpc.tls import server_options
 
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.pki import DevPKI
 
 GOOD = """
 [listen]

@@ -15,7 +15,7 @@ from txairflowrpc.auth import Gate, Unauthenticated
 from txairflowrpc.reload import Reloader, build_authenticator, load_checked
 from txairflowrpc.tls import ReloadableTLS, server_options
 
-from ..harness.pki import DevPKI
+from txairflowrpc.devstack.pki import DevPKI
 from .helpers import audit_log
 from .test_access import FakeRequest, _patch_peer, cert, load, pki, run  # noqa: F401
 

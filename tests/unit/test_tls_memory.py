@@ -22,7 +22,7 @@ from txairflowrpc.tap import build_site
 from txairflowrpc.tls import ReloadableTLS, server_options
 
 from ..fakes import FakeAirflow
-from ..harness.pki import ClientFiles, DevPKI
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from .test_access import load, pki  # noqa: F401
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 4443)
