@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from txairflowrpc.devstack.gatewayconf import core_config  # noqa: E402
 from txairflowrpc.devstack.pki import DevPKI  # noqa: E402
-from txairflowrpc.audit import AuditLog  # noqa: E402
+from txairflowrpc.audit.log import AuditLog  # noqa: E402
 
 RECORD = {"kind": "call", "request_id": "0123456789abcdef", "principal": "ci-bot",
           "method": "get_dag", "dag_id": "etl_orders", "decision": "allowed",

@@ -3,12 +3,21 @@ txairflowrpc: an XML-RPC gateway that lets other systems drive Apache
 Airflow through a narrow, authenticated, audited gate.
 
 Start it with ``twistd airflowrpc --config conf/airflowrpc.toml``.  The
-modules, by job: `config` (the TOML file), `tls` (the listener's TLS and
-the caller's certificate), `auth` (who is calling), `rpc` (the ``/RPC2``
-resource), `wire` (XML-RPC parsing and writing), `dispatch` (the pipeline
-every call passes through), `methods` (what a caller can ask), `airflow`
-(the client to Airflow's REST API), `watch` (shared waiting for runs),
-`errors` (every failure and its fault code), `tap` (twistd).
+package is grouped by layer; each imports only the layers below it
+(``tests/unit/test_layers.py`` holds them to that):
+
+- `config`: the TOML file, checked whole (at the bottom: imports nothing).
+- `core`: the shared vocabulary: errors and fault codes, method specs, ids.
+- `audit`: where a call is recorded: the hash-chained trail.
+- `upstream`: how a call reaches Airflow: the REST client, breaker, watcher.
+- `identity`: who is calling and what they may do: certificates, tokens,
+  OIDC, scopes and roles, the policy.
+- `gate`: where a call comes in: TLS, the site and its limits, ``/RPC2``,
+  XML-RPC on the wire, the dispatcher, the methods.
+- `service`: the face: ``twistd airflowrpc``, reload, the admin listener,
+  the ``airflowrpc`` command.
+- `devstack`: the local Airflow, dev CA and runner behind ``make run``
+  (for development; nothing in the gateway imports it).
 """
 
 __version__ = "0.1.0"

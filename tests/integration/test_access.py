@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from txairflowrpc import tokens
+from txairflowrpc.identity import tokens
 
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI

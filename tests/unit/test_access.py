@@ -14,10 +14,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc import config as config_module
-from txairflowrpc import tokens
-from txairflowrpc.auth import Authenticator, Backoff, Unauthenticated
-from txairflowrpc.oidc import JWKSet
-from txairflowrpc.tls import PeerCertificate
+from txairflowrpc.identity.scopes import build_roles
+from txairflowrpc.service.checked import load_checked
+from txairflowrpc.identity import tokens
+from txairflowrpc.identity.authenticate import Authenticator, Unauthenticated
+from txairflowrpc.identity.backoff import Backoff
+from txairflowrpc.identity.oidc import JWKSet
+from txairflowrpc.identity.certificates import PeerCertificate
 
 from txairflowrpc.devstack.pki import DevPKI
 from ..jwt_helpers import Signer, jwks
@@ -111,19 +114,20 @@ def load(tmp: Path, pki: DevPKI, mode: str = "required", require: bool = False,
     (tmp / "jwks.json").write_text(json.dumps(jwks(SIGNER)))
     path = tmp / "airflowrpc.toml"
     path.write_text(ACCESS.format(mode=mode, require=str(require).lower(), sha="ee" * 32) + extra)
-    return config_module.load(path)
+    return load_checked(path).config
 
 
 def authenticator(cfg: config_module.Config, clock: Clock) -> Authenticator:
     store = tokens.TokenStore.load(cfg.access.auth.token_store)
-    keys = {n: JWKSet(p, http=None, reactor=clock) for n, p in cfg.access.oidc.items()}
-    return Authenticator(cfg.access, tokens_store=store, jwks=keys, clock=clock)
+    keys = {n: JWKSet(p, http=None, clock=clock) for n, p in cfg.access.oidc.items()}
+    return Authenticator(cfg.access, roles=build_roles(cfg.access), tokens_store=store,
+                         jwks=keys, clock=clock)
 
 
 @pytest.fixture(autouse=True)
 def _patch_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     # FakeRequest hands out PeerCertificate values directly.
-    monkeypatch.setattr("txairflowrpc.auth.peer_certificate",
+    monkeypatch.setattr("txairflowrpc.identity.authenticate.peer_certificate",
                         lambda transport: transport._peer)
 
 
@@ -278,8 +282,8 @@ class ScopeTests(SynchronousTestCase):
     """Scope checks on every method, through the whole site."""
 
     def principal(self, *scopes: str, conf: dict[str, Any] | None = None) -> Any:
-        from txairflowrpc.auth import Principal
-        from txairflowrpc.policy import ConfRule, Grants, Role, Scope
+        from txairflowrpc.identity.principal import Principal
+        from txairflowrpc.identity.scopes import ConfRule, Grants, Role, Scope
 
         rules = tuple(ConfRule.build(g, s) for g, s in (conf or {}).items())
         role = Role("r", tuple(Scope.parse(s) for s in scopes), rules)

@@ -11,9 +11,9 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc import errors
-from txairflowrpc.airflow import AirflowClient
-from txairflowrpc.breaker import CircuitBreaker
+from txairflowrpc.core import errors
+from txairflowrpc.upstream.client import AirflowClient
+from txairflowrpc.upstream.breaker import CircuitBreaker
 
 from ..fakes import FakeAirflow
 
@@ -21,7 +21,7 @@ from ..fakes import FakeAirflow
 def client_for(http: Any, clock: Clock, timeout: float = 10.0, retries: int = 0,
                breaker: CircuitBreaker | None = None) -> AirflowClient:
     return AirflowClient(
-        http=http, reactor=clock, base_url="http://airflow.test", username="gateway",
+        http=http, clock=clock, base_url="http://airflow.test", username="gateway",
         password="pw", timeout=timeout, retries=retries, breaker=breaker, max_in_flight=4,
         random=Random(7),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from txairflowrpc.config import ConfigError, load
-from txairflowrpc.tls import server_options
+from txairflowrpc.gate.tls import server_options
 
 from txairflowrpc.devstack.pki import DevPKI
 

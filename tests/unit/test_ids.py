@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from txairflowrpc.ids import id_problem, path
+from txairflowrpc.core.ids import id_problem, path
 
 
 @pytest.mark.parametrize("kind,value", [

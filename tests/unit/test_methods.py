@@ -235,7 +235,7 @@ class ProtocolTests(MethodTestCase):
 
         site_methods = self.gw  # the dispatcher is reachable only through the site
         del site_methods
-        from txairflowrpc import airflow
+        from txairflowrpc.upstream import client as airflow
 
         original = airflow.shape_dag
         airflow.shape_dag = explode

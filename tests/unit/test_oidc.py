@@ -13,8 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from txairflowrpc.access import OIDCProvider
-from txairflowrpc.oidc import JWKSet, JWTError, UnknownKey, parse_jwks, roles_from_claims, verify_jwt
+from txairflowrpc.config import OIDCProvider
+from txairflowrpc.identity.oidc import (
+    JWKSet, JWTError, UnknownKey, parse_jwks, roles_from_claims, verify_jwt,
+)
 
 from ..jwt_helpers import Signer, hs256_with_public_key, jwks, unsigned
 
@@ -117,7 +119,7 @@ class JWKSetTests(SynchronousTestCase):
         self.clock.advance(NOW)
         self.server = JWKS(jwks(RSA))
         self.keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks"),
-                             http=StubTreq(self.server), reactor=self.clock)
+                             http=StubTreq(self.server), clock=self.clock)
 
     def keys_for(self, token: str) -> dict[Any, Any]:
         return self.successResultOf(Deferred.fromCoroutine(self.keyset.key_for(token)))

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from txairflowrpc import tokens
-from txairflowrpc.auth import Gate, Unauthenticated
-from txairflowrpc.reload import Reloader, build_authenticator, load_checked
-from txairflowrpc.tls import ReloadableTLS, server_options
+from txairflowrpc.identity import tokens
+from txairflowrpc.identity.authenticate import Gate, Unauthenticated
+from txairflowrpc.service.checked import build_authenticator, load_checked
+from txairflowrpc.service.reload import Reloader
+from txairflowrpc.gate.tls import ReloadableTLS, server_options
 
 from txairflowrpc.devstack.pki import DevPKI
 from .helpers import audit_log
@@ -30,10 +31,10 @@ def bump(path: Path) -> None:
 def setup(tmp_path: Path, pki: DevPKI):  # noqa: F811
     cfg = load(tmp_path, pki, mode="optional")
     clock = Clock()
-    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, reactor=clock))
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
     tls = ReloadableTLS(server_options(cfg.tls, "optional"))
     audit = audit_log(str(tmp_path / "audit"), clock)
-    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, reactor=clock, audit=audit)
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=clock, audit=audit)
     return cfg, gate, tls, reloader, tmp_path
 
 

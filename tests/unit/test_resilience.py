@@ -16,13 +16,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc import errors
-from txairflowrpc.airflow import AirflowClient
-from txairflowrpc.breaker import CircuitBreaker
-from txairflowrpc.limits import CallLimits
-from txairflowrpc.site import GatewaySite
-from txairflowrpc.methods import AirflowMethods
-from txairflowrpc.watch import RunWatcher
+from txairflowrpc.core import errors
+from txairflowrpc.upstream.client import AirflowClient
+from txairflowrpc.upstream.breaker import CircuitBreaker
+from txairflowrpc.gate.limits import CallLimits
+from txairflowrpc.gate.site import GatewaySite
+from txairflowrpc.gate.methods import AirflowMethods
+from txairflowrpc.upstream.watch import RunWatcher
 
 from ..fakes import FakeAirflow
 from .helpers import CONFIG, gateway
@@ -57,7 +57,7 @@ class Flaky:
 
 
 def client(http: Any, clock: Clock, **kw: Any) -> AirflowClient:
-    values = dict(http=http, reactor=clock, base_url="http://airflow.test", username="gateway",
+    values = dict(http=http, clock=clock, base_url="http://airflow.test", username="gateway",
                   password="pw", timeout=5, retries=2, max_in_flight=4, random=Random(1))
     values.update(kw)
     return AirflowClient(**values)
@@ -104,7 +104,7 @@ class RetryTests(SynchronousTestCase):
         c = client(self.http, self.clock)
         methods = AirflowMethods(c, RunWatcher(c.get_dag_run, self.clock, 2), 300)
         from .helpers import OPERATOR
-        from txairflowrpc.spec import CallContext
+        from txairflowrpc.core.spec import CallContext
 
         self.http.plan = ["break-after"]
         d = Deferred.fromCoroutine(methods.trigger_dag(
@@ -256,7 +256,7 @@ def channel(**limits: Any) -> tuple[Any, StringTransport, Clock, GatewaySite]:
 
     clock = Clock()
     cfg = attrs.evolve(CONFIG.limits, **limits)
-    site = GatewaySite(Resource(), audit=None, reactor=clock, limits=cfg, max_body_bytes=1000)
+    site = GatewaySite(Resource(), audit=None, clock=clock, limits=cfg, max_body_bytes=1000)
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
     transport = StringTransport()
     proto.makeConnection(transport)

@@ -16,10 +16,10 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.internet.testing import StringTransport
 
-from txairflowrpc.auth import Gate
-from txairflowrpc.reload import build_authenticator, load_checked
-from txairflowrpc.tap import build_site
-from txairflowrpc.tls import ReloadableTLS, server_options
+from txairflowrpc.identity.authenticate import Gate
+from txairflowrpc.service.checked import build_authenticator, load_checked
+from txairflowrpc.service.tap import build_site
+from txairflowrpc.gate.tls import ReloadableTLS, server_options
 
 from ..fakes import FakeAirflow
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
@@ -53,7 +53,7 @@ def exchange(
     """One whoami over TLS in memory: what the client got, and the server's wire."""
     cfg = load(tmp_path, pki)
     clock = Clock()
-    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, reactor=clock))
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
     site = build_site(cfg, clock, StubTreq(FakeAirflow()), None, gate.authenticate).site
     # TLS batches small writes with the clock: the same Clock runs both sides.
     server = TLSMemoryBIOFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from txairflowrpc import tokens
+from txairflowrpc.identity import tokens
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 

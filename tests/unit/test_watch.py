@@ -8,8 +8,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc import errors
-from txairflowrpc.watch import RunWatcher
+from txairflowrpc.core import errors
+from txairflowrpc.upstream.watch import RunWatcher
 
 
 class FakeRuns:

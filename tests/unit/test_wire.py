@@ -6,8 +6,8 @@ import xmlrpc.client
 
 import pytest
 
-from txairflowrpc import errors
-from txairflowrpc.wire import dump_fault, dump_response, parse_call
+from txairflowrpc.core import errors
+from txairflowrpc.gate.wire import dump_fault, dump_response, parse_call
 
 
 def call(method: str, *params: object) -> bytes:

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 airflowrpc = ServiceMaker(
     "txairflowrpc",
-    "txairflowrpc.tap",
+    "txairflowrpc.service.tap",
     "XML-RPC gateway to Apache Airflow over mutual TLS",
     "airflowrpc",
 )

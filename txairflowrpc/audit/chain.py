@@ -1,0 +1,234 @@
+"""
+The file side of the audit trail: the hash chain and how records are
+sealed into it and appended.
+
+Each record is one JSON line carrying a sequence number, the hash of the
+previous record and its own hash, so that an edited, deleted or reordered
+line breaks the chain.  The chain continues across rotated files and
+across restarts.  `ChainFile` appends under an exclusive lock on
+``<path>.lock``, so that the gateway and the ``airflowrpc`` CLI can both
+append to one chain; it blocks, so it runs on the audit thread or in a CLI,
+never on the reactor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..core.timefmt import iso_micro, utc
+
+GENESIS = "0" * 64
+
+
+def dumps(record: dict[str, Any]) -> str:
+    # ASCII-only JSON: control characters and line breaks inside values are
+    # escaped, so no value can split or forge a line.
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+
+
+def seal(record: dict[str, Any]) -> str:
+    """The record's line: its JSON with ``hash`` (of everything else) last."""
+    body = dumps(record)
+    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+    return body[:-1] + f',"hash":"{digest}"}}\n'
+
+
+def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """The last complete record of ``path`` and the size up to its end."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        chunk = 4096
+        while True:
+            f.seek(max(0, size - chunk))
+            data = f.read(chunk)
+            end = data.rfind(b"\n")
+            if end < 0 and size > chunk:
+                chunk *= 4
+                continue
+            if end < 0:
+                return None, 0
+            line_start = data.rfind(b"\n", 0, end) + 1
+            if line_start == 0 and size > chunk:
+                chunk *= 4
+                continue
+            good = max(0, size - len(data)) + end + 1
+            return json.loads(data[line_start:end]), good
+
+
+def _rotated_name(path: Path, now: float) -> Path:
+    stamp = utc(now).strftime("%Y%m%dT%H%M%SZ")
+    candidate = path.with_name(f"{path.name}.{stamp}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{stamp}.{n}")
+        n += 1
+    return candidate
+
+
+def _today(seconds: float) -> str:
+    return utc(seconds).strftime("%Y-%m-%d")
+
+
+class ChainFile:
+    """
+    The file side of the chain: seals records (seq, prev, hash) and appends
+    them, under an exclusive lock on ``<path>.lock``, so that the gateway
+    and the ``airflowrpc`` CLI can both append to one chain.  Blocking:
+    call it from the audit thread or a CLI, never from the reactor.
+    """
+
+    def __init__(
+        self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0,
+        rotate_daily: bool = False,
+    ) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._fsync = fsync
+        self._rotate_bytes = rotate_bytes
+        self._rotate_daily = rotate_daily
+        self._fd: int | None = None
+        self._known: tuple[int, int] | None = None  # (inode, size) as last seen
+        self._seq = 0
+        self._prev = GENESIS
+        self._day: str | None = None
+
+    def open(self) -> None:
+        """Create the directory and file; checks that both are writable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        os.close(lock)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, records: list[dict[str, Any]], now: float) -> list[Path]:
+        """
+        Seal and append ``records``; return the files rotated away meanwhile.
+
+        Raises OSError if they cannot be written and fsynced; then nothing of
+        them stays in the file and they may be appended again.
+        """
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._catch_up()
+            rotated: list[Path] = []
+            data, end = self._seal(records)
+            if self._rotation_due(len(data), now):
+                rotated.append(self._rotate(now))
+                data, end = self._seal(
+                    [{"time": iso_micro(now), "instance": records[0].get("instance"),
+                      "event": "audit.rotated", "previous_file": rotated[0].name}, *records]
+                )
+            self._write(data)
+            self._seq, self._prev = end  # the chain moves on only once written
+            self._day = _today(now)
+            return rotated
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _catch_up(self) -> None:
+        """Learn the chain's end from the file, if anyone else wrote to it."""
+        assert self._fd is not None
+        st = os.stat(self.path)
+        if self._known == (st.st_ino, st.st_size):
+            return
+        if self._known is None or st.st_ino != self._known[0]:
+            own = os.fstat(self._fd)
+            if own.st_ino != st.st_ino:  # the file was moved away: follow the name
+                os.close(self._fd)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        last, good = _last_record(self.path) if st.st_size else (None, 0)
+        if good != st.st_size:
+            os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
+        if last is None:
+            last = self._last_of_rotated()
+        if last is not None:
+            self._seq, self._prev = int(last["seq"]), str(last["hash"])
+        if good and self._day is None:
+            self._day = str(last.get("time", ""))[:10] if last else None
+        self._known = (st.st_ino, good)
+
+    def _last_of_rotated(self) -> dict[str, Any] | None:
+        rotated = sorted(
+            (p for p in self.path.parent.glob(self.path.name + ".*") if not p.name.endswith(".lock")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in reversed(rotated):
+            last, _ = _last_record(old)
+            if last is not None:
+                return last
+        return None
+
+    def _seal(self, records: list[dict[str, Any]]) -> tuple[bytes, tuple[int, str]]:
+        """The lines that chain ``records`` after the current end, and the new end."""
+        seq, prev = self._seq, self._prev
+        lines = []
+        for record in records:
+            seq += 1
+            sealed = {"time": record["time"], "seq": seq}
+            sealed.update((k, v) for k, v in record.items() if k != "time")
+            sealed["prev"] = prev
+            line = seal(sealed)
+            prev = line[-67:-3]  # the hash just sealed into the line
+            lines.append(line)
+        return "".join(lines).encode("ascii"), (seq, prev)
+
+    def _rotation_due(self, incoming: int, now: float) -> bool:
+        assert self._known is not None
+        size = self._known[1]
+        if size == 0:
+            return False
+        if self._rotate_bytes and size + incoming > self._rotate_bytes:
+            return True
+        return bool(self._rotate_daily and self._day and _today(now) != self._day)
+
+    def _rotate(self, now: float) -> Path:
+        assert self._fd is not None
+        target = _rotated_name(self.path, now)
+        os.fsync(self._fd)
+        os.rename(self.path, target)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._known = (os.fstat(self._fd).st_ino, 0)
+        return target
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None and self._known is not None
+        inode, start = self._known
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError:
+            # Leave no partial line behind, and hand the records back.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            self._known = None  # re-read the chain's end next time
+            raise
+        self._known = (inode, start + len(data))
+
+
+def append_now(path: Path, fields: dict[str, Any], *, instance: str = "cli") -> None:
+    """Append one record from outside the gateway (the CLI), blocking."""
+    chain = ChainFile(path)
+    chain.open()
+    try:
+        now = time.time()
+        chain.append([{"time": iso_micro(now), "instance": instance, **fields}], now)
+    finally:
+        chain.close()

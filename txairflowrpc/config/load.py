@@ -1,0 +1,113 @@
+"""
+Loading the config: one TOML file, parsed once into frozen values.
+
+`load` checks everything the config itself can check before the service
+starts: unknown sections and keys, missing keys, types, ranges, and that
+every file it names can be read.  A problem is a `ConfigError` naming the
+key, which twistd prints as one line.  Relative paths are relative to the
+directory of the config file, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from . import access
+from .keys import ConfigError, read_table
+from .sections import (
+    SECTIONS, AirflowConfig, AuditConfig, HealthConfig, LimitsConfig, ListenConfig,
+    RPCConfig, TLSConfig,
+)
+
+@attrs.frozen
+class Config:
+    """The whole configuration, as loaded from ``source``."""
+
+    source: Path
+    listen: ListenConfig
+    tls: TLSConfig
+    airflow: AirflowConfig
+    rpc: RPCConfig
+    audit: AuditConfig
+    limits: LimitsConfig
+    health: HealthConfig
+    access: access.AccessConfig
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("airflow.base_url", "must be an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ConfigError("airflow.base_url", "must not have a query or fragment")
+    return url.rstrip("/")
+
+
+def parse(document: dict[str, Any], source: Path) -> Config:
+    """Build a `Config` from an already parsed TOML document."""
+    base = source.parent
+    for name in document:
+        if name not in SECTIONS and name not in access.SECTIONS:
+            raise ConfigError(name, "unknown section")
+    sections = {
+        name: read_table(name, document.get(name, {}), base, SECTIONS[name]._keys)
+        for name in SECTIONS
+    }
+    airflow = sections["airflow"]
+    airflow["base_url"] = _check_base_url(airflow["base_url"])
+    try:
+        password = airflow["password_file"].read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError("airflow.password_file", "cannot read it as UTF-8 text") from None
+    if not password:
+        raise ConfigError("airflow.password_file", "is empty")
+    airflow["password"] = password
+    return Config(
+        source=source,
+        listen=ListenConfig(**sections["listen"]),
+        tls=TLSConfig(**sections["tls"]),
+        airflow=AirflowConfig(**airflow),
+        rpc=RPCConfig(**sections["rpc"]),
+        audit=_audit(sections["audit"]),
+        limits=LimitsConfig(**sections["limits"]),
+        health=HealthConfig(**sections["health"]),
+        access=access.parse(document, base),
+    )
+
+
+def _audit(values: dict[str, Any]) -> AuditConfig:
+    path: Path = values["path"]
+    if path.is_dir():
+        raise ConfigError("audit.path", f"{path} is a directory; name the log file")
+    directory = path.parent
+    if directory.exists() and not os.access(directory, os.W_OK):
+        raise ConfigError("audit.path", f"cannot write in {directory}")
+    values["redact_keys"] = tuple(k.lower() for k in values["redact_keys"])
+    return AuditConfig(**values)
+
+
+def load(path: str | Path) -> Config:
+    """
+    Read and check the config file at ``path``.
+
+    Raises `ConfigError` naming the key at fault; never anything else for
+    a bad file.
+    """
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {source}: {e.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("", f"config file {source} is not UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"config file {source} is not valid TOML: {e}") from None
+    return parse(document, source)

@@ -1,0 +1,157 @@
+"""
+The sections of the config that the gateway's own machinery reads:
+``[listen]``, ``[tls]``, ``[airflow]``, ``[rpc]``, ``[limits]``, ``[health]``
+and ``[audit]``, each a frozen value whose ``_keys`` say how it is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from .keys import Key, at_least, port, positive, strings
+
+@attrs.frozen
+class ListenConfig:
+    """Where the TLS listener binds."""
+
+    host: str
+    port: int
+
+    _keys = {
+        "host": Key(str, "127.0.0.1"),
+        "port": Key(int, 8443, port),
+    }
+
+
+@attrs.frozen
+class TLSConfig:
+    """The server's certificate and the CA that signs client certificates."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path
+
+    _keys = {
+        "certificate": Key(str, is_path=True),
+        "private_key": Key(str, is_path=True),
+        "client_ca": Key(str, is_path=True),
+    }
+
+
+@attrs.frozen
+class AirflowConfig:
+    """How the gateway reaches Airflow, and as whom."""
+
+    base_url: str
+    username: str
+    password_file: Path
+    password: str = attrs.field(repr=False)
+    timeout_seconds: float
+    max_connections: int
+    max_in_flight: int
+    retries: int
+    breaker_failures: int
+    breaker_reset_seconds: float
+
+    _keys = {
+        "base_url": Key(str),
+        "username": Key(str),
+        "password_file": Key(str, is_path=True),
+        "timeout_seconds": Key(float, 30.0, positive),
+        "max_connections": Key(int, 20, at_least(1)),
+        "max_in_flight": Key(int, 64, at_least(1)),
+        "retries": Key(int, 2, at_least(0)),
+        "breaker_failures": Key(int, 5, at_least(1)),
+        "breaker_reset_seconds": Key(float, 10.0, positive),
+    }
+
+
+@attrs.frozen
+class RPCConfig:
+    """Limits of the XML-RPC surface."""
+
+    max_multicall: int
+    max_wait_seconds: int
+    wait_poll_seconds: float
+    max_body_bytes: int
+
+    _keys = {
+        "max_multicall": Key(int, 50, at_least(1)),
+        "max_wait_seconds": Key(int, 3600, at_least(0)),
+        "wait_poll_seconds": Key(float, 2.0, positive),
+        "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
+    }
+
+
+@attrs.frozen
+class LimitsConfig:
+    """What protects the gateway from slow, many and greedy clients."""
+
+    request_deadline_seconds: float
+    idle_timeout_seconds: float
+    handshake_timeout_seconds: float
+    max_connections: int
+    rate_per_second: float
+    burst: int
+    max_in_flight: int
+    call_deadline_seconds: float
+
+    _keys = {
+        "request_deadline_seconds": Key(float, 30.0, positive),
+        "idle_timeout_seconds": Key(float, 60.0, positive),
+        "handshake_timeout_seconds": Key(float, 10.0, positive),
+        "max_connections": Key(int, 1000, at_least(1)),
+        "rate_per_second": Key(float, 20.0, positive),
+        "burst": Key(int, 40, at_least(1)),
+        "max_in_flight": Key(int, 20, at_least(1)),
+        "call_deadline_seconds": Key(float, 60.0, positive),
+    }
+
+
+@attrs.frozen
+class HealthConfig:
+    """The plain-HTTP admin listener for liveness and readiness probes."""
+
+    host: str
+    port: int
+    certificate_warning_days: int
+
+    _keys = {
+        "host": Key(str, "127.0.0.1"),
+        "port": Key(int, 8081, port),
+        "certificate_warning_days": Key(int, 14, at_least(0)),
+    }
+
+
+@attrs.frozen
+class AuditConfig:
+    """Where the audit trail goes and how it rotates."""
+
+    path: Path
+    rotate_bytes: int
+    rotate_daily: bool
+    fsync: bool
+    redact_keys: tuple[str, ...]
+
+    _keys = {
+        "path": Key(str, is_path=True, must_exist=False),
+        "rotate_bytes": Key(int, 100 * 1024 * 1024, at_least(0)),
+        "rotate_daily": Key(bool, True),
+        "fsync": Key(bool, True),
+        "redact_keys": Key(list, ["password", "passwd", "secret", "token", "api_key",
+                                   "apikey", "credentials", "private_key"], strings),
+    }
+
+
+#: Every section above, by its name in the file.
+SECTIONS: dict[str, type] = {
+    "listen": ListenConfig,
+    "tls": TLSConfig,
+    "airflow": AirflowConfig,
+    "rpc": RPCConfig,
+    "audit": AuditConfig,
+    "limits": LimitsConfig,
+    "health": HealthConfig,
+}

@@ -1,0 +1,62 @@
+"""
+Validation of the identifiers that end up in Airflow URLs.
+
+Airflow allows ``[A-Za-z0-9_.-]`` in DAG and task ids (``KEY_REGEX``) and
+``[A-Za-z0-9_.~:+-]`` in run ids (the default
+``[scheduler] allowed_run_id_pattern``), at most 250 characters.  The
+gateway accepts only the ASCII subset of those and never an id made only of
+dots, so that no id can climb out of its URL path segment.  Validation
+happens before any request is built; `path` then percent-encodes each
+segment as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+MAX_ID_LENGTH = 250
+
+_KEY = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_RUN_ID = re.compile(r"[A-Za-z0-9_.~:+-]+\Z")
+_ONLY_DOTS = re.compile(r"\.+\Z")
+
+#: What each kind of id may contain, in words for fault messages.
+_RULES = {
+    "dag_id": (_KEY, "letters, digits, '_', '.' and '-'"),
+    "task_id": (_KEY, "letters, digits, '_', '.' and '-'"),
+    "dag_run_id": (_RUN_ID, "letters, digits and '_.~:+-'"),
+}
+
+
+#: The kinds of id there are.
+KINDS = tuple(_RULES)
+
+
+def id_problem(kind: str, value: object) -> str | None:
+    """
+    Say what is wrong with ``value`` as an id of ``kind``, or None if it is valid.
+
+    ``kind`` is ``"dag_id"``, ``"task_id"`` or ``"dag_run_id"``.  The answer
+    never echoes the value: it may be hostile or huge.
+    """
+    pattern, allowed = _RULES[kind]
+    if not isinstance(value, str):
+        return f"{kind} must be a string"
+    if not value:
+        return f"{kind} must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{kind} is longer than {MAX_ID_LENGTH} characters"
+    if not pattern.match(value) or _ONLY_DOTS.match(value):
+        return f"{kind} may contain only {allowed}"
+    return None
+
+
+def path(*segments: str) -> str:
+    """
+    Join already validated ids and fixed names into a URL path.
+
+    Each segment is percent-encoded on its own, so even a segment that got
+    past validation cannot add a ``/`` to the path.
+    """
+    return "/".join(quote(s, safe="") for s in segments)

@@ -1,0 +1,209 @@
+"""
+How a method is described: its parameters, signatures, help, and the facts
+about it that the generic layers need.
+
+A `MethodSpec` is the single source for checking a call's arity and types,
+for ``system.methodSignature`` and ``system.methodHelp``, and for what the
+dispatcher, the policy and the audit trail must know of a method: which
+parameter names the DAG, which carries a conf, which extends the deadline,
+which parameters are ids and which option members the audit record keeps.
+Those layers read the spec, never a method's name, so adding a method
+touches only the method and its spec.
+
+Handlers are declared with `rpc_method`; they receive a `CallContext` and
+the checked positional arguments, with omitted optional ones absent.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+from xmlrpc.client import DateTime
+
+import attrs
+
+from . import errors
+
+#: The scope of a method open to any authenticated caller.
+AUTHENTICATED = ""
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "int": (int,),
+    "boolean": (bool,),
+    "struct": (dict,),
+    "array": (list,),
+    "double": (float, int),
+    "dateTime.iso8601": (DateTime,),
+}
+
+
+def type_problem(xmlrpc_type: str, value: object) -> bool:
+    """True if ``value`` is not of the XML-RPC type ``xmlrpc_type``."""
+    if xmlrpc_type == "int" and isinstance(value, bool):
+        return True
+    return not isinstance(value, _PY_TYPES[xmlrpc_type])
+
+
+@attrs.frozen
+class Param:
+    """One parameter: its name, XML-RPC type, help, and what it is."""
+
+    name: str
+    type: str
+    doc: str
+    required: bool = True
+    #: What the method uses when the caller leaves the parameter out.
+    default: Any = None
+    #: For an id: its kind in `txairflowrpc.core.ids` (``dag_id``,
+    #: ``dag_run_id``, ``task_id``); recorded as it is on the audit trail.
+    id: str | None = None
+    #: Set for an options struct, whose audit record is kept member by
+    #: member: the members whose strings are kept as they are (clipped);
+    #: other strings and structs become digests.  None: the value is
+    #: recorded whole, as a digest (a conf, a free text).
+    keeps: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class CallContext:
+    """What the pipeline knows of one call: who, which HTTP request, from where."""
+
+    principal: Any
+    request_id: str
+    peer: str = ""
+
+
+@attrs.frozen
+class MethodSpec:
+    name: str
+    params: tuple[Param, ...]
+    returns: str
+    doc: str
+    handler: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    #: The scope a caller needs ("runs:trigger"), "" for any authenticated
+    #: caller, None for nobody (deny by default).
+    scope: str | None = None
+    #: The parameter naming the DAG the call acts on: the scope's DAG glob
+    #: is matched against it.  None: the call names no one DAG.
+    dag: str | None = None
+    #: The parameter holding a run's conf, checked against the conf rules
+    #: of the caller's roles.
+    conf: str | None = None
+    #: A parameter whose value, in seconds, extends the call's deadline.
+    deadline: str | None = None
+    #: The method returns only what the caller's scope covers, so the
+    #: policy asks only for the scope on some DAG.
+    filtered: bool = False
+
+    def value(self, name: str, args: tuple[Any, ...]) -> Any:
+        """The value of parameter ``name`` in checked ``args``, or its default."""
+        for param, value in zip(self.params, args):
+            if param.name == name:
+                return param.default if value is None else value
+        for param in self.params:
+            if param.name == name:
+                return param.default
+        raise KeyError(name)
+
+    def signatures(self) -> list[list[str]]:
+        """One signature per accepted number of parameters."""
+        required = sum(p.required for p in self.params)
+        return [
+            [self.returns, *(p.type for p in self.params[:n])]
+            for n in range(required, len(self.params) + 1)
+        ]
+
+    def help(self) -> str:
+        lines = [f"{self.name}({', '.join(self._param_names())}) -> {self.returns}", ""]
+        lines.append(self.doc.strip())
+        if self.scope:
+            lines.append("")
+            lines.append(f"Needs scope {self.scope} (on the DAG, where it names one).")
+        if self.params:
+            lines.append("")
+            lines.append("Parameters:")
+            for p in self.params:
+                opt = "" if p.required else ", optional"
+                lines.append(f"  {p.name} ({p.type}{opt}): {p.doc}")
+        return "\n".join(lines)
+
+    def _param_names(self) -> list[str]:
+        return [p.name if p.required else f"[{p.name}]" for p in self.params]
+
+    def check(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """
+        The arguments, checked for arity and type, with trailing omitted
+        optionals (and ``<nil/>`` given for an optional) dropped.
+
+        Raises `errors.InvalidParams` naming the parameter at fault.
+        """
+        required = sum(p.required for p in self.params)
+        if not required <= len(args) <= len(self.params):
+            expected = (
+                str(required) if required == len(self.params)
+                else f"{required} to {len(self.params)}"
+            )
+            names = ", ".join(self._param_names()) or "no parameters"
+            raise errors.InvalidParams(
+                f"expects {expected} parameter(s) ({names}), got {len(args)}", self.name
+            )
+        checked = list(args)
+        for i, (param, value) in enumerate(zip(self.params, args)):
+            if value is None and not param.required:
+                checked[i] = None
+                continue
+            if type_problem(param.type, value):
+                raise errors.InvalidParams(
+                    f"parameter {param.name!r} must be {_article(param.type)}", self.name
+                )
+        while checked and checked[-1] is None:
+            checked.pop()
+        if None in checked:
+            raise errors.InvalidParams(
+                "an omitted (nil) optional parameter may not be followed by others",
+                self.name,
+            )
+        return tuple(checked)
+
+
+def _article(xmlrpc_type: str) -> str:
+    return f"an {xmlrpc_type}" if xmlrpc_type[0] in "aeiou" else f"a {xmlrpc_type}"
+
+
+def rpc_method(
+    name: str, returns: str, *params: Param, scope: str | None = None, **facts: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Mark a handler as the XML-RPC method ``name``; its docstring is the help.
+    ``scope`` is what a caller needs (see `txairflowrpc.identity.scopes`);
+    ``facts`` are the other `MethodSpec` fields (``dag``, ``conf``, ...).
+    """
+    fields = attrs.fields_dict(MethodSpec)
+    for fact, value in facts.items():
+        if fact not in fields or fact in ("name", "params", "returns", "doc", "handler"):
+            raise TypeError(f"unknown method fact {fact!r}")
+        if fact in ("dag", "conf", "deadline") and value not in {p.name for p in params}:
+            raise TypeError(f"{name}: {fact}={value!r} names no parameter")
+
+    def mark(handler: Callable[..., Any]) -> Callable[..., Any]:
+        handler.__rpc__ = (name, returns, params, {"scope": scope, **facts})  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def collect(obj: object) -> dict[str, MethodSpec]:
+    """The `MethodSpec` of every handler of ``obj`` marked with `rpc_method`."""
+    specs = {}
+    for attr in dir(type(obj)):
+        marked = getattr(getattr(type(obj), attr), "__rpc__", None)
+        if marked is None:
+            continue
+        name, returns, params, facts = marked
+        handler = getattr(obj, attr)
+        specs[name] = MethodSpec(
+            name=name, params=params, returns=returns,
+            doc=inspect.cleandoc(handler.__doc__ or name), handler=handler, **facts,
+        )
+    return specs

@@ -1,0 +1,288 @@
+"""
+The one pipeline every call passes through.
+
+`Dispatcher.call` is where a call starts and ends, whether it came alone
+or inside ``system.multicall``: look the method up (only among the
+registered specs, never by attribute walking), check the arguments,
+authorise, run the handler, and turn any failure into a `GatewayError`.
+Each finished call is logged, and recorded on the audit trail before its
+result is handed back.
+
+The ``system.*`` introspection methods and ``system.multicall`` live here,
+since they are about the method table itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..audit.log import AuditLog
+from ..audit.summary import summarize_args
+from ..core import calltrace, errors
+from ..core.calltrace import CallTrace
+from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
+from .limits import CallLimits
+
+_log = Logger(namespace="txairflowrpc.dispatch")
+
+
+class Policy(Protocol):
+    def authorize(self, call: CallContext, spec: MethodSpec, args: tuple[Any, ...]) -> None:
+        """Raise `errors.Forbidden` unless the call is allowed."""
+
+
+class Dispatcher:
+    """
+    Runs calls: the methods of ``providers`` plus ``system.*``.
+
+    :param max_multicall: the most calls one ``system.multicall`` may hold.
+    :param clock: gives the time in seconds (a reactor), for call durations.
+    """
+
+    def __init__(
+        self, providers: list[object], *, policy: Policy, max_multicall: int,
+        clock: IReactorTime, audit: AuditLog | None = None, redact_keys: tuple[str, ...] = (),
+        limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
+    ) -> None:
+        self._policy = policy
+        self._limits = limits
+        self._deadline = deadline
+        self._max_wait = max_wait
+        self._max_multicall = max_multicall
+        self._clock = clock
+        self._audit = audit
+        self._redact = redact_keys
+        self.methods: dict[str, MethodSpec] = {}
+        for provider in [*providers, self]:
+            self.methods.update(collect(provider))
+
+    def call(
+        self, ctx: CallContext, name: str, args: tuple[Any, ...],
+        multicall_index: int | None = None,
+    ) -> Deferred[Any]:
+        """
+        Run one call; the Deferred fires with the result or fails with a
+        `GatewayError` (anything else is logged and becomes an internal
+        error).  With an audit log, it fires only once the call's record
+        is on disk, and fails with `errors.AuditUnavailable` if it cannot
+        be written.  Cancelling it cancels the handler's work.
+        """
+        started = self._clock.seconds()
+        spec = self.methods.get(name) if isinstance(name, str) else None
+        trace = CallTrace()
+        top = multicall_index is None
+        who = getattr(ctx.principal, "name", "")
+        entered = False
+        try:
+            if self._limits is not None:
+                self._limits.take(who)
+                if top:
+                    self._limits.enter(who)
+                    entered = True
+            d = maybeDeferred(self._run, ctx, spec, name, args, trace)
+        except errors.RateLimited as e:
+            trace.decision, trace.reason = "denied", e.message
+            d = fail(e)
+        if top:
+            deadline = self._deadline_for(spec, args)
+            # Past the deadline the work is cancelled, and whatever it then
+            # fails with, the call's answer is a timeout.
+            d.addTimeout(deadline, self._clock,
+                         onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
+        if entered:
+            d.addBoth(self._left, who)
+        d.addErrback(self._as_gateway_error, ctx, spec)
+        d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index)
+        return d
+
+    def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
+        """A call's deadline; what its spec says extends it (capped) comes on top."""
+        if spec is None or spec.deadline is None:
+            return self._deadline
+        try:
+            extra = spec.value(spec.deadline, args)
+        except KeyError:
+            return self._deadline
+        if not isinstance(extra, (int, float)) or isinstance(extra, bool):
+            extra = spec.value(spec.deadline, ())
+        return self._deadline + min(max(extra or 0, 0), self._max_wait)
+
+    def _left(self, result: Any, who: str) -> Any:
+        assert self._limits is not None
+        self._limits.leave(who)
+        return result
+
+    def _run(
+        self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],
+        trace: CallTrace,
+    ) -> Any:
+        if self._audit is not None and self._audit.failed is not None:
+            trace.decision, trace.reason = "denied", "audit log unavailable"
+            raise errors.AuditUnavailable()
+        if spec is None:
+            raise errors.MethodNotFound(str(name)[:100])
+        checked = spec.check(args)
+        try:
+            self._policy.authorize(ctx, spec, checked)
+        except errors.Forbidden as e:
+            trace.decision, trace.reason = "denied", e.reason
+            raise
+        trace.decision = "allowed"
+        token = calltrace.current.set(trace)
+        try:
+            result = spec.handler(ctx, *checked)
+            if inspect.iscoroutine(result):
+                return Deferred.fromCoroutine(result)
+            return result
+        finally:
+            calltrace.current.reset(token)
+
+    def _as_gateway_error(self, failure: Failure, ctx: CallContext, spec: MethodSpec | None) -> Failure:
+        if failure.check(errors.InvalidParams) and spec and not failure.value.method:
+            failure.value.method = spec.name
+        if failure.check(errors.GatewayError, CancelledError):
+            return failure
+        _log.failure(
+            "internal error in {method} (request {request_id})", failure,
+            method=spec.name if spec else None, request_id=ctx.request_id,
+        )
+        return Failure(errors.InternalError(ctx.request_id))
+
+    def _finish(
+        self, result: Any, ctx: CallContext, spec: MethodSpec | None, name: Any,
+        args: tuple[Any, ...], trace: CallTrace, started: float,
+        multicall_index: int | None,
+    ) -> Any:
+        cancelled = isinstance(result, Failure) and result.check(CancelledError)
+        fault = None
+        if isinstance(result, Failure) and not cancelled:
+            fault = result.value.code
+        method = spec.name if spec else str(name)[:100]
+        duration = self._clock.seconds() - started
+        _log.info(
+            "call {method} by {principal}: {outcome}",
+            method=method, principal=getattr(ctx.principal, "name", None),
+            request_id=ctx.request_id, peer=ctx.peer,
+            outcome="cancelled" if cancelled else "ok" if fault is None else f"fault {fault}",
+            duration=duration,
+        )
+        if self._audit is None:
+            return result
+        params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
+        ids, summary = summarize_args(params, args, self._redact)
+        fields: dict[str, Any] = {
+            "kind": "call",
+            "request_id": ctx.request_id,
+            "multicall_index": multicall_index,
+            "principal": getattr(ctx.principal, "name", None),
+            "auth": ctx.principal.audit_identity() if ctx.principal is not None else None,
+            "source": ctx.peer,
+            "method": method,
+            **ids,
+            "args": summary or None,
+            "decision": trace.decision,
+            "reason": trace.reason,
+            "outcome": "cancelled" if cancelled else "ok" if fault is None else "fault",
+            "fault_code": fault,
+            "airflow_status": trace.airflow_status,
+            "duration_ms": round(duration * 1000, 3),
+        }
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None})
+
+        def unrecorded(failure: Failure) -> Any:
+            if cancelled:
+                return result
+            return Failure(errors.AuditUnavailable())
+
+        return recorded.addCallbacks(lambda _: result, unrecorded)
+
+    # -- system.* --------------------------------------------------------
+
+    @rpc_method("system.listMethods", "array", scope=AUTHENTICATED)
+    def list_methods(self, call: CallContext) -> list[str]:
+        """The names of all methods, sorted."""
+        return sorted(self.methods)
+
+    @rpc_method("system.methodSignature", "array", Param("method", "string", "a method name"),
+                scope=AUTHENTICATED)
+    def method_signature(self, call: CallContext, method: str) -> list[list[str]]:
+        """The method's signatures: arrays of [return type, parameter types...]."""
+        return self._spec(method).signatures()
+
+    @rpc_method("system.methodHelp", "string", Param("method", "string", "a method name"),
+                scope=AUTHENTICATED)
+    def method_help(self, call: CallContext, method: str) -> str:
+        """Help text for a method: what it does and its parameters."""
+        return self._spec(method).help()
+
+    @rpc_method("system.getCapabilities", "struct", scope=AUTHENTICATED)
+    def get_capabilities(self, call: CallContext) -> dict[str, Any]:
+        """The specifications this server implements, per the xmlrpc-epi convention."""
+        return {
+            "xmlrpc": {"specUrl": "http://www.xmlrpc.com/spec", "specVersion": 1},
+            "faults_interop": {
+                "specUrl": "http://xmlrpc-epi.sourceforge.net/specs/rfc.fault_codes.php",
+                "specVersion": 20010516,
+            },
+            "system.multicall": {
+                "specUrl": "https://mirrors.talideon.com/articles/multicall.html",
+                "specVersion": 1,
+            },
+            "introspection": {
+                "specUrl": "http://xmlrpc-c.sourceforge.net/introspection.html",
+                "specVersion": 1,
+            },
+        }
+
+    def _spec(self, method: str) -> MethodSpec:
+        spec = self.methods.get(method)
+        if spec is None:
+            raise errors.MethodNotFound(method[:100])
+        return spec
+
+    @rpc_method(
+        "system.multicall", "array",
+        Param("calls", "array", "structs with methodName (string) and params (array)"),
+        scope=AUTHENTICATED,
+    )
+    async def multicall(self, call: CallContext, calls: list[Any]) -> list[Any]:
+        """
+        Run several calls in one request, in order. Each result is a
+        one-element array holding the result, or a fault struct (faultCode,
+        faultString) in place. system.multicall cannot be nested.
+        """
+        if len(calls) > self._max_multicall:
+            raise errors.InvalidParams(
+                f"at most {self._max_multicall} calls per multicall, got {len(calls)}"
+            )
+        results: list[Any] = []
+        for index, entry in enumerate(calls):
+            try:
+                name, params = _multicall_entry(entry)
+                results.append([await self.call(call, name, params, multicall_index=index)])
+            except errors.GatewayError as e:
+                results.append({"faultCode": e.code, "faultString": e.message})
+        return results
+
+
+def _multicall_entry(entry: Any) -> tuple[str, tuple[Any, ...]]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("methodName"), str):
+        raise errors.InvalidParams(
+            "each multicall entry must be a struct with a methodName string",
+            "system.multicall",
+        )
+    params = entry.get("params", [])
+    if not isinstance(params, list) or set(entry) - {"methodName", "params"}:
+        raise errors.InvalidParams(
+            "each multicall entry holds only methodName and params (an array)",
+            "system.multicall",
+        )
+    if entry["methodName"] == "system.multicall":
+        raise errors.InvalidParams("system.multicall cannot be nested", "system.multicall")
+    return entry["methodName"], tuple(params)

@@ -1,0 +1,451 @@
+"""
+The gateway's own XML-RPC methods: what a caller can ask of Airflow.
+
+Each handler checks the values inside its arguments (ids, option structs,
+conf) before anything reaches the Airflow client; arity and the XML-RPC
+types have been checked by the dispatcher from the `Param` declarations.
+Handlers return plain values or Deferreds of them; a missing value is
+simply absent from a struct.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+from xmlrpc.client import DateTime
+
+from twisted.internet.defer import Deferred
+
+from ..core import errors, ids
+from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
+from ..upstream.client import AirflowClient
+from ..upstream.watch import RunWatcher
+
+DAG_RUN_STATES = ("queued", "running", "success", "failed")
+SETTABLE_RUN_STATES = ("success", "failed", "queued")
+MAX_PAGE = 100
+MAX_CONF_BYTES = 64 * 1024
+MAX_CONF_DEPTH = 16
+# Airflow keeps 1000 characters of note; the gateway's attribution line
+# takes the rest.
+MAX_NOTE_LENGTH = 700
+MAX_TAGS = 50
+#: How many pages of DAGs (of 100) list_dags reads to filter them for a
+#: caller who may read only some.
+MAX_SCAN_PAGES = 100
+
+_DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
+_RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
+_TASK_ID = Param("task_id", "string", "the task's id", id="task_id")
+
+
+def _check_id(method: str, kind: str, value: Any) -> str:
+    problem = ids.id_problem(kind, value)
+    if problem:
+        raise errors.InvalidParams(problem, method)
+    return value
+
+
+def _options(
+    method: str, name: str, value: dict[str, Any] | None, allowed: dict[str, str]
+) -> dict[str, Any]:
+    """Check an options struct against the XML-RPC types of its allowed keys."""
+    if value is None:
+        return {}
+    for key, item in value.items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise errors.InvalidParams(
+                f"unknown key {key[:64]!r} in {name} (known: {known})", method
+            )
+        if item is None:
+            continue
+        types = allowed[key].split("|")
+        if all(type_problem(t, item) for t in types):
+            raise errors.InvalidParams(
+                f"{name}.{key} must be {' or '.join(types)}", method
+            )
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def _page(method: str, name: str, opts: dict[str, Any], default_limit: int) -> tuple[int, int]:
+    limit = opts.get("limit", default_limit)
+    offset = opts.get("offset", 0)
+    if not 1 <= limit <= MAX_PAGE:
+        raise errors.InvalidParams(f"{name}.limit must be from 1 to {MAX_PAGE}", method)
+    if offset < 0:
+        raise errors.InvalidParams(f"{name}.offset must not be negative", method)
+    return limit, offset
+
+
+def _json_value(method: str, value: Any, depth: int = 0) -> None:
+    """Raise unless ``value`` is plain JSON data within the depth cap."""
+    if depth > MAX_CONF_DEPTH:
+        raise errors.InvalidParams(f"conf is nested deeper than {MAX_CONF_DEPTH}", method)
+    if isinstance(value, dict):
+        for item in value.values():
+            _json_value(method, item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _json_value(method, item, depth + 1)
+    elif not isinstance(value, (str, int, float, bool)):
+        raise errors.InvalidParams(
+            "conf may hold only strings, numbers, booleans, structs and arrays", method
+        )
+
+
+def _check_conf(method: str, conf: dict[str, Any]) -> dict[str, Any]:
+    _json_value(method, conf)
+    if len(json.dumps(conf)) > MAX_CONF_BYTES:
+        raise errors.InvalidParams(f"conf is larger than {MAX_CONF_BYTES} bytes", method)
+    return conf
+
+
+def _logical_date(method: str, value: Any) -> str:
+    """An aware ISO-8601 time (or an XML-RPC dateTime, taken as UTC) as UTC."""
+    if isinstance(value, DateTime):
+        value = value.value
+        try:
+            parsed = datetime.strptime(value, "%Y%m%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise errors.InvalidParams("options.logical_date is not a valid dateTime", method) from None
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise errors.InvalidParams(
+                "options.logical_date must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z",
+                method,
+            ) from None
+        if parsed.tzinfo is None:
+            raise errors.InvalidParams(
+                "options.logical_date must carry a time zone (e.g. a trailing Z)", method
+            )
+    return parsed.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def attribution(call: CallContext, note: str | None) -> str:
+    """
+    The note a triggered run carries in Airflow: who really asked, and the
+    request id that finds the call on the audit trail, above the caller's
+    own note.
+    """
+    name = getattr(call.principal, "name", "unknown")[:200]
+    line = f"Triggered through txairflowrpc by {name} (request {call.request_id})"
+    return line if not note else f"{line}\n\n{note}"
+
+
+def _same_conf(a: Any, b: Any) -> bool:
+    return json.dumps(a or {}, sort_keys=True) == json.dumps(b or {}, sort_keys=True)
+
+
+class AirflowMethods:
+    """
+    The methods that act on Airflow, plus ``ping`` and ``whoami``.
+
+    :param max_wait: the cap on ``wait_dag_run``'s timeout, in seconds.
+    """
+
+    def __init__(self, client: AirflowClient, watcher: RunWatcher, max_wait: int) -> None:
+        self._client = client
+        self._watcher = watcher
+        self._max_wait = max_wait
+
+    @rpc_method("ping", "string", scope=AUTHENTICATED)
+    def ping(self, call: CallContext) -> str:
+        """Answer "pong": the gateway is up and the caller is authenticated."""
+        return "pong"
+
+    @rpc_method("whoami", "struct", scope=AUTHENTICATED)
+    def whoami(self, call: CallContext) -> dict[str, Any]:
+        """
+        Who the gateway thinks the caller is: ``principal``, how it
+        authenticated (``authenticated_by``) and, for a client certificate,
+        its subject, SHA-256 fingerprint and expiry.
+        """
+        return call.principal.describe()
+
+    @rpc_method(
+        "list_dags", "struct",
+        Param("filters", "struct",
+              "pattern (string, case-insensitive substring with % and _ "
+              "wildcards), tags (array of strings: DAGs with any of them), "
+              "paused (boolean), limit (int 1-100, default 100), offset (int)",
+              required=False, keeps=()),
+        scope="dags:read", filtered=True,
+    )
+    def list_dags(self, call: CallContext, filters: dict[str, Any] | None = None) -> Deferred[Any]:
+        """
+        DAGs ordered by dag_id: ``dags`` (array of structs) and ``total``
+        (how many match, for paging with limit and offset).
+        """
+        m = "list_dags"
+        opts = _options(m, "filters", filters, {
+            "pattern": "string", "tags": "array", "paused": "boolean",
+            "limit": "int", "offset": "int",
+        })
+        limit, offset = _page(m, "filters", opts, MAX_PAGE)
+        pattern = opts.get("pattern")
+        if pattern is not None and (
+            len(pattern) > ids.MAX_ID_LENGTH
+            or not all(c.isascii() and (c.isalnum() or c in "_.-%") for c in pattern)
+        ):
+            raise errors.InvalidParams(
+                "filters.pattern may contain only letters, digits and '_.-%'", m
+            )
+        tags = opts.get("tags", [])
+        if len(tags) > MAX_TAGS or any(
+            not isinstance(t, str) or not t or len(t) > 100 for t in tags
+        ):
+            raise errors.InvalidParams(
+                f"filters.tags must be at most {MAX_TAGS} non-empty strings", m
+            )
+        grants = call.principal.grants
+        if grants.allows_every_dag("dags:read"):
+            return self._client.list_dags(
+                pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
+                offset=offset,
+            )
+        return Deferred.fromCoroutine(self._list_visible_dags(
+            grants, pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
+            offset=offset,
+        ))
+
+    async def _list_visible_dags(
+        self, grants: Any, *, limit: int, offset: int, **filters: Any
+    ) -> dict[str, Any]:
+        """
+        Only the DAGs the caller may read, paged after filtering, so that
+        neither the list nor ``total`` reveals the others.
+        """
+        visible: list[dict[str, Any]] = []
+        page = 0
+        while page < MAX_SCAN_PAGES:
+            batch = await self._client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
+            visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"]))
+            page += 1
+            if page * MAX_PAGE >= batch["total"]:
+                break
+        return {"dags": visible[offset:offset + limit], "total": len(visible)}
+
+    @rpc_method("get_dag", "struct", _DAG_ID, scope="dags:read", dag="dag_id")
+    def get_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
+        """One DAG: dag_id, is_paused, tags, owners, schedule and more."""
+        return self._client.get_dag(_check_id("get_dag", "dag_id", dag_id))
+
+    @rpc_method("pause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id")
+    def pause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
+        """Pause a DAG: no new runs are scheduled. Returns the DAG after the change."""
+        return self._client.set_dag_paused(_check_id("pause_dag", "dag_id", dag_id), True)
+
+    @rpc_method("unpause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id")
+    def unpause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
+        """Unpause a DAG. Returns the DAG after the change."""
+        return self._client.set_dag_paused(_check_id("unpause_dag", "dag_id", dag_id), False)
+
+    @rpc_method(
+        "trigger_dag", "struct", _DAG_ID,
+        Param("conf", "struct", "the run's conf (plain JSON data, at most 64 KiB)",
+              required=False),
+        Param("options", "struct",
+              "dag_run_id (string; makes the call idempotent), logical_date "
+              "(ISO-8601 string with a time zone, or dateTime taken as UTC), "
+              "note (string, at most 700 characters)", required=False,
+              keeps=("dag_run_id", "logical_date")),
+        scope="runs:trigger", dag="dag_id", conf="conf",
+    )
+    async def trigger_dag(
+        self, call: CallContext, dag_id: str, conf: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Start a run of a DAG. Returns the run, with ``created`` true. The run's
+        note in Airflow names the caller and the request id, above the
+        caller's own note (at most 700 characters).
+
+        With a dag_run_id the call is idempotent: if that run exists with the
+        same conf, it is returned with ``created`` false and nothing is
+        triggered; with another conf the call is a 409 fault.
+        """
+        m = "trigger_dag"
+        _check_id(m, "dag_id", dag_id)
+        conf = _check_conf(m, conf or {})
+        opts = _options(m, "options", options, {
+            "dag_run_id": "string", "logical_date": "string|dateTime.iso8601", "note": "string",
+        })
+        run_id = opts.get("dag_run_id")
+        if run_id is not None:
+            _check_id(m, "dag_run_id", run_id)
+        logical_date = opts.get("logical_date")
+        if logical_date is not None:
+            logical_date = _logical_date(m, logical_date)
+        note = opts.get("note")
+        if note is not None and len(note) > MAX_NOTE_LENGTH:
+            raise errors.InvalidParams(
+                f"options.note is longer than {MAX_NOTE_LENGTH} characters", m
+            )
+        try:
+            run = await self._client.trigger_dag_run(
+                dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date,
+                note=attribution(call, note),
+            )
+        except errors.Conflict:
+            if run_id is None:
+                raise
+            existing = await self._client.get_dag_run(dag_id, run_id)
+            if not _same_conf(existing.get("conf"), conf):
+                raise errors.Conflict(
+                    f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf"
+                ) from None
+            return {**existing, "created": False}
+        return {**run, "created": True}
+
+    @rpc_method("get_dag_run", "struct", _DAG_ID, _RUN_ID, scope="runs:read", dag="dag_id")
+    def get_dag_run(self, call: CallContext, dag_id: str, dag_run_id: str) -> Deferred[Any]:
+        """One run: state, dates, conf, note, run_type."""
+        m = "get_dag_run"
+        return self._client.get_dag_run(
+            _check_id(m, "dag_id", dag_id), _check_id(m, "dag_run_id", dag_run_id)
+        )
+
+    @rpc_method(
+        "list_dag_runs", "struct", _DAG_ID,
+        Param("filters", "struct",
+              "state (string or array of: queued, running, success, failed), "
+              "limit (int 1-100, default 25), offset (int)", required=False, keeps=()),
+        scope="runs:read", dag="dag_id",
+    )
+    def list_dag_runs(
+        self, call: CallContext, dag_id: str, filters: dict[str, Any] | None = None
+    ) -> Deferred[Any]:
+        """Runs of a DAG, newest first: ``dag_runs`` (array) and ``total``."""
+        m = "list_dag_runs"
+        _check_id(m, "dag_id", dag_id)
+        opts = _options(m, "filters", filters, {
+            "state": "string|array", "limit": "int", "offset": "int",
+        })
+        limit, offset = _page(m, "filters", opts, 25)
+        states = opts.get("state", [])
+        if isinstance(states, str):
+            states = [states]
+        if not all(isinstance(s, str) and s in DAG_RUN_STATES for s in states):
+            raise errors.InvalidParams(
+                f"filters.state must be among {', '.join(DAG_RUN_STATES)}", m
+            )
+        return self._client.list_dag_runs(dag_id, states=states, limit=limit, offset=offset)
+
+    @rpc_method(
+        "wait_dag_run", "struct", _DAG_ID, _RUN_ID,
+        Param("timeout_seconds", "int",
+              "how long to wait at most (default 60; capped by the gateway's "
+              "rpc.max_wait_seconds)", required=False, default=60),
+        scope="runs:read", dag="dag_id", deadline="timeout_seconds",
+    )
+    def wait_dag_run(
+        self, call: CallContext, dag_id: str, dag_run_id: str, timeout_seconds: int = 60
+    ) -> Deferred[Any]:
+        """
+        Wait until the run has finished (success or failed) or the timeout has
+        passed. Returns the run with ``finished`` true if it ended, else its
+        latest state with ``finished`` false.
+        """
+        m = "wait_dag_run"
+        _check_id(m, "dag_id", dag_id)
+        _check_id(m, "dag_run_id", dag_run_id)
+        if timeout_seconds < 0:
+            raise errors.InvalidParams("timeout_seconds must not be negative", m)
+        return self._watcher.wait(dag_id, dag_run_id, min(timeout_seconds, self._max_wait))
+
+    @rpc_method(
+        "set_dag_run_state", "struct", _DAG_ID, _RUN_ID,
+        Param("state", "string", "success, failed or queued"),
+        scope="runs:write", dag="dag_id",
+    )
+    def set_dag_run_state(
+        self, call: CallContext, dag_id: str, dag_run_id: str, state: str
+    ) -> Deferred[Any]:
+        """Mark a run success, failed or queued. Returns the run after the change."""
+        m = "set_dag_run_state"
+        _check_id(m, "dag_id", dag_id)
+        _check_id(m, "dag_run_id", dag_run_id)
+        if state not in SETTABLE_RUN_STATES:
+            raise errors.InvalidParams(
+                f"state must be one of {', '.join(SETTABLE_RUN_STATES)}", m
+            )
+        return self._client.set_dag_run_state(dag_id, dag_run_id, state)
+
+    @rpc_method(
+        "list_task_instances", "array", _DAG_ID, _RUN_ID, scope="runs:read", dag="dag_id"
+    )
+    def list_task_instances(
+        self, call: CallContext, dag_id: str, dag_run_id: str
+    ) -> Deferred[Any]:
+        """The task instances of a run: task_id, state, try_number, dates."""
+        m = "list_task_instances"
+        return self._client.list_task_instances(
+            _check_id(m, "dag_id", dag_id), _check_id(m, "dag_run_id", dag_run_id)
+        )
+
+    @rpc_method(
+        "clear_task_instances", "struct", _DAG_ID, _RUN_ID,
+        Param("options", "struct",
+              "task_ids (array of strings; default all tasks of the run), "
+              "only_failed (boolean, default false), dry_run (boolean, default "
+              "false: the tasks really are cleared and re-run)", required=False, keeps=()),
+        scope="tasks:clear", dag="dag_id",
+    )
+    async def clear_task_instances(
+        self, call: CallContext, dag_id: str, dag_run_id: str,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Clear task instances of a run so that they run again. Returns
+        ``task_instances`` (those cleared, or that would be with dry_run),
+        ``total`` and ``dry_run``.
+        """
+        m = "clear_task_instances"
+        _check_id(m, "dag_id", dag_id)
+        _check_id(m, "dag_run_id", dag_run_id)
+        opts = _options(m, "options", options, {
+            "task_ids": "array", "only_failed": "boolean", "dry_run": "boolean",
+        })
+        task_ids = opts.get("task_ids")
+        if task_ids is not None:
+            if not task_ids or len(task_ids) > MAX_PAGE:
+                raise errors.InvalidParams(
+                    f"options.task_ids must hold 1 to {MAX_PAGE} task ids", m
+                )
+            for task_id in task_ids:
+                _check_id(m, "task_id", task_id)
+        dry_run = opts.get("dry_run", False)
+        cleared = await self._client.clear_task_instances(
+            dag_id, dag_run_id, task_ids=task_ids,
+            only_failed=opts.get("only_failed", False), dry_run=dry_run,
+        )
+        return {"task_instances": cleared, "total": len(cleared), "dry_run": dry_run}
+
+    @rpc_method(
+        "get_task_log", "string", _DAG_ID, _RUN_ID, _TASK_ID,
+        Param("try_number", "int", "which try (default: the latest)", required=False),
+        scope="logs:read", dag="dag_id",
+    )
+    async def get_task_log(
+        self, call: CallContext, dag_id: str, dag_run_id: str, task_id: str,
+        try_number: int | None = None,
+    ) -> str:
+        """The log of one try of a task instance, as text."""
+        m = "get_task_log"
+        _check_id(m, "dag_id", dag_id)
+        _check_id(m, "dag_run_id", dag_run_id)
+        _check_id(m, "task_id", task_id)
+        if try_number is None:
+            ti = await self._client.get_task_instance(dag_id, dag_run_id, task_id)
+            try_number = ti.get("try_number") or 0
+            if try_number < 1:
+                raise errors.NotFound(
+                    f"log of task {task_id!r} in run {dag_run_id!r}: the task has not run yet"
+                )
+        elif try_number < 1:
+            raise errors.InvalidParams("try_number must be at least 1", m)
+        return await self._client.get_task_log(dag_id, dag_run_id, task_id, try_number)

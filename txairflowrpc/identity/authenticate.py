@@ -1,0 +1,203 @@
+"""
+Who is calling: the principal of each HTTP request.
+
+`Authenticator.authenticate` is the one place that decides it, once per
+HTTP request (so a ``system.multicall`` cannot be used to try many
+credentials).  A caller proves who it is with
+
+- a client certificate (verified by the TLS layer against the configured
+  CA), mapped to a configured principal by SAN, CN, fingerprint or SPKI
+  hash; a certificate that maps to no principal is refused;
+- a gateway token, as ``Authorization: Bearer arpc_...`` or, for clients
+  that only do basic auth, ``Authorization: Basic`` with the principal's
+  name and the token;
+- a JWT access token from a configured OIDC provider, as a bearer token:
+  the principal is ``<provider>/<sub>``.
+
+``[auth] client_certificate`` says whether a certificate is required (and
+then it names the principal) or optional (a token or JWT may authenticate
+instead); ``require_token`` asks for a token or JWT as well, naming the
+same principal.  Every failure is `Unauthenticated` (HTTP 401, before any
+XML is read); `txairflowrpc.identity.backoff` slows down a source that
+keeps failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from ..config import AccessConfig
+from . import oidc, tokens
+from .certificates import PeerCertificate, matches, peer_certificate
+from .principal import Principal
+from .scopes import Grants, Role
+
+
+@attrs.define(auto_exc=True)
+class Unauthenticated(Exception):
+    """The request proves no identity; answered with HTTP 401."""
+
+    reason: str
+
+
+@attrs.frozen
+class _Credential:
+    scheme: str  # "bearer" or "basic"
+    secret: str = attrs.field(repr=False)
+    username: str | None = None
+
+
+def _credential(request: Any) -> _Credential | None:
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(b" ")
+    value = value.strip()
+    if scheme.lower() == b"bearer" and value:
+        return _Credential("bearer", value.decode("latin-1"))
+    if scheme.lower() == b"basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthenticated("malformed basic credentials") from None
+        name, sep, secret = decoded.partition(":")
+        if not sep:
+            raise Unauthenticated("malformed basic credentials")
+        return _Credential("basic", secret, name)
+    raise Unauthenticated("unsupported Authorization scheme (use Bearer or Basic)")
+
+
+class Authenticator:
+    """
+    Authenticates requests against one version of the access config, token
+    store and key sets; a reload builds a new one.
+    """
+
+    def __init__(
+        self, access: AccessConfig, *, roles: dict[str, Role],
+        tokens_store: tokens.TokenStore | None, jwks: dict[str, oidc.JWKSet],
+        clock: IReactorTime,
+    ) -> None:
+        self.access = access
+        self.roles = roles
+        self.tokens = tokens_store
+        self.jwks = jwks
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+
+    def _grants(self, roles: tuple[str, ...]) -> Grants:
+        return Grants(tuple(self.roles[r] for r in roles if r in self.roles))
+
+    def authenticate(self, request: Any) -> Deferred[Principal]:
+        """The principal behind ``request``; fails with `Unauthenticated`."""
+        return Deferred.fromCoroutine(self._authenticate(request))
+
+    async def _authenticate(self, request: Any) -> Principal:
+        settings = self.access.auth
+        cert = peer_certificate(request.transport)
+        by_cert = self._from_certificate(cert) if cert is not None else None
+        credential = _credential(request)
+        by_credential = await self._from_credential(credential) if credential else None
+        if settings.client_certificate == "required" and by_cert is None:
+            raise Unauthenticated("a client certificate is required")
+        if settings.require_token and by_credential is None:
+            raise Unauthenticated("a token or OIDC access token is required as well")
+        if by_cert and by_credential:
+            if by_cert.name != by_credential.name:
+                raise Unauthenticated("the certificate and the token name different principals")
+            by_credential = attrs.evolve(
+                by_credential, method=f"client_certificate+{by_credential.method}",
+                certificate=cert,
+            )
+        principal = by_credential or by_cert
+        if principal is None:
+            raise Unauthenticated("no credentials: send a client certificate or a token")
+        return attrs.evolve(principal, warning_days=settings.expiry_warning_days)
+
+    def _from_certificate(self, cert: PeerCertificate) -> Principal:
+        for entry in self.access.principals.values():
+            if matches(entry, cert):
+                return Principal(
+                    name=entry.name, method="client_certificate", certificate=cert,
+                    roles=entry.roles, grants=self._grants(entry.roles),
+                )
+        raise Unauthenticated("the client certificate matches no principal")
+
+    async def _from_credential(self, credential: _Credential) -> Principal:
+        secret = credential.secret
+        if secret.startswith(tokens.PREFIX):
+            return self._from_token(credential)
+        if credential.scheme == "bearer" and oidc.looks_like_jwt(secret):
+            return await self._from_jwt(secret)
+        raise Unauthenticated("the credential is neither a gateway token nor a JWT")
+
+    def _from_token(self, credential: _Credential) -> Principal:
+        if self.tokens is None:
+            raise Unauthenticated("tokens are not accepted here")
+        try:
+            record = self.tokens.check(credential.secret, self._now())
+        except tokens.TokenError as e:
+            if not str(e).startswith("unknown token") or not self.tokens.changed():
+                raise Unauthenticated(str(e)) from None
+            # A token minted a moment ago: read the store now rather than at
+            # the next poll (a stat per unknown token; a read only on change).
+            try:
+                self.tokens = tokens.TokenStore.load(self.tokens.path)
+                record = self.tokens.check(credential.secret, self._now())
+            except (ValueError, tokens.TokenError) as again:
+                raise Unauthenticated(str(again)) from None
+        if credential.username is not None and credential.username != record.principal:
+            raise Unauthenticated("the basic-auth name is not the token's principal")
+        entry = self.access.principals.get(record.principal)
+        if entry is None:
+            raise Unauthenticated(f"token {record.id} names an unknown principal")
+        roles = record.roles if record.roles is not None else entry.roles
+        return Principal(
+            name=record.principal, method="token", token_id=record.id,
+            expires=record.expires, roles=roles, grants=self._grants(roles),
+        )
+
+    async def _from_jwt(self, token: str) -> Principal:
+        issuer = oidc.unverified_issuer(token)
+        try:
+            keyset = next(k for k in self.jwks.values() if k.provider.issuer == issuer)
+        except StopIteration:
+            raise Unauthenticated("JWT from an unknown issuer") from None
+        provider = keyset.provider
+        try:
+            keys = await keyset.key_for(token)
+            claims = oidc.verify_jwt(token, provider, keys, self._clock.seconds())
+        except oidc.JWTError as e:
+            raise Unauthenticated(f"JWT refused: {e}") from None
+        name = f"{provider.name}/{claims['sub']}"
+        roles = oidc.roles_from_claims(provider, claims)
+        entry = self.access.principals.get(name)
+        if entry is not None:
+            roles = tuple(dict.fromkeys((*roles, *entry.roles)))
+        return Principal(
+            name=name, method="oidc", oidc_issuer=provider.issuer, oidc_sub=claims["sub"],
+            expires=datetime.fromtimestamp(claims["exp"], timezone.utc),
+            roles=roles, grants=self._grants(roles),
+        )
+
+
+class Gate:
+    """
+    The current `Authenticator`, swapped whole by a reload, so that a
+    request is authenticated against one consistent version.
+    """
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.current = authenticator
+
+    def authenticate(self, request: Any) -> Deferred[Principal]:
+        return self.current.authenticate(request)

@@ -1,0 +1,272 @@
+"""
+Gateway tokens: minted once, shown once, stored only as a hash.
+
+A token looks like ``arpc_<id>_<secret><crc>``: a recognisable prefix and a
+checksum (CRC-32 of everything before it, base62) so that secret scanners
+can find leaked tokens and typos are refused without a lookup; the ``id``
+finds the stored record, and the secret is compared by hash in constant
+time.  Secrets have 190 bits of entropy, so a plain SHA-256 is enough.
+
+The store is one JSON file (`TokenStore`), written by the ``airflowrpc
+token`` CLI (atomically, under a lock) and read by the gateway, which
+reloads it when it changes: a revocation takes effect within seconds,
+without a restart.  Every token expires; a rotation gives the old one a
+short overlap, after which it dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import zlib
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+
+from ..core.timefmt import iso_seconds, parse_iso
+
+PREFIX = "arpc_"
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FORMAT = re.compile(r"arpc_([a-z0-9]{10})_([A-Za-z0-9]{32})([A-Za-z0-9]{6})\Z")
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(_BASE62[r])
+    return "".join(reversed(out))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), 6)
+
+
+def mint() -> tuple[str, str]:
+    """A new (token id, token)."""
+    token_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(10))
+    secret = "".join(secrets.choice(_BASE62) for _ in range(32))
+    body = f"{PREFIX}{token_id}_{secret}"
+    return token_id, body + _checksum(body)
+
+
+def parse(token: str) -> str | None:
+    """The id of a well-formed token with a valid checksum, else None."""
+    match = _FORMAT.match(token)
+    if match is None:
+        return None
+    body = token[:-6]
+    if not hmac.compare_digest(_checksum(body), match.group(3)):
+        return None
+    return match.group(1)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else parse_iso(value)
+
+
+@attrs.frozen
+class TokenRecord:
+    """What the store keeps of a token: never the token itself."""
+
+    id: str
+    sha256: str = attrs.field(repr=False)
+    principal: str
+    roles: tuple[str, ...] | None
+    created: datetime
+    expires: datetime
+    last_rotated: datetime | None = None
+    rotated_to: str | None = None
+    revoked: datetime | None = None
+
+    def state(self, now: datetime) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if now >= self.expires:
+            return "expired"
+        if self.rotated_to is not None:
+            return f"rotated (to {self.rotated_to})"
+        return "active"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "sha256": self.sha256, "principal": self.principal,
+            "roles": list(self.roles) if self.roles is not None else None,
+            "created": iso_seconds(self.created), "expires": iso_seconds(self.expires),
+            "last_rotated": iso_seconds(self.last_rotated) if self.last_rotated else None,
+            "rotated_to": self.rotated_to,
+            "revoked": iso_seconds(self.revoked) if self.revoked else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TokenRecord":
+        return cls(
+            id=str(data["id"]), sha256=str(data["sha256"]), principal=str(data["principal"]),
+            roles=tuple(data["roles"]) if data.get("roles") is not None else None,
+            created=_time(data["created"]), expires=_time(data["expires"]),  # type: ignore[arg-type]
+            last_rotated=_time(data.get("last_rotated")), rotated_to=data.get("rotated_to"),
+            revoked=_time(data.get("revoked")),
+        )
+
+
+class TokenError(Exception):
+    """A token was refused; the message is safe to log (no secret)."""
+
+
+@attrs.frozen
+class TokenStore:
+    """The tokens of one store file, as loaded at one moment."""
+
+    path: Path
+    records: dict[str, TokenRecord]
+    #: The file's modification time when it was read (None: no file).
+    mtime_ns: int | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenStore":
+        """Read the store; a missing file is an empty store. Raises ValueError."""
+        try:
+            mtime = os.stat(path).st_mtime_ns
+            raw = path.read_text("utf-8")
+        except FileNotFoundError:
+            return cls(path, {})
+        try:
+            data = json.loads(raw)
+            records = [TokenRecord.from_json(r) for r in data["tokens"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a token store: {e}") from None
+        return cls(path, {r.id: r for r in records}, mtime)
+
+    def changed(self) -> bool:
+        """Whether the file changed since it was read (one stat call)."""
+        try:
+            return os.stat(self.path).st_mtime_ns != self.mtime_ns
+        except OSError:
+            return self.mtime_ns is not None
+
+    def check(self, token: str, now: datetime) -> TokenRecord:
+        """
+        The record of a valid, live token; `TokenError` otherwise.
+
+        The hash comparison is constant-time; an unknown id costs the same
+        hashing as a known one.
+        """
+        token_id = parse(token)
+        if token_id is None:
+            raise TokenError("malformed token (bad format or checksum)")
+        record = self.records.get(token_id)
+        expected = record.sha256 if record is not None else "0" * 64
+        if not hmac.compare_digest(token_hash(token), expected) or record is None:
+            raise TokenError(f"unknown token {token_id}")
+        if record.revoked is not None:
+            raise TokenError(f"token {token_id} was revoked")
+        if now >= record.expires:
+            raise TokenError(f"token {token_id} expired")
+        return record
+
+
+# -- changes, made by the CLI ---------------------------------------------------
+
+
+class _Locked:
+    """The store file, locked for a read-modify-write by one CLI at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> dict[str, TokenRecord]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self.path.with_name(self.path.name + ".lock"),
+                             os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.records = dict(TokenStore.load(self.path).records)
+        return self.records
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        try:
+            if exc_type is None:
+                data = {"version": 1, "tokens": [r.to_json() for r in self.records.values()]}
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, self.path)
+        finally:
+            os.close(self._lock)
+
+
+def create(
+    path: Path, principal: str, roles: tuple[str, ...] | None, days: int, now: datetime
+) -> tuple[TokenRecord, str]:
+    """Mint and store a token; the token is returned once and kept nowhere."""
+    if days < 1:
+        raise ValueError("a token must live at least one day")
+    with _Locked(path) as records:
+        token_id, token = mint()
+        while token_id in records:
+            token_id, token = mint()
+        record = TokenRecord(
+            id=token_id, sha256=token_hash(token), principal=principal, roles=roles,
+            created=now, expires=now + timedelta(days=days),
+        )
+        records[token_id] = record
+    return record, token
+
+
+def rotate(
+    path: Path, token_id: str, days: int, overlap: timedelta, now: datetime
+) -> tuple[TokenRecord, TokenRecord, str]:
+    """
+    Issue a successor to a live token; the old one keeps working for
+    ``overlap``, then dies.  Returns (old, new, new token).
+    """
+    with _Locked(path) as records:
+        old = records.get(token_id)
+        if old is None:
+            raise ValueError(f"no token {token_id}")
+        if old.state(now) != "active":
+            raise ValueError(f"token {token_id} is {old.state(now)}; only an active token rotates")
+        new_id, token = mint()
+        new = TokenRecord(
+            id=new_id, sha256=token_hash(token), principal=old.principal, roles=old.roles,
+            created=now, expires=now + timedelta(days=days), last_rotated=now,
+        )
+        records[new_id] = new
+        old = attrs.evolve(old, expires=min(old.expires, now + overlap),
+                           last_rotated=now, rotated_to=new_id)
+        records[token_id] = old
+    return old, new, token
+
+
+def revoke(path: Path, token_id: str, now: datetime) -> TokenRecord:
+    with _Locked(path) as records:
+        record = records.get(token_id)
+        if record is None:
+            raise ValueError(f"no token {token_id}")
+        if record.revoked is None:
+            record = records[token_id] = attrs.evolve(record, revoked=now)
+    return record
+
+
+def listing(path: Path, now: datetime) -> Iterator[dict[str, str]]:
+    """What ``token list`` shows: never a secret, nor its hash."""
+    for r in sorted(TokenStore.load(path).records.values(), key=lambda r: r.created):
+        yield {
+            "id": r.id, "principal": r.principal,
+            "roles": ",".join(r.roles) if r.roles is not None else "(principal's)",
+            "created": iso_seconds(r.created), "expires": iso_seconds(r.expires), "state": r.state(now),
+        }

@@ -1,0 +1,88 @@
+"""
+The admin listener: plain HTTP, loopback by default, for probes.
+
+``GET /healthz`` answers 200 while the reactor runs (liveness).
+``GET /readyz`` answers 200 only if Airflow's health endpoint answers, the
+audit log is writable and no certificate of the listener (its own chain or
+the client CA bundle) expires within ``health.certificate_warning_days``;
+otherwise 503.  Both bodies are JSON and name each check, plus the
+counters of the limits (connections refused, slow clients dropped, calls
+rate-limited, circuit breaker state).  No secret is ever in them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from ..audit.log import AuditLog
+from ..config import Config
+
+
+def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
+    """Certificates of the listener that expire within ``days`` (or are unreadable)."""
+    problems = []
+    for key, path in (("tls.certificate", cfg.tls.certificate), ("tls.client_ca", cfg.tls.client_ca)):
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError):
+            problems.append(f"{key}: cannot read {path}")
+            continue
+        for cert in certs:
+            left = (cert.not_valid_after_utc - now).total_seconds() / 86400
+            if left < days:
+                problems.append(f"{key}: {cert.subject.rfc4514_string()} expires in "
+                                f"{left:.1f} days")
+    return problems
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(
+        self, *, config: Callable[[], Config], airflow_reachable: Callable[[], Deferred[bool]],
+        audit: AuditLog, counters: Callable[[], dict[str, Any]], clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._reachable = airflow_reachable
+        self._audit = audit
+        self._counters = counters
+        self._clock = clock
+
+    def render_GET(self, request: server.Request) -> Any:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if request.path == b"/healthz":
+            return json.dumps({"alive": True}).encode() + b"\n"
+        if request.path != b"/readyz":
+            request.setResponseCode(404)
+            return b'{"error": "not found: /healthz or /readyz"}\n'
+        self._reachable().addCallback(self._ready, request)
+        return server.NOT_DONE_YET
+
+    def _ready(self, airflow_ok: bool, request: server.Request) -> None:
+        cfg = self._config()
+        now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+        certs = certificate_problems(cfg, cfg.health.certificate_warning_days, now)
+        checks = {
+            "airflow": {"ok": airflow_ok,
+                        "detail": "reachable" if airflow_ok else "no answer from its health endpoint"},
+            "audit": {"ok": self._audit.failed is None,
+                      "detail": self._audit.failed or "writable"},
+            "certificates": {"ok": not certs, "detail": certs or "none expiring soon"},
+        }
+        ready = all(c["ok"] for c in checks.values())
+        body = {"ready": ready, "checks": checks, "counters": self._counters()}
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        request.setResponseCode(200 if ready else 503)
+        request.write(json.dumps(body).encode() + b"\n")
+        request.finish()

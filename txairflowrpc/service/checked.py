@@ -1,0 +1,69 @@
+"""
+A config file read and checked whole, as twistd does at start, a reload
+does, and ``airflowrpc config check`` does: the TOML, the roles it defines,
+the TLS certificates, the token store and the OIDC key files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import ssl
+from twisted.internet.interfaces import IReactorTime
+
+from .. import config as config_module
+from ..gate.tls import server_options
+from ..identity import oidc, tokens
+from ..identity.authenticate import Authenticator
+from ..identity.scopes import Role, build_roles
+
+
+@attrs.frozen
+class Checked:
+    """A config file read and checked whole: what the gateway runs on."""
+
+    config: config_module.Config
+    roles: dict[str, Role] = attrs.field(eq=False)
+    tls_options: ssl.CertificateOptions = attrs.field(eq=False)
+    tokens: tokens.TokenStore | None
+
+
+def load_checked(path: str | Path) -> Checked:
+    """
+    Read the config and every file it names; `ConfigError` naming the key
+    at fault.
+    """
+    cfg = config_module.load(path)
+    roles = build_roles(cfg.access)
+    options = server_options(cfg.tls, cfg.access.auth.client_certificate)
+    store = None
+    if cfg.access.auth.token_store is not None:
+        try:
+            store = tokens.TokenStore.load(cfg.access.auth.token_store)
+        except ValueError as e:
+            raise config_module.ConfigError("auth.token_store", str(e)) from None
+    for name, provider in cfg.access.oidc.items():
+        if provider.jwks is not None:
+            try:
+                oidc.parse_jwks(provider.jwks)
+            except ValueError as e:
+                raise config_module.ConfigError(f"oidc.{name}.jwks_file", str(e)) from None
+    return Checked(cfg, roles, options, store)
+
+
+def build_authenticator(
+    checked: Checked, *, http: Any, clock: IReactorTime, previous: Authenticator | None = None,
+) -> Authenticator:
+    """An `Authenticator` for a checked config; OIDC key sets carry over a reload."""
+    jwks = {}
+    for name, provider in checked.config.access.oidc.items():
+        keyset = oidc.JWKSet(provider, http=http, clock=clock)
+        if previous is not None and name in previous.jwks:
+            keyset.adopt(previous.jwks[name])
+        jwks[name] = keyset
+    return Authenticator(
+        checked.config.access, roles=checked.roles, tokens_store=checked.tokens, jwks=jwks,
+        clock=clock,
+    )

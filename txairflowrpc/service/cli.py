@@ -1,0 +1,161 @@
+"""
+The ``airflowrpc`` command, for operators and auditors.
+
+    airflowrpc token create --principal NAME [--roles R,...] [--days N]
+    airflowrpc token list | rotate ID | revoke ID
+    airflowrpc audit verify FILE...   check the audit chain (exit 1 if broken)
+    airflowrpc config check [FILE]    check a config file as twistd would
+
+The token commands take ``--config`` (default conf/airflowrpc.toml) to find
+the token store and the audit trail; each change is recorded there.  It
+works on files only: a running gateway picks the changes up by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import getpass
+import socket
+from datetime import datetime, timezone
+
+from .. import config as config_module
+from ..audit.chain import append_now
+from ..audit.verify import verify
+from ..identity import tokens
+from .checked import load_checked
+
+
+def _first_seq(path: Path) -> float:
+    try:
+        with path.open("rb") as f:
+            return float(json.loads(f.readline())["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def audit_verify(files: list[str]) -> int:
+    # Rotated files and the current one, in chain order whatever order the
+    # shell gave them in (audit.jsonl sorts before audit.jsonl.2026...).
+    paths = sorted((Path(f) for f in files), key=_first_seq)
+    whole, message = verify(paths)
+    print(message if whole else f"BROKEN: {message}")
+    return 0 if whole else 1
+
+
+def config_check(path: str) -> int:
+    try:
+        cfg = load_checked(path).config
+    except config_module.ConfigError as e:
+        print(f"{path}: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}, "
+          f"Airflow at {cfg.airflow.base_url}, audit to {cfg.audit.path})")
+    return 0
+
+
+def _load(path: str) -> config_module.Config:
+    try:
+        return config_module.load(path)
+    except config_module.ConfigError as e:
+        raise SystemExit(f"airflowrpc: {path}: {e}") from None
+
+
+def _store(cfg: config_module.Config) -> Path:
+    if cfg.access.auth.token_store is None:
+        raise SystemExit("airflowrpc: tokens are off: set [auth] token_store in the config")
+    return cfg.access.auth.token_store
+
+
+def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
+    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    append_now(cfg.audit.path, {"event": event, "actor": actor, **fields})
+
+
+def token_command(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    path = _store(cfg)
+    now = datetime.now(timezone.utc)
+    settings = cfg.access.auth
+    try:
+        if args.token_command == "create":
+            if args.principal not in cfg.access.principals:
+                raise ValueError(f"no principal {args.principal!r} in {args.config}")
+            roles = tuple(r for r in args.roles.split(",") if r) if args.roles else None
+            for role in roles or ():
+                if role not in cfg.access.roles:
+                    raise ValueError(f"no role {role!r} in {args.config}")
+            record, token = tokens.create(
+                path, args.principal, roles, args.days or settings.token_days, now)
+            _record(cfg, "token.created", token_id=record.id, principal=record.principal,
+                    roles=list(roles) if roles is not None else None,
+                    expires=record.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            print(token)
+            print(f"token {record.id} for {record.principal}, expires "
+                  f"{record.expires:%Y-%m-%d}. It is shown once and stored only as a hash.",
+                  file=sys.stderr)
+        elif args.token_command == "rotate":
+            old, new, token = tokens.rotate(
+                path, args.id, args.days or settings.token_days, settings.rotation_overlap, now)
+            _record(cfg, "token.rotated", token_id=old.id, new_token_id=new.id,
+                    principal=new.principal,
+                    old_expires=old.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            print(token)
+            print(f"token {new.id} replaces {old.id}, which keeps working until "
+                  f"{old.expires:%Y-%m-%dT%H:%M:%SZ}.", file=sys.stderr)
+        elif args.token_command == "revoke":
+            record = tokens.revoke(path, args.id, now)
+            _record(cfg, "token.revoked", token_id=record.id, principal=record.principal)
+            print(f"token {record.id} of {record.principal} is revoked.")
+        else:
+            rows = list(tokens.listing(path, now))
+            columns = ["id", "principal", "roles", "created", "expires", "state"]
+            widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+            print("  ".join(c.ljust(widths[c]) for c in columns))
+            for row in rows:
+                print("  ".join(row[c].ljust(widths[c]) for c in columns))
+    except ValueError as e:
+        print(f"airflowrpc: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    audit = commands.add_parser("audit", help="work with the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    check = audit_commands.add_parser(
+        "verify", help="report the first broken or missing record, or that the chain is whole")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    token = commands.add_parser("token", help="create, list, rotate and revoke tokens")
+    token.add_argument("--config", default="conf/airflowrpc.toml")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="mint a token (shown once)")
+    create.add_argument("--principal", required=True)
+    create.add_argument("--roles", help="comma-separated roles (default: the principal's)")
+    create.add_argument("--days", type=int, help="lifetime (default: [auth] token_days)")
+    token_commands.add_parser("list", help="list tokens (never their secrets)")
+    rotate = token_commands.add_parser("rotate", help="issue a successor; the old one "
+                                       "keeps working for [auth] rotation_overlap_seconds")
+    rotate.add_argument("id")
+    rotate.add_argument("--days", type=int)
+    revoke = token_commands.add_parser("revoke", help="revoke at once")
+    revoke.add_argument("id")
+    cfg = commands.add_parser("config", help="work with the config file")
+    cfg_commands = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_check = cfg_commands.add_parser("check", help="check a config file as twistd would")
+    cfg_check.add_argument("path", nargs="?", default="conf/airflowrpc.toml")
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        return token_command(args)
+    if args.command == "audit":
+        return audit_verify(args.files)
+    return config_check(args.path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""
+``twistd airflowrpc``: the command-line options and the service they build.
+
+`Options` loads and checks the config file (so a bad config stops twistd
+with one line naming the key), and `makeService` wires the parts together:
+the audit log and its writer thread, the pooled treq client to Airflow, the
+run watcher, the method table, the XML-RPC resource, the TLS listener and
+the admin listener.  The reactor is a parameter so tests can pass a fake one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Callable
+
+import attrs
+from treq.client import HTTPClient
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.python import usage
+from twisted.web import server
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from .. import __version__
+from .. import config as config_module
+from ..audit.log import AuditLog, RunBlocking
+from ..gate.dispatch import Dispatcher
+from ..gate.limits import CallLimits
+from ..gate.methods import AirflowMethods
+from ..gate.resource import RPCResource, root
+from ..gate.site import GatewaySite
+from ..gate.tls import ReloadableTLS
+from ..identity.authenticate import Gate
+from ..identity.backoff import Backoff
+from ..identity.policy import ScopePolicy
+from ..identity.principal import Principal
+from ..upstream.breaker import CircuitBreaker
+from ..upstream.client import AirflowClient
+from ..upstream.watch import RunWatcher
+from .admin import HealthResource
+from .checked import Checked, build_authenticator, load_checked
+from .reload import HangUp, Reloader
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "XML-RPC gateway to Apache Airflow over mutual TLS. "
+        "See conf/airflowrpc.toml for the config file."
+    )
+    optParameters = [
+        ["config", "c", "conf/airflowrpc.toml", "Path to the TOML config file."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["checked"] = load_checked(self["config"])
+        except config_module.ConfigError as e:
+            # One line on stderr and exit status 1: twistd would print its
+            # whole usage text above a UsageError, burying the problem.
+            raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
+
+
+class _PoolService(service.Service):
+    """Closes the Airflow connection pool when the gateway stops."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._pool.closeCachedConnections()
+
+
+class AuditService(service.Service):
+    """
+    Owns the audit log and its one writer thread; records service start
+    and stop as administrative events.
+    """
+
+    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str) -> None:
+        self.audit = audit
+        self._threads = threads
+        self._config_path = config_path
+
+    def startService(self) -> None:
+        super().startService()
+        self._threads.start()
+        self.audit.append({
+            "event": "service.start", "version": __version__, "config": self._config_path,
+        }).addErrback(lambda f: None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.audit.append({"event": "service.stop"}).addErrback(lambda f: None)
+        d = self.audit.close()
+        d.addBoth(lambda _: self._threads.stop())
+        return d
+
+
+def open_audit(
+    cfg: config_module.AuditConfig, clock: IReactorTime, run_blocking: RunBlocking
+) -> AuditLog:
+    audit = AuditLog(
+        cfg.path, clock=clock, run_blocking=run_blocking, instance=secrets.token_hex(6),
+        rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
+    )
+    audit.open()
+    return audit
+
+
+@attrs.define
+class Parts:
+    """What `build_site` made, for the service and the health endpoint."""
+
+    site: GatewaySite
+    client: AirflowClient
+    breaker: CircuitBreaker
+    limits: CallLimits
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "open_connections": self.site.open_connections,
+            "refused_connections": self.site.refused_connections,
+            "slow_clients_dropped": self.site.slow_dropped,
+            "calls_rate_limited": self.limits.refused,
+            "circuit": self.breaker.state,
+            "calls_failed_fast": self.breaker.rejected,
+        }
+
+
+def build_site(
+    cfg: config_module.Config, clock: IReactorTime, http: Any, audit: AuditLog | None,
+    authenticate: Callable[[Any], "Deferred[Principal]"],
+    backoff: Backoff | None = None,
+) -> Parts:
+    """The web site of the gateway, calling Airflow through ``http``."""
+    breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
+                             reset_seconds=cfg.airflow.breaker_reset_seconds)
+    client = AirflowClient(
+        http=http, clock=clock, base_url=cfg.airflow.base_url,
+        username=cfg.airflow.username, password=cfg.airflow.password,
+        timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
+        breaker=breaker, max_in_flight=cfg.airflow.max_in_flight,
+    )
+    watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
+    limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
+                        max_in_flight=cfg.limits.max_in_flight)
+    dispatcher = Dispatcher(
+        [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
+        policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
+        audit=audit, redact_keys=cfg.audit.redact_keys, limits=limits,
+        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
+    )
+    rpc = RPCResource(
+        dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
+        clock=clock, audit=audit, backoff=backoff,
+    )
+    site = GatewaySite(root(rpc), audit=audit, clock=clock, limits=cfg.limits,
+                       max_body_bytes=cfg.rpc.max_body_bytes)
+    return Parts(site, client, breaker, limits)
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    checked: Checked = options["checked"]
+    cfg = checked.config
+    top = service.MultiService()
+
+    threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
+    audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f))
+    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = cfg.airflow.max_connections
+    http = HTTPClient(Agent(reactor, pool=pool))
+    _PoolService(pool).setServiceParent(top)
+
+    gate = Gate(build_authenticator(checked, http=http, clock=reactor))
+    tls = ReloadableTLS(checked.tls_options)
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit)
+    reloader.setServiceParent(top)
+    HangUp(reactor, reloader.reload).setServiceParent(top)
+
+    backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
+    parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff)
+    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
+    StreamServerEndpointService(endpoint, parts.site).setServiceParent(top)
+
+    if cfg.health.port:
+        health = HealthResource(
+            config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
+            audit=audit, counters=parts.counters, clock=reactor,
+        )
+        admin = TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
+        StreamServerEndpointService(admin, server.Site(health, reactor=reactor)).setServiceParent(top)
+    return top

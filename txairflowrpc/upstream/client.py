@@ -1,0 +1,512 @@
+"""
+The gateway's only way to Airflow: a client for Airflow 3's REST API (v2).
+
+`AirflowClient` speaks to Airflow with treq over a persistent connection
+pool, with an explicit reactor and one deadline for every exchange.  It
+logs in with ``POST /auth/token``, keeps the JWT until shortly before it
+expires, fetches a new one once when Airflow answers 401, and shares one
+login among all calls that need it at the same moment.
+
+Reads are retried with a jittered back-off; a circuit breaker makes calls
+fail fast while Airflow is down and lets a probe through to notice that it
+is back; a cap on requests in flight protects Airflow from a burst.
+
+Its methods take validated ids and return plain dicts in the gateway's own
+shapes (`txairflowrpc.upstream.shapes`), so that the XML-RPC layer never
+sees an Airflow response as such.  Every failure is one of the
+`txairflowrpc.errors` types; Airflow's own error texts never leave here.
+Every returned Deferred can be cancelled, which abandons the HTTP request.
+"""
+
+from __future__ import annotations
+
+import json
+from random import Random
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+
+from ..core import errors, ids
+from ..core.calltrace import note_airflow_status
+from ..core.encoding import b64url_decode
+from ..core.singleflight import SingleFlight
+from .breaker import CircuitBreaker
+from .shapes import format_log_content, items, shape_dag, shape_run, shape_task_instance
+
+_NOTHING = object()
+
+#: How many pages of a task log are read at most.
+MAX_LOG_PAGES = 50
+#: First retry waits up to this (jittered), doubling each time.
+RETRY_BASE_SECONDS = 0.25
+
+
+def _jwt_lifetime(token: str) -> float | None:
+    """Seconds between a JWT's ``iat`` and ``exp``, if it says."""
+    try:
+        claims = json.loads(b64url_decode(token.split(".")[1]))
+        return float(claims["exp"]) - float(claims["iat"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _upstream_timeout(result: Any, timeout: float) -> Failure:
+    return Failure(errors.UpstreamTimeout(timeout))
+
+
+def _invalid_jwt(body: Any) -> bool:
+    """Airflow's 403 for a token it cannot verify (e.g. signed before a restart)."""
+    return isinstance(body, dict) and body.get("detail") == "Invalid JWT token"
+
+
+def _rejected_fields(body: Any) -> list[str]:
+    """The field names in a 422 ``detail`` list, never their messages."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    names = []
+    if isinstance(detail, list):
+        for item in detail:
+            loc = item.get("loc") if isinstance(item, dict) else None
+            if isinstance(loc, list) and loc:
+                name = str(loc[-1])
+                if name.replace("_", "").isalnum() and len(name) < 64:
+                    names.append(name)
+    return sorted(set(names))
+
+
+@attrs.frozen
+class _Answer:
+    status: int
+    body: Any
+
+
+class AirflowClient:
+    """
+    Airflow 3 REST API v2, as the gateway needs it.
+
+    :param http: a treq ``HTTPClient`` (or ``treq.testing.StubTreq``).
+    :param clock: what runs deadlines and back-offs (the reactor).
+    :param timeout: seconds for each HTTP exchange, body included.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: Any,
+        clock: IReactorTime,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: float,
+        retries: int = 2,
+        breaker: CircuitBreaker | None = None,
+        max_in_flight: int = 64,
+        random: Random | None = None,
+    ) -> None:
+        self._http = http
+        self._retries = retries
+        self._breaker = breaker
+        self._slots = DeferredSemaphore(max_in_flight)
+        self._random = random or Random()
+        self._clock = clock
+        self._base = base_url.rstrip("/")
+        self._credentials = {"username": username, "password": password}
+        self._timeout = timeout
+        self._jwt: str | None = None
+        self._jwt_renew_at = 0.0
+        self._login: SingleFlight[str] = SingleFlight()
+        #: How many times the client logged in; for tests and metrics.
+        self.logins = 0
+
+    # -- transport -------------------------------------------------------
+
+    async def _exchange(
+        self, method: str, url: str, headers: dict[str, str], body: Any, params: Any
+    ) -> _Answer:
+        kwargs: dict[str, Any] = {"headers": headers, "reactor": self._clock}
+        if body is not _NOTHING:
+            kwargs["json"] = body
+        if params:
+            kwargs["params"] = params
+        response = await self._http.request(method, url, **kwargs)
+        content = await response.content()
+        if not content:
+            return _Answer(response.code, None)
+        try:
+            return _Answer(response.code, json.loads(content))
+        except ValueError:
+            if 200 <= response.code < 300:
+                raise errors.UpstreamError(
+                    "Airflow answered with a body that is not JSON", response.code
+                ) from None
+            return _Answer(response.code, None)
+
+    async def _send(
+        self, method: str, path: str, *, token: str | None, body: Any = _NOTHING,
+        params: Any = None, accept: str = "application/json",
+    ) -> _Answer:
+        """
+        One HTTP exchange, through the circuit breaker and the cap on
+        requests in flight to Airflow.
+        """
+        if self._breaker is not None:
+            self._breaker.before()
+        if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
+            raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if self._breaker is not None:
+                self._breaker.abandon()
+            raise
+        try:
+            answer = await self._exchange_with_deadline(method, path, token, body, params, accept)
+        except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
+            if self._breaker is not None:
+                self._breaker.failure()
+            raise
+        except BaseException:
+            if self._breaker is not None:
+                self._breaker.abandon()
+            raise
+        finally:
+            self._slots.release()
+        if self._breaker is not None:
+            if answer.status >= 500:
+                self._breaker.failure()
+            else:
+                self._breaker.success()
+        return answer
+
+    async def _exchange_with_deadline(
+        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
+    ) -> _Answer:
+        headers = {"Accept": accept}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        # One deadline covers connecting, the request, and reading the body.
+        d = Deferred.fromCoroutine(
+            self._exchange(method, self._base + path, headers, body, params)
+        )
+        # When the deadline passes, whatever the cancelled request fails with
+        # (treq reports ResponseNeverReceived) becomes an upstream timeout.
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_upstream_timeout)
+        try:
+            return await d
+        except errors.GatewayError:
+            raise
+        except CancelledError:
+            raise
+        except (ConnectError, DNSLookupError):
+            raise errors.UpstreamUnavailable("Airflow refused the connection") from None
+        except (ResponseFailed, ResponseNeverReceived) as e:
+            if any(r.check(CancelledError) for r in e.reasons):
+                raise CancelledError() from None  # our caller gave up: not Airflow's fault
+            raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
+        except Exception:
+            raise errors.UpstreamError("the exchange with Airflow failed") from None
+
+    def reachable(self) -> Deferred[bool]:
+        """
+        Whether Airflow's unauthenticated health endpoint answers 200, for
+        the readiness probe.  Bypasses the circuit breaker so that it tells
+        the truth; never fails.
+        """
+
+        async def probe() -> bool:
+            try:
+                answer = await self._exchange_with_deadline(
+                    "GET", "/api/v2/monitor/health", None, _NOTHING, None, "application/json"
+                )
+            except (errors.GatewayError, CancelledError):
+                return False
+            return answer.status == 200
+
+        return Deferred.fromCoroutine(probe())
+
+    # -- login -----------------------------------------------------------
+
+    async def _token(self) -> str:
+        if self._jwt is not None and self._clock.seconds() < self._jwt_renew_at:
+            return self._jwt
+        return await self._login.run(lambda: Deferred.fromCoroutine(self._log_in()))
+
+    async def _log_in(self) -> str:
+        self.logins += 1
+        answer = await self._send(
+            "POST", "/auth/token", token=None, body=self._credentials
+        )
+        token = answer.body.get("access_token") if isinstance(answer.body, dict) else None
+        if answer.status in (401, 403):
+            raise errors.UpstreamError(
+                "Airflow rejected the gateway's own credentials", answer.status
+            )
+        if answer.status not in (200, 201) or not isinstance(token, str):
+            raise errors.UpstreamError(
+                f"Airflow's login answered HTTP {answer.status}", answer.status
+            )
+        lifetime = _jwt_lifetime(token) or 300.0
+        # Renew well before expiry: at 90% of the lifetime, or a minute before.
+        self._jwt_renew_at = self._clock.seconds() + max(
+            0.0, min(lifetime * 0.9, lifetime - 60.0)
+        )
+        self._jwt = token
+        return token
+
+    # -- one API call ----------------------------------------------------
+
+    async def _api(
+        self, method: str, path: str, *, what: str, body: Any = _NOTHING,
+        params: Any = None, conflict: str | None = None, retry: bool | None = None,
+    ) -> Any:
+        """
+        Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer.
+
+        ``what`` names the object for a 404 (``DAG 'etl'``); ``conflict``
+        says what a 409 means for this call.  Reads and idempotent changes
+        (GET, PATCH; POST only with ``retry=True``) are retried, after a
+        jittered exponential back-off, when Airflow is unreachable, times
+        out or answers 502/503/504 -- never while the circuit is open.
+        """
+        retry = method in ("GET", "PATCH") if retry is None else retry
+        attempt = 0
+        while True:
+            try:
+                return await self._api_once(method, path, what=what, body=body,
+                                            params=params, conflict=conflict)
+            except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
+                transient = not isinstance(e, errors.UpstreamError) or e.status in (502, 503, 504)
+                if not retry or not transient or attempt >= self._retries:
+                    raise
+            attempt += 1
+            delay = self._random.uniform(0, RETRY_BASE_SECONDS * 2 ** attempt)
+            await deferLater(self._clock, delay)
+
+    async def _api_once(
+        self, method: str, path: str, *, what: str, body: Any, params: Any,
+        conflict: str | None,
+    ) -> Any:
+        full = "/api/v2/" + path
+        token = await self._token()
+        answer = await self._send(method, full, token=token, body=body, params=params)
+        if answer.status == 401 or (answer.status == 403 and _invalid_jwt(answer.body)):
+            # The token expired, or Airflow restarted with a new secret.
+            if self._jwt == token:
+                self._jwt = None
+            token = await self._token()
+            answer = await self._send(method, full, token=token, body=body, params=params)
+        status = answer.status
+        note_airflow_status(status)
+        if 200 <= status < 300:
+            return answer.body
+        if status == 404:
+            raise errors.NotFound(what)
+        if status == 409:
+            raise errors.Conflict(conflict or f"Airflow refused the change to {what}")
+        if status in (400, 422):
+            fields = _rejected_fields(answer.body)
+            named = f" (fields: {', '.join(fields)})" if fields else ""
+            raise errors.InvalidParams(f"Airflow rejected the request for {what}{named}")
+        if status in (401, 403):
+            raise errors.UpstreamError(
+                f"Airflow refused the gateway's service account (HTTP {status})", status
+            )
+        if status in (429, 503):
+            raise errors.UpstreamUnavailable(f"Airflow is overloaded (HTTP {status})")
+        raise errors.UpstreamError(f"Airflow answered HTTP {status}", status)
+
+    def _call(self, coroutine: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(coroutine)
+
+    # -- DAGs --------------------------------------------------------------
+
+    def list_dags(
+        self, *, pattern: str | None, tags: list[str], paused: bool | None,
+        limit: int, offset: int,
+    ) -> Deferred[dict[str, Any]]:
+        """DAGs (``dags``, shaped) and ``total``, ordered by dag_id."""
+        params: list[tuple[str, str]] = [
+            ("limit", str(limit)), ("offset", str(offset)), ("order_by", "dag_id"),
+        ]
+        if pattern:
+            params.append(("dag_id_pattern", pattern))
+        if paused is not None:
+            params.append(("paused", "true" if paused else "false"))
+        params.extend(("tags", t) for t in tags)
+
+        async def run() -> dict[str, Any]:
+            body = await self._api("GET", "dags", what="DAGs", params=params)
+            dags, total = items(body, "dags")
+            return {"dags": [shape_dag(d) for d in dags], "total": total}
+
+        return self._call(run())
+
+    def get_dag(self, dag_id: str) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            body = await self._api("GET", ids.path("dags", dag_id), what=f"DAG {dag_id!r}")
+            return shape_dag(body)
+
+        return self._call(run())
+
+    def set_dag_paused(self, dag_id: str, paused: bool) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            body = await self._api(
+                "PATCH", ids.path("dags", dag_id), what=f"DAG {dag_id!r}",
+                body={"is_paused": paused}, params=[("update_mask", "is_paused")],
+            )
+            return shape_dag(body)
+
+        return self._call(run())
+
+    # -- DAG runs ----------------------------------------------------------
+
+    def trigger_dag_run(
+        self, dag_id: str, *, dag_run_id: str | None, conf: dict[str, Any],
+        logical_date: str | None, note: str | None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Create a run; `errors.Conflict` if ``dag_run_id`` is taken.
+
+        Retried only with a ``dag_run_id``: then a retry of a trigger that
+        did reach Airflow meets a 409, never a second run.
+        """
+        body: dict[str, Any] = {"logical_date": logical_date, "conf": conf}
+        if dag_run_id is not None:
+            body["dag_run_id"] = dag_run_id
+        if note is not None:
+            body["note"] = note
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "POST", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
+                body=body,
+                conflict=f"DAG {dag_id!r} already has a run with this dag_run_id",
+                retry=dag_run_id is not None,
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    def get_dag_run(self, dag_id: str, dag_run_id: str) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    def list_dag_runs(
+        self, dag_id: str, *, states: list[str], limit: int, offset: int
+    ) -> Deferred[dict[str, Any]]:
+        """Runs of a DAG, newest first (``dag_runs``, shaped) and ``total``."""
+        params = [("limit", str(limit)), ("offset", str(offset)), ("order_by", "-run_after")]
+        params.extend(("state", s) for s in states)
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
+                params=params,
+            )
+            runs, total = items(data, "dag_runs")
+            return {"dag_runs": [shape_run(r) for r in runs], "total": total}
+
+        return self._call(run())
+
+    def set_dag_run_state(
+        self, dag_id: str, dag_run_id: str, state: str
+    ) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "PATCH", ids.path("dags", dag_id, "dagRuns", dag_run_id),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}", body={"state": state},
+                params=[("update_mask", "state")],
+            )
+            return shape_run(data)
+
+        return self._call(run())
+
+    # -- task instances ----------------------------------------------------
+
+    def list_task_instances(
+        self, dag_id: str, dag_run_id: str
+    ) -> Deferred[list[dict[str, Any]]]:
+        async def run() -> list[dict[str, Any]]:
+            data = await self._api(
+                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances"),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
+                params=[("limit", "100")],
+            )
+            tis, _ = items(data, "task_instances")
+            return [shape_task_instance(t) for t in tis]
+
+        return self._call(run())
+
+    def get_task_instance(
+        self, dag_id: str, dag_run_id: str, task_id: str
+    ) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "GET",
+                ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id),
+                what=f"task {task_id!r} in run {dag_run_id!r} of DAG {dag_id!r}",
+            )
+            return shape_task_instance(data)
+
+        return self._call(run())
+
+    def clear_task_instances(
+        self, dag_id: str, dag_run_id: str, *, task_ids: list[str] | None,
+        only_failed: bool, dry_run: bool,
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Clear (re-run) task instances of one run; the ones cleared."""
+        body: dict[str, Any] = {
+            "dag_run_id": dag_run_id, "dry_run": dry_run, "only_failed": only_failed,
+        }
+        if task_ids is not None:
+            body["task_ids"] = task_ids
+
+        async def run() -> list[dict[str, Any]]:
+            data = await self._api(
+                "POST", ids.path("dags", dag_id, "clearTaskInstances"),
+                what=f"run {dag_run_id!r} of DAG {dag_id!r}", body=body,
+            )
+            tis, _ = items(data, "task_instances")
+            return [shape_task_instance(t) for t in tis]
+
+        return self._call(run())
+
+    def get_task_log(
+        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int
+    ) -> Deferred[str]:
+        """The log of one try of a task, as text lines."""
+        what = f"log of try {try_number} of task {task_id!r} in run {dag_run_id!r}"
+        path = ids.path(
+            "dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id, "logs",
+            str(try_number),
+        )
+
+        async def run() -> str:
+            lines: list[str] = []
+            token: str | None = None
+            for _ in range(MAX_LOG_PAGES):
+                params = [("full_content", "true")]
+                if token:
+                    params.append(("token", token))
+                data = await self._api("GET", path, what=what, params=params)
+                if not isinstance(data, dict):
+                    raise errors.UpstreamError("Airflow answered with an unexpected log")
+                lines.extend(format_log_content(data.get("content")))
+                next_token = data.get("continuation_token")
+                if not isinstance(next_token, str) or not next_token or next_token == token:
+                    break
+                token = next_token
+            return "\n".join(lines) + ("\n" if lines else "")
+
+        return self._call(run())

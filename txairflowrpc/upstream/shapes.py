@@ -1,0 +1,88 @@
+"""
+Airflow's documents in the gateway's own shapes.
+
+Only the fields named here leave the upstream layer, in Airflow's own
+names; anything else Airflow sends (file locations, internal tokens) stays
+inside.  A document that is not what Airflow's API promises is an
+`errors.UpstreamError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..core import errors
+
+#: Fields of a DAG, DAG run and task instance that the gateway returns, in
+#: Airflow's own names.  Anything else Airflow sends (file locations,
+#: internal tokens) stays inside.
+_DAG_FIELDS = (
+    "dag_id", "dag_display_name", "description", "is_paused", "is_stale",
+    "owners", "timetable_summary", "timetable_description", "max_active_runs",
+    "max_active_tasks", "has_import_errors", "last_parsed_time",
+    "next_dagrun_logical_date", "next_dagrun_run_after",
+)
+_RUN_FIELDS = (
+    "dag_id", "dag_run_id", "state", "run_type", "triggered_by",
+    "triggering_user_name", "logical_date", "run_after", "queued_at",
+    "start_date", "end_date", "duration", "data_interval_start",
+    "data_interval_end", "conf", "note",
+)
+_TASK_INSTANCE_FIELDS = (
+    "task_id", "task_display_name", "dag_id", "dag_run_id", "map_index",
+    "state", "try_number", "max_tries", "operator", "operator_name",
+    "start_date", "end_date", "duration", "queued_when", "pool", "queue",
+)
+
+def _pick(data: Any, fields: Iterable[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise errors.UpstreamError("Airflow answered with an unexpected document")
+    return {f: data[f] for f in fields if data.get(f) is not None}
+
+
+def shape_dag(data: Any) -> dict[str, Any]:
+    dag = _pick(data, _DAG_FIELDS)
+    tags = data.get("tags") or []
+    dag["tags"] = sorted(
+        t["name"] if isinstance(t, dict) else str(t)
+        for t in tags
+        if (isinstance(t, dict) and isinstance(t.get("name"), str)) or isinstance(t, str)
+    )
+    return dag
+
+
+def shape_run(data: Any) -> dict[str, Any]:
+    return _pick(data, _RUN_FIELDS)
+
+
+def shape_task_instance(data: Any) -> dict[str, Any]:
+    return _pick(data, _TASK_INSTANCE_FIELDS)
+
+
+def items(data: Any, key: str) -> tuple[list[Any], int]:
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise errors.UpstreamError("Airflow answered with an unexpected document")
+    total = data.get("total_entries")
+    return data[key], total if isinstance(total, int) else len(data[key])
+
+
+def format_log_content(content: Any) -> list[str]:
+    """Airflow 3's structured log entries (or plain text) as text lines."""
+    if isinstance(content, str):
+        return content.splitlines()
+    if not isinstance(content, list):
+        return []
+    lines = []
+    for entry in content:
+        if isinstance(entry, str):
+            lines.append(entry)
+        elif isinstance(entry, dict):
+            parts = [
+                str(entry[k]) for k in ("timestamp", "level") if entry.get(k) is not None
+            ]
+            if parts and "level" in entry:
+                parts[-1] = f"[{parts[-1]}]"
+            event = entry.get("event")
+            parts.append("" if event is None else str(event))
+            lines.append(" ".join(parts))
+    return lines

@@ -1,0 +1,166 @@
+"""
+Waiting for DAG runs to finish without one poll loop per waiter.
+
+`RunWatcher.wait` is what ``wait_dag_run`` calls.  However many callers
+wait on the same run, one loop polls Airflow for it, every
+``poll_interval`` seconds, and stops when the run ends or nobody waits any
+more.  Each waiter has its own deadline and can be cancelled on its own
+(a caller that disconnects); cancelling the last waiter stops the loop and
+abandons its request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..core import errors
+
+#: States after which a DAG run never changes by itself.
+FINISHED_STATES = frozenset({"success", "failed"})
+
+_log = Logger()
+
+Fetch = Callable[[str, str], "Deferred[dict[str, Any]]"]
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    deferred: Deferred[dict[str, Any]]
+    timer: IDelayedCall | None = None
+    due: bool = False
+
+
+@attrs.define(eq=False)
+class _Watch:
+    key: tuple[str, str]
+    waiters: list[_Waiter] = attrs.Factory(list)
+    last: dict[str, Any] | None = None
+    fetching: Deferred[Any] | None = None
+    next_poll: IDelayedCall | None = None
+
+
+def _answer(run: dict[str, Any]) -> dict[str, Any]:
+    return {**run, "finished": run.get("state") in FINISHED_STATES}
+
+
+class RunWatcher:
+    """
+    One poll loop per watched run, shared by all its waiters.
+
+    :param fetch: ``fetch(dag_id, dag_run_id)`` gives the run's shaped dict.
+    """
+
+    def __init__(self, fetch: Fetch, clock: IReactorTime, poll_interval: float) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._interval = poll_interval
+        self._watches: dict[tuple[str, str], _Watch] = {}
+        #: How many times Airflow was asked; for tests and metrics.
+        self.polls = 0
+
+    @property
+    def watched(self) -> int:
+        """How many runs are being watched now."""
+        return len(self._watches)
+
+    def wait(self, dag_id: str, dag_run_id: str, timeout: float) -> Deferred[dict[str, Any]]:
+        """
+        The run, with ``finished`` true, once it has finished; or, after
+        ``timeout`` seconds, its last known state with ``finished`` false.
+
+        Fails with the fetch's error if the run cannot be read at first
+        (e.g. `errors.NotFound`).  Cancellable.
+        """
+        key = (dag_id, dag_run_id)
+        watch = self._watches.get(key)
+        started = watch is None
+        if watch is None:
+            watch = self._watches[key] = _Watch(key)
+        waiter = _Waiter(Deferred(lambda d: self._cancelled(watch, waiter)))
+        waiter.timer = self._clock.callLater(timeout, self._expired, watch, waiter)
+        watch.waiters.append(waiter)
+        if started:
+            self._poll(watch)
+        return waiter.deferred
+
+    def _poll(self, watch: _Watch) -> None:
+        watch.next_poll = None
+        self.polls += 1
+        d = watch.fetching = self._fetch(*watch.key)
+        d.addCallbacks(self._got, self._failed, (watch,), None, (watch,))
+        d.addErrback(lambda f: _log.failure("run watch failed", f))
+
+    def _got(self, run: dict[str, Any], watch: _Watch) -> None:
+        watch.fetching = None
+        watch.last = run
+        if run.get("state") in FINISHED_STATES:
+            self._finish(watch, lambda w: w.deferred.callback(_answer(run)))
+            return
+        for waiter in [w for w in watch.waiters if w.due]:
+            self._release(watch, waiter)
+            waiter.deferred.callback(_answer(run))
+        self._schedule(watch)
+
+    def _failed(self, failure: Failure, watch: _Watch) -> None:
+        watch.fetching = None
+        if watch.last is None or failure.check(errors.NotFound):
+            # Nothing known to answer with, or the run is gone: tell everyone.
+            self._finish(watch, lambda w: w.deferred.errback(failure))
+            return
+        # A passing upstream failure: keep the last known state and go on.
+        for waiter in [w for w in watch.waiters if w.due]:
+            self._release(watch, waiter)
+            waiter.deferred.callback(_answer(watch.last))
+        self._schedule(watch)
+
+    def _schedule(self, watch: _Watch) -> None:
+        if watch.waiters:
+            watch.next_poll = self._clock.callLater(self._interval, self._poll, watch)
+        else:
+            self._stop(watch)
+
+    def _finish(self, watch: _Watch, fire: Callable[[_Waiter], None]) -> None:
+        waiters, watch.waiters = watch.waiters, []
+        self._stop(watch)
+        for waiter in waiters:
+            if waiter.timer is not None and waiter.timer.active():
+                waiter.timer.cancel()
+            fire(waiter)
+
+    def _expired(self, watch: _Watch, waiter: _Waiter) -> None:
+        waiter.timer = None
+        if watch.last is None:
+            waiter.due = True  # answer as soon as the first poll does
+            return
+        self._release(watch, waiter)
+        waiter.deferred.callback(_answer(watch.last))
+        if not watch.waiters:
+            self._stop(watch)
+
+    def _cancelled(self, watch: _Watch, waiter: _Waiter) -> None:
+        self._release(watch, waiter)
+        if not watch.waiters:
+            self._stop(watch)
+
+    def _release(self, watch: _Watch, waiter: _Waiter) -> None:
+        if waiter in watch.waiters:
+            watch.waiters.remove(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        waiter.timer = None
+
+    def _stop(self, watch: _Watch) -> None:
+        if self._watches.get(watch.key) is watch:
+            del self._watches[watch.key]
+        if watch.next_poll is not None and watch.next_poll.active():
+            watch.next_poll.cancel()
+        watch.next_poll = None
+        fetching, watch.fetching = watch.fetching, None
+        if fetching is not None:
+            fetching.cancel()
