@@ -6,11 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from txairflowrpc.config import OIDCProvider
 
 
 def b64(data: bytes) -> str:
@@ -72,3 +75,25 @@ def hs256_with_public_key(signer: Signer, claims: dict[str, Any]) -> str:
     signing_input = f"{head}.{b64(json.dumps(claims).encode())}"
     mac = hmac.new(signer.public_pem(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(mac)}"
+
+
+#: The time the test tokens are checked at.
+NOW = 1_800_000_000
+
+
+def provider(**kw: Any) -> OIDCProvider:
+    values = dict(
+        name="corp", issuer="https://idp.example.com", audience="airflowrpc",
+        algorithms=("RS256", "ES256"), jwks_file=Path("jwks.json"), jwks_url=None,
+        jwks_refetch_cooldown_seconds=300, leeway_seconds=30, scope_claims=("scope", "groups"),
+        claim_roles={"airflow-ci": ("ci",), "auditors": ("auditor",)},
+    )
+    values.update(kw)
+    return OIDCProvider(**values)
+
+
+def claims(**kw: Any) -> dict[str, Any]:
+    base = {"iss": "https://idp.example.com", "aud": "airflowrpc", "sub": "alice",
+            "exp": NOW + 600, "iat": NOW, "scope": "openid airflow-ci"}
+    base.update(kw)
+    return base

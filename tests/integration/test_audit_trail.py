@@ -22,6 +22,7 @@ import pytest
 
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
+
 from .conftest import TWISTD, RunningGateway, client_context
 
 AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"

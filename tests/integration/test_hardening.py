@@ -17,6 +17,7 @@ import pytest
 
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
+
 from .conftest import RunningGateway, client_context
 
 

@@ -15,9 +15,9 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
-
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
+
 from .conftest import RunningGateway
 
 DEADLINE = 15.0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from txairflowrpc.devstack.pki import DevPKI
+
 from .conftest import RunningGateway, client_context
 
 

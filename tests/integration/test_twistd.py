@@ -13,6 +13,7 @@ import pytest
 
 from txairflowrpc.devstack.gatewayconf import core_config
 from txairflowrpc.devstack.pki import DevPKI
+
 from .conftest import TWISTD, client_context, free_port
 
 ACCESS = """

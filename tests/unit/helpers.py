@@ -12,15 +12,22 @@ from treq.testing import StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
-from txairflowrpc.config import AccessConfig, AuthSettings
+from txairflowrpc.audit.log import AuditLog
+from txairflowrpc.config import (
+    AccessConfig,
+    AirflowConfig,
+    AuditConfig,
+    AuthSettings,
+    Config,
+    HealthConfig,
+    LimitsConfig,
+    ListenConfig,
+    RPCConfig,
+    TLSConfig,
+)
 from txairflowrpc.identity.authenticate import Unauthenticated
 from txairflowrpc.identity.principal import Principal
 from txairflowrpc.identity.scopes import SCOPES, Grants, Role, Scope
-from txairflowrpc.audit.log import AuditLog
-from txairflowrpc.config import (
-    AirflowConfig, AuditConfig, Config, HealthConfig, LimitsConfig, ListenConfig, RPCConfig,
-    TLSConfig,
-)
 from txairflowrpc.service.tap import build_site
 
 from ..fakes import FakeAirflow

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.core import errors
-from txairflowrpc.upstream.client import AirflowClient
 from txairflowrpc.upstream.breaker import CircuitBreaker
+from txairflowrpc.upstream.client import AirflowClient
 
 from ..fakes import FakeAirflow
 

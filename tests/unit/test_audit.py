@@ -14,10 +14,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc.core import errors
 from txairflowrpc.audit.chain import append_now
 from txairflowrpc.audit.log import RETRY_SECONDS, AuditLog
 from txairflowrpc.audit.verify import verify
+from txairflowrpc.core import errors
 from txairflowrpc.service.cli import main as cli
 
 from .helpers import audit_log, gateway

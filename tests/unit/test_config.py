@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from txairflowrpc.config import ConfigError, load
-from txairflowrpc.gate.tls import server_options
-
 from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.gate.tls import server_options
 
 GOOD = """
 [listen]

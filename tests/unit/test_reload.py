@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.gate.tls import ReloadableTLS, server_options
 from txairflowrpc.identity import tokens
 from txairflowrpc.identity.authenticate import Gate, Unauthenticated
 from txairflowrpc.service.checked import build_authenticator, load_checked
 from txairflowrpc.service.reload import Reloader
-from txairflowrpc.gate.tls import ReloadableTLS, server_options
 
-from txairflowrpc.devstack.pki import DevPKI
 from .helpers import audit_log
 from .test_access import FakeRequest, _patch_peer, cert, load, pki, run  # noqa: F401
 

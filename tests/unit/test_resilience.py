@@ -7,25 +7,22 @@ from random import Random
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseNeverReceived
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 
 from txairflowrpc.core import errors
-from txairflowrpc.upstream.client import AirflowClient
-from txairflowrpc.upstream.breaker import CircuitBreaker
 from txairflowrpc.gate.limits import CallLimits
-from txairflowrpc.gate.site import GatewaySite
 from txairflowrpc.gate.methods import AirflowMethods
+from txairflowrpc.upstream.breaker import CircuitBreaker
+from txairflowrpc.upstream.client import AirflowClient
 from txairflowrpc.upstream.watch import RunWatcher
 
 from ..fakes import FakeAirflow
-from .helpers import CONFIG, gateway
+from .helpers import gateway
 
 
 class Flaky:
@@ -103,8 +100,9 @@ class RetryTests(SynchronousTestCase):
     def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
         c = client(self.http, self.clock)
         methods = AirflowMethods(c, RunWatcher(c.get_dag_run, self.clock, 2), 300)
-        from .helpers import OPERATOR
         from txairflowrpc.core.spec import CallContext
+
+        from .helpers import OPERATOR
 
         self.http.plan = ["break-after"]
         d = Deferred.fromCoroutine(methods.trigger_dag(
@@ -248,57 +246,3 @@ class CallLimitTests(SynchronousTestCase):
         self.assertEqual((fault.faultCode, fault.faultString),
                          (504, "the call did not finish within its deadline of 5 s; retry later"))
         self.assertEqual(gw.clock.getDelayedCalls(), [])  # the Airflow request is abandoned
-
-
-def channel(**limits: Any) -> tuple[Any, StringTransport, Clock, GatewaySite]:
-    import attrs
-    from twisted.web.resource import Resource
-
-    clock = Clock()
-    cfg = attrs.evolve(CONFIG.limits, **limits)
-    site = GatewaySite(Resource(), audit=None, clock=clock, limits=cfg, max_body_bytes=1000)
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    return proto, transport, clock, site
-
-
-class SiteLimitTests(SynchronousTestCase):
-    def test_declared_body_over_the_cap_is_413_before_it_is_read(self) -> None:
-        proto, transport, _, _ = channel()
-        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
-                           b"Content-Length: 5000000\r\n\r\n")
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
-        self.assertTrue(transport.disconnecting)
-
-    def test_chunked_body_is_cut_at_the_cap(self) -> None:
-        proto, transport, _, _ = channel()
-        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
-                           b"Transfer-Encoding: chunked\r\n\r\n")
-        for _ in range(3):
-            proto.dataReceived(b"200\r\n" + b"x" * 0x200 + b"\r\n")
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
-        self.assertLessEqual(proto.requests[-1].content.tell(), 1000)
-
-    def test_a_slow_request_is_dropped_at_its_deadline(self) -> None:
-        proto, transport, clock, site = channel(request_deadline_seconds=10)
-        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
-        clock.advance(5)
-        proto.dataReceived(b"Host: x\r\n")  # slowloris: a byte now and then
-        self.assertFalse(transport.disconnecting)
-        clock.advance(5)
-        self.assertTrue(transport.disconnected)
-        self.assertEqual(site.slow_dropped, 1)
-
-    def test_a_silent_connection_is_dropped_at_the_handshake_deadline(self) -> None:
-        proto, transport, clock, site = channel(handshake_timeout_seconds=3)
-        clock.advance(3)
-        self.assertTrue(transport.disconnected)
-
-    def test_connections_over_the_cap_are_closed_at_once_and_counted(self) -> None:
-        _, _, _, site = channel(max_connections=1)
-        extra = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1235))
-        transport = StringTransport()
-        extra.makeConnection(transport)
-        self.assertTrue(transport.disconnected)
-        self.assertEqual(site.refused_connections, 1)

@@ -12,6 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from txairflowrpc.gate import resource as resource_module
+
 from .helpers import gateway
 
 PING = xmlrpc.client.dumps((), "ping").encode()
@@ -72,6 +74,41 @@ class HTTPTests(SynchronousTestCase):
         with self.assertRaises(xmlrpc.client.Fault) as e:
             xmlrpc.client.loads(body)
         self.assertEqual(e.exception.faultCode, -32700)
+
+
+class LastResortTests(SynchronousTestCase):
+    """A failure nobody planned still gets an answer: fault -32603 with the request id."""
+
+    def setUp(self) -> None:
+        self.gw = gateway()
+
+    def fault_of(self, d: Any) -> tuple[str, xmlrpc.client.Fault]:
+        response = self.successResultOf(d)  # an answer, not a hang
+        body = self.successResultOf(response.content())
+        with self.assertRaises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(body)
+        return response.headers.getRawHeaders("x-request-id")[0], e.exception
+
+    def broken(self, name: str) -> None:
+        def boom(*args: Any) -> Any:
+            raise RuntimeError("secret=hunter2")
+
+        self.patch(resource_module.wire, name, boom)
+
+    def test_a_failure_after_authentication(self) -> None:
+        self.broken("parse_call")
+        request_id, fault = self.fault_of(self.gw.post(PING))
+        self.assertEqual(fault.faultCode, -32603)
+        self.assertIn(request_id, fault.faultString)
+        self.assertNotIn("hunter2", fault.faultString)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_failure_while_writing_the_answer(self) -> None:
+        self.broken("dump_response")
+        request_id, fault = self.fault_of(self.gw.post(PING))
+        self.assertEqual(fault.faultCode, -32603)
+        self.assertIn(request_id, fault.faultString)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class DisconnectTests(SynchronousTestCase):

@@ -13,16 +13,16 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
+from txairflowrpc.gate.tls import ReloadableTLS, server_options
 from txairflowrpc.identity.authenticate import Gate
 from txairflowrpc.service.checked import build_authenticator, load_checked
 from txairflowrpc.service.tap import build_site
-from txairflowrpc.gate.tls import ReloadableTLS, server_options
 
 from ..fakes import FakeAirflow
-from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from .test_access import load, pki  # noqa: F401
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 4443)

@@ -1,17 +1,20 @@
 """
 The XML-RPC resource served at ``/RPC2``, and the root resource around it.
 
-`RPCResource` builds on `twisted.web.xmlrpc.XMLRPC` and replaces its
-request handling: the caller is authenticated before any XML is read, the
-body is checked for size, type and encoding, parsed by `wire.parse_call`,
-and handed to the `Dispatcher`, the pipeline every call passes through.
-Every response carries an ``X-Request-Id`` header.  When the client goes
-away, the call's work is cancelled.
+`RPCResource` serves XML-RPC over HTTP POST.  It takes nothing of
+`twisted.web.xmlrpc.XMLRPC`'s request handling (which reads any body, of
+any type, before asking who is calling): the caller is authenticated before
+any XML is read, the body is checked for size, type and encoding, parsed by
+`wire.parse_call`, and handed to the `Dispatcher`, the pipeline every call
+passes through.  Every response carries an ``X-Request-Id`` header.  When
+the client goes away, the call's work is cancelled.  Whatever goes wrong
+inside, the caller gets an answer: a fault -32603 naming the request id
+(or HTTP 500 before the caller is known), never a connection left hanging.
 
 Every refusal (401, 404, 405, 413, 415, a request that is not XML-RPC) is
 recorded on the audit trail; a refusal's answer, like a call's, leaves only
 once its record is on disk.  The connection-level limits (body size while
-it arrives, deadlines, connection cap) are in `txairflowrpc.site`.
+it arrives, deadlines, connection cap) are in `txairflowrpc.gate.site`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
-from twisted.web.xmlrpc import XMLRPC, NoSuchFunction
 
 from ..audit.log import AuditLog
 from ..core import errors
@@ -91,7 +93,7 @@ class Refusals:
         return server.NOT_DONE_YET
 
 
-class RPCResource(XMLRPC):
+class RPCResource(Resource):
     """
     XML-RPC over HTTP POST, in front of a `Dispatcher`.
 
@@ -106,23 +108,13 @@ class RPCResource(XMLRPC):
         authenticate: Callable[[Any], "Deferred[Principal]"], max_body_bytes: int,
         clock: IReactorTime, audit: AuditLog | None = None, backoff: Backoff | None = None,
     ) -> None:
-        super().__init__(allowNone=False, useDateTime=False)
+        super().__init__()
         self._dispatcher = dispatcher
         self._authenticate = authenticate
         self._max_body = max_body_bytes
         self._clock = clock
         self._backoff = backoff
         self.refusals = Refusals(audit)
-
-    def lookupProcedure(self, procedurePath: str) -> Any:
-        # Only registered methods; never Twisted's attribute lookup.
-        spec = self._dispatcher.methods.get(procedurePath)
-        if spec is None:
-            raise NoSuchFunction(errors.METHOD_NOT_FOUND, "method not found")
-        return spec.handler
-
-    def listProcedures(self) -> list[str]:
-        return sorted(self._dispatcher.methods)
 
     def render(self, request: server.Request) -> Any:
         if request.method != b"POST":
@@ -138,7 +130,7 @@ class RPCResource(XMLRPC):
             self._authenticated, self._unauthenticated,
             (request, request_id), None, (request, request_id),
         )
-        d.addErrback(lambda f: _log.failure("request {id} failed", f, id=request_id))
+        d.addErrback(_internal_error, request, request_id)
         return server.NOT_DONE_YET
 
     def _unauthenticated(self, failure: Failure, request: server.Request, request_id: str) -> None:
@@ -194,7 +186,7 @@ class RPCResource(XMLRPC):
         request.notifyFinish().addErrback(client_gone)
         d.addCallbacks(wire.dump_response, self._fault_body, errbackArgs=(request_id,))
         d.addCallback(lambda content: None if gone else _write(request, content))
-        d.addErrback(lambda f: _log.failure("answering request {id} failed", f, id=request_id))
+        d.addErrback(_internal_error, request, request_id)
 
     def _fault_body(self, failure: Failure, request_id: str) -> bytes:
         if failure.check(CancelledError):
@@ -203,6 +195,16 @@ class RPCResource(XMLRPC):
             # answer rather than a hang.
             return wire.dump_fault(errors.Cancelled().to_fault())
         return wire.dump_fault(errors.as_fault(failure.value, request_id))
+
+
+def _internal_error(failure: Failure, request: server.Request, request_id: str) -> None:
+    """
+    The last resort of a request whose handling failed unexpectedly: log it
+    and answer with a fault -32603 naming the request id, so that the
+    caller is never left waiting for an answer that will not come.
+    """
+    _log.failure("request {id} failed", failure, id=request_id)
+    _write(request, wire.dump_fault(errors.InternalError(request_id).to_fault()))
 
 
 def _write(request: Any, content: bytes, content_type: bytes = b"text/xml; charset=utf-8") -> None:

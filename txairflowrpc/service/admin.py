@@ -19,11 +19,15 @@ from typing import Any, Callable
 from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from ..audit.log import AuditLog
 from ..config import Config
+
+_log = Logger()
 
 
 def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
@@ -65,7 +69,9 @@ class HealthResource(Resource):
         if request.path != b"/readyz":
             request.setResponseCode(404)
             return b'{"error": "not found: /healthz or /readyz"}\n'
-        self._reachable().addCallback(self._ready, request)
+        d = self._reachable()
+        d.addCallback(self._ready, request)
+        d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
     def _ready(self, airflow_ok: bool, request: server.Request) -> None:
@@ -81,8 +87,17 @@ class HealthResource(Resource):
         }
         ready = all(c["ok"] for c in checks.values())
         body = {"ready": ready, "checks": checks, "counters": self._counters()}
-        if request.finished or getattr(request, "_disconnected", False):
-            return
-        request.setResponseCode(200 if ready else 503)
-        request.write(json.dumps(body).encode() + b"\n")
-        request.finish()
+        _answer(request, 200 if ready else 503, body)
+
+    def _failed(self, failure: Failure, request: server.Request) -> None:
+        """A probe that broke is answered, never left open: HTTP 500."""
+        _log.failure("readiness probe failed", failure)
+        _answer(request, 500, {"ready": False, "error": "internal error in the probe"})
+
+
+def _answer(request: server.Request, status: int, body: dict[str, Any]) -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setResponseCode(status)
+    request.write(json.dumps(body).encode() + b"\n")
+    request.finish()

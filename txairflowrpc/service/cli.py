@@ -123,38 +123,63 @@ def token_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+DEFAULT_CONFIG = "conf/airflowrpc.toml"
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    """
+    ``--config FILE`` on ``parser``.  Every level of a command that reads the
+    config takes it, so ``token --config F create`` and ``token create
+    --config F`` both work; the innermost one given wins.
+    """
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"the gateway's config file (default {DEFAULT_CONFIG})")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
+    _config_option(top)
+    commands = top.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     check = audit_commands.add_parser(
         "verify", help="report the first broken or missing record, or that the chain is whole")
     check.add_argument("files", nargs="+", metavar="FILE")
     token = commands.add_parser("token", help="create, list, rotate and revoke tokens")
-    token.add_argument("--config", default="conf/airflowrpc.toml")
+    _config_option(token)
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="mint a token (shown once)")
     create.add_argument("--principal", required=True)
     create.add_argument("--roles", help="comma-separated roles (default: the principal's)")
     create.add_argument("--days", type=int, help="lifetime (default: [auth] token_days)")
-    token_commands.add_parser("list", help="list tokens (never their secrets)")
+    listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     rotate = token_commands.add_parser("rotate", help="issue a successor; the old one "
                                        "keeps working for [auth] rotation_overlap_seconds")
     rotate.add_argument("id")
     rotate.add_argument("--days", type=int)
     revoke = token_commands.add_parser("revoke", help="revoke at once")
     revoke.add_argument("id")
+    for sub in (create, listing, rotate, revoke):
+        _config_option(sub)
     cfg = commands.add_parser("config", help="work with the config file")
+    _config_option(cfg)
     cfg_commands = cfg.add_subparsers(dest="config_command", required=True)
     cfg_check = cfg_commands.add_parser("check", help="check a config file as twistd would")
-    cfg_check.add_argument("path", nargs="?", default="conf/airflowrpc.toml")
-    args = parser.parse_args(argv)
+    _config_option(cfg_check)
+    cfg_check.add_argument("path", nargs="?", metavar="FILE",
+                           help="the file to check (default: --config)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = getattr(args, "config", DEFAULT_CONFIG)
     if args.command == "token":
+        args.config = config
         return token_command(args)
     if args.command == "audit":
         return audit_verify(args.files)
-    return config_check(args.path)
+    return config_check(args.path or config)
 
 
 if __name__ == "__main__":

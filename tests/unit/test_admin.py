@@ -1,0 +1,85 @@
+"""The admin listener's probes on their own: liveness, readiness, and a probe that breaks."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trustme
+from treq.testing import StubTreq
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc.config import TLSConfig
+from txairflowrpc.service.admin import HealthResource
+
+from .helpers import CONFIG, audit_log
+
+
+def certificates(directory: Path, days: int) -> TLSConfig:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost",
+                         not_after=datetime.now(timezone.utc) + timedelta(days=days))
+    leaf.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return TLSConfig(certificate=directory / "server.pem", private_key=directory / "x",
+                     client_ca=directory / "ca.pem")
+
+
+class HealthTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        self.clock = Clock()
+        self.clock.advance(datetime.now(timezone.utc).timestamp())
+        self.audit = audit_log(str(self.dir), self.clock)
+        self.config = attrs.evolve(CONFIG, tls=certificates(self.dir, 400))
+        self.airflow: Any = lambda: succeed(True)
+        resource = HealthResource(
+            config=lambda: self.config, airflow_reachable=lambda: self.airflow(),
+            audit=self.audit, counters=lambda: {"open_connections": 3}, clock=self.clock,
+        )
+        self.http = StubTreq(resource)
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        response = self.successResultOf(self.http.get("http://admin.test" + path))
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_liveness(self) -> None:
+        self.assertEqual(self.get("/healthz"), (200, {"alive": True}))
+
+    def test_ready_names_every_check_and_the_counters(self) -> None:
+        code, body = self.get("/readyz")
+        self.assertEqual(code, 200)
+        self.assertTrue(body["ready"])
+        self.assertEqual(set(body["checks"]), {"airflow", "audit", "certificates"})
+        self.assertEqual(body["counters"], {"open_connections": 3})
+
+    def test_not_ready_when_airflow_is_down_or_the_audit_log_fails(self) -> None:
+        self.airflow = lambda: succeed(False)
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["checks"]["airflow"]["ok"]), (503, False))
+        self.airflow = lambda: succeed(True)
+        self.audit.failed = "No space left on device"
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["checks"]["audit"]["detail"]), (503, "No space left on device"))
+
+    def test_not_ready_when_a_certificate_expires_soon(self) -> None:
+        self.config = attrs.evolve(CONFIG, tls=certificates(self.dir, 3))
+        code, body = self.get("/readyz")
+        self.assertEqual(code, 503)
+        self.assertIn("expires in", body["checks"]["certificates"]["detail"][0])
+
+    def test_a_probe_that_breaks_is_answered_500_not_left_open(self) -> None:
+        self.airflow = lambda: fail(RuntimeError("the probe itself broke"))
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["ready"]), (500, False))
+        self.assertNotIn("broke", json.dumps(body))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_other_paths_are_404(self) -> None:
+        self.assertEqual(self.get("/metricz")[0], 404)

@@ -1,0 +1,62 @@
+"""The airflowrpc command: where --config may go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from txairflowrpc.devstack.gatewayconf import core_config
+from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.identity import tokens
+from txairflowrpc.service.cli import main
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def config(tmp_path: Path, pki: DevPKI) -> Path:
+    (tmp_path / "pw").write_text("pw\n")
+    path = tmp_path / "airflowrpc.toml"
+    path.write_text(core_config(
+        port=8443, tls=pki.directory, airflow="http://127.0.0.1:8080",
+        password_file=tmp_path / "pw", audit=tmp_path / "audit.jsonl",
+    ) + f'[auth]\ntoken_store = "{tmp_path}/tokens.json"\n[principals.ci-bot]\nroles = []\n')
+    return path
+
+
+@pytest.mark.parametrize("where", ["after the subcommand", "before it", "at the top"])
+def test_config_is_accepted_before_or_after_the_subcommand(
+    config: Path, where: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no conf/airflowrpc.toml here to fall back on
+    argv = {
+        "after the subcommand": ["token", "create", "--principal", "ci-bot", "--config", str(config)],
+        "before it": ["token", "--config", str(config), "create", "--principal", "ci-bot"],
+        "at the top": ["--config", str(config), "token", "create", "--principal", "ci-bot"],
+    }[where]
+    assert main(argv) == 0
+    token = capsys.readouterr().out.strip()
+    store = tokens.TokenStore.load(tmp_path / "tokens.json")
+    (record,) = store.records.values()
+    assert tokens.parse(token) == record.id and record.principal == "ci-bot"
+
+
+def test_every_token_subcommand_and_config_check_take_it(
+    config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    token_id = tokens.parse(capsys.readouterr().out.strip())
+    assert main(["token", "list", "--config", str(config)]) == 0
+    assert token_id in capsys.readouterr().out
+    assert main(["token", "rotate", token_id, "--config", str(config)]) == 0
+    assert main(["token", "revoke", token_id, "--config", str(config)]) == 0
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["config", "--config", str(config), "check"]) == 0

@@ -1,0 +1,163 @@
+"""
+The dispatcher on its own: the pipeline every call passes through, driven
+by the method specs alone.
+
+A provider defined here adds methods with nothing but a handler and its
+spec; the policy, the deadline and the audit record follow from the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc.core import errors
+from txairflowrpc.core.spec import CallContext, Param, rpc_method
+from txairflowrpc.gate.dispatch import Dispatcher
+from txairflowrpc.identity.policy import ScopePolicy
+from txairflowrpc.identity.principal import Principal
+from txairflowrpc.identity.scopes import ConfRule, Grants, Role, Scope
+
+from .helpers import audit_log
+
+
+class Provider:
+    """Methods that exist only in this test."""
+
+    def __init__(self) -> None:
+        self.held: Deferred[str] | None = None
+        self.cancelled = 0
+
+    @rpc_method(
+        "launch", "struct",
+        Param("pipeline", "string", "which DAG", id="dag_id"),
+        Param("settings", "struct", "the run's conf", required=False),
+        Param("extras", "struct", "options", required=False, keeps=("label",)),
+        scope="runs:trigger", dag="pipeline", conf="settings",
+    )
+    def launch(self, call: CallContext, pipeline: str, settings: Any = None,
+               extras: Any = None) -> dict[str, Any]:
+        """Start something."""
+        return {"started": pipeline}
+
+    @rpc_method(
+        "linger", "string",
+        Param("pipeline", "string", "which DAG", id="dag_id"),
+        Param("patience", "int", "seconds", required=False, default=100),
+        scope="runs:read", dag="pipeline", deadline="patience",
+    )
+    def linger(self, call: CallContext, pipeline: str, patience: int = 100) -> Deferred[str]:
+        """Wait for a while."""
+        self.held = Deferred(lambda d: setattr(self, "cancelled", self.cancelled + 1))
+        return self.held
+
+    @rpc_method("explode", "string", scope="")
+    def explode(self, call: CallContext) -> str:
+        """Fail in a way nobody planned."""
+        raise RuntimeError("password=hunter2")
+
+
+def principal(*scopes: str, conf: dict[str, Any] | None = None) -> Principal:
+    rules = tuple(ConfRule.build(g, s) for g, s in (conf or {}).items())
+    role = Role("r", tuple(Scope.parse(s) for s in scopes), rules)
+    return Principal("bot", "token", roles=("r",), grants=Grants((role,)))
+
+
+class DispatcherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dir = Path(tempfile.mkdtemp())
+        self.audit = audit_log(str(self.dir), self.clock)
+        self.provider = Provider()
+        self.dispatcher = Dispatcher(
+            [self.provider], policy=ScopePolicy(), max_multicall=5, clock=self.clock,
+            audit=self.audit, redact_keys=("password",), deadline=10, max_wait=50,
+        )
+
+    def call(self, who: Principal, name: str, *args: Any) -> Deferred[Any]:
+        return self.dispatcher.call(CallContext(who, "req1", "127.0.0.1:1"), name, args)
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.dir / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def test_a_new_method_is_authorised_from_its_spec(self) -> None:
+        allowed = principal("runs:trigger:etl_*")
+        self.assertEqual(self.successResultOf(self.call(allowed, "launch", "etl_a")),
+                         {"started": "etl_a"})
+        refused = self.failureResultOf(self.call(allowed, "launch", "ml_a"), errors.Forbidden)
+        self.assertIn("requires scope runs:trigger:ml_a", refused.value.message)
+
+    def test_the_conf_rule_applies_to_the_parameter_the_spec_names(self) -> None:
+        who = principal("runs:trigger", conf={"*": {"type": "object",
+                                                    "properties": {"day": {"type": "string"}}}})
+        self.successResultOf(self.call(who, "launch", "etl_a", {"day": "monday"}))
+        refused = self.failureResultOf(self.call(who, "launch", "etl_a", {"day": 3}),
+                                       errors.Forbidden)
+        self.assertIn("conf.day", refused.value.message)
+
+    def test_the_audit_record_follows_the_spec(self) -> None:
+        who = principal("runs:trigger")
+        self.successResultOf(self.call(
+            who, "launch", "etl_a", {"password": "x", "day": "monday"},
+            {"label": "nightly", "note": "free text", "dag_run_id": "r-1"},
+        ))
+        (record,) = [r for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual(record["dag_id"], "etl_a")  # the id parameter, by its kind
+        self.assertEqual(record["dag_run_id"], "r-1")  # an option member named like an id
+        extras = record["args"]["extras"]
+        self.assertEqual(extras["label"], "nightly")  # kept: the spec says so
+        self.assertEqual(set(extras["note"]), {"sha256", "size"})  # digested
+        self.assertEqual(set(record["args"]["settings"]), {"sha256", "size"})
+        self.assertNotIn("monday", json.dumps(record))
+
+    def test_the_deadline_grows_by_the_parameter_the_spec_names(self) -> None:
+        who = principal("runs:read")
+        d = self.call(who, "linger", "etl_a", 30)
+        self.clock.advance(39)  # 10 s deadline + 30 s of patience
+        self.assertNoResult(d)
+        self.clock.advance(1.5)
+        self.assertEqual(self.failureResultOf(d, errors.CallTimeout).value.code, 504)
+        self.assertEqual(self.provider.cancelled, 1)
+
+    def test_the_extension_is_capped_and_defaults_from_the_spec(self) -> None:
+        who = principal("runs:read")
+        capped = self.call(who, "linger", "etl_a", 10_000)
+        self.clock.advance(59)  # capped at max_wait = 50
+        self.assertNoResult(capped)
+        self.clock.advance(2)
+        self.failureResultOf(capped, errors.CallTimeout)
+        default = self.call(who, "linger", "etl_a")  # default patience 100, capped to 50
+        self.clock.advance(59)
+        self.assertNoResult(default)
+        self.clock.advance(2)
+        self.failureResultOf(default, errors.CallTimeout)
+
+    def test_an_unplanned_error_is_an_internal_fault_without_its_text(self) -> None:
+        failure = self.failureResultOf(self.call(principal(), "explode"), errors.InternalError)
+        self.assertIn("req1", failure.value.message)
+        self.assertNotIn("hunter2", failure.value.message)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        (record,) = [r for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual((record["outcome"], record["fault_code"]), ("fault", -32603))
+
+    def test_unknown_methods_and_bad_arity_are_refused_before_the_policy(self) -> None:
+        nobody = principal()
+        self.failureResultOf(self.call(nobody, "launch.__class__"), errors.MethodNotFound)
+        bad = self.failureResultOf(self.call(nobody, "launch"), errors.InvalidParams)
+        self.assertIn("expects 1 to 3 parameter(s)", bad.value.message)
+        decisions = [r["decision"] for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual(decisions, ["invalid", "invalid"])
+
+    def test_the_introspection_lists_the_providers_methods(self) -> None:
+        names = self.successResultOf(self.call(principal(), "system.listMethods"))
+        self.assertIn("launch", names)
+        self.assertIn("system.multicall", names)
+        help_text = self.successResultOf(self.call(principal(), "system.methodHelp", "launch"))
+        self.assertIn("Needs scope runs:trigger", help_text)
