@@ -29,7 +29,7 @@ from ..core.calltrace import CallTrace
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
 from .limits import CallLimits
 
-_log = Logger(namespace="txairflowrpc.dispatch")
+_log = Logger(namespace="txairflowrpc.gate.dispatch")
 
 
 class Policy(Protocol):

@@ -14,7 +14,7 @@ is back; a cap on requests in flight protects Airflow from a burst.
 Its methods take validated ids and return plain dicts in the gateway's own
 shapes (`txairflowrpc.upstream.shapes`), so that the XML-RPC layer never
 sees an Airflow response as such.  Every failure is one of the
-`txairflowrpc.errors` types; Airflow's own error texts never leave here.
+`txairflowrpc.core.errors` types; Airflow's own error texts never leave here.
 Every returned Deferred can be cancelled, which abandons the HTTP request.
 """
 
