@@ -124,7 +124,11 @@ class FakeAirflow(Resource):
                 return 422, {"detail": [{"type": "missing", "loc": ["body", "logical_date"],
                                          "msg": "Field required", "input": body}]}
             run_id = body.get("dag_run_id") or f"manual__{next(self._counter)}"
-            if (dag_id, run_id) in self.runs:
+            taken = body["logical_date"] is not None and any(
+                r["logical_date"] == body["logical_date"]
+                for (d, _), r in self.runs.items() if d == dag_id
+            )
+            if (dag_id, run_id) in self.runs or taken:  # both are unique in Airflow's table
                 return 409, {"detail": {"reason": "Unique constraint violation",
                                         "statement": "INSERT INTO dag_run ...",
                                         "orig_error": "UNIQUE constraint failed"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import ssl
 import urllib.request
 import xmlrpc.client
@@ -61,15 +62,38 @@ def test_plaintext_http_gets_no_answer(gateway: RunningGateway) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/RPC2", timeout=5).read()
 
 
-def test_alpn_offering_client_is_served(gateway: RunningGateway) -> None:
+@pytest.mark.parametrize("offered,version,negotiated", [
+    (["h2", "http/1.1"], b"HTTP/1.1", "http/1.1"),
+    (["http/1.0"], b"HTTP/1.0", "http/1.0"),  # what curl -0 offers
+    (["h2"], b"HTTP/1.1", None),  # nothing fits: the handshake goes on without ALPN
+])
+def test_alpn_offering_clients_are_served(
+    gateway: RunningGateway, offered: list[str], version: bytes, negotiated: str | None,
+) -> None:
     ctx = client_context(gateway.pki, gateway.client)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(offered)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == negotiated
             body = xmlrpc.client.dumps((), "ping").encode()
-            tls.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            tls.sendall(b"POST /RPC2 %s\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                        % (version, len(body)) + body)
             answer = b""
             while chunk := tls.recv(65536):
                 answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200") and b"pong" in answer
+    assert answer.startswith(version + b" 200") and b"pong" in answer
+
+
+def test_curl_with_http_1_0_is_served(gateway: RunningGateway, tmp_path: Path) -> None:
+    """curl -0 offers only http/1.0 in ALPN: Twisted's own callback failed its handshake."""
+    body = tmp_path / "ping.xml"
+    body.write_bytes(xmlrpc.client.dumps((), "ping").encode())
+    result = subprocess.run(
+        ["curl", "-sS", "-0", "--cacert", str(gateway.pki.ca_file),
+         "--cert", str(gateway.client.cert), "--key", str(gateway.client.key),
+         "-H", "Content-Type: text/xml", "--data-binary", f"@{body}", gateway.url],
+        capture_output=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"pong" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import xmlrpc.client
 from pathlib import Path
@@ -74,9 +75,9 @@ class Gateway:
         hdrs.update(headers or {})
         return self.client.post("https://gw.test" + path, data=body, headers=hdrs)
 
-    def call_d(self, method: str, *params: Any) -> Any:
+    def call_d(self, method: str, *params: Any, headers: dict[str, str] | None = None) -> Any:
         """The Deferred of (status, headers, parsed result or Fault)."""
-        d = self.post(xmlrpc.client.dumps(params, method).encode())
+        d = self.post(dumps(params, method), headers)
 
         async def read(response: Any) -> Any:
             body = await response.content()
@@ -89,6 +90,26 @@ class Gateway:
         from twisted.internet.defer import Deferred
 
         return d.addCallback(lambda r: Deferred.fromCoroutine(read(r)))
+
+
+class Big(int):
+    """An integer beyond 32 bits, sent as ``<i8>`` (Python's xmlrpc.client will not)."""
+
+
+def dumps(params: tuple[Any, ...], method: str) -> bytes:
+    """A methodCall like xmlrpc.client's, with nils allowed and `Big` ints as <i8>."""
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, Big):
+            return f"\x01big:{int(value)}"
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        return value
+
+    text = xmlrpc.client.dumps(tuple(mark(p) for p in params), method, allow_none=True)
+    return re.sub("<string>\x01big:(-?[0-9]+)</string>", r"<i8>\1</i8>", text).encode()
 
 
 #: A role with every scope on every DAG.

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import xmlrpc.client
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .helpers import gateway
+from .helpers import Big, gateway
 
 
 class MethodTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.gw = gateway()
 
-    def call(self, method: str, *params: Any) -> Any:
-        status, headers, result = self.successResultOf(self.gw.call_d(method, *params))
+    def call(self, method: str, *params: Any, headers: dict[str, str] | None = None) -> Any:
+        status, headers, result = self.successResultOf(
+            self.gw.call_d(method, *params, headers=headers))
         self.assertEqual(status, 200)
         self.assertTrue(headers.getRawHeaders("x-request-id"))
         return result
@@ -162,6 +164,60 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(self.call("get_task_log", "etl_orders", "t1", "extract"), "line one\n")
         f = self.fault("get_task_log", "etl_orders", "t1", "extract", 0)
         self.assertEqual(f.faultCode, -32602)
+
+
+class InteropTests(MethodTestCase):
+    """What stock clients send and read: nothing in the middle, lossless conf, the right fault."""
+
+    CONF = {"a": [1, None, 2], "x": None, "big": Big(12345678901), "s": "t"}
+
+    def test_nil_conf_keeps_the_run_id(self) -> None:
+        run = self.call("trigger_dag", "example_hello", None, {"dag_run_id": "keep-me"})
+        self.assertEqual((run["dag_run_id"], run["created"]), ("keep-me", True))
+        self.assertEqual(self.gw.airflow.runs[("example_hello", "keep-me")]["conf"], {})
+
+    def test_an_empty_array_is_an_empty_conf(self) -> None:
+        run = self.call("trigger_dag", "example_hello", [], {"dag_run_id": "php"})
+        self.assertEqual((run["dag_run_id"], run["conf"]), ("php", {}))
+        again = self.call("trigger_dag", "example_hello", [], {"dag_run_id": "php"})
+        self.assertFalse(again["created"])
+
+    def test_conf_comes_back_without_loss(self) -> None:
+        nil_i8 = {"X-Airflowrpc-Extensions": "nil, i8"}
+        run = self.call("trigger_dag", "example_hello", self.CONF, {"dag_run_id": "exact"},
+                        headers=nil_i8)
+        self.assertEqual(run["conf"], self.CONF)
+        self.assertEqual(self.gw.airflow.runs[("example_hello", "exact")]["conf"], self.CONF)
+        portable = self.call("get_dag_run", "example_hello", "exact")
+        self.assertEqual(json.loads(portable["conf_json"]), self.CONF)
+        # Without the extensions no element moves and no null is invented:
+        # what XML-RPC cannot carry is left out, conf_json has all of it.
+        self.assertEqual(portable["conf"], {"big": "12345678901", "s": "t"})
+        self.assertEqual(self.call("get_dag_run", "example_hello", "exact", headers=nil_i8)["conf"],
+                         self.CONF)
+
+    def test_idempotency_compares_conf_as_json(self) -> None:
+        self.call("trigger_dag", "example_hello", self.CONF, {"dag_run_id": "same"})
+        again = self.call("trigger_dag", "example_hello", dict(reversed(self.CONF.items())),
+                          {"dag_run_id": "same"})
+        self.assertFalse(again["created"])
+        floats = self.call("trigger_dag", "example_hello", {"n": 1.0}, {"dag_run_id": "num"})
+        self.assertTrue(floats["created"])
+        self.assertFalse(self.call("trigger_dag", "example_hello", {"n": 1},
+                                   {"dag_run_id": "num"})["created"])
+        self.assertEqual(self.fault("trigger_dag", "example_hello", {"n": True},
+                                    {"dag_run_id": "num"}).faultCode, 409)
+
+    def test_a_logical_date_clash_is_409_naming_the_date(self) -> None:
+        when = "2026-01-31T00:00:00Z"
+        self.call("trigger_dag", "example_hello", {}, {"dag_run_id": "a", "logical_date": when})
+        with_id = self.fault("trigger_dag", "example_hello", {},
+                             {"dag_run_id": "b", "logical_date": when})
+        without_id = self.fault("trigger_dag", "example_hello", {}, {"logical_date": when})
+        for fault in (with_id, without_id):
+            self.assertEqual(fault.faultCode, 409)
+            self.assertIn(f"already has a run with logical_date {when}", fault.faultString)
+            self.assertNotIn("dag_run_id", fault.faultString)
 
 
 class ProtocolTests(MethodTestCase):

@@ -51,6 +51,18 @@ class HTTPTests(SynchronousTestCase):
         code, _, _ = self.response(self.gw.post(PING, {"Content-Type": "application/xml; charset=utf-8"}))
         self.assertEqual(code, 200)
 
+    def test_the_charset_of_the_content_type_is_honoured(self) -> None:
+        latin1 = ("<methodCall><methodName>get_dag</methodName><params><param><value>"
+                  "<string>\u00e9tl</string></value></param></params></methodCall>").encode("latin-1")
+        code, _, body = self.response(self.gw.post(
+            latin1, {"Content-Type": "text/xml; charset=ISO-8859-1"}))
+        with self.assertRaises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(body)
+        # Read as latin-1, the id is well-formed text: it is refused as an id
+        # (-32602), not as undecodable bytes (-32700).
+        self.assertEqual((code, e.exception.faultCode), (200, -32602))
+        self.assertIn("dag_id may contain only", e.exception.faultString)
+
     def test_compressed_body_is_415(self) -> None:
         code, _, body = self.response(self.gw.post(PING, {"Content-Encoding": "gzip"}))
         self.assertEqual((code, body), (415, b"Content-Encoding must be identity\n"))
@@ -90,7 +102,7 @@ class LastResortTests(SynchronousTestCase):
         return response.headers.getRawHeaders("x-request-id")[0], e.exception
 
     def broken(self, name: str) -> None:
-        def boom(*args: Any) -> Any:
+        def boom(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret=hunter2")
 
         self.patch(resource_module.wire, name, boom)

@@ -51,7 +51,7 @@ def test_any_doctype_is_a_parse_error_before_expansion(body: bytes) -> None:
 
 
 @pytest.mark.parametrize("body", [
-    b"", b"<methodCall>", b"not xml at all", b"<a></b>",
+    b"", b"<methodCall>", b"not xml at all", b"<methodCall></b>",
     b"<methodCall><methodName>ping</methodName><params><param><value><string>\xff\xfe"
     b"</string></value></param></params></methodCall>",
 ])
@@ -88,11 +88,29 @@ def test_nesting_beyond_the_cap_is_invalid_params() -> None:
 
 
 def test_response_omits_none_and_keeps_every_value_readable() -> None:
-    body = dump_response({"a": None, "b": [1, None, 2], "big": 2**40, "ctl": "x\x00y\x1bz",
-                          "ok": True, "f": 1.5})
+    body = dump_response({"a": None, "b": [1, None, 2], "c": [1, 2], "big": 2**40,
+                          "ctl": "x\x00y\x1bz", "ok": True, "f": 1.5})
     (result,), _ = xmlrpc.client.loads(body)
-    assert result == {"b": [1, 2], "big": str(2**40), "ctl": "xyz", "ok": True, "f": 1.5}
-    assert b"<nil/>" not in body
+    # An array is never shortened: one holding a null is left out whole (a
+    # run's conf_json has it exactly), so no element ever moves.
+    assert result == {"c": [1, 2], "big": str(2**40), "ctl": "xyz", "ok": True, "f": 1.5}
+    assert b"<nil/>" not in body and b"<i8>" not in body
+
+
+def test_the_nil_and_i8_extensions_carry_nulls_and_big_integers() -> None:
+    value = {"a": [1, None, 2], "x": None, "big": 12345678901, "small": 5}
+    body = dump_response(value, frozenset({"nil", "i8"}))
+    assert xmlrpc.client.loads(body)[0] == (value,)
+    assert b"<i8>12345678901</i8>" in body and b"<nil/>" in body
+    only_nil = dump_response(value, frozenset({"nil"}))
+    assert xmlrpc.client.loads(only_nil)[0] == ({**value, "big": "12345678901"},)
+
+
+def test_extensions_are_read_from_the_header() -> None:
+    from txairflowrpc.gate.wire import extensions_of
+
+    assert extensions_of(b"nil, I8 ,bogus") == frozenset({"nil", "i8"})
+    assert extensions_of(None) == frozenset()
 
 
 def test_fault_text_is_made_safe_too() -> None:
@@ -110,3 +128,119 @@ def test_too_many_values_and_too_long_strings_are_invalid_params() -> None:
     with pytest.raises(errors.InvalidParams, match="longer than"):
         parse_call(long)
     assert parse_call(call("get_dag", "x" * (256 * 1024)))[1][0] == "x" * (256 * 1024)
+
+
+# -- how stock clients send "nothing" (interop) --------------------------------
+
+HEAD = b"<?xml version='1.0'?><methodCall><methodName>trigger_dag</methodName><params>"
+TAIL = b"</params></methodCall>"
+RUN_ID_OPTIONS = (b"<param><value><struct><member><name>dag_run_id</name>"
+                  b"<value><string>x</string></value></member></struct></value></param>")
+DAG = b"<param><value><string>acc_echo</string></value></param>"
+
+
+def test_an_empty_param_is_an_omitted_value_in_its_own_position() -> None:
+    """Go's kolo/xmlrpc sends nil as a <param> with no <value>."""
+    for empty in (b"<param></param>", b"<param/>", b"<param>\n  </param>"):
+        method, params = parse_call(HEAD + DAG + empty + RUN_ID_OPTIONS + TAIL)
+        assert params == ("acc_echo", None, {"dag_run_id": "x"})
+
+
+def test_nil_in_the_middle_keeps_its_position() -> None:
+    """Node's null and Python's None (allow_none) send <nil/>; Java's ex:nil too."""
+    for nil in (b"<nil/>", b"<ex:nil/>"):
+        body = HEAD + DAG + b"<param><value>" + nil + b"</value></param>" + RUN_ID_OPTIONS + TAIL
+        assert parse_call(body)[1] == ("acc_echo", None, {"dag_run_id": "x"})
+
+
+@pytest.mark.parametrize("body,why", [
+    (HEAD + b"<param><value><string>a</string></value><value><int>1</int></value></param>" + TAIL,
+     "more than one <value>"),
+    (HEAD + b"<param><value><string>a</string><int>1</int></value></param>" + TAIL,
+     "more than one value"),
+    (HEAD + b"<param><value><struct><member><value><int>5</int></value>"
+     b"<value><int>6</int></value></member></struct></value></param>" + TAIL, "more than one"),
+    (HEAD + b"<param><value><struct><member><value><int>5</int></value></member>"
+     b"</struct></value></param>" + TAIL, "needs a <name> and a <value>"),
+    (HEAD + b"<param><value><array><data><array/></data></array></value></param>" + TAIL,
+     "<array> is not allowed in <data>"),
+    (HEAD + b"<param><value><struct><value><int>5</int></value></struct></value></param>" + TAIL,
+     "<value> is not allowed in <struct>"),
+    (HEAD + b"<param>junk<value><int>1</int></value></param>" + TAIL, "text is not allowed"),
+    (HEAD + b"<param><value>junk<int>1</int></value></param>" + TAIL, "mixes text"),
+    (HEAD + b"<param><value><struct><member><name>a</name><value>1</value></member>"
+     b"<member><name>a</name><value>2</value></member></struct></value></param>" + TAIL,
+     "names member 'a' twice"),
+    (HEAD + b"<param><value><array/></value></param>" + TAIL, "needs its <data>"),
+    (b"<methodCall><methodName>x</methodName><methodName>y</methodName></methodCall>",
+     "more than one <methodName>"),
+    (b"<methodResponse><params/></methodResponse>", "<methodResponse> is not allowed"),
+])
+def test_what_the_stdlib_would_tolerate_is_refused(body: bytes, why: str) -> None:
+    with pytest.raises(errors.InvalidRequest) as e:
+        parse_call(body)
+    assert e.value.code == -32600 and why in e.value.message
+
+
+def test_every_element_counts_against_the_cap() -> None:
+    """Elements that hold no <value> (empty params here) are counted too."""
+    from txairflowrpc.gate.wire import MAX_ELEMENTS
+
+    body = HEAD + b"<param/>" * (MAX_ELEMENTS + 1) + TAIL
+    with pytest.raises(errors.InvalidParams) as e:
+        parse_call(body)
+    assert f"more than {MAX_ELEMENTS} elements" in e.value.message
+
+
+def test_bare_containers_in_data_are_refused_at_the_first() -> None:
+    """<data> followed by 131,000 <array/> cost 0.78 s of CPU; now the first one is refused."""
+    body = (HEAD + b"<param><value><array><data>" + b"<array/>" * 131_000
+            + b"</data></array></value></param>" + TAIL)
+    assert len(body) < 1024 * 1024
+    seen = []
+    from txairflowrpc.gate import wire
+
+    original = wire._CallReader.start
+
+    def counting(self: object, tag: str, attrs: dict[str, str]) -> None:
+        seen.append(tag)
+        original(self, tag, attrs)  # type: ignore[arg-type]
+
+    wire._CallReader.start = counting  # type: ignore[method-assign]
+    try:
+        with pytest.raises(errors.InvalidRequest, match="<array> is not allowed in <data>"):
+            parse_call(body)
+    finally:
+        wire._CallReader.start = original  # type: ignore[method-assign]
+    assert len(seen) < 10  # stopped at the first bare container, not after 131,000
+
+
+def test_a_double_must_be_finite() -> None:
+    for text in (b"nan", b"inf", b"-Infinity"):
+        body = HEAD + b"<param><value><double>" + text + b"</double></value></param>" + TAIL
+        with pytest.raises(errors.InvalidParams, match="finite"):
+            parse_call(body)
+
+
+def test_the_content_type_charset_is_honoured_without_a_declaration() -> None:
+    latin1 = ("<methodCall><methodName>get_dag</methodName><params><param><value>"
+              "<string>caf\u00e9</string></value></param></params></methodCall>").encode("latin-1")
+    assert parse_call(latin1, charset="ISO-8859-1") == ("get_dag", ("caf\u00e9",))
+    assert parse_call(latin1, charset='"iso-8859-1"') == ("get_dag", ("caf\u00e9",))
+    with pytest.raises(errors.ParseError):
+        parse_call(latin1)  # no charset: UTF-8, and this is not UTF-8
+    cp1252 = latin1.replace(b"\xe9", b"\x80")  # the euro sign in windows-1252
+    assert parse_call(cp1252, charset="windows-1252")[1] == ("caf\u20ac",)
+
+
+def test_a_declaration_wins_over_the_charset() -> None:
+    body = ('<?xml version="1.0" encoding="UTF-8"?><methodCall><methodName>get_dag'
+            '</methodName><params><param><value>\u00e9</value></param></params>'
+            '</methodCall>').encode()
+    assert parse_call(body, charset="ISO-8859-1")[1] == ("\u00e9",)
+
+
+def test_an_unknown_charset_is_minus_32701() -> None:
+    with pytest.raises(errors.UnsupportedEncoding) as e:
+        parse_call(call("ping"), charset="klingon-8")
+    assert e.value.code == -32701

@@ -16,6 +16,7 @@ import attrs
 
 # Interoperability fault codes for protocol errors (xmlrpc-epi spec).
 PARSE_ERROR = -32700
+UNSUPPORTED_ENCODING = -32701
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
@@ -62,6 +63,18 @@ class ParseError(GatewayError):
     @property
     def message(self) -> str:
         return f"request is not well-formed XML: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class UnsupportedEncoding(GatewayError):
+    """The request names a character encoding the gateway cannot read."""
+
+    charset: str
+    code = UNSUPPORTED_ENCODING
+
+    @property
+    def message(self) -> str:
+        return f"unsupported character encoding {self.charset!r}: send UTF-8"
 
 
 @attrs.define(auto_exc=True, str=False)

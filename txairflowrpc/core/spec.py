@@ -133,8 +133,14 @@ class MethodSpec:
 
     def check(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """
-        The arguments, checked for arity and type, with trailing omitted
-        optionals (and ``<nil/>`` given for an optional) dropped.
+        The arguments, checked for arity and type.
+
+        An optional parameter given as nil (``<nil/>``, or a ``<param>``
+        with no value) means its default, in any position; so does an empty
+        array where an optional struct is expected (PHP's xmlrpc-epi cannot
+        send an empty struct).  Omitted trailing optionals are dropped, so
+        the handler's defaults apply; one omitted before others is passed
+        as its declared default (None if it has none).
 
         Raises `errors.InvalidParams` naming the parameter at fault.
         """
@@ -148,23 +154,28 @@ class MethodSpec:
             raise errors.InvalidParams(
                 f"expects {expected} parameter(s) ({names}), got {len(args)}", self.name
             )
-        checked = list(args)
-        for i, (param, value) in enumerate(zip(self.params, args)):
-            if value is None and not param.required:
-                checked[i] = None
+        checked: list[Any] = []
+        for param, value in zip(self.params, args):
+            if not param.required and param.type == "struct" and value == []:
+                value = None
+            if value is None:
+                if param.required:
+                    raise errors.InvalidParams(
+                        f"parameter {param.name!r} is required (got nil)", self.name
+                    )
+                checked.append(None)
                 continue
             if type_problem(param.type, value):
                 raise errors.InvalidParams(
                     f"parameter {param.name!r} must be {_article(param.type)}", self.name
                 )
+            checked.append(value)
         while checked and checked[-1] is None:
             checked.pop()
-        if None in checked:
-            raise errors.InvalidParams(
-                "an omitted (nil) optional parameter may not be followed by others",
-                self.name,
-            )
-        return tuple(checked)
+        return tuple(
+            param.default if value is None else value
+            for param, value in zip(self.params, checked)
+        )
 
 
 def _article(xmlrpc_type: str) -> str:

@@ -89,9 +89,9 @@ def _json_value(method: str, value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             _json_value(method, item, depth + 1)
-    elif not isinstance(value, (str, int, float, bool)):
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
         raise errors.InvalidParams(
-            "conf may hold only strings, numbers, booleans, structs and arrays", method
+            "conf may hold only strings, numbers, booleans, nulls, structs and arrays", method
         )
 
 
@@ -137,7 +137,32 @@ def attribution(call: CallContext, note: str | None) -> str:
 
 
 def _same_conf(a: Any, b: Any) -> bool:
-    return json.dumps(a or {}, sort_keys=True) == json.dumps(b or {}, sort_keys=True)
+    """Whether two confs are the same JSON value (no conf is the empty one)."""
+    return json_equal(a or {}, b or {})
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """
+    Equality of JSON values: objects by their members, arrays element by
+    element, numbers by value (``1`` equals ``1.0``), never a boolean equal
+    to a number (as Python's ``True == 1`` would have it).
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _clash(dag_id: str, logical_date: str | None) -> str:
+    """What a trigger's 409 means when no run has the caller's run id."""
+    if logical_date is not None:
+        return f"DAG {dag_id!r} already has a run with logical_date {logical_date}"
+    return f"Airflow refused the new run of DAG {dag_id!r} as a duplicate; retry it"
 
 
 class AirflowMethods:
@@ -291,9 +316,14 @@ class AirflowMethods:
                 note=attribution(call, note),
             )
         except errors.Conflict:
-            if run_id is None:
-                raise
-            existing = await self._client.get_dag_run(dag_id, run_id)
+            existing = None
+            if run_id is not None:
+                try:
+                    existing = await self._client.get_dag_run(dag_id, run_id)
+                except errors.NotFound:
+                    pass  # the clash was not on the run id
+            if existing is None:
+                raise errors.Conflict(_clash(dag_id, logical_date)) from None
             if not _same_conf(existing.get("conf"), conf):
                 raise errors.Conflict(
                     f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf"

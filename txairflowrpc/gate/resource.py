@@ -20,7 +20,6 @@ it arrives, deadlines, connection cap) are in `txairflowrpc.gate.site`.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
@@ -33,6 +32,7 @@ from twisted.web.resource import Resource
 from ..audit.log import AuditLog
 from ..core import errors
 from ..core.spec import CallContext
+from ..core.timefmt import iso_seconds, utc
 from ..identity.authenticate import Unauthenticated
 from ..identity.backoff import Backoff
 from ..identity.principal import Principal
@@ -149,11 +149,9 @@ class RPCResource(Resource):
 
     def _authenticated(self, principal: Principal, request: server.Request, request_id: str) -> None:
         if principal.expires is not None and principal.expires_within(
-            principal.warning_days, datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+            principal.warning_days, utc(self._clock.seconds())
         ):
-            request.setHeader(
-                b"X-Credential-Expires", principal.expires.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-            )
+            request.setHeader(b"X-Credential-Expires", iso_seconds(principal.expires).encode())
         problem = _body_problem(request)
         if problem is not None:
             self.refusals.answer(request, *problem, request_id=request_id, principal=principal)
@@ -167,7 +165,7 @@ class RPCResource(Resource):
             )
             return
         try:
-            method, params = wire.parse_call(body)
+            method, params = wire.parse_call(body, charset=_charset(request))
         except errors.GatewayError as e:
             recorded = self.refusals.record(
                 request, request_id, e.message, fault_code=e.code, principal=principal
@@ -184,7 +182,8 @@ class RPCResource(Resource):
             d.cancel()
 
         request.notifyFinish().addErrback(client_gone)
-        d.addCallbacks(wire.dump_response, self._fault_body, errbackArgs=(request_id,))
+        extensions = wire.extensions_of(request.getHeader(b"x-airflowrpc-extensions"))
+        d.addCallbacks(wire.dump_response, self._fault_body, (extensions,), None, (request_id,))
         d.addCallback(lambda content: None if gone else _write(request, content))
         d.addErrback(_internal_error, request, request_id)
 
@@ -223,6 +222,16 @@ def _body_problem(request: server.Request) -> tuple[int, str] | None:
     encoding = (request.getHeader(b"content-encoding") or b"identity").strip().lower()
     if encoding != b"identity":
         return 415, "Content-Encoding must be identity"
+    return None
+
+
+def _charset(request: server.Request) -> str | None:
+    """The ``charset`` parameter of the request's ``Content-Type``, if any."""
+    _, _, params = (request.getHeader(b"content-type") or b"").partition(b";")
+    for param in params.split(b";"):
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"charset" and value.strip():
+            return value.strip().strip(b'"').decode("latin-1")
     return None
 
 

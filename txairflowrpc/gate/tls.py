@@ -92,6 +92,23 @@ def server_options(config: TLSConfig, client_certificate: str = "required") -> s
     )
 
 
+#: The protocols the gateway speaks after the handshake, by preference.
+ALPN_PROTOCOLS = (b"http/1.1", b"http/1.0")
+
+
+def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """
+    The ALPN choice: HTTP/1.1 or HTTP/1.0 if the client offers either;
+    otherwise the handshake goes on without ALPN (Twisted's own callback
+    answers an internal_error alert, so a client offering only
+    ``http/1.0``, as ``curl -0`` does, could not connect).
+    """
+    for protocol in ALPN_PROTOCOLS:
+        if protocol in offered:
+            return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ReloadableTLS:
     """
@@ -101,6 +118,15 @@ class ReloadableTLS:
 
     def __init__(self, options: ssl.CertificateOptions) -> None:
         self.options = options
+
+    @property
+    def options(self) -> ssl.CertificateOptions:
+        return self._options
+
+    @options.setter
+    def options(self, options: ssl.CertificateOptions) -> None:
+        options.getContext().set_alpn_select_callback(select_alpn)
+        self._options = options
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self.options.getContext(), None)

@@ -9,15 +9,19 @@ is the gateway's own, never expat's.
 
 `dump_response` and `dump_fault` write what any client can read: a missing
 value is left out of its struct (never ``<nil/>``), integers beyond XML-RPC's
-32 bits become strings, and characters XML cannot carry are dropped.
+32 bits become strings, and characters XML cannot carry are dropped; a
+caller that names the ``nil`` and ``i8`` extensions in its request gets
+JSON nulls as ``<nil/>`` and big integers as ``<i8>`` instead.
 """
 
 from __future__ import annotations
 
+import codecs
+import math
 import re
 from typing import Any
 from xml.parsers import expat
-from xmlrpc.client import DateTime, Fault, Unmarshaller, dumps
+from xmlrpc.client import DateTime, Fault, Marshaller, Unmarshaller, dumps
 from xmlrpc.client import Error as XMLRPCError
 
 from ..core import errors
@@ -27,6 +31,9 @@ from ..core import errors
 MAX_DEPTH = 64
 #: Most values in one request (every <value>, at any depth).
 MAX_VALUES = 10000
+#: Most elements of any kind in one request: enough for MAX_VALUES values
+#: in arrays and structs, and a bound on the work any request can cause.
+MAX_ELEMENTS = 4 * MAX_VALUES
 #: Longest single string (or other text) in a request, in characters.
 MAX_TEXT = 256 * 1024
 
@@ -61,55 +68,161 @@ def _forbid(what: str) -> Any:
     return handler
 
 
-def parse_call(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, tuple[Any, ...]]:
+#: Elements that carry one value each, as the stdlib's Unmarshaller reads
+#: them (``ex:``-prefixed extensions, as Apache XML-RPC sends them, too).
+_SCALARS = frozenset({
+    "string", "int", "i4", "i8", "i1", "i2", "biginteger", "boolean", "double",
+    "float", "dateTime.iso8601", "base64", "nil",
+})
+#: Which element may hold which: XML-RPC's grammar, and nothing else.
+_CHILDREN: dict[str | None, frozenset[str]] = {
+    None: frozenset({"methodCall"}),
+    "methodCall": frozenset({"methodName", "params"}),
+    "params": frozenset({"param"}),
+    "param": frozenset({"value"}),
+    "value": _SCALARS | {"struct", "array"},
+    "struct": frozenset({"member"}),
+    "member": frozenset({"name", "value"}),
+    "array": frozenset({"data"}),
+    "data": frozenset({"value"}),
+}
+#: Elements that hold at most one child of each kind they may hold.
+_ONE_EACH = frozenset({"methodCall", "param", "value", "member", "array"})
+#: Elements whose text is markup only (whitespace between their children).
+_CONTAINERS = frozenset({"methodCall", "params", "param", "struct", "member", "array", "data"})
+
+
+class _Frame:
+    __slots__ = ("tag", "children", "text")
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.children: list[str] = []
+        self.text = False
+
+
+class _CallReader:
+    """
+    Checks every element of a request against XML-RPC's grammar while the
+    stdlib's `Unmarshaller` builds the values, so that nothing the stdlib
+    would silently tolerate gets through: an element outside its place, a
+    ``<param>`` or ``<value>`` holding two values, a ``<member>`` without a
+    name, text between elements, a struct naming a member twice.  A
+    ``<param>`` with no ``<value>`` is an omitted value in its own position
+    (``None``), as a nil from Go's kolo/xmlrpc arrives.
+    """
+
+    def __init__(self, max_depth: int) -> None:
+        self.target = _Unmarshaller()
+        self._max_depth = max_depth
+        self._frames: list[_Frame] = []
+        self._values = 0
+        self._elements = 0
+        self._text = 0
+        self._keys: list[set[Any]] = []
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        tag = tag.rpartition(":")[2]
+        parent = self._frames[-1] if self._frames else None
+        allowed = _CHILDREN.get(parent.tag if parent else None, frozenset())
+        where = f"<{parent.tag}>" if parent else "the document"
+        if tag not in allowed:
+            raise _Refused(errors.InvalidRequest(f"<{tag[:40]}> is not allowed in {where}"))
+        if parent is not None:
+            if parent.tag in _ONE_EACH and tag in parent.children:
+                raise _Refused(errors.InvalidRequest(f"{where} holds more than one <{tag}>"))
+            if parent.tag == "value" and parent.children:
+                raise _Refused(errors.InvalidRequest("a <value> holds more than one value"))
+            parent.children.append(tag)
+        self._elements += 1
+        if self._elements > MAX_ELEMENTS:
+            raise _Refused(errors.InvalidParams(
+                f"the request holds more than {MAX_ELEMENTS} elements"))
+        if len(self._frames) >= self._max_depth:
+            raise _Refused(errors.InvalidParams(f"the request nests deeper than {self._max_depth}"))
+        if tag == "value":
+            self._values += 1
+            if self._values > MAX_VALUES:
+                raise _Refused(errors.InvalidParams(
+                    f"the request holds more than {MAX_VALUES} values"))
+        elif tag == "struct":
+            self._keys.append(set())
+        self._frames.append(_Frame(tag))
+        self._text = 0
+        self.target.start(tag, attrs)
+
+    def data(self, chunk: str) -> None:
+        frame = self._frames[-1] if self._frames else None
+        if frame is None or not chunk.strip():
+            if frame is not None and frame.tag not in _CONTAINERS:
+                self.target.data(chunk)
+            return
+        if frame.tag in _CONTAINERS:
+            raise _Refused(errors.InvalidRequest(f"text is not allowed in <{frame.tag}>"))
+        if frame.tag == "value":
+            frame.text = True
+        self._text += len(chunk)
+        if self._text > MAX_TEXT:
+            raise _Refused(errors.InvalidParams(f"a value is longer than {MAX_TEXT} characters"))
+        self.target.data(chunk)
+
+    def end(self, tag: str) -> None:
+        frame = self._frames.pop()
+        self._text = 0
+        if frame.tag == "value" and frame.children and frame.text:
+            raise _Refused(errors.InvalidRequest("a <value> mixes text and a typed value"))
+        if frame.tag == "member" and sorted(frame.children) != ["name", "value"]:
+            raise _Refused(errors.InvalidRequest("a struct <member> needs a <name> and a <value>"))
+        if frame.tag == "array" and not frame.children:
+            raise _Refused(errors.InvalidRequest("an <array> needs its <data>"))
+        self.target.end(tag)
+        if frame.tag == "param" and not frame.children:
+            self.target.append(None)  # an omitted value keeps its position
+        elif frame.tag == "name":
+            self._note_key()
+        elif frame.tag == "struct":
+            self._keys.pop()
+        elif frame.tag == "double" and not math.isfinite(self.target._stack[-1]):
+            raise _Refused(errors.InvalidParams("a double must be a finite number"))
+
+    def _note_key(self) -> None:
+        key = self.target._stack[-1]
+        keys = self._keys[-1]
+        if key in keys:
+            raise _Refused(errors.InvalidRequest(f"a struct names member {key[:64]!r} twice"))
+        keys.add(key)
+
+
+def parse_call(
+    body: bytes, max_depth: int = MAX_DEPTH, charset: str | None = None
+) -> tuple[str, tuple[Any, ...]]:
     """
     The method name and parameters of an XML-RPC ``methodCall``.
 
+    ``charset`` is the HTTP ``Content-Type``'s charset parameter; it decides
+    how the body is read when the body has no XML declaration of its own
+    (which otherwise decides, or UTF-8 when there is neither).
+
     Raises `errors.ParseError` (-32700) for XML that is not well-formed or
-    uses DTD features, `errors.InvalidRequest` (-32600) for XML that is not
-    a methodCall, and `errors.InvalidParams` (-32602) for nesting too deep,
-    too many values or a value too long.
+    uses DTD features, `errors.UnsupportedEncoding` (-32701) for a charset
+    the gateway cannot read, `errors.InvalidRequest` (-32600) for XML that
+    is not a methodCall by XML-RPC's grammar, and `errors.InvalidParams`
+    (-32602) for nesting too deep, too many elements or values, a value too
+    long, or a double that is not finite.
     """
-    target = _Unmarshaller()
+    body = _as_utf8(body, charset)
+    reader = _CallReader(max_depth)
     parser = expat.ParserCreate(None, None)
-    depth = 0
-    values = 0
-    text = 0
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        nonlocal depth, values, text
-        depth += 1
-        text = 0
-        if depth > max_depth:
-            raise _Refused(errors.InvalidParams(f"the request nests deeper than {max_depth}"))
-        if tag == "value":
-            values += 1
-            if values > MAX_VALUES:
-                raise _Refused(errors.InvalidParams(f"the request holds more than {MAX_VALUES} values"))
-        target.start(tag, attrs)
-
-    def data(chunk: str) -> None:
-        nonlocal text
-        text += len(chunk)
-        if text > MAX_TEXT:
-            raise _Refused(errors.InvalidParams(f"a value is longer than {MAX_TEXT} characters"))
-        target.data(chunk)
-
-    def end(tag: str) -> None:
-        nonlocal depth, text
-        depth -= 1
-        text = 0
-        target.end(tag)
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = data
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    parser.CharacterDataHandler = reader.data
     parser.buffer_text = True
     parser.StartDoctypeDeclHandler = _forbid("a DOCTYPE")
     parser.EntityDeclHandler = _forbid("an entity declaration")
     parser.UnparsedEntityDeclHandler = _forbid("an entity declaration")
     parser.ExternalEntityRefHandler = _forbid("an external reference")
     parser.NotationDeclHandler = _forbid("a notation declaration")
+    target = reader.target
     try:
         parser.Parse(body, True)
     except _Refused as refused:
@@ -120,7 +233,6 @@ def parse_call(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, tuple[Any,
         # The Unmarshaller's conversion of a value (<int>abc</int>, ...).
         raise errors.InvalidRequest("a value does not match its type") from None
     except XMLRPCError:
-        # The Unmarshaller's structure checks (<data> outside an <array>, ...).
         raise errors.InvalidRequest("its elements are not XML-RPC's") from None
     try:
         params = target.close()
@@ -130,6 +242,28 @@ def parse_call(body: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, tuple[Any,
     if not isinstance(method, str) or not method:
         raise errors.InvalidRequest("it has no methodName")
     return method, tuple(params)
+
+
+_DECLARATION = re.compile(rb"\A(\xef\xbb\xbf)?\s*<\?xml[^>]*encoding", re.IGNORECASE)
+
+
+def _as_utf8(body: bytes, charset: str | None) -> bytes:
+    """
+    ``body`` in UTF-8, read in ``charset`` when the body does not say its
+    own encoding (an XML declaration naming one, or a byte-order mark).
+    """
+    if not charset or _DECLARATION.match(body) or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return body
+    try:
+        codec = codecs.lookup(charset.strip().strip('"'))
+    except LookupError:
+        raise errors.UnsupportedEncoding(charset[:40]) from None
+    if codec.name == "utf-8":
+        return body
+    try:
+        return body.decode(codec.name).encode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ParseError(f"the body is not valid {codec.name}") from None
 
 
 def _expat_reason(e: expat.ExpatError) -> str:
@@ -145,27 +279,94 @@ def _expat_reason(e: expat.ExpatError) -> str:
     return f"malformed XML at line {e.lineno}"
 
 
-def to_xmlrpc(value: Any) -> Any:
-    """``value`` made safe for every XML-RPC client (see the module doc)."""
+#: XML-RPC extensions a caller can read, named in the request header
+#: ``X-Airflowrpc-Extensions`` (comma-separated): ``nil`` (JSON nulls as
+#: ``<nil/>``) and ``i8`` (integers beyond 32 bits as ``<i8>``).
+EXTENSIONS = frozenset({"nil", "i8"})
+
+_I8_MIN, _I8_MAX = -(2**63), 2**63 - 1
+
+
+def extensions_of(header: bytes | None) -> frozenset[str]:
+    """The known extensions a request's ``X-Airflowrpc-Extensions`` names."""
+    if not header:
+        return frozenset()
+    names = {part.strip().lower() for part in header.decode("latin-1").split(",")}
+    return frozenset(names & EXTENSIONS)
+
+
+class _I8(int):
+    """An integer written as ``<i8>``."""
+
+
+class _Marshaller(Marshaller):
+    dispatch = dict(Marshaller.dispatch)
+
+    def dump_i8(self, value: int, write: Any) -> None:
+        write("<value><i8>")
+        write(str(int(value)))
+        write("</i8></value>\n")
+
+    dispatch[_I8] = dump_i8
+
+
+class _Unrepresentable(Exception):
+    """A value this caller's XML-RPC cannot carry (a null inside an array)."""
+
+
+def to_xmlrpc(value: Any, extensions: frozenset[str] = frozenset()) -> Any:
+    """
+    ``value`` made safe for the caller (see the module doc).
+
+    Without the ``nil`` extension a null struct member is left out, and so
+    is a member whose value holds an array with a null in it (leaving the
+    null out would shift the elements after it): a run's ``conf_json`` has
+    it exactly.  Integers beyond 32 bits are strings, or ``<i8>`` with the
+    ``i8`` extension.
+    """
+    try:
+        return _render(value, "nil" in extensions, "i8" in extensions)
+    except _Unrepresentable:
+        return ""
+
+
+def _render(value: Any, nil: bool, i8: bool) -> Any:
     if isinstance(value, str):
         return _NOT_XML.sub("", value)
-    if isinstance(value, bool) or isinstance(value, (float, DateTime)):
+    if isinstance(value, bool) or isinstance(value, DateTime):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, int):
-        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        return _I8(value) if i8 and _I8_MIN <= value <= _I8_MAX else str(value)
     if isinstance(value, dict):
-        return {
-            to_xmlrpc(str(k)): to_xmlrpc(v) for k, v in value.items() if v is not None
-        }
+        out = {}
+        for key, item in value.items():
+            if item is None and not nil:
+                continue
+            try:
+                out[_NOT_XML.sub("", str(key))] = _render(item, nil, i8)
+            except _Unrepresentable:
+                continue
+        return out
     if isinstance(value, (list, tuple)):
-        return [to_xmlrpc(v) for v in value if v is not None]
+        if not nil and any(item is None for item in value):
+            raise _Unrepresentable()
+        return [_render(item, nil, i8) for item in value]
     if value is None:
-        return ""
-    return to_xmlrpc(str(value))
+        if nil:
+            return None
+        raise _Unrepresentable()
+    return _render(str(value), nil, i8)
 
 
-def dump_response(result: Any) -> bytes:
-    return dumps((to_xmlrpc(result),), methodresponse=True, encoding="utf-8").encode("utf-8")
+def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> bytes:
+    """A ``methodResponse`` holding ``result``, written for the caller's ``extensions``."""
+    marshaller = _Marshaller("utf-8", allow_none="nil" in extensions)
+    body = marshaller.dumps((to_xmlrpc(result, extensions),))
+    return ("<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n").encode()
 
 
 def dump_fault(fault: Fault) -> bytes:

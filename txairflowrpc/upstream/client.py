@@ -385,7 +385,7 @@ class AirflowClient:
             data = await self._api(
                 "POST", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
                 body=body,
-                conflict=f"DAG {dag_id!r} already has a run with this dag_run_id",
+                conflict=f"DAG {dag_id!r} already has a run with this dag_run_id or logical_date",
                 retry=dag_run_id is not None,
             )
             return shape_run(data)

@@ -9,6 +9,7 @@ inside.  A document that is not what Airflow's API promises is an
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from ..core import errors
@@ -52,7 +53,15 @@ def shape_dag(data: Any) -> dict[str, Any]:
 
 
 def shape_run(data: Any) -> dict[str, Any]:
-    return _pick(data, _RUN_FIELDS)
+    """
+    A run, with ``conf_json``: its conf as JSON text, exactly as Airflow
+    holds it (nulls, big integers and array positions included), next to
+    the ``conf`` struct that XML-RPC renders for the caller.
+    """
+    run = _pick(data, _RUN_FIELDS)
+    if isinstance(data.get("conf"), dict):
+        run["conf_json"] = json.dumps(data["conf"], separators=(",", ":"), ensure_ascii=False)
+    return run
 
 
 def shape_task_instance(data: Any) -> dict[str, Any]:
