@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 AIRFLOW_VENV := .airflow-venv
 AIRFLOW_VERSION := 3.3.2
+NODE_EXAMPLE := examples/node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit bench install airflow system-deps clean
+.PHONY: run test unit bench install airflow system-deps apt-deps clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
@@ -41,12 +42,32 @@ $(AIRFLOW_VENV)/.installed:
 	$(AIRFLOW_VENV)/bin/pip install -q apache-airflow==$(AIRFLOW_VERSION)
 	touch $@
 
-# Perl's RPC::XML (with HTTPS) for the interoperability tests.
-system-deps:
-	@perl -MRPC::XML::Client -MLWP::Protocol::https -e1 2>/dev/null || { \
+# What the interoperability tests and the example clients (examples/) need:
+# Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc (built offline
+# against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi, Node.js and npm,
+# then the Node example's packages from its lock file.
+system-deps: apt-deps $(NODE_EXAMPLE)/node_modules/.installed
+
+# One apt-get update and one install, only when something is missing.
+apt-deps:
+	@missing=; \
+	perl -MRPC::XML::Client -MLWP::Protocol::https -MJSON::PP -e1 2>/dev/null || \
+	  missing="$$missing librpc-xml-perl liblwp-protocol-https-perl"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	[ -d /usr/share/gocode/src/github.com/kolo/xmlrpc ] || \
+	  missing="$$missing golang-github-kolo-xmlrpc-dev"; \
+	ruby -rxmlrpc/client -e1 2>/dev/null || missing="$$missing ruby ruby-xmlrpc"; \
+	php -r 'exit(function_exists("xmlrpc_encode_request") ? 0 : 1);' 2>/dev/null || \
+	  missing="$$missing php-cli php-xmlrpc"; \
+	{ command -v node && command -v npm; } >/dev/null || missing="$$missing nodejs npm"; \
+	[ -z "$$missing" ] || { \
+	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    librpc-xml-perl liblwp-protocol-https-perl; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; }
+
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package-lock.json | apt-deps
+	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) var build dist *.egg-info
