@@ -45,7 +45,7 @@ $(AIRFLOW_VENV)/.installed:
 # What the interoperability tests and the example clients (examples/) need:
 # Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc (built offline
 # against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi, Node.js and npm,
-# then the Node example's packages from its lock file.
+# curl (a client offering only HTTP/1.0 in ALPN), then the Node example's packages from its lock file.
 system-deps: apt-deps $(NODE_EXAMPLE)/node_modules/.installed
 
 # One apt-get update and one install, only when something is missing.
@@ -60,6 +60,7 @@ apt-deps:
 	php -r 'exit(function_exists("xmlrpc_encode_request") ? 0 : 1);' 2>/dev/null || \
 	  missing="$$missing php-cli php-xmlrpc"; \
 	{ command -v node && command -v npm; } >/dev/null || missing="$$missing nodejs npm"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	[ -z "$$missing" ] || { \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -218,7 +218,12 @@ func main() {
 	var run map[string]interface{}
 	err = client.Call("trigger_dag", []interface{}{"example_hello", nil,
 		map[string]interface{}{"dag_run_id": os.Args[1]}}, &run)
-	out := map[string]interface{}{"dag_run_id": run["dag_run_id"], "conf": run["conf"]}
+	// kolo decodes an empty <struct> as a nil map: read conf_json, the exact JSON.
+	var conf interface{}
+	if text, ok := run["conf_json"].(string); ok {
+		json.Unmarshal([]byte(text), &conf)
+	}
+	out := map[string]interface{}{"dag_run_id": run["dag_run_id"], "conf": conf}
 	if err != nil {
 		var code int
 		if _, e := fmt.Sscanf(err.Error(), "Fault(%d):", &code); e != nil {
@@ -284,30 +289,6 @@ class NilConfLost(AssertionError):
     """The gateway did not take the client's "nothing" as an empty conf."""
 
 
-#: What today's gateway does with each client's "nothing" (see the issue
-#: "Interop"); strict, so the test turns red once the gateway is fixed and
-#: the entry must go.
-NIL_IS_REFUSED = "fault -32602: an omitted (nil) optional parameter may not be followed by others"
-FAILS_ON_TODAYS_GATEWAY: dict[str, str] = {
-    "python": NIL_IS_REFUSED,
-    "perl": NIL_IS_REFUSED,
-    "go": "an empty <param> shifts the options into conf: a new run with a generated "
-          "run id and conf {'dag_run_id': X}, created on every retry",
-    "ruby": NIL_IS_REFUSED,
-    "node": NIL_IS_REFUSED,
-    "php": "PHP's null goes out as an empty string: fault -32602: parameter 'conf' "
-           "must be a struct",
-}
-
-
-def nil_case(language: str) -> Any:
-    reason = FAILS_ON_TODAYS_GATEWAY.get(language)
-    if reason is None:
-        return language
-    return pytest.param(language, marks=pytest.mark.xfail(
-        reason=reason, raises=NilConfLost, strict=True))
-
-
 def nil_command(language: str, program: Path) -> list[str]:
     if language == "go":
         return [str(go_build(program, program.with_suffix("")))]
@@ -315,7 +296,7 @@ def nil_command(language: str, program: Path) -> list[str]:
             "node": ["node"], "php": ["php"]}[language] + [str(program)]
 
 
-@pytest.mark.parametrize("language", [nil_case(lang) for lang in NIL_PROGRAMS])
+@pytest.mark.parametrize("language", list(NIL_PROGRAMS))
 def test_nil_conf_keeps_the_run_id(
     language: str, gateway: RunningGateway, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ WAIT = MethodSpec(
     (("etl", {}, []), ("etl", {})),
     (("etl", None, None), ("etl",)),
     (("etl", [], []), ("etl",)),
+    (("etl", "", {"dag_run_id": "x"}), ("etl", None, {"dag_run_id": "x"})),
     (("etl", {"a": 1}), ("etl", {"a": 1})),
 ])
 def test_nothing_in_any_position_means_the_default(args: tuple[Any, ...],

@@ -137,8 +137,9 @@ class MethodSpec:
 
         An optional parameter given as nil (``<nil/>``, or a ``<param>``
         with no value) means its default, in any position; so does an empty
-        array where an optional struct is expected (PHP's xmlrpc-epi cannot
-        send an empty struct).  Omitted trailing optionals are dropped, so
+        array or an empty string where an optional struct is expected
+        (PHP's xmlrpc-epi sends an empty struct as an empty array and null
+        as an empty string; Node's ``undefined`` is an empty string too).  Omitted trailing optionals are dropped, so
         the handler's defaults apply; one omitted before others is passed
         as its declared default (None if it has none).
 
@@ -156,8 +157,8 @@ class MethodSpec:
             )
         checked: list[Any] = []
         for param, value in zip(self.params, args):
-            if not param.required and param.type == "struct" and value == []:
-                value = None
+            if not param.required and param.type == "struct" and (value == [] or value == ""):
+                value = None  # PHP's empty struct, and PHP's null or Node's undefined
             if value is None:
                 if param.required:
                     raise errors.InvalidParams(
