@@ -236,6 +236,27 @@ class TestOIDC:
         with pytest.raises(Unauthenticated, match="unknown issuer"):
             run(auth.authenticate(FakeRequest(None, f"Bearer {evil}")))
 
+    @pytest.mark.parametrize("header,changes", [
+        ({"kid": ["ec1"]}, {}),
+        ({"kid": {"ec1": 1}}, {}),
+        ({}, {"exp": float("nan")}),
+        ({}, {"exp": float("inf")}),
+        ({}, {"exp": 10**400}),
+        ({}, {"nbf": "soon"}),
+        ({"crit": ["exp"], "exp": NOW}, {}),
+    ])
+    def test_a_malformed_jwt_is_a_clean_401(self, tmp_path: Path, pki: DevPKI,
+                                           header: dict[str, Any], changes: dict[str, Any]) -> None:
+        # Before: each was a TypeError or an OverflowError (HTTP 500 and a
+        # traceback in the log), or got in.
+        clock = Clock()
+        clock.advance(NOW)
+        auth = authenticator(load(tmp_path, pki, mode="optional"), clock)
+        token = SIGNER.sign({"iss": "https://idp.example.com", "aud": "airflowrpc",
+                             "sub": "alice", "exp": NOW + 60, **changes}, header=header)
+        with pytest.raises(Unauthenticated, match="JWT refused"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+
 
 class TestConfig:
     @pytest.mark.parametrize("extra,key,words", [
@@ -260,3 +281,11 @@ class TestConfig:
             with pytest.raises(config_module.ConfigError, match="asymmetric only") as e:
                 config_module.load(tmp_path / "airflowrpc.toml")
             assert e.value.key == "oidc.corp.algorithms"
+
+    def test_a_jwks_file_without_a_usable_key_is_refused(self, tmp_path: Path, pki: DevPKI) -> None:
+        load(tmp_path, pki)
+        weak = Signer("RS256", "weak", bits=1024)
+        (tmp_path / "jwks.json").write_text(json.dumps(jwks(weak)))
+        with pytest.raises(config_module.ConfigError, match="2048") as e:
+            load_checked(tmp_path / "airflowrpc.toml")
+        assert e.value.key == "oidc.corp.jwks_file"
