@@ -1,4 +1,10 @@
-"""Signing JWTs and building JWKS documents for tests (with cryptography)."""
+"""
+Signing JWTs and building JWKS documents for tests.
+
+Signed with ``cryptography`` directly, on purpose: the gateway verifies
+with joserfc, and a token made by the same library that checks it would
+hide any mistake the two share.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from txairflowrpc.config import OIDCProvider
@@ -26,37 +32,65 @@ def _int(n: int, size: int | None = None) -> str:
 
 
 class Signer:
-    """A key pair that signs JWTs and describes itself as a JWK."""
+    """
+    A key pair that signs JWTs and describes itself as a JWK.
 
-    def __init__(self, kind: str = "RS256", kid: str = "k1") -> None:
+    ``kind`` is the algorithm it signs with: RS256, PS256 (RSA of ``bits``),
+    ES256 (P-256) or EdDSA (Ed25519).
+    """
+
+    def __init__(self, kind: str = "RS256", kid: str = "k1", bits: int = 2048) -> None:
         self.alg, self.kid = kind, kid
-        if kind.startswith("RS"):
-            self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind.startswith(("RS", "PS")):
+            self.key: Any = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        elif kind == "EdDSA":
+            self.key = ed25519.Ed25519PrivateKey.generate()
         else:
             self.key = ec.generate_private_key(ec.SECP256R1())
 
-    def jwk(self) -> dict[str, Any]:
-        pub = self.key.public_key().public_numbers()
-        if self.alg.startswith("RS"):
-            return {"kty": "RSA", "kid": self.kid, "use": "sig", "alg": self.alg,
-                    "n": _int(pub.n), "e": _int(pub.e)}
-        return {"kty": "EC", "kid": self.kid, "crv": "P-256", "use": "sig",
-                "x": _int(pub.x, 32), "y": _int(pub.y, 32)}
+    def jwk(self, **fields: Any) -> dict[str, Any]:
+        """The public JWK; ``fields`` are added, or removed where None."""
+        if self.alg == "EdDSA":
+            raw = self.key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                     serialization.PublicFormat.Raw)
+            jwk = {"kty": "OKP", "kid": self.kid, "crv": "Ed25519", "use": "sig", "x": b64(raw)}
+        elif self.alg.startswith(("RS", "PS")):
+            pub = self.key.public_key().public_numbers()
+            jwk = {"kty": "RSA", "kid": self.kid, "use": "sig", "alg": self.alg,
+                   "n": _int(pub.n), "e": _int(pub.e)}
+        else:
+            pub = self.key.public_key().public_numbers()
+            jwk = {"kty": "EC", "kid": self.kid, "crv": "P-256", "use": "sig",
+                   "x": _int(pub.x, 32), "y": _int(pub.y, 32)}
+        jwk.update(fields)
+        return {k: v for k, v in jwk.items() if v is not None}
 
     def public_pem(self) -> bytes:
         return self.key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+    def sign(self, claims: dict[str, Any] | None = None, header: dict[str, Any] | None = None,
+             *, payload: bytes | None = None) -> str:
+        """
+        A compact JWS of ``claims`` (or of the raw ``payload`` bytes).
+        ``header`` entries are added to the usual ones, or remove them where
+        None.  ``json.dumps`` writes NaN and Infinity as JSON's parsers do.
+        """
         head = {"alg": self.alg, "typ": "JWT", "kid": self.kid, **(header or {})}
-        signing_input = f"{b64(json.dumps(head).encode())}.{b64(json.dumps(claims).encode())}"
-        if self.alg.startswith("RS"):
-            sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        head = {k: v for k, v in head.items() if v is not None}
+        body = payload if payload is not None else json.dumps(claims).encode()
+        signing_input = f"{b64(json.dumps(head).encode())}.{b64(body)}".encode()
+        if self.alg == "EdDSA":
+            sig = self.key.sign(signing_input)
+        elif self.alg.startswith("RS"):
+            sig = self.key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        elif self.alg.startswith("PS"):
+            sig = self.key.sign(signing_input, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                                hashes.SHA256())
         else:
-            r, s = decode_dss_signature(self.key.sign(signing_input.encode(),
-                                                      ec.ECDSA(hashes.SHA256())))
+            r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
             sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        return f"{signing_input}.{b64(sig)}"
+        return f"{signing_input.decode()}.{b64(sig)}"
 
 
 def jwks(*signers: Signer) -> dict[str, Any]:
@@ -96,4 +130,4 @@ def claims(**kw: Any) -> dict[str, Any]:
     base = {"iss": "https://idp.example.com", "aud": "airflowrpc", "sub": "alice",
             "exp": NOW + 600, "iat": NOW, "scope": "openid airflow-ci"}
     base.update(kw)
-    return base
+    return {k: v for k, v in base.items() if v is not None}

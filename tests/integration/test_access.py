@@ -202,11 +202,11 @@ def test_certificates_of_nobody_and_expired_ones_are_refused(gw: RunningGateway,
         gw.proxy(expired).ping()
 
 
-def jwt(signer: Signer = SIGNER, **claims: Any) -> str:
+def jwt(signer: Signer = SIGNER, header: dict[str, Any] | None = None, **claims: Any) -> str:
     body = {"iss": ISSUER, "aud": "airflowrpc", "sub": "alice",
             "exp": int(time.time()) + 300, "scope": "openid airflow-ci"}
     body.update(claims)
-    return signer.sign(body)
+    return signer.sign(body, header=header)
 
 
 def test_oidc_tokens_and_every_way_one_is_refused(gw: RunningGateway, idp: JWKSServer) -> None:
@@ -235,6 +235,46 @@ def test_a_new_provider_key_is_fetched_on_its_first_use(gw: RunningGateway, idp:
     time.sleep(1.1)  # past the refetch cooldown
     assert by_token(gw, jwt(rotated, sub="bob")).whoami()["principal"] == "corp/bob"
     assert idp.hits == hits + 1
+
+
+#: Put into refused tokens; must reach neither the log nor the audit trail.
+SECRET = "s3cr3t-token-content"
+
+
+def test_malformed_tokens_and_unusable_keys_get_401_and_leave_no_trace(
+    gw: RunningGateway, idp: JWKSServer,
+) -> None:
+    weak = Signer("RS256", "key-weak", bits=1024)
+    ec_labelled_rs256 = Signer("ES256", "key-ec-rs256")
+    for_encryption = Signer("RS256", "key-enc")
+    idp.document = {"keys": [SIGNER.jwk(), weak.jwk(), ec_labelled_rs256.jwk(alg="RS256"),
+                             for_encryption.jwk(use="enc")]}
+    time.sleep(1.1)  # past the refetch cooldown: the first of these kids fetches the new set
+    log_start = gw.log.stat().st_size
+    audit_start = len(audit(gw))
+    bad = {
+        "kid a list": jwt(header={"kid": [SECRET]}),
+        "kid an object": jwt(header={"kid": {SECRET: 1}}),
+        "exp NaN": jwt(exp=float("nan")),
+        "exp Infinity": jwt(exp=float("inf")),
+        "exp beyond a datetime": jwt(exp=10**400),
+        "nbf not a number": jwt(nbf=SECRET),
+        "crit": jwt(header={"crit": [SECRET], SECRET: 1}),
+        "RSA key of 1024 bits": jwt(weak),
+        "EC key whose JWK says RS256": jwt(ec_labelled_rs256),
+        "key for encryption": jwt(for_encryption),
+        "bad signature": jwt(Signer("RS256", "key-1"), sub=SECRET),
+    }
+    for name, token in bad.items():
+        assert refused(lambda: by_token(gw, token).ping()) == 401, name
+    time.sleep(0.5)  # the log is written by another process
+    log = gw.log.read_bytes()[log_start:].decode("utf-8", "replace")
+    assert "Traceback" not in log and SECRET not in log, log
+    records = audit(gw)[audit_start:]
+    reasons = [r["reason"] for r in records if r.get("http_status") == 401]
+    assert len(reasons) == len(bad) and all("JWT refused" in r for r in reasons), reasons
+    assert SECRET not in json.dumps(records)
+    assert by_token(gw, jwt()).whoami()["principal"] == "corp/alice"
 
 
 def test_scopes_decide_what_each_caller_may_do(gw: RunningGateway, pki: DevPKI) -> None:

@@ -236,6 +236,27 @@ class TestOIDC:
         with pytest.raises(Unauthenticated, match="unknown issuer"):
             run(auth.authenticate(FakeRequest(None, f"Bearer {evil}")))
 
+    @pytest.mark.parametrize("header,changes", [
+        ({"kid": ["ec1"]}, {}),
+        ({"kid": {"ec1": 1}}, {}),
+        ({}, {"exp": float("nan")}),
+        ({}, {"exp": float("inf")}),
+        ({}, {"exp": 10**400}),
+        ({}, {"nbf": "soon"}),
+        ({"crit": ["exp"], "exp": NOW}, {}),
+    ])
+    def test_a_malformed_jwt_is_a_clean_401(self, tmp_path: Path, pki: DevPKI,
+                                           header: dict[str, Any], changes: dict[str, Any]) -> None:
+        # Before: each was a TypeError or an OverflowError (HTTP 500 and a
+        # traceback in the log), or got in.
+        clock = Clock()
+        clock.advance(NOW)
+        auth = authenticator(load(tmp_path, pki, mode="optional"), clock)
+        token = SIGNER.sign({"iss": "https://idp.example.com", "aud": "airflowrpc",
+                             "sub": "alice", "exp": NOW + 60, **changes}, header=header)
+        with pytest.raises(Unauthenticated, match="JWT refused"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+
 
 class TestConfig:
     @pytest.mark.parametrize("extra,key,words", [
@@ -260,3 +281,54 @@ class TestConfig:
             with pytest.raises(config_module.ConfigError, match="asymmetric only") as e:
                 config_module.load(tmp_path / "airflowrpc.toml")
             assert e.value.key == "oidc.corp.algorithms"
+
+    def oidc(self, tmp_path: Path, pki: DevPKI, *lines: str, jwks_url: str | None = None) -> None:
+        """Load the config with the [oidc.corp] lines added (and jwks_url instead of the file)."""
+        load(tmp_path, pki)
+        text = ACCESS.format(mode="required", require="false", sha="ee" * 32)
+        if jwks_url is not None:
+            text = text.replace('jwks_file = "jwks.json"', f'jwks_url = "{jwks_url}"')
+        text = text.replace('audience = "airflowrpc"', "\n".join(['audience = "airflowrpc"', *lines]))
+        (tmp_path / "airflowrpc.toml").write_text(text)
+        load_checked(tmp_path / "airflowrpc.toml")
+
+    @pytest.mark.parametrize("url", [
+        "http://idp.example.com/jwks", "http://localhost@idp.example.com/jwks",
+        "http://127.0.0.1.idp.example.com/jwks", "ftp://idp.example.com/jwks", "https:///jwks",
+        "http://[::1/jwks",
+    ])
+    def test_jwks_url_must_be_https(self, tmp_path: Path, pki: DevPKI, url: str) -> None:
+        with pytest.raises(config_module.ConfigError) as e:
+            self.oidc(tmp_path, pki, jwks_url=url)
+        assert e.value.key == "oidc.corp.jwks_url"
+
+    @pytest.mark.parametrize("url", [
+        "https://idp.example.com/jwks", "http://127.0.0.1:8080/jwks", "http://localhost/jwks",
+        "http://[::1]:9000/jwks",
+    ])
+    def test_jwks_url_https_or_loopback_is_fine(self, tmp_path: Path, pki: DevPKI, url: str) -> None:
+        self.oidc(tmp_path, pki, jwks_url=url)
+
+    @pytest.mark.parametrize("line,key", [
+        ("leeway_seconds = -1", "oidc.corp.leeway_seconds"),
+        ("leeway_seconds = nan", "oidc.corp.leeway_seconds"),
+        ("leeway_seconds = inf", "oidc.corp.leeway_seconds"),
+        ("jwks_refetch_cooldown_seconds = nan", "oidc.corp.jwks_refetch_cooldown_seconds"),
+        ("algorithms = []", "oidc.corp.algorithms"),
+    ])
+    def test_oidc_numbers_and_lists_are_checked(self, tmp_path: Path, pki: DevPKI, line: str,
+                                                key: str) -> None:
+        with pytest.raises(config_module.ConfigError) as e:
+            self.oidc(tmp_path, pki, line)
+        assert e.value.key == key
+
+    def test_leeway_zero_is_fine(self, tmp_path: Path, pki: DevPKI) -> None:
+        self.oidc(tmp_path, pki, "leeway_seconds = 0")
+
+    def test_a_jwks_file_without_a_usable_key_is_refused(self, tmp_path: Path, pki: DevPKI) -> None:
+        load(tmp_path, pki)
+        weak = Signer("RS256", "weak", bits=1024)
+        (tmp_path / "jwks.json").write_text(json.dumps(jwks(weak)))
+        with pytest.raises(config_module.ConfigError, match="2048") as e:
+            load_checked(tmp_path / "airflowrpc.toml")
+        assert e.value.key == "oidc.corp.jwks_file"

@@ -67,3 +67,28 @@ class JWKSetTests(SynchronousTestCase):
         keys = self.keys_for(Signer("RS256", "other").sign(claims()))
         self.assertIn("rsa1", keys)
         self.assertEqual(self.server.hits, 2)
+
+    def test_a_set_with_no_usable_key_leaves_the_last_good_keys(self) -> None:
+        self.keys_for(RSA.sign(claims()))
+        self.server.document = jwks(Signer("RS256", "weak", bits=1024))
+        self.clock.advance(300)
+        keys = self.keys_for(Signer("RS256", "other").sign(claims()))
+        self.assertIn("rsa1", keys)
+        self.assertEqual(self.server.hits, 2)
+
+    def test_a_kid_that_is_not_a_string_is_left_to_the_verifier(self) -> None:
+        # Before: a TypeError (a list is no dict key) and a traceback per request.
+        self.keys_for(RSA.sign(claims()))
+        self.clock.advance(300)
+        for kid in (["rsa1"], {"a": 1}, 7):
+            keys = self.keys_for(RSA.sign(claims(), header={"kid": kid}))
+            self.assertIn("rsa1", keys)
+        self.assertEqual(self.server.hits, 1)
+
+    def test_keys_the_gateway_must_not_use_are_left_out(self) -> None:
+        weak = Signer("RS256", "weak", bits=1024)
+        self.server.document = {"keys": [RSA.jwk(), weak.jwk(), RSA.jwk(kid="enc", use="enc")]}
+        keys = self.keys_for(weak.sign(claims()))
+        self.assertIn("rsa1", keys)
+        self.assertNotIn("weak", keys)
+        self.assertNotIn("enc", keys)

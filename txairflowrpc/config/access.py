@@ -15,10 +15,13 @@ compiling conf schemas, matching certificates) is the job of
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -29,6 +32,51 @@ SECTIONS = ("auth", "roles", "principals", "oidc")
 #: Only asymmetric algorithms: never "none", never HS*.
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                   "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _leeway(value: float) -> None:
+    # TOML has nan and inf: neither is a leeway (inf would make exp meaningless).
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be a finite number of seconds, 0 or more")
+
+
+def _cooldown(value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a finite number of seconds, more than 0")
+
+
+def _algorithms(value: list[Any]) -> None:
+    strings(value)
+    if not value:
+        raise ValueError("must name at least one algorithm")
+    for alg in value:
+        if alg not in JWT_ALGORITHMS:
+            raise ValueError(f"{alg!r} is not allowed (asymmetric only: "
+                             f"{', '.join(JWT_ALGORITHMS)})")
+
+
+def _jwks_url(value: str) -> None:
+    """https, or http to this machine's loopback (for tests and a local provider)."""
+    if not value:
+        return
+    try:
+        url = urlsplit(value)
+        host, _port = url.hostname, url.port  # .port raises ValueError if it is no number
+    except ValueError:
+        raise ValueError("must be an https:// URL") from None
+    if not host or url.scheme not in ("https", "http"):
+        raise ValueError("must be an https:// URL")
+    if url.scheme == "http" and not _loopback(host):
+        raise ValueError("must be https:// (plain http only to 127.0.0.1, localhost or [::1])")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _mode(value: str) -> None:
@@ -102,11 +150,11 @@ class OIDCProvider:
     _keys = {
         "issuer": Key(str),
         "audience": Key(str),
-        "algorithms": Key(list, ["RS256", "ES256"], strings),
+        "algorithms": Key(list, ["RS256", "ES256"], _algorithms),
         "jwks_file": Key(str, "", is_path=True, must_exist=False),
-        "jwks_url": Key(str, ""),
-        "jwks_refetch_cooldown_seconds": Key(float, 300.0, positive),
-        "leeway_seconds": Key(float, 30.0),
+        "jwks_url": Key(str, "", _jwks_url),
+        "jwks_refetch_cooldown_seconds": Key(float, 300.0, _cooldown),
+        "leeway_seconds": Key(float, 30.0, _leeway),
         "scope_claims": Key(list, ["scope", "groups"], strings),
         "claim_roles": Key(dict, {}),
     }
@@ -174,17 +222,10 @@ def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, O
     for name, body in table.items():
         key = f"oidc.{name}"
         values = read_table(key, body, base, OIDCProvider._keys)
-        for alg in values["algorithms"]:
-            if alg not in JWT_ALGORITHMS:
-                raise ConfigError(f"{key}.algorithms",
-                                  f"{alg!r} is not allowed (asymmetric only: "
-                                  f"{', '.join(JWT_ALGORITHMS)})")
         values["jwks_file"] = _optional_path(values["jwks_file"], base)
         has_file = values["jwks_file"] is not None
         if has_file == bool(values["jwks_url"]):
             raise ConfigError(key, "needs exactly one of jwks_file and jwks_url")
-        if values["jwks_url"] and not values["jwks_url"].startswith(("https://", "http://")):
-            raise ConfigError(f"{key}.jwks_url", "must be an http(s) URL")
         claim_roles: dict[str, tuple[str, ...]] = {}
         for claim, mapped in values["claim_roles"].items():
             if not isinstance(mapped, list) or any(r not in roles for r in mapped):

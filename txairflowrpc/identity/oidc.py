@@ -1,39 +1,71 @@
 """
 OIDC / JWT access tokens from an identity provider.
 
-`verify_jwt` checks a compact JWS with the ``cryptography`` library and
-nothing else: the algorithm must be one the provider allows (asymmetric
+`verify_jwt` checks a compact JWS with joserfc (JWS, JWK and the JWT
+claims registry): the algorithm must be one the provider allows (asymmetric
 only, so never ``none`` and never an HMAC keyed with a public key), the key
-type must fit the algorithm, and ``iss``, ``aud``, ``exp`` (required),
-``nbf`` and ``sub`` are checked with a small leeway.
+must fit it (type, curve, and the JWK's own ``alg``), a ``crit`` header is
+refused (the gateway understands no extension), and ``iss``, ``aud``,
+``exp`` (required), ``nbf``, ``iat`` and ``sub`` are checked with the
+provider's leeway.  Every refusal is a `JWTError` whose message carries
+nothing of the token but, at most, a clipped ``kid``.
+
+`parse_jwks` turns a provider's JWK set into `SigningKeys`: the keys a
+JWT may be verified with, and those the gateway will not use (RSA under
+2048 bits, symmetric keys, keys whose ``use``, ``key_ops`` or ``alg`` say
+they are not for verifying these signatures).
 
 `JWKSet` holds a provider's keys: from a file, or from a URL fetched with
 treq (never blocking the reactor), cached, refetched on an unknown ``kid``
-at most once per cooldown, and kept as they were when the provider is down.
+at most once per cooldown, and kept as they were when the provider is down
+or answers with a set the gateway cannot use.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import warnings
+from typing import Any, Mapping
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import attrs
+from joserfc import jws
+from joserfc.errors import (
+    ExceededSizeError,
+    ExpiredTokenError,
+    InvalidClaimError,
+    JoseError,
+    MissingClaimError,
+    SecurityWarning,
+    UnsupportedAlgorithmError,
+    UnsupportedKeyAlgorithmError,
+)
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import JWKRegistry, Key, OctKey, RSAKey
+from joserfc.jwt import JWTClaimsRegistry
+from joserfc.registry import JWS_HEADER_REGISTRY
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import OIDCProvider
-from ..core.encoding import b64url_decode
+from ..config.access import JWT_ALGORITHMS
 from ..core.singleflight import SingleFlight
 
 _log = Logger()
 
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
-_JWK_CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+# joserfc warns when "EdDSA" is used (RFC 9864 prefers the curve's name)
+# and when an RSA key under 2048 bits is imported.  The gateway allows
+# EdDSA on purpose and refuses short RSA keys itself (`parse_jwks`), so
+# both would only be noise in the log.
+warnings.filterwarnings("ignore", "EdDSA is deprecated", SecurityWarning)
+warnings.filterwarnings("ignore", "Key size should be >= 2048 bits", SecurityWarning)
+
+#: The least RSA modulus the gateway verifies with (NIST SP 800-131A).
+MIN_RSA_BITS = 2048
+#: The longest ``sub`` accepted (it becomes part of the principal's name).
+MAX_SUB = 255
+#: The NumericDates a datetime can hold (up to 9999-12-31T23:59:59Z).
+_LATEST = 253402300799
 
 
 class JWTError(Exception):
@@ -44,137 +76,265 @@ class UnknownKey(JWTError):
     """The JWT names a key the provider's key set does not hold."""
 
 
-def _b64(data: str) -> bytes:
-    try:
-        return b64url_decode(data)
-    except ValueError:
-        raise JWTError("malformed JWT (bad base64)") from None
+class _Registry(jws.JWSRegistry):
+    """
+    RFC 7515's header parameters without RFC 7797's ``b64``: a JWT's
+    payload is always base64url, so ``b64`` is no extension to honour.
+    Parameters it does not know are ignored, as RFC 7515 says.
+    """
+
+    default_header_registry = {k: v for k, v in JWS_HEADER_REGISTRY.items() if k != "b64"}
+
+
+def _registry(provider: OIDCProvider) -> _Registry:
+    """The JWS registry for a provider: its algorithms, asymmetric only."""
+    allowed = [a for a in provider.algorithms if a in JWT_ALGORITHMS]
+    if not allowed:
+        # joserfc reads an empty list as "its recommended ones" (HS256 too).
+        raise JWTError(f"provider {provider.name} allows no algorithm")
+    return _Registry(algorithms=allowed, strict_check_header=False)
+
+
+def _shown(alg: str) -> str:
+    """An algorithm's name for a message: only names joserfc knows."""
+    return alg if alg in jws.JWSRegistry.algorithms else "(unknown)"
 
 
 def looks_like_jwt(token: str) -> bool:
+    """Is ``token`` shaped like a compact JWS (so worth handing to `verify_jwt`)?"""
     return token.count(".") == 2 and token.startswith("eyJ")
 
 
-def unverified_header(token: str) -> dict[str, Any]:
+def _extract(token: str) -> jws.CompactSignature:
+    """The token's header and payload, decoded but not verified; `JWTError` if malformed."""
     try:
-        header = json.loads(_b64(token.split(".")[0]))
-    except (ValueError, IndexError):
-        raise JWTError("malformed JWT header") from None
-    if not isinstance(header, dict):
+        obj = jws.extract_compact(token.encode("utf-8"))
+    except ExceededSizeError:
+        raise JWTError("JWT too large") from None
+    except (JoseError, ValueError, TypeError):
+        raise JWTError("malformed JWT") from None
+    if not isinstance(obj.protected, dict):
         raise JWTError("malformed JWT header")
-    return header
+    return obj
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The JWT's header as sent (not verified); `JWTError` if malformed."""
+    return _extract(token).protected
+
+
+class _NotANumber(ValueError):
+    """NaN or Infinity: Python's JSON parser takes them, RFC 8259 does not."""
+
+
+def _no_constant(name: str) -> None:
+    raise _NotANumber(name)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object as RFC 8259 writes it; `ValueError` saying (safely) why not."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except _NotANumber as e:
+        raise ValueError(f"{e} is not a JSON number") from None
+    except (ValueError, RecursionError):
+        raise ValueError("not JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
 
 
 def unverified_issuer(token: str) -> str | None:
+    """
+    The ``iss`` the JWT claims (not verified: only to pick the provider, so
+    read leniently; `verify_jwt` refuses what is not strict JSON).
+    """
     try:
-        claims = json.loads(_b64(token.split(".")[1]))
-    except (ValueError, IndexError, JWTError):
+        claims = json.loads(_extract(token).payload)
+    except (JWTError, ValueError, RecursionError):
         return None
-    return claims.get("iss") if isinstance(claims, dict) else None
+    iss = claims.get("iss") if isinstance(claims, dict) else None
+    return iss if isinstance(iss, str) else None
 
 
-def parse_jwk(jwk: dict[str, Any]) -> Any:
-    """A public key from a JWK, or None for keys the gateway does not use."""
-    if jwk.get("use", "sig") != "sig":
-        return None
-    kty = jwk.get("kty")
+def _signing_key(jwk: object) -> Key:
+    """The key a JWK describes, if JWTs may be verified with it; `ValueError` saying why not."""
+    if not isinstance(jwk, dict):
+        raise ValueError("not a JSON object")
     try:
-        if kty == "RSA":
-            n = int.from_bytes(_b64(jwk["n"]), "big")
-            e = int.from_bytes(_b64(jwk["e"]), "big")
-            return rsa.RSAPublicNumbers(e, n).public_key()
-        if kty == "EC" and jwk.get("crv") in _JWK_CURVES:
-            x = int.from_bytes(_b64(jwk["x"]), "big")
-            y = int.from_bytes(_b64(jwk["y"]), "big")
-            return ec.EllipticCurvePublicNumbers(x, y, _JWK_CURVES[jwk["crv"]]()).public_key()
-        if kty == "OKP" and jwk.get("crv") == "Ed25519":
-            return ed25519.Ed25519PublicKey.from_public_bytes(_b64(jwk["x"]))
-    except (KeyError, ValueError, TypeError, JWTError):
-        return None
-    return None
+        key = JWKRegistry.import_key(jwk)
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise ValueError("not a well-formed key of a supported type") from None
+    if isinstance(key, OctKey):
+        raise ValueError("a symmetric key (HS* is never allowed)")
+    if key.get("use", "sig") != "sig":
+        raise ValueError("its use is not sig")
+    key_ops = key.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        raise ValueError("its key_ops do not include verify")
+    alg = key.get("alg")
+    if alg is not None and alg not in JWT_ALGORITHMS:
+        raise ValueError("its alg is not an asymmetric signature algorithm")
+    if isinstance(key, RSAKey) and key.public_key.key_size < MIN_RSA_BITS:
+        raise ValueError(f"an RSA key of {key.public_key.key_size} bits "
+                         f"(at least {MIN_RSA_BITS} are needed)")
+    return key
 
 
-def parse_jwks(document: Any) -> dict[str | None, Any]:
-    keys: dict[str | None, Any] = {}
+def _clip(kid: str) -> str:
+    """A ``kid`` fit for a message or a log line: at most 64 characters, quoted, escaped."""
+    return repr(kid[:64])
+
+
+@attrs.frozen
+class SigningKeys:
+    """
+    A provider's key set as the gateway uses it: the keys JWTs may be
+    verified with, by ``kid`` (None for keys that have none), and the
+    ``kid`` of each key it refuses to use, with why.
+    """
+
+    usable: Mapping[str | None, tuple[Key, ...]] = attrs.field(factory=dict)
+    refused: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __contains__(self, kid: object) -> bool:
+        """Does ``kid`` name a usable key?"""
+        return (kid is None or isinstance(kid, str)) and kid in self.usable
+
+    def __len__(self) -> int:
+        """How many usable keys there are."""
+        return sum(len(keys) for keys in self.usable.values())
+
+    def knows(self, kid: str | None) -> bool:
+        """Would `select` find the key ``kid`` names (usable or refused)?"""
+        if kid is None:
+            return None in self.usable or len(self) == 1
+        return kid in self.usable or kid in self.refused
+
+    def select(self, kid: str | None, alg: JWSAlgModel) -> Key:
+        """
+        The key to verify an ``alg`` JWT naming ``kid`` with (a JWT without
+        ``kid`` gets the keys that have none, or the only key of a set of
+        one); `UnknownKey` if the set has none, `JWTError` if the key is
+        refused or fits neither ``alg`` nor its own JWK's ``alg``.
+        """
+        if kid is None and None not in self.usable and len(self) == 1:
+            candidates = next(iter(self.usable.values()))
+        else:
+            candidates = self.usable.get(kid, ())
+        if not candidates:
+            if kid is not None and kid in self.refused:
+                raise JWTError(f"key {_clip(kid)} is not used: {self.refused[kid]}")
+            raise UnknownKey("no kid, and more than one key" if kid is None
+                             else f"unknown key id {_clip(kid)}")
+        problem: JoseError | None = None
+        for key in candidates:
+            try:
+                alg.check_key(key)
+                return key
+            except JoseError as e:
+                problem = e
+        if isinstance(problem, UnsupportedKeyAlgorithmError):
+            raise JWTError(f"key is for {_shown(str(candidates[0].alg))}, not {alg.name}")
+        raise JWTError(f"key type does not fit {alg.name}")
+
+
+def parse_jwks(document: Any) -> SigningKeys:
+    """
+    The usable keys of a JWK set (a JSON object with a ``keys`` array);
+    `ValueError` if it is not one or has no key the gateway may use.
+    """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("a JWKS is an object with a 'keys' array")
+    usable: dict[str | None, tuple[Key, ...]] = {}
+    refused: dict[str, str] = {}
     for jwk in document["keys"]:
-        if isinstance(jwk, dict):
-            key = parse_jwk(jwk)
-            if key is not None:
-                keys[jwk.get("kid")] = key
-    return keys
+        kid = jwk.get("kid") if isinstance(jwk, dict) else None
+        try:
+            key = _signing_key(jwk)
+        except ValueError as e:
+            if isinstance(kid, str):
+                refused.setdefault(kid, str(e))
+            continue
+        usable[key.kid] = (*usable.get(key.kid, ()), key)
+    if not usable:
+        why = "; ".join(f"{_clip(k)}: {v}" for k, v in list(refused.items())[:5])
+        raise ValueError("no key the gateway may use" + (f" ({why})" if why else ""))
+    return SigningKeys(usable, refused)
 
 
-def _check_signature(alg: str, key: Any, signature: bytes, signed: bytes) -> None:
+def _numeric_date(value: object) -> bool:
+    """A NumericDate a datetime can hold: a number from 1970 to 9999 (so not NaN)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value <= _LATEST)
+
+
+_CLAIM_PROBLEMS = {
+    "iss": "wrong issuer", "aud": "wrong audience", "nbf": "not valid yet",
+    "iat": "issued in the future", "sub": f"bad sub claim (a string of 1 to {MAX_SUB} characters)",
+    "jti": "bad jti claim",
+}
+
+
+def _check_claims(claims: dict[str, Any], provider: OIDCProvider, now: float) -> None:
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not _numeric_date(claims[name]):
+            raise JWTError(f"{name} is not a NumericDate")
+    registry = JWTClaimsRegistry(
+        now=now, leeway=provider.leeway_seconds,
+        iss={"essential": True, "value": provider.issuer},
+        aud={"essential": True, "value": provider.audience},
+        exp={"essential": True}, sub={"essential": True},
+    )
     try:
-        if alg.startswith(("RS", "PS")):
-            if not isinstance(key, rsa.RSAPublicKey):
-                raise JWTError(f"key type does not fit {alg}")
-            digest = _HASHES[alg[2:]]()
-            pad = (padding.PKCS1v15() if alg.startswith("RS") else
-                   padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size))
-            key.verify(signature, signed, pad, digest)
-        elif alg.startswith("ES"):
-            if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-                key.curve, _CURVES[alg]
-            ):
-                raise JWTError(f"key type does not fit {alg}")
-            size = (key.curve.key_size + 7) // 8
-            if len(signature) != 2 * size:
-                raise JWTError("bad signature")
-            r = int.from_bytes(signature[:size], "big")
-            s = int.from_bytes(signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(_HASHES[alg[2:]]()))
-        elif alg == "EdDSA":
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise JWTError(f"key type does not fit {alg}")
-            key.verify(signature, signed)
-        else:
-            raise JWTError(f"algorithm {alg} is not allowed")
-    except InvalidSignature:
-        raise JWTError("bad signature") from None
+        registry.validate(claims)
+    except MissingClaimError as e:
+        missing = [n for n in e.claim.split(",") if n in registry.options]
+        raise JWTError(f"no {', '.join(missing) or 'required'} claim") from None
+    except ExpiredTokenError:
+        raise JWTError("expired") from None
+    except InvalidClaimError as e:
+        raise JWTError(_CLAIM_PROBLEMS.get(e.claim, "invalid claims")) from None
+    if len(claims["sub"]) > MAX_SUB:
+        raise JWTError(_CLAIM_PROBLEMS["sub"])
 
 
 def verify_jwt(
-    token: str, provider: OIDCProvider, keys: dict[str | None, Any], now: float
+    token: str, provider: OIDCProvider, keys: SigningKeys, now: float
 ) -> dict[str, Any]:
-    """The claims of a valid JWT from ``provider``; `JWTError` otherwise."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise JWTError("malformed JWT")
-    header = unverified_header(token)
-    alg = header.get("alg")
-    if alg not in provider.algorithms:
-        raise JWTError(f"algorithm {str(alg)[:20]} is not allowed")
-    kid = header.get("kid")
-    key = keys.get(kid) if kid is not None or len(keys) != 1 else next(iter(keys.values()))
-    if key is None:
-        raise UnknownKey(f"unknown key id {str(kid)[:64]!r}")
-    _check_signature(alg, key, _b64(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
+    """
+    The claims of a valid JWT from ``provider``, verified with ``keys`` at
+    ``now``: ``sub`` a string of 1 to 255 characters, ``exp`` a finite
+    number a datetime can hold.  `UnknownKey` if the JWT names a key the
+    set lacks, `JWTError` for every other refusal.
+    """
+    obj = _extract(token)
+    header = obj.protected
+    if "crit" in header:
+        raise JWTError("the JWT has critical header parameters (crit) the gateway does not know")
+    registry = _registry(provider)
+    for name, parameter in registry.header_registry.items():
+        if name in header:
+            try:
+                parameter.validate(header[name])
+            except ValueError:
+                raise JWTError(f"malformed JWT header: {name} has the wrong type") from None
     try:
-        claims = json.loads(_b64(parts[1]))
-    except ValueError:
-        raise JWTError("malformed JWT claims") from None
-    if not isinstance(claims, dict):
-        raise JWTError("malformed JWT claims")
-    if claims.get("iss") != provider.issuer:
-        raise JWTError("wrong issuer")
-    aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if provider.audience not in audiences:
-        raise JWTError("wrong audience")
-    exp = claims.get("exp")
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-        raise JWTError("no exp claim")
-    if now > exp + provider.leeway_seconds:
-        raise JWTError("expired")
-    nbf = claims.get("nbf")
-    if isinstance(nbf, (int, float)) and now + provider.leeway_seconds < nbf:
-        raise JWTError("not valid yet")
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise JWTError("no sub claim")
+        alg = registry.get_alg(header["alg"])
+    except UnsupportedAlgorithmError:
+        raise JWTError(f"algorithm {_shown(header['alg'])} is not allowed") from None
+    key = keys.select(header.get("kid"), alg)
+    try:
+        valid = jws.validate_compact(obj, key, registry=registry)
+    except JoseError:
+        raise JWTError(f"key type does not fit {alg.name}") from None
+    if not valid:
+        raise JWTError("bad signature")
+    try:
+        claims = _json_object(obj.payload)
+    except ValueError as e:
+        raise JWTError(f"malformed JWT claims: {e}") from None
+    _check_claims(claims, provider, now)
     return claims
 
 
@@ -193,9 +353,11 @@ def roles_from_claims(provider: OIDCProvider, claims: dict[str, Any]) -> tuple[s
 
 class JWKSet:
     """
-    A provider's signing keys.
+    A provider's signing keys, as `SigningKeys` in ``keys``.
 
     :param http: a treq ``HTTPClient`` (for ``jwks_url``).
+    :raises ValueError: if the provider's ``jwks`` (from its file) has no
+        usable key (`txairflowrpc.service.checked` refuses that config first).
     """
 
     def __init__(
@@ -205,26 +367,40 @@ class JWKSet:
         self._http = http
         self._clock = clock
         self._timeout = timeout
-        self.keys: dict[str | None, Any] = {}
+        self.keys = SigningKeys()
         self._last_fetch = float("-inf")
         self._fetching: SingleFlight[None] = SingleFlight()
         self.fetches = 0
         if provider.jwks is not None:
-            self.keys = parse_jwks(provider.jwks)
+            self._use(parse_jwks(provider.jwks))
+
+    def _use(self, keys: SigningKeys) -> None:
+        for kid, why in keys.refused.items():
+            _log.warn("JWKS of {provider}: key {kid} not used: {why}",
+                      provider=self.provider.name, kid=_clip(kid), why=why)
+        self.keys = keys
 
     def adopt(self, old: "JWKSet") -> None:
         """Keep the keys and cooldown of the set this one replaces (a reload)."""
         if self.provider.jwks_url and old.provider.jwks_url == self.provider.jwks_url:
             self.keys, self._last_fetch = old.keys, old._last_fetch
 
-    async def key_for(self, token: str) -> dict[str | None, Any]:
-        """The key set to verify ``token`` with, refetched once per cooldown if needed."""
-        kid = unverified_header(token).get("kid")
-        known = kid in self.keys or (kid is None and len(self.keys) == 1)
+    async def key_for(self, token: str) -> SigningKeys:
+        """
+        The key set to verify ``token`` with, refetched first if the token
+        names a key the set does not know (at most once per cooldown).
+        Never fails: a malformed token is left to `verify_jwt` to refuse.
+        """
+        try:
+            kid = unverified_header(token).get("kid")
+        except JWTError:
+            return self.keys
+        if kid is not None and not isinstance(kid, str):
+            return self.keys
         cooled = self._clock.seconds() - self._last_fetch >= (
             self.provider.jwks_refetch_cooldown_seconds
         )
-        if not known and self.provider.jwks_url and cooled:
+        if not self.keys.knows(kid) and self.provider.jwks_url and cooled:
             await self.refresh()
         return self.keys
 
@@ -242,7 +418,9 @@ class JWKSet:
             response = await d
             if response.code != 200:
                 raise ValueError(f"HTTP {response.code}")
-            self.keys = parse_jwks(json.loads(await response.content()))
+            keys = parse_jwks(json.loads(await response.content()))
         except Exception as e:  # the provider is down or answered garbage
             _log.warn("JWKS of {provider} not refreshed ({error}); keeping {n} known keys",
                       provider=self.provider.name, error=str(e)[:200], n=len(self.keys))
+            return
+        self._use(keys)
