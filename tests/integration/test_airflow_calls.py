@@ -5,14 +5,17 @@ airflowrpc`` over mutual TLS, with Python's own ``xmlrpc.client``.
 
 from __future__ import annotations
 
+import http.client
+import json
 import secrets
 import threading
 import time
 import xmlrpc.client
+from typing import Any
 
 import pytest
 
-from .conftest import RunningGateway
+from .conftest import RunningGateway, client_context
 
 
 def unique(prefix: str) -> str:
@@ -158,3 +161,61 @@ def test_many_waiters_do_not_block_other_calls(gateway: RunningGateway) -> None:
         t.join(200)
     assert not errors
     assert len(results) == 20 and all(r["finished"] and r["state"] == "success" for r in results)
+
+
+def raw_call(gateway: RunningGateway, body: bytes, extensions: str = "") -> Any:
+    """POST a hand-written methodCall (what Python's client will not send) and read the answer."""
+    headers = {"Content-Type": "text/xml"}
+    if extensions:
+        headers["X-Airflowrpc-Extensions"] = extensions
+    conn = http.client.HTTPSConnection(
+        "localhost", gateway.port, context=client_context(gateway.pki, gateway.client),
+        timeout=60)
+    try:
+        conn.request("POST", "/RPC2", body, headers)
+        answer = conn.getresponse().read()
+    finally:
+        conn.close()
+    (result,), _ = xmlrpc.client.loads(answer)
+    return result
+
+
+def test_conf_with_nulls_and_big_integers_round_trips_through_airflow(
+    gateway: RunningGateway,
+) -> None:
+    """What Node sends (<nil/>, <int> beyond 32 bits) comes back exactly, and retries match."""
+    run_id = unique("it-conf")
+    exact = {"a": [1, None, 2], "x": None, "big": 12345678901, "s": "t"}
+    body = (
+        "<?xml version='1.0'?><methodCall><methodName>trigger_dag</methodName><params>"
+        "<param><value><string>example_hello</string></value></param>"
+        "<param><value><struct>"
+        "<member><name>a</name><value><array><data><value><int>1</int></value>"
+        "<value><nil/></value><value><int>2</int></value></data></array></value></member>"
+        "<member><name>x</name><value><nil/></value></member>"
+        "<member><name>big</name><value><int>12345678901</int></value></member>"
+        "<member><name>s</name><value><string>t</string></value></member>"
+        "</struct></value></param>"
+        f"<param><value><struct><member><name>dag_run_id</name><value><string>{run_id}"
+        "</string></value></member></struct></value></param></params></methodCall>"
+    ).encode()
+    first = raw_call(gateway, body, "nil, i8")
+    assert (first["created"], first["conf"]) == (True, exact)
+    read = gateway.proxy().get_dag_run("example_hello", run_id)
+    assert json.loads(read["conf_json"]) == exact  # what Airflow holds, exactly
+    assert read["conf"] == {"big": "12345678901", "s": "t"}  # portable: nothing moved
+    again = raw_call(gateway, body)
+    assert (again["created"], again["dag_run_id"]) == (False, run_id)
+    gateway.proxy().wait_dag_run("example_hello", run_id, 180)
+
+
+def test_a_logical_date_clash_is_409_naming_the_date(rpc: xmlrpc.client.ServerProxy) -> None:
+    when = f"2001-01-01T00:{secrets.randbelow(60):02d}:{secrets.randbelow(60):02d}Z"
+    first = unique("it-ld")
+    rpc.trigger_dag("example_noop", {}, {"dag_run_id": first, "logical_date": when})
+    for options in ({"dag_run_id": unique("it-ld")}, {}):
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            rpc.trigger_dag("example_noop", {}, {**options, "logical_date": when})
+        assert e.value.faultCode == 409
+        assert f"logical_date {when}" in e.value.faultString
+    rpc.wait_dag_run("example_noop", first, 180)

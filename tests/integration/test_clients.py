@@ -285,6 +285,11 @@ if (is_array($run) && xmlrpc_is_fault($run)) {
 }
 
 
+# PHP cannot send an empty struct at all: [] goes out as an empty <array>.
+NIL_PROGRAMS["php-empty-struct"] = (
+    "empty.php", NIL_PROGRAMS["php"][1].replace('["example_hello", null,', '["example_hello", [],'))
+
+
 class NilConfLost(AssertionError):
     """The gateway did not take the client's "nothing" as an empty conf."""
 
@@ -293,7 +298,7 @@ def nil_command(language: str, program: Path) -> list[str]:
     if language == "go":
         return [str(go_build(program, program.with_suffix("")))]
     return {"python": [sys.executable], "perl": ["perl"], "ruby": ["ruby"],
-            "node": ["node"], "php": ["php"]}[language] + [str(program)]
+            "node": ["node"], "php": ["php"], "php-empty-struct": ["php"]}[language] + [str(program)]
 
 
 @pytest.mark.parametrize("language", list(NIL_PROGRAMS))
