@@ -75,6 +75,18 @@ def _today(seconds: float) -> str:
     return utc(seconds).strftime("%Y-%m-%d")
 
 
+def sync_directory(directory: Path) -> None:
+    """
+    fsync ``directory``, so that a file just created, renamed or replaced in
+    it survives a crash: the file's own fsync does not make its name durable.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ChainFile:
     """
     The file side of the chain: seals records (seq, prev, hash) and appends
@@ -99,11 +111,30 @@ class ChainFile:
         self._day: str | None = None
 
     def open(self) -> None:
-        """Create the directory and file; checks that both are writable."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        """
+        Create the directory and file; checks that both are writable.  What
+        it creates is made durable (the directories fsynced) before it returns.
+        """
+        directory = self.path.parent
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd = self._open_file()
         lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
         os.close(lock)
+        if self._fsync:
+            for created in missing:  # each new directory's name lives in its parent
+                sync_directory(created.parent)
+
+    def _open_file(self) -> int:
+        """Open the file for appending, creating it (and syncing its directory) if need be."""
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fsync:
+            sync_directory(self.path.parent)
+        return fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -146,7 +177,7 @@ class ChainFile:
             own = os.fstat(self._fd)
             if own.st_ino != st.st_ino:  # the file was moved away: follow the name
                 os.close(self._fd)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._fd = self._open_file()
         last, good = _last_record(self.path) if st.st_size else (None, 0)
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
@@ -199,6 +230,8 @@ class ChainFile:
         os.rename(self.path, target)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fsync:  # both names, the rotated one and the new file's
+            sync_directory(self.path.parent)
         self._known = (os.fstat(self._fd).st_ino, 0)
         return target
 
