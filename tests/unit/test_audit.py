@@ -385,3 +385,20 @@ class DirectoryFsyncTests(SynchronousTestCase):
                 break
         self.assertTrue(list(directory.glob("audit.jsonl.*[0-9]")), "it never rotated")
         self.assertIn(directory.stat().st_ino, spy.directories())
+
+    def test_replacing_the_token_store_syncs_its_directory(self) -> None:
+        # The token CLI reports a token created (and records it here) only
+        # once the store's new name is durable, or a crash could undo a
+        # revocation that was reported done.
+        from datetime import datetime, timezone
+
+        from txairflowrpc.identity import tokens
+
+        directory = scratch(self)
+        store = directory / "tokens.json"
+        now = datetime(2026, 11, 26, tzinfo=timezone.utc)
+        record, _ = tokens.create(store, "ci-bot", None, 90, now)
+        spy = FsyncSpy(self)
+        tokens.revoke(store, record.id, now)
+        self.assertIn(directory.stat().st_ino, spy.directories())
+        self.assertIsNotNone(tokens.TokenStore.load(store).records[record.id].revoked)
