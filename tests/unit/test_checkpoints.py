@@ -5,18 +5,24 @@ what ``airflowrpc audit verify`` proves with them (and without them).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import errno
+import hashlib
+import hmac
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.audit import checkpoint
 from txairflowrpc.audit.chain import dumps, seal
 from txairflowrpc.audit.log import RETRY_SECONDS, AuditLog
+from txairflowrpc.audit.verify import verify
+from txairflowrpc.service.cli import main as cli
 
 from .helpers import audit_log
 from .test_audit import HeldWrites, records, scratch
@@ -73,13 +79,15 @@ class KeyedCase(SynchronousTestCase):
         for i in range(n):
             self.successResultOf(log.append({"kind": "call", "i": i}))
 
-    def verify(self, *argv: str) -> tuple[int, str]:
-        """Whether the files (after ``--public-key``) form a whole chain."""
-        from txairflowrpc.audit.verify import verify
+    def cli(self, *argv: str) -> tuple[int, str]:
+        """``airflowrpc ARGV...`` and what it printed."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = cli(list(argv))
+        return status, out.getvalue()
 
-        paths = sorted((Path(p) for p in argv[2:]), key=lambda p: records(p)[0]["seq"])
-        whole, message = verify(paths)
-        return (0 if whole else 1), message
+    def verify(self, *argv: str) -> tuple[int, str]:
+        return self.cli("audit", "verify", *argv)
 
 
 class WhenCheckpointsAreSealedTests(KeyedCase):
@@ -228,3 +236,166 @@ class WhenCheckpointsAreSealedTests(KeyedCase):
         self.clock.advance(5)
         self.successResultOf(log.close())
         self.assertEqual(checkpoints(self.path), [])
+
+
+class VerifyTests(KeyedCase):
+    def setUp(self) -> None:
+        super().setUp()
+        log = self.log(checkpoint_records=4)
+        self.fill(log, 6)
+        self.successResultOf(log.close())
+        # 1..4 calls, 5 checkpoint (records), 6..7 calls, 8 checkpoint (shutdown)
+        self.lines = self.path.read_text().splitlines(keepends=True)
+        self.pub = str(self.key.public)
+
+    def test_a_whole_signed_chain_passes_and_names_its_last_checkpoint(self) -> None:
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 0, out)
+        last = records(self.path)[-1]
+        self.assertIn(f"last checkpoint: seq 8 at {last['time']}", out)
+        self.assertIn("every record is covered", out)
+
+    def test_a_re_hashed_rewrite_passes_the_hashes_but_not_the_signatures(self) -> None:
+        forged = rehash(self.lines, lambda r: {**r, "i": 9} if r.get("i") == 1 else r)
+        self.path.write_text(forged)
+        self.assertTrue(verify([self.path])[0])  # the hash chain alone cannot tell
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 1, out)
+        self.assertIn("checkpoint seq 5: the signature does not match", out)
+
+    def test_a_rewrite_that_drops_the_checkpoints_proves_nothing(self) -> None:
+        dropped = rehash(self.lines, lambda r: None if r.get("event") else r)
+        self.path.write_text(dropped)
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 3, out)
+        self.assertIn("NO CHECKPOINT", out)
+
+    def test_a_cut_tail_leaves_records_not_covered_by_a_checkpoint(self) -> None:
+        self.path.write_text("".join(self.lines[:-1]))  # the shutdown checkpoint cut off
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 3, out)
+        self.assertIn("NOT COVERED by a checkpoint: records 6..7 (2)", out)
+        self.assertIn("last checkpoint: seq 5 at", out)
+
+    def test_a_chain_that_was_never_signed_fails_with_a_key(self) -> None:
+        self.path.unlink()
+        unsigned = audit_log(str(self.dir), self.clock)
+        self.fill(unsigned, 2)
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 3, out)
+        self.assertIn("NO CHECKPOINT: no record is signed", out)
+
+    def test_a_checkpoint_by_another_key_fails(self) -> None:
+        other = checkpoint.keygen(self.dir / "other")
+        status, out = self.verify("--public-key", str(other.public), str(self.path))
+        self.assertEqual(status, 1, out)
+        self.assertIn(f"signed by ed25519 key {self.key.key_id}, not by a key given", out)
+        both = self.verify("--public-key", str(other.public), "--public-key", self.pub,
+                           str(self.path))
+        self.assertEqual(both[0], 0, both[1])  # the old and the new key, across a key change
+
+    def test_without_a_key_the_chain_is_whole_but_its_signatures_unchecked(self) -> None:
+        status, out = self.verify(str(self.path))
+        self.assertEqual(status, 0, out)
+        self.assertIn("signatures NOT checked", out)
+
+    def test_checkpoints_kept_off_the_host_reveal_a_chain_cut_back_to_a_checkpoint(self) -> None:
+        shipped = self.dir / "shipped.jsonl"
+        shipped.write_text("".join(l for l in self.lines if checkpoint.CHECKPOINT in l))
+        self.assertEqual(self.verify("--public-key", self.pub, "--shipped", str(shipped),
+                                     str(self.path))[0], 0)
+        self.path.write_text("".join(self.lines[:5]))  # cut back to checkpoint 5
+        status, out = self.verify("--public-key", self.pub, str(self.path))
+        self.assertEqual(status, 0, out)  # the key alone cannot tell ...
+        status, out = self.verify("--public-key", self.pub, "--shipped", str(shipped),
+                                  str(self.path))
+        self.assertEqual(status, 1, out)  # ... the copy kept elsewhere can
+        self.assertIn("the files end at seq 5, but a checkpoint kept off the host has seq 8", out)
+
+    def test_a_checkpoint_kept_off_the_host_must_match_the_chain(self) -> None:
+        shipped = self.dir / "shipped.jsonl"
+        shipped.write_text(self.lines[4])  # checkpoint 5
+        forged = rehash(self.lines, lambda r: {**r, "i": 8} if r.get("i") == 2 else r)
+        self.path.write_text(forged)
+        status, out = self.verify("--shipped", str(shipped), str(self.path))  # even without a key
+        self.assertEqual(status, 1, out)
+        self.assertIn(":5: record seq 5 is not the checkpoint kept off the host", out)
+
+
+class HMACTests(KeyedCase):
+    def test_a_shared_secret_signs_and_checks_with_a_constant_time_comparison(self) -> None:
+        secret = checkpoint.hmac_keygen(self.dir / "team")
+        log = audit_log(str(self.dir), self.clock, signer=checkpoint.hmac_signer(secret.secret))
+        self.fill(log, 2)
+        self.successResultOf(log.close())
+        (cp,) = checkpoints(self.path)
+        self.assertEqual((cp["alg"], cp["key_id"]), ("hmac-sha256", secret.key_id))
+        compared: list[tuple[bytes, bytes]] = []
+        real = hmac.compare_digest
+
+        def spy(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return real(a, b)
+
+        self.patch(hmac, "compare_digest", spy)
+        status, out = self.verify("--hmac-key", str(secret.secret), str(self.path))
+        self.assertEqual(status, 0, out)
+        self.assertEqual(len(compared), 1)
+        other = checkpoint.hmac_keygen(self.dir / "other")
+        status, out = self.verify("--hmac-key", str(other.secret), str(self.path))
+        self.assertEqual(status, 1, out)
+
+    def test_a_forged_hmac_signature_fails(self) -> None:
+        secret = checkpoint.hmac_keygen(self.dir / "team")
+        log = audit_log(str(self.dir), self.clock, signer=checkpoint.hmac_signer(secret.secret))
+        self.fill(log, 2)
+        self.successResultOf(log.close())
+        lines = self.path.read_text().splitlines(keepends=True)
+        wrong = hashlib.sha256(b"guess").digest()  # a MAC made without the secret
+        forged = rehash(lines, lambda r: {**r, "signature": base64.b64encode(wrong).decode()}
+                        if r.get("event") else r)
+        self.path.write_text(forged)
+        status, out = self.verify("--hmac-key", str(secret.secret), str(self.path))
+        self.assertEqual(status, 1, out)
+        self.assertIn("the signature does not match", out)
+
+
+class KeygenTests(KeyedCase):
+    def test_keygen_writes_a_private_key_for_its_owner_and_a_public_key_beside_it(self) -> None:
+        prefix = self.dir / "gw"
+        status, out = self.cli("audit", "keygen", "--out", str(prefix))
+        self.assertEqual(status, 0)
+        private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+        self.assertEqual(private.stat().st_mode & 0o777, 0o600)
+        self.assertEqual(public.stat().st_mode & 0o777, 0o644)
+        signer = checkpoint.signing_key(private)
+        self.assertEqual(checkpoint.public_key(public).key_id, signer.key_id)
+        secret_body = "".join(private.read_text().splitlines()[1:-1])
+        self.assertNotIn(secret_body, out)
+        self.assertIn(signer.key_id, out)
+        before = private.read_bytes()
+        self.assertEqual(self.cli("audit", "keygen", "--out", str(prefix))[0], 1)  # no overwrite
+        self.assertEqual(private.read_bytes(), before)
+
+    def test_keygen_hmac_writes_a_shared_secret_for_its_owner(self) -> None:
+        prefix = self.dir / "team"
+        status, out = self.cli("audit", "keygen", "--hmac", "--out", str(prefix))
+        self.assertEqual(status, 0)
+        secret = Path(f"{prefix}.hmac")
+        self.assertEqual(secret.stat().st_mode & 0o777, 0o600)
+        self.assertRegex(secret.read_text(), r"\A[0-9a-f]{64}\n\Z")
+        self.assertNotIn(secret.read_text().strip(), out)
+
+    def test_no_key_material_in_a_repr_or_an_error(self) -> None:
+        pem = self.key.secret.read_text()
+        self.assertNotIn("PRIVATE", repr(self.signer))
+        bad = self.dir / "bad.key"
+        bad.write_text(pem.replace("M", "x"))
+        with self.assertRaises(ValueError) as e:
+            checkpoint.signing_key(bad)
+        self.assertNotIn(pem.splitlines()[1][:20].replace("M", "x"), str(e.exception))
+        short = self.dir / "short.hmac"
+        short.write_text("hunter2-is-not-a-key")
+        with self.assertRaises(ValueError) as e:
+            checkpoint.hmac_signer(short)
+        self.assertNotIn("hunter2", str(e.exception))
