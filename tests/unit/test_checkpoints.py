@@ -12,9 +12,12 @@ import hashlib
 import hmac
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,7 +25,9 @@ from txairflowrpc.audit import checkpoint
 from txairflowrpc.audit.chain import dumps, seal
 from txairflowrpc.audit.log import RETRY_SECONDS, AuditLog
 from txairflowrpc.audit.verify import verify
+from txairflowrpc.config import AuditConfig, ConfigError, load
 from txairflowrpc.service.cli import main as cli
+from txairflowrpc.service.tap import open_audit
 
 from .helpers import audit_log
 from .test_audit import HeldWrites, records, scratch
@@ -237,6 +242,14 @@ class WhenCheckpointsAreSealedTests(KeyedCase):
         self.successResultOf(log.close())
         self.assertEqual(checkpoints(self.path), [])
 
+    def test_the_gateway_signs_with_the_key_its_config_names(self) -> None:
+        cfg = AuditConfig(path=self.path, rotate_bytes=0, rotate_daily=False, fsync=False,
+                          redact_keys=(), signing_key=self.key.secret, checkpoint_records=2)
+        log = open_audit(cfg, self.clock, lambda f: maybeDeferred(f))
+        self.fill(log, 2)
+        (cp,) = checkpoints(self.path)
+        self.assertEqual(cp["key_id"], self.key.key_id)
+
 
 class VerifyTests(KeyedCase):
     def setUp(self) -> None:
@@ -399,3 +412,77 @@ class KeygenTests(KeyedCase):
         with self.assertRaises(ValueError) as e:
             checkpoint.hmac_signer(short)
         self.assertNotIn("hunter2", str(e.exception))
+
+
+# -- config: the new [audit] keys ------------------------------------------------
+
+CORE = """
+[listen]
+port = 8443
+[tls]
+certificate = "x.pem"
+private_key = "x.pem"
+client_ca = "x.pem"
+[airflow]
+base_url = "http://127.0.0.1:8080"
+username = "gateway"
+password_file = "pw"
+[audit]
+path = "audit/audit.jsonl"
+"""
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    (tmp_path / "x.pem").write_text("not checked by load()\n")
+    (tmp_path / "pw").write_text("pw\n")
+    return tmp_path
+
+
+def load_with(confdir: Path, extra: str) -> Any:
+    path = confdir / "airflowrpc.toml"
+    path.write_text(CORE + extra)
+    return load(path).audit
+
+
+def test_checkpoints_are_off_without_a_key_and_their_defaults(confdir: Path) -> None:
+    audit = load_with(confdir, "")
+    assert not audit.checkpoints
+    assert (audit.signing_key, audit.hmac_key_file) == (None, None)
+    assert (audit.checkpoint_records, audit.checkpoint_seconds) == (1000, 10.0)
+
+
+def test_a_signing_key_turns_them_on(confdir: Path) -> None:
+    key = checkpoint.keygen(confdir / "signing")
+    audit = load_with(confdir, 'signing_key = "signing.key"\ncheckpoint_records = 50\n'
+                               "checkpoint_seconds = 2.5\n")
+    assert audit.checkpoints and audit.signing_key == key.secret
+    assert (audit.checkpoint_records, audit.checkpoint_seconds) == (50, 2.5)
+    secret = checkpoint.hmac_keygen(confdir / "team")
+    audit = load_with(confdir, 'hmac_key_file = "team.hmac"\n')
+    assert audit.checkpoints and audit.hmac_key_file == secret.secret
+
+
+@pytest.mark.parametrize("extra, key, problem", [
+    ('signing_key = "signing.key"\nhmac_key_file = "team.hmac"\n', "audit.hmac_key_file",
+     "not both"),
+    ('signing_key = "signing.pub"\n', "audit.signing_key", "not an unencrypted Ed25519"),
+    ('signing_key = "open.key"\n', "audit.signing_key", "open to others (mode 0644)"),
+    ('signing_key = "missing.key"\n', "audit.signing_key", "cannot read"),
+    ('hmac_key_file = "short.hmac"\n', "audit.hmac_key_file", "at least 32 bytes"),
+    ("checkpoint_records = -1\n", "audit.checkpoint_records", "at least 0"),
+])
+def test_a_bad_key_stops_the_start_with_one_line(
+    confdir: Path, extra: str, key: str, problem: str,
+) -> None:
+    made = checkpoint.keygen(confdir / "signing")
+    checkpoint.hmac_keygen(confdir / "team")
+    (confdir / "open.key").write_bytes(made.secret.read_bytes())
+    os.chmod(confdir / "open.key", 0o644)
+    (confdir / "short.hmac").write_text("hunter2\n")
+    os.chmod(confdir / "short.hmac", 0o600)
+    os.chmod(made.public, 0o600)  # a public key is no secret, but readable only here
+    with pytest.raises(ConfigError) as e:
+        load_with(confdir, extra)
+    assert e.value.key == key and problem in e.value.problem
+    assert "hunter2" not in str(e.value) and "BEGIN" not in str(e.value)
