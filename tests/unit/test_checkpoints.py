@@ -324,6 +324,9 @@ class VerifyTests(KeyedCase):
                                   str(self.path))
         self.assertEqual(status, 1, out)  # ... the copy kept elsewhere can
         self.assertIn("the files end at seq 5, but a checkpoint kept off the host has seq 8", out)
+        empty = self.dir / "empty.jsonl"
+        empty.write_text(self.lines[0])  # no checkpoint in it: a mistake, not a pass
+        self.assertEqual(self.verify("--shipped", str(empty), str(self.path))[0], 2)
 
     def test_a_checkpoint_kept_off_the_host_must_match_the_chain(self) -> None:
         shipped = self.dir / "shipped.jsonl"

@@ -60,7 +60,12 @@ def audit_verify(
     try:
         verifiers = [checkpoint.public_key(Path(p)) for p in public_keys]
         verifiers += [checkpoint.hmac_verifier(Path(p)) for p in hmac_keys]
-        kept = [c for f in shipped for c in read_shipped(Path(f))]
+        kept = []
+        for f in shipped:
+            found = read_shipped(Path(f))
+            if not found:
+                raise ValueError(f"{f} holds no checkpoint")
+            kept += found
     except ValueError as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
         return BAD_INPUT
@@ -79,8 +84,11 @@ def audit_verify(
 def audit_keygen(prefix: str, shared_secret: bool) -> int:
     try:
         made = (checkpoint.hmac_keygen if shared_secret else checkpoint.keygen)(Path(prefix))
-    except (ValueError, OSError) as e:
-        print(f"airflowrpc: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"airflowrpc: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"airflowrpc: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     if made.public is None:
         print(f"{made.secret}: shared secret (mode 0600), key id {made.key_id}: set "
