@@ -1,6 +1,7 @@
 """
 The audit trail of a real gateway: complete, verifiable, durable through
-``kill -9``, and failing closed when its file cannot grow.
+``kill -9``, failing closed when its file cannot grow, and signed at
+shutdown so that a cut or rewritten chain shows.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import resource
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -32,9 +34,13 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(AIRFLOWRPC), "audit", "verify", *map(str, paths)],
+def airflowrpc(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AIRFLOWRPC), *map(str, args)],
                           capture_output=True, text=True, timeout=60)
+
+
+def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return airflowrpc("audit", "verify", *paths)
 
 
 class RequestIdTransport(xmlrpc.client.SafeTransport):
@@ -241,3 +247,79 @@ def test_rotation_under_load_keeps_the_chain_whole(
     # none lost, none doubled (plus the readiness ping of start_gateway)
     assert len(answered) == 360 and set(answered) <= set(ids)
     assert len(ids) == len(set(ids)) == len(answered) + 1
+
+
+def test_a_signed_trail_ends_with_a_checkpoint_and_a_cut_or_rewrite_shows(
+    tmp_path: Path, pki: DevPKI, airflow: LocalAirflow
+) -> None:
+    made = airflowrpc("audit", "keygen", "--out", tmp_path / "signing")
+    assert made.returncode == 0, made.stderr
+    key, public = tmp_path / "signing.key", tmp_path / "signing.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    gw = RunningGateway(tmp_path, pki, airflow)
+    # Checkpoints only at shutdown, so that the file's shape is known.
+    gw.config.write_text(gw.config.read_text().replace(
+        '[audit]\npath = "', f'[audit]\nsigning_key = "{key}"\ncheckpoint_records = 0\n'
+        f'checkpoint_seconds = 0\npath = "'))
+    for run in range(2):  # two runs: two shutdown checkpoints
+        gw.start()
+        try:
+            assert gw.proxy().get_dag("etl_orders")["dag_id"] == "etl_orders"
+        finally:
+            gw.stop()
+        # twistd stops cleanly, then ends itself by the signal it got (not SIGKILL).
+        assert gw.process is not None and gw.process.returncode == -signal.SIGTERM
+    recs = records(gw.audit_path)
+    cps = [r for r in recs if r.get("event") == "audit.checkpoint"]
+    assert [(c["reason"], recs[c["seq"] - 2]["event"]) for c in cps] == [
+        ("shutdown", "service.stop")] * 2
+    assert recs[-1] == cps[-1] and cps[-1]["head_hash"] == recs[-2]["hash"]
+
+    out = airflowrpc("audit", "verify", "--public-key", public, gw.audit_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"last checkpoint: seq {cps[-1]['seq']} at {cps[-1]['time']}" in out.stdout
+
+    whole = gw.audit_path.read_text()
+    lines = whole.splitlines(keepends=True)
+    shipped = tmp_path / "shipped.jsonl"  # what tail -F | jq would have sent elsewhere
+    shipped.write_text("".join(line for line in lines if '"audit.checkpoint"' in line))
+
+    # Cut the tail: the last checkpoint goes, the records before it are uncovered.
+    gw.audit_path.write_text("".join(lines[:-1]))
+    out = airflowrpc("audit", "verify", "--public-key", public, gw.audit_path)
+    assert out.returncode == 3, out.stdout
+    assert (f"NOT COVERED by a checkpoint: records {cps[0]['seq'] + 1}..{cps[-1]['seq'] - 1}"
+            in out.stdout)
+
+    # Cut back to the first checkpoint: only the copy kept elsewhere can tell.
+    gw.audit_path.write_text("".join(lines[:cps[0]["seq"]]))
+    out = airflowrpc("audit", "verify", "--public-key", public, gw.audit_path)
+    assert out.returncode == 0, out.stdout
+    out = airflowrpc("audit", "verify", "--public-key", public, "--shipped", shipped,
+                     gw.audit_path)
+    assert out.returncode == 1 and "records were cut from the end" in out.stdout, out.stdout
+
+    # Rewrite a record and re-hash the whole chain, as someone without the key can.
+    gw.audit_path.write_text(rehashed(lines, lambda r: {**r, "principal": "someone-else"}
+                                      if r.get("method") == "get_dag" else r))
+    assert verify(gw.audit_path).returncode == 0  # the hashes alone cannot tell
+    out = airflowrpc("audit", "verify", "--public-key", public, gw.audit_path)
+    assert out.returncode == 1 and "the signature does not match" in out.stdout, out.stdout
+
+
+def rehashed(lines: list[str], change: Any) -> str:
+    """The chain with ``change`` applied to each record, every hash made to match again."""
+    from txairflowrpc.audit.chain import seal
+
+    out, prev = [], "0" * 64
+    for line in lines:
+        record = json.loads(line)
+        del record["hash"]
+        record = change(record)
+        record["prev"] = prev
+        if record.get("event") == "audit.checkpoint":
+            record["head_hash"] = prev
+        line = seal(record)
+        prev = line[-67:-3]
+        out.append(line)
+    return "".join(out)

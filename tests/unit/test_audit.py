@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import stat
 import tempfile
 import xmlrpc.client
 from pathlib import Path
@@ -341,3 +343,62 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual([(r["method"], r.get("fault_code")) for r in recs],
                          [("get_dag", None), ("trigger_dag", 507), ("ping", None)])
         self.assertEqual(recs[1]["decision"], "denied")
+
+
+class FsyncSpy:
+    """Records what each ``os.fsync`` call synced: (inode, is a directory)."""
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.synced: list[tuple[int, bool]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            self.synced.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+            real(fd)
+
+        case.patch(os, "fsync", fsync)
+
+    def directories(self) -> list[int]:
+        return [ino for ino, is_dir in self.synced if is_dir]
+
+
+class DirectoryFsyncTests(SynchronousTestCase):
+    def test_creating_the_audit_file_syncs_its_directory(self) -> None:
+        directory = scratch(self) / "audit"  # created by open(), as at a first start
+        spy = FsyncSpy(self)
+        log = audit_log(str(directory), Clock())
+        self.assertIn(directory.stat().st_ino, spy.directories())
+        self.assertIn(directory.parent.stat().st_ino, spy.directories())
+        self.successResultOf(log.close())
+
+    def test_rotating_syncs_the_directory_after_the_rename(self) -> None:
+        directory = scratch(self)
+        clock = Clock()
+        log = audit_log(str(directory), clock, rotate_bytes=600)
+        for i in range(3):
+            self.successResultOf(log.append({"i": i}))
+        spy = FsyncSpy(self)
+        for i in range(10):  # bounded: 600 bytes hold a few records
+            self.successResultOf(log.append({"i": "more"}))
+            if list(directory.glob("audit.jsonl.*Z")):
+                break
+        self.assertTrue(list(directory.glob("audit.jsonl.*Z")), "it never rotated")
+        self.assertIn(directory.stat().st_ino, spy.directories())
+
+    def test_replacing_the_token_store_syncs_its_directory(self) -> None:
+        # The token CLI reports a token created (and records it here) only
+        # once the store's new name is durable, or a crash could undo a
+        # revocation that was reported done.
+        from datetime import datetime, timezone
+
+        from txairflowrpc.identity import tokens
+
+        directory = scratch(self)
+        store = directory / "tokens.json"
+        now = datetime(2026, 11, 26, tzinfo=timezone.utc)
+        record, _ = tokens.create(store, "ci-bot", None, 90, now)
+        spy = FsyncSpy(self)
+        tokens.revoke(store, record.id, now)
+        self.assertIn(directory.stat().st_ino, spy.directories())
+        self.assertIsNotNone(tokens.TokenStore.load(store).records[record.id].revoked)

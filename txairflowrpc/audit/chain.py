@@ -9,6 +9,11 @@ across restarts.  `ChainFile` appends under an exclusive lock on
 ``<path>.lock``, so that the gateway and the ``airflowrpc`` CLI can both
 append to one chain; it blocks, so it runs on the audit thread or in a CLI,
 never on the reactor.
+
+Given a `Signer`, it also seals signed checkpoints (`.checkpoint`) into the
+chain, under the same lock as the records they cover: when asked to, when
+``checkpoint_records`` records are not yet covered, and into a file before
+it is rotated away, so that every rotated file ends signed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ..core.timefmt import iso_micro, utc
+from .checkpoint import CHECKPOINT, Signer
 
 GENESIS = "0" * 64
 
@@ -75,44 +83,101 @@ def _today(seconds: float) -> str:
     return utc(seconds).strftime("%Y-%m-%d")
 
 
+def sync_directory(directory: Path) -> None:
+    """
+    fsync ``directory``, so that a file just created, renamed or replaced in
+    it survives a crash: the file's own fsync does not make its name durable.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class Appended:
+    """What one `ChainFile.append` did."""
+
+    #: Files rotated away meanwhile (each ends with a checkpoint if signing).
+    rotated: tuple[Path, ...]
+    #: Records at the chain's end that no checkpoint covers yet.
+    uncovered: int
+
+
 class ChainFile:
     """
     The file side of the chain: seals records (seq, prev, hash) and appends
     them, under an exclusive lock on ``<path>.lock``, so that the gateway
     and the ``airflowrpc`` CLI can both append to one chain.  Blocking:
     call it from the audit thread or a CLI, never from the reactor.
+
+    :param signer: signs checkpoints; None: no checkpoints.
+    :param checkpoint_records: seal a checkpoint after the batch in which
+        this many records became uncovered (0: not by count); and after the
+        first batch if the chain did not end with a checkpoint (a crash).
+    :param instance: the writer's id, in the checkpoints it seals.
     """
 
     def __init__(
         self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0,
-        rotate_daily: bool = False,
+        rotate_daily: bool = False, signer: Signer | None = None,
+        checkpoint_records: int = 0, instance: str | None = None,
     ) -> None:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._fsync = fsync
         self._rotate_bytes = rotate_bytes
         self._rotate_daily = rotate_daily
+        self._signer = signer
+        self._checkpoint_records = checkpoint_records
+        self._instance = instance
         self._fd: int | None = None
         self._known: tuple[int, int] | None = None  # (inode, size) as last seen
         self._seq = 0
         self._prev = GENESIS
+        #: The seq of the last checkpoint (None: not known, e.g. after a crash).
+        self._covered: int | None = None
         self._day: str | None = None
 
     def open(self) -> None:
-        """Create the directory and file; checks that both are writable."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        """
+        Create the directory and file; checks that both are writable.  What
+        it creates is made durable (the directories fsynced) before it returns.
+        """
+        directory = self.path.parent
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd = self._open_file()
         lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
         os.close(lock)
+        if self._fsync:
+            for created in missing:  # each new directory's name lives in its parent
+                sync_directory(created.parent)
+
+    def _open_file(self) -> int:
+        """Open the file for appending, creating it (and syncing its directory) if need be."""
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fsync:
+            sync_directory(self.path.parent)
+        return fd
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def append(self, records: list[dict[str, Any]], now: float) -> list[Path]:
+    def append(
+        self, records: list[dict[str, Any]], now: float, checkpoint: str | None = None,
+    ) -> Appended:
         """
-        Seal and append ``records``; return the files rotated away meanwhile.
+        Seal and append ``records``, then a signed checkpoint if one is due
+        (every ``checkpoint_records``) or asked for (``checkpoint``: its
+        reason), and if there is a signer and anything left to cover.
 
         Raises OSError if they cannot be written and fsynced; then nothing of
         them stays in the file and they may be appended again.
@@ -122,19 +187,75 @@ class ChainFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
             rotated: list[Path] = []
-            data, end = self._seal(records)
-            if self._rotation_due(len(data), now):
+            data, end = self._seal(records, self._seq, self._prev)
+            if records and self._rotation_due(len(data) + self._room(end, now), now):
+                if self._signer is not None and self._uncovered(self._seq):
+                    # The old file ends signed, so it can be checked on its own.
+                    line, sealed = self._checkpoint(self._seq, self._prev, now, "rotation")
+                    self._write(line)
+                    self._seq, self._prev = sealed
+                    self._covered = self._seq
                 rotated.append(self._rotate(now))
                 data, end = self._seal(
                     [{"time": iso_micro(now), "instance": records[0].get("instance"),
-                      "event": "audit.rotated", "previous_file": rotated[0].name}, *records]
+                      "event": "audit.rotated", "previous_file": rotated[0].name}, *records],
+                    self._seq, self._prev,
                 )
-            self._write(data)
-            self._seq, self._prev = end  # the chain moves on only once written
-            self._day = _today(now)
-            return rotated
+            covered = self._covered
+            reason = checkpoint or self._due(end[0])
+            if self._signer is not None and reason and self._uncovered(end[0]):
+                line, end = self._checkpoint(*end, now, reason)
+                data += line
+                covered = end[0]
+            if data:
+                self._write(data)
+                self._seq, self._prev = end  # the chain moves on only once written
+                self._covered = covered
+                self._day = _today(now)
+            return Appended(tuple(rotated), self._uncovered(self._seq))
         finally:
             os.close(lock)  # releases the lock
+
+    def _uncovered(self, seq: int) -> int:
+        """How many records up to ``seq`` come after the last checkpoint."""
+        return seq - (self._covered or 0)
+
+    def _due(self, seq: int) -> str | None:
+        """The reason a checkpoint is due after the records up to ``seq``, if it is."""
+        if self._covered is None:  # the chain did not end signed when taken up
+            return "resume"
+        every = self._checkpoint_records
+        return "records" if every and self._uncovered(seq) >= every else None
+
+    def _checkpoint(
+        self, seq: int, prev: str, now: float, reason: str,
+    ) -> tuple[bytes, tuple[int, str]]:
+        """A signed checkpoint of the chain head (``seq``, ``prev``), sealed after it."""
+        assert self._signer is not None
+        body = self._checkpoint_body(seq, prev, now, reason)
+        body["signature"] = self._signer.sign(dumps(body))
+        line = seal(body)
+        return line.encode("ascii"), (seq + 1, line[-67:-3])
+
+    def _checkpoint_body(self, seq: int, prev: str, now: float, reason: str) -> dict[str, Any]:
+        """What a checkpoint signs: the head it covers and its own place in the chain."""
+        assert self._signer is not None
+        return {
+            "time": iso_micro(now), "seq": seq + 1, "instance": self._instance,
+            "event": CHECKPOINT, "reason": reason, "head_seq": seq, "head_hash": prev,
+            "alg": self._signer.alg, "key_id": self._signer.key_id, "prev": prev,
+        }
+
+    def _room(self, end: tuple[int, str], now: float) -> int:
+        """
+        The bytes to keep free for a checkpoint after ``end``, so that a file
+        rotated later can still end with one within ``rotate_bytes``.
+        """
+        if self._signer is None:
+            return 0
+        body = self._checkpoint_body(*end, now, "rotation")  # the longest reason
+        body["signature"] = "A" * self._signer.signature_length
+        return len(seal(body))
 
     def _catch_up(self) -> None:
         """Learn the chain's end from the file, if anyone else wrote to it."""
@@ -146,7 +267,7 @@ class ChainFile:
             own = os.fstat(self._fd)
             if own.st_ino != st.st_ino:  # the file was moved away: follow the name
                 os.close(self._fd)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._fd = self._open_file()
         last, good = _last_record(self.path) if st.st_size else (None, 0)
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
@@ -154,6 +275,12 @@ class ChainFile:
             last = self._last_of_rotated()
         if last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
+            if last.get("event") == CHECKPOINT:
+                self._covered = self._seq
+            elif self._covered is not None and self._covered > self._seq:
+                self._covered = None  # the chain went back: what it covers is unknown
+        else:
+            self._covered = self._seq  # nothing to cover
         if good and self._day is None:
             self._day = str(last.get("time", ""))[:10] if last else None
         self._known = (st.st_ino, good)
@@ -169,9 +296,10 @@ class ChainFile:
                 return last
         return None
 
-    def _seal(self, records: list[dict[str, Any]]) -> tuple[bytes, tuple[int, str]]:
-        """The lines that chain ``records`` after the current end, and the new end."""
-        seq, prev = self._seq, self._prev
+    def _seal(
+        self, records: list[dict[str, Any]], seq: int, prev: str,
+    ) -> tuple[bytes, tuple[int, str]]:
+        """The lines that chain ``records`` after (``seq``, ``prev``), and the new end."""
         lines = []
         for record in records:
             seq += 1
@@ -199,6 +327,8 @@ class ChainFile:
         os.rename(self.path, target)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fsync:  # both names, the rotated one and the new file's
+            sync_directory(self.path.parent)
         self._known = (os.fstat(self._fd).st_ino, 0)
         return target
 

@@ -8,6 +8,11 @@ way are written together by the next one (group commit: many records, one
 fsync).  The file work (`txairflowrpc.audit.chain`) runs on one dedicated
 thread, never on the reactor.
 
+Checkpoints: given a `Signer`, the log asks the chain for a signed
+checkpoint every ``checkpoint_records`` records (the chain counts them),
+``checkpoint_seconds`` after a record was first left uncovered, and at
+`AuditLog.close`; the chain signs it on the audit thread, under its lock.
+
 Failing closed: if a write fails (disk full, file-size limit, permissions),
 `failed` says why, the waiting appends fail with `errors.AuditUnavailable`,
 and their records stay queued, in order, to be written as soon as a write
@@ -27,7 +32,8 @@ from twisted.python.failure import Failure
 
 from ..core import errors
 from ..core.timefmt import iso_micro
-from .chain import ChainFile
+from .chain import Appended, ChainFile
+from .checkpoint import Signer
 
 RETRY_SECONDS = 2.0
 
@@ -52,23 +58,36 @@ class AuditLog:
         a Deferred of its result (a one-thread pool in production).
     :param rotate_bytes: rotate before the file would grow past this (0: never).
     :param rotate_daily: rotate when the UTC day changes.
+    :param signer: signs checkpoints; None: no checkpoints.
+    :param checkpoint_records: a checkpoint once this many records are
+        uncovered (0: not by count).
+    :param checkpoint_seconds: a checkpoint this long after a record was
+        first left uncovered (0: not by time).
     """
 
     def __init__(
         self, path: Path, *, clock: IReactorTime, run_blocking: RunBlocking, instance: str,
         rotate_bytes: int = 0, rotate_daily: bool = False, fsync: bool = True,
+        signer: Signer | None = None, checkpoint_records: int = 0,
+        checkpoint_seconds: float = 0,
     ) -> None:
         self.path = path
         self._clock = clock
         self._run_blocking = run_blocking
         self.instance = instance
         self._file = ChainFile(
-            path, fsync=fsync, rotate_bytes=rotate_bytes, rotate_daily=rotate_daily
+            path, fsync=fsync, rotate_bytes=rotate_bytes, rotate_daily=rotate_daily,
+            signer=signer, checkpoint_records=checkpoint_records, instance=instance,
         )
+        self._signer = signer
+        self._checkpoint_seconds = checkpoint_seconds
         self._queue: list[tuple[dict[str, Any] | None, Deferred[None]]] = []
         self._writing = False
         self._closed = False
         self._retry: Any = None
+        #: The reason of a checkpoint to seal with the next write, if any.
+        self._checkpoint: str | None = None
+        self._checkpoint_timer: Any = None
         #: Why the last write failed, or None while the log is healthy.
         self.failed: str | None = None
         #: How many batches (fsyncs) and records were written; for the benchmark.
@@ -80,13 +99,19 @@ class AuditLog:
         self._file.open()
 
     def close(self) -> Deferred[None]:
-        """Write what is queued (if it can), then close the file."""
+        """
+        Write what is queued (if it can) and, if signing, a checkpoint after
+        it (reason ``shutdown``); then close the file.  Never fails.
+        """
+        if self._signer is not None and not self._closed:
+            self._checkpoint = "shutdown"
         d = self.flush()
 
         def done(result: Any) -> None:
             self._closed = True
-            if self._retry is not None and self._retry.active():
-                self._retry.cancel()
+            for call in (self._retry, self._checkpoint_timer):
+                if call is not None and call.active():
+                    call.cancel()
             self._file.close()
 
         return d.addBoth(done)
@@ -107,7 +132,7 @@ class AuditLog:
 
     def flush(self) -> Deferred[None]:
         """Fires once everything queued now has been written (or failed)."""
-        if not self._queue and not self._writing:
+        if not self._queue and not self._writing and self._checkpoint is None:
             return maybeDeferred(lambda: None)
         marker: Deferred[None] = Deferred()
         self._queue.append((None, marker))
@@ -115,19 +140,42 @@ class AuditLog:
         return marker.addErrback(lambda f: None)
 
     def _kick(self) -> None:
-        if self._writing or not self._queue or self._closed:
+        if self._writing or self._closed or not (self._queue or self._checkpoint):
             return
         self._writing = True
         batch, self._queue = self._queue, []
         records = [r for r, _ in batch if r is not None]
+        reason, self._checkpoint = self._checkpoint, None
         now = self._clock.seconds()
-        if records:
-            d = self._run_blocking(lambda: self._file.append(records, now))
+        d: Deferred[Appended | None]
+        if records or reason:
+            d = self._run_blocking(lambda: self._file.append(records, now, reason))
         else:
-            d = maybeDeferred(list)
-        d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch,))
+            d = maybeDeferred(lambda: None)  # only flush markers: nothing to write
+        d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch, reason))
 
-    def _written(self, rotated: list[Path], batch: list[tuple[Any, Deferred[None]]]) -> None:
+    def _checkpoint_due(self) -> None:
+        """``checkpoint_seconds`` have passed since a record was left uncovered."""
+        self._checkpoint_timer = None
+        self._checkpoint = self._checkpoint or "interval"
+        self._kick()
+
+    def _watch_coverage(self, uncovered: int) -> None:
+        """Have a checkpoint sealed ``checkpoint_seconds`` after a record is left uncovered."""
+        if self._signer is None or not self._checkpoint_seconds or self._closed:
+            return
+        timer = self._checkpoint_timer
+        if not uncovered:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._checkpoint_timer = None
+        elif timer is None or not timer.active():
+            self._checkpoint_timer = self._clock.callLater(
+                self._checkpoint_seconds, self._checkpoint_due)
+
+    def _written(
+        self, appended: Appended | None, batch: list[tuple[Any, Deferred[None]]],
+    ) -> None:
         self.fsyncs += 1
         self.written += sum(1 for r, _ in batch if r is not None)
         self._writing = False
@@ -136,12 +184,18 @@ class AuditLog:
             self.failed = None
         for _, d in batch:
             d.callback(None)
-        for old in rotated:
-            _log.info("audit log rotated to {old}", old=str(old))
+        if appended is not None:
+            for old in appended.rotated:
+                _log.info("audit log rotated to {old}", old=str(old))
+            self._watch_coverage(appended.uncovered)
         self._kick()
 
-    def _write_failed(self, failure: Failure, batch: list[tuple[Any, Deferred[None]]]) -> None:
+    def _write_failed(
+        self, failure: Failure, batch: list[tuple[Any, Deferred[None]]], checkpoint: str | None,
+    ) -> None:
         self._writing = False
+        # A checkpoint that could not be written is still owed.
+        self._checkpoint = self._checkpoint or checkpoint
         reason = getattr(failure.value, "strerror", None) or failure.getErrorMessage()
         if self.failed is None:
             _log.error("audit log cannot be written ({reason}): refusing calls", reason=reason)

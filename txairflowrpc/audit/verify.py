@@ -1,6 +1,17 @@
 """
 Checking the audit chain: every record's hash, and that each follows the
-one before it, across the current and rotated files.
+one before it, across the current and rotated files; and, given the keys,
+every checkpoint's signature and what the last one covers.
+
+Without a key, a chain can only be shown whole, not authentic: anyone who
+can edit the files can re-hash them.  With a key (`check`'s
+``verifiers``), a record is proven only if a checkpoint signed by that key
+comes after it; records after the last checkpoint are reported as not
+covered, and a chain with no checkpoint at all proves nothing.
+
+What a key alone cannot show is a chain cut back to an earlier checkpoint,
+or rewritten from one: that is what checkpoints kept off the host are for
+(``shipped``): each must be found, unchanged, in the chain.
 """
 
 from __future__ import annotations
@@ -8,52 +19,266 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
+
+import attrs
 
 from .chain import GENESIS, dumps
+from .checkpoint import CHECKPOINT, Verifier
+
+
+@attrs.frozen
+class CheckpointSeen:
+    """A checkpoint found in the chain."""
+
+    seq: int
+    time: str
+    hash: str
+    alg: str
+    key_id: str
+
+
+@attrs.frozen
+class ChainReport:
+    """What `check` found; `status` and `lines` say it for a person."""
+
+    #: The first thing that breaks the chain, or None if it is whole.
+    problem: str | None
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    #: The chain starts after seq 1: it continues a chain from an earlier file.
+    continues: bool
+    checkpoints: tuple[CheckpointSeen, ...]
+    #: Whether checkpoint signatures were checked (a key was given).
+    signed: bool
+    #: Checkpoints kept off the host found unchanged in these files.
+    shipped_found: int = 0
+    #: ... and those older than these files, so not compared.
+    shipped_older: int = 0
+
+    @property
+    def last_checkpoint(self) -> CheckpointSeen | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def uncovered(self) -> int:
+        """Records after the last checkpoint (all of them if there is none)."""
+        if self.last_seq is None:
+            return 0
+        last = self.last_checkpoint
+        return self.last_seq - last.seq if last else self.records
+
+    @property
+    def whole(self) -> bool:
+        return self.problem is None and self.records > 0
+
+    @property
+    def proven(self) -> bool:
+        """Whole, every signature checked and good, and every record covered."""
+        return self.whole and self.signed and bool(self.checkpoints) and not self.uncovered
+
+    def lines(self) -> list[str]:
+        """The report, a line per finding, the verdict first."""
+        if self.problem is not None:
+            return [f"BROKEN: {self.problem}"]
+        if not self.records:
+            return ["BROKEN: no records"]
+        note = (f" (continues a chain from an earlier file, from seq {self.first_seq})"
+                if self.continues else "")
+        out = [f"chain whole: {self.records} records, seq {self.first_seq}..{self.last_seq}{note}"]
+        last = self.last_checkpoint
+        if last is None:
+            if self.signed:
+                out.append("NO CHECKPOINT: no record is signed, so none is proven "
+                           "(a rewritten or truncated chain would look the same)")
+            return out
+        keys = ", ".join(sorted({f"{c.alg} key {c.key_id}" for c in self.checkpoints}))
+        checked = "signatures good" if self.signed else "signatures NOT checked (no key given)"
+        out.append(f"checkpoints: {len(self.checkpoints)} by {keys}, {checked}; "
+                   f"last checkpoint: seq {last.seq} at {last.time}")
+        if self.shipped_found or self.shipped_older:
+            older = f" ({self.shipped_older} older than these files)" if self.shipped_older else ""
+            out.append(f"checkpoints kept off the host: {self.shipped_found} found unchanged"
+                       f"{older}")
+        if self.uncovered:
+            first = last.seq + 1
+            out.append(f"NOT COVERED by a checkpoint: records {first}..{self.last_seq} "
+                       f"({self.uncovered}) come after the last checkpoint; a change to them, "
+                       "or records cut from the end, would not be noticed")
+        elif self.signed:
+            out.append("every record is covered by a checkpoint with a good signature")
+        return out
+
+
+class _Broken(Exception):
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def check(
+    paths: Iterable[Path], verifiers: Sequence[Verifier] = (),
+    shipped: Sequence[dict[str, Any]] = (),
+) -> ChainReport:
+    """
+    Check the chain across ``paths`` (oldest first); with ``verifiers``,
+    every checkpoint's signature (a checkpoint signed by no key given is a
+    problem); and that each of the ``shipped`` checkpoints (from
+    `read_shipped`) is in the chain unchanged, unless it is older than
+    these files.  Never raises for what is in the files.
+    """
+    keys = {(v.alg, v.key_id): v for v in verifiers}
+    walk = _Walk(keys, {int(c["seq"]): c for c in shipped})
+    problem = None
+    try:
+        for c in shipped:
+            if keys:
+                _check_signature(keys, dict(c), "checkpoint kept off the host")
+        for path in paths:
+            walk.file(path)
+        walk.end()
+    except _Broken as broken:
+        problem = broken.problem
+    return ChainReport(
+        problem=problem, records=walk.count, first_seq=walk.first_seq, last_seq=walk.seq,
+        continues=walk.continues, checkpoints=tuple(walk.checkpoints),
+        signed=bool(verifiers), shipped_found=walk.shipped_found,
+        shipped_older=walk.shipped_older,
+    )
+
+
+def read_shipped(path: Path) -> list[dict[str, Any]]:
+    """
+    The checkpoints in a file of records kept off the host (other records
+    are skipped).  ValueError if it cannot be read, or a checkpoint in it
+    is not intact (its own hash).
+    """
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    found = []
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: not a JSON record") from None
+        if not isinstance(record, dict) or record.get("event") != CHECKPOINT:
+            continue
+        body = {k: v for k, v in record.items() if k != "hash"}
+        if (hashlib.sha256(dumps(body).encode("ascii")).hexdigest() != record.get("hash")
+                or not isinstance(record.get("seq"), int)):
+            raise ValueError(f"{path}:{lineno}: checkpoint is not intact (hash mismatch)")
+        found.append(record)
+    return found
+
+
+def _check_signature(
+    keys: dict[tuple[str, str], Verifier], record: dict[str, Any], what: str,
+) -> None:
+    """Raise `_Broken` unless ``record``'s signature is good by one of ``keys``."""
+    seq = record.get("seq")
+    record.pop("hash", None)
+    signature = record.pop("signature", None)
+    alg, key_id = str(record.get("alg")), str(record.get("key_id"))
+    verifier = keys.get((alg, key_id))
+    if verifier is None:
+        raise _Broken(f"{what} seq {seq} is signed by {alg} key {key_id}, not by a key given")
+    # What was signed: the record as sealed, without its signature and hash.
+    if not isinstance(signature, str) or not verifier.verify(dumps(record), signature):
+        raise _Broken(f"{what} seq {seq}: the signature does not match "
+                      "(forged, or the record was re-written)")
+
+
+class _Walk:
+    """One pass over the chain, record by record."""
+
+    def __init__(
+        self, verifiers: dict[tuple[str, str], Verifier], shipped: dict[int, dict[str, Any]],
+    ) -> None:
+        self.verifiers = verifiers
+        self.shipped = shipped
+        self.shipped_found = 0
+        self.shipped_older = 0
+        self.prev: str | None = None
+        self.seq: int | None = None
+        self.first_seq: int | None = None
+        self.continues = False
+        self.count = 0
+        self.checkpoints: list[CheckpointSeen] = []
+
+    def file(self, path: Path) -> None:
+        try:
+            handle = path.open("rb")
+        except OSError as e:
+            raise _Broken(f"{path}: cannot read: {e.strerror}") from None
+        with handle:
+            for lineno, raw in enumerate(handle, 1):
+                self.record(f"{path}:{lineno}", raw)
+
+    def record(self, where: str, raw: bytes) -> None:
+        if not raw.endswith(b"\n"):
+            raise _Broken(f"{where}: incomplete last line")
+        try:
+            record = json.loads(raw)
+            claimed = record.pop("hash")
+        except (ValueError, KeyError, AttributeError):
+            raise _Broken(f"{where}: not an audit record") from None
+        seq = record.get("seq")
+        actual = hashlib.sha256(dumps(record).encode("ascii")).hexdigest()
+        if actual != claimed:
+            raise _Broken(f"{where}: record seq {seq} was altered (hash mismatch)")
+        if self.seq is not None and seq != self.seq + 1:
+            if isinstance(seq, int) and seq > self.seq + 1:
+                raise _Broken(f"{where}: records {self.seq + 1}..{seq - 1} are missing")
+            raise _Broken(f"{where}: record seq {seq} is out of order after {self.seq}")
+        if self.prev is not None and record.get("prev") != self.prev:
+            raise _Broken(f"{where}: record seq {seq} does not follow the previous record")
+        if not isinstance(seq, int):
+            raise _Broken(f"{where}: not an audit record (no seq)")
+        if self.prev is None:
+            self.first_seq = seq
+            self.continues = record.get("prev") != GENESIS and seq != 1
+            if self.shipped:
+                self.shipped_older = sum(1 for s in self.shipped if s < seq)
+        if record.get("event") == CHECKPOINT:
+            self.checkpoint(where, record, claimed)
+        kept = self.shipped.get(seq)
+        if kept is not None:
+            if kept.get("hash") != claimed:
+                raise _Broken(f"{where}: record seq {seq} is not the checkpoint kept off the "
+                              "host: the chain was rewritten up to here")
+            self.shipped_found += 1
+        self.prev, self.seq = claimed, seq
+        self.count += 1
+
+    def checkpoint(self, where: str, record: dict[str, Any], hash_: str) -> None:
+        seq = record["seq"]
+        if record.get("head_seq") != seq - 1 or record.get("head_hash") != record.get("prev"):
+            raise _Broken(f"{where}: checkpoint seq {seq} does not name the record before it")
+        if not isinstance(record.get("signature"), str):
+            raise _Broken(f"{where}: checkpoint seq {seq} has no signature")
+        if self.verifiers:
+            _check_signature(self.verifiers, dict(record), f"{where}: checkpoint")
+        self.checkpoints.append(CheckpointSeen(
+            seq, str(record.get("time")), hash_, str(record.get("alg")),
+            str(record.get("key_id"))))
+
+    def end(self) -> None:
+        """After the last record: a checkpoint kept off the host beyond it was cut off."""
+        beyond = [s for s in self.shipped if self.seq is None or s > self.seq]
+        if beyond:
+            end = "have no records" if self.seq is None else f"end at seq {self.seq}"
+            raise _Broken(f"the files {end}, but a checkpoint kept off the host has seq "
+                          f"{max(beyond)}: records were cut from the end")
 
 
 def verify(paths: Iterable[Path]) -> tuple[bool, str]:
     """
-    Check the chain across ``paths`` (oldest first).
+    Check the chain across ``paths`` (oldest first), without keys.
 
     Returns (whole, message): the first broken or missing record, or how
     many records form a whole chain.
     """
-    prev: str | None = None
-    seq: int | None = None
-    count = 0
-    first_seq = None
-    for path in paths:
-        try:
-            handle = path.open("rb")
-        except OSError as e:
-            return False, f"{path}: cannot read: {e.strerror}"
-        with handle:
-            for lineno, raw in enumerate(handle, 1):
-                where = f"{path}:{lineno}"
-                if not raw.endswith(b"\n"):
-                    return False, f"{where}: incomplete last line"
-                try:
-                    record = json.loads(raw)
-                    claimed = record.pop("hash")
-                except (ValueError, KeyError, AttributeError):
-                    return False, f"{where}: not an audit record"
-                actual = hashlib.sha256(dumps(record).encode("ascii")).hexdigest()
-                if actual != claimed:
-                    return False, f"{where}: record seq {record.get('seq')} was altered (hash mismatch)"
-                if seq is not None and record.get("seq") != seq + 1:
-                    got = record.get("seq")
-                    if isinstance(got, int) and got > seq + 1:
-                        return False, f"{where}: records {seq + 1}..{got - 1} are missing"
-                    return False, f"{where}: record seq {got} is out of order after {seq}"
-                if prev is not None and record.get("prev") != prev:
-                    return False, f"{where}: record seq {record.get('seq')} does not follow the previous record"
-                if prev is None and record.get("prev") != GENESIS and record.get("seq") != 1:
-                    first_seq = record.get("seq")
-                prev, seq = claimed, record.get("seq")
-                count += 1
-    if count == 0:
-        return False, "no records"
-    note = f" (continues a chain from an earlier file, from seq {first_seq})" if first_seq else ""
-    return True, f"chain whole: {count} records, seq {seq - count + 1}..{seq}{note}"
+    report = check(paths)
+    return report.whole, report.lines()[0].removeprefix("BROKEN: ")

@@ -127,13 +127,27 @@ class HealthConfig:
 
 @attrs.frozen
 class AuditConfig:
-    """Where the audit trail goes and how it rotates."""
+    """
+    Where the audit trail goes, how it rotates, and the key that signs its
+    checkpoints: checkpoints are on exactly when ``signing_key`` (Ed25519)
+    or ``hmac_key_file`` (a shared secret) is set; at most one of them is.
+    Only the key files' paths are kept here, never what they hold.
+    """
 
     path: Path
     rotate_bytes: int
     rotate_daily: bool
     fsync: bool
     redact_keys: tuple[str, ...]
+    signing_key: Path | None = None
+    hmac_key_file: Path | None = None
+    checkpoint_records: int = 1000
+    checkpoint_seconds: float = 10.0
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether the trail gets signed checkpoints (a key is set)."""
+        return self.signing_key is not None or self.hmac_key_file is not None
 
     _keys = {
         "path": Key(str, is_path=True, must_exist=False),
@@ -142,6 +156,10 @@ class AuditConfig:
         "fsync": Key(bool, True),
         "redact_keys": Key(list, ["password", "passwd", "secret", "token", "api_key",
                                    "apikey", "credentials", "private_key"], strings),
+        "signing_key": Key(str, "", is_path=True, must_exist=False),
+        "hmac_key_file": Key(str, "", is_path=True, must_exist=False),
+        "checkpoint_records": Key(int, 1000, at_least(0)),
+        "checkpoint_seconds": Key(float, 10.0, at_least(0)),
     }
 
 

@@ -180,6 +180,19 @@ class TokenStore:
 # -- changes, made by the CLI ---------------------------------------------------
 
 
+def _sync_directory(directory: Path) -> None:
+    """
+    fsync ``directory``: ``os.replace`` is atomic but not durable until the
+    directory is synced, and a change reported done must survive a crash.
+    (The audit chain has the same few lines; identity may not import audit.)
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _Locked:
     """The store file, locked for a read-modify-write by one CLI at a time."""
 
@@ -205,6 +218,7 @@ class _Locked:
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, self.path)
+                _sync_directory(self.path.parent)
         finally:
             os.close(self._lock)
 

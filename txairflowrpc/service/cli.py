@@ -3,7 +3,10 @@ The ``airflowrpc`` command, for operators and auditors.
 
     airflowrpc token create --principal NAME [--roles R,...] [--days N]
     airflowrpc token list | rotate ID | revoke ID
-    airflowrpc audit verify FILE...   check the audit chain (exit 1 if broken)
+    airflowrpc audit verify [--public-key FILE | --hmac-key FILE] [--shipped FILE] FILE...
+                                      check the audit chain and its checkpoints
+    airflowrpc audit keygen --out PREFIX [--hmac]
+                                      a key to sign checkpoints with
     airflowrpc config check [FILE]    check a config file as twistd would
 
 The token commands take ``--config`` (default conf/airflowrpc.toml) to find
@@ -23,8 +26,9 @@ import socket
 from datetime import datetime, timezone
 
 from .. import config as config_module
+from ..audit import checkpoint
 from ..audit.chain import append_now
-from ..audit.verify import verify
+from ..audit.verify import check, read_shipped
 from ..identity import tokens
 from .checked import load_checked
 
@@ -37,13 +41,65 @@ def _first_seq(path: Path) -> float:
         return float("inf")
 
 
-def audit_verify(files: list[str]) -> int:
+#: ``audit verify``'s exit status: the chain is whole (and, if a key was
+#: given, every record is covered by a good checkpoint) ...
+WHOLE = 0
+#: ... a record is altered, missing, out of order or torn, or a checkpoint's
+#: signature does not match a key given ...
+BROKEN = 1
+#: ... a key file (or a --shipped file) cannot be used ...
+BAD_INPUT = 2
+#: ... the chain is whole, but (a key given) it has no checkpoint, or
+#: records after the last one: those are not proven.
+NOT_COVERED = 3
+
+
+def audit_verify(
+    files: list[str], public_keys: list[str], hmac_keys: list[str], shipped: list[str],
+) -> int:
+    try:
+        verifiers = [checkpoint.public_key(Path(p)) for p in public_keys]
+        verifiers += [checkpoint.hmac_verifier(Path(p)) for p in hmac_keys]
+        kept = []
+        for f in shipped:
+            found = read_shipped(Path(f))
+            if not found:
+                raise ValueError(f"{f} holds no checkpoint")
+            kept += found
+    except ValueError as e:
+        print(f"airflowrpc: {e}", file=sys.stderr)
+        return BAD_INPUT
     # Rotated files and the current one, in chain order whatever order the
     # shell gave them in (audit.jsonl sorts before audit.jsonl.2026...).
     paths = sorted((Path(f) for f in files), key=_first_seq)
-    whole, message = verify(paths)
-    print(message if whole else f"BROKEN: {message}")
-    return 0 if whole else 1
+    report = check(paths, verifiers, kept)
+    print("\n".join(report.lines()))
+    if not report.whole:
+        return BROKEN
+    if verifiers and not report.proven:
+        return NOT_COVERED
+    return WHOLE
+
+
+def audit_keygen(prefix: str, shared_secret: bool) -> int:
+    try:
+        made = (checkpoint.hmac_keygen if shared_secret else checkpoint.keygen)(Path(prefix))
+    except ValueError as e:
+        print(f"airflowrpc: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"airflowrpc: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    if made.public is None:
+        print(f"{made.secret}: shared secret (mode 0600), key id {made.key_id}: set "
+              f"[audit] hmac_key_file to it, and give a copy to whoever verifies "
+              f"(airflowrpc audit verify --hmac-key)")
+    else:
+        print(f"{made.secret}: private key (mode 0600), key id {made.key_id}: set "
+              f"[audit] signing_key to it; it never leaves this host")
+        print(f"{made.public}: public key: keep a copy off this host, for "
+              f"airflowrpc audit verify --public-key")
+    return 0
 
 
 def config_check(path: str) -> int:
@@ -142,9 +198,28 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    check = audit_commands.add_parser(
-        "verify", help="report the first broken or missing record, or that the chain is whole")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    verify = audit_commands.add_parser(
+        "verify", help="report the first broken or missing record, or that the chain is whole; "
+        "with a key, check every checkpoint and report records no checkpoint covers",
+        description="Exit status: 0 the chain is whole (with a key: and every record is "
+        "covered by a checkpoint whose signature matches); 1 broken (an altered, missing or "
+        "torn record, a bad signature, a kept checkpoint missing or changed); 2 a key or "
+        "--shipped file cannot be used; 3 whole, but with a key "
+        "given there is no checkpoint, or records after the last one.")
+    verify.add_argument("--public-key", action="append", default=[], metavar="FILE",
+                        help="Ed25519 public key (PEM) that signs checkpoints (repeatable)")
+    verify.add_argument("--hmac-key", action="append", default=[], metavar="FILE",
+                        help="HMAC-SHA256 shared secret that signs checkpoints (repeatable)")
+    verify.add_argument("--shipped", action="append", default=[], metavar="FILE",
+                        help="checkpoints kept off the host (JSON Lines; other records are "
+                        "skipped): each must be in the chain unchanged (repeatable)")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    keygen = audit_commands.add_parser(
+        "keygen", help="write a new checkpoint signing key: PREFIX.key (private, 0600) and "
+        "PREFIX.pub; with --hmac, a shared secret PREFIX.hmac (0600)")
+    keygen.add_argument("--out", required=True, metavar="PREFIX")
+    keygen.add_argument("--hmac", action="store_true",
+                        help="a shared secret for HMAC-SHA256 instead of an Ed25519 key pair")
     token = commands.add_parser("token", help="create, list, rotate and revoke tokens")
     _config_option(token)
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -178,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         args.config = config
         return token_command(args)
     if args.command == "audit":
-        return audit_verify(args.files)
+        if args.audit_command == "keygen":
+            return audit_keygen(args.out, args.hmac)
+        return audit_verify(args.files, args.public_key, args.hmac_key, args.shipped)
     return config_check(args.path or config)
 
 

@@ -28,6 +28,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from .. import __version__
 from .. import config as config_module
+from ..audit.checkpoint import signer_from
 from ..audit.log import AuditLog, RunBlocking
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
@@ -111,6 +112,8 @@ def open_audit(
     audit = AuditLog(
         cfg.path, clock=clock, run_blocking=run_blocking, instance=secrets.token_hex(6),
         rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
+        signer=signer_from(cfg.signing_key, cfg.hmac_key_file),
+        checkpoint_records=cfg.checkpoint_records, checkpoint_seconds=cfg.checkpoint_seconds,
     )
     audit.open()
     return audit
