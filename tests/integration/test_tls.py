@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import ssl
+import subprocess
 import urllib.request
 import xmlrpc.client
 from pathlib import Path

@@ -23,9 +23,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.audit import checkpoint
 from txairflowrpc.audit.chain import dumps, seal
+from txairflowrpc.audit.checkpoint import signer_from
 from txairflowrpc.audit.log import RETRY_SECONDS, AuditLog
 from txairflowrpc.audit.verify import verify
-from txairflowrpc.config import AuditConfig, ConfigError, load
+from txairflowrpc.config import AuditConfig, ConfigError
+from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.service.checked import load_checked
 from txairflowrpc.service.cli import main as cli
 from txairflowrpc.service.tap import open_audit
 
@@ -245,7 +248,8 @@ class WhenCheckpointsAreSealedTests(KeyedCase):
     def test_the_gateway_signs_with_the_key_its_config_names(self) -> None:
         cfg = AuditConfig(path=self.path, rotate_bytes=0, rotate_daily=False, fsync=False,
                           redact_keys=(), signing_key=self.key.secret, checkpoint_records=2)
-        log = open_audit(cfg, self.clock, lambda f: maybeDeferred(f))
+        log = open_audit(cfg, self.clock, lambda f: maybeDeferred(f),
+                         signer_from(cfg.signing_key, cfg.hmac_key_file))
         self.fill(log, 2)
         (cp,) = checkpoints(self.path)
         self.assertEqual(cp["key_id"], self.key.key_id)
@@ -423,9 +427,9 @@ CORE = """
 [listen]
 port = 8443
 [tls]
-certificate = "x.pem"
-private_key = "x.pem"
-client_ca = "x.pem"
+certificate = "tls/server.pem"
+private_key = "tls/server.key"
+client_ca = "tls/ca.pem"
 [airflow]
 base_url = "http://127.0.0.1:8080"
 username = "gateway"
@@ -435,17 +439,23 @@ path = "audit/audit.jsonl"
 """
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    (tmp_path / "x.pem").write_text("not checked by load()\n")
+def confdir(tmp_path: Path, pki: DevPKI) -> Path:
+    (tmp_path / "tls").symlink_to(pki.directory)
     (tmp_path / "pw").write_text("pw\n")
     return tmp_path
 
 
 def load_with(confdir: Path, extra: str) -> Any:
+    """The [audit] section as twistd's start checks it (the key files included)."""
     path = confdir / "airflowrpc.toml"
     path.write_text(CORE + extra)
-    return load(path).audit
+    return load_checked(path).config.audit
 
 
 def test_checkpoints_are_off_without_a_key_and_their_defaults(confdir: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from ..core.files import sync_directory
 from ..core.timefmt import iso_micro, utc
 from .checkpoint import CHECKPOINT, Signer
 
@@ -81,18 +82,6 @@ def _rotated_name(path: Path, now: float) -> Path:
 
 def _today(seconds: float) -> str:
     return utc(seconds).strftime("%Y-%m-%d")
-
-
-def sync_directory(directory: Path) -> None:
-    """
-    fsync ``directory``, so that a file just created, renamed or replaced in
-    it survives a crash: the file's own fsync does not make its name durable.
-    """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @attrs.frozen

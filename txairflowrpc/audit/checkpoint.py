@@ -124,11 +124,16 @@ class Verifier:
 # -- keys from files ------------------------------------------------------------
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, secret: bool = False) -> bytes:
+    """A key file's bytes; a ``secret`` one only if others may not read it."""
     try:
-        return path.read_bytes()
+        mode = os.stat(path).st_mode
+        data = path.read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
+    if secret and mode & 0o007:
+        raise ValueError(f"{path} is open to others (mode {mode & 0o777:04o}); chmod 600 it")
+    return data
 
 
 def ed25519_private(data: bytes, source: Path) -> Ed25519PrivateKey:
@@ -158,13 +163,13 @@ def hmac_secret(data: bytes, source: Path) -> bytes:
 
 def signing_key(path: Path) -> Signer:
     """A `Signer` from an Ed25519 private key file (PEM)."""
-    key = ed25519_private(_read(path, "signing key"), path)
+    key = ed25519_private(_read(path, "signing key", secret=True), path)
     return Signer(ED25519, _ed25519_key_id(key.public_key()), key=key)
 
 
 def hmac_signer(path: Path) -> Signer:
     """A `Signer` from an HMAC shared-secret file."""
-    secret = hmac_secret(_read(path, "HMAC key"), path)
+    secret = hmac_secret(_read(path, "HMAC key", secret=True), path)
     return Signer(HMAC_SHA256, _hmac_key_id(secret), key=secret)
 
 
@@ -191,7 +196,7 @@ def public_key(path: Path) -> Verifier:
 
 def hmac_verifier(path: Path) -> Verifier:
     """A `Verifier` from an HMAC shared-secret file."""
-    secret = hmac_secret(_read(path, "HMAC key"), path)
+    secret = hmac_secret(_read(path, "HMAC key", secret=True), path)
     return Verifier(HMAC_SHA256, _hmac_key_id(secret), key=secret)
 
 

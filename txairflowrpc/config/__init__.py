@@ -12,7 +12,12 @@ from .access import AccessConfig, AuthSettings, OIDCProvider, PrincipalEntry, Ro
 from .keys import ConfigError, Key, read_table
 from .load import Config, load, parse
 from .sections import (
-    AirflowConfig, AuditConfig, HealthConfig, LimitsConfig, ListenConfig, RPCConfig,
+    AirflowConfig,
+    AuditConfig,
+    HealthConfig,
+    LimitsConfig,
+    ListenConfig,
+    RPCConfig,
     TLSConfig,
 )
 

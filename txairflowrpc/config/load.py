@@ -17,15 +17,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from . import access
 from .keys import ConfigError, read_table
 from .sections import (
-    SECTIONS, AirflowConfig, AuditConfig, HealthConfig, LimitsConfig, ListenConfig,
-    RPCConfig, TLSConfig,
+    SECTIONS,
+    AirflowConfig,
+    AuditConfig,
+    HealthConfig,
+    LimitsConfig,
+    ListenConfig,
+    RPCConfig,
+    TLSConfig,
 )
+
 
 @attrs.frozen
 class Config:
@@ -96,49 +101,7 @@ def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
     if values["signing_key"] is not None and values["hmac_key_file"] is not None:
         raise ConfigError("audit.hmac_key_file", "set audit.signing_key or audit.hmac_key_file, "
                           "not both")
-    if values["signing_key"] is not None:
-        _check_signing_key(values["signing_key"])
-    if values["hmac_key_file"] is not None:
-        _check_hmac_key(values["hmac_key_file"])
     return AuditConfig(**values)
-
-
-def _key_file(key: str, path: Path) -> bytes:
-    """A key file's bytes, if only its owner (and group) may read it."""
-    try:
-        mode = os.stat(path).st_mode
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
-    if mode & 0o007:
-        raise ConfigError(key, f"{path} is open to others (mode {mode & 0o777:04o}); "
-                          "chmod 600 it")
-    return data
-
-
-# The checks below repeat in brief what txairflowrpc.audit.checkpoint does
-# with the key (config imports nothing of the package), so that a bad key
-# stops the start with one line.  Their messages never quote the file.
-
-def _check_signing_key(path: Path) -> None:
-    data = _key_file("audit.signing_key", path)
-    try:
-        key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        key = None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError("audit.signing_key", f"{path} is not an unencrypted Ed25519 private "
-                          "key in PEM (make one with: airflowrpc audit keygen --out PREFIX)")
-
-
-HMAC_MIN_BYTES = 32
-
-
-def _check_hmac_key(path: Path) -> None:
-    if len(_key_file("audit.hmac_key_file", path).strip()) < HMAC_MIN_BYTES:
-        raise ConfigError("audit.hmac_key_file", f"{path} holds too short a secret: at least "
-                          f"{HMAC_MIN_BYTES} bytes are needed (make one with: airflowrpc audit "
-                          "keygen --hmac --out PREFIX)")
 
 
 def load(path: str | Path) -> Config:

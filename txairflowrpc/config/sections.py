@@ -12,6 +12,7 @@ import attrs
 
 from .keys import Key, at_least, port, positive, strings
 
+
 @attrs.frozen
 class ListenConfig:
     """Where the TLS listener binds."""

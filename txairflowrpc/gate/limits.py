@@ -7,7 +7,6 @@ the in-flight cap counts HTTP requests (a multicall is one).
 
 from __future__ import annotations
 
-
 import attrs
 from twisted.internet.interfaces import IReactorTime
 

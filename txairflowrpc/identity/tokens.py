@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import attrs
 
+from ..core.files import sync_directory
 from ..core.timefmt import iso_seconds, parse_iso
 
 PREFIX = "arpc_"
@@ -180,19 +181,6 @@ class TokenStore:
 # -- changes, made by the CLI ---------------------------------------------------
 
 
-def _sync_directory(directory: Path) -> None:
-    """
-    fsync ``directory``: ``os.replace`` is atomic but not durable until the
-    directory is synced, and a change reported done must survive a crash.
-    (The audit chain has the same few lines; identity may not import audit.)
-    """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Locked:
     """The store file, locked for a read-modify-write by one CLI at a time."""
 
@@ -218,7 +206,7 @@ class _Locked:
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, self.path)
-                _sync_directory(self.path.parent)
+                sync_directory(self.path.parent)
         finally:
             os.close(self._lock)
 

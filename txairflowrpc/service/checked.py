@@ -14,6 +14,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTime
 
 from .. import config as config_module
+from ..audit import checkpoint
 from ..gate.tls import server_options
 from ..identity import oidc, tokens
 from ..identity.authenticate import Authenticator
@@ -28,6 +29,8 @@ class Checked:
     roles: dict[str, Role] = attrs.field(eq=False)
     tls_options: ssl.CertificateOptions = attrs.field(eq=False)
     tokens: tokens.TokenStore | None
+    #: What signs the audit checkpoints (None: no key, no checkpoints).
+    signer: checkpoint.Signer | None = attrs.field(eq=False, default=None)
 
 
 def load_checked(path: str | Path) -> Checked:
@@ -50,7 +53,12 @@ def load_checked(path: str | Path) -> Checked:
                 oidc.parse_jwks(provider.jwks)
             except ValueError as e:
                 raise config_module.ConfigError(f"oidc.{name}.jwks_file", str(e)) from None
-    return Checked(cfg, roles, options, store)
+    try:
+        signer = checkpoint.signer_from(cfg.audit.signing_key, cfg.audit.hmac_key_file)
+    except ValueError as e:
+        key = "audit.signing_key" if cfg.audit.signing_key else "audit.hmac_key_file"
+        raise config_module.ConfigError(key, str(e)) from None
+    return Checked(cfg, roles, options, store, signer)
 
 
 def build_authenticator(

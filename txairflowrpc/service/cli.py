@@ -17,13 +17,12 @@ works on files only: a running gateway picks the changes up by itself.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-
 import getpass
+import json
 import socket
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .. import config as config_module
 from ..audit import checkpoint

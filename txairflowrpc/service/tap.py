@@ -18,17 +18,17 @@ from treq.client import HTTPClient
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from .. import __version__
 from .. import config as config_module
-from ..audit.checkpoint import signer_from
+from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
@@ -107,12 +107,14 @@ class AuditService(service.Service):
 
 
 def open_audit(
-    cfg: config_module.AuditConfig, clock: IReactorTime, run_blocking: RunBlocking
+    cfg: config_module.AuditConfig, clock: IReactorTime, run_blocking: RunBlocking,
+    signer: Signer | None = None,
 ) -> AuditLog:
+    """The audit log ``cfg`` describes, opened; ``signer`` signs its checkpoints."""
     audit = AuditLog(
         cfg.path, clock=clock, run_blocking=run_blocking, instance=secrets.token_hex(6),
         rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
-        signer=signer_from(cfg.signing_key, cfg.hmac_key_file),
+        signer=signer,
         checkpoint_records=cfg.checkpoint_records, checkpoint_seconds=cfg.checkpoint_seconds,
     )
     audit.open()
@@ -179,7 +181,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     top = service.MultiService()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
-    audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f))
+    audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f),
+                       checked.signer)
     AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
 
     pool = HTTPConnectionPool(reactor, persistent=True)

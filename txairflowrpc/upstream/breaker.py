@@ -11,7 +11,6 @@ recovers by itself when Airflow comes back.
 
 from __future__ import annotations
 
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
