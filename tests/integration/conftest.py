@@ -104,6 +104,9 @@ class RunningGateway:
         self.config.write_text(core_config(
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
             password_file=password_file, audit=self.audit_path,
+            # Refusals anyone can cause are counted per second here, not per
+            # minute, so that a test sees the counts soon.
+            audit_extra="refusal_window_seconds = 1",
         ) + RPC + ACCESS.format(
             cert_mode=cert_mode, tokens=self.token_store, health_port=self.health_port,
         ) + extra)

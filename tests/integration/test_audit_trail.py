@@ -239,7 +239,8 @@ def test_rotation_under_load_keeps_the_chain_whole(
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
-    files = sorted(f for f in gw.audit_path.parent.iterdir() if not f.name.endswith(".lock"))
+    files = sorted(f for f in gw.audit_path.parent.glob(gw.audit_path.name + "*")
+                   if not f.name.endswith(".lock"))
     assert len(files) >= 4, files  # it did rotate, several times
     out = verify(*files)
     assert out.returncode == 0, out.stdout

@@ -28,10 +28,16 @@ def tls_socket(gw: RunningGateway, timeout: float = 10) -> ssl.SSLSocket:
 
 
 def read_all(sock: ssl.SSLSocket) -> bytes:
+    """The response: until its Content-Length is in, or the connection closes."""
     data = b""
     try:
         while chunk := sock.recv(65536):
             data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            if sep and length and len(body) >= length[0]:
+                break
     except (ssl.SSLError, ConnectionResetError, socket.timeout):
         pass
     return data

@@ -14,6 +14,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from txairflowrpc.audit.log import AuditLog
+from txairflowrpc.config.sections import REDACT_DEFAULT
 from txairflowrpc.config import (
     AccessConfig,
     AirflowConfig,
@@ -29,6 +30,10 @@ from txairflowrpc.config import (
 from txairflowrpc.identity.authenticate import Unauthenticated
 from txairflowrpc.identity.principal import Principal
 from txairflowrpc.identity.scopes import SCOPES, Grants, Role, Scope
+from twisted.web.resource import Resource
+
+from txairflowrpc.gate.resource import refuse
+from txairflowrpc.gate.site import GatewaySite
 from txairflowrpc.service.tap import build_site
 
 from ..fakes import FakeAirflow
@@ -44,7 +49,7 @@ CONFIG = Config(
     rpc=RPCConfig(max_multicall=5, max_wait_seconds=300, wait_poll_seconds=2,
                   max_body_bytes=256 * 1024),
     audit=AuditConfig(path=Path("unused"), rotate_bytes=0, rotate_daily=False, fsync=False,
-                      redact_keys=("password", "token")),
+                      redact_keys=REDACT_DEFAULT),
     limits=LimitsConfig(request_deadline_seconds=30, idle_timeout_seconds=60,
                         handshake_timeout_seconds=10, max_connections=100, rate_per_second=1000,
                         burst=1000, max_in_flight=100, call_deadline_seconds=60),
@@ -63,6 +68,7 @@ class Gateway:
     airflow: FakeAirflow
     client: StubTreq
     audit: AuditLog
+    site: GatewaySite
     principal: Principal | None = attrs.field(factory=lambda: OPERATOR)
 
     def advance(self, seconds: float) -> None:
@@ -112,10 +118,43 @@ def dumps(params: tuple[Any, ...], method: str) -> bytes:
     return re.sub("<string>\x01big:(-?[0-9]+)</string>", r"<i8>\1</i8>", text).encode()
 
 
+#: The key of the in-memory gateway's audit digests.
+DIGEST_KEY = b"d" * 32
+
 #: A role with every scope on every DAG.
 EVERYTHING = Role("operator", tuple(Scope.parse(name) for name in SCOPES))
 OPERATOR = Principal("ci-bot", "client_certificate", roles=("operator",),
                      grants=Grants((EVERYTHING,)))
+
+
+class AuthenticatingRoot(Resource):
+    """
+    Stands in, for StubTreq (which brings its own `Site`), for what the
+    gateway's `GatewaySite` does once a request's headers are in: set the
+    request's principal, or refuse it with 401.
+    """
+
+    def __init__(self, site: GatewaySite) -> None:
+        super().__init__()
+        self._site = site
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        try:
+            request.principal = self._site.authenticate(request)
+        except Unauthenticated as e:
+            return _Refused(self._site.refusals, f"unauthenticated: {e.reason}")
+        return self._site.resource.getChildWithDefault(path, request)
+
+
+class _Refused(Resource):
+    isLeaf = True
+
+    def __init__(self, refusals: Any, message: str) -> None:
+        super().__init__()
+        self._refusals, self._message = refusals, message
+
+    def render(self, request: Any) -> Any:
+        return refuse(self._refusals, request, "0" * 16, 401, self._message)
 
 
 def audit_log(directory: str, clock: Clock, **kw: Any) -> AuditLog:
@@ -140,7 +179,8 @@ def gateway(
             raise Unauthenticated("a client certificate is required")
         return holder[0].principal
 
-    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate).site
-    gw = Gateway(clock, airflow, StubTreq(site.resource), audit)
+    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate,
+                      digest_key=DIGEST_KEY).site
+    gw = Gateway(clock, airflow, StubTreq(AuthenticatingRoot(site)), audit, site)
     holder.append(gw)
     return gw

@@ -153,6 +153,15 @@ class TestCertificates:
         with pytest.raises(Unauthenticated, match="matches no principal"):
             run(auth.authenticate(FakeRequest(cert(dns_names=("stranger",)))))
 
+    def test_a_certificate_naming_two_principals_is_refused(self, tmp_path: Path,
+                                                            pki: DevPKI) -> None:
+        """By different keys (a SAN of one, a CN of another): refused, not the first taken."""
+        extra = '\n[principals.other]\nroles = ["auditor"]\ncert_cn = ["shared-name"]\n'
+        auth = authenticator(load(tmp_path, pki, extra=extra), Clock())
+        both = cert(common_name="shared-name", dns_names=("ci-bot.example.com",))
+        with pytest.raises(Unauthenticated, match="more than one principal"):
+            run(auth.authenticate(FakeRequest(both)))
+
     def test_required_certificate(self, tmp_path: Path, pki: DevPKI) -> None:
         cfg = load(tmp_path, pki)
         _, token = tokens.create(cfg.access.auth.token_store, "ci-bot", None, 90, datetime.now(timezone.utc))
@@ -217,6 +226,17 @@ class TestTokens:
         assert info["expires_in_days"] == 10.0 and "expires within 14 days" in info["warning"]
 
 
+class TestTokenRoles:
+    def test_a_token_never_has_more_than_its_principal(self, tmp_path: Path, pki: DevPKI) -> None:
+        cfg = load(tmp_path, pki, mode="optional")
+        _, token = tokens.create(cfg.access.auth.token_store, "ci-bot", ("ci", "auditor"), 90,
+                                 datetime.now(timezone.utc))  # as if the store were edited
+        principal = run(authenticator(cfg, Clock()).authenticate(
+            FakeRequest(None, f"Bearer {token}")))
+        assert principal.roles == ("ci",)
+        assert not principal.grants.allows("logs:read", "etl_orders")  # auditor's, not ci-bot's
+
+
 class TestOIDC:
     def test_jwt_principal_and_roles(self, tmp_path: Path, pki: DevPKI) -> None:
         clock = Clock()
@@ -264,6 +284,8 @@ class TestConfig:
         ('\n[principals.x]\nroles = ["nope"]\n', "principals.x.roles", "unknown role"),
         ('\n[roles.bad2]\nconf."x" = { type = "nonsense" }\n', "roles.bad2.conf.x",
          "not a valid JSON Schema"),
+        ('\n[principals.twin]\nroles = []\ncert_dns = ["CI-bot.example.com"]\n',
+         "principals.twin.cert_dns", "maps principal 'ci-bot' too"),
     ])
     def test_access_mistakes_name_the_key(self, tmp_path: Path, pki: DevPKI, extra: str,
                                           key: str, words: str) -> None:

@@ -22,7 +22,7 @@ from txairflowrpc.audit.verify import verify
 from txairflowrpc.core import errors
 from txairflowrpc.service.cli import main as cli
 
-from .helpers import audit_log, gateway
+from .helpers import DIGEST_KEY, audit_log, gateway
 
 
 def scratch(case: SynchronousTestCase) -> Path:
@@ -245,22 +245,24 @@ class GatewayRecordTests(SynchronousTestCase):
                          ("trigger_dag", "etl_orders", "r1"))
         self.assertEqual((rec["decision"], rec["outcome"], rec["airflow_status"]),
                          ("allowed", "ok", 200))
-        self.assertEqual(set(rec["args"]["conf"]), {"sha256", "size"})
+        self.assertEqual(set(rec["args"]["conf"]), {"hmac_sha256", "size"})
         self.assertEqual(rec["args"]["options"]["dag_run_id"], "r1")
-        self.assertEqual(set(rec["args"]["options"]["note"]), {"sha256", "size"})
+        self.assertEqual(set(rec["args"]["options"]["note"]), {"hmac_sha256", "size"})
         self.assertIn("duration_ms", rec)
         raw = self.path.read_text()
         for secret in ("hunter2", "secret-ish", "2026-01-01"):
             self.assertNotIn(secret, raw)
 
     def test_sensitive_keys_are_redacted_before_digesting(self) -> None:
-        from txairflowrpc.audit.summary import digest_of
+        from txairflowrpc.audit.summary import Summarizer
+        from txairflowrpc.config.sections import REDACT_DEFAULT
 
         self.call("trigger_dag", "etl_orders", {"db_password": "hunter2"}, {"token": "t0ps3cret"})
         (rec,) = records(self.path)
         self.assertEqual(rec["fault_code"], -32602)  # options has no "token" key
         self.assertEqual(rec["args"]["options"]["token"], "[redacted]")
-        self.assertEqual(rec["args"]["conf"], digest_of({"db_password": "[redacted]"}))
+        digest = Summarizer(REDACT_DEFAULT, DIGEST_KEY).digest({"db_password": "[redacted]"})
+        self.assertEqual(rec["args"]["conf"], digest)
         self.assertNotIn("t0ps3cret", self.path.read_text())
 
     def test_faults_are_recorded_with_their_code(self) -> None:
@@ -269,8 +271,8 @@ class GatewayRecordTests(SynchronousTestCase):
         self.call("nope")
         recs = records(self.path)
         self.assertEqual([(r["outcome"], r["fault_code"], r["decision"]) for r in recs],
-                         [("fault", 404, "allowed"), ("fault", -32602, "allowed"),
-                          ("fault", -32601, "invalid")])
+                         [("fault", 404, "allowed"), ("fault", -32602, "invalid"),
+                          ("fault", -32601, "invalid")])  # an id is checked before the policy
         self.assertEqual(recs[0]["airflow_status"], 404)
         self.assertEqual(recs[1]["dag_id"], "x/../../variables")  # escaped JSON, not a path
         self.assertNotIn("airflow_status", recs[1])

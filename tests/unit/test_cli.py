@@ -24,7 +24,8 @@ def config(tmp_path: Path, pki: DevPKI) -> Path:
     path.write_text(core_config(
         port=8443, tls=pki.directory, airflow="http://127.0.0.1:8080",
         password_file=tmp_path / "pw", audit=tmp_path / "audit.jsonl",
-    ) + f'[auth]\ntoken_store = "{tmp_path}/tokens.json"\n[principals.ci-bot]\nroles = []\n')
+    ) + f'[auth]\ntoken_store = "{tmp_path}/tokens.json"\n[principals.ci-bot]\nroles = ["ci"]\n'
+      '[roles.ci]\nscopes = ["runs:trigger:etl_*"]\n[roles.admin]\nscopes = ["runs:write"]\n')
     return path
 
 
@@ -60,3 +61,13 @@ def test_every_token_subcommand_and_config_check_take_it(
     assert main(["config", "check", "--config", str(config)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["config", "--config", str(config), "check"]) == 0
+
+
+def test_a_token_cannot_have_roles_its_principal_has_not(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["token", "create", "--principal", "ci-bot", "--config", str(config)]
+    assert main([*argv, "--roles", "ci,admin"]) == 1
+    assert "does not have role 'admin'" in capsys.readouterr().err
+    assert tokens.TokenStore.load(tmp_path / "tokens.json").records == {}
+    assert main([*argv, "--roles", "ci"]) == 0

@@ -54,7 +54,8 @@ def test_good_config_loads_with_defaults_and_relative_paths(confdir: Path) -> No
     assert cfg.tls.certificate == confdir / "tls" / "server.pem"
     assert cfg.rpc.max_multicall == 50 and cfg.rpc.max_body_bytes == 1024 * 1024
     assert cfg.audit.path == confdir / "audit" / "audit.jsonl"
-    assert cfg.audit.fsync is True and "password" in cfg.audit.redact_keys
+    assert cfg.audit.fsync is True and {"pass", "pwd", "key", "auth"} <= set(cfg.audit.redact_keys)
+    assert cfg.audit.digest_key_file == confdir / "audit" / ".digest.key"
     assert "s3cret" not in repr(cfg)
     server_options(cfg.tls)  # the certificates really load
 

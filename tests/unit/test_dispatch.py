@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txairflowrpc.audit.summary import Summarizer
 from txairflowrpc.core import errors
 from txairflowrpc.core.spec import CallContext, Param, rpc_method
 from txairflowrpc.gate.dispatch import Dispatcher
@@ -39,11 +40,15 @@ class Provider:
         Param("pipeline", "string", "which DAG", id="dag_id"),
         Param("settings", "struct", "the run's conf", required=False),
         Param("extras", "struct", "options", required=False, keeps=("label",)),
-        scope="runs:trigger", dag="pipeline", conf="settings",
+        scope="runs:trigger", dag="pipeline", conf="settings", changes=True,
+        dry_run="extras.rehearse",
     )
     def launch(self, call: CallContext, pipeline: str, settings: Any = None,
-               extras: Any = None) -> dict[str, Any]:
+               extras: Any = None) -> Any:
         """Start something."""
+        if (extras or {}).get("slow"):
+            self.held = Deferred(lambda d: setattr(self, "cancelled", self.cancelled + 1))
+            return self.held
         return {"started": pipeline}
 
     @rpc_method(
@@ -69,7 +74,7 @@ def principal(*scopes: str, conf: dict[str, Any] | None = None) -> Principal:
     return Principal("bot", "token", roles=("r",), grants=Grants((role,)))
 
 
-class DispatcherTests(SynchronousTestCase):
+class DispatcherCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.dir = Path(tempfile.mkdtemp())
@@ -77,7 +82,8 @@ class DispatcherTests(SynchronousTestCase):
         self.provider = Provider()
         self.dispatcher = Dispatcher(
             [self.provider], policy=ScopePolicy(), max_multicall=5, clock=self.clock,
-            audit=self.audit, redact_keys=("password",), deadline=10, max_wait=50,
+            audit=self.audit, summarizer=Summarizer(("password",), b"k" * 32), deadline=10,
+            max_wait=50,
         )
 
     def call(self, who: Principal, name: str, *args: Any) -> Deferred[Any]:
@@ -87,6 +93,8 @@ class DispatcherTests(SynchronousTestCase):
         path = self.dir / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
+
+class DispatcherTests(DispatcherCase):
     def test_a_new_method_is_authorised_from_its_spec(self) -> None:
         allowed = principal("runs:trigger:etl_*")
         self.assertEqual(self.successResultOf(self.call(allowed, "launch", "etl_a")),
@@ -113,8 +121,8 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(record["dag_run_id"], "r-1")  # an option member named like an id
         extras = record["args"]["extras"]
         self.assertEqual(extras["label"], "nightly")  # kept: the spec says so
-        self.assertEqual(set(extras["note"]), {"sha256", "size"})  # digested
-        self.assertEqual(set(record["args"]["settings"]), {"sha256", "size"})
+        self.assertEqual(set(extras["note"]), {"hmac_sha256", "size"})  # digested
+        self.assertEqual(set(record["args"]["settings"]), {"hmac_sha256", "size"})
         self.assertNotIn("monday", json.dumps(record))
 
     def test_the_deadline_grows_by_the_parameter_the_spec_names(self) -> None:
@@ -161,3 +169,27 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIn("system.multicall", names)
         help_text = self.successResultOf(self.call(principal(), "system.methodHelp", "launch"))
         self.assertIn("Needs scope runs:trigger", help_text)
+
+
+class ChangeTests(DispatcherCase):
+    def test_a_change_on_its_way_runs_on_when_the_caller_leaves(self) -> None:
+        d = self.call(principal("runs:trigger"), "launch", "etl_a", {}, {"slow": True})
+        d.cancel()  # the caller went away
+        self.failureResultOf(d)
+        self.assertEqual(self.provider.cancelled, 0)
+        self.provider.held.callback({"started": "etl_a"})
+        (record,) = [r for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual(record["outcome"], "ok")  # what really happened
+
+    def test_a_dry_run_and_a_read_are_cancelled_as_before(self) -> None:
+        d = self.call(principal("runs:trigger"), "launch", "etl_a", {},
+                      {"slow": True, "rehearse": True})
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(self.provider.cancelled, 1)
+        read = self.call(principal("runs:read"), "linger", "etl_a", 5)
+        read.cancel()
+        self.failureResultOf(read)
+        self.assertEqual(self.provider.cancelled, 2)
+        outcomes = [r["outcome"] for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual(outcomes, ["cancelled", "cancelled"])

@@ -97,3 +97,36 @@ class ScopeTests(SynchronousTestCase):
         self.assertEqual([r["faultCode"] for r in results[1:]], [403, 403])
         self.assertFalse(any(p.startswith("/api/v2/dags/example_hello") for _, p in
                              gw.airflow.api_requests()))
+
+
+class TriggerOnlyTests(SynchronousTestCase):
+    """A principal that may trigger but not read runs learns nothing of others' runs."""
+
+    def setUp(self) -> None:
+        from txairflowrpc.identity.principal import Principal
+        from txairflowrpc.identity.scopes import Grants, Role, Scope
+
+        self.gw = gateway()
+        self.trigger_only = Principal("bot", "token", roles=("t",), grants=Grants((
+            Role("t", (Scope.parse("runs:trigger:etl_*"),)),)))
+        self.gw.call_d("trigger_dag", "etl_orders", {"secret": "s3"}, {"dag_run_id": "theirs"})
+
+    def call(self, *params: Any) -> Any:
+        self.gw.principal = self.trigger_only
+        return self.successResultOf(self.gw.call_d("trigger_dag", *params))[2]
+
+    def test_someone_elses_run_id_is_a_409_that_says_nothing(self) -> None:
+        import xmlrpc.client
+
+        for guess in ({"secret": "s3"}, {"secret": "wrong"}):
+            fault = self.call("etl_orders", guess, {"dag_run_id": "theirs"})
+            self.assertIsInstance(fault, xmlrpc.client.Fault)
+            self.assertEqual(fault.faultCode, 409)
+            self.assertEqual(fault.faultString,
+                             "conflict: run 'theirs' of DAG 'etl_orders' already exists")
+
+    def test_its_own_retry_gets_the_run_id_only(self) -> None:
+        first = self.call("etl_orders", {"day": 1}, {"dag_run_id": "mine"})
+        self.assertTrue(first["created"])
+        again = self.call("etl_orders", {"day": 1}, {"dag_run_id": "mine"})
+        self.assertEqual(again, {"dag_id": "etl_orders", "dag_run_id": "mine", "created": False})

@@ -219,7 +219,7 @@ class CallLimitTests(SynchronousTestCase):
 
     def test_through_the_gateway(self) -> None:
         gw = gateway()
-        dispatcher = gw.client._agent._rootResource.children[b"RPC2"]._dispatcher
+        dispatcher = gw.site.rpc._dispatcher
         dispatcher._limits = CallLimits(gw.clock, rate=1, burst=2, max_in_flight=10)
         results = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(3)]
         self.assertEqual(results[:2], ["pong", "pong"])
@@ -234,7 +234,7 @@ class CallLimitTests(SynchronousTestCase):
 
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()
-        dispatcher = gw.client._agent._rootResource.children[b"RPC2"]._dispatcher
+        dispatcher = gw.site.rpc._dispatcher
         dispatcher._deadline = 5  # shorter than the Airflow timeout (10 s)
         self.successResultOf(gw.call_d("get_dag", "etl_orders"))  # logged in
         gw.airflow.hang.append("/api/v2/dags/etl_orders")

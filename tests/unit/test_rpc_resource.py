@@ -14,7 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from txairflowrpc.gate import resource as resource_module
 
-from .helpers import gateway
+from .helpers import OPERATOR, gateway
 
 PING = xmlrpc.client.dumps((), "ping").encode()
 
@@ -128,9 +128,9 @@ class DisconnectTests(SynchronousTestCase):
         gw = gateway()
         gw.airflow.runs[("example_hello", "r")] = {"dag_id": "example_hello",
                                                    "dag_run_id": "r", "state": "running"}
-        site = gw.client._agent._rootResource  # the site's root, in memory
-        rpc = site.children[b"RPC2"]
+        rpc = gw.site.rpc
         request = DummyRequest([b"RPC2"])
+        request.principal = OPERATOR  # as the site sets it once the headers are in
         request.method = b"POST"
         request.requestHeaders.setRawHeaders(b"content-type", [b"text/xml"])
         request.content = io.BytesIO(

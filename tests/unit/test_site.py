@@ -1,68 +1,262 @@
-"""The site's connection-level limits, on a StringTransport: body caps, deadlines, the connection cap."""
+"""
+The site on a StringTransport: who gets their body read, the limits on
+connections, bodies and time, exact routing, and every refusal recorded.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import attrs
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
+from txairflowrpc.gate.refusals import RefusalLog
 from txairflowrpc.gate.site import GatewaySite
+from txairflowrpc.identity.authenticate import Unauthenticated
 
-from .helpers import CONFIG
+from .helpers import CONFIG, OPERATOR, audit_log
 
-
-def channel(**limits: Any) -> tuple[Any, StringTransport, Clock, GatewaySite]:
-    import attrs
-    from twisted.web.resource import Resource
-
-    clock = Clock()
-    cfg = attrs.evolve(CONFIG.limits, **limits)
-    site = GatewaySite(Resource(), audit=None, clock=clock, limits=cfg, max_body_bytes=1000)
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    return proto, transport, clock, site
+PING = (b"<?xml version='1.0'?><methodCall><methodName>ping</methodName>"
+        b"<params></params></methodCall>")
 
 
-class SiteLimitTests(SynchronousTestCase):
+class Echo(Resource):
+    """Stands for /RPC2: answers with who called and how much body it read."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        body = request.content.read()
+        request.release_body()
+        return f"{request.principal.name} read {len(body)}".encode()
+
+
+class Missing(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        return b"not found"
+
+
+def post(body: bytes = PING, *, headers: bytes = b"", path: bytes = b"/RPC2") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (path, headers, len(body), body))
+
+
+class SiteTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dir = Path(tempfile.mkdtemp())
+        self.audit = audit_log(str(self.dir), self.clock)
+        self.refusals = RefusalLog(self.audit, self.clock)
+        self.authenticated: list[Any] = []
+        self.answer: Any = OPERATOR
+        self.make()
+
+    def make(self, max_body_bytes: int = 1000, **limits: Any) -> None:
+        def authenticate(request: Any) -> Any:
+            self.authenticated.append(request)
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+        self.site = GatewaySite(
+            Resource(), rpc=Echo(), not_found=Missing(), refusals=self.refusals,
+            clock=self.clock, limits=attrs.evolve(CONFIG.limits, **limits),
+            max_body_bytes=max_body_bytes, authenticate=authenticate,
+        )
+
+    def connect(self, host: str = "127.0.0.1", port: int = 1234) -> tuple[Any, StringTransport]:
+        proto = self.site.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def records(self) -> list[dict[str, Any]]:
+        self.refusals.flush()
+        path = self.dir / "audit.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [r for r in map(json.loads, lines) if r.get("kind") == "refused"]
+
+
+class AuthenticationFirstTests(SiteTestCase):
+    def test_the_unauthenticated_get_401_before_their_body_is_read(self) -> None:
+        self.answer = Unauthenticated("no credentials")
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"x" * 900, headers=b"Expect: 100-continue\r\n"))
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), answer)
+        self.assertNotIn(b"100 Continue", answer)
+        self.assertIn(b"WWW-Authenticate: Bearer", answer)
+        self.assertEqual(proto.requests[-1].content.getvalue(), b"")  # never buffered
+        self.assertEqual(self.site.bodies.held, 0)
+        proto.dataReceived(b"y" * 5000)  # what is still coming is read and dropped
+        self.assertEqual(transport.value(), answer)
+        (record,) = self.records()
+        self.assertEqual((record["http_status"], record["reason"], record["refusal"]),
+                         (401, "unauthenticated: no credentials", "unauthenticated"))
+        self.clock.advance(3)
+        self.assertTrue(transport.disconnecting)  # closed after a short linger
+
+    def test_continue_is_sent_only_once_authenticated(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(post(headers=b"Expect: 100-continue\r\n").split(b"\r\n\r\n")[0]
+                           + b"\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        proto.dataReceived(PING)
+        self.assertIn(b"ci-bot read %d" % len(PING), transport.value())
+
+    def test_while_authentication_is_pending_the_body_waits(self) -> None:
+        pending: Deferred[Any] = Deferred()
+        self.answer = None
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        proto.dataReceived(post())
+        self.assertTrue(transport.producerState == "paused")
+        self.assertEqual(proto.requests[-1].content.getvalue(), b"")
+        pending.callback(OPERATOR)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertIn(b"ci-bot read %d" % len(PING), transport.value())
+
+    def test_a_pending_refusal_reads_nothing_either(self) -> None:
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"x" * 900))
+        pending.errback(Unauthenticated("expired token"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        self.assertEqual(proto.requests[-1].content.getvalue(), b"")
+
+    def test_two_authorization_headers_are_400(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(post(headers=b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertEqual(self.authenticated, [])
+        (record,) = self.records()
+        self.assertEqual(record["reason"], "more than one Authorization header")
+
+
+class BodyTests(SiteTestCase):
     def test_declared_body_over_the_cap_is_413_before_it_is_read(self) -> None:
-        proto, transport, _, _ = channel()
+        proto, transport = self.connect()
         proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
                            b"Content-Length: 5000000\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
-        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.records()[0]["http_status"], 413)
 
     def test_chunked_body_is_cut_at_the_cap(self) -> None:
-        proto, transport, _, _ = channel()
+        proto, transport = self.connect()
         proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
                            b"Transfer-Encoding: chunked\r\n\r\n")
         for _ in range(3):
             proto.dataReceived(b"200\r\n" + b"x" * 0x200 + b"\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
         self.assertLessEqual(proto.requests[-1].content.tell(), 1000)
+        self.assertEqual(self.site.bodies.held, 0)
 
+    def test_bodies_in_flight_share_one_budget_and_are_let_go(self) -> None:
+        self.make(max_body_memory_bytes=2000)
+        half = [self.connect(port=2000 + i) for i in range(3)]
+        for proto, _ in half:  # three bodies of 900 of 2000: the third does not fit
+            proto.dataReceived(post(b"<" * 900)[:-450])
+        answers = [t.value() for _, t in half]
+        self.assertEqual(self.site.bodies.held, 1800)
+        self.assertTrue(answers[2].startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"Retry-After: 1\r\n", answers[2])
+        for proto, transport in half[:2]:
+            proto.dataReceived(b"<" * 450)
+            self.assertIn(b"ci-bot read 900", transport.value())
+        self.assertEqual(self.site.bodies.held, 0)  # released once read
+
+
+class ConnectionTests(SiteTestCase):
     def test_a_slow_request_is_dropped_at_its_deadline(self) -> None:
-        proto, transport, clock, site = channel(request_deadline_seconds=10)
+        self.make(request_deadline_seconds=10)
+        proto, transport = self.connect()
         proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
-        clock.advance(5)
+        self.clock.advance(5)
         proto.dataReceived(b"Host: x\r\n")  # slowloris: a byte now and then
         self.assertFalse(transport.disconnecting)
-        clock.advance(5)
+        self.clock.advance(5)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(site.slow_dropped, 1)
+        self.assertEqual(self.site.slow_dropped, 1)
 
     def test_a_silent_connection_is_dropped_at_the_handshake_deadline(self) -> None:
-        proto, transport, clock, site = channel(handshake_timeout_seconds=3)
-        clock.advance(3)
+        self.make(handshake_timeout_seconds=3)
+        proto, transport = self.connect()
+        self.clock.advance(3)
         self.assertTrue(transport.disconnected)
 
-    def test_connections_over_the_cap_are_closed_at_once_and_counted(self) -> None:
-        _, _, _, site = channel(max_connections=1)
-        extra = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1235))
-        transport = StringTransport()
-        extra.makeConnection(transport)
+    def test_no_first_byte_soon_after_the_handshake_is_dropped(self) -> None:
+        self.make(handshake_timeout_seconds=10, first_byte_seconds=2, idle_timeout_seconds=60)
+        proto, transport = self.connect()
+        proto.handshakeCompleted()
+        self.clock.advance(2)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(site.refused_connections, 1)
+        (record,) = self.records()
+        self.assertEqual(record["refusal"], "first_byte")
+
+    def test_one_address_may_hold_only_its_share(self) -> None:
+        self.make(max_connections=100, max_connections_per_source=3)
+        conns = [self.connect(port=3000 + i) for i in range(4)]
+        self.assertEqual([t.disconnected for _, t in conns], [False, False, False, True])
+        self.assertFalse(self.connect("10.0.0.2")[1].disconnected)
+        self.assertEqual(self.site.refused_connections, 1)
+
+    def test_at_the_cap_the_address_holding_the_most_gives_way(self) -> None:
+        self.make(max_connections=4, max_connections_per_source=100)
+        flood = [self.connect("10.6.6.6", 4000 + i) for i in range(4)]
+        again = self.connect("10.6.6.6", 4999)
+        self.assertTrue(again[1].disconnected)  # the one holding the most: refused
+        other = self.connect("10.0.0.9")
+        self.assertFalse(other[1].disconnected)  # anyone else: an idle flooder makes room
+        self.assertEqual(sum(t.disconnected for _, t in flood), 1)
+        self.assertEqual((self.site.open_connections, self.site.evicted), (4, 1))
+
+    def test_a_failed_handshake_flood_is_one_record_per_source_and_minute(self) -> None:
+        for i in range(50):
+            proto, _ = self.connect(port=5000 + i)
+            proto.connectionLost(Failure(SSL.Error([("", "", "no certificate")])))
+        first = self.records()
+        self.assertEqual([(r["refusal"], r["count"]) for r in first],
+                         [("tls_handshake", 1), ("tls_handshake", 49)])
+        self.assertEqual(self.audit.fsyncs, 2)
+
+
+class RoutingTests(SiteTestCase):
+    def test_only_exactly_rpc2_is_served(self) -> None:
+        for path in (b"/RPC2/anything", b"/%52PC2", b"/RPC2?x=1", b"*", b"/"):
+            proto, transport = self.connect()
+            proto.dataReceived(post(path=path))
+            self.assertIn(b"404", transport.value().split(b"\r\n")[0], path)
+            self.assertNotIn(b"ci-bot read", transport.value())
+
+    def test_options_star_is_not_answered_200(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404"), transport.value())
+
+    def test_twisteds_own_400s_are_recorded(self) -> None:
+        cases = [
+            b"POST /RPC2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /RPC2 HTTP/1.1\r\n" + b"X-A: b\r\n" * 501 + b"\r\n",
+            b"NONSENSE\r\n\r\n",
+        ]
+        for raw in cases:
+            proto, transport = self.connect()
+            proto.dataReceived(raw)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400"), raw[:40])
+        reasons = {r["reason"] for r in self.records()}
+        self.assertEqual(reasons, {"malformed HTTP request"})
+        self.assertEqual(self.refusals.noted, 3)

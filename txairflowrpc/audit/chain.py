@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -36,9 +37,36 @@ GENESIS = "0" * 64
 
 
 def dumps(record: dict[str, Any]) -> str:
-    # ASCII-only JSON: control characters and line breaks inside values are
-    # escaped, so no value can split or forge a line.
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    """
+    A record as one line of strict JSON: ASCII only, so control characters
+    and line breaks inside values are escaped and no value can split or forge
+    a line; and no NaN or Infinity, which strict parsers (jq, JavaScript's
+    ``JSON.parse``) refuse: a non-finite number is written as a string.
+    """
+    try:
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(strict_json(record), ensure_ascii=True, separators=(",", ":"))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite numbers (NaN, Infinity) as strings, which strict JSON has not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def loads_strict(line: bytes | str) -> Any:
+    """One line of strict JSON; `ValueError` for NaN, Infinity or anything not JSON."""
+    return json.loads(line, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not strict JSON")
 
 
 def seal(record: dict[str, Any]) -> str:

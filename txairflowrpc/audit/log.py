@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +36,10 @@ from .chain import Appended, ChainFile
 from .checkpoint import Signer
 
 RETRY_SECONDS = 2.0
+#: While the log is failing, at most this many droppable records (refusals
+#: anyone can cause) wait in the queue; the rest are counted, and the count
+#: is written as one ``audit.dropped`` record once the log recovers.
+MAX_DROPPABLE_QUEUED = 1000
 
 _log = Logger()
 
@@ -93,6 +97,9 @@ class AuditLog:
         #: How many batches (fsyncs) and records were written; for the benchmark.
         self.fsyncs = 0
         self.written = 0
+        #: Droppable records waiting, by id, and those dropped while failing.
+        self._droppable: set[int] = set()
+        self.dropped = 0
 
     def open(self) -> None:
         """Open (and create) the file; at start-up, before serving anything."""
@@ -116,15 +123,25 @@ class AuditLog:
 
         return d.addBoth(done)
 
-    def append(self, fields: dict[str, Any]) -> Deferred[None]:
+    def append(self, fields: dict[str, Any], droppable: bool = False) -> Deferred[None]:
         """
         Queue a record of ``fields``; fires once it is on disk.
 
         Fails with `errors.AuditUnavailable` if the write fails; the record
-        stays queued and is written when the log recovers.
+        stays queued and is written when the log recovers.  A ``droppable``
+        record (a refusal anyone can cause) is instead only counted while
+        the log is failing and `MAX_DROPPABLE_QUEUED` of them wait already,
+        so that a flood cannot grow the queue without bound.
         """
+        if droppable and self.failed is not None and (
+            len(self._droppable) >= MAX_DROPPABLE_QUEUED
+        ):
+            self.dropped += 1
+            return fail(errors.AuditUnavailable())
         record = {"time": iso_micro(self._clock.seconds()), "instance": self.instance}
         record.update(fields)
+        if droppable:
+            self._droppable.add(id(record))
         d: Deferred[None] = Deferred()
         self._queue.append((record, d))
         self._kick()
@@ -178,10 +195,15 @@ class AuditLog:
     ) -> None:
         self.fsyncs += 1
         self.written += sum(1 for r, _ in batch if r is not None)
+        self._droppable.difference_update(id(r) for r, _ in batch)
         self._writing = False
         if self.failed is not None:
             _log.info("audit log writable again: {path}", path=str(self.path))
             self.failed = None
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                self.append({"event": "audit.dropped", "count": dropped,
+                             "reason": "refusals counted but not written while the log failed"})
         for _, d in batch:
             d.callback(None)
         if appended is not None:

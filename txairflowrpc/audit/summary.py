@@ -1,7 +1,7 @@
 """
 What a call's audit record says of its arguments: ids as they are, numbers
-and booleans as given, free-form values (conf, notes, strings) as a digest
-and size, and the values of sensitive keys never.
+and booleans as given, free-form values (conf, notes, strings) as a keyed
+digest and size, and the values of sensitive keys never.
 
 The method's `MethodSpec` says which parameters are ids and which members
 of an options struct are kept as they are; nothing here knows a method.
@@ -10,17 +10,49 @@ of an options struct are kept as they are; nothing here knows a method.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
+from pathlib import Path
 from typing import Any, Iterable
 
+import attrs
+
+from ..core.files import sync_directory
+from .chain import strict_json
 from ..core.ids import KINDS
 from ..core.spec import Param
 
 
-def digest_of(value: Any) -> dict[str, Any]:
-    """A free-form value as its SHA-256 and size, never the value itself."""
-    data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+#: Bytes of a digest key.
+DIGEST_KEY_BYTES = 32
+
+
+def load_digest_key(path: Path) -> bytes:
+    """
+    The key of the trail's digests, from ``path``; made (random, mode 0600,
+    its directory synced) if the file does not exist yet.  Blocking: at
+    start-up only.  `ValueError` if it exists and cannot be used.
+    """
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(DIGEST_KEY_BYTES)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sync_directory(path.parent)
+        return key
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if len(key) < DIGEST_KEY_BYTES:
+        raise ValueError(f"{path} holds fewer than {DIGEST_KEY_BYTES} bytes")
+    return key
 
 
 MAX_TEXT = 250
@@ -31,10 +63,17 @@ def clip(value: Any) -> Any:
     return value[:MAX_TEXT] if isinstance(value, str) else value
 
 
+def _word(text: str) -> str:
+    return text.lower().replace("-", "").replace("_", "")
+
+
 def is_sensitive(key: Any, sensitive: tuple[str, ...]) -> bool:
-    """A key is sensitive if its name contains a configured word (any case)."""
-    name = str(key).lower()
-    return any(word in name for word in sensitive)
+    """
+    Whether a key's name holds one of the ``sensitive`` words: any case,
+    as a substring, ``-`` and ``_`` ignored (``db_pass``, ``API-Key``).
+    """
+    name = _word(str(key))
+    return any(_word(word) in name for word in sensitive)
 
 
 def redact(value: Any, sensitive: tuple[str, ...]) -> Any:
@@ -49,43 +88,63 @@ def redact(value: Any, sensitive: tuple[str, ...]) -> Any:
     return value
 
 
-def summarize_args(
-    params: Iterable[Param], args: tuple[Any, ...], sensitive: tuple[str, ...]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+@attrs.frozen
+class Summarizer:
     """
-    The ids of a call, and a summary of its other arguments.
+    What a call's record says of its arguments.
 
-    Id parameters (and option members named like an id kind) are kept as
-    they are, clipped; numbers and booleans too; an options struct (a
-    parameter with ``keeps``) member by member, keeping the named members'
-    strings; every other string, struct and array as a digest and size,
-    computed after redaction so that a digest cannot be used to guess a
-    secret.  Sensitive keys are redacted at any depth.
+    :param sensitive: words naming keys whose values are redacted.
+    :param key: the digest key: free-form values are recorded as an
+        HMAC-SHA256 under it, so that nobody who reads the trail without the
+        key can test a guess (a PIN in a conf) against a digest.
     """
-    ids: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
-    for param, value in zip(params, args):
-        if param.id is not None and isinstance(value, str):
-            ids[param.id] = clip(value)
-        elif isinstance(value, (bool, int, float)):
-            summary[param.name] = value
-        elif param.keeps is not None and isinstance(value, dict):
-            summary[param.name] = {
-                clip(str(k)): _member(k, v, param.keeps, sensitive) for k, v in value.items()
-            }
-            for kind in KINDS:
-                if isinstance(value.get(kind), str):
-                    ids[kind] = clip(value[kind])
-        else:
-            summary[param.name] = digest_of(redact(value, sensitive))
-    return ids, summary
 
+    sensitive: tuple[str, ...]
+    key: bytes = attrs.field(repr=False)
 
-def _member(key: Any, value: Any, keeps: tuple[str, ...], sensitive: tuple[str, ...]) -> Any:
-    if is_sensitive(key, sensitive):
-        return "[redacted]"
-    if isinstance(value, str) and (key in keeps or key in KINDS):
-        return clip(value)
-    if isinstance(value, (bool, int, float)):
-        return value
-    return digest_of(redact(value, sensitive))
+    def digest(self, value: Any) -> dict[str, Any]:
+        """A free-form value as its keyed digest and size, never the value itself."""
+        data = json.dumps(strict_json(value), sort_keys=True, separators=(",", ":"),
+                          default=str).encode()
+        return {"hmac_sha256": hmac.new(self.key, data, hashlib.sha256).hexdigest(),
+                "size": len(data)}
+
+    def summarize(
+        self, params: Iterable[Param], args: tuple[Any, ...]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        The ids of a call, and a summary of its other arguments.
+
+        Id parameters (and option members named like an id kind) are kept as
+        they are, clipped; numbers and booleans too (non-finite ones as
+        strings); an options struct (a parameter with ``keeps``) member by
+        member, keeping the named members' strings; every other string,
+        struct and array as a keyed digest and size, computed after
+        redaction.  Sensitive keys are redacted at any depth.
+        """
+        ids: dict[str, Any] = {}
+        summary: dict[str, Any] = {}
+        for param, value in zip(params, args):
+            if param.id is not None and isinstance(value, str):
+                ids[param.id] = clip(value)
+            elif isinstance(value, (bool, int, float)):
+                summary[param.name] = strict_json(value)
+            elif param.keeps is not None and isinstance(value, dict):
+                summary[param.name] = {
+                    clip(str(k)): self._member(k, v, param.keeps) for k, v in value.items()
+                }
+                for kind in KINDS:
+                    if isinstance(value.get(kind), str):
+                        ids[kind] = clip(value[kind])
+            else:
+                summary[param.name] = self.digest(redact(value, self.sensitive))
+        return ids, summary
+
+    def _member(self, key: Any, value: Any, keeps: tuple[str, ...]) -> Any:
+        if is_sensitive(key, self.sensitive):
+            return "[redacted]"
+        if isinstance(value, str) and (key in keeps or key in KINDS):
+            return clip(value)
+        if isinstance(value, (bool, int, float)):
+            return strict_json(value)
+        return self.digest(redact(value, self.sensitive))

@@ -17,13 +17,12 @@ or rewritten from one: that is what checkpoints kept off the host are for
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import attrs
 
-from .chain import GENESIS, dumps
+from .chain import GENESIS, dumps, loads_strict
 from .checkpoint import CHECKPOINT, Verifier
 
 
@@ -160,7 +159,7 @@ def read_shipped(path: Path) -> list[dict[str, Any]]:
     found = []
     for lineno, raw in enumerate(lines, 1):
         try:
-            record = json.loads(raw)
+            record = loads_strict(raw)
         except ValueError:
             raise ValueError(f"{path}:{lineno}: not a JSON record") from None
         if not isinstance(record, dict) or record.get("event") != CHECKPOINT:
@@ -220,7 +219,7 @@ class _Walk:
         if not raw.endswith(b"\n"):
             raise _Broken(f"{where}: incomplete last line")
         try:
-            record = json.loads(raw)
+            record = loads_strict(raw)
             claimed = record.pop("hash")
         except (ValueError, KeyError, AttributeError):
             raise _Broken(f"{where}: not an audit record") from None

@@ -206,13 +206,25 @@ def _principals(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[
     if not isinstance(table, dict):
         raise ConfigError("principals", "must be a table ([principals.NAME])")
     principals = {}
+    claimed: dict[tuple[str, str], str] = {}
     for name, body in table.items():
         values = _tuples(read_table(f"principals.{name}", body, base, PrincipalEntry._keys))
         for role in values["roles"]:
             if role not in roles:
                 raise ConfigError(f"principals.{name}.roles", f"unknown role {role!r}")
+        for key in _CERT_KEYS:
+            for value in values[key]:
+                other = claimed.setdefault((key, value.lower()), name)
+                if other != name:
+                    raise ConfigError(f"principals.{name}.{key}",
+                                      f"{value!r} maps principal {other!r} too: a certificate "
+                                      "must name one principal")
         principals[name] = PrincipalEntry(name=name, **values)
     return principals
+
+
+#: The keys that map a client certificate to a principal.
+_CERT_KEYS = ("cert_dns", "cert_uri", "cert_email", "cert_cn", "cert_sha256", "cert_spki_sha256")
 
 
 def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, OIDCProvider]:

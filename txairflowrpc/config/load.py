@@ -95,7 +95,10 @@ def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
     directory = path.parent
     if directory.exists() and not os.access(directory, os.W_OK):
         raise ConfigError("audit.path", f"cannot write in {directory}")
-    values["redact_keys"] = tuple(k.lower() for k in values["redact_keys"])
+    values["redact_keys"] = tuple(
+        k.lower().replace("-", "").replace("_", "") for k in values["redact_keys"])
+    if values["digest_key_file"] in ("", base / ""):
+        values["digest_key_file"] = path.with_name(".digest.key")
     for key in ("signing_key", "hmac_key_file"):
         values[key] = None if values[key] in ("", base / "") else values[key]
     if values["signing_key"] is not None and values["hmac_key_file"] is not None:

@@ -98,12 +98,18 @@ class LimitsConfig:
     burst: int
     max_in_flight: int
     call_deadline_seconds: float
+    first_byte_seconds: float = 10.0
+    max_connections_per_source: int = 100
+    max_body_memory_bytes: int = 64 * 1024 * 1024
 
     _keys = {
         "request_deadline_seconds": Key(float, 30.0, positive),
         "idle_timeout_seconds": Key(float, 60.0, positive),
         "handshake_timeout_seconds": Key(float, 10.0, positive),
+        "first_byte_seconds": Key(float, 10.0, positive),
         "max_connections": Key(int, 1000, at_least(1)),
+        "max_connections_per_source": Key(int, 100, at_least(1)),
+        "max_body_memory_bytes": Key(int, 64 * 1024 * 1024, at_least(1024)),
         "rate_per_second": Key(float, 20.0, positive),
         "burst": Key(int, 40, at_least(1)),
         "max_in_flight": Key(int, 20, at_least(1)),
@@ -126,6 +132,12 @@ class HealthConfig:
     }
 
 
+#: Words whose keys' values never reach the audit trail: matched in a key's
+#: name case-insensitively, as substrings, with "-" and "_" ignored (so
+#: ``db_pass``, ``API-Key``, ``pwd`` and ``authToken`` are all caught).
+REDACT_DEFAULT = ("pass", "pwd", "secret", "token", "key", "credential", "auth")
+
+
 @attrs.frozen
 class AuditConfig:
     """
@@ -144,6 +156,12 @@ class AuditConfig:
     hmac_key_file: Path | None = None
     checkpoint_records: int = 1000
     checkpoint_seconds: float = 10.0
+    #: Refusals anyone can cause are counted into one record per source,
+    #: kind and reason over this many seconds.
+    refusal_window_seconds: float = 60.0
+    #: The key of the digests that stand for free-form values (conf, notes)
+    #: on the trail; made (32 random bytes, mode 0600) when it is missing.
+    digest_key_file: Path | None = None
 
     @property
     def checkpoints(self) -> bool:
@@ -155,12 +173,13 @@ class AuditConfig:
         "rotate_bytes": Key(int, 100 * 1024 * 1024, at_least(0)),
         "rotate_daily": Key(bool, True),
         "fsync": Key(bool, True),
-        "redact_keys": Key(list, ["password", "passwd", "secret", "token", "api_key",
-                                   "apikey", "credentials", "private_key"], strings),
+        "redact_keys": Key(list, list(REDACT_DEFAULT), strings),
         "signing_key": Key(str, "", is_path=True, must_exist=False),
         "hmac_key_file": Key(str, "", is_path=True, must_exist=False),
         "checkpoint_records": Key(int, 1000, at_least(0)),
         "checkpoint_seconds": Key(float, 10.0, at_least(0)),
+        "refusal_window_seconds": Key(float, 60.0, positive),
+        "digest_key_file": Key(str, "", is_path=True, must_exist=False),
     }
 
 

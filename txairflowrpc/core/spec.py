@@ -22,7 +22,7 @@ from xmlrpc.client import DateTime
 
 import attrs
 
-from . import errors
+from . import errors, ids
 
 #: The scope of a method open to any authenticated caller.
 AUTHENTICATED = ""
@@ -95,6 +95,23 @@ class MethodSpec:
     #: The method returns only what the caller's scope covers, so the
     #: policy asks only for the scope on some DAG.
     filtered: bool = False
+    #: The call changes Airflow (a run, a DAG's state, task instances):
+    #: once on its way it is never cancelled because the caller went away.
+    changes: bool = False
+    #: ``"param.member"``: an option that, when true, makes the call a dry
+    #: run that changes nothing.
+    dry_run: str | None = None
+
+    def changes_airflow(self, args: tuple[Any, ...]) -> bool:
+        """Whether a call with checked ``args`` changes Airflow."""
+        if not self.changes:
+            return False
+        if self.dry_run is not None:
+            param, _, member = self.dry_run.partition(".")
+            options = self.value(param, args)
+            if isinstance(options, dict) and options.get(member) is True:
+                return False
+        return True
 
     def value(self, name: str, args: tuple[Any, ...]) -> Any:
         """The value of parameter ``name`` in checked ``args``, or its default."""
@@ -143,6 +160,10 @@ class MethodSpec:
         the handler's defaults apply; one omitted before others is passed
         as its declared default (None if it has none).
 
+        Ids (parameters with an ``id`` kind) are validated here, before the
+        call is authorised: a hostile id is refused without being echoed,
+        recorded or matched against anything.
+
         Raises `errors.InvalidParams` naming the parameter at fault.
         """
         required = sum(p.required for p in self.params)
@@ -170,6 +191,10 @@ class MethodSpec:
                 raise errors.InvalidParams(
                     f"parameter {param.name!r} must be {_article(param.type)}", self.name
                 )
+            if param.id is not None:
+                problem = ids.id_problem(param.id, value)
+                if problem is not None:
+                    raise errors.InvalidParams(problem, self.name)
             checked.append(value)
         while checked and checked[-1] is None:
             checked.pop()

@@ -15,6 +15,7 @@ since they are about the method table itself.
 from __future__ import annotations
 
 import inspect
+import secrets
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
@@ -23,7 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..audit.log import AuditLog
-from ..audit.summary import summarize_args
+from ..audit.summary import Summarizer, clip
+from ..config.sections import REDACT_DEFAULT
 from ..core import calltrace, errors
 from ..core.calltrace import CallTrace
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
@@ -47,7 +49,8 @@ class Dispatcher:
 
     def __init__(
         self, providers: list[object], *, policy: Policy, max_multicall: int,
-        clock: IReactorTime, audit: AuditLog | None = None, redact_keys: tuple[str, ...] = (),
+        clock: IReactorTime, audit: AuditLog | None = None,
+        summarizer: Summarizer | None = None,
         limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
     ) -> None:
         self._policy = policy
@@ -57,7 +60,7 @@ class Dispatcher:
         self._max_multicall = max_multicall
         self._clock = clock
         self._audit = audit
-        self._redact = redact_keys
+        self._summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
         self.methods: dict[str, MethodSpec] = {}
         for provider in [*providers, self]:
             self.methods.update(collect(provider))
@@ -71,7 +74,9 @@ class Dispatcher:
         `GatewayError` (anything else is logged and becomes an internal
         error).  With an audit log, it fires only once the call's record
         is on disk, and fails with `errors.AuditUnavailable` if it cannot
-        be written.  Cancelling it cancels the handler's work.
+        be written.  Cancelling it cancels the handler's work, except for a
+        call that changes Airflow (its spec says so): that one runs on to
+        its real outcome, which its record says.
         """
         started = self._clock.seconds()
         spec = self.methods.get(name) if isinstance(name, str) else None
@@ -99,6 +104,11 @@ class Dispatcher:
             d.addBoth(self._left, who)
         d.addErrback(self._as_gateway_error, ctx, spec)
         d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index)
+        if spec is not None and spec.changes_airflow(args):
+            # A change may be on its way to Airflow: the caller leaving must
+            # not cut it off unrecorded; it runs on, and its record says how
+            # it really ended.
+            return _detached(d)
         return d
 
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
@@ -175,7 +185,7 @@ class Dispatcher:
         if self._audit is None:
             return result
         params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
-        ids, summary = summarize_args(params, args, self._redact)
+        ids, summary = self._summarizer.summarize(params, args)
         fields: dict[str, Any] = {
             "kind": "call",
             "request_id": ctx.request_id,
@@ -187,7 +197,7 @@ class Dispatcher:
             **ids,
             "args": summary or None,
             "decision": trace.decision,
-            "reason": trace.reason,
+            "reason": clip(trace.reason),
             "outcome": "cancelled" if cancelled else "ok" if fault is None else "fault",
             "fault_code": fault,
             "airflow_status": trace.airflow_status,
@@ -269,6 +279,26 @@ class Dispatcher:
             except errors.GatewayError as e:
                 results.append({"faultCode": e.code, "faultString": e.message})
         return results
+
+
+def _detached(work: Deferred[Any]) -> Deferred[Any]:
+    """
+    A Deferred of ``work``'s result whose cancellation lets ``work`` run on
+    (its deadline still applies); the result is then dropped.
+    """
+    view: Deferred[Any] = Deferred()
+
+    def forward(result: Any) -> None:
+        if view.called:
+            return None  # the caller left; the outcome is on the trail
+        if isinstance(result, Failure):
+            view.errback(result)
+        else:
+            view.callback(result)
+        return None
+
+    work.addBoth(forward)
+    return view
 
 
 def _multicall_entry(entry: Any) -> tuple[str, tuple[Any, ...]]:

@@ -136,6 +136,14 @@ def attribution(call: CallContext, note: str | None) -> str:
     return line if not note else f"{line}\n\n{note}"
 
 
+def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
+    """Whether ``run`` was triggered through the gateway by the caller (its note says)."""
+    note = run.get("note")
+    name = getattr(call.principal, "name", "")[:200]
+    first = note.split("\n", 1)[0] if isinstance(note, str) else ""
+    return first.startswith(f"Triggered through txairflowrpc by {name} (request ")
+
+
 def _same_conf(a: Any, b: Any) -> bool:
     """Whether two confs are the same JSON value (no conf is the empty one)."""
     return json_equal(a or {}, b or {})
@@ -259,12 +267,13 @@ class AirflowMethods:
         """One DAG: dag_id, is_paused, tags, owners, schedule and more."""
         return self._client.get_dag(_check_id("get_dag", "dag_id", dag_id))
 
-    @rpc_method("pause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id")
+    @rpc_method("pause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id", changes=True)
     def pause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Pause a DAG: no new runs are scheduled. Returns the DAG after the change."""
         return self._client.set_dag_paused(_check_id("pause_dag", "dag_id", dag_id), True)
 
-    @rpc_method("unpause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id")
+    @rpc_method("unpause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id",
+                changes=True)
     def unpause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Unpause a DAG. Returns the DAG after the change."""
         return self._client.set_dag_paused(_check_id("unpause_dag", "dag_id", dag_id), False)
@@ -278,7 +287,7 @@ class AirflowMethods:
               "(ISO-8601 string with a time zone, or dateTime taken as UTC), "
               "note (string, at most 700 characters)", required=False,
               keeps=("dag_run_id", "logical_date")),
-        scope="runs:trigger", dag="dag_id", conf="conf",
+        scope="runs:trigger", dag="dag_id", conf="conf", changes=True,
     )
     async def trigger_dag(
         self, call: CallContext, dag_id: str, conf: dict[str, Any] | None = None,
@@ -324,6 +333,14 @@ class AirflowMethods:
                     pass  # the clash was not on the run id
             if existing is None:
                 raise errors.Conflict(_clash(dag_id, logical_date)) from None
+            if not call.principal.grants.allows("runs:read", dag_id):
+                # May not read runs: learns nothing of the existing one (its
+                # state, dates, conf, note), not even whether a guessed conf
+                # matches, unless the run is its own retried.
+                if _triggered_by(existing, call) and _same_conf(existing.get("conf"), conf):
+                    return {"dag_id": dag_id, "dag_run_id": run_id, "created": False}
+                raise errors.Conflict(
+                    f"run {run_id!r} of DAG {dag_id!r} already exists") from None
             if not _same_conf(existing.get("conf"), conf):
                 raise errors.Conflict(
                     f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf"
@@ -390,7 +407,7 @@ class AirflowMethods:
     @rpc_method(
         "set_dag_run_state", "struct", _DAG_ID, _RUN_ID,
         Param("state", "string", "success, failed or queued"),
-        scope="runs:write", dag="dag_id",
+        scope="runs:write", dag="dag_id", changes=True,
     )
     def set_dag_run_state(
         self, call: CallContext, dag_id: str, dag_run_id: str, state: str
@@ -423,7 +440,7 @@ class AirflowMethods:
               "task_ids (array of strings; default all tasks of the run), "
               "only_failed (boolean, default false), dry_run (boolean, default "
               "false: the tasks really are cleared and re-run)", required=False, keeps=()),
-        scope="tasks:clear", dag="dag_id",
+        scope="tasks:clear", dag="dag_id", changes=True, dry_run="options.dry_run",
     )
     async def clear_task_instances(
         self, call: CallContext, dag_id: str, dag_run_id: str,

@@ -3,41 +3,40 @@ The XML-RPC resource served at ``/RPC2``, and the root resource around it.
 
 `RPCResource` serves XML-RPC over HTTP POST.  It takes nothing of
 `twisted.web.xmlrpc.XMLRPC`'s request handling (which reads any body, of
-any type, before asking who is calling): the caller is authenticated before
-any XML is read, the body is checked for size, type and encoding, parsed by
-`wire.parse_call`, and handed to the `Dispatcher`, the pipeline every call
-passes through.  Every response carries an ``X-Request-Id`` header.  When
-the client goes away, the call's work is cancelled.  Whatever goes wrong
-inside, the caller gets an answer: a fault -32603 naming the request id
-(or HTTP 500 before the caller is known), never a connection left hanging.
+any type, before asking who is calling): the site has authenticated the
+caller before any of the body was read (`txairflowrpc.gate.site`); here the
+body is checked for type and encoding, parsed by `wire.parse_call` and let
+go, and the call handed to the `Dispatcher`, the pipeline every call passes
+through.  Every response carries an ``X-Request-Id`` header.  When the
+client goes away, the call's work is cancelled (a change already on its way
+to Airflow finishes and is recorded).  Whatever goes wrong inside, the
+caller gets an answer: a fault -32603 naming the request id, never a
+connection left hanging.
 
-Every refusal (401, 404, 405, 413, 415, a request that is not XML-RPC) is
-recorded on the audit trail; a refusal's answer, like a call's, leaves only
-once its record is on disk.  The connection-level limits (body size while
-it arrives, deadlines, connection cap) are in `txairflowrpc.gate.site`.
+Every refusal of an authenticated caller (404, 405, 413, 415, a request
+that is not XML-RPC) is recorded on the audit trail; its answer, like a
+call's, leaves only once its record is on disk.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from ..audit.log import AuditLog
 from ..core import errors
 from ..core.spec import CallContext
 from ..core.timefmt import iso_seconds, utc
-from ..identity.authenticate import Unauthenticated
-from ..identity.backoff import Backoff
 from ..identity.principal import Principal
 from . import wire
 from .dispatch import Dispatcher
+from .refusals import RefusalLog
 from .site import address_text
 
 _log = Logger()
@@ -53,126 +52,73 @@ def _peer(request: Any) -> str:
     return address_text(request.getClientAddress())
 
 
-class Refusals:
-    """Records refused requests on the audit trail, then answers them."""
-
-    def __init__(self, audit: AuditLog | None) -> None:
-        self._audit = audit
-
-    def record(
-        self, request: Any, request_id: str, reason: str, *,
-        http_status: int | None = None, fault_code: int | None = None,
-        principal: Principal | None = None,
-    ) -> Deferred[Any]:
-        if self._audit is None:
-            return succeed(None)
-        fields: dict[str, Any] = {
-            "kind": "refused", "request_id": request_id, "source": _peer(request),
-            "method": None, "decision": "denied", "reason": reason,
-            "http_status": http_status, "fault_code": fault_code,
-            "http_method": request.method.decode("latin-1")[:16],
-            "path": request.path.decode("latin-1")[:200],
-        }
-        if principal is not None:
-            fields["principal"] = principal.name
-            fields["auth"] = principal.audit_identity()
-        return self._audit.append({k: v for k, v in fields.items() if v is not None})
-
-    def answer(
-        self, request: server.Request, status: int, message: str, *,
-        request_id: str | None = None, principal: Principal | None = None,
-    ) -> Any:
-        """Refuse ``request`` with HTTP ``status`` once the refusal is recorded."""
-        request_id = request_id or _request_id()
-        request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
-        body = _http_error(request, status, message)
-        recorded = self.record(
-            request, request_id, message, http_status=status, principal=principal
-        )
-        recorded.addBoth(lambda _: _write(request, body, b"text/plain; charset=utf-8"))
-        return server.NOT_DONE_YET
-
-
 class RPCResource(Resource):
     """
     XML-RPC over HTTP POST, in front of a `Dispatcher`.
 
-    :param authenticate: gives a Deferred of the `Principal` of a request,
-        failing with `Unauthenticated`.
-    :param backoff: delays the 401 answers to sources that keep failing.
+    The caller was authenticated by the site before the body was read
+    (`GatewayRequest.principal`); a request without a principal is refused
+    (deny by default), whatever brought it here.
+
     :param max_body_bytes: larger bodies get HTTP 413.
     """
 
+    isLeaf = True
+
     def __init__(
-        self, dispatcher: Dispatcher, *,
-        authenticate: Callable[[Any], "Deferred[Principal]"], max_body_bytes: int,
-        clock: IReactorTime, audit: AuditLog | None = None, backoff: Backoff | None = None,
+        self, dispatcher: Dispatcher, *, refusals: RefusalLog, max_body_bytes: int,
+        clock: IReactorTime,
     ) -> None:
         super().__init__()
         self._dispatcher = dispatcher
-        self._authenticate = authenticate
         self._max_body = max_body_bytes
         self._clock = clock
-        self._backoff = backoff
-        self.refusals = Refusals(audit)
+        self.refusals = refusals
 
     def render(self, request: server.Request) -> Any:
-        if request.method != b"POST":
-            request.setHeader(b"Allow", b"POST")
-            return self.refusals.answer(request, 405, "only POST is allowed on /RPC2")
-        return self.render_POST(request)
-
-    def render_POST(self, request: server.Request) -> Any:
         request_id = _request_id()
         request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
-        d = maybeDeferred(self._authenticate, request)
-        d.addCallbacks(
-            self._authenticated, self._unauthenticated,
-            (request, request_id), None, (request, request_id),
-        )
-        d.addErrback(_internal_error, request, request_id)
+        principal = getattr(request, "principal", None)
+        if principal is None:
+            return refuse(self.refusals, request, request_id, 401,
+                          "unauthenticated: no credentials were checked")
+        if request.method != b"POST":
+            request.setHeader(b"Allow", b"POST")
+            return refuse(self.refusals, request, request_id, 405,
+                          "only POST is allowed on /RPC2", principal)
+        try:
+            self._serve(request, request_id, principal)
+        except Exception:
+            _internal_error(Failure(), request, request_id)
         return server.NOT_DONE_YET
 
-    def _unauthenticated(self, failure: Failure, request: server.Request, request_id: str) -> None:
-        reason = failure.value.reason if failure.check(Unauthenticated) else "authentication failed"
-        if not failure.check(Unauthenticated):
-            _log.failure("authentication of request {id} failed", failure, id=request_id)
-        delay = self._backoff.failed(getattr(request.getClientAddress(), "host", "")) if (
-            self._backoff is not None) else 0.0
-        if delay:
-            self._clock.callLater(
-                delay, self.refusals.answer, request, 401, f"unauthenticated: {reason}",
-                request_id=request_id,
-            )
-        else:
-            self.refusals.answer(request, 401, f"unauthenticated: {reason}", request_id=request_id)
-
-    def _authenticated(self, principal: Principal, request: server.Request, request_id: str) -> None:
+    def _serve(self, request: server.Request, request_id: str, principal: Principal) -> None:
         if principal.expires is not None and principal.expires_within(
             principal.warning_days, utc(self._clock.seconds())
         ):
             request.setHeader(b"X-Credential-Expires", iso_seconds(principal.expires).encode())
         problem = _body_problem(request)
         if problem is not None:
-            self.refusals.answer(request, *problem, request_id=request_id, principal=principal)
+            refuse(self.refusals, request, request_id, *problem, principal)
             return
         request.content.seek(0, 0)
         body = request.content.read(self._max_body + 1)
+        release = getattr(request, "release_body", None)
+        if release is not None:
+            release()  # parsed below; nothing needs the bytes after that
         if len(body) > self._max_body:
-            self.refusals.answer(
-                request, 413, f"request body is larger than {self._max_body} bytes",
-                request_id=request_id, principal=principal,
-            )
+            refuse(self.refusals, request, request_id, 413,
+                   f"request body is larger than {self._max_body} bytes", principal)
             return
         try:
             method, params = wire.parse_call(body, charset=_charset(request))
         except errors.GatewayError as e:
             recorded = self.refusals.record(
-                request, request_id, e.message, fault_code=e.code, principal=principal
-            )
+                _fields(request, request_id, e.message, principal, fault_code=e.code))
             content = wire.dump_fault(e.to_fault())
             recorded.addBoth(lambda _: _write(request, content))
             return
+        del body
         ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
         d = self._dispatcher.call(ctx, method, params)
         gone: list[Failure] = []
@@ -194,6 +140,37 @@ class RPCResource(Resource):
             # answer rather than a hang.
             return wire.dump_fault(errors.Cancelled().to_fault())
         return wire.dump_fault(errors.as_fault(failure.value, request_id))
+
+
+def _fields(
+    request: Any, request_id: str, reason: str, principal: Principal | None, **extra: Any,
+) -> dict[str, Any]:
+    """What the record of a refused request says."""
+    fields: dict[str, Any] = {
+        "request_id": request_id, "source": _peer(request), "method": None, "reason": reason,
+        "http_method": request.method.decode("latin-1")[:16],
+        "path": request.uri.decode("latin-1")[:200], **extra,
+    }
+    if principal is not None:
+        fields["principal"] = principal.name
+        fields["auth"] = principal.audit_identity()
+    return fields
+
+
+def refuse(
+    refusals: RefusalLog, request: server.Request, request_id: str, status: int, message: str,
+    principal: Principal | None = None,
+) -> Any:
+    """Refuse ``request`` with HTTP ``status`` once the refusal is on disk."""
+    request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
+    request.setResponseCode(status)
+    if status == 401:
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="airflowrpc"')
+    body = (message + "\n").encode("utf-8")
+    recorded = refusals.record(_fields(request, request_id, message, principal,
+                                       http_status=status))
+    recorded.addBoth(lambda _: _write(request, body, b"text/plain; charset=utf-8"))
+    return server.NOT_DONE_YET
 
 
 def _internal_error(failure: Failure, request: server.Request, request_id: str) -> None:
@@ -235,40 +212,35 @@ def _charset(request: server.Request) -> str | None:
     return None
 
 
-def _http_error(request: server.Request, status: int, message: str) -> bytes:
-    request.setResponseCode(status)
-    if status == 401:
-        request.setHeader(b"WWW-Authenticate", b'Bearer realm="airflowrpc"')
-    return (message + "\n").encode("utf-8")
-
-
-class _NotFound(Resource):
-    """Any path but ``/RPC2``: a plain-text 404, recorded."""
+class NotFound(Resource):
+    """Any path but exactly ``/RPC2``: a plain-text 404, recorded."""
 
     isLeaf = True
 
-    def __init__(self, refusals: Refusals) -> None:
+    def __init__(self, refusals: RefusalLog) -> None:
         super().__init__()
         self._refusals = refusals
 
     def render(self, request: server.Request) -> Any:
-        return self._refusals.answer(request, 404, "not found: the XML-RPC endpoint is /RPC2")
+        return refuse(self._refusals, request, _request_id(), 404,
+                      "not found: the XML-RPC endpoint is /RPC2",
+                      getattr(request, "principal", None))
 
 
-class _Root(Resource):
-    def __init__(self, refusals: Refusals) -> None:
+class Root(Resource):
+    """
+    The root for `twisted.web`'s own traversal (the gateway's site routes
+    by `GatewaySite.resource_for` instead): ``/RPC2`` spelt exactly, and
+    nothing below it.
+    """
+
+    def __init__(self, rpc: RPCResource, not_found: NotFound) -> None:
         super().__init__()
-        self._not_found = _NotFound(refusals)
+        self._rpc = rpc
+        self._not_found = not_found
 
-    def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return self._not_found
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> Resource:
+        return self._rpc if request.uri == b"/RPC2" else self._not_found
 
     def render(self, request: server.Request) -> Any:
         return self._not_found.render(request)
-
-
-def root(rpc: RPCResource) -> Resource:
-    """The site's root, with the XML-RPC resource at ``/RPC2``."""
-    top = _Root(rpc.refusals)
-    top.putChild(b"RPC2", rpc)
-    return top

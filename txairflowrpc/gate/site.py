@@ -1,30 +1,45 @@
 """
-The HTTP site and its connection-level limits.
+The HTTP site: connections and requests, with their limits, up to the
+moment the caller is known.
 
 twisted.web gives almost none of these by default, so `GatewaySite`,
 `GatewayChannel` and `GatewayRequest` add them, each costing the gateway
 next to nothing for a misbehaving client:
 
-- a request body larger than ``rpc.max_body_bytes`` gets 413 as soon as its
-  ``Content-Length`` says so, or, for a chunked body, as soon as the cap is
-  passed; the body is never buffered past the cap (and never to a temp file);
-- a request that is not fully received within ``limits.request_deadline_seconds``
-  of its first byte is dropped (slowloris), and so is a connection whose TLS
-  handshake is not done within ``limits.handshake_timeout_seconds``;
-- idle keep-alive connections close after ``limits.idle_timeout_seconds``;
-- at most ``limits.max_connections`` connections are open; more are closed at
-  once and counted.
+- The caller is authenticated as soon as the request's headers are in (the
+  certificate is known from the handshake, a token or JWT is a header),
+  before a byte of the body is read: an unauthenticated request gets 401
+  without its body ever reaching memory, and never a ``100 Continue``.  Two
+  ``Authorization`` headers are a 400.
+- Bodies: larger than ``rpc.max_body_bytes`` is 413 as soon as
+  ``Content-Length`` says so, or as soon as a chunked body passes it; all
+  bodies in flight together hold at most ``limits.max_body_memory_bytes``
+  (past it, 503 with ``Retry-After``), and a body is let go as soon as it
+  is parsed.
+- Time: the TLS handshake within ``limits.handshake_timeout_seconds``, the
+  first request byte within ``limits.first_byte_seconds`` of it, a whole
+  request within ``limits.request_deadline_seconds`` of its first byte
+  (slowloris), idle keep-alive connections closed after
+  ``limits.idle_timeout_seconds``.
+- Connections: at most ``limits.max_connections`` open, at most
+  ``limits.max_connections_per_source`` from one address; at the global cap
+  a new connection from the address holding the most is refused, and one
+  from anyone else takes the place of an idle connection of that address.
+- Only ``POST /RPC2``, spelt exactly so, reaches the XML-RPC resource.
 
-Refusals are recorded on the audit trail, including failed TLS handshakes.
+Every refusal is recorded (see `txairflowrpc.gate.refusals`): what anyone
+can cause at will is counted per source and minute, the rest is on disk
+before its answer leaves.
 """
 
 from __future__ import annotations
 
 import io
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -33,12 +48,24 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from ..audit.log import AuditLog
 from ..config import LimitsConfig
+from ..identity.authenticate import Unauthenticated
+from ..identity.backoff import Backoff
+from ..identity.principal import Principal
+from .refusals import RefusalLog
 
 _log = Logger()
 
-_REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
+_REASONS = {
+    400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout",
+    413: b"Content Too Large", 503: b"Service Unavailable",
+}
+#: Bytes read and dropped after a refusal, so the client can read its answer
+#: rather than meet a reset while it is still sending; then the connection closes.
+_LINGER_SECONDS = 2.0
+#: Body bytes that may arrive while the caller is being authenticated
+#: (the read is paused at once; this is what was already on its way).
+_HOLD_BYTES = 256 * 1024
 
 
 def address_text(address: Any) -> str:
@@ -46,73 +73,266 @@ def address_text(address: Any) -> str:
     return f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
 
 
+class BodyBudget:
+    """The bytes of request bodies held in memory, across all connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes, if the budget allows."""
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 class GatewayRequest(server.Request):
-    """A request whose body is capped while it arrives."""
+    """
+    A request whose body is capped, budgeted and let go early, and which is
+    routed to the XML-RPC resource only at exactly ``/RPC2``.
+    """
 
     _refused = False
     _received = 0
+    _declared = 0
+    _held = 0
+    #: The authenticated caller, set by the channel once the headers are in.
+    principal: Principal | None = None
 
     def gotLength(self, length: int | None) -> None:
         cap = self.channel.site.max_body_bytes
-        self.content = io.BytesIO()  # capped, so memory; never a temp file
+        self.content = io.BytesIO()  # capped and budgeted, so memory; never a temp file
+        self._declared = length or 0
         if length is not None and length > cap:
-            self._refuse(cap)
+            self.refuse(413, f"request body is larger than {cap} bytes")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
+        site: GatewaySite = self.channel.site
         self._received += len(data)
-        cap = self.channel.site.max_body_bytes
-        if self._received > cap:
-            self._refuse(cap)
+        if self._received > site.max_body_bytes:
+            self.refuse(413, f"request body is larger than {site.max_body_bytes} bytes")
             return
+        if self._received > self._held:
+            # The whole declared body is budgeted with its first byte.
+            wanted = max(self._received, self._declared) - self._held
+            if not site.bodies.take(wanted):
+                site.budget_refused += 1
+                self.refuse(503, "the gateway holds as many request bodies as it may; "
+                            "retry in a moment", {b"Retry-After": b"1"})
+                return
+            self._held += wanted
         self.content.write(data)
+
+    def release_body(self) -> None:
+        """Let the body go (it has been parsed, or the request is over)."""
+        if self._held:
+            self.channel.site.bodies.give(self._held)
+            self._held = 0
+        self.content = io.BytesIO()
+
+    def refuse(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+        self._refused = True
+        self.release_body()
+        self.channel.refuse(status, message, headers)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return  # answered already; the connection is closing
         super().requestReceived(command, path, version)
 
-    def _refuse(self, cap: int) -> None:
-        self._refused = True
-        self.channel.refuse(413, f"request body is larger than {cap} bytes")
+    def process(self) -> None:
+        """
+        Render ``/RPC2`` (spelt exactly: no ``/RPC2/x``, no ``/%52PC2``, no
+        query) or, for anything else, the not-found resource.  No ``Server``
+        header: the gateway does not advertise its software.
+        """
+        self.site = self.channel.site
+        self.setHeader(b"Date", http.datetimeToString())
+        self.prepath, self.postpath = [], []
+        try:
+            self.render(self.site.resource_for(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def finish(self) -> None:
+        self.release_body()
+        super().finish()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.release_body()
+        super().connectionLost(reason)
 
 
 @implementer(IHandshakeListener)
 class GatewayChannel(http.HTTPChannel):
-    """An HTTP channel with a handshake deadline and a per-request deadline."""
+    """An HTTP channel with deadlines, early authentication and audited refusals."""
 
     _handshake_timer: Any = None
+    _first_byte_timer: Any = None
     _request_timer: Any = None
+    _linger_timer: Any = None
     _sawRequest = False
     _counted = False
+    #: Body bytes that arrived while the caller was being authenticated.
+    _holding: list[bytes] | None = None
+    _content_waiting = False
+    #: Answered with a refusal: what still comes is read and dropped.
+    _refusing = False
+    source = ""
+
+    @property
+    def gateway(self) -> "GatewaySite":
+        return self.site  # type: ignore[no-any-return]
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._counted = True
-        site: GatewaySite = self.site
+        site = self.gateway
         self._handshake_timer = site.clock.callLater(
-            site.limits.handshake_timeout_seconds, self._too_slow, "TLS handshake"
+            site.limits.handshake_timeout_seconds, self._too_slow, "_handshake_timer",
+            "handshake", "TLS handshake not completed in time: dropped",
         )
 
     def handshakeCompleted(self) -> None:
         self._cancel("_handshake_timer")
+        if not self._sawRequest and self._first_byte_timer is None:
+            self._first_byte_timer = self.gateway.clock.callLater(
+                self.gateway.limits.first_byte_seconds, self._too_slow, "_first_byte_timer",
+                "first_byte", "no request within the first-byte deadline after the handshake",
+            )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return  # answered already: read and dropped until the connection closes
         self._cancel("_handshake_timer")
+        self._cancel("_first_byte_timer")
         if self._request_timer is None and not self._handlingRequest:
-            self._request_timer = self.site.clock.callLater(
-                self.site.limits.request_deadline_seconds, self._too_slow, "request"
+            self._request_timer = self.gateway.clock.callLater(
+                self.gateway.limits.request_deadline_seconds, self._too_slow, "_request_timer",
+                "too_slow", "request not completed in time: dropped",
             )
         super().dataReceived(data)
 
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return
+        if self._holding is not None:
+            self._holding.append(data)
+            if sum(map(len, self._holding)) > _HOLD_BYTES:
+                self.transport.abortConnection()
+            return
+        super().rawDataReceived(data)
+
     def allHeadersReceived(self) -> None:
         self._sawRequest = True
+        req: GatewayRequest = self.requests[-1]
+        if len(req.requestHeaders.getRawHeaders(b"authorization", [])) > 1:
+            self.refuse(400, "more than one Authorization header")
+            return
+        expect = req.requestHeaders.getRawHeaders(b"expect")
+        req.requestHeaders.removeHeader(b"expect")  # 100 Continue only once authenticated
         super().allHeadersReceived()
+        if req._refused:
+            return
+        d = maybeDeferred(self.gateway.authenticate, req)
+        if not d.called:
+            self._holding = []
+            self._networkProducer.pauseProducing()
+        d.addCallbacks(self._let_in, self._keep_out, (req, expect), None, (req,))
+        d.addErrback(lambda f: _log.failure("admitting a request failed", f))
 
     def allContentReceived(self) -> None:
+        if self._holding is not None:
+            self._content_waiting = True  # a request without a body, still being authenticated
+            return
         self._cancel("_request_timer")
         super().allContentReceived()
+
+    def _let_in(self, principal: Principal, req: GatewayRequest, expect: list[bytes] | None) -> None:
+        req.principal = principal
+        if self._refusing or self.transport is None:
+            return
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
+        held, self._holding = self._holding, None
+        if held is None:
+            return
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        for data in held:
+            self.rawDataReceived(data)
+        if self._content_waiting:
+            self._content_waiting = False
+            self.allContentReceived()
+
+    def _keep_out(self, failure: Failure, req: GatewayRequest) -> None:
+        self._holding = None
+        req._refused = True
+        if failure.check(Unauthenticated):
+            reason = failure.value.reason
+        else:
+            _log.failure("authenticating a request failed", failure)
+            reason = "authentication failed"
+        site = self.gateway
+        delay = site.backoff.failed(self.source) if site.backoff is not None else 0.0
+        message = f"unauthenticated: {reason}"
+        headers = {b"WWW-Authenticate": b'Bearer realm="airflowrpc"'}
+        self._refusing = True  # the body is never read
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if delay:
+            site.clock.callLater(delay, self.refuse, 401, message, headers)
+        else:
+            self.refuse(401, message, headers)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's own 400 (a malformed request line or header, smuggling), recorded."""
+        self.refuse(400, "malformed HTTP request")
+
+    def refuse(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+        """
+        Answer ``status`` at once, bypassing the resource, record it (counted
+        per source: anyone can cause these), and close after a short linger.
+        """
+        self._cancel("_request_timer")
+        if self.transport is None or self._linger_timer is not None:
+            return
+        request_id = secrets.token_hex(8)
+        req = self.requests[-1] if self.requests else None
+        self.gateway.refusals.note(self._peer(), _KINDS.get(status, "http"), {
+            "reason": message, "http_status": status, "request_id": request_id,
+            "http_method": getattr(self, "_command", b"").decode("latin-1")[:16] or None,
+            "path": getattr(self, "_path", b"").decode("latin-1")[:200] or None,
+            "principal": req.principal.name if req is not None and req.principal else None,
+        })
+        body = (message + "\n").encode("utf-8")
+        extra = b"".join(b"%s: %s\r\n" % item for item in (headers or {}).items())
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nX-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
+            % (status, _REASONS.get(status, b"Error"), len(body), request_id.encode(), extra,
+               body)
+        )
+        self._refusing = True
+        if req is not None:
+            req._refused = True
+        self.setRawMode()  # whatever else is buffered is dropped, not parsed
+        self.setTimeout(None)
+        self._linger_timer = self.gateway.clock.callLater(_LINGER_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self._linger_timer = None
+        if self.transport is not None:
+            self.loseConnection()
+
+    def _peer(self) -> str:
+        return address_text(self.transport.getPeer()) if self.transport else self.source
 
     def _cancel(self, name: str) -> None:
         timer = getattr(self, name)
@@ -120,83 +340,128 @@ class GatewayChannel(http.HTTPChannel):
             timer.cancel()
         setattr(self, name, None)
 
-    def _too_slow(self, what: str) -> None:
-        setattr(self, "_handshake_timer" if what == "TLS handshake" else "_request_timer", None)
-        self.site.slow_dropped += 1
-        self.site.record_refusal(self.transport, f"{what} not completed in time: dropped",
-                                 http_status=408)
+    def _too_slow(self, timer: str, kind: str, message: str) -> None:
+        setattr(self, timer, None)
+        self.gateway.slow_dropped += 1
+        self.gateway.refusals.note(self._peer(), kind, {"reason": message, "http_status": 408})
         self.transport.abortConnection()
 
-    def refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` at once, bypassing the resource, and close."""
-        self._cancel("_request_timer")
-        body = (message + "\n").encode("utf-8")
-        request_id = secrets.token_hex(8)
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
-            % (status, _REASONS.get(status, b"Error"), len(body), request_id.encode(), body)
-        )
-        self.site.record_refusal(self.transport, message, http_status=status,
-                                 request_id=request_id)
-        self.loseConnection()
-
     def connectionLost(self, reason: Failure) -> None:
-        self._cancel("_handshake_timer")
-        self._cancel("_request_timer")
+        for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer"):
+            self._cancel(name)
         if self._counted:
             self._counted = False
-            self.site.open_connections -= 1
+            self.gateway.left(self)
         if not self._sawRequest and reason.check(SSL.Error):
-            self.site.record_refusal(self.transport, "TLS handshake failed",
-                                     tls_error=_tls_reason(reason.value))
+            self.gateway.refusals.note(self._peer(), "tls_handshake", {
+                "reason": "TLS handshake failed", "tls_error": _tls_reason(reason.value),
+            })
         super().connectionLost(reason)
 
 
+_KINDS = {400: "bad_request", 401: "unauthenticated", 413: "too_large", 503: "busy"}
+
+
 class _Excess(Protocol):
-    """Closes a connection over the cap at once."""
+    """Closes a connection over a cap at once."""
 
     def connectionMade(self) -> None:
         self.transport.abortConnection()
 
 
 class GatewaySite(server.Site):
-    """The gateway's `Site`: limits on connections and requests, audited refusals."""
+    """
+    The gateway's `Site`: connection and request limits, early
+    authentication, audited refusals.
+
+    :param root: the root resource, for `twisted.web`'s own traversal.
+    :param rpc: what ``/RPC2`` gets, and ``not_found`` what any other path gets.
+    :param authenticate: the `Principal` of a request whose headers are in,
+        or a failure with `Unauthenticated`.
+    """
 
     protocol = GatewayChannel
     requestFactory = GatewayRequest
 
     def __init__(
-        self, resource: Resource, *, audit: AuditLog | None, clock: IReactorTime,
-        limits: LimitsConfig, max_body_bytes: int,
+        self, root: Resource, *, rpc: Resource, not_found: Resource, refusals: RefusalLog,
+        clock: IReactorTime, limits: LimitsConfig, max_body_bytes: int,
+        authenticate: Callable[[Any], "Deferred[Principal] | Principal"],
+        backoff: Backoff | None = None,
     ) -> None:
-        super().__init__(resource, reactor=clock, timeout=limits.idle_timeout_seconds)
+        super().__init__(root, reactor=clock, timeout=limits.idle_timeout_seconds)
         self.displayTracebacks = False
         self.clock = clock
         self.limits = limits
         self.max_body_bytes = max_body_bytes
-        self._audit = audit
+        self.authenticate = authenticate
+        self.backoff = backoff
+        self.refusals = refusals
+        self.bodies = BodyBudget(limits.max_body_memory_bytes)
+        self.rpc = rpc
+        self._not_found = not_found
+        self._by_source: dict[str, list[GatewayChannel]] = {}
         self.open_connections = 0
-        #: Counters, for the health endpoint and tests.
+        #: Counters, for the admin listener and tests.
         self.refused_connections = 0
         self.slow_dropped = 0
+        self.evicted = 0
+        self.budget_refused = 0
+
+    def resource_for(self, request: server.Request) -> Resource:
+        """The XML-RPC resource at exactly ``/RPC2``; the not-found one elsewhere."""
+        return self.rpc if request.uri == b"/RPC2" else self._not_found
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.open_connections >= self.limits.max_connections:
-            self.refused_connections += 1
-            if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
-                _log.warn("connection cap {cap} reached: {n} connections refused so far",
-                          cap=self.limits.max_connections, n=self.refused_connections)
-            return _Excess()
+        source = getattr(addr, "host", "")
+        held = len(self._by_source.get(source, ()))
+        if held >= self.limits.max_connections_per_source:
+            return self._excess(source, addr, "too many connections from this address")
+        if self.open_connections >= self.limits.max_connections and not self._make_room(source):
+            return self._excess(source, addr, "the gateway is at its connection cap")
+        channel: GatewayChannel = super().buildProtocol(addr)
+        channel.source = source
+        channel._counted = True
         self.open_connections += 1
-        return super().buildProtocol(addr)
+        self._by_source.setdefault(source, []).append(channel)
+        return channel
 
-    def record_refusal(self, transport: Any, reason: str, **fields: Any) -> None:
-        if self._audit is None:
-            return
-        record = {"kind": "refused", "decision": "denied", "reason": reason,
-                  "source": address_text(transport.getPeer()), **fields}
-        self._audit.append(record).addErrback(lambda f: None)
+    def left(self, channel: GatewayChannel) -> None:
+        """A counted connection closed."""
+        self.open_connections -= 1
+        channels = self._by_source.get(channel.source, [])
+        if channel in channels:
+            channels.remove(channel)
+        if not channels:
+            self._by_source.pop(channel.source, None)
+
+    def _make_room(self, source: str) -> bool:
+        """
+        At the cap: close an idle connection of the address holding the most,
+        unless the newcomer's own address is that one.  True if room was made.
+        """
+        top = max(self._by_source, key=lambda s: len(self._by_source[s]), default=None)
+        if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
+            return False
+        for channel in self._by_source[top]:
+            if not channel.requests and not channel._handlingRequest and channel.transport:
+                self.evicted += 1
+                self.refusals.note(address_text(channel.transport.getPeer()), "evicted", {
+                    "reason": "idle connection closed for another address at the connection cap",
+                })
+                self.left(channel)
+                channel._counted = False
+                channel.transport.abortConnection()
+                return True
+        return False
+
+    def _excess(self, source: str, addr: Any, reason: str) -> Protocol:
+        self.refused_connections += 1
+        if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
+            _log.warn("connections refused so far: {n} ({reason})",
+                      n=self.refused_connections, reason=reason)
+        self.refusals.note(address_text(addr), "connection_refused", {"reason": reason})
+        return _Excess()
 
 
 def _tls_reason(error: BaseException) -> str:

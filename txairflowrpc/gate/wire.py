@@ -369,6 +369,10 @@ def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> byte
     return ("<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n").encode()
 
 
+#: Longest fault string sent: a bound on what any fault can echo.
+MAX_FAULT_TEXT = 1000
+
+
 def dump_fault(fault: Fault) -> bytes:
-    safe = Fault(fault.faultCode, to_xmlrpc(fault.faultString))
+    safe = Fault(fault.faultCode, to_xmlrpc(str(fault.faultString)[:MAX_FAULT_TEXT]))
     return dumps(safe, methodresponse=True, encoding="utf-8").encode("utf-8")

@@ -32,12 +32,15 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..config import AccessConfig
 from . import oidc, tokens
 from .certificates import PeerCertificate, matches, peer_certificate
 from .principal import Principal
 from .scopes import Grants, Role
+
+_log = Logger()
 
 
 @attrs.define(auto_exc=True)
@@ -124,13 +127,20 @@ class Authenticator:
         return attrs.evolve(principal, warning_days=settings.expiry_warning_days)
 
     def _from_certificate(self, cert: PeerCertificate) -> Principal:
-        for entry in self.access.principals.values():
-            if matches(entry, cert):
-                return Principal(
-                    name=entry.name, method="client_certificate", certificate=cert,
-                    roles=entry.roles, grants=self._grants(entry.roles),
-                )
-        raise Unauthenticated("the client certificate matches no principal")
+        found = [e for e in self.access.principals.values() if matches(e, cert)]
+        if not found:
+            raise Unauthenticated("the client certificate matches no principal")
+        if len(found) > 1:
+            # Different keys of different principals (a CN of one, a SAN of
+            # another) can meet in one certificate: refuse rather than pick.
+            _log.warn("client certificate {subject} matches principals {names}: refused",
+                      subject=cert.subject[:200], names=", ".join(e.name for e in found))
+            raise Unauthenticated("the client certificate matches more than one principal")
+        entry = found[0]
+        return Principal(
+            name=entry.name, method="client_certificate", certificate=cert,
+            roles=entry.roles, grants=self._grants(entry.roles),
+        )
 
     async def _from_credential(self, credential: _Credential) -> Principal:
         secret = credential.secret
@@ -160,7 +170,10 @@ class Authenticator:
         entry = self.access.principals.get(record.principal)
         if entry is None:
             raise Unauthenticated(f"token {record.id} names an unknown principal")
-        roles = record.roles if record.roles is not None else entry.roles
+        # A token never has more than its principal: roles it names that the
+        # principal lost since are dropped.
+        roles = entry.roles if record.roles is None else tuple(
+            r for r in record.roles if r in entry.roles)
         return Principal(
             name=record.principal, method="token", token_id=record.id,
             expires=record.expires, roles=roles, grants=self._grants(roles),

@@ -90,7 +90,7 @@ class ConfRule:
         rule = error.validator
         if rule == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            return f"{where}: key {extra[0]!r} is not allowed (rule additionalProperties)"
+            return f"{where}: key {extra[0][:64]!r} is not allowed (rule additionalProperties)"
         if rule == "required":
             return f"{where}: {error.message} (rule required)"
         return f"{where}: violates rule {rule} = {error.validator_value!r}"

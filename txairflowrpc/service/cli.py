@@ -140,9 +140,14 @@ def token_command(args: argparse.Namespace) -> int:
             if args.principal not in cfg.access.principals:
                 raise ValueError(f"no principal {args.principal!r} in {args.config}")
             roles = tuple(r for r in args.roles.split(",") if r) if args.roles else None
+            own = cfg.access.principals[args.principal].roles
             for role in roles or ():
                 if role not in cfg.access.roles:
                     raise ValueError(f"no role {role!r} in {args.config}")
+                if role not in own:
+                    raise ValueError(
+                        f"principal {args.principal!r} does not have role {role!r}: a token's "
+                        f"roles must be among its principal's ({', '.join(own) or 'none'})")
             record, token = tokens.create(
                 path, args.principal, roles, args.days or settings.token_days, now)
             _record(cfg, "token.created", token_id=record.id, principal=record.principal,

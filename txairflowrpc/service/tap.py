@@ -30,10 +30,12 @@ from .. import __version__
 from .. import config as config_module
 from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
+from ..audit.summary import Summarizer, load_digest_key
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
-from ..gate.resource import RPCResource, root
+from ..gate.refusals import RefusalLog
+from ..gate.resource import NotFound, Root, RPCResource
 from ..gate.site import GatewaySite
 from ..gate.tls import ReloadableTLS
 from ..identity.authenticate import Gate
@@ -144,9 +146,12 @@ class Parts:
 def build_site(
     cfg: config_module.Config, clock: IReactorTime, http: Any, audit: AuditLog | None,
     authenticate: Callable[[Any], "Deferred[Principal]"],
-    backoff: Backoff | None = None,
+    backoff: Backoff | None = None, digest_key: bytes | None = None,
 ) -> Parts:
-    """The web site of the gateway, calling Airflow through ``http``."""
+    """
+    The web site of the gateway, calling Airflow through ``http``;
+    ``digest_key`` keys the trail's digests (None: a key of this process alone).
+    """
     breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
                              reset_seconds=cfg.airflow.breaker_reset_seconds)
     client = AirflowClient(
@@ -161,15 +166,19 @@ def build_site(
     dispatcher = Dispatcher(
         [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
-        audit=audit, redact_keys=cfg.audit.redact_keys, limits=limits,
+        audit=audit, limits=limits,
+        summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
         deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
     )
-    rpc = RPCResource(
-        dispatcher, authenticate=authenticate, max_body_bytes=cfg.rpc.max_body_bytes,
-        clock=clock, audit=audit, backoff=backoff,
+    refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
+    rpc = RPCResource(dispatcher, refusals=refusals, max_body_bytes=cfg.rpc.max_body_bytes,
+                      clock=clock)
+    not_found = NotFound(refusals)
+    site = GatewaySite(
+        Root(rpc, not_found), rpc=rpc, not_found=not_found, refusals=refusals, clock=clock,
+        limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
+        backoff=backoff,
     )
-    site = GatewaySite(root(rpc), audit=audit, clock=clock, limits=cfg.limits,
-                       max_body_bytes=cfg.rpc.max_body_bytes)
     return Parts(site, client, breaker, limits)
 
 
@@ -197,7 +206,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     HangUp(reactor, reloader.reload).setServiceParent(top)
 
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
-    parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff)
+    try:
+        digest_key = load_digest_key(cfg.audit.digest_key_file)
+    except ValueError as e:
+        raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
+    parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff, digest_key)
     endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
     StreamServerEndpointService(endpoint, parts.site).setServiceParent(top)
 

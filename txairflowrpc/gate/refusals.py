@@ -1,0 +1,138 @@
+"""
+Every refused request and connection, on the audit trail.
+
+Two kinds of refusal, recorded two ways:
+
+- A refusal of a caller who has shown who it is (a body too large, a wrong
+  content type, a path that is not ``/RPC2``, XML that is not XML-RPC) is
+  recorded like a call: `RefusalLog.record` gives a Deferred that fires once
+  the record is on disk, and the answer leaves only then.
+- What anyone can cause at will, without credentials (a failed TLS handshake,
+  no or bad credentials, a connection over a cap, a malformed or too slow
+  request) would cost an fsync each and let a scanner write the disk full:
+  `RefusalLog.note` writes the first of a kind (and reason) from a source at
+  once, counts the rest, and writes one record per source, kind and reason
+  per minute with the count.  At most `MAX_REASONS` reasons of a kind are
+  told apart per source (a caller could vary them at will: an unknown token
+  id is part of its reason), and at most `MAX_SOURCES` sources are tracked
+  per minute; the rest are counted under ``"*"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..audit.log import AuditLog
+from ..audit.summary import clip
+
+_log = Logger()
+
+#: Sources tracked per window before the rest share one record.
+MAX_SOURCES = 10_000
+#: Reasons of one kind told apart per source and window.
+MAX_REASONS = 8
+
+
+@attrs.define
+class _Tally:
+    count: int = 0
+    last: dict[str, Any] = attrs.Factory(dict)
+
+
+class RefusalLog:
+    """
+    Records refusals on ``audit`` (None: records nothing).
+
+    :param window: seconds over which refusals of one kind from one source
+        are counted into one record.
+    """
+
+    def __init__(self, audit: AuditLog | None, clock: IReactorTime, window: float = 60.0) -> None:
+        self._audit = audit
+        self._clock = clock
+        self._window = window
+        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._reasons: dict[tuple[str, str], int] = {}
+        self._flush_call: IDelayedCall | None = None
+        #: How many refusals were noted (aggregated or not); for the admin listener.
+        self.noted = 0
+
+    def record(self, fields: dict[str, Any]) -> Deferred[None]:
+        """
+        Record one refusal; the Deferred fires once it is on disk (or at once
+        without an audit log) and never fails: a refusal is answered even when
+        the trail cannot be written (the trail then refuses every call anyway).
+        """
+        self.noted += 1
+        if self._audit is None:
+            return succeed(None)
+        d = self._audit.append(_refused(fields))
+        d.addErrback(lambda f: None)
+        return d
+
+    def note(self, source: str, kind: str, fields: dict[str, Any]) -> None:
+        """
+        Count a refusal anyone can cause; the first of ``kind`` (and reason)
+        from ``source`` in a window is written at once, the others as one
+        record with ``count`` when the window ends.  Never waits for the disk.
+        """
+        self.noted += 1
+        host = source.rpartition(":")[0] or source
+        reason = str(fields.get("reason", ""))
+        key = (host, kind, reason)
+        tally = self._tallies.get(key)
+        if tally is None:
+            told = self._reasons.get((host, kind), 0)
+            if len(self._tallies) >= MAX_SOURCES:
+                key = ("*", kind, "*")
+            elif told >= MAX_REASONS:
+                key = (host, kind, "*")
+            else:
+                self._reasons[(host, kind)] = told + 1
+                self._tallies[key] = _Tally()
+                self._write({**fields, "source": source, "refusal": kind, "count": 1})
+                self._schedule()
+                return
+            tally = self._tallies.setdefault(key, _Tally())
+        tally.count += 1
+        tally.last = {**fields, "source": source if key[0] != "*" else "*"}
+        if key[2] == "*":
+            tally.last["reason"] = "(reasons of this kind, more than a record each)"
+        self._schedule()
+
+    def flush(self) -> None:
+        """Write what was counted and not yet written (at the window's end, or at shutdown)."""
+        self._flush_call = None
+        tallies, self._tallies = self._tallies, {}
+        self._reasons = {}
+        for (_, kind, _), tally in tallies.items():
+            if tally.count:
+                self._write({**tally.last, "refusal": kind, "count": tally.count,
+                             "window_seconds": self._window})
+
+    def _schedule(self) -> None:
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self._clock.callLater(self._window, self.flush)
+
+    def stop(self) -> None:
+        """Flush and stop counting (the service is stopping)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self.flush()
+
+    def _write(self, fields: dict[str, Any]) -> None:
+        if self._audit is not None:
+            self._audit.append(_refused(fields), droppable=True).addErrback(lambda f: None)
+
+
+def _refused(fields: dict[str, Any]) -> dict[str, Any]:
+    record = {"kind": "refused", "decision": "denied", **fields}
+    for name in ("reason", "path", "http_method", "tls_error"):
+        if isinstance(record.get(name), str):
+            record[name] = clip(record[name])
+    return {k: v for k, v in record.items() if v is not None}
