@@ -271,11 +271,11 @@ def test_malformed_tokens_and_unusable_keys_get_401_and_leave_no_trace(
     log = gw.log.read_bytes()[log_start:].decode("utf-8", "replace")
     assert "Traceback" not in log and SECRET not in log, log
     records = audit(gw)[audit_start:]
-    refused = [r for r in records if r.get("http_status") == 401]
+    refusals = [r for r in records if r.get("http_status") == 401]
     # Refusals anyone can cause are counted per source and reason, so every
     # one of them is in a count, if not in a record of its own.
-    assert sum(r["count"] for r in refused) == len(bad), refused
-    assert all(r["reason"].startswith(("JWT refused", "(reasons")) for r in refused), refused
+    assert sum(r["count"] for r in refusals) == len(bad), refusals
+    assert all(r["reason"].startswith(("JWT refused", "(reasons")) for r in refusals), refusals
     assert SECRET not in json.dumps(records)
     assert by_token(gw, jwt()).whoami()["principal"] == "corp/alice"
 
