@@ -6,7 +6,7 @@ AIRFLOW_VENV := .airflow-venv
 AIRFLOW_VERSION := 3.3.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit bench install airflow system-deps clean
+.PHONY: run test unit bench install airflow system-deps postgresql clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
@@ -25,7 +25,7 @@ bench: install
 	$(BIN)/python bench/audit_cost.py
 
 install: $(VENV)/.installed
-airflow: $(AIRFLOW_VENV)/.installed
+airflow: $(AIRFLOW_VENV)/.installed $(AIRFLOW_VENV)/.postgres-drivers
 
 # The project, editable in compat mode so that twistd finds twisted/plugins.
 $(VENV)/.installed: pyproject.toml
@@ -41,12 +41,25 @@ $(AIRFLOW_VENV)/.installed:
 	$(AIRFLOW_VENV)/bin/pip install -q apache-airflow==$(AIRFLOW_VERSION)
 	touch $@
 
+# Airflow on PostgreSQL (tests, benchmark): psycopg2 for its sync sessions,
+# asyncpg for its async ones (without it: "No module named 'asyncpg'").
+$(AIRFLOW_VENV)/.postgres-drivers: $(AIRFLOW_VENV)/.installed
+	$(AIRFLOW_VENV)/bin/pip install -q 'psycopg2-binary>=2.9.9' 'asyncpg>=0.30'
+	touch $@
+
 # Perl's RPC::XML (with HTTPS) for the interoperability tests.
-system-deps:
+system-deps: postgresql
 	@perl -MRPC::XML::Client -MLWP::Protocol::https -e1 2>/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    librpc-xml-perl liblwp-protocol-https-perl; }
+
+# PostgreSQL's binaries for the throwaway cluster the tests' Airflow runs on
+# (txairflowrpc.devstack.postgres); Debian's package (15 on bookworm).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) var build dist *.egg-info
