@@ -6,7 +6,8 @@ AIRFLOW_VENV := .airflow-venv
 AIRFLOW_VERSION := 3.3.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit bench install airflow system-deps postgresql clean
+.PHONY: run test unit bench bench-audit profile install bench-tools airflow system-deps \
+	postgresql clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
@@ -20,11 +21,28 @@ test: install airflow system-deps
 unit: install
 	$(BIN)/pytest tests/unit
 
-## bench: measure what the audit trail's durability costs (side by side, one run)
-bench: install
-	$(BIN)/python bench/audit_cost.py
+# Heavy runs share the machine's 2 cores with other work: one at a time.
+HEAVY_LOCK ?= /tmp/txairflowrpc-heavy.lock
+BENCH_ARGS ?=
+
+## bench: the gateway against its floor, a stdlib server and bare Airflow (stub and real);
+##        table and plot in bench/results/ (about 8 minutes; BENCH_ARGS="--help" for options)
+bench: bench-tools airflow postgresql
+	flock $(HEAVY_LOCK) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## bench-audit: what the audit trail's durability costs (side by side, one run)
+bench-audit: install
+	flock $(HEAVY_LOCK) $(BIN)/python bench/audit_cost.py
+
+## profile: py-spy records the gateway under the c=64 load; flamegraph in bench/results/
+profile: bench-tools
+	flock $(HEAVY_LOCK) bench/profile.sh
 
 install: $(VENV)/.installed
+bench-tools: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
 airflow: $(AIRFLOW_VENV)/.installed $(AIRFLOW_VENV)/.postgres-drivers
 
 # The project, editable in compat mode so that twistd finds twisted/plugins.
@@ -32,6 +50,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# The benchmark's tools (plot, TOML fragments, py-spy): the bench extra.
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	touch $@
 
 # Airflow in its own venv: its dependencies must not mix with the gateway's.
