@@ -24,6 +24,7 @@ unit: install
 # Heavy runs share the machine's 2 cores with other work: one at a time.
 HEAVY_LOCK ?= /tmp/txairflowrpc-heavy.lock
 BENCH_ARGS ?=
+PROFILE_ARGS ?=
 
 ## bench: the gateway against its floor, a stdlib server and bare Airflow (stub and real);
 ##        table and plot in bench/results/ (about 8 minutes; BENCH_ARGS="--help" for options)
@@ -36,7 +37,7 @@ bench-audit: install
 
 ## profile: py-spy records the gateway under the c=64 load; flamegraph in bench/results/
 profile: bench-tools
-	flock $(HEAVY_LOCK) bench/profile.sh
+	flock $(HEAVY_LOCK) $(BIN)/python bench/profile.py $(PROFILE_ARGS)
 
 install: $(VENV)/.installed
 bench-tools: $(VENV)/.bench-installed
