@@ -6,6 +6,7 @@ results, and says "met" or "NOT met" with the value next to its limit.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -63,11 +64,24 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def load_generator_line(points: Iterable[Point]) -> str | None:
+    """How busy wrk itself was at its busiest point: it must not be the bottleneck."""
+    busiest = max(points, key=lambda p: p.wrk_cpu_pct, default=None)
+    if busiest is None:
+        return None
+    return (f"report: load generator: wrk used at most {busiest.wrk_cpu_pct:.0f}% of one core "
+            f"(against {busiest.server} at c={busiest.concurrency}, whose server used "
+            f"{busiest.server_cpu_pct:.0f}%); the machine has {os.cpu_count()} cores")
+
+
 def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResult],
                  storm: Point | None, waits: WaitResult | None,
                  workers: list[Point] | Refused | None) -> list[str]:
     """One line per target: met / NOT met (value vs limit); "report:" where there is no limit."""
     lines = []
+    generator = load_generator_line(points.values())
+    if generator:
+        lines.append(generator)
     a, b = points.get(("A", 64)), points.get(("B", 64))
     if a and b:
         ratio = b.rate / a.rate if a.rate else 0.0

@@ -153,7 +153,8 @@ def _machine() -> str:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     load = os.getloadavg()
     return (f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-            f"at the start; Python {platform.python_version()}; {wrk.strip()}")
+            f"at the start; Python {platform.python_version()}; "
+            f"wrk {' '.join(wrk.split()[1:3])}")
 
 
 def write_results(args: argparse.Namespace, found: Findings, machine: str,
