@@ -123,16 +123,18 @@ def _wrk(target: Target, concurrency: int, seconds: float, prefix: str) -> tuple
 Counts = Callable[[], tuple[int, int]]
 
 
-def _settled(counts: Counts, timeout: float = 10.0) -> tuple[int, int]:
-    """``counts()`` once it stops moving: the calls left in flight are done."""
-    last = counts()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
+def _settled(counts: Counts, quiet: float = 1.0, timeout: float = 15.0) -> tuple[int, int]:
+    """
+    ``counts()`` once it has not moved for ``quiet`` seconds: the calls
+    left in flight (abandoned by wrk) are finished or cancelled by then.
+    """
+    last, since = counts(), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.2)
         now = counts()
-        if now == last:
-            break
-        last = now
+        if now != last:
+            last, since = now, time.monotonic()
     return last
 
 
