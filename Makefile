@@ -7,7 +7,8 @@ AIRFLOW_VERSION := 3.3.2
 NODE_EXAMPLE := examples/node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit bench install airflow system-deps apt-deps clean
+.PHONY: run test unit bench bench-audit profile install bench-tools airflow system-deps \
+	apt-deps postgresql clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
 run: install airflow
@@ -21,18 +22,41 @@ test: install airflow system-deps
 unit: install
 	$(BIN)/pytest tests/unit
 
-## bench: measure what the audit trail's durability costs (side by side, one run)
-bench: install
-	$(BIN)/python bench/audit_cost.py
+# Heavy runs share the machine's 2 cores with other work: one at a time.
+HEAVY_LOCK ?= /tmp/txairflowrpc-heavy.lock
+BENCH_ARGS ?=
+PROFILE_ARGS ?=
+
+## bench: the gateway against its floor, a stdlib server and bare Airflow (stub and real);
+##        table and plot in bench/results/ (about 8 minutes; BENCH_ARGS="--help" for options)
+bench: bench-tools airflow postgresql
+	flock $(HEAVY_LOCK) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## bench-audit: what the audit trail's durability costs (side by side, one run)
+bench-audit: install
+	flock $(HEAVY_LOCK) $(BIN)/python bench/audit_cost.py
+
+## profile: py-spy records the gateway under the c=64 load; flamegraph in bench/results/
+profile: bench-tools
+	flock $(HEAVY_LOCK) $(BIN)/python bench/profile.py $(PROFILE_ARGS)
 
 install: $(VENV)/.installed
-airflow: $(AIRFLOW_VENV)/.installed
+bench-tools: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+airflow: $(AIRFLOW_VENV)/.installed $(AIRFLOW_VENV)/.postgres-drivers
 
 # The project, editable in compat mode so that twistd finds twisted/plugins.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# The benchmark's tools (plot, TOML fragments, py-spy): the bench extra.
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	touch $@
 
 # Airflow in its own venv: its dependencies must not mix with the gateway's.
@@ -42,15 +66,25 @@ $(AIRFLOW_VENV)/.installed:
 	$(AIRFLOW_VENV)/bin/pip install -q apache-airflow==$(AIRFLOW_VERSION)
 	touch $@
 
-# What the interoperability tests and the example clients (examples/) need:
-# Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc (built offline
-# against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi, Node.js and npm,
-# curl (a client offering only HTTP/1.0 in ALPN), then the Node example's packages from its lock file.
+# Airflow on PostgreSQL (tests, benchmark): psycopg2 for its sync sessions,
+# asyncpg for its async ones (without it: "No module named 'asyncpg'").
+$(AIRFLOW_VENV)/.postgres-drivers: $(AIRFLOW_VENV)/.installed
+	$(AIRFLOW_VENV)/bin/pip install -q 'psycopg2-binary>=2.9.9' 'asyncpg>=0.30'
+	touch $@
+
+# What the tests need from Debian: PostgreSQL (the throwaway cluster the
+# tests' Airflow runs on), and for the interoperability tests and the example
+# clients (examples/): Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc
+# (built offline against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi,
+# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN); then the
+# Node example's packages from its lock file.
 system-deps: apt-deps $(NODE_EXAMPLE)/node_modules/.installed
+postgresql: apt-deps
 
 # One apt-get update and one install, only when something is missing.
 apt-deps:
 	@missing=; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	perl -MRPC::XML::Client -MLWP::Protocol::https -MJSON::PP -e1 2>/dev/null || \
 	  missing="$$missing librpc-xml-perl liblwp-protocol-https-perl"; \
 	command -v go >/dev/null || missing="$$missing golang-go"; \

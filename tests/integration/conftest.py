@@ -1,6 +1,6 @@
 """
 Fixtures for the integration tests: a real Airflow 3.3.2 (``airflow
-standalone``), the real ``twistd airflowrpc`` over real mutual TLS on
+standalone`` on a throwaway PostgreSQL), the real ``twistd airflowrpc`` over real mutual TLS on
 loopback, and the development PKI.  Nothing here skips: a missing Airflow,
 twistd or Perl fails the run.
 """
@@ -24,6 +24,7 @@ import pytest
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.gatewayconf import core_config
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
+from txairflowrpc.devstack.postgres import LocalPostgres
 
 TWISTD = Path(sys.executable).parent / "twistd"
 
@@ -152,14 +153,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
 
 @pytest.fixture(scope="session")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
-    af = LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(),
-                      secrets.token_urlsafe(16))
-    try:
-        af.start()
-        af.wait_dags(["example_hello", "etl_orders", "example_noop"])
-        yield af
-    finally:
-        af.stop()
+    """
+    Airflow 3.3.2 on its own throwaway PostgreSQL cluster: on SQLite its
+    scheduler dies ("database is locked") under the suite's concurrent load.
+    """
+    with LocalPostgres() as database:
+        af = LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(),
+                          secrets.token_urlsafe(16), database=database.url)
+        try:
+            af.start()
+            af.wait_dags(["example_hello", "etl_orders", "example_noop"])
+            yield af
+        finally:
+            af.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,14 @@
 """
-A real Airflow 3 (``airflow standalone``, SQLite) on loopback, for the
-integration tests and for ``make run``.
+A real Airflow 3 (``airflow standalone``) on loopback, for the integration
+tests, the benchmark and ``make run``.
 
 `LocalAirflow` prepares an ``AIRFLOW_HOME`` with the DAGs from
 ``conf/dags`` and fixed passwords, starts ``airflow standalone`` in its own
 session, waits until ``/api/v2/monitor/health`` answers, and stops it by
-killing its process group.
+killing its process group.  Its metadata database is SQLite in
+``AIRFLOW_HOME`` unless ``database`` names another (a SQLAlchemy URL, e.g.
+`txairflowrpc.devstack.postgres.LocalPostgres.url`): SQLite is enough for
+a person trying things, not for concurrent load.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ GATEWAY_USER = "gateway"
 
 
 class LocalAirflow:
-    def __init__(self, home: Path, port: int, gateway_password: str) -> None:
+    def __init__(
+        self, home: Path, port: int, gateway_password: str, *, database: str | None = None
+    ) -> None:
         self.home = Path(home)
         self.port = port
+        self.database = database
         self.gateway_password = gateway_password
         self.admin_password = "admin-" + gateway_password
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,6 +76,8 @@ class LocalAirflow:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         })
+        if self.database is not None:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database
         env.pop("VIRTUAL_ENV", None)
         return env
 

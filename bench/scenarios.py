@@ -1,0 +1,163 @@
+"""
+The benchmark's scenarios beyond calls/s at a concurrency:
+
+- `idle_connections`: many idle mutual-TLS connections, and the server's
+  peak RSS while they are held;
+- `polling_storm`: many clients polling the same few runs (``get_dag_run``),
+  and how many upstream requests each client call costs;
+- `wait_storm`: many concurrent ``wait_dag_run`` calls on a few runs that
+  finish a few seconds later: upstream polls per run per poll interval, and
+  whether every call returned when (and not before) its run ended;
+- `extra_gateway`: the gateway with a config fragment on top (the "2
+  workers" row), or the one line saying why it was not measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+
+from clients import hold_idle, many_calls, xmlrpc_body
+from gatewayproc import Refused, create_token, gateway_config, start_gateway
+from lineup import DAG, Lineup, rpc_target
+from loadgen import Point, measure
+from processes import Processes, accepts, free_port
+from procstat import ProcessTree, RSSSampler
+
+
+def _port(url: str) -> int:
+    return urlsplit(url).port
+
+
+@attrs.frozen
+class IdleResult:
+    server: str
+    wanted: int
+    opened: int
+    failed: int
+    still_open: int
+    rss_before_mb: float
+    peak_rss_mb: float
+
+
+def idle_connections(lineup: Lineup, name: str, count: int, hold: float) -> IdleResult:
+    """``count`` idle mutual-TLS connections (the bench client certificate) to ``name``."""
+    context = ssl.create_default_context(cafile=str(lineup.pki.ca_file))
+    context.load_cert_chain(str(lineup.client.cert), str(lineup.client.key))
+    tree = ProcessTree(lineup.pid(name))
+    before = tree.rss_bytes()
+    with RSSSampler(tree) as rss:
+        idle = asyncio.run(hold_idle("127.0.0.1", _port(lineup.target(name).url), context,
+                                     count, hold))
+    return IdleResult(name, count, idle.opened, idle.failed, idle.still_open,
+                      before / 2**20, rss.peak / 2**20)
+
+
+def polling_storm(lineup: Lineup, clients: int, runs: int, seconds: float,
+                  warmup: float) -> Point:
+    """``clients`` connections calling ``get_dag_run`` on ``runs`` runs in a loop."""
+    bodies = [xmlrpc_body("get_dag_run", DAG, f"storm-run-{i}") for i in range(1, runs + 1)]
+    b = lineup.target("B")
+    target = rpc_target(f"B, storm {clients}x{runs}", _port(b.url), b.auth, *bodies)
+    return measure(target, lineup.pid("B"), clients, seconds=seconds, warmup=warmup,
+                   counts=lineup.counts["B"], prefix="storm")
+
+
+@attrs.frozen
+class WaitResult:
+    calls: int
+    runs: int
+    interval: float
+    finished_ok: int  # answered finished, state success
+    early: int  # answered before its run ended
+    failed: list[str]  # what the others answered (a few)
+    max_late_s: float  # latest answer after its run ended
+    polls: int  # upstream reads of these runs
+    polls_per_run_interval: float  # per run, per poll interval it was watched
+    peak_rss_mb: float
+    cpu_s: float
+
+
+def wait_storm(lineup: Lineup, calls: int, runs: int, interval: float,
+               lead: float = 15.0, spread: float = 1.0) -> WaitResult:
+    """
+    ``calls`` concurrent ``wait_dag_run`` calls, spread over ``runs`` stub
+    runs that finish ``lead`` s from now, ``spread`` s apart (time enough to
+    open every connection first).
+    """
+    start = time.time()
+    finish = {f"finish-at-{int((start + lead + k * spread) * 1000)}": start + lead + k * spread
+              for k in range(runs)}
+    run_ids = list(finish)
+    plan = [run_ids[i % runs] for i in range(calls)]
+    bodies = [xmlrpc_body("wait_dag_run", DAG, r, 300).encode() for r in plan]
+    context = ssl.create_default_context(cafile=str(lineup.pki.ca_file))
+    tree = ProcessTree(lineup.pid("B"))
+    cpu_before = tree.cpu_seconds()
+    with RSSSampler(tree) as rss:
+        answers = asyncio.run(many_calls(
+            "127.0.0.1", lineup.gateway_port, context, bodies,
+            {"Authorization": f"Bearer {lineup.gateway_token}"}, timeout=lead + 120))
+    cpu = tree.cpu_seconds() - cpu_before
+    polls = lineup.stub.stats()["polls"]
+    ok = early = 0
+    late = 0.0
+    failed: list[str] = []
+    watched: dict[str, tuple[float, float]] = {}
+    for run_id, answer in zip(plan, answers):
+        first, last = watched.get(run_id, (answer.started, answer.ended))
+        watched[run_id] = (min(first, answer.started), max(last, answer.ended))
+        result = answer.result
+        if isinstance(result, dict) and result.get("finished") and \
+                result.get("state") == "success":
+            ok += 1
+        elif len(failed) < 3:
+            failed.append(repr(result)[:160])
+        if answer.ended < finish[run_id]:
+            early += 1
+        late = max(late, answer.ended - finish[run_id])
+    per_interval = [polls.get(r, 0) / max(1.0, (last - first) / interval)
+                    for r, (first, last) in watched.items()]
+    return WaitResult(
+        calls=calls, runs=runs, interval=interval, finished_ok=ok, early=early,
+        failed=failed, max_late_s=late, polls=sum(polls.get(r, 0) for r in run_ids),
+        polls_per_run_interval=sum(per_interval) / len(per_interval),
+        peak_rss_mb=rss.peak / 2**20, cpu_s=cpu,
+    )
+
+
+def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
+                  fragment: str, concurrencies: tuple[int, ...], seconds: float,
+                  warmup: float) -> list[Point] | Refused:
+    """
+    Another gateway, the benchmark's config with ``fragment`` laid over it,
+    measured like B at ``concurrencies``; or `Refused` if twistd would not
+    take the config.  Stopped before returning.
+    """
+    port = free_port()
+    directory = work / name.replace(" ", "-").replace(",", "")
+
+    def write(fragments: tuple[str, ...]) -> Path:
+        return gateway_config(directory, port=port, tls=lineup.pki.directory,
+                              airflow=lineup.stub.url, password="bench-password",
+                              fragments=fragments)
+
+    # The token is minted with the plain config (the CLI checks the config
+    # too), so that it is twistd's own verdict on the fragment that counts.
+    token = create_token(write(()))
+    config = write((fragment,))
+    gateway = start_gateway(processes, name, config, accepts(port))
+    if isinstance(gateway, Refused):
+        return gateway
+    try:
+        body = xmlrpc_body("get_dag_run", DAG, "bench-run-1")
+        target = rpc_target(name, port, f"Bearer {token}", body)
+        return [measure(target, gateway.pid, c, seconds=seconds, warmup=warmup)
+                for c in concurrencies]
+    finally:
+        processes.stop(gateway)
