@@ -244,3 +244,16 @@ def test_an_unknown_charset_is_minus_32701() -> None:
     with pytest.raises(errors.UnsupportedEncoding) as e:
         parse_call(call("ping"), charset="klingon-8")
     assert e.value.code == -32701
+
+
+def test_reading_a_request_has_a_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PARSE_CPU_SECONDS of CPU (a clock that runs fast here), the request is refused."""
+    from txairflowrpc.gate import wire
+
+    ticks = iter(range(0, 10_000))
+    monkeypatch.setattr(wire.time, "thread_time", lambda: next(ticks) * 0.2)
+    body = call("list_dags", list(range(3000)))  # 6,000 elements: five looks at the clock
+    with pytest.raises(errors.InvalidParams, match="costs too much to read"):
+        parse_call(body)
+    monkeypatch.undo()
+    assert parse_call(body)[0] == "list_dags"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import time
 from typing import Any
 from xml.parsers import expat
 from xmlrpc.client import DateTime, Fault, Marshaller, Unmarshaller, dumps
@@ -34,6 +35,11 @@ MAX_VALUES = 10000
 #: Most elements of any kind in one request: enough for MAX_VALUES values
 #: in arrays and structs, and a bound on the work any request can cause.
 MAX_ELEMENTS = 4 * MAX_VALUES
+#: CPU seconds reading one request may take: what the caps above allow
+#: takes far less; past it the request is refused, whatever it holds.
+PARSE_CPU_SECONDS = 0.5
+#: Elements read between two looks at the CPU clock.
+_CPU_CHECK_EVERY = 1024
 #: Longest single string (or other text) in a request, in characters.
 MAX_TEXT = 256 * 1024
 
@@ -120,6 +126,7 @@ class _CallReader:
         self._elements = 0
         self._text = 0
         self._keys: list[set[Any]] = []
+        self._cpu_started = time.thread_time()
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         tag = tag.rpartition(":")[2]
@@ -138,6 +145,10 @@ class _CallReader:
         if self._elements > MAX_ELEMENTS:
             raise _Refused(errors.InvalidParams(
                 f"the request holds more than {MAX_ELEMENTS} elements"))
+        if not self._elements % _CPU_CHECK_EVERY and (
+            time.thread_time() - self._cpu_started > PARSE_CPU_SECONDS
+        ):
+            raise _Refused(errors.InvalidParams("the request costs too much to read"))
         if len(self._frames) >= self._max_depth:
             raise _Refused(errors.InvalidParams(f"the request nests deeper than {self._max_depth}"))
         if tag == "value":
