@@ -176,6 +176,26 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(breaker.state, "closed")
 
 
+    def test_a_probe_refused_by_the_full_queue_does_not_take_the_slot(self) -> None:
+        """Found reading the code: a request failing after before() kept the probe slot."""
+        clock = Clock()
+        http = Flaky(FakeAirflow())
+        breaker = CircuitBreaker(clock, failures=1, reset_seconds=10)
+        c = client(http, clock, retries=0, breaker=breaker, max_in_flight=1)
+        self.successResultOf(c.get_dag("etl_orders"))
+        http.plan = ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        clock.advance(10)  # half-open: the next request is the probe
+        held = [c._slots.acquire() for _ in range(11)]  # one in flight, ten waiting: full
+        f = self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertIn("too many requests are waiting", f.value.message)
+        for d in held[1:]:
+            d.cancel()
+        c._slots.release()
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.assertEqual(breaker.state, "closed")
+
+
 class UpstreamCapTests(SynchronousTestCase):
     def test_at_most_max_in_flight_requests_reach_airflow(self) -> None:
         clock = Clock()
