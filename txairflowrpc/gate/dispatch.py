@@ -149,6 +149,9 @@ class Dispatcher:
         self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],
         trace: CallTrace, multicall_index: int | None,
     ) -> Any:
+        if self.draining:  # a call that came in on an open connection after SIGTERM
+            trace.decision, trace.reason = "denied", "the gateway is shutting down"
+            raise errors.ShuttingDown()
         if self._audit is not None and self._audit.failed is not None:
             trace.decision, trace.reason = "denied", "audit log unavailable"
             raise errors.AuditUnavailable()

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import attrs
 from treq.client import HTTPClient
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
@@ -47,6 +46,7 @@ from ..upstream.client import AirflowClient
 from ..upstream.watch import RunWatcher
 from .admin import HealthResource
 from .checked import Checked, build_authenticator, load_checked
+from .lifecycle import GatewayService, Listener, bind_problem
 from .reload import HangUp, Reloader
 
 __all__ = ["Options", "makeService"]
@@ -69,6 +69,12 @@ class Options(usage.Options):
             # One line on stderr and exit status 1: twistd would print its
             # whole usage text above a UsageError, burying the problem.
             raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
+        cfg = self["checked"].config
+        for host, port, what in ((cfg.listen.host, cfg.listen.port, ""),
+                                 (cfg.health.host, cfg.health.port, " (admin listener)")):
+            problem = bind_problem(host, port)
+            if problem is not None:
+                raise SystemExit(f"airflowrpc: cannot listen on {host}:{port}{what}: {problem}")
 
 
 class _PoolService(service.Service):
@@ -131,6 +137,8 @@ class Parts:
     client: AirflowClient
     breaker: CircuitBreaker
     limits: CallLimits
+    dispatcher: Dispatcher
+    refusals: RefusalLog
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -179,7 +187,7 @@ def build_site(
         limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
         backoff=backoff,
     )
-    return Parts(site, client, breaker, limits)
+    return Parts(site, client, breaker, limits, dispatcher, refusals)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -187,38 +195,44 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     checked: Checked = options["checked"]
     cfg = checked.config
-    top = service.MultiService()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
     audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f),
                        checked.signer)
-    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
-
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     http = HTTPClient(Agent(reactor, pool=pool))
-    _PoolService(pool).setServiceParent(top)
-
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit)
-    reloader.setServiceParent(top)
-    HangUp(reactor, reloader.reload).setServiceParent(top)
-
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
     try:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff, digest_key)
-    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
-    StreamServerEndpointService(endpoint, parts.site).setServiceParent(top)
 
+    top = GatewayService(
+        reactor,
+        drain=lambda: parts.dispatcher.drain(cfg.limits.shutdown_seconds),
+        close_connections=parts.site.close_connections,
+        before_rest=parts.refusals.stop,
+    )
+    # Stopped in the reverse order, after the listeners and the drain: the
+    # audit trail last.
+    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+    _PoolService(pool).setServiceParent(top)
+    reloader.setServiceParent(top)
+    HangUp(reactor, reloader.reload).setServiceParent(top)
+
+    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
+    top.listen(Listener(endpoint, parts.site, f"{cfg.listen.host}:{cfg.listen.port}"))
     if cfg.health.port:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
             audit=audit, counters=parts.counters, clock=reactor,
         )
         admin = TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
-        StreamServerEndpointService(admin, server.Site(health, reactor=reactor)).setServiceParent(top)
+        top.listen(Listener(admin, server.Site(health, reactor=reactor),
+                            f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
     return top
