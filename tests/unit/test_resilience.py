@@ -256,7 +256,7 @@ class CallLimitTests(SynchronousTestCase):
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()
         dispatcher = gw.site.rpc._dispatcher
-        dispatcher._deadline = 5  # shorter than the Airflow timeout (10 s)
+        dispatcher.deadline = 5  # shorter than the Airflow timeout (10 s)
         self.successResultOf(gw.call_d("get_dag", "etl_orders"))  # logged in
         gw.airflow.hang.append("/api/v2/dags/etl_orders")
         d = gw.call_d("get_dag", "etl_orders")

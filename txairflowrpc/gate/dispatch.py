@@ -57,12 +57,12 @@ class Dispatcher:
     ) -> None:
         self._policy = policy
         self._limits = limits
-        self._deadline = deadline
-        self._max_wait = max_wait
-        self._max_multicall = max_multicall
+        self.deadline = deadline
+        self.max_wait = max_wait
+        self.max_multicall = max_multicall
         self._clock = clock
         self._audit = audit
-        self._summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
+        self.summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
         #: Top-level calls in flight, and who waits for there to be none.
         self._active: set[Deferred[Any]] = set()
         self._idle: list[Deferred[None]] = []
@@ -131,14 +131,14 @@ class Dispatcher:
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
         """A call's deadline; what its spec says extends it (capped) comes on top."""
         if spec is None or spec.deadline is None:
-            return self._deadline
+            return self.deadline
         try:
             extra = spec.value(spec.deadline, args)
         except KeyError:
-            return self._deadline
+            return self.deadline
         if not isinstance(extra, (int, float)) or isinstance(extra, bool):
             extra = spec.value(spec.deadline, ())
-        return self._deadline + min(max(extra or 0, 0), self._max_wait)
+        return self.deadline + min(max(extra or 0, 0), self.max_wait)
 
     def _left(self, result: Any, who: str) -> Any:
         assert self._limits is not None
@@ -192,7 +192,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         """Who called what, on what, from where: what a call's intent and outcome records share."""
         params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
-        ids, summary = self._summarizer.summarize(params, args)
+        ids, summary = self.summarizer.summarize(params, args)
         return {
             "kind": kind,
             "request_id": ctx.request_id,
@@ -334,9 +334,9 @@ class Dispatcher:
         one-element array holding the result, or a fault struct (faultCode,
         faultString) in place. system.multicall cannot be nested.
         """
-        if len(calls) > self._max_multicall:
+        if len(calls) > self.max_multicall:
             raise errors.InvalidParams(
-                f"at most {self._max_multicall} calls per multicall, got {len(calls)}"
+                f"at most {self.max_multicall} calls per multicall, got {len(calls)}"
             )
         results: list[Any] = []
         records: list[Deferred[None]] = []

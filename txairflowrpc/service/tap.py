@@ -139,6 +139,34 @@ class Parts:
     limits: CallLimits
     dispatcher: Dispatcher
     refusals: RefusalLog
+    methods: AirflowMethods
+    watcher: RunWatcher
+    rpc: RPCResource
+
+    def apply(self, cfg: config_module.Config) -> None:
+        """
+        Put into force what a reload may change in a running gateway (see
+        `txairflowrpc.service.reload.NEEDS_RESTART` for what it may not).
+        """
+        self.site.limits = cfg.limits
+        self.site.timeOut = cfg.limits.idle_timeout_seconds  # for new connections
+        self.site.bodies.limit = cfg.limits.max_body_memory_bytes
+        self.site.max_body_bytes = self.rpc.max_body_bytes = cfg.rpc.max_body_bytes
+        if self.site.backoff is not None:
+            self.site.backoff.maximum = cfg.access.auth.failure_backoff_max_seconds
+        self.limits.rate = cfg.limits.rate_per_second
+        self.limits.burst = cfg.limits.burst
+        self.limits.max_in_flight = cfg.limits.max_in_flight
+        self.dispatcher.deadline = cfg.limits.call_deadline_seconds
+        self.dispatcher.max_wait = self.methods.max_wait = cfg.rpc.max_wait_seconds
+        self.dispatcher.max_multicall = cfg.rpc.max_multicall
+        self.dispatcher.summarizer = attrs.evolve(self.dispatcher.summarizer,
+                                                  sensitive=cfg.audit.redact_keys)
+        self.watcher.poll_interval = cfg.rpc.wait_poll_seconds
+        self.client.timeout = cfg.airflow.timeout_seconds
+        self.client.retries = cfg.airflow.retries
+        self.breaker.failures_to_open = cfg.airflow.breaker_failures
+        self.breaker.reset_seconds = cfg.airflow.breaker_reset_seconds
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -171,8 +199,9 @@ def build_site(
     watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
+    methods = AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)
     dispatcher = Dispatcher(
-        [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
+        [methods],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
         audit=audit, limits=limits,
         summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
@@ -187,7 +216,7 @@ def build_site(
         limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
         backoff=backoff,
     )
-    return Parts(site, client, breaker, limits, dispatcher, refusals)
+    return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -204,13 +233,15 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     http = HTTPClient(Agent(reactor, pool=pool))
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
-    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit)
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
     try:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff, digest_key)
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
+                        run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+                        apply=parts.apply)
 
     top = GatewayService(
         reactor,

@@ -109,14 +109,14 @@ class AirflowClient:
         random: Random | None = None,
     ) -> None:
         self._http = http
-        self._retries = retries
+        self.retries = retries
         self._breaker = breaker
         self._slots = DeferredSemaphore(max_in_flight)
         self._random = random or Random()
         self._clock = clock
         self._base = base_url.rstrip("/")
         self._credentials = {"username": username, "password": password}
-        self._timeout = timeout
+        self.timeout = timeout
         self._jwt: str | None = None
         self._jwt_renew_at = 0.0
         self._login: SingleFlight[str] = SingleFlight()
@@ -197,7 +197,7 @@ class AirflowClient:
         )
         # When the deadline passes, whatever the cancelled request fails with
         # (treq reports ResponseNeverReceived) becomes an upstream timeout.
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_upstream_timeout)
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_upstream_timeout)
         try:
             return await d
         except errors.GatewayError:
@@ -283,7 +283,7 @@ class AirflowClient:
                                             params=params, conflict=conflict)
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
                 transient = not isinstance(e, errors.UpstreamError) or e.status in (502, 503, 504)
-                if not retry or not transient or attempt >= self._retries:
+                if not retry or not transient or attempt >= self.retries:
                     raise
             attempt += 1
             delay = self._random.uniform(0, RETRY_BASE_SECONDS * 2 ** attempt)
