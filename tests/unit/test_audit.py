@@ -353,6 +353,34 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual(recs[1]["decision"], "denied")
 
 
+class FailingLogTests(SynchronousTestCase):
+    def test_calls_refused_while_the_log_fails_do_not_grow_its_queue(self) -> None:
+        from txairflowrpc.audit.log import MAX_DROPPABLE_QUEUED
+
+        held = HeldWrites()
+        directory = scratch(self)
+        clock = Clock()
+        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
+        log.open()
+        gw = gateway(clock=clock, audit=log)
+        held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        first = gw.call_d("ping")  # its write fails: the log is failing from here on
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(first)[2].faultCode, 507)
+        for _ in range(MAX_DROPPABLE_QUEUED + 500):  # a flood of calls, each refused at once
+            fault = self.successResultOf(gw.call_d("ping"))[2]
+            self.assertIn(fault.faultCode, (507, 429))  # the rate limit has its say too
+        self.assertLessEqual(len(log._queue), MAX_DROPPABLE_QUEUED + 1)
+        self.assertEqual(log.dropped, 500)
+        held.fail_with = None  # space again
+        clock.advance(RETRY_SECONDS)
+        held.release()
+        held.release()
+        dropped = [r for r in records(directory / "audit.jsonl") if r.get("event") == "audit.dropped"]
+        self.assertEqual([r["count"] for r in dropped], [500])
+
+
 class IntentTests(SynchronousTestCase):
     """No effect in Airflow without a durable record: the intent goes first."""
 

@@ -267,7 +267,16 @@ class Dispatcher:
             "airflow_status": trace.airflow_status,
             "duration_ms": round((self._clock.seconds() - started) * 1000, 3),
         })
-        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None})
+        # A call refused before anything was done (its decision is not
+        # "allowed"), while the log cannot be written: its record may be
+        # counted rather than queued, and its answer (a refusal) does not wait
+        # for a write that is failing; a flood of them must not grow the queue.
+        droppable = self._audit.failed is not None and trace.decision != "allowed"
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
+                                      droppable=droppable)
+        if droppable:
+            recorded.addErrback(lambda f: None)
+            return result
         if records is not None:
             records.append(recorded)  # the multicall waits for them together
             return result
