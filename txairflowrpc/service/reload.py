@@ -130,7 +130,7 @@ class Reloader(service.Service):
             return
         self._gate.current = Authenticator(
             current.access, roles=current.roles, tokens_store=store, jwks=current.jwks,
-            clock=self._clock,
+            clock=self._clock, aws=current.aws,
         )
 
     def reload(self, trigger: str) -> bool:
