@@ -77,6 +77,8 @@ class StubSTS:
     fail_with: tuple[int, str] | None = None
     #: Answer this (status, content type, body) instead, whatever arrived.
     raw: tuple[int, str, bytes] | None = None
+    #: Close every connection without an answer (`serve` only), as a dead STS would.
+    drop: bool = False
 
     def answer(self, method: str, path: str, headers: dict[str, str],
                body: bytes) -> tuple[int, str, bytes]:
@@ -194,6 +196,9 @@ def serve(stub: StubSTS) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            if stub.drop:
+                self.close_connection = True
+                return
             length = min(int(self.headers.get("Content-Length") or 0), 64 * 1024)
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}

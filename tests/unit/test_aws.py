@@ -322,6 +322,18 @@ class TestSTSAnswers:
         with pytest.raises(aws.STSUnavailable, match=words):
             w.verify(pack(signed(ALICE)))
 
+    def test_xml_is_read_without_any_doctype(self) -> None:
+        answer = (b'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                  b"<GetCallerIdentityResult><Arn>" + ALICE.arn.encode() + b"</Arn>"
+                  b"<UserId>AIDAALICE000000000001</UserId><Account>111122223333</Account>"
+                  b"</GetCallerIdentityResult></GetCallerIdentityResponse>")
+        assert aws.caller_identity(answer, "text/xml").arn == ALICE.arn
+        assert aws.caller_identity(b'<?xml version="1.0" encoding="UTF-8"?>\n' + answer).arn \
+            == ALICE.arn
+        doctype = b'<!DOCTYPE GetCallerIdentityResponse SYSTEM "http://evil.example/x.dtd">'
+        with pytest.raises(ValueError, match="not XML STS would write"):
+            aws.caller_identity(doctype + answer, "text/xml")
+
     def test_a_billion_laughs_is_never_expanded(self) -> None:
         bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
                 + b"".join(b'<!ENTITY %c "%s">' % (98 + i, b"&%c;" % (97 + i) * 10)
