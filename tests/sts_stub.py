@@ -192,7 +192,7 @@ class StubSTSResource(Resource):
 
 @contextmanager
 def serve(stub: StubSTS) -> Iterator[str]:
-    """The stub on a real loopback port, in a thread; yields its endpoint (``http://127.0.0.1:PORT``)."""
+    """The stub on a real loopback port, in a thread; yields its ``http://127.0.0.1:PORT``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:

@@ -63,7 +63,7 @@ def signed(identity: Identity, *, headers: dict[str, str] | None = None, url: st
            body: str = aws.BODY, region: str = REGION, service: str = "sts",
            drop: tuple[str, ...] = (), unsigned: dict[str, str] | None = None,
            secret: str | None = None) -> dict[str, Any]:
-    """A request signed now with botocore, as a caller signs it; ``unsigned`` headers added after."""
+    """A request signed now with botocore, as a caller signs it; ``unsigned`` added after."""
     sent = {"Host": HOST, "Content-Type": aws.FORM, aws.SERVER_ID_HEADER: SERVER_ID,
             **(headers or {})}
     for name in drop:
@@ -678,7 +678,8 @@ class TestConfig:
 
     def test_an_iam_mapping_needs_the_aws_section(self, tmp_path: Path, pki: DevPKI) -> None:
         with pytest.raises(config_module.ConfigError) as e:
-            load(tmp_path, pki, extra='[principals.x]\nroles = []\naws_accounts = ["111122223333"]\n')
+            load(tmp_path, pki,
+                 extra='[principals.x]\nroles = []\naws_accounts = ["111122223333"]\n')
         assert e.value.key == "principals.x.aws_accounts" and "[aws]" in str(e.value)
 
     def test_aws_alone_is_another_way_in(self, tmp_path: Path) -> None:
