@@ -35,7 +35,7 @@ from .. import config as config_module
 from ..audit.log import AuditLog
 from ..gate.tls import ReloadableTLS
 from ..identity import tokens
-from ..identity.authenticate import Authenticator, Gate
+from ..identity.authenticate import Gate
 from .checked import Checked, build_authenticator, load_checked
 
 POLL_SECONDS = 1.0
@@ -188,11 +188,7 @@ class Reloader(service.Service):
             return succeed(None)
 
         def swap(store: tokens.TokenStore) -> None:
-            current = self._gate.current
-            self._gate.current = Authenticator(
-                current.access, roles=current.roles, tokens_store=store, jwks=current.jwks,
-                clock=self._clock,
-            )
+            self._gate.current = self._gate.current.with_tokens(store)
 
         def unreadable(failure: Any) -> None:
             _log.error("token store not reloaded, keeping the old one: {error}",
