@@ -5,8 +5,9 @@ The one pipeline every call passes through.
 or inside ``system.multicall``: look the method up (only among the
 registered specs, never by attribute walking), check the arguments,
 authorise, run the handler, and turn any failure into a `GatewayError`.
-Each finished call is logged, and recorded on the audit trail before its
-result is handed back.
+Each finished call is measured (its meter) and recorded on the audit trail
+before its result is handed back; the service log gets no line per call
+(the trail says everything), only internal errors.
 
 The ``system.*`` introspection methods and ``system.multicall`` live here,
 since they are about the method table itself.
@@ -28,6 +29,7 @@ from ..audit.summary import Summarizer, clip
 from ..config.sections import REDACT_DEFAULT
 from ..core import calltrace, errors
 from ..core.calltrace import CallTrace
+from ..core.meters import UNMETERED, CallMeter
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
 from .limits import CallLimits
 
@@ -45,6 +47,7 @@ class Dispatcher:
 
     :param max_multicall: the most calls one ``system.multicall`` may hold.
     :param clock: gives the time in seconds (a reactor), for call durations.
+    :param meter: told of every call's start and outcome (the metrics).
     """
 
     def __init__(
@@ -52,7 +55,9 @@ class Dispatcher:
         clock: IReactorTime, audit: AuditLog | None = None,
         summarizer: Summarizer | None = None,
         limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
+        meter: CallMeter = UNMETERED,
     ) -> None:
+        self._meter = meter
         self._policy = policy
         self._limits = limits
         self._deadline = deadline
@@ -79,6 +84,7 @@ class Dispatcher:
         its real outcome, which its record says.
         """
         started = self._clock.seconds()
+        self._meter.call_started()
         spec = self.methods.get(name) if isinstance(name, str) else None
         trace = CallTrace()
         top = multicall_index is None
@@ -175,13 +181,8 @@ class Dispatcher:
             fault = result.value.code
         method = spec.name if spec else str(name)[:100]
         duration = self._clock.seconds() - started
-        _log.info(
-            "call {method} by {principal}: {outcome}",
-            method=method, principal=getattr(ctx.principal, "name", None),
-            request_id=ctx.request_id, peer=ctx.peer,
-            outcome="cancelled" if cancelled else "ok" if fault is None else f"fault {fault}",
-            duration=duration,
-        )
+        self._meter.call_finished(spec.name if spec else None, ctx.principal, fault,
+                                  bool(cancelled), duration)
         if self._audit is None:
             return result
         params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
