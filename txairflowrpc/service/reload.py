@@ -83,7 +83,9 @@ class Reloader(service.Service):
         self._seen = self._stamps(cfg)
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
+        #: Reloads accepted and rejected; for the metrics.
         self.reloads = 0
+        self.rejected = 0
 
     def startService(self) -> None:
         super().startService()
@@ -141,6 +143,7 @@ class Reloader(service.Service):
         except config_module.ConfigError as e:
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(e))
+            self.rejected += 1
             self._record("rejected", trigger, str(e))
             return False
         cfg = checked.config
