@@ -11,13 +11,15 @@ package is grouped by layer; each imports only the layers below it
 - `audit`: where a call is recorded: the hash-chained trail.
 - `upstream`: how a call reaches Airflow: the REST client, breaker, watcher.
 - `identity`: who is calling and what they may do: certificates, tokens,
-  OIDC, scopes and roles, the policy.
+  OIDC, AWS IAM, scopes and roles, the policy.
 - `gate`: where a call comes in: TLS, the site and its limits, ``/RPC2``,
   XML-RPC on the wire, the dispatcher, the methods.
 - `service`: the face: ``twistd airflowrpc``, reload, the admin listener,
   the ``airflowrpc`` command.
 - `devstack`: the local Airflow, dev CA and runner behind ``make run``
   (for development; nothing in the gateway imports it).
+- `client`: what a caller runs (signing an AWS IAM sign-in with botocore);
+  it imports nothing of the gateway, and only the command may import it.
 """
 
 __version__ = "0.1.0"

@@ -139,6 +139,29 @@ class RunningGateway:
                 time.sleep(0.2)
         raise RuntimeError(f"gateway did not answer; see {self.log}")
 
+    def new_token(self, principal: str, *extra: str) -> str:
+        """
+        Mint a token with ``airflowrpc token create``, and wait (bounded) until
+        the gateway takes it: the store is watched once a second.
+        """
+        out = subprocess.run(
+            [str(TWISTD.parent / "airflowrpc"), "token", "--config", str(self.config), "create",
+             "--principal", principal, *extra],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        token = out.stdout.strip()
+        proxy = xmlrpc.client.ServerProxy(self.url, context=client_context(self.pki, None),
+                                          headers=[("Authorization", f"Bearer {token}")])
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                proxy.ping()
+                return token
+            except xmlrpc.client.ProtocolError:
+                assert time.monotonic() < deadline, "the gateway never took the new token"
+                time.sleep(0.2)
+
     def proxy(self, client: ClientFiles | None = None) -> xmlrpc.client.ServerProxy:
         ctx = client_context(self.pki, client or self.client)
         return xmlrpc.client.ServerProxy(self.url, context=ctx)

@@ -68,13 +68,7 @@ def token_gateway(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
 
 
 def new_token(gateway: RunningGateway, principal: str) -> str:
-    out = subprocess.run(
-        [str(AIRFLOWRPC), "token", "--config", str(gateway.config), "create",
-         "--principal", principal],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return gateway.new_token(principal)
 
 
 def example_command(language: str, go_binary: Path) -> list[str]:

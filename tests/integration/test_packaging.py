@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -11,15 +12,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def source_copy(directory: Path) -> Path:
+    """
+    The project's files (tracked, or new and not ignored) in ``directory``:
+    a build there cannot pick up a stale ``build/`` of the checkout, which
+    once made a wheel look whole that was not.
+    """
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           check=True, capture_output=True, text=True).stdout.splitlines()
+    for name in files:
+        source = REPO / name
+        if source.is_file():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, directory / name)
+    return directory
+
+
 def test_wheel_holds_the_plugin_and_twistd_lists_it(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+    src = source_copy(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = dist.glob("txairflowrpc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/airflowrpc.py" in names
     assert "twisted/plugins/__init__.py" not in names  # never shadow Twisted's own
-    assert "txairflowrpc/tap.py" in names
+    # Every module of every layer, and nothing else of the package.
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "txairflowrpc").rglob("*.py")}
+    assert modules == {n for n in names if n.startswith("txairflowrpc/")}
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

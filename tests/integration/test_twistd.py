@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import xmlrpc.client
@@ -103,3 +104,23 @@ def test_daemonizes_with_pidfile_and_logfile_and_reports_airflow_down(
             while pidfile.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
     assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("which", ["listener", "admin listener"])
+def test_a_port_taken_stops_twistd_with_one_line(tmp_path: Path, pki: DevPKI, which: str) -> None:
+    """Before: 'Unhandled Error' with a traceback, and twistd ran on, serving nothing."""
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, pki, port, free_port())
+    path.write_text(path.read_text().replace("[health]\nport = 0", f"[health]\nport = {admin}"))
+    taken = port if which == "listener" else admin
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        out = subprocess.run([str(TWISTD), "-n", "--pidfile=", "airflowrpc", "--config", str(path)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1
+    lines = [line for line in (out.stdout + out.stderr).strip().splitlines()
+             if "airflowrpc:" in line or "Traceback" in line]
+    suffix = " (admin listener)" if which == "admin listener" else ""
+    assert lines == [f"airflowrpc: cannot listen on 127.0.0.1:{taken}{suffix}: "
+                     "address already in use"], out.stdout + out.stderr

@@ -237,7 +237,13 @@ class GatewayRecordTests(SynchronousTestCase):
             "trigger_dag", "etl_orders", {"day": "2026-01-01", "db_password": "hunter2"},
             {"dag_run_id": "r1", "note": "secret-ish note"})
         self.assertTrue(run["created"])
-        (rec,) = records(self.path)
+        intent, rec = records(self.path)  # a change: its intent first, on disk before Airflow
+        self.assertEqual((intent["kind"], intent["request_id"], intent["method"]),
+                         ("intent", request_id, "trigger_dag"))
+        self.assertEqual((intent["dag_id"], intent["dag_run_id"]), ("etl_orders", "r1"))
+        self.assertEqual(intent["args"]["conf"], rec["args"]["conf"])
+        self.assertNotIn("outcome", intent)
+        self.assertEqual(rec["kind"], "call")
         self.assertEqual(rec["request_id"], request_id)
         self.assertEqual(rec["principal"], "ci-bot")
         self.assertEqual(rec["auth"], {"method": "client_certificate"})
@@ -258,7 +264,7 @@ class GatewayRecordTests(SynchronousTestCase):
         from txairflowrpc.config.sections import REDACT_DEFAULT
 
         self.call("trigger_dag", "etl_orders", {"db_password": "hunter2"}, {"token": "t0ps3cret"})
-        (rec,) = records(self.path)
+        _, rec = records(self.path)
         self.assertEqual(rec["fault_code"], -32602)  # options has no "token" key
         self.assertEqual(rec["args"]["options"]["token"], "[redacted]")
         digest = Summarizer(REDACT_DEFAULT, DIGEST_KEY).digest({"db_password": "[redacted]"})
@@ -345,6 +351,130 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual([(r["method"], r.get("fault_code")) for r in recs],
                          [("get_dag", None), ("trigger_dag", 507), ("ping", None)])
         self.assertEqual(recs[1]["decision"], "denied")
+
+
+class FailingLogTests(SynchronousTestCase):
+    def test_calls_refused_while_the_log_fails_do_not_grow_its_queue(self) -> None:
+        from txairflowrpc.audit.log import MAX_DROPPABLE_QUEUED
+
+        held = HeldWrites()
+        directory = scratch(self)
+        clock = Clock()
+        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t")
+        log.open()
+        gw = gateway(clock=clock, audit=log)
+        held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        first = gw.call_d("ping")  # its write fails: the log is failing from here on
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(first)[2].faultCode, 507)
+        for _ in range(MAX_DROPPABLE_QUEUED + 500):  # a flood of calls, each refused at once
+            fault = self.successResultOf(gw.call_d("ping"))[2]
+            self.assertIn(fault.faultCode, (507, 429))  # the rate limit has its say too
+        self.assertLessEqual(len(log._queue), MAX_DROPPABLE_QUEUED + 1)
+        self.assertEqual(log.dropped, 500)
+        held.fail_with = None  # space again
+        clock.advance(RETRY_SECONDS)
+        held.release()
+        held.release()
+        dropped = [r for r in records(directory / "audit.jsonl") if r.get("event") == "audit.dropped"]
+        self.assertEqual([r["count"] for r in dropped], [500])
+
+
+class IntentTests(SynchronousTestCase):
+    """No effect in Airflow without a durable record: the intent goes first."""
+
+    def held_gateway(self) -> tuple[Any, HeldWrites, Path]:
+        held = HeldWrites()
+        directory = scratch(self)
+        log = AuditLog(directory / "audit.jsonl", clock=Clock(), run_blocking=held, instance="t")
+        log.open()
+        return gateway(audit=log), held, directory
+
+    def test_a_change_waits_for_its_intent_to_be_on_disk(self) -> None:
+        gw, held, directory = self.held_gateway()
+        d = gw.call_d("trigger_dag", "etl_orders", {}, {"dag_run_id": "i1"})
+        self.assertEqual(gw.airflow.api_requests(), [])  # Airflow not asked yet
+        held.release()  # the intent is on disk ...
+        self.assertEqual(gw.airflow.api_requests(), [("POST", "/api/v2/dags/etl_orders/dagRuns")])
+        self.assertNoResult(d)
+        held.release()  # ... and then the outcome
+        gw.client.flush()
+        self.assertTrue(self.successResultOf(d)[2]["created"])
+        kinds = [(r["kind"], r.get("outcome")) for r in records(directory / "audit.jsonl")]
+        self.assertEqual(kinds, [("intent", None), ("call", "ok")])
+
+    def test_an_intent_that_cannot_be_written_means_no_effect(self) -> None:
+        gw, held, _ = self.held_gateway()
+        held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        d = gw.call_d("pause_dag", "etl_orders")
+        held.release()
+        held.release()
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2].faultCode, 507)
+        self.assertEqual(gw.airflow.api_requests(), [])
+        self.assertFalse(gw.airflow.dags["etl_orders"]["is_paused"])
+
+    def test_reads_and_dry_runs_have_no_intent(self) -> None:
+        gw = gateway(audit_dir=str(scratch(self)))
+        gw.airflow.runs[("etl_orders", "r")] = {"dag_id": "etl_orders", "dag_run_id": "r",
+                                                "state": "success"}
+        self.successResultOf(gw.call_d("get_dag", "etl_orders"))
+        self.successResultOf(gw.call_d("clear_task_instances", "etl_orders", "r",
+                                       {"dry_run": True}))
+        self.successResultOf(gw.call_d("clear_task_instances", "etl_orders", "r"))
+        kinds = [(r["kind"], r["method"]) for r in records(gw.audit.path)]
+        self.assertEqual(kinds, [("call", "get_dag"), ("call", "clear_task_instances"),
+                                 ("intent", "clear_task_instances"),
+                                 ("call", "clear_task_instances")])
+
+
+class OpenIntentTests(SynchronousTestCase):
+    def test_verify_pairs_intents_with_outcomes_and_lists_the_rest(self) -> None:
+        directory = scratch(self)
+        log = audit_log(str(directory), Clock())
+        for record in (
+            {"kind": "intent", "request_id": "a1", "method": "trigger_dag", "dag_id": "etl",
+             "dag_run_id": "r1"},
+            {"kind": "call", "request_id": "a1", "method": "trigger_dag", "outcome": "ok"},
+            {"kind": "intent", "request_id": "b2", "method": "trigger_dag", "dag_id": "etl",
+             "dag_run_id": "r2"},  # the gateway died before Airflow's answer was recorded
+            {"kind": "intent", "request_id": "c3", "method": "pause_dag", "dag_id": "etl",
+             "multicall_index": 0},
+            {"kind": "call", "request_id": "c3", "method": "pause_dag", "multicall_index": 0,
+             "outcome": "fault"},
+        ):
+            self.successResultOf(log.append(record))
+        path = directory / "audit.jsonl"
+        from txairflowrpc.audit.verify import check
+
+        report = check([path])
+        self.assertTrue(report.whole)
+        self.assertEqual([(i.request_id, i.objects) for i in report.open_intents],
+                         [("b2", "dag_id=etl dag_run_id=r2")])
+        self.assertIn("INTENTS WITHOUT OUTCOME: 1", "\n".join(report.lines()))
+        self.assertEqual(cli(["audit", "verify", str(path)]), 4)
+
+
+class MulticallCommitTests(SynchronousTestCase):
+    def test_the_records_of_one_multicall_share_a_group_commit(self) -> None:
+        directory = scratch(self)
+        log = AuditLog(directory / "audit.jsonl", clock=Clock(),
+                       run_blocking=lambda f: maybeDeferred(f), instance="t")
+        log.open()
+        gw = gateway(audit=log)
+        held = HeldWrites()
+        log._run_blocking = held  # from here on, writes wait for the test
+        d = gw.call_d("system.multicall", [{"methodName": "ping", "params": []}] * 5)
+        # The first inner record is being written; the other four waited for
+        # it and go together: two writes, not one per inner call.
+        held.release()
+        held.release()
+        held.release()  # the multicall's own record
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2], [["pong"]] * 5)
+        self.assertEqual(log.fsyncs, 3)
+        self.assertEqual(len(records(directory / "audit.jsonl")), 6)
 
 
 class FsyncSpy:

@@ -193,3 +193,40 @@ class ChangeTests(DispatcherCase):
         self.assertEqual(self.provider.cancelled, 2)
         outcomes = [r["outcome"] for r in self.records() if r.get("kind") == "call"]
         self.assertEqual(outcomes, ["cancelled", "cancelled"])
+
+
+class DrainTests(DispatcherCase):
+    def test_calls_in_flight_finish_then_the_drain_fires(self) -> None:
+        d = self.call(principal("runs:read"), "linger", "etl_a", 5)
+        drained = self.dispatcher.drain(10)
+        self.assertNoResult(drained)
+        self.provider.held.callback("done")
+        self.assertEqual(self.successResultOf(d), "done")
+        self.clock.advance(0)
+        self.successResultOf(drained)
+
+    def test_at_the_deadline_they_are_cut_off_answered_503_and_recorded(self) -> None:
+        wait = self.call(principal("runs:read"), "linger", "etl_a", 1000)
+        change = self.call(principal("runs:trigger"), "launch", "etl_a", {}, {"slow": True})
+        drained = self.dispatcher.drain(5)  # sooner than the calls' own deadline (10 s)
+        self.clock.advance(4)
+        self.assertNoResult(drained)
+        self.clock.advance(1)
+        for d in (wait, change):  # the change too: the shutdown deadline is the last word
+            self.assertEqual(self.failureResultOf(d, errors.ShuttingDown).value.code, 503)
+        self.clock.advance(0)
+        self.successResultOf(drained)
+        outcomes = [(r["method"], r["outcome"], r.get("fault_code")) for r in self.records()
+                    if r.get("kind") == "call"]
+        self.assertEqual(sorted(outcomes), [("launch", "fault", 503), ("linger", "fault", 503)])
+        self.assertEqual(self.provider.cancelled, 2)
+
+    def test_nothing_in_flight_drains_at_once(self) -> None:
+        self.successResultOf(self.dispatcher.drain(10))
+
+    def test_a_call_that_comes_in_during_the_drain_is_503(self) -> None:
+        self.successResultOf(self.dispatcher.drain(10))
+        d = self.call(principal(), "system.listMethods")
+        self.assertEqual(self.failureResultOf(d, errors.ShuttingDown).value.code, 503)
+        (record,) = [r for r in self.records() if r.get("kind") == "call"]
+        self.assertEqual((record["decision"], record["fault_code"]), ("denied", 503))

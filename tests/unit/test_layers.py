@@ -25,8 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"core"},
     "identity": {"core", "config"},
     "gate": {"core", "config", "audit", "upstream", "identity"},
-    "service": {"", "core", "config", "audit", "upstream", "identity", "gate"},
+    "service": {"", "core", "config", "audit", "upstream", "identity", "gate", "client"},
     "devstack": {"config"},
+    # What a caller runs (signing an AWS-IAM credential): the gateway's
+    # command may use it, the gateway itself never does.
+    "client": set(),
 }
 
 

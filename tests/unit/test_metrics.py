@@ -178,21 +178,22 @@ class RegistryTests(SynchronousTestCase):
 class WrapperTests(SynchronousTestCase):
     def test_authentication_failures_by_the_credential_tried(self) -> None:
         metrics = GatewayMetrics()
-        outcomes = iter([Unauthenticated("x")] * 6 + [RuntimeError("bug")])
+        outcomes = iter([Unauthenticated("x")] * 7 + [RuntimeError("bug")])
 
         def authenticate(request: Any) -> Any:
             return fail(next(outcomes))
 
         metered = metrics.authenticating(authenticate)
         for header in (None, b"Bearer arpc_abc_def", b"Basic Y2k6dG9rZW4=", b"Bearer eyJa.b.c",
-                       b"Bearer hello", b"Digest x", b"Bearer arpc_x"):
+                       b"Bearer hello", b"Digest x", b"AWS-IAM eyJ4Ijox", b"Bearer arpc_x"):
             request = DummyRequest([b"RPC2"])
             if header is not None:
                 request.requestHeaders.setRawHeaders(b"authorization", [header])
             self.failureResultOf(metered(request))
         kinds = {s.labels["credential"]: s.value
                  for s in _samples(metrics, "airflowrpc_auth_failures")}
-        self.assertEqual(kinds, {"none": 1, "token": 2, "jwt": 1, "malformed": 2, "error": 1})
+        self.assertEqual(kinds, {"none": 1, "token": 2, "jwt": 1, "malformed": 2, "aws_iam": 1,
+                                 "error": 1})
         principal = self.successResultOf(metrics.authenticating(lambda r: OPERATOR)(
             DummyRequest([b"RPC2"])))
         self.assertIs(principal, OPERATOR)

@@ -36,6 +36,28 @@ class Port:
         return type("Address", (), {"host": "127.0.0.1", "port": 8443})()
 
 
+class ShuttingDownClock(Clock):
+    """A Clock with the reactor's system event triggers, enough for "before shutdown"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[tuple[str, str, Any]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> Any:
+        trigger = (phase, event, f)
+        self.triggers.append(trigger)
+        return trigger
+
+    def removeSystemEventTrigger(self, trigger: Any) -> None:
+        self.triggers.remove(trigger)
+
+    def shut_down(self) -> None:
+        for trigger in list(self.triggers):
+            if trigger[:2] == ("before", "shutdown"):
+                self.triggers.remove(trigger)  # a fired trigger is gone, as in the reactor
+                trigger[2]()
+
+
 class Systemd:
     """The receiving end of ``$NOTIFY_SOCKET``."""
 
@@ -110,6 +132,20 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(self.probes, 3)  # asked no more once ready
         service.stopService()
         self.assertEqual(self.systemd.messages(), [{"STOPPING": "1", "STATUS": "stopping"}])
+
+    def test_stopping_is_told_as_the_shutdown_begins(self) -> None:
+        reactor = ShuttingDownClock()
+        self.answers = [True]
+        self.bind_all()
+        service = Readiness(reactor, listeners=self.listeners, reachable=self.reachable,
+                            notifier=self.notifier)
+        service.startService()
+        self.systemd.messages()
+        reactor.shut_down()  # what twistd's reactor does first on SIGTERM
+        self.assertEqual(self.systemd.messages(), [{"STOPPING": "1", "STATUS": "stopping"}])
+        service.stopService()  # much later, after the drain: said once is enough
+        self.assertEqual(self.systemd.messages(), [])
+        self.assertEqual(reactor.triggers, [])
 
     def test_stopping_before_ready_stops_asking(self) -> None:
         service = self.readiness()

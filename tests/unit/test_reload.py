@@ -63,7 +63,7 @@ def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
     before = gate.current
     config = tmp / "airflowrpc.toml"
     config.write_text(config.read_text() + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
-    assert reloader.reload("SIGHUP") is False
+    assert reloader.reload("SIGHUP").result is False
     assert gate.current is before
     event = audit_events(tmp)[-1]
     assert (event["event"], event["result"], event["trigger"]) == (
@@ -83,3 +83,52 @@ def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
     reloader._poll()
     with pytest.raises(Unauthenticated, match="revoked"):
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+
+
+def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None:
+    """Before: [limits], [rpc] and the back-off were silently ignored by a reload."""
+    cfg, gate, tls, _, tmp = setup
+    from twisted.internet.task import Clock as _Clock
+
+    from txairflowrpc.identity.backoff import Backoff
+    from txairflowrpc.service.tap import build_site
+
+    clock = _Clock()
+    audit = audit_log(str(tmp / "audit"), clock)
+    parts = build_site(cfg, clock, None, audit, gate.authenticate, Backoff(clock, 30))
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=clock, audit=audit,
+                        apply=parts.apply)
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text().replace("port = 8443", "port = 9443").replace(
+        "[auth]", "[limits]\nrate_per_second = 2.5\nmax_connections_per_source = 7\n"
+        "call_deadline_seconds = 9\n[rpc]\nmax_multicall = 3\nwait_poll_seconds = 0.5\n"
+        "[auth]\nfailure_backoff_max_seconds = 4"))
+    assert reloader.reload("SIGHUP").result is True
+    assert (parts.limits.rate, parts.site.limits.max_connections_per_source) == (2.5, 7)
+    assert (parts.dispatcher.deadline, parts.dispatcher.max_multicall) == (9, 3)
+    assert (parts.watcher.poll_interval, parts.site.backoff.maximum) == (0.5, 4)
+    assert parts.site.limits.max_connections_per_source == 7
+    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+    assert (event["result"], event["needs_restart"]) == ("accepted", ["listen"])
+
+
+def test_an_unknown_token_costs_no_file_access(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can send well-formed tokens at will: the store is never looked at for them."""
+    cfg, gate, tls, reloader, tmp = setup
+    touched: list[str] = []
+    real_stat, real_open = os.stat, open
+
+    def stat(*args, **kwargs):  # type: ignore[no-untyped-def]
+        touched.append(f"stat {args[0]}")
+        return real_stat(*args, **kwargs)
+
+    def opened(*args, **kwargs):  # type: ignore[no-untyped-def]
+        touched.append(f"open {args[0]}")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr("builtins.open", opened)
+    for _ in range(20):
+        with pytest.raises(Unauthenticated, match="unknown token"):
+            run(gate.authenticate(FakeRequest(None, f"Bearer {tokens.mint()[1]}")))
+    assert touched == []

@@ -176,6 +176,27 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(breaker.state, "closed")
 
 
+    def test_a_probe_refused_by_the_full_queue_does_not_take_the_slot(self) -> None:
+        """Found reading the code: a request failing after before() kept the probe slot."""
+        clock = Clock()
+        http = Flaky(FakeAirflow())
+        breaker = CircuitBreaker(clock, failures=1, reset_seconds=10)
+        c = client(http, clock, retries=0, breaker=breaker, max_in_flight=1)
+        self.successResultOf(c.get_dag("etl_orders"))
+        http.plan = ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        clock.advance(10)  # half-open: the next request is the probe
+        held = [c._slots.acquire() for _ in range(11)]  # one in flight, ten waiting: full
+        f = self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertIn("too many requests are waiting", f.value.message)
+        for d in held[1:]:
+            d.addErrback(lambda f: None)  # given up: never acquired
+            d.cancel()
+        c._slots.release()
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.assertEqual(breaker.state, "closed")
+
+
 class UpstreamCapTests(SynchronousTestCase):
     def test_at_most_max_in_flight_requests_reach_airflow(self) -> None:
         clock = Clock()
@@ -235,7 +256,7 @@ class CallLimitTests(SynchronousTestCase):
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()
         dispatcher = gw.site.rpc._dispatcher
-        dispatcher._deadline = 5  # shorter than the Airflow timeout (10 s)
+        dispatcher.deadline = 5  # shorter than the Airflow timeout (10 s)
         self.successResultOf(gw.call_d("get_dag", "etl_orders"))  # logged in
         gw.airflow.hang.append("/api/v2/dags/etl_orders")
         d = gw.call_d("get_dag", "etl_orders")

@@ -38,6 +38,17 @@ class CheckpointSeen:
 
 
 @attrs.frozen
+class IntentSeen:
+    """An intent record (a change about to go to Airflow) with no outcome record after it."""
+
+    seq: int
+    time: str
+    request_id: str
+    method: str
+    objects: str
+
+
+@attrs.frozen
 class ChainReport:
     """What `check` found; `status` and `lines` say it for a person."""
 
@@ -55,6 +66,9 @@ class ChainReport:
     shipped_found: int = 0
     #: ... and those older than these files, so not compared.
     shipped_older: int = 0
+    #: Intents with no outcome: the gateway stopped (or is still waiting for
+    #: Airflow) between the two; what happened in Airflow is to be checked there.
+    open_intents: tuple[IntentSeen, ...] = ()
 
     @property
     def last_checkpoint(self) -> CheckpointSeen | None:
@@ -91,7 +105,7 @@ class ChainReport:
             if self.signed:
                 out.append("NO CHECKPOINT: no record is signed, so none is proven "
                            "(a rewritten or truncated chain would look the same)")
-            return out
+            return out + self._intent_lines()
         keys = ", ".join(sorted({f"{c.alg} key {c.key_id}" for c in self.checkpoints}))
         checked = "signatures good" if self.signed else "signatures NOT checked (no key given)"
         out.append(f"checkpoints: {len(self.checkpoints)} by {keys}, {checked}; "
@@ -107,6 +121,18 @@ class ChainReport:
                        "or records cut from the end, would not be noticed")
         elif self.signed:
             out.append("every record is covered by a checkpoint with a good signature")
+        return out + self._intent_lines()
+
+    def _intent_lines(self) -> list[str]:
+        if not self.open_intents:
+            return []
+        out = [f"INTENTS WITHOUT OUTCOME: {len(self.open_intents)} change(s) were on their way "
+               "to Airflow with no outcome recorded (a crash, or still in flight); look each "
+               "up in Airflow (a run's note names its request id):"]
+        out += [f"  seq {i.seq} at {i.time}: request {i.request_id}: {i.method} {i.objects}"
+                for i in self.open_intents[:50]]
+        if len(self.open_intents) > 50:
+            out.append(f"  ... and {len(self.open_intents) - 50} more")
         return out
 
 
@@ -142,7 +168,7 @@ def check(
         problem=problem, records=walk.count, first_seq=walk.first_seq, last_seq=walk.seq,
         continues=walk.continues, checkpoints=tuple(walk.checkpoints),
         signed=bool(verifiers), shipped_found=walk.shipped_found,
-        shipped_older=walk.shipped_older,
+        shipped_older=walk.shipped_older, open_intents=tuple(walk.intents.values()),
     )
 
 
@@ -205,6 +231,8 @@ class _Walk:
         self.continues = False
         self.count = 0
         self.checkpoints: list[CheckpointSeen] = []
+        #: Intents waiting for their outcome, by (instance, request, multicall index).
+        self.intents: dict[tuple[Any, ...], IntentSeen] = {}
 
     def file(self, path: Path) -> None:
         try:
@@ -242,6 +270,18 @@ class _Walk:
                 self.shipped_older = sum(1 for s in self.shipped if s < seq)
         if record.get("event") == CHECKPOINT:
             self.checkpoint(where, record, claimed)
+        kind = record.get("kind")
+        if kind in ("intent", "call"):
+            key = (record.get("instance"), record.get("request_id"),
+                   record.get("multicall_index"), record.get("method"))
+            if kind == "call":
+                self.intents.pop(key, None)
+            else:
+                objects = " ".join(f"{k}={record[k]}" for k in ("dag_id", "dag_run_id")
+                                   if isinstance(record.get(k), str))
+                self.intents[key] = IntentSeen(seq, str(record.get("time")),
+                                               str(record.get("request_id")),
+                                               str(record.get("method")), objects)
         kept = self.shipped.get(seq)
         if kept is not None:
             if kept.get("hash") != claimed:

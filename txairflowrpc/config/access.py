@@ -6,6 +6,7 @@ what their roles let them do.
     [roles.NAME]                scopes, and conf rules per DAG glob
     [principals.NAME]           roles, and how a client certificate maps to it
     [oidc.PROVIDER]             an identity provider whose JWTs are accepted
+    [aws]                       AWS IAM sign-in: the STS endpoint it is checked with
 
 Read here as plain values, checked like the rest of the config; a problem
 is a `ConfigError` naming the key.  What the values mean (parsing scopes,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import attrs
 
 from .keys import ConfigError, Key, at_least, positive, read_table, strings
 
-SECTIONS = ("auth", "roles", "principals", "oidc")
+SECTIONS = ("auth", "roles", "principals", "oidc", "aws")
 
 #: Only asymmetric algorithms: never "none", never HS*.
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -84,6 +86,171 @@ def _mode(value: str) -> None:
         raise ValueError('must be "required" or "optional"')
 
 
+def _each(values: list[Any], check: Any) -> None:
+    strings(values)
+    for value in values:
+        check(value)
+
+
+_ARN = re.compile(r"arn:([^:]*):([^:]*):([^:]*):([^:]*):(.*)", re.DOTALL)
+_PARTITION = re.compile(r"aws(?:-[a-z]+)*")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+#: What IAM allows in names and paths, and ``*`` for "any run of characters".
+_RESOURCE = re.compile(r"[A-Za-z0-9+=,.@_/*-]+")
+#: A user's path may be up to 512 characters, its name 64.
+MAX_ARN = 1024
+
+
+def _aws_account(value: str) -> None:
+    if not _ACCOUNT.fullmatch(value):
+        raise ValueError(f"{value[:40]!r} is not an AWS account id (12 digits)")
+
+
+def _aws_arn(value: str) -> None:
+    """
+    An IAM identity as STS names it, or a pattern of them: ``*`` only in
+    the resource part (never in the partition, service or account: anyone
+    can make a role called ``deployer`` in an account of their own).
+    """
+    shown = repr(value[:80])
+    found = _ARN.fullmatch(value) if len(value) <= MAX_ARN else None
+    if found is None:
+        raise ValueError(f"{shown} is not an ARN (arn:aws:iam::ACCOUNT:...)")
+    partition, service, region, account, resource = found.groups()
+    if not _PARTITION.fullmatch(partition):
+        raise ValueError(f"{shown}: the partition must be aws, aws-cn, aws-us-gov, ... "
+                         "(no wildcard)")
+    if service not in ("iam", "sts") or region:
+        raise ValueError(f"{shown}: an IAM identity is arn:PARTITION:iam::ACCOUNT:... or "
+                         "arn:PARTITION:sts::ACCOUNT:...")
+    _aws_account(account)
+    if not _RESOURCE.fullmatch(resource):
+        raise ValueError(f"{shown}: the resource part has characters IAM names do not")
+    kind, _, rest = resource.partition("/")
+    parts = rest.split("/")
+    if service == "iam" and resource == "root":
+        return
+    if service == "iam" and kind == "user" and all(parts):
+        return
+    if service == "iam" and kind == "role" and rest and "/" not in rest:
+        return
+    if service == "iam" and kind == "role" and rest:
+        raise ValueError(f"{shown}: write a role as arn:PARTITION:iam::ACCOUNT:role/NAME, "
+                         "without its path (STS names an assumed role without it)")
+    if service == "sts" and kind == "assumed-role" and len(parts) == 2 and all(parts):
+        return
+    if service == "sts" and kind == "federated-user" and rest and "/" not in rest:
+        return
+    raise ValueError(f"{shown}: name iam::ACCOUNT:user/NAME, iam::ACCOUNT:role/NAME, "
+                     "iam::ACCOUNT:root, sts::ACCOUNT:assumed-role/ROLE/SESSION or "
+                     "sts::ACCOUNT:federated-user/NAME")
+
+
+#: Regional (and FIPS) STS hosts say which region signs for them.
+_STS_HOST = re.compile(r"sts(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
+_REGION = re.compile(r"[a-z]{2,}(?:-[a-z]+)+-[0-9]+")
+#: What a server id may hold: visible ASCII, so that it survives SigV4's
+#: header canonicalisation (which trims and folds spaces) unchanged.
+_SERVER_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _sts_endpoint(value: str) -> None:
+    """https://HOST[:PORT] (or http:// to loopback, for tests), nothing after the host."""
+    if not value:
+        raise ValueError("must be an https:// URL")
+    _jwks_url(value)
+    url = urlsplit(value)
+    if url.username is not None or url.password is not None:
+        raise ValueError("must not hold a user name or password")
+    if url.path not in ("", "/") or url.query or url.fragment or value.endswith(("?", "#")):
+        raise ValueError("must be the endpoint alone (https://sts.REGION.amazonaws.com), "
+                         "no path, query or fragment")
+
+
+def _region(value: str) -> None:
+    if not _REGION.fullmatch(value):
+        raise ValueError(f"{value[:40]!r} is not an AWS region name (like eu-west-1)")
+
+
+def _server_id(value: str) -> None:
+    if not _SERVER_ID.fullmatch(value):
+        raise ValueError("must be 1 to 128 visible ASCII characters (no spaces)")
+
+
+def _range(low: float, high: float) -> Any:
+    def check(value: float) -> None:
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"must be a number of seconds from {low:g} to {high:g}")
+
+    return check
+
+
+@attrs.frozen
+class AWSSettings:
+    """
+    AWS IAM sign-in (``[aws]``): the STS endpoint a caller's signed
+    ``GetCallerIdentity`` request is forwarded to, and what such a request
+    must carry to be forwarded at all.
+    """
+
+    #: ``https://HOST[:PORT]``: the only place a signed request is sent.
+    sts_endpoint: str
+    #: The region the request must be signed for.
+    region: str
+    #: The value of ``X-Airflowrpc-Server-ID`` a request must sign.
+    server_id: str
+    #: Oldest signature accepted (``X-Amz-Date``), in seconds.
+    max_age_seconds: float
+    #: How far ahead of the gateway's clock a signature may be dated.
+    clock_skew_seconds: float
+    #: Deadline of the exchange with STS.
+    timeout_seconds: float
+    #: Keep an identity STS confirmed, for the rest of its signature's age.
+    cache_verified: bool
+
+    _keys = {
+        "sts_endpoint": Key(str, "https://sts.amazonaws.com", _sts_endpoint),
+        "region": Key(str, "us-east-1", _region),
+        "server_id": Key(str, check=_server_id),
+        # STS itself refuses a signature more than 15 minutes old.
+        "max_age_seconds": Key(float, 300.0, _range(1, 900)),
+        "clock_skew_seconds": Key(float, 60.0, _range(0, 300)),
+        "timeout_seconds": Key(float, 10.0, _range(0.1, 60)),
+        "cache_verified": Key(bool, True),
+    }
+
+    @property
+    def sts_url(self) -> str:
+        """Where a signed request goes: the endpoint, path ``/``."""
+        return self.sts_endpoint + "/"
+
+    @property
+    def sts_host(self) -> str:
+        """The ``Host`` a request to the endpoint carries (and must have signed)."""
+        url = urlsplit(self.sts_endpoint)
+        host = url.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        default = {"https": 443, "http": 80}[url.scheme]
+        return host if url.port in (None, default) else f"{host}:{url.port}"
+
+
+def _aws(table: object, base: Path) -> AWSSettings | None:
+    if table is None:
+        return None
+    values = read_table("aws", table, base, AWSSettings._keys)
+    values["sts_endpoint"] = values["sts_endpoint"].rstrip("/")
+    host = urlsplit(values["sts_endpoint"]).hostname or ""
+    signed_for = "us-east-1" if host == "sts.amazonaws.com" else None
+    regional = _STS_HOST.fullmatch(host)
+    if regional is not None:
+        signed_for = regional.group(1)
+    if signed_for is not None and signed_for != values["region"]:
+        raise ConfigError("aws.region", f"{host} is signed for {signed_for}, "
+                          f"not {values['region']}")
+    return AWSSettings(**values)
+
+
 @attrs.frozen
 class AuthSettings:
     client_certificate: str
@@ -121,6 +288,10 @@ class PrincipalEntry:
     cert_cn: tuple[str, ...] = ()
     cert_sha256: tuple[str, ...] = ()
     cert_spki_sha256: tuple[str, ...] = ()
+    #: IAM identities (ARNs, ``*`` in the resource part) that sign in as it.
+    aws_arns: tuple[str, ...] = ()
+    #: AWS accounts every IAM identity of which (but the root) signs in as it.
+    aws_accounts: tuple[str, ...] = ()
 
     _keys = {
         "roles": Key(list, [], strings),
@@ -130,6 +301,8 @@ class PrincipalEntry:
         "cert_cn": Key(list, [], strings),
         "cert_sha256": Key(list, [], strings),
         "cert_spki_sha256": Key(list, [], strings),
+        "aws_arns": Key(list, [], lambda v: _each(v, _aws_arn)),
+        "aws_accounts": Key(list, [], lambda v: _each(v, _aws_account)),
     }
 
 
@@ -176,6 +349,8 @@ class AccessConfig:
     roles: dict[str, RoleEntry] = attrs.field(eq=False)
     principals: dict[str, PrincipalEntry] = attrs.field(eq=False)
     oidc: dict[str, OIDCProvider] = attrs.field(eq=False)
+    #: AWS IAM sign-in, if ``[aws]`` is there.
+    aws: AWSSettings | None = None
 
 
 def _optional_path(value: Any, base: Path) -> Path | None:
@@ -219,6 +394,13 @@ def _principals(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[
                     raise ConfigError(f"principals.{name}.{key}",
                                       f"{value!r} maps principal {other!r} too: a certificate "
                                       "must name one principal")
+        for key in ("aws_arns", "aws_accounts"):
+            for value in values[key]:
+                other = claimed.setdefault((key, value), name)
+                if other != name:
+                    raise ConfigError(f"principals.{name}.{key}",
+                                      f"{value!r} maps principal {other!r} too: an IAM "
+                                      "identity must name one principal")
         principals[name] = PrincipalEntry(name=name, **values)
     return principals
 
@@ -268,9 +450,19 @@ def parse(document: dict[str, Any], base: Path) -> AccessConfig:
     roles = _roles(document.get("roles", {}), base)
     principals = _principals(document.get("principals", {}), base, roles)
     oidc = _oidc(document.get("oidc", {}), base, roles)
-    if auth.client_certificate == "optional" and auth.token_store is None and not oidc:
+    aws = _aws(document.get("aws"), base)
+    if aws is None:
+        for name, entry in principals.items():
+            if entry.aws_arns or entry.aws_accounts:
+                key = "aws_arns" if entry.aws_arns else "aws_accounts"
+                raise ConfigError(f"principals.{name}.{key}",
+                                  "needs an [aws] section (aws.server_id at least)")
+    other_ways = auth.token_store is not None or bool(oidc) or aws is not None
+    if auth.client_certificate == "optional" and not other_ways:
         raise ConfigError("auth.client_certificate",
-                          '"optional" needs another way in: auth.token_store or an [oidc] provider')
-    if auth.require_token and auth.token_store is None and not oidc:
-        raise ConfigError("auth.require_token", "needs auth.token_store or an [oidc] provider")
-    return AccessConfig(auth=auth, roles=roles, principals=principals, oidc=oidc)
+                          '"optional" needs another way in: auth.token_store, an [oidc] '
+                          "provider or [aws]")
+    if auth.require_token and not other_ways:
+        raise ConfigError("auth.require_token",
+                          "needs auth.token_store, an [oidc] provider or [aws]")
+    return AccessConfig(auth=auth, roles=roles, principals=principals, oidc=oidc, aws=aws)

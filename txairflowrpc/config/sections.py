@@ -101,6 +101,7 @@ class LimitsConfig:
     first_byte_seconds: float = 10.0
     max_connections_per_source: int = 100
     max_body_memory_bytes: int = 64 * 1024 * 1024
+    shutdown_seconds: float = 10.0
 
     _keys = {
         "request_deadline_seconds": Key(float, 30.0, positive),
@@ -110,6 +111,7 @@ class LimitsConfig:
         "max_connections": Key(int, 1000, at_least(1)),
         "max_connections_per_source": Key(int, 100, at_least(1)),
         "max_body_memory_bytes": Key(int, 64 * 1024 * 1024, at_least(1024)),
+        "shutdown_seconds": Key(float, 10.0, positive),
         "rate_per_second": Key(float, 20.0, positive),
         "burst": Key(int, 40, at_least(1)),
         "max_in_flight": Key(int, 20, at_least(1)),

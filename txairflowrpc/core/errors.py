@@ -234,6 +234,17 @@ class CircuitOpen(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
+class ShuttingDown(GatewayError):
+    """The gateway is shutting down and cut the call off at its shutdown deadline."""
+
+    code = UPSTREAM_UNAVAILABLE
+
+    @property
+    def message(self) -> str:
+        return "the gateway is shutting down; retry the call (with the same dag_run_id)"
+
+
+@attrs.define(auto_exc=True, str=False)
 class UpstreamTimeout(GatewayError):
     seconds: float
     code = UPSTREAM_TIMEOUT

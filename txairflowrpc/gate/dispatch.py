@@ -19,7 +19,9 @@ import inspect
 import secrets
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError, Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,28 +62,40 @@ class Dispatcher:
         self._meter = meter
         self._policy = policy
         self._limits = limits
-        self._deadline = deadline
-        self._max_wait = max_wait
-        self._max_multicall = max_multicall
+        self.deadline = deadline
+        self.max_wait = max_wait
+        self.max_multicall = max_multicall
         self._clock = clock
         self._audit = audit
-        self._summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
+        self.summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
+        #: Top-level calls in flight, and who waits for there to be none.
+        self._active: set[Deferred[Any]] = set()
+        self._idle: list[Deferred[None]] = []
+        #: Set by `drain`: the gateway is shutting down.
+        self.draining = False
         self.methods: dict[str, MethodSpec] = {}
         for provider in [*providers, self]:
             self.methods.update(collect(provider))
 
     def call(
         self, ctx: CallContext, name: str, args: tuple[Any, ...],
-        multicall_index: int | None = None,
+        multicall_index: int | None = None, records: list[Deferred[None]] | None = None,
     ) -> Deferred[Any]:
         """
         Run one call; the Deferred fires with the result or fails with a
         `GatewayError` (anything else is logged and becomes an internal
         error).  With an audit log, it fires only once the call's record
         is on disk, and fails with `errors.AuditUnavailable` if it cannot
-        be written.  Cancelling it cancels the handler's work, except for a
-        call that changes Airflow (its spec says so): that one runs on to
-        its real outcome, which its record says.
+        be written; a call that changes Airflow (its spec says so) first
+        writes an intent record and waits for it to be on disk before its
+        handler runs, so that no effect in Airflow is ever without a
+        record.  With ``records`` (a multicall's inner calls) the call's
+        record is not waited for but added there, so that the records of
+        one multicall share a group commit.
+
+        Cancelling it cancels the handler's work, except for a call that
+        changes Airflow: that one runs on to its real outcome, which its
+        record says (only `drain` cuts it off, at the shutdown deadline).
         """
         started = self._clock.seconds()
         self._meter.call_started()
@@ -96,7 +110,7 @@ class Dispatcher:
                 if top:
                     self._limits.enter(who)
                     entered = True
-            d = maybeDeferred(self._run, ctx, spec, name, args, trace)
+            d = maybeDeferred(self._run, ctx, spec, name, args, trace, multicall_index)
         except errors.RateLimited as e:
             trace.decision, trace.reason = "denied", e.message
             d = fail(e)
@@ -109,7 +123,10 @@ class Dispatcher:
         if entered:
             d.addBoth(self._left, who)
         d.addErrback(self._as_gateway_error, ctx, spec)
-        d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index)
+        d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index, records)
+        if top:
+            self._active.add(d)
+            d.addBoth(self._ended, d)
         if spec is not None and spec.changes_airflow(args):
             # A change may be on its way to Airflow: the caller leaving must
             # not cut it off unrecorded; it runs on, and its record says how
@@ -120,14 +137,14 @@ class Dispatcher:
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
         """A call's deadline; what its spec says extends it (capped) comes on top."""
         if spec is None or spec.deadline is None:
-            return self._deadline
+            return self.deadline
         try:
             extra = spec.value(spec.deadline, args)
         except KeyError:
-            return self._deadline
+            return self.deadline
         if not isinstance(extra, (int, float)) or isinstance(extra, bool):
             extra = spec.value(spec.deadline, ())
-        return self._deadline + min(max(extra or 0, 0), self._max_wait)
+        return self.deadline + min(max(extra or 0, 0), self.max_wait)
 
     def _left(self, result: Any, who: str) -> Any:
         assert self._limits is not None
@@ -136,8 +153,11 @@ class Dispatcher:
 
     def _run(
         self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],
-        trace: CallTrace,
+        trace: CallTrace, multicall_index: int | None,
     ) -> Any:
+        if self.draining:  # a call that came in on an open connection after SIGTERM
+            trace.decision, trace.reason = "denied", "the gateway is shutting down"
+            raise errors.ShuttingDown()
         if self._audit is not None and self._audit.failed is not None:
             trace.decision, trace.reason = "denied", "audit log unavailable"
             raise errors.AuditUnavailable()
@@ -150,6 +170,19 @@ class Dispatcher:
             trace.decision, trace.reason = "denied", e.reason
             raise
         trace.decision = "allowed"
+        if self._audit is not None and spec.changes_airflow(checked):
+            # Intent before effect: a crash after Airflow answered leaves an
+            # intent without outcome (audit verify lists it), never an
+            # effect without any record.
+            intent = self._audit.append(self._fields("intent", ctx, spec, spec.name, checked,
+                                                     multicall_index))
+            intent.addErrback(lambda f: Failure(errors.AuditUnavailable()))
+            return intent.addCallback(lambda _: self._invoke(ctx, spec, checked, trace))
+        return self._invoke(ctx, spec, checked, trace)
+
+    def _invoke(
+        self, ctx: CallContext, spec: MethodSpec, checked: tuple[Any, ...], trace: CallTrace,
+    ) -> Any:
         token = calltrace.current.set(trace)
         try:
             result = spec.handler(ctx, *checked)
@@ -159,9 +192,58 @@ class Dispatcher:
         finally:
             calltrace.current.reset(token)
 
+    def _fields(
+        self, kind: str, ctx: CallContext, spec: MethodSpec | None, method: str,
+        args: tuple[Any, ...], multicall_index: int | None,
+    ) -> dict[str, Any]:
+        """Who called what, on what, from where: what a call's intent and outcome records share."""
+        params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
+        ids, summary = self.summarizer.summarize(params, args)
+        return {
+            "kind": kind,
+            "request_id": ctx.request_id,
+            "multicall_index": multicall_index,
+            "principal": getattr(ctx.principal, "name", None),
+            "auth": ctx.principal.audit_identity() if ctx.principal is not None else None,
+            "source": ctx.peer,
+            "method": method,
+            **ids,
+            "args": summary or None,
+        }
+
+    def _ended(self, result: Any, d: Deferred[Any]) -> Any:
+        self._active.discard(d)
+        if not self._active and self._idle:
+            waiters, self._idle = self._idle, []
+            # After this call's answer has been written, not before.
+            self._clock.callLater(0, lambda: [w.callback(None) for w in waiters])
+        return result
+
+    def drain(self, seconds: float) -> Deferred[None]:
+        """
+        Fires once every call in flight has ended and been recorded.  Calls
+        still running after ``seconds`` are cancelled, a change on its way
+        to Airflow included; they end with fault 503 (the gateway is
+        shutting down), and are recorded so.
+        """
+        self.draining = True
+        if not self._active:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+
+        def cut_off() -> None:
+            for d in list(self._active):
+                d.cancel()
+
+        timer = self._clock.callLater(seconds, cut_off)
+        return waiter.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+
     def _as_gateway_error(self, failure: Failure, ctx: CallContext, spec: MethodSpec | None) -> Failure:
         if failure.check(errors.InvalidParams) and spec and not failure.value.method:
             failure.value.method = spec.name
+        if failure.check(CancelledError) and self.draining:
+            return Failure(errors.ShuttingDown())
         if failure.check(errors.GatewayError, CancelledError):
             return failure
         _log.failure(
@@ -173,38 +255,40 @@ class Dispatcher:
     def _finish(
         self, result: Any, ctx: CallContext, spec: MethodSpec | None, name: Any,
         args: tuple[Any, ...], trace: CallTrace, started: float,
-        multicall_index: int | None,
+        multicall_index: int | None, records: list[Deferred[None]] | None,
     ) -> Any:
         cancelled = isinstance(result, Failure) and result.check(CancelledError)
         fault = None
         if isinstance(result, Failure) and not cancelled:
             fault = result.value.code
-        method = spec.name if spec else str(name)[:100]
         duration = self._clock.seconds() - started
         self._meter.call_finished(spec.name if spec else None, ctx.principal, fault,
                                   bool(cancelled), duration)
         if self._audit is None:
             return result
-        params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
-        ids, summary = self._summarizer.summarize(params, args)
-        fields: dict[str, Any] = {
-            "kind": "call",
-            "request_id": ctx.request_id,
-            "multicall_index": multicall_index,
-            "principal": getattr(ctx.principal, "name", None),
-            "auth": ctx.principal.audit_identity() if ctx.principal is not None else None,
-            "source": ctx.peer,
-            "method": method,
-            **ids,
-            "args": summary or None,
+        method = spec.name if spec else str(name)[:100]
+        fields = self._fields("call", ctx, spec, method, args, multicall_index)
+        fields.update({
             "decision": trace.decision,
             "reason": clip(trace.reason),
             "outcome": "cancelled" if cancelled else "ok" if fault is None else "fault",
             "fault_code": fault,
             "airflow_status": trace.airflow_status,
             "duration_ms": round(duration * 1000, 3),
-        }
-        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None})
+        })
+        # A call refused before anything was done (its decision is not
+        # "allowed"), while the log cannot be written: its record may be
+        # counted rather than queued, and its answer (a refusal) does not wait
+        # for a write that is failing; a flood of them must not grow the queue.
+        droppable = self._audit.failed is not None and trace.decision != "allowed"
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
+                                      droppable=droppable)
+        if droppable:
+            recorded.addErrback(lambda f: None)
+            return result
+        if records is not None:
+            records.append(recorded)  # the multicall waits for them together
+            return result
 
         def unrecorded(failure: Failure) -> Any:
             if cancelled:
@@ -268,17 +352,23 @@ class Dispatcher:
         one-element array holding the result, or a fault struct (faultCode,
         faultString) in place. system.multicall cannot be nested.
         """
-        if len(calls) > self._max_multicall:
+        if len(calls) > self.max_multicall:
             raise errors.InvalidParams(
-                f"at most {self._max_multicall} calls per multicall, got {len(calls)}"
+                f"at most {self.max_multicall} calls per multicall, got {len(calls)}"
             )
         results: list[Any] = []
+        records: list[Deferred[None]] = []
         for index, entry in enumerate(calls):
             try:
                 name, params = _multicall_entry(entry)
-                results.append([await self.call(call, name, params, multicall_index=index)])
+                results.append([await self.call(call, name, params, multicall_index=index,
+                                                records=records)])
             except errors.GatewayError as e:
                 results.append({"faultCode": e.code, "faultString": e.message})
+        try:
+            await gatherResults(records, consumeErrors=True)
+        except FirstError:
+            raise errors.AuditUnavailable() from None
         return results
 
 

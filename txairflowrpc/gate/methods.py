@@ -183,7 +183,7 @@ class AirflowMethods:
     def __init__(self, client: AirflowClient, watcher: RunWatcher, max_wait: int) -> None:
         self._client = client
         self._watcher = watcher
-        self._max_wait = max_wait
+        self.max_wait = max_wait
 
     @rpc_method("ping", "string", scope=AUTHENTICATED)
     def ping(self, call: CallContext) -> str:
@@ -402,7 +402,7 @@ class AirflowMethods:
         _check_id(m, "dag_run_id", dag_run_id)
         if timeout_seconds < 0:
             raise errors.InvalidParams("timeout_seconds must not be negative", m)
-        return self._watcher.wait(dag_id, dag_run_id, min(timeout_seconds, self._max_wait))
+        return self._watcher.wait(dag_id, dag_run_id, min(timeout_seconds, self.max_wait))
 
     @rpc_method(
         "set_dag_run_state", "struct", _DAG_ID, _RUN_ID,

@@ -71,7 +71,7 @@ class RPCResource(Resource):
     ) -> None:
         super().__init__()
         self._dispatcher = dispatcher
-        self._max_body = max_body_bytes
+        self.max_body_bytes = max_body_bytes
         self._clock = clock
         self.refusals = refusals
 
@@ -102,13 +102,13 @@ class RPCResource(Resource):
             refuse(self.refusals, request, request_id, *problem, principal)
             return
         request.content.seek(0, 0)
-        body = request.content.read(self._max_body + 1)
+        body = request.content.read(self.max_body_bytes + 1)
         release = getattr(request, "release_body", None)
         if release is not None:
             release()  # parsed below; nothing needs the bytes after that
-        if len(body) > self._max_body:
+        if len(body) > self.max_body_bytes:
             refuse(self.refusals, request, request_id, 413,
-                   f"request body is larger than {self._max_body} bytes", principal)
+                   f"request body is larger than {self.max_body_bytes} bytes", principal)
             return
         try:
             method, params = wire.parse_call(body, charset=_charset(request))

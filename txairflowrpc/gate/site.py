@@ -39,7 +39,7 @@ import secrets
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -401,6 +401,7 @@ class GatewaySite(server.Site):
         self.rpc = rpc
         self._not_found = not_found
         self._by_source: dict[str, list[GatewayChannel]] = {}
+        self._all_closed: list[Deferred[None]] = []
         self.open_connections = 0
         #: Counters, for the admin listener and tests.
         self.refused_connections = 0
@@ -437,6 +438,33 @@ class GatewaySite(server.Site):
             channels.remove(channel)
         if not channels:
             self._by_source.pop(channel.source, None)
+        if not self._by_source and self._all_closed:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self, grace: float = 2.0) -> Deferred[None]:
+        """
+        Close every open connection once what it has to send is written;
+        fires when all are closed, or after ``grace`` seconds (the rest are
+        then aborted).  For the end of a shutdown.
+        """
+        channels = [c for held in self._by_source.values() for c in held]
+        if not channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._all_closed.append(waiter)
+        for channel in channels:
+            channel.loseConnection()
+
+        def abort() -> None:
+            for held in list(self._by_source.values()):
+                for channel in list(held):
+                    if channel.transport is not None:
+                        channel.transport.abortConnection()
+
+        timer = self.clock.callLater(grace, abort)
+        return waiter.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
 
     def _make_room(self, source: str) -> bool:
         """

@@ -20,13 +20,16 @@ class Principal:
     """An authenticated caller."""
 
     name: str
-    #: How it proved who it is: "client_certificate", "token" or "oidc",
+    #: How it proved who it is: "client_certificate", "token", "oidc" or "aws_iam",
     #: joined with "+" when more than one was required.
     method: str
     certificate: PeerCertificate | None = None
     token_id: str | None = None
     oidc_issuer: str | None = None
     oidc_sub: str | None = None
+    #: The IAM identity STS confirmed (its ARN and unique id), for "aws_iam".
+    aws_arn: str | None = None
+    aws_user_id: str | None = None
     #: When the credential it used stops working (token or JWT), if known.
     expires: datetime | None = None
     roles: tuple[str, ...] = ()
@@ -45,6 +48,9 @@ class Principal:
         if self.oidc_issuer is not None:
             identity["oidc_issuer"] = self.oidc_issuer
             identity["oidc_sub"] = self.oidc_sub
+        if self.aws_arn is not None:
+            identity["aws_arn"] = self.aws_arn
+            identity["aws_user_id"] = self.aws_user_id
         return identity
 
     def expires_within(self, days: int, now: datetime) -> bool:
@@ -67,6 +73,8 @@ class Principal:
             }
         if self.token_id is not None:
             info["token_id"] = self.token_id
+        if self.aws_arn is not None:
+            info["aws_arn"] = self.aws_arn
         if self.expires is not None:
             now = now or datetime.now(timezone.utc)
             info["expires"] = iso_seconds(self.expires)

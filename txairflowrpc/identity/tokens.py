@@ -132,14 +132,11 @@ class TokenStore:
 
     path: Path
     records: dict[str, TokenRecord]
-    #: The file's modification time when it was read (None: no file).
-    mtime_ns: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> "TokenStore":
         """Read the store; a missing file is an empty store. Raises ValueError."""
         try:
-            mtime = os.stat(path).st_mtime_ns
             raw = path.read_text("utf-8")
         except FileNotFoundError:
             return cls(path, {})
@@ -148,14 +145,7 @@ class TokenStore:
             records = [TokenRecord.from_json(r) for r in data["tokens"]]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is not a token store: {e}") from None
-        return cls(path, {r.id: r for r in records}, mtime)
-
-    def changed(self) -> bool:
-        """Whether the file changed since it was read (one stat call)."""
-        try:
-            return os.stat(self.path).st_mtime_ns != self.mtime_ns
-        except OSError:
-            return self.mtime_ns is not None
+        return cls(path, {r.id: r for r in records})
 
     def check(self, token: str, now: datetime) -> TokenRecord:
         """

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from .. import config as config_module
 from ..audit import checkpoint
 from ..gate.tls import server_options
-from ..identity import oidc, tokens
+from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
 from ..identity.scopes import Role, build_roles
 
@@ -64,14 +64,21 @@ def load_checked(path: str | Path) -> Checked:
 def build_authenticator(
     checked: Checked, *, http: Any, clock: IReactorTime, previous: Authenticator | None = None,
 ) -> Authenticator:
-    """An `Authenticator` for a checked config; OIDC key sets carry over a reload."""
+    """
+    An `Authenticator` for a checked config; OIDC key sets and the AWS
+    identities STS confirmed carry over a reload.
+    """
     jwks = {}
     for name, provider in checked.config.access.oidc.items():
         keyset = oidc.JWKSet(provider, http=http, clock=clock)
         if previous is not None and name in previous.jwks:
             keyset.adopt(previous.jwks[name])
         jwks[name] = keyset
+    verifier = None
+    if checked.config.access.aws is not None:
+        verifier = aws.IAMVerifier(checked.config.access.aws, http=http, clock=clock)
+        verifier.adopt(previous.aws if previous is not None else None)
     return Authenticator(
         checked.config.access, roles=checked.roles, tokens_store=checked.tokens, jwks=jwks,
-        clock=clock,
+        clock=clock, aws=verifier,
     )

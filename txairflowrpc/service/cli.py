@@ -49,8 +49,11 @@ BROKEN = 1
 #: ... a key file (or a --shipped file) cannot be used ...
 BAD_INPUT = 2
 #: ... the chain is whole, but (a key given) it has no checkpoint, or
-#: records after the last one: those are not proven.
+#: records after the last one: those are not proven ...
 NOT_COVERED = 3
+#: ... the chain is whole (and proven, if a key was given), but changes went
+#: to Airflow with no outcome recorded: look them up in Airflow.
+OPEN_INTENTS = 4
 
 
 def audit_verify(
@@ -77,6 +80,8 @@ def audit_verify(
         return BROKEN
     if verifiers and not report.proven:
         return NOT_COVERED
+    if report.open_intents:
+        return OPEN_INTENTS
     return WHOLE
 
 
@@ -209,7 +214,8 @@ def parser() -> argparse.ArgumentParser:
         "covered by a checkpoint whose signature matches); 1 broken (an altered, missing or "
         "torn record, a bad signature, a kept checkpoint missing or changed); 2 a key or "
         "--shipped file cannot be used; 3 whole, but with a key "
-        "given there is no checkpoint, or records after the last one.")
+        "given there is no checkpoint, or records after the last one; 4 whole, but "
+        "changes went to Airflow with no outcome recorded (listed).")
     verify.add_argument("--public-key", action="append", default=[], metavar="FILE",
                         help="Ed25519 public key (PEM) that signs checkpoints (repeatable)")
     verify.add_argument("--hmac-key", action="append", default=[], metavar="FILE",

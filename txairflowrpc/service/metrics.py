@@ -51,7 +51,7 @@ from twisted.web.wsgi import WSGIResource
 from .. import __version__
 from ..audit.log import AuditLog, RunBlocking
 from ..config import Config
-from ..identity import oidc, tokens
+from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Gate, Unauthenticated
 
 __all__ = ["GatewayMetrics", "PartsCollector", "credential_kind", "metrics_resource"]
@@ -103,7 +103,8 @@ class GatewayMetrics:
             ["http_method"], buckets=UPSTREAM_BUCKETS, registry=r)
         self._auth_failures = Counter(
             "airflowrpc_auth_failures", "Requests refused with 401, by the credential they "
-            "tried: certificate, token, jwt, none, malformed; error if checking failed",
+            "tried: certificate, token, jwt, aws_iam, none, malformed; error if checking "
+            "failed",
             ["credential"], registry=r)
         self._audit_seconds = Histogram(
             "airflowrpc_audit_write_duration_seconds", "Time to write and fsync one batch "
@@ -233,9 +234,9 @@ def principal_label(principal: object) -> str:
 def credential_kind(request: Any) -> str:
     """
     What a refused request tried to authenticate with: ``token`` (bearer
-    ``arpc_`` or basic), ``jwt``, ``malformed`` (another scheme, or a bearer
-    value that is neither), ``certificate`` (no header, a certificate) or
-    ``none``.
+    ``arpc_`` or basic), ``jwt``, ``aws_iam`` (an ``AWS-IAM`` signed request),
+    ``malformed`` (another scheme, or a bearer value that is neither),
+    ``certificate`` (no header, a certificate) or ``none``.
     """
     header = request.getHeader(b"authorization")
     if header is None:
@@ -245,6 +246,8 @@ def credential_kind(request: Any) -> str:
     scheme, value = scheme.lower(), value.strip()
     if scheme == b"basic":
         return "token"
+    if scheme == aws.SCHEME.lower().encode():
+        return "aws_iam"
     if scheme == b"bearer":
         text = value.decode("latin-1")
         if text.startswith(tokens.PREFIX):

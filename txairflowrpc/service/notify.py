@@ -4,7 +4,8 @@ Telling systemd (``Type=notify``) how the gateway is doing.
 ``READY=1`` is sent once the gateway can serve: its listeners are bound and
 Airflow's health endpoint has answered once (until then ``STATUS=`` says
 what it waits for, and the probe is repeated every `RETRY_SECONDS`).
-``STOPPING=1`` is sent as soon as the service starts stopping; and, when
+``STOPPING=1`` is sent as soon as the shutdown begins (a "before shutdown"
+trigger of the reactor, so before the calls in flight are drained); and, when
 the unit sets ``WatchdogSec=``, ``WATCHDOG=1`` every half of that period
 from the reactor, so that a reactor that stops turning gets the gateway
 restarted.
@@ -139,11 +140,16 @@ class Readiness(service.Service):
         self._pending: Deferred[Any] | None = None
         self._next: IDelayedCall | None = None
         self._waited = False
+        self._trigger: Any = None
+        self._stopping = False
         #: True once READY was reported.
         self.ready = False
 
     def startService(self) -> None:
         super().startService()
+        add_trigger = getattr(self._clock, "addSystemEventTrigger", None)
+        if add_trigger is not None:
+            self._trigger = add_trigger("before", "shutdown", self._stop_begins)
         if self._watchdog is not None:
             self._watchdog.start(self._watchdog_seconds, now=True)
         self._status("waiting for the listeners to be bound")
@@ -191,10 +197,18 @@ class Readiness(service.Service):
         if self._notifier is not None:
             self._notifier.send(STATUS=text)
 
+    def _stop_begins(self) -> None:
+        """Tell systemd once, as early as the shutdown can be seen."""
+        self._trigger = None
+        if self._notifier is not None and not self._stopping:
+            self._notifier.send(STOPPING="1", STATUS="stopping")
+        self._stopping = True
+
     def stopService(self) -> None:
         super().stopService()
-        if self._notifier is not None:
-            self._notifier.send(STOPPING="1", STATUS="stopping")
+        if self._trigger is not None:
+            self._clock.removeSystemEventTrigger(self._trigger)  # type: ignore[attr-defined]
+        self._stop_begins()
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None

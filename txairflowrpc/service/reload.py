@@ -10,8 +10,12 @@ force.  The token store alone is re-read whenever it changes (so ``token
 revoke`` takes effect within `POLL_SECONDS`), and so are the other files
 the config names.
 
-Changes to ``[listen]``, ``[airflow]``, ``[rpc]`` and ``[audit]`` need a
-restart; a reload says so in the log and keeps the running values.
+Everything a running gateway can change is put into force by a reload too:
+``[limits]``, ``[rpc]``, the Airflow timeouts, retries and circuit breaker,
+the redaction words, the back-off, the certificate warning.  What it cannot
+(`NEEDS_RESTART`: the listeners, Airflow's address and account, the audit
+file and its keys) is named in one log line and on the audit record of the
+reload, and keeps its running value.  All the file work runs off the reactor.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -30,8 +35,8 @@ from .. import config as config_module
 from ..audit.log import AuditLog
 from ..gate.tls import ReloadableTLS
 from ..identity import tokens
-from ..identity.authenticate import Authenticator, Gate
-from .checked import build_authenticator, load_checked
+from ..identity.authenticate import Gate
+from .checked import Checked, build_authenticator, load_checked
 
 POLL_SECONDS = 1.0
 
@@ -45,6 +50,19 @@ def _mtime(path: Path | None) -> float | None:
         return os.stat(path).st_mtime_ns
     except OSError:
         return None
+
+
+def _stamps(cfg: config_module.Config) -> dict[str, Any]:
+    """The modification times of the config and every file it names (blocking: stat)."""
+    files = {
+        "config": cfg.source, "certificate": cfg.tls.certificate,
+        "private_key": cfg.tls.private_key, "client_ca": cfg.tls.client_ca,
+    }
+    for name, provider in cfg.access.oidc.items():
+        files[f"jwks:{name}"] = provider.jwks_file
+    stamps = {k: _mtime(v) for k, v in files.items()}
+    stamps["tokens"] = _mtime(cfg.access.auth.token_store)
+    return stamps
 
 
 class HangUp(service.Service):
@@ -67,12 +85,51 @@ class HangUp(service.Service):
             signal.signal(signal.SIGHUP, self._previous)
 
 
+#: What a reload cannot change in a running gateway: (section, key) pairs,
+#: key None for the whole section.  Everything else is applied at once.
+NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
+    ("listen", None),
+    ("health", "host"), ("health", "port"),
+    ("airflow", "base_url"), ("airflow", "username"), ("airflow", "password_file"),
+    ("airflow", "password"), ("airflow", "max_connections"), ("airflow", "max_in_flight"),
+    ("audit", "path"), ("audit", "rotate_bytes"), ("audit", "rotate_daily"),
+    ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
+    ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),
+    ("audit", "refusal_window_seconds"), ("audit", "digest_key_file"),
+)
+
+
+def needs_restart(old: config_module.Config, new: config_module.Config) -> list[str]:
+    """The dotted keys that changed but apply only after a restart."""
+    changed = []
+    for section, key in NEEDS_RESTART:
+        before, after = getattr(old, section), getattr(new, section)
+        if key is None:
+            if before != after:
+                changed.append(section)
+        elif getattr(before, key) != getattr(after, key) and key != "password":
+            changed.append(f"{section}.{key}")
+        elif key == "password" and before.password != after.password:
+            changed.append("airflow.password_file (its content)")
+    return changed
+
+
 class Reloader(service.Service):
-    """Watches the config and the files it names; swaps in checked versions."""
+    """
+    Watches the config and the files it names; swaps in checked versions.
+
+    The file work (stat, read, parse, check) runs through ``run_blocking``,
+    off the reactor; only the swap happens on it.  ``apply`` puts what a
+    running gateway can change (limits, rpc, timeouts, redaction, ...) into
+    force; what it cannot (`NEEDS_RESTART`) is named in the log and on the
+    audit trail.
+    """
 
     def __init__(
         self, cfg: config_module.Config, *, gate: Gate, tls: ReloadableTLS, http: Any,
         clock: IReactorTime, audit: AuditLog | None,
+        run_blocking: Callable[[Callable[[], Any]], "Deferred[Any]"] = maybeDeferred,
+        apply: Callable[[config_module.Config], None] = lambda cfg: None,
     ) -> None:
         self.cfg = cfg
         self._gate = gate
@@ -80,7 +137,10 @@ class Reloader(service.Service):
         self._http = http
         self._clock = clock
         self._audit = audit
-        self._seen = self._stamps(cfg)
+        self._run_blocking = run_blocking
+        self._apply = apply
+        self._seen = _stamps(cfg)
+        self._polling = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
         #: Reloads accepted and rejected; for the metrics.
@@ -99,72 +159,87 @@ class Reloader(service.Service):
         if self._loop.running:
             self._loop.stop()
 
-    def _stamps(self, cfg: config_module.Config) -> dict[str, Any]:
-        files = {
-            "config": cfg.source, "certificate": cfg.tls.certificate,
-            "private_key": cfg.tls.private_key, "client_ca": cfg.tls.client_ca,
-        }
-        for name, provider in cfg.access.oidc.items():
-            files[f"jwks:{name}"] = provider.jwks_file
-        stamps = {k: _mtime(v) for k, v in files.items()}
-        stamps["tokens"] = _mtime(cfg.access.auth.token_store)
-        return stamps
+    def _poll(self) -> Deferred[None] | None:
+        """Look at the files (off the reactor); reload what changed."""
+        if self._polling:
+            return None
+        self._polling = True
+        cfg = self.cfg
+        d = self._run_blocking(lambda: _stamps(cfg))
+        d.addCallback(self._compare)
+        d.addErrback(lambda f: _log.failure("watching the config failed", f))
 
-    def _poll(self) -> None:
-        now = self._stamps(self.cfg)
+        def done(result: Any) -> None:
+            self._polling = False
+
+        return d.addBoth(done)
+
+    def _compare(self, now: dict[str, Any]) -> Any:
         changed = {k for k in now if now[k] != self._seen.get(k)}
         if changed - {"tokens"}:
-            self.reload("file change: " + ", ".join(sorted(changed)))
-        elif changed:
+            return self.reload("file change: " + ", ".join(sorted(changed)))
+        if changed:
             self._seen = now
-            self.reload_tokens()
+            return self.reload_tokens()
+        return None
 
-    def reload_tokens(self) -> None:
-        """Re-read the token store alone; keep the old one if it is unreadable."""
-        current = self._gate.current
-        path = current.access.auth.token_store
+    def reload_tokens(self) -> Deferred[None]:
+        """Re-read the token store alone (off the reactor); keep the old one if it is unreadable."""
+        path = self._gate.current.access.auth.token_store
         if path is None:
-            return
-        try:
-            store = tokens.TokenStore.load(path)
-        except ValueError as e:
-            _log.error("token store not reloaded, keeping the old one: {error}", error=str(e))
-            return
-        self._gate.current = Authenticator(
-            current.access, roles=current.roles, tokens_store=store, jwks=current.jwks,
-            clock=self._clock,
-        )
+            return succeed(None)
 
-    def reload(self, trigger: str) -> bool:
-        """Re-read everything; True if the new config is now in force."""
-        self._seen = self._stamps(self.cfg)
-        try:
-            checked = load_checked(self.cfg.source)
-        except config_module.ConfigError as e:
+        def swap(store: tokens.TokenStore) -> None:
+            self._gate.current = self._gate.current.with_tokens(store)
+
+        def unreadable(failure: Any) -> None:
+            _log.error("token store not reloaded, keeping the old one: {error}",
+                       error=failure.getErrorMessage())
+
+        d = self._run_blocking(lambda: tokens.TokenStore.load(path))
+        return d.addCallbacks(swap, unreadable)
+
+    def reload(self, trigger: str) -> Deferred[bool]:
+        """Re-read everything (off the reactor); fires True if the new config is in force."""
+        source, cfg = self.cfg.source, self.cfg
+
+        def read() -> tuple[dict[str, Any], Checked | config_module.ConfigError]:
+            stamps = _stamps(cfg)  # before reading: a write meanwhile is seen next time
+            try:
+                return stamps, load_checked(source)
+            except config_module.ConfigError as e:
+                return stamps, e
+
+        return self._run_blocking(read).addCallback(self._swap, trigger)
+
+    def _swap(
+        self, read: tuple[dict[str, Any], Checked | config_module.ConfigError], trigger: str,
+    ) -> bool:
+        stamps, checked = read
+        self._seen = stamps
+        if isinstance(checked, config_module.ConfigError):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
-                       "{error}", trigger=trigger, error=str(e))
+                       "{error}", trigger=trigger, error=str(checked))
             self.rejected += 1
-            self._record("rejected", trigger, str(e))
+            self._record("rejected", trigger, str(checked))
             return False
         cfg = checked.config
-        restart = [name for name in ("listen", "airflow", "rpc", "audit")
-                   if getattr(cfg, name) != getattr(self.cfg, name)]
+        restart = needs_restart(self.cfg, cfg)
         if restart:
-            _log.warn("config reload: [{sections}] changed but need a restart to apply",
-                      sections="], [".join(restart))
+            _log.warn("config reload: {keys} changed, but that needs a restart to apply",
+                      keys=", ".join(restart))
         self._tls.options = checked.tls_options
         self._gate.current = build_authenticator(
             checked, http=self._http, clock=self._clock, previous=self._gate.current
         )
+        self._apply(cfg)
         self.cfg = cfg
-        self._seen = self._stamps(cfg)
         self.reloads += 1
         _log.info("config reloaded ({trigger}): {principals} principals, {roles} roles",
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))
         self._record("accepted", trigger, None, restart)
         return True
-
     def _record(self, result: str, trigger: str, error: str | None,
                 restart: list[str] | None = None) -> None:
         if self._audit is None:

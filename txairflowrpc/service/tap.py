@@ -17,7 +17,6 @@ from typing import Any, Callable
 import attrs
 from treq.client import HTTPClient
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
@@ -47,6 +46,7 @@ from ..upstream.client import AirflowClient
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
+from .lifecycle import GatewayService, Listener, bind_problem
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
@@ -71,6 +71,12 @@ class Options(usage.Options):
             # One line on stderr and exit status 1: twistd would print its
             # whole usage text above a UsageError, burying the problem.
             raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
+        cfg = self["checked"].config
+        for host, port, what in ((cfg.listen.host, cfg.listen.port, ""),
+                                 (cfg.health.host, cfg.health.port, " (admin listener)")):
+            problem = bind_problem(host, port)
+            if problem is not None:
+                raise SystemExit(f"airflowrpc: cannot listen on {host}:{port}{what}: {problem}")
 
 
 class _PoolService(service.Service):
@@ -133,8 +139,36 @@ class Parts:
     client: AirflowClient
     breaker: CircuitBreaker
     limits: CallLimits
-    watcher: RunWatcher | None = None
-    refusals: RefusalLog | None = None
+    dispatcher: Dispatcher
+    refusals: RefusalLog
+    methods: AirflowMethods
+    watcher: RunWatcher
+    rpc: RPCResource
+
+    def apply(self, cfg: config_module.Config) -> None:
+        """
+        Put into force what a reload may change in a running gateway (see
+        `txairflowrpc.service.reload.NEEDS_RESTART` for what it may not).
+        """
+        self.site.limits = cfg.limits
+        self.site.timeOut = cfg.limits.idle_timeout_seconds  # for new connections
+        self.site.bodies.limit = cfg.limits.max_body_memory_bytes
+        self.site.max_body_bytes = self.rpc.max_body_bytes = cfg.rpc.max_body_bytes
+        if self.site.backoff is not None:
+            self.site.backoff.maximum = cfg.access.auth.failure_backoff_max_seconds
+        self.limits.rate = cfg.limits.rate_per_second
+        self.limits.burst = cfg.limits.burst
+        self.limits.max_in_flight = cfg.limits.max_in_flight
+        self.dispatcher.deadline = cfg.limits.call_deadline_seconds
+        self.dispatcher.max_wait = self.methods.max_wait = cfg.rpc.max_wait_seconds
+        self.dispatcher.max_multicall = cfg.rpc.max_multicall
+        self.dispatcher.summarizer = attrs.evolve(self.dispatcher.summarizer,
+                                                  sensitive=cfg.audit.redact_keys)
+        self.watcher.poll_interval = cfg.rpc.wait_poll_seconds
+        self.client.timeout = cfg.airflow.timeout_seconds
+        self.client.retries = cfg.airflow.retries
+        self.breaker.failures_to_open = cfg.airflow.breaker_failures
+        self.breaker.reset_seconds = cfg.airflow.breaker_reset_seconds
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -170,8 +204,9 @@ def build_site(
     watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
+    methods = AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)
     dispatcher = Dispatcher(
-        [AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)],
+        [methods],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
         audit=audit, limits=limits,
         summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
@@ -186,7 +221,7 @@ def build_site(
         limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
         backoff=backoff,
     )
-    return Parts(site, client, breaker, limits, watcher, refusals)
+    return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -194,25 +229,16 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     checked: Checked = options["checked"]
     cfg = checked.config
-    top = service.MultiService()
     metrics = GatewayMetrics()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
     audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(
         lambda f: deferToThreadPool(reactor, threads, f)), checked.signer)
-    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
-
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     http = HTTPClient(Agent(reactor, pool=pool))
-    _PoolService(pool).setServiceParent(top)
-
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
-    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit)
-    reloader.setServiceParent(top)
-    HangUp(reactor, reloader.reload).setServiceParent(top)
-
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
     try:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
@@ -220,30 +246,47 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, http, audit, metrics.authenticating(gate.authenticate),
                        backoff, digest_key, metrics)
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
+                        run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+                        apply=parts.apply)
     watcher = parts.watcher
-    assert watcher is not None
     metrics.collect_from(PartsCollector(
         config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
         breaker=parts.breaker, client=parts.client, audit=audit, refusals=parts.refusals,
         gate=gate, reloader=reloader, watcher=watcher,
         coalescing={"wait": (lambda: watcher.waits, lambda: watcher.polls)},
     ))
-    listeners = [Bound(SSL4ServerEndpoint(reactor, cfg.listen.port, tls,
-                                          interface=cfg.listen.host), "rpc")]
-    StreamServerEndpointService(listeners[0], parts.site).setServiceParent(top)
 
+    top = GatewayService(
+        reactor,
+        drain=lambda: parts.dispatcher.drain(cfg.limits.shutdown_seconds),
+        close_connections=parts.site.close_connections,
+        before_rest=parts.refusals.stop,
+    )
+    # Stopped in the reverse order, after the listeners and the drain: the
+    # audit trail last.
+    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+    _PoolService(pool).setServiceParent(top)
+    reloader.setServiceParent(top)
+    HangUp(reactor, reloader.reload).setServiceParent(top)
+
+    endpoint = Bound(SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host),
+                     "rpc")
+    top.listen(Listener(endpoint, parts.site, f"{cfg.listen.host}:{cfg.listen.port}"))
+    bound = [endpoint]
     if cfg.health.port:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
             audit=audit, counters=parts.counters, clock=reactor,
             metrics=metrics_resource(metrics.registry, reactor),
         )
-        listeners.append(Bound(TCP4ServerEndpoint(reactor, cfg.health.port,
-                                                  interface=cfg.health.host), "admin"))
-        StreamServerEndpointService(listeners[-1], AdminSite(health, reactor=reactor)
-                                    ).setServiceParent(top)
-    # Added last, so that it stops first: STOPPING=1 before anything closes.
-    Readiness(reactor, listeners=listeners, reachable=parts.client.reachable,
+        admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
+                      "admin")
+        top.listen(Listener(admin, AdminSite(health, reactor=reactor),
+                            f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
+        bound.append(admin)
+    # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
+    Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
               notifier=SystemdNotifier.from_environment(),
               watchdog_seconds=watchdog_interval()).setServiceParent(top)
     return top

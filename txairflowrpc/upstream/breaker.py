@@ -22,8 +22,8 @@ _log = Logger()
 class CircuitBreaker:
     def __init__(self, clock: IReactorTime, *, failures: int, reset_seconds: float) -> None:
         self._clock = clock
-        self._threshold = failures
-        self._reset = reset_seconds
+        self.failures_to_open = failures
+        self.reset_seconds = reset_seconds
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
@@ -36,7 +36,7 @@ class CircuitBreaker:
     def state(self) -> str:
         if self._opened_at is None:
             return "closed"
-        if self._clock.seconds() - self._opened_at >= self._reset:
+        if self._clock.seconds() - self._opened_at >= self.reset_seconds:
             return "half-open"
         return "open"
 
@@ -50,7 +50,7 @@ class CircuitBreaker:
             return
         self.rejected += 1
         assert self._opened_at is not None
-        wait = max(0.0, self._opened_at + self._reset - self._clock.seconds())
+        wait = max(0.0, self._opened_at + self.reset_seconds - self._clock.seconds())
         raise errors.CircuitOpen(self._failures, wait)
 
     def success(self) -> None:
@@ -70,7 +70,7 @@ class CircuitBreaker:
 
     def failure(self) -> None:
         self._failures += 1
-        if self._probing or (self._opened_at is None and self._failures >= self._threshold):
+        if self._probing or (self._opened_at is None and self._failures >= self.failures_to_open):
             if self._opened_at is None:
                 self.opened += 1
                 _log.warn("Airflow failed {n} times in a row: circuit open", n=self._failures)

@@ -114,14 +114,14 @@ class AirflowClient:
     ) -> None:
         self._meter = meter
         self._http = http
-        self._retries = retries
+        self.retries = retries
         self._breaker = breaker
         self._slots = DeferredSemaphore(max_in_flight)
         self._random = random or Random()
         self._clock = clock
         self._base = base_url.rstrip("/")
         self._credentials = {"username": username, "password": password}
-        self._timeout = timeout
+        self.timeout = timeout
         self._jwt: str | None = None
         self._jwt_renew_at = 0.0
         self._login: SingleFlight[str] = SingleFlight()
@@ -159,10 +159,12 @@ class AirflowClient:
         One HTTP exchange, through the circuit breaker and the cap on
         requests in flight to Airflow.
         """
-        if self._breaker is not None:
-            self._breaker.before()
+        # The queue is checked before the breaker is asked: a request that
+        # goes no further must not hold the half-open circuit's one probe.
         if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
             raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
+        if self._breaker is not None:
+            self._breaker.before()
         try:
             await self._slots.acquire()
         except BaseException:
@@ -200,7 +202,7 @@ class AirflowClient:
         )
         # When the deadline passes, whatever the cancelled request fails with
         # (treq reports ResponseNeverReceived) becomes an upstream timeout.
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_upstream_timeout)
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_upstream_timeout)
         try:
             return await d
         except errors.GatewayError:
@@ -308,7 +310,7 @@ class AirflowClient:
                                             params=params, conflict=conflict)
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
                 transient = not isinstance(e, errors.UpstreamError) or e.status in (502, 503, 504)
-                if not retry or not transient or attempt >= self._retries:
+                if not retry or not transient or attempt >= self.retries:
                     raise
             attempt += 1
             delay = self._random.uniform(0, RETRY_BASE_SECONDS * 2 ** attempt)

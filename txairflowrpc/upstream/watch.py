@@ -59,7 +59,7 @@ class RunWatcher:
     def __init__(self, fetch: Fetch, clock: IReactorTime, poll_interval: float) -> None:
         self._fetch = fetch
         self._clock = clock
-        self._interval = poll_interval
+        self.poll_interval = poll_interval
         self._watches: dict[tuple[str, str], _Watch] = {}
         #: How many times Airflow was asked, for how many waiters; for tests
         #: and metrics (polls / waits is how well waits are coalesced).
@@ -124,7 +124,7 @@ class RunWatcher:
 
     def _schedule(self, watch: _Watch) -> None:
         if watch.waiters:
-            watch.next_poll = self._clock.callLater(self._interval, self._poll, watch)
+            watch.next_poll = self._clock.callLater(self.poll_interval, self._poll, watch)
         else:
             self._stop(watch)
 
