@@ -265,7 +265,7 @@ def test_audit_digests_are_keyed_and_secrets_redacted(gw: RunningGateway) -> Non
     conf = {"pin": "1234", "db_pass": "p", "api-key": "k", "pwd": "w", "authToken": "t"}
     gw.proxy().trigger_dag("example_noop", conf, {"dag_run_id": run_id})
     record = next(r for r in audit(gw) if r.get("dag_run_id") == run_id
-                  and r.get("method") == "trigger_dag")
+                  and r.get("kind") == "call")
     digest = record["args"]["conf"]
     assert set(digest) == {"hmac_sha256", "size"}
     redacted = {**{k: "[redacted]" for k in conf}, "pin": "1234"}
@@ -365,6 +365,6 @@ def test_a_trigger_whose_caller_hangs_up_is_recorded_as_it_ended(gw: RunningGate
     # The caller is gone a moment after sending: the run is made all the same,
     # and its record says so.
     record = wait_for(lambda: next((r for r in audit(gw) if r.get("dag_run_id") == run_id
-                                    and r.get("method") == "trigger_dag"), None), 60)
+                                    and r.get("kind") == "call"), None), 60)
     assert (record["outcome"], record["airflow_status"]) == ("ok", 200)
     assert gw.proxy().get_dag_run("example_noop", run_id)["dag_run_id"] == run_id
