@@ -87,12 +87,18 @@ wait_poll_seconds = 1.0
 
 
 class RunningGateway:
-    """A ``twistd -n airflowrpc`` process and how to call it."""
+    """
+    A ``twistd -n airflowrpc`` process and how to call it; ``twistd_args`` go
+    before the subcommand (``--logger ...``), ``env`` is added to its environment.
+    """
 
     def __init__(
         self, directory: Path, pki: DevPKI, airflow: LocalAirflow, *,
-        cert_mode: str = "required", extra: str = "",
+        cert_mode: str = "required", extra: str = "", twistd_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.twistd_args = twistd_args
+        self.env = env
         self.pki = pki
         self.port = free_port()
         self.url = f"https://localhost:{self.port}/RPC2"
@@ -118,9 +124,10 @@ class RunningGateway:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(TWISTD), "-n", "--pidfile=", "airflowrpc", "--config", str(self.config)],
+                [str(TWISTD), "-n", "--pidfile=", *self.twistd_args, "airflowrpc",
+                 "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **(self.env or {})},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

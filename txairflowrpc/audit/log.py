@@ -100,6 +100,8 @@ class AuditLog:
         #: Droppable records waiting, by id, and those dropped while failing.
         self._droppable: set[int] = set()
         self.dropped = 0
+        #: All ever dropped (``dropped`` restarts once its record is written).
+        self.dropped_total = 0
 
     def open(self) -> None:
         """Open (and create) the file; at start-up, before serving anything."""
@@ -137,6 +139,7 @@ class AuditLog:
             len(self._droppable) >= MAX_DROPPABLE_QUEUED
         ):
             self.dropped += 1
+            self.dropped_total += 1
             return fail(errors.AuditUnavailable())
         record = {"time": iso_micro(self._clock.seconds()), "instance": self.instance}
         record.update(fields)

@@ -61,6 +61,8 @@ class RefusalLog:
         self._flush_call: IDelayedCall | None = None
         #: How many refusals were noted (aggregated or not); for the admin listener.
         self.noted = 0
+        #: The same by kind (``request`` for those `record` writes one by one).
+        self.kinds: dict[str, int] = {}
 
     def record(self, fields: dict[str, Any]) -> Deferred[None]:
         """
@@ -69,6 +71,7 @@ class RefusalLog:
         the trail cannot be written (the trail then refuses every call anyway).
         """
         self.noted += 1
+        self.kinds["request"] = self.kinds.get("request", 0) + 1
         if self._audit is None:
             return succeed(None)
         d = self._audit.append(_refused(fields))
@@ -82,6 +85,7 @@ class RefusalLog:
         record with ``count`` when the window ends.  Never waits for the disk.
         """
         self.noted += 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         host = source.rpartition(":")[0] or source
         reason = str(fields.get("reason", ""))
         key = (host, kind, reason)

@@ -409,6 +409,9 @@ class GatewaySite(server.Site):
         self.evicted = 0
         self.budget_refused = 0
 
+    def log(self, request: server.Request) -> None:
+        """No access log: the audit trail records every request, the service log events."""
+
     def resource_for(self, request: server.Request) -> Resource:
         """The XML-RPC resource at exactly ``/RPC2``; the not-found one elsewhere."""
         return self.rpc if request.uri == b"/RPC2" else self._not_found

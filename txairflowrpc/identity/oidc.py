@@ -384,6 +384,7 @@ class JWKSet:
         """Keep the keys and cooldown of the set this one replaces (a reload)."""
         if self.provider.jwks_url and old.provider.jwks_url == self.provider.jwks_url:
             self.keys, self._last_fetch = old.keys, old._last_fetch
+            self.fetches = old.fetches  # a counter: a reload must not restart it
 
     async def key_for(self, token: str) -> SigningKeys:
         """

@@ -8,6 +8,10 @@ the client CA bundle) expires within ``health.certificate_warning_days``;
 otherwise 503.  Both bodies are JSON and name each check, plus the
 counters of the limits (connections refused, slow clients dropped, calls
 rate-limited, circuit breaker state).  No secret is ever in them.
+``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`).
+
+The listener writes no access log: probes every few seconds would bury the
+service log's events.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from ..audit.log import AuditLog
 from ..config import Config
@@ -47,19 +51,38 @@ def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
     return problems
 
 
+class AdminSite(server.Site):
+    """The admin listener's site: no access log (probes and scrapes are not events)."""
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+
 class HealthResource(Resource):
+    """
+    ``/healthz``, ``/readyz`` and, given a ``metrics`` resource (prometheus_client's
+    Twisted resource), ``/metrics``.
+    """
+
     isLeaf = True
 
     def __init__(
         self, *, config: Callable[[], Config], airflow_reachable: Callable[[], Deferred[bool]],
         audit: AuditLog, counters: Callable[[], dict[str, Any]], clock: IReactorTime,
+        metrics: IResource | None = None,
     ) -> None:
         super().__init__()
+        self._metrics = metrics
         self._config = config
         self._reachable = airflow_reachable
         self._audit = audit
         self._counters = counters
         self._clock = clock
+
+    def render(self, request: server.Request) -> Any:
+        if request.path == b"/metrics" and self._metrics is not None:
+            return self._metrics.render(request)
+        return super().render(request)
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Type", b"application/json")
@@ -68,7 +91,7 @@ class HealthResource(Resource):
             return json.dumps({"alive": True}).encode() + b"\n"
         if request.path != b"/readyz":
             request.setResponseCode(404)
-            return b'{"error": "not found: /healthz or /readyz"}\n'
+            return b'{"error": "not found: /healthz, /readyz or /metrics"}\n'
         d = self._reachable()
         d.addCallback(self._ready, request)
         d.addErrback(self._failed, request)

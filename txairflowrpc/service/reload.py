@@ -143,7 +143,9 @@ class Reloader(service.Service):
         self._polling = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
+        #: Reloads accepted and rejected; for the metrics.
         self.reloads = 0
+        self.rejected = 0
 
     def startService(self) -> None:
         super().startService()
@@ -218,6 +220,7 @@ class Reloader(service.Service):
         if isinstance(checked, config_module.ConfigError):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(checked))
+            self.rejected += 1
             self._record("rejected", trigger, str(checked))
             return False
         cfg = checked.config

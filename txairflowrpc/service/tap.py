@@ -5,7 +5,8 @@
 with one line naming the key), and `makeService` wires the parts together:
 the audit log and its writer thread, the pooled treq client to Airflow, the
 run watcher, the method table, the XML-RPC resource, the TLS listener and
-the admin listener.  The reactor is a parameter so tests can pass a fake one.
+the admin listener (with ``/metrics``), and the readiness report to systemd.
+The reactor is a parameter so tests can pass a fake one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web import server
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from .. import __version__
@@ -44,9 +44,11 @@ from ..identity.principal import Principal
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient
 from ..upstream.watch import RunWatcher
-from .admin import HealthResource
+from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
 from .lifecycle import GatewayService, Listener, bind_problem
+from .metrics import GatewayMetrics, PartsCollector, metrics_resource
+from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
 
 __all__ = ["Options", "makeService"]
@@ -183,18 +185,21 @@ def build_site(
     cfg: config_module.Config, clock: IReactorTime, http: Any, audit: AuditLog | None,
     authenticate: Callable[[Any], "Deferred[Principal]"],
     backoff: Backoff | None = None, digest_key: bytes | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> Parts:
     """
     The web site of the gateway, calling Airflow through ``http``;
-    ``digest_key`` keys the trail's digests (None: a key of this process alone).
+    ``digest_key`` keys the trail's digests (None: a key of this process alone);
+    ``metrics`` meters the calls and the exchanges with Airflow.
     """
+    meters: dict[str, Any] = {} if metrics is None else {"meter": metrics}
     breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
                              reset_seconds=cfg.airflow.breaker_reset_seconds)
     client = AirflowClient(
         http=http, clock=clock, base_url=cfg.airflow.base_url,
         username=cfg.airflow.username, password=cfg.airflow.password,
         timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
-        breaker=breaker, max_in_flight=cfg.airflow.max_in_flight,
+        breaker=breaker, max_in_flight=cfg.airflow.max_in_flight, **meters,
     )
     watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
@@ -205,7 +210,7 @@ def build_site(
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
         audit=audit, limits=limits,
         summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
-        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
+        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds, **meters,
     )
     refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
     rpc = RPCResource(dispatcher, refusals=refusals, max_body_bytes=cfg.rpc.max_body_bytes,
@@ -224,10 +229,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     checked: Checked = options["checked"]
     cfg = checked.config
+    metrics = GatewayMetrics()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
-    audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f),
-                       checked.signer)
+    audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(
+        lambda f: deferToThreadPool(reactor, threads, f)), checked.signer)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     http = HTTPClient(Agent(reactor, pool=pool))
@@ -238,10 +244,18 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
-    parts = build_site(cfg, reactor, http, audit, gate.authenticate, backoff, digest_key)
+    parts = build_site(cfg, reactor, http, audit, metrics.authenticating(gate.authenticate),
+                       backoff, digest_key, metrics)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
                         apply=parts.apply)
+    watcher = parts.watcher
+    metrics.collect_from(PartsCollector(
+        config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
+        breaker=parts.breaker, client=parts.client, audit=audit, refusals=parts.refusals,
+        gate=gate, reloader=reloader, watcher=watcher,
+        coalescing={"wait": (lambda: watcher.waits, lambda: watcher.polls)},
+    ))
 
     top = GatewayService(
         reactor,
@@ -256,14 +270,23 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
 
-    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
+    endpoint = Bound(SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host),
+                     "rpc")
     top.listen(Listener(endpoint, parts.site, f"{cfg.listen.host}:{cfg.listen.port}"))
+    bound = [endpoint]
     if cfg.health.port:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
             audit=audit, counters=parts.counters, clock=reactor,
+            metrics=metrics_resource(metrics.registry, reactor),
         )
-        admin = TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
-        top.listen(Listener(admin, server.Site(health, reactor=reactor),
+        admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
+                      "admin")
+        top.listen(Listener(admin, AdminSite(health, reactor=reactor),
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
+        bound.append(admin)
+    # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
+    Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
+              notifier=SystemdNotifier.from_environment(),
+              watchdog_seconds=watchdog_interval()).setServiceParent(top)
     return top

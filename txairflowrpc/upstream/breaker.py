@@ -29,6 +29,8 @@ class CircuitBreaker:
         self._probing = False
         #: Calls failed fast while open; for the health endpoint and tests.
         self.rejected = 0
+        #: Times the circuit opened (a flap between two scrapes still counts).
+        self.opened = 0
 
     @property
     def state(self) -> str:
@@ -70,6 +72,7 @@ class CircuitBreaker:
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self.failures_to_open):
             if self._opened_at is None:
+                self.opened += 1
                 _log.warn("Airflow failed {n} times in a row: circuit open", n=self._failures)
             self._opened_at = self._clock.seconds()
         self._probing = False

@@ -35,6 +35,7 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from ..core import errors, ids
 from ..core.calltrace import note_airflow_status
 from ..core.encoding import b64url_decode
+from ..core.meters import UNMETERED, UpstreamMeter
 from ..core.singleflight import SingleFlight
 from .breaker import CircuitBreaker
 from .shapes import format_log_content, items, shape_dag, shape_run, shape_task_instance
@@ -92,6 +93,8 @@ class AirflowClient:
     :param http: a treq ``HTTPClient`` (or ``treq.testing.StubTreq``).
     :param clock: what runs deadlines and back-offs (the reactor).
     :param timeout: seconds for each HTTP exchange, body included.
+    :param meter: told of every API exchange's outcome and duration (the
+        readiness probe's are not API calls and are not counted).
     """
 
     def __init__(
@@ -107,7 +110,9 @@ class AirflowClient:
         breaker: CircuitBreaker | None = None,
         max_in_flight: int = 64,
         random: Random | None = None,
+        meter: UpstreamMeter = UNMETERED,
     ) -> None:
+        self._meter = meter
         self._http = http
         self.retries = retries
         self._breaker = breaker
@@ -167,7 +172,7 @@ class AirflowClient:
                 self._breaker.abandon()
             raise
         try:
-            answer = await self._exchange_with_deadline(method, path, token, body, params, accept)
+            answer = await self._metered(method, path, token, body, params, accept)
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
             if self._breaker is not None:
                 self._breaker.failure()
@@ -212,6 +217,28 @@ class AirflowClient:
             raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
         except Exception:
             raise errors.UpstreamError("the exchange with Airflow failed") from None
+
+    async def _metered(
+        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
+    ) -> _Answer:
+        """`_exchange_with_deadline`, its outcome and duration told to the meter."""
+        started = self._clock.seconds()
+        outcome: int | str = "error"
+        try:
+            answer = await self._exchange_with_deadline(method, path, token, body, params, accept)
+            outcome = answer.status
+            return answer
+        except errors.UpstreamTimeout:
+            outcome = "timeout"
+            raise
+        except errors.UpstreamUnavailable:
+            outcome = "unreachable"
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._meter.upstream_answered(method, outcome, self._clock.seconds() - started)
 
     def reachable(self) -> Deferred[bool]:
         """

@@ -61,8 +61,10 @@ class RunWatcher:
         self._clock = clock
         self.poll_interval = poll_interval
         self._watches: dict[tuple[str, str], _Watch] = {}
-        #: How many times Airflow was asked; for tests and metrics.
+        #: How many times Airflow was asked, for how many waiters; for tests
+        #: and metrics (polls / waits is how well waits are coalesced).
         self.polls = 0
+        self.waits = 0
 
     @property
     def watched(self) -> int:
@@ -77,6 +79,7 @@ class RunWatcher:
         Fails with the fetch's error if the run cannot be read at first
         (e.g. `errors.NotFound`).  Cancellable.
         """
+        self.waits += 1
         key = (dag_id, dag_run_id)
         watch = self._watches.get(key)
         started = watch is None

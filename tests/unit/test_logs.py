@@ -1,0 +1,87 @@
+"""The service log's formats for ``twistd --logger``: journal lines and JSON Lines."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.logger import Logger, LogLevel
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc.service.logs import is_chatter, journal_observer, json_observer
+
+
+def emit(observer: object, namespace: str = "txairflowrpc.test") -> Logger:
+    return Logger(namespace=namespace, observer=observer)  # type: ignore[arg-type]
+
+
+class JSONTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.out = io.StringIO()
+        self.log = emit(json_observer(self.out))
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+    def test_one_object_per_line_with_the_fields_shippers_read(self) -> None:
+        self.log.warn("config reload ({trigger}) rejected: {error}", trigger="SIGHUP",
+                      error="rpc.x: unknown key\nsecond line", count=3, obj=object())
+        (record,) = self.records()
+        self.assertEqual(record["level"], "warn")
+        self.assertEqual(record["namespace"], "txairflowrpc.test")
+        self.assertEqual(record["message"],
+                         "config reload (SIGHUP) rejected: rpc.x: unknown key\nsecond line")
+        self.assertEqual((record["trigger"], record["count"]), ("SIGHUP", 3))
+        self.assertNotIn("obj", record)
+        self.assertRegex(str(record["time"]), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+        self.assertEqual(len(self.out.getvalue().splitlines()), 1)
+
+    def test_a_failure_carries_its_traceback(self) -> None:
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            self.log.failure("request {id} failed", id="abc")
+        (record,) = self.records()
+        self.assertEqual((record["level"], record["message"], record["id"]),
+                         ("critical", "request abc failed", "abc"))
+        self.assertIn("ZeroDivisionError", str(record["traceback"]))
+
+    def test_chatter_about_connections_is_left_out(self) -> None:
+        factory = emit(json_observer(self.out), "twisted.web.client._HTTP11ClientFactory")
+        factory.info("Starting factory {factory!r}", factory=object())
+        factory.info("Stopping factory {factory!r}", factory=object())
+        emit(json_observer(self.out), "twisted.web.http").info("Timing out client: {peer}",
+                                                               peer="x")
+        self.assertEqual(self.out.getvalue(), "")
+        factory.error("Starting factory failed")  # not chatter: an error
+        self.assertEqual(len(self.records()), 1)
+
+
+class JournalTests(SynchronousTestCase):
+    def test_priority_prefix_on_every_line(self) -> None:
+        out = io.StringIO()
+        log = emit(journal_observer(out), "txairflowrpc.upstream.breaker")
+        log.info("Airflow answers again: circuit closed")
+        log.warn("Airflow failed {n} times in a row: circuit open", n=5)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.failure("probe failed")
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[:3], [
+            "<6>[txairflowrpc.upstream.breaker] Airflow answers again: circuit closed",
+            "<4>[txairflowrpc.upstream.breaker] Airflow failed 5 times in a row: circuit open",
+            "<2>[txairflowrpc.upstream.breaker] probe failed",
+        ])
+        self.assertTrue(all(line.startswith("<2>[") for line in lines[3:]))
+        self.assertIn("ValueError: boom", lines[-1])
+
+    def test_legacy_events(self) -> None:
+        out = io.StringIO()
+        observer = journal_observer(out)
+        self.assertFalse(is_chatter({"log_level": LogLevel.warn, "log_format": "Timing out client"}))
+        event = {"log_level": LogLevel.info, "log_namespace": "log_legacy",
+                 "log_format": "{log_text}", "log_text": "Site starting on 8081",
+                 "log_time": 0.0, "isError": 0}
+        observer(event)
+        self.assertEqual(out.getvalue(), "<6>[log_legacy] Site starting on 8081\n")

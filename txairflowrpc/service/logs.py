@@ -1,0 +1,141 @@
+"""
+The service log's formats, for ``twistd --logger``.
+
+The service log (twistd's, not the audit trail) holds events: start and
+stop, reloads, the circuit opening and closing, a cap reached, the audit
+trail failing and recovering, readiness, warnings and errors.  It has no
+line per call or per request: the audit trail records every one.
+
+twistd writes its log as text by default.  These two observer factories
+replace that (``twistd -n --logger NAME airflowrpc ...``) and write to
+standard output, where systemd's journal or a container runtime collects it:
+
+- `journal_observer`: one line per event with a syslog priority prefix
+  (``<4>`` for a warning) that journald reads as the entry's priority, so
+  ``journalctl -p warning`` works; no timestamp (the journal keeps its own).
+- `json_observer`: JSON Lines for log shippers: ``time`` (UTC, ISO 8601),
+  ``level``, ``namespace``, ``message``, ``traceback`` when there is one,
+  and the event's own plain fields (``request_id``, ``trigger`` ...).
+
+Both leave out Twisted's chatter about connections, which would otherwise
+come back as lines per call: the Airflow pool's "Starting factory" and
+"Stopping factory" for each new upstream connection, and "Timing out
+client" for each idle keep-alive connection closed.
+
+Twisted's own `twisted.logger.jsonFileLogObserver` is not used for JSON: its
+records are for Twisted to read back (an RS byte before each, the level as a
+serialized constant, the message as an unformatted template), which
+shippers cannot use as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    PredicateResult,
+    formatEvent,
+)
+
+__all__ = ["journal_observer", "json_observer", "journal_line", "json_line", "is_chatter"]
+
+#: syslog priorities (sd-daemon(3)) of Twisted's levels.
+_PRIORITY = {
+    LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+
+#: Keys of legacy (twisted.python.log) events that are not the event's own data.
+_LEGACY_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure",
+                          "logLevel", "printed"})
+
+
+def is_chatter(event: LogEvent) -> bool:
+    """Is ``event`` one of Twisted's per-connection info lines?"""
+    if event.get("log_level") not in (LogLevel.info, LogLevel.debug):
+        return False
+    namespace = event.get("log_namespace", "")
+    text = event.get("log_format") or ""
+    return (namespace == "twisted.web.client._HTTP11ClientFactory"
+            and text.startswith(("Starting factory", "Stopping factory"))) or (
+        text.startswith("Timing out client"))
+
+
+def _events(observer: ILogObserver) -> ILogObserver:
+    def predicate(event: LogEvent) -> PredicateResult:
+        return PredicateResult.no if is_chatter(event) else PredicateResult.maybe
+
+    return FilteringLogObserver(observer, [predicate])
+
+
+def _message(event: LogEvent) -> str:
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None and not text:
+        text = failure.getErrorMessage()
+    return text
+
+
+def _traceback(event: LogEvent) -> str | None:
+    failure = event.get("log_failure")
+    if failure is None:
+        return None
+    try:
+        return str(failure.getTraceback())
+    except Exception:  # a failure that cannot be formatted must not lose the event
+        return f"{failure.type}: (traceback unavailable)"
+
+
+def journal_line(event: LogEvent) -> str:
+    """``<priority>[namespace] message``, each line of a traceback prefixed alike."""
+    level = event.get("log_level", LogLevel.info)
+    if event.get("isError"):
+        level = LogLevel.error
+    prefix = f"<{_PRIORITY.get(level, 6)}>[{event.get('log_namespace', '-')}] "
+    lines = _message(event).splitlines() or [""]
+    traceback = _traceback(event)
+    if traceback:
+        lines += traceback.rstrip("\n").splitlines()
+    return "".join(prefix + line + "\n" for line in lines)
+
+
+def json_line(event: LogEvent) -> str:
+    """One JSON object on one line (non-ASCII escaped, so no value can split it)."""
+    level = event.get("log_level", LogLevel.info)
+    if event.get("isError"):
+        level = LogLevel.error
+    when = datetime.fromtimestamp(event.get("log_time", 0.0), timezone.utc)
+    record: dict[str, Any] = {}
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY_KEYS:
+            continue
+        if value is None or isinstance(value, (str, int, float, bool)):
+            record[key] = value
+    record.update({
+        "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "level": level.name,
+        "namespace": event.get("log_namespace", "-"),
+        "message": _message(event),
+    })
+    traceback = _traceback(event)
+    if traceback:
+        record["traceback"] = traceback
+    return json.dumps(record, default=str) + "\n"
+
+
+def journal_observer(out: IO[str] | None = None) -> ILogObserver:
+    """For ``twistd --logger``: priority-prefixed lines on standard output."""
+    return _events(FileLogObserver(out or sys.stdout, journal_line))
+
+
+def json_observer(out: IO[str] | None = None) -> ILogObserver:
+    """For ``twistd --logger``: JSON Lines on standard output."""
+    return _events(FileLogObserver(out or sys.stdout, json_line))
