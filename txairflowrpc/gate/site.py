@@ -101,6 +101,7 @@ class GatewayRequest(server.Request):
     _received = 0
     _declared = 0
     _held = 0
+
     #: The authenticated caller, set by the channel once the headers are in.
     principal: Principal | None = None
 
@@ -389,7 +390,10 @@ class GatewaySite(server.Site):
         authenticate: Callable[[Any], "Deferred[Principal] | Principal"],
         backoff: Backoff | None = None,
     ) -> None:
-        super().__init__(root, reactor=clock, timeout=limits.idle_timeout_seconds)
+        # The body is XML-RPC, never a form: Twisted need not parse the
+        # Content-Type (with the email package) of every request to find out.
+        super().__init__(root, reactor=clock, timeout=limits.idle_timeout_seconds,
+                         parsePOSTFormSubmission=False)
         self.displayTracebacks = False
         self.clock = clock
         self.limits = limits
