@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
@@ -179,7 +179,7 @@ def gateway(
             raise Unauthenticated("a client certificate is required")
         return holder[0].principal
 
-    site = build_site(config, clock, StubTreq(airflow), audit, authenticate=authenticate,
+    site = build_site(config, clock, RequestTraversalAgent(airflow), audit, authenticate=authenticate,
                       digest_key=DIGEST_KEY).site
     gw = Gateway(clock, airflow, StubTreq(AuthenticatingRoot(site)), audit, site)
     holder.append(gw)

@@ -1,11 +1,11 @@
-"""The Airflow client against an in-memory Airflow (treq.testing.StubTreq)."""
+"""The Airflow client against an in-memory Airflow (treq.testing.RequestTraversalAgent)."""
 
 from __future__ import annotations
 
 from random import Random
 from typing import Any
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -21,7 +21,7 @@ from ..fakes import FakeAirflow
 def client_for(http: Any, clock: Clock, timeout: float = 10.0, retries: int = 0,
                breaker: CircuitBreaker | None = None) -> AirflowClient:
     return AirflowClient(
-        http=http, clock=clock, base_url="http://airflow.test", username="gateway",
+        agent=http, clock=clock, base_url="http://airflow.test", username="gateway",
         password="pw", timeout=timeout, retries=retries, breaker=breaker, max_in_flight=4,
         random=Random(7),
     )
@@ -31,7 +31,7 @@ class LoginTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.airflow = FakeAirflow(token_lifetime=3600)
-        self.client = client_for(StubTreq(self.airflow), self.clock)
+        self.client = client_for(RequestTraversalAgent(self.airflow), self.clock)
 
     def test_token_is_cached_across_calls(self) -> None:
         for _ in range(5):
@@ -70,18 +70,18 @@ class LoginTests(SynchronousTestCase):
         class SlowLogin:
             """Holds the login answer until released, like a real network."""
 
-            def __init__(self, real: StubTreq) -> None:
+            def __init__(self, real: RequestTraversalAgent) -> None:
                 self.real = real
 
-            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
-                d = self.real.request(method, url, **kw)
-                if url.endswith("/auth/token"):
+            def request(self, method: bytes, url: bytes, headers: Any = None, body: Any = None) -> Deferred[Any]:
+                d = self.real.request(method, url, headers, body)
+                if url.endswith(b"/auth/token"):
                     gate: Deferred[Any] = Deferred()
                     pending.append(gate)
                     return gate.addCallback(lambda _: d).addCallback(lambda r: r)
                 return d
 
-        client = client_for(SlowLogin(StubTreq(self.airflow)), self.clock)
+        client = client_for(SlowLogin(RequestTraversalAgent(self.airflow)), self.clock)
         calls = [client.get_dag("example_hello") for _ in range(3)]
         self.assertEqual(len(pending), 1)
         pending[0].callback(None)
@@ -94,7 +94,7 @@ class ErrorMappingTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.airflow = FakeAirflow()
-        self.client = client_for(StubTreq(self.airflow), self.clock)
+        self.client = client_for(RequestTraversalAgent(self.airflow), self.clock)
 
     def test_404_names_the_object(self) -> None:
         f = self.failureResultOf(self.client.get_dag("nope"), errors.NotFound)
@@ -157,12 +157,12 @@ class ErrorMappingTests(SynchronousTestCase):
         the list says which of those requests were cancelled.
         """
         sent: list[str] = []
-        login = StubTreq(self.airflow)
+        login = RequestTraversalAgent(self.airflow)
 
         class Silent:
-            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
-                if url.endswith("/auth/token"):
-                    return login.request(method, url, **kw)
+            def request(self, method: bytes, url: bytes, headers: Any = None, body: Any = None) -> Deferred[Any]:
+                if url.endswith(b"/auth/token"):
+                    return login.request(method, url, headers, body)
                 sent.append("pending")
                 index = len(sent) - 1
                 return Deferred(lambda _: sent.__setitem__(index, "cancelled"))
@@ -193,7 +193,7 @@ class ErrorMappingTests(SynchronousTestCase):
 class ShapeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.airflow = FakeAirflow()
-        self.client = client_for(StubTreq(self.airflow), Clock())
+        self.client = client_for(RequestTraversalAgent(self.airflow), Clock())
 
     def test_dag_keeps_only_public_fields_and_flattens_tags(self) -> None:
         dag = self.successResultOf(self.client.get_dag("etl_orders"))

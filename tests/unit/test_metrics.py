@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import fail, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -41,7 +41,7 @@ def metered_gateway(metrics: GatewayMetrics) -> tuple[Gateway, Parts]:
     clock = Clock()
     airflow = FakeAirflow()
     audit = audit_log(tempfile.mkdtemp(), clock)
-    parts = build_site(CONFIG, clock, StubTreq(airflow), audit, authenticate=lambda r: OPERATOR,
+    parts = build_site(CONFIG, clock, RequestTraversalAgent(airflow), audit, authenticate=lambda r: OPERATOR,
                        digest_key=DIGEST_KEY, metrics=metrics)
     gw = Gateway(clock, airflow, StubTreq(AuthenticatingRoot(parts.site)), audit, parts.site)
     return gw, parts

@@ -6,7 +6,7 @@ from __future__ import annotations
 from random import Random
 from typing import Any
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -26,19 +26,19 @@ from .helpers import gateway
 
 
 class Flaky:
-    """Wraps StubTreq: the next ``fail`` API requests fail as told."""
+    """Wraps the in-memory agent: the next API requests fail as ``plan`` says."""
 
     def __init__(self, airflow: FakeAirflow) -> None:
-        self.stub = StubTreq(airflow)
+        self.stub = RequestTraversalAgent(airflow)
         self.airflow = airflow
         self.plan: list[str] = []  # "refuse", "break-after" (reaches Airflow), "silent"
         self.sent: list[str] = []
 
-    def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
-        if url.endswith("/auth/token") or not self.plan:
-            self.sent.append(f"{method} {url}")
-            return self.stub.request(method, url, **kw)
-        self.sent.append(f"{method} {url}")
+    def request(self, method: bytes, url: bytes, headers: Any = None, body: Any = None) -> Deferred[Any]:
+        if url.endswith(b"/auth/token") or not self.plan:
+            self.sent.append(f"{method.decode()} {url.decode()}")
+            return self.stub.request(method, url, headers, body)
+        self.sent.append(f"{method.decode()} {url.decode()}")
         what = self.plan.pop(0)
         if what == "silent-agent":
             # What a real Agent does when its request is cancelled.
@@ -48,13 +48,13 @@ class Flaky:
             return fail(ConnectionRefusedError())
         if what == "break-after":
             # The request reaches Airflow, but the answer is lost on the way back.
-            d = self.stub.request(method, url, **kw)
+            d = self.stub.request(method, url, headers, body)
             return d.addCallback(lambda _: fail(ConnectionRefusedError()))
         return Deferred()
 
 
 def client(http: Any, clock: Clock, **kw: Any) -> AirflowClient:
-    values = dict(http=http, clock=clock, base_url="http://airflow.test", username="gateway",
+    values = dict(agent=http, clock=clock, base_url="http://airflow.test", username="gateway",
                   password="pw", timeout=5, retries=2, max_in_flight=4, random=Random(1))
     values.update(kw)
     return AirflowClient(**values)
@@ -113,7 +113,7 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(self.airflow.runs), 1)
 
     def test_invalid_jwt_403_gets_a_new_token(self) -> None:
-        c = client(StubTreq(self.airflow), self.clock)
+        c = client(RequestTraversalAgent(self.airflow), self.clock)
         self.successResultOf(c.get_dag("etl_orders"))
         self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (
             403, {"detail": "Invalid JWT token"})

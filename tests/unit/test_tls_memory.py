@@ -8,7 +8,7 @@ from __future__ import annotations
 import xmlrpc.client
 from pathlib import Path
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
@@ -54,7 +54,7 @@ def exchange(
     cfg = load(tmp_path, pki)
     clock = Clock()
     gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
-    site = build_site(cfg, clock, StubTreq(FakeAirflow()), None, gate.authenticate).site
+    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None, gate.authenticate).site
     # TLS batches small writes with the clock: the same Clock runs both sides.
     server = TLSMemoryBIOFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,
                                  clock=clock)

@@ -24,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 
 from .. import __version__
 from .. import config as config_module
@@ -43,6 +44,7 @@ from ..identity.policy import ScopePolicy
 from ..identity.principal import Principal
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient
+from ..upstream.transport import CachedEndpoints
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
@@ -182,13 +184,13 @@ class Parts:
 
 
 def build_site(
-    cfg: config_module.Config, clock: IReactorTime, http: Any, audit: AuditLog | None,
+    cfg: config_module.Config, clock: IReactorTime, agent: IAgent, audit: AuditLog | None,
     authenticate: Callable[[Any], "Deferred[Principal]"],
     backoff: Backoff | None = None, digest_key: bytes | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> Parts:
     """
-    The web site of the gateway, calling Airflow through ``http``;
+    The web site of the gateway, calling Airflow through ``agent``;
     ``digest_key`` keys the trail's digests (None: a key of this process alone);
     ``metrics`` meters the calls and the exchanges with Airflow.
     """
@@ -196,7 +198,7 @@ def build_site(
     breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
                              reset_seconds=cfg.airflow.breaker_reset_seconds)
     client = AirflowClient(
-        http=http, clock=clock, base_url=cfg.airflow.base_url,
+        agent=agent, clock=clock, base_url=cfg.airflow.base_url,
         username=cfg.airflow.username, password=cfg.airflow.password,
         timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
         breaker=breaker, max_in_flight=cfg.airflow.max_in_flight, **meters,
@@ -236,7 +238,10 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         lambda f: deferToThreadPool(reactor, threads, f)), checked.signer)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
-    http = HTTPClient(Agent(reactor, pool=pool))
+    # Airflow's client speaks to the Agent itself; treq serves the rest
+    # (key sets, STS), where a request now and then may cost more.
+    agent = Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor), pool=pool)
+    http = HTTPClient(agent)
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
@@ -244,7 +249,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
-    parts = build_site(cfg, reactor, http, audit, metrics.authenticating(gate.authenticate),
+    parts = build_site(cfg, reactor, agent, audit, metrics.authenticating(gate.authenticate),
                        backoff, digest_key, metrics)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IAgent
 
 from ..core import errors, ids
 from ..core.calltrace import note_airflow_status
@@ -39,6 +40,7 @@ from ..core.meters import UNMETERED, UpstreamMeter
 from ..core.singleflight import SingleFlight
 from .breaker import CircuitBreaker
 from .shapes import format_log_content, items, shape_dag, shape_run, shape_task_instance
+from .transport import Reply, Transport
 
 _NOTHING = object()
 
@@ -86,11 +88,26 @@ class _Answer:
     body: Any
 
 
+def _answer(reply: Reply) -> _Answer:
+    """Airflow's reply with its JSON body decoded (None for an empty or non-JSON error body)."""
+    if not reply.body:
+        return _Answer(reply.status, None)
+    try:
+        return _Answer(reply.status, json.loads(reply.body))
+    except ValueError:
+        if 200 <= reply.status < 300:
+            raise errors.UpstreamError(
+                "Airflow answered with a body that is not JSON", reply.status
+            ) from None
+        return _Answer(reply.status, None)
+
+
 class AirflowClient:
     """
     Airflow 3 REST API v2, as the gateway needs it.
 
-    :param http: a treq ``HTTPClient`` (or ``treq.testing.StubTreq``).
+    :param agent: the `IAgent` that reaches Airflow (a pooled `Agent`;
+        treq's in-memory `RequestTraversalAgent` in tests).
     :param clock: what runs deadlines and back-offs (the reactor).
     :param timeout: seconds for each HTTP exchange, body included.
     :param meter: told of every API exchange's outcome and duration (the
@@ -100,7 +117,7 @@ class AirflowClient:
     def __init__(
         self,
         *,
-        http: Any,
+        agent: IAgent,
         clock: IReactorTime,
         base_url: str,
         username: str,
@@ -113,7 +130,7 @@ class AirflowClient:
         meter: UpstreamMeter = UNMETERED,
     ) -> None:
         self._meter = meter
-        self._http = http
+        self._transport = Transport(agent, base_url)
         self.retries = retries
         self._breaker = breaker
         self._slots = DeferredSemaphore(max_in_flight)
@@ -125,31 +142,29 @@ class AirflowClient:
         self._jwt: str | None = None
         self._jwt_renew_at = 0.0
         self._login: SingleFlight[str] = SingleFlight()
+        self._bearer_for: str | None = None
+        self._bearer_value = b""
         #: How many times the client logged in; for tests and metrics.
         self.logins = 0
 
     # -- transport -------------------------------------------------------
 
-    async def _exchange(
-        self, method: str, url: str, headers: dict[str, str], body: Any, params: Any
-    ) -> _Answer:
-        kwargs: dict[str, Any] = {"headers": headers, "reactor": self._clock}
-        if body is not _NOTHING:
-            kwargs["json"] = body
-        if params:
-            kwargs["params"] = params
-        response = await self._http.request(method, url, **kwargs)
-        content = await response.content()
-        if not content:
-            return _Answer(response.code, None)
-        try:
-            return _Answer(response.code, json.loads(content))
-        except ValueError:
-            if 200 <= response.code < 300:
-                raise errors.UpstreamError(
-                    "Airflow answered with a body that is not JSON", response.code
-                ) from None
-            return _Answer(response.code, None)
+    def _exchange(
+        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str,
+    ) -> Deferred[_Answer]:
+        d = self._transport.exchange(
+            method.encode("ascii"), path, accept=accept.encode("ascii"),
+            authorization=None if token is None else self._bearer(token),
+            body=None if body is _NOTHING else json.dumps(body).encode("utf-8"),
+            query=params or None,
+        )
+        return d.addCallback(_answer)
+
+    def _bearer(self, token: str) -> bytes:
+        """The Authorization value of a token, built once per token."""
+        if self._bearer_for != token:
+            self._bearer_for, self._bearer_value = token, f"Bearer {token}".encode("ascii")
+        return self._bearer_value
 
     async def _send(
         self, method: str, path: str, *, token: str | None, body: Any = _NOTHING,
@@ -193,13 +208,8 @@ class AirflowClient:
     async def _exchange_with_deadline(
         self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
     ) -> _Answer:
-        headers = {"Accept": accept}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
         # One deadline covers connecting, the request, and reading the body.
-        d = Deferred.fromCoroutine(
-            self._exchange(method, self._base + path, headers, body, params)
-        )
+        d = self._exchange(method, path, token, body, params, accept)
         # When the deadline passes, whatever the cancelled request fails with
         # (treq reports ResponseNeverReceived) becomes an upstream timeout.
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_upstream_timeout)
