@@ -6,6 +6,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet.task import Clock
@@ -85,6 +86,19 @@ def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
+def test_the_access_version_changes_with_the_token_store_and_nothing_else(setup) -> None:
+    """A keep-alive connection reuses its verdict only while the version stays."""
+    cfg, gate, tls, reloader, tmp = setup
+    before = gate.version()
+    reloader._poll()  # nothing changed on disk
+    assert all(a is b for a, b in zip(before, gate.version(), strict=True))
+    store = cfg.access.auth.token_store
+    tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    assert gate.version()[0] is not before[0]
+
+
 def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None:
     """Before: [limits], [rpc] and the back-off were silently ignored by a reload."""
     cfg, gate, tls, _, tmp = setup
@@ -132,3 +146,12 @@ def test_an_unknown_token_costs_no_file_access(setup, monkeypatch: pytest.Monkey
         with pytest.raises(Unauthenticated, match="unknown token"):
             run(gate.authenticate(FakeRequest(None, f"Bearer {tokens.mint()[1]}")))
     assert touched == []
+
+
+def test_the_access_version_changes_with_a_jwks_refetch() -> None:
+    keyset = SimpleNamespace(keys=object())
+    gate = Gate(SimpleNamespace(jwks={"idp": keyset}))  # type: ignore[arg-type]
+    before = gate.version()
+    assert all(a is b for a, b in zip(before, gate.version(), strict=True))
+    keyset.keys = object()  # what JWKSet.refresh does with a new key set
+    assert not all(a is b for a, b in zip(before, gate.version(), strict=True))

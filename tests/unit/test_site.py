@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,77 @@ class AuthenticationFirstTests(SiteTestCase):
         self.assertEqual(self.authenticated, [])
         (record,) = self.records()
         self.assertEqual(record["reason"], "more than one Authorization header")
+
+
+class KeepAliveVerdictTests(SiteTestCase):
+    """
+    A keep-alive connection's later requests with the same credentials reuse
+    its first verdict, until the access rules change or the credential
+    expires; anything else is checked afresh.
+    """
+
+    def setUp(self) -> None:
+        self.version: object = object()
+        super().setUp()
+
+    def make(self, max_body_bytes: int = 1000, **limits: Any) -> None:
+        super().make(max_body_bytes, **limits)
+        self.site.access_version = lambda: (self.version, "keys")
+
+    def call(self, proto: Any, headers: bytes = b"Authorization: Bearer a.b\r\n") -> None:
+        proto.dataReceived(post(headers=headers))
+
+    def test_the_same_credentials_are_checked_once(self) -> None:
+        proto, transport = self.connect()
+        for _ in range(3):
+            self.call(proto)
+        self.assertEqual(len(self.authenticated), 1)
+        self.assertEqual(transport.value().count(b"ci-bot read"), 3)
+
+    def test_other_credentials_are_checked_again(self) -> None:
+        proto, transport = self.connect()
+        self.call(proto)
+        self.answer = Unauthenticated("unknown token")
+        self.call(proto, b"Authorization: Bearer c.d\r\n")
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
+    def test_no_credentials_after_some_are_checked_again(self) -> None:
+        proto, transport = self.connect()
+        self.call(proto)
+        self.answer = Unauthenticated("no credentials")
+        self.call(proto, b"")
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
+    def test_a_reload_makes_the_next_request_checked_again(self) -> None:
+        proto, transport = self.connect()
+        self.call(proto)
+        self.version = object()  # a reload: say the token was revoked
+        self.answer = Unauthenticated("token t1 was revoked")
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
+    def test_an_expired_credential_is_checked_again(self) -> None:
+        self.answer = attrs.evolve(OPERATOR, expires=datetime.fromtimestamp(2, timezone.utc))
+        proto, transport = self.connect()
+        self.call(proto)
+        self.clock.advance(1.5)
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 1)
+        self.clock.advance(0.5)
+        self.answer = Unauthenticated("token expired")
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
+    def test_a_new_connection_is_checked_afresh(self) -> None:
+        first, _ = self.connect()
+        self.call(first)
+        second, _ = self.connect(port=1235)
+        self.call(second)
+        self.assertEqual(len(self.authenticated), 2)
 
 
 class BodyTests(SiteTestCase):

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import xmlrpc.client
 from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
@@ -103,3 +107,51 @@ def test_a_certificate_from_another_ca_fails_the_handshake(
     answer, server_wire = exchange(tmp_path, pki, stranger)
     assert answer.received == b""
     assert server_wire.disconnecting
+
+
+def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    """
+    The certificate a connection proved at its handshake is its certificate
+    for good (keep-alive requests reuse the verdict): a TLS 1.2 client's
+    renegotiation, which could present another one, is refused.  OpenSSL 3
+    refuses it by default; the gateway's context says so itself, whatever
+    OpenSSL the cryptography wheel brings.
+    """
+    cfg = load(tmp_path, pki)
+    server = ReloadableTLS(server_options(cfg.tls, "optional")).serverConnectionForTLS(None)
+    server.set_accept_state()
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = SSL.Connection(context, None)
+    client.set_connect_state()
+
+    def carry() -> None:
+        for source, sink in ((client, server), (server, client)):
+            try:
+                sink.bio_write(source.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+
+    def step(action: Any) -> Any:
+        try:
+            return action()
+        except SSL.WantReadError:
+            return None
+        except SSL.Error as e:
+            return e
+
+    for _ in range(5):
+        step(client.do_handshake)
+        carry()
+        step(server.do_handshake)
+        carry()
+    assert client.get_protocol_version_name() == "TLSv1.2"
+    assert client.renegotiate()
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(step(client.do_handshake))
+        carry()
+        step(lambda: server.recv(1))
+        carry()
+    assert "no renegotiation" in repr([o for o in outcomes if o is not None])
+    assert server.total_renegotiations() == 0

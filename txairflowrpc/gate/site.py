@@ -172,6 +172,15 @@ class GatewayRequest(server.Request):
 
 
 @implementer(IHandshakeListener)
+def _same(a: object, b: object) -> bool:
+    """Whether two access versions are the same: equal tuples of the same objects."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return a is b
+
+
 class GatewayChannel(http.HTTPChannel):
     """An HTTP channel with deadlines, early authentication and audited refusals."""
 
@@ -186,6 +195,9 @@ class GatewayChannel(http.HTTPChannel):
     _content_waiting = False
     #: Answered with a refusal: what still comes is read and dropped.
     _refusing = False
+    #: (access rules version, Authorization headers, principal) of the last
+    #: request this connection let in.
+    _admitted: tuple[Any, Any, Principal] | None = None
     source = ""
 
     @property
@@ -241,12 +253,44 @@ class GatewayChannel(http.HTTPChannel):
         super().allHeadersReceived()
         if req._refused:
             return
+        principal = self._admitted_before(req)
+        if principal is not None:
+            self._let_in(principal, req, expect)
+            return
         d = maybeDeferred(self.gateway.authenticate, req)
+        d.addCallback(self._remember, req)
         if not d.called:
             self._holding = []
             self._networkProducer.pauseProducing()
         d.addCallbacks(self._let_in, self._keep_out, (req, expect), None, (req,))
         d.addErrback(lambda f: _log.failure("admitting a request failed", f))
+
+    def _admitted_before(self, req: GatewayRequest) -> Principal | None:
+        """
+        The principal of an earlier request on this connection, if this one
+        carries the very same credentials (the certificate cannot change on
+        a connection), no reload has swapped the access rules or the token
+        store since, and the credential has not expired meanwhile: then it
+        need not be checked again (a keep-alive client's every call paid a
+        hash, a store look-up, or a JWT's signature otherwise).
+        """
+        admitted = self._admitted
+        if admitted is None:
+            return None
+        version, credentials, principal = admitted
+        if (not _same(version, self.gateway.access_version())
+                or credentials != req.requestHeaders.getRawHeaders(b"authorization")):
+            return None
+        if principal.expires is not None and (
+                principal.expires.timestamp() <= self.gateway.clock.seconds()):
+            self._admitted = None
+            return None
+        return principal
+
+    def _remember(self, principal: Principal, req: GatewayRequest) -> Principal:
+        self._admitted = (self.gateway.access_version(),
+                          req.requestHeaders.getRawHeaders(b"authorization"), principal)
+        return principal
 
     def allContentReceived(self) -> None:
         if self._holding is not None:
@@ -379,6 +423,8 @@ class GatewaySite(server.Site):
     :param rpc: what ``/RPC2`` gets, and ``not_found`` what any other path gets.
     :param authenticate: the `Principal` of a request whose headers are in,
         or a failure with `Unauthenticated`.
+    :param access_version: changes whenever the rules ``authenticate``
+        applies change (a reload, a new token store).
     """
 
     protocol = GatewayChannel
@@ -389,6 +435,7 @@ class GatewaySite(server.Site):
         clock: IReactorTime, limits: LimitsConfig, max_body_bytes: int,
         authenticate: Callable[[Any], "Deferred[Principal] | Principal"],
         backoff: Backoff | None = None,
+        access_version: Callable[[], object] = lambda: None,
     ) -> None:
         # The body is XML-RPC, never a form: Twisted need not parse the
         # Content-Type (with the email package) of every request to find out.
@@ -400,6 +447,10 @@ class GatewaySite(server.Site):
         self.max_body_bytes = max_body_bytes
         self.authenticate = authenticate
         self.backoff = backoff
+        #: What changes whenever a reload swaps the rules that authenticate
+        #: (the current `Authenticator`): a connection's earlier verdict holds
+        #: only while it stays the same.
+        self.access_version = access_version
         self.refusals = refusals
         self.bodies = BodyBudget(limits.max_body_memory_bytes)
         self.rpc = rpc

@@ -125,7 +125,12 @@ class ReloadableTLS:
 
     @options.setter
     def options(self, options: ssl.CertificateOptions) -> None:
-        options.getContext().set_alpn_select_callback(select_alpn)
+        context = options.getContext()
+        context.set_alpn_select_callback(select_alpn)
+        # No renegotiation: a connection's client certificate is the one of
+        # its handshake, for good (the gateway trusts a connection's earlier
+        # verdict), and a client cannot make the server redo handshakes.
+        context.set_options(SSL.OP_NO_RENEGOTIATION)
         self._options = options
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:

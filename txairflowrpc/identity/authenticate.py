@@ -249,3 +249,15 @@ class Gate:
 
     def authenticate(self, request: Any) -> Deferred[Principal]:
         return self.current.authenticate(request)
+
+    def version(self) -> tuple[object, ...]:
+        """
+        What a verdict of `authenticate` depends on beyond the request: the
+        current authenticator (a reload, a new token store) and the key sets
+        of its identity providers (a JWKS refetch).  Two versions are the
+        same when their items are the same objects.
+        """
+        current = self.current
+        if not current.jwks:
+            return (current,)
+        return (current, *[keyset.keys for keyset in current.jwks.values()])

@@ -188,11 +188,14 @@ def build_site(
     authenticate: Callable[[Any], "Deferred[Principal]"],
     backoff: Backoff | None = None, digest_key: bytes | None = None,
     metrics: GatewayMetrics | None = None,
+    access_version: Callable[[], object] = lambda: None,
 ) -> Parts:
     """
     The web site of the gateway, calling Airflow through ``agent``;
     ``digest_key`` keys the trail's digests (None: a key of this process alone);
-    ``metrics`` meters the calls and the exchanges with Airflow.
+    ``metrics`` meters the calls and the exchanges with Airflow;
+    ``access_version`` changes whenever ``authenticate``'s rules do (see
+    `Gate.version`): a connection's earlier verdict is reused until then.
     """
     meters: dict[str, Any] = {} if metrics is None else {"meter": metrics}
     breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
@@ -221,7 +224,7 @@ def build_site(
     site = GatewaySite(
         Root(rpc, not_found), rpc=rpc, not_found=not_found, refusals=refusals, clock=clock,
         limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
-        backoff=backoff,
+        backoff=backoff, access_version=access_version,
     )
     return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
@@ -250,7 +253,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, agent, audit, metrics.authenticating(gate.authenticate),
-                       backoff, digest_key, metrics)
+                       backoff, digest_key, metrics, access_version=gate.version)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
                         apply=parts.apply)
