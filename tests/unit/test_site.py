@@ -14,12 +14,14 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from zope.interface.verify import verifyObject
 
 from txairflowrpc.gate.refusals import RefusalLog
 from txairflowrpc.gate.site import GatewaySite
@@ -278,6 +280,14 @@ class ConnectionTests(SiteTestCase):
         self.assertTrue(transport.disconnected)
         (record,) = self.records()
         self.assertEqual(record["refusal"], "first_byte")
+
+    def test_the_tls_layer_tells_the_channel_its_handshake_is_done(self) -> None:
+        # Twisted's TLS protocol calls handshakeCompleted only on a protocol
+        # that provides IHandshakeListener; without it every quiet client
+        # would be dropped at the handshake deadline, not the first-byte one.
+        self.make()
+        proto, _ = self.connect()
+        verifyObject(IHandshakeListener, proto)
 
     def test_one_address_may_hold_only_its_share(self) -> None:
         self.make(max_connections=100, max_connections_per_source=3)

@@ -171,7 +171,6 @@ class GatewayRequest(server.Request):
         super().connectionLost(reason)
 
 
-@implementer(IHandshakeListener)
 def _same(a: object, b: object) -> bool:
     """Whether two access versions are the same: equal tuples of the same objects."""
     if a is b:
@@ -181,6 +180,7 @@ def _same(a: object, b: object) -> bool:
     return a is b
 
 
+@implementer(IHandshakeListener)
 class GatewayChannel(http.HTTPChannel):
     """An HTTP channel with deadlines, early authentication and audited refusals."""
 
