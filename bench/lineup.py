@@ -113,6 +113,10 @@ def start_lineup(processes: Processes, work: Path) -> Lineup:
     if isinstance(gateway, Refused):
         raise RuntimeError(f"the gateway refused the benchmark's config: {gateway.reason}")
     servers["B"] = (gateway, rpc_target("B", gw_port, f"Bearer {token}", body))
+    # The same gateway, every call for a different run: nothing for identical
+    # reads to share, so this row is the full cost of a call that reaches Airflow.
+    servers["B/distinct"] = (gateway, rpc_target(
+        "B/distinct", gw_port, f"Bearer {token}", xmlrpc_body("get_dag_run", DAG, "{ID}")))
 
     port = free_port()
     c_token = secrets.token_urlsafe(24)
@@ -126,6 +130,7 @@ def start_lineup(processes: Processes, work: Path) -> Lineup:
     b_calls = AuditCalls(audit_path(config.parent))
     counts: dict[str, Counts] = {
         "B": lambda: (stub.requests(), b_calls()),
+        "B/distinct": lambda: (stub.requests(), b_calls()),
         "C": lambda: (stub.requests(), get_json(c_stats, ca)["served"]),
     }
 

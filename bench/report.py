@@ -96,6 +96,16 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                 f"target: B's CPU per call ≤ 2x A's (c=64): {_verdict(cpu <= 2)} "
                 f"({cpu:.1f}x: B {_n(b.cpu_us_per_call)} µs vs A {_n(a.cpu_us_per_call)} µs, "
                 f"limit ≤ 2.0x = {_n(2 * a.cpu_us_per_call)} µs)")
+    for c in (1, 64, 512):
+        a, x = points.get(("A", c)), points.get(("B/distinct", c))
+        if a and x and a.rate and a.cpu_us_per_call and x.cpu_us_per_call:
+            lines.append(
+                f"report: B with nothing shared (every call a different run) at c={c}: "
+                f"{x.rate / a.rate:.2f}x A's calls/s ({_n(x.rate)} vs {_n(a.rate)}), CPU per "
+                f"call {x.cpu_us_per_call / a.cpu_us_per_call:.1f}x A's "
+                f"({_n(x.cpu_us_per_call)} µs vs {_n(a.cpu_us_per_call)} µs), "
+                f"{_n(x.upstream_per_call, 3)} upstream requests per call, "
+                f"errors {x.error_count}")
     b, c = points.get(("B", 512)), points.get(("C", 512))
     if b and c:
         ratio = b.rate / c.rate if c.rate else 0.0
@@ -157,6 +167,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
 
 
 LABELS = {"A": "A twisted.web + TLS, fixed reply", "B": "B txairflowrpc",
+          "B/distinct": "B txairflowrpc, every call a different run",
           "C": "C stdlib threads", "D": "D stub REST over TLS"}
 
 

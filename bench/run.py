@@ -113,10 +113,11 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
         log(f"servers up (scratch: {work})")
         if "lineup" in args.only:
             for c in args.concurrency:
-                for name in "ABCD":
+                for name in ("A", "B", "B/distinct", "C", "D"):
                     point = measure(lineup.target(name), lineup.pid(name), c,
                                     seconds=args.seconds, warmup=args.warmup,
-                                    counts=lineup.counts.get(name), prefix=f"{name}{c}")
+                                    counts=lineup.counts.get(name),
+                                    prefix=f"{name.replace('/', '-')}{c}")
                     found.points.append(point)
                     log(report.point_row(point))
         if "idle" in args.only:
