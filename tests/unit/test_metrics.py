@@ -227,7 +227,7 @@ class CollectorTests(SynchronousTestCase):
             config=lambda: self.cfg, clock=self.gw.clock, site=parts.site, limits=parts.limits,
             breaker=parts.breaker, client=parts.client, audit=self.gw.audit,
             refusals=parts.refusals, watcher=watcher,
-            coalescing={"wait": (lambda: watcher.waits, lambda: watcher.polls)}, **kw)
+            coalescing=parts.coalescing(), **kw)
         self.metrics.collect_from(collector)
         return collector
 
@@ -277,6 +277,19 @@ class CollectorTests(SynchronousTestCase):
         self.assertLess(fetches, callers * 4)  # 16 polls (one per 2 s) for four, not 64
         self.assertEqual(fetches, self.gw.airflow.api_requests().count(
             ("GET", "/api/v2/dags/etl_orders/dagRuns/r1")))
+
+    def test_reads_are_counted_as_asked_and_as_sent(self) -> None:
+        self.collector()
+        self.gw.airflow.runs[("etl_orders", "r1")] = {
+            "dag_id": "etl_orders", "dag_run_id": "r1", "state": "running"}
+        self.gw.airflow.hang.append("/api/v2/dags/etl_orders/dagRuns/r1")
+        calls = [self.gw.call_d("get_dag_run", "etl_orders", "r1") for _ in range(3)]
+        self.assertEqual(self.value("airflowrpc_coalescing_callers_total", kind="read"), 3)
+        self.assertEqual(self.value("airflowrpc_coalescing_fetches_total", kind="read"), 1)
+        self.assertEqual(self.gw.airflow.api_requests().count(
+            ("GET", "/api/v2/dags/etl_orders/dagRuns/r1")), 1)
+        for d in calls:
+            d.cancel()
 
     def test_token_and_certificate_expiry(self) -> None:
         now = datetime.fromtimestamp(self.gw.clock.seconds(), timezone.utc)

@@ -206,7 +206,8 @@ class UpstreamCapTests(SynchronousTestCase):
         self.successResultOf(c.get_dag("etl_orders"))
         before = len(http.sent)
         http.plan = ["silent"] * 10
-        calls = [c.get_dag("etl_orders") for _ in range(6)]
+        # Six different reads: identical ones would share one request.
+        calls = [c.get_dag(f"etl_orders_{i}") for i in range(6)]
         self.assertEqual(len(http.sent) - before, 4)
         calls[-1].cancel()  # a waiting call can leave the queue
         self.failureResultOf(calls[-1])

@@ -77,12 +77,14 @@ class RPCConfig:
     max_wait_seconds: int
     wait_poll_seconds: float
     max_body_bytes: int
+    read_cache_seconds: float = 0.0
 
     _keys = {
         "max_multicall": Key(int, 50, at_least(1)),
         "max_wait_seconds": Key(int, 3600, at_least(0)),
         "wait_poll_seconds": Key(float, 2.0, positive),
         "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
+        "read_cache_seconds": Key(float, 0.0, at_least(0)),
     }
 
 

@@ -22,11 +22,14 @@ class SingleFlight(Generic[T]):
 
     Each caller gets its own Deferred; cancelling it withdraws only that
     caller (the work goes on for the others, and its result is dropped for
-    the one who left).
+    the one who left).  With ``abandon=True``, the work itself is cancelled
+    once every caller has withdrawn.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, abandon: bool = False) -> None:
         self._waiters: list[Deferred[T]] | None = None
+        self._abandon = abandon
+        self._work: Deferred[T] | None = None
 
     @property
     def running(self) -> bool:
@@ -34,16 +37,26 @@ class SingleFlight(Generic[T]):
 
     def run(self, work: Callable[[], "Deferred[T]"]) -> "Deferred[T]":
         """The result of the running work, or of ``work`` started now."""
-        waiter: Deferred[T] = Deferred()
+        waiter: Deferred[T] = Deferred(self._withdrawn if self._abandon else None)
         if self._waiters is None:
             self._waiters = [waiter]
-            work().addBoth(self._done)
+            started = work()
+            self._work = started
+            started.addBoth(self._done)
         else:
             self._waiters.append(waiter)
         return waiter
 
+    def _withdrawn(self, waiter: "Deferred[T]") -> None:
+        # Called as the waiter is cancelled, before it fails with CancelledError.
+        waiters, work = self._waiters, self._work
+        if waiters is None or work is None:
+            return
+        if all(w is waiter or w.called for w in waiters):
+            work.cancel()
+
     def _done(self, result: Any) -> None:
-        waiters, self._waiters = self._waiters or [], None
+        waiters, self._waiters, self._work = self._waiters or [], None, None
         for waiter in waiters:
             if waiter.called:  # cancelled by its caller
                 continue

@@ -359,7 +359,8 @@ class PartsCollector:
                                     value=self._watcher.watched)
         callers = CounterMetricFamily(
             "airflowrpc_coalescing_callers", "Callers of shared upstream work, by kind "
-            "(wait: wait_dag_run waiters)", labels=["kind"])
+            "(wait: wait_dag_run waiters; read: reads of Airflow, shared while in flight or cached)",
+            labels=["kind"])
         fetches = CounterMetricFamily(
             "airflowrpc_coalescing_fetches", "Upstream requests made for those callers "
             "(fetches / callers: 1 means nothing was shared)", labels=["kind"])

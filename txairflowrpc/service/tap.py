@@ -169,8 +169,17 @@ class Parts:
         self.watcher.poll_interval = cfg.rpc.wait_poll_seconds
         self.client.timeout = cfg.airflow.timeout_seconds
         self.client.retries = cfg.airflow.retries
+        self.client.read_cache_seconds = cfg.rpc.read_cache_seconds
         self.breaker.failures_to_open = cfg.airflow.breaker_failures
         self.breaker.reset_seconds = cfg.airflow.breaker_reset_seconds
+
+    def coalescing(self) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
+        """Shared upstream work, by kind: how many callers asked, how many requests served them."""
+        watcher, client = self.watcher, self.client
+        return {
+            "wait": (lambda: watcher.waits, lambda: watcher.polls),
+            "read": (lambda: client.reads, lambda: client.reads_upstream),
+        }
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -204,7 +213,8 @@ def build_site(
         agent=agent, clock=clock, base_url=cfg.airflow.base_url,
         username=cfg.airflow.username, password=cfg.airflow.password,
         timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
-        breaker=breaker, max_in_flight=cfg.airflow.max_in_flight, **meters,
+        read_cache_seconds=cfg.rpc.read_cache_seconds, breaker=breaker,
+        max_in_flight=cfg.airflow.max_in_flight, **meters,
     )
     watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
@@ -262,7 +272,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
         breaker=parts.breaker, client=parts.client, audit=audit, refusals=parts.refusals,
         gate=gate, reloader=reloader, watcher=watcher,
-        coalescing={"wait": (lambda: watcher.waits, lambda: watcher.polls)},
+        coalescing=parts.coalescing(),
     ))
 
     top = GatewayService(

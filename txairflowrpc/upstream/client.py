@@ -1,11 +1,18 @@
 """
 The gateway's only way to Airflow: a client for Airflow 3's REST API (v2).
 
-`AirflowClient` speaks to Airflow with treq over a persistent connection
-pool, with an explicit reactor and one deadline for every exchange.  It
+`AirflowClient` speaks to Airflow through an `IAgent` (twisted.web's
+`Agent` over a persistent connection pool, see `.transport`), with an
+explicit reactor and one deadline for every exchange.  It
 logs in with ``POST /auth/token``, keeps the JWT until shortly before it
 expires, fetches a new one once when Airflow answers 401, and shares one
 login among all calls that need it at the same moment.
+
+Identical reads share one request: a GET that arrives while the same GET
+(path and query; one client is one Airflow account) is in flight waits for
+its answer, and, with ``read_cache_seconds``, a successful answer serves the
+same GET for that long.  Authorisation and audit stay per call: they happen
+before the client is asked.
 
 Reads are retried with a jittered back-off; a circuit breaker makes calls
 fail fast while Airflow is down and lets a probe through to notice that it
@@ -15,7 +22,8 @@ Its methods take validated ids and return plain dicts in the gateway's own
 shapes (`txairflowrpc.upstream.shapes`), so that the XML-RPC layer never
 sees an Airflow response as such.  Every failure is one of the
 `txairflowrpc.core.errors` types; Airflow's own error texts never leave here.
-Every returned Deferred can be cancelled, which abandons the HTTP request.
+Every returned Deferred can be cancelled, which abandons the HTTP request
+(a shared read's, once every caller sharing it has given up).
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IAgent
 
-from ..core import errors, ids
-from ..core.calltrace import note_airflow_status
+from ..core import calltrace, errors, ids
+from ..core.calltrace import CallTrace, note_airflow_status
 from ..core.encoding import b64url_decode
 from ..core.meters import UNMETERED, UpstreamMeter
 from ..core.singleflight import SingleFlight
@@ -48,6 +56,17 @@ _NOTHING = object()
 MAX_LOG_PAGES = 50
 #: First retry waits up to this (jittered), doubling each time.
 RETRY_BASE_SECONDS = 0.25
+#: Most answers the read cache holds (the oldest go first).
+READ_CACHE_ENTRIES = 4096
+
+
+@attrs.define
+class _Read:
+    """One GET in flight, shared by every caller that asks for it meanwhile."""
+
+    flight: SingleFlight[Any] = attrs.Factory(lambda: SingleFlight(abandon=True))
+    #: What the shared request learned (Airflow's status), for each caller's record.
+    trace: CallTrace = attrs.Factory(CallTrace)
 
 
 def _jwt_lifetime(token: str) -> float | None:
@@ -112,6 +131,8 @@ class AirflowClient:
     :param timeout: seconds for each HTTP exchange, body included.
     :param meter: told of every API exchange's outcome and duration (the
         readiness probe's are not API calls and are not counted).
+    :param read_cache_seconds: how long a successful GET's answer serves
+        the same GET again (0: only reads in flight are shared).
     """
 
     def __init__(
@@ -124,6 +145,7 @@ class AirflowClient:
         password: str,
         timeout: float,
         retries: int = 2,
+        read_cache_seconds: float = 0.0,
         breaker: CircuitBreaker | None = None,
         max_in_flight: int = 64,
         random: Random | None = None,
@@ -146,6 +168,13 @@ class AirflowClient:
         self._bearer_value = b""
         #: How many times the client logged in; for tests and metrics.
         self.logins = 0
+        self.read_cache_seconds = read_cache_seconds
+        self._reads: dict[tuple[Any, ...], _Read] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, int | None, Any]] = {}
+        #: GETs asked for, and how many of them went to Airflow (the others
+        #: shared a request in flight or a cached answer); for metrics.
+        self.reads = 0
+        self.reads_upstream = 0
 
     # -- transport -------------------------------------------------------
 
@@ -300,6 +329,78 @@ class AirflowClient:
     # -- one API call ----------------------------------------------------
 
     async def _api(
+        self, method: str, path: str, *, what: str, body: Any = _NOTHING,
+        params: Any = None, conflict: str | None = None, retry: bool | None = None,
+    ) -> Any:
+        """
+        Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer;
+        a GET shares the answer of the same GET in flight or cached.
+        """
+        if method != "GET":
+            return await self._api_retrying(method, path, what=what, body=body, params=params,
+                                            conflict=conflict, retry=retry)
+        return await self._read(path, what, params)
+
+    async def _read(self, path: str, what: str, params: Any) -> Any:
+        """
+        A GET, shared: callers that ask while it is in flight get its answer
+        (or its error), and a successful answer serves for
+        ``read_cache_seconds``.  The answer is shared, not copied: nothing
+        downstream changes it.  Each caller's record still gets Airflow's
+        status.  A caller that gives up leaves the others waiting.
+        """
+        key = (path, tuple(params) if params else ())
+        self.reads += 1
+        if self.read_cache_seconds > 0:
+            cached = self._cache.get(key)
+            if cached is not None:
+                until, status, answer = cached
+                if self._clock.seconds() < until:
+                    if status is not None:
+                        note_airflow_status(status)
+                    return answer
+                del self._cache[key]
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = _Read()
+            self.reads_upstream += 1
+            shared = read
+
+            def work() -> Deferred[Any]:
+                # The request runs in a context of its own: no one caller's
+                # record is the one it writes Airflow's status to.
+                token = calltrace.current.set(shared.trace)
+                try:
+                    d = Deferred.fromCoroutine(self._api_retrying("GET", path, what=what,
+                                                                  params=params))
+                finally:
+                    calltrace.current.reset(token)
+                return d.addBoth(self._read_done, key, shared)
+
+            waiter = read.flight.run(work)
+        else:
+            waiter = read.flight.run(lambda: Deferred())  # never called: it is running
+        try:
+            return await waiter
+        finally:
+            if read.trace.airflow_status is not None:
+                note_airflow_status(read.trace.airflow_status)
+
+    def _read_done(self, result: Any, key: tuple[Any, ...], read: _Read) -> Any:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if self.read_cache_seconds > 0 and not isinstance(result, Failure):
+            if len(self._cache) >= READ_CACHE_ENTRIES:
+                now = self._clock.seconds()
+                for stale in [k for k, v in self._cache.items() if v[0] <= now]:
+                    del self._cache[stale]
+                while len(self._cache) >= READ_CACHE_ENTRIES:
+                    del self._cache[next(iter(self._cache))]
+            self._cache[key] = (self._clock.seconds() + self.read_cache_seconds,
+                                read.trace.airflow_status, result)
+        return result
+
+    async def _api_retrying(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
     ) -> Any:

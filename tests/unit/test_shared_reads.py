@@ -1,0 +1,184 @@
+"""
+Identical reads share one request to Airflow (single-flight), and with
+``read_cache_seconds`` a successful answer serves the same read for a while;
+changes are never shared, and each caller's record still gets Airflow's
+status.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from treq.testing import RequestTraversalAgent
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc.core import calltrace, errors
+from txairflowrpc.core.calltrace import CallTrace
+from txairflowrpc.upstream import client as client_module
+
+from ..fakes import FakeAirflow
+from .test_resilience import client
+
+
+class Held:
+    """The in-memory agent, but API requests wait until the test lets them go."""
+
+    def __init__(self, airflow: FakeAirflow) -> None:
+        self.stub = RequestTraversalAgent(airflow)
+        self.held: list[tuple[Deferred[Any], tuple[Any, ...]]] = []
+        self.cancelled = 0
+
+    def request(self, method: bytes, url: bytes, headers: Any = None, body: Any = None) -> Any:
+        if url.endswith(b"/auth/token"):
+            return self.stub.request(method, url, headers, body)
+
+        def cancel(d: Deferred[Any]) -> None:
+            self.cancelled += 1
+
+        waiting: Deferred[Any] = Deferred(cancel)
+        self.held.append((waiting, (method, url, headers, body)))
+        return waiting
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for waiting, args in held:
+            if not waiting.called:
+                self.stub.request(*args).chainDeferred(waiting)
+
+
+def traced(call: Any) -> tuple[Deferred[Any], CallTrace]:
+    """Start ``call`` as the dispatcher would: in a context with its own trace."""
+    trace = CallTrace()
+
+    def start() -> Deferred[Any]:
+        calltrace.current.set(trace)
+        return call()
+
+    return contextvars.copy_context().run(start), trace
+
+
+class SharedReadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.airflow = FakeAirflow()
+        self.airflow.runs[("etl_orders", "r1")] = {
+            "dag_id": "etl_orders", "dag_run_id": "r1", "state": "running", "conf": {"a": 1},
+        }
+        self.http = Held(self.airflow)
+
+    def test_identical_reads_in_flight_share_one_request(self) -> None:
+        c = client(self.http, self.clock)
+        calls = [traced(lambda: c.get_dag_run("etl_orders", "r1")) for _ in range(5)]
+        self.assertEqual(len(self.http.held), 1)
+        self.http.release()
+        for d, trace in calls:
+            self.assertEqual(self.successResultOf(d)["state"], "running")
+            self.assertEqual(trace.airflow_status, 200)  # each record gets the status
+        self.assertEqual(len(self.airflow.api_requests()), 1)
+        self.assertEqual((c.reads, c.reads_upstream), (5, 1))
+
+    def test_other_paths_and_queries_are_other_requests(self) -> None:
+        c = client(self.http, self.clock)
+        c.get_dag_run("etl_orders", "r1")
+        c.get_dag("etl_orders")
+        c.list_dag_runs("etl_orders", states=[], limit=10, offset=0)
+        c.list_dag_runs("etl_orders", states=[], limit=10, offset=10)
+        self.assertEqual(len(self.http.held), 4)
+
+    def test_a_read_after_the_answer_asks_again_without_a_cache(self) -> None:
+        c = client(self.http, self.clock)
+        first = c.get_dag_run("etl_orders", "r1")
+        self.http.release()
+        self.successResultOf(first)
+        c.get_dag_run("etl_orders", "r1")
+        self.assertEqual(len(self.http.held), 1)
+
+    def test_a_shared_error_reaches_every_caller(self) -> None:
+        c = client(self.http, self.clock)
+        calls = [traced(lambda: c.get_dag_run("etl_orders", "nope")) for _ in range(3)]
+        self.http.release()
+        for d, trace in calls:
+            self.failureResultOf(d, errors.NotFound)
+            self.assertEqual(trace.airflow_status, 404)
+
+    def test_changes_are_never_shared(self) -> None:
+        c = client(self.http, self.clock)
+        c.set_dag_paused("etl_orders", True)
+        c.set_dag_paused("etl_orders", True)
+        self.assertEqual(len(self.http.held), 2)
+
+    def test_one_caller_leaving_does_not_cancel_the_others_read(self) -> None:
+        c = client(self.http, self.clock)
+        leaving, staying = c.get_dag_run("etl_orders", "r1"), c.get_dag_run("etl_orders", "r1")
+        leaving.cancel()
+        self.failureResultOf(leaving, CancelledError)
+        self.assertEqual(self.http.cancelled, 0)
+        self.http.release()
+        self.assertEqual(self.successResultOf(staying)["dag_run_id"], "r1")
+
+    def test_when_every_caller_left_the_request_is_abandoned(self) -> None:
+        c = client(self.http, self.clock)
+        calls = [c.get_dag_run("etl_orders", "r1") for _ in range(2)]
+        for d in calls:
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.http.cancelled, 1)
+        c.get_dag_run("etl_orders", "r1")  # nothing stale in flight: a new request
+        self.assertEqual(len(self.http.held), 2)
+
+
+class ReadCacheTests(SynchronousTestCase):
+    setUp = SharedReadTests.setUp
+
+    def test_reads_in_flight_are_shared_with_the_cache_on_too(self) -> None:
+        c = client(self.http, self.clock, read_cache_seconds=2)
+        calls = [c.get_dag_run("etl_orders", "r1") for _ in range(3)]
+        self.assertEqual(len(self.http.held), 1)
+        self.http.release()
+        for d in calls:
+            self.successResultOf(d)
+
+    def test_a_successful_answer_serves_for_read_cache_seconds(self) -> None:
+        c = client(self.http, self.clock, read_cache_seconds=2)
+        d = c.get_dag_run("etl_orders", "r1")
+        self.http.release()
+        self.successResultOf(d)
+        self.clock.advance(1.9)
+        again, trace = traced(lambda: c.get_dag_run("etl_orders", "r1"))
+        self.assertEqual(self.successResultOf(again)["state"], "running")
+        self.assertEqual(trace.airflow_status, 200)
+        self.assertEqual(self.http.held, [])
+        self.clock.advance(0.1)
+        c.get_dag_run("etl_orders", "r1")
+        self.assertEqual(len(self.http.held), 1)
+        self.assertEqual((c.reads, c.reads_upstream), (3, 2))
+
+    def test_errors_are_not_cached(self) -> None:
+        c = client(self.http, self.clock, read_cache_seconds=2)
+        d = c.get_dag_run("etl_orders", "nope")
+        self.http.release()
+        self.failureResultOf(d, errors.NotFound)
+        c.get_dag_run("etl_orders", "nope")
+        self.assertEqual(len(self.http.held), 1)
+
+    def test_the_cache_holds_a_bounded_number_of_answers(self) -> None:
+        self.patch(client_module, "READ_CACHE_ENTRIES", 3)
+        c = client(self.http, self.clock, read_cache_seconds=60)
+        for i in range(5):
+            d = c.get_dag(f"dag_{i}")
+            self.http.release()
+            self.failureResultOf(d, errors.NotFound)  # errors: never kept
+            d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=i)
+            self.http.release()
+            self.successResultOf(d)
+        self.assertEqual(len(c._cache), 3)
+        before = len(self.airflow.api_requests())
+        d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=4)  # the newest: kept
+        self.successResultOf(d)
+        d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=0)  # the oldest: gone
+        self.http.release()
+        self.successResultOf(d)
+        self.assertEqual(len(self.airflow.api_requests()) - before, 1)
