@@ -25,7 +25,10 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"core"},
     "identity": {"core", "config"},
     "gate": {"core", "config", "audit", "upstream", "identity"},
-    "service": {"", "core", "config", "audit", "upstream", "identity", "gate"},
+    # The caller's side: it reaches the gateway over XML-RPC like any caller,
+    # so only core's fault codes and id rules (the wire contract) are its.
+    "client": {"", "core"},
+    "service": {"", "core", "config", "audit", "upstream", "identity", "gate", "client"},
     "devstack": {"config"},
 }
 
