@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import errors, failures, runid, settings, values
-from .console import Console
+from .console import Console, redact_shapes
 from .errors import ClientError, UsageError
 from .retry import Backoff, call_with_retries
 from .transport import DEFAULT_TIMEOUT, Caller, Gateway
@@ -108,8 +108,31 @@ def _not_negative(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """
+    An ArgumentParser whose errors never show a token: argparse quotes what
+    it did not understand ("unrecognized arguments: ..."), which may be a
+    token typed where it does not belong.
+    """
+
+    def error(self, message: str) -> Any:
+        super().error(redact_shapes(message))
+
+
+class _NoTokenFlag(argparse.Action):
+    """
+    ``--token``: there is none, and the usual "unrecognized arguments" error
+    would print the token it was given.  This one does not.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error("there is no --token flag (a command line is visible to every local "
+                     "user and ends up in CI logs): set AIRFLOWRPC_TOKEN or use --token-file; "
+                     "the value given was not used")
+
+
 def _connection_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = common.add_argument_group("connection (flags win over the environment)")
     group.add_argument("--url", metavar="URL", help="the gateway, https://HOST:PORT/RPC2 "
                        "(AIRFLOWRPC_URL)")
@@ -121,6 +144,7 @@ def _connection_flags() -> argparse.ArgumentParser:
                        "(AIRFLOWRPC_KEY; default: in the certificate file)")
     group.add_argument("--token-file", metavar="FILE", help="file holding a gateway token "
                        "or JWT (or set AIRFLOWRPC_TOKEN to the token itself)")
+    common.add_argument("--token", nargs="?", action=_NoTokenFlag, help=argparse.SUPPRESS)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="say on stderr what is sent and answered (never a credential)")
     return common
@@ -131,7 +155,7 @@ def add_to(subparsers: Any) -> None:
     common = _connection_flags()
     raw = argparse.RawDescriptionHelpFormatter
     call = subparsers.add_parser(
-        "call", parents=[common], formatter_class=raw,
+        "call", parents=[common], formatter_class=raw, allow_abbrev=False,
         help="call one gateway method; its result as JSON on stdout",
         description=CALL_DESCRIPTION, epilog=EXIT_CALL)
     call.add_argument("method", metavar="METHOD", help="e.g. get_dag (system.listMethods "
@@ -141,7 +165,7 @@ def add_to(subparsers: Any) -> None:
                       help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g}; "
                       f"for wait_dag_run, plus its own timeout)")
     trigger = subparsers.add_parser(
-        "trigger", parents=[common], formatter_class=raw,
+        "trigger", parents=[common], formatter_class=raw, allow_abbrev=False,
         help="trigger a DAG, retry-safe; with --wait, wait and exit by how the run ended",
         description=TRIGGER_DESCRIPTION, epilog=EXIT_TRIGGER)
     trigger.add_argument("dag_id", metavar="DAG")

@@ -17,7 +17,14 @@ from typing import IO, Any
 
 from .values import to_json
 
-_SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z0-9+/=]{8,}")
+_SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z0-9+/=]{8,}"
+                     r"|()eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def redact_shapes(text: str) -> str:
+    """``text`` with anything shaped like a token, JWT or credential header redacted."""
+    return _SHAPES.sub(lambda m: next(g for g in m.groups() if g is not None) + "[redacted]",
+                       text)
 
 
 class Console:
@@ -38,8 +45,7 @@ class Console:
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
-        return _SHAPES.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]",
-                           text)
+        return redact_shapes(text)
 
     def result(self, value: Any) -> None:
         """``value`` as one line of JSON on stdout."""

@@ -9,7 +9,7 @@ environment, a CI system's own variables over a generic one):
 2. ``AIRFLOWRPC_RUN_ID``
 3. GitLab CI (``GITLAB_CI`` set): ``gitlab-<CI_PIPELINE_ID>-<CI_JOB_NAME>``
 4. GitHub Actions (``GITHUB_ACTIONS`` set):
-   ``github-<GITHUB_REPOSITORY>-<GITHUB_RUN_ID>-<GITHUB_JOB>``
+   ``github-<owner>.<repo>-<GITHUB_RUN_ID>-<GITHUB_JOB>`` (from ``GITHUB_REPOSITORY``)
 5. Jenkins (``JENKINS_URL`` set): ``<BUILD_TAG>`` (``jenkins-<job>-<build number>``)
 6. none: ``airflowrpc-<UTC time>-<random>``, and a note that a retry of
    the command will not be deduplicated.
@@ -100,7 +100,9 @@ def derive(
         run_id = f"gitlab-{part(e['CI_PIPELINE_ID'])}-{part(e['CI_JOB_NAME'])}"
         return RunIdentity(_clip(run_id), "CI_PIPELINE_ID, CI_JOB_NAME", _job_url(e))
     if _set(e, "GITHUB_ACTIONS", "GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_JOB"):
-        run_id = (f"github-{part(e['GITHUB_REPOSITORY'])}-{part(e['GITHUB_RUN_ID'])}"
+        # An owner's name holds no dot, so owner/repo -> owner.repo is one to one.
+        repository = part(e["GITHUB_REPOSITORY"].replace("/", ".", 1))
+        run_id = (f"github-{repository}-{part(e['GITHUB_RUN_ID'])}"
                   f"-{part(e['GITHUB_JOB'])}")
         return RunIdentity(_clip(run_id), "GITHUB_REPOSITORY, GITHUB_RUN_ID, GITHUB_JOB",
                            _job_url(e))

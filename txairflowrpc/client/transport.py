@@ -186,11 +186,26 @@ class Gateway:
                 raise HandshakeRefused(
                     method, f"the gateway refused our client certificate ({e.reason})",
                     ours_refused=True) from None
-            raise Unreachable(method, f"TLS error ({e.reason or type(e).__name__})") from None
+            raise Unreachable(method, f"TLS error ({e.reason or type(e).__name__})"
+                              + _cut_hint(s)) from None
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as e:
+            raise Unreachable(method, _connection_problem(e, s, timeout) + _cut_hint(s)) from None
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(method, _connection_problem(e, s, timeout)) from None
         finally:
             conn.close()
+
+
+def _cut_hint(s: Settings) -> str:
+    """
+    Under TLS 1.3 a server checks the client's certificate after the client
+    has finished its handshake, so a refusal may reach us as a cut
+    connection rather than as an alert: say so when we sent none.
+    """
+    if s.cert is not None:
+        return ""
+    return ("; if the gateway requires a client certificate, give one (AIRFLOWRPC_CERT): "
+            "none was sent")
 
 
 def _connection_problem(e: BaseException, s: Settings, timeout: float) -> str:

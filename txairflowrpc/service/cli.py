@@ -201,7 +201,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
+    # Its errors never echo a token typed where it does not belong.
+    top = client_commands.Parser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
     _config_option(top)
     commands = top.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="work with the audit trail")
