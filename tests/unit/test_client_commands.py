@@ -86,10 +86,33 @@ def test_a_failed_run_exits_1_with_the_failed_tasks_log_tail() -> None:
     lines = got.err.splitlines()
     start = lines.index(f"----- task {FAILING_TASK} failed (try 1): last 5 of 100 log "
                         f"lines -----")
-    assert lines[start + 1:start + 7] == [*LOG_LINES[-5:], f"----- end of task {FAILING_TASK} -----"]
+    assert lines[start + 1:start + 7] == [*(f"| {line}" for line in LOG_LINES[-5:]),
+                                          f"----- end of task {FAILING_TASK} -----"]
     assert "log line 95" not in got.err
     assert "not run because an upstream task failed: after_it" in got.err
     assert "airflowrpc: run 'gitlab-9001-deploy' of DAG 'example_fail' ended failed" in got.err
+
+
+def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = FakeGateway()
+    hostile = ["::add-mask::nothing", "  ::stop-commands::x", "\x1b[0Ksection_start:1:x",
+               "::group::Pre Execute", "tab\there"]
+    monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(hostile))
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    shown = got.err.splitlines()
+    for line in ("| ::add-mask::nothing", "|   ::stop-commands::x", "| ?[0Ksection_start:1:x",
+                 "| ::group::Pre Execute", "| tab\there"):
+        assert line in shown
+    assert not [line for line in shown if line.lstrip().startswith("::") or "\x1b" in line]
+
+
+def test_a_fault_string_cannot_start_a_line_either() -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\n::add-mask::x")]
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert got.status == 4
+    assert "airflowrpc: trigger_dag: fault 409: conflict ::add-mask::x" in got.err
+    assert not [line for line in got.err.splitlines() if line.startswith("::")]
 
 
 def test_the_same_command_again_in_the_same_job_reuses_the_run() -> None:

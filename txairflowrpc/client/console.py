@@ -21,6 +21,9 @@ _SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z
                      r"|()eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def redact_shapes(text: str) -> str:
     """``text`` with anything shaped like a token, JWT or credential header redacted."""
     return _SHAPES.sub(lambda m: next(g for g in m.groups() if g is not None) + "[redacted]",
@@ -53,8 +56,12 @@ class Console:
         self._out.flush()
 
     def note(self, text: str) -> None:
-        """One ``airflowrpc: ...`` line on stderr."""
-        self._err.write(self.redact(f"airflowrpc: {text}") + "\n")
+        """
+        One ``airflowrpc: ...`` line on stderr: a line break or control
+        character in ``text`` (a fault string echoing a caller's value) is
+        a space, so no note can start a line a CI runner obeys.
+        """
+        self._err.write(self.redact(f"airflowrpc: {_CONTROL.sub(' ', text)}") + "\n")
         self._err.flush()
 
     def lines(self, lines: Iterable[str]) -> None:

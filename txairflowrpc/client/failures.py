@@ -10,6 +10,7 @@ either way.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -23,6 +24,21 @@ FAILED_STATES = ("failed",)
 MAX_TASKS = 10
 #: Socket timeout of the calls that gather the logs.
 LOG_TIMEOUT = 120.0
+#: Control characters (ANSI escapes among them) other than tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def quoted(line: str) -> str:
+    """
+    A task's log line as it is shown: after ``| ``, with control characters
+    as ``?``.  A CI runner reads lines of a job's output as commands
+    (GitHub Actions: a line starting ``::``, such as ``::add-mask::`` or
+    ``::stop-commands::``; GitLab: ``section_start`` after an escape), and a
+    task's log is written by whoever controls the task: never let it
+    command the pipeline.  Airflow's own ``::group::`` lines are shown, not
+    obeyed.
+    """
+    return "| " + _CONTROL.sub("?", line)
 
 
 @attrs.frozen
@@ -114,7 +130,7 @@ def report(found: FailedTasks) -> list[str]:
         shown = len(tail.lines)
         out.append(f"----- task {name} failed{attempt}: last {shown} of {tail.total} log "
                    f"lines -----")
-        out.extend(tail.lines)
+        out.extend(quoted(line) for line in tail.lines)
         out.append(f"----- end of task {name} -----")
     if found.more:
         out.append(f"... and {found.more} more failed task instances (list_task_instances)")
