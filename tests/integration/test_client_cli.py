@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,6 +182,46 @@ def test_a_token_without_the_scope_exits_3_and_is_never_printed(
     for result in (refused, allowed, bogus):
         assert token not in result.out + result.err
         assert token[-12:] not in result.out + result.err
+
+
+@pytest.fixture
+def restartable(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
+                airflow: LocalAirflow) -> Iterator[RunningGateway]:
+    """A gateway of this test's own, so that stopping it disturbs no other."""
+    gw = RunningGateway(tmp_path_factory.mktemp("cli-restart-gw"), pki, airflow)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def test_the_wait_survives_a_gateway_restart(restartable: RunningGateway) -> None:
+    run_id = f"restart-{secrets.token_hex(4)}"
+    env = {**with_cert(restartable), "AIRFLOWRPC_RUN_ID": run_id}
+    cli = subprocess.Popen(
+        [AIRFLOWRPC, "trigger", "example_hello", "--wait", "--timeout", "300",
+         "--progress-every", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        assert cli.stderr is not None
+        seen = []
+        for line in cli.stderr:  # ends at the latest when the command does
+            seen.append(line)
+            if "triggered run" in line:
+                break
+        assert any("triggered run" in line for line in seen), "".join(seen)
+        restartable.stop()  # the wait in flight is cut; new connections are refused
+        time.sleep(2)
+        restartable.start()
+        out, rest = cli.communicate(timeout=300)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    err = "".join(seen) + rest
+    assert cli.returncode == 0, f"exit {cli.returncode}\n{out}\n{err}"
+    assert json.loads(out)["state"] == "success"
+    assert "wait_dag_run: gateway unreachable" in err and "trying again in" in err, err
 
 
 def test_a_certificate_gateway_without_a_certificate_is_not_let_in(
