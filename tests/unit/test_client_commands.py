@@ -166,6 +166,15 @@ def test_a_refused_trigger_exits_by_class(fault: int, status: int) -> None:
     assert len(gateway.calls_of("trigger_dag")) == 1 and not gateway.calls_of("wait_dag_run")
 
 
+def test_conf_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "conf.json").write_text('{"day": "2026-01-01", "n": null}')
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_hello", "--conf", f"@{tmp_path}/conf.json"],
+                        gateway)
+    assert got.status == 0
+    assert gateway.calls_of("trigger_dag")[0][1] == {"day": "2026-01-01", "n": None}
+
+
 def test_another_conf_for_the_same_run_id_is_a_conflict() -> None:
     gateway = FakeGateway()
     assert run_in_memory(["trigger", "example_hello", "--conf", '{"a": 1}'], gateway).status == 0
@@ -194,6 +203,7 @@ def test_logs_that_cannot_be_read_do_not_change_the_outcome() -> None:
     (["trigger", "example_hello", "--conf", "[1]"], "--conf must be a JSON object"),
     (["trigger", "example_hello", "--conf", "{nope"], "--conf is not valid JSON"),
     (["trigger", "example_hello", "--run-id", "a b"], "may contain only"),
+    (["trigger", "example_hello", "--conf", "@/nonexistent/conf.json"], "--conf: cannot read"),
 ])
 def test_trigger_usage_errors_send_nothing(argv: list[str], says: str) -> None:
     gateway = FakeGateway()

@@ -254,8 +254,10 @@ def _call(
 def _conf(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
-    conf = values.parse_argument(text, 0) if text.startswith("@") else \
-        values.parse_json(text, "--conf")
+    if text.startswith("@"):
+        conf = values.parse_argument(text, 0, what="--conf")
+    else:
+        conf = values.parse_json(text, "--conf")
     if not isinstance(conf, dict):
         raise UsageError("--conf must be a JSON object, e.g. '{\"day\": \"2026-01-01\"}'")
     return conf

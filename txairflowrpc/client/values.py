@@ -52,9 +52,14 @@ def parse_json(text: str, what: str) -> Any:
     return value
 
 
-def parse_argument(word: str, position: int, stdin: IO[str] | None = None) -> Any:
-    """One ``call`` argument (see the module doc); ``position`` counts from 1."""
-    what = f"argument {position}"
+def parse_argument(
+    word: str, position: int, stdin: IO[str] | None = None, what: str | None = None,
+) -> Any:
+    """
+    One ``call`` argument (see the module doc); ``position`` counts from 1
+    and names it in errors, unless ``what`` does.
+    """
+    what = what or f"argument {position}"
     if word.startswith("@"):
         source = word[1:]
         try:
