@@ -244,7 +244,8 @@ def _call(
     if timeout is None:
         timeout = DEFAULT_TIMEOUT
         if args.method == "wait_dag_run":
-            waits = params[2] if len(params) > 2 else 60
+            # The gateway's default wait is 60 s (a null is "not given").
+            waits = params[2] if len(params) > 2 and params[2] is not None else 60
             timeout += waits if isinstance(waits, int) and not isinstance(waits, bool) else 0
     gateway = _connect(args, environ, console, connect)
     console.result(gateway.call(args.method, *params, timeout=timeout))
