@@ -14,6 +14,9 @@ package is grouped by layer; each imports only the layers below it
   OIDC, AWS IAM, scopes and roles, the policy.
 - `gate`: where a call comes in: TLS, the site and its limits, ``/RPC2``,
   XML-RPC on the wire, the dispatcher, the methods.
+- `client`: the caller's side of ``airflowrpc call`` and ``airflowrpc
+  trigger``: it reaches the gateway over XML-RPC like any caller, so it
+  imports only `core` (fault codes, id rules), none of the layers above.
 - `service`: the face: ``twistd airflowrpc``, reload, the admin listener,
   the ``airflowrpc`` command.
 - `devstack`: the local Airflow, dev CA and runner behind ``make run``

@@ -192,7 +192,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
                           secrets.token_urlsafe(16), database=database.url)
         try:
             af.start()
-            af.wait_dags(["example_hello", "etl_orders", "example_noop"])
+            af.wait_dags(["example_hello", "etl_orders", "example_noop", "example_fail"])
             yield af
         finally:
             af.stop()

@@ -24,7 +24,7 @@ def test_perl_rpc_xml_client_with_a_client_certificate(gateway: RunningGateway) 
     assert lines == {
         "ping": "pong",
         "principal": "ci-bot",
-        "dags": "etl_orders,example_hello,example_noop",
+        "dags": "etl_orders,example_fail,example_hello,example_noop",
         "created": "1",
         "state": "success",
         "fault": "404",

@@ -25,11 +25,13 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"core"},
     "identity": {"core", "config"},
     "gate": {"core", "config", "audit", "upstream", "identity"},
+    # The caller's side (the call/trigger commands, AWS-IAM signing): it
+    # reaches the gateway over XML-RPC like any caller, so only core's fault
+    # codes and id rules (the wire contract) are its; the gateway never
+    # imports it, only the command does.
+    "client": {"", "core"},
     "service": {"", "core", "config", "audit", "upstream", "identity", "gate", "client"},
     "devstack": {"config"},
-    # What a caller runs (signing an AWS-IAM credential): the gateway's
-    # command may use it, the gateway itself never does.
-    "client": set(),
 }
 
 

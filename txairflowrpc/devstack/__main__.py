@@ -36,6 +36,13 @@ The gateway is starting on https://localhost:{port}/RPC2 in front of Airflow at
     print(rpc.wait_dag_run("example_hello", run["dag_run_id"], 120))
     print(rpc.get_task_log("example_hello", run["dag_run_id"], "say_hello"))
 
+Or with the airflowrpc command (exit 0 only if the run succeeded):
+
+    export AIRFLOWRPC_URL=https://localhost:{port}/RPC2 AIRFLOWRPC_CA={ca} \\
+           AIRFLOWRPC_CERT={cert} AIRFLOWRPC_KEY={key}
+    .venv/bin/airflowrpc trigger example_hello --conf '{{"who": "me"}}' --run-id try-2 --wait
+    .venv/bin/airflowrpc call get_dag_run example_hello try-2
+
 The client certificate is principal "dev-client" (role operator). For a token of
 the CI bot (role ci: only etl_* DAGs), in another shell:
 
@@ -71,7 +78,7 @@ def main() -> int:
     print(f"Starting Airflow 3 on {airflow.base_url} (log: {airflow.log_path}) ...", flush=True)
     try:
         airflow.start()
-        airflow.wait_dags(["example_hello", "etl_orders", "example_noop"])
+        airflow.wait_dags(["example_hello", "etl_orders", "example_noop", "example_fail"])
         print(SNIPPET.format(
             port=GATEWAY_PORT, airflow=airflow.base_url,
             passwords=airflow.home / "simple_auth_manager_passwords.json.generated",

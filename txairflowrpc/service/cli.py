@@ -1,5 +1,5 @@
 """
-The ``airflowrpc`` command, for operators and auditors.
+The ``airflowrpc`` command, for operators, auditors and callers.
 
     airflowrpc token create --principal NAME [--roles R,...] [--days N]
     airflowrpc token list | rotate ID | revoke ID
@@ -8,6 +8,9 @@ The ``airflowrpc`` command, for operators and auditors.
     airflowrpc audit keygen --out PREFIX [--hmac]
                                       a key to sign checkpoints with
     airflowrpc config check [FILE]    check a config file as twistd would
+    airflowrpc call METHOD [ARG...]   call the gateway (for scripts; see client/)
+    airflowrpc trigger DAG [--conf JSON] [--run-id ID] [--wait] [--timeout S]
+                                      trigger a run, retry-safe (for CI pipelines)
 
 The token commands take ``--config`` (default conf/airflowrpc.toml) to find
 the token store and the audit trail; each change is recorded there.  It
@@ -28,6 +31,7 @@ from .. import config as config_module
 from ..audit import checkpoint
 from ..audit.chain import append_now
 from ..audit.verify import check, read_shipped
+from ..client import commands as client_commands
 from ..identity import tokens
 from .checked import load_checked
 
@@ -202,7 +206,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
+    # Its errors never echo a token typed where it does not belong.
+    top = client_commands.Parser(prog="airflowrpc", description=__doc__.split("\n\n")[0])
     _config_option(top)
     commands = top.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="work with the audit trail")
@@ -253,11 +258,15 @@ def parser() -> argparse.ArgumentParser:
     _config_option(cfg_check)
     cfg_check.add_argument("path", nargs="?", metavar="FILE",
                            help="the file to check (default: --config)")
+    # The caller's commands talk to a gateway over XML-RPC; --config is not theirs.
+    client_commands.add_to(commands)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in client_commands.NAMES:
+        return client_commands.run(args)
     config = getattr(args, "config", DEFAULT_CONFIG)
     if args.command == "token":
         args.config = config

@@ -1,0 +1,193 @@
+"""
+A fake txairflowrpc gateway for the client's unit tests: the few methods
+``airflowrpc call`` and ``trigger`` use, with runs that move on one state
+per ``wait_dag_run``, scripted failures, and a record of every call.
+
+`FakeGateway` is the logic; `InMemory` hands it to the commands as a
+``Caller`` (no wire, a fake clock); `TLSServer` serves it over real TLS on
+loopback (``ThreadingHTTPServer``, the standard library's XML-RPC
+marshalling), for what only the wire shows: headers, ``<i8>``, ``<nil/>``,
+HTTP refusals, client certificates.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import xmlrpc.client
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from txairflowrpc.client.errors import ClientError, FaultReply
+
+#: How each DAG's runs go: the states a run passes through, one per wait.
+SCRIPTS = {
+    "example_hello": ["queued", "running", "success"],
+    "example_fail": ["queued", "running", "running", "failed"],
+    "slow": ["queued"] + ["running"] * 10_000,
+}
+FAILING_TASK = "fail_on_purpose"
+LOG_LINES = [f"log line {n}" for n in range(1, 101)]
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        #: method -> errors (ClientError or xmlrpc Fault) raised by its next calls.
+        self.fail_next: dict[str, list[BaseException]] = {}
+        #: Called before each call with (method, params): a test's clock hook.
+        self.on_call: Callable[[str, tuple[Any, ...]], None] | None = None
+
+    def dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
+        self.calls.append((method, params))
+        if self.on_call is not None:
+            self.on_call(method, params)
+        pending = self.fail_next.get(method)
+        if pending:
+            raise pending.pop(0)
+        handler = getattr(self, method.replace(".", "_"), None)
+        if handler is None:
+            raise xmlrpc.client.Fault(-32601, f"method {method!r} does not exist")
+        return handler(*params)
+
+    def calls_of(self, method: str) -> list[tuple[Any, ...]]:
+        return [params for m, params in self.calls if m == method]
+
+    def ping(self) -> str:
+        return "pong"
+
+    def get_dag(self, dag_id: str) -> dict[str, Any]:
+        if dag_id not in SCRIPTS:
+            raise xmlrpc.client.Fault(404, f"not found: DAG {dag_id!r}")
+        return {"dag_id": dag_id, "is_paused": False}
+
+    def echo(self, *values: Any) -> Any:
+        return list(values)
+
+    def trigger_dag(self, dag_id: str, conf: Any = None, options: Any = None) -> dict[str, Any]:
+        self.get_dag(dag_id)
+        conf = conf or {}
+        run_id = (options or {}).get("dag_run_id") or f"manual-{len(self.runs)}"
+        key = (dag_id, run_id)
+        if key in self.runs:
+            run = self.runs[key]
+            if run["conf"] != conf:
+                raise xmlrpc.client.Fault(
+                    409, f"conflict: run {run_id!r} of DAG {dag_id!r} already exists with a "
+                    f"different conf")
+            return {**self._public(run), "created": False}
+        self.runs[key] = {"dag_id": dag_id, "dag_run_id": run_id, "conf": conf,
+                          "note": (options or {}).get("note"), "step": 0}
+        return {**self._public(self.runs[key]), "created": True}
+
+    def _public(self, run: dict[str, Any]) -> dict[str, Any]:
+        states = SCRIPTS[run["dag_id"]]
+        state = states[min(run["step"], len(states) - 1)]
+        out = {"dag_id": run["dag_id"], "dag_run_id": run["dag_run_id"], "state": state,
+               "conf": run["conf"]}
+        return out
+
+    def wait_dag_run(self, dag_id: str, run_id: str, timeout: int = 60) -> dict[str, Any]:
+        run = self.runs.get((dag_id, run_id))
+        if run is None:
+            raise xmlrpc.client.Fault(404, f"not found: run {run_id!r} of DAG {dag_id!r}")
+        run["step"] += 1
+        out = self._public(run)
+        return {**out, "finished": out["state"] in ("success", "failed")}
+
+    def list_task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        state = self._public(self.runs[(dag_id, run_id)])["state"]
+        if state != "failed":
+            return [{"task_id": "say_hello", "state": "success", "try_number": 1,
+                     "map_index": -1}]
+        return [{"task_id": FAILING_TASK, "state": "failed", "try_number": 1, "map_index": -1},
+                {"task_id": "after_it", "state": "upstream_failed", "try_number": 0,
+                 "map_index": -1}]
+
+    def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 0) -> str:
+        return "\n".join(LOG_LINES) + "\n"
+
+
+class InMemory:
+    """A `Caller` on a FakeGateway: faults become FaultReply as the wire would."""
+
+    def __init__(self, gateway: FakeGateway) -> None:
+        self.gateway = gateway
+        self.timeouts: list[float] = []
+
+    def call(self, method: str, *params: Any, timeout: float = 120.0) -> Any:
+        self.timeouts.append(timeout)
+        try:
+            return self.gateway.dispatch(method, params)
+        except xmlrpc.client.Fault as f:
+            raise FaultReply(method, f.faultCode, f.faultString, "req-1") from None
+        except ClientError:
+            raise
+
+
+class TLSServer:
+    """
+    FakeGateway over HTTPS on 127.0.0.1, in a thread.  ``requests`` keeps
+    each request's headers and body; ``respond`` may be set to answer a
+    request itself: (status, content type, body) or None for the gateway.
+    """
+
+    def __init__(self, gateway: FakeGateway, cert: str, key: str,
+                 client_ca: str | None = None, tls12: bool = False) -> None:
+        self.gateway = gateway
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.respond: Callable[[dict[str, str], bytes], tuple[int, str, bytes] | None] | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append((headers, body))
+                custom = outer.respond(headers, body) if outer.respond else None
+                if custom is None:
+                    custom = (200, "text/xml", outer._answer(body))
+                status, content_type, answer = custom
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(answer)))
+                self.send_header("X-Request-Id", "req-42")
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        if tls12:
+            # TLS 1.2 checks the client's certificate inside the handshake,
+            # so a refusal is an alert, never a race with a cut connection.
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if client_ca is not None:
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"https://localhost:{self.port}/RPC2"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def _answer(self, body: bytes) -> bytes:
+        params, method = xmlrpc.client.loads(body)
+        try:
+            result = self.gateway.dispatch(method or "", params)
+            text = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True)
+        except xmlrpc.client.Fault as f:
+            text = xmlrpc.client.dumps(f, methodresponse=True)
+        return text.encode("utf-8")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

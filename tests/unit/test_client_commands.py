@@ -1,0 +1,439 @@
+"""
+``airflowrpc call`` and ``airflowrpc trigger`` as a script or a pipeline
+runs them: exit statuses, stdout and stderr, run ids reused across
+retries, the failed tasks' log tails, and never a secret on the screen.
+
+The trigger flow runs against the in-memory fake gateway on a fake clock;
+what only the wire shows (headers, ``<i8>`` and ``<nil/>``, HTTP refusals,
+TLS trust and client certificates) runs against the same fake served over
+real TLS on loopback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import xmlrpc.client
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from txairflowrpc.client import commands
+from txairflowrpc.client.console import Console
+from txairflowrpc.client.errors import Unreachable
+from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.service.cli import main, parser
+
+from .fake_gateway import FAILING_TASK, LOG_LINES, FakeGateway, InMemory, TLSServer
+from .test_client_wait import FakeClock
+
+TOKEN = "arpc_t0ken1d_s3cretpart0fthet0ken"
+GITLAB = {"GITLAB_CI": "true", "CI_PIPELINE_ID": "9001", "CI_JOB_NAME": "deploy",
+          "CI_JOB_ID": "555", "CI_JOB_URL": "https://gitlab.example/g/p/-/jobs/555"}
+
+
+@attrs.frozen
+class Outcome:
+    status: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_in_memory(argv: list[str], gateway: FakeGateway, env: dict[str, str] | None = None,
+                  clock: FakeClock | None = None) -> Outcome:
+    """The command, with the fake gateway behind it and time on a fake clock."""
+    out, err = io.StringIO(), io.StringIO()
+    clock = clock or FakeClock()
+    environ = {"AIRFLOWRPC_URL": "https://gw.test/RPC2", "AIRFLOWRPC_TOKEN": TOKEN,
+               **(env if env is not None else GITLAB)}
+    status = commands.run(parser().parse_args(argv), environ=environ,
+                          console=Console(out, err), clock=clock, sleep=clock.sleep,
+                          rand=lambda: 0.5, connect=lambda s, **kw: InMemory(gateway))
+    return Outcome(status, out.getvalue(), err.getvalue())
+
+
+# -- trigger -----------------------------------------------------------------
+
+def test_trigger_and_wait_for_success() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_hello", "--conf", '{"who": "ci"}', "--wait"],
+                        gateway)
+    assert got.status == 0, got.err
+    assert {k: got.json[k] for k in ("dag_run_id", "state", "created", "finished")} == {
+        "dag_run_id": "gitlab-9001-deploy", "state": "success", "created": True,
+        "finished": True}
+    (trigger,) = gateway.calls_of("trigger_dag")
+    assert trigger == ("example_hello", {"who": "ci"}, {
+        "dag_run_id": "gitlab-9001-deploy",
+        "note": "CI job: https://gitlab.example/g/p/-/jobs/555"})
+    assert "run id gitlab-9001-deploy (from CI_PIPELINE_ID, CI_JOB_NAME)" in got.err
+    assert "run gitlab-9001-deploy of example_hello: success after" in got.err
+
+
+def test_a_failed_run_exits_1_with_the_failed_tasks_log_tail() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_fail", "--wait", "--log-lines", "5"], gateway)
+    assert got.status == 1
+    assert got.json["state"] == "failed"
+    lines = got.err.splitlines()
+    start = lines.index(f"----- task {FAILING_TASK} failed (try 1): last 5 of 100 log "
+                        f"lines -----")
+    assert lines[start + 1:start + 7] == [*(f"| {line}" for line in LOG_LINES[-5:]),
+                                          f"----- end of task {FAILING_TASK} -----"]
+    assert "log line 95" not in got.err
+    assert "not run because an upstream task failed: after_it" in got.err
+    assert "airflowrpc: run 'gitlab-9001-deploy' of DAG 'example_fail' ended failed" in got.err
+
+
+def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = FakeGateway()
+    hostile = ["::add-mask::nothing", "  ::stop-commands::x", "\x1b[0Ksection_start:1:x",
+               "::group::Pre Execute", "tab\there"]
+    monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(hostile))
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    shown = got.err.splitlines()
+    for line in ("| ::add-mask::nothing", "|   ::stop-commands::x", "| ?[0Ksection_start:1:x",
+                 "| ::group::Pre Execute", "| tab\there"):
+        assert line in shown
+    assert not [line for line in shown if line.lstrip().startswith("::") or "\x1b" in line]
+
+
+def test_a_fault_string_cannot_start_a_line_either() -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\n::add-mask::x")]
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert got.status == 4
+    assert "airflowrpc: trigger_dag: fault 409: conflict ::add-mask::x" in got.err
+    assert not [line for line in got.err.splitlines() if line.startswith("::")]
+
+
+def test_the_same_command_again_in_the_same_job_reuses_the_run() -> None:
+    gateway = FakeGateway()
+    first = run_in_memory(["trigger", "example_hello", "--wait"], gateway)
+    retried = run_in_memory(["trigger", "example_hello", "--wait"],
+                            gateway, env={**GITLAB, "CI_JOB_ID": "556"})  # a retried job
+    assert (first.status, retried.status) == (0, 0)
+    assert (first.json["created"], retried.json["created"]) == (True, False)
+    assert len(gateway.runs) == 1
+    assert "already existed with this conf" in retried.err
+
+
+def test_a_retried_job_finds_its_failed_run_and_says_how_to_run_it_again() -> None:
+    gateway = FakeGateway()
+    run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    again = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert again.status == 1 and len(gateway.runs) == 1
+    assert "clear its failed tasks" in again.err
+
+
+def test_without_a_ci_job_the_id_is_fresh_and_says_so() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_hello"], gateway, env={})
+    assert got.status == 0
+    assert got.json["dag_run_id"].startswith("airflowrpc-") and got.json["created"] is True
+    assert "running this command again will start another run" in got.err
+    assert gateway.calls_of("wait_dag_run") == []
+    (trigger,) = gateway.calls_of("trigger_dag")
+    assert "note" not in trigger[2]
+
+
+def test_a_transient_failure_of_the_trigger_is_retried_with_the_same_run_id() -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [Unreachable("trigger_dag", "reset"),
+                                        xmlrpc.client.Fault(503, "Airflow unavailable")]
+    got = run_in_memory(["trigger", "example_hello", "--run-id", "r-7"], gateway)
+    assert got.status == 0 and len(gateway.runs) == 1
+    assert [c[2]["dag_run_id"] for c in gateway.calls_of("trigger_dag")] == ["r-7"] * 3
+    assert got.err.count("trying again in") == 2
+
+
+@pytest.mark.parametrize("fault, status", [(403, 3), (404, 4), (409, 4), (-32602, 2),
+                                           (502, 5), (-32603, 5)])
+def test_a_refused_trigger_exits_by_class(fault: int, status: int) -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(fault, "no")]
+    got = run_in_memory(["trigger", "example_hello", "--wait"], gateway)
+    assert got.status == status
+    assert f"trigger_dag: fault {fault}: no" in got.err
+    assert len(gateway.calls_of("trigger_dag")) == 1 and not gateway.calls_of("wait_dag_run")
+
+
+def test_conf_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "conf.json").write_text('{"day": "2026-01-01", "n": null}')
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_hello", "--conf", f"@{tmp_path}/conf.json"],
+                        gateway)
+    assert got.status == 0
+    assert gateway.calls_of("trigger_dag")[0][1] == {"day": "2026-01-01", "n": None}
+
+
+def test_another_conf_for_the_same_run_id_is_a_conflict() -> None:
+    gateway = FakeGateway()
+    assert run_in_memory(["trigger", "example_hello", "--conf", '{"a": 1}'], gateway).status == 0
+    got = run_in_memory(["trigger", "example_hello", "--conf", '{"a": 2}'], gateway)
+    assert got.status == 4 and "already exists with a different conf" in got.err
+
+
+def test_a_wait_that_times_out_exits_6_and_prints_the_run() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "slow", "--wait", "--timeout", "30"], gateway)
+    assert got.status == 6
+    assert got.json["state"] == "running" and got.json["created"] is True
+    assert "is still running after 30 s; it goes on in Airflow" in got.err
+
+
+def test_logs_that_cannot_be_read_do_not_change_the_outcome() -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["get_task_log"] = [xmlrpc.client.Fault(403, "forbidden: logs:read")]
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert got.status == 1
+    assert f"task {FAILING_TASK} failed (try 1); its log: get_task_log: fault 403" in got.err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["trigger", "example_hello", "--timeout", "5"], "--timeout needs --wait"),
+    (["trigger", "example_hello", "--conf", "[1]"], "--conf must be a JSON object"),
+    (["trigger", "example_hello", "--conf", "{nope"], "--conf is not valid JSON"),
+    (["trigger", "example_hello", "--run-id", "a b"], "may contain only"),
+    (["trigger", "example_hello", "--conf", "@/nonexistent/conf.json"], "--conf: cannot read"),
+])
+def test_trigger_usage_errors_send_nothing(argv: list[str], says: str) -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(argv, gateway)
+    assert got.status == 2 and says in got.err and gateway.calls == []
+
+
+# -- over real TLS -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("client-pki"))
+
+
+@pytest.fixture
+def server(pki: DevPKI) -> Iterator[TLSServer]:
+    srv = TLSServer(FakeGateway(), str(pki.directory / "server.pem"),
+                    str(pki.directory / "server.key"))
+    yield srv
+    srv.close()
+
+
+def run_main(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> Outcome:
+    for name in [n for n in __import__("os").environ if n.startswith(("AIRFLOWRPC_", "CI_",
+                                                                       "GITLAB", "GITHUB"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return Outcome(status, out, err)
+
+
+def tls_env(server: TLSServer, pki: DevPKI, **more: str) -> dict[str, str]:
+    return {"AIRFLOWRPC_URL": server.url, "AIRFLOWRPC_CA": str(pki.ca_file), **more}
+
+
+def test_call_prints_json_and_sends_the_token_and_extensions(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got = run_main(["call", "get_dag", "example_hello"],
+                   tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN), monkeypatch, capsys)
+    assert (got.status, got.json, got.err) == (
+        0, {"dag_id": "example_hello", "is_paused": False}, "")
+    headers, body = server.requests[0]
+    assert headers["authorization"] == f"Bearer {TOKEN}"
+    assert headers["x-airflowrpc-extensions"] == "nil, i8"
+    assert xmlrpc.client.loads(body) == (("example_hello",), "get_dag")
+
+
+def test_big_integers_and_nulls_go_out_and_come_back_exact(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    answer = (b"<?xml version='1.0'?><methodResponse><params><param><value><struct>"
+              b"<member><name>big</name><value><i8>9007199254740993</i8></value></member>"
+              b"<member><name>none</name><value><nil/></value></member>"
+              b"</struct></value></param></params></methodResponse>")
+    server.respond = lambda headers, body: (200, "text/xml", answer)
+    got = run_main(["call", "echo", '{"big": 9007199254740993, "none": null}', "null", "7"],
+                   tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN), monkeypatch, capsys)
+    assert got.status == 0
+    assert got.out == '{"big": 9007199254740993, "none": null}\n'
+    body = server.requests[0][1].decode()
+    assert "<i8>9007199254740993</i8>" in body and body.count("<nil/>") == 2
+    assert "<int>7</int>" in body
+    params, _ = xmlrpc.client.loads(server.requests[0][1])
+    assert params == ({"big": 9007199254740993, "none": None}, None, 7)
+
+
+def test_a_fault_goes_to_stderr_with_its_exit_status(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got = run_main(["call", "get_dag", "no_such_dag"],
+                   tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN), monkeypatch, capsys)
+    assert (got.status, got.out) == (4, "")
+    assert got.err == ("airflowrpc: get_dag: fault 404: not found: DAG 'no_such_dag' "
+                       "(request id req-42)\n")
+    got = run_main(["call", "no_such_method"], tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN),
+                   monkeypatch, capsys)
+    assert got.status == 2
+
+
+def test_a_401_exits_3_with_the_gateways_reason(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server.respond = lambda h, b: (401, "text/plain; charset=utf-8",
+                                   b"unauthenticated: no valid credential\n")
+    got = run_main(["call", "ping"], tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN),
+                   monkeypatch, capsys)
+    assert got.status == 3
+    assert got.err == ("airflowrpc: ping: HTTP 401 Unauthorized (request id req-42); "
+                       "unauthenticated: no valid credential\n")
+    got = run_main(["call", "ping"], tls_env(server, pki), monkeypatch, capsys)
+    assert got.status == 3 and "no token or client certificate was given" in got.err
+
+
+@pytest.mark.parametrize("status, reason", [(503, "Service Unavailable"), (413, "Too Large"),
+                                            (200, "garbage")])
+def test_other_http_answers_exit_5(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], status: int, reason: str,
+) -> None:
+    server.respond = lambda h, b: (status, "text/html", b"<html>oops</html>")
+    got = run_main(["call", "ping"], tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN),
+                   monkeypatch, capsys)
+    assert got.status == 5 and got.out == ""
+    assert "oops" not in got.err
+
+
+def test_nothing_secret_is_printed_even_verbose(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    # A gateway that (wrongly) echoes the Authorization header in a fault.
+    def echo(headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        fault = xmlrpc.client.Fault(403, f"forbidden for {headers['authorization']}")
+        return 200, "text/xml", xmlrpc.client.dumps(fault, methodresponse=True).encode()
+
+    server.respond = echo
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    for env, extra in [(tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN), []),
+                       (tls_env(server, pki), ["--token-file", str(token_file)])]:
+        got = run_main(["call", "-v", "ping", *extra], env, monkeypatch, capsys)
+        assert got.status == 3
+        assert "-> ping (" in got.err and "<- HTTP 200" in got.err  # it did trace
+        assert "forbidden for Bearer [redacted]" in got.err
+        secret = TOKEN.split("_", 2)[2]
+        assert secret not in got.err and secret not in got.out
+    # Nor when the token cannot be sent, nor in a trigger's notes.
+    got = run_main(["call", "ping"], tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN + " x"),
+                   monkeypatch, capsys)
+    assert got.status == 2 and TOKEN not in got.err
+    server.respond = None
+    got = run_main(["trigger", "-v", "example_fail", "--wait", "--progress-every", "1"],
+                   tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN, AIRFLOWRPC_RUN_ID="v-1"),
+                   monkeypatch, capsys)
+    assert got.status == 1 and TOKEN.split("_", 2)[2] not in got.err + got.out
+
+
+def test_an_untrusted_gateway_certificate_is_usage(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got = run_main(["call", "ping"], {"AIRFLOWRPC_URL": server.url, "AIRFLOWRPC_TOKEN": TOKEN},
+                   monkeypatch, capsys)
+    assert got.status == 2 and "certificate is not trusted" in got.err
+    assert server.requests == []
+
+
+def test_mutual_tls_presents_the_client_certificate(
+    pki: DevPKI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = TLSServer(FakeGateway(), str(pki.directory / "server.pem"),
+                    str(pki.directory / "server.key"), client_ca=str(pki.ca_file), tls12=True)
+    try:
+        client = pki.client("ci-bot.example.com")
+        ok = run_main(["call", "ping"], tls_env(srv, pki, AIRFLOWRPC_CERT=str(client.cert),
+                                                AIRFLOWRPC_KEY=str(client.key)),
+                      monkeypatch, capsys)
+        assert (ok.status, ok.out) == (0, '"pong"\n')
+        refused = run_main(["call", "ping"], tls_env(srv, pki), monkeypatch, capsys)
+        assert refused.status == 3, refused.err
+        assert "refused our client certificate" in refused.err
+    finally:
+        srv.close()
+
+
+def test_a_connection_cut_after_the_handshake_hints_at_a_missing_certificate(
+    pki: DevPKI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # What TLS 1.3 may show instead of the alert: the server checks our
+    # certificate after our side of the handshake is done, then hangs up.
+    import ssl
+    import threading
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.directory / "server.pem"), str(pki.directory / "server.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up_after_handshake() -> None:
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True):
+            pass
+
+    thread = threading.Thread(target=hang_up_after_handshake, daemon=True)
+    thread.start()
+    try:
+        got = run_main(["call", "ping"], {"AIRFLOWRPC_URL": f"https://localhost:{port}/RPC2",
+                                          "AIRFLOWRPC_CA": str(pki.ca_file)},
+                       monkeypatch, capsys)
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert got.status == 5, got.err
+    assert "if the gateway requires a client certificate, give one" in got.err
+
+
+def test_no_gateway_there_exits_5(
+    pki: DevPKI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    got = run_main(["call", "ping"], {"AIRFLOWRPC_URL": f"https://localhost:{port}/RPC2",
+                                      "AIRFLOWRPC_CA": str(pki.ca_file)}, monkeypatch, capsys)
+    assert got.status == 5 and f"connection to localhost:{port} refused" in got.err
+
+
+def test_an_expiring_credential_is_mentioned_once(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from txairflowrpc.client.settings import read
+    from txairflowrpc.client.transport import Gateway
+
+    told: list[str] = []
+    original = server.server.RequestHandlerClass.end_headers
+
+    def end_headers(handler: Any) -> None:
+        handler.send_header("X-Credential-Expires", "2026-12-01T00:00:00Z")
+        original(handler)
+
+    monkeypatch.setattr(server.server.RequestHandlerClass, "end_headers", end_headers)
+    gw = Gateway(read(tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN)), on_expiry=told.append)
+    assert gw.call("ping") == "pong" and gw.call("ping") == "pong"
+    assert told == ["2026-12-01T00:00:00Z"]

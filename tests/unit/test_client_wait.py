@@ -1,0 +1,233 @@
+"""
+The client's exit statuses, its retries, and the wait loop, on a fake clock
+against an in-memory fake gateway (tests/unit/fake_gateway.py).
+"""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from typing import Any
+
+import pytest
+
+from txairflowrpc.client import errors
+from txairflowrpc.client.errors import (
+    BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError, WaitTimedOut,
+)
+from txairflowrpc.client.retry import Backoff, call_with_retries
+from txairflowrpc.client.waiting import MIN_ROUND, Progress, elapsed_text, wait_for_run
+
+from .fake_gateway import SCRIPTS, FakeGateway, InMemory
+
+
+class FakeClock:
+    """Time that moves only when slept on or moved by a test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+# -- exit statuses -----------------------------------------------------------
+
+@pytest.mark.parametrize("error, status, transient", [
+    (UsageError("x"), 2, False),
+    (FaultReply("m", -32602, "invalid params"), 2, False),
+    (FaultReply("m", -32601, "no such method"), 2, False),
+    (FaultReply("m", 401, "unauthenticated"), 3, False),
+    (FaultReply("m", 403, "forbidden"), 3, False),
+    (FaultReply("m", 404, "not found"), 4, False),
+    (FaultReply("m", "409", "conflict"), 4, False),  # a code sent as a string
+    (FaultReply("m", 429, "rate limited"), 5, True),
+    (FaultReply("m", 502, "Airflow error"), 5, False),
+    (FaultReply("m", 503, "unavailable"), 5, True),
+    (FaultReply("m", 504, "timeout"), 5, True),
+    (FaultReply("m", 507, "audit"), 5, True),
+    (FaultReply("m", -32603, "internal error"), 5, False),
+    (FaultReply("m", -32700, "parse error"), 5, False),
+    (FaultReply("m", "weird", "?"), 5, False),
+    (HTTPRefused("m", 401, "Unauthorized"), 3, False),
+    (HTTPRefused("m", 413, "Too Large"), 5, False),
+    (HTTPRefused("m", 503, "Service Unavailable"), 5, True),
+    (HandshakeRefused("m", "refused our certificate", ours_refused=True), 3, False),
+    (HandshakeRefused("m", "not trusted", ours_refused=False), 2, False),
+    (Unreachable("m", "refused"), 5, True),
+    (BadAnswer("m", "garbage"), 5, False),
+    (errors.RunFailed("d", "r", "failed"), 1, False),
+    (WaitTimedOut("d", "r", "running", 60), 6, False),
+])
+def test_each_error_has_its_exit_status(error: errors.ClientError, status: int,
+                                        transient: bool) -> None:
+    assert (error.exit_status, error.transient) == (status, transient)
+    assert error.message
+
+
+def test_messages_name_the_fault_and_request_id() -> None:
+    assert FaultReply("get_dag", 404, "not found: DAG 'x'", "abc").message == \
+        "get_dag: fault 404: not found: DAG 'x' (request id abc)"
+    assert HTTPRefused("ping", 401, "Unauthorized", "r1", "no token").message == \
+        "ping: HTTP 401 Unauthorized (request id r1); no token"
+
+
+# -- retries -----------------------------------------------------------------
+
+def test_backoff_grows_to_its_cap_with_jitter() -> None:
+    b = Backoff(first=1, factor=2, cap=10, jitter=0.25)
+    assert [b.delay(n, lambda: 0.5) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
+    assert b.delay(1, lambda: 0.0) == 0.75 and b.delay(1, lambda: 1.0) == 1.25
+
+
+def test_transient_failures_are_retried_then_given_up() -> None:
+    clock = FakeClock()
+    failures = [Unreachable("m", "reset"), FaultReply("m", 503, "down")]
+    heard: list[tuple[str, float]] = []
+
+    def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    got = call_with_retries(attempt, backoff=Backoff(), sleep=clock.sleep, clock=clock,
+                            on_retry=lambda e, p: heard.append((e.message, p)),
+                            rand=lambda: 0.5)
+    assert got == "ok" and clock.slept == [1.0, 2.0]
+    assert [m for m, _ in heard] == ["m: gateway unreachable: reset", "m: fault 503: down"]
+
+    def always() -> str:
+        raise Unreachable("m", "refused")
+
+    with pytest.raises(Unreachable):
+        call_with_retries(always, backoff=Backoff(attempts=4), sleep=clock.sleep, clock=clock,
+                          rand=lambda: 0.5)
+    assert clock.slept[2:] == [1.0, 2.0, 4.0]  # 4 tries, 3 pauses
+
+    def forbidden() -> str:
+        raise FaultReply("m", 403, "forbidden")
+
+    before = len(clock.slept)
+    with pytest.raises(FaultReply):
+        call_with_retries(forbidden, backoff=Backoff(), sleep=clock.sleep, clock=clock)
+    assert len(clock.slept) == before  # not retried
+
+
+def test_no_pause_runs_past_the_deadline() -> None:
+    clock = FakeClock()
+
+    def always() -> str:
+        raise Unreachable("m", "refused")
+
+    with pytest.raises(Unreachable):
+        call_with_retries(always, backoff=Backoff(attempts=100), sleep=clock.sleep,
+                          clock=clock, deadline=clock() + 10, rand=lambda: 0.5)
+    assert clock.slept == [1.0, 2.0, 4.0] and clock() < 1010
+
+
+# -- the wait ----------------------------------------------------------------
+
+def setup_run(dag: str, run_id: str = "r1") -> tuple[FakeGateway, InMemory, FakeClock]:
+    gateway = FakeGateway()
+    gateway.trigger_dag(dag, {}, {"dag_run_id": run_id})
+    clock = FakeClock()
+    # Each wait_dag_run holds for the seconds asked, unless the run finishes
+    # meanwhile (then a second).
+    def on_call(method: str, params: tuple[Any, ...]) -> None:
+        if method == "wait_dag_run":
+            states = SCRIPTS[params[0]]
+            step = gateway.runs[(params[0], params[1])]["step"] + 1
+            ends = states[min(step, len(states) - 1)] in ("success", "failed")
+            clock.now += 1 if ends else params[2]
+    gateway.on_call = on_call
+    return gateway, InMemory(gateway), clock
+
+
+def test_waits_over_several_calls_and_reports_only_changes() -> None:
+    gateway, caller, clock = setup_run("example_fail")
+    lines: list[str] = []
+    run = wait_for_run(caller, "example_fail", "r1", 600, chunk=15, clock=clock,
+                       sleep=clock.sleep, progress=Progress(lines.append, "example_fail", "r1",
+                                                            clock))
+    assert (run["state"], run["finished"]) == ("failed", True)
+    waits = gateway.calls_of("wait_dag_run")
+    assert waits == [("example_fail", "r1", 15)] * 3
+    # running, running, failed: a line for each change, none for the repeat.
+    assert lines == ["run r1 of example_fail: running (15s)",
+                     "run r1 of example_fail: failed after 31s"]
+    # The socket timeout of each wait covers the wait and the gateway's deadline.
+    assert all(t > 15 + 60 for t in caller.timeouts)
+
+
+def test_a_heartbeat_while_nothing_changes() -> None:
+    gateway, caller, clock = setup_run("slow")
+    lines: list[str] = []
+    with pytest.raises(WaitTimedOut) as caught:
+        wait_for_run(caller, "slow", "r1", 200, chunk=15, clock=clock, sleep=clock.sleep,
+                     progress=Progress(lines.append, "slow", "r1", clock, heartbeat=60))
+    assert lines[0] == "run r1 of slow: running (15s)"
+    assert all("still running" in line for line in lines[1:])
+    assert 2 <= len(lines) <= 4  # a line a minute, not one per call (14 calls)
+    assert len(gateway.calls_of("wait_dag_run")) == 14
+    assert (caught.value.state, caught.value.exit_status) == ("running", 6)
+    assert caught.value.run["state"] == "running"
+
+
+def test_the_last_wait_asks_only_for_what_is_left() -> None:
+    gateway, caller, clock = setup_run("slow")
+    with pytest.raises(WaitTimedOut):
+        wait_for_run(caller, "slow", "r1", 40, chunk=15, clock=clock, sleep=clock.sleep,
+                     progress=Progress(lambda _: None, "slow", "r1", clock))
+    assert [w[2] for w in gateway.calls_of("wait_dag_run")] == [15, 15, 10]
+    assert clock() == 1040
+
+
+def test_a_gateway_that_answers_at_once_is_not_hammered() -> None:
+    gateway, caller, clock = setup_run("slow")
+    gateway.on_call = None  # answers unfinished at once: its cap is below what is asked
+    with pytest.raises(WaitTimedOut):
+        wait_for_run(caller, "slow", "r1", 30, chunk=15, clock=clock, sleep=clock.sleep,
+                     progress=Progress(lambda _: None, "slow", "r1", clock))
+    assert len(gateway.calls_of("wait_dag_run")) == 30 / MIN_ROUND
+
+
+def test_the_wait_survives_a_gateway_restart() -> None:
+    gateway, caller, clock = setup_run("example_hello")
+    gateway.fail_next["wait_dag_run"] = [
+        xmlrpc.client.Fault(503, "Airflow unavailable"), Unreachable("wait_dag_run", "refused"),
+        xmlrpc.client.Fault(504, "timeout")]
+    lines: list[str] = []
+    run = wait_for_run(caller, "example_hello", "r1", 600, clock=clock, sleep=clock.sleep,
+                       rand=lambda: 0.5,
+                       progress=Progress(lines.append, "example_hello", "r1", clock))
+    assert run["state"] == "success"
+    assert clock.slept[:3] == [1.0, 2.0, 4.0]
+    assert [line for line in lines if "trying again" in line] == [
+        "wait_dag_run: fault 503: Airflow unavailable (request id req-1); trying again in 1.0 s",
+        "wait_dag_run: gateway unreachable: refused; trying again in 2.0 s",
+        "wait_dag_run: fault 504: timeout (request id req-1); trying again in 4.0 s"]
+
+
+def test_the_wait_gives_up_on_a_refusal_or_a_long_outage() -> None:
+    gateway, caller, clock = setup_run("example_hello")
+    gateway.fail_next["wait_dag_run"] = [xmlrpc.client.Fault(403, "forbidden")]
+    with pytest.raises(FaultReply) as caught:
+        wait_for_run(caller, "example_hello", "r1", 600, clock=clock, sleep=clock.sleep,
+                     progress=Progress(lambda _: None, "example_hello", "r1", clock))
+    assert caught.value.exit_status == 3 and clock.slept == []
+    gateway.fail_next["wait_dag_run"] = [Unreachable("wait_dag_run", "refused")] * 50
+    with pytest.raises(Unreachable):
+        wait_for_run(caller, "example_hello", "r1", 3600, clock=clock, sleep=clock.sleep,
+                     backoff=Backoff(attempts=5),
+                     progress=Progress(lambda _: None, "example_hello", "r1", clock))
+    assert len(gateway.calls_of("wait_dag_run")) == 1 + 5
+
+
+def test_elapsed_text() -> None:
+    assert [elapsed_text(s) for s in (0, 42.9, 65, 3600 + 123)] == [
+        "0s", "42s", "1m05s", "1h02m03s"]

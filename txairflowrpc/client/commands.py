@@ -1,0 +1,327 @@
+"""
+``airflowrpc call`` and ``airflowrpc trigger``: their parsers, and what
+they run.
+
+`add_to` puts both under the ``airflowrpc`` command's subparsers
+(``service/cli.py``); `run` runs the one parsed and returns the exit
+status (see `txairflowrpc.client.errors`).  Time, sleep and the
+environment are parameters, so the tests drive the wait on a fake clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import errors, failures, runid, settings, values
+from .console import Console, redact_shapes
+from .errors import ClientError, UsageError
+from .retry import Backoff, call_with_retries
+from .transport import DEFAULT_TIMEOUT, Caller, Gateway
+from .waiting import DEFAULT_CHUNK, Progress, wait_for_run
+
+NAMES = ("call", "trigger")
+DEFAULT_WAIT = 3600
+DEFAULT_LOG_LINES = 50
+#: Airflow keeps 1000 characters of a run's note, the gateway 700 of the caller's.
+MAX_NOTE = 700
+
+EXIT_CALL = """\
+exit status:
+  0  done: the result is on stdout
+  2  bad usage: arguments, flags, settings (or fault -32601, -32602)
+  3  not let in: HTTP 401, fault 403, the TLS handshake refused our certificate
+  4  not found or conflict: fault 404, 409
+  5  unavailable or broken: faults 429, 502, 503, 504, 507, -32603 and the
+     other protocol faults, HTTP errors, no connection
+"""
+
+EXIT_TRIGGER = """\
+exit status:
+  0  triggered (with --wait: the run succeeded)
+  1  the run failed (--wait); the failed tasks' log tails are on stderr
+  2  bad usage: arguments, flags, settings (or fault -32601, -32602)
+  3  not let in: HTTP 401, fault 403, the TLS handshake refused our certificate
+  4  not found or conflict: fault 404, 409 (e.g. the run id exists with
+     another conf)
+  5  unavailable or broken: faults 429, 502, 503, 504, 507 (after bounded
+     retries), -32603, HTTP errors, no connection
+  6  the run did not finish within --timeout (--wait); it goes on in Airflow
+"""
+
+CALL_DESCRIPTION = """\
+Call METHOD on the gateway with ARGs. Its result is printed as one line of
+JSON on stdout; a fault goes to stderr, and the exit status says its class.
+
+Each ARG is JSON when it is JSON: '{"day": "2026-01-01"}', 120, true, null,
+'"123"' (a string that looks like a number). A word that is not JSON is a
+string as it stands: etl_orders, 2026-01-01T00:00:00Z. One that starts with
+{ [ or " must be valid JSON. @FILE reads the JSON from a file, @- from stdin.
+null is sent as <nil/> (the gateway's "not given"), integers beyond 32 bits
+as <i8>.
+
+  airflowrpc call get_dag etl_orders
+  airflowrpc call trigger_dag etl_orders '{"day": "2026-01-01"}' \\
+      '{"dag_run_id": "nightly-1"}'
+  airflowrpc call wait_dag_run etl_orders nightly-1 600
+"""
+
+TRIGGER_DESCRIPTION = """\
+Trigger a run of DAG with a run id that makes retries safe: a second trigger
+with the same run id finds the run (created false) instead of starting
+another. The run is printed as JSON on stdout (with created and, after
+--wait, finished). With --wait, wait for the run, with a line on stderr when
+its state changes (and once a minute); exit 0 only if it succeeded, and if
+it failed print the end of each failed task's log on stderr. Transient
+failures (503, 504, no connection) are retried with back-off.
+
+run id, the first that applies:
+  --run-id ID, or AIRFLOWRPC_RUN_ID
+  GitLab CI:      gitlab-$CI_PIPELINE_ID-$CI_JOB_NAME
+  GitHub Actions: github-$GITHUB_REPOSITORY-$GITHUB_RUN_ID-$GITHUB_JOB
+  Jenkins:        $BUILD_TAG
+  otherwise a fresh id (running the command again then starts another run)
+These stay the same when a CI job is retried, so a retried job finds its
+run. A job that triggers the same DAG twice needs --run-id for the second.
+"""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """
+    An ArgumentParser whose errors never show a token: argparse quotes what
+    it did not understand ("unrecognized arguments: ..."), which may be a
+    token typed where it does not belong.
+    """
+
+    def error(self, message: str) -> Any:
+        super().error(redact_shapes(message))
+
+
+class _NoTokenFlag(argparse.Action):
+    """
+    ``--token``: there is none, and the usual "unrecognized arguments" error
+    would print the token it was given.  This one does not.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error("there is no --token flag (a command line is visible to every local "
+                     "user and ends up in CI logs): set AIRFLOWRPC_TOKEN or use --token-file; "
+                     "the value given was not used")
+
+
+def _connection_flags() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = common.add_argument_group("connection (flags win over the environment)")
+    group.add_argument("--url", metavar="URL", help="the gateway, https://HOST:PORT/RPC2 "
+                       "(AIRFLOWRPC_URL)")
+    group.add_argument("--ca", metavar="FILE", help="CA bundle (PEM) the gateway's "
+                       "certificate is checked against (AIRFLOWRPC_CA; default: the system's)")
+    group.add_argument("--cert", metavar="FILE", help="client certificate, PEM "
+                       "(AIRFLOWRPC_CERT)")
+    group.add_argument("--key", metavar="FILE", help="its unencrypted key, PEM "
+                       "(AIRFLOWRPC_KEY; default: in the certificate file)")
+    group.add_argument("--token-file", metavar="FILE", help="file holding a gateway token "
+                       "or JWT (or set AIRFLOWRPC_TOKEN to the token itself)")
+    common.add_argument("--token", nargs="?", action=_NoTokenFlag, help=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="say on stderr what is sent and answered (never a credential)")
+    return common
+
+
+def add_to(subparsers: Any) -> None:
+    """Add ``call`` and ``trigger`` to the ``airflowrpc`` command's subparsers."""
+    common = _connection_flags()
+    raw = argparse.RawDescriptionHelpFormatter
+    call = subparsers.add_parser(
+        "call", parents=[common], formatter_class=raw, allow_abbrev=False,
+        help="call one gateway method; its result as JSON on stdout",
+        description=CALL_DESCRIPTION, epilog=EXIT_CALL)
+    call.add_argument("method", metavar="METHOD", help="e.g. get_dag (system.listMethods "
+                      "lists them)")
+    call.add_argument("args", nargs="*", metavar="ARG", help="its arguments, in order")
+    call.add_argument("--timeout", type=_positive(float), metavar="S",
+                      help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g}; "
+                      f"for wait_dag_run, plus its own timeout)")
+    trigger = subparsers.add_parser(
+        "trigger", parents=[common], formatter_class=raw, allow_abbrev=False,
+        help="trigger a DAG, retry-safe; with --wait, wait and exit by how the run ended",
+        description=TRIGGER_DESCRIPTION, epilog=EXIT_TRIGGER)
+    trigger.add_argument("dag_id", metavar="DAG")
+    trigger.add_argument("--conf", metavar="JSON", help="the run's conf, a JSON object "
+                         "(@FILE: from a file, @-: from stdin)")
+    trigger.add_argument("--run-id", metavar="ID", help="the run id (default: derived, "
+                         "see above)")
+    trigger.add_argument("--note", metavar="TEXT", help="the run's note in Airflow (default: "
+                         "a link to the CI job, if there is one)")
+    trigger.add_argument("--wait", action="store_true",
+                         help="wait for the run to finish; exit 0 only if it succeeded")
+    trigger.add_argument("--timeout", type=_positive(int), metavar="S",
+                         help=f"with --wait: give up waiting after S seconds (default "
+                         f"{DEFAULT_WAIT}; exit 6, the run goes on)")
+    trigger.add_argument("--log-lines", type=_not_negative, default=DEFAULT_LOG_LINES,
+                         metavar="N", help=f"last lines of each failed task's log to show "
+                         f"(default {DEFAULT_LOG_LINES})")
+    trigger.add_argument("--progress-every", type=_positive(int), default=DEFAULT_CHUNK,
+                         metavar="S", help=f"with --wait: a state change is reported within "
+                         f"S seconds (each wait_dag_run call asks for S; default "
+                         f"{DEFAULT_CHUNK})")
+
+
+def run(
+    args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,
+    console: Console | None = None, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random,
+    connect: Callable[..., Caller] = Gateway,
+) -> int:
+    """Run the parsed ``call`` or ``trigger``; the exit status."""
+    environ = os.environ if environ is None else environ
+    console = console or Console()
+    try:
+        if args.command == "call":
+            return _call(args, environ, console, connect)
+        return _trigger(args, environ, console, clock, sleep, rand, connect)
+    except ClientError as e:
+        console.note(e.message)
+        return e.exit_status
+    except KeyboardInterrupt:
+        console.note("interrupted (a run already triggered goes on in Airflow)")
+        return errors.INTERRUPTED
+    except Exception as e:  # a bug of ours: say what, never leak a secret
+        console.note(f"internal error in the client: {type(e).__name__}: {e}")
+        if getattr(args, "verbose", False):
+            console.lines(traceback.format_exc().splitlines())
+        return errors.CLIENT_BUG
+
+
+def _connect(
+    args: argparse.Namespace, environ: Mapping[str, str], console: Console,
+    connect: Callable[..., Caller],
+) -> Caller:
+    found = settings.read(environ, url=args.url, ca=args.ca, cert=args.cert, key=args.key,
+                          token_file=args.token_file)
+    console.add_secret(found.token)
+    if args.verbose:
+        how = [f"token from {found.token_source}"] if found.token else []
+        how += [f"client certificate {found.cert}"] if found.cert else []
+        console.note(f"gateway {found.url}, authenticating with "
+                     f"{' and '.join(how) or 'nothing (no token, no certificate)'}")
+
+    def expiring(when: str) -> None:
+        console.note(f"the credential expires {when}: renew it before then "
+                     f"(airflowrpc token rotate)")
+
+    return connect(found, trace=console.note if args.verbose else None, on_expiry=expiring)
+
+
+def _call(
+    args: argparse.Namespace, environ: Mapping[str, str], console: Console,
+    connect: Callable[..., Caller],
+) -> int:
+    params = [values.parse_argument(word, i) for i, word in enumerate(args.args, 1)]
+    timeout = args.timeout
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+        if args.method == "wait_dag_run":
+            # The gateway's default wait is 60 s (a null is "not given").
+            waits = params[2] if len(params) > 2 and params[2] is not None else 60
+            timeout += waits if isinstance(waits, int) and not isinstance(waits, bool) else 0
+    gateway = _connect(args, environ, console, connect)
+    console.result(gateway.call(args.method, *params, timeout=timeout))
+    return errors.DONE
+
+
+def _conf(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        conf = values.parse_argument(text, 0, what="--conf")
+    else:
+        conf = values.parse_json(text, "--conf")
+    if not isinstance(conf, dict):
+        raise UsageError("--conf must be a JSON object, e.g. '{\"day\": \"2026-01-01\"}'")
+    return conf
+
+
+def _trigger(
+    args: argparse.Namespace, environ: Mapping[str, str], console: Console,
+    clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
+    connect: Callable[..., Caller],
+) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout needs --wait")
+    conf = _conf(args.conf)
+    identity = runid.derive(environ, args.run_id)
+    if identity.retry_safe:
+        console.note(f"run id {identity.run_id} (from {identity.source})")
+    else:
+        console.note(f"run id {identity.run_id}: fresh, as neither --run-id, "
+                     f"AIRFLOWRPC_RUN_ID nor a CI job was found; running this command again "
+                     f"will start another run (it is retried safely only within this command)")
+    options: dict[str, Any] = {"dag_run_id": identity.run_id}
+    note = args.note if args.note is not None else (
+        f"CI job: {identity.job_url}" if identity.job_url else None)
+    if note:
+        options["note"] = note[:MAX_NOTE]
+    gateway = _connect(args, environ, console, connect)
+    backoff = Backoff()
+
+    def retrying(error: ClientError, pause: float) -> None:
+        console.note(f"{error.message}; trying again in {pause:.1f} s")
+
+    run = call_with_retries(
+        lambda: gateway.call("trigger_dag", args.dag_id, conf, options),
+        backoff=backoff, sleep=sleep, clock=clock, on_retry=retrying, rand=rand)
+    created = bool(run.get("created"))
+    state = run.get("state")
+    if created:
+        console.note(f"triggered run {identity.run_id} of {args.dag_id}")
+    else:
+        console.note(f"run {identity.run_id} of {args.dag_id} already existed with this "
+                     f"conf (an earlier try made it), so none was started"
+                     + (f"; it is {state}" if state else ""))
+    if not args.wait:
+        console.result(run)
+        return errors.DONE
+    timeout = args.timeout or DEFAULT_WAIT
+    progress = Progress(console.note, args.dag_id, identity.run_id, clock)
+    try:
+        final = wait_for_run(gateway, args.dag_id, identity.run_id, timeout,
+                             progress=progress, chunk=args.progress_every, backoff=backoff,
+                             clock=clock, sleep=sleep, rand=rand)
+    except errors.WaitTimedOut as e:
+        console.result({**(e.run or run), "created": created})
+        raise
+    console.result({**final, "created": created})
+    if final.get("state") == "success":
+        return errors.DONE
+    found = failures.failed_tasks(gateway, args.dag_id, identity.run_id, args.log_lines)
+    console.lines(failures.report(found))
+    failed = errors.RunFailed(args.dag_id, identity.run_id, str(final.get("state")))
+    console.note(failed.message)
+    if not created:
+        console.note("this run existed before this command: trying again with the same run "
+                     "id finds it again; clear its failed tasks in Airflow (or call "
+                     "clear_task_instances) to run them again, or give a new --run-id")
+    return failed.exit_status

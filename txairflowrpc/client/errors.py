@@ -1,0 +1,228 @@
+"""
+Every way a client command can end badly, as types, and its exit status.
+
+The exit status says which class of trouble it was, so that a script can
+tell "fix the call" from "fix the credentials" from "try again later":
+
+====  ===============================================================
+0     done (for ``trigger --wait``: the run succeeded)
+1     the run failed (``trigger --wait``)
+2     bad usage: arguments, flags, settings, or a -32601/-32602 fault
+3     not let in: HTTP 401, fault 403, or the TLS handshake refused
+4     not found or conflict: fault 404 or 409
+5     the gateway or Airflow is unavailable or broke: faults 429, 502,
+      503, 504, 507, -32603 and the other protocol faults, an HTTP
+      error other than 401, no connection, a garbled answer
+6     ``trigger --wait``: the run did not finish within ``--timeout``
+70    a bug in the client itself
+130   interrupted (Ctrl-C)
+====  ===============================================================
+
+Messages never hold a credential: the types take only what they need
+(a fault's code and text, an HTTP status, an error's class), never a URL
+with user info, a header or a token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..core import errors as codes
+
+DONE = 0
+RUN_FAILED = 1
+USAGE = 2
+NOT_LET_IN = 3
+MISSING = 4
+UNAVAILABLE = 5
+WAIT_TIMED_OUT = 6
+CLIENT_BUG = 70
+INTERRUPTED = 130
+
+#: Fault codes that are the caller's own doing: what was typed is wrong.
+_USAGE_FAULTS = frozenset({codes.METHOD_NOT_FOUND, codes.INVALID_PARAMS})
+_NOT_LET_IN_FAULTS = frozenset({codes.UNAUTHENTICATED, codes.FORBIDDEN})
+_MISSING_FAULTS = frozenset({codes.NOT_FOUND, codes.CONFLICT})
+#: Faults worth the same call again a little later.
+_TRANSIENT_FAULTS = frozenset({
+    codes.RATE_LIMITED, codes.UPSTREAM_UNAVAILABLE, codes.UPSTREAM_TIMEOUT,
+    codes.AUDIT_UNAVAILABLE,
+})
+#: HTTP statuses worth a retry (a proxy or load balancer in front, or the
+#: gateway's own 503 with Retry-After when the bodies in flight are many).
+_TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
+
+
+class ClientError(Exception):
+    """
+    Base of every error a command reports; ``exit_status`` is what the
+    process exits with, ``message`` the line it prints on stderr.
+    """
+
+    exit_status: int = UNAVAILABLE
+    #: Whether the same call may succeed if tried again a little later.
+    transient: bool = False
+
+    @property
+    def message(self) -> str:  # pragma: no cover - overridden
+        return "error"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@attrs.define(auto_exc=True, str=False)
+class UsageError(ClientError):
+    """The command line, a flag or a setting is wrong; nothing was sent."""
+
+    reason: str
+    exit_status = USAGE
+
+    @property
+    def message(self) -> str:
+        return self.reason
+
+
+@attrs.define(auto_exc=True, str=False)
+class FaultReply(ClientError):
+    """The gateway answered the call with an XML-RPC fault."""
+
+    method: str
+    code: Any
+    text: str
+    request_id: str | None = None
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        code = _int_or_none(self.code)
+        if code in _USAGE_FAULTS:
+            return USAGE
+        if code in _NOT_LET_IN_FAULTS:
+            return NOT_LET_IN
+        if code in _MISSING_FAULTS:
+            return MISSING
+        return UNAVAILABLE
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return _int_or_none(self.code) in _TRANSIENT_FAULTS
+
+    @property
+    def message(self) -> str:
+        ref = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.method}: fault {self.code}: {self.text}{ref}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class HTTPRefused(ClientError):
+    """The gateway (or something in front of it) answered with an HTTP error."""
+
+    method: str
+    status: int
+    reason: str
+    request_id: str | None = None
+    #: Added to the message: e.g. that no credential was given at all.
+    hint: str = ""
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return NOT_LET_IN if self.status == 401 else UNAVAILABLE
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return self.status in _TRANSIENT_HTTP
+
+    @property
+    def message(self) -> str:
+        ref = f" (request id {self.request_id})" if self.request_id else ""
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{self.method}: HTTP {self.status} {self.reason}{ref}{hint}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class HandshakeRefused(ClientError):
+    """
+    The TLS handshake failed in a way that is about trust or identity:
+    the gateway's certificate is not trusted (``trusted`` false, a setting
+    to fix: usage), or the gateway refused ours (not let in).
+    """
+
+    method: str
+    reason: str
+    ours_refused: bool
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return NOT_LET_IN if self.ours_refused else USAGE
+
+    @property
+    def message(self) -> str:
+        return f"{self.method}: TLS: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class Unreachable(ClientError):
+    """No answer: refused, reset, timed out, name not resolved."""
+
+    method: str
+    reason: str
+    transient = True
+
+    @property
+    def message(self) -> str:
+        return f"{self.method}: gateway unreachable: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class BadAnswer(ClientError):
+    """An answer that is not an XML-RPC response."""
+
+    method: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.method}: the gateway's answer is not XML-RPC: {self.reason}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class RunFailed(ClientError):
+    """The run ended in a state other than success."""
+
+    dag_id: str
+    dag_run_id: str
+    state: str
+    exit_status = RUN_FAILED
+
+    @property
+    def message(self) -> str:
+        return f"run {self.dag_run_id!r} of DAG {self.dag_id!r} ended {self.state}"
+
+
+@attrs.define(auto_exc=True, str=False)
+class WaitTimedOut(ClientError):
+    """The run had not finished when ``--timeout`` passed; it goes on."""
+
+    dag_id: str
+    dag_run_id: str
+    state: str
+    seconds: float
+    #: The run as last seen, if it was seen at all.
+    run: Any = attrs.field(default=None, eq=False, repr=False)
+    exit_status = WAIT_TIMED_OUT
+
+    @property
+    def message(self) -> str:
+        return (f"run {self.dag_run_id!r} of DAG {self.dag_id!r} is still {self.state} after "
+                f"{self.seconds:g} s; it goes on in Airflow: run the same command again to "
+                f"wait for it (the run id makes that safe)")
+
+
+def _int_or_none(value: Any) -> int | None:
+    # Some servers send fault codes as strings; the gateway sends ints.
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,72 @@
+"""
+Calling again after a transient failure: bounded, with jittered back-off.
+
+Only what `ClientError.transient` says may pass soon is retried: no
+connection, a socket timeout, faults 429, 503, 504 and 507, HTTP 429, 502,
+503 and 504.  A fault that is the caller's own (403, 404, 409, -32602) or a
+bug (-32603) is raised at once.  Retrying a trigger is safe only because
+it carries a run id: the `trigger` command always sends one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+
+from .errors import ClientError
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Backoff:
+    """
+    Delays between tries: ``first``, then ×``factor`` up to ``cap``, each
+    jittered by up to ``jitter`` of itself (so that many waiting jobs do not
+    come back at the same moment); at most ``attempts`` tries in a row.
+    """
+
+    first: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    attempts: int = 8
+    jitter: float = 0.25
+
+    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
+        """The pause after the ``failures``-th failure in a row (from 1)."""
+        base = min(self.cap, self.first * self.factor ** (failures - 1))
+        return base * (1 - self.jitter + 2 * self.jitter * rand())
+
+
+def call_with_retries(
+    attempt: Callable[[], T], *, backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    deadline: float | None = None,
+    on_retry: Callable[[ClientError, float], None] | None = None,
+    rand: Callable[[], float] = random.random,
+) -> T:
+    """
+    ``attempt()``, tried again after each transient failure, at most
+    ``backoff.attempts`` times in all and never sleeping past ``deadline``
+    (a ``clock`` time).  Raises the last failure when the tries run out;
+    ``on_retry`` hears of each failure that is retried and the pause.
+    """
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except ClientError as e:
+            failures += 1
+            if not e.transient or failures >= backoff.attempts:
+                raise
+            pause = backoff.delay(failures, rand)
+            if deadline is not None and clock() + pause >= deadline:
+                raise
+            if on_retry is not None:
+                on_retry(e, pause)
+            sleep(pause)

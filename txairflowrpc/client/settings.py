@@ -1,0 +1,173 @@
+"""
+Where the gateway is and how to prove who we are, read once from the
+flags and the environment (a flag wins over its variable) and checked
+before anything is sent.
+
+==================  =====================  ===============================
+flag                variable               meaning
+==================  =====================  ===============================
+``--url``           ``AIRFLOWRPC_URL``     ``https://HOST[:PORT][/RPC2]``
+``--ca``            ``AIRFLOWRPC_CA``      CA bundle (PEM) for the gateway's
+                                           certificate; default: the system's
+``--cert``          ``AIRFLOWRPC_CERT``    client certificate (PEM)
+``--key``           ``AIRFLOWRPC_KEY``     its key (default: in the cert file)
+``--token-file``    ``AIRFLOWRPC_TOKEN``   a gateway token or JWT (the flag
+                                           names a file holding it, the
+                                           variable holds it)
+==================  =====================  ===============================
+
+There is no flag taking the token itself: a command line is readable by
+every local user (``/proc``) and is echoed into CI logs by ``set -x``.  A
+URL carrying user info is refused for the same reason.  An empty variable
+counts as unset (a CI hands forks' jobs an empty secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import UsageError
+
+DEFAULT_PATH = "/RPC2"
+#: What a token may be made of: a gateway token (``arpc_...``) or a JWT, as
+#: an HTTP header value.  Anything else would be refused by http.client with
+#: an error quoting it, so it is refused here without being quoted.
+_TOKEN = re.compile(r"[!-~]{8,8192}\Z")
+
+
+@attrs.frozen
+class Settings:
+    """The gateway's address and our credentials; ``token`` is never shown."""
+
+    url: str
+    host: str
+    port: int
+    path: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = attrs.field(default=None, repr=False)
+    #: Where the token came from (a flag or a variable's name), for messages.
+    token_source: str | None = None
+
+    @property
+    def has_credential(self) -> bool:
+        return self.token is not None or self.cert is not None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """
+        A client context: verifies the gateway against ``ca`` (or the system's
+        CAs) and its host name, and presents ``cert`` if there is one.
+
+        Raises `UsageError` when a file cannot be read or the key is
+        encrypted (never prompting for a passphrase).
+        """
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"CA file {self.ca}: {_why(e)}") from None
+        if self.cert is not None:
+            try:
+                ctx.load_cert_chain(str(self.cert), str(self.key) if self.key else None,
+                                    password=_no_passphrase)
+            except _EncryptedKey:
+                raise UsageError(
+                    f"the key for {self.cert} is encrypted: give an unencrypted key") from None
+            except (OSError, ssl.SSLError) as e:
+                raise UsageError(f"client certificate {self.cert}: {_why(e)}") from None
+        return ctx
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey()
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        return e.reason or "not a usable PEM file"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return type(e).__name__
+
+
+def read(
+    environ: Mapping[str, str], *, url: str | None = None, ca: str | None = None,
+    cert: str | None = None, key: str | None = None, token_file: str | None = None,
+) -> Settings:
+    """
+    The settings from the flags given (None: not given) and ``environ``.
+
+    Raises `UsageError` for a missing or malformed URL, a URL with user
+    info, a key without a certificate, or a token that cannot be sent.
+    The error never quotes the URL's user info or the token.
+    """
+    def pick(flag: str | None, name: str) -> str | None:
+        return flag or environ.get(name) or None
+
+    raw = pick(url, "AIRFLOWRPC_URL")
+    if raw is None:
+        raise UsageError("where is the gateway? give --url or set AIRFLOWRPC_URL "
+                         "(https://HOST:PORT/RPC2)")
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port or 443
+    except ValueError:
+        raise UsageError("the gateway URL is malformed: give https://HOST:PORT/RPC2") from None
+    if parts.username is not None or parts.password is not None:
+        raise UsageError("the gateway URL holds user info: never put a token in a URL (it "
+                         "ends up in logs); set AIRFLOWRPC_TOKEN or use --token-file")
+    if parts.scheme != "https" or not parts.hostname:
+        raise UsageError("the gateway URL must be https://HOST[:PORT][/RPC2]: the gateway "
+                         "speaks TLS only")
+    if parts.query or parts.fragment:
+        raise UsageError("the gateway URL must not have a query or fragment")
+    path = parts.path or DEFAULT_PATH
+    host = parts.hostname
+    shown_host = f"[{host}]" if ":" in host else host
+    cert_s, key_s = pick(cert, "AIRFLOWRPC_CERT"), pick(key, "AIRFLOWRPC_KEY")
+    if key_s and not cert_s:
+        raise UsageError("a key was given without a certificate: give --cert or set "
+                         "AIRFLOWRPC_CERT")
+    ca_s = pick(ca, "AIRFLOWRPC_CA")
+    token, source = _token(environ, token_file)
+    return Settings(
+        url=f"https://{shown_host}:{port}{path}", host=host, port=port, path=path,
+        ca=Path(ca_s) if ca_s else None, cert=Path(cert_s) if cert_s else None,
+        key=Path(key_s) if key_s else None, token=token, token_source=source,
+    )
+
+
+def _token(environ: Mapping[str, str], token_file: str | None) -> tuple[str | None, str | None]:
+    if token_file:
+        source = f"--token-file {token_file}"
+        try:
+            token = Path(token_file).read_text(encoding="utf-8", errors="strict").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"token file {token_file}: {_why(e)}") from None
+    elif environ.get("AIRFLOWRPC_TOKEN", "").strip():
+        source = "AIRFLOWRPC_TOKEN"
+        token = environ["AIRFLOWRPC_TOKEN"].strip()
+    else:
+        return None, None
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if not _TOKEN.match(token):
+        raise UsageError(f"the token from {source} cannot be sent: it must be one line of "
+                         "printable ASCII without spaces (a gateway token or a JWT)")
+    return token, source
+
+
+def from_environment(**flags: str | None) -> Settings:
+    """`read` with this process's environment."""
+    return read(os.environ, **flags)
