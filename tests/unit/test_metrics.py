@@ -288,8 +288,9 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(self.value("airflowrpc_coalescing_fetches_total", kind="read"), 1)
         self.assertEqual(self.gw.airflow.api_requests().count(
             ("GET", "/api/v2/dags/etl_orders/dagRuns/r1")), 1)
-        for d in calls:
+        for d in calls:  # the callers hang up; their calls end as failures
             d.cancel()
+            self.failureResultOf(d)
 
     def test_token_and_certificate_expiry(self) -> None:
         now = datetime.fromtimestamp(self.gw.clock.seconds(), timezone.utc)
