@@ -76,8 +76,9 @@ $(AIRFLOW_VENV)/.postgres-drivers: $(AIRFLOW_VENV)/.installed
 # tests' Airflow runs on), and for the interoperability tests and the example
 # clients (examples/): Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc
 # (built offline against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi,
-# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN); then the
-# Node example's packages from its lock file.
+# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN), HAProxy (in
+# front of several gateway instances: tests/integration/test_instances.py);
+# then the Node example's packages from its lock file.
 system-deps: apt-deps $(NODE_EXAMPLE)/node_modules/.installed
 postgresql: apt-deps
 
@@ -95,6 +96,7 @@ apt-deps:
 	  missing="$$missing php-cli php-xmlrpc"; \
 	{ command -v node && command -v npm; } >/dev/null || missing="$$missing nodejs npm"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	[ -z "$$missing" ] || { \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && \
