@@ -29,6 +29,7 @@ from .. import __version__
 from .. import config as config_module
 from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
+from ..audit.owner import ChainInUse, Claim, claim
 from ..audit.summary import Summarizer, load_digest_key
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
@@ -90,17 +91,21 @@ class _PoolService(service.Service):
 
 class AuditService(service.Service):
     """
-    Owns the audit log and its one writer thread; records service start
-    and stop as administrative events.
+    Owns the audit log, its one writer thread and the claim on its chain;
+    records service start and stop as administrative events.
     """
 
-    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str) -> None:
+    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str,
+                 owner: Claim | None = None) -> None:
         self.audit = audit
         self._threads = threads
         self._config_path = config_path
+        self._owner = owner
 
     def startService(self) -> None:
         super().startService()
+        if self._owner is not None:
+            self._owner.restate()  # twistd may have daemonized since: a new pid
         self._threads.start()
         self.audit.append({
             "event": "service.start", "version": __version__, "config": self._config_path,
@@ -111,7 +116,12 @@ class AuditService(service.Service):
         self.audit.append({"event": "service.stop"}).addErrback(lambda f: None)
         d = self.audit.close()
         d.addBoth(lambda _: self._threads.stop())
-        return d
+        return d.addBoth(self._release)
+
+    def _release(self, result: Any) -> Any:
+        if self._owner is not None:
+            self._owner.release()
+        return result
 
 
 def open_audit(
@@ -120,7 +130,7 @@ def open_audit(
 ) -> AuditLog:
     """The audit log ``cfg`` describes, opened; ``signer`` signs its checkpoints."""
     audit = AuditLog(
-        cfg.path, clock=clock, run_blocking=run_blocking, instance=secrets.token_hex(6),
+        cfg.path, clock=clock, run_blocking=run_blocking, instance=cfg.instance,
         rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
         signer=signer,
         checkpoint_records=cfg.checkpoint_records, checkpoint_seconds=cfg.checkpoint_seconds,
@@ -219,6 +229,16 @@ def build_site(
     return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
 
+def claim_chain(cfg: config_module.AuditConfig) -> Claim:
+    """This instance's claim on its audit chain; `SystemExit` (one line) if another holds it."""
+    try:
+        return claim(cfg.path, cfg.instance)
+    except ChainInUse as e:
+        raise SystemExit(f"airflowrpc: audit.path: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
@@ -228,6 +248,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
     audit = open_audit(cfg.audit, reactor, lambda f: deferToThreadPool(reactor, threads, f),
                        checked.signer)
+    owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     http = HTTPClient(Agent(reactor, pool=pool))
@@ -251,7 +272,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     )
     # Stopped in the reverse order, after the listeners and the drain: the
     # audit trail last.
-    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+    AuditService(audit, threads, str(cfg.source), owner).setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
