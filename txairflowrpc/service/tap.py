@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web import server
@@ -34,6 +36,7 @@ from ..audit.summary import Summarizer, load_digest_key
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
+from ..gate.proxied import ProxiedFactory
 from ..gate.refusals import RefusalLog
 from ..gate.resource import NotFound, Root, RPCResource
 from ..gate.site import GatewaySite
@@ -229,6 +232,24 @@ def build_site(
     return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
 
+def rpc_listener(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
+                 site: GatewaySite) -> Listener:
+    """
+    The XML-RPC listener: TLS, or, with ``listen.proxy_protocol``, a PROXY
+    protocol header first and TLS after it.  The header comes before TLS on
+    the wire, so its wrapper is the outermost layer: PROXY, then TLS, then
+    the site (see `txairflowrpc.gate.proxied`).
+    """
+    host, port = cfg.listen.host, cfg.listen.port
+    if not cfg.listen.proxy_protocol:
+        return Listener(SSL4ServerEndpoint(reactor, port, tls, interface=host), site,
+                        f"{host}:{port}")
+    endpoint = proxyEndpoint(TCP4ServerEndpoint(reactor, port, interface=host))
+    tls_factory = TLSMemoryBIOFactory(tls, False, site, clock=reactor)
+    factory = ProxiedFactory(tls_factory, site, cfg.listen.proxy_from)
+    return Listener(endpoint, factory, f"{host}:{port} (PROXY protocol)")
+
+
 def claim_chain(cfg: config_module.AuditConfig) -> Claim:
     """This instance's claim on its audit chain; `SystemExit` (one line) if another holds it."""
     try:
@@ -277,8 +298,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
 
-    endpoint = SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host)
-    top.listen(Listener(endpoint, parts.site, f"{cfg.listen.host}:{cfg.listen.port}"))
+    top.listen(rpc_listener(reactor, cfg, tls, parts.site))
     if cfg.health.port:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
