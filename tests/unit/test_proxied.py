@@ -105,7 +105,8 @@ class Listener:
         ca = Certificate.loadPEM(self.pki.ca_file.read_bytes())
         identity = None
         if client is not None:
-            identity = PrivateCertificate.loadPEM(client.cert.read_bytes() + client.key.read_bytes())
+            pem = client.cert.read_bytes() + client.key.read_bytes()
+            identity = PrivateCertificate.loadPEM(pem)
         options = optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=identity)
         factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Whoami),
                                       clock=self.reactor)
@@ -153,7 +154,9 @@ def test_the_listener_reads_the_header_before_tls(gw: Listener) -> None:
     assert gw.listener.address == "127.0.0.1:8443 (PROXY protocol)"
 
 
-def test_without_the_key_the_listener_is_plain_tls(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+def test_without_the_key_the_listener_is_plain_tls(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
     cfg = load(tmp_path, pki)
     reactor = MemoryReactorClock()
     site = build_site(cfg, reactor, StubTreq(FakeAirflow()), None, lambda r: None).site
@@ -223,7 +226,9 @@ def test_only_proxy_from_may_send_a_header(gw: Listener) -> None:
     assert gw.site.refused_connections == 1
 
 
-def test_the_per_source_cap_counts_clients_not_the_proxy(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+def test_the_per_source_cap_counts_clients_not_the_proxy(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
     gw = Listener(tmp_path, pki, max_connections_per_source=2)
     a = [gw.accept(("127.0.0.1", 50000 + i)) for i in range(3)]
     for i, conn in enumerate(a):
@@ -253,7 +258,9 @@ def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
     assert gw.site.slow_dropped == 2 and gw.factory.wrappedFactory.waiting == 0
 
 
-def test_connections_waiting_for_their_header_are_capped(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+def test_connections_waiting_for_their_header_are_capped(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
     gw = Listener(tmp_path, pki, max_connections=2)
     waiting = [gw.accept(("127.0.0.1", 50000 + i)) for i in range(3)]
     assert [c.wire.disconnected for c in waiting] == [False, False, True]

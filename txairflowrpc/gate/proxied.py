@@ -22,9 +22,9 @@ the address it names.  What it does not do, `ProxiedFactory` adds:
   the per-source limits and write a false ``source`` into the trail.
 - A connection whose first bytes are not a valid header is refused
   (Twisted's wrapper closes it) and recorded, kind ``proxy_header``, counted
-  per source like every refusal anyone can cause; one that sends neither a
-  header and TLS within ``limits.handshake_timeout_seconds`` is dropped and
-  recorded.
+  per source like every refusal anyone can cause; one that has not sent its
+  header and the first bytes of TLS within ``limits.handshake_timeout_seconds``
+  is dropped and recorded.
 - Connections still waiting for their header are at most
   ``limits.max_connections``; more are refused and recorded.
 """
@@ -183,6 +183,6 @@ class _AwaitingHeader(Protocol):
         # PROXY protocol.
         if not self._done and self.transport.disconnecting:
             self._done = True
-            self._factory.site.refusals.note(address_text(self.transport.getPeer()),
-                                             "proxy_header", {
-                "reason": "no valid PROXY protocol header: refused"})
+            self._factory.site.refusals.note(
+                address_text(self.transport.getPeer()), "proxy_header",
+                {"reason": "no valid PROXY protocol header: refused"})
