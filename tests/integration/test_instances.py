@@ -263,7 +263,7 @@ class ProxiedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname="localhost")
 
 
-def call_direct(instance: Instance, method: str, *, client: ClientFiles | None = None,
+def call_direct(instance: Instance, method: str, *params: Any, client: ClientFiles | None = None,
                 token: str | None = None, claim: tuple[str, int] = ("198.51.100.7", 1234)) -> Any:
     """One call straight to ``instance``'s listener, behind a PROXY header naming ``claim``."""
     conn = ProxiedHTTPSConnection("127.0.0.1", instance.port, claim=claim,
@@ -272,7 +272,7 @@ def call_direct(instance: Instance, method: str, *, client: ClientFiles | None =
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        conn.request("POST", "/RPC2", xmlrpc.client.dumps((), method).encode(), headers)
+        conn.request("POST", "/RPC2", xmlrpc.client.dumps(params, method).encode(), headers)
         response = conn.getresponse()
         body = response.read()
     finally:
@@ -455,6 +455,36 @@ def test_a_second_gateway_cannot_write_an_instances_audit_file(cluster: Cluster)
     assert (f"airflowrpc: audit.path: {cluster.b.audit_path} is written by another running "
             f"gateway (instance gw-b, pid {cluster.b.process.pid}") in out.stderr, out.stderr
     assert all(r.get("instance") != "gw-c" for r in cluster.b.records())
+
+
+def test_with_airflow_down_callers_get_the_gateways_faults(cluster: Cluster) -> None:
+    # /readyz fails on every instance, HAProxy marks them all down, and the
+    # unchecked backups (conf/haproxy.cfg) still let the gateways answer:
+    # a 503 fault, as from a single gateway, not a connection closed.
+    rpc, _ = cluster.proxy(CLIENT_A, client=cluster.client)
+    assert rpc.get_dag("example_noop")["dag_id"] == "example_noop"
+    cluster.airflow.stop()
+    try:
+        cluster.haproxy.wait_states({"gw-a": "DOWN", "gw-b": "DOWN"})
+        for _ in range(4):  # new connections, to whichever instance
+            rpc, _ = cluster.proxy(CLIENT_A, client=cluster.client)
+            with pytest.raises(xmlrpc.client.Fault) as e:
+                rpc.get_dag("example_noop")
+            assert e.value.faultCode in (503, 504), e.value
+    finally:
+        cluster.airflow.start()
+    cluster.haproxy.wait_states({"gw-a": "UP", "gw-b": "UP"}, timeout=60)
+    deadline = time.monotonic() + 60
+    for instance in (cluster.a, cluster.b):  # each one's circuit closes again by itself
+        while True:
+            try:
+                if call_direct(instance, "get_dag", "example_noop",
+                               client=cluster.client)["dag_id"] == "example_noop":
+                    break
+            except xmlrpc.client.Fault as e:
+                assert e.faultCode in (503, 504), e
+            assert time.monotonic() < deadline, f"{instance.name} did not recover"
+            time.sleep(0.5)
 
 
 #: Callers under load that hold one keep-alive connection (two more open one per call).
