@@ -102,6 +102,17 @@ def test_a_reload_cannot_rename_a_running_instance(confdir: Path) -> None:
     assert needs_restart(old, new) == ["listen", "audit.instance"]
 
 
+def test_config_check_says_how_the_instance_listens_and_what_it_is_called(
+    confdir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(confdir, GOOD.replace("port = 8443", "port = 8443\nproxy_protocol = true")
+                 + 'instance = "gw-a"\n')
+    assert cli(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "listening on 127.0.0.1:8443 behind the PROXY protocol from 127.0.0.0/8, ::1/128," in out
+    assert out.rstrip().endswith("as instance gw-a)")
+
+
 # -- one gateway per chain ---------------------------------------------------
 
 def test_a_second_gateway_cannot_claim_a_chain_that_is_held(tmp_path: Path) -> None:

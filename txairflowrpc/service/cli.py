@@ -119,8 +119,11 @@ def config_check(path: str) -> int:
     except config_module.ConfigError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1
-    print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}, "
-          f"Airflow at {cfg.airflow.base_url}, audit to {cfg.audit.path})")
+    proxied = (" behind the PROXY protocol from "
+               + ", ".join(map(str, cfg.listen.proxy_from))) if cfg.listen.proxy_protocol else ""
+    print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}{proxied}, "
+          f"Airflow at {cfg.airflow.base_url}, audit to {cfg.audit.path} "
+          f"as instance {cfg.audit.instance})")
     return 0
 
 
