@@ -268,3 +268,14 @@ def test_connections_waiting_for_their_header_are_capped(
     assert "waiting for their PROXY protocol header" in refused["reason"]
     waiting[0].server.dataReceived(header_v2(CLIENT, GATEWAY) + b"\x16\x03\x01")
     assert not gw.accept(("127.0.0.1", 50005)).wire.disconnected  # one left: room again
+
+
+def test_when_the_listener_stops_connections_waiting_for_a_header_are_closed(
+    gw: Listener,
+) -> None:
+    waiting, admitted = gw.accept(), gw.accept(("127.0.0.1", 50001))
+    admitted.server.dataReceived(header_v2(CLIENT, GATEWAY) + b"\x16\x03\x01")
+    gw.factory.doStop()  # the port stopped listening: the gateway is shutting down
+    assert waiting.wire.disconnected and not admitted.wire.disconnected
+    gw.close(waiting)
+    assert gw.records(kind="refused") == [] and gw.factory.wrappedFactory.waiting == 0

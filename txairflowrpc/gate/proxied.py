@@ -75,13 +75,23 @@ class ProxiedFactory(Factory):
         self.site = site
         self.senders = tuple(senders)
         #: Connections waiting for their header (and the first TLS byte).
-        self.waiting = 0
+        self.pending: set[_AwaitingHeader] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pending)
 
     def doStart(self) -> None:
         self.inner.doStart()
         super().doStart()
 
     def doStop(self) -> None:
+        """
+        The listener stopped (shutting down): a connection still waiting for
+        its header is closed now rather than let in after the drain.
+        """
+        for conn in list(self.pending):
+            conn.drop()
         self.inner.doStop()
         super().doStop()
 
@@ -111,7 +121,6 @@ class _AwaitingHeader(Protocol):
 
     _inner: IProtocol | None = None
     _timer: Any = None
-    _waiting = False
     _done = False
 
     def __init__(self, factory: ProxiedFactory, sender: IAddress) -> None:
@@ -120,9 +129,14 @@ class _AwaitingHeader(Protocol):
 
     def connectionMade(self) -> None:
         site = self._factory.site
-        self._factory.waiting += 1
-        self._waiting = True
+        self._factory.pending.add(self)
         self._timer = site.clock.callLater(site.limits.handshake_timeout_seconds, self._too_late)
+
+    def drop(self) -> None:
+        """Close the connection before its header is in, recording nothing."""
+        self._stop_waiting()
+        self._done = True
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         inner = self._inner
@@ -168,9 +182,7 @@ class _AwaitingHeader(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._waiting:
-            self._waiting = False
-            self._factory.waiting -= 1
+        self._factory.pending.discard(self)
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_waiting()
