@@ -76,8 +76,9 @@ $(AIRFLOW_VENV)/.postgres-drivers: $(AIRFLOW_VENV)/.installed
 # tests' Airflow runs on), and for the interoperability tests and the example
 # clients (examples/): Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc
 # (built offline against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi,
-# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN); for the
-# deployment tests, systemd-analyze (systemd: checks conf/airflowrpc.service)
+# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN), HAProxy (in
+# front of several gateway instances: tests/integration/test_instances.py); for
+# the deployment tests, systemd-analyze (systemd: checks conf/airflowrpc.service)
 # and promtool (prometheus: checks conf/airflowrpc-alerts.yml; the package
 # starts a Prometheus server on a host that runs systemd, not in a container
 # whose policy-rc.d forbids it: `systemctl disable --now prometheus` if unwanted);
@@ -101,6 +102,7 @@ apt-deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	[ -z "$$missing" ] || { \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -34,6 +34,9 @@ from ..core.timefmt import iso_micro, utc
 from .checkpoint import CHECKPOINT, Signer
 
 GENESIS = "0" * 64
+#: The instance the ``airflowrpc`` command's own records name (`append_now`);
+#: ``audit.instance`` may not take it.
+CLI_INSTANCE = "cli"
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -370,7 +373,7 @@ class ChainFile:
         self._known = (inode, start + len(data))
 
 
-def append_now(path: Path, fields: dict[str, Any], *, instance: str = "cli") -> None:
+def append_now(path: Path, fields: dict[str, Any], *, instance: str = CLI_INSTANCE) -> None:
     """Append one record from outside the gateway (the CLI), blocking."""
     chain = ChainFile(path)
     chain.open()

@@ -12,17 +12,27 @@ covered, and a chain with no checkpoint at all proves nothing.
 What a key alone cannot show is a chain cut back to an earlier checkpoint,
 or rewritten from one: that is what checkpoints kept off the host are for
 (``shipped``): each must be found, unchanged, in the chain.
+
+Several gateway instances keep a chain each (``audit.instance`` names the
+writer in every record).  `find_chains` sorts files, and the files of
+directories, into chains: the files sharing a name in one directory (the
+current file and its rotated copies, ``audit.jsonl.<UTC time>``) are one
+chain, checked on its own; `check_chains` checks each and hands each the
+checkpoints kept off the host that its own instance signed.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import attrs
 
-from .chain import GENESIS, dumps, loads_strict
+from .chain import CLI_INSTANCE, GENESIS, dumps, loads_strict
 from .checkpoint import CHECKPOINT, Verifier
 
 
@@ -69,6 +79,14 @@ class ChainReport:
     #: Intents with no outcome: the gateway stopped (or is still waiting for
     #: Airflow) between the two; what happened in Airflow is to be checked there.
     open_intents: tuple[IntentSeen, ...] = ()
+    #: Who wrote the records: (instance, records), most first; the
+    #: ``airflowrpc`` command's own records are under ``cli``.
+    instances: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """The gateway instances that wrote to this chain (not the command), most first."""
+        return tuple(name for name, _ in self.instances if name != CLI_INSTANCE)
 
     @property
     def last_checkpoint(self) -> CheckpointSeen | None:
@@ -97,6 +115,16 @@ class ChainReport:
             return [f"BROKEN: {self.problem}"]
         if not self.records:
             return ["BROKEN: no records"]
+        return self._verdict() + self._instance_lines()
+
+    def _instance_lines(self) -> list[str]:
+        if not self.instances:
+            return []
+        shown = [f"{name} ({n} record{'s' if n != 1 else ''})" for name, n in self.instances[:5]]
+        more = len(self.instances) - 5
+        return ["written by: " + ", ".join(shown) + (f", and {more} more" if more > 0 else "")]
+
+    def _verdict(self) -> list[str]:
         note = (f" (continues a chain from an earlier file, from seq {self.first_seq})"
                 if self.continues else "")
         out = [f"chain whole: {self.records} records, seq {self.first_seq}..{self.last_seq}{note}"]
@@ -169,6 +197,7 @@ def check(
         continues=walk.continues, checkpoints=tuple(walk.checkpoints),
         signed=bool(verifiers), shipped_found=walk.shipped_found,
         shipped_older=walk.shipped_older, open_intents=tuple(walk.intents.values()),
+        instances=tuple(walk.instances.most_common()),
     )
 
 
@@ -233,6 +262,7 @@ class _Walk:
         self.checkpoints: list[CheckpointSeen] = []
         #: Intents waiting for their outcome, by (instance, request, multicall index).
         self.intents: dict[tuple[Any, ...], IntentSeen] = {}
+        self.instances: collections.Counter[str] = collections.Counter()
 
     def file(self, path: Path) -> None:
         try:
@@ -290,6 +320,7 @@ class _Walk:
             self.shipped_found += 1
         self.prev, self.seq = claimed, seq
         self.count += 1
+        self.instances[str(record.get("instance"))] += 1
 
     def checkpoint(self, where: str, record: dict[str, Any], hash_: str) -> None:
         seq = record["seq"]
@@ -321,3 +352,139 @@ def verify(paths: Iterable[Path]) -> tuple[bool, str]:
     """
     report = check(paths)
     return report.whole, report.lines()[0].removeprefix("BROKEN: ")
+
+
+#: A rotated file's suffix: ``.<UTC time>``, and ``.<n>`` when two rotations
+#: fell in one second (`txairflowrpc.audit.chain`).
+_ROTATED = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
+
+
+@attrs.frozen
+class ChainFiles:
+    """The files of one chain, oldest first: a directory's current file and its rotated copies."""
+
+    #: The current file's path (which may be among the files, or gone).
+    name: Path
+    files: tuple[Path, ...]
+
+
+def _first_seq(path: Path) -> float:
+    try:
+        with path.open("rb") as f:
+            return float(json.loads(f.readline())["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _starts_a_record(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            record = json.loads(f.readline(65536))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("seq"), int) and "hash" in record
+
+
+def find_chains(
+    paths: Iterable[Path], skip: Iterable[Path] = (),
+) -> tuple[list[ChainFiles], list[Path]]:
+    """
+    The chains in ``paths``, and the files of directories that are not audit
+    files.  A directory stands for every file under it (its subdirectories
+    too; dot files, such as the digest key and the owner lock, and ``.lock``
+    files left out, and so is ``skip``).  Files sharing a name in one
+    directory, a rotation suffix aside, are one chain, ordered by their first
+    seq (whatever order they were named in).  A file named on its own is
+    always taken (but a ``.lock`` file); one found in a directory only if its
+    name ends in ``.jsonl`` or it (or a file of its chain) starts with an
+    audit record.
+    """
+    skipped = {p.resolve() for p in skip}
+    named: dict[Path, set[Path]] = {}
+    found: dict[Path, set[Path]] = {}
+    for path in paths:
+        if path.name.endswith(".lock") and path.is_file():
+            continue  # the chain's append lock (``audit.jsonl*`` in a shell names it too)
+        if not path.is_dir():
+            named.setdefault(path.with_name(_ROTATED.sub("", path.name)), set()).add(path)
+            continue
+        for file in sorted(path.rglob("*")):
+            relative = file.relative_to(path).parts
+            if (any(part.startswith(".") for part in relative) or file.name.endswith(".lock")
+                    or not file.is_file() or file.resolve() in skipped):
+                continue
+            found.setdefault(file.with_name(_ROTATED.sub("", file.name)), set()).add(file)
+    others: list[Path] = []
+    for name, files in found.items():
+        if name in named or name.name.endswith(".jsonl") or any(map(_starts_a_record, files)):
+            named.setdefault(name, set()).update(files)
+        else:
+            others += sorted(files)
+    chains = [ChainFiles(name, tuple(sorted(files, key=lambda f: (_first_seq(f), str(f)))))
+              for name, files in sorted(named.items())]
+    return chains, sorted(others)
+
+
+@attrs.frozen
+class ChainsReport:
+    """What `check_chains` found: a report per chain, and what fits none."""
+
+    chains: tuple[tuple[ChainFiles, ChainReport], ...]
+    #: Instances that signed checkpoints kept off the host but wrote none of these chains.
+    orphan_shipped: tuple[str, ...] = ()
+
+    @staticmethod
+    def label(files: ChainFiles, report: ChainReport) -> str:
+        """The instance(s) that wrote a chain, for a person: ``gw-a``."""
+        return "+".join(report.gateways[:3]) or "(no gateway records)"
+
+    def shared_instances(self) -> dict[str, list[Path]]:
+        """Instance names found in more than one chain (two hosts, one name; or a renamed path)."""
+        seen: dict[str, list[Path]] = {}
+        for files, report in self.chains:
+            for name in report.gateways:
+                seen.setdefault(name, []).append(files.name)
+        return {name: where for name, where in seen.items() if len(where) > 1}
+
+    def lines(self) -> list[str]:
+        if len(self.chains) == 1 and not self.orphan_shipped:
+            return self.chains[0][1].lines()
+        out = []
+        for files, report in self.chains:
+            rotated = len([f for f in files.files if f != files.name])
+            more = f" and {rotated} rotated file{'s' if rotated != 1 else ''}" if rotated else ""
+            out.append(f"instance {self.label(files, report)}: {files.name}{more}")
+            out += ["  " + line for line in report.lines()]
+        for name in self.orphan_shipped:
+            out.append(f"BROKEN: checkpoints kept off the host were signed by instance {name}, "
+                       "but no chain given was written by it: its files are missing")
+        for name, where in sorted(self.shared_instances().items()):
+            out.append(f"NOTE: instance {name} wrote more than one chain: "
+                       + ", ".join(map(str, where)))
+        broken = [self.label(f, r) for f, r in self.chains if not r.whole]
+        out.append(f"{len(self.chains)} chains: {len(self.chains) - len(broken)} whole"
+                   + (f", {len(broken)} BROKEN ({', '.join(broken)})" if broken else ""))
+        return out
+
+
+def check_chains(
+    chains: Sequence[ChainFiles], verifiers: Sequence[Verifier] = (),
+    shipped: Sequence[dict[str, Any]] = (),
+) -> ChainsReport:
+    """
+    `check` each chain on its own, with the checkpoints in ``shipped`` that
+    its own instances signed (a checkpoint names the instance that sealed
+    it); checkpoints of an instance that wrote none of the chains are
+    reported (`ChainsReport.orphan_shipped`): its files are missing.
+    """
+    reports = []
+    taken: set[str] = set()
+    for chain in chains:
+        mine: list[dict[str, Any]] = []
+        if shipped:
+            writers = {name for name, _ in check(chain.files).instances}
+            mine = [c for c in shipped if str(c.get("instance")) in writers]
+            taken |= writers
+        reports.append((chain, check(chain.files, verifiers, mine)))
+    orphans = sorted({str(c.get("instance")) for c in shipped} - taken)
+    return ChainsReport(tuple(reports), tuple(orphans))

@@ -6,23 +6,57 @@ and ``[audit]``, each a frozen value whose ``_keys`` say how it is read.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 from pathlib import Path
+from typing import Any, Iterable
 
 import attrs
 
-from .keys import Key, at_least, port, positive, strings
+from .keys import ConfigError, Key, at_least, port, positive, strings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Who may send a PROXY protocol header unless ``listen.proxy_from`` says
+#: otherwise: this host only.
+PROXY_FROM_DEFAULT = ("127.0.0.0/8", "::1/128")
+
+
+def networks(value: list[Any]) -> None:
+    """A check: an array of addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``)."""
+    strings(value)
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address or network") from None
+
+
+def _as_networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v
+                 for v in value)
 
 
 @attrs.frozen
 class ListenConfig:
-    """Where the TLS listener binds."""
+    """
+    Where the TLS listener binds, and whether a PROXY protocol header (v2 or
+    v1, as HAProxy's ``send-proxy-v2`` sends it) comes before TLS on each
+    connection, from one of the ``proxy_from`` networks, naming the client.
+    """
 
     host: str
     port: int
+    proxy_protocol: bool = False
+    proxy_from: tuple[Network, ...] = attrs.field(
+        default=PROXY_FROM_DEFAULT, converter=_as_networks)
 
     _keys = {
         "host": Key(str, "127.0.0.1"),
         "port": Key(int, 8443, port),
+        "proxy_protocol": Key(bool, False),
+        "proxy_from": Key(list, list(PROXY_FROM_DEFAULT), networks),
     }
 
 
@@ -136,6 +170,35 @@ class HealthConfig:
     }
 
 
+#: What names an instance: a host name's characters, as a host name may be one.
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+#: The name the ``airflowrpc`` command writes its own records under
+#: (``txairflowrpc.audit.chain.CLI_INSTANCE``; the config imports nothing of it).
+CLI_INSTANCE = "cli"
+
+
+def instance_name(value: str) -> None:
+    """A check: a name for ``audit.instance``."""
+    if not _INSTANCE.fullmatch(value):
+        raise ValueError("must be 1 to 253 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    if value == CLI_INSTANCE:
+        raise ValueError(f"{CLI_INSTANCE!r} names the airflowrpc command's own records")
+
+
+def _instance_or_host(value: str) -> str:
+    """``audit.instance``, or the host name when it is not set."""
+    if value:
+        return value
+    host = socket.gethostname()
+    try:
+        instance_name(host)
+    except ValueError as e:
+        raise ConfigError("audit.instance", f"not set, and the host name {host!r} cannot "
+                          f"stand for it: it {e}") from None
+    return host
+
+
 #: Words whose keys' values never reach the audit trail: matched in a key's
 #: name case-insensitively, as substrings, with "-" and "_" ignored (so
 #: ``db_pass``, ``API-Key``, ``pwd`` and ``authToken`` are all caught).
@@ -166,6 +229,9 @@ class AuditConfig:
     #: The key of the digests that stand for free-form values (conf, notes)
     #: on the trail; made (32 random bytes, mode 0600) when it is missing.
     digest_key_file: Path | None = None
+    #: The name of this gateway in every record it writes (``instance``),
+    #: the same across restarts; the host name when not set.
+    instance: str = attrs.field(default="", converter=_instance_or_host)
 
     @property
     def checkpoints(self) -> bool:
@@ -184,6 +250,7 @@ class AuditConfig:
         "checkpoint_seconds": Key(float, 10.0, at_least(0)),
         "refusal_window_seconds": Key(float, 60.0, positive),
         "digest_key_file": Key(str, "", is_path=True, must_exist=False),
+        "instance": Key(str, "", instance_name),
     }
 
 

@@ -3,8 +3,9 @@ The ``airflowrpc`` command, for operators, auditors and callers.
 
     airflowrpc token create --principal NAME [--roles R,...] [--days N]
     airflowrpc token list | rotate ID | revoke ID
-    airflowrpc audit verify [--public-key FILE | --hmac-key FILE] [--shipped FILE] FILE...
-                                      check the audit chain and its checkpoints
+    airflowrpc audit verify [--public-key FILE | --hmac-key FILE] [--shipped FILE] FILE|DIR...
+                                      check the audit chain(s) and their checkpoints:
+                                      one chain per instance, each on its own
     airflowrpc audit keygen --out PREFIX [--hmac]
                                       a key to sign checkpoints with
     airflowrpc config check [FILE]    check a config file as twistd would
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import socket
 import sys
 from datetime import datetime, timezone
@@ -30,18 +30,10 @@ from pathlib import Path
 from .. import config as config_module
 from ..audit import checkpoint
 from ..audit.chain import append_now
-from ..audit.verify import check, read_shipped
+from ..audit.verify import ChainReport, check_chains, find_chains, read_shipped
 from ..client import commands as client_commands
 from ..identity import tokens
 from .checked import load_checked
-
-
-def _first_seq(path: Path) -> float:
-    try:
-        with path.open("rb") as f:
-            return float(json.loads(f.readline())["seq"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return float("inf")
 
 
 #: ``audit verify``'s exit status: the chain is whole (and, if a key was
@@ -75,14 +67,29 @@ def audit_verify(
     except ValueError as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
         return BAD_INPUT
-    # Rotated files and the current one, in chain order whatever order the
-    # shell gave them in (audit.jsonl sorts before audit.jsonl.2026...).
-    paths = sorted((Path(f) for f in files), key=_first_seq)
-    report = check(paths, verifiers, kept)
-    print("\n".join(report.lines()))
+    # Each directory's current file and its rotated copies are one chain, in
+    # chain order whatever order the shell gave them in (audit.jsonl sorts
+    # before audit.jsonl.2026...); several instances' chains are checked
+    # each on its own.
+    chains, others = find_chains([Path(f) for f in files], skip=[Path(f) for f in shipped])
+    if not chains:
+        print(f"airflowrpc: no audit files in {' '.join(files)}", file=sys.stderr)
+        return BAD_INPUT
+    result = check_chains(chains, verifiers, kept)
+    print("\n".join(result.lines()))
+    for other in others:
+        print(f"skipped (not an audit file): {other}")
+    statuses = [_status(report, bool(verifiers)) for _, report in result.chains]
+    if result.orphan_shipped:
+        statuses.append(BROKEN)
+    # The worst first, in the order a single chain's checks are made.
+    return min(statuses, key=[BROKEN, NOT_COVERED, OPEN_INTENTS, WHOLE].index)
+
+
+def _status(report: ChainReport, keyed: bool) -> int:
     if not report.whole:
         return BROKEN
-    if verifiers and not report.proven:
+    if keyed and not report.proven:
         return NOT_COVERED
     if report.open_intents:
         return OPEN_INTENTS
@@ -116,8 +123,11 @@ def config_check(path: str) -> int:
     except config_module.ConfigError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1
-    print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}, "
-          f"Airflow at {cfg.airflow.base_url}, audit to {cfg.audit.path})")
+    proxied = (" behind the PROXY protocol from "
+               + ", ".join(map(str, cfg.listen.proxy_from))) if cfg.listen.proxy_protocol else ""
+    print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}{proxied}, "
+          f"Airflow at {cfg.airflow.base_url}, audit to {cfg.audit.path} "
+          f"as instance {cfg.audit.instance})")
     return 0
 
 
@@ -228,7 +238,10 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--shipped", action="append", default=[], metavar="FILE",
                         help="checkpoints kept off the host (JSON Lines; other records are "
                         "skipped): each must be in the chain unchanged (repeatable)")
-    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("files", nargs="+", metavar="FILE|DIR",
+                        help="audit files, or directories holding them (searched whole): "
+                        "the files sharing a name in one directory, a rotation suffix aside, "
+                        "are one instance's chain; each chain is checked on its own")
     keygen = audit_commands.add_parser(
         "keygen", help="write a new checkpoint signing key: PREFIX.key (private, 0600) and "
         "PREFIX.pub; with --hmac, a shared secret PREFIX.hmac (0600)")

@@ -61,7 +61,7 @@ class Listener(service.Service):
     """A listening port, bound when the service starts; the start fails if it cannot be."""
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory, address: str) -> None:
-        self._endpoint = endpoint
+        self.endpoint = endpoint
         self._factory = factory
         self.address = address
         self._port: IListeningPort | None = None
@@ -69,7 +69,7 @@ class Listener(service.Service):
     def startService(self) -> None:
         """Bind now; `SystemExit` (one line, status 1) if the port cannot be had."""
         outcome: list[Any] = []
-        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        self.endpoint.listen(self._factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
             error = outcome[0].value
             reason = getattr(getattr(error, "socketError", None), "strerror", None) or (

@@ -95,7 +95,7 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
     ("audit", "path"), ("audit", "rotate_bytes"), ("audit", "rotate_daily"),
     ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
     ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),
-    ("audit", "refusal_window_seconds"), ("audit", "digest_key_file"),
+    ("audit", "refusal_window_seconds"), ("audit", "digest_key_file"), ("audit", "instance"),
 )
 
 

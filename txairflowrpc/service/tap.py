@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -30,10 +32,12 @@ from .. import __version__
 from .. import config as config_module
 from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
+from ..audit.owner import ChainInUse, Claim, claim
 from ..audit.summary import Summarizer, load_digest_key
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
+from ..gate.proxied import ProxiedFactory
 from ..gate.refusals import RefusalLog
 from ..gate.resource import NotFound, Root, RPCResource
 from ..gate.site import GatewaySite
@@ -94,17 +98,21 @@ class _PoolService(service.Service):
 
 class AuditService(service.Service):
     """
-    Owns the audit log and its one writer thread; records service start
-    and stop as administrative events.
+    Owns the audit log, its one writer thread and the claim on its chain;
+    records service start and stop as administrative events.
     """
 
-    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str) -> None:
+    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str,
+                 owner: Claim | None = None) -> None:
         self.audit = audit
         self._threads = threads
         self._config_path = config_path
+        self._owner = owner
 
     def startService(self) -> None:
         super().startService()
+        if self._owner is not None:
+            self._owner.restate()  # twistd may have daemonized since: a new pid
         self._threads.start()
         self.audit.append({
             "event": "service.start", "version": __version__, "config": self._config_path,
@@ -115,7 +123,12 @@ class AuditService(service.Service):
         self.audit.append({"event": "service.stop"}).addErrback(lambda f: None)
         d = self.audit.close()
         d.addBoth(lambda _: self._threads.stop())
-        return d
+        return d.addBoth(self._release)
+
+    def _release(self, result: Any) -> Any:
+        if self._owner is not None:
+            self._owner.release()
+        return result
 
 
 def open_audit(
@@ -124,7 +137,7 @@ def open_audit(
 ) -> AuditLog:
     """The audit log ``cfg`` describes, opened; ``signer`` signs its checkpoints."""
     audit = AuditLog(
-        cfg.path, clock=clock, run_blocking=run_blocking, instance=secrets.token_hex(6),
+        cfg.path, clock=clock, run_blocking=run_blocking, instance=cfg.instance,
         rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
         signer=signer,
         checkpoint_records=cfg.checkpoint_records, checkpoint_seconds=cfg.checkpoint_seconds,
@@ -239,6 +252,48 @@ def build_site(
     return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
 
 
+def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS) -> Any:
+    """
+    Where the XML-RPC listener listens: TLS, or, with
+    ``listen.proxy_protocol``, a PROXY protocol header first and TLS after
+    it.  The header comes before TLS on the wire, so its wrapper is the
+    outermost layer: PROXY, then TLS, then the site (see
+    `txairflowrpc.gate.proxied` and `rpc_factory`).
+    """
+    host, port = cfg.listen.host, cfg.listen.port
+    if not cfg.listen.proxy_protocol:
+        return SSL4ServerEndpoint(reactor, port, tls, interface=host)
+    return proxyEndpoint(TCP4ServerEndpoint(reactor, port, interface=host))
+
+
+def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
+                site: GatewaySite) -> Any:
+    """What `rpc_endpoint` serves: the site, or TLS then the site behind the PROXY header."""
+    if not cfg.listen.proxy_protocol:
+        return site
+    tls_factory = TLSMemoryBIOFactory(tls, False, site, clock=reactor)
+    return ProxiedFactory(tls_factory, site, cfg.listen.proxy_from)
+
+
+def rpc_listener(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
+                 site: GatewaySite) -> Listener:
+    """The XML-RPC listener; its endpoint (a `Bound`) says when it listens."""
+    where = f"{cfg.listen.host}:{cfg.listen.port}"
+    return Listener(Bound(rpc_endpoint(reactor, cfg, tls), "rpc"),
+                    rpc_factory(reactor, cfg, tls, site),
+                    where + " (PROXY protocol)" if cfg.listen.proxy_protocol else where)
+
+
+def claim_chain(cfg: config_module.AuditConfig) -> Claim:
+    """This instance's claim on its audit chain; `SystemExit` (one line) if another holds it."""
+    try:
+        return claim(cfg.path, cfg.instance)
+    except ChainInUse as e:
+        raise SystemExit(f"airflowrpc: audit.path: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
@@ -249,6 +304,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
     audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(
         lambda f: deferToThreadPool(reactor, threads, f)), checked.signer)
+    owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     # Airflow's client speaks to the Agent itself; treq serves the rest
@@ -283,15 +339,14 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     )
     # Stopped in the reverse order, after the listeners and the drain: the
     # audit trail last.
-    AuditService(audit, threads, str(cfg.source)).setServiceParent(top)
+    AuditService(audit, threads, str(cfg.source), owner).setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
 
-    endpoint = Bound(SSL4ServerEndpoint(reactor, cfg.listen.port, tls, interface=cfg.listen.host),
-                     "rpc")
-    top.listen(Listener(endpoint, parts.site, f"{cfg.listen.host}:{cfg.listen.port}"))
-    bound = [endpoint]
+    rpc = rpc_listener(reactor, cfg, tls, parts.site)
+    top.listen(rpc)
+    bound = [rpc.endpoint]
     if cfg.health.port:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,

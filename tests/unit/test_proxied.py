@@ -1,0 +1,281 @@
+"""
+The listener behind HAProxy, in memory: Twisted's PROXY protocol wrapper, the
+real TLS and the real site, as `rpc_listener` stacks them; the client's
+address, not the proxy's, wherever the gateway names or counts a source.
+"""
+
+from __future__ import annotations
+
+import json
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
+from txairflowrpc.gate.proxied import ProxiedFactory
+from txairflowrpc.gate.tls import ReloadableTLS, server_options
+from txairflowrpc.identity.authenticate import Gate
+from txairflowrpc.service.checked import build_authenticator, load_checked
+from txairflowrpc.service.tap import build_site, rpc_listener
+
+from ..fakes import FakeAirflow
+from ..proxyproto import header_v2
+from .helpers import audit_log
+from .test_access import load, pki  # noqa: F401
+
+HAPROXY = ("127.0.0.1", 50000)
+CLIENT = ("203.0.113.7", 41000)
+GATEWAY = ("127.0.0.1", 8443)
+
+
+class Wire(StringTransport):
+    """A TCP-like transport in memory."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+class Whoami(Protocol):
+    def connectionMade(self) -> None:
+        self.received = b""
+        body = xmlrpc.client.dumps((), "whoami").encode()
+        self.transport.write(
+            b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+@attrs.define
+class Connection:
+    server: Any  # the outermost protocol: Twisted's PROXY protocol wrapper
+    wire: Wire
+    client: Any = None  # the client's TLS protocol, once it speaks
+    client_wire: Wire | None = None
+
+    @property
+    def answer(self) -> bytes:
+        return self.client.wrappedProtocol.received if self.client is not None else b""
+
+
+class Listener:
+    """The gateway's listener as `rpc_listener` builds it, on a memory reactor."""
+
+    def __init__(self, tmp_path: Path, pki: DevPKI, **limits: Any) -> None:  # noqa: F811
+        cfg = load(tmp_path, pki)
+        self.cfg = cfg = attrs.evolve(
+            cfg, listen=attrs.evolve(cfg.listen, proxy_protocol=True),
+            limits=attrs.evolve(cfg.limits, **limits))
+        self.pki = pki
+        self.reactor = MemoryReactorClock()
+        self.audit = audit_log(str(tmp_path), self.reactor)
+        gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=self.reactor))
+        self.site = build_site(cfg, self.reactor, StubTreq(FakeAirflow()), self.audit,
+                               gate.authenticate).site
+        self.tls = ReloadableTLS(server_options(cfg.tls, "required"))
+        self.listener = rpc_listener(self.reactor, cfg, self.tls, self.site)
+        self.listener.startService()
+        self.path = tmp_path / "audit.jsonl"
+
+    @property
+    def factory(self) -> Any:
+        (port, factory, _, interface), = self.reactor.tcpServers
+        assert (port, interface) == (8443, "127.0.0.1")
+        return factory
+
+    def accept(self, sender: tuple[str, int] = HAPROXY) -> Connection:
+        address = IPv4Address("TCP", *sender)
+        server = self.factory.buildProtocol(address)
+        wire = Wire(hostAddress=IPv4Address("TCP", *GATEWAY), peerAddress=address)
+        server.makeConnection(wire)
+        return Connection(server, wire)
+
+    def speak_tls(self, conn: Connection, client: ClientFiles | None, first: bytes = b"") -> None:
+        """Start a TLS client on ``conn`` (``first`` goes before its first bytes) and run it."""
+        ca = Certificate.loadPEM(self.pki.ca_file.read_bytes())
+        identity = None
+        if client is not None:
+            pem = client.cert.read_bytes() + client.key.read_bytes()
+            identity = PrivateCertificate.loadPEM(pem)
+        options = optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=identity)
+        factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Whoami),
+                                      clock=self.reactor)
+        conn.client = factory.buildProtocol(IPv4Address("TCP", *GATEWAY))
+        conn.client_wire = Wire()
+        conn.client.makeConnection(conn.client_wire)
+        pending = first
+        for _ in range(100):  # shuttle bytes both ways until both sides are quiet
+            self.reactor.advance(0)
+            to_server, to_client = pending + conn.client_wire.value(), conn.wire.value()
+            pending = b""
+            conn.client_wire.clear()
+            conn.wire.clear()
+            if not to_server and not to_client:
+                break
+            if to_server and not conn.wire.disconnecting:
+                conn.server.dataReceived(to_server)
+            if to_client:
+                conn.client.dataReceived(to_client)
+
+    def close(self, conn: Connection) -> None:
+        """The transport reports the connection lost (as the reactor would)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        conn.server.connectionLost(Failure(ConnectionDone()))
+
+    def records(self, **match: Any) -> list[dict[str, Any]]:
+        self.site.refusals.flush()
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        return [r for r in map(json.loads, lines)
+                if all(r.get(k) == v for k, v in match.items())]
+
+
+@pytest.fixture
+def gw(tmp_path: Path, pki: DevPKI) -> Listener:  # noqa: F811
+    return Listener(tmp_path, pki)
+
+
+def test_the_listener_reads_the_header_before_tls(gw: Listener) -> None:
+    factory = gw.factory
+    # PROXY outermost, then the factory that waits for the header, then TLS, then the site.
+    assert isinstance(factory.wrappedFactory, ProxiedFactory)
+    assert isinstance(factory.wrappedFactory.inner, TLSMemoryBIOFactory)
+    assert factory.wrappedFactory.inner.wrappedFactory is gw.site
+    assert gw.listener.address == "127.0.0.1:8443 (PROXY protocol)"
+
+
+def test_without_the_key_the_listener_is_plain_tls(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    cfg = load(tmp_path, pki)
+    reactor = MemoryReactorClock()
+    site = build_site(cfg, reactor, StubTreq(FakeAirflow()), None, lambda r: None).site
+    rpc_listener(reactor, cfg, ReloadableTLS(server_options(cfg.tls, "required")),
+                 site).startService()
+    assert reactor.tcpServers == []
+    (_, factory, _, _, _), = reactor.sslServers
+    assert factory is site  # TLS straight onto the site
+
+
+def test_a_call_through_the_proxy_is_counted_and_recorded_as_the_clients(gw: Listener) -> None:
+    conn = gw.accept()
+    assert gw.site.open_connections == 0  # not counted before the header says whose it is
+    gw.speak_tls(conn, gw.pki.client("ci-bot.example.com"), first=header_v2(CLIENT, GATEWAY))
+    assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
+    (me,), _ = xmlrpc.client.loads(conn.answer.partition(b"\r\n\r\n")[2])
+    # Mutual TLS end to end: the client's certificate names the principal.
+    assert (me["principal"], me["authenticated_by"]) == ("ci-bot", "client_certificate")
+    (call,) = gw.records(kind="call", method="whoami")
+    assert call["source"] == "203.0.113.7:41000"
+    assert gw.site._by_source.keys() == {"203.0.113.7"}
+
+
+def test_a_failed_handshake_behind_the_proxy_is_recorded_as_the_clients(gw: Listener) -> None:
+    conn = gw.accept()
+    gw.speak_tls(conn, None, first=header_v2(CLIENT, GATEWAY))  # no client certificate
+    assert conn.answer == b"" and conn.wire.disconnecting
+    gw.close(conn)
+    (refused,) = gw.records(refusal="tls_handshake")
+    assert refused["source"] == "203.0.113.7:41000"
+
+
+def test_tls_without_a_header_is_refused_and_recorded(gw: Listener) -> None:
+    conn = gw.accept()
+    gw.speak_tls(conn, gw.pki.client("ci-bot.example.com"))  # straight to the port: no header
+    assert conn.answer == b"" and conn.wire.disconnecting
+    gw.close(conn)
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"], refused["reason"]) == (
+        "proxy_header", "127.0.0.1:50000", "no valid PROXY protocol header: refused")
+    assert gw.site.open_connections == 0 and gw.factory.wrappedFactory.waiting == 0
+
+
+def test_a_malformed_header_is_refused_and_recorded(gw: Listener) -> None:
+    bad = bytearray(header_v2(CLIENT, GATEWAY))
+    bad[12] = 0x31  # protocol version 3
+    conn = gw.accept()
+    conn.server.dataReceived(bytes(bad))
+    assert conn.wire.disconnecting
+    gw.close(conn)
+    assert [r["refusal"] for r in gw.records(kind="refused")] == ["proxy_header"]
+
+
+def test_a_connection_that_just_hangs_up_is_not_a_refusal(gw: Listener) -> None:
+    conn = gw.accept()
+    gw.close(conn)  # a port probe: connect, then close, as without the PROXY protocol
+    assert gw.records(kind="refused") == []
+    assert gw.factory.wrappedFactory.waiting == 0
+
+
+def test_only_proxy_from_may_send_a_header(gw: Listener) -> None:
+    conn = gw.accept(("198.51.100.9", 4000))  # not in listen.proxy_from (loopback)
+    assert conn.wire.disconnected  # closed before a byte of it is read
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"]) == ("connection_refused", "198.51.100.9:4000")
+    assert "listen.proxy_from" in refused["reason"]
+    assert gw.site.refused_connections == 1
+
+
+def test_the_per_source_cap_counts_clients_not_the_proxy(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    gw = Listener(tmp_path, pki, max_connections_per_source=2)
+    a = [gw.accept(("127.0.0.1", 50000 + i)) for i in range(3)]
+    for i, conn in enumerate(a):
+        conn.server.dataReceived(header_v2(("192.0.2.1", 1000 + i), GATEWAY) + b"\x16\x03\x01")
+    assert [c.wire.disconnected for c in a] == [False, False, True]
+    other = gw.accept(("127.0.0.1", 50009))  # through the same proxy, another client
+    other.server.dataReceived(header_v2(("192.0.2.2", 2000), GATEWAY) + b"\x16\x03\x01")
+    assert not other.wire.disconnected
+    (refused,) = gw.records(refusal="connection_refused")
+    assert refused["source"] == "192.0.2.1:1002"
+    assert gw.site._by_source.keys() == {"192.0.2.1", "192.0.2.2"}
+
+
+def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    gw = Listener(tmp_path, pki, handshake_timeout_seconds=3)
+    silent, header_only = gw.accept(), gw.accept(("127.0.0.1", 50001))
+    header_only.server.dataReceived(header_v2(CLIENT, GATEWAY))
+    gw.reactor.advance(2.9)
+    assert not silent.wire.disconnected and not header_only.wire.disconnected
+    gw.reactor.advance(0.1)
+    assert silent.wire.disconnected and header_only.wire.disconnected
+    gw.close(silent), gw.close(header_only)
+    found = {(r["refusal"], r["source"]) for r in gw.records(kind="refused")}
+    assert found == {("proxy_header", "127.0.0.1:50000"), ("handshake", "203.0.113.7:41000")}
+    assert gw.site.slow_dropped == 2 and gw.factory.wrappedFactory.waiting == 0
+
+
+def test_connections_waiting_for_their_header_are_capped(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    gw = Listener(tmp_path, pki, max_connections=2)
+    waiting = [gw.accept(("127.0.0.1", 50000 + i)) for i in range(3)]
+    assert [c.wire.disconnected for c in waiting] == [False, False, True]
+    (refused,) = gw.records(refusal="connection_refused")
+    assert "waiting for their PROXY protocol header" in refused["reason"]
+    waiting[0].server.dataReceived(header_v2(CLIENT, GATEWAY) + b"\x16\x03\x01")
+    assert not gw.accept(("127.0.0.1", 50005)).wire.disconnected  # one left: room again
+
+
+def test_when_the_listener_stops_connections_waiting_for_a_header_are_closed(
+    gw: Listener,
+) -> None:
+    waiting, admitted = gw.accept(), gw.accept(("127.0.0.1", 50001))
+    admitted.server.dataReceived(header_v2(CLIENT, GATEWAY) + b"\x16\x03\x01")
+    gw.factory.doStop()  # the port stopped listening: the gateway is shutting down
+    assert waiting.wire.disconnected and not admitted.wire.disconnected
+    gw.close(waiting)
+    assert gw.records(kind="refused") == [] and gw.factory.wrappedFactory.waiting == 0

@@ -1,0 +1,200 @@
+"""
+The PROXY protocol in front of the TLS listener: the real client behind
+HAProxy, known before the site counts the connection.
+
+With ``listen.proxy_protocol`` on, HAProxy (``send-proxy-v2``) opens each
+connection with a header naming the client's address, then passes the
+client's TLS through untouched (mutual TLS stays end to end).  The header
+comes before TLS, so the layers are, from the socket in::
+
+    PROXY header (Twisted's `proxyEndpoint`) -> `ProxiedFactory` -> TLS -> the site
+
+Twisted's wrapper reads the header (v2 or v1) and makes ``getPeer`` answer
+the address it names.  What it does not do, `ProxiedFactory` adds:
+
+- The TLS layer and the site's channel are built only once the header is in
+  (with the first TLS byte after it: the client speaks first), and the site
+  is handed the client's address: its per-source connection cap, the
+  back-off, the audit trail's ``source`` and every refusal record name the
+  client, never HAProxy.
+- Only a sender in ``listen.proxy_from`` may send a header at all: anyone
+  else who could reach the port could claim any address, and with it evade
+  the per-source limits and write a false ``source`` into the trail.
+- A connection whose first bytes are not a valid header is refused
+  (Twisted's wrapper closes it) and recorded, kind ``proxy_header``, counted
+  per source like every refusal anyone can cause; one that has not sent its
+  header and the first bytes of TLS within ``limits.handshake_timeout_seconds``
+  is dropped and recorded.
+- Connections still waiting for their header are at most
+  ``limits.max_connections``; more are refused and recorded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Sequence
+
+from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from ..config.sections import Network
+from .site import GatewaySite, address_text
+
+
+def trusted(address: IAddress, networks: Sequence[Network]) -> bool:
+    """Whether ``address`` (the TCP peer) is in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(getattr(address, "host", ""))
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class _Refused(Protocol):
+    """Closes a refused connection at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class ProxiedFactory(Factory):
+    """
+    Sits between Twisted's PROXY protocol wrapper and ``inner`` (the TLS
+    factory around ``site``): builds ``inner``'s protocol once the header
+    is in, for the address it names.
+
+    :param site: the gateway's site: its clock, limits (read at each use, so
+        a reload applies) and refusal log.
+    :param senders: who may send a header (``listen.proxy_from``).
+    """
+
+    def __init__(self, inner: IProtocolFactory, site: GatewaySite,
+                 senders: Sequence[Network]) -> None:
+        self.inner = inner
+        self.site = site
+        self.senders = tuple(senders)
+        #: Connections waiting for their header (and the first TLS byte).
+        self.pending: set[_AwaitingHeader] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pending)
+
+    def doStart(self) -> None:
+        self.inner.doStart()
+        super().doStart()
+
+    def doStop(self) -> None:
+        """
+        The listener stopped (shutting down): a connection still waiting for
+        its header is closed now rather than let in after the drain.
+        """
+        for conn in list(self.pending):
+            conn.drop()
+        self.inner.doStop()
+        super().doStop()
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        if not trusted(addr, self.senders):
+            return self.refuse(addr, "connection_refused",
+                               "this address may not send a PROXY protocol header "
+                               "(listen.proxy_from)")
+        if self.waiting >= self.site.limits.max_connections:
+            return self.refuse(addr, "connection_refused",
+                               "too many connections waiting for their PROXY protocol header")
+        return _AwaitingHeader(self, addr)
+
+    def refuse(self, addr: IAddress, kind: str, reason: str) -> Protocol:
+        self.site.refused_connections += 1
+        self.site.refusals.note(address_text(addr), kind, {"reason": reason})
+        return _Refused()
+
+
+class _AwaitingHeader(Protocol):
+    """
+    One connection, from its accept until the header is in; then it hands
+    every byte to the protocol built for the client.  Its transport is
+    Twisted's PROXY protocol wrapper, which passes nothing on before a
+    whole, valid header.
+    """
+
+    _inner: IProtocol | None = None
+    _timer: Any = None
+    _done = False
+
+    def __init__(self, factory: ProxiedFactory, sender: IAddress) -> None:
+        self._factory = factory
+        self._sender = sender
+
+    def connectionMade(self) -> None:
+        site = self._factory.site
+        self._factory.pending.add(self)
+        self._timer = site.clock.callLater(site.limits.handshake_timeout_seconds, self._too_late)
+
+    def drop(self) -> None:
+        """Close the connection before its header is in, recording nothing."""
+        self._stop_waiting()
+        self._done = True
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        inner = self._inner
+        if inner is None:
+            inner = self._admit()
+            if inner is None or getattr(inner, "disconnecting", False):
+                return  # refused at once (a cap): nothing of it is read
+        inner.dataReceived(data)
+
+    def _admit(self) -> IProtocol | None:
+        """The header is in: build the client's protocol, for the address it names."""
+        self._stop_waiting()
+        client = self.transport.getPeer()
+        inner = self._factory.inner.buildProtocol(client)
+        if inner is None:
+            self._done = True
+            self.transport.abortConnection()
+            return None
+        self._inner = inner
+        inner.makeConnection(self.transport)
+        return inner
+
+    def _header_seen(self) -> bool:
+        # The wrapper answers the header's address once it has one; until
+        # then, the sender's.
+        return self.transport.getPeer() != self._sender
+
+    def _too_late(self) -> None:
+        self._timer = None
+        self._stop_waiting()
+        self._done = True
+        site = self._factory.site
+        site.slow_dropped += 1
+        if self._header_seen():
+            kind, reason = "handshake", "no TLS after the PROXY protocol header in time: dropped"
+        else:
+            kind, reason = "proxy_header", "no PROXY protocol header in time: dropped"
+        site.refusals.note(address_text(self.transport.getPeer()), kind,
+                           {"reason": reason, "http_status": 408})
+        self.transport.abortConnection()
+
+    def _stop_waiting(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._factory.pending.discard(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_waiting()
+        if self._inner is not None:
+            self._inner.connectionLost(reason)
+            return
+        # The wrapper closes (never aborts) a connection whose first bytes
+        # are not a valid header; a peer that just connects and hangs up, as
+        # a port probe does, is not recorded, as on a listener without the
+        # PROXY protocol.
+        if not self._done and self.transport.disconnecting:
+            self._done = True
+            self._factory.site.refusals.note(
+                address_text(self.transport.getPeer()), "proxy_header",
+                {"reason": "no valid PROXY protocol header: refused"})
