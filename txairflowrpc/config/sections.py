@@ -37,7 +37,7 @@ def networks(value: list[Any]) -> None:
 MAX_WORKERS = 64
 
 
-def workers(value: int) -> None:
+def worker_count(value: int) -> None:
     """A check: a number of worker processes."""
     if not 1 <= value <= MAX_WORKERS:
         raise ValueError(f"must be from 1 to {MAX_WORKERS}")
@@ -70,7 +70,7 @@ class ListenConfig:
         "port": Key(int, 8443, port),
         "proxy_protocol": Key(bool, False),
         "proxy_from": Key(list, list(PROXY_FROM_DEFAULT), networks),
-        "workers": Key(int, 1, workers),
+        "workers": Key(int, 1, worker_count),
     }
 
 

@@ -148,6 +148,7 @@ class WorkerProtocol(ProcessProtocol):
 class _Worker:
     index: int
     transport: IProcessTransport | None = None
+    pid: int | None = None
     ready: bool = False
     deaths: int = 0  # in a row, without a ready report between
     restart: IDelayedCall | None = None
@@ -202,8 +203,8 @@ class Supervisor(service.Service):
         worker.restart = None
         worker.ready = False
         worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
-        _log.info("worker {index} started (pid {pid})", index=worker.index,
-                  pid=worker.transport.pid)
+        worker.pid = worker.transport.pid
+        _log.info("worker {index} started (pid {pid})", index=worker.index, pid=worker.pid)
 
     def reported(self, index: int, line: str) -> None:
         """Worker ``index`` said ``line`` on its report pipe."""
@@ -213,11 +214,11 @@ class Supervisor(service.Service):
         worker.ready = True
         worker.deaths = 0
         if self.ready:
-            _log.info("worker {index} (pid {pid}) ready", index=index, pid=worker.transport.pid)
+            _log.info("worker {index} (pid {pid}) ready", index=index, pid=worker.pid)
             return
         if all(w.ready for w in self.workers):
             self.ready = True
-            pids = ", ".join(str(w.transport.pid) for w in self.workers if w.transport)
+            pids = ", ".join(str(w.pid) for w in self.workers)
             _log.info("ready: {count} workers serving {where} (pids {pids})",
                       count=len(self.workers), where=self._where, pids=pids)
             if self._notifier is not None:
@@ -227,7 +228,7 @@ class Supervisor(service.Service):
     def ended(self, index: int, reason: Failure) -> None:
         """Worker ``index``'s process ended: replace it, unless the supervisor is stopping."""
         worker = self.workers[index]
-        pid = worker.transport.pid if worker.transport is not None else None
+        pid = worker.pid
         worker.transport = None
         worker.ready = False
         if self._stopping:
@@ -306,7 +307,7 @@ class Supervisor(service.Service):
         for worker in self.workers:
             if worker.transport is not None:
                 _log.error("worker {index} (pid {pid}) did not stop in time: killing it",
-                           index=worker.index, pid=worker.transport.pid)
+                           index=worker.index, pid=worker.pid)
                 self._signal(worker, "KILL")
 
     def _all_stopped(self) -> None:
