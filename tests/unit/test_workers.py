@@ -385,3 +385,21 @@ def test_a_workers_reload_keeps_it_on_its_share(confdir: Path) -> None:  # noqa:
     assert reloader.reload("SIGHUP").result is True
     assert reloader.cfg.limits.rate_per_second == pytest.approx(10)
     assert reloader.cfg.audit.instance == "gw-a-w1"
+
+
+def test_an_adopted_listener_brings_its_own_tls_also_behind_the_proxy_header(
+        confdir: Path) -> None:  # noqa: F811
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from txairflowrpc.gate.proxied import ProxiedFactory
+    from txairflowrpc.gate.tls import ReloadableTLS, server_options
+    from txairflowrpc.service.tap import rpc_factory
+
+    cfg = load(write(confdir, GOOD))
+    tls, site, clock = ReloadableTLS(server_options(cfg.tls)), Factory(), Clock()
+    assert rpc_factory(clock, cfg, tls, site) is site  # the endpoint brings TLS
+    adopted = rpc_factory(clock, cfg, tls, site, adopted=True)
+    assert isinstance(adopted, TLSMemoryBIOFactory) and adopted.wrappedFactory is site
+    proxied = load(write(confdir, GOOD.replace("port = 8443",
+                                               "port = 8443\nproxy_protocol = true")))
+    assert isinstance(rpc_factory(clock, proxied, tls, site, adopted=True), ProxiedFactory)

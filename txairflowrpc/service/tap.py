@@ -292,9 +292,11 @@ def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
     What `rpc_endpoint` serves: the site (TLS by the endpoint), TLS then the
     site (an adopted socket), or TLS then the site behind the PROXY header.
     """
+    if not cfg.listen.proxy_protocol and not adopted:
+        return site
     tls_factory = TLSMemoryBIOFactory(tls, False, site, clock=reactor)
     if not cfg.listen.proxy_protocol:
-        return tls_factory if adopted else site
+        return tls_factory
     return ProxiedFactory(tls_factory, site, cfg.listen.proxy_from)
 
 
