@@ -214,6 +214,21 @@ def test_a_dead_worker_is_logged_and_replaced_after_a_back_off(logged: list[str]
     assert spawn.live(0)[0].signals == []
 
 
+def test_a_worker_that_cannot_be_spawned_is_tried_again(logged: list[str]) -> None:
+    sup, spawn, clock, _, _ = supervise(2)
+    spawn.ready(0)
+    spawn.ready(1)
+    real = sup._spawn
+    sup._spawn = lambda index, protocol: (_ for _ in ()).throw(OSError(24, "Too many files"))
+    spawn.end(0, ProcessTerminated(signal=9))
+    clock.advance(1)
+    assert logged[-1] == ("worker 0 could not be started: [Errno 24] Too many files; trying "
+                          "again in 2 s")
+    sup._spawn = real
+    clock.advance(2)
+    assert [s[0] for s in spawn.started] == [0, 1, 0]
+
+
 def test_sighup_is_passed_on_only_for_a_good_config(logged: list[str]) -> None:
     results: list[Any] = [ConfigError("limits.burst", "must be at least 1")]
     sup, spawn, clock, notes, _ = supervise(

@@ -202,7 +202,14 @@ class Supervisor(service.Service):
     def _start(self, worker: _Worker) -> None:
         worker.restart = None
         worker.ready = False
-        worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
+        try:
+            worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
+        except OSError as e:  # no process at all (out of processes, of descriptors)
+            delay = self._next_delay(worker)
+            _log.error("worker {index} could not be started: {error}; trying again in "
+                       "{delay:g} s", index=worker.index, error=str(e), delay=delay)
+            worker.restart = self._clock.callLater(delay, self._start, worker)
+            return
         worker.pid = worker.transport.pid
         _log.info("worker {index} started (pid {pid})", index=worker.index, pid=worker.pid)
 
@@ -237,14 +244,19 @@ class Supervisor(service.Service):
             if all(w.transport is None for w in self.workers):
                 self._all_stopped()
             return
-        delay = min(RESTART_MAX_SECONDS, RESTART_SECONDS * 2 ** worker.deaths)
-        worker.deaths += 1
+        delay = self._next_delay(worker)
         self.restarts += 1
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
                    index=index, pid=pid, how=ending(reason), delay=delay)
         self._status(f"worker {index} exited ({ending(reason)}); restarting")
         worker.restart = self._clock.callLater(delay, self._start, worker)
+
+    def _next_delay(self, worker: _Worker) -> float:
+        """The back-off before ``worker`` is started again: doubling with each death in a row."""
+        delay = min(RESTART_MAX_SECONDS, RESTART_SECONDS * 2 ** min(worker.deaths, 16))
+        worker.deaths += 1
+        return delay
 
     def reload(self, trigger: str) -> Deferred[bool]:
         """
