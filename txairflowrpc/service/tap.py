@@ -7,6 +7,11 @@ the audit log and its writer thread, the pooled treq client to Airflow, the
 run watcher, the method table, the XML-RPC resource, the TLS listener and
 the admin listener (with ``/metrics``), and the readiness report to systemd.
 The reactor is a parameter so tests can pass a fake one.
+
+With ``listen.workers`` > 1 the same command builds the supervisor instead
+(`make_supervisor`), and each worker it starts is this command again with
+``--worker K``: the same gateway on its share of the config, serving a
+socket the supervisor bound (see `txairflowrpc.service.supervisor`).
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
 from .supervisor import Supervisor, bind_shared, exit_zero, spawner
-from .workers import LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier, for_worker
+from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier,
+                      for_worker)
 
 __all__ = ["Options", "makeService"]
 
@@ -357,6 +363,8 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         exit_zero(reactor)()
 
     top = service.MultiService()
+    # twistd may daemonize between here and the start: a new pid to note.
+    reactor.callWhenRunning(owner.restate)
     supervisor = Supervisor(
         reactor, count=cfg.listen.workers,
         spawn=spawner(reactor, str(source), sockets, _logger_name(options)),
