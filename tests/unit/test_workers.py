@@ -237,8 +237,12 @@ def test_sighup_is_passed_on_only_for_a_good_config(logged: list[str]) -> None:
     assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], []]
     assert "config reload (SIGHUP) rejected, the workers keep theirs: limits.burst: must " \
            "be at least 1" in logged
+    spawn.live(0)[1].childDataReceived(4, b"STATUS=waiting for the listeners\n")
+    sup.reload("SIGHUP")  # worker 1 has not said a word yet: it is still starting
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP"], []]
+    spawn.ready(1)
     sup.reload("SIGHUP")
-    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP"], ["HUP"]]
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP", "HUP"], ["HUP"]]
 
 
 def test_sigterm_waits_for_every_worker_then_stops_cleanly() -> None:

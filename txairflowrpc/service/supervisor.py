@@ -149,6 +149,7 @@ class _Worker:
     index: int
     transport: IProcessTransport | None = None
     pid: int | None = None
+    heard: bool = False  # it reported: its SIGHUP handler is in place
     ready: bool = False
     deaths: int = 0  # in a row, without a ready report between
     restart: IDelayedCall | None = None
@@ -201,7 +202,7 @@ class Supervisor(service.Service):
 
     def _start(self, worker: _Worker) -> None:
         worker.restart = None
-        worker.ready = False
+        worker.ready = worker.heard = False
         try:
             worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
         except OSError as e:  # no process at all (out of processes, of descriptors)
@@ -216,6 +217,7 @@ class Supervisor(service.Service):
     def reported(self, index: int, line: str) -> None:
         """Worker ``index`` said ``line`` on its report pipe."""
         worker = self.workers[index]
+        worker.heard = True
         if line != "READY=1" or worker.transport is None or self._stopping:
             return
         worker.ready = True
@@ -269,7 +271,10 @@ class Supervisor(service.Service):
                           "to apply")
             sent = 0
             for worker in self.workers:
-                if worker.transport is not None and self._signal(worker, "HUP"):
+                # One still starting reads the config as it starts (and a SIGHUP
+                # before its handler is in place would end it).
+                if worker.transport is not None and worker.heard and \
+                        self._signal(worker, "HUP"):
                     sent += 1
             _log.info("config reload ({trigger}): the config is good; passed on to "
                       "{sent} workers", trigger=trigger, sent=sent)
