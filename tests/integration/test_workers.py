@@ -15,13 +15,15 @@ import re
 import signal
 import subprocess
 import time
+import types
 import xmlrpc.client
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from .conftest import TWISTD, RunningGateway, client_context
+from .conftest import TWISTD, RunningGateway, client_context, free_port
+from .test_deployment import AirflowHealth, Systemd
 
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 
@@ -171,3 +173,36 @@ def test_the_workers_stop_when_the_supervisor_is_killed(
         assert gateway.log.read_text().count("the supervisor is gone: stopping") == 2
     finally:
         gateway.stop()
+
+
+def test_systemd_hears_ready_once_from_the_supervisor_when_both_workers_are(
+        tmp_path: Path, pki) -> None:
+    systemd = Systemd(tmp_path / "notify")
+    airflow_port = free_port()  # nothing there yet: Airflow is "starting"
+    stand_in = types.SimpleNamespace(gateway_password="unused",
+                                     base_url=f"http://127.0.0.1:{airflow_port}")
+    gateway = RunningGateway(tmp_path, pki, stand_in,  # type: ignore[arg-type]
+                             env={"NOTIFY_SOCKET": str(systemd.path)})
+    gateway.config.write_text(gateway.config.read_text().replace(
+        f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1))
+    health = None
+    try:
+        gateway.start()  # a worker answers ping: the port is served
+        heard = systemd.listen(5)
+        assert not [m for m in heard if "READY" in m], heard
+        health = AirflowHealth(airflow_port)
+        ready = systemd.wait_for("READY", 30)
+        assert ready == {"READY": "1", "STATUS": f"ready: 2 workers, 127.0.0.1:{gateway.port}"}
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        systemd.wait_for("STOPPING", 30)
+        assert gateway.process.wait(timeout=60) == 0
+        heard = systemd.listen(1)
+        # only the supervisor spoke to systemd: one READY, one STOPPING
+        assert [m for m in heard if "READY" in m] == [ready]
+        assert len([m for m in heard if "STOPPING" in m]) == 1, heard
+    finally:
+        gateway.stop()
+        if health is not None:
+            health.close()
+        systemd.socket.close()
