@@ -168,7 +168,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                 lines.append(
                     f"target: B with 2 workers ≥ 1.7x B's calls/s at c=64, zero errors: "
                     f"{_verdict(ratio >= WORKERS_RATIO and p.error_count == 0)} "
-                    f"({ratio:.2f}x: {_n(p.rate)} vs B's {_n(base.rate)} calls/s, limit ≥ "
+                    f"({ratio:.3f}x: {_n(p.rate)} vs B's {_n(base.rate)} calls/s, limit ≥ "
                     f"{WORKERS_RATIO:.2f}x; errors {p.error_count}; CPU "
                     f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call)")
                 continue
