@@ -206,8 +206,10 @@ def test_a_dead_worker_is_logged_and_replaced_after_a_back_off(logged: list[str]
         spawn.end(1, ProcessTerminated(exitCode=1))
         clock.advance(supervisor_module.RESTART_MAX_SECONDS)
     assert logged[-2].endswith(f"in {supervisor_module.RESTART_MAX_SECONDS:g} s")
+    assert notes.sent[-1] == {"STATUS": "worker 1 exited (exit status 1); restarting"}
     # once a replacement reports ready, the next death waits the shortest again
     spawn.ready(1)
+    assert notes.sent[-1] == {"STATUS": "ready: 2 workers, 127.0.0.1:8443"}
     spawn.end(1, ProcessDone(0))
     assert logged[-1].endswith("exit status 0; starting a new one in 1 s")
     # the other worker was never touched

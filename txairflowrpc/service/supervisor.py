@@ -222,8 +222,11 @@ class Supervisor(service.Service):
             return
         worker.ready = True
         worker.deaths = 0
+        status = f"ready: {len(self.workers)} workers, {self._where}"
         if self.ready:
             _log.info("worker {index} (pid {pid}) ready", index=index, pid=worker.pid)
+            if all(w.ready for w in self.workers):
+                self._status(status)  # no longer "restarting"
             return
         if all(w.ready for w in self.workers):
             self.ready = True
@@ -231,8 +234,7 @@ class Supervisor(service.Service):
             _log.info("ready: {count} workers serving {where} (pids {pids})",
                       count=len(self.workers), where=self._where, pids=pids)
             if self._notifier is not None:
-                self._notifier.send(READY="1",
-                                    STATUS=f"ready: {len(self.workers)} workers, {self._where}")
+                self._notifier.send(READY="1", STATUS=status)
 
     def ended(self, index: int, reason: Failure) -> None:
         """Worker ``index``'s process ended: replace it, unless the supervisor is stopping."""
