@@ -13,8 +13,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 import types
 import xmlrpc.client
 from pathlib import Path
@@ -28,12 +30,40 @@ from .test_deployment import AirflowHealth, Systemd
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (worker K's admin listener is at +K)."""
+    for _ in range(100):
+        first = free_port()
+        taken = []
+        try:
+            for k in range(count):
+                s = socket.socket()
+                taken.append(s)
+                s.bind(("127.0.0.1", first + k))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in taken:
+                s.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def two_workers(gateway: RunningGateway) -> RunningGateway:
+    """``gateway`` with ``workers = 2``, its admin listeners on two free ports."""
+    health = free_ports(2)
+    text = gateway.config.read_text().replace(
+        f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1).replace(
+        f"[health]\nport = {gateway.health_port}\n", f"[health]\nport = {health}\n", 1)
+    assert f"port = {health}" in text and "workers = 2" in text
+    gateway.config.write_text(text)
+    gateway.health_port = health
+    return gateway
+
+
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, pki, airflow) -> Iterator[RunningGateway]:
-    gateway = RunningGateway(tmp_path_factory.mktemp("workers-gw"), pki, airflow)
-    text = gateway.config.read_text()
-    gateway.config.write_text(text.replace(f"port = {gateway.port}\n",
-                                           f"port = {gateway.port}\nworkers = 2\n", 1))
+    gateway = two_workers(RunningGateway(tmp_path_factory.mktemp("workers-gw"), pki, airflow))
     gateway.start()
     wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "both workers ready")
     yield gateway
@@ -87,6 +117,11 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
         instances = {r["instance"] for r in calls}
         assert len(instances) == 1 and instances.pop().endswith(f"-w{k}"), instances
     assert served[0] + served[1] >= 24 and min(served.values()) > 0, served
+    # each worker's own admin listener, at health.port + K
+    for k in (0, 1):
+        url = f"http://127.0.0.1:{workers.health_port + k}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert b"airflowrpc_calls_total" in page.read()
     print(f"\n24 calls on fresh connections: worker 0 served {served[0]}, worker 1 {served[1]}")
 
 
@@ -158,9 +193,7 @@ def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGatewa
 
 def test_the_workers_stop_when_the_supervisor_is_killed(
         tmp_path: Path, pki, airflow) -> None:
-    gateway = RunningGateway(tmp_path, pki, airflow)
-    gateway.config.write_text(gateway.config.read_text().replace(
-        f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1))
+    gateway = two_workers(RunningGateway(tmp_path, pki, airflow))
     gateway.start()
     try:
         wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "ready")
@@ -181,10 +214,8 @@ def test_systemd_hears_ready_once_from_the_supervisor_when_both_workers_are(
     airflow_port = free_port()  # nothing there yet: Airflow is "starting"
     stand_in = types.SimpleNamespace(gateway_password="unused",
                                      base_url=f"http://127.0.0.1:{airflow_port}")
-    gateway = RunningGateway(tmp_path, pki, stand_in,  # type: ignore[arg-type]
-                             env={"NOTIFY_SOCKET": str(systemd.path)})
-    gateway.config.write_text(gateway.config.read_text().replace(
-        f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1))
+    gateway = two_workers(RunningGateway(tmp_path, pki, stand_in,  # type: ignore[arg-type]
+                                         env={"NOTIFY_SOCKET": str(systemd.path)}))
     health = None
     try:
         gateway.start()  # a worker answers ping: the port is served
