@@ -113,6 +113,7 @@ def test_a_user_account_triggers_and_airflow_names_it(
     status, logs = airflow_get(airflow, "eventLogs", dag_id="example_noop",
                                owner=BUILDER_USER, limit=100)
     assert status == 200
+    assert {entry.get("owner") for entry in logs["event_logs"]} == {BUILDER_USER}, logs
     assert any("trigger" in (entry.get("event") or "") for entry in logs["event_logs"]), logs
 
     # A principal without an account of its own still triggers as the gateway.
