@@ -239,3 +239,21 @@ def test_airflow_denied_is_a_403_fault() -> None:
     fault = errors.AirflowDenied("reader", "DAG 'etl'").to_fault()
     assert fault.faultCode == 403
     assert "reader" in fault.faultString and "DAG 'etl'" in fault.faultString
+
+
+def test_each_account_gets_a_connection_pool_of_its_own() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import HTTPConnectionPool
+
+    from txairflowrpc.service.tap import AccountPools
+
+    reactor = MemoryReactorClock()
+    service_pool = HTTPConnectionPool(reactor)
+    pools = AccountPools(reactor, service_pool, max_connections=3)
+    _, close_a = pools.agent_for("a")
+    _, close_b = pools.agent_for("b")
+    assert len(pools.pools) == 3 and len({id(p) for p in pools.pools}) == 3
+    assert pools.pools[0] is service_pool
+    assert all(p.maxPersistentPerHost == 3 for p in pools.pools[1:])
+    close_a()
+    assert len(pools.pools) == 2 and pools.pools[0] is service_pool
