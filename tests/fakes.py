@@ -31,6 +31,13 @@ class FakeAirflow(Resource):
         super().__init__()
         self.password = password
         self.token_lifetime = token_lifetime
+        #: Accounts besides the gateway's: user -> password.
+        self.users: dict[str, str] = {}
+        #: Users that may only read (SimpleAuthManager's "viewer"): 403 for a change.
+        self.viewers: set[str] = set()
+        #: token -> the user it was issued to; the user of every API request, in order.
+        self.token_users: dict[str, str] = {}
+        self.callers: list[str | None] = []
         self.requests: list[tuple[str, str]] = []
         self.bodies: list[Any] = []
         self.valid_tokens: set[str] = set()
@@ -43,6 +50,7 @@ class FakeAirflow(Resource):
         self.logs: dict[tuple[str, str, str, int], Any] = {}
         #: Paths (prefixes) that never get an answer.
         self.hang: list[str] = []
+        self._user: str | None = None
         self.add_dag("example_hello", tags=["example"], tasks=["say_hello"])
         self.add_dag("etl_orders", tags=["etl"], tasks=["extract", "load"])
 
@@ -76,14 +84,21 @@ class FakeAirflow(Resource):
                 del self.fail_next[(m, prefix)]
                 return self._json(request, *answer)
         if path == "/auth/token" and method == "POST":
-            if body != {"username": "gateway", "password": self.password}:
+            users = {"gateway": self.password, **self.users}
+            user = body.get("username") if isinstance(body, dict) else None
+            if user not in users or body != {"username": user, "password": users[user]}:
                 return self._json(request, 401, {"detail": "Invalid credentials"})
             token = make_jwt(self.token_lifetime, n=next(self._counter))
             self.valid_tokens.add(token)
+            self.token_users[token] = user
             return self._json(request, 201, {"access_token": token})
         auth = (request.getHeader("authorization") or "").removeprefix("Bearer ")
+        self.callers.append(self.token_users.get(auth))
         if auth not in self.valid_tokens:
             return self._json(request, 401, {"detail": "Not authenticated"})
+        if method != "GET" and self.token_users.get(auth) in self.viewers:
+            return self._json(request, 403, {"detail": "Forbidden"})
+        self._user = self.token_users.get(auth)
         if not path.startswith("/api/v2/"):
             return self._json(request, 404, {"detail": "Not Found"})
         parts = path[len("/api/v2/"):].split("/")
@@ -135,6 +150,7 @@ class FakeAirflow(Resource):
             run = {"dag_id": dag_id, "dag_run_id": run_id, "state": "queued",
                    "conf": body.get("conf") or {}, "note": body.get("note"),
                    "logical_date": body["logical_date"], "run_type": "manual",
+                   "triggering_user_name": self._user,
                    "end_date": None, "bundle_version": None}
             self.runs[(dag_id, run_id)] = run
             self.task_instances[(dag_id, run_id)] = [

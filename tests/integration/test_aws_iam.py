@@ -265,3 +265,16 @@ def test_the_client_helper_and_the_python_example(gw: RunningGateway, sts: STS) 
     assert lines[1]["step"] == "list_dags" and all(d.startswith("etl_")
                                                    for d in lines[1]["dag_ids"])
     assert lines[2]["step"] == "fault" and lines[2]["code"] == 403
+
+    # The same identity through `airflowrpc call --aws` (the variables above).
+    command = os.path.join(os.path.dirname(sys.executable), "airflowrpc")
+    out = subprocess.run([command, "call", "--aws", "whoami"], env=env, capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    me = json.loads(out.stdout)
+    assert (me["principal"], me["authenticated_by"], me["aws_arn"]) == (
+        "deployer", "aws_iam", DEPLOYER.arn)
+    out = subprocess.run([command, "call", "--aws", "get_dag", "example_hello"], env=env,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 3 and "fault 403" in out.stderr, out.stderr  # deployer: etl_* only
+    assert DEPLOYER.secret_key not in out.stdout + out.stderr

@@ -11,6 +11,7 @@ real TLS on loopback.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -28,6 +29,7 @@ from txairflowrpc.client.errors import Unreachable
 from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.service.cli import main, parser
 
+from ..sts_stub import Identity, StubSTS
 from .fake_gateway import FAILING_TASK, LOG_LINES, FakeGateway, InMemory, TLSServer
 from .test_client_wait import FakeClock
 
@@ -437,3 +439,67 @@ def test_an_expiring_credential_is_mentioned_once(
     gw = Gateway(read(tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN)), on_expiry=told.append)
     assert gw.call("ping") == "pong" and gw.call("ping") == "pong"
     assert told == ["2026-12-01T00:00:00Z"]
+
+
+# --- --aws: the credential is an STS request signed by botocore -------------
+
+def aws_env(monkeypatch: pytest.MonkeyPatch, identity: Identity | None) -> None:
+    """botocore's credential chain sees only ``identity`` (or nothing at all)."""
+    for name in [n for n in __import__("os").environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    if identity is not None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", identity.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identity.secret_key)
+
+
+DEPLOYER = Identity("AKIADEPLOYER00000001", "deployer-secret-key-0000000000000000000",
+                    "arn:aws:sts::111122223333:assumed-role/deployer/ci-run-42",
+                    "AROADEPLOYER:ci-run-42")
+
+
+def test_call_with_aws_sends_a_request_sts_accepts(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws_env(monkeypatch, DEPLOYER)
+    got = run_main(["call", "--aws", "--aws-sts-endpoint", "https://sts.eu-west-1.amazonaws.com",
+                    "get_dag", "example_hello"], tls_env(server, pki), monkeypatch, capsys)
+    assert got.status == 0, got.err
+    headers, _ = server.requests[0]
+    scheme, _, packed = headers["authorization"].partition(" ")
+    assert scheme == "AWS-IAM"
+    signed = json.loads(base64.b64decode(packed))
+    assert signed["url"] == "https://sts.eu-west-1.amazonaws.com/"
+    assert signed["headers"]["X-Airflowrpc-Server-ID"] == "localhost"  # the URL's host
+    # What STS would say of it: the signature holds, for the deployer, in eu-west-1.
+    sts = StubSTS([DEPLOYER], region="eu-west-1")
+    status, _, answer = sts.answer(signed["method"], "/", {
+        k.lower(): v for k, v in signed["headers"].items()}, signed["body"].encode())
+    assert status == 200 and DEPLOYER.arn.encode() in answer, answer
+    assert "eu-west-1/sts/aws4_request" in signed["headers"]["Authorization"]
+    assert DEPLOYER.secret_key not in got.out + got.err
+
+
+def test_aws_without_credentials_exits_2_and_sends_nothing(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws_env(monkeypatch, None)
+    got = run_main(["call", "--aws", "ping"], tls_env(server, pki), monkeypatch, capsys)
+    assert got.status == 2
+    assert "no usable AWS credentials" in got.err
+    assert server.requests == []
+
+
+def test_aws_and_a_token_are_one_credential_too_many(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws_env(monkeypatch, DEPLOYER)
+    got = run_main(["call", "ping"], tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN,
+                                             AIRFLOWRPC_AWS="1"), monkeypatch, capsys)
+    assert got.status == 2 and "choose one" in got.err and TOKEN not in got.err
+    assert server.requests == []

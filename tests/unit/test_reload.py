@@ -157,3 +157,34 @@ def test_the_access_version_changes_with_a_jwks_refetch() -> None:
     assert all(a is b for a, b in zip(before, gate.version(), strict=True))
     keyset.keys = object()  # what JWKSet.refresh does with a new key set
     assert not all(a is b for a, b in zip(before, gate.version(), strict=True))
+
+
+def test_a_new_airflow_password_file_is_picked_up_by_a_reload(setup) -> None:
+    """A principal's own Airflow account: its password file is watched like the config."""
+    cfg, gate, tls, _, tmp = setup
+    from txairflowrpc.identity.backoff import Backoff
+    from txairflowrpc.service.tap import build_site
+
+    password = tmp / "builder-password"
+    password.write_text("pw-first-7f3a\n")
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text() + '\n[principals.builder]\nroles = ["auditor"]\n'
+                      'cert_cn = ["builder"]\nairflow_user = "builder"\n'
+                      f'airflow_password_file = "{password}"\n')
+    cfg = load_checked(config).config
+    clock = Clock()
+    audit = audit_log(str(tmp / "audit"), clock)
+    parts = build_site(cfg, clock, None, audit, gate.authenticate, Backoff(clock, 30))
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=clock, audit=audit,
+                        apply=parts.apply)
+    reloader._poll()  # the first look: what is there now
+    before = parts.accounts.for_principal("builder")
+    assert before.user == "builder"
+    password.write_text("pw-second-7f3a\n")
+    bump(password)
+    reloader._poll()
+    after = parts.accounts.for_principal("builder")
+    assert after is not before and after.user == "builder"
+    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+    assert event["trigger"] == "file change: airflow_password:builder"
+    assert "7f3a" not in json.dumps(audit_events(tmp))

@@ -17,6 +17,7 @@ from twisted.web.client import ResponseNeverReceived
 from txairflowrpc.core import errors
 from txairflowrpc.gate.limits import CallLimits
 from txairflowrpc.gate.methods import AirflowMethods
+from txairflowrpc.upstream.accounts import Account, Accounts
 from txairflowrpc.upstream.breaker import CircuitBreaker
 from txairflowrpc.upstream.client import AirflowClient
 from txairflowrpc.upstream.watch import RunWatcher
@@ -99,7 +100,7 @@ class RetryTests(SynchronousTestCase):
 
     def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
         c = client(self.http, self.clock)
-        methods = AirflowMethods(c, RunWatcher(c.get_dag_run, self.clock, 2), 300)
+        methods = AirflowMethods(Accounts(Account(c, RunWatcher(c.get_dag_run, self.clock, 2))), 300)
         from txairflowrpc.core.spec import CallContext
 
         from .helpers import OPERATOR

@@ -97,6 +97,19 @@ def test_response_omits_none_and_keeps_every_value_readable() -> None:
     assert b"<nil/>" not in body and b"<i8>" not in body
 
 
+def test_printable_text_never_holds_what_xml_forbids() -> None:
+    # The response writer passes printable text through untouched and cleans
+    # only the rest: that is safe only if no printable code point is one XML
+    # 1.0 forbids.  Every code point is checked.
+    from txairflowrpc.gate.wire import _NOT_XML
+
+    printable_forbidden = [hex(cp) for cp in range(0x110000)
+                           if chr(cp).isprintable() and _NOT_XML.match(chr(cp))]
+    assert printable_forbidden == []
+    body = dump_response({"k\x01ey": "tab\tnew\nline\x02 \u2028 ok"})
+    assert xmlrpc.client.loads(body)[0] == ({"key": "tab\tnew\nline \u2028 ok"},)
+
+
 def test_the_nil_and_i8_extensions_carry_nulls_and_big_integers() -> None:
     value = {"a": [1, None, 2], "x": None, "big": 12345678901, "small": 5}
     body = dump_response(value, frozenset({"nil", "i8"}))

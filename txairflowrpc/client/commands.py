@@ -144,6 +144,14 @@ def _connection_flags() -> argparse.ArgumentParser:
                        "(AIRFLOWRPC_KEY; default: in the certificate file)")
     group.add_argument("--token-file", metavar="FILE", help="file holding a gateway token "
                        "or JWT (or set AIRFLOWRPC_TOKEN to the token itself)")
+    group.add_argument("--aws", action="store_true", help="sign in with the AWS IAM identity "
+                       "botocore finds: environment, profile, instance or task role "
+                       "(AIRFLOWRPC_AWS=1; needs pip install 'txairflowrpc[aws]')")
+    group.add_argument("--aws-server-id", metavar="ID", help="the gateway's aws.server_id "
+                       "(AIRFLOWRPC_AWS_SERVER_ID; default: the URL's host name)")
+    group.add_argument("--aws-sts-endpoint", metavar="URL", help="the STS endpoint the gateway "
+                       "forwards to, its aws.sts_endpoint (AIRFLOWRPC_STS_ENDPOINT; "
+                       "default: https://sts.amazonaws.com)")
     common.add_argument("--token", nargs="?", action=_NoTokenFlag, help=argparse.SUPPRESS)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="say on stderr what is sent and answered (never a credential)")
@@ -220,11 +228,15 @@ def _connect(
     connect: Callable[..., Caller],
 ) -> Caller:
     found = settings.read(environ, url=args.url, ca=args.ca, cert=args.cert, key=args.key,
-                          token_file=args.token_file)
+                          token_file=args.token_file, aws=args.aws,
+                          aws_server_id=args.aws_server_id,
+                          aws_sts_endpoint=args.aws_sts_endpoint)
     console.add_secret(found.token)
     if args.verbose:
         how = [f"token from {found.token_source}"] if found.token else []
         how += [f"client certificate {found.cert}"] if found.cert else []
+        how += [f"AWS IAM (server id {found.aws.server_id}, STS {found.aws.endpoint})"
+                ] if found.aws else []
         console.note(f"gateway {found.url}, authenticating with "
                      f"{' and '.join(how) or 'nothing (no token, no certificate)'}")
 

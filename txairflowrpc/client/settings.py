@@ -14,6 +14,13 @@ flag                variable               meaning
 ``--token-file``    ``AIRFLOWRPC_TOKEN``   a gateway token or JWT (the flag
                                            names a file holding it, the
                                            variable holds it)
+``--aws``           ``AIRFLOWRPC_AWS``     sign in with the AWS IAM identity
+                                           botocore finds (environment,
+                                           profile, instance or task role)
+``--aws-server-id`` ``AIRFLOWRPC_AWS_...`` the gateway's ``aws.server_id``
+                    ``SERVER_ID``          (default: the URL's host name)
+``--aws-sts-...``   ``AIRFLOWRPC_STS_...`` the STS endpoint the gateway uses
+``endpoint``        ``ENDPOINT``           (default: the global one)
 ==================  =====================  ===============================
 
 There is no flag taking the token itself: a command line is readable by
@@ -29,6 +36,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -40,6 +48,14 @@ DEFAULT_PATH = "/RPC2"
 #: an HTTP header value.  Anything else would be refused by http.client with
 #: an error quoting it, so it is refused here without being quoted.
 _TOKEN = re.compile(r"[!-~]{8,8192}\Z")
+
+
+@attrs.frozen
+class AWSSigning:
+    """What an ``AWS-IAM`` credential is signed for (the credentials are botocore's)."""
+
+    server_id: str
+    endpoint: str
 
 
 @attrs.frozen
@@ -56,10 +72,12 @@ class Settings:
     token: str | None = attrs.field(default=None, repr=False)
     #: Where the token came from (a flag or a variable's name), for messages.
     token_source: str | None = None
+    #: With ``--aws``: the gateway's server id and the STS endpoint to sign for.
+    aws: AWSSigning | None = None
 
     @property
     def has_credential(self) -> bool:
-        return self.token is not None or self.cert is not None
+        return self.token is not None or self.cert is not None or self.aws is not None
 
     def tls_context(self) -> ssl.SSLContext:
         """
@@ -104,6 +122,7 @@ def _why(e: BaseException) -> str:
 def read(
     environ: Mapping[str, str], *, url: str | None = None, ca: str | None = None,
     cert: str | None = None, key: str | None = None, token_file: str | None = None,
+    aws: bool = False, aws_server_id: str | None = None, aws_sts_endpoint: str | None = None,
 ) -> Settings:
     """
     The settings from the flags given (None: not given) and ``environ``.
@@ -141,11 +160,43 @@ def read(
                          "AIRFLOWRPC_CERT")
     ca_s = pick(ca, "AIRFLOWRPC_CA")
     token, source = _token(environ, token_file)
+    signing = None
+    if aws or environ.get("AIRFLOWRPC_AWS", "").strip().lower() in ("1", "true", "yes"):
+        if token is not None:
+            raise UsageError(f"both a token (from {source}) and --aws were given: the "
+                             "gateway takes one Authorization, choose one")
+        signing = _aws(pick(aws_server_id, "AIRFLOWRPC_AWS_SERVER_ID") or host,
+                       pick(aws_sts_endpoint, "AIRFLOWRPC_STS_ENDPOINT"))
     return Settings(
         url=f"https://{shown_host}:{port}{path}", host=host, port=port, path=path,
         ca=Path(ca_s) if ca_s else None, cert=Path(cert_s) if cert_s else None,
-        key=Path(key_s) if key_s else None, token=token, token_source=source,
+        key=Path(key_s) if key_s else None, token=token, token_source=source, aws=signing,
     )
+
+
+#: A server id as the gateway's config allows it (``aws.server_id``).
+_SERVER_ID = re.compile(r"[!-~]{1,128}\Z")
+
+
+def _aws(server_id: str, endpoint: str | None) -> AWSSigning:
+    from .aws_iam import DEFAULT_ENDPOINT
+
+    if not _SERVER_ID.match(server_id):
+        raise UsageError("the AWS server id must be 1 to 128 visible ASCII characters "
+                         "(the gateway's aws.server_id)")
+    endpoint = (endpoint or DEFAULT_ENDPOINT).strip()
+    try:
+        parts = urlsplit(endpoint)
+        parts.port
+    except ValueError:
+        raise UsageError("the STS endpoint is malformed: give https://sts.REGION.amazonaws.com"
+                         ) from None
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username \
+            or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise UsageError("the STS endpoint must be a bare URL such as "
+                         "https://sts.eu-west-1.amazonaws.com (the one the gateway's "
+                         "aws.sts_endpoint names)")
+    return AWSSigning(server_id=server_id, endpoint=endpoint.rstrip("/"))
 
 
 def _token(environ: Mapping[str, str], token_file: str | None) -> tuple[str | None, str | None]:
@@ -168,6 +219,6 @@ def _token(environ: Mapping[str, str], token_file: str | None) -> tuple[str | No
     return token, source
 
 
-def from_environment(**flags: str | None) -> Settings:
+def from_environment(**flags: Any) -> Settings:
     """`read` with this process's environment."""
     return read(os.environ, **flags)

@@ -131,6 +131,7 @@ class Gateway:
         }
         if settings.token is not None:
             self._headers["Authorization"] = f"Bearer {settings.token}"
+        self._aws = _aws_signer(settings) if settings.aws is not None else None
 
     @property
     def url(self) -> str:
@@ -169,7 +170,10 @@ class Gateway:
         conn = http.client.HTTPSConnection(s.host, s.port, timeout=timeout,
                                            context=self._context)
         try:
-            conn.request("POST", s.path, body=body, headers=self._headers)
+            headers = self._headers
+            if self._aws is not None:
+                headers = {**headers, "Authorization": self._aws()}
+            conn.request("POST", s.path, body=body, headers=headers)
             response = conn.getresponse()
             answer = response.read(MAX_ANSWER_BYTES + 1)
             if len(answer) > MAX_ANSWER_BYTES:
@@ -194,6 +198,33 @@ class Gateway:
             raise Unreachable(method, _connection_problem(e, s, timeout)) from None
         finally:
             conn.close()
+
+
+def _aws_signer(settings: Settings) -> Callable[[], str]:
+    """
+    The ``AWS-IAM`` Authorization value, signed by botocore and signed anew
+    each minute (a long wait outlives a signature).  Raises `UsageError`
+    when botocore is missing or finds no credentials; never quotes them.
+    """
+    assert settings.aws is not None
+    try:
+        from botocore.exceptions import BotoCoreError
+
+        from .aws_iam import IAMAuthorization
+    except ImportError:
+        raise UsageError("--aws needs botocore: pip install 'txairflowrpc[aws]'") from None
+    signer = IAMAuthorization(settings.aws.server_id, endpoint=settings.aws.endpoint,
+                              reuse_seconds=60)
+
+    def sign() -> str:
+        try:
+            return signer()
+        except (BotoCoreError, RuntimeError) as e:
+            raise UsageError(f"--aws: no usable AWS credentials ({type(e).__name__}): set "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+                             "run with an instance or task role") from None
+
+    return sign
 
 
 def _cut_hint(s: Settings) -> str:

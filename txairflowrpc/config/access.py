@@ -4,7 +4,8 @@ what their roles let them do.
 
     [auth]                      ways in, token store, rotation, back-off
     [roles.NAME]                scopes, and conf rules per DAG glob
-    [principals.NAME]           roles, and how a client certificate maps to it
+    [principals.NAME]           roles, how a client certificate maps to it, and
+                                the Airflow account its calls use (if not the gateway's)
     [oidc.PROVIDER]             an identity provider whose JWTs are accepted
     [aws]                       AWS IAM sign-in: the STS endpoint it is checked with
 
@@ -177,6 +178,16 @@ def _server_id(value: str) -> None:
         raise ValueError("must be 1 to 128 visible ASCII characters (no spaces)")
 
 
+#: An Airflow user name: visible ASCII, no spaces; SimpleAuthManager's
+#: ``name:role,...`` list rules out ``:`` and ``,`` too.
+_AIRFLOW_USER = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def _airflow_user(value: str) -> None:
+    if value and (not _AIRFLOW_USER.fullmatch(value) or ":" in value or "," in value):
+        raise ValueError("must be 1 to 256 visible ASCII characters, without spaces, ':' or ','")
+
+
 def _range(low: float, high: float) -> Any:
     def check(value: float) -> None:
         if not (math.isfinite(value) and low <= value <= high):
@@ -292,6 +303,12 @@ class PrincipalEntry:
     aws_arns: tuple[str, ...] = ()
     #: AWS accounts every IAM identity of which (but the root) signs in as it.
     aws_accounts: tuple[str, ...] = ()
+    #: The Airflow account its calls reach Airflow as (None: the gateway's
+    #: own ``[airflow] username``), and where that account's password is.
+    airflow_user: str | None = None
+    airflow_password_file: Path | None = None
+    #: The content of ``airflow_password_file``: never shown, logged or compared in ``==``.
+    airflow_password: str = attrs.field(default="", repr=False, eq=False)
 
     _keys = {
         "roles": Key(list, [], strings),
@@ -303,7 +320,47 @@ class PrincipalEntry:
         "cert_spki_sha256": Key(list, [], strings),
         "aws_arns": Key(list, [], lambda v: _each(v, _aws_arn)),
         "aws_accounts": Key(list, [], lambda v: _each(v, _aws_account)),
+        "airflow_user": Key(str, "", _airflow_user),
+        "airflow_password_file": Key(str, "", is_path=True, must_exist=False),
     }
+
+
+def read_secret_file(key: str, path: Path) -> str:
+    """
+    The stripped text of a file holding one secret; `ConfigError` naming
+    ``key`` (and the path, never the content) if it cannot be read or is empty.
+    """
+    try:
+        secret = path.read_text("utf-8").strip()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"cannot read {path} as UTF-8 text") from None
+    if not secret:
+        raise ConfigError(key, f"{path} is empty")
+    return secret
+
+
+def _airflow_account(name: str, values: dict[str, Any], base: Path) -> None:
+    """
+    ``airflow_user`` and ``airflow_password_file`` of ``[principals.NAME]``:
+    both or neither; the password read into ``airflow_password``.
+    """
+    user = values["airflow_user"] or None
+    password_file = _optional_path(values["airflow_password_file"], base)
+    if user is None and password_file is not None:
+        raise ConfigError(f"principals.{name}.airflow_user",
+                          "missing: airflow_password_file is set, but not the Airflow "
+                          "account it is the password of")
+    if user is not None and password_file is None:
+        raise ConfigError(f"principals.{name}.airflow_password_file",
+                          f"missing: airflow_user {user!r} needs the file with that Airflow "
+                          "account's password")
+    values["airflow_user"] = user
+    values["airflow_password_file"] = password_file
+    if password_file is not None:
+        values["airflow_password"] = read_secret_file(
+            f"principals.{name}.airflow_password_file", password_file)
 
 
 @attrs.frozen
@@ -401,8 +458,23 @@ def _principals(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[
                     raise ConfigError(f"principals.{name}.{key}",
                                       f"{value!r} maps principal {other!r} too: an IAM "
                                       "identity must name one principal")
+        _airflow_account(name, values, base)
         principals[name] = PrincipalEntry(name=name, **values)
+    _one_password_per_account(principals)
     return principals
+
+
+def _one_password_per_account(principals: dict[str, PrincipalEntry]) -> None:
+    """Principals that share an Airflow account share its one password."""
+    first: dict[str, PrincipalEntry] = {}
+    for entry in principals.values():
+        if entry.airflow_user is None:
+            continue
+        other = first.setdefault(entry.airflow_user, entry)
+        if other.airflow_password != entry.airflow_password:
+            raise ConfigError(f"principals.{entry.name}.airflow_password_file",
+                              f"Airflow account {entry.airflow_user!r} has another password "
+                              f"in principals.{other.name}.airflow_password_file")
 
 
 #: The keys that map a client certificate to a principal.

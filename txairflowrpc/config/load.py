@@ -75,6 +75,12 @@ def parse(document: dict[str, Any], source: Path) -> Config:
     if not password:
         raise ConfigError("airflow.password_file", "is empty")
     airflow["password"] = password
+    access_config = access.parse(document, base)
+    for entry in access_config.principals.values():
+        if entry.airflow_user == airflow["username"] and entry.airflow_password != password:
+            raise ConfigError(f"principals.{entry.name}.airflow_password_file",
+                              f"Airflow account {entry.airflow_user!r} is the gateway's own "
+                              "(airflow.username), with another password")
     return Config(
         source=source,
         listen=ListenConfig(**sections["listen"]),
@@ -84,7 +90,7 @@ def parse(document: dict[str, Any], source: Path) -> Config:
         audit=_audit(sections["audit"], base),
         limits=LimitsConfig(**sections["limits"]),
         health=HealthConfig(**sections["health"]),
-        access=access.parse(document, base),
+        access=access_config,
     )
 
 

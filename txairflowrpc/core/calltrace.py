@@ -22,6 +22,8 @@ class CallTrace:
     reason: str | None = None
     #: The HTTP status of the last answer Airflow gave for this call.
     airflow_status: int | None = None
+    #: The Airflow account the call reached (or would reach) Airflow as.
+    airflow_user: str | None = None
 
 
 current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)

@@ -133,6 +133,24 @@ class Forbidden(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
+class AirflowDenied(GatewayError):
+    """
+    Airflow's own RBAC refused the call (HTTP 403) for the caller's own
+    Airflow account (``[principals.NAME] airflow_user``): the gateway
+    allowed it, Airflow did not.
+    """
+
+    account: str
+    what: str
+    code = FORBIDDEN
+
+    @property
+    def message(self) -> str:
+        return (f"forbidden by Airflow: Airflow account {self.account!r} may not do this to "
+                f"{self.what} (its role in Airflow decides; the gateway allowed the call)")
+
+
+@attrs.define(auto_exc=True, str=False)
 class NotFound(GatewayError):
     """Airflow has no such object; ``what`` names it, e.g. ``DAG 'etl'``."""
 

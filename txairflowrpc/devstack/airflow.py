@@ -28,6 +28,12 @@ DAGS = REPO / "conf" / "dags"
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".airflow-venv"))
 
 GATEWAY_USER = "gateway"
+#: Airflow accounts of callers, for ``[principals.NAME] airflow_user``: one
+#: that may only read (SimpleAuthManager role "viewer"), one that may trigger
+#: runs ("user"), as the gateway's own account may.
+READER_USER = "reader"
+BUILDER_USER = "builder"
+ACCOUNT_ROLES = {READER_USER: "viewer", BUILDER_USER: "user"}
 
 
 class LocalAirflow:
@@ -39,6 +45,8 @@ class LocalAirflow:
         self.database = database
         self.gateway_password = gateway_password
         self.admin_password = "admin-" + gateway_password
+        #: The callers' Airflow accounts (`ACCOUNT_ROLES`) -> their passwords.
+        self.account_passwords = {user: f"{user}-{gateway_password}" for user in ACCOUNT_ROLES}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +63,8 @@ class LocalAirflow:
         dags.mkdir(exist_ok=True)
         for dag in DAGS.glob("*.py"):
             shutil.copy(dag, dags / dag.name)
-        passwords = {"admin": self.admin_password, GATEWAY_USER: self.gateway_password}
+        passwords = {"admin": self.admin_password, GATEWAY_USER: self.gateway_password,
+                     **self.account_passwords}
         (self.home / "simple_auth_manager_passwords.json.generated").write_text(
             json.dumps(passwords)
         )
@@ -69,7 +78,9 @@ class LocalAirflow:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"admin:admin,{GATEWAY_USER}:user",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                [f"admin:admin,{GATEWAY_USER}:user",
+                 *(f"{user}:{role}" for user, role in ACCOUNT_ROLES.items())]),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
@@ -132,6 +143,12 @@ class LocalAirflow:
                 return
             time.sleep(1)
         raise RuntimeError(f"Airflow did not parse {dag_ids} in {timeout} s")
+
+    def write_password_file(self, user: str, path: Path) -> Path:
+        """Write the password of the callers' account ``user`` to ``path`` (mode 0600)."""
+        path.write_text(self.account_passwords[user] + "\n")
+        path.chmod(0o600)
+        return path
 
     def token(self, user: str, password: str) -> str:
         req = urllib.request.Request(

@@ -274,6 +274,7 @@ class Dispatcher:
             "outcome": "cancelled" if cancelled else "ok" if fault is None else "fault",
             "fault_code": fault,
             "airflow_status": trace.airflow_status,
+            "airflow_user": trace.airflow_user,
             "duration_ms": round(duration * 1000, 3),
         })
         # A call refused before anything was done (its decision is not

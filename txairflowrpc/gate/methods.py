@@ -17,10 +17,10 @@ from xmlrpc.client import DateTime
 
 from twisted.internet.defer import Deferred
 
-from ..core import errors, ids
+from ..core import calltrace, errors, ids
 from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
+from ..upstream.accounts import Account, Accounts
 from ..upstream.client import AirflowClient
-from ..upstream.watch import RunWatcher
 
 DAG_RUN_STATES = ("queued", "running", "success", "failed")
 SETTABLE_RUN_STATES = ("success", "failed", "queued")
@@ -177,13 +177,25 @@ class AirflowMethods:
     """
     The methods that act on Airflow, plus ``ping`` and ``whoami``.
 
+    :param accounts: which Airflow account (client and run watcher) each
+        caller's calls use.
     :param max_wait: the cap on ``wait_dag_run``'s timeout, in seconds.
     """
 
-    def __init__(self, client: AirflowClient, watcher: RunWatcher, max_wait: int) -> None:
-        self._client = client
-        self._watcher = watcher
+    def __init__(self, accounts: Accounts, max_wait: int) -> None:
+        self.accounts = accounts
         self.max_wait = max_wait
+
+    def _account(self, call: CallContext) -> Account:
+        """The caller's Airflow account, noted on its record."""
+        account = self.accounts.for_principal(getattr(call.principal, "name", None))
+        trace = calltrace.current.get()
+        if trace is not None:
+            trace.airflow_user = account.user
+        return account
+
+    def _client(self, call: CallContext) -> AirflowClient:
+        return self._account(call).client
 
     @rpc_method("ping", "string", scope=AUTHENTICATED)
     def ping(self, call: CallContext) -> str:
@@ -236,17 +248,17 @@ class AirflowMethods:
             )
         grants = call.principal.grants
         if grants.allows_every_dag("dags:read"):
-            return self._client.list_dags(
+            return self._client(call).list_dags(
                 pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
                 offset=offset,
             )
         return Deferred.fromCoroutine(self._list_visible_dags(
-            grants, pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
-            offset=offset,
+            self._client(call), grants, pattern=pattern, tags=tags, paused=opts.get("paused"),
+            limit=limit, offset=offset,
         ))
 
     async def _list_visible_dags(
-        self, grants: Any, *, limit: int, offset: int, **filters: Any
+        self, client: AirflowClient, grants: Any, *, limit: int, offset: int, **filters: Any
     ) -> dict[str, Any]:
         """
         Only the DAGs the caller may read, paged after filtering, so that
@@ -255,7 +267,7 @@ class AirflowMethods:
         visible: list[dict[str, Any]] = []
         page = 0
         while page < MAX_SCAN_PAGES:
-            batch = await self._client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
+            batch = await client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
             visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"]))
             page += 1
             if page * MAX_PAGE >= batch["total"]:
@@ -265,18 +277,19 @@ class AirflowMethods:
     @rpc_method("get_dag", "struct", _DAG_ID, scope="dags:read", dag="dag_id")
     def get_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """One DAG: dag_id, is_paused, tags, owners, schedule and more."""
-        return self._client.get_dag(_check_id("get_dag", "dag_id", dag_id))
+        return self._client(call).get_dag(_check_id("get_dag", "dag_id", dag_id))
 
     @rpc_method("pause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id", changes=True)
     def pause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Pause a DAG: no new runs are scheduled. Returns the DAG after the change."""
-        return self._client.set_dag_paused(_check_id("pause_dag", "dag_id", dag_id), True)
+        return self._client(call).set_dag_paused(_check_id("pause_dag", "dag_id", dag_id), True)
 
     @rpc_method("unpause_dag", "struct", _DAG_ID, scope="dags:pause", dag="dag_id",
                 changes=True)
     def unpause_dag(self, call: CallContext, dag_id: str) -> Deferred[Any]:
         """Unpause a DAG. Returns the DAG after the change."""
-        return self._client.set_dag_paused(_check_id("unpause_dag", "dag_id", dag_id), False)
+        dag_id = _check_id("unpause_dag", "dag_id", dag_id)
+        return self._client(call).set_dag_paused(dag_id, False)
 
     @rpc_method(
         "trigger_dag", "struct", _DAG_ID,
@@ -319,8 +332,9 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"options.note is longer than {MAX_NOTE_LENGTH} characters", m
             )
+        client = self._client(call)
         try:
-            run = await self._client.trigger_dag_run(
+            run = await client.trigger_dag_run(
                 dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date,
                 note=attribution(call, note),
             )
@@ -328,7 +342,7 @@ class AirflowMethods:
             existing = None
             if run_id is not None:
                 try:
-                    existing = await self._client.get_dag_run(dag_id, run_id)
+                    existing = await client.get_dag_run(dag_id, run_id)
                 except errors.NotFound:
                     pass  # the clash was not on the run id
             if existing is None:
@@ -352,7 +366,7 @@ class AirflowMethods:
     def get_dag_run(self, call: CallContext, dag_id: str, dag_run_id: str) -> Deferred[Any]:
         """One run: state, dates, conf, note, run_type."""
         m = "get_dag_run"
-        return self._client.get_dag_run(
+        return self._client(call).get_dag_run(
             _check_id(m, "dag_id", dag_id), _check_id(m, "dag_run_id", dag_run_id)
         )
 
@@ -380,7 +394,8 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"filters.state must be among {', '.join(DAG_RUN_STATES)}", m
             )
-        return self._client.list_dag_runs(dag_id, states=states, limit=limit, offset=offset)
+        return self._client(call).list_dag_runs(dag_id, states=states, limit=limit,
+                                                offset=offset)
 
     @rpc_method(
         "wait_dag_run", "struct", _DAG_ID, _RUN_ID,
@@ -402,7 +417,8 @@ class AirflowMethods:
         _check_id(m, "dag_run_id", dag_run_id)
         if timeout_seconds < 0:
             raise errors.InvalidParams("timeout_seconds must not be negative", m)
-        return self._watcher.wait(dag_id, dag_run_id, min(timeout_seconds, self.max_wait))
+        watcher = self._account(call).watcher
+        return watcher.wait(dag_id, dag_run_id, min(timeout_seconds, self.max_wait))
 
     @rpc_method(
         "set_dag_run_state", "struct", _DAG_ID, _RUN_ID,
@@ -420,7 +436,7 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"state must be one of {', '.join(SETTABLE_RUN_STATES)}", m
             )
-        return self._client.set_dag_run_state(dag_id, dag_run_id, state)
+        return self._client(call).set_dag_run_state(dag_id, dag_run_id, state)
 
     @rpc_method(
         "list_task_instances", "array", _DAG_ID, _RUN_ID, scope="runs:read", dag="dag_id"
@@ -430,7 +446,7 @@ class AirflowMethods:
     ) -> Deferred[Any]:
         """The task instances of a run: task_id, state, try_number, dates."""
         m = "list_task_instances"
-        return self._client.list_task_instances(
+        return self._client(call).list_task_instances(
             _check_id(m, "dag_id", dag_id), _check_id(m, "dag_run_id", dag_run_id)
         )
 
@@ -466,7 +482,7 @@ class AirflowMethods:
             for task_id in task_ids:
                 _check_id(m, "task_id", task_id)
         dry_run = opts.get("dry_run", False)
-        cleared = await self._client.clear_task_instances(
+        cleared = await self._client(call).clear_task_instances(
             dag_id, dag_run_id, task_ids=task_ids,
             only_failed=opts.get("only_failed", False), dry_run=dry_run,
         )
@@ -486,8 +502,9 @@ class AirflowMethods:
         _check_id(m, "dag_id", dag_id)
         _check_id(m, "dag_run_id", dag_run_id)
         _check_id(m, "task_id", task_id)
+        client = self._client(call)
         if try_number is None:
-            ti = await self._client.get_task_instance(dag_id, dag_run_id, task_id)
+            ti = await client.get_task_instance(dag_id, dag_run_id, task_id)
             try_number = ti.get("try_number") or 0
             if try_number < 1:
                 raise errors.NotFound(
@@ -495,4 +512,4 @@ class AirflowMethods:
                 )
         elif try_number < 1:
             raise errors.InvalidParams("try_number must be at least 1", m)
-        return await self._client.get_task_log(dag_id, dag_run_id, task_id, try_number)
+        return await client.get_task_log(dag_id, dag_run_id, task_id, try_number)

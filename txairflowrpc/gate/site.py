@@ -175,9 +175,12 @@ def _same(a: object, b: object) -> bool:
     """Whether two access versions are the same: equal tuples of the same objects."""
     if a is b:
         return True
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
-    return a is b
+    if type(a) is not tuple or type(b) is not tuple or len(a) != len(b):
+        return False
+    for x, y in zip(a, b):  # a loop, not all(...): this runs on every request
+        if x is not y:
+            return False
+    return True
 
 
 @implementer(IHandshakeListener)

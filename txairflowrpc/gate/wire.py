@@ -74,6 +74,13 @@ def _forbid(what: str) -> Any:
     return handler
 
 
+# Made once: a parser per call need not build five closures each time.
+_NO_DOCTYPE = _forbid("a DOCTYPE")
+_NO_ENTITY = _forbid("an entity declaration")
+_NO_EXTERNAL = _forbid("an external reference")
+_NO_NOTATION = _forbid("a notation declaration")
+
+
 #: Elements that carry one value each, as the stdlib's Unmarshaller reads
 #: them (``ex:``-prefixed extensions, as Apache XML-RPC sends them, too).
 _SCALARS = frozenset({
@@ -92,6 +99,8 @@ _CHILDREN: dict[str | None, frozenset[str]] = {
     "array": frozenset({"data"}),
     "data": frozenset({"value"}),
 }
+_TOP = _CHILDREN[None]
+_NOTHING: frozenset[str] = frozenset()
 #: Elements that hold at most one child of each kind they may hold.
 _ONE_EACH = frozenset({"methodCall", "param", "value", "member", "array"})
 #: Elements whose text is markup only (whitespace between their children).
@@ -130,16 +139,20 @@ class _CallReader:
         self._cpu_started: float | None = None
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
-        tag = tag.rpartition(":")[2]
+        if ":" in tag:
+            tag = tag.rpartition(":")[2]
         parent = self._frames[-1] if self._frames else None
-        allowed = _CHILDREN.get(parent.tag if parent else None, frozenset())
-        where = f"<{parent.tag}>" if parent else "the document"
-        if tag not in allowed:
-            raise _Refused(errors.InvalidRequest(f"<{tag[:40]}> is not allowed in {where}"))
-        if parent is not None:
-            if parent.tag in _ONE_EACH and tag in parent.children:
-                raise _Refused(errors.InvalidRequest(f"{where} holds more than one <{tag}>"))
-            if parent.tag == "value" and parent.children:
+        if parent is None:
+            if tag not in _TOP:
+                raise _Refused(errors.InvalidRequest(
+                    f"<{tag[:40]}> is not allowed in the document"))
+        else:
+            where = parent.tag
+            if tag not in _CHILDREN.get(where, _NOTHING):
+                raise _Refused(errors.InvalidRequest(f"<{tag[:40]}> is not allowed in <{where}>"))
+            if where in _ONE_EACH and tag in parent.children:
+                raise _Refused(errors.InvalidRequest(f"<{where}> holds more than one <{tag}>"))
+            if where == "value" and parent.children:
                 raise _Refused(errors.InvalidRequest("a <value> holds more than one value"))
             parent.children.append(tag)
         self._elements += 1
@@ -235,11 +248,11 @@ def parse_call(
     parser.EndElementHandler = reader.end
     parser.CharacterDataHandler = reader.data
     parser.buffer_text = True
-    parser.StartDoctypeDeclHandler = _forbid("a DOCTYPE")
-    parser.EntityDeclHandler = _forbid("an entity declaration")
-    parser.UnparsedEntityDeclHandler = _forbid("an entity declaration")
-    parser.ExternalEntityRefHandler = _forbid("an external reference")
-    parser.NotationDeclHandler = _forbid("a notation declaration")
+    parser.StartDoctypeDeclHandler = _NO_DOCTYPE
+    parser.EntityDeclHandler = _NO_ENTITY
+    parser.UnparsedEntityDeclHandler = _NO_ENTITY
+    parser.ExternalEntityRefHandler = _NO_EXTERNAL
+    parser.NotationDeclHandler = _NO_NOTATION
     target = reader.target
     try:
         parser.Parse(body, True)
@@ -350,7 +363,8 @@ def to_xmlrpc(value: Any, extensions: frozenset[str] = frozenset()) -> Any:
 
 def _render(value: Any, nil: bool, i8: bool) -> Any:
     if isinstance(value, str):
-        return _NOT_XML.sub("", value)
+        # Printable text holds none of what XML forbids; the rest is cleaned.
+        return value if value.isprintable() else _NOT_XML.sub("", value)
     if isinstance(value, bool) or isinstance(value, DateTime):
         return value
     if isinstance(value, float):
@@ -365,7 +379,9 @@ def _render(value: Any, nil: bool, i8: bool) -> Any:
             if item is None and not nil:
                 continue
             try:
-                out[_NOT_XML.sub("", str(key))] = _render(item, nil, i8)
+                key = key if isinstance(key, str) and key.isprintable() else _NOT_XML.sub(
+                    "", str(key))
+                out[key] = _render(item, nil, i8)
             except _Unrepresentable:
                 continue
         return out

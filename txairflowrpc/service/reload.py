@@ -60,6 +60,8 @@ def _stamps(cfg: config_module.Config) -> dict[str, Any]:
     }
     for name, provider in cfg.access.oidc.items():
         files[f"jwks:{name}"] = provider.jwks_file
+    for name, entry in cfg.access.principals.items():
+        files[f"airflow_password:{name}"] = entry.airflow_password_file
     stamps = {k: _mtime(v) for k, v in files.items()}
     stamps["tokens"] = _mtime(cfg.access.auth.token_store)
     return stamps

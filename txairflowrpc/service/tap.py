@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 from treq.client import HTTPClient
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -51,6 +51,7 @@ from ..identity.authenticate import Gate
 from ..identity.backoff import Backoff
 from ..identity.policy import ScopePolicy
 from ..identity.principal import Principal
+from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient
 from ..upstream.transport import CachedEndpoints
@@ -107,14 +108,45 @@ class Options(usage.Options):
 
 
 class _PoolService(service.Service):
-    """Closes the Airflow connection pool when the gateway stops."""
+    """Closes the Airflow connection pools (one per Airflow account) when the gateway stops."""
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, pools: list[HTTPConnectionPool]) -> None:
+        self._pools = pools
 
     def stopService(self) -> Any:
         super().stopService()
-        return self._pool.closeCachedConnections()
+        return gatherResults([p.closeCachedConnections() for p in self._pools])
+
+
+class AccountPools:
+    """
+    A connection pool, and the `Agent` over it, for each Airflow account
+    the callers use: an account's connections are its own, and so is the
+    limit on them (``airflow.max_connections``).  ``pools`` holds every
+    pool in use, the service account's first.
+    """
+
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool, max_connections: int) -> None:
+        self._reactor = reactor
+        self._max_connections = max_connections
+        self.pools = [pool]
+
+    def agent_for(self, user: str) -> tuple[IAgent, Callable[[], Any]]:
+        """A new pooled agent for ``user``'s account, and what closes its pool."""
+        pool = HTTPConnectionPool(self._reactor, persistent=True)
+        pool.maxPersistentPerHost = self._max_connections
+        self.pools.append(pool)
+
+        def close() -> Any:
+            if pool in self.pools:
+                self.pools.remove(pool)
+            return pool.closeCachedConnections()
+
+        return pooled_agent(self._reactor, pool), close
+
+
+def pooled_agent(reactor: Any, pool: HTTPConnectionPool) -> IAgent:
+    return Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor), pool=pool)
 
 
 class AuditService(service.Service):
@@ -167,11 +199,20 @@ def open_audit(
     return audit
 
 
+def account_map(cfg: config_module.Config) -> dict[str, tuple[str, str]]:
+    """Principal name -> (Airflow user, password), for the principals with an account of their own."""
+    return {
+        name: (entry.airflow_user, entry.airflow_password)
+        for name, entry in cfg.access.principals.items() if entry.airflow_user is not None
+    }
+
+
 @attrs.define
 class Parts:
     """What `build_site` made, for the service and the health endpoint."""
 
     site: GatewaySite
+    #: The service account's client and run watcher (``accounts.service``).
     client: AirflowClient
     breaker: CircuitBreaker
     limits: CallLimits
@@ -180,6 +221,7 @@ class Parts:
     methods: AirflowMethods
     watcher: RunWatcher
     rpc: RPCResource
+    accounts: Accounts
 
     def apply(self, cfg: config_module.Config) -> None:
         """
@@ -200,19 +242,23 @@ class Parts:
         self.dispatcher.max_multicall = cfg.rpc.max_multicall
         self.dispatcher.summarizer = attrs.evolve(self.dispatcher.summarizer,
                                                   sensitive=cfg.audit.redact_keys)
-        self.watcher.poll_interval = cfg.rpc.wait_poll_seconds
-        self.client.timeout = cfg.airflow.timeout_seconds
-        self.client.retries = cfg.airflow.retries
-        self.client.read_cache_seconds = cfg.rpc.read_cache_seconds
+        for dropped in self.accounts.configure(account_map(cfg)):
+            # Idle connections only: a call in flight on it still finishes.
+            dropped.close()
+        for account in self.accounts:
+            account.watcher.poll_interval = cfg.rpc.wait_poll_seconds
+            account.client.timeout = cfg.airflow.timeout_seconds
+            account.client.retries = cfg.airflow.retries
+            account.client.read_cache_seconds = cfg.rpc.read_cache_seconds
         self.breaker.failures_to_open = cfg.airflow.breaker_failures
         self.breaker.reset_seconds = cfg.airflow.breaker_reset_seconds
 
     def coalescing(self) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
         """Shared upstream work, by kind: how many callers asked, how many requests served them."""
-        watcher, client = self.watcher, self.client
+        accounts = self.accounts
         return {
-            "wait": (lambda: watcher.waits, lambda: watcher.polls),
-            "read": (lambda: client.reads, lambda: client.reads_upstream),
+            "wait": (lambda: accounts.waits, lambda: accounts.polls),
+            "read": (lambda: accounts.reads, lambda: accounts.reads_upstream),
         }
 
     def counters(self) -> dict[str, Any]:
@@ -232,9 +278,12 @@ def build_site(
     backoff: Backoff | None = None, digest_key: bytes | None = None,
     metrics: GatewayMetrics | None = None,
     access_version: Callable[[], object] = lambda: None,
+    account_agent: Callable[[str], tuple[IAgent, Callable[[], Any]]] | None = None,
 ) -> Parts:
     """
-    The web site of the gateway, calling Airflow through ``agent``;
+    The web site of the gateway, calling Airflow through ``agent`` as its
+    own account, and through ``account_agent(user)`` (an agent and what
+    closes it; default: ``agent`` too) as a caller's own Airflow account;
     ``digest_key`` keys the trail's digests (None: a key of this process alone);
     ``metrics`` meters the calls and the exchanges with Airflow;
     ``access_version`` changes whenever ``authenticate``'s rules do (see
@@ -243,17 +292,35 @@ def build_site(
     meters: dict[str, Any] = {} if metrics is None else {"meter": metrics}
     breaker = CircuitBreaker(clock, failures=cfg.airflow.breaker_failures,
                              reset_seconds=cfg.airflow.breaker_reset_seconds)
-    client = AirflowClient(
-        agent=agent, clock=clock, base_url=cfg.airflow.base_url,
-        username=cfg.airflow.username, password=cfg.airflow.password,
-        timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
-        read_cache_seconds=cfg.rpc.read_cache_seconds, breaker=breaker,
-        max_in_flight=cfg.airflow.max_in_flight, **meters,
-    )
-    watcher = RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds)
+    # Every account's requests count against one cap and one breaker: they
+    # protect Airflow, which is one whatever account calls it.
+    slots = DeferredSemaphore(cfg.airflow.max_in_flight)
+
+    def account(agent: IAgent, user: str, password: str, *, own: bool,
+                close: Callable[[], Any] = lambda: None) -> Account:
+        client = AirflowClient(
+            agent=agent, clock=clock, base_url=cfg.airflow.base_url,
+            username=user, password=password,
+            timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
+            read_cache_seconds=cfg.rpc.read_cache_seconds, breaker=breaker,
+            max_in_flight=cfg.airflow.max_in_flight, own_account=own, slots=slots, **meters,
+        )
+        return Account(client, RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds),
+                       close)
+
+    def caller_account(user: str, password: str) -> Account:
+        if account_agent is None:
+            return account(agent, user, password, own=False)
+        its_agent, close = account_agent(user)
+        return account(its_agent, user, password, own=False, close=close)
+
+    accounts = Accounts(account(agent, cfg.airflow.username, cfg.airflow.password, own=True),
+                        caller_account)
+    accounts.configure(account_map(cfg))
+    client, watcher = accounts.service.client, accounts.service.watcher
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
-    methods = AirflowMethods(client, watcher, cfg.rpc.max_wait_seconds)
+    methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds)
     dispatcher = Dispatcher(
         [methods],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
@@ -270,7 +337,8 @@ def build_site(
         limits=cfg.limits, max_body_bytes=cfg.rpc.max_body_bytes, authenticate=authenticate,
         backoff=backoff, access_version=access_version,
     )
-    return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc)
+    return Parts(site, client, breaker, limits, dispatcher, refusals, methods, watcher, rpc,
+                 accounts)
 
 
 def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
@@ -405,7 +473,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     # Airflow's client speaks to the Agent itself; treq serves the rest
     # (key sets, STS), where a request now and then may cost more.
-    agent = Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor), pool=pool)
+    agent = pooled_agent(reactor, pool)
+    pools = AccountPools(reactor, pool, cfg.airflow.max_connections)
     http = HTTPClient(agent)
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
@@ -415,17 +484,18 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     except ValueError as e:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, agent, audit, metrics.authenticating(gate.authenticate),
-                       backoff, digest_key, metrics, access_version=gate.version)
+                       backoff, digest_key, metrics, access_version=gate.version,
+                       account_agent=pools.agent_for)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
                         apply=parts.apply,
                         derive=None if worker is None else (
                             lambda c, k=worker: worker_checked(c, k)))
-    watcher = parts.watcher
+    # Logins and watched runs are counted over every Airflow account.
     metrics.collect_from(PartsCollector(
         config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
-        breaker=parts.breaker, client=parts.client, audit=audit, refusals=parts.refusals,
-        gate=gate, reloader=reloader, watcher=watcher,
+        breaker=parts.breaker, client=parts.accounts, audit=audit, refusals=parts.refusals,
+        gate=gate, reloader=reloader, watcher=parts.accounts,
         coalescing=parts.coalescing(),
     ))
 
@@ -438,7 +508,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # Stopped in the reverse order, after the listeners and the drain: the
     # audit trail last.
     AuditService(audit, threads, str(cfg.source), owner).setServiceParent(top)
-    _PoolService(pool).setServiceParent(top)
+    _PoolService(pools.pools).setServiceParent(top)
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
 

@@ -133,6 +133,12 @@ class AirflowClient:
         readiness probe's are not API calls and are not counted).
     :param read_cache_seconds: how long a successful GET's answer serves
         the same GET again (0: only reads in flight are shared).
+    :param own_account: whether ``username`` is the gateway's own (service)
+        account; if not, it is a caller's, and Airflow's 403 for it is that
+        caller's refusal by Airflow (`errors.AirflowDenied`), not a fault
+        of the gateway's setup.
+    :param slots: the cap on requests in flight to Airflow, when clients of
+        several accounts share one (else a cap of ``max_in_flight`` of its own).
     """
 
     def __init__(
@@ -150,12 +156,17 @@ class AirflowClient:
         max_in_flight: int = 64,
         random: Random | None = None,
         meter: UpstreamMeter = UNMETERED,
+        own_account: bool = True,
+        slots: DeferredSemaphore | None = None,
     ) -> None:
         self._meter = meter
         self._transport = Transport(agent, base_url)
         self.retries = retries
         self._breaker = breaker
-        self._slots = DeferredSemaphore(max_in_flight)
+        self._slots = slots if slots is not None else DeferredSemaphore(max_in_flight)
+        #: The Airflow account this client calls as (not a secret; the password is).
+        self.account = username
+        self.own_account = own_account
         self._random = random or Random()
         self._clock = clock
         self._base = base_url.rstrip("/")
@@ -175,6 +186,9 @@ class AirflowClient:
         #: shared a request in flight or a cached answer); for metrics.
         self.reads = 0
         self.reads_upstream = 0
+
+    def __repr__(self) -> str:
+        return f"<AirflowClient account={self.account!r}>"
 
     # -- transport -------------------------------------------------------
 
@@ -311,9 +325,9 @@ class AirflowClient:
         )
         token = answer.body.get("access_token") if isinstance(answer.body, dict) else None
         if answer.status in (401, 403):
-            raise errors.UpstreamError(
-                "Airflow rejected the gateway's own credentials", answer.status
-            )
+            whose = ("the gateway's own credentials" if self.own_account
+                     else f"the credentials of Airflow account {self.account!r}")
+            raise errors.UpstreamError(f"Airflow rejected {whose}", answer.status)
         if answer.status not in (200, 201) or not isinstance(token, str):
             raise errors.UpstreamError(
                 f"Airflow's login answered HTTP {answer.status}", answer.status
@@ -452,6 +466,8 @@ class AirflowClient:
             fields = _rejected_fields(answer.body)
             named = f" (fields: {', '.join(fields)})" if fields else ""
             raise errors.InvalidParams(f"Airflow rejected the request for {what}{named}")
+        if status == 403 and not self.own_account:
+            raise errors.AirflowDenied(self.account, what)
         if status in (401, 403):
             raise errors.UpstreamError(
                 f"Airflow refused the gateway's service account (HTTP {status})", status
