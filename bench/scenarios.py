@@ -157,7 +157,12 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
     try:
         body = xmlrpc_body("get_dag_run", DAG, "bench-run-1")
         target = rpc_target(name, port, f"Bearer {token}", body)
-        return [measure(target, gateway.pid, c, seconds=seconds, warmup=warmup)
-                for c in concurrencies]
+        points = [measure(target, gateway.pid, c, seconds=seconds, warmup=warmup)
+                  for c in concurrencies]
+        split = {path.name: sum(1 for line in path.open("rb") if b'"kind":"call"' in line)
+                 for path in sorted((directory / "audit").glob("audit.w*.jsonl"))}
+        if split:  # how evenly the kernel spread the connections over the workers
+            print(f"{name}: calls recorded per worker chain: {split}", flush=True)
+        return points
     finally:
         processes.stop(gateway)

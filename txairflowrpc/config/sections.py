@@ -33,6 +33,16 @@ def networks(value: list[Any]) -> None:
             raise ValueError(f"{v!r} is not an IP address or network") from None
 
 
+#: Most worker processes ``listen.workers`` may ask for.
+MAX_WORKERS = 64
+
+
+def worker_count(value: int) -> None:
+    """A check: a number of worker processes."""
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be from 1 to {MAX_WORKERS}")
+
+
 def _as_networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v
                  for v in value)
@@ -43,7 +53,9 @@ class ListenConfig:
     """
     Where the TLS listener binds, and whether a PROXY protocol header (v2 or
     v1, as HAProxy's ``send-proxy-v2`` sends it) comes before TLS on each
-    connection, from one of the ``proxy_from`` networks, naming the client.
+    connection, from one of the ``proxy_from`` networks, naming the client;
+    and how many processes serve it (1: the twistd process itself; more:
+    twistd supervises that many workers, see `txairflowrpc.service.supervisor`).
     """
 
     host: str
@@ -51,12 +63,14 @@ class ListenConfig:
     proxy_protocol: bool = False
     proxy_from: tuple[Network, ...] = attrs.field(
         default=PROXY_FROM_DEFAULT, converter=_as_networks)
+    workers: int = 1
 
     _keys = {
         "host": Key(str, "127.0.0.1"),
         "port": Key(int, 8443, port),
         "proxy_protocol": Key(bool, False),
         "proxy_from": Key(list, list(PROXY_FROM_DEFAULT), networks),
+        "workers": Key(int, 1, worker_count),
     }
 
 

@@ -121,7 +121,9 @@ class Reloader(service.Service):
     Watches the config and the files it names; swaps in checked versions.
 
     The file work (stat, read, parse, check) runs through ``run_blocking``,
-    off the reactor; only the swap happens on it.  ``apply`` puts what a
+    off the reactor; only the swap happens on it.  ``derive`` turns the
+    file's config into this process's (a worker's share of the limits, its
+    own audit chain).  ``apply`` puts what a
     running gateway can change (limits, rpc, timeouts, redaction, ...) into
     force; what it cannot (`NEEDS_RESTART`) is named in the log and on the
     audit trail.
@@ -132,8 +134,11 @@ class Reloader(service.Service):
         clock: IReactorTime, audit: AuditLog | None,
         run_blocking: Callable[[Callable[[], Any]], "Deferred[Any]"] = maybeDeferred,
         apply: Callable[[config_module.Config], None] = lambda cfg: None,
+        derive: Callable[[Checked], Checked] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: What this process runs on, from the file's config (a worker's share).
+        self._derive = derive or (lambda checked: checked)
         self._gate = gate
         self._tls = tls
         self._http = http
@@ -203,12 +208,12 @@ class Reloader(service.Service):
 
     def reload(self, trigger: str) -> Deferred[bool]:
         """Re-read everything (off the reactor); fires True if the new config is in force."""
-        source, cfg = self.cfg.source, self.cfg
+        source, cfg, derive = self.cfg.source, self.cfg, self._derive
 
         def read() -> tuple[dict[str, Any], Checked | config_module.ConfigError]:
             stamps = _stamps(cfg)  # before reading: a write meanwhile is seen next time
             try:
-                return stamps, load_checked(source)
+                return stamps, derive(load_checked(source))
             except config_module.ConfigError as e:
                 return stamps, e
 

@@ -7,6 +7,11 @@ the audit log and its writer thread, the pooled treq client to Airflow, the
 run watcher, the method table, the XML-RPC resource, the TLS listener and
 the admin listener (with ``/metrics``), and the readiness report to systemd.
 The reactor is a parameter so tests can pass a fake one.
+
+With ``listen.workers`` > 1 the same command builds the supervisor instead
+(`make_supervisor`), and each worker it starts is this command again with
+``--worker K``: the same gateway on its share of the config, serving a
+socket the supervisor bound (see `txairflowrpc.service.supervisor`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ from .lifecycle import GatewayService, Listener, bind_problem
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
+from .supervisor import Supervisor, bind_shared, exit_zero, spawner
+from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier,
+                      for_worker)
 
 __all__ = ["Options", "makeService"]
 
@@ -69,6 +77,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "conf/airflowrpc.toml", "Path to the TOML config file."],
+        ["worker", None, None,
+         "Internal: run as worker K of listen.workers, started by the supervisor."],
     ]
 
     def postOptions(self) -> None:
@@ -79,8 +89,19 @@ class Options(usage.Options):
             # whole usage text above a UsageError, burying the problem.
             raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
         cfg = self["checked"].config
+        if self["worker"] is not None:
+            index = int(self["worker"]) if str(self["worker"]).isdigit() else -1
+            if not 0 <= index < cfg.listen.workers:
+                raise SystemExit(f"airflowrpc: --worker {self['worker']}: not a worker of "
+                                 f"listen.workers = {cfg.listen.workers}")
+            self["worker"] = index
+            self["checked"] = worker_checked(self["checked"], index)
+            return  # its ports were checked by the supervisor, which holds the listener
+        admin_ports = [cfg.health.port + k for k in range(cfg.listen.workers)
+                       ] if cfg.health.port else [0]
         for host, port, what in ((cfg.listen.host, cfg.listen.port, ""),
-                                 (cfg.health.host, cfg.health.port, " (admin listener)")):
+                                 *((cfg.health.host, p, " (admin listener)")
+                                   for p in admin_ports)):
             problem = bind_problem(host, port)
             if problem is not None:
                 raise SystemExit(f"airflowrpc: cannot listen on {host}:{port}{what}: {problem}")
@@ -320,36 +341,108 @@ def build_site(
                  accounts)
 
 
-def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS) -> Any:
+def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
+                 adopt_fd: int | None = None) -> Any:
     """
     Where the XML-RPC listener listens: TLS, or, with
     ``listen.proxy_protocol``, a PROXY protocol header first and TLS after
     it.  The header comes before TLS on the wire, so its wrapper is the
     outermost layer: PROXY, then TLS, then the site (see
-    `txairflowrpc.gate.proxied` and `rpc_factory`).
+    `txairflowrpc.gate.proxied` and `rpc_factory`).  A worker adopts the
+    socket its supervisor bound (``adopt_fd``); `rpc_factory` then brings
+    the TLS layer itself.
     """
     host, port = cfg.listen.host, cfg.listen.port
+    if adopt_fd is not None:
+        return AdoptedEndpoint(reactor, adopt_fd)
     if not cfg.listen.proxy_protocol:
         return SSL4ServerEndpoint(reactor, port, tls, interface=host)
     return proxyEndpoint(TCP4ServerEndpoint(reactor, port, interface=host))
 
 
 def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
-                site: GatewaySite) -> Any:
-    """What `rpc_endpoint` serves: the site, or TLS then the site behind the PROXY header."""
-    if not cfg.listen.proxy_protocol:
+                site: GatewaySite, adopted: bool = False) -> Any:
+    """
+    What `rpc_endpoint` serves: the site (TLS by the endpoint), TLS then the
+    site (an adopted socket), or TLS then the site behind the PROXY header.
+    """
+    if not cfg.listen.proxy_protocol and not adopted:
         return site
     tls_factory = TLSMemoryBIOFactory(tls, False, site, clock=reactor)
+    if not cfg.listen.proxy_protocol:
+        return tls_factory
     return ProxiedFactory(tls_factory, site, cfg.listen.proxy_from)
 
 
 def rpc_listener(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
-                 site: GatewaySite) -> Listener:
+                 site: GatewaySite, adopt_fd: int | None = None) -> Listener:
     """The XML-RPC listener; its endpoint (a `Bound`) says when it listens."""
     where = f"{cfg.listen.host}:{cfg.listen.port}"
-    return Listener(Bound(rpc_endpoint(reactor, cfg, tls), "rpc"),
-                    rpc_factory(reactor, cfg, tls, site),
+    return Listener(Bound(rpc_endpoint(reactor, cfg, tls, adopt_fd), "rpc"),
+                    rpc_factory(reactor, cfg, tls, site, adopted=adopt_fd is not None),
                     where + " (PROXY protocol)" if cfg.listen.proxy_protocol else where)
+
+
+def worker_checked(checked: Checked, index: int) -> Checked:
+    """What worker ``index`` runs on: ``checked`` with `for_worker`'s config."""
+    return attrs.evolve(checked, config=for_worker(checked.config, index))
+
+
+def _logger_name(options: usage.Options) -> str | None:
+    """twistd's ``--logger``, by name, for the workers to log the same way."""
+    parent = getattr(options, "parent", None)
+    factory = parent.get("logger") if parent is not None else None
+    if factory is None:
+        return None
+    return f"{factory.__module__}.{factory.__qualname__}"
+
+
+def make_supervisor(options: Options, reactor: Any) -> service.IService:
+    """
+    ``listen.workers`` > 1: the twistd process binds the port, claims the
+    configured audit chain (one supervisor per config) and supervises the
+    workers (`txairflowrpc.service.supervisor`); it serves nothing itself.
+    """
+    checked: Checked = options["checked"]
+    cfg = checked.config
+    cfg.audit.path.parent.mkdir(parents=True, exist_ok=True)
+    owner = claim_chain(cfg.audit)
+    try:
+        # Made here, once: the workers would race to make it.
+        load_digest_key(cfg.audit.digest_key_file)
+    except ValueError as e:
+        raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
+    where = f"{cfg.listen.host}:{cfg.listen.port}"
+    try:
+        sockets = bind_shared(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
+    except OSError as e:
+        raise SystemExit(f"airflowrpc: cannot listen on {where}: "
+                         f"{(e.strerror or str(e)).lower()}") from None
+    source = cfg.source.resolve()
+
+    def check() -> Deferred[config_module.Config]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(),
+                                 lambda: load_checked(source).config)
+
+    def stopped() -> None:
+        for s in sockets:
+            s.close()
+        owner.release()
+        exit_zero(reactor)()
+
+    top = service.MultiService()
+    # twistd may daemonize between here and the start: a new pid to note.
+    reactor.callWhenRunning(owner.restate)
+    supervisor = Supervisor(
+        reactor, count=cfg.listen.workers,
+        spawn=spawner(reactor, str(source), sockets, _logger_name(options)),
+        check=check, stop_seconds=cfg.limits.shutdown_seconds,
+        notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
+        where=where, on_stopped=stopped,
+    )
+    supervisor.setServiceParent(top)
+    HangUp(reactor, supervisor.reload).setServiceParent(top)
+    return top
 
 
 def claim_chain(cfg: config_module.AuditConfig) -> Claim:
@@ -367,6 +460,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         from twisted.internet import reactor  # type: ignore[no-redef]
     checked: Checked = options["checked"]
     cfg = checked.config
+    worker: int | None = options["worker"]
+    if worker is None and cfg.listen.workers > 1:
+        return make_supervisor(options, reactor)
     metrics = GatewayMetrics()
 
     threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
@@ -392,7 +488,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
                        account_agent=pools.agent_for)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
-                        apply=parts.apply)
+                        apply=parts.apply,
+                        derive=None if worker is None else (
+                            lambda c, k=worker: worker_checked(c, k)))
     # Logins and watched runs are counted over every Airflow account.
     metrics.collect_from(PartsCollector(
         config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
@@ -414,7 +512,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
 
-    rpc = rpc_listener(reactor, cfg, tls, parts.site)
+    rpc = rpc_listener(reactor, cfg, tls, parts.site,
+                       adopt_fd=None if worker is None else LISTENER_FD)
     top.listen(rpc)
     bound = [rpc.endpoint]
     if cfg.health.port:
@@ -429,7 +528,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
         bound.append(admin)
     # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
-    Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
-              notifier=SystemdNotifier.from_environment(),
-              watchdog_seconds=watchdog_interval()).setServiceParent(top)
+    if worker is None:
+        Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
+                  notifier=SystemdNotifier.from_environment(),
+                  watchdog_seconds=watchdog_interval()).setServiceParent(top)
+    else:  # the supervisor tells systemd, once every worker told it
+        Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
+                  notifier=PipeNotifier(REPORT_FD)).setServiceParent(top)
+        ParentWatch(reactor).setServiceParent(top)
     return top

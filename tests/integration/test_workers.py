@@ -1,0 +1,239 @@
+"""
+``[listen] workers = 2`` with the real ``twistd airflowrpc``, real TLS on
+loopback and the real Airflow: both workers serve the one port, each writes
+its own audit chain, a worker killed with ``kill -9`` is logged and replaced
+while calls go on, SIGHUP reaches both (and a broken config reaches
+neither), SIGTERM stops everything with status 0, and ``audit verify`` finds
+both chains whole.  The steps run in order on one gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import types
+import xmlrpc.client
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .conftest import TWISTD, RunningGateway, client_context, free_port
+from .test_deployment import AirflowHealth, Systemd
+
+AIRFLOWRPC = TWISTD.parent / "airflowrpc"
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (worker K's admin listener is at +K)."""
+    for _ in range(100):
+        first = free_port()
+        taken = []
+        try:
+            for k in range(count):
+                s = socket.socket()
+                taken.append(s)
+                s.bind(("127.0.0.1", first + k))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in taken:
+                s.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def two_workers(gateway: RunningGateway) -> RunningGateway:
+    """``gateway`` with ``workers = 2``, its admin listeners on two free ports."""
+    health = free_ports(2)
+    text = gateway.config.read_text().replace(
+        f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1).replace(
+        f"[health]\nport = {gateway.health_port}\n", f"[health]\nport = {health}\n", 1)
+    assert f"port = {health}" in text and "workers = 2" in text
+    gateway.config.write_text(text)
+    gateway.health_port = health
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory, pki, airflow) -> Iterator[RunningGateway]:
+    gateway = two_workers(RunningGateway(tmp_path_factory.mktemp("workers-gw"), pki, airflow))
+    gateway.start()
+    wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "both workers ready")
+    yield gateway
+    gateway.stop()
+
+
+def wait_for(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def fresh_call(gateway: RunningGateway, method: str = "get_dag", *args: object) -> object:
+    """One call on a new connection (the kernel picks a worker for each)."""
+    proxy = xmlrpc.client.ServerProxy(gateway.url,
+                                      context=client_context(gateway.pki, gateway.client))
+    try:
+        return getattr(proxy, method)(*(args or ("example_hello",)))
+    finally:
+        proxy("close")()
+
+
+def records(gateway: RunningGateway, index: int) -> list[dict]:
+    path = gateway.audit_path.with_name(f"audit.w{index}.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def worker_pids(gateway: RunningGateway) -> dict[int, int]:
+    """The pid each worker was last started with, from the supervisor's log."""
+    found = re.findall(r"worker (\d) started \(pid (\d+)\)", gateway.log.read_text())
+    return {int(k): int(pid) for k, pid in found}
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for a busy init to reap does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway) -> None:
+    for _ in range(24):
+        assert fresh_call(workers)["dag_id"] == "example_hello"
+    served = {}
+    for k in (0, 1):
+        calls = [r for r in records(workers, k) if r.get("kind") == "call"]
+        served[k] = len(calls)
+        instances = {r["instance"] for r in calls}
+        assert len(instances) == 1 and instances.pop().endswith(f"-w{k}"), instances
+    assert served[0] + served[1] >= 24 and min(served.values()) > 0, served
+    # each worker's own admin listener, at health.port + K
+    for k in (0, 1):
+        url = f"http://127.0.0.1:{workers.health_port + k}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert b"airflowrpc_calls_total" in page.read()
+    print(f"\n24 calls on fresh connections: worker 0 served {served[0]}, worker 1 {served[1]}")
+
+
+def sighup_reloads(gateway: RunningGateway, index: int) -> int:
+    return sum(1 for r in records(gateway, index)
+               if r.get("event") == "config.reload" and r.get("trigger") == "SIGHUP")
+
+
+def test_sighup_reaches_every_worker_but_not_with_a_broken_config(
+        workers: RunningGateway) -> None:
+    assert workers.process is not None
+    before = [sighup_reloads(workers, k) for k in (0, 1)]
+    os.kill(workers.process.pid, signal.SIGHUP)
+    wait_for(lambda: all(sighup_reloads(workers, k) == before[k] + 1 for k in (0, 1)),
+             "a SIGHUP reload recorded by both workers", 30)
+
+    good = workers.config.read_text()
+    workers.config.write_text(good.replace("burst = 10000", "burst = 0"))
+    try:
+        os.kill(workers.process.pid, signal.SIGHUP)
+        wait_for(lambda: "config reload (SIGHUP) rejected, the workers keep theirs: "
+                 "limits.burst: must be at least 1" in workers.log.read_text(),
+                 "the supervisor rejecting the broken config", 30)
+        time.sleep(2)  # time for a SIGHUP, had one been passed on, to be recorded
+        assert [sighup_reloads(workers, k) for k in (0, 1)] == [b + 1 for b in before]
+    finally:
+        workers.config.write_text(good)
+    assert fresh_call(workers)["dag_id"] == "example_hello"
+
+
+def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) -> None:
+    old = worker_pids(workers)
+    os.kill(old[1], signal.SIGKILL)
+    # Calls right away: those the kernel sends to the dead worker's socket
+    # wait in its backlog for the replacement instead of being refused.
+    for _ in range(12):
+        assert fresh_call(workers)["dag_id"] == "example_hello"
+    wait_for(lambda: f"worker 1 (pid {old[1]}) exited unexpectedly: killed by signal 9; "
+             "starting a new one in 1 s" in workers.log.read_text(), "the death logged")
+    wait_for(lambda: worker_pids(workers)[1] != old[1], "a new worker 1")
+    new = worker_pids(workers)[1]
+    wait_for(lambda: f"worker 1 (pid {new}) ready" in workers.log.read_text(),
+             "the new worker 1 ready")
+    assert worker_pids(workers)[0] == old[0] and alive(old[0])
+    before = len(records(workers, 1))
+    for _ in range(24):
+        assert fresh_call(workers)["dag_id"] == "example_hello"
+    assert len(records(workers, 1)) > before  # the new worker serves, on the same chain
+
+
+def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGateway) -> None:
+    assert workers.process is not None
+    pids = worker_pids(workers)
+    os.kill(workers.process.pid, signal.SIGTERM)  # the supervisor alone, as systemd does
+    assert workers.process.wait(timeout=90) == 0
+    log = workers.log.read_text()
+    for k, pid in pids.items():
+        assert f"worker {k} (pid {pid}) stopped: exit status 0" in log
+        assert not alive(pid)
+    for k in (0, 1):
+        assert any(r.get("event") == "service.stop" for r in records(workers, k))
+    out = subprocess.run([str(AIRFLOWRPC), "audit", "verify", str(workers.audit_path.parent)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    instances = re.findall(r"^instance (\S+): ", out.stdout, re.M)
+    assert sorted(i[-3:] for i in instances) == ["-w0", "-w1"], out.stdout
+    assert out.stdout.splitlines()[-1] == "2 chains: 2 whole", out.stdout
+
+
+def test_the_workers_stop_when_the_supervisor_is_killed(
+        tmp_path: Path, pki, airflow) -> None:
+    gateway = two_workers(RunningGateway(tmp_path, pki, airflow))
+    gateway.start()
+    try:
+        wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "ready")
+        pids = worker_pids(gateway)
+        assert gateway.process is not None
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        gateway.process.wait(timeout=10)
+        wait_for(lambda: not any(alive(p) for p in pids.values()),
+                 "the orphaned workers to stop", 60)
+        assert gateway.log.read_text().count("the supervisor is gone: stopping") == 2
+    finally:
+        gateway.stop()
+
+
+def test_systemd_hears_ready_once_from_the_supervisor_when_both_workers_are(
+        tmp_path: Path, pki) -> None:
+    systemd = Systemd(tmp_path / "notify")
+    airflow_port = free_port()  # nothing there yet: Airflow is "starting"
+    stand_in = types.SimpleNamespace(gateway_password="unused",
+                                     base_url=f"http://127.0.0.1:{airflow_port}")
+    gateway = two_workers(RunningGateway(tmp_path, pki, stand_in,  # type: ignore[arg-type]
+                                         env={"NOTIFY_SOCKET": str(systemd.path)}))
+    health = None
+    try:
+        gateway.start()  # a worker answers ping: the port is served
+        heard = systemd.listen(5)
+        assert not [m for m in heard if "READY" in m], heard
+        health = AirflowHealth(airflow_port)
+        ready = systemd.wait_for("READY", 30)
+        assert ready == {"READY": "1", "STATUS": f"ready: 2 workers, 127.0.0.1:{gateway.port}"}
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        systemd.wait_for("STOPPING", 30)
+        assert gateway.process.wait(timeout=60) == 0
+        heard = systemd.listen(1)
+        # only the supervisor spoke to systemd: one READY, one STOPPING
+        assert [m for m in heard if "READY" in m] == [ready]
+        assert len([m for m in heard if "STOPPING" in m]) == 1, heard
+    finally:
+        gateway.stop()
+        if health is not None:
+            health.close()
+        systemd.socket.close()

@@ -1,0 +1,426 @@
+"""
+``listen.workers``: the key, each worker's share of the config, and the
+supervisor's restarts, reloads and stop on a `Clock` with fake processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from txairflowrpc.config import ConfigError, load
+from txairflowrpc.service import supervisor as supervisor_module
+from txairflowrpc.service.lifecycle import bind_problem
+from txairflowrpc.service.supervisor import (
+    Supervisor,
+    WorkerProtocol,
+    bind_shared,
+    ending,
+    worker_argv,
+)
+from txairflowrpc.service.workers import (
+    AdoptedEndpoint,
+    PipeNotifier,
+    _Lifeline,
+    divided,
+    for_worker,
+    worker_audit_path,
+)
+
+from .test_config import GOOD, confdir, pki, write  # noqa: F401
+
+# -- the key and each worker's share ----------------------------------------
+
+def test_workers_defaults_to_one_process(confdir: Path) -> None:  # noqa: F811
+    assert load(write(confdir, GOOD)).listen.workers == 1
+
+
+@pytest.mark.parametrize("value", [0, 65, -1])
+def test_workers_out_of_range_names_the_key(confdir: Path, value: int) -> None:  # noqa: F811
+    text = GOOD.replace("port = 8443", f"port = 8443\nworkers = {value}")
+    with pytest.raises(ConfigError) as e:
+        load(write(confdir, text))
+    assert str(e.value) == "listen.workers: must be from 1 to 64"
+
+
+SHARED = GOOD.replace("port = 8443", "port = 8443\nworkers = 3") + """
+instance = "gw-a"
+[limits]
+rate_per_second = 20
+burst = 40
+max_in_flight = 1
+max_connections = 1000
+max_connections_per_source = 100
+[health]
+port = 9100
+"""
+
+
+def test_each_worker_gets_its_share_of_the_limits(confdir: Path) -> None:  # noqa: F811
+    cfg = load(write(confdir, SHARED))
+    w = for_worker(cfg, 2)
+    assert w.limits.rate_per_second == pytest.approx(20 / 3)
+    assert (w.limits.burst, w.limits.max_in_flight) == (14, 1)  # rounded up, at least 1
+    assert (w.limits.max_connections, w.limits.max_connections_per_source) == (334, 34)
+    assert w.limits.max_body_memory_bytes == divided(64 * 1024 * 1024, 3)
+    assert (w.airflow.max_connections, w.airflow.max_in_flight) == (7, 22)
+    # what is not divided stays as it is
+    assert w.limits.call_deadline_seconds == cfg.limits.call_deadline_seconds
+    assert w.listen == cfg.listen and w.access == cfg.access
+
+
+def test_each_worker_has_its_own_chain_and_admin_port(confdir: Path) -> None:  # noqa: F811
+    cfg = load(write(confdir, SHARED))
+    chains = [for_worker(cfg, k).audit for k in range(3)]
+    assert [a.path.name for a in chains] == ["audit.w0.jsonl", "audit.w1.jsonl",
+                                              "audit.w2.jsonl"]
+    assert {a.path.parent for a in chains} == {cfg.audit.path.parent}
+    assert [a.instance for a in chains] == ["gw-a-w0", "gw-a-w1", "gw-a-w2"]
+    # one digest key for all, so one value has one digest whichever worker saw it
+    assert {a.digest_key_file for a in chains} == {cfg.audit.digest_key_file}
+    assert [for_worker(cfg, k).health.port for k in range(3)] == [9100, 9101, 9102]
+    off = load(write(confdir, SHARED.replace("port = 9100", "port = 0")))
+    assert for_worker(off, 1).health.port == 0
+
+
+def test_worker_audit_path_keeps_the_suffix() -> None:
+    assert worker_audit_path(Path("/v/audit.jsonl"), 3) == Path("/v/audit.w3.jsonl")
+    assert worker_audit_path(Path("/v/trail"), 0) == Path("/v/trail.w0")
+
+
+# -- the supervisor ----------------------------------------------------------
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+        self.gone = False
+
+    def signalProcess(self, name: str) -> None:
+        if self.gone:
+            raise ProcessExitedAlready()
+        self.signals.append(name)
+
+
+class Spawner:
+    def __init__(self) -> None:
+        self.started: list[tuple[int, FakeProcess, ProcessProtocol]] = []
+
+    def __call__(self, index: int, protocol: ProcessProtocol) -> FakeProcess:
+        process = FakeProcess(1000 + len(self.started))
+        self.started.append((index, process, protocol))
+        return process
+
+    def live(self, index: int) -> tuple[FakeProcess, ProcessProtocol]:
+        _, process, protocol = [s for s in self.started if s[0] == index][-1]
+        return process, protocol
+
+    def end(self, index: int, reason: Exception) -> None:
+        process, protocol = self.live(index)
+        process.gone = True
+        protocol.processEnded(Failure(reason))
+
+    def ready(self, index: int) -> None:
+        self.live(index)[1].childDataReceived(4, b"STATUS=x\nREADY=1\n")
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, str]] = []
+
+    def send(self, **fields: str) -> bool:
+        self.sent.append(fields)
+        return True
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    from twisted.logger import formatEvent
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == supervisor_module.__name__:
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def supervise(count: int = 2, check: Any = None) -> tuple[Supervisor, Spawner, Clock, Notes, list]:
+    clock, spawn, notes, stopped = Clock(), Spawner(), Notes(), []
+    sup = Supervisor(clock, count=count, spawn=spawn,
+                     check=check or (lambda: succeed(SimpleCfg(count))), stop_seconds=10,
+                     notifier=notes, where="127.0.0.1:8443",
+                     on_stopped=lambda: stopped.append(True))
+    sup.startService()
+    return sup, spawn, clock, notes, stopped
+
+
+class SimpleCfg:
+    def __init__(self, workers: int) -> None:
+        self.listen = type("L", (), {"workers": workers})()
+
+
+def test_ready_goes_to_systemd_once_every_worker_is_ready() -> None:
+    sup, spawn, clock, notes, _ = supervise(3)
+    assert [s[0] for s in spawn.started] == [0, 1, 2]
+    spawn.ready(0)
+    spawn.ready(2)
+    assert not sup.ready and not any("READY" in n for n in notes.sent)
+    spawn.ready(1)
+    assert sup.ready
+    assert [n for n in notes.sent if "READY" in n] == [
+        {"READY": "1", "STATUS": "ready: 3 workers, 127.0.0.1:8443"}]
+
+
+def test_a_dead_worker_is_logged_and_replaced_after_a_back_off(logged: list[str]) -> None:
+    sup, spawn, clock, notes, _ = supervise(2)
+    spawn.ready(0)
+    spawn.ready(1)
+    spawn.end(1, ProcessTerminated(signal=9))
+    assert "worker 1 (pid 1001) exited unexpectedly: killed by signal 9; starting a new " \
+           "one in 1 s" in logged
+    assert len(spawn.started) == 2
+    clock.advance(0.9)
+    assert len(spawn.started) == 2
+    clock.advance(0.1)
+    assert [s[0] for s in spawn.started] == [0, 1, 1] and sup.restarts == 1
+    # dying again before it was ready: the wait doubles, up to the cap
+    spawn.end(1, ProcessTerminated(exitCode=1))
+    assert logged[-1].endswith("exit status 1; starting a new one in 2 s")
+    clock.advance(2)
+    for _ in range(10):
+        spawn.end(1, ProcessTerminated(exitCode=1))
+        clock.advance(supervisor_module.RESTART_MAX_SECONDS)
+    assert logged[-2].endswith(f"in {supervisor_module.RESTART_MAX_SECONDS:g} s")
+    assert notes.sent[-1] == {"STATUS": "worker 1 exited (exit status 1); restarting"}
+    # once a replacement reports ready, the next death waits the shortest again
+    spawn.ready(1)
+    assert notes.sent[-1] == {"STATUS": "ready: 2 workers, 127.0.0.1:8443"}
+    spawn.end(1, ProcessDone(0))
+    assert logged[-1].endswith("exit status 0; starting a new one in 1 s")
+    # the other worker was never touched
+    assert spawn.live(0)[0].signals == []
+
+
+def test_a_worker_that_cannot_be_spawned_is_tried_again(logged: list[str]) -> None:
+    sup, spawn, clock, _, _ = supervise(2)
+    spawn.ready(0)
+    spawn.ready(1)
+    real = sup._spawn
+    sup._spawn = lambda index, protocol: (_ for _ in ()).throw(OSError(24, "Too many files"))
+    spawn.end(0, ProcessTerminated(signal=9))
+    clock.advance(1)
+    assert logged[-1] == ("worker 0 could not be started: [Errno 24] Too many files; trying "
+                          "again in 2 s")
+    sup._spawn = real
+    clock.advance(2)
+    assert [s[0] for s in spawn.started] == [0, 1, 0]
+
+
+def test_sighup_is_passed_on_only_for_a_good_config(logged: list[str]) -> None:
+    results: list[Any] = [ConfigError("limits.burst", "must be at least 1")]
+    sup, spawn, clock, notes, _ = supervise(
+        2, check=lambda: fail(results.pop()) if results else succeed(SimpleCfg(2)))
+    sup.reload("SIGHUP").addCallback(logged.append)
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], []]
+    assert "config reload (SIGHUP) rejected, the workers keep theirs: limits.burst: must " \
+           "be at least 1" in logged
+    spawn.live(0)[1].childDataReceived(4, b"STATUS=waiting for the listeners\n")
+    sup.reload("SIGHUP")  # worker 1 has not said a word yet: it is still starting
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP"], []]
+    spawn.ready(1)
+    sup.reload("SIGHUP")
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP", "HUP"], ["HUP"]]
+
+
+def test_sigterm_waits_for_every_worker_then_stops_cleanly() -> None:
+    sup, spawn, clock, notes, stopped = supervise(2)
+    d = sup.stopService()
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["TERM"], ["TERM"]]
+    assert {"STOPPING": "1", "STATUS": "stopping: workers drain their calls"} in notes.sent
+    spawn.end(0, ProcessDone(0))
+    assert not d.called and not stopped
+    spawn.end(1, ProcessDone(0))
+    assert d.called and stopped == [True]
+    clock.advance(3600)
+    assert len(spawn.started) == 2  # nothing restarted
+
+
+def test_a_pending_restart_is_cancelled_and_a_stuck_worker_killed() -> None:
+    sup, spawn, clock, notes, stopped = supervise(2)
+    spawn.end(0, ProcessTerminated(signal=9))  # waiting to be replaced
+    d = sup.stopService()
+    clock.advance(10 + supervisor_module.STOP_MARGIN_SECONDS)
+    assert spawn.live(1)[0].signals == ["TERM", "KILL"]
+    spawn.end(1, ProcessTerminated(signal=9))
+    assert d.called and len(spawn.started) == 2
+
+
+def test_worker_reports_are_read_by_line_across_reads() -> None:
+    seen: list[tuple[int, str]] = []
+    sup = type("S", (), {"reported": lambda self, i, line: seen.append((i, line))})()
+    protocol = WorkerProtocol(sup, 1)  # type: ignore[arg-type]
+    protocol.childDataReceived(4, b"REA")
+    protocol.childDataReceived(1, b"READY=1\n")  # not the report pipe
+    protocol.childDataReceived(4, b"DY=1\nSTATUS=a b\n")
+    assert seen == [(1, "READY=1"), (1, "STATUS=a b")]
+
+
+def test_ending_in_words() -> None:
+    assert ending(Failure(ProcessDone(0))) == "exit status 0"
+    assert ending(Failure(ProcessTerminated(exitCode=3))) == "exit status 3"
+    assert ending(Failure(ProcessTerminated(signal=9))) == "killed by signal 9"
+
+
+def test_worker_argv_runs_twistd_on_this_python_with_the_logger() -> None:
+    argv = worker_argv("/etc/a.toml", 1, "txairflowrpc.service.logs.journal_observer")
+    assert argv[0] == os.sys.executable
+    assert argv[-7:] == ["--logger", "txairflowrpc.service.logs.journal_observer",
+                         "airflowrpc", "--config", "/etc/a.toml", "--worker", "1"]
+    assert "--logger" not in worker_argv("/etc/a.toml", 0, None)
+
+
+# -- the shared port and the worker's pipes -----------------------------------
+
+def test_shared_sockets_hold_the_port_and_a_taken_port_fails() -> None:
+    sockets = bind_shared("127.0.0.1", 0, 1)
+    port = sockets[0].getsockname()[1]
+    sockets[0].close()
+    sockets = bind_shared("127.0.0.1", port, 3)
+    try:
+        assert {s.getsockname()[1] for s in sockets} == {port}
+        # a plain bind (a second gateway, bind_problem) still finds the port taken
+        assert bind_problem("127.0.0.1", port) == "address already in use"
+    finally:
+        for s in sockets:
+            s.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            bind_shared("127.0.0.1", taken.getsockname()[1], 2)
+
+
+def test_a_worker_adopts_the_socket_and_closes_its_descriptor() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        fd = os.dup(s.fileno())
+        reactor = MemoryReactor()
+        factory = Factory()
+        AdoptedEndpoint(reactor, fd).listen(factory)
+        assert reactor.adoptedPorts == [(fd, socket.AF_INET, factory)]
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_reports_go_down_the_pipe_one_line_per_field() -> None:
+    r, w = os.pipe()
+    try:
+        assert PipeNotifier(w).send(READY="1", STATUS="ready:\nlistening")
+        assert os.read(r, 100) == b"READY=1\nSTATUS=ready: listening\n"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_lifeline_ends_when_the_supervisor_does() -> None:
+    r, w = os.pipe()
+    gone: list[bool] = []
+    line = _Lifeline(MemoryReactor(), r, lambda: gone.append(True))
+    assert line.doRead() is None  # nothing yet: still alive
+    os.close(w)
+    assert line.doRead() is CONNECTION_DONE
+    line.connectionLost(Failure(CONNECTION_DONE))
+    assert gone == [True]
+    os.close(r)
+
+
+# -- twistd's options and a worker's reload ----------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _options(confdir: Path, *extra: str, health: int | None = None) -> Any:
+    from txairflowrpc.service.tap import Options
+    text = SHARED.replace("port = 8443", f"port = {_free_port()}").replace(
+        "port = 9100", f"port = {health if health is not None else 0}")
+    options = Options()
+    options.parseOptions(["--config", str(write(confdir, text)), *extra])
+    return options
+
+
+def test_a_worker_runs_on_its_share_and_only_of_the_count(confdir: Path) -> None:  # noqa: F811
+    options = _options(confdir, "--worker", "1")
+    assert options["worker"] == 1
+    assert options["checked"].config.audit.instance == "gw-a-w1"
+    assert options["checked"].config.limits.burst == 14
+    with pytest.raises(SystemExit) as e:
+        _options(confdir, "--worker", "3")
+    assert str(e.value.code) == "airflowrpc: --worker 3: not a worker of listen.workers = 3"
+
+
+def test_the_supervisor_checks_every_workers_admin_port(confdir: Path) -> None:  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            _options(confdir, health=port - 2)
+    assert str(e.value.code) == (f"airflowrpc: cannot listen on 127.0.0.1:{port} "
+                                 "(admin listener): address already in use")
+
+
+def test_a_workers_reload_keeps_it_on_its_share(confdir: Path) -> None:  # noqa: F811
+    from txairflowrpc.gate.tls import ReloadableTLS, server_options
+    from txairflowrpc.identity.authenticate import Gate
+    from txairflowrpc.service.checked import build_authenticator, load_checked
+    from txairflowrpc.service.reload import Reloader
+    from txairflowrpc.service.tap import worker_checked
+
+    path = write(confdir, SHARED)
+    checked = worker_checked(load_checked(path), 1)
+    clock = Clock()
+    reloader = Reloader(
+        checked.config, gate=Gate(build_authenticator(checked, http=None, clock=clock)),
+        tls=ReloadableTLS(server_options(checked.config.tls)), http=None, clock=clock,
+        audit=None, derive=lambda c: worker_checked(c, 1))
+    write(confdir, SHARED.replace("rate_per_second = 20", "rate_per_second = 30"))
+    assert reloader.reload("SIGHUP").result is True
+    assert reloader.cfg.limits.rate_per_second == pytest.approx(10)
+    assert reloader.cfg.audit.instance == "gw-a-w1"
+
+
+def test_an_adopted_listener_brings_its_own_tls_also_behind_the_proxy_header(
+        confdir: Path) -> None:  # noqa: F811
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from txairflowrpc.gate.proxied import ProxiedFactory
+    from txairflowrpc.gate.tls import ReloadableTLS, server_options
+    from txairflowrpc.service.tap import rpc_factory
+
+    cfg = load(write(confdir, GOOD))
+    tls, site, clock = ReloadableTLS(server_options(cfg.tls)), Factory(), Clock()
+    assert rpc_factory(clock, cfg, tls, site) is site  # the endpoint brings TLS
+    adopted = rpc_factory(clock, cfg, tls, site, adopted=True)
+    assert isinstance(adopted, TLSMemoryBIOFactory) and adopted.wrappedFactory is site
+    proxied = load(write(confdir, GOOD.replace("port = 8443",
+                                               "port = 8443\nproxy_protocol = true")))
+    assert isinstance(rpc_factory(clock, proxied, tls, site, adopted=True), ProxiedFactory)

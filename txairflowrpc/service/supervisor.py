@@ -1,0 +1,356 @@
+"""
+``[listen] workers = N`` (N > 1): the twistd process supervises N worker
+processes and serves nothing itself.
+
+- **The port**: the supervisor binds one listening socket per worker, each
+  with ``SO_REUSEPORT`` (`bind_shared`), before any worker starts; worker K
+  gets socket K as a file descriptor and adopts it.  So a port that cannot
+  be had stops ``twistd airflowrpc`` once, with one line and status 1, as
+  with one process; the kernel spreads new connections evenly over the N
+  sockets (by their addresses' hash; one shared socket would let whichever
+  worker wakes first accept a whole burst); and a worker's socket stays
+  open while it is replaced, so connections arriving for it meanwhile
+  wait in its backlog instead of being refused.
+- **Workers**: started with ``reactor.spawnProcess`` (the same Python,
+  ``twistd -n ... airflowrpc --config FILE --worker K``, the supervisor's
+  ``--logger``, standard output and error shared), each watched by a
+  `WorkerProtocol`.  One that exits while the supervisor is not stopping
+  is logged (index, pid, how it ended) and started again after a back-off
+  that doubles from `RESTART_SECONDS` up to `RESTART_MAX_SECONDS`, back to
+  the shortest once the new one reports ready.
+- **Readiness**: each worker reports ``READY=1`` on a pipe when it would
+  tell systemd; the supervisor sends ``READY=1`` to systemd once every
+  worker has, ``STOPPING=1`` at SIGTERM, and ``WATCHDOG=1`` from its own
+  reactor.
+- **SIGHUP**: the supervisor checks the config whole first (off the
+  reactor); a broken one is logged and not passed on, so the workers keep
+  theirs; otherwise every worker gets SIGHUP and reloads as a single
+  gateway does.
+- **SIGTERM**: passed to every worker; each drains its calls as a single
+  gateway does; the supervisor exits 0 once they all have (a worker still
+  running `STOP_MARGIN_SECONDS` past ``limits.shutdown_seconds`` is killed).
+  Workers stop on their own when the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import config as config_module
+from .workers import LISTENER_FD, REPORT_FD
+
+__all__ = ["Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
+
+#: First wait before a dead worker is replaced; doubled for each death in a row.
+RESTART_SECONDS = 1.0
+#: Longest wait before a dead worker is replaced.
+RESTART_MAX_SECONDS = 30.0
+#: How long past ``limits.shutdown_seconds`` a worker may take to stop at SIGTERM.
+STOP_MARGIN_SECONDS = 20.0
+#: Environment a worker must not inherit: systemd talks to the supervisor alone.
+PRIVATE_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                       "LISTEN_PID", "LISTEN_FDNAMES")
+
+_log = Logger()
+
+Spawn = Callable[[int, ProcessProtocol], IProcessTransport]
+
+
+def bind_shared(host: str, port: int, count: int, backlog: int = 50) -> list[socket.socket]:
+    """
+    ``count`` sockets listening on ``host:port`` together (``SO_REUSEPORT``),
+    non-blocking, for the workers to adopt.  OSError if the port cannot be
+    had; nothing stays open then.
+    """
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            s.listen(backlog)
+            s.setblocking(False)
+    except OSError:
+        for s in sockets:
+            s.close()
+        raise
+    return sockets
+
+
+def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
+    """The command line of worker ``index``: twistd in the foreground, this Python."""
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", *(["--logger", logger] if logger else []),
+            "airflowrpc", "--config", config_path, "--worker", str(index)]
+
+
+def spawner(reactor: Any, config_path: str, sockets: Sequence[socket.socket],
+            logger: str | None) -> Spawn:
+    """How the supervisor starts worker K: with socket K, a report pipe and its lifeline."""
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+
+    def spawn(index: int, protocol: ProcessProtocol) -> IProcessTransport:
+        return reactor.spawnProcess(
+            protocol, sys.executable, worker_argv(config_path, index, logger), env=env,
+            childFDs={0: "w", 1: 1, 2: 2, LISTENER_FD: sockets[index].fileno(),
+                      REPORT_FD: "r"})
+
+    return spawn
+
+
+def ending(reason: Failure) -> str:
+    """How a process ended, in words: ``exit status 1``, ``killed by signal 9``."""
+    value = reason.value
+    if isinstance(value, ProcessTerminated) and value.signal is not None:
+        return f"killed by signal {value.signal}"
+    if isinstance(value, (ProcessDone, ProcessTerminated)):
+        return f"exit status {value.exitCode}"
+    return str(value)
+
+
+class WorkerProtocol(ProcessProtocol):
+    """Watches one worker: its reports (one ``KEY=value`` per line) and its end."""
+
+    def __init__(self, supervisor: "Supervisor", index: int) -> None:
+        self._supervisor = supervisor
+        self._index = index
+        self._buffer = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != REPORT_FD:
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        self._buffer = self._buffer[-4096:]
+        for line in lines:
+            self._supervisor.reported(self._index, line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        self._supervisor.ended(self._index, reason)
+
+
+@attrs.define
+class _Worker:
+    index: int
+    transport: IProcessTransport | None = None
+    pid: int | None = None
+    heard: bool = False  # it reported: its SIGHUP handler is in place
+    ready: bool = False
+    deaths: int = 0  # in a row, without a ready report between
+    restart: IDelayedCall | None = None
+
+
+class Supervisor(service.Service):
+    """
+    Starts ``count`` workers with ``spawn`` and keeps them running (see the
+    module doc).
+
+    :param check: reads and checks the config whole (off the reactor);
+        fires with the new `Config`, or fails with `ConfigError`.
+    :param notifier: systemd's (`SystemdNotifier`), or None.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, *, count: int, spawn: Spawn,
+        check: Callable[[], "Deferred[config_module.Config]"],
+        stop_seconds: float, notifier: Any = None, watchdog_seconds: float | None = None,
+        where: str = "", on_stopped: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._clock = clock
+        self._spawn = spawn
+        self._check = check
+        self._stop_seconds = stop_seconds
+        self._notifier = notifier
+        self._where = where
+        self._on_stopped = on_stopped
+        self.workers = [_Worker(i) for i in range(count)]
+        self._watchdog: LoopingCall | None = None
+        if notifier is not None and watchdog_seconds:
+            self._watchdog = LoopingCall(notifier.send, WATCHDOG="1")
+            self._watchdog.clock = clock
+            self._watchdog_seconds = watchdog_seconds
+        self._stopping = False
+        self._stopped: Deferred[None] | None = None
+        self._kill: IDelayedCall | None = None
+        #: True once every worker reported ready (and READY=1 went to systemd).
+        self.ready = False
+        #: Workers replaced after an unexpected exit; for tests and the log.
+        self.restarts = 0
+
+    def startService(self) -> None:
+        super().startService()
+        if self._watchdog is not None:
+            self._watchdog.start(self._watchdog_seconds, now=True)
+        self._status(f"starting {len(self.workers)} workers")
+        for worker in self.workers:
+            self._start(worker)
+
+    def _start(self, worker: _Worker) -> None:
+        worker.restart = None
+        worker.ready = worker.heard = False
+        try:
+            worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
+        except OSError as e:  # no process at all (out of processes, of descriptors)
+            delay = self._next_delay(worker)
+            _log.error("worker {index} could not be started: {error}; trying again in "
+                       "{delay:g} s", index=worker.index, error=str(e), delay=delay)
+            worker.restart = self._clock.callLater(delay, self._start, worker)
+            return
+        worker.pid = worker.transport.pid
+        _log.info("worker {index} started (pid {pid})", index=worker.index, pid=worker.pid)
+
+    def reported(self, index: int, line: str) -> None:
+        """Worker ``index`` said ``line`` on its report pipe."""
+        worker = self.workers[index]
+        worker.heard = True
+        if line != "READY=1" or worker.transport is None or self._stopping:
+            return
+        worker.ready = True
+        worker.deaths = 0
+        status = f"ready: {len(self.workers)} workers, {self._where}"
+        if self.ready:
+            _log.info("worker {index} (pid {pid}) ready", index=index, pid=worker.pid)
+            if all(w.ready for w in self.workers):
+                self._status(status)  # no longer "restarting"
+            return
+        if all(w.ready for w in self.workers):
+            self.ready = True
+            pids = ", ".join(str(w.pid) for w in self.workers)
+            _log.info("ready: {count} workers serving {where} (pids {pids})",
+                      count=len(self.workers), where=self._where, pids=pids)
+            if self._notifier is not None:
+                self._notifier.send(READY="1", STATUS=status)
+
+    def ended(self, index: int, reason: Failure) -> None:
+        """Worker ``index``'s process ended: replace it, unless the supervisor is stopping."""
+        worker = self.workers[index]
+        pid = worker.pid
+        worker.transport = None
+        worker.ready = False
+        if self._stopping:
+            _log.info("worker {index} (pid {pid}) stopped: {how}", index=index, pid=pid,
+                      how=ending(reason))
+            if all(w.transport is None for w in self.workers):
+                self._all_stopped()
+            return
+        delay = self._next_delay(worker)
+        self.restarts += 1
+        _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
+                   "starting a new one in {delay:g} s",
+                   index=index, pid=pid, how=ending(reason), delay=delay)
+        self._status(f"worker {index} exited ({ending(reason)}); restarting")
+        worker.restart = self._clock.callLater(delay, self._start, worker)
+
+    def _next_delay(self, worker: _Worker) -> float:
+        """The back-off before ``worker`` is started again: doubling with each death in a row."""
+        delay = min(RESTART_MAX_SECONDS, RESTART_SECONDS * 2 ** min(worker.deaths, 16))
+        worker.deaths += 1
+        return delay
+
+    def reload(self, trigger: str) -> Deferred[bool]:
+        """
+        Check the config; if it is good, pass SIGHUP on to every worker.
+        Fires True if it was passed on.
+        """
+        def good(cfg: config_module.Config) -> bool:
+            if cfg.listen.workers != len(self.workers):
+                _log.warn("config reload: listen.workers changed, but that needs a restart "
+                          "to apply")
+            sent = 0
+            for worker in self.workers:
+                # One still starting reads the config as it starts (and a SIGHUP
+                # before its handler is in place would end it).
+                if worker.transport is not None and worker.heard and \
+                        self._signal(worker, "HUP"):
+                    sent += 1
+            _log.info("config reload ({trigger}): the config is good; passed on to "
+                      "{sent} workers", trigger=trigger, sent=sent)
+            return True
+
+        def bad(failure: Failure) -> bool:
+            failure.trap(config_module.ConfigError)
+            _log.error("config reload ({trigger}) rejected, the workers keep theirs: {error}",
+                       trigger=trigger, error=str(failure.value))
+            return False
+
+        return self._check().addCallbacks(good, bad)
+
+    def _signal(self, worker: _Worker, name: str) -> bool:
+        try:
+            worker.transport.signalProcess(name)  # type: ignore[union-attr]
+        except (OSError, ProcessExitedAlready) as e:  # its end is on its way
+            _log.warn("worker {index}: SIG{name} not delivered: {error}",
+                      index=worker.index, name=name, error=repr(e))
+            return False
+        return True
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._notifier is not None:
+            self._notifier.send(STOPPING="1", STATUS="stopping: workers drain their calls")
+        for worker in self.workers:
+            if worker.restart is not None and worker.restart.active():
+                worker.restart.cancel()
+            worker.restart = None
+        live = [w for w in self.workers if w.transport is not None]
+        _log.info("stopping: SIGTERM to {count} workers; they finish their calls in flight",
+                  count=len(live))
+        self._stopped = Deferred()
+        for worker in live:
+            self._signal(worker, "TERM")
+        if all(w.transport is None for w in self.workers):
+            self._all_stopped()
+        else:
+            self._kill = self._clock.callLater(self._stop_seconds + STOP_MARGIN_SECONDS,
+                                               self._kill_rest)
+        return self._stopped
+
+    def _kill_rest(self) -> None:
+        self._kill = None
+        for worker in self.workers:
+            if worker.transport is not None:
+                _log.error("worker {index} (pid {pid}) did not stop in time: killing it",
+                           index=worker.index, pid=worker.pid)
+                self._signal(worker, "KILL")
+
+    def _all_stopped(self) -> None:
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        self._kill = None
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        stopped, self._stopped = self._stopped, None
+        self._on_stopped()
+        if stopped is not None:
+            stopped.callback(None)
+
+    def _status(self, text: str) -> None:
+        if self._notifier is not None:
+            self._notifier.send(STATUS=text)
+
+
+def exit_zero(reactor: Any) -> Callable[[], None]:
+    """
+    After an orderly stop, twistd should exit 0, not re-raise the SIGTERM
+    that began it (as `GatewayService` does for one process).
+    """
+    def clear() -> None:
+        if hasattr(reactor, "_exitSignal"):
+            reactor._exitSignal = None
+    return clear

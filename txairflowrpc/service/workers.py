@@ -1,0 +1,189 @@
+"""
+One of the ``listen.workers`` processes, as the supervisor
+(`txairflowrpc.service.supervisor`) starts it: ``twistd -n airflowrpc
+--config FILE --worker K``.
+
+A worker is the whole gateway on `for_worker`'s view of the config: its own
+audit chain (``audit.w<K>.jsonl``, instance ``<instance>-w<K>``), its share
+of the per-principal and connection limits, its own admin listener
+(``health.port + K``).  What it gets from the supervisor, by file
+descriptor:
+
+- `LISTENER_FD`: a listening socket bound by the supervisor (with
+  ``SO_REUSEPORT``, one per worker: the kernel spreads new connections over
+  them), adopted instead of binding the port;
+- `REPORT_FD`: a pipe on which it reports ``READY=1`` as it would to systemd
+  (`PipeNotifier`);
+- ``0``: a pipe from the supervisor that it never writes to; its end is
+  the supervisor's life, so a worker whose supervisor is gone (even
+  ``kill -9``) stops as at SIGTERM (`ParentWatch`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+from twisted.application import service
+from twisted.internet import abstract, fdesc
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .. import config as config_module
+
+__all__ = ["LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
+           "for_worker", "worker_audit_path"]
+
+#: The listening socket a worker adopts.
+LISTENER_FD = 3
+#: Where a worker writes its readiness reports.
+REPORT_FD = 4
+#: Where a worker finds the supervisor's end of its lifeline.
+PARENT_FD = 0
+
+_log = Logger()
+
+
+def worker_audit_path(path: Path, index: int) -> Path:
+    """Worker ``index``'s audit file: ``audit.jsonl`` becomes ``audit.w<index>.jsonl``."""
+    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+
+
+def divided(value: int, count: int, least: int = 1) -> int:
+    """One worker's share of ``value`` among ``count``: rounded up, at least ``least``."""
+    return max(least, math.ceil(value / count))
+
+
+def for_worker(cfg: config_module.Config, index: int) -> config_module.Config:
+    """
+    The config worker ``index`` of ``cfg.listen.workers`` runs on: its own
+    audit chain and admin port; each limit that counts per process (per
+    principal, per source, connections, body memory, Airflow connections
+    and requests in flight) divided among the workers, so that all of them
+    together keep to the configured one.
+    """
+    n = cfg.listen.workers
+    limits = attrs.evolve(
+        cfg.limits,
+        rate_per_second=cfg.limits.rate_per_second / n,
+        burst=divided(cfg.limits.burst, n),
+        max_in_flight=divided(cfg.limits.max_in_flight, n),
+        max_connections=divided(cfg.limits.max_connections, n),
+        max_connections_per_source=divided(cfg.limits.max_connections_per_source, n),
+        max_body_memory_bytes=divided(cfg.limits.max_body_memory_bytes, n, least=1024),
+    )
+    airflow = attrs.evolve(
+        cfg.airflow,
+        max_connections=divided(cfg.airflow.max_connections, n),
+        max_in_flight=divided(cfg.airflow.max_in_flight, n),
+    )
+    audit = attrs.evolve(cfg.audit, path=worker_audit_path(cfg.audit.path, index),
+                         instance=f"{cfg.audit.instance}-w{index}")
+    health = attrs.evolve(cfg.health, port=cfg.health.port + index if cfg.health.port else 0)
+    return attrs.evolve(cfg, limits=limits, airflow=airflow, audit=audit, health=health)
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """
+    A server endpoint on a listening socket this process was handed (by
+    file descriptor) rather than one it binds.
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        def adopt() -> IListeningPort:
+            probe = socket.socket(fileno=self._fd)  # learns the address family
+            family = probe.family
+            probe.detach()
+            fdesc.setNonBlocking(self._fd)
+            port = self._reactor.adoptStreamPort(self._fd, family, factory)
+            os.close(self._fd)  # the port holds its own duplicate
+            return port
+
+        return maybeDeferred(adopt)
+
+
+class PipeNotifier:
+    """
+    Reports to the supervisor on a pipe, as `SystemdNotifier` reports to
+    systemd: one ``KEY=value`` line per field.  Never blocks: a report that
+    cannot go at once is dropped (the supervisor reads them as they come).
+    """
+
+    def __init__(self, fd: int = REPORT_FD) -> None:
+        self._fd = fd
+        fdesc.setNonBlocking(fd)
+
+    def send(self, **fields: str) -> bool:
+        text = "".join(f"{k}={' '.join(v.split())}\n" for k, v in fields.items())
+        try:
+            os.write(self._fd, text.encode("utf-8"))
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _Lifeline(abstract.FileDescriptor):
+    """The read end of a pipe nobody writes to: it ends when the writer's process does."""
+
+    def __init__(self, reactor: Any, fd: int, gone: Callable[[], None]) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        self._gone = gone
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self._fd, lambda data: None)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._gone()
+
+
+class ParentWatch(service.Service):
+    """While running, stops the reactor (an orderly shutdown) once the supervisor is gone."""
+
+    def __init__(self, reactor: Any, fd: int = PARENT_FD) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._line: _Lifeline | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._line = _Lifeline(self._reactor, self._fd, self._gone)
+        self._line.startReading()
+
+    def _gone(self) -> None:
+        self._line = None
+        if self.running:
+            _log.warn("the supervisor is gone: stopping")
+            self._reactor.callWhenRunning(self._stop)
+
+    def _stop(self) -> None:
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:  # already stopping
+            pass
+
+    def stopService(self) -> None:
+        super().stopService()
+        line, self._line = self._line, None
+        if line is not None:
+            line.stopReading()
