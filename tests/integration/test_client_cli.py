@@ -154,18 +154,11 @@ def token_gateway(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
     gw.stop()
 
 
-def new_token(gateway: RunningGateway, principal: str) -> str:
-    out = subprocess.run([AIRFLOWRPC, "token", "--config", str(gateway.config), "create",
-                          "--principal", principal], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def test_a_token_without_the_scope_exits_3_and_is_never_printed(
     token_gateway: RunningGateway,
 ) -> None:
-    token = new_token(token_gateway, "etl-bot")  # role ci: etl_* DAGs only
+    # role ci: etl_* DAGs only; returned once the gateway's watch of the store took it
+    token = token_gateway.new_token("etl-bot")
     env = {**base_env(token_gateway), "AIRFLOWRPC_TOKEN": token,
            "AIRFLOWRPC_RUN_ID": f"scope-{secrets.token_hex(4)}"}
     refused = run(["trigger", "-v", "example_hello", "--wait"], env)
