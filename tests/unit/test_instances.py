@@ -27,25 +27,12 @@ from txairflowrpc.audit.log import AuditLog
 from txairflowrpc.audit.owner import ChainInUse, claim, owner_path
 from txairflowrpc.config import ConfigError, load
 from txairflowrpc.config import sections
-from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.service.cli import main as cli
 from txairflowrpc.service.reload import needs_restart
 
-from .test_config import GOOD, write
+from .test_config import GOOD, confdir, pki, write  # noqa: F401 (fixtures)
 
 START = 1_800_000_000
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
-    return DevPKI.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def confdir(tmp_path: Path, pki: DevPKI) -> Path:
-    (tmp_path / "tls").symlink_to(pki.directory)
-    (tmp_path / "pw").write_text("s3cret\n")
-    return tmp_path
 
 
 # -- config ------------------------------------------------------------------

@@ -15,9 +15,9 @@ import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
@@ -31,29 +31,12 @@ from ..fakes import FakeAirflow
 from ..proxyproto import header_v2
 from .helpers import audit_log
 from .test_access import load, pki  # noqa: F401
+from .test_tls_memory import Collector as Whoami, Wire
 
 HAPROXY = ("127.0.0.1", 50000)
 CLIENT = ("203.0.113.7", 41000)
 GATEWAY = ("127.0.0.1", 8443)
 
-
-class Wire(StringTransport):
-    """A TCP-like transport in memory."""
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        pass
-
-
-class Whoami(Protocol):
-    def connectionMade(self) -> None:
-        self.received = b""
-        body = xmlrpc.client.dumps((), "whoami").encode()
-        self.transport.write(
-            b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
 
 @attrs.define
