@@ -122,7 +122,7 @@ def start_lineup(processes: Processes, work: Path) -> Lineup:
     c_token = secrets.token_urlsafe(24)
     process, log = processes.start("C-threaded", [
         PYTHON, str(HERE / "servers" / "threaded.py"), "--port", str(port),
-        "--tls", str(pki.directory), "--upstream", stub.url, "--token", c_token])
+        "--tls", str(pki.directory), "--upstream", stub.url, f"--token={c_token}"])
     wait_until(accepts(port), 30, "C", alive=process, log=log)
     servers["C"] = (process, rpc_target("C", port, f"Bearer {c_token}", body))
     c_stats = f"https://localhost:{port}/stats"
