@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from ..core.files import sync_directory
-from ..core.timefmt import iso_micro, utc
+from ..core.timefmt import iso_day, iso_micro, utc
 from .checkpoint import CHECKPOINT, Signer
 
 GENESIS = "0" * 64
@@ -109,10 +109,6 @@ def _rotated_name(path: Path, now: float) -> Path:
         candidate = path.with_name(f"{path.name}.{stamp}.{n}")
         n += 1
     return candidate
-
-
-def _today(seconds: float) -> str:
-    return utc(seconds).strftime("%Y-%m-%d")
 
 
 @attrs.frozen
@@ -231,7 +227,7 @@ class ChainFile:
                 self._write(data)
                 self._seq, self._prev = end  # the chain moves on only once written
                 self._covered = covered
-                self._day = _today(now)
+                self._day = iso_day(now)
             return Appended(tuple(rotated), self._uncovered(self._seq))
         finally:
             os.close(lock)  # releases the lock
@@ -338,7 +334,7 @@ class ChainFile:
             return False
         if self._rotate_bytes and size + incoming > self._rotate_bytes:
             return True
-        return bool(self._rotate_daily and self._day and _today(now) != self._day)
+        return bool(self._rotate_daily and self._day and iso_day(now) != self._day)
 
     def _rotate(self, now: float) -> Path:
         assert self._fd is not None

@@ -6,6 +6,7 @@ are ISO-8601 in UTC with a trailing ``Z``.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 
 SECONDS = "%Y-%m-%dT%H:%M:%SZ"
@@ -17,9 +18,39 @@ def iso_seconds(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(SECONDS)
 
 
+#: The last whole second formatted, and its text up to the seconds: every
+#: audit record and every call's timestamps need it, and within one second
+#: only the microseconds change.  One tuple, so that the reactor and the
+#: audit thread always see a matching pair.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def _split(seconds: float) -> tuple[str, int]:
+    """The whole second's text and the microseconds, rounded as `datetime.fromtimestamp` does."""
+    global _last_second
+    frac, whole = math.modf(seconds)
+    micro = round(frac * 1_000_000)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    second = int(whole)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (
+            second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return cached[1], micro
+
+
 def iso_micro(seconds: float) -> str:
     """``2026-01-31T12:00:00.123456Z``: a POSIX time, in UTC, to the microsecond."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime(MICROSECONDS)
+    text, micro = _split(seconds)
+    return f"{text}.{micro:06d}Z"
+
+
+def iso_day(seconds: float) -> str:
+    """``2026-01-31``: the UTC day of a POSIX time (as `iso_micro` would round it)."""
+    return _split(seconds)[0][:10]
 
 
 def utc(seconds: float) -> datetime:
