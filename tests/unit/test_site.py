@@ -342,3 +342,15 @@ class RoutingTests(SiteTestCase):
         reasons = {r["reason"] for r in self.records()}
         self.assertEqual(reasons, {"malformed HTTP request"})
         self.assertEqual(self.refusals.noted, 3)
+
+    def test_the_date_header_follows_the_sites_clock(self) -> None:
+        dates = []
+        for moment in (1767225599.2, 1767225599.9, 1767225600.1):
+            self.clock.advance(moment - self.clock.seconds())
+            proto, transport = self.connect()
+            proto.dataReceived(post())
+            (date,) = [line for line in transport.value().split(b"\r\n")
+                       if line.lower().startswith(b"date: ")]
+            dates.append(date[6:])
+        self.assertEqual(dates, [b"Wed, 31 Dec 2025 23:59:59 GMT"] * 2
+                         + [b"Thu, 01 Jan 2026 00:00:00 GMT"])

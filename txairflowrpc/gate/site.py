@@ -155,7 +155,7 @@ class GatewayRequest(server.Request):
         header: the gateway does not advertise its software.
         """
         self.site = self.channel.site
-        self.setHeader(b"Date", http.datetimeToString())
+        self.setHeader(b"Date", _http_date(int(self.site.clock.seconds())))
         self.prepath, self.postpath = [], []
         try:
             self.render(self.site.resource_for(self))
@@ -169,6 +169,19 @@ class GatewayRequest(server.Request):
     def connectionLost(self, reason: Failure) -> None:
         self.release_body()
         super().connectionLost(reason)
+
+
+#: The last second's ``Date`` header: the same for every answer within it.
+_last_date: tuple[int, bytes] = (-1, b"")
+
+
+def _http_date(second: int) -> bytes:
+    """The ``Date`` header for a whole POSIX second (made once per second)."""
+    global _last_date
+    cached = _last_date
+    if cached[0] != second:
+        cached = _last_date = (second, http.datetimeToString(second))
+    return cached[1]
 
 
 def _same(a: object, b: object) -> bool:
@@ -203,9 +216,18 @@ class GatewayChannel(http.HTTPChannel):
     _admitted: tuple[Any, Any, Principal] | None = None
     source = ""
 
+    #: This end's address: it cannot change on a connection, and twisted.web
+    #: asks for it on every request (a getsockname each time otherwise).
+    _host: Any = None
+
     @property
     def gateway(self) -> "GatewaySite":
         return self.site  # type: ignore[no-any-return]
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         super().connectionMade()
