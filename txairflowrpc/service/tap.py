@@ -58,6 +58,7 @@ from ..upstream.transport import CachedEndpoints
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
+from .collector import CollectorTuning
 from .lifecycle import GatewayService, Listener, bind_problem
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
@@ -536,4 +537,5 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
                   notifier=PipeNotifier(REPORT_FD)).setServiceParent(top)
         ParentWatch(reactor).setServiceParent(top)
+    CollectorTuning().setServiceParent(top)  # last: once everything above is built
     return top
