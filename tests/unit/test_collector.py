@@ -1,14 +1,27 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
-from txairflowrpc.service.collector import YOUNG_THRESHOLD, CollectorTuning
+from twisted.internet.task import Clock
+
+from txairflowrpc.service.collector import FULL_EVERY_SECONDS, YOUNG_THRESHOLD, CollectorTuning
+
+
+class Node:
+    other: "Node"
+
+
+def _cycle() -> "weakref.ref[Node]":
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
 
 
 def test_running_it_freezes_the_start_up_heap_and_spaces_young_collections() -> None:
     before = gc.get_threshold()
     frozen_before = gc.get_freeze_count()
-    tuning = CollectorTuning()
+    tuning = CollectorTuning(Clock())
     tuning.startService()
     try:
         assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
@@ -20,23 +33,40 @@ def test_running_it_freezes_the_start_up_heap_and_spaces_young_collections() -> 
     assert gc.get_freeze_count() == 0
 
 
-def test_a_cycle_made_while_running_is_still_collected() -> None:
-    tuning = CollectorTuning(young=50)
+def test_a_cycle_left_behind_is_collected_at_the_next_full_collection() -> None:
+    clock = Clock()
+    # Young collections so rare that only the periodic one can find it.
+    trims: list[int] = []
+    tuning = CollectorTuning(clock, young=10**9, trim=lambda pad: trims.append(pad) or 1)
     tuning.startService()
     try:
-        class Node:
-            pass
+        left = _cycle()
+        clock.advance(FULL_EVERY_SECONDS - 0.1)
+        assert left() is not None and trims == []
+        clock.advance(0.1)
+        assert left() is None
+        assert trims == [0]  # then the freed heap is handed back
+    finally:
+        tuning.stopService()
+    assert not clock.getDelayedCalls()  # stopped with the service
 
+
+def test_young_collections_still_run_at_their_threshold() -> None:
+    tuning = CollectorTuning(Clock(), young=50)
+    tuning.startService()
+    try:
         collected: list[int] = []
-        gc.callbacks.append(lambda phase, info: collected.append(info["collected"])
-                            if phase == "stop" else None)
+
+        def note(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop":
+                collected.append(info["collected"])
+
+        gc.callbacks.append(note)
         try:
             for _ in range(200):
-                a, b = Node(), Node()
-                a.other, b.other = b, a  # type: ignore[attr-defined]
-                del a, b
+                _cycle()
         finally:
-            gc.callbacks.pop()
+            gc.callbacks.remove(note)
         assert sum(collected) > 0
     finally:
         tuning.stopService()

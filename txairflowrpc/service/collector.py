@@ -17,29 +17,72 @@ per call, 8.6%.
   configuration, the method table, the listeners live as long as the
   process, so no later collection walks them again;
 - starts a young collection only after `YOUNG_THRESHOLD` net allocations
-  (10,000 instead of 700), keeping the older generations' defaults.
+  (10,000 instead of 700), keeping the older generations' defaults;
+- runs a full collection every `FULL_EVERY_SECONDS` from the reactor.  A
+  call leaves no cycle behind, but a closed connection does (the channel,
+  its TLS transport and OpenSSL's buffers), and so does a call cancelled
+  mid-flight; a long-lived connection sits in the oldest generation, which
+  the spaced young collections would reach only after about a million
+  allocations.  Without this, the 512 connections of a c=512 run stayed in
+  memory after it (16 MB more RSS, measured), and an idle gateway would
+  never have freed them.  After the freeze a full collection walks only
+  what was made since start-up;
+- then, with glibc, hands the freed heap back to the system
+  (``malloc_trim``): after that c=512 run the gateway's RSS went back from
+  106 to 78 MB.  About 1 ms when there is nothing to give back, some 30 ms
+  after a burst that freed hundreds of MB.
 
-Cycles are still collected, a little later; nothing else changes.  With it
-the same load spent 1 µs per call collecting.  Stopping the service puts
-the collector back as it was (tests start and stop services in one process).
+Under the same c=64 load it then spent 1 µs per call collecting.  Stopping
+the service puts the collector back as it was (tests start and stop
+services in one process).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+from typing import Callable
 
 from twisted.application import service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 
 #: Net allocations of container objects between two young collections.
 YOUNG_THRESHOLD = 10_000
+#: Seconds between two full collections.
+FULL_EVERY_SECONDS = 5.0
+
+
+def _trimmer() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _trimmer()
 
 
 class CollectorTuning(service.Service):
-    """Freezes the start-up heap and spaces young collections while running."""
+    """
+    Freezes the start-up heap, spaces young collections and collects fully
+    every ``full_every`` seconds of ``clock`` while running.
 
-    def __init__(self, young: int = YOUNG_THRESHOLD) -> None:
+    :param trim: gives freed heap back to the system after each full
+        collection (glibc's ``malloc_trim``; None where there is none).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, young: int = YOUNG_THRESHOLD,
+        full_every: float = FULL_EVERY_SECONDS,
+        trim: Callable[[int], int] | None = _malloc_trim,
+    ) -> None:
         self._young = young
+        self._trim = trim
         self._saved: tuple[int, int, int] | None = None
+        self._full = LoopingCall(self._collect)
+        self._full.clock = clock
+        self._full_every = full_every
 
     def startService(self) -> None:
         super().startService()
@@ -47,9 +90,17 @@ class CollectorTuning(service.Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(self._young, *self._saved[1:])
+        self._full.start(self._full_every, now=False)
+
+    def _collect(self) -> None:
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
 
     def stopService(self) -> None:
         super().stopService()
+        if self._full.running:
+            self._full.stop()
         if self._saved is not None:
             gc.set_threshold(*self._saved)
             gc.unfreeze()

@@ -537,5 +537,5 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
                   notifier=PipeNotifier(REPORT_FD)).setServiceParent(top)
         ParentWatch(reactor).setServiceParent(top)
-    CollectorTuning().setServiceParent(top)  # last: once everything above is built
+    CollectorTuning(reactor).setServiceParent(top)  # last: once everything above is built
     return top
