@@ -88,6 +88,17 @@ class Point:
         return sum(self.errors.values())
 
 
+def median_point(rounds: list[Point]) -> Point:
+    """
+    The round with the median calls/s (the lower middle one for an even
+    count), its errors replaced by those of all rounds: a target's "zero
+    errors" holds only if no round had one.
+    """
+    middle = sorted(rounds, key=lambda p: p.rate)[(len(rounds) - 1) // 2]
+    errors = {k: sum(p.errors.get(k, 0) for p in rounds) for k in middle.errors}
+    return attrs.evolve(middle, errors=errors)
+
+
 def _wrk(target: Target, concurrency: int, seconds: float, prefix: str) -> tuple[dict, float]:
     """Run wrk once; its BENCH-RESULT record and its own CPU seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".req", delete=False) as f:

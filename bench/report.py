@@ -80,7 +80,8 @@ def load_generator_line(points: Iterable[Point]) -> str | None:
 
 def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResult],
                  storm: Point | None, waits: WaitResult | None,
-                 workers: list[Point] | Refused | None) -> list[str]:
+                 workers: list[Point] | Refused | None,
+                 workers_base: list[Point] | None = None) -> list[str]:
     """One line per target: met / NOT met (value vs limit); "report:" where there is no limit."""
     lines = []
     generator = load_generator_line(points.values())
@@ -161,6 +162,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                      f"({workers.reason})")
     elif workers:
         one = {p.concurrency: p for p in (points.get(("B", c)) for c in (64, 512)) if p}
+        one.update({p.concurrency: p for p in workers_base or ()})  # measured alongside
         for p in workers:
             base = one.get(p.concurrency)
             if p.concurrency == 64 and base and base.rate:

@@ -39,7 +39,7 @@ import attrs  # noqa: E402
 import report  # noqa: E402
 from gatewayproc import Refused  # noqa: E402
 from lineup import start_lineup  # noqa: E402
-from loadgen import Point, measure  # noqa: E402
+from loadgen import Point, measure, median_point  # noqa: E402
 from processes import Processes  # noqa: E402
 from real_airflow import real_airflow  # noqa: E402
 from scenarios import (IdleResult, WaitResult, extra_gateway, idle_connections,  # noqa: E402
@@ -60,6 +60,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="each measured point")
     parser.add_argument("--warmup", type=float, default=3, help="before each point")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each point is the median of this many rounds, the servers "
+                             "measured in turn within a round")
     parser.add_argument("--concurrency", type=_ints, default=(1, 64, 512))
     parser.add_argument("--idle", type=int, default=2000, help="idle mutual-TLS connections")
     parser.add_argument("--idle-hold", type=float, default=5)
@@ -79,7 +82,7 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup = 3, 1
+        args.seconds, args.warmup, args.rounds = 3, 1, 1
         args.idle, args.storm_clients, args.waits = 500, 100, 200
     unknown = set(args.only) - set(SECTIONS)
     if unknown:
@@ -103,6 +106,10 @@ class Findings:
     storm: Point | None = None
     waits: WaitResult | None = None
     workers: list[Point] | Refused | None = None
+    #: The lineup's B, measured alternately with the workers (the ratio's base).
+    workers_base: list[Point] = attrs.Factory(list)
+    #: Every round of every lineup point (the medians are in ``points``).
+    rounds: list[Point] = attrs.Factory(list)
     airflow: list[Point] = attrs.Factory(list)
     failure: str | None = None
 
@@ -112,14 +119,21 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
         lineup = start_lineup(processes, work)
         log(f"servers up (scratch: {work})")
         if "lineup" in args.only:
+            names = ("A", "B", "B/distinct", "C", "D")
             for c in args.concurrency:
-                for name in ("A", "B", "B/distinct", "C", "D"):
-                    point = measure(lineup.target(name), lineup.pid(name), c,
-                                    seconds=args.seconds, warmup=args.warmup,
-                                    counts=lineup.counts.get(name),
-                                    prefix=f"{name.replace('/', '-')}{c}")
-                    found.points.append(point)
-                    log(report.point_row(point))
+                rounds: dict[str, list[Point]] = {name: [] for name in names}
+                for r in range(args.rounds):
+                    for name in names:
+                        point = measure(lineup.target(name), lineup.pid(name), c,
+                                        seconds=args.seconds, warmup=args.warmup,
+                                        counts=lineup.counts.get(name),
+                                        prefix=f"{name.replace('/', '-')}{c}r{r}")
+                        rounds[name].append(point)
+                        found.rounds.append(point)
+                        log(f"round {r + 1}/{args.rounds} {report.point_row(point)}")
+                for name in names:
+                    found.points.append(median_point(rounds[name]))
+                    log(f"median {report.point_row(found.points[-1])}")
         if "idle" in args.only:
             for name in ("B", "A"):
                 found.idle[name] = result = idle_connections(lineup, name, args.idle,
@@ -133,9 +147,13 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
             found.waits = wait_storm(lineup, args.waits, args.wait_runs, interval=2.0)
             log(f"wait storm: {found.waits}")
         if "workers" in args.only:
-            found.workers = extra_gateway(
+            measured = extra_gateway(
                 processes, work, lineup, "B, 2 workers", args.workers_fragment.read_text(),
-                args.workers_concurrency, args.seconds, args.warmup)
+                args.workers_concurrency, args.seconds, args.warmup, args.rounds)
+            if isinstance(measured, Refused):
+                found.workers = measured
+            else:
+                found.workers, found.workers_base = measured
             log(f"B, 2 workers: {found.workers}")
         for process, _ in lineup.servers.values():
             processes.stop(process)
@@ -164,7 +182,7 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     args.results.mkdir(parents=True, exist_ok=True)
     targets = report.target_lines(
         {(p.server, p.concurrency): p for p in found.points}, found.idle, found.storm,
-        found.waits, found.workers)
+        found.waits, found.workers, found.workers_base)
     tables: list[str] = []
     if found.points or found.storm:
         tables += ["## get_dag_run against the stub Airflow", "",
@@ -189,7 +207,10 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     document = [f"# txairflowrpc benchmark, {started}", "", machine, "",
                 f"Each point: {args.warmup:g} s warm-up, then {args.seconds:g} s measured "
                 "(wrk over keep-alive TLS, bearer token; errors = HTTP status, socket errors, "
-                "timeouts, XML-RPC faults and unexpected bodies).", "",
+                "timeouts, XML-RPC faults and unexpected bodies); "
+                f"the median of {args.rounds} round(s) by calls/s, the servers measured in "
+                "turn within each round, errors counted over all rounds. The 2 workers are "
+                "compared with B measured right after them in each round.", "",
                 *tables, "## Targets", "", *(f"- {t}" for t in targets), ""]
     if found.failure:
         document += ["## Run failed", "", "```", found.failure, "```", ""]
@@ -201,6 +222,8 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     (args.results / "bench.json").write_text(json.dumps({
         "started": started, "machine": machine,
         "points": [attrs.asdict(p) for p in found.points],
+        "rounds": [attrs.asdict(p) for p in found.rounds],
+        "workers_base": [attrs.asdict(p) for p in found.workers_base],
         "storm": attrs.asdict(found.storm) if found.storm else None,
         "idle": {k: attrs.asdict(v) for k, v in found.idle.items()},
         "waits": attrs.asdict(found.waits) if found.waits else None,

@@ -25,7 +25,7 @@ import attrs
 from clients import hold_idle, many_calls, xmlrpc_body
 from gatewayproc import Refused, create_token, gateway_config, start_gateway
 from lineup import DAG, Lineup, rpc_target
-from loadgen import Point, measure
+from loadgen import Point, measure, median_point
 from processes import Processes, accepts, free_port
 from procstat import ProcessTree, RSSSampler
 
@@ -133,11 +133,14 @@ def wait_storm(lineup: Lineup, calls: int, runs: int, interval: float,
 
 def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                   fragment: str, concurrencies: tuple[int, ...], seconds: float,
-                  warmup: float) -> list[Point] | Refused:
+                  warmup: float, rounds: int = 1,
+                  ) -> tuple[list[Point], list[Point]] | Refused:
     """
     Another gateway, the benchmark's config with ``fragment`` laid over it,
-    measured like B at ``concurrencies``; or `Refused` if twistd would not
-    take the config.  Stopped before returning.
+    measured like B at ``concurrencies``, ``rounds`` times, each time just
+    before the lineup's B at the same concurrency (so that both ratios'
+    sides see the same moment of a noisy machine); the medians of both, or
+    `Refused` if twistd would not take the config.  Stopped before returning.
     """
     port = free_port()
     directory = work / name.replace(" ", "-").replace(",", "")
@@ -157,12 +160,22 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
     try:
         body = xmlrpc_body("get_dag_run", DAG, "bench-run-1")
         target = rpc_target(name, port, f"Bearer {token}", body)
-        points = [measure(target, gateway.pid, c, seconds=seconds, warmup=warmup)
-                  for c in concurrencies]
+        points, base = [], []
+        for c in concurrencies:
+            theirs, ours = [], []
+            for r in range(rounds):
+                theirs.append(measure(target, gateway.pid, c, seconds=seconds, warmup=warmup,
+                                      prefix=f"x{c}r{r}"))
+                ours.append(measure(lineup.target("B"), lineup.pid("B"), c, seconds=seconds,
+                                    warmup=warmup, prefix=f"b{c}r{r}"))
+                print(f"{name} c={c} round {r + 1}/{rounds}: {theirs[-1].rate:,.0f} vs B's "
+                      f"{ours[-1].rate:,.0f} calls/s", flush=True)
+            points.append(median_point(theirs))
+            base.append(median_point(ours))
         split = {path.name: sum(1 for line in path.open("rb") if b'"kind":"call"' in line)
                  for path in sorted((directory / "audit").glob("audit.w*.jsonl"))}
         if split:  # how evenly the kernel spread the connections over the workers
             print(f"{name}: calls recorded per worker chain: {split}", flush=True)
-        return points
+        return points, base
     finally:
         processes.stop(gateway)
