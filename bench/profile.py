@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--native", action="store_true")
+    parser.add_argument("--distinct", action="store_true",
+                        help="every call a different run (B/distinct): nothing shared")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,8 @@ def main() -> int:
     try:
         with Processes(work) as processes:
             lineup = start_lineup(processes, work)
-            target, pid = lineup.target("B"), lineup.pid("B")
+            target = lineup.target("B/distinct" if args.distinct else "B")
+            pid = lineup.pid("B")
             _wrk(target, args.concurrency, 3, "warm")
             for output, fmt in ((svg, "flamegraph"), (raw, "raw")):
                 load = threading.Thread(
