@@ -63,7 +63,10 @@ def two_workers(gateway: RunningGateway) -> RunningGateway:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, pki, airflow) -> Iterator[RunningGateway]:
-    gateway = two_workers(RunningGateway(tmp_path_factory.mktemp("workers-gw"), pki, airflow))
+    # The systemd unit's log format: a worker's lines name it.
+    gateway = two_workers(RunningGateway(
+        tmp_path_factory.mktemp("workers-gw"), pki, airflow,
+        twistd_args=("--logger", "txairflowrpc.service.logs.journal_observer")))
     gateway.start()
     wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "both workers ready")
     yield gateway
@@ -105,6 +108,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_each_worker_names_itself_in_the_log(workers: RunningGateway) -> None:
+    lines = workers.log.read_text().splitlines()
+    for k in (0, 1):
+        assert any(line.startswith(f"<6>[w{k}][txairflowrpc.service.notify] ready: listening")
+                   for line in lines), f"worker {k}'s ready line"
+    (ready,) = [line for line in lines if "ready: 2 workers serving" in line]
+    assert ready.startswith("<6>[txairflowrpc.") and "[w" not in ready  # the supervisor's
 
 
 def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from typing import Any
 
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc.service.logs import is_chatter, journal_observer, json_observer
+from txairflowrpc.service.logs import (WORKER_ENVIRONMENT, is_chatter, journal_observer,
+                                       json_observer)
 
 
 def emit(observer: object, namespace: str = "txairflowrpc.test") -> Logger:
@@ -85,3 +88,42 @@ class JournalTests(SynchronousTestCase):
                  "log_time": 0.0, "isError": 0}
         observer(event)
         self.assertEqual(out.getvalue(), "<6>[log_legacy] Site starting on 8081\n")
+
+
+class WorkerTests(SynchronousTestCase):
+    """A worker's lines name it; the supervisor's and a lone gateway's do not."""
+
+    def as_worker(self, value: str | None) -> None:
+        before = os.environ.get(WORKER_ENVIRONMENT)
+        if value is None:
+            os.environ.pop(WORKER_ENVIRONMENT, None)
+        else:
+            os.environ[WORKER_ENVIRONMENT] = value
+
+        def restore() -> None:
+            if before is None:
+                os.environ.pop(WORKER_ENVIRONMENT, None)
+            else:
+                os.environ[WORKER_ENVIRONMENT] = before
+
+        self.addCleanup(restore)
+
+    def lines(self, factory: Any) -> list[str]:
+        out = io.StringIO()
+        emit(factory(out), "txairflowrpc.service.reload").info("config reloaded")
+        return out.getvalue().splitlines()
+
+    def test_worker_k_is_named_in_both_formats(self) -> None:
+        self.as_worker("1")
+        self.assertEqual(self.lines(journal_observer),
+                         ["<6>[w1][txairflowrpc.service.reload] config reloaded"])
+        (record,) = map(json.loads, self.lines(json_observer))
+        self.assertEqual((record["worker"], record["message"]), (1, "config reloaded"))
+
+    def test_no_worker_no_name(self) -> None:
+        for value in (None, "", "x1"):
+            self.as_worker(value)
+            self.assertEqual(self.lines(journal_observer),
+                             ["<6>[txairflowrpc.service.reload] config reloaded"])
+            (record,) = map(json.loads, self.lines(json_observer))
+            self.assertNotIn("worker", record)

@@ -294,6 +294,23 @@ def test_worker_argv_runs_twistd_on_this_python_with_the_logger() -> None:
     assert "--logger" not in worker_argv("/etc/a.toml", 0, None)
 
 
+def test_each_worker_is_spawned_with_its_index_in_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # the supervisor's, not theirs
+    reactor = MemoryReactor()
+    spawned: list[dict[str, str]] = []
+    reactor.spawnProcess = lambda *a, env, **kw: spawned.append(env)  # type: ignore[method-assign]
+    sockets = [socket.socket(), socket.socket()]
+    try:
+        spawn = supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None)
+        spawn(0, ProcessProtocol())
+        spawn(1, ProcessProtocol())
+    finally:
+        for s in sockets:
+            s.close()
+    assert [env["AIRFLOWRPC_WORKER"] for env in spawned] == ["0", "1"]
+    assert all("NOTIFY_SOCKET" not in env for env in spawned)
+
+
 # -- the shared port and the worker's pipes -----------------------------------
 
 def test_shared_sockets_hold_the_port_and_a_taken_port_fails() -> None:

@@ -17,6 +17,11 @@ standard output, where systemd's journal or a container runtime collects it:
   ``level``, ``namespace``, ``message``, ``traceback`` when there is one,
   and the event's own plain fields (``request_id``, ``trigger`` ...).
 
+With ``listen.workers`` > 1 every worker's lines name it: the supervisor
+sets `WORKER_ENVIRONMENT` for each, and the journal line starts
+``<6>[w1][namespace]``, the JSON record has ``"worker": 1`` (twistd's
+default text log cannot say it).  The supervisor's own lines have neither.
+
 Both leave out Twisted's chatter about connections, which would otherwise
 come back as lines per call: the Airflow pool's "Starting factory" and
 "Stopping factory" for each new upstream connection, and "Timing out
@@ -31,8 +36,10 @@ shippers cannot use as they are.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
+from functools import partial
 from typing import IO, Any
 
 from twisted.logger import (
@@ -45,7 +52,11 @@ from twisted.logger import (
     formatEvent,
 )
 
-__all__ = ["journal_observer", "json_observer", "journal_line", "json_line", "is_chatter"]
+__all__ = ["journal_observer", "json_observer", "journal_line", "json_line", "is_chatter",
+           "WORKER_ENVIRONMENT"]
+
+#: Set by the supervisor in each worker's environment: the worker's index.
+WORKER_ENVIRONMENT = "AIRFLOWRPC_WORKER"
 
 #: syslog priorities (sd-daemon(3)) of Twisted's levels.
 _PRIORITY = {
@@ -94,12 +105,22 @@ def _traceback(event: LogEvent) -> str | None:
         return f"{failure.type}: (traceback unavailable)"
 
 
-def journal_line(event: LogEvent) -> str:
-    """``<priority>[namespace] message``, each line of a traceback prefixed alike."""
+def this_worker() -> int | None:
+    """The index `WORKER_ENVIRONMENT` gives this process, if it is a worker."""
+    value = os.environ.get(WORKER_ENVIRONMENT, "")
+    return int(value) if value.isdigit() else None
+
+
+def journal_line(event: LogEvent, worker: int | None = None) -> str:
+    """
+    ``<priority>[namespace] message`` (``<priority>[wK][namespace] message``
+    from worker K), each line of a traceback prefixed alike.
+    """
     level = event.get("log_level", LogLevel.info)
     if event.get("isError"):
         level = LogLevel.error
-    prefix = f"<{_PRIORITY.get(level, 6)}>[{event.get('log_namespace', '-')}] "
+    who = "" if worker is None else f"[w{worker}]"
+    prefix = f"<{_PRIORITY.get(level, 6)}>{who}[{event.get('log_namespace', '-')}] "
     lines = _message(event).splitlines() or [""]
     traceback = _traceback(event)
     if traceback:
@@ -107,8 +128,11 @@ def journal_line(event: LogEvent) -> str:
     return "".join(prefix + line + "\n" for line in lines)
 
 
-def json_line(event: LogEvent) -> str:
-    """One JSON object on one line (non-ASCII escaped, so no value can split it)."""
+def json_line(event: LogEvent, worker: int | None = None) -> str:
+    """
+    One JSON object on one line (non-ASCII escaped, so no value can split
+    it); ``worker`` names the worker that wrote it.
+    """
     level = event.get("log_level", LogLevel.info)
     if event.get("isError"):
         level = LogLevel.error
@@ -125,6 +149,8 @@ def json_line(event: LogEvent) -> str:
         "namespace": event.get("log_namespace", "-"),
         "message": _message(event),
     })
+    if worker is not None:
+        record["worker"] = worker
     traceback = _traceback(event)
     if traceback:
         record["traceback"] = traceback
@@ -133,9 +159,10 @@ def json_line(event: LogEvent) -> str:
 
 def journal_observer(out: IO[str] | None = None) -> ILogObserver:
     """For ``twistd --logger``: priority-prefixed lines on standard output."""
-    return _events(FileLogObserver(out or sys.stdout, journal_line))
+    return _events(FileLogObserver(out or sys.stdout,
+                                   partial(journal_line, worker=this_worker())))
 
 
 def json_observer(out: IO[str] | None = None) -> ILogObserver:
     """For ``twistd --logger``: JSON Lines on standard output."""
-    return _events(FileLogObserver(out or sys.stdout, json_line))
+    return _events(FileLogObserver(out or sys.stdout, partial(json_line, worker=this_worker())))

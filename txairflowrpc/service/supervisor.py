@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import config as config_module
+from .logs import WORKER_ENVIRONMENT
 from .workers import LISTENER_FD, REPORT_FD
 
 __all__ = ["Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
@@ -107,7 +108,8 @@ def spawner(reactor: Any, config_path: str, sockets: Sequence[socket.socket],
 
     def spawn(index: int, protocol: ProcessProtocol) -> IProcessTransport:
         return reactor.spawnProcess(
-            protocol, sys.executable, worker_argv(config_path, index, logger), env=env,
+            protocol, sys.executable, worker_argv(config_path, index, logger),
+            env={**env, WORKER_ENVIRONMENT: str(index)},  # its log lines name it
             childFDs={0: "w", 1: 1, 2: 2, LISTENER_FD: sockets[index].fileno(),
                       REPORT_FD: "r"})
 
