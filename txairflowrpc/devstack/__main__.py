@@ -55,8 +55,20 @@ Ctrl-C stops the gateway and Airflow.
 """
 
 
+#: How long the gateway may take to stop by itself after a Ctrl-C.
+STOP_SECONDS = 30
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM reached the launcher."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def main() -> int:
@@ -91,9 +103,18 @@ def main() -> int:
         )
         try:
             return gateway.wait()
-        except KeyboardInterrupt:
-            gateway.terminate()
-            gateway.wait()
+        except KeyboardInterrupt as e:
+            # Ctrl-C: the terminal sent SIGINT to the whole foreground group,
+            # twistd included, and it is already stopping; a second signal
+            # would only make Twisted log a ReactorNotRunning traceback.  A
+            # SIGTERM may have been meant for the launcher alone: passed on.
+            if getattr(e, "signum", None) != signal.SIGINT:
+                gateway.terminate()
+            try:
+                gateway.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                gateway.terminate()
+                gateway.wait()
             return 0  # stopped as asked
     except KeyboardInterrupt:
         return 130
