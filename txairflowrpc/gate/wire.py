@@ -20,10 +20,9 @@ import codecs
 import math
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 from xml.parsers import expat
-from xmlrpc.client import DateTime, Fault, Marshaller, Unmarshaller, dumps
-from xmlrpc.client import Error as XMLRPCError
+from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps
 
 from ..core import errors
 
@@ -53,18 +52,6 @@ class _Refused(Exception):
 
     def __init__(self, error: errors.GatewayError) -> None:
         self.error = error
-
-
-class _Unmarshaller(Unmarshaller):
-    """
-    The stdlib's, minus its byte decoding: expat already gives text, and
-    the stdlib would call ``str.decode`` whenever ``_encoding`` is set (by
-    default, or by an XML declaration naming an encoding).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(use_datetime=False, use_builtin_types=False)
-        self._encoding = None
 
 
 def _forbid(what: str) -> Any:
@@ -108,40 +95,91 @@ _CONTAINERS = frozenset({"methodCall", "params", "param", "struct", "member", "a
 
 
 class _Frame:
-    __slots__ = ("tag", "children", "text")
+    __slots__ = ("tag", "children", "text", "chunks", "value", "items", "key")
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
         self.children: list[str] = []
         self.text = False
+        #: The element's text, in the pieces expat gave.
+        self.chunks: list[str] = []
+        #: What a <value>, <param>, <member> or <array> holds once its child ended.
+        self.value: Any = None
+        #: A <struct>'s members, a <data>'s or <params>'s values.
+        self.items: Any = None
+        #: A <member>'s name.
+        self.key: Any = None
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _boolean(text: str) -> bool:
+    if text == "0":
+        return False
+    if text == "1":
+        return True
+    raise TypeError("bad boolean value")
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(errors.InvalidParams("a double must be a finite number"))
+    return value
+
+
+def _date(text: str) -> DateTime:
+    value = DateTime()
+    value.decode(text)
+    return value
+
+
+def _base64(text: str) -> Binary:
+    value = Binary()
+    value.decode(text.encode("ascii"))
+    return value
+
+
+#: How the text of each scalar element becomes its value, as the stdlib's
+#: `Unmarshaller` converts it (``int()`` and ``float()`` themselves, a
+#: boolean only "0" or "1", a `DateTime`, a `Binary`).
+_CONVERT: dict[str, Callable[[str], Any]] = {
+    "string": str, "int": _int, "i4": _int, "i8": _int, "i1": _int, "i2": _int,
+    "biginteger": _int, "boolean": _boolean, "double": _double, "float": _double,
+    "dateTime.iso8601": _date, "base64": _base64, "nil": lambda text: None,
+}
 
 
 class _CallReader:
     """
-    Checks every element of a request against XML-RPC's grammar while the
-    stdlib's `Unmarshaller` builds the values, so that nothing the stdlib
-    would silently tolerate gets through: an element outside its place, a
-    ``<param>`` or ``<value>`` holding two values, a ``<member>`` without a
-    name, text between elements, a struct naming a member twice.  A
-    ``<param>`` with no ``<value>`` is an omitted value in its own position
-    (``None``), as a nil from Go's kolo/xmlrpc arrives.
+    Reads a request in one pass: checks every element against XML-RPC's
+    grammar and builds the values as it goes, exactly as the stdlib's
+    `Unmarshaller` would read a valid call (a test compares them), so that
+    nothing the stdlib would silently tolerate gets through: an element
+    outside its place, a ``<param>`` or ``<value>`` holding two values, a
+    ``<member>`` without a name, text between elements, a struct naming a
+    member twice.  A ``<param>`` with no ``<value>`` is an omitted value in
+    its own position (``None``), as a nil from Go's kolo/xmlrpc arrives.
     """
 
     def __init__(self, max_depth: int) -> None:
-        self.target = _Unmarshaller()
         self._max_depth = max_depth
         self._frames: list[_Frame] = []
         self._values = 0
         self._elements = 0
         self._text = 0
-        self._keys: list[set[Any]] = []
         # Taken at the first look (a syscall each: most requests never need one).
         self._cpu_started: float | None = None
+        self.method: str | None = None
+        self.params: list[Any] | None = None
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if ":" in tag:
             tag = tag.rpartition(":")[2]
-        parent = self._frames[-1] if self._frames else None
+        frames = self._frames
+        parent = frames[-1] if frames else None
         if parent is None:
             if tag not in _TOP:
                 raise _Refused(errors.InvalidRequest(
@@ -161,18 +199,20 @@ class _CallReader:
                 f"the request holds more than {MAX_ELEMENTS} elements"))
         if not self._elements % _CPU_CHECK_EVERY:
             self._check_cpu()
-        if len(self._frames) >= self._max_depth:
+        if len(frames) >= self._max_depth:
             raise _Refused(errors.InvalidParams(f"the request nests deeper than {self._max_depth}"))
+        frame = _Frame(tag)
         if tag == "value":
             self._values += 1
             if self._values > MAX_VALUES:
                 raise _Refused(errors.InvalidParams(
                     f"the request holds more than {MAX_VALUES} values"))
         elif tag == "struct":
-            self._keys.append(set())
-        self._frames.append(_Frame(tag))
+            frame.items = {}
+        elif tag == "data" or tag == "params":
+            frame.items = []
+        frames.append(frame)
         self._text = 0
-        self.target.start(tag, attrs)
 
     def _check_cpu(self) -> None:
         """Refuse a request that has cost `PARSE_CPU_SECONDS` of CPU since its first look."""
@@ -186,7 +226,7 @@ class _CallReader:
         frame = self._frames[-1] if self._frames else None
         if frame is None or not chunk.strip():
             if frame is not None and frame.tag not in _CONTAINERS:
-                self.target.data(chunk)
+                frame.chunks.append(chunk)
             return
         if frame.tag in _CONTAINERS:
             raise _Refused(errors.InvalidRequest(f"text is not allowed in <{frame.tag}>"))
@@ -195,33 +235,59 @@ class _CallReader:
         self._text += len(chunk)
         if self._text > MAX_TEXT:
             raise _Refused(errors.InvalidParams(f"a value is longer than {MAX_TEXT} characters"))
-        self.target.data(chunk)
+        frame.chunks.append(chunk)
 
     def end(self, tag: str) -> None:
-        frame = self._frames.pop()
+        frames = self._frames
+        frame = frames.pop()
         self._text = 0
-        if frame.tag == "value" and frame.children and frame.text:
-            raise _Refused(errors.InvalidRequest("a <value> mixes text and a typed value"))
-        if frame.tag == "member" and sorted(frame.children) != ["name", "value"]:
-            raise _Refused(errors.InvalidRequest("a struct <member> needs a <name> and a <value>"))
-        if frame.tag == "array" and not frame.children:
-            raise _Refused(errors.InvalidRequest("an <array> needs its <data>"))
-        self.target.end(tag)
-        if frame.tag == "param" and not frame.children:
-            self.target.append(None)  # an omitted value keeps its position
-        elif frame.tag == "name":
-            self._note_key()
-        elif frame.tag == "struct":
-            self._keys.pop()
-        elif frame.tag == "double" and not math.isfinite(self.target._stack[-1]):
-            raise _Refused(errors.InvalidParams("a double must be a finite number"))
-
-    def _note_key(self) -> None:
-        key = self.target._stack[-1]
-        keys = self._keys[-1]
-        if key in keys:
-            raise _Refused(errors.InvalidRequest(f"a struct names member {key[:64]!r} twice"))
-        keys.add(key)
+        tag = frame.tag
+        parent = frames[-1] if frames else None
+        if tag == "value":
+            if frame.children:
+                if frame.text:
+                    raise _Refused(errors.InvalidRequest("a <value> mixes text and a typed value"))
+                value = frame.value
+            else:
+                value = "".join(frame.chunks)  # no type: a string
+            assert parent is not None
+            if parent.tag == "data":
+                parent.items.append(value)
+            else:  # a <param> or a <member>
+                parent.value = value
+        elif tag in _CONVERT:
+            assert parent is not None
+            parent.value = _CONVERT[tag]("".join(frame.chunks))
+        elif tag == "name":
+            assert parent is not None
+            key = "".join(frame.chunks)
+            if key in frames[-2].items:
+                raise _Refused(errors.InvalidRequest(f"a struct names member {key[:64]!r} twice"))
+            parent.key = key
+        elif tag == "member":
+            if sorted(frame.children) != ["name", "value"]:
+                raise _Refused(errors.InvalidRequest("a struct <member> needs a <name> and a <value>"))
+            assert parent is not None
+            parent.items[frame.key] = frame.value
+        elif tag == "struct":
+            assert parent is not None
+            parent.value = frame.items
+        elif tag == "data":
+            assert parent is not None
+            parent.value = frame.items
+        elif tag == "array":
+            if not frame.children:
+                raise _Refused(errors.InvalidRequest("an <array> needs its <data>"))
+            assert parent is not None
+            parent.value = frame.value
+        elif tag == "param":
+            assert parent is not None
+            # An omitted value keeps its position.
+            parent.items.append(frame.value if frame.children else None)
+        elif tag == "params":
+            self.params = frame.items
+        elif tag == "methodName":
+            self.method = "".join(frame.chunks)
 
 
 def parse_call(
@@ -253,7 +319,6 @@ def parse_call(
     parser.UnparsedEntityDeclHandler = _NO_ENTITY
     parser.ExternalEntityRefHandler = _NO_EXTERNAL
     parser.NotationDeclHandler = _NO_NOTATION
-    target = reader.target
     try:
         parser.Parse(body, True)
     except _Refused as refused:
@@ -261,18 +326,14 @@ def parse_call(
     except expat.ExpatError as e:
         raise errors.ParseError(_expat_reason(e)) from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError):
-        # The Unmarshaller's conversion of a value (<int>abc</int>, ...).
+        # A value's text does not convert to its type (<int>abc</int>, ...).
         raise errors.InvalidRequest("a value does not match its type") from None
-    except XMLRPCError:
-        raise errors.InvalidRequest("its elements are not XML-RPC's") from None
-    try:
-        params = target.close()
-    except Exception:
-        raise errors.InvalidRequest("it is incomplete") from None
-    method = target.getmethodname()
+    if reader.method is None and reader.params is None:
+        raise errors.InvalidRequest("it is incomplete")
+    method = reader.method
     if not isinstance(method, str) or not method:
         raise errors.InvalidRequest("it has no methodName")
-    return method, tuple(params)
+    return method, tuple(reader.params or ())
 
 
 _DECLARATION = re.compile(rb"\A(\xef\xbb\xbf)?\s*<\?xml[^>]*encoding", re.IGNORECASE)
