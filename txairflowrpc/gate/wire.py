@@ -111,10 +111,6 @@ class _Frame:
         self.key: Any = None
 
 
-def _int(text: str) -> int:
-    return int(text)
-
-
 def _boolean(text: str) -> bool:
     if text == "0":
         return False
@@ -146,8 +142,8 @@ def _base64(text: str) -> Binary:
 #: `Unmarshaller` converts it (``int()`` and ``float()`` themselves, a
 #: boolean only "0" or "1", a `DateTime`, a `Binary`).
 _CONVERT: dict[str, Callable[[str], Any]] = {
-    "string": str, "int": _int, "i4": _int, "i8": _int, "i1": _int, "i2": _int,
-    "biginteger": _int, "boolean": _boolean, "double": _double, "float": _double,
+    "string": str, "int": int, "i4": int, "i8": int, "i1": int, "i2": int,
+    "biginteger": int, "boolean": _boolean, "double": _double, "float": _double,
     "dateTime.iso8601": _date, "base64": _base64, "nil": lambda text: None,
 }
 
@@ -269,10 +265,7 @@ class _CallReader:
                 raise _Refused(errors.InvalidRequest("a struct <member> needs a <name> and a <value>"))
             assert parent is not None
             parent.items[frame.key] = frame.value
-        elif tag == "struct":
-            assert parent is not None
-            parent.value = frame.items
-        elif tag == "data":
+        elif tag == "struct" or tag == "data":  # a struct's value, or its array's
             assert parent is not None
             parent.value = frame.items
         elif tag == "array":
