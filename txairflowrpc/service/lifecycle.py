@@ -135,8 +135,17 @@ class GatewayService(service.MultiService):
         await self._close_connections()
         self._before_rest()
         await super().stopService()
-        # Twisted re-raises the signal that stopped the reactor once it has
-        # stopped, so the exit status would say "killed by SIGTERM"; the
-        # shutdown was orderly and complete, so it says 0.
-        if hasattr(self._reactor, "_exitSignal"):
-            self._reactor._exitSignal = None
+        exit_zero(self._reactor)()
+
+
+def exit_zero(reactor: Any) -> Callable[[], None]:
+    """
+    What makes twistd exit 0 after an orderly stop.  Twisted re-raises the
+    signal that stopped the reactor once it has stopped, so the exit status
+    would say "killed by SIGTERM"; the shutdown was orderly and complete
+    (one gateway's, or a supervisor's with all its workers), so it says 0.
+    """
+    def clear() -> None:
+        if hasattr(reactor, "_exitSignal"):
+            reactor._exitSignal = None
+    return clear

@@ -112,6 +112,29 @@ class Bound:
         return d
 
 
+class Watchdog:
+    """
+    ``WATCHDOG=1`` to ``notifier`` every ``seconds`` of ``clock`` from
+    `start` to `stop`; nothing at all without a notifier or an interval
+    (systemd set no watchdog).
+    """
+
+    def __init__(self, clock: IReactorTime, notifier: Any, seconds: float | None) -> None:
+        self._loop: LoopingCall | None = None
+        self._seconds = seconds or 0.0
+        if notifier is not None and seconds:
+            self._loop = LoopingCall(notifier.send, WATCHDOG="1")
+            self._loop.clock = clock
+
+    def start(self) -> None:
+        if self._loop is not None and not self._loop.running:
+            self._loop.start(self._seconds, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
 class Readiness(service.Service):
     """
     Reports the gateway ready once every listener is bound and Airflow's
@@ -132,11 +155,7 @@ class Readiness(service.Service):
         self._reachable = reachable
         self._notifier = notifier
         self._retry = retry_seconds
-        self._watchdog: LoopingCall | None = None
-        if notifier is not None and watchdog_seconds:
-            self._watchdog = LoopingCall(notifier.send, WATCHDOG="1")
-            self._watchdog.clock = clock
-            self._watchdog_seconds = watchdog_seconds
+        self._watchdog = Watchdog(clock, notifier, watchdog_seconds)
         self._pending: Deferred[Any] | None = None
         self._next: IDelayedCall | None = None
         self._waited = False
@@ -150,8 +169,7 @@ class Readiness(service.Service):
         add_trigger = getattr(self._clock, "addSystemEventTrigger", None)
         if add_trigger is not None:
             self._trigger = add_trigger("before", "shutdown", self._stop_begins)
-        if self._watchdog is not None:
-            self._watchdog.start(self._watchdog_seconds, now=True)
+        self._watchdog.start()
         self._status("waiting for the listeners to be bound")
         d = self._pending = gatherResults([b.bound() for b in self._listeners],
                                           consumeErrors=True)
@@ -215,8 +233,7 @@ class Readiness(service.Service):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
+        self._watchdog.stop()
 
 
 def _where(port: IListeningPort | None) -> str:

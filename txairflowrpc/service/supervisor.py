@@ -45,12 +45,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import config as config_module
 from .logs import WORKER_ENVIRONMENT
+from .notify import Watchdog
 from .workers import LISTENER_FD, REPORT_FD
 
 __all__ = ["Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
@@ -181,11 +181,7 @@ class Supervisor(service.Service):
         self._where = where
         self._on_stopped = on_stopped
         self.workers = [_Worker(i) for i in range(count)]
-        self._watchdog: LoopingCall | None = None
-        if notifier is not None and watchdog_seconds:
-            self._watchdog = LoopingCall(notifier.send, WATCHDOG="1")
-            self._watchdog.clock = clock
-            self._watchdog_seconds = watchdog_seconds
+        self._watchdog = Watchdog(clock, notifier, watchdog_seconds)
         self._stopping = False
         self._stopped: Deferred[None] | None = None
         self._kill: IDelayedCall | None = None
@@ -196,8 +192,7 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._watchdog is not None:
-            self._watchdog.start(self._watchdog_seconds, now=True)
+        self._watchdog.start()
         self._status(f"starting {len(self.workers)} workers")
         for worker in self.workers:
             self._start(worker)
@@ -335,8 +330,7 @@ class Supervisor(service.Service):
         if self._kill is not None and self._kill.active():
             self._kill.cancel()
         self._kill = None
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
+        self._watchdog.stop()
         stopped, self._stopped = self._stopped, None
         self._on_stopped()
         if stopped is not None:
@@ -345,14 +339,3 @@ class Supervisor(service.Service):
     def _status(self, text: str) -> None:
         if self._notifier is not None:
             self._notifier.send(STATUS=text)
-
-
-def exit_zero(reactor: Any) -> Callable[[], None]:
-    """
-    After an orderly stop, twistd should exit 0, not re-raise the SIGTERM
-    that began it (as `GatewayService` does for one process).
-    """
-    def clear() -> None:
-        if hasattr(reactor, "_exitSignal"):
-            reactor._exitSignal = None
-    return clear

@@ -59,11 +59,11 @@ from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
 from .collector import CollectorTuning
-from .lifecycle import GatewayService, Listener, bind_problem
+from .lifecycle import GatewayService, Listener, bind_problem, exit_zero
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
-from .supervisor import Supervisor, bind_shared, exit_zero, spawner
+from .supervisor import Supervisor, bind_shared, spawner
 from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier,
                       for_worker)
 
@@ -529,13 +529,13 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
         bound.append(admin)
     # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
-    if worker is None:
-        Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
-                  notifier=SystemdNotifier.from_environment(),
-                  watchdog_seconds=watchdog_interval()).setServiceParent(top)
-    else:  # the supervisor tells systemd, once every worker told it
-        Readiness(reactor, listeners=bound, reachable=parts.client.reachable,
-                  notifier=PipeNotifier(REPORT_FD)).setServiceParent(top)
+    # A worker reports to the supervisor, which tells systemd once every worker told it.
+    notifier: Any = (SystemdNotifier.from_environment() if worker is None
+                     else PipeNotifier(REPORT_FD))
+    Readiness(reactor, listeners=bound, reachable=parts.client.reachable, notifier=notifier,
+              watchdog_seconds=watchdog_interval() if worker is None else None,
+              ).setServiceParent(top)
+    if worker is not None:
         ParentWatch(reactor).setServiceParent(top)
     CollectorTuning(reactor).setServiceParent(top)  # last: once everything above is built
     return top
