@@ -7,7 +7,7 @@ AIRFLOW_VERSION := 3.3.2
 NODE_EXAMPLE := examples/node
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit bench bench-audit profile install bench-tools airflow system-deps \
+.PHONY: run test unit bench bench-audit profile phases install bench-tools airflow system-deps \
 	apt-deps postgresql clean
 
 ## run: start a local Airflow 3 and the gateway in front of it (foreground)
@@ -28,7 +28,7 @@ BENCH_ARGS ?=
 PROFILE_ARGS ?=
 
 ## bench: the gateway against its floor, a stdlib server and bare Airflow (stub and real);
-##        table and plot in bench/results/ (about 8 minutes; BENCH_ARGS="--help" for options)
+##        table and plot in bench/results/ (about 20 minutes; BENCH_ARGS="--help" for options)
 bench: bench-tools airflow postgresql
 	flock $(HEAVY_LOCK) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
@@ -39,6 +39,10 @@ bench-audit: install
 ## profile: py-spy records the gateway under the c=64 load; flamegraph in bench/results/
 profile: bench-tools
 	flock $(HEAVY_LOCK) $(BIN)/python bench/profile.py $(PROFILE_ARGS)
+
+## phases: where one call's time goes at concurrency 1, phase by phase (bench/results/phases.md)
+phases: bench-tools
+	flock $(HEAVY_LOCK) $(BIN)/python bench/phases.py
 
 install: $(VENV)/.installed
 bench-tools: $(VENV)/.bench-installed

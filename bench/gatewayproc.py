@@ -12,6 +12,7 @@ gateway will not take the config (an unknown key, for instance).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -129,10 +130,11 @@ class Refused:
 
 
 def start_gateway(processes: Processes, name: str, config: Path,
-                  ready) -> subprocess.Popen | Refused:
-    """Start twistd on ``config``; wait until ``ready()`` or it exits."""
+                  ready, env: dict[str, str] | None = None) -> subprocess.Popen | Refused:
+    """Start twistd on ``config`` (with ``env`` added to its environment); wait until ``ready()`` or it exits."""
     process, log = processes.start(
-        name, [str(BIN / "twistd"), "-n", "--pidfile=", "airflowrpc", "--config", str(config)])
+        name, [str(BIN / "twistd"), "-n", "--pidfile=", "airflowrpc", "--config", str(config)],
+        env={**os.environ, **(env or {})})
     try:
         wait_until(ready, 60, name, alive=process, log=log)
     except RuntimeError:
