@@ -59,7 +59,8 @@ class AuditLog:
     and has them appended, a batch at a time, on the audit thread.
 
     :param run_blocking: runs a blocking function off the reactor and gives
-        a Deferred of its result (a one-thread pool in production).
+        a Deferred of its result (`txairflowrpc.audit.thread.AuditThread` in
+        production).
     :param rotate_bytes: rotate before the file would grow past this (0: never).
     :param rotate_daily: rotate when the UTC day changes.
     :param signer: signs checkpoints; None: no checkpoints.

@@ -29,7 +29,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 
@@ -39,6 +38,7 @@ from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
 from ..audit.owner import ChainInUse, Claim, claim
 from ..audit.summary import Summarizer, load_digest_key
+from ..audit.thread import AuditThread
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
@@ -156,7 +156,7 @@ class AuditService(service.Service):
     records service start and stop as administrative events.
     """
 
-    def __init__(self, audit: AuditLog, threads: ThreadPool, config_path: str,
+    def __init__(self, audit: AuditLog, threads: AuditThread, config_path: str,
                  owner: Claim | None = None) -> None:
         self.audit = audit
         self._threads = threads
@@ -466,9 +466,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         return make_supervisor(options, reactor)
     metrics = GatewayMetrics()
 
-    threads = ThreadPool(minthreads=1, maxthreads=1, name="audit")
-    audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(
-        lambda f: deferToThreadPool(reactor, threads, f)), checked.signer)
+    threads = AuditThread(reactor)
+    audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(threads), checked.signer)
     owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
