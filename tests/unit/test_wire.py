@@ -14,6 +14,11 @@ def call(method: str, *params: object) -> bytes:
     return xmlrpc.client.dumps(params, method).encode()
 
 
+def bare(method: str, *params: object) -> bytes:
+    """The call without the stdlib's XML declaration, for a test to put its own."""
+    return call(method, *params).split(b"?>", 1)[1].lstrip()
+
+
 def test_parses_a_call_with_nested_values() -> None:
     body = call("trigger_dag", "etl", {"a": [1, True, "x"]}, {"dag_run_id": "r"})
     assert parse_call(body) == ("trigger_dag", ("etl", {"a": [1, True, "x"]}, {"dag_run_id": "r"}))
@@ -171,10 +176,20 @@ def test_nil_in_the_middle_keeps_its_position() -> None:
      "more than one <value>"),
     (HEAD + b"<param><value><string>a</string><int>1</int></value></param>" + TAIL,
      "more than one value"),
-    (HEAD + b"<param><value><struct><member><value><int>5</int></value>"
+    (HEAD + b"<param><value><struct><member><name>a</name><value><int>5</int></value>"
      b"<value><int>6</int></value></member></struct></value></param>" + TAIL, "more than one"),
-    (HEAD + b"<param><value><struct><member><value><int>5</int></value></member>"
+    (HEAD + b"<param><value><struct><member><name>a</name></member>"
      b"</struct></value></param>" + TAIL, "needs a <name> and a <value>"),
+    # The stdlib reads these as {"v": "k"} and {5: "k"}: the value's text as the name.
+    (HEAD + b"<param><value><struct><member><value>v</value><name>k</name></member>"
+     b"</struct></value></param>" + TAIL, "<member> needs its <name> before its <value>"),
+    (HEAD + b"<param><value><struct><member><value><int>5</int></value></member>"
+     b"</struct></value></param>" + TAIL, "<member> needs its <name> before its <value>"),
+    (b"<methodCall><params/><methodName>ping</methodName></methodCall>",
+     "<methodCall> needs its <methodName> before its <params>"),
+    # Only XML's whitespace is markup: a no-break space is text.
+    (HEAD + "<param>\u00a0<value><int>1</int></value></param>".encode() + TAIL,
+     "text is not allowed in <param>"),
     (HEAD + b"<param><value><array><data><array/></data></array></value></param>" + TAIL,
      "<array> is not allowed in <data>"),
     (HEAD + b"<param><value><struct><value><int>5</int></value></struct></value></param>" + TAIL,
@@ -270,3 +285,73 @@ def test_reading_a_request_has_a_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> 
         parse_call(body)
     monkeypatch.undo()
     assert parse_call(body)[0] == "list_dags"
+
+
+@pytest.mark.parametrize("charset", [
+    "punycode",  # decodes in more than linear time: 6 s of CPU for 256 KB
+    "rot13", "zlib", "base64", "undefined", "idna", "utf-7", "shift_jis", "klingon", "a\x00b",
+])
+def test_only_text_encodings_clients_use_are_read_from_the_charset(charset: str) -> None:
+    with pytest.raises(errors.UnsupportedEncoding) as e:
+        parse_call(call("ping") * 1000, charset=charset)
+    assert e.value.code == -32701
+
+
+@pytest.mark.parametrize("declared", ["klingon", "rot13", "zlib", "punycode", "utf-7", "shift_jis",
+                                      "utf-32", "idna"])
+def test_only_text_encodings_clients_use_are_read_from_the_declaration(declared: str) -> None:
+    body = f'<?xml version="1.0" encoding="{declared}"?>'.encode() + bare("ping")
+    with pytest.raises(errors.UnsupportedEncoding) as e:
+        parse_call(body)
+    assert e.value.code == -32701
+
+
+@pytest.mark.parametrize("declared", ["UTF-8", "us-ascii", "ISO-8859-1", "iso-8859-15", "windows-1252",
+                                      "latin1"])
+def test_the_usual_declared_encodings_are_read(declared: str) -> None:
+    body = f'<?xml version="1.0" encoding="{declared}"?>'.encode() + bare("ping")
+    assert parse_call(body) == ("ping", ())
+
+
+def test_a_utf8_byte_order_mark_wins_over_the_charset() -> None:
+    body = b"\xef\xbb\xbf" + call("get_dag", "caf\u00e9")
+    assert parse_call(body, charset="ISO-8859-1")[1] == ("caf\u00e9",)
+
+
+def test_a_processing_instruction_is_not_a_declaration() -> None:
+    """``<?xml-stylesheet ... encoding=...?>`` does not say the body's encoding."""
+    body = (b'<?xml-stylesheet href="a.xsl" encoding="utf-8"?>'
+            + bare("get_dag", "caf\u00e9").decode().encode("latin-1"))
+    assert parse_call(body, charset="ISO-8859-1")[1] == ("caf\u00e9",)
+
+
+def test_whitespace_in_a_value_counts_against_its_length() -> None:
+    from txairflowrpc.gate.wire import MAX_TEXT
+    body = HEAD + b"<param><value><string>" + b" " * (MAX_TEXT + 1) + b"</string></value></param>" + TAIL
+    with pytest.raises(errors.InvalidParams) as e:
+        parse_call(body)
+    assert "longer than" in e.value.message
+    spaces = HEAD + b"<param><value><string>" + b" " * MAX_TEXT + b"</string></value></param>" + TAIL
+    assert parse_call(spaces)[1][-1] == " " * MAX_TEXT
+
+
+def test_a_result_nested_deeper_than_callers_parse_is_sent_as_json_text() -> None:
+    import json
+
+    from txairflowrpc.gate.wire import MAX_RESULT_DEPTH
+    deep = json.loads("[" * 900 + "1" + "]" * 900)  # Airflow holds a conf this deep
+    (result,), _ = xmlrpc.client.loads(dump_response({"conf": deep, "state": "success"}))
+    assert result["state"] == "success"
+    inner, levels = result["conf"], 1
+    while isinstance(inner, list):
+        inner, levels = inner[0], levels + 1
+    assert levels == MAX_RESULT_DEPTH
+    assert json.loads(inner) == json.loads("[" * (900 - MAX_RESULT_DEPTH + 1) + "1" + "]" * (900 - MAX_RESULT_DEPTH + 1))
+    shallow = {"a": [{"b": [1, 2]}]}
+    assert xmlrpc.client.loads(dump_response(shallow))[0][0] == shallow
+
+
+def test_a_carriage_return_arrives_as_itself() -> None:
+    body = dump_response({"note": "line one\r\nline two\r"})
+    assert b"\r" not in body
+    assert xmlrpc.client.loads(body)[0][0]["note"] == "line one\r\nline two\r"

@@ -9,20 +9,23 @@ is the gateway's own, never expat's.
 
 `dump_response` and `dump_fault` write what any client can read: a missing
 value is left out of its struct (never ``<nil/>``), integers beyond XML-RPC's
-32 bits become strings, and characters XML cannot carry are dropped; a
-caller that names the ``nil`` and ``i8`` extensions in its request gets
-JSON nulls as ``<nil/>`` and big integers as ``<i8>`` instead.
+32 bits become strings, characters XML cannot carry are dropped (and a
+carriage return is written ``&#13;``, so that it arrives as itself), and a
+struct or array nested deeper than `MAX_RESULT_DEPTH` is sent as its JSON
+text; a caller that names the ``nil`` and ``i8`` extensions in its request
+gets JSON nulls as ``<nil/>`` and big integers as ``<i8>`` instead.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import math
 import re
 import time
 from typing import Any, Callable
 from xml.parsers import expat
-from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps
+from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps, escape
 
 from ..core import errors
 
@@ -41,6 +44,10 @@ PARSE_CPU_SECONDS = 0.5
 _CPU_CHECK_EVERY = 1024
 #: Longest single string (or other text) in a request, in characters.
 MAX_TEXT = 256 * 1024
+
+#: Structs and arrays in a result nested deeper than this are sent as their
+#: JSON text: XML-RPC parsers (the stdlib's marshaller among them) recurse.
+MAX_RESULT_DEPTH = 32
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Characters XML 1.0 does not allow, which no client could parse.
@@ -92,6 +99,10 @@ _NOTHING: frozenset[str] = frozenset()
 _ONE_EACH = frozenset({"methodCall", "param", "value", "member", "array"})
 #: Elements whose text is markup only (whitespace between their children).
 _CONTAINERS = frozenset({"methodCall", "params", "param", "struct", "member", "array", "data"})
+#: An element that must come second in its parent: (that parent, the one first).
+_SECOND = {"params": ("methodCall", "methodName"), "value": ("member", "name")}
+#: What XML calls whitespace (not the rest of Unicode's).
+_XML_SPACE = " \t\r\n"
 
 
 class _Frame:
@@ -188,6 +199,9 @@ class _CallReader:
                 raise _Refused(errors.InvalidRequest(f"<{where}> holds more than one <{tag}>"))
             if where == "value" and parent.children:
                 raise _Refused(errors.InvalidRequest("a <value> holds more than one value"))
+            if tag in _SECOND and _SECOND[tag][0] == where and _SECOND[tag][1] not in parent.children:
+                raise _Refused(errors.InvalidRequest(
+                    f"<{where}> needs its <{_SECOND[tag][1]}> before its <{tag}>"))
             parent.children.append(tag)
         self._elements += 1
         if self._elements > MAX_ELEMENTS:
@@ -219,16 +233,17 @@ class _CallReader:
             raise _Refused(errors.InvalidParams("the request costs too much to read"))
 
     def data(self, chunk: str) -> None:
-        frame = self._frames[-1] if self._frames else None
-        if frame is None or not chunk.strip():
-            if frame is not None and frame.tag not in _CONTAINERS:
-                frame.chunks.append(chunk)
-            return
+        if not self._frames:
+            return  # whitespace around the document (expat refuses anything else)
+        frame = self._frames[-1]
+        markup = not chunk.strip(_XML_SPACE)
         if frame.tag in _CONTAINERS:
-            raise _Refused(errors.InvalidRequest(f"text is not allowed in <{frame.tag}>"))
-        if frame.tag == "value":
+            if not markup:
+                raise _Refused(errors.InvalidRequest(f"text is not allowed in <{frame.tag}>"))
+            return
+        if frame.tag == "value" and not markup:
             frame.text = True
-        self._text += len(chunk)
+        self._text += len(chunk)  # whitespace in a value is part of it
         if self._text > MAX_TEXT:
             raise _Refused(errors.InvalidParams(f"a value is longer than {MAX_TEXT} characters"))
         frame.chunks.append(chunk)
@@ -318,6 +333,8 @@ def parse_call(
         raise refused.error from None
     except expat.ExpatError as e:
         raise errors.ParseError(_expat_reason(e)) from None
+    except LookupError:  # an encoding expat asked Python for (not named where we look)
+        raise errors.UnsupportedEncoding("declared in the body") from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError):
         # A value's text does not convert to its type (<int>abc</int>, ...).
         raise errors.InvalidRequest("a value does not match its type") from None
@@ -329,26 +346,52 @@ def parse_call(
     return method, tuple(reader.params or ())
 
 
-_DECLARATION = re.compile(rb"\A(\xef\xbb\xbf)?\s*<\?xml[^>]*encoding", re.IGNORECASE)
+#: An XML declaration naming an encoding (XML's EncName), in an ASCII-compatible body.
+_DECLARATION = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?\bencoding\s*=\s*([\"'])([A-Za-z][A-Za-z0-9._-]*)\1")
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+#: The encodings a request may be in (Python's codec names), named by an
+#: XML declaration or the Content-Type's charset: the text encodings
+#: XML-RPC clients use.  Any other is refused (-32701) before a byte is
+#: decoded: Python also has codecs that are not text (``rot13``, ``zlib``)
+#: or that cost more than linear time (``punycode``).
+READABLE_ENCODINGS = frozenset({
+    "utf-8", "ascii", "utf-16", "utf-16-le", "utf-16-be",
+    *(f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
+    *(f"cp{n}" for n in range(1250, 1259)),
+})
+
+
+def _codec(name: str) -> str:
+    """The Python codec ``name`` stands for, if it is one of `READABLE_ENCODINGS`."""
+    try:
+        codec = codecs.lookup(name).name
+    except (LookupError, ValueError):  # unknown, or not even a name (a NUL in it)
+        codec = None
+    if codec not in READABLE_ENCODINGS:
+        raise errors.UnsupportedEncoding(name[:40])
+    return codec
 
 
 def _as_utf8(body: bytes, charset: str | None) -> bytes:
     """
     ``body`` in UTF-8, read in ``charset`` when the body does not say its
     own encoding (an XML declaration naming one, or a byte-order mark).
+    An encoding named either way must be one of `READABLE_ENCODINGS`.
     """
-    if not charset or _DECLARATION.match(body) or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+    declared = _DECLARATION.match(body)
+    if declared is not None:
+        _codec(declared.group(2).decode("ascii"))
+        return body
+    if not charset or body.startswith(_BOMS):
+        return body
+    codec = _codec(charset.strip().strip('"'))
+    if codec == "utf-8":
         return body
     try:
-        codec = codecs.lookup(charset.strip().strip('"'))
-    except LookupError:
-        raise errors.UnsupportedEncoding(charset[:40]) from None
-    if codec.name == "utf-8":
-        return body
-    try:
-        return body.decode(codec.name).encode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.ParseError(f"the body is not valid {codec.name}") from None
+        return body.decode(codec).encode("utf-8")
+    except UnicodeError:
+        raise errors.ParseError(f"the body is not valid {codec}") from None
 
 
 def _expat_reason(e: expat.ExpatError) -> str:
@@ -394,6 +437,15 @@ class _Marshaller(Marshaller):
 
     dispatch[_I8] = dump_i8
 
+    def dump_unicode(self, value: str, write: Any, escape: Any = escape) -> None:
+        # A raw carriage return would reach the caller as a line feed: XML
+        # parsers normalise line ends; a character reference is kept.
+        write("<value><string>")
+        write(escape(value).replace("\r", "&#13;"))
+        write("</string></value>\n")
+
+    dispatch[str] = dump_unicode
+
 
 class _Unrepresentable(Exception):
     """A value this caller's XML-RPC cannot carry (a null inside an array)."""
@@ -410,12 +462,20 @@ def to_xmlrpc(value: Any, extensions: frozenset[str] = frozenset()) -> Any:
     ``i8`` extension.
     """
     try:
-        return _render(value, "nil" in extensions, "i8" in extensions)
+        return _render(value, "nil" in extensions, "i8" in extensions, MAX_RESULT_DEPTH)
     except _Unrepresentable:
         return ""
 
 
-def _render(value: Any, nil: bool, i8: bool) -> Any:
+def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
+    if isinstance(value, (dict, list, tuple)) and depth <= 0:
+        # Deeper than callers' parsers (and the marshaller) go: its JSON text.
+        try:
+            text = json.dumps(value, default=str, ensure_ascii=False)
+        except RecursionError:  # deeper still than Python's own limit
+            text = f"(nested more than {MAX_RESULT_DEPTH} levels deep: not sent)"
+        return _render(text, nil, i8, depth)
+    depth -= 1
     if isinstance(value, str):
         # Printable text holds none of what XML forbids; the rest is cleaned.
         return value if value.isprintable() else _NOT_XML.sub("", value)
@@ -435,19 +495,19 @@ def _render(value: Any, nil: bool, i8: bool) -> Any:
             try:
                 key = key if isinstance(key, str) and key.isprintable() else _NOT_XML.sub(
                     "", str(key))
-                out[key] = _render(item, nil, i8)
+                out[key] = _render(item, nil, i8, depth)
             except _Unrepresentable:
                 continue
         return out
     if isinstance(value, (list, tuple)):
         if not nil and any(item is None for item in value):
             raise _Unrepresentable()
-        return [_render(item, nil, i8) for item in value]
+        return [_render(item, nil, i8, depth) for item in value]
     if value is None:
         if nil:
             return None
         raise _Unrepresentable()
-    return _render(str(value), nil, i8)
+    return _render(str(value), nil, i8, depth)
 
 
 def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> bytes:
