@@ -286,6 +286,9 @@ class TestConfig:
          "not a valid JSON Schema"),
         ('\n[principals.twin]\nroles = []\ncert_dns = ["CI-bot.example.com"]\n',
          "principals.twin.cert_dns", "maps principal 'ci-bot' too"),
+        # A token names its issuer: only the first of two such providers would ever be asked.
+        ('\n[oidc.twin]\nissuer = "https://idp.example.com"\naudience = "other"\n'
+         'jwks_file = "jwks.json"\n', "oidc.twin.issuer", "also oidc.corp's issuer"),
     ])
     def test_access_mistakes_name_the_key(self, tmp_path: Path, pki: DevPKI, extra: str,
                                           key: str, words: str) -> None:
@@ -354,3 +357,29 @@ class TestConfig:
         with pytest.raises(config_module.ConfigError, match="2048") as e:
             load_checked(tmp_path / "airflowrpc.toml")
         assert e.value.key == "oidc.corp.jwks_file"
+
+
+def test_a_certificate_with_two_cns_is_named_by_neither() -> None:
+    """CN=builder-bot + CN=low-priv-bot: which one is meant would be a guess."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def issued(*cns: str) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in cns])
+        now = dt.datetime.now(dt.timezone.utc)
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1)
+                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                .sign(key, hashes.SHA256()))
+
+    two = PeerCertificate.from_cryptography(issued("builder-bot", "low-priv-bot"))
+    assert two.common_name is None
+    assert two.name == two.subject  # named by the whole subject, which no cert_cn matches
+    one = PeerCertificate.from_cryptography(issued("builder-bot"))
+    assert (one.common_name, one.name) == ("builder-bot", "builder-bot")

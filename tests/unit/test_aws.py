@@ -532,6 +532,9 @@ class TestAuthenticator:
         assert p.audit_identity() == {"method": "aws_iam", "aws_arn": DEPLOYER.arn,
                                       "aws_user_id": DEPLOYER.user_id}
         assert p.describe(datetime.now(timezone.utc))["aws_arn"] == DEPLOYER.arn
+        # A verdict kept for this header (a keep-alive connection's) lapses with the signature.
+        max_age = auth.aws.settings.max_age_seconds
+        assert w.clock.seconds() + max_age - 2 <= p.proof_until <= w.clock.seconds() + max_age
         for secret in (*SECRETS, DEPLOYER.access_key):
             assert secret not in repr(p) and secret not in repr(p.describe())
         # The scheme is case-insensitive, as every HTTP scheme.

@@ -81,6 +81,10 @@ def test_a_single_key_serves_a_token_without_kid() -> None:
     (RSA.sign(claims(sub=None)), "no sub"),
     (RSA.sign(claims(sub="")), "bad sub"),
     (RSA.sign(claims(sub="x" * 256)), "bad sub"),
+    # It is part of the principal's name: a line break would forge a line
+    # of the note Airflow shows on a triggered run, or of the log.
+    (RSA.sign(claims(sub="alice\nTriggered through txairflowrpc by ci-bot")), "bad sub"),
+    (RSA.sign(claims(sub="alice\x1b[2J")), "bad sub"),
     (unsigned(claims(), kid="rsa1"), "algorithm none is not allowed"),
     (hs256_with_public_key(RSA, claims()), "algorithm HS256 is not allowed"),
     (PS.sign(claims()), "algorithm PS256 is not allowed"),

@@ -213,6 +213,40 @@ class KeepAliveVerdictTests(SiteTestCase):
         self.assertEqual(len(self.authenticated), 2)
         self.assertIn(b"401 Unauthorized", transport.value())
 
+    def test_a_reload_during_a_slow_sign_in_makes_the_next_request_checked_again(self) -> None:
+        """The verdict holds for the rules it was reached under, not those when it came."""
+        pending: Deferred[Any] = Deferred()
+
+        def authenticate(request: Any) -> Any:
+            self.authenticated.append(request)
+            if len(self.authenticated) == 1:
+                return pending
+            raise self.answer
+
+        self.site.authenticate = authenticate
+        proto, transport = self.connect()
+        self.call(proto)
+        self.version = object()  # a reload while STS is still answering
+        pending.callback(OPERATOR)
+        self.answer = Unauthenticated("maps to no principal")
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
+    def test_a_proof_that_lapses_before_the_credential_is_checked_again(self) -> None:
+        """An AWS-IAM signature is accepted for ``max_age_seconds``, whatever STS said."""
+        self.answer = attrs.evolve(OPERATOR, proof_until=30.0)
+        proto, transport = self.connect()
+        self.call(proto)
+        self.clock.advance(29)
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 1)
+        self.clock.advance(1)
+        self.answer = Unauthenticated("the request was signed 30 s ago")
+        self.call(proto)
+        self.assertEqual(len(self.authenticated), 2)
+        self.assertIn(b"401 Unauthorized", transport.value())
+
     def test_a_new_connection_is_checked_afresh(self) -> None:
         first, _ = self.connect()
         self.call(first)

@@ -503,6 +503,10 @@ def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, O
                 jwks = json.loads(values["jwks_file"].read_text("utf-8"))
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{key}.jwks_file", f"cannot read a JWKS: {e}") from None
+        same = [other for other in providers.values() if other.issuer == values["issuer"]]
+        if same:
+            # A token names its issuer, not a provider: only the first would ever be asked.
+            raise ConfigError(f"{key}.issuer", f"is also oidc.{same[0].name}'s issuer")
         providers[name] = OIDCProvider(
             name=name, issuer=values["issuer"], audience=values["audience"],
             algorithms=tuple(values["algorithms"]),

@@ -282,8 +282,12 @@ class GatewayChannel(http.HTTPChannel):
         if principal is not None:
             self._let_in(principal, req, expect)
             return
+        # The rules the verdict is reached under: a reload while a slow
+        # sign-in (STS, a key set fetch) is under way must not be taken for
+        # the version it was checked against.
+        version = self.gateway.access_version()
         d = maybeDeferred(self.gateway.authenticate, req)
-        d.addCallback(self._remember, req)
+        d.addCallback(self._remember, req, version)
         if not d.called:
             self._holding = []
             self._networkProducer.pauseProducing()
@@ -295,7 +299,8 @@ class GatewayChannel(http.HTTPChannel):
         The principal of an earlier request on this connection, if this one
         carries the very same credentials (the certificate cannot change on
         a connection), no reload has swapped the access rules or the token
-        store since, and the credential has not expired meanwhile: then it
+        store since it was checked, and its proof has not lapsed meanwhile
+        (the credential's expiry, an AWS-IAM signature's age limit): then it
         need not be checked again (a keep-alive client's every call paid a
         hash, a store look-up, or a JWT's signature otherwise).
         """
@@ -306,15 +311,14 @@ class GatewayChannel(http.HTTPChannel):
         if (not _same(version, self.gateway.access_version())
                 or credentials != req.requestHeaders.getRawHeaders(b"authorization")):
             return None
-        if principal.expires is not None and (
-                principal.expires.timestamp() <= self.gateway.clock.seconds()):
+        lapses = principal.proof_lapses()
+        if lapses is not None and lapses <= self.gateway.clock.seconds():
             self._admitted = None
             return None
         return principal
 
-    def _remember(self, principal: Principal, req: GatewayRequest) -> Principal:
-        self._admitted = (self.gateway.access_version(),
-                          req.requestHeaders.getRawHeaders(b"authorization"), principal)
+    def _remember(self, principal: Principal, req: GatewayRequest, version: Any) -> Principal:
+        self._admitted = (version, req.requestHeaders.getRawHeaders(b"authorization"), principal)
         return principal
 
     def allContentReceived(self) -> None:

@@ -235,6 +235,7 @@ class Authenticator:
         return Principal(
             name=entry.name, method="aws_iam", aws_arn=identity.arn,
             aws_user_id=identity.user_id, roles=entry.roles, grants=self._grants(entry.roles),
+            proof_until=self.aws.accepted_until(credential),
         )
 
 

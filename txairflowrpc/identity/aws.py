@@ -442,6 +442,19 @@ class IAMVerifier:
         if old is not None and old.settings == self.settings and self.settings.cache_verified:
             self._cache = old._cache
 
+    def accepted_until(self, credential: str) -> float:
+        """
+        Until when ``credential`` (a signature that passed `verify`) is
+        accepted: its signing time plus ``max_age_seconds``.  A verdict kept
+        for it (a keep-alive connection's) must not outlive that.
+        """
+        now = self._clock.seconds()
+        try:
+            signed = read_signed_request(credential, self.settings, now)
+        except AWSError:  # it aged out while STS answered: check it again next time
+            return now
+        return signed.signed_at + self.settings.max_age_seconds
+
     def verify(self, credential: str) -> Deferred[CallerIdentity]:
         """
         Who signed ``credential``; fails with `AWSError`, or `STSUnavailable`

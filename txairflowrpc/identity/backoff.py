@@ -4,7 +4,29 @@ Slowing down sources that keep failing to authenticate.
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.interfaces import IReactorTime
+
+
+#: Sources tracked at most; past it the one whose window began first is forgotten.
+MAX_SOURCES = 10000
+
+
+def _source_key(source: str) -> str:
+    """
+    What failures are counted by: the address, or for IPv6 its /64 (one
+    host usually holds a whole /64, and could spray from it).
+    """
+    if ":" not in source:
+        return source
+    try:
+        address = ipaddress.IPv6Address(source)
+    except ValueError:
+        return source
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class Backoff:
@@ -15,6 +37,7 @@ class Backoff:
     from the same address is answered after a delay that doubles up to
     ``maximum``.  Successful requests are never delayed, so a legitimate
     principal behind the same address is slowed only on its own mistakes.
+    IPv6 sources are counted by their /64.
     """
 
     def __init__(self, clock: IReactorTime, maximum: float, free: int = 5, window: float = 900) -> None:
@@ -27,14 +50,18 @@ class Backoff:
     def failed(self, source: str) -> float:
         """Note a failure; the delay before answering it, in seconds."""
         now = self._clock.seconds()
+        source = _source_key(source)
         count, since = self._failures.get(source, (0, now))
         if now - since > self._window:
             count, since = 0, now
+        if count == 0:  # a new window: to the end, so that the table stays in window order
+            self._failures.pop(source, None)
         count += 1
         self._failures[source] = (count, since)
-        if len(self._failures) > 10000:  # bounded memory under a spray of addresses
-            oldest = min(self._failures, key=lambda k: self._failures[k][1])
-            del self._failures[oldest]
+        if len(self._failures) > MAX_SOURCES:  # bounded memory under a spray of addresses
+            del self._failures[next(iter(self._failures))]  # the oldest window
         if count <= self._free:
             return 0.0
-        return min(self.maximum, 0.25 * 2 ** (count - self._free))
+        # 2**(count - free) overflows a float past about 1,030 failures: the
+        # delay reaches any sensible maximum long before 2**30.
+        return min(self.maximum, 0.25 * 2 ** min(count - self._free, 30))

@@ -44,7 +44,8 @@ class PeerCertificate:
         spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        cn = cns[0].value if cns else None
+        # A subject with two CNs names no one by its CN: which is meant is a guess.
+        cn = cns[0].value if len(cns) == 1 else None
         return cls(
             subject=cert.subject.rfc4514_string(),
             common_name=cn if isinstance(cn, str) else None,

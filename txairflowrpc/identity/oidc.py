@@ -271,7 +271,8 @@ def _numeric_date(value: object) -> bool:
 
 _CLAIM_PROBLEMS = {
     "iss": "wrong issuer", "aud": "wrong audience", "nbf": "not valid yet",
-    "iat": "issued in the future", "sub": f"bad sub claim (a string of 1 to {MAX_SUB} characters)",
+    "iat": "issued in the future",
+    "sub": f"bad sub claim (a string of 1 to {MAX_SUB} printable characters)",
     "jti": "bad jti claim",
 }
 
@@ -295,7 +296,9 @@ def _check_claims(claims: dict[str, Any], provider: OIDCProvider, now: float) ->
         raise JWTError("expired") from None
     except InvalidClaimError as e:
         raise JWTError(_CLAIM_PROBLEMS.get(e.claim, "invalid claims")) from None
-    if len(claims["sub"]) > MAX_SUB:
+    # It becomes part of the principal's name, in logs, records and the note
+    # on a triggered run: no line breaks or other control characters.
+    if len(claims["sub"]) > MAX_SUB or not claims["sub"].isprintable():
         raise JWTError(_CLAIM_PROBLEMS["sub"])
 
 
@@ -304,7 +307,7 @@ def verify_jwt(
 ) -> dict[str, Any]:
     """
     The claims of a valid JWT from ``provider``, verified with ``keys`` at
-    ``now``: ``sub`` a string of 1 to 255 characters, ``exp`` a finite
+    ``now``: ``sub`` a string of 1 to 255 printable characters, ``exp`` a finite
     number a datetime can hold.  `UnknownKey` if the JWT names a key the
     set lacks, `JWTError` for every other refusal.
     """

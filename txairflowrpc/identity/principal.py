@@ -32,6 +32,9 @@ class Principal:
     aws_user_id: str | None = None
     #: When the credential it used stops working (token or JWT), if known.
     expires: datetime | None = None
+    #: When the proof it gave stops being accepted, in seconds since the
+    #: epoch, if that is not ``expires``: an AWS-IAM signature's age limit.
+    proof_until: float | None = None
     roles: tuple[str, ...] = ()
     grants: Grants = attrs.field(default=Grants(), eq=False, repr=False)
     #: Days before expiry from which the caller is warned.
@@ -52,6 +55,16 @@ class Principal:
             identity["aws_arn"] = self.aws_arn
             identity["aws_user_id"] = self.aws_user_id
         return identity
+
+    def proof_lapses(self) -> float | None:
+        """
+        When a verdict on this principal's proof must be reached again (seconds
+        since the epoch): the earlier of ``expires`` and ``proof_until``.
+        """
+        ends = [t for t in (self.proof_until,
+                            self.expires.timestamp() if self.expires is not None else None)
+                if t is not None]
+        return min(ends) if ends else None
 
     def expires_within(self, days: int, now: datetime) -> bool:
         return self.expires is not None and (self.expires - now).total_seconds() < days * 86400
