@@ -271,6 +271,31 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual(rec["args"]["conf"], digest)
         self.assertNotIn("t0ps3cret", self.path.read_text())
 
+    def test_an_options_member_never_stands_for_the_call_s_ids(self) -> None:
+        """The record names the DAG the call was authorised on, whatever the options say."""
+        self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "r9", "dag_id": "example_hello"})
+        self.call("list_dag_runs", "etl_orders", {"limit": 5, "dag_id": "example_hello",
+                                                  "dag_run_id": "r7"})
+        intent, trigger, listing = records(self.path)
+        for rec in (intent, trigger, listing):
+            self.assertEqual(rec["dag_id"], "etl_orders")
+        self.assertEqual((trigger["dag_run_id"], trigger["fault_code"]), ("r9", -32602))
+        self.assertNotIn("dag_run_id", listing)  # filters are not for a run
+        self.assertEqual(listing["args"]["filters"]["dag_id"], "example_hello")  # but kept
+
+    def test_intent_and_call_record_the_arguments_the_handler_got(self) -> None:
+        """PHP sends no conf as "": both records digest what was used (nothing), alike."""
+        self.call("trigger_dag", "etl_orders", "", {"dag_run_id": "r5"})
+        intent, rec = records(self.path)
+        self.assertEqual(rec["outcome"], "ok")
+        self.assertEqual(intent["args"], rec["args"])
+
+    def test_an_id_among_the_options_is_checked_before_the_policy(self) -> None:
+        self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "../../x?y#z\n"})
+        (rec,) = records(self.path)  # no intent: nothing was authorised
+        self.assertEqual((rec["decision"], rec["fault_code"]), ("invalid", -32602))
+        self.assertEqual(rec["dag_run_id"], "../../x?y#z\n")  # as asked, escaped
+
     def test_faults_are_recorded_with_their_code(self) -> None:
         self.call("get_dag", "no_such_dag")
         self.call("get_dag", "x/../../variables")

@@ -39,7 +39,7 @@ class Provider:
         "launch", "struct",
         Param("pipeline", "string", "which DAG", id="dag_id"),
         Param("settings", "struct", "the run's conf", required=False),
-        Param("extras", "struct", "options", required=False, keeps=("label",)),
+        Param("extras", "struct", "options", required=False, keeps=("label", "dag_run_id")),
         scope="runs:trigger", dag="pipeline", conf="settings", changes=True,
         dry_run="extras.rehearse",
     )
@@ -118,7 +118,7 @@ class DispatcherTests(DispatcherCase):
         ))
         (record,) = [r for r in self.records() if r.get("kind") == "call"]
         self.assertEqual(record["dag_id"], "etl_a")  # the id parameter, by its kind
-        self.assertEqual(record["dag_run_id"], "r-1")  # an option member named like an id
+        self.assertEqual(record["dag_run_id"], "r-1")  # an option member the spec keeps, an id kind
         extras = record["args"]["extras"]
         self.assertEqual(extras["label"], "nightly")  # kept: the spec says so
         self.assertEqual(set(extras["note"]), {"hmac_sha256", "size"})  # digested

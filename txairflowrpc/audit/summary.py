@@ -115,7 +115,8 @@ class Summarizer:
         """
         The ids of a call, and a summary of its other arguments.
 
-        Id parameters (and option members named like an id kind) are kept as
+        Id parameters (and the option members an options struct keeps that
+        are named like an id kind, never over a parameter's id) are kept as
         they are, clipped; numbers and booleans too (non-finite ones as
         strings); an options struct (a parameter with ``keeps``) member by
         member, keeping the named members' strings; every other string,
@@ -124,6 +125,7 @@ class Summarizer:
         """
         ids: dict[str, Any] = {}
         summary: dict[str, Any] = {}
+        promoted: dict[str, Any] = {}
         for param, value in zip(params, args):
             if param.id is not None and isinstance(value, str):
                 ids[param.id] = clip(value)
@@ -133,11 +135,13 @@ class Summarizer:
                 summary[param.name] = {
                     clip(str(k)): self._member(k, v, param.keeps) for k, v in value.items()
                 }
-                for kind in KINDS:
-                    if isinstance(value.get(kind), str):
-                        ids[kind] = clip(value[kind])
+                for kind in KINDS:  # only an id the options are for (trigger's dag_run_id)
+                    if kind in param.keeps and isinstance(value.get(kind), str):
+                        promoted[kind] = clip(value[kind])
             else:
                 summary[param.name] = self.digest(redact(value, self.sensitive))
+        for kind, value in promoted.items():  # never over an id a parameter gave
+            ids.setdefault(kind, value)
         return ids, summary
 
     def _member(self, key: Any, value: Any, keeps: tuple[str, ...]) -> Any:

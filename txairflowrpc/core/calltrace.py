@@ -10,6 +10,7 @@ status Airflow answered without being handed the call explicitly.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
 import attrs
 
@@ -24,6 +25,8 @@ class CallTrace:
     airflow_status: int | None = None
     #: The Airflow account the call reached (or would reach) Airflow as.
     airflow_user: str | None = None
+    #: The arguments as checked (what the handler got), once they passed.
+    checked: tuple[Any, ...] | None = None
 
 
 current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)

@@ -160,9 +160,11 @@ class MethodSpec:
         the handler's defaults apply; one omitted before others is passed
         as its declared default (None if it has none).
 
-        Ids (parameters with an ``id`` kind) are validated here, before the
-        call is authorised: a hostile id is refused without being echoed,
-        recorded or matched against anything.
+        Ids (parameters with an ``id`` kind, and the members of an options
+        struct that its ``keeps`` names by an id kind, such as trigger_dag's
+        ``options.dag_run_id``) are validated here, before the call is
+        authorised: a hostile id is refused without being echoed, recorded
+        as an id or matched against anything.
 
         Raises `errors.InvalidParams` naming the parameter at fault.
         """
@@ -195,6 +197,11 @@ class MethodSpec:
                 problem = ids.id_problem(param.id, value)
                 if problem is not None:
                     raise errors.InvalidParams(problem, self.name)
+            for kind in _option_ids(param):  # an id given as an option member
+                if isinstance(value, dict) and value.get(kind) is not None:
+                    problem = ids.id_problem(kind, value[kind])
+                    if problem is not None:
+                        raise errors.InvalidParams(f"{param.name}.{problem}", self.name)
             checked.append(value)
         while checked and checked[-1] is None:
             checked.pop()
@@ -202,6 +209,11 @@ class MethodSpec:
             param.default if value is None else value
             for param, value in zip(self.params, checked)
         )
+
+
+def _option_ids(param: Param) -> tuple[str, ...]:
+    """The members of an options struct ``param`` that are ids: those it keeps named by an id kind."""
+    return tuple(k for k in param.keeps if k in ids.KINDS) if param.keeps else ()
 
 
 def _article(xmlrpc_type: str) -> str:

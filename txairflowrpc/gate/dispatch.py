@@ -163,7 +163,7 @@ class Dispatcher:
             raise errors.AuditUnavailable()
         if spec is None:
             raise errors.MethodNotFound(str(name)[:100])
-        checked = spec.check(args)
+        checked = trace.checked = spec.check(args)
         try:
             self._policy.authorize(ctx, spec, checked)
         except errors.Forbidden as e:
@@ -267,7 +267,10 @@ class Dispatcher:
         if self._audit is None:
             return result
         method = spec.name if spec else str(name)[:100]
-        fields = self._fields("call", ctx, spec, method, args, multicall_index)
+        # What the handler got (PHP's "" for a conf is the default), as the
+        # intent record says: an auditor's digest of what Airflow holds matches.
+        recorded_args = args if trace.checked is None else trace.checked
+        fields = self._fields("call", ctx, spec, method, recorded_args, multicall_index)
         fields.update({
             "decision": trace.decision,
             "reason": clip(trace.reason),
