@@ -118,6 +118,9 @@ class SurfaceTests(MethodTestCase):
         for params, words in [
             (({}, {"logical_date": "yesterday"}), "ISO-8601"),
             (({}, {"logical_date": "2026-01-01T00:00:00"}), "time zone"),
+            # Before the year 1, or past 9999, once in UTC: was an internal error.
+            (({}, {"logical_date": "0001-01-01T00:00:00+01:00"}), "out of range"),
+            (({}, {"logical_date": "9999-12-31T23:59:59-01:00"}), "out of range"),
             (({}, {"note": "x" * 701}), "options.note"),
             (({"a": xmlrpc.client.Binary(b"x")},), "conf may hold only"),
             (({"k": "v" * 70000},), "larger than"),
@@ -164,6 +167,33 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(self.call("get_task_log", "etl_orders", "t1", "extract"), "line one\n")
         f = self.fault("get_task_log", "etl_orders", "t1", "extract", 0)
         self.assertEqual(f.faultCode, -32602)
+
+
+class UnexpectedDocumentTests(MethodTestCase):
+    """An answer not shaped as Airflow's API says is a 502, never an internal error."""
+
+    def answer(self, path: str, document: Any) -> None:
+        import json
+        self.gw.airflow.fail_next[("GET", path)] = (200, json.dumps(document).encode())
+
+    def test_tags_that_are_not_a_list(self) -> None:
+        self.answer("/api/v2/dags/etl_orders", {"dag_id": "etl_orders", "tags": 5})
+        self.assertEqual(self.fault("get_dag", "etl_orders").faultCode, 502)
+
+    def test_a_try_number_that_is_not_a_number(self) -> None:
+        self.gw.airflow.runs[("etl_orders", "r1")] = {"dag_id": "etl_orders", "dag_run_id": "r1"}
+        self.answer("/api/v2/dags/etl_orders/dagRuns/r1/taskInstances/load",
+                    {"task_id": "load", "try_number": "3"})
+        self.assertEqual(self.fault("get_task_log", "etl_orders", "r1", "load").faultCode, 502)
+
+    def test_a_dag_without_its_id_in_a_list(self) -> None:
+        from txairflowrpc.identity.principal import Principal
+        from txairflowrpc.identity.scopes import Grants, Role, Scope
+        self.gw.principal = Principal(
+            "p", "client_certificate", roles=("r",),
+            grants=Grants((Role("r", (Scope.parse("dags:read:etl_*"),)),)))
+        self.answer("/api/v2/dags", {"dags": [{"is_paused": False}], "total_entries": 1})
+        self.assertEqual(self.fault("list_dags").faultCode, 502)
 
 
 class InteropTests(MethodTestCase):

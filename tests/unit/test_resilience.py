@@ -240,6 +240,18 @@ class CallLimitTests(SynchronousTestCase):
         limits.leave("bot")
         limits.enter("bot")
 
+    def test_with_every_tracked_caller_busy_a_newcomer_is_429_not_an_error(self) -> None:
+        from txairflowrpc.gate import limits as limits_module
+        self.patch(limits_module, "MAX_TRACKED", 3)
+        limits = CallLimits(Clock(), rate=2, burst=3, max_in_flight=2)
+        for name in ("a", "b", "c"):
+            limits.enter(name)
+        with self.assertRaises(errors.RateLimited) as e:
+            limits.take("d")
+        self.assertIn("callers have calls in flight", e.exception.message)
+        limits.leave("b")
+        limits.take("d")  # b's bucket, idle now, made room
+
     def test_through_the_gateway(self) -> None:
         gw = gateway()
         dispatcher = gw.site.rpc._dispatcher

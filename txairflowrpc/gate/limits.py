@@ -38,7 +38,12 @@ class CallLimits:
         bucket = self._buckets.get(name)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED:
-                idle = min((b.stamp, k) for k, b in self._buckets.items() if not b.in_flight)
+                idle = min(((b.stamp, k) for k, b in self._buckets.items() if not b.in_flight),
+                           default=None)
+                if idle is None:  # every caller tracked has a call in flight
+                    self.refused += 1
+                    raise errors.RateLimited(
+                        f"more than {MAX_TRACKED} callers have calls in flight", retry_after=1.0)
                 del self._buckets[idle[1]]
             bucket = self._buckets[name] = _Bucket(float(self.burst), now)
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)

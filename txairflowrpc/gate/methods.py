@@ -122,7 +122,11 @@ def _logical_date(method: str, value: Any) -> str:
             raise errors.InvalidParams(
                 "options.logical_date must carry a time zone (e.g. a trailing Z)", method
             )
-    return parsed.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    try:
+        in_utc = parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+        raise errors.InvalidParams("options.logical_date is out of range", method) from None
+    return in_utc.isoformat().replace("+00:00", "Z")
 
 
 def attribution(call: CallContext, note: str | None) -> str:
@@ -506,6 +510,8 @@ class AirflowMethods:
         if try_number is None:
             ti = await client.get_task_instance(dag_id, dag_run_id, task_id)
             try_number = ti.get("try_number") or 0
+            if not isinstance(try_number, int) or isinstance(try_number, bool):
+                raise errors.UpstreamError("Airflow answered with an unexpected document")
             if try_number < 1:
                 raise errors.NotFound(
                     f"log of task {task_id!r} in run {dag_run_id!r}: the task has not run yet"

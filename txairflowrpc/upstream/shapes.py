@@ -35,15 +35,22 @@ _TASK_INSTANCE_FIELDS = (
     "start_date", "end_date", "duration", "queued_when", "pool", "queue",
 )
 
-def _pick(data: Any, fields: Iterable[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise errors.UpstreamError("Airflow answered with an unexpected document")
+def _unexpected() -> errors.UpstreamError:
+    return errors.UpstreamError("Airflow answered with an unexpected document")
+
+
+def _pick(data: Any, fields: Iterable[str], named_by: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``fields`` of ``data``; the ``named_by`` ones must be there, as strings."""
+    if not isinstance(data, dict) or not all(isinstance(data.get(f), str) for f in named_by):
+        raise _unexpected()
     return {f: data[f] for f in fields if data.get(f) is not None}
 
 
 def shape_dag(data: Any) -> dict[str, Any]:
-    dag = _pick(data, _DAG_FIELDS)
+    dag = _pick(data, _DAG_FIELDS, named_by=("dag_id",))
     tags = data.get("tags") or []
+    if not isinstance(tags, list):
+        raise _unexpected()
     dag["tags"] = sorted(
         t["name"] if isinstance(t, dict) else str(t)
         for t in tags
@@ -70,7 +77,7 @@ def shape_task_instance(data: Any) -> dict[str, Any]:
 
 def items(data: Any, key: str) -> tuple[list[Any], int]:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise errors.UpstreamError("Airflow answered with an unexpected document")
+        raise _unexpected()
     total = data.get("total_entries")
     return data[key], total if isinstance(total, int) else len(data[key])
 
