@@ -42,8 +42,10 @@ class Held:
         self.held.append((waiting, (method, url, headers, body)))
         return waiting
 
-    def release(self) -> None:
-        held, self.held = self.held, []
+    def release(self, method: bytes | None = None) -> None:
+        """Let the requests held go (only those of ``method``, if given)."""
+        held = [h for h in self.held if method is None or h[1][0] == method]
+        self.held = [h for h in self.held if h not in held]
         for waiting, args in held:
             if not waiting.called:
                 self.stub.request(*args).chainDeferred(waiting)
@@ -110,6 +112,36 @@ class SharedReadTests(SynchronousTestCase):
         c.set_dag_paused("etl_orders", True)
         self.assertEqual(len(self.http.held), 2)
 
+    def test_a_read_asked_after_a_change_ended_does_not_share_an_older_read(self) -> None:
+        """A caller reads its own writes: a GET begun before the change may predate it."""
+        c = client(self.http, self.clock)
+        before = c.get_dag_run("etl_orders", "r1")  # a poller's read, in flight
+        change = c.set_dag_run_state("etl_orders", "r1", "failed")
+        during = c.get_dag_run("etl_orders", "r1")  # asked before the change ended: shares
+        self.assertEqual(len(self.http.held), 2)
+        self.http.release(b"PATCH")
+        self.successResultOf(change)  # ended; the poller's GET is still in flight
+        after = c.get_dag_run("etl_orders", "r1")
+        self.assertEqual(len(self.http.held), 2)  # its own request, not the poller's
+        self.http.release()
+        self.successResultOf(before)
+        self.successResultOf(during)
+        self.assertEqual(self.successResultOf(after)["state"], "failed")
+
+    def test_a_change_through_another_account_counts_too(self) -> None:
+        changes = client_module.Changes()
+        # Two clients, as two accounts have, sharing the gateway's count.
+        reader, writer = (client(self.http, self.clock, changes=changes) for _ in range(2))
+        read = reader.get_dag_run("etl_orders", "r1")
+        change = writer.set_dag_paused("etl_orders", True)
+        self.http.release(b"PATCH")
+        self.successResultOf(change)  # ended, while the reader's GET is still in flight
+        again = reader.get_dag_run("etl_orders", "r1")
+        self.assertEqual(len(self.http.held), 2)  # its own request, not the older one's
+        self.http.release()
+        self.successResultOf(read)
+        self.successResultOf(again)
+
     def test_one_caller_leaving_does_not_cancel_the_others_read(self) -> None:
         c = client(self.http, self.clock)
         leaving, staying = c.get_dag_run("etl_orders", "r1"), c.get_dag_run("etl_orders", "r1")
@@ -155,6 +187,19 @@ class ReadCacheTests(SynchronousTestCase):
         c.get_dag_run("etl_orders", "r1")
         self.assertEqual(len(self.http.held), 1)
         self.assertEqual((c.reads, c.reads_upstream), (3, 2))
+
+    def test_a_change_ends_what_the_cache_holds(self) -> None:
+        c = client(self.http, self.clock, read_cache_seconds=60)
+        d = c.get_dag_run("etl_orders", "r1")
+        self.http.release()
+        self.successResultOf(d)
+        change = c.set_dag_run_state("etl_orders", "r1", "failed")
+        self.http.release()
+        self.successResultOf(change)
+        again = c.get_dag_run("etl_orders", "r1")
+        self.assertEqual(len(self.http.held), 1)  # not from the cache
+        self.http.release()
+        self.assertEqual(self.successResultOf(again)["state"], "failed")
 
     def test_errors_are_not_cached(self) -> None:
         c = client(self.http, self.clock, read_cache_seconds=2)

@@ -53,7 +53,7 @@ from ..identity.policy import ScopePolicy
 from ..identity.principal import Principal
 from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CircuitBreaker
-from ..upstream.client import AirflowClient
+from ..upstream.client import AirflowClient, Changes
 from ..upstream.transport import CachedEndpoints
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
@@ -296,6 +296,9 @@ def build_site(
     # Every account's requests count against one cap and one breaker: they
     # protect Airflow, which is one whatever account calls it.
     slots = DeferredSemaphore(cfg.airflow.max_in_flight)
+    # And one count of changes: a read does not share what Airflow held
+    # before another account's change.
+    changes = Changes()
 
     def account(agent: IAgent, user: str, password: str, *, own: bool,
                 close: Callable[[], Any] = lambda: None) -> Account:
@@ -304,7 +307,8 @@ def build_site(
             username=user, password=password,
             timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
             read_cache_seconds=cfg.rpc.read_cache_seconds, breaker=breaker,
-            max_in_flight=cfg.airflow.max_in_flight, own_account=own, slots=slots, **meters,
+            max_in_flight=cfg.airflow.max_in_flight, own_account=own, slots=slots,
+            changes=changes, **meters,
         )
         return Account(client, RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds),
                        close)

@@ -60,10 +60,24 @@ RETRY_BASE_SECONDS = 0.25
 READ_CACHE_ENTRIES = 4096
 
 
+class Changes:
+    """
+    How many changes (any request but a GET) to one Airflow have ended,
+    through any of the gateway's accounts.  A read started before the
+    latest of them ended may hold what Airflow had before it: a caller that
+    asks after it is not given that read's answer, shared or cached.
+    """
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+
 @attrs.define
 class _Read:
     """One GET in flight, shared by every caller that asks for it meanwhile."""
 
+    #: `Changes.ended` when it started: only callers asking at that count share it.
+    since: int
     flight: SingleFlight[Any] = attrs.Factory(lambda: SingleFlight(abandon=True))
     #: What the shared request learned (Airflow's status), for each caller's record.
     trace: CallTrace = attrs.Factory(CallTrace)
@@ -158,8 +172,10 @@ class AirflowClient:
         meter: UpstreamMeter = UNMETERED,
         own_account: bool = True,
         slots: DeferredSemaphore | None = None,
+        changes: Changes | None = None,
     ) -> None:
         self._meter = meter
+        self._changes = changes if changes is not None else Changes()
         self._transport = Transport(agent, base_url)
         self.retries = retries
         self._breaker = breaker
@@ -181,7 +197,7 @@ class AirflowClient:
         self.logins = 0
         self.read_cache_seconds = read_cache_seconds
         self._reads: dict[tuple[Any, ...], _Read] = {}
-        self._cache: dict[tuple[Any, ...], tuple[float, int | None, Any]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, int | None, Any, int]] = {}
         #: GETs asked for, and how many of them went to Airflow (the others
         #: shared a request in flight or a cached answer); for metrics.
         self.reads = 0
@@ -351,32 +367,38 @@ class AirflowClient:
         a GET shares the answer of the same GET in flight or cached.
         """
         if method != "GET":
-            return await self._api_retrying(method, path, what=what, body=body, params=params,
-                                            conflict=conflict, retry=retry)
+            try:
+                return await self._api_retrying(method, path, what=what, body=body,
+                                                params=params, conflict=conflict, retry=retry)
+            finally:  # whatever its answer, Airflow may have changed
+                self._changes.ended += 1
         return await self._read(path, what, params)
 
     async def _read(self, path: str, what: str, params: Any) -> Any:
         """
         A GET, shared: callers that ask while it is in flight get its answer
         (or its error), and a successful answer serves for
-        ``read_cache_seconds``.  The answer is shared, not copied: nothing
+        ``read_cache_seconds``; but not to a caller that asks after a change
+        to Airflow ended that had not when the GET began (`Changes`), so that
+        a caller reads its own writes.  The answer is shared, not copied: nothing
         downstream changes it.  Each caller's record still gets Airflow's
         status.  A caller that gives up leaves the others waiting.
         """
         key = (path, tuple(params) if params else ())
         self.reads += 1
+        now = self._changes.ended
         if self.read_cache_seconds > 0:
             cached = self._cache.get(key)
             if cached is not None:
-                until, status, answer = cached
-                if self._clock.seconds() < until:
+                until, status, answer, since = cached
+                if self._clock.seconds() < until and since == now:
                     if status is not None:
                         note_airflow_status(status)
                     return answer
                 del self._cache[key]
         read = self._reads.get(key)
-        if read is None:
-            read = self._reads[key] = _Read()
+        if read is None or read.since != now:  # none, or begun before a change ended
+            read = self._reads[key] = _Read(now)
             self.reads_upstream += 1
             shared = read
 
@@ -403,7 +425,8 @@ class AirflowClient:
     def _read_done(self, result: Any, key: tuple[Any, ...], read: _Read) -> Any:
         if self._reads.get(key) is read:
             del self._reads[key]
-        if self.read_cache_seconds > 0 and not isinstance(result, Failure):
+        if (self.read_cache_seconds > 0 and not isinstance(result, Failure)
+                and read.since == self._changes.ended):
             if len(self._cache) >= READ_CACHE_ENTRIES:
                 now = self._clock.seconds()
                 for stale in [k for k, v in self._cache.items() if v[0] <= now]:
@@ -411,7 +434,7 @@ class AirflowClient:
                 while len(self._cache) >= READ_CACHE_ENTRIES:
                     del self._cache[next(iter(self._cache))]
             self._cache[key] = (self._clock.seconds() + self.read_cache_seconds,
-                                read.trace.airflow_status, result)
+                                read.trace.airflow_status, result, read.since)
         return result
 
     async def _api_retrying(
