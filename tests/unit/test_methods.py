@@ -145,6 +145,18 @@ class SurfaceTests(MethodTestCase):
         _, _, run = self.successResultOf(d)
         self.assertFalse(run["finished"])
 
+    def test_a_wait_inside_a_multicall_ends_as_it_would_alone(self) -> None:
+        """It was a 504 for the whole multicall at the base deadline (60 s): results lost."""
+        d = self.gw.call_d("system.multicall", [
+            {"methodName": "trigger_dag", "params": ["example_hello", {}, {"dag_run_id": "m1"}]},
+            {"methodName": "wait_dag_run", "params": ["example_hello", "m1", 120]}])
+        self.gw.advance(100)
+        self.assertNoResult(d)
+        self.gw.advance(30)
+        _, _, (created, waited) = self.successResultOf(d)
+        self.assertTrue(created[0]["created"])
+        self.assertFalse(waited[0]["finished"])
+
     def test_set_state_task_instances_clear_and_log(self) -> None:
         self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "t1"})
         self.assertEqual(self.call("set_dag_run_state", "etl_orders", "t1", "failed")["state"],

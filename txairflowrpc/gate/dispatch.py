@@ -135,7 +135,14 @@ class Dispatcher:
         return d
 
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
-        """A call's deadline; what its spec says extends it (capped) comes on top."""
+        """
+        A call's deadline; what its spec says extends it (capped) comes on
+        top.  A multicall's inner calls have no deadline of their own: the
+        multicall's is extended by what each of them would be (together
+        capped), so that a wait inside one ends as it would alone.
+        """
+        if spec is not None and spec.name == "system.multicall":
+            return self.deadline + min(self._multicall_extension(args), self.max_wait)
         if spec is None or spec.deadline is None:
             return self.deadline
         try:
@@ -145,6 +152,17 @@ class Dispatcher:
         if not isinstance(extra, (int, float)) or isinstance(extra, bool):
             extra = spec.value(spec.deadline, ())
         return self.deadline + min(max(extra or 0, 0), self.max_wait)
+
+    def _multicall_extension(self, args: tuple[Any, ...]) -> float:
+        entries = args[0] if args and isinstance(args[0], list) else []
+        extension = 0.0
+        for entry in entries[: self.max_multicall]:
+            try:
+                name, params = _multicall_entry(entry)
+            except errors.GatewayError:
+                continue  # it will be a fault in its place, at once
+            extension += self._deadline_for(self.methods.get(name), params) - self.deadline
+        return extension
 
     def _left(self, result: Any, who: str) -> Any:
         assert self._limits is not None
