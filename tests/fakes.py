@@ -182,7 +182,10 @@ class FakeAirflow(Resource):
                 return 200, self.runs[key]
             if rest[2:] == ["taskInstances"]:
                 tis = self.task_instances[key]
-                return 200, {"task_instances": tis, "total_entries": len(tis)}
+                offset = int(args.get("offset", ["0"])[0])
+                limit = min(int(args.get("limit", ["50"])[0]), 100)  # Airflow's page cap
+                return 200, {"task_instances": tis[offset:offset + limit],
+                             "total_entries": len(tis)}
             if len(rest) >= 4 and rest[2] == "taskInstances":
                 ti = [t for t in self.task_instances[key] if t["task_id"] == rest[3]]
                 if not ti:

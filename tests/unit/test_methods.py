@@ -145,6 +145,23 @@ class SurfaceTests(MethodTestCase):
         _, _, run = self.successResultOf(d)
         self.assertFalse(run["finished"])
 
+    def test_every_task_instance_of_a_large_run_is_listed(self) -> None:
+        """Airflow answers 100 a page: a run of 350 mapped tasks was cut to 100."""
+        self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "big"})
+        self.gw.airflow.task_instances[("etl_orders", "big")] = [
+            {"task_id": "map", "map_index": n, "state": "success"} for n in range(350)]
+        tis = self.call("list_task_instances", "etl_orders", "big")
+        self.assertEqual([t["map_index"] for t in tis], list(range(350)))
+
+    def test_a_run_with_more_task_instances_than_are_listed_is_a_clear_fault(self) -> None:
+        from txairflowrpc.upstream.client import MAX_TASK_INSTANCES
+        self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "huge"})
+        self.gw.airflow.task_instances[("etl_orders", "huge")] = [
+            {"task_id": "map", "map_index": n} for n in range(MAX_TASK_INSTANCES + 1)]
+        f = self.fault("list_task_instances", "etl_orders", "huge")
+        self.assertEqual(f.faultCode, 502)
+        self.assertIn(f"at most {MAX_TASK_INSTANCES} are listed", f.faultString)
+
     def test_a_wait_inside_a_multicall_ends_as_it_would_alone(self) -> None:
         """It was a 504 for the whole multicall at the base deadline (60 s): results lost."""
         d = self.gw.call_d("system.multicall", [

@@ -56,6 +56,10 @@ _NOTHING = object()
 MAX_LOG_PAGES = 50
 #: First retry waits up to this (jittered), doubling each time.
 RETRY_BASE_SECONDS = 0.25
+#: Task instances asked for per page (Airflow's own cap), and the most one
+#: list_task_instances gathers (50 pages).
+TASK_INSTANCE_PAGE = 100
+MAX_TASK_INSTANCES = 5000
 #: Most answers the read cache holds (the oldest go first).
 READ_CACHE_ENTRIES = 4096
 
@@ -617,13 +621,23 @@ class AirflowClient:
         self, dag_id: str, dag_run_id: str
     ) -> Deferred[list[dict[str, Any]]]:
         async def run() -> list[dict[str, Any]]:
-            data = await self._api(
-                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances"),
-                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
-                params=[("limit", "100")],
-            )
-            tis, _ = items(data, "task_instances")
-            return [shape_task_instance(t) for t in tis]
+            # Airflow answers at most 100 a page: a run of mapped tasks holds more.
+            found: list[dict[str, Any]] = []
+            while True:
+                data = await self._api(
+                    "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances"),
+                    what=f"run {dag_run_id!r} of DAG {dag_id!r}",
+                    params=[("limit", str(TASK_INSTANCE_PAGE)), ("offset", str(len(found))),
+                            ("order_by", "id")],
+                )
+                tis, total = items(data, "task_instances")
+                if total > MAX_TASK_INSTANCES:
+                    raise errors.UpstreamError(
+                        f"run {dag_run_id!r} has {total} task instances; at most "
+                        f"{MAX_TASK_INSTANCES} are listed")
+                found.extend(shape_task_instance(t) for t in tis)
+                if not tis or len(found) >= total:
+                    return found
 
         return self._call(run())
 
