@@ -283,6 +283,20 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertNotIn("dag_run_id", listing)  # filters are not for a run
         self.assertEqual(listing["args"]["filters"]["dag_id"], "example_hello")  # but kept
 
+    def test_every_waiter_s_record_gets_the_status_of_the_polls_it_waited_on(self) -> None:
+        """The second waiter joined a watch already polling: its record said nothing."""
+        self.gw.airflow.runs[("etl_orders", "r1")] = {
+            "dag_id": "etl_orders", "dag_run_id": "r1", "state": "running"}
+        first = self.gw.call_d("wait_dag_run", "etl_orders", "r1", 100)
+        second = self.gw.call_d("wait_dag_run", "etl_orders", "r1", 100)
+        del self.gw.airflow.runs[("etl_orders", "r1")]  # gone from Airflow
+        self.gw.advance(3)
+        for d in (first, second):
+            self.assertEqual(self.successResultOf(d)[2].faultCode, 404)
+        waits = [r for r in records(self.path) if r.get("method") == "wait_dag_run"]
+        self.assertEqual([(r["fault_code"], r["airflow_status"]) for r in waits],
+                         [(404, 404), (404, 404)])
+
     def test_intent_and_call_record_the_arguments_the_handler_got(self) -> None:
         """PHP sends no conf as "": both records digest what was used (nothing), alike."""
         self.call("trigger_dag", "etl_orders", "", {"dag_run_id": "r5"})

@@ -19,7 +19,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core import errors
+from ..core import calltrace, errors
+from ..core.calltrace import CallTrace
 
 #: States after which a DAG run never changes by itself.
 FINISHED_STATES = frozenset({"success", "failed"})
@@ -34,6 +35,8 @@ class _Waiter:
     deferred: Deferred[dict[str, Any]]
     timer: IDelayedCall | None = None
     due: bool = False
+    #: The waiting call's trace: each poll's Airflow status is noted there.
+    trace: CallTrace | None = None
 
 
 @attrs.define(eq=False)
@@ -85,7 +88,8 @@ class RunWatcher:
         started = watch is None
         if watch is None:
             watch = self._watches[key] = _Watch(key)
-        waiter = _Waiter(Deferred(lambda d: self._cancelled(watch, waiter)))
+        waiter = _Waiter(Deferred(lambda d: self._cancelled(watch, waiter)),
+                         trace=calltrace.current.get())
         waiter.timer = self._clock.callLater(timeout, self._expired, watch, waiter)
         watch.waiters.append(waiter)
         if started:
@@ -95,9 +99,24 @@ class RunWatcher:
     def _poll(self, watch: _Watch) -> None:
         watch.next_poll = None
         self.polls += 1
-        d = watch.fetching = self._fetch(*watch.key)
+        # The poll is no one waiter's: it runs with a trace of its own, whose
+        # Airflow status every waiter's record then gets.
+        polled = CallTrace()
+        token = calltrace.current.set(polled)
+        try:
+            d = watch.fetching = self._fetch(*watch.key)
+        finally:
+            calltrace.current.reset(token)
+        d.addBoth(self._noted, watch, polled)
         d.addCallbacks(self._got, self._failed, (watch,), None, (watch,))
         d.addErrback(lambda f: _log.failure("run watch failed", f))
+
+    def _noted(self, result: Any, watch: _Watch, polled: CallTrace) -> Any:
+        if polled.airflow_status is not None:
+            for waiter in watch.waiters:
+                if waiter.trace is not None:
+                    waiter.trace.airflow_status = polled.airflow_status
+        return result
 
     def _got(self, run: dict[str, Any], watch: _Watch) -> None:
         watch.fetching = None
