@@ -47,6 +47,7 @@ class SurfaceTests(MethodTestCase):
             ({"limit": 0}, "filters.limit"), ({"limit": 101}, "filters.limit"),
             ({"pattern": "a/b"}, "filters.pattern"), ({"paused": "yes"}, "filters.paused"),
             ({"sort": "x"}, "unknown key 'sort'"), ({"tags": [1]}, "filters.tags"),
+            ({"offset": -1}, "filters.offset"), ({"offset": 10_000_001}, "filters.offset"),
         ]:
             f = self.fault("list_dags", filters)
             self.assertEqual(f.faultCode, -32602)

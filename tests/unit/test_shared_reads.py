@@ -209,6 +209,20 @@ class ReadCacheTests(SynchronousTestCase):
         c.get_dag_run("etl_orders", "nope")
         self.assertEqual(len(self.http.held), 1)
 
+    def test_answers_past_their_time_go_when_the_next_comes(self) -> None:
+        """They were held until the cache was full: 300 log pages an hour after."""
+        c = client(self.http, self.clock, read_cache_seconds=1)
+        for i in range(3):
+            d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=i)
+            self.http.release()
+            self.successResultOf(d)
+        self.assertEqual(len(c._cache), 3)
+        self.clock.advance(2)
+        d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=9)
+        self.http.release()
+        self.successResultOf(d)
+        self.assertEqual(len(c._cache), 1)
+
     def test_the_cache_holds_a_bounded_number_of_answers(self) -> None:
         self.patch(client_module, "READ_CACHE_ENTRIES", 3)
         c = client(self.http, self.clock, read_cache_seconds=60)

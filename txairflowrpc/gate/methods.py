@@ -34,6 +34,9 @@ MAX_TAGS = 50
 #: How many pages of DAGs (of 100) list_dags reads to filter them for a
 #: caller who may read only some.
 MAX_SCAN_PAGES = 100
+#: The largest offset a list may ask for (Airflow's database would be asked
+#: to skip that many rows; 10**30 is no page anyone reads).
+MAX_OFFSET = 10_000_000
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
@@ -74,8 +77,8 @@ def _page(method: str, name: str, opts: dict[str, Any], default_limit: int) -> t
     offset = opts.get("offset", 0)
     if not 1 <= limit <= MAX_PAGE:
         raise errors.InvalidParams(f"{name}.limit must be from 1 to {MAX_PAGE}", method)
-    if offset < 0:
-        raise errors.InvalidParams(f"{name}.offset must not be negative", method)
+    if not 0 <= offset <= MAX_OFFSET:
+        raise errors.InvalidParams(f"{name}.offset must be from 0 to {MAX_OFFSET}", method)
     return limit, offset
 
 

@@ -431,14 +431,16 @@ class AirflowClient:
             del self._reads[key]
         if (self.read_cache_seconds > 0 and not isinstance(result, Failure)
                 and read.since == self._changes.ended):
-            if len(self._cache) >= READ_CACHE_ENTRIES:
-                now = self._clock.seconds()
-                for stale in [k for k, v in self._cache.items() if v[0] <= now]:
-                    del self._cache[stale]
-                while len(self._cache) >= READ_CACHE_ENTRIES:
-                    del self._cache[next(iter(self._cache))]
-            self._cache[key] = (self._clock.seconds() + self.read_cache_seconds,
-                                read.trace.airflow_status, result, read.since)
+            now = self._clock.seconds()
+            cache = self._cache
+            cache.pop(key, None)  # to the end: the cache stays in the order answers expire
+            # Answers past their time go as soon as another comes, not when
+            # the cache is full: a burst of large reads is not held for long.
+            while cache and (len(cache) >= READ_CACHE_ENTRIES
+                             or next(iter(cache.values()))[0] <= now):
+                del cache[next(iter(cache))]
+            cache[key] = (now + self.read_cache_seconds, read.trace.airflow_status, result,
+                          read.since)
         return result
 
     async def _api_retrying(
