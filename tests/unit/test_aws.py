@@ -432,6 +432,27 @@ class TestCache:
         with pytest.raises(aws.STSUnavailable, match="too many sign-ins in progress"):
             w.verify(pack(signed(DEPLOYER)))
 
+    def test_one_source_cannot_take_every_place(self) -> None:
+        """Forged headers from one address filled the 64 places others' sign-ins need."""
+        w = world()
+        w.resource.hang = True
+        held = [w.verifier.verify(pack(signed(ALICE, headers={"X-Amz-Meta": str(n)})), "10.0.0.9")
+                for n in range(aws.MAX_IN_FLIGHT_PER_SOURCE)]
+        late = w.verifier.verify(pack(signed(ALICE)), "10.0.0.9")
+        failure: list[Any] = []
+        late.addErrback(failure.append)
+        assert failure and failure[0].check(aws.STSUnavailable)
+        assert "from this address" in failure[0].getErrorMessage()
+        other = w.verifier.verify(pack(signed(DEPLOYER)), "10.0.0.10")  # still has a place
+        assert w.verifier.sts_calls == aws.MAX_IN_FLIGHT_PER_SOURCE + 1
+        for d in (*held, other):
+            d.addErrback(lambda f: None)
+        w.clock.advance(SETTINGS.timeout_seconds + 1)  # those exchanges end: places given back
+        again = w.verifier.verify(pack(signed(ALICE)), "10.0.0.9")
+        assert w.verifier.sts_calls == aws.MAX_IN_FLIGHT_PER_SOURCE + 2
+        again.cancel()
+        again.addErrback(lambda f: None)
+
 
 def entry(name: str, arns: tuple[str, ...] = (), accounts: tuple[str, ...] = ()) -> PrincipalEntry:
     return PrincipalEntry(name=name, roles=(), aws_arns=arns, aws_accounts=accounts)
@@ -745,3 +766,20 @@ class TestClient:
                                       endpoint=ENDPOINT)
         assert len("Authorization: " + header) < 4096
         assert len(header.partition(" ")[2]) <= aws.MAX_CREDENTIAL
+
+
+def test_sign_ins_are_counted_by_the_address_the_back_off_counts() -> None:
+    from twisted.internet.address import IPv4Address, IPv6Address
+
+    from txairflowrpc.identity.authenticate import _source
+
+    class Request:
+        def __init__(self, address: Any) -> None:
+            self.address = address
+
+        def getClientAddress(self) -> Any:
+            return self.address
+
+    assert _source(Request(IPv4Address("TCP", "10.0.0.9", 4000))) == "10.0.0.9"
+    assert _source(Request(IPv6Address("TCP", "2001:db8:1:2::7", 4000))) == "2001:db8:1:2::/64"
+    assert _source(object()) == ""

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from ..config import AccessConfig
 from . import aws, oidc, tokens
+from .backoff import source_key
 from .certificates import PeerCertificate, matches, peer_certificate
 from .principal import Principal
 from .scopes import Grants, Role
@@ -123,7 +124,8 @@ class Authenticator:
         cert = peer_certificate(request.transport)
         by_cert = self._from_certificate(cert) if cert is not None else None
         credential = _credential(request)
-        by_credential = await self._from_credential(credential) if credential else None
+        by_credential = (await self._from_credential(credential, _source(request))
+                         if credential else None)
         if settings.client_certificate == "required" and by_cert is None:
             raise Unauthenticated("a client certificate is required")
         if settings.require_token and by_credential is None:
@@ -156,10 +158,10 @@ class Authenticator:
             roles=entry.roles, grants=self._grants(entry.roles),
         )
 
-    async def _from_credential(self, credential: _Credential) -> Principal:
+    async def _from_credential(self, credential: _Credential, source: str = "") -> Principal:
         secret = credential.secret
         if credential.scheme == "aws_iam":
-            return await self._from_aws(secret)
+            return await self._from_aws(secret, source)
         if secret.startswith(tokens.PREFIX):
             return self._from_token(credential)
         if credential.scheme == "bearer" and oidc.looks_like_jwt(secret):
@@ -213,11 +215,11 @@ class Authenticator:
             roles=roles, grants=self._grants(roles),
         )
 
-    async def _from_aws(self, credential: str) -> Principal:
+    async def _from_aws(self, credential: str, source: str = "") -> Principal:
         if self.aws is None:
             raise Unauthenticated("AWS IAM sign-in is not enabled here")
         try:
-            identity = await self.aws.verify(credential)
+            identity = await self.aws.verify(credential, source)
         except aws.STSUnavailable as e:
             raise Unauthenticated(f"AWS IAM: identity provider unavailable ({e}); "
                                   "try again later") from None
@@ -237,6 +239,12 @@ class Authenticator:
             aws_user_id=identity.user_id, roles=entry.roles, grants=self._grants(entry.roles),
             proof_until=self.aws.accepted_until(credential),
         )
+
+
+def _source(request: Any) -> str:
+    """Where ``request`` comes from, as the back-off counts it (an address, an IPv6 /64)."""
+    get = getattr(request, "getClientAddress", None)
+    return source_key(str(getattr(get(), "host", ""))) if get is not None else ""
 
 
 class Gate:

@@ -74,6 +74,9 @@ MAX_HEADER_VALUE = 4096
 MAX_ANSWER = 64 * 1024
 #: Most exchanges with STS at once; past it a sign-in is refused at once.
 MAX_IN_FLIGHT = 64
+#: Most of them on behalf of one source (an address, an IPv6 /64): forged
+#: headers from one place cannot take the places others' sign-ins need.
+MAX_IN_FLIGHT_PER_SOURCE = 4
 #: Most identities kept (`IAMVerifier`'s cache).
 MAX_CACHED = 10_000
 
@@ -432,6 +435,7 @@ class IAMVerifier:
         self._cache: dict[bytes, tuple[CallerIdentity, float]] = {}
         self._flights: dict[bytes, SingleFlight[CallerIdentity]] = {}
         self.in_flight = 0
+        self._by_source: dict[str, int] = {}
         self._warned_at = float("-inf")
         self._unwarned = 0
         #: Exchanges with STS so far (for tests and the curious).
@@ -455,10 +459,12 @@ class IAMVerifier:
             return now
         return signed.signed_at + self.settings.max_age_seconds
 
-    def verify(self, credential: str) -> Deferred[CallerIdentity]:
+    def verify(self, credential: str, source: str = "") -> Deferred[CallerIdentity]:
         """
         Who signed ``credential``; fails with `AWSError`, or `STSUnavailable`
-        when STS could not say.  Cancelling it withdraws this caller only.
+        when STS could not say (or is asked on behalf of ``source`` already
+        `MAX_IN_FLIGHT_PER_SOURCE` times).  Cancelling it withdraws this
+        caller only.
         """
         try:
             now = self._clock.seconds()
@@ -469,16 +475,16 @@ class IAMVerifier:
         if cached is not None and now <= cached[1]:
             return succeed(cached[0])
         flight = self._flights.setdefault(signed.key, SingleFlight())
-        return flight.run(lambda: self._ask(signed))
+        return flight.run(lambda: self._ask(signed, source))
 
-    def _ask(self, signed: SignedRequest) -> Deferred[CallerIdentity]:
+    def _ask(self, signed: SignedRequest, source: str = "") -> Deferred[CallerIdentity]:
         def done(result: Any) -> Any:
             self._flights.pop(signed.key, None)
             if isinstance(result, CallerIdentity) and self.settings.cache_verified:
                 self._keep(signed, result)
             return result
 
-        return Deferred.fromCoroutine(self._exchange(signed)).addBoth(done)
+        return Deferred.fromCoroutine(self._exchange(signed, source)).addBoth(done)
 
     def _keep(self, signed: SignedRequest, identity: CallerIdentity) -> None:
         now = self._clock.seconds()
@@ -488,10 +494,13 @@ class IAMVerifier:
             del self._cache[next(iter(self._cache))]
         self._cache[signed.key] = (identity, signed.signed_at + self.settings.max_age_seconds)
 
-    async def _exchange(self, signed: SignedRequest) -> CallerIdentity:
+    async def _exchange(self, signed: SignedRequest, source: str = "") -> CallerIdentity:
         if self.in_flight >= self._max_in_flight:
             raise STSUnavailable("too many sign-ins in progress")
+        if self._by_source.get(source, 0) >= MAX_IN_FLIGHT_PER_SOURCE:
+            raise STSUnavailable("too many sign-ins in progress from this address")
         self.in_flight += 1
+        self._by_source[source] = self._by_source.get(source, 0) + 1
         self.sts_calls += 1
         timeout = self.settings.timeout_seconds
         d = Deferred.fromCoroutine(self._post(signed))
@@ -508,6 +517,9 @@ class IAMVerifier:
             raise self._unavailable("STS could not be reached", type(e).__name__) from None
         finally:
             self.in_flight -= 1
+            left = self._by_source.pop(source) - 1
+            if left:
+                self._by_source[source] = left
             if deadline.active():
                 deadline.cancel()
         if status == 200:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 MAX_SOURCES = 10000
 
 
-def _source_key(source: str) -> str:
+def source_key(source: str) -> str:
     """
     What failures are counted by: the address, or for IPv6 its /64 (one
     host usually holds a whole /64, and could spray from it).
@@ -50,7 +50,7 @@ class Backoff:
     def failed(self, source: str) -> float:
         """Note a failure; the delay before answering it, in seconds."""
         now = self._clock.seconds()
-        source = _source_key(source)
+        source = source_key(source)
         count, since = self._failures.get(source, (0, now))
         if now - since > self._window:
             count, since = 0, now
