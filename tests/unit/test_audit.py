@@ -108,6 +108,45 @@ class ChainTests(SynchronousTestCase):
         message = self.tamper(lambda ls: ls[:-1] + [ls[-1][:-10]])
         self.assertIn("incomplete last line", message)
 
+    def test_a_link_planted_for_a_lock_file_is_not_followed(self) -> None:
+        """Whoever can write the audit directory must not reach a file outside it."""
+        from txairflowrpc.audit.owner import claim, owner_path
+        victim = self.dir / "elsewhere"
+        victim.write_text("precious\n")
+        for lock in (owner_path(self.path), self.path.with_name(self.path.name + ".lock")):
+            lock.unlink(missing_ok=True)
+            lock.symlink_to(victim)
+        with self.assertRaises(OSError):
+            claim(self.path, "gw")
+        with self.assertRaises(OSError):
+            append_now(self.path, {"event": "token.created"})
+        self.assertEqual(victim.read_text(), "precious\n")
+
+    def test_a_line_rewritten_with_the_same_json_is_found(self) -> None:
+        """A key twice: Python and jq keep the last value, other readers the first."""
+        def rewrite(line: str) -> str:
+            # The hash covers the JSON, not the bytes: it still matches.
+            return line.replace('"kind":"call"', '"kind":"forged","kind":"call"', 1)
+
+        message = self.tamper(lambda ls: ls[:2] + [rewrite(ls[2])] + ls[3:])
+        self.assertIn(":3: record seq 3 was altered (not written as sealed)", message)
+        message = self.tamper(lambda ls: ls[:2] + [ls[2].replace(",", ", ", 1)] + ls[3:])
+        self.assertIn(":3: record seq 3 was altered (not written as sealed)", message)
+
+    def test_records_cut_from_the_start_of_the_chain_are_found(self) -> None:
+        message = self.tamper(lambda ls: ls[2:])
+        self.assertIn(":1: the chain starts at record seq 3, which is not the start of a file",
+                      message)
+
+    def test_a_hostile_line_is_reported_not_a_crash(self) -> None:
+        from txairflowrpc.audit.verify import MAX_LINE
+        deep = '{"x":' + "[" * 100_000 + "]" * 100_000 + "}\n"
+        self.assertIn(":3: not an audit record", self.tamper(lambda ls: ls[:2] + [deep] + ls[2:]))
+        self.path.write_bytes(b'{"seq":1,"x":"' + b"a" * (MAX_LINE + 10))  # no line end
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        self.assertIn(f":1: a line longer than {MAX_LINE} bytes", message)
+
     def test_the_chain_continues_after_a_restart_and_a_torn_line(self) -> None:
         self.fill(3)
         self.successResultOf(self.log.close())

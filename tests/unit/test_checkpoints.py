@@ -173,6 +173,32 @@ class WhenCheckpointsAreSealedTests(KeyedCase):
         status, out = self.verify("--public-key", str(self.key.public), str(rotated))
         self.assertEqual(status, 0, out)  # a rotated file can be checked on its own
 
+    def test_a_file_must_follow_the_rotation_checkpoint_kept_off_the_host(self) -> None:
+        log = self.log(rotate_bytes=1200)
+        for i in range(8):
+            self.clock.advance(1)
+            self.successResultOf(log.append({"i": i}))
+        self.successResultOf(log.close())
+        rotated = sorted(self.dir.glob("audit.jsonl.*Z"))
+        shipped = self.dir / "shipped.jsonl"
+        shipped.write_text("".join(line for f in rotated for line in f.read_text().splitlines(True)
+                                   if checkpoint.CHECKPOINT in line))
+        status, out = self.verify("--shipped", str(shipped), str(self.path))
+        self.assertEqual(status, 0, out)  # the newest file alone: it follows the copy
+        # A file put in its place, re-hashed whole from a start of its own.
+        out_lines, prev = [], "f" * 64
+        for line in self.path.read_text().splitlines():
+            record = json.loads(line)
+            record.pop("hash")
+            record["prev"] = prev
+            sealed = seal(record)
+            prev = json.loads(sealed)["hash"]
+            out_lines.append(sealed)
+        self.path.write_text("".join(out_lines))
+        status, out = self.verify("--shipped", str(shipped), str(self.path))
+        self.assertEqual(status, 1, out)
+        self.assertIn("does not follow the checkpoint seq", out)
+
     def test_signing_happens_in_the_write_off_the_reactor(self) -> None:
         calls: list[str] = []
         real = self.signer

@@ -34,6 +34,8 @@ from ..core.timefmt import iso_day, iso_micro, utc
 from .checkpoint import CHECKPOINT, Signer
 
 GENESIS = "0" * 64
+#: The event of the record that begins every file after a rotation.
+ROTATED = "audit.rotated"
 #: The instance the ``airflowrpc`` command's own records name (`append_now`);
 #: ``audit.instance`` may not take it.
 CLI_INSTANCE = "cli"
@@ -165,7 +167,7 @@ class ChainFile:
         missing = [d for d in (directory, *directory.parents) if not d.exists()]
         directory.mkdir(parents=True, exist_ok=True)
         self._fd = self._open_file()
-        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         os.close(lock)
         if self._fsync:
             for created in missing:  # each new directory's name lives in its parent
@@ -198,7 +200,7 @@ class ChainFile:
         Raises OSError if they cannot be written and fsynced; then nothing of
         them stays in the file and they may be appended again.
         """
-        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        lock = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
@@ -214,7 +216,7 @@ class ChainFile:
                 rotated.append(self._rotate(now))
                 data, end = self._seal(
                     [{"time": iso_micro(now), "instance": records[0].get("instance"),
-                      "event": "audit.rotated", "previous_file": rotated[0].name}, *records],
+                      "event": ROTATED, "previous_file": rotated[0].name}, *records],
                     self._seq, self._prev,
                 )
             covered = self._covered

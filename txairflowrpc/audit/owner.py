@@ -79,7 +79,7 @@ def claim(audit_path: Path, instance: str) -> Claim:
     the lock file cannot be opened.
     """
     path = owner_path(audit_path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

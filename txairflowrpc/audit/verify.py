@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import attrs
 
-from .chain import CLI_INSTANCE, GENESIS, dumps, loads_strict
+from .chain import CLI_INSTANCE, GENESIS, ROTATED, dumps, loads_strict
 from .checkpoint import CHECKPOINT, Verifier
 
 
@@ -201,6 +201,11 @@ def check(
     )
 
 
+def _sealed(body: str, hash_: str) -> bytes:
+    """The line `chain.seal` writes for a record whose JSON (without its hash) is ``body``."""
+    return (body[:-1] + f',"hash":"{hash_}"}}\n').encode("ascii")
+
+
 def read_shipped(path: Path) -> list[dict[str, Any]]:
     """
     The checkpoints in a file of records kept off the host (other records
@@ -215,12 +220,13 @@ def read_shipped(path: Path) -> list[dict[str, Any]]:
     for lineno, raw in enumerate(lines, 1):
         try:
             record = loads_strict(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError(f"{path}:{lineno}: not a JSON record") from None
         if not isinstance(record, dict) or record.get("event") != CHECKPOINT:
             continue
-        body = {k: v for k, v in record.items() if k != "hash"}
-        if (hashlib.sha256(dumps(body).encode("ascii")).hexdigest() != record.get("hash")
+        body = dumps({k: v for k, v in record.items() if k != "hash"})
+        # Only intact: the file is the auditor's own copy, often written by jq.
+        if (hashlib.sha256(body.encode("ascii")).hexdigest() != record.get("hash")
                 or not isinstance(record.get("seq"), int)):
             raise ValueError(f"{path}:{lineno}: checkpoint is not intact (hash mismatch)")
         found.append(record)
@@ -270,7 +276,12 @@ class _Walk:
         except OSError as e:
             raise _Broken(f"{path}: cannot read: {e.strerror}") from None
         with handle:
-            for lineno, raw in enumerate(handle, 1):
+            lineno = 0
+            while raw := handle.readline(MAX_LINE + 1):
+                lineno += 1
+                if len(raw) > MAX_LINE:  # read no further: no record is this long
+                    raise _Broken(f"{path}:{lineno}: a line longer than {MAX_LINE} bytes "
+                                  "is not an audit record")
                 self.record(f"{path}:{lineno}", raw)
 
     def record(self, where: str, raw: bytes) -> None:
@@ -279,12 +290,17 @@ class _Walk:
         try:
             record = loads_strict(raw)
             claimed = record.pop("hash")
-        except (ValueError, KeyError, AttributeError):
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise _Broken(f"{where}: not an audit record") from None
         seq = record.get("seq")
-        actual = hashlib.sha256(dumps(record).encode("ascii")).hexdigest()
+        body = dumps(record)
+        actual = hashlib.sha256(body.encode("ascii")).hexdigest()
         if actual != claimed:
             raise _Broken(f"{where}: record seq {seq} was altered (hash mismatch)")
+        if raw != _sealed(body, claimed):
+            # The same JSON, written otherwise: a key twice (readers that keep
+            # the first would read another record), spaces, escapes, ...
+            raise _Broken(f"{where}: record seq {seq} was altered (not written as sealed)")
         if self.seq is not None and seq != self.seq + 1:
             if isinstance(seq, int) and seq > self.seq + 1:
                 raise _Broken(f"{where}: records {self.seq + 1}..{seq - 1} are missing")
@@ -295,9 +311,18 @@ class _Walk:
             raise _Broken(f"{where}: not an audit record (no seq)")
         if self.prev is None:
             self.first_seq = seq
-            self.continues = record.get("prev") != GENESIS and seq != 1
+            self.continues = record.get("prev") != GENESIS or seq != 1
+            if self.continues and record.get("event") != ROTATED:
+                # Every file after the first of a chain begins with the record of
+                # its rotation; one that does not was cut at its start.
+                raise _Broken(f"{where}: the chain starts at record seq {seq}, which is not "
+                              "the start of a file: the records before it were cut")
             if self.shipped:
                 self.shipped_older = sum(1 for s in self.shipped if s < seq)
+                kept = self.shipped.get(seq - 1)
+                if kept is not None and kept.get("hash") != record.get("prev"):
+                    raise _Broken(f"{where}: record seq {seq} does not follow the checkpoint "
+                                  f"seq {seq - 1} kept off the host")
         if record.get("event") == CHECKPOINT:
             self.checkpoint(where, record, claimed)
         kind = record.get("kind")
@@ -356,7 +381,11 @@ def verify(paths: Iterable[Path]) -> tuple[bool, str]:
 
 #: A rotated file's suffix: ``.<UTC time>``, and ``.<n>`` when two rotations
 #: fell in one second (`txairflowrpc.audit.chain`).
-_ROTATED = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
+#: The longest line read: records are a few KB; past this a line is refused
+#: unread, so that a file anyone could write cannot exhaust the verifier's memory.
+MAX_LINE = 1024 * 1024
+
+_ROTATED_NAME = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
 
 
 @attrs.frozen
@@ -371,8 +400,8 @@ class ChainFiles:
 def _first_seq(path: Path) -> float:
     try:
         with path.open("rb") as f:
-            return float(json.loads(f.readline())["seq"])
-    except (OSError, ValueError, KeyError, TypeError):
+            return float(json.loads(f.readline(MAX_LINE))["seq"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return float("inf")
 
 
@@ -380,7 +409,7 @@ def _starts_a_record(path: Path) -> bool:
     try:
         with path.open("rb") as f:
             record = json.loads(f.readline(65536))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(record, dict) and isinstance(record.get("seq"), int) and "hash" in record
 
@@ -406,14 +435,14 @@ def find_chains(
         if path.name.endswith(".lock") and path.is_file():
             continue  # the chain's append lock (``audit.jsonl*`` in a shell names it too)
         if not path.is_dir():
-            named.setdefault(path.with_name(_ROTATED.sub("", path.name)), set()).add(path)
+            named.setdefault(path.with_name(_ROTATED_NAME.sub("", path.name)), set()).add(path)
             continue
         for file in sorted(path.rglob("*")):
             relative = file.relative_to(path).parts
             if (any(part.startswith(".") for part in relative) or file.name.endswith(".lock")
                     or not file.is_file() or file.resolve() in skipped):
                 continue
-            found.setdefault(file.with_name(_ROTATED.sub("", file.name)), set()).add(file)
+            found.setdefault(file.with_name(_ROTATED_NAME.sub("", file.name)), set()).add(file)
     others: list[Path] = []
     for name, files in found.items():
         if name in named or name.name.endswith(".jsonl") or any(map(_starts_a_record, files)):

@@ -180,7 +180,7 @@ class _Locked:
     def __enter__(self) -> dict[str, TokenRecord]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = os.open(self.path.with_name(self.path.name + ".lock"),
-                             os.O_WRONLY | os.O_CREAT, 0o600)
+                             os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.records = dict(TokenStore.load(self.path).records)
         return self.records
