@@ -108,6 +108,18 @@ def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch
     assert not [line for line in shown if line.lstrip().startswith("::") or "\x1b" in line]
 
 
+def test_what_the_failure_report_takes_from_the_gateway_cannot_command_it_either() -> None:
+    """The log lines were cleaned; the fault texts and task ids beside them were not."""
+    gateway = FakeGateway()
+    gateway.fail_next["get_task_log"] = [
+        xmlrpc.client.Fault(403, "forbidden\n::add-mask::x \x1b[2J")]
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert got.status == 1
+    assert "its log: get_task_log: fault 403: forbidden?::add-mask::x ?[2J" in got.err
+    assert not [line for line in got.err.splitlines()
+                if line.lstrip().startswith("::") or "\x1b" in line]
+
+
 def test_a_fault_string_cannot_start_a_line_either() -> None:
     gateway = FakeGateway()
     gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\n::add-mask::x")]

@@ -114,18 +114,27 @@ def _tail(
     return TaskTail(task_id, map_index, try_number, tuple(kept), len(all_lines))
 
 
+def _plain(text: object) -> str:
+    """``text`` (from the gateway) with control characters as ``?``: it cannot start or colour a line."""
+    return _CONTROL.sub("?", str(text))
+
+
 def report(found: FailedTasks) -> list[str]:
-    """``found`` as lines for stderr."""
+    """
+    ``found`` as lines for stderr; whatever in them came from the gateway
+    (fault texts, task ids) has its control characters as ``?``, as the log
+    lines have.
+    """
     out: list[str] = []
     if found.problem is not None:
-        return [f"cannot list the run's task instances: {found.problem}"]
+        return [f"cannot list the run's task instances: {_plain(found.problem)}"]
     if not found.tails:
         out.append("no task instance of the run failed (was the run marked failed by hand?)")
     for tail in found.tails:
-        name = tail.task_id + (f"[{tail.map_index}]" if tail.map_index >= 0 else "")
+        name = _plain(tail.task_id) + (f"[{tail.map_index}]" if tail.map_index >= 0 else "")
         attempt = f" (try {tail.try_number})" if tail.try_number >= 1 else ""
         if tail.problem is not None:
-            out.append(f"task {name} failed{attempt}; its log: {tail.problem}")
+            out.append(f"task {name} failed{attempt}; its log: {_plain(tail.problem)}")
             continue
         shown = len(tail.lines)
         out.append(f"----- task {name} failed{attempt}: last {shown} of {tail.total} log "
@@ -135,5 +144,6 @@ def report(found: FailedTasks) -> list[str]:
     if found.more:
         out.append(f"... and {found.more} more failed task instances (list_task_instances)")
     if found.upstream_failed:
-        out.append("not run because an upstream task failed: " + ", ".join(found.upstream_failed))
+        out.append("not run because an upstream task failed: "
+                   + ", ".join(map(_plain, found.upstream_failed)))
     return out
