@@ -96,6 +96,18 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load(tmp_path / "none.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write(tmp_path, "[listen\n"))
+    # Arrays nested 2,000 deep: tomllib recurses (a RecursionError and a traceback before).
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        load(write(tmp_path, "x = " + "[" * 2000 + "]" * 2000 + "\n"))
+
+
+def test_a_file_the_config_names_nested_too_deeply_is_a_config_error(confdir: Path) -> None:
+    from txairflowrpc.service.checked import load_checked
+    store = confdir / "tokens.json"
+    store.write_text('{"tokens": ' + "[" * 5000 + "]" * 5000 + "}")
+    path = write(confdir, GOOD + f'[auth]\ntoken_store = "{store}"\n')
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        load_checked(path)
 
 
 def test_unusable_certificate_files_name_the_key(confdir: Path, pki: DevPKI) -> None:

@@ -131,4 +131,6 @@ def load(path: str | Path) -> Config:
         raise ConfigError("", f"config file {source} is not UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"config file {source} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError("", f"config file {source} nests too deeply to be read") from None
     return parse(document, source)

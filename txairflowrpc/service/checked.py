@@ -36,8 +36,16 @@ class Checked:
 def load_checked(path: str | Path) -> Checked:
     """
     Read the config and every file it names; `ConfigError` naming the key
-    at fault.
+    at fault (never anything else for a bad file).
     """
+    try:
+        return _load_checked(path)
+    except RecursionError:  # a JSON or TOML file nested deeper than Python reads
+        raise config_module.ConfigError(
+            "", "the config or a file it names nests too deeply to be read") from None
+
+
+def _load_checked(path: str | Path) -> Checked:
     cfg = config_module.load(path)
     roles = build_roles(cfg.access)
     options = server_options(cfg.tls, cfg.access.auth.client_certificate)
