@@ -231,3 +231,19 @@ def test_the_wait_gives_up_on_a_refusal_or_a_long_outage() -> None:
 def test_elapsed_text() -> None:
     assert [elapsed_text(s) for s in (0, 42.9, 65, 3600 + 123)] == [
         "0s", "42s", "1m05s", "1h02m03s"]
+
+
+def test_an_answer_nested_too_deep_to_write_out_is_a_bad_answer() -> None:
+    """It reached the JSON writer and ended as exit 70, 'a bug in the client'."""
+    import xmlrpc.client
+
+    from txairflowrpc.client.transport import MAX_ANSWER_DEPTH, parse_answer
+    body = ("<methodResponse><params><param>" + "<value><array><data>" * 2000
+            + "<value><string>x</string></value>" + "</data></array></value>" * 2000
+            + "</param></params></methodResponse>").encode()
+    with pytest.raises(BadAnswer) as e:
+        parse_answer("get_dag_run", body, None)
+    assert e.value.exit_status == 5 and f"deeper than {MAX_ANSWER_DEPTH}" in str(e.value)
+    ok = {"a": [[{"b": 1}]]}
+    assert parse_answer("get_dag", xmlrpc.client.dumps((ok,), methodresponse=True).encode(),
+                        None) == ok

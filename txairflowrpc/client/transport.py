@@ -95,7 +95,26 @@ def parse_answer(method: str, body: bytes, request_id: str | None) -> Any:
         raise BadAnswer(method, type(e).__name__) from None
     if len(values) != 1:
         raise BadAnswer(method, f"{len(values)} values instead of one")
+    if _deeper_than(values[0], MAX_ANSWER_DEPTH):
+        # What writes it out as JSON recurses: a bad answer, not a client bug.
+        raise BadAnswer(method, f"nested deeper than {MAX_ANSWER_DEPTH} levels")
     return values[0]
+
+
+#: Deepest answer taken (the gateway sends nothing deeper than 32 levels).
+MAX_ANSWER_DEPTH = 200
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value``'s arrays and structs nest deeper than ``limit`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 class Caller(Protocol):
