@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import socket
+import time
 import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
@@ -431,6 +432,41 @@ def test_no_gateway_there_exits_5(
     got = run_main(["call", "ping"], {"AIRFLOWRPC_URL": f"https://localhost:{port}/RPC2",
                                       "AIRFLOWRPC_CA": str(pki.ca_file)}, monkeypatch, capsys)
     assert got.status == 5 and f"connection to localhost:{port} refused" in got.err
+
+
+def test_an_answer_that_trickles_in_ends_at_the_timeout_in_all(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read had the timeout: a byte every 0.1 s held a call for ever."""
+    import threading
+
+    from txairflowrpc.client.errors import Unreachable
+    from txairflowrpc.client.settings import read
+    from txairflowrpc.client.transport import Gateway
+
+    sent_all = threading.Event()
+
+    def trickle(handler: Any) -> None:
+        handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/xml")
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        try:
+            for _ in range(100):  # 10 s at most
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            return  # the client went away
+        sent_all.set()
+
+    monkeypatch.setattr(server.server.RequestHandlerClass, "do_POST", trickle)
+    gw = Gateway(read(tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN)))
+    with pytest.raises(Unreachable) as e:
+        gw.call("ping", timeout=1.0)
+    assert "no complete answer from" in str(e.value) and "within 1 s" in str(e.value)
+    assert not sent_all.is_set()  # it gave up while the answer was still coming
 
 
 def test_an_expiring_credential_is_mentioned_once(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable
@@ -185,9 +186,48 @@ class Gateway:
     def _exchange(
         self, method: str, body: bytes, timeout: float
     ) -> tuple[int, str, dict[str, str], bytes]:
+        """
+        One request and its whole answer within ``timeout`` seconds in all:
+        the socket's timeout bounds each read, and past ``timeout`` the
+        connection is shut down, so that an answer trickling a byte at a
+        time cannot hold a pipeline's step for ever.
+        """
         s = self._settings
         conn = http.client.HTTPSConnection(s.host, s.port, timeout=timeout,
                                            context=self._context)
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the read that waits
+                except OSError:
+                    pass
+
+        deadline = threading.Timer(timeout, cut)
+        deadline.daemon = True
+        deadline.start()
+        late = Unreachable(method, f"no complete answer from {s.host}:{s.port} "
+                                   f"within {timeout:g} s")
+        try:
+            exchanged = self._exchange_on(conn, method, body, timeout)
+        except (Unreachable, HandshakeRefused, BadAnswer):
+            if expired.is_set():
+                raise late from None
+            raise
+        finally:
+            deadline.cancel()
+            conn.close()
+        if expired.is_set():  # what was read may stop short of the answer's end
+            raise late
+        return exchanged
+
+    def _exchange_on(
+        self, conn: http.client.HTTPSConnection, method: str, body: bytes, timeout: float,
+    ) -> tuple[int, str, dict[str, str], bytes]:
+        s = self._settings
         try:
             headers = self._headers
             if self._aws is not None:
@@ -215,8 +255,6 @@ class Gateway:
             raise Unreachable(method, _connection_problem(e, s, timeout) + _cut_hint(s)) from None
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(method, _connection_problem(e, s, timeout)) from None
-        finally:
-            conn.close()
 
 
 def _aws_signer(settings: Settings) -> Callable[[], str]:
