@@ -77,7 +77,11 @@ def _not_json(constant: str) -> Any:
 def seal(record: dict[str, Any]) -> str:
     """The record's line: its JSON with ``hash`` (of everything else) last."""
     body = dumps(record)
-    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+    return sealed_line(body, hashlib.sha256(body.encode("ascii")).hexdigest())
+
+
+def sealed_line(body: str, digest: str) -> str:
+    """The line of a record whose JSON without its hash is ``body``: ``hash`` last, a line end."""
     return body[:-1] + f',"hash":"{digest}"}}\n'
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import attrs
 
-from .chain import CLI_INSTANCE, GENESIS, ROTATED, dumps, loads_strict
+from .chain import CLI_INSTANCE, GENESIS, ROTATED, dumps, loads_strict, sealed_line
 from .checkpoint import CHECKPOINT, Verifier
 
 
@@ -201,11 +201,6 @@ def check(
     )
 
 
-def _sealed(body: str, hash_: str) -> bytes:
-    """The line `chain.seal` writes for a record whose JSON (without its hash) is ``body``."""
-    return (body[:-1] + f',"hash":"{hash_}"}}\n').encode("ascii")
-
-
 def read_shipped(path: Path) -> list[dict[str, Any]]:
     """
     The checkpoints in a file of records kept off the host (other records
@@ -297,7 +292,7 @@ class _Walk:
         actual = hashlib.sha256(body.encode("ascii")).hexdigest()
         if actual != claimed:
             raise _Broken(f"{where}: record seq {seq} was altered (hash mismatch)")
-        if raw != _sealed(body, claimed):
+        if raw != sealed_line(body, claimed).encode("ascii"):
             # The same JSON, written otherwise: a key twice (readers that keep
             # the first would read another record), spaces, escapes, ...
             raise _Broken(f"{where}: record seq {seq} was altered (not written as sealed)")
@@ -379,12 +374,12 @@ def verify(paths: Iterable[Path]) -> tuple[bool, str]:
     return report.whole, report.lines()[0].removeprefix("BROKEN: ")
 
 
-#: A rotated file's suffix: ``.<UTC time>``, and ``.<n>`` when two rotations
-#: fell in one second (`txairflowrpc.audit.chain`).
 #: The longest line read: records are a few KB; past this a line is refused
 #: unread, so that a file anyone could write cannot exhaust the verifier's memory.
 MAX_LINE = 1024 * 1024
 
+#: A rotated file's suffix: ``.<UTC time>``, and ``.<n>`` when two rotations
+#: fell in one second (`txairflowrpc.audit.chain`).
 _ROTATED_NAME = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
 
 
