@@ -135,8 +135,8 @@ class Summarizer:
                 summary[param.name] = {
                     clip(str(k)): self._member(k, v, param.keeps) for k, v in value.items()
                 }
-                for kind in KINDS:  # only an id the options are for (trigger's dag_run_id)
-                    if kind in param.keeps and isinstance(value.get(kind), str):
+                for kind in param.option_ids:  # only an id the options are for
+                    if isinstance(value.get(kind), str):
                         promoted[kind] = clip(value[kind])
             else:
                 summary[param.name] = self.digest(redact(value, self.sensitive))

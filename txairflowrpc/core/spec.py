@@ -64,6 +64,15 @@ class Param:
     #: recorded whole, as a digest (a conf, a free text).
     keeps: tuple[str, ...] | None = None
 
+    @property
+    def option_ids(self) -> tuple[str, ...]:
+        """
+        The members of an options struct that are ids (those it keeps named
+        by an id kind, such as trigger_dag's ``options.dag_run_id``): checked
+        with the id parameters, and recorded as the call's ids.
+        """
+        return tuple(k for k in self.keeps if k in ids.KINDS) if self.keeps else ()
+
 
 @attrs.frozen
 class CallContext:
@@ -197,7 +206,7 @@ class MethodSpec:
                 problem = ids.id_problem(param.id, value)
                 if problem is not None:
                     raise errors.InvalidParams(problem, self.name)
-            for kind in _option_ids(param):  # an id given as an option member
+            for kind in param.option_ids:  # an id given as an option member
                 if isinstance(value, dict) and value.get(kind) is not None:
                     problem = ids.id_problem(kind, value[kind])
                     if problem is not None:
@@ -209,11 +218,6 @@ class MethodSpec:
             param.default if value is None else value
             for param, value in zip(self.params, checked)
         )
-
-
-def _option_ids(param: Param) -> tuple[str, ...]:
-    """The members of an options struct ``param`` that are ids: those it keeps named by an id kind."""
-    return tuple(k for k in param.keeps if k in ids.KINDS) if param.keeps else ()
 
 
 def _article(xmlrpc_type: str) -> str:
