@@ -99,8 +99,8 @@ _NOTHING: frozenset[str] = frozenset()
 _ONE_EACH = frozenset({"methodCall", "param", "value", "member", "array"})
 #: Elements whose text is markup only (whitespace between their children).
 _CONTAINERS = frozenset({"methodCall", "params", "param", "struct", "member", "array", "data"})
-#: An element that must come second in its parent: (that parent, the one first).
-_SECOND = {"params": ("methodCall", "methodName"), "value": ("member", "name")}
+#: (parent, element): the sibling that must come before it.
+_AFTER = {("methodCall", "params"): "methodName", ("member", "value"): "name"}
 #: What XML calls whitespace (not the rest of Unicode's).
 _XML_SPACE = " \t\r\n"
 
@@ -199,9 +199,10 @@ class _CallReader:
                 raise _Refused(errors.InvalidRequest(f"<{where}> holds more than one <{tag}>"))
             if where == "value" and parent.children:
                 raise _Refused(errors.InvalidRequest("a <value> holds more than one value"))
-            if tag in _SECOND and _SECOND[tag][0] == where and _SECOND[tag][1] not in parent.children:
+            first = _AFTER.get((where, tag))
+            if first is not None and first not in parent.children:
                 raise _Refused(errors.InvalidRequest(
-                    f"<{where}> needs its <{_SECOND[tag][1]}> before its <{tag}>"))
+                    f"<{where}> needs its <{first}> before its <{tag}>"))
             parent.children.append(tag)
         self._elements += 1
         if self._elements > MAX_ELEMENTS:
