@@ -72,7 +72,11 @@ def shape_run(data: Any) -> dict[str, Any]:
 
 
 def shape_task_instance(data: Any) -> dict[str, Any]:
-    return _pick(data, _TASK_INSTANCE_FIELDS)
+    ti = _pick(data, _TASK_INSTANCE_FIELDS)
+    tries = ti.get("try_number")
+    if tries is not None and (not isinstance(tries, int) or isinstance(tries, bool)):
+        raise _unexpected()  # the gateway counts with it (the latest try's log)
+    return ti
 
 
 def items(data: Any, key: str) -> tuple[list[Any], int]:
