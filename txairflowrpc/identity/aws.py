@@ -457,6 +457,9 @@ class IAMVerifier:
             signed = read_signed_request(credential, self.settings, now)
         except AWSError:  # it aged out while STS answered: check it again next time
             return now
+        return self._accepted_until(signed)
+
+    def _accepted_until(self, signed: SignedRequest) -> float:
         return signed.signed_at + self.settings.max_age_seconds
 
     def verify(self, credential: str, source: str = "") -> Deferred[CallerIdentity]:
@@ -492,7 +495,7 @@ class IAMVerifier:
             self._cache = {k: v for k, v in self._cache.items() if v[1] >= now}
         while len(self._cache) >= MAX_CACHED:
             del self._cache[next(iter(self._cache))]
-        self._cache[signed.key] = (identity, signed.signed_at + self.settings.max_age_seconds)
+        self._cache[signed.key] = (identity, self._accepted_until(signed))
 
     async def _exchange(self, signed: SignedRequest, source: str = "") -> CallerIdentity:
         if self.in_flight >= self._max_in_flight:
