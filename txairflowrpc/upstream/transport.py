@@ -170,7 +170,7 @@ class _CappedBody(Protocol):
     def refuse(self) -> None:
         """Read no more of it: it is larger than the limit."""
         self._over, self._parts = True, []
-        abandon(self.transport)
+        _abandon(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._finished.called:
@@ -192,7 +192,7 @@ def _too_large(limit: int) -> errors.UpstreamError:
     return errors.UpstreamError(f"Airflow's answer is larger than {limit} bytes")
 
 
-def abandon(transport: Any) -> None:
+def _abandon(transport: Any) -> None:
     """Close the connection a response body comes on (or stop it, where that is all there is)."""
     stop = getattr(transport, "abortConnection", None) or getattr(transport, "stopProducing", None)
     if stop is not None:
@@ -204,7 +204,7 @@ def _read(response: Any, limit: int = MAX_ANSWER_BYTES) -> Deferred[Reply]:
     protocol: _CappedBody
 
     def cancel(d: Deferred[bytes]) -> None:
-        abandon(protocol.transport)
+        _abandon(protocol.transport)
 
     finished: Deferred[bytes] = Deferred(cancel)
     protocol = _CappedBody(response, limit, finished)
