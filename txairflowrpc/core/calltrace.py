@@ -10,7 +10,7 @@ status Airflow answered without being handed the call explicitly.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import attrs
 
@@ -30,6 +30,21 @@ class CallTrace:
 
 
 current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)
+
+T = TypeVar("T")
+
+
+def started_in(trace: CallTrace, start: Callable[[], T]) -> T:
+    """
+    ``start()`` with ``trace`` as `current`: whatever it starts (a coroutine
+    keeps a copy of the context it was made in) notes into ``trace``, not
+    into the caller's.
+    """
+    token = current.set(trace)
+    try:
+        return start()
+    finally:
+        current.reset(token)
 
 
 def note_airflow_status(status: int) -> None:

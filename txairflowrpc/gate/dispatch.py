@@ -201,14 +201,11 @@ class Dispatcher:
     def _invoke(
         self, ctx: CallContext, spec: MethodSpec, checked: tuple[Any, ...], trace: CallTrace,
     ) -> Any:
-        token = calltrace.current.set(trace)
-        try:
+        def start() -> Any:
             result = spec.handler(ctx, *checked)
-            if inspect.iscoroutine(result):
-                return Deferred.fromCoroutine(result)
-            return result
-        finally:
-            calltrace.current.reset(token)
+            return Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else result
+
+        return calltrace.started_in(trace, start)
 
     def _fields(
         self, kind: str, ctx: CallContext, spec: MethodSpec | None, method: str,

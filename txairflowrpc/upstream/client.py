@@ -409,12 +409,8 @@ class AirflowClient:
             def work() -> Deferred[Any]:
                 # The request runs in a context of its own: no one caller's
                 # record is the one it writes Airflow's status to.
-                token = calltrace.current.set(shared.trace)
-                try:
-                    d = Deferred.fromCoroutine(self._api_retrying("GET", path, what=what,
-                                                                  params=params))
-                finally:
-                    calltrace.current.reset(token)
+                d = calltrace.started_in(shared.trace, lambda: Deferred.fromCoroutine(
+                    self._api_retrying("GET", path, what=what, params=params)))
                 return d.addBoth(self._read_done, key, shared)
 
             waiter = read.flight.run(work)

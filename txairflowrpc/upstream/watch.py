@@ -102,11 +102,7 @@ class RunWatcher:
         # The poll is no one waiter's: it runs with a trace of its own, whose
         # Airflow status every waiter's record then gets.
         polled = CallTrace()
-        token = calltrace.current.set(polled)
-        try:
-            d = watch.fetching = self._fetch(*watch.key)
-        finally:
-            calltrace.current.reset(token)
+        d = watch.fetching = calltrace.started_in(polled, lambda: self._fetch(*watch.key))
         d.addBoth(self._noted, watch, polled)
         d.addCallbacks(self._got, self._failed, (watch,), None, (watch,))
         d.addErrback(lambda f: _log.failure("run watch failed", f))
