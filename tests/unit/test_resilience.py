@@ -159,6 +159,26 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(breaker.state, "closed")
 
 
+    def test_one_callers_500s_do_not_open_the_circuit_for_all(self) -> None:
+        """
+        Found by review: five queries that make Airflow fail with 500 opened
+        the shared circuit, so every caller got 503 for reset_seconds.  A
+        500 is Airflow's answer to that request; 502/503/504 still count.
+        """
+        clock = Clock()
+        airflow = FakeAirflow()
+        breaker = CircuitBreaker(clock, failures=3, reset_seconds=10)
+        c = client(Flaky(airflow), clock, retries=0, breaker=breaker)
+        for _ in range(5):
+            airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (500, {"detail": "boom"})
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamError)
+        self.assertEqual(breaker.state, "closed")
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        for _ in range(3):
+            airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (503, b"busy")
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertEqual(breaker.state, "open")
+
     def test_a_cancelled_probe_does_not_leave_the_circuit_stuck(self) -> None:
         clock = Clock()
         airflow = FakeAirflow()

@@ -2,7 +2,7 @@
 A circuit breaker in front of Airflow.
 
 After ``failures`` upstream failures in a row (Airflow unreachable, timing
-out, or answering 5xx) the circuit opens: calls fail at once with 503
+out, or answering 502, 503 or 504) the circuit opens: calls fail at once with 503
 instead of piling up on a sick Airflow.  After ``reset_seconds`` it lets
 one probe through (half-open): if that succeeds the circuit closes and
 traffic flows again, if not it opens for another period.  The gateway thus

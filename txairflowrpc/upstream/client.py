@@ -56,6 +56,12 @@ _NOTHING = object()
 MAX_LOG_PAGES = 50
 #: First retry waits up to this (jittered), doubling each time.
 RETRY_BASE_SECONDS = 0.25
+#: The answers that say Airflow (or the proxy in front of it) cannot serve
+#: now, rather than that it failed this one request: they are retried and
+#: they count toward the circuit breaker.  A 500 is Airflow's own answer to
+#: one request -- one caller's odd query can provoke it again and again --
+#: so it must not open the circuit for every caller.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 #: Task instances asked for per page (Airflow's own cap), and the most one
 #: list_task_instances gathers (50 pages).
 TASK_INSTANCE_PAGE = 100
@@ -262,7 +268,7 @@ class AirflowClient:
         finally:
             self._slots.release()
         if self._breaker is not None:
-            if answer.status >= 500:
+            if answer.status in UNAVAILABLE_STATUSES:
                 self._breaker.failure()
             else:
                 self._breaker.success()
@@ -459,7 +465,7 @@ class AirflowClient:
                 return await self._api_once(method, path, what=what, body=body,
                                             params=params, conflict=conflict)
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
-                transient = not isinstance(e, errors.UpstreamError) or e.status in (502, 503, 504)
+                transient = not isinstance(e, errors.UpstreamError) or e.status in UNAVAILABLE_STATUSES
                 if not retry or not transient or attempt >= self.retries:
                     raise
             attempt += 1
