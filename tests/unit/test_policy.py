@@ -69,6 +69,30 @@ class ScopeTests(SynchronousTestCase):
         gw.principal = self.principal("runs:read")
         self.assertEqual(self.call(gw, "list_dags").faultCode, 403)
 
+    def test_list_dags_asks_airflow_only_for_the_globs_common_text(self) -> None:
+        """
+        Found by review: a caller reading ``etl_*`` made the gateway read
+        every page of DAGs (up to 100) per list_dags.  Airflow is asked for
+        ids containing the globs' common text, and the globs filter those.
+        """
+        gw = gateway()
+        for n in range(250):
+            gw.airflow.add_dag(f"other_{n:03}", tags=[], tasks=["t"])
+        gw.airflow.add_dag("etl_sales", tags=[], tasks=["t"])
+        gw.airflow.add_dag("x_etl_y", tags=[], tasks=["t"])  # contains the text, no glob match
+        gw.principal = self.principal("dags:read:etl_orders", "dags:read:etl_s*")
+        before = len(gw.airflow.api_requests())
+        result = self.call(gw, "list_dags")
+        self.assertEqual(([d["dag_id"] for d in result["dags"]], result["total"]),
+                         (["etl_orders", "etl_sales"], 2))
+        self.assertEqual(gw.airflow.api_requests()[before:], [("GET", "/api/v2/dags")])
+        result = self.call(gw, "list_dags", {"pattern": "sales"})  # the caller's own pattern
+        self.assertEqual([d["dag_id"] for d in result["dags"]], ["etl_sales"])
+        gw.principal = self.principal("dags:read:etl_*", "dags:read:*_y")  # nothing in common
+        result = self.call(gw, "list_dags")
+        self.assertEqual(result["total"], 3)
+        self.assertEqual(len(gw.airflow.api_requests()), before + 2 + 3)  # 253 DAGs: 3 pages
+
     def test_conf_guardrails_name_the_key_and_the_rule(self) -> None:
         gw = gateway()
         schema = {"type": "object", "additionalProperties": False,

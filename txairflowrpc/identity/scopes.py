@@ -16,7 +16,9 @@ rule.
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
+from os.path import commonprefix
 from typing import Any
 
 import attrs
@@ -24,6 +26,9 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from ..config import AccessConfig, ConfigError
+
+#: Where a glob stops being literal text.
+_GLOB_SPECIAL = re.compile(r"[*?\[]")
 
 #: Every scope there is, and what it lets a caller do.
 SCOPES = {
@@ -131,6 +136,15 @@ class Grants:
         return any(
             s.name == name and s.glob == "*" for role in self.roles for s in role.scopes
         )
+
+    def common_prefix(self, name: str) -> str:
+        """
+        The literal text every DAG id covered by scope ``name`` starts with
+        ('' when that is nothing, as for a scope without a glob): what a
+        listing may ask Airflow to narrow by before the globs filter it.
+        """
+        globs = [s.glob for role in self.roles for s in role.scopes if s.name == name]
+        return commonprefix([_GLOB_SPECIAL.split(glob, 1)[0] for glob in globs])
 
     def conf_problem(self, scope: str, dag_id: str, conf: dict[str, Any]) -> str | None:
         """None if some role granting ``scope`` on the DAG accepts ``conf``."""
