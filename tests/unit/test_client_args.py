@@ -72,6 +72,20 @@ def test_results_become_plain_json() -> None:
                    '"none": null}')
 
 
+def test_results_never_carry_what_a_terminal_acts_on() -> None:
+    """
+    Found by review: DAG or run data holding a C1 CSI, a bidi override or a
+    line separator reached stdout raw.  They are JSON escapes now: the same
+    text to jq, inert on a terminal.
+    """
+    import json
+    hostile = {"note": "a\x9b2Jb\u202eexe.txt\u2028c\x7f\u2066d", "owner": "zoë"}
+    got = values.to_json(hostile)
+    assert json.loads(got) == hostile
+    assert got == ('{"note": "a\\u009b2Jb\\u202eexe.txt\\u2028c\\u007f\\u2066d", '
+                   '"owner": "zoë"}')
+
+
 # -- settings ----------------------------------------------------------------
 
 URL = "https://gw.example:8443/RPC2"

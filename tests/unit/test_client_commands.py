@@ -121,6 +121,20 @@ def test_what_the_failure_report_takes_from_the_gateway_cannot_command_it_either
                 if line.lstrip().startswith("::") or "\x1b" in line]
 
 
+def test_the_failure_report_shows_no_bidi_override_or_line_separator() -> None:
+    """A log line or fault text cannot reorder or split what the report shows."""
+    gateway = FakeGateway()
+    gateway.fail_next["get_task_log"] = [
+        xmlrpc.client.Fault(403, "forbidden \u202edenied\u2028::add-mask::x")]
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert "its log: get_task_log: fault 403: forbidden ?denied?::add-mask::x" in got.err
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\u2066x\u2069")]
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert "airflowrpc: trigger_dag: fault 409: conflict x " in got.err
+    assert not any(c in got.err for c in "\u2066\u2069\u202e\u2028")
+
+
 def test_a_fault_string_cannot_start_a_line_either() -> None:
     gateway = FakeGateway()
     gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\n::add-mask::x")]

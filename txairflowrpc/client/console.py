@@ -15,13 +15,13 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from .values import to_json
+from .values import LAYOUT_CONTROLS, to_json
 
 _SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z0-9+/=]{8,}"
                      r"|()eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{LAYOUT_CONTROLS}]")
 
 
 def redact_shapes(text: str) -> str:

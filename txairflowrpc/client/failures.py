@@ -17,6 +17,7 @@ import attrs
 
 from .errors import ClientError
 from .transport import Caller
+from .values import LAYOUT_CONTROLS
 
 #: Task instance states that mean the task itself failed (and has a log).
 FAILED_STATES = ("failed",)
@@ -24,8 +25,9 @@ FAILED_STATES = ("failed",)
 MAX_TASKS = 10
 #: Socket timeout of the calls that gather the logs.
 LOG_TIMEOUT = 120.0
-#: Control characters (ANSI escapes among them) other than tab.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: Control characters (ANSI escapes among them) other than tab, and the
+#: characters that move or break the text around them.
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{LAYOUT_CONTROLS}]")
 
 
 def quoted(line: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -119,6 +120,21 @@ def plain(value: Any) -> Any:
     return value
 
 
+#: Characters that move, hide or break the text around them where a
+#: terminal or a CI log shows it -- line and paragraph separators and the
+#: bidirectional marks, embeddings, overrides and isolates -- as a regex
+#: class body: what the gateway sends is never shown with them raw.
+LAYOUT_CONTROLS = "\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+#: What json.dumps leaves raw but a terminal acts on: DEL, the C1 controls
+#: (CSI among them) and `LAYOUT_CONTROLS`.
+_RAW_IN_JSON = re.compile(f"[\x7f-\x9f{LAYOUT_CONTROLS}]")
+
+
 def to_json(value: Any) -> str:
-    """One line of JSON for ``value`` (non-ASCII kept as it is)."""
-    return json.dumps(plain(value), ensure_ascii=False, allow_nan=False)
+    """
+    One line of JSON for ``value``: non-ASCII kept as it is, except the
+    characters a terminal acts on, written as ``\\uXXXX`` escapes (the same
+    text to any JSON reader).
+    """
+    text = json.dumps(plain(value), ensure_ascii=False, allow_nan=False)
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
