@@ -21,7 +21,10 @@ name; GitHub gives a re-run a new ``GITHUB_RUN_ATTEMPT`` but the same
 waits for it or reports how it ended): an Airflow run is not started twice
 because a runner died.  To start afresh on a retry, put the attempt in the
 id yourself (``--run-id "$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT"``).  One job
-that triggers the same DAG twice needs an id of its own for the second.
+that triggers the same DAG twice needs an id of its own for the second, and
+so do the legs of a GitHub matrix and two callers of one reusable workflow:
+they share ``GITHUB_JOB``, and no variable tells them apart.  A Jenkins
+rebuild or replay is a new build (a new ``BUILD_TAG``) and a new run.
 
 Each part is reduced to what Airflow allows in a run id
 (``A-Z a-z 0-9 _ . - ~ : +``); a part that had to change gets a short
