@@ -223,6 +223,36 @@ class ReadCacheTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(len(c._cache), 1)
 
+    def test_the_cache_holds_a_bounded_number_of_bytes(self) -> None:
+        """
+        Found by review: the cap was a count only, so 4,096 answers of up
+        to 16 MiB each could be held.  The bytes Airflow sent are capped
+        too, and one answer above a quarter of them is not kept at all.
+        """
+        c = client(self.http, self.clock, read_cache_seconds=60)
+        d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=0)
+        self.http.release()
+        self.successResultOf(d)
+        size = c._cache_bytes
+        self.assertGreater(size, 0)
+        self.patch(client_module, "READ_CACHE_BYTES", 4 * size)
+        for i in range(1, 6):
+            d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=i)
+            self.http.release()
+            self.successResultOf(d)
+            self.assertLessEqual(c._cache_bytes, 4 * size)
+        self.assertEqual((len(c._cache), c._cache_bytes), (4, 4 * size))
+        before = len(self.airflow.api_requests())
+        self.successResultOf(c.list_dag_runs("etl_orders", states=[], limit=10, offset=5))
+        self.assertEqual(len(self.airflow.api_requests()), before)  # the newest: kept
+        self.patch(client_module, "READ_CACHE_BYTES", 4 * size - 1)  # now above a quarter
+        d = c.list_dag_runs("etl_orders", states=[], limit=10, offset=9)
+        self.http.release()
+        self.successResultOf(d)
+        self.assertEqual(len(c._cache), 4)  # not kept
+        c.list_dag_runs("etl_orders", states=[], limit=10, offset=9)
+        self.assertEqual(len(self.http.held), 1)  # so asked again
+
     def test_the_cache_holds_a_bounded_number_of_answers(self) -> None:
         self.patch(client_module, "READ_CACHE_ENTRIES", 3)
         c = client(self.http, self.clock, read_cache_seconds=60)

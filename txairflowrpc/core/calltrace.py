@@ -23,6 +23,8 @@ class CallTrace:
     reason: str | None = None
     #: The HTTP status of the last answer Airflow gave for this call.
     airflow_status: int | None = None
+    #: The size in bytes of that answer's body.
+    airflow_bytes: int = 0
     #: The Airflow account the call reached (or would reach) Airflow as.
     airflow_user: str | None = None
     #: The arguments as checked (what the handler got), once they passed.
@@ -47,7 +49,10 @@ def started_in(trace: CallTrace, start: Callable[[], T]) -> T:
         current.reset(token)
 
 
-def note_airflow_status(status: int) -> None:
+def note_airflow_status(status: int, size: int | None = None) -> None:
+    """Note Airflow's answer (its status, and its body's size if known) for this call."""
     trace = current.get()
     if trace is not None:
         trace.airflow_status = status
+        if size is not None:
+            trace.airflow_bytes = size

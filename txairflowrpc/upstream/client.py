@@ -66,8 +66,11 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 #: list_task_instances gathers (50 pages).
 TASK_INSTANCE_PAGE = 100
 MAX_TASK_INSTANCES = 5000
-#: Most answers the read cache holds (the oldest go first).
+#: Most answers the read cache holds, and most bytes of them (as Airflow
+#: sent them; the oldest go first).  An answer above a quarter of the bytes
+#: is not kept: a few large reads do not push out all the others.
 READ_CACHE_ENTRIES = 4096
+READ_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class Changes:
@@ -91,6 +94,20 @@ class _Read:
     flight: SingleFlight[Any] = attrs.Factory(lambda: SingleFlight(abandon=True))
     #: What the shared request learned (Airflow's status), for each caller's record.
     trace: CallTrace = attrs.Factory(CallTrace)
+
+
+@attrs.frozen
+class _Cached:
+    """A GET's answer kept by the read cache."""
+
+    until: float
+    #: Airflow's status, for each caller's record.
+    status: int | None
+    answer: Any
+    #: `Changes.ended` when the GET began: it serves only callers asking at that count.
+    since: int
+    #: The answer's size in bytes, as Airflow sent it.
+    size: int
 
 
 def _jwt_lifetime(token: str) -> float | None:
@@ -129,6 +146,8 @@ def _rejected_fields(body: Any) -> list[str]:
 class _Answer:
     status: int
     body: Any
+    #: The body's size in bytes, as Airflow sent it.
+    size: int = 0
 
 
 def _answer(reply: Reply) -> _Answer:
@@ -136,7 +155,7 @@ def _answer(reply: Reply) -> _Answer:
     if not reply.body:
         return _Answer(reply.status, None)
     try:
-        return _Answer(reply.status, json.loads(reply.body))
+        return _Answer(reply.status, json.loads(reply.body), len(reply.body))
     except ValueError:
         if 200 <= reply.status < 300:
             raise errors.UpstreamError(
@@ -207,7 +226,8 @@ class AirflowClient:
         self.logins = 0
         self.read_cache_seconds = read_cache_seconds
         self._reads: dict[tuple[Any, ...], _Read] = {}
-        self._cache: dict[tuple[Any, ...], tuple[float, int | None, Any, int]] = {}
+        self._cache: dict[tuple[Any, ...], _Cached] = {}
+        self._cache_bytes = 0
         #: GETs asked for, and how many of them went to Airflow (the others
         #: shared a request in flight or a cached answer); for metrics.
         self.reads = 0
@@ -400,12 +420,11 @@ class AirflowClient:
         if self.read_cache_seconds > 0:
             cached = self._cache.get(key)
             if cached is not None:
-                until, status, answer, since = cached
-                if self._clock.seconds() < until and since == now:
-                    if status is not None:
-                        note_airflow_status(status)
-                    return answer
-                del self._cache[key]
+                if self._clock.seconds() < cached.until and cached.since == now:
+                    if cached.status is not None:
+                        note_airflow_status(cached.status)
+                    return cached.answer
+                self._uncache(key)
         read = self._reads.get(key)
         if read is None or read.since != now:  # none, or begun before a change ended
             read = self._reads[key] = _Read(now)
@@ -431,19 +450,27 @@ class AirflowClient:
     def _read_done(self, result: Any, key: tuple[Any, ...], read: _Read) -> Any:
         if self._reads.get(key) is read:
             del self._reads[key]
+        size = read.trace.airflow_bytes
         if (self.read_cache_seconds > 0 and not isinstance(result, Failure)
-                and read.since == self._changes.ended):
+                and read.since == self._changes.ended and size <= READ_CACHE_BYTES // 4):
             now = self._clock.seconds()
             cache = self._cache
-            cache.pop(key, None)  # to the end: the cache stays in the order answers expire
+            self._uncache(key)  # to the end: the cache stays in the order answers expire
             # Answers past their time go as soon as another comes, not when
             # the cache is full: a burst of large reads is not held for long.
             while cache and (len(cache) >= READ_CACHE_ENTRIES
-                             or next(iter(cache.values()))[0] <= now):
-                del cache[next(iter(cache))]
-            cache[key] = (now + self.read_cache_seconds, read.trace.airflow_status, result,
-                          read.since)
+                             or self._cache_bytes + size > READ_CACHE_BYTES
+                             or next(iter(cache.values())).until <= now):
+                self._uncache(next(iter(cache)))
+            cache[key] = _Cached(now + self.read_cache_seconds, read.trace.airflow_status,
+                                 result, read.since, size)
+            self._cache_bytes += size
         return result
+
+    def _uncache(self, key: tuple[Any, ...]) -> None:
+        cached = self._cache.pop(key, None)
+        if cached is not None:
+            self._cache_bytes -= cached.size
 
     async def _api_retrying(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
@@ -486,7 +513,7 @@ class AirflowClient:
             token = await self._token()
             answer = await self._send(method, full, token=token, body=body, params=params)
         status = answer.status
-        note_airflow_status(status)
+        note_airflow_status(status, answer.size)
         if 200 <= status < 300:
             return answer.body
         if status == 404:
