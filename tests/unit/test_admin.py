@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import trustme
 from treq.testing import StubTreq
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,6 +80,19 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual((code, body["ready"]), (500, False))
         self.assertNotIn("broke", json.dumps(body))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_probes_that_come_together_share_one_request_to_airflow(self) -> None:
+        """Each hit asked Airflow anew: a tight probe loop was a loop on Airflow."""
+        asked: list[Deferred[bool]] = []
+        self.airflow = lambda: asked.append(Deferred()) or asked[-1]
+        pending = [self.http.get("http://admin.test/readyz") for _ in range(5)]
+        self.assertEqual(len(asked), 1)
+        asked[0].callback(True)
+        self.http.flush()
+        for d in pending:
+            self.assertEqual(self.successResultOf(d).code, 200)
+        self.http.get("http://admin.test/readyz")
+        self.assertEqual(len(asked), 2)  # the next probe after it ended asks again
 
     def test_other_paths_are_404(self) -> None:
         self.assertEqual(self.get("/metricz")[0], 404)

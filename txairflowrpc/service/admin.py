@@ -2,7 +2,8 @@
 The admin listener: plain HTTP, loopback by default, for probes.
 
 ``GET /healthz`` answers 200 while the reactor runs (liveness).
-``GET /readyz`` answers 200 only if Airflow's health endpoint answers, the
+``GET /readyz`` answers 200 only if Airflow's health endpoint answers (one
+request at a time, shared by the probes that come meanwhile), the
 audit log is writable and no certificate of the listener (its own chain or
 the client CA bundle) expires within ``health.certificate_warning_days``;
 otherwise 503.  Both bodies are JSON and name each check, plus the
@@ -30,6 +31,7 @@ from twisted.web.resource import IResource, Resource
 
 from ..audit.log import AuditLog
 from ..config import Config
+from ..core.singleflight import SingleFlight
 
 _log = Logger()
 
@@ -75,6 +77,7 @@ class HealthResource(Resource):
         self._metrics = metrics
         self._config = config
         self._reachable = airflow_reachable
+        self._asking = SingleFlight[bool]()
         self._audit = audit
         self._counters = counters
         self._clock = clock
@@ -92,7 +95,7 @@ class HealthResource(Resource):
         if request.path != b"/readyz":
             request.setResponseCode(404)
             return b'{"error": "not found: /healthz, /readyz or /metrics"}\n'
-        d = self._reachable()
+        d = self._asking.run(self._reachable)
         d.addCallback(self._ready, request)
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
