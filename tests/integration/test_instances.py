@@ -7,7 +7,8 @@ against the real Airflow, clients on other loopback addresses than HAProxy's.
 What is shown: the gateway sees and records the client's address, not
 HAProxy's, with client certificates (mutual TLS end to end) and with tokens;
 a connection without a PROXY header is refused and recorded; a revoked token
-is refused by every instance (the delay is measured and printed); a second
+is refused by every instance (the delay is measured and printed); an instance with
+``workers = 2`` reads the header in each worker; a second
 gateway cannot take an instance's audit file; and when one instance is
 killed under load (SIGKILL), no call is lost beyond those in flight on it,
 which the caller sees as connection errors, never as a wrong answer, and a
@@ -489,6 +490,56 @@ def test_with_airflow_down_callers_get_the_gateways_faults(cluster: Cluster) -> 
                 assert e.faultCode in (503, 504), e
             assert time.monotonic() < deadline, f"{instance.name} did not recover"
             time.sleep(0.5)
+
+
+def test_workers_behind_haproxy_read_its_header(
+        tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow) -> None:
+    """
+    Found by review: with ``workers = 2`` a worker's adopted listener had no
+    PROXY layer, so HAProxy's header went into the TLS handshake (every call
+    failed) and a client without one was served.
+    """
+    from .test_workers import free_ports
+
+    root = tmp_path_factory.mktemp("proxied-workers")
+    gw = Instance(root, "gw-w", pki, airflow, root / "tokens.json")
+    health = free_ports(2)  # worker K's admin listener is at health.port + K
+    text = gw.config.read_text().replace(
+        f"port = {gw.port}\n", f"port = {gw.port}\nworkers = 2\n", 1).replace(
+        f"[health]\nport = {gw.health_port}\n", f"[health]\nport = {health}\n", 1)
+    assert "workers = 2" in text and f"port = {health}" in text
+    gw.config.write_text(text)
+    gw.health_port = health
+    haproxy = HAProxy(root, [gw])
+    client = pki.client("ci-bot.example.com")
+    try:
+        gw.start()
+        haproxy.start()
+        haproxy.wait_states({"gw-w": "UP"})
+        answers: list[tuple[str, int]] = []
+        served: set[str] = set()
+        for _ in range(40):  # new connections, until the kernel gave both workers some
+            transport = ClientTransport(client_context(pki, client), CLIENT_A)
+            rpc = xmlrpc.client.ServerProxy(f"https://127.0.0.1:{haproxy.port}/RPC2",
+                                            transport=transport)
+            assert rpc.whoami()["principal"] == "ci-bot"
+            answers += transport.answers
+            records = {r["request_id"]: r
+                       for f in sorted(gw.audit_path.parent.glob("audit.w*.jsonl"))
+                       for r in map(json.loads, f.read_text().splitlines())
+                       if r.get("kind") == "call"}
+            served = {records[rid]["instance"] for rid, _ in answers}
+            if len(served) == 2:
+                break
+        assert served == {"gw-w-w0", "gw-w-w1"}
+        for request_id, port in answers:
+            assert records[request_id]["source"] == f"{CLIENT_A}:{port}"  # not HAProxy's
+        with socket.create_connection(("127.0.0.1", gw.port), 10, (STRANGER, 0)) as raw:
+            with pytest.raises(OSError):  # no header: the handshake meets a closed connection
+                client_context(pki, client).wrap_socket(raw, server_hostname="localhost")
+    finally:
+        haproxy.stop()
+        gw.stop()
 
 
 #: Callers under load that hold one keep-alive connection (two more open one per call).

@@ -355,14 +355,16 @@ def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
     outermost layer: PROXY, then TLS, then the site (see
     `txairflowrpc.gate.proxied` and `rpc_factory`).  A worker adopts the
     socket its supervisor bound (``adopt_fd``); `rpc_factory` then brings
-    the TLS layer itself.
+    the TLS layer itself, and the PROXY layer is around it all the same.
     """
     host, port = cfg.listen.host, cfg.listen.port
     if adopt_fd is not None:
-        return AdoptedEndpoint(reactor, adopt_fd)
-    if not cfg.listen.proxy_protocol:
+        endpoint: Any = AdoptedEndpoint(reactor, adopt_fd)
+    elif not cfg.listen.proxy_protocol:
         return SSL4ServerEndpoint(reactor, port, tls, interface=host)
-    return proxyEndpoint(TCP4ServerEndpoint(reactor, port, interface=host))
+    else:
+        endpoint = TCP4ServerEndpoint(reactor, port, interface=host)
+    return proxyEndpoint(endpoint) if cfg.listen.proxy_protocol else endpoint
 
 
 def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
