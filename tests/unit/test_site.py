@@ -13,9 +13,10 @@ from typing import Any
 
 import attrs
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -67,7 +68,7 @@ class SiteTestCase(SynchronousTestCase):
         self.answer: Any = OPERATOR
         self.make()
 
-    def make(self, max_body_bytes: int = 1000, **limits: Any) -> None:
+    def make(self, max_body_bytes: int = 1000, backoff: Any = None, **limits: Any) -> None:
         def authenticate(request: Any) -> Any:
             self.authenticated.append(request)
             if isinstance(self.answer, Exception):
@@ -77,12 +78,13 @@ class SiteTestCase(SynchronousTestCase):
         self.site = GatewaySite(
             Resource(), rpc=Echo(), not_found=Missing(), refusals=self.refusals,
             clock=self.clock, limits=attrs.evolve(CONFIG.limits, **limits),
-            max_body_bytes=max_body_bytes, authenticate=authenticate,
+            max_body_bytes=max_body_bytes, authenticate=authenticate, backoff=backoff,
         )
 
     def connect(self, host: str = "127.0.0.1", port: int = 1234) -> tuple[Any, StringTransport]:
-        proto = self.site.buildProtocol(IPv4Address("TCP", host, port))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
+        proto = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
         proto.makeConnection(transport)
         return proto, transport
 
@@ -276,16 +278,40 @@ class BodyTests(SiteTestCase):
     def test_bodies_in_flight_share_one_budget_and_are_let_go(self) -> None:
         self.make(max_body_memory_bytes=2000)
         half = [self.connect(port=2000 + i) for i in range(3)]
-        for proto, _ in half:  # three bodies of 900 of 2000: the third does not fit
+        for i, (proto, _) in enumerate(half):  # three bodies of 900 of 2000: the third does not fit
+            self.answer = attrs.evolve(OPERATOR, name=f"bot-{i}")  # each its own caller
             proto.dataReceived(post(b"<" * 900)[:-450])
         answers = [t.value() for _, t in half]
         self.assertEqual(self.site.bodies.held, 1800)
         self.assertTrue(answers[2].startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
         self.assertIn(b"Retry-After: 1\r\n", answers[2])
-        for proto, transport in half[:2]:
+        self.assertIn(b"the gateway holds as many request bodies as it may", answers[2])
+        for i, (proto, transport) in enumerate(half[:2]):
             proto.dataReceived(b"<" * 450)
-            self.assertIn(b"ci-bot read 900", transport.value())
+            self.assertIn(b"bot-%d read 900" % i, transport.value())
         self.assertEqual(self.site.bodies.held, 0)  # released once read
+
+    def test_one_caller_holds_at_most_its_share_of_the_budget(self) -> None:
+        """
+        Found by review: any authenticated caller (one with no roles did)
+        declared 64 bodies of 1 MiB, sent a byte of each, and held the whole
+        budget: every other caller got 503 until the request deadline.
+        """
+        self.make(max_body_bytes=1000, max_body_memory_bytes=8000)  # a share: 2000
+        hog = [self.connect(port=2100 + i) for i in range(3)]
+        for proto, _ in hog:
+            proto.dataReceived(post(b"<" * 900)[:-899])  # a byte of each
+        self.assertEqual(self.site.bodies.held, 1800)
+        third = hog[2][1].value()
+        self.assertTrue(third.startswith(b"HTTP/1.1 503 "), third)
+        self.assertIn(b"this caller holds as many request bodies as it may", third)
+        self.answer = attrs.evolve(OPERATOR, name="someone-else")
+        proto, transport = self.connect("10.0.0.7")
+        proto.dataReceived(post(b"<" * 900))
+        self.assertIn(b"someone-else read 900", transport.value())
+        for proto, _ in hog[:2]:
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.bodies.held, 0)
 
 
 class ConnectionTests(SiteTestCase):
@@ -339,6 +365,68 @@ class ConnectionTests(SiteTestCase):
         self.assertFalse(other[1].disconnected)  # anyone else: an idle flooder makes room
         self.assertEqual(sum(t.disconnected for _, t in flood), 1)
         self.assertEqual((self.site.open_connections, self.site.evicted), (4, 1))
+
+    def test_at_the_cap_a_connection_still_sending_its_headers_gives_way(self) -> None:
+        """
+        Found by review: a request line and nothing more made a connection
+        unevictable for the request deadline, so ten addresses holding their
+        share that way kept everyone else out at the cap.
+        """
+        self.make(max_connections=4, max_connections_per_source=2)
+        slow = [self.connect(f"10.6.6.{i // 2}", 4100 + i) for i in range(4)]
+        for proto, _ in slow:
+            proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
+        other, transport = self.connect("10.0.0.9")
+        self.assertFalse(transport.disconnected)
+        self.assertEqual((sum(t.disconnected for _, t in slow), self.site.evicted), (1, 1))
+        other.dataReceived(post())
+        self.assertIn(b"ci-bot read", transport.value())
+        # A connection whose caller is in, sending its body, is not taken.
+        self.make(max_connections=2, max_connections_per_source=2)
+        busy = [self.connect("10.6.6.1", 4200 + i) for i in range(2)]
+        for proto, _ in busy:
+            proto.dataReceived(post(b"<" * 900)[:-10])
+        self.assertTrue(self.connect("10.0.0.9")[1].disconnected)
+        self.assertFalse(any(t.disconnected for _, t in busy))
+
+    def test_an_ipv6_host_is_counted_by_its_64(self) -> None:
+        """Found by review: each /128 had its own share, so one /64 filled the whole cap."""
+        self.make(max_connections=100, max_connections_per_source=3)
+        conns = [self.connect(f"2001:db8:1:2::{i:x}", 3000 + i) for i in range(1, 5)]
+        self.assertEqual([t.disconnected for _, t in conns], [False, False, False, True])
+        self.assertFalse(self.connect("2001:db8:1:3::1")[1].disconnected)  # another /64
+
+    def test_a_delayed_401_is_not_cut_by_the_deadline_nor_kept_after_a_hang_up(self) -> None:
+        from txairflowrpc.identity.backoff import Backoff
+
+        self.make(backoff=Backoff(self.clock, maximum=60, free=0), request_deadline_seconds=10)
+        self.answer = Unauthenticated("unknown token ID")
+        for _ in range(5):  # the back-off grows past the request deadline
+            proto, transport = self.connect()
+            proto.dataReceived(post())
+            proto.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(self.clock.getDelayedCalls(), [])  # nothing kept for it
+        proto, transport = self.connect()
+        proto.dataReceived(post())
+        self.clock.advance(30)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())
+
+    def test_a_slow_drop_names_the_caller_once_known(self) -> None:
+        self.make(request_deadline_seconds=10)
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"<" * 900)[:-10])
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        (record,) = [r for r in self.records() if r["refusal"] == "too_slow"]
+        self.assertEqual(record["principal"], "ci-bot")
+
+    def test_refusals_from_one_ipv6_64_are_tallied_together(self) -> None:
+        """Found by review: a record each per /128 let one host fill the refusal table."""
+        for i in range(1, 31):
+            proto, _ = self.connect(f"2001:db8:1:2::{i:x}", 5000 + i)
+            proto.connectionLost(Failure(SSL.Error([("", "", "no certificate")])))
+        self.assertEqual([(r["refusal"], r["count"]) for r in self.records()],
+                         [("tls_handshake", 1), ("tls_handshake", 29)])
 
     def test_a_failed_handshake_flood_is_one_record_per_source_and_minute(self) -> None:
         for i in range(50):

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from ..audit.log import AuditLog
 from ..audit.summary import clip
+from ..identity.backoff import source_key
 
 _log = Logger()
 
@@ -86,7 +87,9 @@ class RefusalLog:
         """
         self.noted += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        host = source.rpartition(":")[0] or source
+        # Tallied as the back-off counts: an IPv6 host by its /64 (the
+        # record keeps the whole address of the first one).
+        host = source_key(source.rpartition(":")[0] or source)
         reason = str(fields.get("reason", ""))
         key = (host, kind, reason)
         tally = self._tallies.get(key)

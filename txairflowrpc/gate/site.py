@@ -13,18 +13,20 @@ next to nothing for a misbehaving client:
   ``Authorization`` headers are a 400.
 - Bodies: larger than ``rpc.max_body_bytes`` is 413 as soon as
   ``Content-Length`` says so, or as soon as a chunked body passes it; all
-  bodies in flight together hold at most ``limits.max_body_memory_bytes``
-  (past it, 503 with ``Retry-After``), and a body is let go as soon as it
-  is parsed.
+  bodies in flight together hold at most ``limits.max_body_memory_bytes``,
+  one caller's at most a quarter of it (past either, 503 with
+  ``Retry-After``), and a body is let go as soon as it is parsed.
 - Time: the TLS handshake within ``limits.handshake_timeout_seconds``, the
   first request byte within ``limits.first_byte_seconds`` of it, a whole
   request within ``limits.request_deadline_seconds`` of its first byte
   (slowloris), idle keep-alive connections closed after
   ``limits.idle_timeout_seconds``.
 - Connections: at most ``limits.max_connections`` open, at most
-  ``limits.max_connections_per_source`` from one address; at the global cap
-  a new connection from the address holding the most is refused, and one
-  from anyone else takes the place of an idle connection of that address.
+  ``limits.max_connections_per_source`` from one address (an IPv6 host: its
+  /64); at the global cap a new connection from the address holding the most
+  is refused, and one from anyone else takes the place of a connection of
+  that address that holds no caller's work (idle, or its request's headers
+  not all in).
 - Only ``POST /RPC2``, spelt exactly so, reaches the XML-RPC resource.
 
 Every refusal is recorded (see `txairflowrpc.gate.refusals`): what anyone
@@ -50,7 +52,7 @@ from zope.interface import implementer
 
 from ..config import LimitsConfig
 from ..identity.authenticate import Unauthenticated
-from ..identity.backoff import Backoff
+from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
 from .refusals import RefusalLog
 
@@ -74,21 +76,47 @@ def address_text(address: Any) -> str:
 
 
 class BodyBudget:
-    """The bytes of request bodies held in memory, across all connections."""
+    """
+    The bytes of request bodies held in memory, across all connections, and
+    by each caller: one caller holds at most a quarter of them (or one body
+    of ``largest`` bytes, if that is more), so that a caller who declares
+    large bodies and sends them a byte at a time cannot hold them all and
+    leave every other caller 503.
+    """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, largest: int = 0) -> None:
         self.limit = limit
+        #: The largest body a request may have (``rpc.max_body_bytes``).
+        self.largest = largest
         self.held = 0
+        self._by: dict[str, int] = {}
 
-    def take(self, n: int) -> bool:
-        """Hold ``n`` more bytes, if the budget allows."""
+    @property
+    def share(self) -> int:
+        """The most one caller may hold."""
+        return max(self.limit // 4, self.largest)
+
+    def take(self, n: int, who: str) -> str | None:
+        """
+        Hold ``n`` more bytes for ``who``; None if the budget allows, else
+        why not.
+        """
+        mine = self._by.get(who, 0)
+        if mine + n > self.share:
+            return "this caller holds as many request bodies as it may"
         if self.held + n > self.limit:
-            return False
+            return "the gateway holds as many request bodies as it may"
         self.held += n
-        return True
+        self._by[who] = mine + n
+        return None
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, who: str) -> None:
         self.held -= n
+        left = self._by.get(who, 0) - n
+        if left > 0:
+            self._by[who] = left
+        else:
+            self._by.pop(who, None)
 
 
 class GatewayRequest(server.Request):
@@ -101,9 +129,16 @@ class GatewayRequest(server.Request):
     _received = 0
     _declared = 0
     _held = 0
+    #: Whether all the request's headers are in (it is being, or has been, let in).
+    _headers_in = False
 
     #: The authenticated caller, set by the channel once the headers are in.
     principal: Principal | None = None
+
+    @property
+    def _holder(self) -> str:
+        """Whose share of the body budget this request's body counts against."""
+        return self.principal.name if self.principal is not None else ""
 
     def gotLength(self, length: int | None) -> None:
         cap = self.channel.site.max_body_bytes
@@ -123,10 +158,10 @@ class GatewayRequest(server.Request):
         if self._received > self._held:
             # The whole declared body is budgeted with its first byte.
             wanted = max(self._received, self._declared) - self._held
-            if not site.bodies.take(wanted):
+            full = site.bodies.take(wanted, self._holder)
+            if full is not None:
                 site.budget_refused += 1
-                self.refuse(503, "the gateway holds as many request bodies as it may; "
-                            "retry in a moment", {b"Retry-After": b"1"})
+                self.refuse(503, f"{full}; retry in a moment", {b"Retry-After": b"1"})
                 return
             self._held += wanted
         self.content.write(data)
@@ -134,7 +169,7 @@ class GatewayRequest(server.Request):
     def release_body(self) -> None:
         """Let the body go (it has been parsed, or the request is over)."""
         if self._held:
-            self.channel.site.bodies.give(self._held)
+            self.channel.site.bodies.give(self._held, self._holder)
             self._held = 0
         self.content = io.BytesIO()
 
@@ -204,6 +239,8 @@ class GatewayChannel(http.HTTPChannel):
     _first_byte_timer: Any = None
     _request_timer: Any = None
     _linger_timer: Any = None
+    #: A failed sign-in's 401, delayed by the back-off.
+    _refusal_timer: Any = None
     _sawRequest = False
     _counted = False
     #: Body bytes that arrived while the caller was being authenticated.
@@ -270,6 +307,7 @@ class GatewayChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._sawRequest = True
         req: GatewayRequest = self.requests[-1]
+        req._headers_in = True
         if len(req.requestHeaders.getRawHeaders(b"authorization", [])) > 1:
             self.refuse(400, "more than one Authorization header")
             return
@@ -361,9 +399,29 @@ class GatewayChannel(http.HTTPChannel):
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
         if delay:
-            site.clock.callLater(delay, self.refuse, 401, message, headers)
+            # The 401 comes at its time, not the request deadline's drop
+            # (which may be sooner than the back-off's delay).
+            self._cancel("_request_timer")
+            self._refusal_timer = site.clock.callLater(delay, self._refuse_late, message, headers)
         else:
             self.refuse(401, message, headers)
+
+    def _refuse_late(self, message: str, headers: dict[bytes, bytes]) -> None:
+        self._refusal_timer = None
+        self.refuse(401, message, headers)
+
+    @property
+    def holds_no_work(self) -> bool:
+        """
+        Whether closing this connection loses no caller's work: it is idle,
+        or its request is not in (its headers still coming, its sign-in
+        refused), so it has no authenticated caller yet.
+        """
+        if not self._handlingRequest and not self.requests:
+            return True
+        req = self.requests[-1] if self.requests else None
+        return self._refusing or (
+            req is not None and req.principal is None and not req._headers_in)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's own 400 (a malformed request line or header, smuggling), recorded."""
@@ -417,11 +475,16 @@ class GatewayChannel(http.HTTPChannel):
     def _too_slow(self, timer: str, kind: str, message: str) -> None:
         setattr(self, timer, None)
         self.gateway.slow_dropped += 1
-        self.gateway.refusals.note(self._peer(), kind, {"reason": message, "http_status": 408})
+        req = self.requests[-1] if self.requests else None
+        self.gateway.refusals.note(self._peer(), kind, {
+            "reason": message, "http_status": 408,
+            "principal": req.principal.name if req is not None and req.principal else None,
+        })
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer"):
+        for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer",
+                     "_refusal_timer"):
             self._cancel(name)
         if self._counted:
             self._counted = False
@@ -481,7 +544,7 @@ class GatewaySite(server.Site):
         #: only while it stays the same.
         self.access_version = access_version
         self.refusals = refusals
-        self.bodies = BodyBudget(limits.max_body_memory_bytes)
+        self.bodies = BodyBudget(limits.max_body_memory_bytes, max_body_bytes)
         self.rpc = rpc
         self._not_found = not_found
         self._by_source: dict[str, list[GatewayChannel]] = {}
@@ -501,7 +564,8 @@ class GatewaySite(server.Site):
         return self.rpc if request.uri == b"/RPC2" else self._not_found
 
     def buildProtocol(self, addr: Any) -> Any:
-        source = getattr(addr, "host", "")
+        # Counted as the back-off counts: an IPv6 host by its /64.
+        source = source_key(getattr(addr, "host", ""))
         held = len(self._by_source.get(source, ()))
         if held >= self.limits.max_connections_per_source:
             return self._excess(source, addr, "too many connections from this address")
@@ -559,10 +623,11 @@ class GatewaySite(server.Site):
         if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
             return False
         for channel in self._by_source[top]:
-            if not channel.requests and not channel._handlingRequest and channel.transport:
+            if channel.transport and channel.holds_no_work:
                 self.evicted += 1
                 self.refusals.note(address_text(channel.transport.getPeer()), "evicted", {
-                    "reason": "idle connection closed for another address at the connection cap",
+                    "reason": "idle or unauthenticated connection closed for another address "
+                              "at the connection cap",
                 })
                 self.left(channel)
                 channel._counted = False

@@ -233,6 +233,7 @@ class Parts:
         self.site.timeOut = cfg.limits.idle_timeout_seconds  # for new connections
         self.site.bodies.limit = cfg.limits.max_body_memory_bytes
         self.site.max_body_bytes = self.rpc.max_body_bytes = cfg.rpc.max_body_bytes
+        self.site.bodies.largest = cfg.rpc.max_body_bytes
         if self.site.backoff is not None:
             self.site.backoff.maximum = cfg.access.auth.failure_backoff_max_seconds
         self.limits.rate = cfg.limits.rate_per_second
