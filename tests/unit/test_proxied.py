@@ -193,6 +193,23 @@ def test_a_malformed_header_is_refused_and_recorded(gw: Listener) -> None:
     assert [r["refusal"] for r in gw.records(kind="refused")] == ["proxy_header"]
 
 
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 not-an-ip 127.0.0.1 1 8443\r\n",
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 99999999 8443\r\n",
+    b"PROXY TCP6 203.0.113.7 127.0.0.1 1 8443\r\n",
+])
+def test_a_header_naming_no_ip_address_and_port_is_refused(gw: Listener, header: bytes) -> None:
+    """Found by review: Twisted's v1 reader took ``not-an-ip:1`` into the trail as a source."""
+    conn = gw.accept()
+    conn.server.dataReceived(header + b"\x16\x03\x01")
+    assert conn.wire.disconnecting and gw.site.open_connections == 0
+    gw.close(conn)
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"], refused["reason"]) == (
+        "proxy_header", "127.0.0.1:50000",
+        "the PROXY protocol header names no IP address and port: refused")
+
+
 def test_a_connection_that_just_hangs_up_is_not_a_refusal(gw: Listener) -> None:
     conn = gw.accept()
     gw.close(conn)  # a port probe: connect, then close, as without the PROXY protocol

@@ -20,8 +20,9 @@ the address it names.  What it does not do, `ProxiedFactory` adds:
 - Only a sender in ``listen.proxy_from`` may send a header at all: anyone
   else who could reach the port could claim any address, and with it evade
   the per-source limits and write a false ``source`` into the trail.
-- A connection whose first bytes are not a valid header is refused
-  (Twisted's wrapper closes it) and recorded, kind ``proxy_header``, counted
+- A connection whose first bytes are not a valid header, or whose header
+  names no IP address and port (Twisted's v1 reader takes any text; a v2
+  header may name a Unix socket), is refused and recorded, kind ``proxy_header``, counted
   per source like every refusal anyone can cause; one that has not sent its
   header and the first bytes of TLS within ``limits.handshake_timeout_seconds``
   is dropped and recorded.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Sequence
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -49,6 +51,18 @@ def trusted(address: IAddress, networks: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+def _ip_and_port(address: IAddress) -> bool:
+    """Whether ``address`` is an IPv4 or IPv6 address with a TCP port."""
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return False
+    return ip.version == (4 if isinstance(address, IPv4Address) else 6) and (
+        0 <= address.port <= 65535)
 
 
 class _Refused(Protocol):
@@ -150,6 +164,14 @@ class _AwaitingHeader(Protocol):
         """The header is in: build the client's protocol, for the address it names."""
         self._stop_waiting()
         client = self.transport.getPeer()
+        if not _ip_and_port(client):
+            # Twisted's v1 reader takes any text for the address, a v2 header
+            # may name a Unix socket: no source to count, limit or record.
+            self._done = True
+            self._factory.site.refusals.note(address_text(self._sender), "proxy_header", {
+                "reason": "the PROXY protocol header names no IP address and port: refused"})
+            self.transport.abortConnection()
+            return None
         inner = self._factory.inner.buildProtocol(client)
         if inner is None:
             self._done = True
