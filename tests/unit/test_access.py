@@ -162,6 +162,22 @@ class TestCertificates:
         with pytest.raises(Unauthenticated, match="more than one principal"):
             run(auth.authenticate(FakeRequest(both)))
 
+    def test_a_certificate_past_its_end_is_refused_and_its_verdict_lapses(
+            self, tmp_path: Path, pki: DevPKI) -> None:
+        """
+        From the pre-auth review: a keep-alive connection kept working past
+        its certificate's notAfter (the handshake had checked the dates).
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        auth = authenticator(load(tmp_path, pki), clock)
+        mine = cert(dns_names=("ci-bot.example.com",), not_after_seconds=NOW + 60)
+        principal = run(auth.authenticate(FakeRequest(mine)))
+        assert principal.proof_lapses() == NOW + 60  # a connection's verdict ends with it
+        clock.advance(60)
+        with pytest.raises(Unauthenticated, match="client certificate has expired"):
+            run(auth.authenticate(FakeRequest(mine)))
+
     def test_required_certificate(self, tmp_path: Path, pki: DevPKI) -> None:
         cfg = load(tmp_path, pki)
         _, token = tokens.create(cfg.access.auth.token_store, "ci-bot", None, 90, datetime.now(timezone.utc))

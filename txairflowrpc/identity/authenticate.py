@@ -133,9 +133,10 @@ class Authenticator:
         if by_cert and by_credential:
             if by_cert.name != by_credential.name:
                 raise Unauthenticated("the certificate and the token name different principals")
+            proofs = [t for t in (by_cert.proof_until, by_credential.proof_until) if t is not None]
             by_credential = attrs.evolve(
                 by_credential, method=f"client_certificate+{by_credential.method}",
-                certificate=cert,
+                certificate=cert, proof_until=min(proofs) if proofs else None,
             )
         principal = by_credential or by_cert
         if principal is None:
@@ -153,9 +154,14 @@ class Authenticator:
                       subject=cert.subject[:200], names=", ".join(e.name for e in found))
             raise Unauthenticated("the client certificate matches more than one principal")
         entry = found[0]
+        # The handshake checked the certificate's dates; a keep-alive
+        # connection may outlive them, and its verdict with it.
+        if cert.not_after_seconds is not None and cert.not_after_seconds <= self._clock.seconds():
+            raise Unauthenticated("the client certificate has expired")
         return Principal(
             name=entry.name, method="client_certificate", certificate=cert,
             roles=entry.roles, grants=self._grants(entry.roles),
+            proof_until=cert.not_after_seconds,
         )
 
     async def _from_credential(self, credential: _Credential, source: str = "") -> Principal:

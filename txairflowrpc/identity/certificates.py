@@ -31,6 +31,9 @@ class PeerCertificate:
     fingerprint_sha256: str
     spki_sha256: str
     not_after: str
+    #: ``not_after`` as seconds since the epoch: a connection kept open past
+    #: it must not keep the verdict its handshake earned.
+    not_after_seconds: float | None = None
 
     @classmethod
     def from_cryptography(cls, cert: x509.Certificate) -> "PeerCertificate":
@@ -55,6 +58,7 @@ class PeerCertificate:
             fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
             spki_sha256=hashlib.sha256(spki).hexdigest(),
             not_after=iso_seconds(cert.not_valid_after_utc),
+            not_after_seconds=cert.not_valid_after_utc.timestamp(),
         )
 
     @property
