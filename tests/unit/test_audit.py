@@ -166,6 +166,22 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual((recs[2]["event"], recs[2]["instance"]), ("token.created", "cli"))
         self.assertTrue(verify([self.path])[0])
 
+    def test_a_record_too_long_to_write_is_a_stand_in_and_the_chain_stays_whole(self) -> None:
+        self.fill(1)
+        self.successResultOf(self.log.append({
+            "kind": "call", "request_id": "r1", "principal": "bot", "method": "get_dag",
+            "outcome": "fault", "fault_code": -32602, "auth": {"method": "token"},
+            "reason": "x" * 200_000}))
+        self.fill(1)
+        lines = self.path.read_text().splitlines()
+        self.assertTrue(all(len(line) < 2048 for line in lines))
+        rec = json.loads(lines[1])
+        self.assertEqual((rec["seq"], rec["request_id"], rec["principal"], rec["fault_code"],
+                          rec["auth"]), (2, "r1", "bot", -32602, {"method": "token"}))
+        self.assertNotIn("reason", rec)
+        self.assertGreater(rec["oversized"]["bytes"], 200_000)
+        self.assertEqual(verify([self.path]), (True, "chain whole: 3 records, seq 1..3"))
+
     def test_control_characters_cannot_split_or_forge_a_record(self) -> None:
         evil = 'x"}\n{"seq":99,"kind":"call"}\r\n\x00\u2028'
         self.successResultOf(self.log.append({"kind": "call", "method": evil}))
@@ -321,6 +337,20 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual((trigger["dag_run_id"], trigger["fault_code"]), ("r9", -32602))
         self.assertNotIn("dag_run_id", listing)  # filters are not for a run
         self.assertEqual(listing["args"]["filters"]["dag_id"], "example_hello")  # but kept
+
+    def test_a_huge_options_struct_is_one_digest_and_the_record_stays_small(self) -> None:
+        """
+        Found by review: a caller with no roles sent list_dags a filters
+        struct of 9,000 members (954 KB); its refusal's record was a 1.4 MB
+        line, which the verifier refuses: the chain unverifiable from it on.
+        """
+        filters = {f"k{i:05}": "v" * 60 for i in range(500)}  # 40 KB of record, before
+        self.call("list_dags", filters)
+        (rec,) = records(self.path)
+        self.assertEqual(rec["fault_code"], -32602)
+        self.assertEqual(set(rec["args"]["filters"]), {"hmac_sha256", "size"})
+        self.assertLess(len(self.path.read_bytes()), 4096)
+        self.assertEqual(verify([self.path])[0], True)
 
     def test_every_waiter_s_record_gets_the_status_of_the_polls_it_waited_on(self) -> None:
         """The second waiter joined a watch already polling: its record said nothing."""

@@ -74,6 +74,35 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not strict JSON")
 
 
+#: The longest line a record may take; a longer one is written as a stand-in
+#: (`_stand_in`), well under what the verifier reads (1 MiB), so that no
+#: record, whatever a caller sent, leaves the chain unverifiable.
+MAX_RECORD_BYTES = 64 * 1024
+#: What a stand-in keeps of the record it stands for.
+_STAND_IN_KEEPS = ("kind", "instance", "request_id", "principal", "auth", "source", "method",
+                   "multicall_index", "decision", "outcome", "fault_code", "http_status",
+                   "refusal", "airflow_status", "airflow_user")
+
+
+def _stand_in(record: dict[str, Any], line: str) -> dict[str, Any]:
+    """
+    A record too long to write, as the fields that say who did what and how
+    it ended (strings clipped), and the size and SHA-256 of the line it
+    would have been.
+    """
+    kept: dict[str, Any] = {"time": record["time"], "seq": record["seq"]}
+    for key in _STAND_IN_KEEPS:
+        value = record.get(key)
+        if isinstance(value, str):
+            kept[key] = value[:250]
+        elif isinstance(value, (int, float, bool)) or (key == "auth" and isinstance(value, dict)):
+            kept[key] = value  # numbers, and the gateway's own account of the caller
+    kept["oversized"] = {"bytes": len(line),
+                         "sha256": hashlib.sha256(line.encode("ascii")).hexdigest()}
+    kept["prev"] = record["prev"]
+    return kept
+
+
 def seal(record: dict[str, Any]) -> str:
     """The record's line: its JSON with ``hash`` (of everything else) last."""
     body = dumps(record)
@@ -329,6 +358,8 @@ class ChainFile:
             sealed.update((k, v) for k, v in record.items() if k != "time")
             sealed["prev"] = prev
             line = seal(sealed)
+            if len(line) > MAX_RECORD_BYTES:
+                line = seal(_stand_in(sealed, line))
             prev = line[-67:-3]  # the hash just sealed into the line
             lines.append(line)
         return "".join(lines).encode("ascii"), (seq, prev)

@@ -56,6 +56,10 @@ def load_digest_key(path: Path) -> bytes:
 
 
 MAX_TEXT = 250
+#: Most members of an options struct a record lists one by one; one with
+#: more (no method's options have nearly so many: the call is refused) is
+#: recorded as a digest, like any other struct, so that its record stays small.
+MAX_OPTION_MEMBERS = 32
 
 
 def clip(value: Any) -> Any:
@@ -131,7 +135,8 @@ class Summarizer:
                 ids[param.id] = clip(value)
             elif isinstance(value, (bool, int, float)):
                 summary[param.name] = strict_json(value)
-            elif param.keeps is not None and isinstance(value, dict):
+            elif (param.keeps is not None and isinstance(value, dict)
+                  and len(value) <= MAX_OPTION_MEMBERS):
                 summary[param.name] = {
                     clip(str(k)): self._member(k, v, param.keeps) for k, v in value.items()
                 }
