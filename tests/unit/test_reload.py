@@ -86,6 +86,82 @@ def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
+def test_a_revocation_holds_when_a_reload_beside_it_is_rejected(setup) -> None:
+    """
+    Found by review: a SIGHUP rejected (a half-renewed certificate, a typo)
+    right after ``token revoke`` marked the store's change as seen without
+    reading it, so the revoked token kept working until another change.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store = cfg.access.auth.token_store
+    record, token = tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    assert run(gate.authenticate(FakeRequest(None, f"Bearer {token}"))).name == "ci-bot"
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text() + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    bump(store)
+    assert reloader.reload("SIGHUP").result is False
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+    reloader._poll()  # and no later poll undoes it
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+
+
+def test_an_unreadable_token_store_is_a_rejected_reload_not_a_traceback(setup) -> None:
+    """Found by review: PermissionError escaped every reload, a traceback each second."""
+    cfg, gate, tls, reloader, tmp = setup
+    before = gate.current
+    store = cfg.access.auth.token_store
+    tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    original = tokens.TokenStore.load
+
+    def unreadable(path: Path) -> tokens.TokenStore:
+        if path == store:
+            raise PermissionError(13, "Permission denied", str(path))  # whatever escapes
+        return original(path)
+
+    tokens.TokenStore.load = unreadable  # type: ignore[method-assign]
+    try:
+        assert reloader.reload("SIGHUP").result is False
+    finally:
+        tokens.TokenStore.load = original  # type: ignore[method-assign]
+    assert gate.current is before
+    event = audit_events(tmp)[-1]
+    assert (event["result"], "Permission denied" in event["error"]) == ("rejected", True)
+
+
+def test_a_store_read_fails_cleanly_and_is_rewritten_with_its_owner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "tokens.json"
+    tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    store.chmod(0)
+    if os.geteuid() != 0:  # root reads it anyway: the message is checked on a directory
+        with pytest.raises(ValueError, match="cannot be read: Permission denied"):
+            tokens.TokenStore.load(store)
+    store.chmod(0o600)
+    with pytest.raises(ValueError, match="cannot be read: Is a directory"):
+        tokens.TokenStore.load(tmp_path)
+    chowned: list[tuple[int, int]] = []
+    real, stat = os.stat(store), os.stat
+    monkeypatch.setattr(os, "fchown", lambda fd, uid, gid: chowned.append((uid, gid)))
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: SimpleNamespace(
+        st_uid=real.st_uid + 1, st_gid=real.st_gid + 1) if Path(p) == store else stat(p, *a, **k))
+    tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    assert chowned == [(real.st_uid + 1, real.st_gid + 1)]  # the store's owner, kept
+
+    def refused(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    with pytest.raises(tokens.TokenOwnerError, match="run as that user"):
+        tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    assert len(tokens.TokenStore.load(store).records) == 2  # unchanged
+    assert not list(tmp_path.glob(".tokens-*"))  # no temporary file left
+
+
 def test_the_access_version_changes_with_the_token_store_and_nothing_else(setup) -> None:
     """A keep-alive connection reuses its verdict only while the version stays."""
     cfg, gate, tls, reloader, tmp = setup

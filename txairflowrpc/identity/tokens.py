@@ -126,6 +126,10 @@ class TokenError(Exception):
     """A token was refused; the message is safe to log (no secret)."""
 
 
+class TokenOwnerError(PermissionError):
+    """The store could not be rewritten with its owner kept."""
+
+
 @attrs.frozen
 class TokenStore:
     """The tokens of one store file, as loaded at one moment."""
@@ -140,6 +144,10 @@ class TokenStore:
             raw = path.read_text("utf-8")
         except FileNotFoundError:
             return cls(path, {})
+        except OSError as e:  # unreadable (its owner changed): a config error, not a crash
+            raise ValueError(f"{path} cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a token store: not UTF-8") from None
         try:
             data = json.loads(raw)
             records = [TokenRecord.from_json(r) for r in data["tokens"]]
@@ -190,6 +198,12 @@ class _Locked:
             if exc_type is None:
                 data = {"version": 1, "tokens": [r.to_json() for r in self.records.values()]}
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
+                try:
+                    _keep_owner(fd, self.path)
+                except OSError:
+                    os.close(fd)
+                    os.unlink(tmp)
+                    raise
                 with os.fdopen(fd, "w") as f:
                     json.dump(data, f, indent=1)
                     f.flush()
@@ -199,6 +213,28 @@ class _Locked:
                 sync_directory(self.path.parent)
         finally:
             os.close(self._lock)
+
+
+def _keep_owner(fd: int, path: Path) -> None:
+    """
+    Give the new store file ``fd`` the owner and group of the one it
+    replaces: ``airflowrpc token`` run as root must not leave a store the
+    service's user cannot read (it would keep the tokens it had, a revoked
+    one among them).  Raises `TokenOwnerError` where that is not allowed.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    mine = os.fstat(fd)
+    if (st.st_uid, st.st_gid) == (mine.st_uid, mine.st_gid):
+        return
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        raise TokenOwnerError(
+            f"{path} belongs to uid {st.st_uid}, gid {st.st_gid}: run as that user "
+            f"(or root), so that the gateway can still read the store") from None
 
 
 def create(

@@ -196,7 +196,7 @@ def token_command(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(widths[c]) for c in columns))
             for row in rows:
                 print("  ".join(row[c].ljust(widths[c]) for c in columns))
-    except ValueError as e:
+    except (ValueError, tokens.TokenOwnerError) as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
         return 1
     return 0

@@ -216,6 +216,9 @@ class Reloader(service.Service):
                 return stamps, derive(load_checked(source))
             except config_module.ConfigError as e:
                 return stamps, e
+            except Exception as e:  # whatever else: rejected once, never a traceback a second
+                return stamps, config_module.ConfigError(
+                    str(source), f"cannot be read: {type(e).__name__}: {str(e)[:200]}")
 
         return self._run_blocking(read).addCallback(self._swap, trigger)
 
@@ -223,12 +226,17 @@ class Reloader(service.Service):
         self, read: tuple[dict[str, Any], Checked | config_module.ConfigError], trigger: str,
     ) -> bool:
         stamps, checked = read
+        tokens_changed = stamps.get("tokens") != self._seen.get("tokens")
         self._seen = stamps
         if isinstance(checked, config_module.ConfigError):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(checked))
             self.rejected += 1
             self._record("rejected", trigger, str(checked))
+            if tokens_changed:
+                # A revocation must not wait for the rest of the config to
+                # be fixed: the store is read on its own, as a poll would.
+                self.reload_tokens()
             return False
         cfg = checked.config
         restart = needs_restart(self.cfg, cfg)

@@ -280,9 +280,11 @@ class Supervisor(service.Service):
             return True
 
         def bad(failure: Failure) -> bool:
-            failure.trap(config_module.ConfigError)
+            error = str(failure.value)
+            if not failure.check(config_module.ConfigError):  # rejected all the same
+                error = f"cannot be read: {failure.type.__name__}: {error[:200]}"
             _log.error("config reload ({trigger}) rejected, the workers keep theirs: {error}",
-                       trigger=trigger, error=str(failure.value))
+                       trigger=trigger, error=error)
             return False
 
         return self._check().addCallbacks(good, bad)
