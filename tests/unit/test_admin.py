@@ -94,5 +94,19 @@ class HealthTests(SynchronousTestCase):
         self.http.get("http://admin.test/readyz")
         self.assertEqual(len(asked), 2)  # the next probe after it ended asks again
 
+    def test_head_is_answered_without_a_body_or_a_log_line(self) -> None:
+        """Found by review: each HEAD logged its URI (up to 16 KB) as a warning."""
+        from twisted.logger import globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        try:
+            response = self.successResultOf(self.http.head("http://admin.test/healthz?" + "x" * 900))
+        finally:
+            globalLogPublisher.removeObserver(seen.append)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(response.content()), b"")
+        self.assertEqual([e for e in seen if "HEAD" in str(e.get("log_format", ""))], [])
+
     def test_other_paths_are_404(self) -> None:
         self.assertEqual(self.get("/metricz")[0], 404)

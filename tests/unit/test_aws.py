@@ -650,7 +650,7 @@ class TestConfig:
         ("", "aws.server_id", "missing"),
         ('server_id = "has space"', "aws.server_id", "visible ASCII"),
         ('server_id = "x"\nmax_age_seconds = 3600', "aws.max_age_seconds", "from 1 to 900"),
-        ('server_id = "x"\nmax_age_seconds = nan', "aws.max_age_seconds", "from 1 to 900"),
+        ('server_id = "x"\nmax_age_seconds = nan', "aws.max_age_seconds", "finite"),
         ('server_id = "x"\ntimeout_seconds = 0', "aws.timeout_seconds", "from 0.1 to 60"),
         ('server_id = "x"\nsigning_key = "x"', "aws.signing_key", "unknown key"),
     ])

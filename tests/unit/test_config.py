@@ -82,6 +82,16 @@ def test_shipped_example_parses(confdir: Path) -> None:
     (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 0"),
      "airflow.timeout_seconds", "greater than 0"),
     (lambda t: t + "\n[extra]\n", "extra", "unknown section"),
+    # Found by review: nan passed every check (a deadline of nan failed every
+    # call; a rate of nan turned rate limiting off); inf means nothing either.
+    (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = nan"),
+     "airflow.timeout_seconds", "finite"),
+    (lambda t: t + "\n[limits]\nrate_per_second = inf\n", "limits.rate_per_second", "finite"),
+    (lambda t: t + "\n[limits]\ncall_deadline_seconds = -nan\n",
+     "limits.call_deadline_seconds", "finite"),
+    # Found by review: worker K's admin port past 65535 was a traceback at start.
+    (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65535\n",
+     "health.port", "at most 65534"),
 ])
 def test_bad_config_names_the_key(confdir: Path, edit, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -121,3 +131,18 @@ def test_unusable_certificate_files_name_the_key(confdir: Path, pki: DevPKI) -> 
         server_options(cfg.tls)
     assert e.value.key == "tls.private_key"
     assert other
+
+
+def test_an_audit_file_the_service_cannot_write_is_a_config_error(
+        confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a file made by root before the first start was a traceback at start."""
+    import os
+
+    (confdir / "audit").mkdir()
+    log = confdir / "audit" / "audit.jsonl"
+    log.write_text("")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == log else real(p, mode))
+    with pytest.raises(ConfigError) as e:
+        load(write(confdir, GOOD))
+    assert (e.value.key, str(e.value)) == ("audit.path", f"audit.path: cannot write {log}")

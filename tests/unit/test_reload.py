@@ -191,7 +191,8 @@ def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None
     config = tmp / "airflowrpc.toml"
     config.write_text(config.read_text().replace("port = 8443", "port = 9443").replace(
         "[auth]", "[limits]\nrate_per_second = 2.5\nmax_connections_per_source = 7\n"
-        "call_deadline_seconds = 9\n[rpc]\nmax_multicall = 3\nwait_poll_seconds = 0.5\n"
+        "call_deadline_seconds = 9\nshutdown_seconds = 25\n"
+        "[rpc]\nmax_multicall = 3\nwait_poll_seconds = 0.5\n"
         "read_cache_seconds = 1.5\n"
         "[auth]\nfailure_backoff_max_seconds = 4"))
     assert reloader.reload("SIGHUP").result is True
@@ -201,7 +202,9 @@ def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None
     assert parts.site.limits.max_connections_per_source == 7
     assert parts.client.read_cache_seconds == 1.5
     event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
-    assert (event["result"], event["needs_restart"]) == ("accepted", ["listen"])
+    # Found by review: shutdown_seconds was accepted, and the drain kept the old one.
+    assert (event["result"], event["needs_restart"]) == (
+        "accepted", ["listen", "limits.shutdown_seconds"])
 
 
 def test_an_unknown_token_costs_no_file_access(setup, monkeypatch: pytest.MonkeyPatch) -> None:

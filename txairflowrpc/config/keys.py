@@ -7,6 +7,8 @@ dotted key at fault.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +97,9 @@ def read_table(
             spec.type is int and isinstance(value, bool)
         ):
             raise ConfigError(dotted, f"must be {_TOML_TYPE_NAMES[spec.type]}")
+        if spec.type is float and not math.isfinite(value):
+            # TOML has nan and inf; every check passes nan, and no setting means either.
+            raise ConfigError(dotted, "must be a finite number")
         if spec.check is not None:
             try:
                 spec.check(value)

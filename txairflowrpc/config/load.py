@@ -81,6 +81,10 @@ def parse(document: dict[str, Any], source: Path) -> Config:
             raise ConfigError(f"principals.{entry.name}.airflow_password_file",
                               f"Airflow account {entry.airflow_user!r} is the gateway's own "
                               "(airflow.username), with another password")
+    workers, health = sections["listen"]["workers"], sections["health"]["port"]
+    if health and health + workers - 1 > 65535:
+        raise ConfigError("health.port", f"with listen.workers = {workers}, worker K listens on "
+                          f"health.port + K: at most {65536 - workers}")
     return Config(
         source=source,
         listen=ListenConfig(**sections["listen"]),
@@ -101,6 +105,8 @@ def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
     directory = path.parent
     if directory.exists() and not os.access(directory, os.W_OK):
         raise ConfigError("audit.path", f"cannot write in {directory}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError("audit.path", f"cannot write {path}")
     values["redact_keys"] = tuple(
         k.lower().replace("-", "").replace("_", "") for k in values["redact_keys"])
     if values["digest_key_file"] in ("", base / ""):

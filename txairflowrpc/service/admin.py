@@ -84,8 +84,15 @@ class HealthResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
-            return self._metrics.render(request)
-        return super().render(request)
+            body = self._metrics.render(request)
+        else:
+            body = super().render(request)
+        if request.method == b"HEAD" and isinstance(body, bytes):
+            # The GET's status and headers without its body: twisted.web
+            # would drop the body itself, but log each such request (with
+            # its URI) as a warning -- a flood of the service log for anyone.
+            return b""
+        return body
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Type", b"application/json")

@@ -54,6 +54,8 @@ def bind_problem(host: str, port: int) -> str | None:
             probe.bind((host, port))
     except OSError as e:
         return (e.strerror or str(e)).lower()
+    except OverflowError:
+        return "not a port number"
     return None
 
 

@@ -98,6 +98,8 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
     ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
     ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),
     ("audit", "refusal_window_seconds"), ("audit", "digest_key_file"), ("audit", "instance"),
+    # The drain and the supervisor's last-resort kill are set up at start.
+    ("limits", "shutdown_seconds"),
 )
 
 

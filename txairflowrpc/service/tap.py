@@ -474,7 +474,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     metrics = GatewayMetrics()
 
     threads = AuditThread(reactor)
-    audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(threads), checked.signer)
+    try:
+        audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(threads),
+                           checked.signer)
+    except OSError as e:  # a file the service's user may not write (made by root, say)
+        raise SystemExit(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
     owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
