@@ -24,6 +24,7 @@ from txairflowrpc.config import ConfigError, load
 from txairflowrpc.service import supervisor as supervisor_module
 from txairflowrpc.service.lifecycle import bind_problem
 from txairflowrpc.service.supervisor import (
+    SharedPort,
     Supervisor,
     WorkerProtocol,
     bind_shared,
@@ -186,6 +187,47 @@ def test_ready_goes_to_systemd_once_every_worker_is_ready() -> None:
         {"READY": "1", "STATUS": "ready: 3 workers, 127.0.0.1:8443"}]
 
 
+def test_a_worker_that_cannot_start_gives_its_share_of_connections_to_the_others(
+        logged: list[str]) -> None:
+    """
+    Found by review: with a config on disk its replacements refuse, worker 1
+    was started again every 30 s while its socket kept listening: half the
+    new connections waited in a backlog no one read.  After a replacement
+    dies before it is ready, the socket is closed (the kernel then gives
+    every new connection to the open ones) and bound again for each try.
+    """
+    port = SharedPort("127.0.0.1", 0, 2)
+    number = port.sockets[0].getsockname()[1]
+    clock, spawn = Clock(), Spawner()
+    sup = Supervisor(clock, count=2, check=lambda: succeed(SimpleCfg(2)), stop_seconds=10,
+                     spawn=lambda i, p: (port.fileno(i), spawn(i, p))[1],  # as spawner does
+                     port=port)
+    sup.startService()
+    try:
+        spawn.ready(0)
+        spawn.ready(1)
+        spawn.end(1, ProcessTerminated(signal=9))  # a ready worker died: it keeps its socket
+        assert port.sockets[1] is not None
+        clock.advance(1)
+        spawn.end(1, ProcessDone(1))  # its replacement could not start
+        assert port.sockets[1] is None
+        assert "worker 1 cannot start: its socket is closed until a new one does, and new " \
+               "connections go to the other workers" in logged
+        clients = [socket.create_connection(("127.0.0.1", number), 5) for _ in range(20)]
+        accepted = []
+        port.sockets[0].settimeout(5)
+        for _ in clients:
+            accepted.append(port.sockets[0].accept()[0])  # every one reached the open socket
+        for s in clients + accepted:
+            s.close()
+        clock.advance(2)  # the next try binds it again
+        assert port.sockets[1] is not None and port.sockets[1].getsockname()[1] == number
+        spawn.ready(1)
+        assert sup.workers[1].deaths == 0
+    finally:
+        port.close_all()
+
+
 def test_a_dead_worker_is_logged_and_replaced_after_a_back_off(logged: list[str]) -> None:
     sup, spawn, clock, notes, _ = supervise(2)
     spawn.ready(0)
@@ -299,14 +341,13 @@ def test_each_worker_is_spawned_with_its_index_in_the_environment(monkeypatch) -
     reactor = MemoryReactor()
     spawned: list[dict[str, str]] = []
     reactor.spawnProcess = lambda *a, env, **kw: spawned.append(env)  # type: ignore[method-assign]
-    sockets = [socket.socket(), socket.socket()]
+    sockets = SharedPort("127.0.0.1", 0, 2)
     try:
         spawn = supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None)
         spawn(0, ProcessProtocol())
         spawn(1, ProcessProtocol())
     finally:
-        for s in sockets:
-            s.close()
+        sockets.close_all()
     assert [env["AIRFLOWRPC_WORKER"] for env in spawned] == ["0", "1"]
     assert all("NOTIFY_SOCKET" not in env for env in spawned)
 

@@ -10,7 +10,9 @@ processes and serves nothing itself.
   sockets (by their addresses' hash; one shared socket would let whichever
   worker wakes first accept a whole burst); and a worker's socket stays
   open while it is replaced, so connections arriving for it meanwhile
-  wait in its backlog instead of being refused.
+  wait in its backlog instead of being refused -- unless its replacement
+  dies before it is ready: then the socket is closed until one starts
+  (`SharedPort`), and its share goes to the workers that serve.
 - **Workers**: started with ``reactor.spawnProcess`` (the same Python,
   ``twistd -n ... airflowrpc --config FILE --worker K``, the supervisor's
   ``--logger``, standard output and error shared), each watched by a
@@ -37,7 +39,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import attrs
 from twisted.application import service
@@ -53,7 +55,7 @@ from .logs import WORKER_ENVIRONMENT
 from .notify import Watchdog
 from .workers import LISTENER_FD, REPORT_FD
 
-__all__ = ["Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
+__all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
 
 #: First wait before a dead worker is replaced; doubled for each death in a row.
 RESTART_SECONDS = 1.0
@@ -94,6 +96,40 @@ def bind_shared(host: str, port: int, count: int, backlog: int = 50) -> list[soc
     return sockets
 
 
+class SharedPort:
+    """
+    The workers' listening sockets on one port (`bind_shared`).  Socket K
+    stays open while worker K is replaced, so connections that arrive
+    meanwhile wait for the replacement; but while worker K cannot start
+    (a config on disk its replacements refuse, say) its socket is closed,
+    so that the kernel gives its share of new connections to the workers
+    that serve, rather than to a backlog no one reads; it is bound again
+    for each new try.
+    """
+
+    def __init__(self, host: str, port: int, count: int, backlog: int = 50) -> None:
+        self._host, self._backlog = host, backlog
+        self.sockets: list[socket.socket | None] = list(bind_shared(host, port, count, backlog))
+        first = self.sockets[0]
+        self._port = first.getsockname()[1] if first is not None else port
+
+    def fileno(self, index: int) -> int:
+        """Socket ``index``'s descriptor, bound again if it was closed; OSError if it cannot be."""
+        sock = self.sockets[index]
+        if sock is None:
+            sock = self.sockets[index] = bind_shared(self._host, self._port, 1, self._backlog)[0]
+        return sock.fileno()
+
+    def close(self, index: int) -> None:
+        sock, self.sockets[index] = self.sockets[index], None
+        if sock is not None:
+            sock.close()
+
+    def close_all(self) -> None:
+        for index in range(len(self.sockets)):
+            self.close(index)
+
+
 def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
     """The command line of worker ``index``: twistd in the foreground, this Python."""
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -101,7 +137,7 @@ def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
             "airflowrpc", "--config", config_path, "--worker", str(index)]
 
 
-def spawner(reactor: Any, config_path: str, sockets: Sequence[socket.socket],
+def spawner(reactor: Any, config_path: str, sockets: SharedPort,
             logger: str | None) -> Spawn:
     """How the supervisor starts worker K: with socket K, a report pipe and its lifeline."""
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
@@ -110,7 +146,7 @@ def spawner(reactor: Any, config_path: str, sockets: Sequence[socket.socket],
         return reactor.spawnProcess(
             protocol, sys.executable, worker_argv(config_path, index, logger),
             env={**env, WORKER_ENVIRONMENT: str(index)},  # its log lines name it
-            childFDs={0: "w", 1: 1, 2: 2, LISTENER_FD: sockets[index].fileno(),
+            childFDs={0: "w", 1: 1, 2: 2, LISTENER_FD: sockets.fileno(index),
                       REPORT_FD: "r"})
 
     return spawn
@@ -172,8 +208,10 @@ class Supervisor(service.Service):
         check: Callable[[], "Deferred[config_module.Config]"],
         stop_seconds: float, notifier: Any = None, watchdog_seconds: float | None = None,
         where: str = "", on_stopped: Callable[[], None] = lambda: None,
+        port: SharedPort | None = None,
     ) -> None:
         self._clock = clock
+        self._port = port
         self._spawn = spawn
         self._check = check
         self._stop_seconds = stop_seconds
@@ -245,11 +283,16 @@ class Supervisor(service.Service):
             if all(w.transport is None for w in self.workers):
                 self._all_stopped()
             return
+        failed_start = worker.deaths > 0  # it died again before it was ever ready
         delay = self._next_delay(worker)
         self.restarts += 1
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
                    index=index, pid=pid, how=ending(reason), delay=delay)
+        if failed_start and self._port is not None and self._port.sockets[index] is not None:
+            self._port.close(index)
+            _log.error("worker {index} cannot start: its socket is closed until a new one "
+                       "does, and new connections go to the other workers", index=index)
         self._status(f"worker {index} exited ({ending(reason)}); restarting")
         worker.restart = self._clock.callLater(delay, self._start, worker)
 

@@ -63,7 +63,7 @@ from .lifecycle import GatewayService, Listener, bind_problem, exit_zero
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
-from .supervisor import Supervisor, bind_shared, spawner
+from .supervisor import SharedPort, Supervisor, spawner
 from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier,
                       for_worker)
 
@@ -422,7 +422,7 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
     where = f"{cfg.listen.host}:{cfg.listen.port}"
     try:
-        sockets = bind_shared(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
+        sockets = SharedPort(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
     except OSError as e:
         raise SystemExit(f"airflowrpc: cannot listen on {where}: "
                          f"{(e.strerror or str(e)).lower()}") from None
@@ -433,8 +433,7 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
                                  lambda: load_checked(source).config)
 
     def stopped() -> None:
-        for s in sockets:
-            s.close()
+        sockets.close_all()
         owner.release()
         exit_zero(reactor)()
 
@@ -446,7 +445,7 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         spawn=spawner(reactor, str(source), sockets, _logger_name(options)),
         check=check, stop_seconds=cfg.limits.shutdown_seconds,
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
-        where=where, on_stopped=stopped,
+        where=where, on_stopped=stopped, port=sockets,
     )
     supervisor.setServiceParent(top)
     HangUp(reactor, supervisor.reload).setServiceParent(top)
