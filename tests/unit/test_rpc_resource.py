@@ -79,6 +79,21 @@ class HTTPTests(SynchronousTestCase):
         self.assertEqual(self.response(self.gw.post(PING, path="/RPC3"))[0], 404)
         self.assertEqual(self.response(self.gw.post(PING, path="/"))[0], 404)
 
+    def test_a_query_string_is_never_recorded(self) -> None:
+        """Found by review: ``/RPC2?access_token=...`` reached the trail as the path."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        directory = Path(tempfile.mkdtemp())
+        gw = gateway(audit_dir=str(directory))
+        code, _, _ = self.response(gw.post(PING, path="/RPC2?access_token=arpc_tok_SECRETSECRET"))
+        self.assertEqual(code, 404)
+        raw = (directory / "audit.jsonl").read_text()
+        (record,) = [r for r in map(json.loads, raw.splitlines()) if r.get("path")]
+        self.assertEqual((record["path"], record["query_bytes"]), ("/RPC2", 34))
+        self.assertNotIn("SECRET", raw)
+
     def test_doctype_is_a_fault_not_an_error_page(self) -> None:
         code, _, body = self.response(self.gw.post(
             b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "c">]><methodCall/>'))

@@ -275,6 +275,29 @@ class BodyTests(SiteTestCase):
         self.assertLessEqual(proto.requests[-1].content.tell(), 1000)
         self.assertEqual(self.site.bodies.held, 0)
 
+    def test_an_identified_callers_refusal_is_a_record_of_its_own(self) -> None:
+        """
+        Found by review: a chunked body over the cap from a known caller was
+        counted per source and reason, so a second caller's 413 from the
+        same address had no record of its own (its request id nowhere in
+        the trail) and its principal was folded into the first one's.
+        """
+        answers = {}
+        for name in ("bot", "nobody", "nobody"):
+            self.answer = attrs.evolve(OPERATOR, name=name)
+            proto, transport = self.connect(port=2200 + len(answers))
+            proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n")
+            proto.dataReceived(b"600\r\n" + b"x" * 0x600 + b"\r\n")
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer)
+            request_id = answer.split(b"X-Request-Id: ")[1].split(b"\r\n")[0].decode()
+            answers[request_id] = name
+        found = {r["request_id"]: r for r in self.records() if r.get("http_status") == 413}
+        self.assertEqual({k: r["principal"] for k, r in found.items()}, answers)
+        self.assertTrue(all("count" not in r and r["refusal"] == "too_large"
+                            for r in found.values()))
+
     def test_bodies_in_flight_share_one_budget_and_are_let_go(self) -> None:
         self.make(max_body_memory_bytes=2000)
         half = [self.connect(port=2000 + i) for i in range(3)]
@@ -450,6 +473,16 @@ class RoutingTests(SiteTestCase):
         proto, transport = self.connect()
         proto.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404"), transport.value())
+
+    def test_a_query_string_is_never_recorded(self) -> None:
+        """Found by review: ``/RPC2?access_token=...`` reached the trail as the path."""
+        self.answer = Unauthenticated("no credentials")
+        proto, transport = self.connect(port=2300)
+        proto.dataReceived(post(path=b"/x?password=hunter2"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        (record,) = [r for r in self.records() if r.get("path")]
+        self.assertEqual((record["path"], record["query_bytes"]), ("/x", 16))
+        self.assertNotIn("hunter2", (self.dir / "audit.jsonl").read_text())
 
     def test_twisteds_own_400s_are_recorded(self) -> None:
         cases = [

@@ -137,6 +137,17 @@ class RefusalLog:
             self._audit.append(_refused(fields), droppable=True).addErrback(lambda f: None)
 
 
+def path_fields(uri: bytes) -> dict[str, Any]:
+    """
+    What a record says of a request's URI: its path (clipped), and of its
+    query only its size -- a query can hold what a caller should not have
+    sent there (``?access_token=...``), and the gateway serves none.
+    """
+    path, _, query = uri.partition(b"?")
+    return {"path": path.decode("latin-1")[:200] or None,
+            "query_bytes": len(query) if query else None}
+
+
 def _refused(fields: dict[str, Any]) -> dict[str, Any]:
     record = {"kind": "refused", "decision": "denied", **fields}
     for name in ("reason", "path", "http_method", "tls_error"):

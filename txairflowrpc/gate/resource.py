@@ -36,7 +36,7 @@ from ..core.timefmt import iso_seconds, utc
 from ..identity.principal import Principal
 from . import wire
 from .dispatch import Dispatcher
-from .refusals import RefusalLog
+from .refusals import RefusalLog, path_fields
 from .site import address_text
 
 _log = Logger()
@@ -149,7 +149,7 @@ def _fields(
     fields: dict[str, Any] = {
         "request_id": request_id, "source": _peer(request), "method": None, "reason": reason,
         "http_method": request.method.decode("latin-1")[:16],
-        "path": request.uri.decode("latin-1")[:200], **extra,
+        **path_fields(request.uri), **extra,
     }
     if principal is not None:
         fields["principal"] = principal.name

@@ -54,7 +54,7 @@ from ..config import LimitsConfig
 from ..identity.authenticate import Unauthenticated
 from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
-from .refusals import RefusalLog
+from .refusals import RefusalLog, path_fields
 
 _log = Logger()
 
@@ -241,6 +241,8 @@ class GatewayChannel(http.HTTPChannel):
     _linger_timer: Any = None
     #: A failed sign-in's 401, delayed by the back-off.
     _refusal_timer: Any = None
+    #: Refused already: a second refusal (a timer, a later chunk) adds nothing.
+    _refused_once = False
     _sawRequest = False
     _counted = False
     #: Body bytes that arrived while the caller was being authenticated.
@@ -433,29 +435,47 @@ class GatewayChannel(http.HTTPChannel):
         per source: anyone can cause these), and close after a short linger.
         """
         self._cancel("_request_timer")
-        if self.transport is None or self._linger_timer is not None:
+        if self.transport is None or self._refused_once:
             return
+        self._refused_once = True
         request_id = secrets.token_hex(8)
         req = self.requests[-1] if self.requests else None
-        self.gateway.refusals.note(self._peer(), _KINDS.get(status, "http"), {
+        principal = req.principal if req is not None else None
+        kind = _KINDS.get(status, "http")
+        fields = {
             "reason": message, "http_status": status, "request_id": request_id,
             "http_method": getattr(self, "_command", b"").decode("latin-1")[:16] or None,
-            "path": getattr(self, "_path", b"").decode("latin-1")[:200] or None,
-            "principal": req.principal.name if req is not None and req.principal else None,
-        })
-        body = (message + "\n").encode("utf-8")
-        extra = b"".join(b"%s: %s\r\n" % item for item in (headers or {}).items())
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nX-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
-            % (status, _REASONS.get(status, b"Error"), len(body), request_id.encode(), extra,
-               body)
-        )
+            **path_fields(getattr(self, "_path", b"")),
+        }
         self._refusing = True
         if req is not None:
             req._refused = True
         self.setRawMode()  # whatever else is buffered is dropped, not parsed
         self.setTimeout(None)
+        body = (message + "\n").encode("utf-8")
+        extra = b"".join(b"%s: %s\r\n" % item for item in (headers or {}).items())
+        answer = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nX-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
+            % (status, _REASONS.get(status, b"Error"), len(body), request_id.encode(), extra,
+               body)
+        )
+        if principal is None:  # anyone can cause it: counted per source
+            self.gateway.refusals.note(self._peer(), kind, fields)
+            self._answer_refusal(answer)
+            return
+        # An identified caller's refusal (a body over the cap, the budget):
+        # a record of its own, on disk before its answer, as at /RPC2.
+        recorded = self.gateway.refusals.record({
+            **fields, "source": self._peer(), "refusal": kind, "principal": principal.name,
+            "auth": principal.audit_identity()})
+        recorded.addCallback(lambda _: self._answer_refusal(answer))
+
+    def _answer_refusal(self, answer: bytes) -> None:
+        """Send a refusal's answer, then close after a short linger."""
+        if self.transport is None:
+            return
+        self.transport.write(answer)
         self._linger_timer = self.gateway.clock.callLater(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
