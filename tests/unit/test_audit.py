@@ -401,6 +401,30 @@ class GatewayRecordTests(SynchronousTestCase):
                          [("ping", 0), ("get_dag", 1), ("system.multicall", None)])
         self.assertEqual({r["request_id"] for r in recs}, {request_id})
 
+    def test_a_malformed_multicall_entry_is_recorded_like_any_other(self) -> None:
+        """Found by review: entries refused before they were calls had no record."""
+        request_id, results = self.call("system.multicall", [
+            {"methodName": "ping", "params": []},
+            {"methodName": "system.multicall", "params": [[]]},
+            {"methodName": 5},
+            {"methodName": "ping", "params": [], "extra": 1},
+            "not a struct",
+        ])  # the helper's gateway takes at most 5
+        self.assertEqual([r if isinstance(r, list) else r["faultCode"] for r in results],
+                         [["pong"], -32602, -32602, -32602, -32602])
+        recs = records(self.path)
+        self.assertEqual(
+            [(r["method"], r.get("multicall_index"), r.get("decision"), r.get("fault_code"))
+             for r in recs],
+            [("ping", 0, "allowed", None),
+             ("system.multicall", 1, "invalid", -32602),
+             ("(no method name)", 2, "invalid", -32602),
+             ("ping", 3, "invalid", -32602),
+             ("(no method name)", 4, "invalid", -32602),
+             ("system.multicall", None, "allowed", None)])
+        self.assertEqual({r["request_id"] for r in recs}, {request_id})
+        self.assertIn("cannot be nested", recs[1]["reason"])
+
     def test_refusals_are_recorded(self) -> None:
         ping = xmlrpc.client.dumps((), "ping").encode()
         for d in [self.gw.post(ping, {"Content-Type": "text/plain"}),

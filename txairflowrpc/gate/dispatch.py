@@ -380,6 +380,11 @@ class Dispatcher:
         for index, entry in enumerate(calls):
             try:
                 name, params = _multicall_entry(entry)
+            except errors.GatewayError as e:
+                self._record_bad_entry(call, entry, index, e, records)
+                results.append({"faultCode": e.code, "faultString": e.message})
+                continue
+            try:
                 results.append([await self.call(call, name, params, multicall_index=index,
                                                 records=records)])
             except errors.GatewayError as e:
@@ -389,6 +394,32 @@ class Dispatcher:
         except FirstError:
             raise errors.AuditUnavailable() from None
         return results
+
+
+    def _record_bad_entry(
+        self, ctx: CallContext, entry: Any, index: int, error: errors.GatewayError,
+        records: list[Deferred[None]],
+    ) -> None:
+        """
+        The record of a multicall entry refused before it was a call (not a
+        struct, no method name, a nested multicall): answered with a fault
+        like any other entry, so recorded like one, in the multicall's
+        group commit.
+        """
+        if self._audit is None:
+            return
+        name = entry.get("methodName") if isinstance(entry, dict) else None
+        fields = self._fields("call", ctx, None, str(name)[:100] if isinstance(name, str)
+                              else "(no method name)", (), index)
+        fields.update({"decision": "invalid", "reason": clip(error.message),
+                       "outcome": "fault", "fault_code": error.code})
+        droppable = self._audit.failed is not None
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
+                                      droppable=droppable)
+        if droppable:
+            recorded.addErrback(lambda f: None)
+        else:
+            records.append(recorded)
 
 
 def _detached(work: Deferred[Any]) -> Deferred[Any]:
