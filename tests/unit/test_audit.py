@@ -229,7 +229,25 @@ class DurabilityTests(SynchronousTestCase):
         self.assertIsNone(self.log.failed)
         recs = records(self.dir / "audit.jsonl")
         self.assertEqual([r["n"] for r in recs], [1, 2])
+        # Found by review: a call answered 507 was recorded later as it ended
+        # (outcome ok); the record now says its caller was not told that.
+        self.assertEqual([r.get("late") for r in recs], [True, True])
         self.assertTrue(verify([self.dir / "audit.jsonl"])[0])
+
+    def test_refusals_of_known_callers_wait_in_a_bounded_queue_while_the_log_fails(self) -> None:
+        """Found by review: they queued without bound (2,501 after 3,000 operations)."""
+        from txairflowrpc.audit.log import MAX_DROPPABLE_QUEUED
+        from txairflowrpc.gate.refusals import RefusalLog
+
+        self.held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        first = self.log.append({"n": 1})
+        self.held.release()
+        self.failureResultOf(first, errors.AuditUnavailable)
+        refusals = RefusalLog(self.log, self.clock)
+        for i in range(1500):
+            refusals.record({"reason": "x", "request_id": str(i), "principal": "bot"})
+        self.assertLessEqual(len(self.log._queue), MAX_DROPPABLE_QUEUED + 1)
+        self.assertEqual(self.log.dropped, 1500 - MAX_DROPPABLE_QUEUED)
 
 
 class RotationTests(SynchronousTestCase):

@@ -227,8 +227,12 @@ class AuditLog:
             _log.error("audit log cannot be written ({reason}): refusing calls", reason=reason)
         self.failed = reason
         # Keep the records, in order, ahead of anything queued since; their
-        # callers have their answer (the failure) already.
-        self._queue[:0] = [(r, _orphan()) for r, _ in batch if r is not None]
+        # callers have their answer (the failure) already, and each record
+        # says so: the outcome it holds is not what its caller was told.
+        kept = [r for r, d in batch if r is not None]
+        for record in kept:
+            record["late"] = True
+        self._queue[:0] = [(r, _orphan()) for r in kept]
         for _, d in batch:
             d.errback(errors.AuditUnavailable())
         if not self._closed and (self._retry is None or not self._retry.active()):

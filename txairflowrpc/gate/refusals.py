@@ -75,7 +75,9 @@ class RefusalLog:
         self.kinds["request"] = self.kinds.get("request", 0) + 1
         if self._audit is None:
             return succeed(None)
-        d = self._audit.append(_refused(fields))
+        # While the log fails, a refusal waits like an anonymous one: among
+        # at most MAX_DROPPABLE_QUEUED, the rest counted, never an endless queue.
+        d = self._audit.append(_refused(fields), droppable=self._audit.failed is not None)
         d.addErrback(lambda f: None)
         return d
 
