@@ -295,6 +295,77 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
 
 
+class RotationFailureTests(SynchronousTestCase):
+    """Found by review of the audit writer: rotations that fail half way."""
+
+    def chain(self, path: Path) -> Any:
+        from txairflowrpc.audit.chain import ChainFile
+
+        chain = ChainFile(path, rotate_bytes=600)
+        chain.open()
+        self.addCleanup(chain.close)
+        return chain
+
+    def fill(self, chain: Any, first: int, count: int, now: float = 1_800_000_000) -> None:
+        for i in range(first, first + count):
+            chain.append([{"time": "2027-01-15T08:00:00.000000Z", "i": i}], now + i)
+
+    def test_a_rotation_whose_first_write_fails_still_starts_its_file_with_the_link(
+            self) -> None:
+        directory = scratch(self)
+        chain = self.chain(directory / "audit.jsonl")
+        self.fill(chain, 0, 4)
+        real_write, calls = os.write, []
+
+        def failing(fd: int, data: Any) -> int:
+            calls.append(fd)
+            if len(calls) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        self.patch(os, "write", failing)
+        with self.assertRaises(OSError):  # rotated, then the new file's first write failed
+            self.fill(chain, 4, 20)
+        self.assertEqual((directory / "audit.jsonl").stat().st_size, 0)
+        self.fill(chain, 4, 1)  # the retry
+        first = records(directory / "audit.jsonl")[0]
+        self.assertEqual(first["event"], "audit.rotated")
+        self.assertTrue(verify([directory / "audit.jsonl"])[0])  # verifiable on its own
+        files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
+        self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
+
+    def test_a_rotation_that_cannot_open_the_new_file_recovers_once_it_can(self) -> None:
+        directory = scratch(self)
+        chain = self.chain(directory / "audit.jsonl")
+        self.fill(chain, 0, 4)
+        real_open, refused = os.open, []
+
+        def no_new_file(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+            if str(path).endswith("audit.jsonl") and flags & os.O_CREAT and not refused:
+                refused.append(path)
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_open(path, flags, *args, **kw)
+
+        self.patch(os, "open", no_new_file)
+        with self.assertRaises(OSError):
+            self.fill(chain, 4, 20)
+        self.assertIsNone(chain._fd)  # no closed descriptor's number kept
+        self.fill(chain, 4, 1)  # once it can: a new file, the chain whole
+        self.assertEqual(records(directory / "audit.jsonl")[0]["event"], "audit.rotated")
+        files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
+        self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
+
+    def test_a_worker_s_chain_beside_is_never_taken_for_a_rotated_file(self) -> None:
+        """With audit.path = audit (no suffix), the CLI's chain went on from audit.w1's."""
+        directory = scratch(self)
+        worker = self.chain(directory / "audit.w1")
+        self.fill(worker, 0, 3)
+        main = self.chain(directory / "audit")
+        self.fill(main, 0, 1)
+        self.assertEqual(records(directory / "audit")[0]["seq"], 1)
+        self.assertTrue(verify([directory / "audit"])[0])
+
+
 class GatewayRecordTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = str(scratch(self))

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,12 @@ def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
             return json.loads(data[line_start:end]), good
 
 
+#: What rotation adds to the file's name: ``.20261127T142000Z`` (``.1`` and
+#: on for a second rotation within the second).  Only such files continue
+#: a chain: a worker's ``audit.w0`` or a sibling's ``audit.jsonl.gw2`` never.
+ROTATED_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
+
+
 def _rotated_name(path: Path, now: float) -> Path:
     stamp = utc(now).strftime("%Y%m%dT%H%M%SZ")
     candidate = path.with_name(f"{path.name}.{stamp}")
@@ -190,6 +197,9 @@ class ChainFile:
         #: The seq of the last checkpoint (None: not known, e.g. after a crash).
         self._covered: int | None = None
         self._day: str | None = None
+        #: The rotated file the chain goes on from while the current file is
+        #: empty: its first record must say so (`ROTATED`).
+        self._continues_from: Path | None = None
 
     def open(self) -> None:
         """
@@ -238,6 +248,13 @@ class ChainFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
             rotated: list[Path] = []
+            if records and self._continues_from is not None:
+                # The file is empty but the chain goes on from a rotated one
+                # (a rotation whose first write failed, or a crash after its
+                # rename): it starts, as every rotated-to file does, by saying so.
+                records = [{"time": iso_micro(now), "instance": records[0].get("instance"),
+                            "event": ROTATED, "previous_file": self._continues_from.name},
+                           *records]
             data, end = self._seal(records, self._seq, self._prev)
             if records and self._rotation_due(len(data) + self._room(end, now), now):
                 if self._signer is not None and self._uncovered(self._seq):
@@ -263,6 +280,7 @@ class ChainFile:
                 self._seq, self._prev = end  # the chain moves on only once written
                 self._covered = covered
                 self._day = iso_day(now)
+                self._continues_from = None
             return Appended(tuple(rotated), self._uncovered(self._seq))
         finally:
             os.close(lock)  # releases the lock
@@ -310,7 +328,9 @@ class ChainFile:
 
     def _catch_up(self) -> None:
         """Learn the chain's end from the file, if anyone else wrote to it."""
-        assert self._fd is not None
+        if self._fd is None:  # a rotation renamed the file but could not open the new one
+            self._fd = self._open_file()
+            self._known = None
         st = os.stat(self.path)
         if self._known == (st.st_ino, st.st_size):
             return
@@ -322,8 +342,9 @@ class ChainFile:
         last, good = _last_record(self.path) if st.st_size else (None, 0)
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
+        self._continues_from = None
         if last is None:
-            last = self._last_of_rotated()
+            last, self._continues_from = self._last_of_rotated()
         if last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
             if last.get("event") == CHECKPOINT:
@@ -336,16 +357,19 @@ class ChainFile:
             self._day = str(last.get("time", ""))[:10] if last else None
         self._known = (st.st_ino, good)
 
-    def _last_of_rotated(self) -> dict[str, Any] | None:
+    def _last_of_rotated(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """The last record of the newest rotated file that has one, and that file."""
+        name = self.path.name
         rotated = sorted(
-            (p for p in self.path.parent.glob(self.path.name + ".*") if not p.name.endswith(".lock")),
+            (p for p in self.path.parent.glob(name + ".*")
+             if ROTATED_SUFFIX.fullmatch(p.name[len(name):])),
             key=lambda p: p.stat().st_mtime,
         )
         for old in reversed(rotated):
             last, _ = _last_record(old)
             if last is not None:
-                return last
-        return None
+                return last, old
+        return None, None
 
     def _seal(
         self, records: list[dict[str, Any]], seq: int, prev: str,
@@ -378,7 +402,8 @@ class ChainFile:
         target = _rotated_name(self.path, now)
         os.fsync(self._fd)
         os.rename(self.path, target)
-        os.close(self._fd)
+        fd, self._fd = self._fd, None  # never a closed descriptor's number kept
+        os.close(fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         if self._fsync:  # both names, the rotated one and the new file's
             sync_directory(self.path.parent)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import attrs
 
-from .chain import CLI_INSTANCE, GENESIS, ROTATED, dumps, loads_strict, sealed_line
+from .chain import (
+    CLI_INSTANCE, GENESIS, ROTATED, ROTATED_SUFFIX, dumps, loads_strict, sealed_line,
+)
 from .checkpoint import CHECKPOINT, Verifier
 
 
@@ -380,7 +381,6 @@ MAX_LINE = 1024 * 1024
 
 #: A rotated file's suffix: ``.<UTC time>``, and ``.<n>`` when two rotations
 #: fell in one second (`txairflowrpc.audit.chain`).
-_ROTATED_NAME = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
 
 
 @attrs.frozen
@@ -430,14 +430,14 @@ def find_chains(
         if path.name.endswith(".lock") and path.is_file():
             continue  # the chain's append lock (``audit.jsonl*`` in a shell names it too)
         if not path.is_dir():
-            named.setdefault(path.with_name(_ROTATED_NAME.sub("", path.name)), set()).add(path)
+            named.setdefault(path.with_name(ROTATED_SUFFIX.sub("", path.name)), set()).add(path)
             continue
         for file in sorted(path.rglob("*")):
             relative = file.relative_to(path).parts
             if (any(part.startswith(".") for part in relative) or file.name.endswith(".lock")
                     or not file.is_file() or file.resolve() in skipped):
                 continue
-            found.setdefault(file.with_name(_ROTATED_NAME.sub("", file.name)), set()).add(file)
+            found.setdefault(file.with_name(ROTATED_SUFFIX.sub("", file.name)), set()).add(file)
     others: list[Path] = []
     for name, files in found.items():
         if name in named or name.name.endswith(".jsonl") or any(map(_starts_a_record, files)):
