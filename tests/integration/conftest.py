@@ -104,6 +104,7 @@ class RunningGateway:
         self.url = f"https://localhost:{self.port}/RPC2"
         password_file = directory / "airflow-password"
         password_file.write_text(airflow.gateway_password + "\n")
+        password_file.chmod(0o600)  # as deployed: the gateway warns of one open to others
         self.audit_path = directory / "audit" / "audit.jsonl"
         self.token_store = directory / "tokens.json"
         self.health_port = free_port()

@@ -63,6 +63,23 @@ def test_every_token_subcommand_and_config_check_take_it(
     assert main(["config", "--config", str(config), "check"]) == 0
 
 
+def test_config_check_warns_of_secret_files_open_to_others(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From the service review: password files and the TLS key were never looked at."""
+    from txairflowrpc.config import load
+
+    cfg = load(config)
+    cfg.airflow.password_file.chmod(0o644)
+    assert main(["config", "check", "--config", str(config)]) == 0  # a warning, not an error
+    err = capsys.readouterr().err
+    assert (f"warning: airflow.password_file: {cfg.airflow.password_file} is open to others "
+            f"(mode 0644); chmod o-rwx it") in err
+    cfg.airflow.password_file.chmod(0o640)
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "airflow.password_file" not in capsys.readouterr().err
+
+
 def test_a_token_cannot_have_roles_its_principal_has_not(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

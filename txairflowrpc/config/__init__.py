@@ -10,7 +10,7 @@ documented in ``conf/airflowrpc.toml`` and in the README.
 
 from .access import AccessConfig, AuthSettings, OIDCProvider, PrincipalEntry, RoleEntry
 from .keys import ConfigError, Key, read_table
-from .load import Config, load, parse
+from .load import Config, load, open_secrets, parse
 from .sections import (
     AirflowConfig,
     AuditConfig,
@@ -24,5 +24,5 @@ from .sections import (
 __all__ = [
     "AccessConfig", "AirflowConfig", "AuditConfig", "AuthSettings", "Config", "ConfigError",
     "HealthConfig", "Key", "LimitsConfig", "ListenConfig", "OIDCProvider", "PrincipalEntry",
-    "RPCConfig", "RoleEntry", "TLSConfig", "load", "parse", "read_table",
+    "RPCConfig", "RoleEntry", "TLSConfig", "load", "open_secrets", "parse", "read_table",
 ]

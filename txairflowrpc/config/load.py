@@ -119,6 +119,33 @@ def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
     return AuditConfig(**values)
 
 
+def open_secrets(cfg: Config) -> list[str]:
+    """
+    The secret files the config names that others may read (any of the
+    mode's "other" bits), as ``key: path is open to others (mode 0644)``:
+    a warning for the start and ``config check``, not an error (the signing
+    keys, which are refused so, are checked where they are read).
+    """
+    named: list[tuple[str, Path | None]] = [
+        ("tls.private_key", cfg.tls.private_key),
+        ("airflow.password_file", cfg.airflow.password_file),
+        ("auth.token_store", cfg.access.auth.token_store),
+        ("audit.digest_key_file", cfg.audit.digest_key_file),
+        *((f"principals.{name}.airflow_password_file", entry.airflow_password_file)
+          for name, entry in cfg.access.principals.items()),
+    ]
+    found = []
+    for key, path in named:
+        try:
+            mode = os.stat(path).st_mode if path is not None else 0
+        except OSError:
+            continue  # not there yet (made at start), or reported where it is read
+        if mode & 0o007:
+            found.append(f"{key}: {path} is open to others (mode {mode & 0o777:04o}); "
+                         f"chmod o-rwx it")
+    return found
+
+
 def load(path: str | Path) -> Config:
     """
     Read and check the config file at ``path``.

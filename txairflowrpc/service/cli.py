@@ -123,6 +123,8 @@ def config_check(path: str) -> int:
     except config_module.ConfigError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1
+    for warning in config_module.open_secrets(cfg):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     proxied = (" behind the PROXY protocol from "
                + ", ".join(map(str, cfg.listen.proxy_from))) if cfg.listen.proxy_protocol else ""
     print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}{proxied}, "

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -68,6 +69,8 @@ from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, Pipe
                       for_worker)
 
 __all__ = ["Options", "makeService"]
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -468,6 +471,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     checked: Checked = options["checked"]
     cfg = checked.config
     worker: int | None = options["worker"]
+    if worker is None:  # once per gateway: not again from each worker
+        for warning in config_module.open_secrets(cfg):
+            _log.warn("{warning}", warning=warning)
     if worker is None and cfg.listen.workers > 1:
         return make_supervisor(options, reactor)
     metrics = GatewayMetrics()
