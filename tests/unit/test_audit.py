@@ -355,6 +355,26 @@ class RotationFailureTests(SynchronousTestCase):
         files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
         self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
 
+    def test_a_checkpoint_alone_into_a_continuing_file_comes_after_the_link(self) -> None:
+        """From the second reading: a shutdown checkpoint could open the file, cut alone."""
+        from txairflowrpc.audit.chain import ChainFile
+        from txairflowrpc.audit.checkpoint import HMAC_SHA256, Signer
+
+        directory = scratch(self)
+        path = directory / "audit.jsonl"
+        plain = self.chain(path)
+        self.fill(plain, 0, 4)
+        plain.close()
+        path.rename(directory / "audit.jsonl.20270115T080000Z")  # rotated, not ending signed
+        path.touch()
+        signed = ChainFile(path, signer=Signer(HMAC_SHA256, "k1", key=b"k" * 32))
+        signed.open()
+        self.addCleanup(signed.close)
+        signed.append([], 1_800_000_100, "shutdown")
+        lines = records(path)
+        self.assertEqual([r.get("event") for r in lines], ["audit.rotated", "audit.checkpoint"])
+        self.assertTrue(verify([path])[0])
+
     def test_a_worker_s_chain_beside_is_never_taken_for_a_rotated_file(self) -> None:
         """With audit.path = audit (no suffix), the CLI's chain went on from audit.w1's."""
         directory = scratch(self)

@@ -89,6 +89,8 @@ def test_shipped_example_parses(confdir: Path) -> None:
     (lambda t: t + "\n[limits]\nrate_per_second = inf\n", "limits.rate_per_second", "finite"),
     (lambda t: t + "\n[limits]\ncall_deadline_seconds = -nan\n",
      "limits.call_deadline_seconds", "finite"),
+    (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 1" + "0" * 400),
+     "airflow.timeout_seconds", "finite"),
     # Found by review: worker K's admin port past 65535 was a traceback at start.
     (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65535\n",
      "health.port", "at most 65534"),

@@ -134,6 +134,17 @@ class AuthenticationFirstTests(SiteTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertIn(b"ci-bot read %d" % len(PING), transport.value())
 
+    def test_a_sign_in_that_ends_after_its_caller_left_does_nothing(self) -> None:
+        """From the second reading: it replayed the held body into a dead request (a traceback)."""
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        proto.dataReceived(post())
+        proto.connectionLost(Failure(ConnectionDone()))
+        pending.callback(OPERATOR)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual((self.site.bodies.held, transport.value()), (0, b""))
+
     def test_a_pending_refusal_reads_nothing_either(self) -> None:
         pending: Deferred[Any] = Deferred()
         self.site.authenticate = lambda request: pending
@@ -386,6 +397,10 @@ class ConnectionTests(SiteTestCase):
         self.assertTrue(again[1].disconnected)  # the one holding the most: refused
         other = self.connect("10.0.0.9")
         self.assertFalse(other[1].disconnected)  # anyone else: an idle flooder makes room
+        # Closed, an answer still on its way out sent first; cut after a linger.
+        self.assertEqual(sum(t.disconnecting for _, t in flood), 1)
+        self.assertEqual(sum(t.disconnected for _, t in flood), 0)
+        self.clock.advance(2)
         self.assertEqual(sum(t.disconnected for _, t in flood), 1)
         self.assertEqual((self.site.open_connections, self.site.evicted), (4, 1))
 
@@ -401,7 +416,7 @@ class ConnectionTests(SiteTestCase):
             proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
         other, transport = self.connect("10.0.0.9")
         self.assertFalse(transport.disconnected)
-        self.assertEqual((sum(t.disconnected for _, t in slow), self.site.evicted), (1, 1))
+        self.assertEqual((sum(t.disconnecting for _, t in slow), self.site.evicted), (1, 1))
         other.dataReceived(post())
         self.assertIn(b"ci-bot read", transport.value())
         # A connection whose caller is in, sending its body, is not taken.
@@ -411,6 +426,20 @@ class ConnectionTests(SiteTestCase):
             proto.dataReceived(post(b"<" * 900)[:-10])
         self.assertTrue(self.connect("10.0.0.9")[1].disconnected)
         self.assertFalse(any(t.disconnected for _, t in busy))
+
+    def test_an_identified_callers_refusal_is_answered_even_if_its_record_hangs(self) -> None:
+        """From the second reading: a record that never came held the connection forever."""
+        self.make(request_deadline_seconds=10)
+        self.refusals.record = lambda fields: Deferred()  # type: ignore[method-assign]
+        proto, transport = self.connect()
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        proto.dataReceived(b"600\r\n" + b"x" * 0x600 + b"\r\n")
+        self.assertEqual(transport.value(), b"")  # waiting for its record
+        self.clock.advance(10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
 
     def test_an_ipv6_host_is_counted_by_its_64(self) -> None:
         """Found by review: each /128 had its own share, so one /64 filled the whole cap."""

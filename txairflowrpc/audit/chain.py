@@ -248,11 +248,13 @@ class ChainFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
             rotated: list[Path] = []
-            if records and self._continues_from is not None:
+            due = records or (self._signer is not None and (checkpoint or self._covered is None))
+            if due and self._continues_from is not None:
                 # The file is empty but the chain goes on from a rotated one
                 # (a rotation whose first write failed, or a crash after its
                 # rename): it starts, as every rotated-to file does, by saying so.
-                records = [{"time": iso_micro(now), "instance": records[0].get("instance"),
+                instance = records[0].get("instance") if records else self._instance
+                records = [{"time": iso_micro(now), "instance": instance,
                             "event": ROTATED, "previous_file": self._continues_from.name},
                            *records]
             data, end = self._seal(records, self._seq, self._prev)

@@ -92,7 +92,10 @@ def read_table(
             continue
         value = table[key]
         if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # TOML integers have no bound; a float has
+                raise ConfigError(dotted, "must be a finite number") from None
         if not isinstance(value, spec.type) or (
             spec.type is int and isinstance(value, bool)
         ):

@@ -243,6 +243,8 @@ class GatewayChannel(http.HTTPChannel):
     _refusal_timer: Any = None
     #: Refused already: a second refusal (a timer, a later chunk) adds nothing.
     _refused_once = False
+    #: The connection is gone (Twisted keeps ``transport`` set after it).
+    _lost = False
     _sawRequest = False
     _counted = False
     #: Body bytes that arrived while the caller was being authenticated.
@@ -370,7 +372,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _let_in(self, principal: Principal, req: GatewayRequest, expect: list[bytes] | None) -> None:
         req.principal = principal
-        if self._refusing or self.transport is None:
+        if self._refusing or self._lost:  # a slow sign-in's caller may have gone meanwhile
             return
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
@@ -415,9 +417,10 @@ class GatewayChannel(http.HTTPChannel):
     @property
     def holds_no_work(self) -> bool:
         """
-        Whether closing this connection loses no caller's work: it is idle,
-        or its request is not in (its headers still coming, its sign-in
-        refused), so it has no authenticated caller yet.
+        Whether this connection may give way at the connection cap without
+        losing a caller's work: it is idle (an answer still on its way out
+        is sent first: `evict`), or its request is not in (its headers still
+        coming, its sign-in refused), so it has no authenticated caller yet.
         """
         if not self._handlingRequest and not self.requests:
             return True
@@ -435,7 +438,7 @@ class GatewayChannel(http.HTTPChannel):
         per source: anyone can cause these), and close after a short linger.
         """
         self._cancel("_request_timer")
-        if self.transport is None or self._refused_once:
+        if self._lost or self._refused_once:
             return
         self._refused_once = True
         request_id = secrets.token_hex(8)
@@ -465,18 +468,34 @@ class GatewayChannel(http.HTTPChannel):
             self._answer_refusal(answer)
             return
         # An identified caller's refusal (a body over the cap, the budget):
-        # a record of its own, on disk before its answer, as at /RPC2.
+        # a record of its own, on disk before its answer, as at /RPC2 -- but
+        # never a connection held open past the request deadline by a write
+        # that hangs (an fsync on a stuck disk): it is answered then anyway.
         recorded = self.gateway.refusals.record({
             **fields, "source": self._peer(), "refusal": kind, "principal": principal.name,
             "auth": principal.audit_identity()})
+        self._request_timer = self.gateway.clock.callLater(
+            self.gateway.limits.request_deadline_seconds, self._answer_refusal, answer)
         recorded.addCallback(lambda _: self._answer_refusal(answer))
 
     def _answer_refusal(self, answer: bytes) -> None:
-        """Send a refusal's answer, then close after a short linger."""
-        if self.transport is None:
+        """Send a refusal's answer (once), then close after a short linger."""
+        self._cancel("_request_timer")
+        if self._lost or self._linger_timer is not None:
             return
         self.transport.write(answer)
         self._linger_timer = self.gateway.clock.callLater(_LINGER_SECONDS, self._close)
+
+    def evict(self) -> None:
+        """
+        Close for another address at the connection cap: an answer still on
+        its way out is sent first (a finished request leaves the connection
+        idle before its last bytes are), for at most a linger's time.
+        """
+        self._refusing = True  # nothing more is read
+        self.transport.loseConnection()
+        self._linger_timer = self.gateway.clock.callLater(
+            _LINGER_SECONDS, lambda: None if self._lost else self.transport.abortConnection())
 
     def _close(self) -> None:
         self._linger_timer = None
@@ -503,6 +522,7 @@ class GatewayChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
         for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer",
                      "_refusal_timer"):
             self._cancel(name)
@@ -643,7 +663,7 @@ class GatewaySite(server.Site):
         if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
             return False
         for channel in self._by_source[top]:
-            if channel.transport and channel.holds_no_work:
+            if not channel._lost and channel.holds_no_work:
                 self.evicted += 1
                 self.refusals.note(address_text(channel.transport.getPeer()), "evicted", {
                     "reason": "idle or unauthenticated connection closed for another address "
@@ -651,7 +671,7 @@ class GatewaySite(server.Site):
                 })
                 self.left(channel)
                 channel._counted = False
-                channel.transport.abortConnection()
+                channel.evict()
                 return True
         return False
 

@@ -199,42 +199,48 @@ class _Locked:
                 data = {"version": 1, "tokens": [r.to_json() for r in self.records.values()]}
                 fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
                 try:
-                    _keep_owner(fd, self.path)
-                except OSError:
-                    os.close(fd)
-                    os.unlink(tmp)
+                    mode = _keep_owner(fd, self.path)
+                    with os.fdopen(fd, "w") as f:
+                        fd = -1  # the file object closes it
+                        json.dump(data, f, indent=1)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.chmod(tmp, mode)
+                    os.replace(tmp, self.path)
+                except BaseException:
+                    if fd >= 0:
+                        os.close(fd)
+                    os.unlink(tmp)  # no .tokens-* left behind, whatever failed
                     raise
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.path)
                 sync_directory(self.path.parent)
         finally:
             os.close(self._lock)
 
 
-def _keep_owner(fd: int, path: Path) -> None:
+def _keep_owner(fd: int, path: Path) -> int:
     """
     Give the new store file ``fd`` the owner and group of the one it
-    replaces: ``airflowrpc token`` run as root must not leave a store the
-    service's user cannot read (it would keep the tokens it had, a revoked
-    one among them).  Raises `TokenOwnerError` where that is not allowed.
+    replaces, and return the mode it is to have: the old one's owner and
+    group bits (0600 for a new store; never anything for others).
+    ``airflowrpc token`` run as root must not leave a store the service's
+    user cannot read (it would keep the tokens it had, a revoked one among
+    them).  Raises `TokenOwnerError` where that is not allowed.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return
+        return 0o600
+    mode = (st.st_mode & 0o660) | 0o600
     mine = os.fstat(fd)
     if (st.st_uid, st.st_gid) == (mine.st_uid, mine.st_gid):
-        return
+        return mode
     try:
         os.fchown(fd, st.st_uid, st.st_gid)
     except PermissionError:
         raise TokenOwnerError(
             f"{path} belongs to uid {st.st_uid}, gid {st.st_gid}: run as that user "
             f"(or root), so that the gateway can still read the store") from None
+    return mode
 
 
 def create(
