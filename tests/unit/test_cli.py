@@ -80,6 +80,27 @@ def test_config_check_warns_of_secret_files_open_to_others(
     assert "airflow.password_file" not in capsys.readouterr().err
 
 
+def test_a_typo_elsewhere_in_the_config_does_not_block_a_revocation(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From the service review: a broken config stopped 'token revoke' in an emergency."""
+    import json
+
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    token_id = tokens.parse(capsys.readouterr().out.strip())
+    config.write_text(config.read_text() + "\n[rpc]\nmax_multical = 3\n")
+    assert main(["token", "revoke", token_id, "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert f"token {token_id} of ci-bot is revoked." in out
+    assert "warning" in err and "rpc.max_multical: unknown key" in err
+    (record,) = tokens.TokenStore.load(tmp_path / "tokens.json").records.values()
+    assert record.revoked is not None
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "token.revoked" and events[-1]["token_id"] == token_id
+    with pytest.raises(SystemExit, match="rpc.max_multical: unknown key"):
+        main(["token", "create", "--principal", "ci-bot", "--config", str(config)])
+
+
 def test_a_token_cannot_have_roles_its_principal_has_not(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

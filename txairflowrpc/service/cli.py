@@ -24,6 +24,7 @@ import argparse
 import getpass
 import socket
 import sys
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -151,8 +152,43 @@ def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
     append_now(cfg.audit.path, {"event": event, "actor": actor, **fields})
 
 
+def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError) -> int:
+    """
+    ``token revoke`` with a config that does not load: a typo elsewhere in
+    it must not stand between an operator and a revocation.  The store and
+    the audit file are taken from ``[auth] token_store`` and ``[audit] path``
+    alone, as the gateway would read them; revoking only ever takes access
+    away.
+    """
+    source = Path(args.config)
+    try:
+        document = tomllib.loads(source.read_text("utf-8"))
+        store, trail = document["auth"]["token_store"], document["audit"]["path"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise SystemExit(f"airflowrpc: {args.config}: {problem}") from None
+    if not isinstance(store, str) or not store or not isinstance(trail, str) or not trail:
+        raise SystemExit(f"airflowrpc: {args.config}: {problem}")
+    print(f"airflowrpc: warning: {args.config}: {problem}; revoking in the token store it "
+          f"names all the same", file=sys.stderr)
+    try:
+        record = tokens.revoke(source.parent / store, args.id, datetime.now(timezone.utc))
+    except (ValueError, tokens.TokenOwnerError) as e:
+        print(f"airflowrpc: {e}", file=sys.stderr)
+        return 1
+    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    append_now(source.parent / trail, {"event": "token.revoked", "actor": actor,
+                                       "token_id": record.id, "principal": record.principal})
+    print(f"token {record.id} of {record.principal} is revoked.")
+    return 0
+
+
 def token_command(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    try:
+        cfg = config_module.load(args.config)
+    except config_module.ConfigError as e:
+        if args.token_command == "revoke":
+            return _revoke_anyway(args, e)
+        raise SystemExit(f"airflowrpc: {args.config}: {e}") from None
     path = _store(cfg)
     now = datetime.now(timezone.utc)
     settings = cfg.access.auth
