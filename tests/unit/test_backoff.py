@@ -50,3 +50,13 @@ class BackoffTests(SynchronousTestCase):
         # 10.8.8.8's window was the oldest, so it went; 10.9.9.9's did not.
         self.assertEqual(backoff.failed("10.9.9.9"), 1.0)
         self.assertEqual(backoff.failed("10.8.8.8"), 0.5)
+
+
+def test_the_ipv6_source_prefix_decides_what_one_source_is() -> None:
+    from txairflowrpc.identity.backoff import source_key
+
+    assert source_key("2001:db8:1:2::7") == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:2::7", 48) == "2001:db8:1::/48"
+    assert source_key("2001:db8:1:2::7", 128) == "2001:db8:1:2::7"
+    assert source_key(source_key("2001:db8:1:2::7")) == "2001:db8:1:2::/64"  # a key is its own
+    assert source_key("::ffff:10.0.0.9", 128) == "10.0.0.9"

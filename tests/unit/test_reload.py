@@ -193,7 +193,7 @@ def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None
     config = tmp / "airflowrpc.toml"
     config.write_text(config.read_text().replace("port = 8443", "port = 9443").replace(
         "[auth]", "[limits]\nrate_per_second = 2.5\nmax_connections_per_source = 7\n"
-        "call_deadline_seconds = 9\nshutdown_seconds = 25\n"
+        "call_deadline_seconds = 9\nshutdown_seconds = 25\nipv6_source_prefix = 128\n"
         "[rpc]\nmax_multicall = 3\nwait_poll_seconds = 0.5\n"
         "read_cache_seconds = 1.5\n"
         "[auth]\nfailure_backoff_max_seconds = 4"))
@@ -203,6 +203,7 @@ def test_a_reload_applies_every_section_it_can_and_names_the_rest(setup) -> None
     assert (parts.watcher.poll_interval, parts.site.backoff.maximum) == (0.5, 4)
     assert parts.site.limits.max_connections_per_source == 7
     assert parts.client.read_cache_seconds == 1.5
+    assert (parts.site.backoff.ipv6_prefix, parts.refusals.ipv6_prefix) == (128, 128)
     event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
     # Found by review: shutdown_seconds was accepted, and the drain kept the old one.
     assert (event["result"], event["needs_restart"]) == (

@@ -427,6 +427,18 @@ class ConnectionTests(SiteTestCase):
         self.assertTrue(self.connect("10.0.0.9")[1].disconnected)
         self.assertFalse(any(t.disconnected for _, t in busy))
 
+    def test_an_ipv6_fleet_in_one_64_may_count_by_address(self) -> None:
+        """
+        From the second reading: a cloud subnet is one /64, so a fleet there
+        was one source; limits.ipv6_source_prefix = 128 counts each address.
+        """
+        self.make(max_connections=100, max_connections_per_source=3, ipv6_source_prefix=128)
+        conns = [self.connect(f"2001:db8:1:2::{i:x}", 3000 + i) for i in range(1, 5)]
+        self.assertEqual([t.disconnected for _, t in conns], [False] * 4)
+        same = [self.connect("2001:db8:1:2::1", 3100 + i) for i in range(3)]
+        self.assertEqual([t.disconnected for _, t in same], [False, False, True])
+        self.assertEqual(conns[0][0].source, "2001:db8:1:2::1")
+
     def test_an_identified_callers_refusal_is_answered_even_if_its_record_hangs(self) -> None:
         """From the second reading: a record that never came held the connection forever."""
         self.make(request_deadline_seconds=10)

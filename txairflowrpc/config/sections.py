@@ -136,6 +136,11 @@ class RPCConfig:
     }
 
 
+def _prefix_length(value: int) -> None:
+    if not 32 <= value <= 128:
+        raise ValueError("must be an IPv6 prefix length from 32 to 128")
+
+
 @attrs.frozen
 class LimitsConfig:
     """What protects the gateway from slow, many and greedy clients."""
@@ -152,6 +157,7 @@ class LimitsConfig:
     max_connections_per_source: int = 100
     max_body_memory_bytes: int = 64 * 1024 * 1024
     shutdown_seconds: float = 10.0
+    ipv6_source_prefix: int = 64
 
     _keys = {
         "request_deadline_seconds": Key(float, 30.0, positive),
@@ -162,6 +168,7 @@ class LimitsConfig:
         "max_connections_per_source": Key(int, 100, at_least(1)),
         "max_body_memory_bytes": Key(int, 64 * 1024 * 1024, at_least(1024)),
         "shutdown_seconds": Key(float, 10.0, positive),
+        "ipv6_source_prefix": Key(int, 64, _prefix_length),
         "rate_per_second": Key(float, 20.0, positive),
         "burst": Key(int, 40, at_least(1)),
         "max_in_flight": Key(int, 20, at_least(1)),

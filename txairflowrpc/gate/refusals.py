@@ -57,6 +57,8 @@ class RefusalLog:
         self._audit = audit
         self._clock = clock
         self._window = window
+        #: What one source is for an IPv6 address (``limits.ipv6_source_prefix``).
+        self.ipv6_prefix = 64
         self._tallies: dict[tuple[str, str, str], _Tally] = {}
         self._reasons: dict[tuple[str, str], int] = {}
         self._flush_call: IDelayedCall | None = None
@@ -89,9 +91,9 @@ class RefusalLog:
         """
         self.noted += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        # Tallied as the back-off counts: an IPv6 host by its /64 (the
+        # Tallied by source as every per-source limit counts it (the
         # record keeps the whole address of the first one).
-        host = source_key(source.rpartition(":")[0] or source)
+        host = source_key(source.rpartition(":")[0] or source, self.ipv6_prefix)
         reason = str(fields.get("reason", ""))
         key = (host, kind, reason)
         tally = self._tallies.get(key)

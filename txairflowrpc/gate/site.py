@@ -604,8 +604,9 @@ class GatewaySite(server.Site):
         return self.rpc if request.uri == b"/RPC2" else self._not_found
 
     def buildProtocol(self, addr: Any) -> Any:
-        # Counted as the back-off counts: an IPv6 host by its /64.
-        source = source_key(getattr(addr, "host", ""))
+        # One source for every per-source limit: an IPv6 host by its network
+        # (limits.ipv6_source_prefix); the back-off and the sign-ins use it too.
+        source = source_key(getattr(addr, "host", ""), self.limits.ipv6_source_prefix)
         held = len(self._by_source.get(source, ()))
         if held >= self.limits.max_connections_per_source:
             return self._excess(source, addr, "too many connections from this address")

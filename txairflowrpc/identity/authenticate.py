@@ -248,7 +248,14 @@ class Authenticator:
 
 
 def _source(request: Any) -> str:
-    """Where ``request`` comes from, as the back-off counts it (an address, an IPv6 /64)."""
+    """
+    Where ``request`` comes from, as every per-source limit counts it: the
+    site's key for its connection (the PROXY header's client, an IPv6
+    network), else one made here.
+    """
+    known = getattr(getattr(request, "channel", None), "source", None)
+    if isinstance(known, str) and known:
+        return known
     get = getattr(request, "getClientAddress", None)
     return source_key(str(getattr(get(), "host", ""))) if get is not None else ""
 

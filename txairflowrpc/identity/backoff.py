@@ -13,10 +13,12 @@ from twisted.internet.interfaces import IReactorTime
 MAX_SOURCES = 10000
 
 
-def source_key(source: str) -> str:
+def source_key(source: str, ipv6_prefix: int = 64) -> str:
     """
-    What failures are counted by: the address, or for IPv6 its /64 (one
-    host usually holds a whole /64, and could spray from it).
+    What one source is, for every per-source limit: the address, or for
+    IPv6 its network of ``ipv6_prefix`` bits (one host usually holds a whole
+    /64, and could spray from it; ``limits.ipv6_source_prefix``).  A key is
+    its own key.
     """
     if ":" not in source:
         return source
@@ -26,7 +28,10 @@ def source_key(source: str) -> str:
         return source
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    if ipv6_prefix >= 128:
+        return str(address)
+    drop = 128 - ipv6_prefix
+    return str(ipaddress.IPv6Network((int(address) >> drop << drop, ipv6_prefix)))
 
 
 class Backoff:
@@ -46,11 +51,13 @@ class Backoff:
         self._free = free
         self._window = window
         self._failures: dict[str, tuple[int, float]] = {}
+        #: What one source is for an IPv6 address (``limits.ipv6_source_prefix``).
+        self.ipv6_prefix = 64
 
     def failed(self, source: str) -> float:
         """Note a failure; the delay before answering it, in seconds."""
         now = self._clock.seconds()
-        source = source_key(source)
+        source = source_key(source, self.ipv6_prefix)
         count, since = self._failures.get(source, (0, now))
         if now - since > self._window:
             count, since = 0, now

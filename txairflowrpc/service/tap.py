@@ -233,12 +233,14 @@ class Parts:
         `txairflowrpc.service.reload.NEEDS_RESTART` for what it may not).
         """
         self.site.limits = cfg.limits
+        self.refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
         self.site.timeOut = cfg.limits.idle_timeout_seconds  # for new connections
         self.site.bodies.limit = cfg.limits.max_body_memory_bytes
         self.site.max_body_bytes = self.rpc.max_body_bytes = cfg.rpc.max_body_bytes
         self.site.bodies.largest = cfg.rpc.max_body_bytes
         if self.site.backoff is not None:
             self.site.backoff.maximum = cfg.access.auth.failure_backoff_max_seconds
+            self.site.backoff.ipv6_prefix = cfg.limits.ipv6_source_prefix
         self.limits.rate = cfg.limits.rate_per_second
         self.limits.burst = cfg.limits.burst
         self.limits.max_in_flight = cfg.limits.max_in_flight
@@ -338,6 +340,7 @@ def build_site(
         deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds, **meters,
     )
     refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
+    refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
     rpc = RPCResource(dispatcher, refusals=refusals, max_body_bytes=cfg.rpc.max_body_bytes,
                       clock=clock)
     not_found = NotFound(refusals)
@@ -495,6 +498,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)
+    backoff.ipv6_prefix = cfg.limits.ipv6_source_prefix
     try:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
