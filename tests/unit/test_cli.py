@@ -101,6 +101,33 @@ def test_a_typo_elsewhere_in_the_config_does_not_block_a_revocation(
         main(["token", "create", "--principal", "ci-bot", "--config", str(config)])
 
 
+def test_a_revocation_without_a_trail_to_record_it_revokes_nothing(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From the second reading: it revoked, then failed to record with a traceback."""
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    token_id = tokens.parse(capsys.readouterr().out.strip())
+    (tmp_path / "trail").mkdir()
+    text = config.read_text().replace(f'"{tmp_path}/audit.jsonl"', '"trail"')
+    assert '"trail"' in text
+    config.write_text(text)
+    with pytest.raises(SystemExit, match="cannot be written: nothing revoked"):
+        main(["token", "revoke", token_id, "--config", str(config)])
+    (record,) = tokens.TokenStore.load(tmp_path / "tokens.json").records.values()
+    assert record.revoked is None
+
+
+@pytest.mark.parametrize("days", ["0", "3000000", "x"])
+def test_a_lifetime_past_what_a_date_holds_is_a_usage_error(
+    config: Path, days: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From the second reading: --days 3000000 was an OverflowError traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(["token", "create", "--principal", "ci-bot", "--days", days, "--config", str(config)])
+    assert e.value.code == 2
+    assert "--days" in capsys.readouterr().err
+
+
 def test_a_token_cannot_have_roles_its_principal_has_not(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -91,6 +91,7 @@ def test_shipped_example_parses(confdir: Path) -> None:
      "limits.call_deadline_seconds", "finite"),
     (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 1" + "0" * 400),
      "airflow.timeout_seconds", "finite"),
+    (lambda t: t + "\n[auth]\ntoken_days = 3000000\n", "auth.token_days", "from 1 to 3650"),
     (lambda t: t + "\n[limits]\nipv6_source_prefix = 129\n", "limits.ipv6_source_prefix",
      "prefix length from 32 to 128"),
     # Found by review: worker K's admin port past 65535 was a traceback at start.

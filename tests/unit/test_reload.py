@@ -148,11 +148,11 @@ def test_a_store_read_fails_cleanly_and_is_rewritten_with_its_owner(
     real, stat = os.stat(store), os.stat
     monkeypatch.setattr(os, "fchown", lambda fd, uid, gid: chowned.append((uid, gid)))
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: SimpleNamespace(
-        st_uid=real.st_uid + 1, st_gid=real.st_gid + 1, st_mode=0o100640)
+        st_uid=real.st_uid + 1, st_gid=real.st_gid + 1, st_mode=0o100664)
         if Path(p) == store else stat(p, *a, **k))
     tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
     assert chowned == [(real.st_uid + 1, real.st_gid + 1)]  # the store's owner, kept
-    assert stat(store).st_mode & 0o777 == 0o640  # and its group's read, never others'
+    assert stat(store).st_mode & 0o777 == 0o640  # its group's read: never write, nor others'
 
     def refused(fd: int, uid: int, gid: int) -> None:
         raise PermissionError(1, "Operation not permitted")

@@ -446,12 +446,27 @@ class ConnectionTests(SiteTestCase):
         proto, transport = self.connect()
         proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
                            b"Transfer-Encoding: chunked\r\n\r\n")
-        proto.dataReceived(b"600\r\n" + b"x" * 0x600 + b"\r\n")
+        # The body's end in the same read: its end must not cancel the fallback.
+        proto.dataReceived(b"600\r\n" + b"x" * 0x600 + b"\r\n0\r\n\r\n")
         self.assertEqual(transport.value(), b"")  # waiting for its record
         self.clock.advance(10)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
         self.clock.advance(2)
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnecting)  # closed once sent ...
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnected)  # ... and cut if the peer never closes
+
+    def test_a_refusal_is_answered_once_when_its_record_lands_late(self) -> None:
+        late: Deferred[Any] = Deferred()
+        self.make(request_deadline_seconds=10, max_body_memory_bytes=1024)
+        self.refusals.record = lambda fields: late  # type: ignore[method-assign]
+        self.site.bodies.take(500, "someone-else")
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"x" * 600))  # a budget 503, the whole body in one read
+        self.clock.advance(10)
+        self.clock.advance(2)
+        late.callback(None)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 503"), 1)
 
     def test_an_ipv6_host_is_counted_by_its_64(self) -> None:
         """Found by review: each /128 had its own share, so one /64 filled the whole cap."""

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .keys import ConfigError, Key, at_least, positive, read_table, strings
+from .keys import ConfigError, Key, at_least, between, positive, read_table, strings
 
 SECTIONS = ("auth", "roles", "principals", "oidc", "aws")
 
@@ -100,6 +100,9 @@ _ACCOUNT = re.compile(r"[0-9]{12}")
 _RESOURCE = re.compile(r"[A-Za-z0-9+=,.@_/*-]+")
 #: A user's path may be up to 512 characters, its name 64.
 MAX_ARN = 1024
+#: The longest a token may live, in days (ten years): a date beyond what
+#: Python's datetime reaches is refused as config, not a traceback.
+MAX_DAYS = 3650
 
 
 def _aws_account(value: str) -> None:
@@ -276,9 +279,9 @@ class AuthSettings:
         "client_certificate": Key(str, "required", _mode),
         "require_token": Key(bool, False),
         "token_store": Key(str, "", is_path=True, must_exist=False),
-        "token_days": Key(int, 90, at_least(1)),
-        "rotation_overlap_seconds": Key(int, 86400, at_least(0)),
-        "expiry_warning_days": Key(int, 14, at_least(0)),
+        "token_days": Key(int, 90, between(1, MAX_DAYS)),
+        "rotation_overlap_seconds": Key(int, 86400, between(0, MAX_DAYS * 86400)),
+        "expiry_warning_days": Key(int, 14, between(0, MAX_DAYS)),
         "failure_backoff_max_seconds": Key(float, 30.0, positive),
     }
 

@@ -49,6 +49,14 @@ def at_least(n: int) -> Callable[[int], None]:
     return check
 
 
+def between(low: int, high: int) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}")
+
+    return check
+
+
 _REQUIRED = object()
 
 

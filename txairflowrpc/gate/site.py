@@ -243,6 +243,10 @@ class GatewayChannel(http.HTTPChannel):
     _refusal_timer: Any = None
     #: Refused already: a second refusal (a timer, a later chunk) adds nothing.
     _refused_once = False
+    #: The refusal's answer is sent (it is sent once, whichever comes first).
+    _answered = False
+    #: An identified caller's refusal answered at the latest at the request deadline.
+    _answer_timer: Any = None
     #: The connection is gone (Twisted keeps ``transport`` set after it).
     _lost = False
     _sawRequest = False
@@ -397,6 +401,8 @@ class GatewayChannel(http.HTTPChannel):
             reason = "authentication failed"
         site = self.gateway
         delay = site.backoff.failed(self.source) if site.backoff is not None else 0.0
+        if self._lost:  # a slow sign-in failed after its caller left: counted, not answered
+            return
         message = f"unauthenticated: {reason}"
         headers = {b"WWW-Authenticate": b'Bearer realm="airflowrpc"'}
         self._refusing = True  # the body is never read
@@ -437,10 +443,10 @@ class GatewayChannel(http.HTTPChannel):
         Answer ``status`` at once, bypassing the resource, record it (counted
         per source: anyone can cause these), and close after a short linger.
         """
-        self._cancel("_request_timer")
         if self._lost or self._refused_once:
             return
         self._refused_once = True
+        self._cancel("_request_timer")
         request_id = secrets.token_hex(8)
         req = self.requests[-1] if self.requests else None
         principal = req.principal if req is not None else None
@@ -474,15 +480,16 @@ class GatewayChannel(http.HTTPChannel):
         recorded = self.gateway.refusals.record({
             **fields, "source": self._peer(), "refusal": kind, "principal": principal.name,
             "auth": principal.audit_identity()})
-        self._request_timer = self.gateway.clock.callLater(
+        self._answer_timer = self.gateway.clock.callLater(
             self.gateway.limits.request_deadline_seconds, self._answer_refusal, answer)
         recorded.addCallback(lambda _: self._answer_refusal(answer))
 
     def _answer_refusal(self, answer: bytes) -> None:
         """Send a refusal's answer (once), then close after a short linger."""
-        self._cancel("_request_timer")
-        if self._lost or self._linger_timer is not None:
+        self._cancel("_answer_timer")
+        if self._lost or self._answered:
             return
+        self._answered = True
         self.transport.write(answer)
         self._linger_timer = self.gateway.clock.callLater(_LINGER_SECONDS, self._close)
 
@@ -493,14 +500,26 @@ class GatewayChannel(http.HTTPChannel):
         idle before its last bytes are), for at most a linger's time.
         """
         self._refusing = True  # nothing more is read
-        self.transport.loseConnection()
-        self._linger_timer = self.gateway.clock.callLater(
-            _LINGER_SECONDS, lambda: None if self._lost else self.transport.abortConnection())
+        self._cancel("_linger_timer")
+        self._close()
 
     def _close(self) -> None:
+        """
+        Close once what is written is sent (the channel's own close: it lets
+        go of the TLS layer's producer first, or TLS would wait for it), and
+        abort a linger later: a peer that never answers TLS's close_notify
+        does not hold the connection.
+        """
         self._linger_timer = None
-        if self.transport is not None:
-            self.loseConnection()
+        if self._lost:
+            return
+        self.loseConnection()
+        self._linger_timer = self.gateway.clock.callLater(_LINGER_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        self._linger_timer = None
+        if not self._lost:
+            self.transport.abortConnection()
 
     def _peer(self) -> str:
         return address_text(self.transport.getPeer()) if self.transport else self.source
@@ -524,7 +543,7 @@ class GatewayChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
         for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer",
-                     "_refusal_timer"):
+                     "_refusal_timer", "_answer_timer"):
             self._cancel(name)
         if self._counted:
             self._counted = False

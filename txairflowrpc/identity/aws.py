@@ -74,7 +74,8 @@ MAX_HEADER_VALUE = 4096
 MAX_ANSWER = 64 * 1024
 #: Most exchanges with STS at once; past it a sign-in is refused at once.
 MAX_IN_FLIGHT = 64
-#: Most of them on behalf of one source (an address, an IPv6 /64): forged
+#: Most of them on behalf of one source (an address, an IPv6 network: the
+#: site's key, ``limits.ipv6_source_prefix``): forged
 #: headers from one place cannot take the places others' sign-ins need.
 MAX_IN_FLIGHT_PER_SOURCE = 4
 #: Most identities kept (`IAMVerifier`'s cache).

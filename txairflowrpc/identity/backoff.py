@@ -42,7 +42,7 @@ class Backoff:
     from the same address is answered after a delay that doubles up to
     ``maximum``.  Successful requests are never delayed, so a legitimate
     principal behind the same address is slowed only on its own mistakes.
-    IPv6 sources are counted by their /64.
+    IPv6 sources are counted by their network (``ipv6_prefix``, a /64 by default).
     """
 
     def __init__(self, clock: IReactorTime, maximum: float, free: int = 5, window: float = 900) -> None:

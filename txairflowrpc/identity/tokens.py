@@ -221,7 +221,8 @@ def _keep_owner(fd: int, path: Path) -> int:
     """
     Give the new store file ``fd`` the owner and group of the one it
     replaces, and return the mode it is to have: the old one's owner and
-    group bits (0600 for a new store; never anything for others).
+    group's read (0600 for a new store; never write for the group, never
+    anything for others).
     ``airflowrpc token`` run as root must not leave a store the service's
     user cannot read (it would keep the tokens it had, a revoked one among
     them).  Raises `TokenOwnerError` where that is not allowed.
@@ -230,7 +231,7 @@ def _keep_owner(fd: int, path: Path) -> int:
         st = os.stat(path)
     except FileNotFoundError:
         return 0o600
-    mode = (st.st_mode & 0o660) | 0o600
+    mode = (st.st_mode & 0o640) | 0o600
     mine = os.fstat(fd)
     if (st.st_uid, st.st_gid) == (mine.st_uid, mine.st_gid):
         return mode

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import socket
 import sys
 import tomllib
@@ -147,9 +148,13 @@ def _store(cfg: config_module.Config) -> Path:
     return cfg.access.auth.token_store
 
 
+def _actor() -> str:
+    """Who runs the command, for its audit records."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
-    append_now(cfg.audit.path, {"event": event, "actor": actor, **fields})
+    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields})
 
 
 def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError) -> int:
@@ -168,16 +173,25 @@ def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError)
         raise SystemExit(f"airflowrpc: {args.config}: {problem}") from None
     if not isinstance(store, str) or not store or not isinstance(trail, str) or not trail:
         raise SystemExit(f"airflowrpc: {args.config}: {problem}")
+    store_path, trail_path = source.parent / store, source.parent / trail
+    if trail_path.is_dir() or not os.access(trail_path.parent, os.W_OK):
+        raise SystemExit(f"airflowrpc: {args.config}: {problem}; and [audit] path "
+                         f"{trail_path} cannot be written: nothing revoked")
     print(f"airflowrpc: warning: {args.config}: {problem}; revoking in the token store it "
-          f"names all the same", file=sys.stderr)
+          f"names all the same ({store_path}): a gateway still running on another config "
+          f"reads its own", file=sys.stderr)
     try:
-        record = tokens.revoke(source.parent / store, args.id, datetime.now(timezone.utc))
+        record = tokens.revoke(store_path, args.id, datetime.now(timezone.utc))
     except (ValueError, tokens.TokenOwnerError) as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
         return 1
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
-    append_now(source.parent / trail, {"event": "token.revoked", "actor": actor,
-                                       "token_id": record.id, "principal": record.principal})
+    try:
+        append_now(trail_path, {"event": "token.revoked", "actor": _actor(),
+                                "token_id": record.id, "principal": record.principal})
+    except OSError as e:
+        print(f"airflowrpc: token {record.id} of {record.principal} is revoked, but NOT "
+              f"recorded: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     print(f"token {record.id} of {record.principal} is revoked.")
     return 0
 
@@ -243,6 +257,17 @@ def token_command(args: argparse.Namespace) -> int:
 DEFAULT_CONFIG = "conf/airflowrpc.toml"
 
 
+def _days(text: str) -> int:
+    """A token's lifetime in days, as ``--days`` takes it."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text[:20]!r}") from None
+    if not 1 <= days <= config_module.access.MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {config_module.access.MAX_DAYS}")
+    return days
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     """
     ``--config FILE`` on ``parser``.  Every level of a command that reads the
@@ -292,12 +317,12 @@ def parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="mint a token (shown once)")
     create.add_argument("--principal", required=True)
     create.add_argument("--roles", help="comma-separated roles (default: the principal's)")
-    create.add_argument("--days", type=int, help="lifetime (default: [auth] token_days)")
+    create.add_argument("--days", type=_days, help="lifetime (default: [auth] token_days)")
     listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     rotate = token_commands.add_parser("rotate", help="issue a successor; the old one "
                                        "keeps working for [auth] rotation_overlap_seconds")
     rotate.add_argument("id")
-    rotate.add_argument("--days", type=int)
+    rotate.add_argument("--days", type=_days)
     revoke = token_commands.add_parser("revoke", help="revoke at once")
     revoke.add_argument("id")
     for sub in (create, listing, rotate, revoke):
