@@ -151,3 +151,15 @@ def test_an_audit_file_the_service_cannot_write_is_a_config_error(
     with pytest.raises(ConfigError) as e:
         load(write(confdir, GOOD))
     assert (e.value.key, str(e.value)) == ("audit.path", f"audit.path: cannot write {log}")
+
+
+def test_one_chain_named_two_ways_is_one_audit_path(confdir: Path) -> None:
+    """From the audit review: through a symlink, two gateways each claimed the one chain."""
+    (confdir / "real").mkdir()
+    (confdir / "audit").symlink_to(confdir / "real")
+    (confdir / "real" / "audit.jsonl").touch()
+    (confdir / "real" / "alias.jsonl").symlink_to(confdir / "real" / "audit.jsonl")
+    direct = load(write(confdir, GOOD.replace('"audit/audit.jsonl"', '"real/audit.jsonl"')))
+    through_dir = load(write(confdir, GOOD))
+    through_file = load(write(confdir, GOOD.replace('"audit/audit.jsonl"', '"real/alias.jsonl"')))
+    assert direct.audit.path == through_dir.audit.path == through_file.audit.path

@@ -99,7 +99,10 @@ def parse(document: dict[str, Any], source: Path) -> Config:
 
 
 def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
-    path: Path = values["path"]
+    # The real file, symbolic links followed: two gateways naming one chain
+    # by two names must meet at one owner lock (the second is refused).
+    path: Path = values["path"].resolve()
+    values["path"] = path
     if path.is_dir():
         raise ConfigError("audit.path", f"{path} is a directory; name the log file")
     directory = path.parent
