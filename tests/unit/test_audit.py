@@ -234,6 +234,27 @@ class DurabilityTests(SynchronousTestCase):
         self.assertEqual([r.get("late") for r in recs], [True, True])
         self.assertTrue(verify([self.dir / "audit.jsonl"])[0])
 
+    def test_closing_while_the_log_fails_says_what_is_lost(self) -> None:
+        """From the audit review: the records queued at shutdown went without a word."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.held.fail_with = OSError(errno.ENOSPC, "No space left on device")
+        first = self.log.append({"n": 1})
+        self.held.release()
+        self.failureResultOf(first, errors.AuditUnavailable)
+        closed = self.log.close()
+        self.held.release()
+        self.successResultOf(closed)
+        self.assertTrue(any("audit log closed with 1 records unwritten" in line
+                            and "No space left on device" in line for line in lines), lines)
+
     def test_refusals_of_known_callers_wait_in_a_bounded_queue_while_the_log_fails(self) -> None:
         """Found by review: they queued without bound (2,501 after 3,000 operations)."""
         from txairflowrpc.audit.log import MAX_DROPPABLE_QUEUED

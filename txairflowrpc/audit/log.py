@@ -122,6 +122,12 @@ class AuditLog:
             for call in (self._retry, self._checkpoint_timer):
                 if call is not None and call.active():
                     call.cancel()
+            unwritten = sum(1 for record, _ in self._queue if record is not None)
+            if unwritten or self.dropped:
+                # The log could not be written to the end: say what is lost.
+                _log.error("audit log closed with {n} records unwritten and {dropped} refusals "
+                           "only counted ({reason}): {path}", n=unwritten, dropped=self.dropped,
+                           reason=self.failed or "not written", path=str(self.path))
             self._file.close()
 
         return d.addBoth(done)
