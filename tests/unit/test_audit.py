@@ -255,6 +255,14 @@ class DurabilityTests(SynchronousTestCase):
         self.assertTrue(any("audit log closed with 1 records unwritten" in line
                             and "No space left on device" in line for line in lines), lines)
 
+    def test_a_record_after_close_fails_at_once(self) -> None:
+        """From the audit review: it waited forever (a reload's record during a stop, say)."""
+        closed = self.log.close()
+        self.held.release()
+        self.successResultOf(closed)
+        self.failureResultOf(self.log.append({"event": "config.reload"}), errors.AuditUnavailable)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
     def test_refusals_of_known_callers_wait_in_a_bounded_queue_while_the_log_fails(self) -> None:
         """Found by review: they queued without bound (2,501 after 3,000 operations)."""
         from txairflowrpc.audit.log import MAX_DROPPABLE_QUEUED

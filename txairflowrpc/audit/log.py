@@ -140,8 +140,13 @@ class AuditLog:
         stays queued and is written when the log recovers.  A ``droppable``
         record (a refusal anyone can cause) is instead only counted while
         the log is failing and `MAX_DROPPABLE_QUEUED` of them wait already,
-        so that a flood cannot grow the queue without bound.
+        so that a flood cannot grow the queue without bound.  After `close`
+        it fails at once (nothing would ever write it), and is logged.
         """
+        if self._closed:
+            _log.error("audit record after the log was closed, not written: {event}",
+                       event=str(fields.get("event") or fields.get("kind") or "?")[:40])
+            return fail(errors.AuditUnavailable())
         if droppable and self.failed is not None and (
             len(self._droppable) >= MAX_DROPPABLE_QUEUED
         ):
