@@ -163,3 +163,10 @@ def test_one_chain_named_two_ways_is_one_audit_path(confdir: Path) -> None:
     through_dir = load(write(confdir, GOOD))
     through_file = load(write(confdir, GOOD.replace('"audit/audit.jsonl"', '"real/alias.jsonl"')))
     assert direct.audit.path == through_dir.audit.path == through_file.audit.path
+
+
+def test_an_audit_path_in_a_loop_of_links_is_a_config_error(confdir: Path) -> None:
+    (confdir / "audit").symlink_to(confdir / "audit")
+    with pytest.raises(ConfigError) as e:
+        load(write(confdir, GOOD))
+    assert e.value.key == "audit.path" and "cannot be resolved" in str(e.value)

@@ -101,7 +101,11 @@ def parse(document: dict[str, Any], source: Path) -> Config:
 def _audit(values: dict[str, Any], base: Path) -> AuditConfig:
     # The real file, symbolic links followed: two gateways naming one chain
     # by two names must meet at one owner lock (the second is refused).
-    path: Path = values["path"].resolve()
+    try:
+        path: Path = values["path"].resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        raise ConfigError("audit.path", f"{values['path']} cannot be resolved "
+                          "(a loop of symbolic links?)") from None
     values["path"] = path
     if path.is_dir():
         raise ConfigError("audit.path", f"{path} is a directory; name the log file")
