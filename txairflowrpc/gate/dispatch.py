@@ -295,15 +295,8 @@ class Dispatcher:
             "airflow_user": trace.airflow_user,
             "duration_ms": round(duration * 1000, 3),
         })
-        # A call refused before anything was done (its decision is not
-        # "allowed"), while the log cannot be written: its record may be
-        # counted rather than queued, and its answer (a refusal) does not wait
-        # for a write that is failing; a flood of them must not grow the queue.
-        droppable = self._audit.failed is not None and trace.decision != "allowed"
-        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
-                                      droppable=droppable)
-        if droppable:
-            recorded.addErrback(lambda f: None)
+        recorded = self._append(fields, trace.decision)
+        if recorded is None:
             return result
         if records is not None:
             records.append(recorded)  # the multicall waits for them together
@@ -315,6 +308,23 @@ class Dispatcher:
             return Failure(errors.AuditUnavailable())
 
         return recorded.addCallbacks(lambda _: result, unrecorded)
+
+    def _append(self, fields: dict[str, Any], decision: str) -> Deferred[None] | None:
+        """
+        Append a call's record; its Deferred, or None when the record need
+        not be waited for: a call refused before anything was done (its
+        decision is not "allowed"), while the log cannot be written, may be
+        counted rather than queued, and its answer (a refusal) does not wait
+        for a write that is failing; a flood of them must not grow the queue.
+        """
+        assert self._audit is not None
+        droppable = self._audit.failed is not None and decision != "allowed"
+        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
+                                      droppable=droppable)
+        if droppable:
+            recorded.addErrback(lambda f: None)
+            return None
+        return recorded
 
     # -- system.* --------------------------------------------------------
 
@@ -413,12 +423,8 @@ class Dispatcher:
                               else "(no method name)", (), index)
         fields.update({"decision": "invalid", "reason": clip(error.message),
                        "outcome": "fault", "fault_code": error.code})
-        droppable = self._audit.failed is not None
-        recorded = self._audit.append({k: v for k, v in fields.items() if v is not None},
-                                      droppable=droppable)
-        if droppable:
-            recorded.addErrback(lambda f: None)
-        else:
+        recorded = self._append(fields, "invalid")
+        if recorded is not None:
             records.append(recorded)
 
 
