@@ -40,9 +40,14 @@ def load_checked(path: str | Path) -> Checked:
     """
     try:
         return _load_checked(path)
+    except config_module.ConfigError:
+        raise
     except RecursionError:  # a JSON or TOML file nested deeper than Python reads
         raise config_module.ConfigError(
             "", "the config or a file it names nests too deeply to be read") from None
+    except Exception as e:  # noqa: BLE001 -- whatever else: one line at start, a rejected reload
+        raise config_module.ConfigError(
+            str(path), f"cannot be read: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def _load_checked(path: str | Path) -> Checked:

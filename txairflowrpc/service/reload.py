@@ -216,11 +216,8 @@ class Reloader(service.Service):
             stamps = _stamps(cfg)  # before reading: a write meanwhile is seen next time
             try:
                 return stamps, derive(load_checked(source))
-            except config_module.ConfigError as e:
+            except config_module.ConfigError as e:  # whatever went wrong (load_checked)
                 return stamps, e
-            except Exception as e:  # whatever else: rejected once, never a traceback a second
-                return stamps, config_module.ConfigError(
-                    str(source), f"cannot be read: {type(e).__name__}: {str(e)[:200]}")
 
         return self._run_blocking(read).addCallback(self._swap, trigger)
 

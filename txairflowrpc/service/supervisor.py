@@ -323,11 +323,9 @@ class Supervisor(service.Service):
             return True
 
         def bad(failure: Failure) -> bool:
-            error = str(failure.value)
-            if not failure.check(config_module.ConfigError):  # rejected all the same
-                error = f"cannot be read: {failure.type.__name__}: {error[:200]}"
+            failure.trap(config_module.ConfigError)  # whatever went wrong (load_checked)
             _log.error("config reload ({trigger}) rejected, the workers keep theirs: {error}",
-                       trigger=trigger, error=error)
+                       trigger=trigger, error=str(failure.value))
             return False
 
         return self._check().addCallbacks(good, bad)
