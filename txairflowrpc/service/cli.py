@@ -180,14 +180,19 @@ def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError)
     print(f"airflowrpc: warning: {args.config}: {problem}; revoking in the token store it "
           f"names all the same ({store_path}): a gateway still running on another config "
           f"reads its own", file=sys.stderr)
+    return _revoke(store_path, trail_path, args.id)
+
+
+def _revoke(store: Path, trail: Path, token_id: str) -> int:
+    """Revoke ``token_id`` in ``store`` and record it in ``trail``; the exit status."""
     try:
-        record = tokens.revoke(store_path, args.id, datetime.now(timezone.utc))
+        record = tokens.revoke(store, token_id, datetime.now(timezone.utc))
     except (ValueError, tokens.TokenOwnerError) as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
         return 1
     try:
-        append_now(trail_path, {"event": "token.revoked", "actor": _actor(),
-                                "token_id": record.id, "principal": record.principal})
+        append_now(trail, {"event": "token.revoked", "actor": _actor(),
+                           "token_id": record.id, "principal": record.principal})
     except OSError as e:
         print(f"airflowrpc: token {record.id} of {record.principal} is revoked, but NOT "
               f"recorded: {e.filename}: {e.strerror}", file=sys.stderr)
@@ -238,9 +243,7 @@ def token_command(args: argparse.Namespace) -> int:
             print(f"token {new.id} replaces {old.id}, which keeps working until "
                   f"{old.expires:%Y-%m-%dT%H:%M:%SZ}.", file=sys.stderr)
         elif args.token_command == "revoke":
-            record = tokens.revoke(path, args.id, now)
-            _record(cfg, "token.revoked", token_id=record.id, principal=record.principal)
-            print(f"token {record.id} of {record.principal} is revoked.")
+            return _revoke(path, cfg.audit.path, args.id)
         else:
             rows = list(tokens.listing(path, now))
             columns = ["id", "principal", "roles", "created", "expires", "state"]
