@@ -534,9 +534,10 @@ def test_workers_behind_haproxy_read_its_header(
         assert served == {"gw-w-w0", "gw-w-w1"}
         for request_id, port in answers:
             assert records[request_id]["source"] == f"{CLIENT_A}:{port}"  # not HAProxy's
-        with socket.create_connection(("127.0.0.1", gw.port), 10, (STRANGER, 0)) as raw:
-            with pytest.raises(OSError):  # no header: the handshake meets a closed connection
-                client_context(pki, client).wrap_socket(raw, server_hostname="localhost")
+        # No header: the handshake meets a closed connection.
+        with socket.create_connection(("127.0.0.1", gw.port), 10, (STRANGER, 0)) as raw, \
+                pytest.raises(OSError):
+            client_context(pki, client).wrap_socket(raw, server_hostname="localhost")
     finally:
         haproxy.stop()
         gw.stop()

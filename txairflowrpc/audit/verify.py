@@ -32,7 +32,13 @@ from typing import Any, Iterable, Sequence
 import attrs
 
 from .chain import (
-    CLI_INSTANCE, GENESIS, ROTATED, ROTATED_SUFFIX, dumps, loads_strict, sealed_line,
+    CLI_INSTANCE,
+    GENESIS,
+    ROTATED,
+    ROTATED_SUFFIX,
+    dumps,
+    loads_strict,
+    sealed_line,
 )
 from .checkpoint import CHECKPOINT, Verifier
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .keys import ConfigError, Key, at_least, between, positive, read_table, strings
+from .keys import ConfigError, Key, between, positive, read_table, strings
 
 SECTIONS = ("auth", "roles", "principals", "oidc", "aws")
 

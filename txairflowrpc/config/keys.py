@@ -8,7 +8,6 @@ dotted key at fault.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any, Callable
 

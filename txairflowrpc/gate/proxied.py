@@ -22,9 +22,10 @@ the address it names.  What it does not do, `ProxiedFactory` adds:
   the per-source limits and write a false ``source`` into the trail.
 - A connection whose first bytes are not a valid header, or whose header
   names no IP address and port (Twisted's v1 reader takes any text; a v2
-  header may name a Unix socket), is refused and recorded (a LOCAL or
-  UNKNOWN header, the proxy's own connection, is taken as from the proxy), kind ``proxy_header``, counted
-  per source like every refusal anyone can cause; one that has not sent its
+  header may name a Unix socket), is refused and recorded, kind
+  ``proxy_header``, counted per source like every refusal anyone can cause
+  (a LOCAL or UNKNOWN header, the proxy's own connection, is taken as from
+  the proxy itself); one that has not sent its
   header and the first bytes of TLS within ``limits.handshake_timeout_seconds``
   is dropped and recorded.
 - Connections still waiting for their header are at most

@@ -23,7 +23,7 @@ next to nothing for a misbehaving client:
   ``limits.idle_timeout_seconds``.
 - Connections: at most ``limits.max_connections`` open, at most
   ``limits.max_connections_per_source`` from one address (an IPv6 host: its
-  /64); at the global cap a new connection from the address holding the most
+  network, ``limits.ipv6_source_prefix``); at the global cap a new connection from the address holding the most
   is refused, and one from anyone else takes the place of a connection of
   that address that holds no caller's work (idle, or its request's headers
   not all in).
