@@ -72,13 +72,19 @@ def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
     assert "roles.broken.scopes" in event["error"]
 
 
-def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
-    cfg, gate, tls, reloader, tmp = setup
+def taken_token(cfg, gate, reloader) -> tuple[Path, tokens.TokenRecord, str]:
+    """A token created in the store and taken by the gateway (its poll), shown to work."""
     store = cfg.access.auth.token_store
     record, token = tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
     bump(store)
     reloader._poll()
     assert run(gate.authenticate(FakeRequest(None, f"Bearer {token}"))).name == "ci-bot"
+    return store, record, token
+
+
+def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
     tokens.revoke(store, record.id, datetime.now(timezone.utc))
     bump(store)
     reloader._poll()
@@ -93,11 +99,7 @@ def test_a_revocation_holds_when_a_reload_beside_it_is_rejected(setup) -> None:
     reading it, so the revoked token kept working until another change.
     """
     cfg, gate, tls, reloader, tmp = setup
-    store = cfg.access.auth.token_store
-    record, token = tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
-    bump(store)
-    reloader._poll()
-    assert run(gate.authenticate(FakeRequest(None, f"Bearer {token}"))).name == "ci-bot"
+    store, record, token = taken_token(cfg, gate, reloader)
     config = tmp / "airflowrpc.toml"
     config.write_text(config.read_text() + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
     tokens.revoke(store, record.id, datetime.now(timezone.utc))
