@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
@@ -72,9 +73,15 @@ class Listener:
 
     @property
     def factory(self) -> Any:
+        """The outermost factory: `header_guard`'s, around Twisted's PROXY wrapper."""
         (port, factory, _, interface), = self.reactor.tcpServers
         assert (port, interface) == (8443, "127.0.0.1")
         return factory
+
+    @property
+    def proxied(self) -> ProxiedFactory:
+        proxied: ProxiedFactory = self.factory.wrappedFactory.wrappedFactory
+        return proxied
 
     def accept(self, sender: tuple[str, int] = HAPROXY) -> Connection:
         address = IPv4Address("TCP", *sender)
@@ -129,11 +136,12 @@ def gw(tmp_path: Path, pki: DevPKI) -> Listener:  # noqa: F811
 
 
 def test_the_listener_reads_the_header_before_tls(gw: Listener) -> None:
-    factory = gw.factory
-    # PROXY outermost, then the factory that waits for the header, then TLS, then the site.
-    assert isinstance(factory.wrappedFactory, ProxiedFactory)
-    assert isinstance(factory.wrappedFactory.inner, TLSMemoryBIOFactory)
-    assert factory.wrappedFactory.inner.wrappedFactory is gw.site
+    # The guard outermost, then Twisted's PROXY wrapper, then the factory that
+    # waits for the header, then TLS, then the site.
+    assert isinstance(gw.factory.wrappedFactory, HAProxyWrappingFactory)
+    assert isinstance(gw.proxied, ProxiedFactory)
+    assert isinstance(gw.proxied.inner, TLSMemoryBIOFactory)
+    assert gw.proxied.inner.wrappedFactory is gw.site
     assert gw.listener.address == "127.0.0.1:8443 (PROXY protocol)"
 
 
@@ -180,7 +188,7 @@ def test_tls_without_a_header_is_refused_and_recorded(gw: Listener) -> None:
     (refused,) = gw.records(kind="refused")
     assert (refused["refusal"], refused["source"], refused["reason"]) == (
         "proxy_header", "127.0.0.1:50000", "no valid PROXY protocol header: refused")
-    assert gw.site.open_connections == 0 and gw.factory.wrappedFactory.waiting == 0
+    assert gw.site.open_connections == 0 and gw.proxied.waiting == 0
 
 
 def test_a_malformed_header_is_refused_and_recorded(gw: Listener) -> None:
@@ -214,7 +222,7 @@ def test_a_connection_that_just_hangs_up_is_not_a_refusal(gw: Listener) -> None:
     conn = gw.accept()
     gw.close(conn)  # a port probe: connect, then close, as without the PROXY protocol
     assert gw.records(kind="refused") == []
-    assert gw.factory.wrappedFactory.waiting == 0
+    assert gw.proxied.waiting == 0
 
 
 def test_only_proxy_from_may_send_a_header(gw: Listener) -> None:
@@ -255,7 +263,7 @@ def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
     gw.close(silent), gw.close(header_only)
     found = {(r["refusal"], r["source"]) for r in gw.records(kind="refused")}
     assert found == {("proxy_header", "127.0.0.1:50000"), ("handshake", "203.0.113.7:41000")}
-    assert gw.site.slow_dropped == 2 and gw.factory.wrappedFactory.waiting == 0
+    assert gw.site.slow_dropped == 2 and gw.proxied.waiting == 0
 
 
 def test_connections_waiting_for_their_header_are_capped(
@@ -278,4 +286,50 @@ def test_when_the_listener_stops_connections_waiting_for_a_header_are_closed(
     gw.factory.doStop()  # the port stopped listening: the gateway is shutting down
     assert waiting.wire.disconnected and not admitted.wire.disconnected
     gw.close(waiting)
-    assert gw.records(kind="refused") == [] and gw.factory.wrappedFactory.waiting == 0
+    assert gw.records(kind="refused") == [] and gw.proxied.waiting == 0
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 http 8443\r\n",  # int(): ValueError
+    b"PROXY TCP4 \xff\xfe.0.113.7 127.0.0.1 1 8443\r\n",  # .decode(): UnicodeDecodeError
+])
+def test_a_header_twisted_cannot_read_is_refused_without_a_traceback(
+    gw: Listener, header: bytes
+) -> None:
+    """
+    Twisted's v1 reader raises a ValueError (not its InvalidProxyHeader) for
+    these: it escaped its wrapper, a traceback in the log for each.
+    """
+    conn = gw.accept()
+    conn.server.dataReceived(header + b"\x16\x03\x01")  # raised here before
+    assert conn.wire.disconnecting and gw.site.open_connections == 0
+    gw.close(conn)
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"], refused["reason"]) == (
+        "proxy_header", "127.0.0.1:50000", "no valid PROXY protocol header: refused")
+    assert gw.proxied.waiting == 0
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_header_that_arrives_byte_by_byte_is_read(gw: Listener, version: str) -> None:
+    """Twisted's wrapper refused a first read shorter than 16 (v2) or 8 (v1) bytes."""
+    header = (b"PROXY TCP4 203.0.113.7 127.0.0.1 41000 8443\r\n" if version == "v1"
+              else header_v2(CLIENT, GATEWAY))
+    conn = gw.accept()
+    for i in range(len(header)):
+        conn.server.dataReceived(header[i:i + 1])
+        assert not conn.wire.disconnecting, i
+    gw.speak_tls(conn, gw.pki.client("ci-bot.example.com"))
+    assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
+    (call,) = gw.records(kind="call", method="whoami")
+    assert call["source"] == "203.0.113.7:41000"
+
+
+@pytest.mark.parametrize("first", [b"\x16", b"\x16\x03\x01", b"GET / HTTP/1.1\r\n", b"PROXY\t"])
+def test_bytes_no_header_starts_with_are_refused_at_once(gw: Listener, first: bytes) -> None:
+    """Held only while they may still be a header: these are refused on arrival."""
+    conn = gw.accept()
+    conn.server.dataReceived(first)
+    assert conn.wire.disconnecting
+    gw.close(conn)
+    assert [r["refusal"] for r in gw.records(kind="refused")] == ["proxy_header"]

@@ -7,10 +7,19 @@ connection with a header naming the client's address, then passes the
 client's TLS through untouched (mutual TLS stays end to end).  The header
 comes before TLS, so the layers are, from the socket in::
 
-    PROXY header (Twisted's `proxyEndpoint`) -> `ProxiedFactory` -> TLS -> the site
+    `header_guard` -> PROXY header (Twisted's `proxyEndpoint`) -> `ProxiedFactory` -> TLS -> the site
 
 Twisted's wrapper reads the header (v2 or v1) and makes ``getPeer`` answer
-the address it names.  What it does not do, `ProxiedFactory` adds:
+the address it names.  What it does not do, `header_guard` and
+`ProxiedFactory` add:
+
+- A header may arrive in pieces: Twisted's reader refuses a first read
+  shorter than a v2 header's 16 bytes (or v1's 8), so `header_guard` holds
+  the first bytes until there are 16, a line end, or bytes no header starts
+  with.  Whatever Twisted's reader raises for a header it cannot read (a v1
+  port that is no number, an address that is no text: a ValueError, not
+  its InvalidProxyHeader) refuses the connection as a bad header does,
+  instead of a traceback in the log.
 
 - The TLS layer and the site's channel are built only once the header is in
   (with the first TLS byte after it: the client speaks first), and the site
@@ -38,9 +47,19 @@ import ipaddress
 from typing import Any, Sequence
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..config.sections import Network
 from .site import GatewaySite, address_text
@@ -65,6 +84,81 @@ def _ip_and_port(address: IAddress) -> bool:
         return False
     return ip.version == (4 if isinstance(address, IPv4Address) else 6) and (
         0 <= address.port <= 65535)
+
+
+#: How a v2 header starts (its signature), and a v1 header.
+_V2_START = b"\r\n\r\n\x00\r\nQUIT\n"
+_V1_START = b"PROXY "
+#: Bytes Twisted's reader needs in its first read to take a v2 header.
+_V2_LEAST = 16
+
+
+def _can_judge(head: bytes) -> bool:
+    """
+    Whether Twisted's reader can be given ``head`` as its first read: it
+    holds as much as that reader needs at once, a whole v1 line, or bytes
+    no header starts with (refused then, at once).
+    """
+    if len(head) >= _V2_LEAST:
+        return True
+    if head.startswith(_V1_START):
+        return b"\r\n" in head
+    return not (_V2_START.startswith(head[:12]) or _V1_START.startswith(head))
+
+
+class _HeaderGuard(ProtocolWrapper):
+    """
+    Outside Twisted's PROXY protocol wrapper: gives it its first read whole
+    (see `_can_judge`), and refuses the connection when reading the header
+    raises.  Once the header is in, every byte goes straight through.
+    """
+
+    _head: bytes | None = b""  # None: the header is in
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        head = self._head + data
+        if len(head) < _V2_LEAST and not _can_judge(head):
+            self._head = head  # the handshake deadline bounds the wait
+            return
+        self._head = b""
+        proxy = self.wrappedProtocol  # Twisted's wrapper
+        waiting = proxy.wrappedProtocol  # an _AwaitingHeader (or _Refused)
+        try:
+            proxy.dataReceived(head)
+        except Exception:
+            if getattr(waiting, "admitted", True):
+                raise  # not the header: the layers after it
+            proxy.loseConnection()  # as Twisted's wrapper does for a bad header
+            return
+        if getattr(waiting, "admitted", True):
+            self._head = None
+
+
+@implementer(IStreamServerEndpoint)
+class _GuardedEndpoint:
+    """Listens on ``endpoint`` with `_HeaderGuard` around each connection."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self._endpoint.listen(_GuardFactory(factory))
+
+
+class _GuardFactory(WrappingFactory):
+    protocol = _HeaderGuard
+
+
+def header_guard(endpoint: IStreamServerEndpoint) -> IStreamServerEndpoint:
+    """
+    ``endpoint`` with the PROXY protocol header read first (Twisted's
+    `proxyEndpoint`), through `_HeaderGuard`.
+    """
+    guarded: IStreamServerEndpoint = proxyEndpoint(_GuardedEndpoint(endpoint))
+    return guarded
 
 
 class _Refused(Protocol):
@@ -142,6 +236,11 @@ class _AwaitingHeader(Protocol):
     def __init__(self, factory: ProxiedFactory, sender: IAddress) -> None:
         self._factory = factory
         self._sender = sender
+
+    @property
+    def admitted(self) -> bool:
+        """Whether the header has been read (and judged): bytes now are the client's."""
+        return self._inner is not None or self._done
 
     def connectionMade(self) -> None:
         site = self._factory.site

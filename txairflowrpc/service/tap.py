@@ -27,7 +27,6 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -43,7 +42,7 @@ from ..audit.thread import AuditThread
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
-from ..gate.proxied import ProxiedFactory
+from ..gate.proxied import ProxiedFactory, header_guard
 from ..gate.refusals import RefusalLog
 from ..gate.resource import NotFound, Root, RPCResource
 from ..gate.site import GatewaySite
@@ -371,7 +370,7 @@ def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
         return SSL4ServerEndpoint(reactor, port, tls, interface=host)
     else:
         endpoint = TCP4ServerEndpoint(reactor, port, interface=host)
-    return proxyEndpoint(endpoint) if cfg.listen.proxy_protocol else endpoint
+    return header_guard(endpoint) if cfg.listen.proxy_protocol else endpoint
 
 
 def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
