@@ -36,7 +36,8 @@ BENCH_SETTINGS: dict[str, Any] = {
     "limits": {
         "request_deadline_seconds": 120.0, "idle_timeout_seconds": 300.0,
         "handshake_timeout_seconds": 60.0, "max_connections": 10000,
-        "max_connections_per_source": 10000, "first_byte_seconds": 60.0,
+        "max_connections_per_source": 10000, "connection_rate_per_source": 1e6,
+        "connection_burst_per_source": 1000000, "first_byte_seconds": 60.0,
         "rate_per_second": 1e6, "burst": 1000000, "max_in_flight": 100000,
         "call_deadline_seconds": 300.0,
     },

@@ -215,6 +215,48 @@ def test_one_address_cannot_lock_everyone_out(crowded: RunningGateway) -> None:
     assert {"connection_refused", "evicted", "first_byte"} <= refusals
 
 
+
+@pytest.fixture(scope="module")
+def rationed(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
+             airflow: LocalAirflow) -> Iterator[RunningGateway]:
+    gateway = RunningGateway(tmp_path_factory.mktemp("rationed-gw"), pki, airflow)
+    text = gateway.config.read_text().replace(
+        "max_in_flight = 1000",
+        "max_in_flight = 1000\nconnection_rate_per_source = 1\nconnection_burst_per_source = 5")
+    gateway.config.write_text(text)
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def test_one_address_cannot_spend_the_gateway_on_handshakes(rationed: RunningGateway) -> None:
+    """
+    Found by measuring: one ``openssl s_time`` loop of new handshakes took
+    two thirds of a core and halved everyone's calls.  Past its rate an
+    address's connections are closed before TLS: no handshake to pay for.
+    """
+    served = refused = 0
+    start = time.monotonic()
+    for _ in range(60):  # a bounded flood of handshakes from one address
+        try:
+            tls(rationed, rationed.client, source="127.0.0.5", timeout=15).close()
+            served += 1
+        except (ssl.SSLEOFError, ConnectionResetError):
+            refused += 1  # closed before the server said a word of TLS
+    elapsed = time.monotonic() - start
+    # The bucket's own bound (5 at once, then 1 a second), not a speed.
+    assert served <= 5 + elapsed + 1 and refused == 60 - served and refused > 0
+    # Everyone else is served meanwhile.
+    with tls(rationed, rationed.client, source="127.0.0.6") as sock:
+        body = xmlrpc.client.dumps((), "ping").encode()
+        sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml"
+                     b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert status_line(sock) == b"HTTP/1.1 200 OK"
+    records = wait_for(lambda: [r for r in audit(rationed) if r.get("refusal") ==
+                                "connection_refused" and r["source"].startswith("127.0.0.5:")])
+    assert records[0]["reason"] == "too many new connections from this address (over 1 a second)"
+
+
 def test_bare_containers_are_refused_and_others_are_served(gw: RunningGateway,
                                                           pki: DevPKI) -> None:
     body = (b"<methodCall><methodName>list_dags</methodName><params><param><value><array>"

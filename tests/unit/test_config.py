@@ -94,6 +94,10 @@ def test_shipped_example_parses(confdir: Path) -> None:
     (lambda t: t + "\n[auth]\ntoken_days = 3000000\n", "auth.token_days", "from 1 to 3650"),
     (lambda t: t + "\n[limits]\nipv6_source_prefix = 129\n", "limits.ipv6_source_prefix",
      "prefix length from 32 to 128"),
+    (lambda t: t + "\n[limits]\nconnection_rate_per_source = 0\n",
+     "limits.connection_rate_per_source", "greater than 0"),
+    (lambda t: t + "\n[limits]\nconnection_burst_per_source = 0\n",
+     "limits.connection_burst_per_source", "at least 1"),
     # Found by review: worker K's admin port past 65535 was a traceback at start.
     (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65535\n",
      "health.port", "at most 65534"),

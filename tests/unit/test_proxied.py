@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.gate.proxied import ProxiedFactory
+from txairflowrpc.gate.site import SiteTLSFactory
 from txairflowrpc.gate.tls import ReloadableTLS, server_options
 from txairflowrpc.identity.authenticate import Gate
 from txairflowrpc.service.checked import build_authenticator, load_checked
@@ -140,7 +141,7 @@ def test_the_listener_reads_the_header_before_tls(gw: Listener) -> None:
     # waits for the header, then TLS, then the site.
     assert isinstance(gw.factory.wrappedFactory, HAProxyWrappingFactory)
     assert isinstance(gw.proxied, ProxiedFactory)
-    assert isinstance(gw.proxied.inner, TLSMemoryBIOFactory)
+    assert isinstance(gw.proxied.inner, SiteTLSFactory)
     assert gw.proxied.inner.wrappedFactory is gw.site
     assert gw.listener.address == "127.0.0.1:8443 (PROXY protocol)"
 
@@ -153,9 +154,8 @@ def test_without_the_key_the_listener_is_plain_tls(
     site = build_site(cfg, reactor, StubTreq(FakeAirflow()), None, lambda r: None).site
     rpc_listener(reactor, cfg, ReloadableTLS(server_options(cfg.tls, "required")),
                  site).startService()
-    assert reactor.tcpServers == []
-    (_, factory, _, _, _), = reactor.sslServers
-    assert factory is site  # TLS straight onto the site
+    (_, factory, _, _), = reactor.tcpServers
+    assert isinstance(factory, SiteTLSFactory) and factory.wrappedFactory is site
 
 
 def test_a_call_through_the_proxy_is_counted_and_recorded_as_the_clients(gw: Listener) -> None:

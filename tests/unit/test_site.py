@@ -475,6 +475,52 @@ class ConnectionTests(SiteTestCase):
         self.assertEqual([t.disconnected for _, t in conns], [False, False, False, True])
         self.assertFalse(self.connect("2001:db8:1:3::1")[1].disconnected)  # another /64
 
+    def test_one_address_opens_only_so_many_connections_a_second(self) -> None:
+        """
+        Found by measuring: one ``openssl s_time`` loop (new TLS handshakes,
+        nothing else) took two thirds of a core; the per-source cap bounds
+        connections held, not opened.
+        """
+        self.make(connection_rate_per_source=2, connection_burst_per_source=3)
+        burst = [self.connect(port=3000 + i) for i in range(4)]
+        for proto, transport in burst[:3]:
+            proto.connectionLost(Failure(ConnectionDone()))  # each closes: the cap is not it
+        self.assertEqual([t.disconnected for _, t in burst], [False, False, False, True])
+        self.assertFalse(self.connect("10.0.0.2")[1].disconnected)  # another address
+        self.clock.advance(0.4)
+        self.assertTrue(self.connect(port=3100)[1].disconnected)  # 0.8 of a connection back
+        self.clock.advance(0.1)
+        self.assertFalse(self.connect(port=3101)[1].disconnected)  # a whole one
+        self.assertEqual(self.site.refused_connections, 2)
+        records = self.records()  # the first at once, the rest counted per minute
+        self.assertEqual(sum(r["count"] for r in records), 2)
+        self.assertEqual({(r["refusal"], r["reason"]) for r in records}, {(
+            "connection_refused", "too many new connections from this address (over 2 a second)")})
+        self.assertEqual(records[0]["source"], "127.0.0.1:3003")
+
+    def test_the_connection_rate_counts_an_ipv6_host_by_its_64_and_follows_a_reload(self) -> None:
+        self.make(connection_rate_per_source=1, connection_burst_per_source=2)
+        conns = [self.connect(f"2001:db8:1:2::{i:x}", 3000 + i) for i in range(1, 4)]
+        self.assertEqual([t.disconnected for _, t in conns], [False, False, True])
+        self.assertFalse(self.connect("2001:db8:1:3::1")[1].disconnected)  # another /64
+        # A reload swaps the site's limits: the next connection is judged by them.
+        self.site.limits = attrs.evolve(self.site.limits, connection_burst_per_source=5)
+        self.clock.advance(10)
+        again = [self.connect("2001:db8:1:2::9", 3100 + i) for i in range(6)]
+        self.assertEqual([t.disconnected for _, t in again], [False] * 5 + [True])
+
+    def test_the_connection_rate_remembers_a_bounded_number_of_sources(self) -> None:
+        from txairflowrpc.gate import limits
+        self.patch(limits, "MAX_SOURCES", 3)
+        rate = limits.ConnectionRate(self.clock)
+        self.assertEqual([rate.take("a", 1.0, 1), rate.take("a", 1.0, 1)], [True, False])
+        for source in "bcd":  # "a", seen least recently, is forgotten
+            rate.take(source, 1.0, 1)
+        self.assertEqual(len(rate), 3)
+        self.assertTrue(rate.take("a", 1.0, 1))  # forgetting never refuses: a full bucket
+        self.assertFalse(rate.take("d", 1.0, 1))  # "b" was forgotten for "a", not "d"
+        self.assertTrue(rate.take("b", 1.0, 1))
+
     def test_a_delayed_401_is_not_cut_by_the_deadline_nor_kept_after_a_hang_up(self) -> None:
         from txairflowrpc.identity.backoff import Backoff
 

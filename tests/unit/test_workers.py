@@ -76,6 +76,8 @@ def test_each_worker_gets_its_share_of_the_limits(confdir: Path) -> None:  # noq
     assert (w.limits.burst, w.limits.max_in_flight) == (14, 1)  # rounded up, at least 1
     assert (w.limits.max_connections, w.limits.max_connections_per_source) == (334, 34)
     assert w.limits.max_body_memory_bytes == divided(64 * 1024 * 1024, 3)
+    assert w.limits.connection_rate_per_source == pytest.approx(50 / 3)
+    assert w.limits.connection_burst_per_source == 67
     assert (w.airflow.max_connections, w.airflow.max_in_flight) == (7, 22)
     # what is not divided stays as it is
     assert w.limits.call_deadline_seconds == cfg.limits.call_deadline_seconds
@@ -466,19 +468,19 @@ def test_a_workers_reload_keeps_it_on_its_share(confdir: Path) -> None:  # noqa:
     assert reloader.cfg.audit.instance == "gw-a-w1"
 
 
-def test_an_adopted_listener_brings_its_own_tls_also_behind_the_proxy_header(
+def test_every_listener_brings_its_own_tls_also_behind_the_proxy_header(
         confdir: Path) -> None:  # noqa: F811
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from txairflowrpc.gate.proxied import ProxiedFactory
+    from txairflowrpc.gate.site import SiteTLSFactory
     from txairflowrpc.gate.tls import ReloadableTLS, server_options
     from txairflowrpc.service.tap import rpc_factory
 
     cfg = load(write(confdir, GOOD))
     tls, site, clock = ReloadableTLS(server_options(cfg.tls)), Factory(), Clock()
-    assert rpc_factory(clock, cfg, tls, site) is site  # the endpoint brings TLS
-    adopted = rpc_factory(clock, cfg, tls, site, adopted=True)
-    assert isinstance(adopted, TLSMemoryBIOFactory) and adopted.wrappedFactory is site
+    # A bound or an adopted socket alike: TLS that a refused connection never reaches.
+    factory = rpc_factory(clock, cfg, tls, site)
+    assert isinstance(factory, SiteTLSFactory) and factory.wrappedFactory is site
     proxied = load(write(confdir, GOOD.replace("port = 8443",
                                                "port = 8443\nproxy_protocol = true")))
-    assert isinstance(rpc_factory(clock, proxied, tls, site, adopted=True), ProxiedFactory)
+    behind = rpc_factory(clock, proxied, tls, site)
+    assert isinstance(behind, ProxiedFactory) and isinstance(behind.inner, SiteTLSFactory)

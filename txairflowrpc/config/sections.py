@@ -155,6 +155,8 @@ class LimitsConfig:
     call_deadline_seconds: float
     first_byte_seconds: float = 10.0
     max_connections_per_source: int = 100
+    connection_rate_per_source: float = 50.0
+    connection_burst_per_source: int = 200
     max_body_memory_bytes: int = 64 * 1024 * 1024
     shutdown_seconds: float = 10.0
     ipv6_source_prefix: int = 64
@@ -166,6 +168,8 @@ class LimitsConfig:
         "first_byte_seconds": Key(float, 10.0, positive),
         "max_connections": Key(int, 1000, at_least(1)),
         "max_connections_per_source": Key(int, 100, at_least(1)),
+        "connection_rate_per_source": Key(float, 50.0, positive),
+        "connection_burst_per_source": Key(int, 200, at_least(1)),
         "max_body_memory_bytes": Key(int, 64 * 1024 * 1024, at_least(1024)),
         "shutdown_seconds": Key(float, 10.0, positive),
         "ipv6_source_prefix": Key(int, 64, _prefix_length),

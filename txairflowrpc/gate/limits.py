@@ -1,11 +1,17 @@
 """
-Per-principal limits on calls: a rate (token bucket) and a cap on calls in
-flight.  Both answer with fault 429 before any work is done.  Every call
-counts against the rate, including each call inside a ``system.multicall``;
-the in-flight cap counts HTTP requests (a multicall is one).
+Rates and caps, kept before work is done.
+
+- `CallLimits`, per principal: a rate of calls (token bucket) and a cap on
+  calls in flight, both answered with fault 429.  Every call counts against
+  the rate, including each call inside a ``system.multicall``; the in-flight
+  cap counts HTTP requests (a multicall is one).
+- `ConnectionRate`, per source: a rate of new connections, checked before
+  the TLS handshake (see `GatewaySite.buildProtocol`).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -73,3 +79,48 @@ class CallLimits:
         bucket = self._buckets.get(name)
         if bucket is not None and bucket.in_flight > 0:
             bucket.in_flight -= 1
+
+
+#: Sources whose connection rate is remembered at most; the least recently
+#: seen are forgotten first (a forgotten source starts again with a full
+#: bucket: forgetting never refuses anyone).
+MAX_SOURCES = 10000
+
+
+class ConnectionRate:
+    """
+    New connections per source: a token bucket each, filled at ``rate`` per
+    second up to ``burst``.
+
+    A TLS handshake is the dearest thing an unauthenticated peer can make
+    the gateway do (a key exchange and a signature: about 2.6 ms of the
+    reactor each on the 2-core benchmark machine, where one ``openssl
+    s_time`` loop took two thirds of a core and halved everyone else's
+    calls).  The per-source connection cap bounds how many one source holds
+    open, not how fast it opens them; this does.  Every step is O(1): the
+    table is kept in the order sources were last seen.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, source: str, rate: float, burst: int) -> bool:
+        """Spend one of ``source``'s new connections; False if it has none left."""
+        now = self._clock.seconds()
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = _Bucket(float(burst), now)
+            if len(self._buckets) > MAX_SOURCES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+            bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+            bucket.stamp = now
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -307,8 +307,9 @@ class PartsCollector:
             yield GaugeMetricFamily("airflowrpc_connections_open",
                                     "TLS connections open now", value=site.open_connections)
             yield CounterMetricFamily(
-                "airflowrpc_connections_refused", "Connections closed at once, over "
-                "limits.max_connections or limits.max_connections_per_source",
+                "airflowrpc_connections_refused", "Connections closed at once, before TLS: "
+                "over limits.max_connections, limits.max_connections_per_source or "
+                "limits.connection_rate_per_source",
                 value=site.refused_connections)
             dropped = CounterMetricFamily(
                 "airflowrpc_connections_dropped", "Connections dropped: slow (a handshake, "

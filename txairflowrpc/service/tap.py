@@ -23,11 +23,10 @@ import attrs
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
@@ -45,7 +44,7 @@ from ..gate.methods import AirflowMethods
 from ..gate.proxied import ProxiedFactory, header_guard
 from ..gate.refusals import RefusalLog
 from ..gate.resource import NotFound, Root, RPCResource
-from ..gate.site import GatewaySite
+from ..gate.site import GatewaySite, SiteTLSFactory
 from ..gate.tls import ReloadableTLS
 from ..identity.authenticate import Gate
 from ..identity.backoff import Backoff
@@ -366,22 +365,19 @@ def rpc_endpoint(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
     host, port = cfg.listen.host, cfg.listen.port
     if adopt_fd is not None:
         endpoint: Any = AdoptedEndpoint(reactor, adopt_fd)
-    elif not cfg.listen.proxy_protocol:
-        return SSL4ServerEndpoint(reactor, port, tls, interface=host)
     else:
         endpoint = TCP4ServerEndpoint(reactor, port, interface=host)
     return header_guard(endpoint) if cfg.listen.proxy_protocol else endpoint
 
 
 def rpc_factory(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
-                site: GatewaySite, adopted: bool = False) -> Any:
+                site: GatewaySite) -> Any:
     """
-    What `rpc_endpoint` serves: the site (TLS by the endpoint), TLS then the
-    site (an adopted socket), or TLS then the site behind the PROXY header.
+    What `rpc_endpoint` serves: TLS then the site (`SiteTLSFactory`: a
+    connection the site refuses is closed before any TLS), behind the PROXY
+    header with ``listen.proxy_protocol``.
     """
-    if not cfg.listen.proxy_protocol and not adopted:
-        return site
-    tls_factory = TLSMemoryBIOFactory(tls, False, site, clock=reactor)
+    tls_factory = SiteTLSFactory(tls, False, site, clock=reactor)
     if not cfg.listen.proxy_protocol:
         return tls_factory
     return ProxiedFactory(tls_factory, site, cfg.listen.proxy_from)
@@ -392,7 +388,7 @@ def rpc_listener(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
     """The XML-RPC listener; its endpoint (a `Bound`) says when it listens."""
     where = f"{cfg.listen.host}:{cfg.listen.port}"
     return Listener(Bound(rpc_endpoint(reactor, cfg, tls, adopt_fd), "rpc"),
-                    rpc_factory(reactor, cfg, tls, site, adopted=adopt_fd is not None),
+                    rpc_factory(reactor, cfg, tls, site),
                     where + " (PROXY protocol)" if cfg.listen.proxy_protocol else where)
 
 

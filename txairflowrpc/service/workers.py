@@ -77,6 +77,8 @@ def for_worker(cfg: config_module.Config, index: int) -> config_module.Config:
         max_in_flight=divided(cfg.limits.max_in_flight, n),
         max_connections=divided(cfg.limits.max_connections, n),
         max_connections_per_source=divided(cfg.limits.max_connections_per_source, n),
+        connection_rate_per_source=cfg.limits.connection_rate_per_source / n,
+        connection_burst_per_source=divided(cfg.limits.connection_burst_per_source, n),
         max_body_memory_bytes=divided(cfg.limits.max_body_memory_bytes, n, least=1024),
     )
     airflow = attrs.evolve(
