@@ -11,12 +11,16 @@ from typing import Any
 import attrs
 import trustme
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.config import TLSConfig
-from txairflowrpc.service.admin import HealthResource
+from txairflowrpc.service.admin import IDLE_SECONDS, MAX_CONNECTIONS, AdminSite, HealthResource
 
 from .helpers import CONFIG, audit_log
 
@@ -110,3 +114,39 @@ class HealthTests(SynchronousTestCase):
 
     def test_other_paths_are_404(self) -> None:
         self.assertEqual(self.get("/metricz")[0], 404)
+
+
+class AdminListenerTests(SynchronousTestCase):
+    """Found by review: no cap on connections and Twisted's 12-hour idle timeout."""
+
+    def setUp(self) -> None:
+        from twisted.web.pages import notFound
+
+        self.clock = Clock()
+        self.site = AdminSite(notFound(), reactor=self.clock)
+
+    def connect(self, port: int) -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", "10.0.0.1", port)
+        proto = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        if proto is not None:
+            proto.makeConnection(transport)
+        return proto, transport
+
+    def test_connections_past_the_cap_are_closed_at_once(self) -> None:
+        held = [self.connect(1000 + i) for i in range(MAX_CONNECTIONS)]
+        self.assertTrue(all(proto is not None for proto, _ in held))
+        self.assertIsNone(self.connect(2000)[0])  # tcp.Port closes its socket
+        self.assertEqual(self.site.refused_connections, 1)
+        held[0][0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect(2001)[0])  # room again
+        self.assertEqual(self.site.open_connections, MAX_CONNECTIONS)
+
+    def test_an_idle_connection_is_closed_after_a_minute_not_twelve_hours(self) -> None:
+        proto, transport = self.connect(1000)
+        proto.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"404", transport.value())
+        self.clock.advance(IDLE_SECONDS - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
 from ..audit.log import AuditLog
@@ -53,8 +53,47 @@ def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
     return problems
 
 
+#: Connections the admin listener holds open at most; more are closed at once.
+#: Probes and scrapers need a few; its file descriptors are the process's.
+MAX_CONNECTIONS = 64
+#: An idle admin connection is closed after this many seconds (Twisted's
+#: default is 12 hours: a forgotten keep-alive held its descriptor all day).
+IDLE_SECONDS = 60.0
+
+
+class _AdminChannel(http.HTTPChannel):
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.site.left()
+
+
 class AdminSite(server.Site):
-    """The admin listener's site: no access log (probes and scrapes are not events)."""
+    """
+    The admin listener's site: no access log (probes and scrapes are not
+    events), at most `MAX_CONNECTIONS` open, idle ones closed after
+    `IDLE_SECONDS`.
+    """
+
+    protocol = _AdminChannel
+
+    def __init__(self, resource: IResource, *, reactor: IReactorTime) -> None:
+        super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
+        self.open_connections = 0
+        #: Connections closed at once at the cap, for tests and the log.
+        self.refused_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= MAX_CONNECTIONS:
+            self.refused_connections += 1
+            if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
+                _log.warn("admin listener: connections refused so far at its cap of {cap}: {n}",
+                          cap=MAX_CONNECTIONS, n=self.refused_connections)
+            return None  # the reactor closes the socket
+        self.open_connections += 1
+        return super().buildProtocol(addr)
+
+    def left(self) -> None:
+        self.open_connections -= 1
 
     def log(self, request: server.Request) -> None:
         pass
