@@ -92,6 +92,23 @@ def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
+
+def test_a_revocation_in_the_same_clock_tick_as_the_last_write_is_picked_up(setup) -> None:
+    """
+    The kernel stamps a file's mtime from a coarse clock (a tick of some
+    milliseconds): a store written again within the tick of the version
+    the poll saw kept its mtime, and the revocation was missed until the
+    next change.  The poll compares inode, size and ctime too.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    seen = store.stat()
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    os.utime(store, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # the same tick's mtime
+    reloader._poll()
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+
 def test_a_revocation_holds_when_a_reload_beside_it_is_rejected(setup) -> None:
     """
     Found by review: a SIGHUP rejected (a half-renewed certificate, a typo)

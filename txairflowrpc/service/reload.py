@@ -43,17 +43,26 @@ POLL_SECONDS = 1.0
 _log = Logger()
 
 
-def _mtime(path: Path | None) -> float | None:
+def _stamp(path: Path | None) -> tuple[int, int, int, int] | None:
+    """
+    What tells one version of a file from the next: its inode, size, mtime
+    and ctime.  The mtime alone is not enough: the kernel takes it from a
+    coarse clock, so a file written twice within one tick (a few ms) keeps
+    it; a writer that renames a new file into place (``token revoke``,
+    editors, Kubernetes' volumes) gives each version a new inode while the
+    old one still exists, and ctime cannot be set back by anyone.
+    """
     if path is None:
         return None
     try:
-        return os.stat(path).st_mtime_ns
+        st = os.stat(path)
     except OSError:
         return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _stamps(cfg: config_module.Config) -> dict[str, Any]:
-    """The modification times of the config and every file it names (blocking: stat)."""
+    """The `_stamp` of the config and every file it names (blocking: stat)."""
     files = {
         "config": cfg.source, "certificate": cfg.tls.certificate,
         "private_key": cfg.tls.private_key, "client_ca": cfg.tls.client_ca,
@@ -62,8 +71,8 @@ def _stamps(cfg: config_module.Config) -> dict[str, Any]:
         files[f"jwks:{name}"] = provider.jwks_file
     for name, entry in cfg.access.principals.items():
         files[f"airflow_password:{name}"] = entry.airflow_password_file
-    stamps = {k: _mtime(v) for k, v in files.items()}
-    stamps["tokens"] = _mtime(cfg.access.auth.token_store)
+    stamps = {k: _stamp(v) for k, v in files.items()}
+    stamps["tokens"] = _stamp(cfg.access.auth.token_store)
     return stamps
 
 
