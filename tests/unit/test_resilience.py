@@ -7,7 +7,7 @@ from random import Random
 from typing import Any
 
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -134,30 +134,77 @@ class RetryTests(SynchronousTestCase):
 
 
 class BreakerTests(SynchronousTestCase):
-    def test_opens_fails_fast_probes_and_closes(self) -> None:
-        clock = Clock()
-        airflow = FakeAirflow()
-        http = Flaky(airflow)
-        breaker = CircuitBreaker(clock, failures=3, reset_seconds=10)
-        c = client(http, clock, retries=0, breaker=breaker)
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.airflow = FakeAirflow()
+        self.http = Flaky(self.airflow)
+        self.healthy: Any = True  # what Airflow's health endpoint says (a Deferred: not yet)
+        self.asked = 0
+
+    def check(self) -> Deferred[bool]:
+        self.asked += 1
+        return self.healthy if isinstance(self.healthy, Deferred) else succeed(self.healthy)
+
+    def breaker(self, failures: int = 3, check: Any = "mine") -> CircuitBreaker:
+        return CircuitBreaker(self.clock, failures=failures, reset_seconds=10,
+                              check=self.check if check == "mine" else check)
+
+    def test_opens_when_airflow_fails_its_health_check_and_closes_when_it_answers(self) -> None:
+        breaker = self.breaker()
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
         self.successResultOf(c.get_dag("etl_orders"))  # logged in, healthy
-        http.plan = ["refuse"] * 3
+        self.healthy = False
+        self.http.plan = ["refuse"] * 3
         for _ in range(3):
             self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
-        self.assertEqual(breaker.state, "open")
-        sent = len(http.sent)
+        self.assertEqual((breaker.state, self.asked, breaker.opened), ("open", 1, 1))
+        sent = len(self.http.sent)
         f = self.failureResultOf(c.get_dag("etl_orders"), errors.CircuitOpen)
         self.assertEqual(f.value.code, 503)
-        self.assertEqual(len(http.sent), sent)  # failed fast: Airflow not asked
-        clock.advance(10)
-        self.assertEqual(breaker.state, "half-open")
-        http.plan = ["refuse"]
-        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)  # the probe
-        self.assertEqual(breaker.state, "open")
-        clock.advance(10)
+        self.assertEqual(len(self.http.sent), sent)  # failed fast: Airflow not asked
+        self.clock.advance(10)  # the breaker asks again by itself: still down
+        self.assertEqual((breaker.state, self.asked), ("open", 2))
+        self.healthy = True
+        self.clock.advance(10)  # no caller's request is the probe
+        self.assertEqual((breaker.state, self.asked), ("closed", 3))
         self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.assertEqual(len(self.http.sent), sent + 1)
+
+    def test_half_open_while_the_health_check_is_out(self) -> None:
+        breaker = self.breaker(failures=1)
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        self.successResultOf(c.get_dag("etl_orders"))
+        self.healthy, self.http.plan = False, ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.healthy = Deferred()
+        self.clock.advance(10)
+        self.assertEqual(breaker.state, "half-open")
+        self.failureResultOf(c.get_dag("etl_orders"), errors.CircuitOpen)  # still fails fast
+        self.healthy.callback(True)
         self.assertEqual(breaker.state, "closed")
 
+    def test_one_callers_slow_requests_do_not_open_the_circuit_for_all(self) -> None:
+        """
+        Found by review: three requests of one caller that Airflow could
+        not answer in time (a task log too large to send, say) opened the
+        shared circuit, and that caller's next slow request, taken as the
+        half-open probe, held it open: everyone else got 503 for minutes.
+        Airflow's health endpoint, asked by the breaker itself, decides.
+        """
+        breaker = self.breaker()
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        self.successResultOf(c.get_dag("etl_orders"))
+        for _ in range(3):
+            self.http.plan = ["silent"]
+            slow = c.get_dag("etl_orders")
+            self.clock.advance(5)
+            self.failureResultOf(slow, errors.UpstreamTimeout)
+        self.assertEqual((breaker.state, breaker.dismissed, self.asked), ("closed", 1, 1))
+        self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        for _ in range(2):  # the count started again
+            self.http.plan = ["refuse"]
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertEqual(self.asked, 1)
 
     def test_one_callers_500s_do_not_open_the_circuit_for_all(self) -> None:
         """
@@ -165,57 +212,53 @@ class BreakerTests(SynchronousTestCase):
         the shared circuit, so every caller got 503 for reset_seconds.  A
         500 is Airflow's answer to that request; 502/503/504 still count.
         """
-        clock = Clock()
-        airflow = FakeAirflow()
-        breaker = CircuitBreaker(clock, failures=3, reset_seconds=10)
-        c = client(Flaky(airflow), clock, retries=0, breaker=breaker)
+        breaker = self.breaker()
+        c = client(Flaky(self.airflow), self.clock, retries=0, breaker=breaker)
         for _ in range(5):
-            airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (500, {"detail": "boom"})
+            self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (500, {"detail": "boom"})
             self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamError)
-        self.assertEqual(breaker.state, "closed")
+        self.assertEqual((breaker.state, self.asked), ("closed", 0))
         self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.healthy = False
         for _ in range(3):
-            airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (503, b"busy")
+            self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (503, b"busy")
             self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
         self.assertEqual(breaker.state, "open")
 
-    def test_a_cancelled_probe_does_not_leave_the_circuit_stuck(self) -> None:
-        clock = Clock()
-        airflow = FakeAirflow()
-        http = Flaky(airflow)
-        breaker = CircuitBreaker(clock, failures=1, reset_seconds=10)
-        c = client(http, clock, retries=0, breaker=breaker)
+    def test_an_answer_while_the_check_is_out_keeps_the_circuit_closed(self) -> None:
+        breaker = self.breaker()
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
         self.successResultOf(c.get_dag("etl_orders"))
-        http.plan = ["refuse"]
-        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
-        clock.advance(10)
-        http.plan = ["silent"]
-        probe = c.get_dag("etl_orders")  # the probe hangs ...
-        probe.cancel()  # ... and its caller gives up
-        self.failureResultOf(probe)
+        self.healthy = Deferred()  # the health endpoint is slow to say
+        self.http.plan = ["refuse"] * 3
+        for _ in range(3):
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
         self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
+        self.healthy.callback(False)  # too late: a request was answered meanwhile
         self.assertEqual(breaker.state, "closed")
 
-
-    def test_a_probe_refused_by_the_full_queue_does_not_take_the_slot(self) -> None:
-        """Found reading the code: a request failing after before() kept the probe slot."""
-        clock = Clock()
-        http = Flaky(FakeAirflow())
-        breaker = CircuitBreaker(clock, failures=1, reset_seconds=10)
-        c = client(http, clock, retries=0, breaker=breaker, max_in_flight=1)
-        self.successResultOf(c.get_dag("etl_orders"))
-        http.plan = ["refuse"]
+    def test_without_a_check_requests_try_again_after_the_pause(self) -> None:
+        breaker = self.breaker(failures=1, check=None)
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        self.http.plan = ["refuse"]
         self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
-        clock.advance(10)  # half-open: the next request is the probe
-        held = [c._slots.acquire() for _ in range(11)]  # one in flight, ten waiting: full
-        f = self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
-        self.assertIn("too many requests are waiting", f.value.message)
-        for d in held[1:]:
-            d.addErrback(lambda f: None)  # given up: never acquired
-            d.cancel()
-        c._slots.release()
+        self.failureResultOf(c.get_dag("etl_orders"), errors.CircuitOpen)
+        self.clock.advance(10)
         self.assertEqual(self.successResultOf(c.get_dag("etl_orders"))["dag_id"], "etl_orders")
-        self.assertEqual(breaker.state, "closed")
+
+    def test_the_gateway_asks_airflows_own_health_endpoint(self) -> None:
+        """The check the gateway wires in (`AirflowClient.reachable`), from no caller's request."""
+        breaker = self.breaker(failures=1, check=None)
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        breaker.check = c.reachable
+        self.http.plan = ["refuse", "refuse"]  # the failing request, then the check
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertEqual(self.http.sent[-1], "GET http://airflow.test/api/v2/monitor/health")
+        self.assertEqual(breaker.state, "open")
+        stopped = len(self.http.sent)
+        breaker.stop()  # the gateway shuts down: it stops asking
+        self.clock.advance(60)
+        self.assertEqual(len(self.http.sent), stopped)
 
 
 class UpstreamCapTests(SynchronousTestCase):

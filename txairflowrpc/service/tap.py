@@ -327,6 +327,9 @@ def build_site(
                         caller_account)
     accounts.configure(account_map(cfg))
     client, watcher = accounts.service.client, accounts.service.watcher
+    # After a run of failures, and while open, the breaker asks Airflow's
+    # health endpoint itself (unauthenticated: any account's client will do).
+    breaker.check = client.reachable
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
     methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds)
@@ -518,7 +521,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         reactor,
         drain=lambda: parts.dispatcher.drain(cfg.limits.shutdown_seconds),
         close_connections=parts.site.close_connections,
-        before_rest=parts.refusals.stop,
+        before_rest=lambda: (parts.refusals.stop(), parts.breaker.stop()),
     )
     # Stopped in the reverse order, after the listeners and the drain: the
     # audit trail last.

@@ -263,27 +263,16 @@ class AirflowClient:
         One HTTP exchange, through the circuit breaker and the cap on
         requests in flight to Airflow.
         """
-        # The queue is checked before the breaker is asked: a request that
-        # goes no further must not hold the half-open circuit's one probe.
         if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
             raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
         if self._breaker is not None:
             self._breaker.before()
-        try:
-            await self._slots.acquire()
-        except BaseException:
-            if self._breaker is not None:
-                self._breaker.abandon()
-            raise
+        await self._slots.acquire()
         try:
             answer = await self._metered(method, path, token, body, params, accept)
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
             if self._breaker is not None:
                 self._breaker.failure()
-            raise
-        except BaseException:
-            if self._breaker is not None:
-                self._breaker.abandon()
             raise
         finally:
             self._slots.release()
