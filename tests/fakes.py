@@ -83,6 +83,9 @@ class FakeAirflow(Resource):
             if m == method and path.startswith(prefix):
                 del self.fail_next[(m, prefix)]
                 return self._json(request, *answer)
+        if path == "/api/v2/monitor/health" and method == "GET":  # needs no auth, as Airflow's
+            return self._json(request, 200, {"metadatabase": {"status": "healthy"},
+                                             "scheduler": {"status": "healthy"}})
         if path == "/auth/token" and method == "POST":
             users = {"gateway": self.password, **self.users}
             user = body.get("username") if isinstance(body, dict) else None

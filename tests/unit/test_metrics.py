@@ -16,7 +16,7 @@ import attrs
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.defer import fail, maybeDeferred
+from twisted.internet.defer import fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -245,6 +245,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(self.value("airflowrpc_connections_dropped_total", reason="evicted"), 1)
         self.assertEqual(self.value("airflowrpc_rate_limited_calls_total"), 7)
         self.assertEqual(self.value("airflowrpc_upstream_circuit_state", state="closed"), 1)
+        self.parts.breaker.check = lambda: succeed(False)  # Airflow's health endpoint is down
         for _ in range(CONFIG.airflow.breaker_failures):
             self.parts.breaker.failure()
         self.assertEqual(self.value("airflowrpc_upstream_circuit_state", state="open"), 1)
