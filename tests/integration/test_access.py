@@ -285,6 +285,10 @@ def test_malformed_tokens_and_unusable_keys_get_401_and_leave_no_trace(
 def test_scopes_decide_what_each_caller_may_do(gw: RunningGateway, pki: DevPKI) -> None:
     etl = gw.proxy(pki.client("etl-bot"))
     assert [d["dag_id"] for d in etl.list_dags()["dags"]] == ["etl_orders"]
+    # The caller's own pattern, applied by the gateway as Airflow would (ILIKE).
+    for pattern, found in [("ORD%S", ["etl_orders"]), ("e_l", ["etl_orders"]), ("%", ["etl_orders"]),
+                           ("hello", []), ("orders_", [])]:
+        assert [d["dag_id"] for d in etl.list_dags({"pattern": pattern})["dags"]] == found, pattern
     run = etl.trigger_dag("etl_orders", {"day": "2026-01-01"})
     assert run["created"] and run["note"].startswith("Triggered through txairflowrpc by etl-bot")
     with pytest.raises(xmlrpc.client.Fault) as e:

@@ -93,6 +93,29 @@ class ScopeTests(SynchronousTestCase):
         self.assertEqual(result["total"], 3)
         self.assertEqual(len(gw.airflow.api_requests()), before + 2 + 3)  # 253 DAGs: 3 pages
 
+    def test_a_callers_pattern_cannot_make_a_glob_scoped_listing_scan_airflow(self) -> None:
+        """
+        Found by review: a caller reading ``team_a_*`` that passed a pattern
+        of its own ("%", "%%", ...) had Airflow asked with it instead of the
+        globs' text: every page of every DAG (up to 100 requests) per call.
+        The pattern is applied here, as Airflow would apply it.
+        """
+        gw = gateway()
+        for n in range(450):
+            gw.airflow.add_dag(f"other_{n:03}", tags=[], tasks=["t"])
+        for name in ("team_a_daily", "team_a_hourly", "TEAM_A_Backfill"):
+            gw.airflow.add_dag(name, tags=[], tasks=["t"])
+        gw.principal = self.principal("dags:read:team_a_*")
+        for pattern, found in [("%", ["team_a_daily", "team_a_hourly"]),
+                               ("%%", ["team_a_daily", "team_a_hourly"]),
+                               ("a_%ly", ["team_a_daily", "team_a_hourly"]),
+                               ("H_URLY", ["team_a_hourly"]),
+                               ("d%y", ["team_a_daily"])]:
+            before = len(gw.airflow.api_requests())
+            result = self.call(gw, "list_dags", {"pattern": pattern})
+            self.assertEqual([d["dag_id"] for d in result["dags"]], found, pattern)
+            self.assertEqual(gw.airflow.api_requests()[before:], [("GET", "/api/v2/dags")])
+
     def test_conf_guardrails_name_the_key_and_the_rule(self) -> None:
         gw = gateway()
         schema = {"type": "object", "additionalProperties": False,

@@ -11,6 +11,7 @@ simply absent from a struct.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 from xmlrpc.client import DateTime
@@ -180,6 +181,18 @@ def _clash(dag_id: str, logical_date: str | None) -> str:
     return f"Airflow refused the new run of DAG {dag_id!r} as a duplicate; retry it"
 
 
+
+def _like(pattern: str | None) -> re.Pattern[str] | None:
+    """
+    ``filters.pattern`` as Airflow matches ``dag_id_pattern`` (SQL ILIKE on
+    ``%pattern%``: ``%`` any text, ``_`` any one character, case ignored),
+    for a listing filtered here.
+    """
+    if pattern is None:
+        return None
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.compile(regex, re.IGNORECASE | re.DOTALL)
+
 class AirflowMethods:
     """
     The methods that act on Airflow, plus ``ping`` and ``whoami``.
@@ -259,30 +272,35 @@ class AirflowMethods:
                 pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
                 offset=offset,
             )
-        if pattern is None:
-            # Airflow matches dag_id_pattern anywhere in the id, ignoring
-            # case: a superset of the DAGs starting with the globs' common
-            # text, which the scan then filters -- in fewer pages.
-            prefix = grants.common_prefix("dags:read")
-            if prefix and all(c.isascii() and (c.isalnum() or c in "_.-") for c in prefix):
-                pattern = prefix
+        # Airflow is asked only for what the grants make the same for every
+        # call (the globs' common text: Airflow matches dag_id_pattern
+        # anywhere in the id, ignoring case, a superset the scan filters), the
+        # caller's pattern is applied here.  Sent to Airflow, any pattern
+        # ("%", "%%", ...) was a new scan of every page (up to 100 requests a
+        # call, found by review), shared with no other call.
+        prefix = grants.common_prefix("dags:read")
+        narrow = prefix if prefix and all(
+            c.isascii() and (c.isalnum() or c in "_.-") for c in prefix) else None
         return Deferred.fromCoroutine(self._list_visible_dags(
-            self._client(call), grants, pattern=pattern, tags=tags, paused=opts.get("paused"),
-            limit=limit, offset=offset,
+            self._client(call), grants, _like(pattern), pattern=narrow, tags=tags,
+            paused=opts.get("paused"), limit=limit, offset=offset,
         ))
 
     async def _list_visible_dags(
-        self, client: AirflowClient, grants: Any, *, limit: int, offset: int, **filters: Any
+        self, client: AirflowClient, grants: Any, wanted: re.Pattern[str] | None, *,
+        limit: int, offset: int, **filters: Any
     ) -> dict[str, Any]:
         """
-        Only the DAGs the caller may read, paged after filtering, so that
-        neither the list nor ``total`` reveals the others.
+        Only the DAGs the caller may read (and ``wanted`` matches), paged
+        after filtering, so that neither the list nor ``total`` reveals the
+        others.
         """
         visible: list[dict[str, Any]] = []
         page = 0
         while page < MAX_SCAN_PAGES:
             batch = await client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
-            visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"]))
+            visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"])
+                           and (wanted is None or wanted.search(d["dag_id"])))
             page += 1
             if page * MAX_PAGE >= batch["total"]:
                 break
