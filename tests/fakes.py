@@ -199,5 +199,7 @@ class FakeAirflow(Resource):
                     log = self.logs.get((*key, rest[3], int(rest[5])))
                     if log is None:
                         return 404, {"detail": "no log"}
+                    if isinstance(log, list):  # pages: continuation_token "pN" asks for page N
+                        log = log[int(args.get("token", ["p0"])[0][1:])]
                     return 200, log
         return 404, {"detail": "Not Found"}

@@ -210,6 +210,27 @@ class ShapeTests(SynchronousTestCase):
             self.client.get_dag_run("example_hello", "manual__2026-01-01T00:00:00+00:00"))
         self.assertEqual(run["state"], "success")
 
+    def test_a_log_keeps_its_last_characters_up_to_the_cap(self) -> None:
+        """
+        Found by review: each page was capped, not the whole: 50 pages of a
+        chatty task's log (up to 800 MiB) were joined and escaped on the
+        reactor.  The answer keeps the end of the log, where a failure is.
+        """
+        import txairflowrpc.upstream.client as client_module
+
+        self.patch(client_module, "MAX_LOG_CHARACTERS", 100)
+        self.successResultOf(self.client.trigger_dag_run(
+            "example_hello", dag_run_id="r1", conf={}, logical_date=None, note=None))
+        pages = [{"content": [{"event": f"page {p} line {n:02}"} for n in range(10)],
+                  "continuation_token": f"p{p + 1}" if p < 3 else None} for p in range(4)]
+        self.airflow.logs[("example_hello", "r1", "say_hello", 1)] = pages
+        text = self.successResultOf(self.client.get_task_log("example_hello", "r1", "say_hello", 1))
+        first, *kept = text.splitlines()  # 40 lines of 15 characters: the last 6 fit
+        self.assertEqual(first, "[txairflowrpc: the first 510 characters of this log are left "
+                                "out: an answer holds at most its last 100]")
+        self.assertEqual(kept, [f"page 3 line {n:02}" for n in range(4, 10)])
+        self.assertLessEqual(len(text) - len(first) - 1, 100)
+
     def test_log_entries_become_text_lines_across_pages(self) -> None:
         self.successResultOf(self.client.trigger_dag_run(
             "example_hello", dag_run_id="r1", conf={}, logical_date=None, note=None))

@@ -29,6 +29,7 @@ Every returned Deferred can be cancelled, which abandons the HTTP request
 from __future__ import annotations
 
 import json
+from collections import deque
 from random import Random
 from typing import Any
 
@@ -54,6 +55,11 @@ _NOTHING = object()
 
 #: How many pages of a task log are read at most.
 MAX_LOG_PAGES = 50
+#: The most of a task's log one answer holds: its last characters (where a
+#: failure is), the rest left out with a line saying so.  Each page is
+#: capped by MAX_ANSWER_BYTES; without this, 50 of them were joined and
+#: escaped on the reactor.
+MAX_LOG_CHARACTERS = 16 * 1024 * 1024
 #: First retry waits up to this (jittered), doubling each time.
 RETRY_BASE_SECONDS = 0.25
 #: The answers that say Airflow (or the proxy in front of it) cannot serve
@@ -706,7 +712,8 @@ class AirflowClient:
         )
 
         async def run() -> str:
-            lines: list[str] = []
+            lines: deque[str] = deque()
+            size = dropped = 0  # characters kept (with their newlines), and left out
             token: str | None = None
             for _ in range(MAX_LOG_PAGES):
                 params = [("full_content", "true")]
@@ -715,11 +722,21 @@ class AirflowClient:
                 data = await self._api("GET", path, what=what, params=params)
                 if not isinstance(data, dict):
                     raise errors.UpstreamError("Airflow answered with an unexpected log")
-                lines.extend(format_log_content(data.get("content")))
+                for line in format_log_content(data.get("content")):
+                    lines.append(line)
+                    size += len(line) + 1
+                    while size > MAX_LOG_CHARACTERS:
+                        gone = len(lines.popleft()) + 1
+                        size -= gone
+                        dropped += gone
                 next_token = data.get("continuation_token")
                 if not isinstance(next_token, str) or not next_token or next_token == token:
                     break
                 token = next_token
-            return "\n".join(lines) + ("\n" if lines else "")
+            text = "\n".join(lines) + ("\n" if lines else "")
+            if dropped:
+                text = (f"[txairflowrpc: the first {dropped} characters of this log are left "
+                        f"out: an answer holds at most its last {MAX_LOG_CHARACTERS}]\n" + text)
+            return text
 
         return self._call(run())
