@@ -142,6 +142,29 @@ class SharedReadTests(SynchronousTestCase):
         self.successResultOf(read)
         self.successResultOf(again)
 
+    def test_a_change_airflow_refused_or_a_dry_run_ends_no_sharing(self) -> None:
+        """
+        Found by review: any request but a GET counted as a change, so a
+        caller allowed to clear one DAG's tasks ended every caller's shared
+        reads and cache at will, with dry runs or clears Airflow refused
+        (404).
+        """
+        changes = client_module.Changes()
+        c = client(self.http, self.clock, changes=changes)
+        refused = c.clear_task_instances("no_such_dag", "r1", task_ids=None,
+                                         only_failed=True, dry_run=False)
+        dry = c.clear_task_instances("etl_orders", "r1", task_ids=None, only_failed=True,
+                                     dry_run=True)
+        self.http.release(b"POST")
+        self.failureResultOf(refused, errors.NotFound)
+        self.successResultOf(dry)
+        self.assertEqual(changes.ended, 0)
+        done = c.clear_task_instances("etl_orders", "r1", task_ids=None, only_failed=True,
+                                      dry_run=False)
+        self.http.release(b"POST")
+        self.successResultOf(done)
+        self.assertEqual(changes.ended, 1)  # a real change: reads begun before are not shared
+
     def test_one_caller_leaving_does_not_cancel_the_others_read(self) -> None:
         c = client(self.http, self.clock)
         leaving, staying = c.get_dag_run("etl_orders", "r1"), c.get_dag_run("etl_orders", "r1")

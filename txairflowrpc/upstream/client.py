@@ -79,10 +79,18 @@ READ_CACHE_ENTRIES = 4096
 READ_CACHE_BYTES = 64 * 1024 * 1024
 
 
+#: What a change request can fail with only when it changed nothing: Airflow
+#: refused it (400/422, 403, 404) or it was never sent (the circuit open).  A
+#: 409 is not among them: a retried trigger gets it after its first attempt,
+#: whose answer was lost, created the run.
+UNCHANGED = (errors.InvalidParams, errors.AirflowDenied, errors.NotFound, errors.CircuitOpen)
+
+
 class Changes:
     """
-    How many changes (any request but a GET) to one Airflow have ended,
-    through any of the gateway's accounts.  A read started before the
+    How many changes (any request but a GET, but for those `UNCHANGED`
+    and dry runs) to one Airflow have ended, through any of the gateway's
+    accounts.  A read started before the
     latest of them ended may hold what Airflow had before it: a caller that
     asks after it is not given that read's answer, shared or cached.
     """
@@ -392,11 +400,19 @@ class AirflowClient:
         a GET shares the answer of the same GET in flight or cached.
         """
         if method != "GET":
+            # Airflow may have changed, unless it refused the request or the
+            # request is a dry run: counting those too let any caller with one
+            # write scope end every read's sharing and cache at will.
+            changed = not (isinstance(body, dict) and body.get("dry_run") is True)
             try:
                 return await self._api_retrying(method, path, what=what, body=body,
                                                 params=params, conflict=conflict, retry=retry)
-            finally:  # whatever its answer, Airflow may have changed
-                self._changes.ended += 1
+            except UNCHANGED:
+                changed = False
+                raise
+            finally:
+                if changed:
+                    self._changes.ended += 1
         return await self._read(path, what, params)
 
     async def _read(self, path: str, what: str, params: Any) -> Any:
