@@ -238,6 +238,17 @@ def test_rate_limit_per_principal(strict: RunningGateway, pki: DevPKI) -> None:
     results = strict.proxy().system.multicall([{"methodName": "ping", "params": []}] * 10)
     codes = [r["faultCode"] if isinstance(r, dict) else 0 for r in results]
     assert codes == [0] * 4 + [429] * 6, codes  # the multicall itself took the fifth
+    # Past its rate a caller's calls are counted: the first written at once
+    # (not waited for: looked for until it is there, for at most 10 s).
+    limited: list[dict] = []
+    for _ in range(100):
+        records = [json.loads(line) for line in strict.audit_path.read_text().splitlines()]
+        limited = [r for r in records if r.get("refusal") == "rate_limited"]
+        if limited:
+            break
+        time.sleep(0.1)
+    assert [(r["principal"], r["method"], r["fault_code"], r["count"]) for r in limited] == [
+        ("ci-bot", "ping", 429, 1)], limited
     other = strict.proxy(pki.client("auditor@example.com"))
     assert other.ping() == "pong"  # another principal has its own bucket
 

@@ -34,6 +34,7 @@ from ..core.calltrace import CallTrace
 from ..core.meters import UNMETERED, CallMeter
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
 from .limits import CallLimits
+from .refusals import RefusalLog
 
 _log = Logger(namespace="txairflowrpc.gate.dispatch")
 
@@ -57,9 +58,12 @@ class Dispatcher:
         clock: IReactorTime, audit: AuditLog | None = None,
         summarizer: Summarizer | None = None,
         limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
-        meter: CallMeter = UNMETERED,
+        meter: CallMeter = UNMETERED, refusals: RefusalLog | None = None,
     ) -> None:
         self._meter = meter
+        #: Where a caller's calls past its rate are counted (None: each is
+        #: recorded on its own, as every other call).
+        self.refusals = refusals
         self._policy = policy
         self._limits = limits
         self.deadline = deadline
@@ -102,7 +106,7 @@ class Dispatcher:
         spec = self.methods.get(name) if isinstance(name, str) else None
         trace = CallTrace()
         top = multicall_index is None
-        who = getattr(ctx.principal, "name", "")
+        who = who_of(ctx)
         entered = False
         try:
             if self._limits is not None:
@@ -295,6 +299,14 @@ class Dispatcher:
             "airflow_user": trace.airflow_user,
             "duration_ms": round(duration * 1000, 3),
         })
+        if self.refusals is not None and isinstance(result, Failure) and result.check(
+                errors.RateLimited):
+            # Past its rate a caller's calls are counted, the first of a
+            # window written at once: every refused call still reaches the
+            # trail, but not an fsync each at the speed it can send them.
+            self.refusals.note(ctx.peer or "", "rate_limited",
+                               {k: v for k, v in fields.items() if k != "kind"}, by=who_of(ctx))
+            return result
         recorded = self._append(fields, trace.decision)
         if recorded is None:
             return result
@@ -423,9 +435,22 @@ class Dispatcher:
                               else "(no method name)", (), index)
         fields.update({"decision": "invalid", "reason": clip(error.message),
                        "outcome": "fault", "fault_code": error.code})
+        who = who_of(ctx)
+        # An entry that is no call costs a call of the rate, as a call does;
+        # past it, it is counted (see `_finish`).
+        if (self._limits is not None and self.refusals is not None
+                and not self._limits.spend(who)):
+            self.refusals.note(ctx.peer or "", "rate_limited",
+                               {k: v for k, v in fields.items() if k != "kind"}, by=who)
+            return
         recorded = self._append(fields, "invalid")
         if recorded is not None:
             records.append(recorded)
+
+
+def who_of(ctx: CallContext) -> str:
+    """The name a caller's limits and tallies go by."""
+    return getattr(ctx.principal, "name", "")
 
 
 def _detached(work: Deferred[Any]) -> Deferred[Any]:

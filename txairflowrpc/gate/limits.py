@@ -67,6 +67,17 @@ class CallLimits:
             )
         bucket.tokens -= 1
 
+    def spend(self, name: str) -> bool:
+        """
+        Spend one of ``name``'s calls on something that is no call (a refused
+        request, a multicall entry that is no call); False if none is left.
+        """
+        try:
+            self.take(name)
+        except errors.RateLimited:
+            return False
+        return True
+
     def enter(self, name: str) -> None:
         """Count a request in flight; `errors.RateLimited` past the cap."""
         bucket = self._bucket(name)

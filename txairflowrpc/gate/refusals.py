@@ -6,7 +6,12 @@ Two kinds of refusal, recorded two ways:
 - A refusal of a caller who has shown who it is (a body too large, a wrong
   content type, a path that is not ``/RPC2``, XML that is not XML-RPC) is
   recorded like a call: `RefusalLog.record` gives a Deferred that fires once
-  the record is on disk, and the answer leaves only then.
+  the record is on disk, and the answer leaves only then.  Each costs the
+  caller one call of its rate (``limits.rate_per_second``, `charge`); past
+  it, its refusals are counted per principal as below, as are its calls
+  refused for the rate itself: a caller, even one with no scopes at all,
+  cannot write the trail's disk full (which would fail every call) at the
+  speed it can send.
 - What anyone can cause at will, without credentials (a failed TLS handshake,
   no or bad credentials, a connection over a cap, a malformed or too slow
   request) would cost an fsync each and let a scanner write the disk full:
@@ -20,7 +25,7 @@ Two kinds of refusal, recorded two ways:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -62,6 +67,9 @@ class RefusalLog:
         self._tallies: dict[tuple[str, str, str], _Tally] = {}
         self._reasons: dict[tuple[str, str], int] = {}
         self._flush_call: IDelayedCall | None = None
+        #: Spends one call of a principal's rate; False when none is left
+        #: (then its refusal is counted, not written on its own).  None: free.
+        self.charge: Callable[[str], bool] | None = None
         #: How many refusals were noted (aggregated or not); for the admin listener.
         self.noted = 0
         #: The same by kind (``request`` for those `record` writes one by one).
@@ -73,6 +81,10 @@ class RefusalLog:
         without an audit log) and never fails: a refusal is answered even when
         the trail cannot be written (the trail then refuses every call anyway).
         """
+        principal = fields.get("principal")
+        if self.charge is not None and isinstance(principal, str) and not self.charge(principal):
+            self.note(str(fields.get("source", "")), "request", fields, by=principal)
+            return succeed(None)
         self.noted += 1
         self.kinds["request"] = self.kinds.get("request", 0) + 1
         if self._audit is None:
@@ -83,17 +95,22 @@ class RefusalLog:
         d.addErrback(lambda f: None)
         return d
 
-    def note(self, source: str, kind: str, fields: dict[str, Any]) -> None:
+    def note(self, source: str, kind: str, fields: dict[str, Any], *,
+             by: str | None = None) -> None:
         """
         Count a refusal anyone can cause; the first of ``kind`` (and reason)
         from ``source`` in a window is written at once, the others as one
         record with ``count`` when the window ends.  Never waits for the disk.
+
+        :param by: the principal whose refusals these are: counted by it
+            rather than by source.
         """
         self.noted += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         # Tallied by source as every per-source limit counts it (the
-        # record keeps the whole address of the first one).
-        host = source_key(source.rpartition(":")[0] or source, self.ipv6_prefix)
+        # record keeps the whole address of the first one), or by principal.
+        host = (f"principal {by}" if by is not None
+                else source_key(source.rpartition(":")[0] or source, self.ipv6_prefix))
         reason = str(fields.get("reason", ""))
         key = (host, kind, reason)
         tally = self._tallies.get(key)

@@ -333,15 +333,18 @@ def build_site(
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
     methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds)
+    refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
+    refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
+    # A known caller's refusals cost it a call of its rate; past it they are counted.
+    refusals.charge = limits.spend
     dispatcher = Dispatcher(
         [methods],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
         audit=audit, limits=limits,
         summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
-        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds, **meters,
+        deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
+        refusals=refusals, **meters,
     )
-    refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
-    refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
     rpc = RPCResource(dispatcher, refusals=refusals, max_body_bytes=cfg.rpc.max_body_bytes,
                       clock=clock)
     not_found = NotFound(refusals)
