@@ -116,6 +116,28 @@ class ScopeTests(SynchronousTestCase):
             self.assertEqual([d["dag_id"] for d in result["dags"]], found, pattern)
             self.assertEqual(gw.airflow.api_requests()[before:], [("GET", "/api/v2/dags")])
 
+    def test_a_glob_scoped_caller_finds_a_dag_by_its_name_in_a_large_airflow(self) -> None:
+        """
+        From the second reading: with globs that share no text, a pattern
+        applied only here scanned from the first page and stopped at the
+        scan's cap (10,000 DAGs) without reaching ``ml_target``.  A pattern
+        that can only narrow what Airflow is asked for is sent to it.
+        """
+        gw = gateway()
+        for n in range(10_050):
+            gw.airflow.add_dag(f"other_{n:05}", tags=[], tasks=["t"])
+        gw.airflow.add_dag("ml_target", tags=[], tasks=["t"])
+        gw.principal = self.principal("dags:read:etl_*", "dags:read:ml_*")  # nothing in common
+        before = len(gw.airflow.api_requests())
+        result = self.call(gw, "list_dags", {"pattern": "ml_target"})
+        self.assertEqual(([d["dag_id"] for d in result["dags"]], result["total"]),
+                         (["ml_target"], 1))
+        self.assertEqual(len(gw.airflow.api_requests()), before + 1)
+        gw.principal = self.principal("dags:read:ml_*")
+        result = self.call(gw, "list_dags", {"pattern": "ml_tar"})  # holds the text: sent
+        self.assertEqual([d["dag_id"] for d in result["dags"]], ["ml_target"])
+        self.assertEqual(len(gw.airflow.api_requests()), before + 2)
+
     def test_conf_guardrails_name_the_key_and_the_rule(self) -> None:
         gw = gateway()
         schema = {"type": "object", "additionalProperties": False,

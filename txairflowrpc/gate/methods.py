@@ -11,7 +11,6 @@ simply absent from a struct.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from typing import Any
 from xmlrpc.client import DateTime
@@ -19,6 +18,7 @@ from xmlrpc.client import DateTime
 from twisted.internet.defer import Deferred
 
 from ..core import calltrace, errors, ids
+from ..core.like import Like
 from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
 from ..upstream.accounts import Account, Accounts
 from ..upstream.client import AirflowClient
@@ -182,17 +182,6 @@ def _clash(dag_id: str, logical_date: str | None) -> str:
 
 
 
-def _like(pattern: str | None) -> re.Pattern[str] | None:
-    """
-    ``filters.pattern`` as Airflow matches ``dag_id_pattern`` (SQL ILIKE on
-    ``%pattern%``: ``%`` any text, ``_`` any one character, case ignored),
-    for a listing filtered here.
-    """
-    if pattern is None:
-        return None
-    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.compile(regex, re.IGNORECASE | re.DOTALL)
-
 class AirflowMethods:
     """
     The methods that act on Airflow, plus ``ping`` and ``whoami``.
@@ -272,22 +261,25 @@ class AirflowMethods:
                 pattern=pattern, tags=tags, paused=opts.get("paused"), limit=limit,
                 offset=offset,
             )
-        # Airflow is asked only for what the grants make the same for every
-        # call (the globs' common text: Airflow matches dag_id_pattern
-        # anywhere in the id, ignoring case, a superset the scan filters), the
-        # caller's pattern is applied here.  Sent to Airflow, any pattern
-        # ("%", "%%", ...) was a new scan of every page (up to 100 requests a
-        # call, found by review), shared with no other call.
+        # Airflow is asked for the globs' common text (it matches
+        # dag_id_pattern anywhere in the id, ignoring case: a superset the
+        # scan filters), or for the caller's pattern where that can only
+        # narrow it (the pattern holds the text, or there is none); the
+        # caller's pattern is applied here too.  Found by review: a pattern
+        # sent in place of the text ("%", "%%", ...) scanned every page of
+        # every DAG (up to 100 requests a call), shared with no other call.
         prefix = grants.common_prefix("dags:read")
         narrow = prefix if prefix and all(
             c.isascii() and (c.isalnum() or c in "_.-") for c in prefix) else None
+        if pattern is not None and (narrow is None or narrow in pattern):
+            narrow = pattern
         return Deferred.fromCoroutine(self._list_visible_dags(
-            self._client(call), grants, _like(pattern), pattern=narrow, tags=tags,
-            paused=opts.get("paused"), limit=limit, offset=offset,
+            self._client(call), grants, None if pattern is None else Like(pattern),
+            pattern=narrow, tags=tags, paused=opts.get("paused"), limit=limit, offset=offset,
         ))
 
     async def _list_visible_dags(
-        self, client: AirflowClient, grants: Any, wanted: re.Pattern[str] | None, *,
+        self, client: AirflowClient, grants: Any, wanted: Like | None, *,
         limit: int, offset: int, **filters: Any
     ) -> dict[str, Any]:
         """
@@ -300,7 +292,7 @@ class AirflowMethods:
         while page < MAX_SCAN_PAGES:
             batch = await client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
             visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"])
-                           and (wanted is None or wanted.search(d["dag_id"])))
+                           and (wanted is None or wanted.matches(d["dag_id"])))
             page += 1
             if page * MAX_PAGE >= batch["total"]:
                 break
