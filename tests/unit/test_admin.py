@@ -20,7 +20,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.config import TLSConfig
-from txairflowrpc.service.admin import IDLE_SECONDS, MAX_CONNECTIONS, AdminSite, HealthResource
+from txairflowrpc.service.admin import (
+    MAX_CONNECTIONS,
+    MAX_PER_SOURCE,
+    REQUEST_SECONDS,
+    AdminSite,
+    HealthResource,
+)
 
 from .helpers import CONFIG, audit_log
 
@@ -117,7 +123,13 @@ class HealthTests(SynchronousTestCase):
 
 
 class AdminListenerTests(SynchronousTestCase):
-    """Found by review: no cap on connections and Twisted's 12-hour idle timeout."""
+    """
+    Found by review: no cap on connections and Twisted's 12-hour idle
+    timeout; then, from the second reading, one address holding the whole
+    cap of 64 with a byte a minute each (Twisted's idle timer restarts with
+    every byte), so that liveness probes were refused and the gateway
+    restarted by its orchestrator.
+    """
 
     def setUp(self) -> None:
         from twisted.web.pages import notFound
@@ -125,28 +137,44 @@ class AdminListenerTests(SynchronousTestCase):
         self.clock = Clock()
         self.site = AdminSite(notFound(), reactor=self.clock)
 
-    def connect(self, port: int) -> tuple[Any, StringTransport]:
-        address = IPv4Address("TCP", "10.0.0.1", port)
+    def connect(self, port: int, host: str = "10.0.0.1") -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", host, port)
         proto = self.site.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         if proto is not None:
             proto.makeConnection(transport)
         return proto, transport
 
-    def test_connections_past_the_cap_are_closed_at_once(self) -> None:
-        held = [self.connect(1000 + i) for i in range(MAX_CONNECTIONS)]
-        self.assertTrue(all(proto is not None for proto, _ in held))
-        self.assertIsNone(self.connect(2000)[0])  # tcp.Port closes its socket
-        self.assertEqual(self.site.refused_connections, 1)
-        held[0][0].connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(self.connect(2001)[0])  # room again
+    def test_one_address_holds_a_few_connections_and_all_together_a_few_more(self) -> None:
+        mine = [self.connect(1000 + i) for i in range(MAX_PER_SOURCE + 1)]
+        self.assertEqual([p is None for p, _ in mine], [False] * MAX_PER_SOURCE + [True])
+        others = [self.connect(2000, f"10.1.{i // 250}.{i % 250}")
+                  for i in range(MAX_CONNECTIONS - MAX_PER_SOURCE)]
+        self.assertTrue(all(proto is not None for proto, _ in others))
+        self.assertIsNone(self.connect(3000, "10.9.9.9")[0])  # the whole cap
+        self.assertEqual(self.site.refused_connections, 2)
+        mine[0][0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect(3001)[0])  # room again, for that address too
         self.assertEqual(self.site.open_connections, MAX_CONNECTIONS)
 
-    def test_an_idle_connection_is_closed_after_a_minute_not_twelve_hours(self) -> None:
-        proto, transport = self.connect(1000)
+    def test_a_request_must_come_within_its_time_not_a_byte_a_minute(self) -> None:
+        slow, slow_wire = self.connect(1000)
+        for _ in range(3):
+            slow.dataReceived(b"G")  # a byte now and then: restarts Twisted's idle timer
+            self.clock.advance(REQUEST_SECONDS / 3 - 0.01)
+        self.assertFalse(slow_wire.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(slow_wire.disconnected)
+        # A probe that asks in time is answered; kept alive, the next request
+        # must come in the same time after the answer.
+        proto, transport = self.connect(1001)
+        self.clock.advance(REQUEST_SECONDS - 1)
         proto.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"404", transport.value())
-        self.clock.advance(IDLE_SECONDS - 1)
-        self.assertFalse(transport.disconnecting)
-        self.clock.advance(1)
-        self.assertTrue(transport.disconnecting)
+        self.clock.advance(REQUEST_SECONDS - 0.1)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        for closed in (slow, proto):  # the reactor reports them lost
+            closed.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.open_connections, 0)

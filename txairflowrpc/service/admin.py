@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -32,6 +32,7 @@ from twisted.web.resource import IResource, Resource
 from ..audit.log import AuditLog
 from ..config import Config
 from ..core.singleflight import SingleFlight
+from ..identity.backoff import source_key
 
 _log = Logger()
 
@@ -53,25 +54,61 @@ def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
     return problems
 
 
-#: Connections the admin listener holds open at most; more are closed at once.
-#: Probes and scrapers need a few; its file descriptors are the process's.
+#: Connections the admin listener holds open at most, and from one address
+#: (an IPv6 host: its /64); more are closed at once.  Probes and scrapers
+#: need a few; its file descriptors are the process's.
 MAX_CONNECTIONS = 64
-#: An idle admin connection is closed after this many seconds (Twisted's
-#: default is 12 hours: a forgotten keep-alive held its descriptor all day).
+MAX_PER_SOURCE = 8
+#: A connection must have sent a whole request's headers within this many
+#: seconds of opening, or of its previous answer; else it is closed.  Twisted's
+#: idle timer restarts with every byte, so one byte a minute held a slot.
+REQUEST_SECONDS = 10.0
+#: Twisted's idle timeout, for what comes after the headers (its default is
+#: 12 hours).
 IDLE_SECONDS = 60.0
 
 
 class _AdminChannel(http.HTTPChannel):
+    _deadline: IDelayedCall | None = None
+    source = ""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._expect_request()
+
+    def _expect_request(self) -> None:
+        self._deadline = self.callLater(REQUEST_SECONDS, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.transport.abortConnection()
+
+    def _stop_waiting(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def allHeadersReceived(self) -> None:
+        self._stop_waiting()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and not self.transport.disconnecting:
+            self._expect_request()  # kept alive: the next request within the same time
+
     def connectionLost(self, reason: Failure) -> None:
+        self._stop_waiting()
         super().connectionLost(reason)
-        self.site.left()
+        self.site.left(self.source)
 
 
 class AdminSite(server.Site):
     """
     The admin listener's site: no access log (probes and scrapes are not
-    events), at most `MAX_CONNECTIONS` open, idle ones closed after
-    `IDLE_SECONDS`.
+    events), at most `MAX_CONNECTIONS` open and `MAX_PER_SOURCE` from one
+    address, each closed unless a request's headers come within
+    `REQUEST_SECONDS`.
     """
 
     protocol = _AdminChannel
@@ -79,21 +116,33 @@ class AdminSite(server.Site):
     def __init__(self, resource: IResource, *, reactor: IReactorTime) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
         self.open_connections = 0
-        #: Connections closed at once at the cap, for tests and the log.
+        self._by_source: dict[str, int] = {}
+        #: Connections closed at once at a cap, for tests and the log.
         self.refused_connections = 0
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.open_connections >= MAX_CONNECTIONS:
+        source = source_key(getattr(addr, "host", ""), 64)
+        if (self.open_connections >= MAX_CONNECTIONS
+                or self._by_source.get(source, 0) >= MAX_PER_SOURCE):
             self.refused_connections += 1
             if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
-                _log.warn("admin listener: connections refused so far at its cap of {cap}: {n}",
-                          cap=MAX_CONNECTIONS, n=self.refused_connections)
+                _log.warn("admin listener: connections refused so far at its caps "
+                          "({cap} open, {per} from one address): {n}", cap=MAX_CONNECTIONS,
+                          per=MAX_PER_SOURCE, n=self.refused_connections)
             return None  # the reactor closes the socket
+        channel = super().buildProtocol(addr)
+        channel.source = source
         self.open_connections += 1
-        return super().buildProtocol(addr)
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+        return channel
 
-    def left(self) -> None:
+    def left(self, source: str) -> None:
         self.open_connections -= 1
+        held = self._by_source.get(source, 0) - 1
+        if held > 0:
+            self._by_source[source] = held
+        else:
+            self._by_source.pop(source, None)
 
     def log(self, request: server.Request) -> None:
         pass
