@@ -260,6 +260,45 @@ class BreakerTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.http.sent), stopped)
 
+    def test_stopped_it_asks_no_more_even_with_a_check_under_way(self) -> None:
+        """From the second reading: a check answering after stop() armed the timer again."""
+        breaker = self.breaker(failures=1)
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        self.healthy, self.http.plan = False, ["refuse"]
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.healthy = Deferred()
+        self.clock.advance(10)  # a check under way ...
+        breaker.stop()  # ... when the gateway shuts down: cancelled
+        self.assertEqual((self.clock.getDelayedCalls(), self.asked), ([], 2))
+        self.clock.advance(60)
+        self.assertEqual(self.asked, 2)
+
+    def test_a_check_that_never_answers_is_a_no(self) -> None:
+        """From the second reading: one that never fired kept the circuit from ever opening."""
+        from txairflowrpc.upstream.breaker import CHECK_SECONDS
+
+        breaker = self.breaker()
+        c = client(self.http, self.clock, retries=0, breaker=breaker)
+        self.healthy = Deferred()  # never fires
+        self.http.plan = ["refuse"] * 3
+        for _ in range(3):
+            self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
+        self.assertEqual(breaker.state, "closed")
+        self.clock.advance(2 * CHECK_SECONDS)
+        self.assertEqual(breaker.state, "open")
+
+    def test_a_health_answer_that_says_the_database_is_down_is_a_no(self) -> None:
+        """Airflow 3 answers its health endpoint 200 whatever it finds: the body says."""
+        c = client(self.http, self.clock, retries=0)
+        self.assertIs(self.successResultOf(c.reachable()), True)
+        self.airflow.fail_next[("GET", "/api/v2/monitor/health")] = (
+            200, {"metadatabase": {"status": "unhealthy"}, "scheduler": {"status": "unhealthy"}})
+        self.assertIs(self.successResultOf(c.reachable()), False)
+        self.http.plan = ["silent"]
+        slow = c.reachable(timeout=1)  # the breaker's check waits less than a call
+        self.clock.advance(1)
+        self.assertIs(self.successResultOf(slow), False)
+
 
 class UpstreamCapTests(SynchronousTestCase):
     def test_at_most_max_in_flight_requests_reach_airflow(self) -> None:

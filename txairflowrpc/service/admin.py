@@ -2,8 +2,9 @@
 The admin listener: plain HTTP, loopback by default, for probes.
 
 ``GET /healthz`` answers 200 while the reactor runs (liveness).
-``GET /readyz`` answers 200 only if Airflow's health endpoint answers (one
-request at a time, shared by the probes that come meanwhile), the
+``GET /readyz`` answers 200 only if Airflow's health endpoint answers and
+does not say its metadata database is unhealthy (one request at a time,
+shared by the probes that come meanwhile), the
 audit log is writable and no certificate of the listener (its own chain or
 the client CA bundle) expires within ``health.certificate_warning_days``;
 otherwise 503.  Both bodies are JSON and name each check, plus the

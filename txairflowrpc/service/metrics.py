@@ -350,6 +350,11 @@ class PartsCollector:
             yield CounterMetricFamily(
                 "airflowrpc_upstream_failed_fast", "Requests failed at once (503) while the "
                 "circuit was open", value=breaker.rejected)
+            yield CounterMetricFamily(
+                "airflowrpc_upstream_failures_dismissed", "Runs of airflow.breaker_failures "
+                "failed requests in a row after which Airflow's health endpoint answered "
+                "(the circuit stayed closed: the failures were those requests' own)",
+                value=breaker.dismissed)
         if self._client is not None:
             yield CounterMetricFamily("airflowrpc_upstream_logins",
                                       "Logins of the gateway's own account to Airflow",

@@ -51,6 +51,7 @@ from ..identity.backoff import Backoff
 from ..identity.policy import ScopePolicy
 from ..identity.principal import Principal
 from ..upstream.accounts import Account, Accounts
+from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient, Changes
 from ..upstream.transport import CachedEndpoints
@@ -329,7 +330,7 @@ def build_site(
     client, watcher = accounts.service.client, accounts.service.watcher
     # After a run of failures, and while open, the breaker asks Airflow's
     # health endpoint itself (unauthenticated: any account's client will do).
-    breaker.check = client.reachable
+    breaker.check = lambda: client.reachable(BREAKER_CHECK_SECONDS)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
     methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds)

@@ -31,13 +31,18 @@ from ..core import errors
 
 _log = Logger()
 
+#: How long a health check may take: a sick Airflow is told apart from a slow
+#: request in this, not in a whole ``airflow.timeout_seconds``.
+CHECK_SECONDS = 5.0
+
 
 class CircuitBreaker:
     """
-    :param check: whether Airflow's health endpoint answers now (never
-        fails); the client's ``reachable``.  May be set after construction.
-        Without one, failures open the circuit and it closes again after
-        ``reset_seconds`` for requests to try.
+    :param check: whether Airflow's health endpoint answers now, within
+        `CHECK_SECONDS` (never fails); the client's ``reachable``.  May be
+        set after construction.  Without one, failures open the circuit and
+        it closes again after ``reset_seconds`` for requests to try.  One
+        that has not answered in twice `CHECK_SECONDS` counts as a no.
     """
 
     def __init__(
@@ -50,8 +55,9 @@ class CircuitBreaker:
         self.check = check
         self._failures = 0
         self._opened_at: float | None = None
-        self._checking = False
+        self._checking: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
+        self._stopped = False
         #: Calls failed fast while open; for the health endpoint and tests.
         self.rejected = 0
         #: Times the circuit opened (a flap between two scrapes still counts).
@@ -63,7 +69,7 @@ class CircuitBreaker:
     def state(self) -> str:
         if self._opened_at is None:
             return "closed"
-        return "half-open" if self._checking else "open"
+        return "half-open" if self._checking is not None else "open"
 
     def before(self) -> None:
         """Raise `errors.CircuitOpen` unless a request may go to Airflow now."""
@@ -86,16 +92,19 @@ class CircuitBreaker:
     def _ask(self) -> None:
         """Ask Airflow's health endpoint (once at a time); `_answered` acts on it."""
         self._timer = None
-        if self._checking:
+        if self._checking is not None or self._stopped:
             return
         if self.check is None:  # nothing to ask: let requests try again after a pause
             self._answered(self._opened_at is not None)
             return
-        self._checking = True
-        maybeDeferred(self.check).addBoth(self._answered)
+        checking = self._checking = maybeDeferred(self.check)
+        checking.addTimeout(2 * CHECK_SECONDS, self._clock)
+        checking.addBoth(self._answered)
 
     def _answered(self, answers: Any) -> None:
-        self._checking = False
+        self._checking = None
+        if self._stopped:
+            return
         if answers is True:
             if self._opened_at is not None:
                 self._close()
@@ -122,7 +131,10 @@ class CircuitBreaker:
         self._timer = None
 
     def stop(self) -> None:
-        """Stop asking (the gateway shuts down)."""
+        """Stop asking, a check under way included (the gateway shuts down)."""
+        self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._checking is not None:
+            self._checking.cancel()

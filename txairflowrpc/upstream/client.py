@@ -298,13 +298,15 @@ class AirflowClient:
         return answer
 
     async def _exchange_with_deadline(
-        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
+        self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str,
+        timeout: float | None = None,
     ) -> _Answer:
         # One deadline covers connecting, the request, and reading the body.
         d = self._exchange(method, path, token, body, params, accept)
         # When the deadline passes, whatever the cancelled request fails with
         # (treq reports ResponseNeverReceived) becomes an upstream timeout.
-        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_upstream_timeout)
+        d.addTimeout(self.timeout if timeout is None else timeout, self._clock,
+                     onTimeoutCancel=_upstream_timeout)
         try:
             return await d
         except errors.GatewayError:
@@ -342,21 +344,28 @@ class AirflowClient:
         finally:
             self._meter.upstream_answered(method, outcome, self._clock.seconds() - started)
 
-    def reachable(self) -> Deferred[bool]:
+    def reachable(self, timeout: float | None = None) -> Deferred[bool]:
         """
-        Whether Airflow's unauthenticated health endpoint answers 200, for
-        the readiness probe.  Bypasses the circuit breaker so that it tells
-        the truth; never fails.
+        Whether Airflow's unauthenticated health endpoint answers 200, and
+        does not say its metadata database is unhealthy (Airflow 3 answers
+        200 whatever it finds, and says so in the body), within ``timeout``
+        (at most ``airflow.timeout_seconds``): for the readiness probe and
+        the circuit breaker.  Bypasses the breaker so that it tells the
+        truth; never fails.
         """
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
 
         async def probe() -> bool:
             try:
                 answer = await self._exchange_with_deadline(
-                    "GET", "/api/v2/monitor/health", None, _NOTHING, None, "application/json"
+                    "GET", "/api/v2/monitor/health", None, _NOTHING, None, "application/json",
+                    timeout=limit,
                 )
             except (errors.GatewayError, CancelledError):
                 return False
-            return answer.status == 200
+            database = answer.body.get("metadatabase") if isinstance(answer.body, dict) else None
+            return answer.status == 200 and not (
+                isinstance(database, dict) and database.get("status") == "unhealthy")
 
         return Deferred.fromCoroutine(probe())
 
