@@ -831,6 +831,10 @@ class CallerFloodTests(SynchronousTestCase):
         self.gw = gateway(cfg, audit_dir=str(self.dir), clock=self.clock)
         self.gw.principal = Principal("nobody", "client_certificate", roles=(), grants=Grants(()))
 
+    def limits_refused(self) -> int:
+        refused: int = self.gw.site.rpc._dispatcher._limits.refused
+        return refused
+
     def records(self) -> list[dict[str, Any]]:
         self.gw.site.refusals.flush()
         self.gw.client.flush()
@@ -850,8 +854,12 @@ class CallerFloodTests(SynchronousTestCase):
         counted = [r for r in records if r.get("refusal") == "rate_limited"]
         self.assertEqual(sum(r["count"] for r in counted), 960)  # every one on the trail
         self.assertEqual(len(counted), 2)  # the first at once, the rest in one record
-        self.assertEqual({(r["principal"], r["method"], r["fault_code"]) for r in counted},
-                         {("nobody", "get_dag", 429)})
+        self.assertEqual({(r["principal"], r["method"], r["fault_code"], r["reason"])
+                          for r in counted},
+                         {("nobody", "get_dag", 429, "rate limited: more than 20 calls per "
+                                                      "second (bursts of 40)")})
+        # Not a call refused with 429 more than the caller got.
+        self.assertEqual(self.gw.site.refusals.kinds["rate_limited"], 960)
 
     def test_multicall_entries_that_are_no_calls_cost_a_call_each(self) -> None:
         d = self.gw.call_d("system.multicall", [7] * 50)  # 50 entries that are not structs
@@ -861,8 +869,9 @@ class CallerFloodTests(SynchronousTestCase):
         records = self.records()
         self.assertEqual(len([r for r in records if r["kind"] == "call"
                               and r["decision"] == "invalid"]), 39)
-        counted = [r for r in records if r.get("refusal") == "rate_limited"]
+        counted = [r for r in records if r.get("refusal") == "invalid_call"]
         self.assertEqual(sum(r["count"] for r in counted), 11)  # the multicall took one
+        self.assertEqual({r["fault_code"] for r in counted}, {-32602})  # what they got
 
     def test_refused_requests_cost_a_call_each(self) -> None:
         for i in range(300):
@@ -873,6 +882,7 @@ class CallerFloodTests(SynchronousTestCase):
             self.assertIn(self.successResultOf(d).code, (200, 415, 404))
         records = [r for r in self.records() if r["kind"] == "refused"]
         self.assertEqual(sum(r.get("count", 1) for r in records), 300)
+        self.assertEqual(self.limits_refused(), 0)  # nobody got a 429
         self.assertLessEqual(len(records), 40 + 2 * 3)  # its burst, then counted per reason
         self.clock.advance(1)  # its rate comes back: a refusal is written on its own again
         self.gw.post(b"x", path="/nope")

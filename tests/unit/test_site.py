@@ -509,6 +509,16 @@ class ConnectionTests(SiteTestCase):
         again = [self.connect("2001:db8:1:2::9", 3100 + i) for i in range(6)]
         self.assertEqual([t.disconnected for _, t in again], [False] * 5 + [True])
 
+    def test_a_connection_refused_at_the_gateways_cap_costs_its_source_nothing(self) -> None:
+        """From the second reading: the gateway's cap drained a source's connection rate."""
+        self.make(max_connections=1, connection_rate_per_source=1,
+                  connection_burst_per_source=2)
+        first, _ = self.connect(port=3000)
+        refused = [self.connect(port=3001 + i)[1] for i in range(2)]  # at the gateway's cap
+        self.assertTrue(all(t.disconnected for t in refused))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.connect(port=3009)[1].disconnected)  # its second of two
+
     def test_the_connection_rate_remembers_a_bounded_number_of_sources(self) -> None:
         from txairflowrpc.gate import limits
         self.patch(limits, "MAX_SOURCES", 3)

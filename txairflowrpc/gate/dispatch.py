@@ -304,8 +304,10 @@ class Dispatcher:
             # Past its rate a caller's calls are counted, the first of a
             # window written at once: every refused call still reaches the
             # trail, but not an fsync each at the speed it can send them.
-            self.refusals.note(ctx.peer or "", "rate_limited",
-                               {k: v for k, v in fields.items() if k != "kind"}, by=who_of(ctx))
+            # One reason per limit (the retry-after text would make several).
+            self.refusals.note(ctx.peer or "", "rate_limited", {
+                **{k: v for k, v in fields.items() if k != "kind"},
+                "reason": f"rate limited: {result.value.limit}"}, by=who_of(ctx))
             return result
         recorded = self._append(fields, trace.decision)
         if recorded is None:
@@ -437,10 +439,10 @@ class Dispatcher:
                        "outcome": "fault", "fault_code": error.code})
         who = who_of(ctx)
         # An entry that is no call costs a call of the rate, as a call does;
-        # past it, it is counted (see `_finish`).
+        # past it, it is counted as the calls past it are (see `_finish`).
         if (self._limits is not None and self.refusals is not None
                 and not self._limits.spend(who)):
-            self.refusals.note(ctx.peer or "", "rate_limited",
+            self.refusals.note(ctx.peer or "", "invalid_call",
                                {k: v for k, v in fields.items() if k != "kind"}, by=who)
             return
         recorded = self._append(fields, "invalid")

@@ -71,11 +71,15 @@ class CallLimits:
         """
         Spend one of ``name``'s calls on something that is no call (a refused
         request, a multicall entry that is no call); False if none is left.
+        Not counted in `refused`: nobody gets a 429 for it.
         """
         try:
-            self.take(name)
-        except errors.RateLimited:
+            bucket = self._bucket(name)
+        except errors.RateLimited:  # every caller tracked has a call in flight
             return False
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
         return True
 
     def enter(self, name: str) -> None:
@@ -132,6 +136,12 @@ class ConnectionRate:
             return False
         bucket.tokens -= 1
         return True
+
+    def refund(self, source: str) -> None:
+        """Give back the connection `take` spent (refused for a cause not the source's)."""
+        bucket = self._buckets.get(source)
+        if bucket is not None:
+            bucket.tokens += 1
 
     def __len__(self) -> int:
         return len(self._buckets)

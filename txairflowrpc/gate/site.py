@@ -657,7 +657,9 @@ class GatewaySite(server.Site):
                                          limits.connection_burst_per_source):
             return self._excess(source, addr, "too many new connections from this address "
                                 f"(over {limits.connection_rate_per_source:g} a second)")
-        if self.open_connections >= self.limits.max_connections and not self._make_room(source):
+        if self.open_connections >= limits.max_connections and not self._make_room(source):
+            # The gateway's cap, not the source's doing: its connection is given back.
+            self.connection_rate.refund(source)
             return self._excess(source, addr, "the gateway is at its connection cap")
         channel: GatewayChannel = super().buildProtocol(addr)
         channel.source = source

@@ -48,9 +48,11 @@ def _stamp(path: Path | None) -> tuple[int, int, int, int] | None:
     What tells one version of a file from the next: its inode, size, mtime
     and ctime.  The mtime alone is not enough: the kernel takes it from a
     coarse clock, so a file written twice within one tick (a few ms) keeps
-    it; a writer that renames a new file into place (``token revoke``,
+    it.  A writer that renames a new file into place (``token revoke``,
     editors, Kubernetes' volumes) gives each version a new inode while the
-    old one still exists, and ctime cannot be set back by anyone.
+    old one still exists, and ctime cannot be set back by anyone (but comes
+    from the same clock): only an in-place rewrite of the same size within
+    one tick of the last can go unseen.
     """
     if path is None:
         return None

@@ -80,9 +80,10 @@ READ_CACHE_BYTES = 64 * 1024 * 1024
 
 
 #: What a change request can fail with only when it changed nothing: Airflow
-#: refused it (400/422, 403, 404) or it was never sent (the circuit open).  A
-#: 409 is not among them: a retried trigger gets it after its first attempt,
-#: whose answer was lost, created the run.
+#: refused it (400/422, 403, 404) or it was never sent (the circuit open) --
+#: if it was not retried (a retry's earlier attempt may have changed Airflow
+#: before its answer was lost).  A 409 is not among them: a retried trigger
+#: gets it after its first attempt created the run.
 UNCHANGED = (errors.InvalidParams, errors.AirflowDenied, errors.NotFound, errors.CircuitOpen)
 
 
@@ -417,7 +418,10 @@ class AirflowClient:
                 return await self._api_retrying(method, path, what=what, body=body,
                                                 params=params, conflict=conflict, retry=retry)
             except UNCHANGED:
-                changed = False
+                # Only if it was asked once: a retried one's earlier attempt
+                # may have changed Airflow before its answer was lost.
+                if not (method == "PATCH" if retry is None else retry):
+                    changed = False
                 raise
             finally:
                 if changed:
