@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,6 +41,8 @@ class FakeAirflow(Resource):
         self.callers: list[str | None] = []
         self.requests: list[tuple[str, str]] = []
         self.bodies: list[Any] = []
+        #: Each request's query arguments, in the order of `requests`.
+        self.queries: list[dict[str, list[str]]] = []
         self.valid_tokens: set[str] = set()
         self._counter = itertools.count(1)
         #: (method, path-prefix) -> (status, body) for the next matching request.
@@ -77,6 +80,8 @@ class FakeAirflow(Resource):
         raw = request.content.read()
         body = json.loads(raw) if raw else None
         self.bodies.append(body)
+        self.queries.append({k.decode(): [v.decode() for v in vs]
+                             for k, vs in request.args.items()})
         if any(path.startswith(prefix) for prefix in self.hang):
             return NOT_DONE_YET
         for (m, prefix), answer in list(self.fail_next.items()):
@@ -121,8 +126,10 @@ class FakeAirflow(Resource):
     def _route(self, method: str, parts: list[str], args: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         if parts == ["dags"] and method == "GET":
             dags = sorted(self.dags)
-            if "dag_id_pattern" in args:
-                dags = [d for d in dags if args["dag_id_pattern"][0].strip("%") in d]
+            if "dag_id_pattern" in args:  # as Airflow: ILIKE '%pattern%'
+                like = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
+                               for c in args["dag_id_pattern"][0])
+                dags = [d for d in dags if re.fullmatch(f".*{like}.*", d, re.IGNORECASE | re.ASCII | re.DOTALL)]
             offset, limit = int(args.get("offset", ["0"])[0]), int(args.get("limit", ["50"])[0])
             return 200, {"dags": [self._dag(d) for d in dags[offset:offset + limit]],
                          "total_entries": len(dags)}

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.config import TLSConfig
 from txairflowrpc.service.admin import (
+    IDLE_SECONDS,
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
     REQUEST_SECONDS,
@@ -146,18 +147,43 @@ class AdminListenerTests(SynchronousTestCase):
         return proto, transport
 
     def test_one_address_holds_a_few_connections_and_all_together_a_few_more(self) -> None:
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET
+
+        class Hang(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> Any:
+                return NOT_DONE_YET  # an answer on its way: not to be evicted
+
+        self.site = AdminSite(Hang(), reactor=self.clock)
         mine = [self.connect(1000 + i) for i in range(MAX_PER_SOURCE + 1)]
         self.assertEqual([p is None for p, _ in mine], [False] * MAX_PER_SOURCE + [True])
         others = [self.connect(2000, f"10.1.{i // 250}.{i % 250}")
                   for i in range(MAX_CONNECTIONS - MAX_PER_SOURCE)]
-        self.assertTrue(all(proto is not None for proto, _ in others))
-        self.assertIsNone(self.connect(3000, "10.9.9.9")[0])  # the whole cap
-        self.assertEqual(self.site.refused_connections, 2)
+        for proto, _ in mine[:MAX_PER_SOURCE] + others:
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIsNone(self.connect(3000, "10.9.9.9")[0])  # the cap, nothing to evict
+        self.assertEqual((self.site.refused_connections, self.site.evicted), (2, 0))
         mine[0][0].connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(self.connect(3001)[0])  # room again, for that address too
         self.assertEqual(self.site.open_connections, MAX_CONNECTIONS)
 
-    def test_a_request_must_come_within_its_time_not_a_byte_a_minute(self) -> None:
+    def test_at_the_cap_an_idle_connection_of_the_address_holding_the_most_gives_way(
+        self,
+    ) -> None:
+        """
+        From the second reading: eight addresses holding eight idle
+        connections each (reopened as they are closed) kept the kubelet out.
+        """
+        crowd = [self.connect(1000 + i, f"10.2.0.{i // MAX_PER_SOURCE}")
+                 for i in range(MAX_CONNECTIONS)]
+        probe, _ = self.connect(4000, "10.3.0.1")  # the kubelet
+        self.assertIsNotNone(probe)
+        self.assertEqual(sum(t.disconnected for _, t in crowd), 1)
+        self.assertEqual(self.site.evicted, 1)
+
+    def test_a_request_must_come_whole_within_its_time_not_a_byte_a_minute(self) -> None:
         slow, slow_wire = self.connect(1000)
         for _ in range(3):
             slow.dataReceived(b"G")  # a byte now and then: restarts Twisted's idle timer
@@ -165,16 +191,33 @@ class AdminListenerTests(SynchronousTestCase):
         self.assertFalse(slow_wire.disconnected)
         self.clock.advance(0.1)
         self.assertTrue(slow_wire.disconnected)
-        # A probe that asks in time is answered; kept alive, the next request
-        # must come in the same time after the answer.
-        proto, transport = self.connect(1001)
+        # Headers in time, then the body a byte at a time: the same.
+        body, body_wire = self.connect(1001)
+        body.dataReceived(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n")
+        self.clock.advance(REQUEST_SECONDS)
+        self.assertTrue(body_wire.disconnected)
+        # A probe that asks in time is answered, and kept alive; its next
+        # request's time starts with that request's first byte.
+        proto, transport = self.connect(1002)
         self.clock.advance(REQUEST_SECONDS - 1)
         proto.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"404", transport.value())
-        self.clock.advance(REQUEST_SECONDS - 0.1)
-        self.assertFalse(transport.disconnected)
-        self.clock.advance(0.1)
+        self.clock.advance(IDLE_SECONDS - 1)  # idle between requests: Twisted's timer
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"GET /nowhere HTTP/1.1\r\n")
+        self.clock.advance(REQUEST_SECONDS)
         self.assertTrue(transport.disconnected)
-        for closed in (slow, proto):  # the reactor reports them lost
+        for closed in (slow, body, proto):  # the reactor reports them lost
             closed.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.site.open_connections, 0)
+
+    def test_pipelined_requests_each_get_their_own_time(self) -> None:
+        """From the second reading: a pipelined request's timer was lost, another cut it."""
+        proto, transport = self.connect(1000)
+        proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                           b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 404"), 2)
+        self.assertEqual([c for c in self.clock.getDelayedCalls()
+                          if c.func.__name__ == "_too_slow" and c.active()], [])
+        self.clock.advance(REQUEST_SECONDS * 3)
+        self.assertFalse(transport.disconnecting)

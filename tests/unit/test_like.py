@@ -36,3 +36,11 @@ def test_random_patterns_match_as_sql_does() -> None:
         pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
         text = "".join(rng.choice("abAB.-_") for _ in range(rng.randint(0, 12)))
         assert Like(pattern).matches(text) == sql_like(text, pattern), (pattern, text)
+
+
+def test_case_is_ignored_for_ascii_letters_only_and_the_pattern_is_kept_shortest() -> None:
+    """From the second reading: Python's IGNORECASE also took 'ı' and 'ſ' for 'i' and 's'."""
+    assert Like("I").matches("ami") and not Like("i").matches("\u0131") and not Like(
+        "s").matches("\u017f")
+    assert [sql_like(t, "i") for t in ("\u0131", "I")] == [False, True]
+    assert Like("%%a%%b%").pattern == "a%b" and Like("%%").pattern == ""

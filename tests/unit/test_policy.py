@@ -9,6 +9,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from .helpers import gateway
 
 
+def asked_for(gw: Any, since: int) -> list[Any]:
+    """The dag_id_pattern of each DAG listing asked of the fake Airflow since request ``since``."""
+    return [query.get("dag_id_pattern")
+            for (_, path), query in zip(gw.airflow.requests[since:], gw.airflow.queries[since:])
+            if path == "/api/v2/dags"]
+
+
 class ScopeTests(SynchronousTestCase):
     """Scope checks on every method, through the whole site."""
 
@@ -128,15 +135,30 @@ class ScopeTests(SynchronousTestCase):
             gw.airflow.add_dag(f"other_{n:05}", tags=[], tasks=["t"])
         gw.airflow.add_dag("ml_target", tags=[], tasks=["t"])
         gw.principal = self.principal("dags:read:etl_*", "dags:read:ml_*")  # nothing in common
-        before = len(gw.airflow.api_requests())
+        before = len(gw.airflow.queries)
         result = self.call(gw, "list_dags", {"pattern": "ml_target"})
         self.assertEqual(([d["dag_id"] for d in result["dags"]], result["total"]),
                          (["ml_target"], 1))
-        self.assertEqual(len(gw.airflow.api_requests()), before + 1)
-        gw.principal = self.principal("dags:read:ml_*")
-        result = self.call(gw, "list_dags", {"pattern": "ml_tar"})  # holds the text: sent
-        self.assertEqual([d["dag_id"] for d in result["dags"]], ["ml_target"])
-        self.assertEqual(len(gw.airflow.api_requests()), before + 2)
+        # The first page said the scan would be cut off: asked again, narrower.
+        self.assertEqual(asked_for(gw, before), [None, ["ml_target"]])
+
+    def test_a_glob_scoped_callers_patterns_all_ask_airflow_the_same(self) -> None:
+        """
+        From the second reading: patterns sent to Airflow ("%", "%%", "e")
+        each scanned pages no other call shared; the globs' common text is
+        what Airflow is asked, the same for every pattern, where that scan
+        reads every page.
+        """
+        gw = gateway()
+        for n in range(150):
+            gw.airflow.add_dag(f"team_a_{n:03}", tags=[], tasks=["t"])
+        gw.principal = self.principal("dags:read:team_a_*")
+        for pattern, total in [("%", 150), ("%%", 150), ("e", 150), ("%team_a_%", 150),
+                               ("_00", 11), ("A_14", 10)]:
+            before = len(gw.airflow.queries)
+            result = self.call(gw, "list_dags", {"pattern": pattern, "limit": 1})
+            self.assertEqual(result["total"], total, pattern)
+            self.assertEqual(asked_for(gw, before), [["team_a_"], ["team_a_"]], pattern)
 
     def test_conf_guardrails_name_the_key_and_the_rule(self) -> None:
         gw = gateway()

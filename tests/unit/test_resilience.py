@@ -80,6 +80,22 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d)["dag_id"], "etl_orders")
         self.assertEqual(len(self.api_sent()), 3)
 
+    def test_a_change_refused_after_a_retry_still_counts_as_a_change(self) -> None:
+        """
+        From the second reading: a change whose first attempt's answer was
+        lost may have been made; its retry's 404 does not say it was not.
+        """
+        from txairflowrpc.upstream.client import Changes
+
+        changes = Changes()
+        c = client(self.http, self.clock, changes=changes)
+        self.successResultOf(c.get_dag("etl_orders"))  # logged in
+        self.http.plan = ["break-after"]  # the PATCH reaches Airflow, its answer is lost
+        d = c.set_dag_run_state("etl_orders", "gone", "failed")
+        self.clock.advance(1.0)
+        self.failureResultOf(d, errors.NotFound)
+        self.assertEqual((len(self.api_sent()), changes.ended), (3, 1))
+
     def test_reads_give_up_after_the_retries(self) -> None:
         c = client(self.http, self.clock)
         self.http.plan = ["refuse"] * 5

@@ -17,14 +17,21 @@ import re
 
 
 class Like:
-    """One pattern, compiled once, matched against many texts."""
+    """
+    One pattern, compiled once, matched against many texts.  ``pattern``
+    holds it in its shortest form: runs of ``%`` as one, none at the ends
+    (the same texts match).  Case is ignored for ASCII letters only, as
+    PostgreSQL's ILIKE and SQLite's LIKE do (Python's would also take the
+    dotless i and the long s for i and s).
+    """
 
     def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
+        pieces = [piece for piece in pattern.split("%") if piece]
+        self.pattern = "%".join(pieces)
         self._pieces = [
             re.compile("".join("." if c == "_" else re.escape(c) for c in piece),
-                       re.IGNORECASE | re.DOTALL)
-            for piece in pattern.split("%") if piece
+                       re.IGNORECASE | re.DOTALL | re.ASCII)
+            for piece in pieces
         ]
 
     def matches(self, text: str) -> bool:

@@ -262,35 +262,45 @@ class AirflowMethods:
                 offset=offset,
             )
         # Airflow is asked for the globs' common text (it matches
-        # dag_id_pattern anywhere in the id, ignoring case: a superset the
-        # scan filters), or for the caller's pattern where that can only
-        # narrow it (the pattern holds the text, or there is none); the
-        # caller's pattern is applied here too.  Found by review: a pattern
-        # sent in place of the text ("%", "%%", ...) scanned every page of
-        # every DAG (up to 100 requests a call), shared with no other call.
+        # dag_id_pattern anywhere in the id, ignoring case: a superset), the
+        # same for every call of this caller, so that calls share the scan;
+        # the caller's pattern is applied here.  Found by review: patterns
+        # sent instead ("%", "%%", "e", ...) each scanned up to 100 pages
+        # that no other call shared.  Only where that scan would be cut off
+        # (more DAGs than it reads) is a pattern that can only narrow it (it
+        # holds the common text, or there is none) sent instead.
         prefix = grants.common_prefix("dags:read")
         narrow = prefix if prefix and all(
             c.isascii() and (c.isalnum() or c in "_.-") for c in prefix) else None
-        if pattern is not None and (narrow is None or narrow in pattern):
-            narrow = pattern
+        wanted = Like(pattern) if pattern is not None else None
+        narrower = None
+        if wanted is not None and wanted.pattern and (narrow is None or narrow in wanted.pattern):
+            narrower = wanted.pattern
         return Deferred.fromCoroutine(self._list_visible_dags(
-            self._client(call), grants, None if pattern is None else Like(pattern),
-            pattern=narrow, tags=tags, paused=opts.get("paused"), limit=limit, offset=offset,
+            self._client(call), grants, wanted, narrow, narrower, tags=tags,
+            paused=opts.get("paused"), limit=limit, offset=offset,
         ))
 
     async def _list_visible_dags(
-        self, client: AirflowClient, grants: Any, wanted: Like | None, *,
-        limit: int, offset: int, **filters: Any
+        self, client: AirflowClient, grants: Any, wanted: Like | None, narrow: str | None,
+        narrower: str | None, *, limit: int, offset: int, **filters: Any
     ) -> dict[str, Any]:
         """
         Only the DAGs the caller may read (and ``wanted`` matches), paged
         after filtering, so that neither the list nor ``total`` reveals the
-        others.
+        others.  Airflow is asked for ``narrow``, or for ``narrower`` if the
+        first page says the scan would not reach the end.
         """
         visible: list[dict[str, Any]] = []
         page = 0
+        asked = narrow
         while page < MAX_SCAN_PAGES:
-            batch = await client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE, **filters)
+            batch = await client.list_dags(limit=MAX_PAGE, offset=page * MAX_PAGE,
+                                           pattern=asked, **filters)
+            if (page == 0 and narrower is not None and asked != narrower
+                    and batch["total"] > MAX_SCAN_PAGES * MAX_PAGE):
+                asked = narrower  # the shared scan would be cut off: start again, narrower
+                continue
             visible.extend(d for d in batch["dags"] if grants.allows("dags:read", d["dag_id"])
                            and (wanted is None or wanted.matches(d["dag_id"])))
             page += 1

@@ -56,16 +56,19 @@ def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
 
 
 #: Connections the admin listener holds open at most, and from one address
-#: (an IPv6 host: its /64); more are closed at once.  Probes and scrapers
-#: need a few; its file descriptors are the process's.
+#: (an IPv6 host: its network, ``limits.ipv6_source_prefix``); more are
+#: closed at once, but at the first cap a connection of the address holding
+#: the most that is idle or still sending its request gives way to anyone
+#: else.  Probes and scrapers need a
+#: few; its file descriptors are the process's.
 MAX_CONNECTIONS = 64
 MAX_PER_SOURCE = 8
-#: A connection must have sent a whole request's headers within this many
-#: seconds of opening, or of its previous answer; else it is closed.  Twisted's
-#: idle timer restarts with every byte, so one byte a minute held a slot.
+#: A request (its headers and body) must have come whole within this many
+#: seconds of the connection opening, or of its own first byte; else the
+#: connection is closed.  Twisted's idle timer restarts with every byte, so
+#: one byte a minute held a connection for good.
 REQUEST_SECONDS = 10.0
-#: Twisted's idle timeout, for what comes after the headers (its default is
-#: 12 hours).
+#: Twisted's idle timeout, between requests (its default is 12 hours).
 IDLE_SECONDS = 60.0
 
 
@@ -76,6 +79,22 @@ class _AdminChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._expect_request()
+
+    def dataReceived(self, data: bytes) -> None:
+        # The first byte of a request after the last one ended (pipelined
+        # bytes come back through here once it has) starts its time.
+        if data and self._deadline is None and not self.requests:
+            self._expect_request()
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_waiting()
+        super().allContentReceived()
+
+    @property
+    def evictable(self) -> bool:
+        """Not answering a request: idle, or still receiving one."""
+        return self._deadline is not None or not self.requests
 
     def _expect_request(self) -> None:
         self._deadline = self.callLater(REQUEST_SECONDS, self._too_slow)
@@ -89,61 +108,71 @@ class _AdminChannel(http.HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
 
-    def allHeadersReceived(self) -> None:
-        self._stop_waiting()
-        super().allHeadersReceived()
-
-    def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
-        if self.persistent and self.transport is not None and not self.transport.disconnecting:
-            self._expect_request()  # kept alive: the next request within the same time
-
     def connectionLost(self, reason: Failure) -> None:
         self._stop_waiting()
         super().connectionLost(reason)
-        self.site.left(self.source)
+        self.site.left(self)
 
 
 class AdminSite(server.Site):
     """
     The admin listener's site: no access log (probes and scrapes are not
     events), at most `MAX_CONNECTIONS` open and `MAX_PER_SOURCE` from one
-    address, each closed unless a request's headers come within
+    address, each closed unless a request comes whole within
     `REQUEST_SECONDS`.
     """
 
     protocol = _AdminChannel
 
-    def __init__(self, resource: IResource, *, reactor: IReactorTime) -> None:
+    def __init__(self, resource: IResource, *, reactor: IReactorTime,
+                 ipv6_prefix: int = 64) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
+        self.ipv6_prefix = ipv6_prefix
         self.open_connections = 0
-        self._by_source: dict[str, int] = {}
-        #: Connections closed at once at a cap, for tests and the log.
+        self._by_source: dict[str, list[_AdminChannel]] = {}
+        #: Connections closed at once at a cap, and idle ones closed to make
+        #: room, for tests and the log.
         self.refused_connections = 0
+        self.evicted = 0
 
     def buildProtocol(self, addr: Any) -> Any:
-        source = source_key(getattr(addr, "host", ""), 64)
-        if (self.open_connections >= MAX_CONNECTIONS
-                or self._by_source.get(source, 0) >= MAX_PER_SOURCE):
+        source = source_key(getattr(addr, "host", ""), self.ipv6_prefix)
+        if (len(self._by_source.get(source, ())) >= MAX_PER_SOURCE
+                or (self.open_connections >= MAX_CONNECTIONS and not self._make_room(source))):
             self.refused_connections += 1
             if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
                 _log.warn("admin listener: connections refused so far at its caps "
                           "({cap} open, {per} from one address): {n}", cap=MAX_CONNECTIONS,
                           per=MAX_PER_SOURCE, n=self.refused_connections)
             return None  # the reactor closes the socket
-        channel = super().buildProtocol(addr)
+        channel: _AdminChannel = super().buildProtocol(addr)
         channel.source = source
         self.open_connections += 1
-        self._by_source[source] = self._by_source.get(source, 0) + 1
+        self._by_source.setdefault(source, []).append(channel)
         return channel
 
-    def left(self, source: str) -> None:
+    def _make_room(self, source: str) -> bool:
+        """
+        At the cap: close the oldest connection of the address holding the
+        most that is idle or still sending its request (`evictable`).
+        """
+        top = max(self._by_source, key=lambda s: len(self._by_source[s]), default=None)
+        if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
+            return False
+        for channel in self._by_source[top]:
+            if channel.evictable and channel.transport is not None:
+                self.evicted += 1
+                channel.transport.abortConnection()
+                return True
+        return False
+
+    def left(self, channel: _AdminChannel) -> None:
         self.open_connections -= 1
-        held = self._by_source.get(source, 0) - 1
-        if held > 0:
-            self._by_source[source] = held
-        else:
-            self._by_source.pop(source, None)
+        held = self._by_source.get(channel.source, [])
+        if channel in held:
+            held.remove(channel)
+        if not held:
+            self._by_source.pop(channel.source, None)
 
     def log(self, request: server.Request) -> None:
         pass

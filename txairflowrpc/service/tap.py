@@ -546,7 +546,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         )
         admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
                       "admin")
-        top.listen(Listener(admin, AdminSite(health, reactor=reactor),
+        top.listen(Listener(admin, AdminSite(health, reactor=reactor,
+                                             ipv6_prefix=cfg.limits.ipv6_source_prefix),
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
         bound.append(admin)
     # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.

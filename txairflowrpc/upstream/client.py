@@ -414,13 +414,15 @@ class AirflowClient:
             # request is a dry run: counting those too let any caller with one
             # write scope end every read's sharing and cache at will.
             changed = not (isinstance(body, dict) and body.get("dry_run") is True)
+            attempts: list[None] = []
             try:
                 return await self._api_retrying(method, path, what=what, body=body,
-                                                params=params, conflict=conflict, retry=retry)
+                                                params=params, conflict=conflict, retry=retry,
+                                                attempts=attempts)
             except UNCHANGED:
                 # Only if it was asked once: a retried one's earlier attempt
                 # may have changed Airflow before its answer was lost.
-                if not (method == "PATCH" if retry is None else retry):
+                if len(attempts) <= 1:
                     changed = False
                 raise
             finally:
@@ -499,6 +501,7 @@ class AirflowClient:
     async def _api_retrying(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
+        attempts: list[None] | None = None,
     ) -> Any:
         """
         Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer.
@@ -508,10 +511,13 @@ class AirflowClient:
         (GET, PATCH; POST only with ``retry=True``) are retried, after a
         jittered exponential back-off, when Airflow is unreachable, times
         out or answers 502/503/504 -- never while the circuit is open.
+        ``attempts`` (if given) gets an item per attempt.
         """
         retry = method in ("GET", "PATCH") if retry is None else retry
         attempt = 0
         while True:
+            if attempts is not None:
+                attempts.append(None)  # for the caller: how many times it was sent
             try:
                 return await self._api_once(method, path, what=what, body=body,
                                             params=params, conflict=conflict)
