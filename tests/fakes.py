@@ -129,7 +129,8 @@ class FakeAirflow(Resource):
             if "dag_id_pattern" in args:  # as Airflow: ILIKE '%pattern%'
                 like = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
                                for c in args["dag_id_pattern"][0])
-                dags = [d for d in dags if re.fullmatch(f".*{like}.*", d, re.IGNORECASE | re.ASCII | re.DOTALL)]
+                flags = re.IGNORECASE | re.ASCII | re.DOTALL
+                dags = [d for d in dags if re.fullmatch(f".*{like}.*", d, flags)]
             offset, limit = int(args.get("offset", ["0"])[0]), int(args.get("limit", ["50"])[0])
             return 200, {"dags": [self._dag(d) for d in dags[offset:offset + limit]],
                          "total_entries": len(dags)}
