@@ -7,7 +7,8 @@ connection with a header naming the client's address, then passes the
 client's TLS through untouched (mutual TLS stays end to end).  The header
 comes before TLS, so the layers are, from the socket in::
 
-    `header_guard` -> PROXY header (Twisted's `proxyEndpoint`) -> `ProxiedFactory` -> TLS -> the site
+    `header_guard` -> PROXY header (Twisted's `proxyEndpoint`) -> `ProxiedFactory`
+        -> TLS -> the site
 
 Twisted's wrapper reads the header (v2 or v1) and makes ``getPeer`` answer
 the address it names.  What it does not do, `header_guard` and
