@@ -333,3 +333,18 @@ def test_bytes_no_header_starts_with_are_refused_at_once(gw: Listener, first: by
     assert conn.wire.disconnecting
     gw.close(conn)
     assert [r["refusal"] for r in gw.records(kind="refused")] == ["proxy_header"]
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY UNKNOWN\r\n",  # the spec's bare form: Twisted's reader alone refused it
+    b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00",  # v2 LOCAL: HAProxy's own health check
+])
+def test_a_header_naming_no_client_is_the_proxys_own_connection(
+    gw: Listener, header: bytes
+) -> None:
+    conn = gw.accept()
+    gw.speak_tls(conn, gw.pki.client("ci-bot.example.com"), first=header)
+    assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
+    (call,) = gw.records(kind="call", method="whoami")
+    assert call["source"] == "127.0.0.1:50000"  # the sender's address stands

@@ -20,7 +20,8 @@ the address it names.  What it does not do, `header_guard` and
   with.  Whatever Twisted's reader raises for a header it cannot read (a v1
   port that is no number, an address that is no text: a ValueError, not
   its InvalidProxyHeader) refuses the connection as a bad header does,
-  instead of a traceback in the log.
+  instead of a traceback in the log.  The spec's bare ``PROXY UNKNOWN``
+  line, which Twisted's reader refuses, is read as the proxy's own.
 
 - The TLS layer and the site's channel are built only once the header is in
   (with the first TLS byte after it: the client speaks first), and the site
@@ -90,6 +91,8 @@ def _ip_and_port(address: IAddress) -> bool:
 #: How a v2 header starts (its signature), and a v1 header.
 _V2_START = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_START = b"PROXY "
+#: A v1 header naming no addresses, as the spec allows it.
+_V1_BARE_UNKNOWN = b"PROXY UNKNOWN\r\n"
 #: Bytes Twisted's reader needs in its first read to take a v2 header.
 _V2_LEAST = 16
 
@@ -125,6 +128,10 @@ class _HeaderGuard(ProtocolWrapper):
             self._head = head  # the handshake deadline bounds the wait
             return
         self._head = b""
+        if head.startswith(_V1_BARE_UNKNOWN):
+            # The spec's bare UNKNOWN line, which Twisted's reader refuses
+            # (it wants a space after UNKNOWN): the same line with one.
+            head = b"PROXY UNKNOWN \r\n" + head[len(_V1_BARE_UNKNOWN):]
         proxy = self.wrappedProtocol  # Twisted's wrapper
         waiting = proxy.wrappedProtocol  # an _AwaitingHeader (or _Refused)
         try:
