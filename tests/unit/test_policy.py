@@ -132,7 +132,7 @@ class ScopeTests(SynchronousTestCase):
         """
         gw = gateway()
         for n in range(10_050):
-            gw.airflow.add_dag(f"other_{n:05}", tags=[], tasks=["t"])
+            gw.airflow.add_dag(f"ml_other_{n:05}", tags=[], tasks=["t"])
         gw.airflow.add_dag("ml_target", tags=[], tasks=["t"])
         gw.principal = self.principal("dags:read:etl_*", "dags:read:ml_*")  # nothing in common
         before = len(gw.airflow.queries)
@@ -141,6 +141,11 @@ class ScopeTests(SynchronousTestCase):
                          (["ml_target"], 1))
         # The first page said the scan would be cut off: asked again, narrower.
         self.assertEqual(asked_for(gw, before), [None, ["ml_target"]])
+        gw.principal = self.principal("dags:read:ml_*")  # its text: 10,051 DAGs hold it
+        before = len(gw.airflow.queries)
+        result = self.call(gw, "list_dags", {"pattern": "ML_TAR"})  # any case, as ILIKE
+        self.assertEqual([d["dag_id"] for d in result["dags"]], ["ml_target"])
+        self.assertEqual(asked_for(gw, before), [["ml_"], ["ML_TAR"]])
 
     def test_a_glob_scoped_callers_patterns_all_ask_airflow_the_same(self) -> None:
         """

@@ -21,8 +21,10 @@ class Like:
     One pattern, compiled once, matched against many texts.  ``pattern``
     holds it in its shortest form: runs of ``%`` as one, none at the ends
     (the same texts match).  Case is ignored for ASCII letters only, as
-    PostgreSQL's ILIKE and SQLite's LIKE do (Python's would also take the
-    dotless i and the long s for i and s).
+    SQLite's LIKE and PostgreSQL's ILIKE in the C locale do (Python's would
+    also take the dotless i and the long s for i and s).  A database whose
+    locale folds other letters too may list a DAG whose id is not ASCII
+    that this does not: the gateway then shows fewer, never more.
     """
 
     def __init__(self, pattern: str) -> None:

@@ -274,7 +274,8 @@ class AirflowMethods:
             c.isascii() and (c.isalnum() or c in "_.-") for c in prefix) else None
         wanted = Like(pattern) if pattern is not None else None
         narrower = None
-        if wanted is not None and wanted.pattern and (narrow is None or narrow in wanted.pattern):
+        if wanted is not None and wanted.pattern and (
+                narrow is None or narrow.lower() in wanted.pattern.lower()):  # both ILIKE
             narrower = wanted.pattern
         return Deferred.fromCoroutine(self._list_visible_dags(
             self._client(call), grants, wanted, narrow, narrower, tags=tags,

@@ -72,29 +72,67 @@ REQUEST_SECONDS = 10.0
 IDLE_SECONDS = 60.0
 
 
+#: A connection younger than this, or that finished an answer more recently,
+#: is not closed to make room (its request may still be in the kernel's
+#: buffer, its answer in Twisted's).
+SETTLE_SECONDS = 1.0
+#: An evicted connection's answer on its way out may take this long.
+LINGER_SECONDS = 2.0
+
+
 class _AdminChannel(http.HTTPChannel):
     _deadline: IDelayedCall | None = None
+    _linger: IDelayedCall | None = None
+    _since = 0.0  # when it opened, or last finished an answer
+    _answering = False
+    #: Closed to make room: already out of the site's counts.
+    evicted = False
     source = ""
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._since = self.site.reactor.seconds()
         self._expect_request()
 
     def dataReceived(self, data: bytes) -> None:
-        # The first byte of a request after the last one ended (pipelined
-        # bytes come back through here once it has) starts its time.
-        if data and self._deadline is None and not self.requests:
+        # The first byte of a request after the last one ended starts its
+        # time (a request line read in the same chunk: `lineReceived`).
+        if data and self._deadline is None and not self._answering:
             self._expect_request()
         super().dataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        # A request that follows one answered within the same read never
+        # passes through `dataReceived` again: its first line starts its time.
+        if line and self._deadline is None and not self._answering:
+            self._expect_request()
+        super().lineReceived(line)
+
     def allContentReceived(self) -> None:
         self._stop_waiting()
+        self._answering = True
         super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._answering = False
+        self._since = self.site.reactor.seconds()
+        super().requestDone(request)
 
     @property
     def evictable(self) -> bool:
-        """Not answering a request: idle, or still receiving one."""
-        return self._deadline is not None or not self.requests
+        """
+        Not answering a request (idle, or still receiving one), and neither
+        just opened nor just done with an answer.
+        """
+        return (not self._answering and not self.evicted
+                and self.site.reactor.seconds() - self._since >= SETTLE_SECONDS)
+
+    def evict(self) -> None:
+        """Close to make room: what is on its way out is sent, for a while."""
+        self.evicted = True
+        self._stop_waiting()
+        self.transport.loseConnection()
+        self._linger = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
 
     def _expect_request(self) -> None:
         self._deadline = self.callLater(REQUEST_SECONDS, self._too_slow)
@@ -110,6 +148,8 @@ class _AdminChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_waiting()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         super().connectionLost(reason)
         self.site.left(self)
 
@@ -162,11 +202,16 @@ class AdminSite(server.Site):
         for channel in self._by_source[top]:
             if channel.evictable and channel.transport is not None:
                 self.evicted += 1
-                channel.transport.abortConnection()
+                channel.evict()
+                self._forget(channel)  # at once: the next newcomer counts without it
                 return True
         return False
 
     def left(self, channel: _AdminChannel) -> None:
+        if not channel.evicted:
+            self._forget(channel)
+
+    def _forget(self, channel: _AdminChannel) -> None:
         self.open_connections -= 1
         held = self._by_source.get(channel.source, [])
         if channel in held:
