@@ -168,7 +168,7 @@ def test_a_call_through_the_proxy_is_counted_and_recorded_as_the_clients(gw: Lis
     assert (me["principal"], me["authenticated_by"]) == ("ci-bot", "client_certificate")
     (call,) = gw.records(kind="call", method="whoami")
     assert call["source"] == "203.0.113.7:41000"
-    assert gw.site._by_source.keys() == {"203.0.113.7"}
+    assert gw.site.connections.sources() == {"203.0.113.7"}
 
 
 def test_a_failed_handshake_behind_the_proxy_is_recorded_as_the_clients(gw: Listener) -> None:
@@ -247,7 +247,7 @@ def test_the_per_source_cap_counts_clients_not_the_proxy(
     assert not other.wire.disconnected
     (refused,) = gw.records(refusal="connection_refused")
     assert refused["source"] == "192.0.2.1:1002"
-    assert gw.site._by_source.keys() == {"192.0.2.1", "192.0.2.2"}
+    assert gw.site.connections.sources() == {"192.0.2.1", "192.0.2.2"}
 
 
 def test_a_silent_connection_is_dropped_at_the_handshake_deadline(

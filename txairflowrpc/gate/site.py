@@ -58,6 +58,7 @@ from ..config import LimitsConfig
 from ..identity.authenticate import Unauthenticated
 from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
+from .connections import BySource
 from .limits import ConnectionRate
 from .refusals import RefusalLog, path_fields
 
@@ -628,10 +629,9 @@ class GatewaySite(server.Site):
         self.bodies = BodyBudget(limits.max_body_memory_bytes, max_body_bytes)
         self.rpc = rpc
         self._not_found = not_found
-        self._by_source: dict[str, list[GatewayChannel]] = {}
+        self.connections: BySource[GatewayChannel] = BySource()
         self.connection_rate = ConnectionRate(clock)
         self._all_closed: list[Deferred[None]] = []
-        self.open_connections = 0
         #: Counters, for the admin listener and tests.
         self.refused_connections = 0
         self.slow_dropped = 0
@@ -648,10 +648,9 @@ class GatewaySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         # One source for every per-source limit: an IPv6 host by its network
         # (limits.ipv6_source_prefix); the back-off and the sign-ins use it too.
-        source = source_key(getattr(addr, "host", ""), self.limits.ipv6_source_prefix)
-        held = len(self._by_source.get(source, ()))
         limits = self.limits
-        if held >= limits.max_connections_per_source:
+        source = source_key(getattr(addr, "host", ""), limits.ipv6_source_prefix)
+        if self.connections.holds(source) >= limits.max_connections_per_source:
             return self._excess(source, addr, "too many connections from this address")
         if not self.connection_rate.take(source, limits.connection_rate_per_source,
                                          limits.connection_burst_per_source):
@@ -664,19 +663,17 @@ class GatewaySite(server.Site):
         channel: GatewayChannel = super().buildProtocol(addr)
         channel.source = source
         channel._counted = True
-        self.open_connections += 1
-        self._by_source.setdefault(source, []).append(channel)
+        self.connections.add(source, channel)
         return channel
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
 
     def left(self, channel: GatewayChannel) -> None:
         """A counted connection closed."""
-        self.open_connections -= 1
-        channels = self._by_source.get(channel.source, [])
-        if channel in channels:
-            channels.remove(channel)
-        if not channels:
-            self._by_source.pop(channel.source, None)
-        if not self._by_source and self._all_closed:
+        self.connections.remove(channel.source, channel)
+        if not self.connections and self._all_closed:
             waiters, self._all_closed = self._all_closed, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -687,7 +684,7 @@ class GatewaySite(server.Site):
         fires when all are closed, or after ``grace`` seconds (the rest are
         then aborted).  For the end of a shutdown.
         """
-        channels = [c for held in self._by_source.values() for c in held]
+        channels = self.connections.all()
         if not channels:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -696,10 +693,9 @@ class GatewaySite(server.Site):
             channel.loseConnection()
 
         def abort() -> None:
-            for held in list(self._by_source.values()):
-                for channel in list(held):
-                    if channel.transport is not None:
-                        channel.transport.abortConnection()
+            for channel in self.connections.all():
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
 
         timer = self.clock.callLater(grace, abort)
         return waiter.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
@@ -709,21 +705,19 @@ class GatewaySite(server.Site):
         At the cap: close an idle connection of the address holding the most,
         unless the newcomer's own address is that one.  True if room was made.
         """
-        top = max(self._by_source, key=lambda s: len(self._by_source[s]), default=None)
-        if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
+        channel = self.connections.giving_way(
+            source, lambda c: not c._lost and c.holds_no_work)
+        if channel is None:
             return False
-        for channel in self._by_source[top]:
-            if not channel._lost and channel.holds_no_work:
-                self.evicted += 1
-                self.refusals.note(address_text(channel.transport.getPeer()), "evicted", {
-                    "reason": "idle or unauthenticated connection closed for another address "
-                              "at the connection cap",
-                })
-                self.left(channel)
-                channel._counted = False
-                channel.evict()
-                return True
-        return False
+        self.evicted += 1
+        self.refusals.note(address_text(channel.transport.getPeer()), "evicted", {
+            "reason": "idle or unauthenticated connection closed for another address "
+                      "at the connection cap",
+        })
+        self.left(channel)
+        channel._counted = False
+        channel.evict()
+        return True
 
     def _excess(self, source: str, addr: Any, reason: str) -> Protocol:
         self.refused_connections += 1

@@ -33,6 +33,7 @@ from twisted.web.resource import IResource, Resource
 from ..audit.log import AuditLog
 from ..config import Config
 from ..core.singleflight import SingleFlight
+from ..gate.connections import BySource
 from ..identity.backoff import source_key
 
 _log = Logger()
@@ -168,8 +169,7 @@ class AdminSite(server.Site):
                  ipv6_prefix: int = 64) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
         self.ipv6_prefix = ipv6_prefix
-        self.open_connections = 0
-        self._by_source: dict[str, list[_AdminChannel]] = {}
+        self.connections: BySource[_AdminChannel] = BySource()
         #: Connections closed at once at a cap, and idle ones closed to make
         #: room, for tests and the log.
         self.refused_connections = 0
@@ -177,7 +177,7 @@ class AdminSite(server.Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         source = source_key(getattr(addr, "host", ""), self.ipv6_prefix)
-        if (len(self._by_source.get(source, ())) >= MAX_PER_SOURCE
+        if (self.connections.holds(source) >= MAX_PER_SOURCE
                 or (self.open_connections >= MAX_CONNECTIONS and not self._make_room(source))):
             self.refused_connections += 1
             if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
@@ -187,37 +187,29 @@ class AdminSite(server.Site):
             return None  # the reactor closes the socket
         channel: _AdminChannel = super().buildProtocol(addr)
         channel.source = source
-        self.open_connections += 1
-        self._by_source.setdefault(source, []).append(channel)
+        self.connections.add(source, channel)
         return channel
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
 
     def _make_room(self, source: str) -> bool:
         """
         At the cap: close the oldest connection of the address holding the
         most that is idle or still sending its request (`evictable`).
         """
-        top = max(self._by_source, key=lambda s: len(self._by_source[s]), default=None)
-        if top is None or len(self._by_source.get(source, ())) >= len(self._by_source[top]):
+        channel = self.connections.giving_way(
+            source, lambda c: c.evictable and c.transport is not None)
+        if channel is None:
             return False
-        for channel in self._by_source[top]:
-            if channel.evictable and channel.transport is not None:
-                self.evicted += 1
-                channel.evict()
-                self._forget(channel)  # at once: the next newcomer counts without it
-                return True
-        return False
+        self.evicted += 1
+        channel.evict()
+        self.left(channel)  # at once: the next newcomer counts without it
+        return True
 
     def left(self, channel: _AdminChannel) -> None:
-        if not channel.evicted:
-            self._forget(channel)
-
-    def _forget(self, channel: _AdminChannel) -> None:
-        self.open_connections -= 1
-        held = self._by_source.get(channel.source, [])
-        if channel in held:
-            held.remove(channel)
-        if not held:
-            self._by_source.pop(channel.source, None)
+        self.connections.remove(channel.source, channel)  # once: evicted, it is gone already
 
     def log(self, request: server.Request) -> None:
         pass
