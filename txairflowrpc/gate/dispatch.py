@@ -305,9 +305,8 @@ class Dispatcher:
             # window written at once: every refused call still reaches the
             # trail, but not an fsync each at the speed it can send them.
             # One reason per limit (the retry-after text would make several).
-            self.refusals.note(ctx.peer or "", "rate_limited", {
-                **{k: v for k, v in fields.items() if k != "kind"},
-                "reason": f"rate limited: {result.value.limit}"}, by=who_of(ctx))
+            self._tally(ctx, "rate_limited",
+                        {**fields, "reason": f"rate limited: {result.value.limit}"})
             return result
         recorded = self._append(fields, trace.decision)
         if recorded is None:
@@ -322,6 +321,12 @@ class Dispatcher:
             return Failure(errors.AuditUnavailable())
 
         return recorded.addCallbacks(lambda _: result, unrecorded)
+
+    def _tally(self, ctx: CallContext, kind: str, fields: dict[str, Any]) -> None:
+        """Count a caller's refused call past its rate (`RefusalLog.note`, by principal)."""
+        assert self.refusals is not None
+        self.refusals.note(ctx.peer or "", kind, {k: v for k, v in fields.items() if k != "kind"},
+                           by=who_of(ctx))
 
     def _append(self, fields: dict[str, Any], decision: str) -> Deferred[None] | None:
         """
@@ -442,8 +447,7 @@ class Dispatcher:
         # past it, it is counted as the calls past it are (see `_finish`).
         if (self._limits is not None and self.refusals is not None
                 and not self._limits.spend(who)):
-            self.refusals.note(ctx.peer or "", "invalid_call",
-                               {k: v for k, v in fields.items() if k != "kind"}, by=who)
+            self._tally(ctx, "invalid_call", fields)
             return
         recorded = self._append(fields, "invalid")
         if recorded is not None:

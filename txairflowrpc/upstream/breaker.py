@@ -126,6 +126,9 @@ class CircuitBreaker:
     def _close(self) -> None:
         _log.info("Airflow answers again: circuit closed")
         self._opened_at = None
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -133,8 +136,6 @@ class CircuitBreaker:
     def stop(self) -> None:
         """Stop asking, a check under way included (the gateway shuts down)."""
         self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_timer()
         if self._checking is not None:
             self._checking.cancel()
