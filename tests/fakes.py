@@ -198,13 +198,26 @@ class FakeAirflow(Resource):
                 return 200, {"task_instances": tis[offset:offset + limit],
                              "total_entries": len(tis)}
             if len(rest) >= 4 and rest[2] == "taskInstances":
+                # As Airflow: a mapped task's instances are .../{task_id}/{map_index},
+                # its logs ...?map_index=N; the default map_index is -1 (not mapped).
                 ti = [t for t in self.task_instances[key] if t["task_id"] == rest[3]]
                 if not ti:
                     return 404, {"detail": "TaskInstance not found"}
-                if len(rest) == 4:
-                    return 200, ti[0]
+                if len(rest) in (4, 5):
+                    index = int(rest[4]) if len(rest) == 5 else -1
+                    found = [t for t in ti if t.get("map_index", -1) == index]
+                    if found:
+                        return 200, found[0]
+                    if len(rest) == 4:
+                        return 404, {"detail": "Task instance is mapped, add the map_index "
+                                               "value to the URL"}
+                    return 404, {"detail": "The Task Instance ... was not found"}
                 if len(rest) == 6 and rest[4] == "logs":
-                    log = self.logs.get((*key, rest[3], int(rest[5])))
+                    index = int(args.get("map_index", ["-1"])[0])
+                    if not any(t.get("map_index", -1) == index for t in ti):
+                        return 404, {"detail": "TaskInstance not found"}
+                    log = self.logs.get((*key, rest[3], int(rest[5]))
+                                        + ((index,) if index >= 0 else ()))
                     if log is None:
                         return 404, {"detail": "no log"}
                     if isinstance(log, list):  # pages: continuation_token "pN" asks for page N

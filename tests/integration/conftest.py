@@ -163,9 +163,11 @@ class RunningGateway:
                 assert time.monotonic() < deadline, "the gateway never took the new token"
                 time.sleep(0.2)
 
-    def proxy(self, client: ClientFiles | None = None) -> xmlrpc.client.ServerProxy:
+    def proxy(
+        self, client: ClientFiles | None = None, *, allow_none: bool = False
+    ) -> xmlrpc.client.ServerProxy:
         ctx = client_context(self.pki, client or self.client)
-        return xmlrpc.client.ServerProxy(self.url, context=ctx)
+        return xmlrpc.client.ServerProxy(self.url, context=ctx, allow_none=allow_none)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -193,7 +195,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
                           secrets.token_urlsafe(16), database=database.url)
         try:
             af.start()
-            af.wait_dags(["example_hello", "etl_orders", "example_noop", "example_fail"])
+            af.wait_dags()
             yield af
         finally:
             af.stop()

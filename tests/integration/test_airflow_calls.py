@@ -133,7 +133,8 @@ def test_multicall_and_introspection(rpc: xmlrpc.client.ServerProxy) -> None:
     assert e.value.faultCode == 404
     assert "trigger_dag" in rpc.system.listMethods()
     assert rpc.system.methodSignature("get_task_log") == [
-        ["string", "string", "string", "string"], ["string", "string", "string", "string", "int"]]
+        ["string", "string", "string", "string"], ["string", "string", "string", "string", "int"],
+        ["string", "string", "string", "string", "int", "int"]]
     assert "dag_run_id" in rpc.system.methodHelp("trigger_dag")
 
 

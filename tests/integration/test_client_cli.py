@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,6 +119,27 @@ def test_a_failed_run_exits_1_and_shows_the_failed_tasks_log_tail(
     assert "----- end of task fail_on_purpose -----" in got.err
     assert "not run because an upstream task failed: never_runs" in got.err
     assert f"run 'fail-{why}' of DAG 'example_fail' ended failed" in got.err
+
+
+def test_a_mapped_tasks_failed_instance_shows_its_own_log(gateway: RunningGateway) -> None:
+    """Dynamic task mapping: each instance's log is reached by its map_index."""
+    run_id = f"mapped-{secrets.token_hex(4)}"
+    env = {**with_cert(gateway), "AIRFLOWRPC_RUN_ID": run_id}
+    got = run(["trigger", "example_mapped", "--conf", json.dumps({"fail_item": "1"}), "--wait",
+               "--timeout", "300"], env)
+    assert got.status == 1, got
+    assert "----- task count[1] failed (try 1): last " in got.err
+    assert "example_mapped: item 1" in got.err
+    assert "example_mapped: item 0" not in got.err and "item 2" not in got.err
+    rpc = gateway.proxy(allow_none=True)
+    tis = rpc.list_task_instances("example_mapped", run_id)
+    assert sorted((t["map_index"], t["state"]) for t in tis) == [
+        (0, "success"), (1, "failed"), (2, "success")]
+    assert "example_mapped: item 2" in rpc.get_task_log("example_mapped", run_id, "count", None, 2)
+    assert "example_mapped: item 0" in rpc.get_task_log("example_mapped", run_id, "count", 1, 0)
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        rpc.get_task_log("example_mapped", run_id, "count")
+    assert e.value.faultCode == 404 and "needs its map_index" in e.value.faultString
 
 
 def test_call_on_a_missing_dag_exits_4_and_a_present_one_prints_json(

@@ -106,7 +106,8 @@ class FakeGateway:
                 {"task_id": "after_it", "state": "upstream_failed", "try_number": 0,
                  "map_index": -1}]
 
-    def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 0) -> str:
+    def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: Any = None,
+                     map_index: Any = None) -> str:
         return "\n".join(LOG_LINES) + "\n"
 
 

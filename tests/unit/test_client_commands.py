@@ -96,6 +96,22 @@ def test_a_failed_run_exits_1_with_the_failed_tasks_log_tail() -> None:
     assert "airflowrpc: run 'gitlab-9001-deploy' of DAG 'example_fail' ended failed" in got.err
 
 
+def test_a_failed_mapped_instance_shows_its_own_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tail of a mapped task's failed instance is asked for by its map_index."""
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "list_task_instances", lambda *a: [
+        {"task_id": "count", "map_index": 0, "state": "success", "try_number": 1},
+        {"task_id": "count", "map_index": 1, "state": "failed", "try_number": 1},
+        {"task_id": "count", "map_index": 2, "state": "failed", "try_number": 0}])
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert got.status == 1
+    assert gateway.calls_of("get_task_log") == [
+        ("example_fail", "gitlab-9001-deploy", "count", 1, 1),
+        ("example_fail", "gitlab-9001-deploy", "count", None, 2)]
+    assert "----- task count[1] failed (try 1): last 50 of 100 log lines -----" in got.err
+    assert "map_index" not in got.err
+
+
 def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = FakeGateway()
     hostile = ["::add-mask::nothing", "  ::stop-commands::x", "\x1b[0Ksection_start:1:x",

@@ -199,6 +199,46 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(f.faultCode, -32602)
 
 
+class MappedTaskTests(MethodTestCase):
+    """A mapped task's instances are told apart by map_index, as Airflow does."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.gw.airflow.runs[("etl_orders", "m1")] = {"dag_id": "etl_orders", "dag_run_id": "m1"}
+        self.gw.airflow.task_instances[("etl_orders", "m1")] = [
+            {"task_id": "count", "map_index": n, "state": "success", "try_number": n + 1}
+            for n in range(3)]
+        for n in range(3):
+            for t in range(1, n + 2):
+                self.gw.airflow.logs[("etl_orders", "m1", "count", t, n)] = {
+                    "content": [f"item {n} try {t}"]}
+
+    def test_the_latest_try_of_one_instance(self) -> None:
+        self.assertEqual(self.call("get_task_log", "etl_orders", "m1", "count", None, 2),
+                         "item 2 try 3\n")
+        self.assertIn(("GET", "/api/v2/dags/etl_orders/dagRuns/m1/taskInstances/count/2"),
+                      self.gw.airflow.api_requests())
+        self.assertEqual(self.gw.airflow.queries[-1]["map_index"], ["2"])
+
+    def test_a_given_try_of_one_instance(self) -> None:
+        self.assertEqual(self.call("get_task_log", "etl_orders", "m1", "count", 1, 1),
+                         "item 1 try 1\n")
+
+    def test_without_map_index_airflows_answer_is_a_404(self) -> None:
+        f = self.fault("get_task_log", "etl_orders", "m1", "count")
+        self.assertEqual(f.faultCode, 404)
+        self.assertIn("mapped", f.faultString)
+
+    def test_a_map_index_out_of_range_is_invalid(self) -> None:
+        for bad in (-1, -5):
+            f = self.fault("get_task_log", "etl_orders", "m1", "count", None, bad)
+            self.assertEqual(f.faultCode, -32602)
+            self.assertIn("map_index must be from 0", f.faultString)
+        f = self.fault("get_task_log", "etl_orders", "m1", "count", None, 7)
+        self.assertEqual(f.faultCode, 404)
+        self.assertIn("task 'count' (map_index 7) in run 'm1'", f.faultString)
+
+
 class UnexpectedDocumentTests(MethodTestCase):
     """An answer not shaped as Airflow's API says is a 502, never an internal error."""
 

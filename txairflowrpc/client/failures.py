@@ -100,17 +100,13 @@ def _tail(
     gateway: Caller, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int,
     lines: int,
 ) -> TaskTail:
-    args: tuple[Any, ...] = (dag_id, run_id, task_id)
-    if try_number >= 1:
-        args += (try_number,)
+    args: tuple[Any, ...] = (dag_id, run_id, task_id, try_number if try_number >= 1 else None)
+    if map_index >= 0:
+        args += (map_index,)
     try:
         text = gateway.call("get_task_log", *args, timeout=LOG_TIMEOUT)
     except ClientError as e:
-        problem = e.message
-        if map_index >= 0:
-            problem += (" (a mapped task instance: get_task_log takes no map_index, so its "
-                        "log may not be reachable through the gateway)")
-        return TaskTail(task_id, map_index, try_number, problem=problem)
+        return TaskTail(task_id, map_index, try_number, problem=e.message)
     all_lines = str(text).splitlines()
     kept = all_lines[-lines:] if lines > 0 else []
     return TaskTail(task_id, map_index, try_number, tuple(kept), len(all_lines))

@@ -60,3 +60,8 @@ def path(*segments: str) -> str:
     past validation cannot add a ``/`` to the path.
     """
     return "/".join(quote(s, safe="") for s in segments)
+
+
+def mapped(map_index: int | None) -> str:
+    """`` (map_index N)``: one instance of a mapped task, after its task id in a message."""
+    return "" if map_index is None else f" (map_index {map_index})"

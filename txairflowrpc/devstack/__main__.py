@@ -90,7 +90,7 @@ def main() -> int:
     print(f"Starting Airflow 3 on {airflow.base_url} (log: {airflow.log_path}) ...", flush=True)
     try:
         airflow.start()
-        airflow.wait_dags(["example_hello", "etl_orders", "example_noop", "example_fail"])
+        airflow.wait_dags()
         print(SNIPPET.format(
             port=GATEWAY_PORT, airflow=airflow.base_url,
             passwords=airflow.home / "simple_auth_manager_passwords.json.generated",

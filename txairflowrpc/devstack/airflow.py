@@ -20,10 +20,13 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "conf" / "dags"
+#: The DAGs in `DAGS`: each file holds one, named after the file.
+EXAMPLE_DAGS = tuple(sorted(path.stem for path in DAGS.glob("*.py")))
 #: Where the Makefile installs Airflow 3.3.2.
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".airflow-venv"))
 
@@ -128,8 +131,8 @@ class LocalAirflow:
             for part in ("metadatabase", "scheduler")
         )
 
-    def wait_dags(self, dag_ids: list[str], timeout: float = 120.0) -> None:
-        """Block until Airflow has parsed every DAG in ``dag_ids``."""
+    def wait_dags(self, dag_ids: Iterable[str] = EXAMPLE_DAGS, timeout: float = 120.0) -> None:
+        """Block until Airflow has parsed every DAG in ``dag_ids`` (default: conf/dags')."""
         token = self.token("admin", self.admin_password)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

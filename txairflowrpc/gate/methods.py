@@ -44,6 +44,11 @@ _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
 _TASK_ID = Param("task_id", "string", "the task's id", id="task_id")
 
 
+#: Airflow's own bound on a mapped task's instances is a setting
+#: (``core.max_map_length``, 1,024 by default); this only keeps the number sane.
+MAX_MAP_INDEX = 2**31 - 1
+
+
 def _check_id(method: str, kind: str, value: Any) -> str:
     problem = ids.id_problem(kind, value)
     if problem:
@@ -526,25 +531,42 @@ class AirflowMethods:
     @rpc_method(
         "get_task_log", "string", _DAG_ID, _RUN_ID, _TASK_ID,
         Param("try_number", "int", "which try (default: the latest)", required=False),
+        Param("map_index", "int", "which instance of a mapped task, from 0 (default: the "
+              "task is not mapped)", required=False),
         scope="logs:read", dag="dag_id",
     )
     async def get_task_log(
         self, call: CallContext, dag_id: str, dag_run_id: str, task_id: str,
-        try_number: int | None = None,
+        try_number: int | None = None, map_index: int | None = None,
     ) -> str:
-        """The log of one try of a task instance, as text."""
+        """
+        The log of one try of a task instance, as text. A mapped task's
+        instances are told apart by ``map_index`` (as `list_task_instances`
+        gives it); leave ``try_number`` out (nil) for the latest try of one.
+        """
         m = "get_task_log"
         _check_id(m, "dag_id", dag_id)
         _check_id(m, "dag_run_id", dag_run_id)
         _check_id(m, "task_id", task_id)
+        if map_index is not None and not 0 <= map_index <= MAX_MAP_INDEX:
+            raise errors.InvalidParams(
+                f"map_index must be from 0 to {MAX_MAP_INDEX} (leave it out for a task "
+                "that is not mapped)", m)
+        if try_number is not None and try_number < 1:
+            raise errors.InvalidParams("try_number must be at least 1", m)
         client = self._client(call)
         if try_number is None:
-            ti = await client.get_task_instance(dag_id, dag_run_id, task_id)
+            try:
+                ti = await client.get_task_instance(dag_id, dag_run_id, task_id, map_index)
+            except errors.NotFound as e:
+                if map_index is None:  # Airflow says only "not found" for a mapped task
+                    raise errors.NotFound(f"{e.what} (a mapped task's instance needs its "
+                                          "map_index)") from None
+                raise
             try_number = ti.get("try_number") or 0  # an int: the shape says so
             if try_number < 1:
                 raise errors.NotFound(
-                    f"log of task {task_id!r} in run {dag_run_id!r}: the task has not run yet"
+                    f"log of task {task_id!r}{ids.mapped(map_index)} in run {dag_run_id!r}: "
+                    "the task has not run yet"
                 )
-        elif try_number < 1:
-            raise errors.InvalidParams("try_number must be at least 1", m)
-        return await client.get_task_log(dag_id, dag_run_id, task_id, try_number)
+        return await client.get_task_log(dag_id, dag_run_id, task_id, try_number, map_index)

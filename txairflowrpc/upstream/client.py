@@ -703,14 +703,16 @@ class AirflowClient:
         return self._call(run())
 
     def get_task_instance(
-        self, dag_id: str, dag_run_id: str, task_id: str
+        self, dag_id: str, dag_run_id: str, task_id: str, map_index: int | None = None
     ) -> Deferred[dict[str, Any]]:
+        """One task instance; of a mapped task, the one at ``map_index``."""
+        segments = ["dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id]
+        if map_index is not None:
+            segments.append(str(map_index))
+        what = f"task {task_id!r}{ids.mapped(map_index)} in run {dag_run_id!r} of DAG {dag_id!r}"
+
         async def run() -> dict[str, Any]:
-            data = await self._api(
-                "GET",
-                ids.path("dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id),
-                what=f"task {task_id!r} in run {dag_run_id!r} of DAG {dag_id!r}",
-            )
+            data = await self._api("GET", ids.path(*segments), what=what)
             return shape_task_instance(data)
 
         return self._call(run())
@@ -737,10 +739,12 @@ class AirflowClient:
         return self._call(run())
 
     def get_task_log(
-        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int
+        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int,
+        map_index: int | None = None,
     ) -> Deferred[str]:
-        """The log of one try of a task, as text lines."""
-        what = f"log of try {try_number} of task {task_id!r} in run {dag_run_id!r}"
+        """The log of one try of a task (of a mapped task's instance ``map_index``), as text."""
+        what = (f"log of try {try_number} of task {task_id!r}{ids.mapped(map_index)} "
+                f"in run {dag_run_id!r}")
         path = ids.path(
             "dags", dag_id, "dagRuns", dag_run_id, "taskInstances", task_id, "logs",
             str(try_number),
@@ -752,6 +756,8 @@ class AirflowClient:
             token: str | None = None
             for _ in range(MAX_LOG_PAGES):
                 params = [("full_content", "true")]
+                if map_index is not None:
+                    params.append(("map_index", str(map_index)))
                 if token:
                     params.append(("token", token))
                 data = await self._api("GET", path, what=what, params=params)
