@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from ..config.access import MAX_ARN, AWSSettings, PrincipalEntry
+from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
 
 _log = Logger()
@@ -409,10 +410,6 @@ def principals_for(identity: CallerIdentity,
 # -- Asking STS ---------------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class IAMVerifier:
     """
     Verifies AWS-IAM credentials against ``settings``: checks them locally,
@@ -513,7 +510,7 @@ class IAMVerifier:
         deadline = self._clock.callLater(timeout, d.cancel)
         try:
             status, content_type, body = await d
-        except _TooLarge:
+        except TooLarge:
             raise self._unavailable("STS's answer is too large") from None
         except Exception as e:  # refused, reset, DNS, TLS: all "could not be reached"
             if not deadline.active():
@@ -556,17 +553,7 @@ class IAMVerifier:
             "POST", self.settings.sts_url, headers=headers, data=BODY.encode("ascii"),
             allow_redirects=False,
         )
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > MAX_ANSWER:
-                raise _TooLarge()
-            chunks.append(data)
-
-        await response.collect(collect)
+        body = await read_capped(response, MAX_ANSWER)
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        return response.code, content_type.decode("latin-1").lower(), b"".join(chunks)
+        return response.code, content_type.decode("latin-1").lower(), body
 
