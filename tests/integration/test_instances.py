@@ -503,7 +503,7 @@ def test_workers_behind_haproxy_read_its_header(
 
     root = tmp_path_factory.mktemp("proxied-workers")
     gw = Instance(root, "gw-w", pki, airflow, root / "tokens.json")
-    health = free_ports(2)  # worker K's admin listener is at health.port + K
+    health = free_ports(3)  # the supervisor's admin listener, then worker K's at +1+K
     text = gw.config.read_text().replace(
         f"port = {gw.port}\n", f"port = {gw.port}\nworkers = 2\n", 1).replace(
         f"[health]\nport = {gw.health_port}\n", f"[health]\nport = {health}\n", 1)

@@ -1,8 +1,9 @@
 """
 ``[listen] workers = 2`` with the real ``twistd airflowrpc``, real TLS on
 loopback and the real Airflow: both workers serve the one port, each writes
-its own audit chain, a worker killed with ``kill -9`` is logged and replaced
-while calls go on, SIGHUP reaches both (and a broken config reaches
+its own audit chain, the supervisor's admin listener speaks for both
+(metrics under a worker label, readiness), a worker killed with ``kill -9``
+is logged, counted and replaced while calls go on, SIGHUP reaches both (and a broken config reaches
 neither), SIGTERM stops everything with status 0, and ``audit verify`` finds
 both chains whole.  The steps run in order on one gateway.
 """
@@ -16,13 +17,15 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 import types
+import urllib.error
+import urllib.request
 import xmlrpc.client
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import TWISTD, RunningGateway, client_context, free_port
 from .test_deployment import AirflowHealth, Systemd
@@ -31,7 +34,10 @@ AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (worker K's admin listener is at +K)."""
+    """
+    The first of ``count`` consecutive free ports (the supervisor's admin
+    listener is on the first, worker K's at +1+K).
+    """
     for _ in range(100):
         first = free_port()
         taken = []
@@ -50,8 +56,8 @@ def free_ports(count: int) -> int:
 
 
 def two_workers(gateway: RunningGateway) -> RunningGateway:
-    """``gateway`` with ``workers = 2``, its admin listeners on two free ports."""
-    health = free_ports(2)
+    """``gateway`` with ``workers = 2``, its admin listeners on three free ports."""
+    health = free_ports(3)
     text = gateway.config.read_text().replace(
         f"port = {gateway.port}\n", f"port = {gateway.port}\nworkers = 2\n", 1).replace(
         f"[health]\nport = {gateway.health_port}\n", f"[health]\nport = {health}\n", 1)
@@ -129,12 +135,43 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
         instances = {r["instance"] for r in calls}
         assert len(instances) == 1 and instances.pop().endswith(f"-w{k}"), instances
     assert served[0] + served[1] >= 24 and min(served.values()) > 0, served
-    # each worker's own admin listener, at health.port + K
+    # Each worker's own admin listener is at health.port + 1 + K; the
+    # supervisor's, at health.port, gives both under a worker label.
+    get_dag = {"method": "get_dag", "outcome": "ok", "fault_code": ""}
+    own = [scrape(workers.health_port + 1 + k)[("airflowrpc_calls_total",
+                                                  frozenset(get_dag.items()))]
+           for k in (0, 1)]
+    merged = scrape(workers.health_port)
     for k in (0, 1):
-        url = f"http://127.0.0.1:{workers.health_port + k}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as page:
-            assert b"airflowrpc_calls_total" in page.read()
+        worker = {"worker": str(k)}
+        assert merged[("airflowrpc_calls_total",
+                       frozenset({**get_dag, **worker}.items()))] == own[k] > 0
+        assert merged[("airflowrpc_worker_up", frozenset(worker.items()))] == 1
+        assert merged[("airflowrpc_worker_restarts_total", frozenset(worker.items()))] == 0
+    assert sum(own) >= 24 and merged[("airflowrpc_workers", frozenset())] == 2
+    assert not [key for key in merged if key[0] != "airflowrpc_workers"
+                and "worker" not in dict(key[1])]
+    status, ready = probe(workers.health_port, "/readyz")
+    assert status == 200 and ready["ready"] is True, ready
+    assert [ready["workers"][k]["answer"]["ready"] for k in "01"] == [True, True]
     print(f"\n24 calls on fresh connections: worker 0 served {served[0]}, worker 1 {served[1]}")
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """An admin listener's /metrics, read with prometheus_client's parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as page:
+        body = page.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+def probe(port: int, path: str) -> tuple[int, dict]:
+    """An admin listener's JSON answer to ``path``, whatever its status."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=15) as page:
+            return page.status, json.loads(page.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def sighup_reloads(gateway: RunningGateway, index: int) -> int:
@@ -182,6 +219,11 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) 
     for _ in range(24):
         assert fresh_call(workers)["dag_id"] == "example_hello"
     assert len(records(workers, 1)) > before  # the new worker serves, on the same chain
+    merged = scrape(workers.health_port)
+    assert [merged[("airflowrpc_worker_restarts_total", frozenset({("worker", k)}))]
+            for k in "01"] == [0, 1]
+    assert [merged[("airflowrpc_worker_up", frozenset({("worker", k)}))] for k in "01"] == [1, 1]
+    wait_for(lambda: probe(workers.health_port, "/readyz")[0] == 200, "ready again", 30)
 
 
 def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGateway) -> None:

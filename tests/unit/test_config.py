@@ -99,8 +99,8 @@ def test_shipped_example_parses(confdir: Path) -> None:
     (lambda t: t + "\n[limits]\nconnection_burst_per_source = 0\n",
      "limits.connection_burst_per_source", "at least 1"),
     # Found by review: worker K's admin port past 65535 was a traceback at start.
-    (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65535\n",
-     "health.port", "at most 65534"),
+    (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65534\n",
+     "health.port", "at most 65533"),
 ])
 def test_bad_config_names_the_key(confdir: Path, edit, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -93,7 +93,8 @@ def test_each_worker_has_its_own_chain_and_admin_port(confdir: Path) -> None:  #
     assert [a.instance for a in chains] == ["gw-a-w0", "gw-a-w1", "gw-a-w2"]
     # one digest key for all, so one value has one digest whichever worker saw it
     assert {a.digest_key_file for a in chains} == {cfg.audit.digest_key_file}
-    assert [for_worker(cfg, k).health.port for k in range(3)] == [9100, 9101, 9102]
+    # the supervisor's admin listener on health.port, the workers' after it
+    assert [for_worker(cfg, k).health.port for k in range(3)] == [9101, 9102, 9103]
     off = load(write(confdir, SHARED.replace("port = 9100", "port = 0")))
     assert for_worker(off, 1).health.port == 0
 

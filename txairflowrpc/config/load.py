@@ -82,9 +82,9 @@ def parse(document: dict[str, Any], source: Path) -> Config:
                               f"Airflow account {entry.airflow_user!r} is the gateway's own "
                               "(airflow.username), with another password")
     workers, health = sections["listen"]["workers"], sections["health"]["port"]
-    if health and health + workers - 1 > 65535:
+    if health and workers > 1 and health + workers > 65535:
         raise ConfigError("health.port", f"with listen.workers = {workers}, worker K listens on "
-                          f"health.port + K: at most {65536 - workers}")
+                          f"health.port + 1 + K: at most {65535 - workers}")
     return Config(
         source=source,
         listen=ListenConfig(**sections["listen"]),

@@ -55,7 +55,8 @@ from .logs import WORKER_ENVIRONMENT
 from .notify import Watchdog
 from .workers import LISTENER_FD, REPORT_FD
 
-__all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "bind_shared", "worker_argv"]
+__all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "WorkerState", "bind_shared",
+           "worker_argv"]
 
 #: First wait before a dead worker is replaced; doubled for each death in a row.
 RESTART_SECONDS = 1.0
@@ -190,7 +191,25 @@ class _Worker:
     heard: bool = False  # it reported: its SIGHUP handler is in place
     ready: bool = False
     deaths: int = 0  # in a row, without a ready report between
+    restarts: int = 0  # replaced after an unexpected exit, since the supervisor started
     restart: IDelayedCall | None = None
+
+
+@attrs.frozen
+class WorkerState:
+    """What the supervisor knows of one worker, for its admin listener."""
+
+    index: int
+    pid: int | None
+    #: Its process runs.
+    running: bool
+    #: It reported ready (as it would to systemd) and runs.
+    ready: bool
+    #: Its listening socket is open: new connections wait for it (a worker
+    #: that cannot start has its socket closed, its share going to the others).
+    accepting: bool
+    #: Times it was replaced after an unexpected exit.
+    restarts: int
 
 
 class Supervisor(service.Service):
@@ -286,6 +305,7 @@ class Supervisor(service.Service):
         failed_start = worker.deaths > 0  # it died again before it was ever ready
         delay = self._next_delay(worker)
         self.restarts += 1
+        worker.restarts += 1
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
                    index=index, pid=pid, how=ending(reason), delay=delay)
@@ -295,6 +315,23 @@ class Supervisor(service.Service):
                        "does, and new connections go to the other workers", index=index)
         self._status(f"worker {index} exited ({ending(reason)}); restarting")
         worker.restart = self._clock.callLater(delay, self._start, worker)
+
+    @property
+    def stopping(self) -> bool:
+        """SIGTERM came: the workers are draining."""
+        return self._stopping
+
+    def states(self) -> list[WorkerState]:
+        """Each worker as the supervisor sees it now."""
+        return [
+            WorkerState(
+                index=w.index, pid=w.pid if w.transport is not None else None,
+                running=w.transport is not None, ready=w.ready and w.transport is not None,
+                accepting=self._port is None or self._port.sockets[w.index] is not None,
+                restarts=w.restarts,
+            )
+            for w in self.workers
+        ]
 
     def _next_delay(self, worker: _Worker) -> float:
         """The back-off before ``worker`` is started again: doubling with each death in a row."""

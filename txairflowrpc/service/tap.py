@@ -59,13 +59,21 @@ from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked
 from .collector import CollectorTuning
+from .gathered import GatheredHealth, WorkerAdmins
 from .lifecycle import GatewayService, Listener, bind_problem, exit_zero
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
 from .supervisor import SharedPort, Supervisor, spawner
-from .workers import (LISTENER_FD, REPORT_FD, AdoptedEndpoint, ParentWatch, PipeNotifier,
-                      for_worker)
+from .workers import (
+    LISTENER_FD,
+    REPORT_FD,
+    AdoptedEndpoint,
+    ParentWatch,
+    PipeNotifier,
+    for_worker,
+    worker_admin_port,
+)
 
 __all__ = ["Options", "makeService"]
 
@@ -100,8 +108,10 @@ class Options(usage.Options):
             self["worker"] = index
             self["checked"] = worker_checked(self["checked"], index)
             return  # its ports were checked by the supervisor, which holds the listener
-        admin_ports = [cfg.health.port + k for k in range(cfg.listen.workers)
-                       ] if cfg.health.port else [0]
+        # With workers, the supervisor's admin listener and then each worker's.
+        admin_ports = [cfg.health.port, *(worker_admin_port(cfg.health.port, k)
+                                          for k in range(cfg.listen.workers)
+                                          if cfg.listen.workers > 1)] if cfg.health.port else []
         for host, port, what in ((cfg.listen.host, cfg.listen.port, ""),
                                  *((cfg.health.host, p, " (admin listener)")
                                    for p in admin_ports)):
@@ -455,6 +465,16 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
         where=where, on_stopped=stopped, port=sockets,
     )
+    if cfg.health.port:
+        # Started before the supervisor (stopped after it): one address for all the workers.
+        ports = [worker_admin_port(cfg.health.port, k) for k in range(cfg.listen.workers)]
+        gathered = GatheredHealth(
+            admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host, ports),
+            states=supervisor.states, stopping=lambda: supervisor.stopping,
+            off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        Listener(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
+                 AdminSite(gathered, reactor=reactor, ipv6_prefix=cfg.limits.ipv6_source_prefix),
+                 f"{cfg.health.host}:{cfg.health.port} (admin listener)").setServiceParent(top)
     supervisor.setServiceParent(top)
     HangUp(reactor, supervisor.reload).setServiceParent(top)
     return top

@@ -6,7 +6,8 @@ One of the ``listen.workers`` processes, as the supervisor
 A worker is the whole gateway on `for_worker`'s view of the config: its own
 audit chain (``audit.w<K>.jsonl``, instance ``<instance>-w<K>``), its share
 of the per-principal and connection limits, its own admin listener
-(``health.port + K``).  What it gets from the supervisor, by file
+(``health.port + 1 + K``: ``health.port`` is the supervisor's, which speaks for
+them all, `txairflowrpc.service.gathered`).  What it gets from the supervisor, by file
 descriptor:
 
 - `LISTENER_FD`: a listening socket bound by the supervisor (with
@@ -39,7 +40,7 @@ from zope.interface import implementer
 from .. import config as config_module
 
 __all__ = ["LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
-           "for_worker", "worker_audit_path"]
+           "for_worker", "worker_admin_port", "worker_audit_path"]
 
 #: The listening socket a worker adopts.
 LISTENER_FD = 3
@@ -54,6 +55,11 @@ _log = Logger()
 def worker_audit_path(path: Path, index: int) -> Path:
     """Worker ``index``'s audit file: ``audit.jsonl`` becomes ``audit.w<index>.jsonl``."""
     return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+
+
+def worker_admin_port(health_port: int, index: int) -> int:
+    """Worker ``index``'s admin port: the one after the supervisor's, then one each; 0 if off."""
+    return health_port + 1 + index if health_port else 0
 
 
 def divided(value: int, count: int, least: int = 1) -> int:
@@ -88,7 +94,7 @@ def for_worker(cfg: config_module.Config, index: int) -> config_module.Config:
     )
     audit = attrs.evolve(cfg.audit, path=worker_audit_path(cfg.audit.path, index),
                          instance=f"{cfg.audit.instance}-w{index}")
-    health = attrs.evolve(cfg.health, port=cfg.health.port + index if cfg.health.port else 0)
+    health = attrs.evolve(cfg.health, port=worker_admin_port(cfg.health.port, index))
     return attrs.evolve(cfg, limits=limits, airflow=airflow, audit=audit, health=health)
 
 

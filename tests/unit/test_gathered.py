@@ -1,0 +1,258 @@
+"""
+The supervisor's admin listener on its own: every worker's metrics merged
+under a ``worker`` label (checked by prometheus_client's parser and by
+Prometheus' own, promtool), readiness across the workers, and workers that
+do not answer.  The workers here are twisted.web resources behind StubTreq;
+test_workers.py asks real ones.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from txairflowrpc.service.gathered import (
+    ASK_SECONDS,
+    OPENMETRICS,
+    Answer,
+    GatheredHealth,
+    WorkerAdmins,
+    exposition,
+    loopback_host,
+    merged_families,
+    supervisor_families,
+)
+from txairflowrpc.service.metrics import GatewayMetrics, PartsCollector
+from txairflowrpc.service.supervisor import WorkerState
+
+from .helpers import CONFIG
+from .test_admin import certificates
+from .test_metrics import metered_gateway
+
+PORTS = [9101, 9102]
+
+
+def worker_exposition(calls: int) -> bytes:
+    """A worker's /metrics as OpenMetrics: a whole gateway's registry after ``calls`` pings."""
+    metrics = GatewayMetrics()
+    gw, parts = metered_gateway(metrics)
+    cfg = attrs.evolve(CONFIG, tls=certificates(Path(tempfile.mkdtemp()), 30))
+    metrics.collect_from(PartsCollector(
+        config=lambda: cfg, clock=gw.clock, site=parts.site, limits=parts.limits,
+        breaker=parts.breaker, client=parts.client, audit=gw.audit, refusals=parts.refusals,
+        watcher=parts.watcher, coalescing=parts.coalescing()))
+    for _ in range(calls):
+        gw.call_d("ping")
+    metrics.upstream_answered("GET", 200, 0.02)
+    return openmetrics_latest(metrics.registry)
+
+
+class Workers(Resource):
+    """Both workers' admin listeners, told apart by the port in the Host header."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: dict[int, dict[bytes, tuple[int, bytes]]] = {}
+        self.held: list[server.Request] = []
+        self.accepts: list[bytes] = []
+
+    def render_GET(self, request: server.Request) -> Any:
+        port = int((request.getHeader(b"host") or b"").rpartition(b":")[2])
+        self.accepts.append(request.getHeader(b"accept") or b"")
+        answer = self.answers.get(port, {}).get(request.path)
+        if answer is None:
+            self.held.append(request)
+            return server.NOT_DONE_YET  # never answers
+        request.setResponseCode(answer[0])
+        return answer[1]
+
+
+def state(index: int, *, ready: bool = True, accepting: bool = True,
+          restarts: int = 0) -> WorkerState:
+    return WorkerState(index=index, pid=4242 + index, running=ready, ready=ready,
+                       accepting=accepting, restarts=restarts)
+
+
+class GatheredTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.workers = Workers()
+        self.workers_http = RequestTraversalAgent(self.workers)
+        self.states = [state(0), state(1, restarts=2)]
+        self.stopping = False
+        resource = GatheredHealth(
+            admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS),
+            states=lambda: self.states, stopping=lambda: self.stopping,
+            off_reactor=lambda f, *a: succeed(f(*a)))
+        self.http = StubTreq(resource)
+
+    def answer(self, index: int, path: bytes, status: int, body: bytes) -> None:
+        self.workers.answers.setdefault(PORTS[index], {})[path] = (status, body)
+
+    def flush(self) -> None:
+        for _ in range(5):  # a worker's answer, then the supervisor's
+            self.workers_http.flush()
+            self.http.flush()
+
+    def get(self, path: str, headers: dict[bytes, list[bytes]] | None = None) -> tuple[Any, bytes]:
+        d = self.http.get(f"http://127.0.0.1:9100{path}", headers=headers)
+        self.flush()
+        response = self.successResultOf(d)
+        return response, self.successResultOf(response.content())
+
+    def test_every_workers_metrics_under_its_worker_label(self) -> None:
+        self.answer(0, b"/metrics", 200, worker_exposition(2))
+        self.answer(1, b"/metrics", 200, worker_exposition(3))
+        response, body = self.get("/metrics")
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(
+            b"text/plain"))
+        self.assertEqual(set(self.workers.accepts), {OPENMETRICS})
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        calls = {s.labels["worker"]: s.value for s in families["airflowrpc_calls"].samples
+                 if s.name == "airflowrpc_calls_total" and s.labels["method"] == "ping"}
+        self.assertEqual(calls, {"0": 2.0, "1": 3.0})
+        buckets = [s for s in families["airflowrpc_upstream_request_duration_seconds"].samples
+                   if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+        self.assertEqual(sorted(s.labels["worker"] for s in buckets), ["0", "1"])
+        for family in families.values():  # every worker's sample names its worker
+            if family.name != "airflowrpc_workers":
+                for s in family.samples:
+                    self.assertIn("worker", s.labels, s)
+        up = {s.labels["worker"]: s.value for s in families["airflowrpc_worker_up"].samples}
+        self.assertEqual(up, {"0": 1.0, "1": 1.0})
+        restarts = {s.labels["worker"]: s.value
+                    for s in families["airflowrpc_worker_restarts"].samples
+                    if s.name == "airflowrpc_worker_restarts_total"}
+        self.assertEqual(restarts, {"0": 0.0, "1": 2.0})
+        self.assertEqual(families["airflowrpc_workers"].samples[0].value, 2.0)
+
+    def test_prometheus_reads_the_text_format_and_openmetrics_when_asked(self) -> None:
+        promtool = shutil.which("promtool")
+        self.assertTrue(promtool, "promtool is missing: make apt-deps installs Debian's prometheus")
+        self.answer(0, b"/metrics", 200, worker_exposition(1))
+        self.answer(1, b"/metrics", 200, worker_exposition(1))
+        _, text = self.get("/metrics")
+        response, om = self.get("/metrics", {b"Accept": [OPENMETRICS]})
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(
+            b"application/openmetrics-text"))
+        worker_names = {f.name for f in openmetrics_families(worker_exposition(1).decode())}
+        self.assertEqual({f.name for f in openmetrics_families(om.decode())},
+                         worker_names | {"airflowrpc_workers", "airflowrpc_worker_up",
+                                         "airflowrpc_worker_ready", "airflowrpc_worker_restarts"})
+        # promtool reads the text format (Prometheus' own parser); it exits 1 on
+        # a parse error or a lint hint, naming each.
+        checked = subprocess.run([promtool, "check", "metrics"], input=text.decode(),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        self.assertEqual((checked.returncode, checked.stdout + checked.stderr), (0, ""))
+
+    def test_gzip_when_accepted(self) -> None:
+        families = supervisor_families([state(0)], {0})
+        body, headers = exposition(families, "", "deflate, gzip;q=0.5")
+        self.assertIn((b"Content-Encoding", b"gzip"), headers)
+        self.assertIn(b"airflowrpc_worker_up", gzip.decompress(body))
+        body, headers = exposition(families, "", "")
+        self.assertEqual([name for name, _ in headers], [b"Content-Type"])
+        self.assertIn(b"airflowrpc_worker_up", body)
+
+    def test_a_worker_that_does_not_answer_is_left_out_and_shown_down(self) -> None:
+        self.answer(1, b"/metrics", 200, worker_exposition(1))
+        d = self.http.get("http://127.0.0.1:9100/metrics")
+        self.flush()
+        self.assertNoResult(d)
+        self.clock.advance(ASK_SECONDS)
+        self.flush()
+        body = self.successResultOf(self.successResultOf(d).content()).decode()
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        workers = {s.labels["worker"] for s in families["airflowrpc_calls"].samples}
+        self.assertEqual(workers, {"1"})
+        up = {s.labels["worker"]: s.value for s in families["airflowrpc_worker_up"].samples}
+        self.assertEqual(up, {"0": 0.0, "1": 1.0})
+
+    def test_a_worker_text_that_does_not_parse_is_left_out(self) -> None:
+        families, read = merged_families([
+            Answer(0, 200, b"not metrics {{{"), Answer(1, 200, worker_exposition(1)),
+            Answer(2, 503, b"")])
+        self.assertEqual(read, {1})
+        self.assertTrue(families)
+
+    def ready(self) -> tuple[int, dict[str, Any]]:
+        d = self.http.get("http://127.0.0.1:9100/readyz")
+        self.flush()
+        self.clock.advance(ASK_SECONDS)  # for a worker that does not answer
+        self.flush()
+        response = self.successResultOf(d)
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_ready_when_every_worker_that_takes_connections_is(self) -> None:
+        good = json.dumps({"ready": True}).encode()
+        bad = json.dumps({"ready": False}).encode()
+        self.answer(0, b"/readyz", 200, good)
+        self.answer(1, b"/readyz", 200, good)
+        code, body = self.ready()
+        self.assertEqual((code, body["ready"]), (200, True))
+        self.assertEqual(body["workers"]["1"]["answer"], {"ready": True})
+        # One not ready while its socket takes connections: they would wait.
+        self.answer(1, b"/readyz", 503, bad)
+        code, body = self.ready()
+        self.assertEqual((code, body["ready"], body["workers"]["1"]["status"]), (503, False, 503))
+        # One that cannot start has its socket closed: the others take its share.
+        self.states = [state(0), state(1, ready=False, accepting=False)]
+        self.assertEqual(self.ready()[0], 200)
+        # None ready: not ready, whatever the sockets.
+        self.answer(0, b"/readyz", 503, bad)
+        self.states = [state(0, accepting=False), state(1, ready=False, accepting=False)]
+        self.assertEqual(self.ready()[0], 503)
+
+    def test_not_ready_when_a_worker_does_not_answer_or_while_stopping(self) -> None:
+        self.answer(0, b"/readyz", 200, b'{"ready": true}')
+        code, body = self.ready()
+        self.assertEqual(code, 503)
+        self.assertEqual(body["workers"]["1"],
+                         {"status": None, "accepting": True, "restarts": 2,
+                          "problem": f"no answer within {ASK_SECONDS:g} s"})
+        self.answer(1, b"/readyz", 200, b'{"ready": true}')
+        self.stopping = True
+        code, body = self.ready()
+        self.assertEqual((code, body["ready"]), (503, False))
+        self.assertIn("stopping", body["detail"])
+
+    def test_liveness_names_each_worker_and_other_paths_are_404(self) -> None:
+        response, body = self.get("/healthz")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["workers"][1],
+                         {"index": 1, "pid": 4243, "running": True, "ready": True,
+                          "accepting": True, "restarts": 2})
+        self.assertEqual(self.workers.accepts, [])  # the supervisor alone answers it
+        response, _ = self.get("/RPC2")
+        self.assertEqual(response.code, 404)
+
+
+class LoopbackTests(SynchronousTestCase):
+    def test_a_wildcard_address_is_reached_on_loopback(self) -> None:
+        self.assertEqual(loopback_host("0.0.0.0"), "127.0.0.1")
+        self.assertEqual(loopback_host("::"), "::1")
+        self.assertEqual(loopback_host("10.1.2.3"), "10.1.2.3")
+        admins = WorkerAdmins(Clock(), RequestTraversalAgent(Resource()), "::", [1, 2])
+        self.assertEqual(admins._base, ["http://[::1]:1", "http://[::1]:2"])
+
+

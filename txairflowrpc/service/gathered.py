@@ -1,0 +1,302 @@
+"""
+The supervisor's admin listener (``listen.workers`` > 1) on ``health.port``:
+one address that speaks for every worker, so that a prober, a load
+balancer's check and a Prometheus job each need one target whatever
+``workers`` is.  Each worker keeps its own listener on ``health.port + 1 +
+K`` (`txairflowrpc.service.workers.worker_admin_port`); the supervisor asks
+them over loopback HTTP, all at once, each within `ASK_SECONDS`:
+
+- ``GET /healthz``: 200 while the supervisor's reactor runs (it replaces
+  dead workers itself), with each worker as the supervisor sees it.
+- ``GET /readyz``: 200 if at least one worker answers its own ``/readyz``
+  with 200 and so does every worker whose listening socket is open (new
+  connections wait for that one: a worker being replaced is not ready);
+  503 otherwise, and while stopping.  The body holds each worker's answer.
+- ``GET /metrics``: every worker's metrics, each sample labelled
+  ``worker="K"``, merged family by family, and the supervisor's own
+  (`supervisor_families`).  The text format, or OpenMetrics when asked;
+  gzip when accepted (prometheus_client's own encoders).  A worker that
+  does not answer is left out and its ``airflowrpc_worker_up`` is 0; a
+  replaced worker's counters start again from zero, which Prometheus'
+  ``rate()`` handles per series.
+
+Nothing here is a secret the workers' own listeners do not already show.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import TimeoutError as NoAnswerInTime
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+
+from ..core.bodies import TooLarge, read_capped
+from .supervisor import WorkerState
+
+__all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
+           "merged_families", "supervisor_families"]
+
+#: How long a worker's admin listener may take to answer the supervisor.
+ASK_SECONDS = 5.0
+#: A worker's answer larger than this is not read (its /metrics is far smaller).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: What the supervisor asks a worker's /metrics for: the format that keeps
+#: every family's type (counters, info, histograms) through a parse.
+OPENMETRICS = b"application/openmetrics-text; version=1.0.0"
+
+_log = Logger()
+
+
+@attrs.frozen
+class Answer:
+    """One worker's answer: its HTTP status (None: no answer) and body."""
+
+    index: int
+    status: int | None
+    body: bytes = b""
+    problem: str = ""
+
+
+def loopback_host(host: str) -> str:
+    """Where the supervisor reaches a listener bound to ``host`` (a wildcard: loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+class WorkerAdmins:
+    """
+    Asks the workers' admin listeners, over loopback HTTP, within
+    `ASK_SECONDS` each.  ``agent`` is a plain `Agent` (treq's client would
+    ask for gzip and inflate it here, on the reactor).
+    """
+
+    def __init__(self, clock: IReactorTime, agent: IAgent, host: str,
+                 ports: list[int]) -> None:
+        self._clock = clock
+        self._agent = agent
+        host = loopback_host(host)
+        self._base = [f"http://[{host}]:{p}" if ":" in host else f"http://{host}:{p}"
+                      for p in ports]
+
+    def ask(self, path: str, accept: bytes) -> Deferred[list[Answer]]:
+        """Every worker's answer to ``GET path``, in worker order; never fails."""
+        return gatherResults([self._ask_one(k, path, accept) for k in range(len(self._base))])
+
+    def _ask_one(self, index: int, path: str, accept: bytes) -> Deferred[Answer]:
+        d = Deferred.fromCoroutine(self._get(index, path, accept))
+        # However the cancelled request ends (Agent: ResponseNeverReceived), it is a timeout.
+        d.addTimeout(ASK_SECONDS, self._clock, onTimeoutCancel=_no_answer_in_time)
+        return d.addErrback(lambda f: Answer(index, None, problem=_problem(f)))
+
+    async def _get(self, index: int, path: str, accept: bytes) -> Answer:
+        response = await self._agent.request(
+            b"GET", (self._base[index] + path).encode("ascii"), Headers({b"Accept": [accept]}))
+        return Answer(index, response.code, await read_capped(response, MAX_ANSWER_BYTES))
+
+
+def _no_answer_in_time(result: Any, timeout: float) -> Any:
+    raise NoAnswerInTime(None, f"no answer within {timeout:g} s")
+
+
+def _problem(failure: Failure) -> str:
+    if failure.check(TooLarge):
+        return str(failure.value)
+    if failure.check(NoAnswerInTime):
+        return f"no answer within {ASK_SECONDS:g} s"
+    return f"no answer: {type(failure.value).__name__}"
+
+
+def merged_families(answers: Iterable[Answer]) -> tuple[list[Metric], set[int]]:
+    """
+    The workers' metric families (OpenMetrics texts) as one set: a family
+    holds every worker's samples, each labelled ``worker="K"``.  Also which
+    workers' texts were read whole (a text that does not parse is left out).
+    """
+    merged: dict[str, Metric] = {}
+    read: set[int] = set()
+    for answer in answers:
+        if answer.status != 200:
+            continue
+        try:
+            families = list(text_string_to_metric_families(answer.body.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError) as e:
+            _log.warn("worker {index}'s /metrics could not be read: {error}",
+                      index=answer.index, error=str(e))
+            continue
+        read.add(answer.index)
+        worker = str(answer.index)
+        for family in families:
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation,
+                                                    family.type, family.unit)
+            elif into.type != family.type:
+                continue  # workers of one gateway run the same code: never so
+            into.samples.extend(
+                s._replace(labels={**s.labels, "worker": worker}) for s in family.samples)
+    return list(merged.values()), read
+
+
+def supervisor_families(states: list[WorkerState], up: set[int]) -> list[Metric]:
+    """The supervisor's own metrics: its workers, which answered, are ready, were replaced."""
+    workers = GaugeMetricFamily("airflowrpc_workers", "Worker processes configured "
+                                "(listen.workers)", value=len(states))
+    answered = GaugeMetricFamily("airflowrpc_worker_up", "1 if the worker's /metrics "
+                                 "answered this scrape", labels=["worker"])
+    ready = GaugeMetricFamily("airflowrpc_worker_ready", "1 if the worker runs and reported "
+                              "ready", labels=["worker"])
+    restarts = CounterMetricFamily("airflowrpc_worker_restarts", "Times the worker was "
+                                   "replaced after it exited unexpectedly", labels=["worker"])
+    for state in states:
+        worker = str(state.index)
+        answered.add_metric([worker], 1 if state.index in up else 0)
+        ready.add_metric([worker], 1 if state.ready else 0)
+        restarts.add_metric([worker], state.restarts)
+    return [workers, answered, ready, restarts]
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def exposition(families: list[Metric], accept: str, accept_encoding: str
+               ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """``families`` encoded as the scraper asked: body and headers."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(registry)
+    headers = [(b"Content-Type", content_type.encode())]
+    if gzip_accepted(accept_encoding):
+        body = gzip.compress(body)
+        headers.append((b"Content-Encoding", b"gzip"))
+    return body, headers
+
+
+#: Runs a function off the reactor (its thread pool), firing with its result.
+OffReactor = Callable[..., Deferred[Any]]
+
+
+class GatheredHealth(Resource):
+    """
+    ``/healthz``, ``/readyz`` and ``/metrics`` for all the workers (see the
+    module doc); ``states`` and ``stopping`` are the supervisor's.  Merging
+    and encoding the metrics is done by ``off_reactor``.
+    """
+
+    isLeaf = True
+
+    def __init__(self, *, admins: WorkerAdmins, states: Callable[[], list[WorkerState]],
+                 stopping: Callable[[], bool], off_reactor: OffReactor) -> None:
+        super().__init__()
+        self._off_reactor = off_reactor
+        self._admins = admins
+        self._states = states
+        self._stopping = stopping
+
+    def render(self, request: server.Request) -> Any:
+        body = super().render(request)
+        if request.method == b"HEAD" and isinstance(body, bytes):
+            return b""  # as the workers' listener: no warning logged per HEAD
+        return body
+
+    def render_GET(self, request: server.Request) -> Any:
+        request.setHeader(b"Cache-Control", b"no-store")
+        if request.path == b"/healthz":
+            return _json(request, 200, {"alive": True, "workers": [
+                attrs.asdict(s) for s in self._states()]})
+        if request.path == b"/readyz":
+            d = self._admins.ask("/readyz", b"application/json")
+            d.addCallback(self._ready, request)
+        elif request.path == b"/metrics":
+            d = self._admins.ask("/metrics", OPENMETRICS)
+            accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+            encoding = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")
+            states = self._states()  # now, on the reactor's thread
+            d.addCallback(lambda answers: self._off_reactor(
+                self._metrics, answers, states, accept, encoding))
+            d.addCallback(self._send, request)
+        else:
+            return _json(request, 404, {"error": "not found: /healthz, /readyz or /metrics"})
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _ready(self, answers: list[Answer], request: server.Request) -> None:
+        states = self._states()
+        workers = {}
+        for answer, state in zip(answers, states):
+            entry: dict[str, Any] = {"status": answer.status, "accepting": state.accepting,
+                                     "restarts": state.restarts}
+            if answer.problem:
+                entry["problem"] = answer.problem
+            else:
+                try:
+                    entry["answer"] = json.loads(answer.body)
+                except ValueError:
+                    entry["problem"] = "its answer is not JSON"
+            workers[str(answer.index)] = entry
+        ok = [a.status == 200 for a in answers]
+        ready = (not self._stopping() and any(ok)
+                 and all(good or not s.accepting for good, s in zip(ok, states)))
+        body = {"ready": ready, "workers": workers}
+        if self._stopping():
+            body["detail"] = "stopping: the workers drain their calls"
+        _finish(request, 200 if ready else 503, json.dumps(body).encode() + b"\n",
+                [(b"Content-Type", b"application/json")])
+
+    @staticmethod
+    def _metrics(answers: list[Answer], states: list[WorkerState], accept: str,
+                 encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        families, read = merged_families(answers)
+        return exposition(families + supervisor_families(states, read), accept, encoding)
+
+    @staticmethod
+    def _send(encoded: tuple[bytes, list[tuple[bytes, bytes]]], request: server.Request) -> None:
+        body, headers = encoded
+        _finish(request, 200, body, headers)
+
+    @staticmethod
+    def _failed(failure: Failure, request: server.Request) -> None:
+        """A probe or scrape that broke is answered, never left open: HTTP 500."""
+        _log.failure("admin listener: gathering the workers' answers failed", failure)
+        _finish(request, 500, b'{"error": "internal error"}\n',
+                [(b"Content-Type", b"application/json")])
+
+
+def _json(request: server.Request, status: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode() + b"\n"
+
+
+def _finish(request: server.Request, status: int, body: bytes,
+            headers: list[tuple[bytes, bytes]]) -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setResponseCode(status)
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.write(body)
+    request.finish()
