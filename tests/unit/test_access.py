@@ -305,6 +305,10 @@ class TestConfig:
         # A token names its issuer: only the first of two such providers would ever be asked.
         ('\n[oidc.twin]\nissuer = "https://idp.example.com"\naudience = "other"\n'
          'jwks_file = "jwks.json"\n', "oidc.twin.issuer", "also oidc.corp's issuer"),
+        # Found by review: "corp/eu" + sub "alice" and "corp" + sub "eu/alice"
+        # were one caller, "corp/eu/alice".
+        ('\n[oidc."corp/eu"]\nissuer = "https://eu.idp.example.com"\naudience = "a"\n'
+         'jwks_file = "jwks.json"\n', "oidc.corp/eu", "letters, digits"),
     ])
     def test_access_mistakes_name_the_key(self, tmp_path: Path, pki: DevPKI, extra: str,
                                           key: str, words: str) -> None:
@@ -355,6 +359,7 @@ class TestConfig:
         ("leeway_seconds = nan", "oidc.corp.leeway_seconds"),
         ("leeway_seconds = inf", "oidc.corp.leeway_seconds"),
         ("jwks_refetch_cooldown_seconds = nan", "oidc.corp.jwks_refetch_cooldown_seconds"),
+        ("jwks_max_age_seconds = 0", "oidc.corp.jwks_max_age_seconds"),
         ("algorithms = []", "oidc.corp.algorithms"),
     ])
     def test_oidc_numbers_and_lists_are_checked(self, tmp_path: Path, pki: DevPKI, line: str,

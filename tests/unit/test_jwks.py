@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import StubTreq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
-from txairflowrpc.identity.oidc import (
-    JWKSet,
-)
+from txairflowrpc.identity.oidc import MAX_JWKS_BYTES, JWKSet
 
 from ..jwt_helpers import NOW, Signer, claims, jwks, provider
 
@@ -92,3 +92,111 @@ class JWKSetTests(SynchronousTestCase):
         self.assertIn("rsa1", keys)
         self.assertNotIn("weak", keys)
         self.assertNotIn("enc", keys)
+
+
+class Stalling(Resource):
+    """A key set URL that sends its headers and a little of the body, then nothing."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = 0
+
+    def render_GET(self, request: Any) -> Any:
+        self.hits += 1
+        request.setHeader(b"content-length", b"100000")
+        request.write(b'{"keys": [')
+        return NOT_DONE_YET
+
+
+class Routes(Resource):
+    """Several paths, each its own answer (a redirect, a large body, the set)."""
+
+    isLeaf = True
+
+    def __init__(self, answers: dict[bytes, tuple[int, dict[bytes, bytes], bytes]]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.asked: list[bytes] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.asked.append(request.path)
+        status, headers, body = self.answers[request.path]
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
+
+
+class FetchBoundsTests(SynchronousTestCase):
+    """Found by review: a fetch had a deadline for the headers only, no size, and followed redirects."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def keyset(self, resource: Resource, url: str = "https://idp.test/jwks") -> tuple[JWKSet, Any]:
+        http = RequestTraversalAgent(resource)
+        keyset = JWKSet(provider(jwks_file=None, jwks_url=url), http=HTTPClient(http),
+                        clock=self.clock)
+        return keyset, http
+
+    def test_a_body_that_stalls_ends_at_the_deadline_and_a_later_fetch_runs(self) -> None:
+        server = Stalling()
+        keyset, http = self.keyset(server)
+        d = keyset.refresh()
+        http.flush()
+        self.assertNoResult(d)
+        self.clock.advance(10)
+        http.flush()
+        self.successResultOf(d)  # ended: the last good keys (none yet) are kept
+        self.assertEqual(len(keyset.keys), 0)
+        self.clock.advance(300)  # the cooldown: the next token's unknown kid asks again
+        d = Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims())))
+        http.flush()
+        self.assertNoResult(d)
+        self.assertEqual(server.hits, 2)
+
+    def test_a_set_larger_than_the_cap_is_not_read(self) -> None:
+        big = json.dumps({"keys": [RSA.jwk()], "pad": "x" * MAX_JWKS_BYTES}).encode()
+        keyset, _ = self.keyset(Routes({b"/jwks": (200, {}, big)}))
+        self.successResultOf(keyset.refresh())
+        self.assertEqual(len(keyset.keys), 0)
+
+    def test_a_redirect_is_not_followed(self) -> None:
+        routes = Routes({
+            b"/jwks": (302, {b"location": b"http://elsewhere.test/other"}, b""),
+            b"/other": (200, {}, json.dumps(jwks(Signer("RS256", "other-host"))).encode())})
+        keyset, _ = self.keyset(routes)
+        self.successResultOf(keyset.refresh())
+        self.assertEqual((routes.asked, len(keyset.keys)), ([b"/jwks"], 0))
+
+
+class MaxAgeTests(SynchronousTestCase):
+    """Found by review: a key the provider removed was trusted until a restart."""
+
+    def test_a_set_older_than_its_max_age_is_fetched_again_before_it_verifies(self) -> None:
+        clock = Clock()
+        clock.advance(NOW)
+        old, new = Signer("RS256", "k-old"), Signer("RS256", "k-next")
+        server = JWKS(jwks(old, new))
+        keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
+                                 jwks_max_age_seconds=900),
+                        http=StubTreq(server), clock=clock)
+
+        def keys_for(token: str) -> Any:
+            return self.successResultOf(Deferred.fromCoroutine(keyset.key_for(token)))
+
+        self.assertIn("k-old", keys_for(old.sign(claims())))
+        server.document = jwks(new)  # the provider drops k-old
+        clock.advance(899)
+        self.assertIn("k-old", keys_for(old.sign(claims())))  # known, and the set is young
+        self.assertEqual(server.hits, 1)
+        clock.advance(1)
+        self.assertNotIn("k-old", keys_for(old.sign(claims())))
+        self.assertEqual(server.hits, 2)
+        # A reload keeps the set and its age: it is no refresh.
+        again = JWKSet(keyset.provider, http=StubTreq(server), clock=clock)
+        again.adopt(keyset)
+        self.assertEqual(again._fetched_at, keyset._fetched_at)

@@ -403,3 +403,16 @@ class ProtocolTests(MethodTestCase):
         self.assertNotIn("hunter2", f.faultString)
         self.assertIn("request id", f.faultString)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def test_a_run_belongs_to_the_whole_name_not_its_first_200_characters() -> None:
+    """Found by review: two OIDC subjects sharing 200 characters were one run's owner."""
+    from txairflowrpc.core.spec import CallContext
+    from txairflowrpc.gate.methods import _triggered_by, attribution
+
+    prefix = "corp/" + "a" * 250
+    owner = CallContext(principal=type("P", (), {"name": prefix + "-owner"})(), request_id="r1")
+    other = CallContext(principal=type("P", (), {"name": prefix + "-other"})(), request_id="r2")
+    run = {"note": attribution(owner, None)}
+    assert _triggered_by(run, owner)
+    assert not _triggered_by(run, other)

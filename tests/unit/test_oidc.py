@@ -89,6 +89,12 @@ def test_a_single_key_serves_a_token_without_kid() -> None:
     (hs256_with_public_key(RSA, claims()), "algorithm HS256 is not allowed"),
     (PS.sign(claims()), "algorithm PS256 is not allowed"),
     ("a.b", "malformed"),
+    # Found by review: an OIDC back-channel logout token (RFC 8417 events)
+    # for the audience was taken for a credential.
+    (RSA.sign(claims(events={"http://schemas.openid.net/event/backchannel-logout": {}})),
+     "security event token"),
+    (RSA.sign(claims(), header={"typ": "logout+jwt"}), "is an event, not a credential"),
+    (RSA.sign(claims(), header={"typ": "application/secevent+jwt"}), "is an event"),
 ])
 def test_refusals(token: str, reason: str) -> None:
     with pytest.raises(JWTError, match=reason):
@@ -227,3 +233,20 @@ def test_whatever_text_arrives_the_answer_is_JWTError(text: str) -> None:
     with pytest.raises(JWTError):
         verify_jwt("eyJ" + text, provider(), KEYS, NOW)
     unverified_issuer("eyJ" + text)
+
+
+def test_a_refusal_after_the_signature_held_names_who_it_claims() -> None:
+    """Found by review: the audit record of such a refusal said nothing of who."""
+    with pytest.raises(JWTError) as e:
+        verify_jwt(RSA.sign(claims(aud="other", sub="mallory")), provider(), KEYS, NOW)
+    assert e.value.claimed == {"oidc_issuer": "https://idp.example.com", "oidc_sub": "mallory"}
+    with pytest.raises(JWTError) as e:  # a signature that does not hold names no one
+        verify_jwt(Signer("RS256", "rsa1").sign(claims(sub="mallory")), provider(), KEYS, NOW)
+    assert e.value.claimed == {}
+
+
+def test_an_unknown_kid_is_not_in_the_reason() -> None:
+    """A reason per kid let anyone spread refusals over many reasons (and records)."""
+    with pytest.raises(UnknownKey) as e:
+        verify_jwt(Signer("RS256", "random-123").sign(claims()), provider(), KEYS, NOW)
+    assert "random-123" not in str(e.value)

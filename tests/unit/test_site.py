@@ -114,6 +114,19 @@ class AuthenticationFirstTests(SiteTestCase):
         self.clock.advance(3)
         self.assertTrue(transport.disconnecting)  # closed after a short linger
 
+    def test_a_genuine_but_refused_credential_names_who_on_the_record(self) -> None:
+        """Found by review: an expired or wrong-audience JWT's refusal said nothing of who."""
+        self.answer = Unauthenticated("JWT refused: expired", {
+            "oidc_issuer": "https://idp.example.com", "oidc_sub": "mallory"})
+        proto, transport = self.connect()
+        proto.dataReceived(post())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "))
+        self.assertNotIn(b"mallory", transport.value())  # the caller is told nothing new
+        (record,) = self.records()
+        self.assertEqual((record["reason"], record["oidc_issuer"], record["oidc_sub"]),
+                         ("unauthenticated: JWT refused: expired", "https://idp.example.com",
+                          "mallory"))
+
     def test_continue_is_sent_only_once_authenticated(self) -> None:
         proto, transport = self.connect()
         proto.dataReceived(post(headers=b"Expect: 100-continue\r\n").split(b"\r\n\r\n")[0]

@@ -379,6 +379,9 @@ class OIDCProvider:
     scope_claims: tuple[str, ...]
     claim_roles: dict[str, tuple[str, ...]] = attrs.field(eq=False)
     jwks: dict[str, Any] | None = attrs.field(eq=False, default=None, repr=False)
+    #: A fetched key set older than this is fetched again before it verifies
+    #: a token: a key the provider removed stops working within it.
+    jwks_max_age_seconds: float = 900.0
 
     _keys = {
         "issuer": Key(str),
@@ -387,6 +390,7 @@ class OIDCProvider:
         "jwks_file": Key(str, "", is_path=True, must_exist=False),
         "jwks_url": Key(str, "", _jwks_url),
         "jwks_refetch_cooldown_seconds": Key(float, 300.0, _cooldown),
+        "jwks_max_age_seconds": Key(float, 900.0, _cooldown),
         "leeway_seconds": Key(float, 30.0, _leeway),
         "scope_claims": Key(list, ["scope", "groups"], strings),
         "claim_roles": Key(dict, {}),
@@ -484,12 +488,20 @@ def _one_password_per_account(principals: dict[str, PrincipalEntry]) -> None:
 _CERT_KEYS = ("cert_dns", "cert_uri", "cert_email", "cert_cn", "cert_sha256", "cert_spki_sha256")
 
 
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, OIDCProvider]:
     if not isinstance(table, dict):
         raise ConfigError("oidc", "must be a table ([oidc.PROVIDER])")
     providers = {}
     for name, body in table.items():
         key = f"oidc.{name}"
+        if not _PROVIDER_NAME.fullmatch(name):
+            # A caller is "PROVIDER/sub": a "/" in the name would let one
+            # provider's subject name another provider's caller.
+            raise ConfigError(key, "a provider's name is 1 to 64 letters, digits, '.', '_' "
+                              "or '-'")
         values = read_table(key, body, base, OIDCProvider._keys)
         values["jwks_file"] = _optional_path(values["jwks_file"], base)
         has_file = values["jwks_file"] is not None
@@ -516,6 +528,7 @@ def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, O
             jwks_file=values["jwks_file"] if has_file else None,
             jwks_url=values["jwks_url"] or None,
             jwks_refetch_cooldown_seconds=values["jwks_refetch_cooldown_seconds"],
+            jwks_max_age_seconds=values["jwks_max_age_seconds"],
             leeway_seconds=values["leeway_seconds"],
             scope_claims=tuple(values["scope_claims"]), claim_roles=claim_roles, jwks=jwks,
         )

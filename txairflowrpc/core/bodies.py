@@ -1,13 +1,17 @@
 """
 Reading an HTTP answer's body within a size: what the gateway asks of
 services it does not own (STS, an OIDC provider's key set, its own workers)
-is read up to a cap, never whole whatever its size.
+is read up to a cap, never whole whatever its size, and a read that is
+cancelled (a deadline) closes its connection instead of reading on.
 """
 
 from __future__ import annotations
 
-from treq.content import collect
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 __all__ = ["TooLarge", "read_capped"]
@@ -21,18 +25,41 @@ class TooLarge(Exception):
         self.cap = cap
 
 
-async def read_capped(response: IResponse, cap: int) -> bytes:
-    """``response``'s body, or `TooLarge` as soon as more than ``cap`` bytes came."""
-    chunks: list[bytes] = []
-    size = 0
+class _Capped(Protocol):
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(self._stop)
 
-    def keep(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > cap:
-            raise TooLarge(cap)
-        chunks.append(data)
+    def _stop(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
-    done: Deferred[None] = collect(response, keep)
-    await done
-    return b"".join(chunks)
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > self._cap:
+            self.done.errback(TooLarge(self._cap))
+            self._stop(self.done)
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+
+def read_capped(response: IResponse, cap: int) -> Deferred[bytes]:
+    """
+    ``response``'s body; `TooLarge` as soon as more than ``cap`` bytes came.
+    Cancelling the Deferred stops the read and closes the connection.
+    """
+    protocol = _Capped(cap)
+    response.deliverBody(protocol)
+    return protocol.done

@@ -138,13 +138,19 @@ def _logical_date(method: str, value: Any) -> str:
     return in_utc.isoformat().replace("+00:00", "Z")
 
 
+#: A principal's name as a triggered run's note holds it: whole for every
+#: name there is (an OIDC caller's is at most 64 + 1 + 255 characters), so
+#: two callers never share the note's claim to a run.
+MAX_NAME_IN_NOTE = 400
+
+
 def attribution(call: CallContext, note: str | None) -> str:
     """
     The note a triggered run carries in Airflow: who really asked, and the
     request id that finds the call on the audit trail, above the caller's
     own note.
     """
-    name = getattr(call.principal, "name", "unknown")[:200]
+    name = getattr(call.principal, "name", "unknown")[:MAX_NAME_IN_NOTE]
     line = f"Triggered through txairflowrpc by {name} (request {call.request_id})"
     return line if not note else f"{line}\n\n{note}"
 
@@ -152,7 +158,7 @@ def attribution(call: CallContext, note: str | None) -> str:
 def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
     """Whether ``run`` was triggered through the gateway by the caller (its note says)."""
     note = run.get("note")
-    name = getattr(call.principal, "name", "")[:200]
+    name = getattr(call.principal, "name", "")[:MAX_NAME_IN_NOTE]
     first = note.split("\n", 1)[0] if isinstance(note, str) else ""
     return first.startswith(f"Triggered through txairflowrpc by {name} (request ")
 

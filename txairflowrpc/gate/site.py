@@ -400,8 +400,9 @@ class GatewayChannel(http.HTTPChannel):
     def _keep_out(self, failure: Failure, req: GatewayRequest) -> None:
         self._holding = None
         req._refused = True
+        claimed: dict[str, str] = {}
         if failure.check(Unauthenticated):
-            reason = failure.value.reason
+            reason, claimed = failure.value.reason, failure.value.claimed
         else:
             _log.failure("authenticating a request failed", failure)
             reason = "authentication failed"
@@ -418,13 +419,15 @@ class GatewayChannel(http.HTTPChannel):
             # The 401 comes at its time, not the request deadline's drop
             # (which may be sooner than the back-off's delay).
             self._cancel("_request_timer")
-            self._refusal_timer = site.clock.callLater(delay, self._refuse_late, message, headers)
+            self._refusal_timer = site.clock.callLater(delay, self._refuse_late, message, headers,
+                                                       claimed)
         else:
-            self.refuse(401, message, headers)
+            self.refuse(401, message, headers, claimed)
 
-    def _refuse_late(self, message: str, headers: dict[bytes, bytes]) -> None:
+    def _refuse_late(self, message: str, headers: dict[bytes, bytes],
+                     claimed: dict[str, str]) -> None:
         self._refusal_timer = None
-        self.refuse(401, message, headers)
+        self.refuse(401, message, headers, claimed)
 
     @property
     def holds_no_work(self) -> bool:
@@ -444,10 +447,12 @@ class GatewayChannel(http.HTTPChannel):
         """Twisted's own 400 (a malformed request line or header, smuggling), recorded."""
         self.refuse(400, "malformed HTTP request")
 
-    def refuse(self, status: int, message: str, headers: dict[bytes, bytes] | None = None) -> None:
+    def refuse(self, status: int, message: str, headers: dict[bytes, bytes] | None = None,
+               claimed: dict[str, str] | None = None) -> None:
         """
         Answer ``status`` at once, bypassing the resource, record it (counted
         per source: anyone can cause these), and close after a short linger.
+        ``claimed``: who a genuine but refused credential names, recorded.
         """
         if self._lost or self._refused_once:
             return
@@ -461,6 +466,7 @@ class GatewayChannel(http.HTTPChannel):
             "reason": message, "http_status": status, "request_id": request_id,
             "http_method": getattr(self, "_command", b"").decode("latin-1")[:16] or None,
             **path_fields(getattr(self, "_path", b"")),
+            **(claimed or {}),
         }
         self._refusing = True
         if req is not None:

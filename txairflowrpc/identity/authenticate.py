@@ -50,9 +50,14 @@ _log = Logger()
 
 @attrs.define(auto_exc=True)
 class Unauthenticated(Exception):
-    """The request proves no identity; answered with HTTP 401."""
+    """
+    The request proves no identity; answered with HTTP 401.  ``claimed``:
+    who a credential that was genuine but refused names (a JWT's issuer and
+    subject), for the audit record only.
+    """
 
     reason: str
+    claimed: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -209,7 +214,7 @@ class Authenticator:
             keys = await keyset.key_for(token)
             claims = oidc.verify_jwt(token, provider, keys, self._clock.seconds())
         except oidc.JWTError as e:
-            raise Unauthenticated(f"JWT refused: {e}") from None
+            raise Unauthenticated(f"JWT refused: {e}", e.claimed) from None
         name = f"{provider.name}/{claims['sub']}"
         roles = oidc.roles_from_claims(provider, claims)
         entry = self.access.principals.get(name)

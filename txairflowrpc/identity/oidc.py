@@ -49,6 +49,7 @@ from twisted.logger import Logger
 
 from ..config import OIDCProvider
 from ..config.access import JWT_ALGORITHMS
+from ..core.bodies import read_capped
 from ..core.singleflight import SingleFlight
 
 _log = Logger()
@@ -69,7 +70,15 @@ _LATEST = 253402300799
 
 
 class JWTError(Exception):
-    """A JWT was refused; the message says why and carries no token."""
+    """
+    A JWT was refused; the message says why and carries no token.
+    ``claimed``: who a JWT whose signature held says it is (``oidc_issuer``,
+    ``oidc_sub``, clipped), for the audit record of its refusal; else empty.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.claimed: dict[str, str] = {}
 
 
 class UnknownKey(JWTError):
@@ -225,8 +234,10 @@ class SigningKeys:
         if not candidates:
             if kid is not None and kid in self.refused:
                 raise JWTError(f"key {_clip(kid)} is not used: {self.refused[kid]}")
+            # No kid in the text: a reason per kid would let anyone spread
+            # refusals over many reasons (and so many records).
             raise UnknownKey("no kid, and more than one key" if kid is None
-                             else f"unknown key id {_clip(kid)}")
+                             else "a key id the provider's key set does not hold")
         problem: JoseError | None = None
         for key in candidates:
             try:
@@ -278,6 +289,8 @@ _CLAIM_PROBLEMS = {
 
 
 def _check_claims(claims: dict[str, Any], provider: OIDCProvider, now: float) -> None:
+    if "events" in claims:  # RFC 8417: a logout or other security event, signed for us
+        raise JWTError("a security event token (events claim) is not a credential")
     for name in ("exp", "nbf", "iat"):
         if name in claims and not _numeric_date(claims[name]):
             raise JWTError(f"{name} is not a NumericDate")
@@ -322,6 +335,9 @@ def verify_jwt(
                 parameter.validate(header[name])
             except ValueError:
                 raise JWTError(f"malformed JWT header: {name} has the wrong type") from None
+    typ = header.get("typ")
+    if isinstance(typ, str) and typ.lower().removeprefix("application/") in EVENT_TYPES:
+        raise JWTError(f"a {_shown(typ)} token is an event, not a credential")
     try:
         alg = registry.get_alg(header["alg"])
     except UnsupportedAlgorithmError:
@@ -337,7 +353,13 @@ def verify_jwt(
         claims = _json_object(obj.payload)
     except ValueError as e:
         raise JWTError(f"malformed JWT claims: {e}") from None
-    _check_claims(claims, provider, now)
+    try:
+        _check_claims(claims, provider, now)
+    except JWTError as e:  # signed by the provider: who it names goes on the record
+        e.claimed = {name: value[:MAX_SUB] for name, value in (
+            ("oidc_issuer", claims.get("iss")), ("oidc_sub", claims.get("sub")))
+            if isinstance(value, str)}
+        raise
     return claims
 
 
@@ -354,9 +376,27 @@ def roles_from_claims(provider: OIDCProvider, claims: dict[str, Any]) -> tuple[s
     return tuple(roles)
 
 
+#: ``typ`` values of tokens that report an event (OIDC back-channel logout,
+#: RFC 8417 security events): signed by the issuer for the audience, but no
+#: credential.
+EVENT_TYPES = frozenset({"logout+jwt", "secevent+jwt"})
+
+#: A key set larger than this is not read (providers publish a few keys: a few KB).
+MAX_JWKS_BYTES = 1024 * 1024
+
+
 class JWKSet:
     """
     A provider's signing keys, as `SigningKeys` in ``keys``.
+
+    From ``jwks_url`` the set is fetched at the first token, again when a
+    token names a key it lacks, and again before a token is verified once
+    the set is older than ``jwks_max_age_seconds`` (a key the provider
+    removed stops working within that time) -- each at most once per
+    ``jwks_refetch_cooldown_seconds``, one fetch for all who ask.  A fetch
+    has ``timeout`` seconds in all, reads at most `MAX_JWKS_BYTES`, follows
+    no redirect (``jwks_url`` was checked, where a redirect would lead was
+    not); one that fails keeps the last good set.
 
     :param http: a treq ``HTTPClient`` (for ``jwks_url``).
     :raises ValueError: if the provider's ``jwks`` (from its file) has no
@@ -371,7 +411,8 @@ class JWKSet:
         self._clock = clock
         self._timeout = timeout
         self.keys = SigningKeys()
-        self._last_fetch = float("-inf")
+        self._last_fetch = float("-inf")  # the last attempt
+        self._fetched_at = float("-inf")  # the last set read whole
         self._fetching: SingleFlight[None] = SingleFlight()
         self.fetches = 0
         if provider.jwks is not None:
@@ -387,13 +428,15 @@ class JWKSet:
         """Keep the keys and cooldown of the set this one replaces (a reload)."""
         if self.provider.jwks_url and old.provider.jwks_url == self.provider.jwks_url:
             self.keys, self._last_fetch = old.keys, old._last_fetch
+            self._fetched_at = old._fetched_at  # its age goes on: a reload is no refresh
             self.fetches = old.fetches  # a counter: a reload must not restart it
 
     async def key_for(self, token: str) -> SigningKeys:
         """
         The key set to verify ``token`` with, refetched first if the token
-        names a key the set does not know (at most once per cooldown).
-        Never fails: a malformed token is left to `verify_jwt` to refuse.
+        names a key the set does not know or the set is older than
+        ``jwks_max_age_seconds`` (at most once per cooldown).  Never fails:
+        a malformed token is left to `verify_jwt` to refuse.
         """
         try:
             kid = unverified_header(token).get("kid")
@@ -401,10 +444,10 @@ class JWKSet:
             return self.keys
         if kid is not None and not isinstance(kid, str):
             return self.keys
-        cooled = self._clock.seconds() - self._last_fetch >= (
-            self.provider.jwks_refetch_cooldown_seconds
-        )
-        if not self.keys.knows(kid) and self.provider.jwks_url and cooled:
+        now = self._clock.seconds()
+        cooled = now - self._last_fetch >= self.provider.jwks_refetch_cooldown_seconds
+        stale = now - self._fetched_at >= self.provider.jwks_max_age_seconds
+        if (stale or not self.keys.knows(kid)) and self.provider.jwks_url and cooled:
             await self.refresh()
         return self.keys
 
@@ -416,15 +459,26 @@ class JWKSet:
 
     async def _fetch(self) -> None:
         self.fetches += 1
+        d = Deferred.fromCoroutine(self._get())
+        # Whatever the cancelled exchange fails with, the deadline is the reason.
+        deadline = self._clock.callLater(self._timeout, d.cancel)
         try:
-            d = self._http.get(self.provider.jwks_url, reactor=self._clock)
-            d.addTimeout(self._timeout, self._clock)
-            response = await d
-            if response.code != 200:
-                raise ValueError(f"HTTP {response.code}")
-            keys = parse_jwks(json.loads(await response.content()))
-        except Exception as e:  # the provider is down or answered garbage
+            keys = await d
+        except Exception as e:  # the provider is down, slow, or answered garbage
+            error = (f"no answer within {self._timeout:g} s" if not deadline.active()
+                     else str(e)[:200] or type(e).__name__)
             _log.warn("JWKS of {provider} not refreshed ({error}); keeping {n} known keys",
-                      provider=self.provider.name, error=str(e)[:200], n=len(self.keys))
+                      provider=self.provider.name, error=error, n=len(self.keys))
             return
+        finally:
+            if deadline.active():
+                deadline.cancel()
         self._use(keys)
+        self._fetched_at = self._clock.seconds()
+
+    async def _get(self) -> SigningKeys:
+        response = await self._http.get(self.provider.jwks_url, allow_redirects=False,
+                                        reactor=self._clock)
+        if response.code != 200:  # a redirect too
+            raise ValueError(f"HTTP {response.code}")
+        return parse_jwks(json.loads(await read_capped(response, MAX_JWKS_BYTES)))
