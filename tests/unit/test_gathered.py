@@ -256,3 +256,21 @@ class LoopbackTests(SynchronousTestCase):
         self.assertEqual(admins._base, ["http://[::1]:1", "http://[::1]:2"])
 
 
+
+
+class SharedAskTests(SynchronousTestCase):
+    def test_scrapes_that_come_together_ask_the_workers_once(self) -> None:
+        workers = Workers()
+        agent = RequestTraversalAgent(workers)
+        clock = Clock()
+        admins = WorkerAdmins(clock, agent, "127.0.0.1", PORTS)
+        first = admins.ask("/metrics", OPENMETRICS)
+        second = admins.ask("/metrics", OPENMETRICS)
+        agent.flush()
+        self.assertEqual(len(workers.held), 2)  # one request per worker, not per scrape
+        clock.advance(ASK_SECONDS)
+        agent.flush()
+        self.assertEqual(self.successResultOf(first), self.successResultOf(second))
+        admins.ask("/metrics", OPENMETRICS)  # the next asks again
+        agent.flush()
+        self.assertEqual(len(workers.held), 4)

@@ -46,6 +46,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 
 from ..core.bodies import TooLarge, read_capped
+from ..core.singleflight import SingleFlight
 from .supervisor import WorkerState
 
 __all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
@@ -92,13 +93,20 @@ class WorkerAdmins:
                  ports: list[int]) -> None:
         self._clock = clock
         self._agent = agent
+        self._asking: dict[tuple[str, bytes], SingleFlight[list[Answer]]] = {}
         host = loopback_host(host)
         self._base = [f"http://[{host}]:{p}" if ":" in host else f"http://{host}:{p}"
                       for p in ports]
 
     def ask(self, path: str, accept: bytes) -> Deferred[list[Answer]]:
-        """Every worker's answer to ``GET path``, in worker order; never fails."""
-        return gatherResults([self._ask_one(k, path, accept) for k in range(len(self._base))])
+        """
+        Every worker's answer to ``GET path``, in worker order; never fails.
+        Probes and scrapes that come while the workers are being asked
+        share those answers: a flood of them costs the workers no more.
+        """
+        flight = self._asking.setdefault((path, accept), SingleFlight())
+        return flight.run(lambda: gatherResults(
+            [self._ask_one(k, path, accept) for k in range(len(self._base))]))
 
     def _ask_one(self, index: int, path: str, accept: bytes) -> Deferred[Answer]:
         d = Deferred.fromCoroutine(self._get(index, path, accept))
