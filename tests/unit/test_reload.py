@@ -7,8 +7,10 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from txairflowrpc.devstack.pki import DevPKI
@@ -289,3 +291,32 @@ def test_a_new_airflow_password_file_is_picked_up_by_a_reload(setup) -> None:
     event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
     assert event["trigger"] == "file change: airflow_password:builder"
     assert "7f3a" not in json.dumps(audit_events(tmp))
+
+
+def test_a_read_that_ends_after_a_newer_one_is_dropped(tmp_path: Path, pki: DevPKI) -> None:
+    """
+    Two reloads overlap (a poll and a SIGHUP): the older read, if it ends
+    last, must not undo the newer (a principal removed would come back).
+    """
+    cfg = load(tmp_path, pki, mode="optional")
+    clock = Clock()
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
+    pending: list[tuple[Deferred[Any], Any]] = []
+
+    def run_blocking(work: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((d, work()))  # the files as they are now; the answer later
+        return d
+
+    reloader = Reloader(cfg, gate=gate, tls=ReloadableTLS(server_options(cfg.tls, "optional")),
+                        http=None, clock=clock, audit=None, run_blocking=run_blocking)
+    config = tmp_path / "airflowrpc.toml"
+    base = config.read_text()
+    config.write_text(base + '\n[principals.leaving]\nroles = ["auditor"]\ncert_cn = ["x"]\n')
+    older = reloader.reload("file change")
+    config.write_text(base)  # "leaving" removed
+    newer = reloader.reload("SIGHUP")
+    pending[1][0].callback(pending[1][1])
+    pending[0][0].callback(pending[0][1])
+    assert (newer.result, older.result) == (True, False)
+    assert "leaving" not in gate.current.access.principals

@@ -160,6 +160,11 @@ class Reloader(service.Service):
         self._run_blocking = run_blocking
         self._apply = apply
         self._seen = _stamps(cfg)
+        #: Reads started, and the newest whose result is in force: a read
+        #: that ends after a newer one was swapped in is dropped (its files
+        #: may be older: a token revoked meanwhile would come back).
+        self._reads = 0
+        self._in_force = 0
         self._polling = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
@@ -209,7 +214,11 @@ class Reloader(service.Service):
         if path is None:
             return succeed(None)
 
+        ticket = self._next_read()
+
         def swap(store: tokens.TokenStore) -> None:
+            if self._outdated(ticket, "token store reload"):
+                return
             self._gate.current = self._gate.current.with_tokens(store)
 
         def unreadable(failure: Any) -> None:
@@ -230,11 +239,26 @@ class Reloader(service.Service):
             except config_module.ConfigError as e:  # whatever went wrong (load_checked)
                 return stamps, e
 
-        return self._run_blocking(read).addCallback(self._swap, trigger)
+        return self._run_blocking(read).addCallback(self._swap, trigger, self._next_read())
+
+    def _next_read(self) -> int:
+        self._reads += 1
+        return self._reads
+
+    def _outdated(self, ticket: int, what: str) -> bool:
+        """Whether read ``ticket`` ended after a newer one was swapped in; else it is in force."""
+        if ticket < self._in_force:
+            _log.info("{what}: a newer read is in force already; this one is dropped", what=what)
+            return True
+        self._in_force = ticket
+        return False
 
     def _swap(
         self, read: tuple[dict[str, Any], Checked | config_module.ConfigError], trigger: str,
+        ticket: int,
     ) -> bool:
+        if self._outdated(ticket, f"config reload ({trigger})"):
+            return False  # its stamps too: what it missed is seen at the next poll
         stamps, checked = read
         tokens_changed = stamps.get("tokens") != self._seen.get("tokens")
         self._seen = stamps
