@@ -139,7 +139,7 @@ def test_a_mapped_tasks_failed_instance_shows_its_own_log(gateway: RunningGatewa
     assert "example_mapped: item 0" in rpc.get_task_log("example_mapped", run_id, "count", 1, 0)
     with pytest.raises(xmlrpc.client.Fault) as e:
         rpc.get_task_log("example_mapped", run_id, "count")
-    assert e.value.faultCode == 404 and "needs its map_index" in e.value.faultString
+    assert e.value.faultCode == 404 and "needs a map_index" in e.value.faultString
 
 
 def test_call_on_a_missing_dag_exits_4_and_a_present_one_prints_json(

@@ -200,3 +200,25 @@ class MaxAgeTests(SynchronousTestCase):
         again = JWKSet(keyset.provider, http=StubTreq(server), clock=clock)
         again.adopt(keyset)
         self.assertEqual(again._fetched_at, keyset._fetched_at)
+
+    def test_after_a_failed_refresh_a_known_key_does_not_wait_again(self) -> None:
+        """Found by review: with the provider down, a token waited the whole timeout each cooldown."""
+        clock = Clock()
+        clock.advance(NOW)
+        server = JWKS(jwks(RSA))
+        keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
+                                 jwks_max_age_seconds=900),
+                        http=StubTreq(server), clock=clock)
+        self.successResultOf(Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims()))))
+        clock.advance(900)
+        server.status = 500  # the provider fails: the first refresh is waited for, and fails
+        self.assertIn("rsa1", self.successResultOf(
+            Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims())))))
+        self.assertEqual(server.hits, 2)
+        keyset._http = HTTPClient(RequestTraversalAgent(Stalling()))  # now it hangs
+        clock.advance(300)
+        d = Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims())))
+        self.assertIn("rsa1", self.successResultOf(d))  # at once, with the keys it has
+        self.assertTrue(keyset._fetching.running)  # the set is asked for behind it
+        clock.advance(10)
+        self.assertFalse(keyset._fetching.running)

@@ -416,3 +416,19 @@ def test_a_run_belongs_to_the_whole_name_not_its_first_200_characters() -> None:
     run = {"note": attribution(owner, None)}
     assert _triggered_by(run, owner)
     assert not _triggered_by(run, other)
+
+
+def test_the_note_airflow_gets_fits_its_1000_characters_whatever_the_name() -> None:
+    """Found by review: a 320-character OIDC name and a 700-character note made 1,083 (a 500)."""
+    from txairflowrpc.core.spec import CallContext
+    from txairflowrpc.gate.methods import (
+        AIRFLOW_NOTE_LENGTH, MAX_NOTE_LENGTH, _triggered_by, attribution,
+    )
+
+    caller = CallContext(principal=type("P", (), {"name": "corp/" + "s" * 255})(),
+                         request_id="0123456789abcdef")
+    note = attribution(caller, "n" * MAX_NOTE_LENGTH)
+    assert len(note) == AIRFLOW_NOTE_LENGTH and note.endswith("n\u2026")
+    assert _triggered_by({"note": note}, caller)
+    short = CallContext(principal=type("P", (), {"name": "ci-bot"})(), request_id="r")
+    assert attribution(short, "n" * MAX_NOTE_LENGTH).endswith("\n\n" + "n" * MAX_NOTE_LENGTH)

@@ -127,6 +127,19 @@ class AuthenticationFirstTests(SiteTestCase):
                          ("unauthenticated: JWT refused: expired", "https://idp.example.com",
                           "mallory"))
 
+    def test_each_caller_a_refused_token_named_is_tallied_on_its_own(self) -> None:
+        """Found by review: one tally credited all its refusals to the last caller named."""
+        for sub in ("alice", "bob", "bob", "bob", "carol"):
+            self.answer = Unauthenticated("JWT refused: expired", {
+                "oidc_issuer": "https://idp.example.com", "oidc_sub": sub})
+            proto, transport = self.connect()
+            proto.dataReceived(post())
+        self.clock.advance(3600)  # the windows end: the tallies are written
+        counted: dict[str, int] = {}
+        for record in self.records():
+            counted[record["oidc_sub"]] = counted.get(record["oidc_sub"], 0) + record["count"]
+        self.assertEqual(counted, {"alice": 1, "bob": 3, "carol": 1})
+
     def test_continue_is_sent_only_once_authenticated(self) -> None:
         proto, transport = self.connect()
         proto.dataReceived(post(headers=b"Expect: 100-continue\r\n").split(b"\r\n\r\n")[0]

@@ -28,8 +28,11 @@ SETTABLE_RUN_STATES = ("success", "failed", "queued")
 MAX_PAGE = 100
 MAX_CONF_BYTES = 64 * 1024
 MAX_CONF_DEPTH = 16
-# Airflow keeps 1000 characters of note; the gateway's attribution line
-# takes the rest.
+#: Airflow keeps 1000 characters of a run's note (a VARCHAR(1000) in its
+#: database: PostgreSQL refuses more, with a 500).
+AIRFLOW_NOTE_LENGTH = 1000
+#: A caller's own note, below the gateway's attribution line; cut at its end
+#: when a long principal name leaves it less (`attribution`).
 MAX_NOTE_LENGTH = 700
 MAX_TAGS = 50
 #: How many pages of DAGs (of 100) list_dags reads to filter them for a
@@ -152,7 +155,12 @@ def attribution(call: CallContext, note: str | None) -> str:
     """
     name = getattr(call.principal, "name", "unknown")[:MAX_NAME_IN_NOTE]
     line = f"Triggered through txairflowrpc by {name} (request {call.request_id})"
-    return line if not note else f"{line}\n\n{note}"
+    if not note:
+        return line
+    room = AIRFLOW_NOTE_LENGTH - len(line) - 2
+    if len(note) > room:  # a long name: the caller's note gives way, marked, never the name
+        note = note[:room - 1] + "\u2026"
+    return f"{line}\n\n{note}"
 
 
 def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
@@ -566,8 +574,8 @@ class AirflowMethods:
                 ti = await client.get_task_instance(dag_id, dag_run_id, task_id, map_index)
             except errors.NotFound as e:
                 if map_index is None:  # Airflow says only "not found" for a mapped task
-                    raise errors.NotFound(f"{e.what} (a mapped task's instance needs its "
-                                          "map_index)") from None
+                    raise errors.NotFound(f"{e.what} (if the task is mapped, its instance "
+                                          "needs a map_index)") from None
                 raise
             try_number = ti.get("try_number") or 0  # an int: the shape says so
             if try_number < 1:

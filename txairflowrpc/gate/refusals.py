@@ -42,6 +42,9 @@ _log = Logger()
 MAX_SOURCES = 10_000
 #: Reasons of one kind told apart per source and window.
 MAX_REASONS = 8
+#: Who a genuine but refused credential named (`Unauthenticated.claimed`):
+#: part of what a tally counts, so that a record names each caller it counts.
+CLAIMED_FIELDS = ("oidc_issuer", "oidc_sub")
 
 
 @attrs.define
@@ -112,6 +115,8 @@ class RefusalLog:
         host = (f"principal {by}" if by is not None
                 else source_key(source.rpartition(":")[0] or source, self.ipv6_prefix))
         reason = str(fields.get("reason", ""))
+        if any(name in fields for name in CLAIMED_FIELDS):  # one tally per caller named
+            reason = "\x00".join([reason, *(str(fields.get(n)) for n in CLAIMED_FIELDS)])
         key = (host, kind, reason)
         tally = self._tallies.get(key)
         if tally is None:
@@ -131,6 +136,8 @@ class RefusalLog:
         tally.last = {**fields, "source": source if key[0] != "*" else "*"}
         if key[2] == "*":
             tally.last["reason"] = "(reasons of this kind, more than a record each)"
+            for name in CLAIMED_FIELDS:  # they were one caller's, not all of these
+                tally.last.pop(name, None)
         self._schedule()
 
     def flush(self) -> None:

@@ -392,7 +392,8 @@ class JWKSet:
     From ``jwks_url`` the set is fetched at the first token, again when a
     token names a key it lacks, and again before a token is verified once
     the set is older than ``jwks_max_age_seconds`` (a key the provider
-    removed stops working within that time) -- each at most once per
+    removed stops working within that time; after such a refresh failed,
+    the next ones run behind the tokens instead) -- each at most once per
     ``jwks_refetch_cooldown_seconds``, one fetch for all who ask.  A fetch
     has ``timeout`` seconds in all, reads at most `MAX_JWKS_BYTES`, follows
     no redirect (``jwks_url`` was checked, where a redirect would lead was
@@ -445,10 +446,19 @@ class JWKSet:
         if kid is not None and not isinstance(kid, str):
             return self.keys
         now = self._clock.seconds()
-        cooled = now - self._last_fetch >= self.provider.jwks_refetch_cooldown_seconds
-        stale = now - self._fetched_at >= self.provider.jwks_max_age_seconds
-        if (stale or not self.keys.knows(kid)) and self.provider.jwks_url and cooled:
+        if not self.provider.jwks_url or (
+                now - self._last_fetch < self.provider.jwks_refetch_cooldown_seconds):
+            return self.keys
+        if not self.keys.knows(kid):
             await self.refresh()
+        elif now - self._fetched_at >= self.provider.jwks_max_age_seconds:
+            # The first refresh of an old set is waited for.  After one that
+            # failed (the provider is down) a token is not held up again for
+            # nothing: the set is asked for behind it.
+            failed = self._last_fetch > self._fetched_at
+            refreshed = self.refresh()
+            if not failed:
+                await refreshed
         return self.keys
 
     def refresh(self) -> Deferred[None]:
