@@ -6,6 +6,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+from txairflowrpc.devstack.airflow import EXAMPLE_DAGS
+
 from .conftest import RunningGateway
 
 SCRIPT = Path(__file__).with_name("interop.pl")
@@ -24,7 +26,7 @@ def test_perl_rpc_xml_client_with_a_client_certificate(gateway: RunningGateway) 
     assert lines == {
         "ping": "pong",
         "principal": "ci-bot",
-        "dags": "etl_orders,example_fail,example_hello,example_noop",
+        "dags": ",".join(EXAMPLE_DAGS),  # the DAGs of conf/dags, sorted
         "created": "1",
         "state": "success",
         "fault": "404",

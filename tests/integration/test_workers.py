@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import TWISTD, RunningGateway, client_context, free_port
 from .test_deployment import AirflowHealth, Systemd
+from .test_operations import SUPERVISOR_METRICS, alert_metric_names
 
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 
@@ -149,6 +150,10 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
         assert merged[("airflowrpc_worker_up", frozenset(worker.items()))] == 1
         assert merged[("airflowrpc_worker_restarts_total", frozenset(worker.items()))] == 0
     assert sum(own) >= 24 and merged[("airflowrpc_workers", frozenset())] == 2
+    # The alert rules' supervisor metrics are there, with the labels they use.
+    for name in alert_metric_names() & set(SUPERVISOR_METRICS):
+        assert {k for key in merged if key[0] == name for k, _ in key[1]} == \
+            SUPERVISOR_METRICS[name], name
     assert not [key for key in merged if key[0] != "airflowrpc_workers"
                 and "worker" not in dict(key[1])]
     status, ready = probe(workers.health_port, "/readyz")
