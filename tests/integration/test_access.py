@@ -224,6 +224,7 @@ def test_oidc_tokens_and_every_way_one_is_refused(gw: RunningGateway, idp: JWKSS
             SIGNER, {"iss": ISSUER, "aud": "airflowrpc", "sub": "alice",
                      "exp": int(time.time()) + 300}),
         "unknown kid": jwt(Signer("RS256", "key-9")),
+        "no role from its claims, no [principals] entry": jwt(sub="stranger", scope="openid"),
     }
     for name, token in bad.items():
         assert refused(lambda: by_token(gw, token).ping()) == 401, name

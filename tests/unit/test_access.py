@@ -272,6 +272,23 @@ class TestOIDC:
         with pytest.raises(Unauthenticated, match="unknown issuer"):
             run(auth.authenticate(FakeRequest(None, f"Bearer {evil}")))
 
+    def test_a_subject_with_no_role_and_no_entry_is_refused(self, tmp_path: Path,
+                                                           pki: DevPKI) -> None:
+        """
+        Found by review: any subject the issuer signed for the audience got in
+        (ping, whoami, a rate budget and records of its own); a CI provider
+        signs for whoever asks.  Deny by default, as for certificates.
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        auth = authenticator(load(tmp_path, pki, mode="optional"), clock)
+        token = SIGNER.sign({"iss": "https://idp.example.com", "aud": "airflowrpc",
+                             "sub": "stranger", "exp": NOW + 60, "scope": "openid"})
+        with pytest.raises(Unauthenticated, match="no caller here") as e:
+            run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
+        assert e.value.claimed == {"oidc_issuer": "https://idp.example.com",
+                                   "oidc_sub": "stranger"}
+
     @pytest.mark.parametrize("header,changes", [
         ({"kid": ["ec1"]}, {}),
         ({"kid": {"ec1": 1}}, {}),

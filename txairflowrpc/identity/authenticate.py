@@ -218,6 +218,14 @@ class Authenticator:
         name = f"{provider.name}/{claims['sub']}"
         roles = oidc.roles_from_claims(provider, claims)
         entry = self.access.principals.get(name)
+        if entry is None and not roles:
+            # Deny by default, as for a certificate that maps to no
+            # principal: an issuer may sign for the audience whoever asks
+            # (a CI provider does, for any repository).
+            raise Unauthenticated(
+                "JWT refused: its subject is no caller here (no role from its claims, no "
+                "[principals] entry)",
+                {"oidc_issuer": provider.issuer, "oidc_sub": claims["sub"]})
         if entry is not None:
             roles = tuple(dict.fromkeys((*roles, *entry.roles)))
         return Principal(
