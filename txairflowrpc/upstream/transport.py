@@ -20,16 +20,15 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
-from twisted.web.client import URI, PartialDownloadError, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..core import errors
+from ..core.bodies import TooLarge, read_capped
 
 #: The largest answer body read from Airflow, in bytes: a log page, a list of
 #: 100 runs with their confs, are far smaller.
@@ -141,75 +140,12 @@ class Transport:
         return headers
 
 
-class _CappedBody(Protocol):
-    """
-    What `readBody` does (the body whole, `PartialDownloadError` when it may
-    be cut short, the failure otherwise), but past ``limit`` bytes the rest
-    is abandoned (the connection closed) and the read fails with
-    `errors.UpstreamError`: a broken or hostile Airflow cannot make the
-    gateway hold an answer of any size.
-    """
-
-    def __init__(self, response: Any, limit: int, finished: Deferred[bytes]) -> None:
-        self._response = response
-        self._limit = limit
-        self._finished = finished
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._over = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._over:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self.refuse()
-            return
-        self._parts.append(data)
-
-    def refuse(self) -> None:
-        """Read no more of it: it is larger than the limit."""
-        self._over, self._parts = True, []
-        _abandon(self.transport)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._finished.called:
-            # Cancelled (a deadline): the connection's end that follows is not news.
-            # readBody errbacks here anyway, and logs an AlreadyCalledError.
-            return
-        if self._over:
-            self._finished.errback(_too_large(self._limit))
-        elif reason.check(ResponseDone):
-            self._finished.callback(b"".join(self._parts))
-        elif reason.check(PotentialDataLoss):
-            self._finished.errback(PartialDownloadError(
-                self._response.code, self._response.phrase, b"".join(self._parts)))
-        else:
-            self._finished.errback(reason)
-
-
-def _too_large(limit: int) -> errors.UpstreamError:
-    return errors.UpstreamError(f"Airflow's answer is larger than {limit} bytes")
-
-
-def _abandon(transport: Any) -> None:
-    """Close the connection a response body comes on (or stop it, where that is all there is)."""
-    stop = getattr(transport, "abortConnection", None) or getattr(transport, "stopProducing", None)
-    if stop is not None:
-        stop()
+def _too_large(failure: Failure) -> Failure:
+    failure.trap(TooLarge)
+    raise errors.UpstreamError(f"Airflow's answer is larger than {failure.value.cap} bytes")
 
 
 def _read(response: Any, limit: int = MAX_ANSWER_BYTES) -> Deferred[Reply]:
-    """Airflow's answer, read whole; at most ``limit`` bytes of body."""
-    protocol: _CappedBody
-
-    def cancel(d: Deferred[bytes]) -> None:
-        _abandon(protocol.transport)
-
-    finished: Deferred[bytes] = Deferred(cancel)
-    protocol = _CappedBody(response, limit, finished)
-    response.deliverBody(protocol)
-    length = getattr(response, "length", None)
-    if isinstance(length, int) and length > limit:
-        protocol.refuse()  # said up front: not a byte of it is read
-    return finished.addCallback(lambda body: Reply(response.code, body))
+    """Airflow's answer, read whole; at most ``limit`` bytes of body (`core.bodies`)."""
+    return read_capped(response, limit).addCallbacks(
+        lambda body: Reply(response.code, body), _too_large)
