@@ -11,7 +11,8 @@ them over loopback HTTP, all at once, each within `ASK_SECONDS`:
 - ``GET /readyz``: 200 if at least one worker answers its own ``/readyz``
   with 200 and so does every worker whose listening socket is open (new
   connections wait for that one: a worker being replaced is not ready);
-  503 otherwise, and while stopping.  The body holds each worker's answer.
+  503 otherwise (and for a probe in flight at SIGTERM, when the listener
+  closes, as a single gateway's does).  The body holds each worker's answer.
 - ``GET /metrics``: every worker's metrics, each sample labelled
   ``worker="K"``, merged family by family, and the supervisor's own
   (`supervisor_families`).  The text format, or OpenMetrics when asked;
