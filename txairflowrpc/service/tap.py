@@ -466,7 +466,8 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         where=where, on_stopped=stopped, port=sockets,
     )
     if cfg.health.port:
-        # Started before the supervisor (stopped after it): one address for all the workers.
+        # Bound before the workers start (a port taken stops twistd first); one address
+        # for all the workers.
         ports = [worker_admin_port(cfg.health.port, k) for k in range(cfg.listen.workers)]
         gathered = GatheredHealth(
             admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host, ports),
