@@ -151,7 +151,7 @@ def test_every_metric_the_alert_rules_name_is_in_a_real_scrape(
 
 #: The supervisor's own metrics, with their labels (test_workers.py scrapes them).
 SUPERVISOR_METRICS = {"airflowrpc_worker_restarts_total": {"worker"},
-                      "airflowrpc_worker_ready": {"worker"}}
+                      "airflowrpc_worker_ready": {"worker"}, "airflowrpc_worker_up": {"worker"}}
 
 
 def alert_metric_names() -> set[str]:
