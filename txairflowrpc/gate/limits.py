@@ -24,9 +24,23 @@ MAX_TRACKED = 10000
 
 @attrs.define
 class _Bucket:
+    """A token bucket (and, for a principal, its calls in flight)."""
+
     tokens: float
     stamp: float
     in_flight: int = 0
+
+    def refill(self, now: float, rate: float, burst: int) -> None:
+        """Add what ``rate`` per second gave since the last time, up to ``burst``."""
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+
+    def take(self) -> bool:
+        """Spend one token; False if there is not a whole one."""
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class CallLimits:
@@ -52,20 +66,18 @@ class CallLimits:
                         f"more than {MAX_TRACKED} callers have calls in flight", retry_after=1.0)
                 del self._buckets[idle[1]]
             bucket = self._buckets[name] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
+        bucket.refill(now, self.rate, self.burst)
         return bucket
 
     def take(self, name: str) -> None:
         """Spend one call of ``name``'s rate; `errors.RateLimited` if none is left."""
         bucket = self._bucket(name)
-        if bucket.tokens < 1:
+        if not bucket.take():
             self.refused += 1
             raise errors.RateLimited(
                 f"more than {self.rate:g} calls per second (bursts of {self.burst})",
                 retry_after=(1 - bucket.tokens) / self.rate,
             )
-        bucket.tokens -= 1
 
     def spend(self, name: str) -> bool:
         """
@@ -77,10 +89,7 @@ class CallLimits:
             bucket = self._bucket(name)
         except errors.RateLimited:  # every caller tracked has a call in flight
             return False
-        if bucket.tokens < 1:
-            return False
-        bucket.tokens -= 1
-        return True
+        return bucket.take()
 
     def enter(self, name: str) -> None:
         """Count a request in flight; `errors.RateLimited` past the cap."""
@@ -130,12 +139,8 @@ class ConnectionRate:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(source)
-            bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
-            bucket.stamp = now
-        if bucket.tokens < 1:
-            return False
-        bucket.tokens -= 1
-        return True
+            bucket.refill(now, rate, burst)
+        return bucket.take()
 
     def refund(self, source: str) -> None:
         """Give back the connection `take` spent (refused for a cause not the source's)."""
