@@ -239,15 +239,8 @@ class HealthResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
-            body = self._metrics.render(request)
-        else:
-            body = super().render(request)
-        if request.method == b"HEAD" and isinstance(body, bytes):
-            # The GET's status and headers without its body: twisted.web
-            # would drop the body itself, but log each such request (with
-            # its URI) as a warning -- a flood of the service log for anyone.
-            return b""
-        return body
+            return head_without_body(request, self._metrics.render(request))
+        return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Type", b"application/json")
@@ -283,9 +276,29 @@ class HealthResource(Resource):
         _answer(request, 500, {"ready": False, "error": "internal error in the probe"})
 
 
-def _answer(request: server.Request, status: int, body: dict[str, Any]) -> None:
+def head_without_body(request: server.Request, body: Any) -> Any:
+    """
+    What ``render`` returns: for a HEAD, the GET's status and headers
+    without its body.  twisted.web would drop the body itself, but log each
+    such request (with its URI) as a warning -- a flood of the service log
+    for anyone.
+    """
+    if request.method == b"HEAD" and isinstance(body, bytes):
+        return b""
+    return body
+
+
+def finish(request: server.Request, status: int, body: bytes,
+           headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer a request left open (`server.NOT_DONE_YET`), unless its client has gone."""
     if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(status)
-    request.write(json.dumps(body).encode() + b"\n")
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.write(body)
     request.finish()
+
+
+def _answer(request: server.Request, status: int, body: dict[str, Any]) -> None:
+    finish(request, status, json.dumps(body).encode() + b"\n")

@@ -48,6 +48,7 @@ from twisted.web.resource import Resource
 
 from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
+from .admin import finish, head_without_body
 from .supervisor import WorkerState
 
 __all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
@@ -60,6 +61,8 @@ MAX_ANSWER_BYTES = 32 * 1024 * 1024
 #: What the supervisor asks a worker's /metrics for: the format that keeps
 #: every family's type (counters, info, histograms) through a parse.
 OPENMETRICS = b"application/openmetrics-text; version=1.0.0"
+
+_JSON = ((b"Content-Type", b"application/json"),)
 
 _log = Logger()
 
@@ -122,7 +125,7 @@ class WorkerAdmins:
 
 
 def _no_answer_in_time(result: Any, timeout: float) -> Any:
-    raise NoAnswerInTime(None, f"no answer within {timeout:g} s")
+    raise NoAnswerInTime()
 
 
 def _problem(failure: Failure) -> str:
@@ -190,17 +193,19 @@ class _Families:
         return self._families
 
 
-def exposition(families: list[Metric], accept: str, accept_encoding: str
-               ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+#: An answer's body and headers.
+Encoded = tuple[bytes, tuple[tuple[bytes, bytes], ...]]
+
+
+def exposition(families: list[Metric], accept: str, accept_encoding: str) -> Encoded:
     """``families`` encoded as the scraper asked: body and headers."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
     encoder, content_type = choose_encoder(accept)
     body = encoder(registry)
-    headers = [(b"Content-Type", content_type.encode())]
+    headers = ((b"Content-Type", content_type.encode()),)
     if gzip_accepted(accept_encoding):
-        body = gzip.compress(body)
-        headers.append((b"Content-Encoding", b"gzip"))
+        return gzip.compress(body), (*headers, (b"Content-Encoding", b"gzip"))
     return body, headers
 
 
@@ -226,10 +231,7 @@ class GatheredHealth(Resource):
         self._stopping = stopping
 
     def render(self, request: server.Request) -> Any:
-        body = super().render(request)
-        if request.method == b"HEAD" and isinstance(body, bytes):
-            return b""  # as the workers' listener: no warning logged per HEAD
-        return body
+        return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"Cache-Control", b"no-store")
@@ -272,40 +274,26 @@ class GatheredHealth(Resource):
         body = {"ready": ready, "workers": workers}
         if self._stopping():
             body["detail"] = "stopping: the workers drain their calls"
-        _finish(request, 200 if ready else 503, json.dumps(body).encode() + b"\n",
-                [(b"Content-Type", b"application/json")])
+        finish(request, 200 if ready else 503, json.dumps(body).encode() + b"\n", _JSON)
 
     @staticmethod
     def _metrics(answers: list[Answer], states: list[WorkerState], accept: str,
-                 encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+                 encoding: str) -> Encoded:
         families, read = merged_families(answers)
         return exposition(families + supervisor_families(states, read), accept, encoding)
 
     @staticmethod
-    def _send(encoded: tuple[bytes, list[tuple[bytes, bytes]]], request: server.Request) -> None:
-        body, headers = encoded
-        _finish(request, 200, body, headers)
+    def _send(encoded: Encoded, request: server.Request) -> None:
+        finish(request, 200, *encoded)
 
     @staticmethod
     def _failed(failure: Failure, request: server.Request) -> None:
         """A probe or scrape that broke is answered, never left open: HTTP 500."""
         _log.failure("admin listener: gathering the workers' answers failed", failure)
-        _finish(request, 500, b'{"error": "internal error"}\n',
-                [(b"Content-Type", b"application/json")])
+        finish(request, 500, b'{"error": "internal error"}\n', _JSON)
 
 
 def _json(request: server.Request, status: int, body: dict[str, Any]) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body).encode() + b"\n"
-
-
-def _finish(request: server.Request, status: int, body: bytes,
-            headers: list[tuple[bytes, bytes]]) -> None:
-    if request.finished or getattr(request, "_disconnected", False):
-        return
-    request.setResponseCode(status)
-    for name, value in headers:
-        request.setHeader(name, value)
-    request.write(body)
-    request.finish()
