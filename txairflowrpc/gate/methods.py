@@ -153,8 +153,7 @@ def attribution(call: CallContext, note: str | None) -> str:
     request id that finds the call on the audit trail, above the caller's
     own note.
     """
-    name = getattr(call.principal, "name", "unknown")[:MAX_NAME_IN_NOTE]
-    line = f"Triggered through txairflowrpc by {name} (request {call.request_id})"
+    line = f"{_attributed_to(call)}{call.request_id})"
     if not note:
         return line
     room = AIRFLOW_NOTE_LENGTH - len(line) - 2
@@ -166,9 +165,14 @@ def attribution(call: CallContext, note: str | None) -> str:
 def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
     """Whether ``run`` was triggered through the gateway by the caller (its note says)."""
     note = run.get("note")
-    name = getattr(call.principal, "name", "")[:MAX_NAME_IN_NOTE]
     first = note.split("\n", 1)[0] if isinstance(note, str) else ""
-    return first.startswith(f"Triggered through txairflowrpc by {name} (request ")
+    return first.startswith(_attributed_to(call))
+
+
+def _attributed_to(call: CallContext) -> str:
+    """How a run's note starts when the caller triggered it: up to its request id."""
+    name = getattr(call.principal, "name", "unknown")[:MAX_NAME_IN_NOTE]
+    return f"Triggered through txairflowrpc by {name} (request "
 
 
 def _same_conf(a: Any, b: Any) -> bool:
@@ -198,7 +202,6 @@ def _clash(dag_id: str, logical_date: str | None) -> str:
     if logical_date is not None:
         return f"DAG {dag_id!r} already has a run with logical_date {logical_date}"
     return f"Airflow refused the new run of DAG {dag_id!r} as a duplicate; retry it"
-
 
 
 class AirflowMethods:

@@ -224,8 +224,7 @@ class Authenticator:
             # (a CI provider does, for any repository).
             raise Unauthenticated(
                 "JWT refused: its subject is no caller here (no role from its claims, no "
-                "[principals] entry)",
-                {"oidc_issuer": provider.issuer, "oidc_sub": claims["sub"]})
+                "[principals] entry)", oidc.claimed_by(claims))
         if entry is not None:
             roles = tuple(dict.fromkeys((*roles, *entry.roles)))
         return Principal(

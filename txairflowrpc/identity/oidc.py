@@ -356,11 +356,19 @@ def verify_jwt(
     try:
         _check_claims(claims, provider, now)
     except JWTError as e:  # signed by the provider: who it names goes on the record
-        e.claimed = {name: value[:MAX_SUB] for name, value in (
-            ("oidc_issuer", claims.get("iss")), ("oidc_sub", claims.get("sub")))
-            if isinstance(value, str)}
+        e.claimed = claimed_by(claims)
         raise
     return claims
+
+
+def claimed_by(claims: dict[str, Any]) -> dict[str, str]:
+    """
+    Who a JWT whose signature held names (``oidc_issuer``, ``oidc_sub``,
+    clipped; those that are strings), for the record of its refusal.
+    """
+    return {name: value[:MAX_SUB] for name, value in (
+        ("oidc_issuer", claims.get("iss")), ("oidc_sub", claims.get("sub")))
+        if isinstance(value, str)}
 
 
 def roles_from_claims(provider: OIDCProvider, claims: dict[str, Any]) -> tuple[str, ...]:

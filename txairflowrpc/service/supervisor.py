@@ -244,8 +244,6 @@ class Supervisor(service.Service):
         self._kill: IDelayedCall | None = None
         #: True once every worker reported ready (and READY=1 went to systemd).
         self.ready = False
-        #: Workers replaced after an unexpected exit; for tests and the log.
-        self.restarts = 0
 
     def startService(self) -> None:
         super().startService()
@@ -304,7 +302,6 @@ class Supervisor(service.Service):
             return
         failed_start = worker.deaths > 0  # it died again before it was ever ready
         delay = self._next_delay(worker)
-        self.restarts += 1
         worker.restarts += 1
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
@@ -315,6 +312,11 @@ class Supervisor(service.Service):
                        "does, and new connections go to the other workers", index=index)
         self._status(f"worker {index} exited ({ending(reason)}); restarting")
         worker.restart = self._clock.callLater(delay, self._start, worker)
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after an unexpected exit, all together."""
+        return sum(w.restarts for w in self.workers)
 
     @property
     def stopping(self) -> bool:

@@ -72,7 +72,7 @@ from .workers import (
     ParentWatch,
     PipeNotifier,
     for_worker,
-    worker_admin_port,
+    worker_admin_ports,
 )
 
 __all__ = ["Options", "makeService"]
@@ -109,9 +109,7 @@ class Options(usage.Options):
             self["checked"] = worker_checked(self["checked"], index)
             return  # its ports were checked by the supervisor, which holds the listener
         # With workers, the supervisor's admin listener and then each worker's.
-        admin_ports = [cfg.health.port, *(worker_admin_port(cfg.health.port, k)
-                                          for k in range(cfg.listen.workers)
-                                          if cfg.listen.workers > 1)] if cfg.health.port else []
+        admin_ports = [cfg.health.port, *worker_admin_ports(cfg)] if cfg.health.port else []
         for host, port, what in ((cfg.listen.host, cfg.listen.port, ""),
                                  *((cfg.health.host, p, " (admin listener)")
                                    for p in admin_ports)):
@@ -468,9 +466,9 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     if cfg.health.port:
         # Bound before the workers start (a port taken stops twistd first); one address
         # for all the workers.
-        ports = [worker_admin_port(cfg.health.port, k) for k in range(cfg.listen.workers)]
         gathered = GatheredHealth(
-            admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host, ports),
+            admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host,
+                                worker_admin_ports(cfg)),
             states=supervisor.states, stopping=lambda: supervisor.stopping,
             off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         Listener(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),

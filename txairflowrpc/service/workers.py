@@ -40,7 +40,7 @@ from zope.interface import implementer
 from .. import config as config_module
 
 __all__ = ["LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
-           "for_worker", "worker_admin_port", "worker_audit_path"]
+           "for_worker", "worker_admin_port", "worker_admin_ports", "worker_audit_path"]
 
 #: The listening socket a worker adopts.
 LISTENER_FD = 3
@@ -60,6 +60,14 @@ def worker_audit_path(path: Path, index: int) -> Path:
 def worker_admin_port(health_port: int, index: int) -> int:
     """Worker ``index``'s admin port: the one after the supervisor's, then one each; 0 if off."""
     return health_port + 1 + index if health_port else 0
+
+
+def worker_admin_ports(cfg: config_module.Config) -> list[int]:
+    """Every worker's admin port: none with one process or with the admin listener off."""
+    if cfg.listen.workers == 1:
+        return []
+    return [worker_admin_port(cfg.health.port, k) for k in range(cfg.listen.workers)
+            if cfg.health.port]
 
 
 def divided(value: int, count: int, least: int = 1) -> int:
