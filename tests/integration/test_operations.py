@@ -37,8 +37,13 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(gw: RunningGateway) -> Samples:
-    url = f"http://127.0.0.1:{gw.health_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    return scrape_port(gw.health_port)
+
+
+def scrape_port(port: int) -> Samples:
+    """An admin listener's /metrics (text format), read with prometheus_client's parser."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=15) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         body = response.read().decode()
     samples: Samples = {}

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import TWISTD, RunningGateway, client_context, free_port
 from .test_deployment import AirflowHealth, Systemd
-from .test_operations import SUPERVISOR_METRICS, alert_metric_names
+from .test_operations import SUPERVISOR_METRICS, alert_metric_names, scrape_port
 
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 
@@ -139,10 +138,10 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
     # Each worker's own admin listener is at health.port + 1 + K; the
     # supervisor's, at health.port, gives both under a worker label.
     get_dag = {"method": "get_dag", "outcome": "ok", "fault_code": ""}
-    own = [scrape(workers.health_port + 1 + k)[("airflowrpc_calls_total",
+    own = [scrape_port(workers.health_port + 1 + k)[("airflowrpc_calls_total",
                                                   frozenset(get_dag.items()))]
            for k in (0, 1)]
-    merged = scrape(workers.health_port)
+    merged = scrape_port(workers.health_port)
     for k in (0, 1):
         worker = {"worker": str(k)}
         assert merged[("airflowrpc_calls_total",
@@ -160,14 +159,6 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
     assert status == 200 and ready["ready"] is True, ready
     assert [ready["workers"][k]["answer"]["ready"] for k in "01"] == [True, True]
     print(f"\n24 calls on fresh connections: worker 0 served {served[0]}, worker 1 {served[1]}")
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """An admin listener's /metrics, read with prometheus_client's parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as page:
-        body = page.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(body) for s in family.samples}
 
 
 def probe(port: int, path: str) -> tuple[int, dict]:
@@ -224,7 +215,7 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) 
     for _ in range(24):
         assert fresh_call(workers)["dag_id"] == "example_hello"
     assert len(records(workers, 1)) > before  # the new worker serves, on the same chain
-    merged = scrape(workers.health_port)
+    merged = scrape_port(workers.health_port)
     assert [merged[("airflowrpc_worker_restarts_total", frozenset({("worker", k)}))]
             for k in "01"] == [0, 1]
     assert [merged[("airflowrpc_worker_up", frozenset({("worker", k)}))] for k in "01"] == [1, 1]
