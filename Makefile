@@ -80,7 +80,8 @@ $(AIRFLOW_VENV)/.postgres-drivers: $(AIRFLOW_VENV)/.installed
 # tests' Airflow runs on), and for the interoperability tests and the example
 # clients (examples/): Perl's RPC::XML with HTTPS, Go with github.com/kolo/xmlrpc
 # (built offline against Debian's copy), Ruby's xmlrpc, PHP's xmlrpc-epi,
-# Node.js and npm, curl (a client offering only HTTP/1.0 in ALPN), HAProxy (in
+# Node.js and npm, the C library xmlrpc-c and a C compiler, Java's aXMLRPC and
+# a JDK (whose `java` runs a source file), curl (a client offering only HTTP/1.0 in ALPN), HAProxy (in
 # front of several gateway instances: tests/integration/test_instances.py); for
 # the deployment tests, systemd-analyze (systemd: checks conf/airflowrpc.service)
 # and promtool (prometheus: checks conf/airflowrpc-alerts.yml; the package
@@ -103,6 +104,10 @@ apt-deps:
 	php -r 'exit(function_exists("xmlrpc_encode_request") ? 0 : 1);' 2>/dev/null || \
 	  missing="$$missing php-cli php-xmlrpc"; \
 	{ command -v node && command -v npm; } >/dev/null || missing="$$missing nodejs npm"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	[ -f /usr/include/xmlrpc-c/client.h ] || missing="$$missing libxmlrpc-core-c3-dev"; \
+	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
+	[ -f /usr/share/java/axmlrpc.jar ] || missing="$$missing libaxmlrpc-java"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \

@@ -1,15 +1,18 @@
 """
 The example clients in ``examples/`` run as a user runs them: Python's
 ``xmlrpc.client``, Perl's ``RPC::XML``, Go's ``github.com/kolo/xmlrpc`` (built
-offline against Debian's copy), Ruby's ``xmlrpc`` gem and Node's ``xmlrpc``
-package, each with a client certificate and with a token, against the real
+offline against Debian's copy), Ruby's ``xmlrpc`` gem, Node's ``xmlrpc``
+package, the C library xmlrpc-c (built against Debian's copy; a token goes out
+as basic auth) and Java's aXMLRPC (Debian's copy, the source file run by
+``java``), each with a client certificate and with a token, against the real
 ``twistd airflowrpc`` in front of a real Airflow.
 
 Then how each client sends "nothing" for the optional ``conf`` struct when it
 must still pass ``options`` after it (``test_nil_conf_keeps_the_run_id``).
 
-Nothing is skipped: a missing Perl, Go, Ruby, PHP, Node or the Node example's
-``node_modules`` (``make system-deps`` installs them all) fails the test.
+Nothing is skipped: a missing Perl, Go, Ruby, PHP, Node, the Node example's
+``node_modules``, a C compiler with xmlrpc-c or a JDK with aXMLRPC (``make
+system-deps`` installs them all) fails the test.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption, load_pem_private_key, pkcs12)
+from cryptography.x509 import load_pem_x509_certificate
 
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
@@ -34,7 +40,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"
 #: Where Debian's golang-github-kolo-xmlrpc-dev puts the library.
 DEBIAN_GOPATH = "/usr/share/gocode"
-LANGUAGES = ["python", "perl", "go", "ruby", "node"]
+#: Where Debian's libaxmlrpc-java puts the library.
+AXMLRPC_JAR = "/usr/share/java/axmlrpc.jar"
+#: What a program built against Debian's libxmlrpc-core-c3-dev links with
+#: (``xmlrpc-c-config client --libs`` adds -lcurl, needed only statically).
+XMLRPC_C_LIBS = ["-lxmlrpc_client", "-lxmlrpc", "-lxmlrpc_util"]
+#: The PKCS#12 file's password (Java reads a client key from such a file).
+KEYSTORE_PASSWORD = "changeit"
+LANGUAGES = ["python", "perl", "go", "ruby", "node", "c", "java"]
 DAG = "example_hello"
 
 
@@ -50,10 +63,30 @@ def go_build(source: Path, output: Path) -> Path:
     return output
 
 
+def c_build(source: Path, output: Path) -> Path:
+    """Build ``source`` against Debian's xmlrpc-c, warnings as errors."""
+    out = subprocess.run(["cc", "-Wall", "-Wextra", "-Werror", "-o", str(output), str(source),
+                          *XMLRPC_C_LIBS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return output
+
+
 @pytest.fixture(scope="session")
 def go_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return go_build(EXAMPLES / "go" / "main.go",
                     tmp_path_factory.mktemp("go-example") / "airflowrpc-example")
+
+
+@pytest.fixture(scope="session")
+def c_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return c_build(EXAMPLES / "c" / "airflowrpc_example.c",
+                   tmp_path_factory.mktemp("c-example") / "airflowrpc-example")
+
+
+@pytest.fixture(scope="session")
+def built(go_example: Path, c_example: Path) -> dict[str, Path]:
+    """The examples that are compiled first, by language."""
+    return {"go": go_example, "c": c_example}
 
 
 @pytest.fixture(scope="module")
@@ -71,25 +104,51 @@ def new_token(gateway: RunningGateway, principal: str) -> str:
     return gateway.new_token(principal)
 
 
-def example_command(language: str, go_binary: Path) -> list[str]:
+def example_command(language: str, built: dict[str, Path]) -> list[str]:
+    if language in built:
+        return [str(built[language])]
     return {
         "python": [sys.executable, str(EXAMPLES / "python" / "airflowrpc_example.py")],
         "perl": ["perl", str(EXAMPLES / "perl" / "airflowrpc_example.pl")],
-        "go": [str(go_binary)],
         "ruby": ["ruby", str(EXAMPLES / "ruby" / "airflowrpc_example.rb")],
         "node": ["node", str(EXAMPLES / "node" / "example.js")],
+        "java": java_command(EXAMPLES / "java" / "AirflowRpcExample.java"),
     }[language]
 
 
-def client_env(gateway: RunningGateway, *, token: str | None = None) -> dict[str, str]:
-    """The environment a user sets: URL, CA and a certificate or a token."""
+def java_command(source: Path) -> list[str]:
+    """Run a Java source file with aXMLRPC, as Java 11 and later can."""
+    return ["java", "-cp", AXMLRPC_JAR, str(source)]
+
+
+def keystore(gateway: RunningGateway) -> Path:
+    """The client's certificate and key as a PKCS#12 file, as Java reads them."""
+    path = gateway.client.cert.with_suffix(".p12")
+    if not path.exists():
+        key = load_pem_private_key(gateway.client.key.read_bytes(), None)
+        cert = load_pem_x509_certificate(gateway.client.cert.read_bytes())
+        path.write_bytes(pkcs12.serialize_key_and_certificates(
+            b"client", key, cert, None,  # type: ignore[arg-type]
+            BestAvailableEncryption(KEYSTORE_PASSWORD.encode())))
+    return path
+
+
+def client_env(gateway: RunningGateway, *, token: str | None = None,
+               principal: str = "ci-bot") -> dict[str, str]:
+    """
+    The environment a user sets: URL, CA and a certificate (PEM files, or a
+    PKCS#12 file for Java) or a token (and the principal's name, for a client
+    that can send a token only as basic auth).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOWRPC_")}
     env.update(AIRFLOWRPC_URL=gateway.url, AIRFLOWRPC_CA=str(gateway.pki.ca_file))
     if token is None:
         env.update(AIRFLOWRPC_CERT=str(gateway.client.cert),
-                   AIRFLOWRPC_KEY=str(gateway.client.key))
+                   AIRFLOWRPC_KEY=str(gateway.client.key),
+                   AIRFLOWRPC_KEYSTORE=str(keystore(gateway)),
+                   AIRFLOWRPC_KEYSTORE_PASSWORD=KEYSTORE_PASSWORD)
     else:
-        env["AIRFLOWRPC_TOKEN"] = token
+        env.update(AIRFLOWRPC_TOKEN=token, AIRFLOWRPC_PRINCIPAL=principal)
     return env
 
 
@@ -116,10 +175,10 @@ def check_example_output(
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_example_with_a_client_certificate(
-    language: str, gateway: RunningGateway, go_example: Path
+    language: str, gateway: RunningGateway, built: dict[str, Path]
 ) -> None:
     run_id = f"example-{language}-cert-{secrets.token_hex(4)}"
-    lines = run_json_lines(example_command(language, go_example) + [run_id],
+    lines = run_json_lines(example_command(language, built) + [run_id],
                            client_env(gateway))
     check_example_output(lines, language, run_id, "client_certificate")
     run = gateway.proxy().get_dag_run(DAG, run_id)
@@ -128,13 +187,13 @@ def test_example_with_a_client_certificate(
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_example_with_a_token(
-    language: str, token_gateway: RunningGateway, go_example: Path
+    language: str, token_gateway: RunningGateway, built: dict[str, Path]
 ) -> None:
     run_id = f"example-{language}-token-{secrets.token_hex(4)}"
     env = client_env(token_gateway, token=new_token(token_gateway, "ci-bot"))
     # The run id comes from the environment here, as a CI job would pass it.
     env["AIRFLOWRPC_RUN_ID"] = run_id
-    lines = run_json_lines(example_command(language, go_example), env)
+    lines = run_json_lines(example_command(language, built), env)
     check_example_output(lines, language, run_id, "token")
     run = token_gateway.proxy().get_dag_run(DAG, run_id)
     assert run["conf"] == {"who": language}
@@ -152,6 +211,9 @@ def test_example_with_a_token(
 #   ruby    nil, ENABLE_NIL_CREATE on      <value><nil/></value> (without it: refused unsent)
 #   node    null                           <value><nil/></value>
 #   php     null (xmlrpc-epi)              <value><string/></value>
+#   c       "n" in xmlrpc-c's format       <value><nil/></value>
+#   java    null, FLAGS_NIL (aXMLRPC)      <value>, <nil/>, </value> on lines of their own
+#                                          (without the flag: a NullPointerException, unsent)
 
 NIL_PROGRAMS = {
     "python": ("nil.py", r'''
@@ -276,6 +338,114 @@ if (is_array($run) && xmlrpc_is_fault($run)) {
     echo json_encode(["dag_run_id" => $run["dag_run_id"], "conf" => (object)$run["conf"]]), "\n";
 }
 '''),
+    "c": ("nil.c", r'''
+#include <stdio.h>
+#include <stdlib.h>
+#include <xmlrpc-c/base.h>
+#include <xmlrpc-c/client.h>
+#include <xmlrpc-c/json.h>
+
+/* One line of JSON: the serializer's line breaks are layout (a string's are escaped). */
+static void print_line(xmlrpc_mem_block *json) {
+    size_t i;
+    for (i = 0; i < XMLRPC_MEMBLOCK_SIZE(char, json); ++i) {
+        char c = XMLRPC_MEMBLOCK_CONTENTS(char, json)[i];
+        putchar(c == '\n' ? ' ' : c);
+    }
+    putchar('\n');
+}
+
+int main(int argc, char **argv) {
+    xmlrpc_env env;
+    xmlrpc_client *client;
+    xmlrpc_server_info *server;
+    xmlrpc_value *params, *run, *conf;
+    const char *id;
+    struct xmlrpc_curl_xportparms curl = {0};
+    struct xmlrpc_clientparms parms = {0};
+    xmlrpc_mem_block *json;
+
+    (void)argc;
+    xmlrpc_env_init(&env);
+    xmlrpc_client_setup_global_const(&env);
+    curl.cainfo = getenv("AIRFLOWRPC_CA");
+    curl.ssl_cert = getenv("AIRFLOWRPC_CERT");
+    curl.sslkey = getenv("AIRFLOWRPC_KEY");
+    parms.transport = "curl";
+    parms.transportparmsP = &curl;
+    parms.transportparm_size = XMLRPC_CXPSIZE(cainfo);
+    xmlrpc_client_create(&env, XMLRPC_CLIENT_NO_FLAGS, "nil", "1.0", &parms,
+                         XMLRPC_CPSIZE(transportparm_size), &client);
+    server = xmlrpc_server_info_new(&env, getenv("AIRFLOWRPC_URL"));
+    params = xmlrpc_build_value(&env, "(sn{s:s})", "example_hello", "dag_run_id", argv[1]);
+    if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
+    xmlrpc_client_call2(&env, client, server, "trigger_dag", params, &run);
+    if (env.fault_occurred) {  /* a fault, or a transport error: shown the same way */
+        xmlrpc_env out;
+        xmlrpc_env_init(&out);
+        json = XMLRPC_MEMBLOCK_NEW(char, &out, 0);
+        xmlrpc_serialize_json(&out, xmlrpc_build_value(&out, "{s:i,s:s}", "fault",
+                              env.fault_code, "message", env.fault_string), json);
+        print_line(json);
+        return 0;
+    }
+    xmlrpc_decompose_value(&env, run, "{s:s,s:S,*}", "dag_run_id", &id, "conf", &conf);
+    if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
+    json = XMLRPC_MEMBLOCK_NEW(char, &env, 0);
+    xmlrpc_serialize_json(&env, xmlrpc_build_value(&env, "{s:s,s:S}", "dag_run_id", id,
+                          "conf", conf), json);
+    if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
+    print_line(json);
+    return 0;
+}
+'''),
+    "java": ("Nil.java", r'''
+import de.timroes.axmlrpc.XMLRPCClient;
+import de.timroes.axmlrpc.XMLRPCServerException;
+import java.io.FileInputStream;
+import java.net.URL;
+import java.security.KeyStore;
+import java.security.cert.CertificateFactory;
+import java.util.HashMap;
+import java.util.Map;
+import javax.net.ssl.KeyManagerFactory;
+import javax.net.ssl.TrustManagerFactory;
+
+public class Nil {
+    public static void main(String[] args) throws Exception {
+        Map<String, String> env = System.getenv();
+        // Without FLAGS_NIL aXMLRPC cannot send null at all.
+        XMLRPCClient client = new XMLRPCClient(new URL(env.get("AIRFLOWRPC_URL")), XMLRPCClient.FLAGS_NIL);
+        KeyStore roots = KeyStore.getInstance(KeyStore.getDefaultType());
+        roots.load(null, null);
+        roots.setCertificateEntry("ca", CertificateFactory.getInstance("X.509")
+            .generateCertificate(new FileInputStream(env.get("AIRFLOWRPC_CA"))));
+        TrustManagerFactory trust = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+        trust.init(roots);
+        client.installCustomTrustManagers(trust.getTrustManagers());
+        char[] password = env.get("AIRFLOWRPC_KEYSTORE_PASSWORD").toCharArray();
+        KeyStore keys = KeyStore.getInstance("PKCS12");
+        keys.load(new FileInputStream(env.get("AIRFLOWRPC_KEYSTORE")), password);
+        KeyManagerFactory kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
+        kmf.init(keys, password);
+        client.installCustomKeyManagers(kmf.getKeyManagers());
+        Map<String, Object> options = new HashMap<>();
+        options.put("dag_run_id", args[0]);
+        try {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> run = (Map<String, Object>) client.call(
+                "trigger_dag", "example_hello", null, options);
+            // conf is a struct: an empty one prints as {} here.
+            System.out.println("{\"dag_run_id\": \"" + run.get("dag_run_id") + "\", \"conf\": "
+                + (run.get("conf") instanceof Map && ((Map<?, ?>) run.get("conf")).isEmpty()
+                   ? "{}" : "\"" + run.get("conf") + "\"") + "}");
+        } catch (XMLRPCServerException fault) {
+            System.out.println("{\"fault\": " + fault.getErrorNr() + ", \"message\": \""
+                + fault.getMessage().replace("\\", "\\\\").replace("\"", "\\\"") + "\"}");
+        }
+    }
+}
+'''),
 }
 
 
@@ -291,6 +461,10 @@ class NilConfLost(AssertionError):
 def nil_command(language: str, program: Path) -> list[str]:
     if language == "go":
         return [str(go_build(program, program.with_suffix("")))]
+    if language == "c":
+        return [str(c_build(program, program.with_suffix("")))]
+    if language == "java":
+        return java_command(program)
     return {"python": [sys.executable], "perl": ["perl"], "ruby": ["ruby"],
             "node": ["node"], "php": ["php"], "php-empty-struct": ["php"]}[language] + [str(program)]
 
