@@ -11,6 +11,7 @@ import base64
 import itertools
 import json
 import re
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -48,6 +49,10 @@ class FakeAirflow(Resource):
         #: (method, path-prefix) -> (status, body) for the next matching request.
         self.fail_next: dict[tuple[str, str], tuple[int, Any]] = {}
         self.dags: dict[str, dict[str, Any]] = {}
+        #: Backfills by id; a DAG with "_daily" set has a daily schedule (others none).
+        self.backfills: dict[int, dict[str, Any]] = {}
+        #: The clock of "future dates" (Airflow's is now).
+        self.now = "2026-11-27T00:00:00+00:00"
         self.runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.task_instances: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.logs: dict[tuple[str, str, str, int], Any] = {}
@@ -56,6 +61,7 @@ class FakeAirflow(Resource):
         self._user: str | None = None
         self.add_dag("example_hello", tags=["example"], tasks=["say_hello"])
         self.add_dag("etl_orders", tags=["etl"], tasks=["extract", "load"])
+        self.dags["etl_orders"]["_daily"] = True
 
     def add_dag(self, dag_id: str, tags: list[str], tasks: list[str]) -> None:
         self.dags[dag_id] = {
@@ -121,7 +127,78 @@ class FakeAirflow(Resource):
         return json.dumps(body).encode()
 
     def _dag(self, dag_id: str) -> dict[str, Any]:
-        return {k: v for k, v in self.dags[dag_id].items() if k != "_tasks"}
+        return {k: v for k, v in self.dags[dag_id].items() if not k.startswith("_")}
+
+    def _backfills(self, method: str, rest: list[str], args: dict[str, list[str]],
+                   body: Any) -> tuple[int, Any]:
+        """Airflow 3's /backfills, with its refusals' words (a daily schedule only)."""
+        if rest in ([], ["dry_run"]) and method == "POST":
+            dag_id = body["dag_id"]
+            if dag_id not in self.dags:
+                return 404, {"detail": f"Could not find dag {dag_id}"}
+            if not self.dags[dag_id].get("_daily"):
+                return 422, {"detail": f"{dag_id} has a non-periodic schedule that does not "
+                                       "support backfills"}
+            first = datetime.fromisoformat(body["from_date"])
+            last = datetime.fromisoformat(body["to_date"])
+            if first >= datetime.fromisoformat(self.now) and last >= datetime.fromisoformat(self.now):
+                return 422, {"detail": "Backfill cannot be executed for future dates."}
+            day = first.replace(hour=0, minute=0, second=0, microsecond=0)
+            day += timedelta(days=1) if day < first else timedelta()
+            dates = []
+            while day <= last:
+                dates.append(day.isoformat().replace("+00:00", "Z"))
+                day += timedelta(days=1)
+            if body.get("run_backwards"):
+                dates.reverse()
+            if rest == ["dry_run"]:
+                return 200, {"backfills": [{"logical_date": d, "partition_key": None,
+                                            "partition_date": None} for d in dates],
+                             "total_entries": len(dates)}
+            if any(b["dag_id"] == dag_id and b["completed_at"] is None
+                   for b in self.backfills.values()):
+                return 409, {"detail": f"There is already a running backfill for dag {dag_id}"}
+            if not dates:
+                return 422, {"detail": f"No runs to create for Dag {dag_id} in the range"}
+            backfill_id = len(self.backfills) + 1
+            self.backfills[backfill_id] = {
+                "id": backfill_id, "dag_id": dag_id, "dag_display_name": dag_id,
+                "from_date": body["from_date"], "to_date": body["to_date"],
+                "dag_run_conf": body.get("dag_run_conf"), "is_paused": False,
+                "reprocess_behavior": body["reprocess_behavior"],
+                "max_active_runs": body.get("max_active_runs", 10),
+                "created_at": self.now, "completed_at": None, "updated_at": self.now,
+                "triggering_user_name": self._user,
+            }
+            for d in dates:
+                run_id = f"backfill__{d}"
+                self.runs[(dag_id, run_id)] = {
+                    "dag_id": dag_id, "dag_run_id": run_id, "state": "queued",
+                    "conf": body.get("dag_run_conf") or {}, "logical_date": d,
+                    "run_type": "backfill", "end_date": None}
+            return 200, self.backfills[backfill_id]
+        if rest == [] and method == "GET":
+            found = sorted((b for b in self.backfills.values() if b["dag_id"] == args["dag_id"][0]),
+                           key=lambda b: -b["id"])
+            offset, limit = int(args.get("offset", ["0"])[0]), int(args.get("limit", ["50"])[0])
+            return 200, {"backfills": found[offset:offset + limit], "total_entries": len(found)}
+        backfill = self.backfills.get(int(rest[0])) if rest and rest[0].isdigit() else None
+        if backfill is None:
+            return 404, {"detail": "Backfill not found"}
+        if len(rest) == 1 and method == "GET":
+            return 200, backfill
+        if len(rest) == 2 and method == "PUT" and rest[1] in ("pause", "unpause", "cancel"):
+            if backfill["completed_at"] is not None:
+                return 409, {"detail": "Backfill is already completed."}
+            backfill["is_paused"] = rest[1] != "unpause"
+            if rest[1] == "cancel":
+                backfill["completed_at"] = self.now
+                for run in self.runs.values():
+                    if run.get("run_type") == "backfill" and run["dag_id"] == backfill["dag_id"] \
+                            and run["state"] == "queued":
+                        run["state"] = "failed"
+            return 200, backfill
+        return 404, {"detail": "Not Found"}
 
     def _route(self, method: str, parts: list[str], args: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         if parts == ["dags"] and method == "GET":
@@ -134,6 +211,8 @@ class FakeAirflow(Resource):
             offset, limit = int(args.get("offset", ["0"])[0]), int(args.get("limit", ["50"])[0])
             return 200, {"dags": [self._dag(d) for d in dags[offset:offset + limit]],
                          "total_entries": len(dags)}
+        if parts and parts[0] == "backfills":
+            return self._backfills(method, parts[1:], args, body)
         if not parts or parts[0] != "dags" or len(parts) < 2:
             return 404, {"detail": "Not Found"}
         dag_id = parts[1]

@@ -58,7 +58,7 @@ max_in_flight = 1000
 port = {health_port}
 [roles.operator]
 scopes = ["dags:read", "dags:pause", "runs:trigger", "runs:read", "runs:write",
-          "tasks:clear", "logs:read"]
+          "runs:backfill", "tasks:clear", "logs:read"]
 [roles.ci]
 scopes = ["dags:read:etl_*", "runs:trigger:etl_*", "runs:read:etl_*", "logs:read:etl_*"]
 [roles.ci.conf."etl_*"]

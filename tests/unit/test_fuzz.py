@@ -15,7 +15,8 @@ from .helpers import gateway
 
 METHODS = ["ping", "whoami", "list_dags", "get_dag", "pause_dag", "trigger_dag", "get_dag_run",
            "list_dag_runs", "wait_dag_run", "set_dag_run_state", "list_task_instances",
-           "clear_task_instances", "get_task_log", "system.multicall", "system.methodHelp",
+           "clear_task_instances", "get_task_log", "create_backfill", "get_backfill",
+           "list_backfills", "cancel_backfill", "system.multicall", "system.methodHelp",
            "system.methodSignature", "system.listMethods", "nope", "", "a.b.c", "_private"]
 
 scalars = st.one_of(

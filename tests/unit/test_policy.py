@@ -49,6 +49,11 @@ class ScopeTests(SynchronousTestCase):
             "set_dag_run_state": ("runs:write", ("etl_orders", "r1", "failed")),
             "clear_task_instances": ("tasks:clear", ("etl_orders", "r1", {"dry_run": True})),
             "get_task_log": ("logs:read", ("etl_orders", "r1", "extract", 1)),
+            "create_backfill": ("runs:backfill", ("etl_orders", "2026-01-01T00:00:00Z",
+                                                  "2026-01-02T00:00:00Z")),
+            "cancel_backfill": ("runs:backfill", ("etl_orders", 7)),
+            "get_backfill": ("runs:read", ("etl_orders", 7)),
+            "list_backfills": ("runs:read", ("etl_orders",)),
         }
         for method, (scope, params) in calls.items():
             others = [s for s, _ in calls.values() if s != scope]

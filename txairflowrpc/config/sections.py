@@ -126,6 +126,7 @@ class RPCConfig:
     wait_poll_seconds: float
     max_body_bytes: int
     read_cache_seconds: float = 0.0
+    max_backfill_runs: int = 1000
 
     _keys = {
         "max_multicall": Key(int, 50, at_least(1)),
@@ -133,6 +134,7 @@ class RPCConfig:
         "wait_poll_seconds": Key(float, 2.0, positive),
         "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
         "read_cache_seconds": Key(float, 0.0, at_least(0)),
+        "max_backfill_runs": Key(int, 1000, at_least(1)),
     }
 
 

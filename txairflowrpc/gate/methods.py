@@ -42,9 +42,20 @@ MAX_SCAN_PAGES = 100
 #: to skip that many rows; 10**30 is no page anyone reads).
 MAX_OFFSET = 10_000_000
 
+#: How many runs one backfill may create unless ``rpc.max_backfill_runs`` says otherwise.
+DEFAULT_MAX_BACKFILL_RUNS = 1000
+#: Airflow's own choices for which runs of the range a backfill runs again.
+REPROCESS_BEHAVIORS = ("none", "failed", "completed")
+#: A bound on a backfill's ``max_active_runs`` (Airflow's default is 10).
+MAX_ACTIVE_BACKFILL_RUNS = 1000
+#: Backfill ids are database integers.
+MAX_BACKFILL_ID = 2**31 - 1
+
 _DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
 _TASK_ID = Param("task_id", "string", "the task's id", id="task_id")
+_BACKFILL_ID = Param("backfill_id", "int", "the backfill's id (as create_backfill or "
+                     "list_backfills gives it)")
 
 
 #: Airflow's own bound on a mapped task's instances is a setting
@@ -114,30 +125,29 @@ def _check_conf(method: str, conf: dict[str, Any]) -> dict[str, Any]:
     return conf
 
 
-def _logical_date(method: str, value: Any) -> str:
+def _logical_date(method: str, value: Any, name: str = "options.logical_date") -> str:
     """An aware ISO-8601 time (or an XML-RPC dateTime, taken as UTC) as UTC."""
     if isinstance(value, DateTime):
         value = value.value
         try:
             parsed = datetime.strptime(value, "%Y%m%dT%H:%M:%S").replace(tzinfo=timezone.utc)
         except ValueError:
-            raise errors.InvalidParams("options.logical_date is not a valid dateTime", method) from None
+            raise errors.InvalidParams(f"{name} is not a valid dateTime", method) from None
     else:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise errors.InvalidParams(
-                "options.logical_date must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z",
-                method,
+                f"{name} must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z", method,
             ) from None
         if parsed.tzinfo is None:
             raise errors.InvalidParams(
-                "options.logical_date must carry a time zone (e.g. a trailing Z)", method
+                f"{name} must carry a time zone (e.g. a trailing Z)", method
             )
     try:
         in_utc = parsed.astimezone(timezone.utc)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
-        raise errors.InvalidParams("options.logical_date is out of range", method) from None
+        raise errors.InvalidParams(f"{name} is out of range", method) from None
     return in_utc.isoformat().replace("+00:00", "Z")
 
 
@@ -211,11 +221,14 @@ class AirflowMethods:
     :param accounts: which Airflow account (client and run watcher) each
         caller's calls use.
     :param max_wait: the cap on ``wait_dag_run``'s timeout, in seconds.
+    :param max_backfill_runs: how many runs one backfill may create at most.
     """
 
-    def __init__(self, accounts: Accounts, max_wait: int) -> None:
+    def __init__(self, accounts: Accounts, max_wait: int,
+                 max_backfill_runs: int = DEFAULT_MAX_BACKFILL_RUNS) -> None:
         self.accounts = accounts
         self.max_wait = max_wait
+        self.max_backfill_runs = max_backfill_runs
 
     def _account(self, call: CallContext) -> Account:
         """The caller's Airflow account, noted on its record."""
@@ -587,3 +600,140 @@ class AirflowMethods:
                     "the task has not run yet"
                 )
         return await client.get_task_log(dag_id, dag_run_id, task_id, try_number, map_index)
+
+    # -- backfills -----------------------------------------------------------
+
+    @rpc_method(
+        "create_backfill", "struct", _DAG_ID,
+        Param("from_date", "string", "the first logical date to run, ISO-8601 with a time zone"),
+        Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone"),
+        Param("conf", "struct", "every run's conf (plain JSON data, at most 64 KiB)",
+              required=False),
+        Param("options", "struct",
+              "reprocess_behavior (none, failed or completed: which runs the range "
+              "already has are run again; default none), run_backwards (boolean), "
+              "max_active_runs (int 1-1000, default 10), dry_run (boolean: only say "
+              "which runs it would create)", required=False, keeps=("reprocess_behavior",)),
+        scope="runs:backfill", dag="dag_id", conf="conf", changes=True,
+        dry_run="options.dry_run",
+    )
+    async def create_backfill(
+        self, call: CallContext, dag_id: str, from_date: str, to_date: str,
+        conf: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Run a scheduled DAG for every logical date it has from from_date to
+        to_date. Returns the backfill (``id``, ``is_paused``, ``completed``...)
+        and ``runs``: how many runs it created. With dry_run nothing is
+        created: ``runs`` and ``logical_dates`` say what would be. A backfill
+        that would create more runs than the gateway's rpc.max_backfill_runs
+        is refused, and a DAG has at most one backfill that has not completed.
+        """
+        m = "create_backfill"
+        _check_id(m, "dag_id", dag_id)
+        first = _logical_date(m, from_date, "from_date")
+        last = _logical_date(m, to_date, "to_date")
+        if datetime.fromisoformat(first) > datetime.fromisoformat(last):
+            raise errors.InvalidParams("from_date is after to_date", m)
+        if conf is not None:
+            conf = _check_conf(m, conf)
+        opts = _options(m, "options", options, {
+            "reprocess_behavior": "string", "run_backwards": "boolean",
+            "max_active_runs": "int", "dry_run": "boolean",
+        })
+        reprocess = opts.get("reprocess_behavior", "none")
+        if reprocess not in REPROCESS_BEHAVIORS:
+            raise errors.InvalidParams(
+                f"options.reprocess_behavior must be one of {', '.join(REPROCESS_BEHAVIORS)}", m)
+        max_active = opts.get("max_active_runs", 10)
+        if not 1 <= max_active <= MAX_ACTIVE_BACKFILL_RUNS:
+            raise errors.InvalidParams(
+                f"options.max_active_runs must be from 1 to {MAX_ACTIVE_BACKFILL_RUNS}", m)
+        client = self._client(call)
+        what = {"from_date": first, "to_date": last, "conf": conf,
+                "run_backwards": opts.get("run_backwards", False),
+                "reprocess_behavior": reprocess}
+        # Airflow creates every run of a backfill at once, in the request:
+        # count them first, so that no caller floods its database.
+        runs = await client.backfill_dry_run(dag_id, **what)
+        if opts.get("dry_run", False):
+            return {"dag_id": dag_id, "runs": len(runs),
+                    "logical_dates": runs[:self.max_backfill_runs],
+                    "max_runs": self.max_backfill_runs, "dry_run": True}
+        if len(runs) > self.max_backfill_runs:
+            raise errors.InvalidParams(
+                f"the backfill would create {len(runs)} runs of DAG {dag_id!r}, more than "
+                f"the gateway allows in one ({self.max_backfill_runs}): split the range", m)
+        backfill = await client.create_backfill(dag_id, max_active_runs=max_active, **what)
+        return {**backfill, "runs": len(runs)}
+
+    async def _backfill_of(self, m: str, call: CallContext, dag_id: str,
+                           backfill_id: int) -> dict[str, Any]:
+        """The backfill, if it is one of ``dag_id``'s (the caller's scope is on the DAG)."""
+        _check_id(m, "dag_id", dag_id)
+        if not 0 <= backfill_id <= MAX_BACKFILL_ID:
+            raise errors.InvalidParams(f"backfill_id must be from 0 to {MAX_BACKFILL_ID}", m)
+        try:
+            backfill = await self._client(call).get_backfill(backfill_id)
+        except errors.NotFound:
+            backfill = None
+        if backfill is None or backfill["dag_id"] != dag_id:
+            # Another DAG's backfill is as absent as one that never was.
+            raise errors.NotFound(f"backfill {backfill_id} of DAG {dag_id!r}")
+        return backfill
+
+    @rpc_method("get_backfill", "struct", _DAG_ID, _BACKFILL_ID, scope="runs:read",
+                dag="dag_id")
+    async def get_backfill(
+        self, call: CallContext, dag_id: str, backfill_id: int
+    ) -> dict[str, Any]:
+        """One backfill of a DAG: its range, conf, is_paused, completed and dates."""
+        return await self._backfill_of("get_backfill", call, dag_id, backfill_id)
+
+    @rpc_method(
+        "list_backfills", "struct", _DAG_ID,
+        Param("filters", "struct", "limit (int 1-100, default 25), offset (int)",
+              required=False, keeps=()),
+        scope="runs:read", dag="dag_id",
+    )
+    def list_backfills(
+        self, call: CallContext, dag_id: str, filters: dict[str, Any] | None = None
+    ) -> Deferred[Any]:
+        """Backfills of a DAG, newest first: ``backfills`` (array) and ``total``."""
+        m = "list_backfills"
+        _check_id(m, "dag_id", dag_id)
+        opts = _options(m, "filters", filters, {"limit": "int", "offset": "int"})
+        limit, offset = _page(m, "filters", opts, 25)
+        return self._client(call).list_backfills(dag_id, limit=limit, offset=offset)
+
+    async def _change_backfill(self, m: str, call: CallContext, dag_id: str,
+                               backfill_id: int, action: str) -> dict[str, Any]:
+        await self._backfill_of(m, call, dag_id, backfill_id)
+        return await self._client(call).change_backfill(backfill_id, action)
+
+    @rpc_method("pause_backfill", "struct", _DAG_ID, _BACKFILL_ID, scope="runs:backfill",
+                dag="dag_id", changes=True)
+    async def pause_backfill(
+        self, call: CallContext, dag_id: str, backfill_id: int
+    ) -> dict[str, Any]:
+        """Pause a backfill: it starts no more runs. Returns the backfill after the change."""
+        return await self._change_backfill("pause_backfill", call, dag_id, backfill_id, "pause")
+
+    @rpc_method("unpause_backfill", "struct", _DAG_ID, _BACKFILL_ID, scope="runs:backfill",
+                dag="dag_id", changes=True)
+    async def unpause_backfill(
+        self, call: CallContext, dag_id: str, backfill_id: int
+    ) -> dict[str, Any]:
+        """Let a paused backfill start runs again. Returns the backfill after the change."""
+        return await self._change_backfill("unpause_backfill", call, dag_id, backfill_id, "unpause")
+
+    @rpc_method("cancel_backfill", "struct", _DAG_ID, _BACKFILL_ID, scope="runs:backfill",
+                dag="dag_id", changes=True)
+    async def cancel_backfill(
+        self, call: CallContext, dag_id: str, backfill_id: int
+    ) -> dict[str, Any]:
+        """
+        Cancel a backfill: its queued runs fail, running ones finish, and it
+        completes. Returns the backfill after the change.
+        """
+        return await self._change_backfill("cancel_backfill", call, dag_id, backfill_id, "cancel")

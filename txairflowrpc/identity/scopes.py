@@ -35,7 +35,9 @@ SCOPES = {
     "dags:read": "list_dags (only matching DAGs are listed), get_dag",
     "dags:pause": "pause_dag, unpause_dag",
     "runs:trigger": "trigger_dag",
-    "runs:read": "get_dag_run, list_dag_runs, wait_dag_run, list_task_instances",
+    "runs:read": "get_dag_run, list_dag_runs, wait_dag_run, list_task_instances, "
+                 "get_backfill, list_backfills",
+    "runs:backfill": "create_backfill, pause_backfill, unpause_backfill, cancel_backfill",
     "runs:write": "set_dag_run_state",
     "tasks:clear": "clear_task_instances",
     "logs:read": "get_task_log",

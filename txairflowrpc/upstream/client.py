@@ -48,7 +48,14 @@ from ..core.encoding import b64url_decode
 from ..core.meters import UNMETERED, UpstreamMeter
 from ..core.singleflight import SingleFlight
 from .breaker import CircuitBreaker
-from .shapes import format_log_content, items, shape_dag, shape_run, shape_task_instance
+from .shapes import (
+    format_log_content,
+    items,
+    shape_backfill,
+    shape_dag,
+    shape_run,
+    shape_task_instance,
+)
 from .transport import Reply, Transport
 
 _NOTHING = object()
@@ -155,6 +162,20 @@ def _rejected_fields(body: Any) -> list[str]:
                 if name.replace("_", "").isalnum() and len(name) < 64:
                     names.append(name)
     return sorted(set(names))
+
+
+#: What a 400 or 422 means for one call: (words, meaning) pairs.  Airflow
+#: gives some refusals as one sentence in ``detail``; the first pair whose
+#: words that sentence holds gives the caller the gateway's own meaning,
+#: never Airflow's text.
+Rejections = tuple[tuple[str, str], ...]
+
+
+def _rejection(body: Any, rejected: Rejections) -> str | None:
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        return None
+    return next((meaning for words, meaning in rejected if words in detail), None)
 
 
 @attrs.frozen
@@ -404,21 +425,23 @@ class AirflowClient:
     async def _api(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
+        rejected: Rejections = (), dry_run: bool = False,
     ) -> Any:
         """
         Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer;
         a GET shares the answer of the same GET in flight or cached.
+        ``dry_run``: a request other than a GET that changes nothing.
         """
         if method != "GET":
             # Airflow may have changed, unless it refused the request or the
             # request is a dry run: counting those too let any caller with one
             # write scope end every read's sharing and cache at will.
-            changed = not (isinstance(body, dict) and body.get("dry_run") is True)
+            changed = not (dry_run or (isinstance(body, dict) and body.get("dry_run") is True))
             attempts: list[None] = []
             try:
                 return await self._api_retrying(method, path, what=what, body=body,
                                                 params=params, conflict=conflict, retry=retry,
-                                                attempts=attempts)
+                                                attempts=attempts, rejected=rejected)
             except UNCHANGED:
                 # Only if it was asked once: a retried one's earlier attempt
                 # may have changed Airflow before its answer was lost.
@@ -501,13 +524,14 @@ class AirflowClient:
     async def _api_retrying(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
-        attempts: list[None] | None = None,
+        attempts: list[None] | None = None, rejected: Rejections = (),
     ) -> Any:
         """
         Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer.
 
         ``what`` names the object for a 404 (``DAG 'etl'``); ``conflict``
-        says what a 409 means for this call.  Reads and idempotent changes
+        says what a 409 means for this call; ``rejected`` what a 400 or 422
+        means, by the words Airflow's reason holds (`Rejections`).  Reads and idempotent changes
         (GET, PATCH; POST only with ``retry=True``) are retried, after a
         jittered exponential back-off, when Airflow is unreachable, times
         out or answers 502/503/504 -- never while the circuit is open.
@@ -520,7 +544,8 @@ class AirflowClient:
                 attempts.append(None)  # for the caller: how many times it was sent
             try:
                 return await self._api_once(method, path, what=what, body=body,
-                                            params=params, conflict=conflict)
+                                            params=params, conflict=conflict,
+                                            rejected=rejected)
             except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
                 transient = not isinstance(e, errors.UpstreamError) or e.status in UNAVAILABLE_STATUSES
                 if not retry or not transient or attempt >= self.retries:
@@ -531,7 +556,7 @@ class AirflowClient:
 
     async def _api_once(
         self, method: str, path: str, *, what: str, body: Any, params: Any,
-        conflict: str | None,
+        conflict: str | None, rejected: Rejections = (),
     ) -> Any:
         full = "/api/v2/" + path
         token = await self._token()
@@ -551,6 +576,9 @@ class AirflowClient:
         if status == 409:
             raise errors.Conflict(conflict or f"Airflow refused the change to {what}")
         if status in (400, 422):
+            meaning = _rejection(answer.body, rejected)
+            if meaning is not None:
+                raise errors.InvalidParams(meaning)
             fields = _rejected_fields(answer.body)
             named = f" (fields: {', '.join(fields)})" if fields else ""
             raise errors.InvalidParams(f"Airflow rejected the request for {what}{named}")
@@ -781,3 +809,123 @@ class AirflowClient:
             return text
 
         return self._call(run())
+
+    # -- backfills ---------------------------------------------------------
+
+    def backfill_dry_run(
+        self, dag_id: str, *, from_date: str, to_date: str, run_backwards: bool,
+        reprocess_behavior: str, conf: dict[str, Any] | None,
+    ) -> Deferred[list[str]]:
+        """
+        The runs a backfill of ``dag_id`` over the range would create, in
+        order: each one's logical date (or, for a partitioned DAG, its
+        partition key).  Changes nothing.
+        """
+        body = _backfill_body(dag_id, from_date, to_date, run_backwards, reprocess_behavior, conf)
+
+        async def run() -> list[str]:
+            data = await self._api(
+                "POST", "backfills/dry_run", what=f"DAG {dag_id!r}", body=body, retry=True,
+                rejected=_backfill_rejections(dag_id), dry_run=True,
+            )
+            found, _ = items(data, "backfills")
+            runs = []
+            for item in found:
+                at = item.get("logical_date") or item.get("partition_key") if isinstance(item, dict) else None
+                if not isinstance(at, str):
+                    raise errors.UpstreamError("Airflow answered with an unexpected document")
+                runs.append(at)
+            return runs
+
+        return self._call(run())
+
+    def create_backfill(
+        self, dag_id: str, *, from_date: str, to_date: str, run_backwards: bool,
+        reprocess_behavior: str, conf: dict[str, Any] | None, max_active_runs: int,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Create a backfill (Airflow creates its runs at once); a
+        `errors.Conflict` if the DAG has one that has not completed.  Never
+        retried: a second one would meet the first.
+        """
+        body = _backfill_body(dag_id, from_date, to_date, run_backwards, reprocess_behavior, conf)
+        body["max_active_runs"] = max_active_runs
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "POST", "backfills", what=f"DAG {dag_id!r}", body=body, retry=False,
+                conflict=(f"DAG {dag_id!r} already has a backfill that has not completed "
+                          "(list_backfills shows it): cancel it or wait for it"),
+                rejected=_backfill_rejections(dag_id),
+            )
+            return shape_backfill(data)
+
+        return self._call(run())
+
+    def get_backfill(self, backfill_id: int) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            data = await self._api("GET", ids.path("backfills", str(backfill_id)),
+                                   what=f"backfill {backfill_id}")
+            return shape_backfill(data)
+
+        return self._call(run())
+
+    def list_backfills(
+        self, dag_id: str, *, limit: int, offset: int
+    ) -> Deferred[dict[str, Any]]:
+        """Backfills of a DAG, newest first (``backfills``, shaped) and ``total``."""
+        params = [("dag_id", dag_id), ("limit", str(limit)), ("offset", str(offset)),
+                  ("order_by", "-id")]
+
+        async def run() -> dict[str, Any]:
+            data = await self._api("GET", "backfills", what=f"DAG {dag_id!r}", params=params)
+            found, total = items(data, "backfills")
+            return {"backfills": [shape_backfill(b) for b in found], "total": total}
+
+        return self._call(run())
+
+    def change_backfill(self, backfill_id: int, action: str) -> Deferred[dict[str, Any]]:
+        """``pause``, ``unpause`` or ``cancel`` a backfill; the backfill after it."""
+        what = f"backfill {backfill_id}"
+
+        async def run() -> dict[str, Any]:
+            data = await self._api(
+                "PUT", ids.path("backfills", str(backfill_id), action), what=what,
+                conflict=f"{what} has already completed", retry=True,
+            )
+            return shape_backfill(data)
+
+        return self._call(run())
+
+
+def _backfill_body(
+    dag_id: str, from_date: str, to_date: str, run_backwards: bool,
+    reprocess_behavior: str, conf: dict[str, Any] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "dag_id": dag_id, "from_date": from_date, "to_date": to_date,
+        "run_backwards": run_backwards, "reprocess_behavior": reprocess_behavior,
+    }
+    if conf is not None:
+        body["dag_run_conf"] = conf
+    return body
+
+
+def _backfill_rejections(dag_id: str) -> Rejections:
+    """Airflow 3's reasons for refusing a backfill, in the gateway's words."""
+    return (
+        ("non-periodic schedule",
+         f"DAG {dag_id!r} has no periodic schedule: only a scheduled DAG can be backfilled"),
+        ("does not allow backfill", f"DAG {dag_id!r} does not allow backfill runs"),
+        ("future dates", "from_date and to_date are both in the future"),
+        ("No runs to create",
+         (f"the range holds no run of DAG {dag_id!r} to create: none is scheduled there, "
+          "or each has run (see options.reprocess_behavior)")),
+        ("must not be after", "from_date is after to_date"),
+        ("run in reverse",
+         (f"DAG {dag_id!r} has tasks that depend on their past: it cannot be backfilled "
+          "backwards")),
+        ("reprocess behavior",
+         (f"DAG {dag_id!r} has tasks that depend on their past: "
+          "options.reprocess_behavior must be failed or completed")),
+    )

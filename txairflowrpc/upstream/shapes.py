@@ -34,6 +34,12 @@ _TASK_INSTANCE_FIELDS = (
     "state", "try_number", "max_tries", "operator", "operator_name",
     "start_date", "end_date", "duration", "queued_when", "pool", "queue",
 )
+_BACKFILL_FIELDS = (
+    "id", "dag_id", "dag_display_name", "from_date", "to_date", "dag_run_conf",
+    "is_paused", "reprocess_behavior", "max_active_runs", "created_at",
+    "completed_at", "updated_at",
+)
+
 
 def _unexpected() -> errors.UpstreamError:
     return errors.UpstreamError("Airflow answered with an unexpected document")
@@ -77,6 +83,15 @@ def shape_task_instance(data: Any) -> dict[str, Any]:
     if tries is not None and (not isinstance(tries, int) or isinstance(tries, bool)):
         raise _unexpected()  # the gateway counts with it (the latest try's log)
     return ti
+
+
+def shape_backfill(data: Any) -> dict[str, Any]:
+    """A backfill, with ``completed`` (true once it has ended or been cancelled)."""
+    backfill = _pick(data, _BACKFILL_FIELDS, named_by=("dag_id",))
+    if not isinstance(backfill.get("id"), int) or isinstance(backfill["id"], bool):
+        raise _unexpected()  # the gateway names backfills by it
+    backfill["completed"] = backfill.get("completed_at") is not None
+    return backfill
 
 
 def items(data: Any, key: str) -> tuple[list[Any], int]:
