@@ -220,3 +220,63 @@ def test_a_logical_date_clash_is_409_naming_the_date(rpc: xmlrpc.client.ServerPr
         assert e.value.faultCode == 409
         assert f"logical_date {when}" in e.value.faultString
     rpc.wait_dag_run("example_noop", first, 180)
+
+
+def test_backfill_a_scheduled_dag(rpc: xmlrpc.client.ServerProxy) -> None:
+    """
+    create_backfill against Airflow 3.3.2's /backfills: counted first (dry
+    run), created, listed, paused and unpaused, its runs run with the conf
+    given, and it completes; a second one meanwhile is a conflict; a DAG with
+    no schedule is refused in the gateway's words; cancel fails what is queued.
+    """
+    dag = "example_daily"
+    first, last = "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z"
+    dry = rpc.create_backfill(dag, first, last, {}, {"dry_run": True})
+    assert (dry["runs"], dry["dry_run"]) == (3, True)
+    assert [d[:10] for d in dry["logical_dates"]] == ["2026-02-01", "2026-02-02", "2026-02-03"]
+    assert rpc.list_backfills(dag)["total"] == 0  # a dry run creates nothing
+
+    who = unique("backfill")
+    created = rpc.create_backfill(dag, first, last, {"who": who}, {"max_active_runs": 1})
+    backfill_id = created["id"]
+    assert (created["runs"], created["completed"], created["max_active_runs"]) == (3, False, 1)
+    assert created["dag_run_conf"] == {"who": who}
+    with pytest.raises(xmlrpc.client.Fault) as second:
+        rpc.create_backfill(dag, first, last)
+    assert second.value.faultCode == 409
+    assert "already has a backfill that has not completed" in second.value.faultString
+    assert rpc.pause_backfill(dag, backfill_id)["is_paused"] is True
+    assert rpc.unpause_backfill(dag, backfill_id)["is_paused"] is False
+    assert [b["id"] for b in rpc.list_backfills(dag)["backfills"]] == [backfill_id]
+
+    runs = [r for r in rpc.list_dag_runs(dag, {"limit": 100})["dag_runs"]
+            if r.get("run_type") == "backfill"]
+    assert sorted(r["logical_date"][:10] for r in runs) == ["2026-02-01", "2026-02-02", "2026-02-03"]
+    for run in runs:
+        done = rpc.wait_dag_run(dag, run["dag_run_id"], 240)
+        assert (done["finished"], done["state"], done["conf"]) == (True, "success", {"who": who})
+    log = rpc.get_task_log(dag, runs[0]["dag_run_id"], "report")
+    assert f"report for {runs[0]['logical_date'][:10]} ({who})" in log
+    deadline = time.monotonic() + 120  # the scheduler marks it completed after its runs
+    while not rpc.get_backfill(dag, backfill_id)["completed"]:
+        assert time.monotonic() < deadline, "the backfill never completed"
+        time.sleep(2)
+
+    with pytest.raises(xmlrpc.client.Fault) as unscheduled:
+        rpc.create_backfill("example_hello", first, last)
+    assert unscheduled.value.faultCode == -32602
+    assert unscheduled.value.faultString == (
+        "invalid params for create_backfill: DAG 'example_hello' has no periodic schedule: "
+        "only a scheduled DAG can be backfilled")
+
+    paused = rpc.create_backfill(dag, "2026-03-01T00:00:00Z", "2026-03-10T00:00:00Z", {},
+                                 {"max_active_runs": 1})
+    rpc.pause_backfill(dag, paused["id"])
+    cancelled = rpc.cancel_backfill(dag, paused["id"])
+    assert cancelled["completed"] is True
+    states = {r["state"] for r in rpc.list_dag_runs(dag, {"limit": 100})["dag_runs"]
+              if r.get("run_type") == "backfill" and r["logical_date"].startswith("2026-03")}
+    assert "queued" not in states and "failed" in states
+    with pytest.raises(xmlrpc.client.Fault) as again:
+        rpc.cancel_backfill(dag, paused["id"])
+    assert again.value.faultCode == 409
