@@ -153,8 +153,12 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
     for name in alert_metric_names() & set(SUPERVISOR_METRICS):
         assert {k for key in merged if key[0] == name for k, _ in key[1]} == \
             SUPERVISOR_METRICS[name], name
-    assert not [key for key in merged if key[0] != "airflowrpc_workers"
-                and "worker" not in dict(key[1])]
+    # Without a worker label: the supervisor's own gauge and its own process.
+    unlabelled = {key[0] for key in merged if "worker" not in dict(key[1])}
+    assert unlabelled - {"airflowrpc_workers"} and all(
+        name.startswith("process_") for name in unlabelled - {"airflowrpc_workers"}), unlabelled
+    assert merged[("process_resident_memory_bytes", frozenset())] > 0
+    assert merged[("process_start_time_seconds", frozenset())] > 0
     status, ready = probe(workers.health_port, "/readyz")
     assert status == 200 and ready["ready"] is True, ready
     assert [ready["workers"][k]["answer"]["ready"] for k in "01"] == [True, True]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -103,8 +104,16 @@ class GatheredTests(SynchronousTestCase):
         resource = GatheredHealth(
             admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS),
             states=lambda: self.states, stopping=lambda: self.stopping,
-            off_reactor=lambda f, *a: succeed(f(*a)))
+            off_reactor=lambda f, *a: succeed(f(*a)), own=self.own)
         self.http = StubTreq(resource)
+
+    @staticmethod
+    def own() -> list[Metric]:
+        """The supervisor's own process metrics, as ProcessCollector names them."""
+        return [GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size "
+                                  "in bytes.", value=12345678),
+                GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                  value=17)]
 
     def answer(self, index: int, path: bytes, status: int, body: bytes) -> None:
         self.workers.answers.setdefault(PORTS[index], {})[path] = (status, body)
@@ -137,7 +146,13 @@ class GatheredTests(SynchronousTestCase):
         for family in families.values():  # every worker's sample names its worker
             if family.name != "airflowrpc_workers":
                 for s in family.samples:
-                    self.assertIn("worker", s.labels, s)
+                    if "worker" not in s.labels:  # the supervisor's own process
+                        self.assertIn(s.name, ("process_resident_memory_bytes",
+                                               "process_open_fds"), s)
+        memory = {s.labels.get("worker"): s.value
+                  for s in families["process_resident_memory_bytes"].samples}
+        self.assertEqual(memory[None], 12345678.0)
+        self.assertEqual(set(memory) - {None}, {"0", "1"}, "and each worker's, labelled")
         up = {s.labels["worker"]: s.value for s in families["airflowrpc_worker_up"].samples}
         self.assertEqual(up, {"0": 1.0, "1": 1.0})
         restarts = {s.labels["worker"]: s.value
@@ -164,6 +179,22 @@ class GatheredTests(SynchronousTestCase):
         checked = subprocess.run([promtool, "check", "metrics"], input=text.decode(),
                                  capture_output=True, text=True, timeout=60, check=False)
         self.assertEqual((checked.returncode, checked.stdout + checked.stderr), (0, ""))
+
+    def test_the_supervisors_own_process_by_default(self) -> None:
+        """Without ``own``, the supervisor's process as prometheus_client reads it from /proc."""
+        resource = GatheredHealth(
+            admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS),
+            states=lambda: self.states, stopping=lambda: False,
+            off_reactor=lambda f, *a: succeed(f(*a)))
+        self.http = StubTreq(resource)
+        self.answer(0, b"/metrics", 200, worker_exposition(1))
+        self.answer(1, b"/metrics", 200, worker_exposition(1))
+        _, body = self.get("/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        started = [s for s in families["process_start_time_seconds"].samples
+                   if "worker" not in s.labels]
+        self.assertEqual(len(started), 1)
+        self.assertGreater(started[0].value, 0)
 
     def test_gzip_when_accepted(self) -> None:
         families = supervisor_families([state(0)], {0})

@@ -15,7 +15,8 @@ them over loopback HTTP, all at once, each within `ASK_SECONDS`:
   closes, as a single gateway's does).  The body holds each worker's answer.
 - ``GET /metrics``: every worker's metrics, each sample labelled
   ``worker="K"``, merged family by family, and the supervisor's own
-  (`supervisor_families`).  The text format, or OpenMetrics when asked;
+  (`supervisor_families`, and its own process's ``process_*`` samples with
+  no ``worker`` label, beside the workers' in the same families).  The text format, or OpenMetrics when asked;
   gzip when accepted (prometheus_client's own encoders).  A worker that
   does not answer is left out and its ``airflowrpc_worker_up`` is 0; a
   replaced worker's counters start again from zero, which Prometheus'
@@ -36,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import TimeoutError as NoAnswerInTime
 from twisted.internet.interfaces import IReactorTime
@@ -52,7 +54,7 @@ from .admin import finish, head_without_body
 from .supervisor import WorkerState
 
 __all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
-           "merged_families", "supervisor_families"]
+           "merged_families", "supervisor_families", "with_own"]
 
 #: How long a worker's admin listener may take to answer the supervisor.
 ASK_SECONDS = 5.0
@@ -185,6 +187,22 @@ def supervisor_families(states: list[WorkerState], up: set[int]) -> list[Metric]
     return [workers, answered, ready, restarts]
 
 
+def with_own(families: list[Metric], own: Iterable[Metric]) -> list[Metric]:
+    """
+    ``families`` with the supervisor's own samples (no ``worker`` label)
+    added: into the workers' family of the same name, else as families of
+    their own.
+    """
+    by_name = {f.name: f for f in families}
+    for family in own:
+        into = by_name.get(family.name)
+        if into is None:
+            families.append(family)
+        elif into.type == family.type:
+            into.samples.extend(family.samples)
+    return families
+
+
 class _Families:
     def __init__(self, families: list[Metric]) -> None:
         self._families = families
@@ -223,9 +241,12 @@ class GatheredHealth(Resource):
     isLeaf = True
 
     def __init__(self, *, admins: WorkerAdmins, states: Callable[[], list[WorkerState]],
-                 stopping: Callable[[], bool], off_reactor: OffReactor) -> None:
+                 stopping: Callable[[], bool], off_reactor: OffReactor,
+                 own: Callable[[], Iterable[Metric]] | None = None) -> None:
         super().__init__()
         self._off_reactor = off_reactor
+        #: The supervisor's own process metrics (read from /proc at each scrape).
+        self._own = own if own is not None else ProcessCollector(registry=None).collect
         self._admins = admins
         self._states = states
         self._stopping = stopping
@@ -276,11 +297,11 @@ class GatheredHealth(Resource):
             body["detail"] = "stopping: the workers drain their calls"
         finish(request, 200 if ready else 503, json.dumps(body).encode() + b"\n", _JSON)
 
-    @staticmethod
-    def _metrics(answers: list[Answer], states: list[WorkerState], accept: str,
+    def _metrics(self, answers: list[Answer], states: list[WorkerState], accept: str,
                  encoding: str) -> Encoded:
         families, read = merged_families(answers)
-        return exposition(families + supervisor_families(states, read), accept, encoding)
+        return exposition(with_own(families, self._own()) + supervisor_families(states, read),
+                          accept, encoding)
 
     @staticmethod
     def _send(encoded: Encoded, request: server.Request) -> None:
