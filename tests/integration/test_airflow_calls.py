@@ -226,8 +226,9 @@ def test_backfill_a_scheduled_dag(rpc: xmlrpc.client.ServerProxy) -> None:
     """
     create_backfill against Airflow 3.3.2's /backfills: counted first (dry
     run), created, listed, paused and unpaused, its runs run with the conf
-    given, and it completes; a second one meanwhile is a conflict; a DAG with
-    no schedule is refused in the gateway's words; cancel fails what is queued.
+    given, and it completes; a second one meanwhile is a conflict, the same
+    range again has nothing to create; a DAG with no schedule is refused in
+    the gateway's words; cancel fails what is queued.
     """
     dag = "example_daily"
     first, last = "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z"
@@ -241,10 +242,14 @@ def test_backfill_a_scheduled_dag(rpc: xmlrpc.client.ServerProxy) -> None:
     backfill_id = created["id"]
     assert (created["runs"], created["completed"], created["max_active_runs"]) == (3, False, 1)
     assert created["dag_run_conf"] == {"who": who}
-    with pytest.raises(xmlrpc.client.Fault) as second:
-        rpc.create_backfill(dag, first, last)
+    with pytest.raises(xmlrpc.client.Fault) as second:  # another range, meanwhile
+        rpc.create_backfill(dag, "2026-04-01T00:00:00Z", "2026-04-02T00:00:00Z")
     assert second.value.faultCode == 409
     assert "already has a backfill that has not completed" in second.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as same:  # Airflow's dry run counts none now
+        rpc.create_backfill(dag, first, last)
+    assert same.value.faultCode == -32602
+    assert "each date has a run already" in same.value.faultString
     assert rpc.pause_backfill(dag, backfill_id)["is_paused"] is True
     assert rpc.unpause_backfill(dag, backfill_id)["is_paused"] is False
     assert [b["id"] for b in rpc.list_backfills(dag)["backfills"]] == [backfill_id]

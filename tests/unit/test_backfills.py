@@ -6,12 +6,25 @@ example_hello, and Airflow 3's refusals in its own words).
 
 from __future__ import annotations
 
+import json
+import tempfile
+import xmlrpc.client
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
 import attrs
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txairflowrpc.service.tap import build_site
 
 from txairflowrpc.identity.principal import Principal
 from txairflowrpc.identity.scopes import Grants, Role, Scope
 
-from .helpers import CONFIG, gateway
+from ..fakes import FakeAirflow
+from .helpers import CONFIG, DIGEST_KEY, AuthenticatingRoot, Gateway, audit_log, gateway
 from .test_methods import MethodTestCase
 
 DAYS = ("2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z")  # three daily runs
@@ -36,11 +49,14 @@ class BackfillTests(MethodTestCase):
         self.assertEqual((created["dag_id"], created["runs"], created["is_paused"],
                           created["completed"], created["dag_run_conf"]),
                          ("etl_orders", 3, False, False, {"day": "x"}))
-        body = self.gw.airflow.bodies[self.gw.airflow.requests.index(("POST", "/api/v2/backfills"))]
-        self.assertEqual(body, {
+        airflow = self.gw.airflow
+        dry = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills/dry_run"))]
+        self.assertEqual(dry, {
             "dag_id": "etl_orders", "from_date": DAYS[0], "to_date": "2026-01-03T10:00:00Z",
-            "run_backwards": False, "reprocess_behavior": "failed", "dag_run_conf": {"day": "x"},
-            "max_active_runs": 2})
+            "run_backwards": False, "reprocess_behavior": "failed", "dag_run_conf": {"day": "x"}})
+        body = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills"))]
+        # Up to the last date the dry run counted (Airflow's now moves on).
+        self.assertEqual(body, {**dry, "to_date": DAYS[1], "max_active_runs": 2})
         backfill_id = created["id"]
         self.assertEqual(self.call("get_backfill", "etl_orders", backfill_id)["id"], backfill_id)
         listed = self.call("list_backfills", "etl_orders")
@@ -66,16 +82,14 @@ class BackfillTests(MethodTestCase):
             (("etl_orders", "2027-01-01T00:00:00Z", "2027-01-02T00:00:00Z"),
              "from_date and to_date are both in the future"),
             (("etl_orders", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"),
-             "the range holds no run of DAG 'etl_orders' to create"),
+             "the range holds no run of DAG 'etl_orders' to create: none is scheduled "
+             "there, or each date has a run already"),
         ]:
             f = self.fault("create_backfill", *args)
             self.assertEqual(f.faultCode, -32602, args)
             self.assertIn(words, f.faultString)
             self.assertNotIn("non-periodic", f.faultString)
-        # Only the empty range is Airflow's to refuse (a dry run counts only
-        # the runs it would create: none also when each has run).
-        self.assertEqual(self.posts().count("/api/v2/backfills"), 1)
-        self.assertEqual(self.gw.airflow.backfills, {})
+        self.assertNotIn("/api/v2/backfills", self.posts())
 
     def test_bad_arguments_never_reach_airflow(self) -> None:
         for args, words in [
@@ -133,3 +147,152 @@ class BackfillTests(MethodTestCase):
         self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
         dry = self.call("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
         self.assertEqual((dry["runs"], len(dry["logical_dates"]), dry["max_runs"]), (3, 2, 2))
+
+    def test_reprocessing_existing_runs_needs_tasks_clear_too(self) -> None:
+        """
+        With reprocess_behavior failed or completed Airflow clears the range's
+        existing runs (anyone's) and gives them the backfill's conf.
+        """
+        self.gw.principal = Principal(
+            "ci", "client_certificate", roles=("r",),
+            grants=Grants((Role("r", (Scope.parse("runs:backfill:etl_*"),)),)))
+        for reprocess in ("failed", "completed"):
+            f = self.fault("create_backfill", "etl_orders", *DAYS, {},
+                           {"reprocess_behavior": reprocess})
+            self.assertEqual((f.faultCode, f.faultString), (403, (
+                f"forbidden: create_backfill: reprocess_behavior {reprocess} requires scope "
+                "tasks:clear:etl_orders")))
+        self.assertEqual(self.gw.airflow.api_requests(), [])
+        self.assertEqual(self.call("create_backfill", "etl_orders", *DAYS, {},
+                                   {"reprocess_behavior": "none"})["runs"], 3)
+        self.gw.principal = Principal(
+            "ci", "client_certificate", roles=("r",), grants=Grants((Role("r", (
+                Scope.parse("runs:backfill:etl_*"), Scope.parse("tasks:clear:etl_*"))),)))
+        dry = self.call("create_backfill", "etl_orders", *DAYS, {},
+                        {"reprocess_behavior": "failed", "dry_run": True})
+        self.assertEqual(dry["runs"], 3)
+
+    def test_a_dry_run_that_counts_nothing_creates_nothing(self) -> None:
+        """Airflow would create an empty backfill, blocking the DAG's next one."""
+        self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
+            200, {"backfills": [], "total_entries": 0})
+        f = self.fault("create_backfill", "etl_orders", *DAYS)
+        self.assertIn("each date has a run already", f.faultString)
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
+
+    def test_the_dry_run_is_asked_once_and_a_huge_one_is_split_the_range(self) -> None:
+        self.gw.airflow.hang.append("/api/v2/backfills/dry_run")
+        d = self.gw.call_d("create_backfill", "etl_orders", "1500-01-01T00:00:00Z", DAYS[1])
+        for _ in range(100):
+            self.gw.advance(1)
+        _, _, result = self.successResultOf(d)
+        self.assertEqual(result.faultCode, 504)
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])  # Airflow walks on alone
+        self.gw = gateway()
+        entry = {"logical_date": "2026-01-01T00:00:00Z", "partition_key": None,
+                 "partition_date": None}
+        n = 17 * 1024 * 1024 // len(json.dumps(entry)) + 1
+        self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
+            200, {"backfills": [entry] * n, "total_entries": n})
+        f = self.fault("create_backfill", "etl_orders", "1400-01-01T00:00:00Z", DAYS[1])
+        self.assertEqual((f.faultCode, f.faultString), (-32602, (
+            "invalid params for create_backfill: the range holds too many runs of DAG "
+            "'etl_orders' to list: split it")))
+
+    def test_the_create_reaches_no_later_than_the_dry_runs_last_date(self) -> None:
+        """
+        Airflow counts the intervals that ended before its own now, which
+        moves on between the dry run and the create.
+        """
+        self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_backfill_runs=3)))
+        fake = self.gw.airflow
+        fake.now = "2026-01-04T00:00:01+00:00"
+        original = fake._backfills
+
+        def airflow_like(method: str, rest: list[str], args: Any, body: Any) -> Any:
+            if method == "POST" and rest in ([], ["dry_run"]):
+                now = datetime.fromisoformat(fake.now)
+                last = min(datetime.fromisoformat(body["to_date"]), now - timedelta(days=1))
+                answer = original(method, rest, args, {**body, "to_date": last.isoformat()})
+                if rest == ["dry_run"]:
+                    fake.now = "2026-01-09T00:00:01+00:00"  # the create comes later
+                return answer
+            return original(method, rest, args, body)
+
+        fake._backfills = airflow_like  # type: ignore[method-assign]
+        created = self.call("create_backfill", "etl_orders", DAYS[0], "2027-01-01T00:00:00Z")
+        runs = [r for r in fake.runs.values() if r.get("run_type") == "backfill"]
+        self.assertEqual((len(runs), created["runs"]), (3, 3))
+        body = fake.bodies[fake.requests.index(("POST", "/api/v2/backfills"))]
+        self.assertEqual(body["to_date"], "2026-01-03T00:00:00Z")
+
+    def test_a_cancel_is_sent_once(self) -> None:
+        """Had a lost cancel taken, a retry would answer "already completed"."""
+        backfill_id = self.call("create_backfill", "etl_orders", *DAYS)["id"]
+        self.gw.airflow.fail_next[("PUT", f"/api/v2/backfills/{backfill_id}/cancel")] = (
+            502, {"detail": "bad gateway"})
+        d = self.gw.call_d("cancel_backfill", "etl_orders", backfill_id)
+        for _ in range(10):
+            self.gw.advance(1)
+        _, _, result = self.successResultOf(d)
+        self.assertEqual(result.faultCode, 502)
+        self.assertEqual(self.posts().count(f"/api/v2/backfills/{backfill_id}/cancel"), 1)
+        self.gw.airflow.fail_next[("PUT", f"/api/v2/backfills/{backfill_id}/pause")] = (
+            503, {"detail": "busy"})
+        d = self.gw.call_d("pause_backfill", "etl_orders", backfill_id)
+        for _ in range(10):
+            self.gw.advance(1)
+        self.assertTrue(self.successResultOf(d)[2]["is_paused"])  # a pause is retried
+
+    def test_a_refused_create_leaves_shared_reads_alone(self) -> None:
+        self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc,
+                                                                read_cache_seconds=60)))
+        self.call("create_backfill", "etl_orders", *DAYS)
+        self.call("get_dag", "etl_orders")
+        self.assertEqual(self.fault("create_backfill", "etl_orders", *DAYS).faultCode, 409)
+        self.call("get_dag", "etl_orders")
+        self.assertEqual(self.gw.airflow.api_requests().count(("GET", "/api/v2/dags/etl_orders")), 1)
+
+    def test_a_conf_refused_by_the_dags_params_whatever_words_it_holds(self) -> None:
+        self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
+            422, {"detail": "Invalid input for param day: 'future dates' is not of type "
+                            "'integer'"})
+        f = self.fault("create_backfill", "etl_orders", *DAYS, {"day": "future dates"})
+        self.assertEqual(f.faultString, "invalid params for create_backfill: the conf does "
+                                        "not fit the params of DAG 'etl_orders'")
+
+    def test_the_audit_trail_names_the_range_and_the_backfill_made(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.gw = gateway(audit_dir=directory)
+        backfill_id = self.call("create_backfill", "etl_orders", DAYS[0],
+                                "2026-01-03T02:00:00+02:00")["id"]
+        run = self.call("trigger_dag", "etl_orders", {})  # Airflow names the run
+        records = [json.loads(line) for line in
+                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
+        intent, call = [r for r in records if r.get("method") == "create_backfill"]
+        self.assertEqual((intent["kind"], call["kind"]), ("intent", "call"))
+        for record in (intent, call):
+            self.assertEqual((record["args"]["from_date"], record["args"]["to_date"]),
+                             (DAYS[0], "2026-01-03T02:00:00+02:00"))
+        self.assertEqual(call["created"], {"backfill_id": backfill_id})
+        self.assertNotIn("created", intent)
+        [triggered] = [r for r in records if r.get("method") == "trigger_dag"
+                       and r["kind"] == "call"]
+        self.assertEqual(triggered["created"], {"dag_run_id": run["dag_run_id"]})
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_a_reload_puts_a_new_max_backfill_runs_into_force(self) -> None:
+        clock = Clock()
+        airflow = FakeAirflow()
+        audit = audit_log(tempfile.mkdtemp(), clock)
+        holder: list[Gateway] = []
+        parts = build_site(CONFIG, clock, RequestTraversalAgent(airflow), audit,
+                           authenticate=lambda r: holder[0].principal, digest_key=DIGEST_KEY)
+        gw = Gateway(clock, airflow, StubTreq(AuthenticatingRoot(parts.site)), audit, parts.site)
+        holder.append(gw)
+        parts.apply(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_backfill_runs=2)))
+        _, _, result = self.successResultOf(gw.call_d("create_backfill", "etl_orders", *DAYS))
+        self.assertIsInstance(result, xmlrpc.client.Fault)
+        self.assertIn("would create 3 runs of DAG 'etl_orders', more than the gateway allows "
+                      "in one (2)", result.faultString)

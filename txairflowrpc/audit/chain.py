@@ -82,7 +82,7 @@ MAX_RECORD_BYTES = 64 * 1024
 #: What a stand-in keeps of the record it stands for.
 _STAND_IN_KEEPS = ("kind", "instance", "request_id", "principal", "auth", "source", "method",
                    "multicall_index", "decision", "outcome", "fault_code", "http_status",
-                   "refusal", "airflow_status", "airflow_user")
+                   "refusal", "airflow_status", "airflow_user", "created")
 
 
 def _stand_in(record: dict[str, Any], line: str) -> dict[str, Any]:
@@ -96,8 +96,11 @@ def _stand_in(record: dict[str, Any], line: str) -> dict[str, Any]:
         value = record.get(key)
         if isinstance(value, str):
             kept[key] = value[:250]
-        elif isinstance(value, (int, float, bool)) or (key == "auth" and isinstance(value, dict)):
-            kept[key] = value  # numbers, and the gateway's own account of the caller
+        elif isinstance(value, (int, float, bool)) or (
+                key in ("auth", "created") and isinstance(value, dict)):
+            # Numbers, and the gateway's own account of the caller and of
+            # what the call made (ids Airflow gave, clipped when written).
+            kept[key] = value
     kept["oversized"] = {"bytes": len(line),
                          "sha256": hashlib.sha256(line.encode("ascii")).hexdigest()}
     kept["prev"] = record["prev"]

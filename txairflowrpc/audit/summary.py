@@ -122,7 +122,7 @@ class Summarizer:
         Id parameters (and the option members an options struct keeps that
         are named like an id kind, never over a parameter's id) are kept as
         they are, clipped; numbers and booleans too (non-finite ones as
-        strings); an options struct (a parameter with ``keeps``) member by
+        strings), and the strings of a ``plain`` parameter; an options struct (a parameter with ``keeps``) member by
         member, keeping the named members' strings; every other string,
         struct and array as a keyed digest and size, computed after
         redaction.  Sensitive keys are redacted at any depth.
@@ -135,6 +135,8 @@ class Summarizer:
                 ids[param.id] = clip(value)
             elif isinstance(value, (bool, int, float)):
                 summary[param.name] = strict_json(value)
+            elif param.plain and isinstance(value, str):
+                summary[param.name] = clip(value)
             elif (param.keeps is not None and isinstance(value, dict)
                   and len(value) <= MAX_OPTION_MEMBERS):
                 summary[param.name] = {

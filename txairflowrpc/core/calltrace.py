@@ -29,6 +29,9 @@ class CallTrace:
     airflow_user: str | None = None
     #: The arguments as checked (what the handler got), once they passed.
     checked: tuple[Any, ...] | None = None
+    #: What the call made in Airflow that its arguments do not name (the id
+    #: of a backfill, of a run Airflow named): recorded on the call's record.
+    created: dict[str, Any] | None = None
 
 
 current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)

@@ -223,6 +223,10 @@ class UpstreamError(GatewayError):
         return f"Airflow error: {self.reason}"
 
 
+class AnswerTooLarge(UpstreamError):
+    """Airflow's answer was larger than the gateway reads."""
+
+
 @attrs.define(auto_exc=True, str=False)
 class UpstreamUnavailable(GatewayError):
     """Airflow could not be reached at all."""

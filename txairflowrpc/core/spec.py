@@ -58,6 +58,9 @@ class Param:
     #: For an id: its kind in `txairflowrpc.core.ids` (``dag_id``,
     #: ``dag_run_id``, ``task_id``); recorded as it is on the audit trail.
     id: str | None = None
+    #: A string that is not free-form (a date): recorded as it is (clipped)
+    #: among the call's arguments, not as a digest.
+    plain: bool = False
     #: Set for an options struct, whose audit record is kept member by
     #: member: the members whose strings are kept as they are (clipped);
     #: other strings and structs become digests.  None: the value is

@@ -299,6 +299,8 @@ class Dispatcher:
             "airflow_user": trace.airflow_user,
             "duration_ms": round(duration * 1000, 3),
         })
+        if trace.created:
+            fields["created"] = {k: clip(v) for k, v in trace.created.items()}
         if self.refusals is not None and isinstance(result, Failure) and result.check(
                 errors.RateLimited):
             # Past its rate a caller's calls are counted, the first of a

@@ -63,6 +63,23 @@ _BACKFILL_ID = Param("backfill_id", "int", "the backfill's id (as create_backfil
 MAX_MAP_INDEX = 2**31 - 1
 
 
+def _note_created(**created: Any) -> None:
+    """Name on the call's audit record what it made in Airflow."""
+    trace = calltrace.current.get()
+    if trace is not None:
+        trace.created = created
+
+
+def _latest(dates: list[str]) -> str | None:
+    """The latest of a dry run's logical dates (None: they are not all dates)."""
+    try:
+        parsed = [datetime.fromisoformat(d) for d in dates]
+        latest = max(parsed)
+        return latest.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    except (ValueError, TypeError):  # partition keys, or dates without a zone
+        return None
+
+
 def _check_id(method: str, kind: str, value: Any) -> str:
     problem = ids.id_problem(kind, value)
     if problem:
@@ -430,6 +447,8 @@ class AirflowMethods:
                     f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf"
                 ) from None
             return {**existing, "created": False}
+        if run_id is None:  # Airflow named the run: the record says which
+            _note_created(dag_run_id=run.get("dag_run_id"))
         return {**run, "created": True}
 
     @rpc_method("get_dag_run", "struct", _DAG_ID, _RUN_ID, scope="runs:read", dag="dag_id")
@@ -605,8 +624,10 @@ class AirflowMethods:
 
     @rpc_method(
         "create_backfill", "struct", _DAG_ID,
-        Param("from_date", "string", "the first logical date to run, ISO-8601 with a time zone"),
-        Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone"),
+        Param("from_date", "string", "the first logical date to run, ISO-8601 with a time zone",
+              plain=True),
+        Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone",
+              plain=True),
         Param("conf", "struct", "every run's conf (plain JSON data, at most 64 KiB)",
               required=False),
         Param("options", "struct",
@@ -628,6 +649,8 @@ class AirflowMethods:
         created: ``runs`` and ``logical_dates`` say what would be. A backfill
         that would create more runs than the gateway's rpc.max_backfill_runs
         is refused, and a DAG has at most one backfill that has not completed.
+        A reprocess_behavior other than none runs existing runs of the range
+        again, with this conf: it needs the tasks:clear scope on the DAG too.
         """
         m = "create_backfill"
         _check_id(m, "dag_id", dag_id)
@@ -645,6 +668,11 @@ class AirflowMethods:
         if reprocess not in REPROCESS_BEHAVIORS:
             raise errors.InvalidParams(
                 f"options.reprocess_behavior must be one of {', '.join(REPROCESS_BEHAVIORS)}", m)
+        if reprocess != "none" and not call.principal.grants.allows("tasks:clear", dag_id):
+            # Airflow clears the range's existing runs (scheduled, triggered by
+            # anyone) and gives them this conf: what tasks:clear is for.
+            raise errors.Forbidden(
+                m, f"reprocess_behavior {reprocess} requires scope tasks:clear:{dag_id}")
         max_active = opts.get("max_active_runs", 10)
         if not 1 <= max_active <= MAX_ACTIVE_BACKFILL_RUNS:
             raise errors.InvalidParams(
@@ -660,11 +688,24 @@ class AirflowMethods:
             return {"dag_id": dag_id, "runs": len(runs),
                     "logical_dates": runs[:self.max_backfill_runs],
                     "max_runs": self.max_backfill_runs, "dry_run": True}
+        if not runs:
+            # Airflow would create an empty backfill (blocking the DAG's next
+            # one until it completes) when each date of the range has a run.
+            raise errors.InvalidParams(
+                f"the range holds no run of DAG {dag_id!r} to create: none is scheduled "
+                "there, or each date has a run already (see options.reprocess_behavior)", m)
         if len(runs) > self.max_backfill_runs:
             raise errors.InvalidParams(
                 f"the backfill would create {len(runs)} runs of DAG {dag_id!r}, more than "
                 f"the gateway allows in one ({self.max_backfill_runs}): split the range", m)
+        latest = _latest(runs)
+        if latest is not None and datetime.fromisoformat(latest) < datetime.fromisoformat(last):
+            # Airflow counts only intervals that ended before its own now: a
+            # range reaching past it could hold more runs by the time it is
+            # created than the dry run counted.
+            what["to_date"] = latest
         backfill = await client.create_backfill(dag_id, max_active_runs=max_active, **what)
+        _note_created(backfill_id=backfill["id"])
         return {**backfill, "runs": len(runs)}
 
     async def _backfill_of(self, m: str, call: CallContext, dag_id: str,

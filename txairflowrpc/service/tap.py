@@ -253,6 +253,7 @@ class Parts:
         self.limits.max_in_flight = cfg.limits.max_in_flight
         self.dispatcher.deadline = cfg.limits.call_deadline_seconds
         self.dispatcher.max_wait = self.methods.max_wait = cfg.rpc.max_wait_seconds
+        self.methods.max_backfill_runs = cfg.rpc.max_backfill_runs
         self.dispatcher.max_multicall = cfg.rpc.max_multicall
         self.dispatcher.summarizer = attrs.evolve(self.dispatcher.summarizer,
                                                   sensitive=cfg.audit.redact_keys)

@@ -91,7 +91,8 @@ READ_CACHE_BYTES = 64 * 1024 * 1024
 #: if it was not retried (a retry's earlier attempt may have changed Airflow
 #: before its answer was lost).  A 409 is not among them: a retried trigger
 #: gets it after its first attempt created the run.
-UNCHANGED = (errors.InvalidParams, errors.AirflowDenied, errors.NotFound, errors.CircuitOpen)
+UNCHANGED = (errors.InvalidParams, errors.AirflowDenied, errors.NotFound, errors.Conflict,
+             errors.CircuitOpen)
 
 
 class Changes:
@@ -819,15 +820,21 @@ class AirflowClient:
         """
         The runs a backfill of ``dag_id`` over the range would create, in
         order: each one's logical date (or, for a partitioned DAG, its
-        partition key).  Changes nothing.
+        partition key).  Changes nothing.  Not retried: Airflow walks the
+        whole range for it, and goes on after the gateway gives up.
         """
         body = _backfill_body(dag_id, from_date, to_date, run_backwards, reprocess_behavior, conf)
 
         async def run() -> list[str]:
-            data = await self._api(
-                "POST", "backfills/dry_run", what=f"DAG {dag_id!r}", body=body, retry=True,
-                rejected=_backfill_rejections(dag_id), dry_run=True,
-            )
+            try:
+                data = await self._api(
+                    "POST", "backfills/dry_run", what=f"DAG {dag_id!r}", body=body,
+                    retry=False, rejected=_backfill_rejections(dag_id), dry_run=True,
+                )
+            except errors.AnswerTooLarge:
+                raise errors.InvalidParams(
+                    f"the range holds too many runs of DAG {dag_id!r} to list: split it"
+                ) from None
             found, _ = items(data, "backfills")
             runs = []
             for item in found:
@@ -885,13 +892,17 @@ class AirflowClient:
         return self._call(run())
 
     def change_backfill(self, backfill_id: int, action: str) -> Deferred[dict[str, Any]]:
-        """``pause``, ``unpause`` or ``cancel`` a backfill; the backfill after it."""
+        """
+        ``pause``, ``unpause`` or ``cancel`` a backfill; the backfill after
+        it.  A cancel is not retried: had the first one taken, a retry would
+        answer that the backfill has already completed.
+        """
         what = f"backfill {backfill_id}"
 
         async def run() -> dict[str, Any]:
             data = await self._api(
                 "PUT", ids.path("backfills", str(backfill_id), action), what=what,
-                conflict=f"{what} has already completed", retry=True,
+                conflict=f"{what} has already completed", retry=action != "cancel",
             )
             return shape_backfill(data)
 
@@ -914,13 +925,14 @@ def _backfill_body(
 def _backfill_rejections(dag_id: str) -> Rejections:
     """Airflow 3's reasons for refusing a backfill, in the gateway's words."""
     return (
+        # First: this sentence quotes the caller's conf, which may hold any words.
+        ("Invalid input for param",
+         f"the conf does not fit the params of DAG {dag_id!r}"),
         ("non-periodic schedule",
          f"DAG {dag_id!r} has no periodic schedule: only a scheduled DAG can be backfilled"),
         ("does not allow backfill", f"DAG {dag_id!r} does not allow backfill runs"),
         ("future dates", "from_date and to_date are both in the future"),
-        ("No runs to create",
-         (f"the range holds no run of DAG {dag_id!r} to create: none is scheduled there, "
-          "or each has run (see options.reprocess_behavior)")),
+        ("No runs to create", f"the range holds no scheduled run of DAG {dag_id!r}"),
         ("must not be after", "from_date is after to_date"),
         ("run in reverse",
          (f"DAG {dag_id!r} has tasks that depend on their past: it cannot be backfilled "

@@ -86,11 +86,18 @@ def shape_task_instance(data: Any) -> dict[str, Any]:
 
 
 def shape_backfill(data: Any) -> dict[str, Any]:
-    """A backfill, with ``completed`` (true once it has ended or been cancelled)."""
+    """
+    A backfill, with ``completed`` (true once it has ended or been
+    cancelled) and ``dag_run_conf_json`` (its runs' conf as JSON text, as a
+    run's ``conf_json``).
+    """
     backfill = _pick(data, _BACKFILL_FIELDS, named_by=("dag_id",))
     if not isinstance(backfill.get("id"), int) or isinstance(backfill["id"], bool):
         raise _unexpected()  # the gateway names backfills by it
     backfill["completed"] = backfill.get("completed_at") is not None
+    if isinstance(data.get("dag_run_conf"), dict):
+        backfill["dag_run_conf_json"] = json.dumps(data["dag_run_conf"], separators=(",", ":"),
+                                                   ensure_ascii=False)
     return backfill
 
 

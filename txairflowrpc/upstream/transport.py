@@ -142,7 +142,7 @@ class Transport:
 
 def _too_large(failure: Failure) -> Failure:
     failure.trap(TooLarge)
-    raise errors.UpstreamError(f"Airflow's answer is larger than {failure.value.cap} bytes")
+    raise errors.AnswerTooLarge(f"Airflow's answer is larger than {failure.value.cap} bytes")
 
 
 def _read(response: Any, limit: int = MAX_ANSWER_BYTES) -> Deferred[Reply]:
