@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import xmlrpc.client
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
@@ -55,8 +53,7 @@ class BackfillTests(MethodTestCase):
             "dag_id": "etl_orders", "from_date": DAYS[0], "to_date": "2026-01-03T10:00:00Z",
             "run_backwards": False, "reprocess_behavior": "failed", "dag_run_conf": {"day": "x"}})
         body = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills"))]
-        # Up to the last date the dry run counted (Airflow's now moves on).
-        self.assertEqual(body, {**dry, "to_date": DAYS[1], "max_active_runs": 2})
+        self.assertEqual(body, {**dry, "max_active_runs": 2})
         backfill_id = created["id"]
         self.assertEqual(self.call("get_backfill", "etl_orders", backfill_id)["id"], backfill_id)
         listed = self.call("list_backfills", "etl_orders")
@@ -82,8 +79,8 @@ class BackfillTests(MethodTestCase):
             (("etl_orders", "2027-01-01T00:00:00Z", "2027-01-02T00:00:00Z"),
              "from_date and to_date are both in the future"),
             (("etl_orders", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"),
-             "the range holds no run of DAG 'etl_orders' to create: none is scheduled "
-             "there, or each date has a run already"),
+             ("the range holds no run of DAG 'etl_orders' to create: none is scheduled "
+              "there, or each date has a run already")),
         ]:
             f = self.fault("create_backfill", *args)
             self.assertEqual(f.faultCode, -32602, args)
@@ -156,12 +153,12 @@ class BackfillTests(MethodTestCase):
         self.gw.principal = Principal(
             "ci", "client_certificate", roles=("r",),
             grants=Grants((Role("r", (Scope.parse("runs:backfill:etl_*"),)),)))
-        for reprocess in ("failed", "completed"):
+        for reprocess in ("failed", "completed", "FAILED", 1):
             f = self.fault("create_backfill", "etl_orders", *DAYS, {},
                            {"reprocess_behavior": reprocess})
             self.assertEqual((f.faultCode, f.faultString), (403, (
-                f"forbidden: create_backfill: reprocess_behavior {reprocess} requires scope "
-                "tasks:clear:etl_orders")))
+                "forbidden: create_backfill: options.reprocess_behavior other than the "
+                "default requires scope tasks:clear:etl_orders")))
         self.assertEqual(self.gw.airflow.api_requests(), [])
         self.assertEqual(self.call("create_backfill", "etl_orders", *DAYS, {},
                                    {"reprocess_behavior": "none"})["runs"], 3)
@@ -171,6 +168,18 @@ class BackfillTests(MethodTestCase):
         dry = self.call("create_backfill", "etl_orders", *DAYS, {},
                         {"reprocess_behavior": "failed", "dry_run": True})
         self.assertEqual(dry["runs"], 3)
+
+    def test_a_reprocess_refused_is_recorded_as_denied(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.gw = gateway(audit_dir=directory)
+        self.gw.principal = Principal(
+            "ci", "client_certificate", roles=("r",),
+            grants=Grants((Role("r", (Scope.parse("runs:backfill"),)),)))
+        self.fault("create_backfill", "etl_orders", *DAYS, {}, {"reprocess_behavior": "failed"})
+        records = [json.loads(line) for line in
+                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
+        mine = [(r["kind"], r["decision"]) for r in records if r.get("method") == "create_backfill"]
+        self.assertEqual(mine, [("call", "denied")])
 
     def test_a_dry_run_that_counts_nothing_creates_nothing(self) -> None:
         """Airflow would create an empty backfill, blocking the DAG's next one."""
@@ -198,33 +207,6 @@ class BackfillTests(MethodTestCase):
         self.assertEqual((f.faultCode, f.faultString), (-32602, (
             "invalid params for create_backfill: the range holds too many runs of DAG "
             "'etl_orders' to list: split it")))
-
-    def test_the_create_reaches_no_later_than_the_dry_runs_last_date(self) -> None:
-        """
-        Airflow counts the intervals that ended before its own now, which
-        moves on between the dry run and the create.
-        """
-        self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_backfill_runs=3)))
-        fake = self.gw.airflow
-        fake.now = "2026-01-04T00:00:01+00:00"
-        original = fake._backfills
-
-        def airflow_like(method: str, rest: list[str], args: Any, body: Any) -> Any:
-            if method == "POST" and rest in ([], ["dry_run"]):
-                now = datetime.fromisoformat(fake.now)
-                last = min(datetime.fromisoformat(body["to_date"]), now - timedelta(days=1))
-                answer = original(method, rest, args, {**body, "to_date": last.isoformat()})
-                if rest == ["dry_run"]:
-                    fake.now = "2026-01-09T00:00:01+00:00"  # the create comes later
-                return answer
-            return original(method, rest, args, body)
-
-        fake._backfills = airflow_like  # type: ignore[method-assign]
-        created = self.call("create_backfill", "etl_orders", DAYS[0], "2027-01-01T00:00:00Z")
-        runs = [r for r in fake.runs.values() if r.get("run_type") == "backfill"]
-        self.assertEqual((len(runs), created["runs"]), (3, 3))
-        body = fake.bodies[fake.requests.index(("POST", "/api/v2/backfills"))]
-        self.assertEqual(body["to_date"], "2026-01-03T00:00:00Z")
 
     def test_a_cancel_is_sent_once(self) -> None:
         """Had a lost cancel taken, a retry would answer "already completed"."""
@@ -275,6 +257,12 @@ class BackfillTests(MethodTestCase):
             self.assertEqual((record["args"]["from_date"], record["args"]["to_date"]),
                              (DAYS[0], "2026-01-03T02:00:00+02:00"))
         self.assertEqual(call["created"], {"backfill_id": backfill_id})
+        self.fault("create_backfill", "etl_orders", "password=hunter2", DAYS[1])
+        records = [json.loads(line) for line in
+                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
+        refused = [r for r in records if r.get("method") == "create_backfill"][-1]
+        self.assertEqual(set(refused["args"]["from_date"]), {"hmac_sha256", "size"})
+        self.assertEqual(refused["args"]["to_date"], DAYS[1])
         self.assertNotIn("created", intent)
         [triggered] = [r for r in records if r.get("method") == "trigger_dag"
                        and r["kind"] == "call"]

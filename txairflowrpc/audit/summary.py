@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,6 +93,15 @@ def redact(value: Any, sensitive: tuple[str, ...]) -> Any:
     return value
 
 
+def _is_date(text: str) -> bool:
+    """Whether ``text`` is an ISO-8601 date or time (so, no free text)."""
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 @attrs.frozen
 class Summarizer:
     """
@@ -122,7 +132,7 @@ class Summarizer:
         Id parameters (and the option members an options struct keeps that
         are named like an id kind, never over a parameter's id) are kept as
         they are, clipped; numbers and booleans too (non-finite ones as
-        strings), and the strings of a ``plain`` parameter; an options struct (a parameter with ``keeps``) member by
+        strings), and a ``date`` parameter's string when it is one; an options struct (a parameter with ``keeps``) member by
         member, keeping the named members' strings; every other string,
         struct and array as a keyed digest and size, computed after
         redaction.  Sensitive keys are redacted at any depth.
@@ -135,7 +145,7 @@ class Summarizer:
                 ids[param.id] = clip(value)
             elif isinstance(value, (bool, int, float)):
                 summary[param.name] = strict_json(value)
-            elif param.plain and isinstance(value, str):
+            elif param.date and isinstance(value, str) and _is_date(value):
                 summary[param.name] = clip(value)
             elif (param.keeps is not None and isinstance(value, dict)
                   and len(value) <= MAX_OPTION_MEMBERS):

@@ -58,9 +58,9 @@ class Param:
     #: For an id: its kind in `txairflowrpc.core.ids` (``dag_id``,
     #: ``dag_run_id``, ``task_id``); recorded as it is on the audit trail.
     id: str | None = None
-    #: A string that is not free-form (a date): recorded as it is (clipped)
-    #: among the call's arguments, not as a digest.
-    plain: bool = False
+    #: A date (ISO-8601 text): recorded as given among the call's arguments
+    #: when it parses as one, as a digest like any free text otherwise.
+    date: bool = False
     #: Set for an options struct, whose audit record is kept member by
     #: member: the members whose strings are kept as they are (clipped);
     #: other strings and structs become digests.  None: the value is
@@ -113,6 +113,21 @@ class MethodSpec:
     #: ``"param.member"``: an option that, when true, makes the call a dry
     #: run that changes nothing.
     dry_run: str | None = None
+    #: ``(("param.member", scope, harmless values), ...)``: an option that,
+    #: given with any other value, needs ``scope`` on the DAG as well.
+    option_scopes: tuple[tuple[str, str, tuple[Any, ...]], ...] = ()
+
+    def scopes_for_options(self, args: tuple[Any, ...]) -> list[tuple[str, str]]:
+        """The (option, scope) pairs the options in checked ``args`` need besides `scope`."""
+        needed = []
+        for path, scope, harmless in self.option_scopes:
+            param, _, member = path.partition(".")
+            options = self.value(param, args)
+            value = options.get(member) if isinstance(options, dict) else None
+            if value is not None and not any(
+                    type(value) is type(h) and value == h for h in harmless):
+                needed.append((path, scope))
+        return needed
 
     def changes_airflow(self, args: tuple[Any, ...]) -> bool:
         """Whether a call with checked ``args`` changes Airflow."""
@@ -149,6 +164,8 @@ class MethodSpec:
         if self.scope:
             lines.append("")
             lines.append(f"Needs scope {self.scope} (on the DAG, where it names one).")
+            for path, scope, _ in self.option_scopes:
+                lines.append(f"{path} other than the default also needs scope {scope}.")
         if self.params:
             lines.append("")
             lines.append("Parameters:")

@@ -70,16 +70,6 @@ def _note_created(**created: Any) -> None:
         trace.created = created
 
 
-def _latest(dates: list[str]) -> str | None:
-    """The latest of a dry run's logical dates (None: they are not all dates)."""
-    try:
-        parsed = [datetime.fromisoformat(d) for d in dates]
-        latest = max(parsed)
-        return latest.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    except (ValueError, TypeError):  # partition keys, or dates without a zone
-        return None
-
-
 def _check_id(method: str, kind: str, value: Any) -> str:
     problem = ids.id_problem(kind, value)
     if problem:
@@ -625,9 +615,9 @@ class AirflowMethods:
     @rpc_method(
         "create_backfill", "struct", _DAG_ID,
         Param("from_date", "string", "the first logical date to run, ISO-8601 with a time zone",
-              plain=True),
+              date=True),
         Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone",
-              plain=True),
+              date=True),
         Param("conf", "struct", "every run's conf (plain JSON data, at most 64 KiB)",
               required=False),
         Param("options", "struct",
@@ -637,6 +627,9 @@ class AirflowMethods:
               "which runs it would create)", required=False, keeps=("reprocess_behavior",)),
         scope="runs:backfill", dag="dag_id", conf="conf", changes=True,
         dry_run="options.dry_run",
+        # Airflow clears the range's existing runs (scheduled, triggered by
+        # anyone) and gives them this conf: what tasks:clear is for.
+        option_scopes=(("options.reprocess_behavior", "tasks:clear", ("none",)),),
     )
     async def create_backfill(
         self, call: CallContext, dag_id: str, from_date: str, to_date: str,
@@ -645,7 +638,7 @@ class AirflowMethods:
         """
         Run a scheduled DAG for every logical date it has from from_date to
         to_date. Returns the backfill (``id``, ``is_paused``, ``completed``...)
-        and ``runs``: how many runs it created. With dry_run nothing is
+        and ``runs``: how many runs the dry run counted. With dry_run nothing is
         created: ``runs`` and ``logical_dates`` say what would be. A backfill
         that would create more runs than the gateway's rpc.max_backfill_runs
         is refused, and a DAG has at most one backfill that has not completed.
@@ -668,11 +661,6 @@ class AirflowMethods:
         if reprocess not in REPROCESS_BEHAVIORS:
             raise errors.InvalidParams(
                 f"options.reprocess_behavior must be one of {', '.join(REPROCESS_BEHAVIORS)}", m)
-        if reprocess != "none" and not call.principal.grants.allows("tasks:clear", dag_id):
-            # Airflow clears the range's existing runs (scheduled, triggered by
-            # anyone) and gives them this conf: what tasks:clear is for.
-            raise errors.Forbidden(
-                m, f"reprocess_behavior {reprocess} requires scope tasks:clear:{dag_id}")
         max_active = opts.get("max_active_runs", 10)
         if not 1 <= max_active <= MAX_ACTIVE_BACKFILL_RUNS:
             raise errors.InvalidParams(
@@ -698,12 +686,6 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"the backfill would create {len(runs)} runs of DAG {dag_id!r}, more than "
                 f"the gateway allows in one ({self.max_backfill_runs}): split the range", m)
-        latest = _latest(runs)
-        if latest is not None and datetime.fromisoformat(latest) < datetime.fromisoformat(last):
-            # Airflow counts only intervals that ended before its own now: a
-            # range reaching past it could hold more runs by the time it is
-            # created than the dry run counted.
-            what["to_date"] = latest
         backfill = await client.create_backfill(dag_id, max_active_runs=max_active, **what)
         _note_created(backfill_id=backfill["id"])
         return {**backfill, "runs": len(runs)}

@@ -5,7 +5,8 @@ Deny by default.  ``ping``, ``whoami`` and ``system.*`` need only an
 authenticated caller; every other method names, on its `MethodSpec`, the
 scope it needs, and a method that names none is refused.  The spec also
 says which parameter names the DAG (matched against the scope's glob),
-which carries a conf (checked against the roles' conf rules), and whether
+which carries a conf (checked against the roles' conf rules), which options
+need a second scope on the DAG when given (``option_scopes``), and whether
 the method filters its own answer by scope.
 """
 
@@ -38,6 +39,11 @@ class ScopePolicy:
         if not grants.allows(spec.scope, dag_id):
             needed = spec.scope if dag_id is None else f"{spec.scope}:{dag_id}"
             raise errors.Forbidden(spec.name, f"requires scope {needed}")
+        for option, scope in spec.scopes_for_options(args):
+            if not grants.allows(scope, dag_id):
+                needed = scope if dag_id is None else f"{scope}:{dag_id}"
+                raise errors.Forbidden(spec.name, f"{option} other than the default "
+                                                  f"requires scope {needed}")
         if spec.conf is not None and dag_id is not None:
             conf = spec.value(spec.conf, args)
             problem = grants.conf_problem(
