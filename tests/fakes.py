@@ -253,6 +253,14 @@ class FakeAirflow(Resource):
             runs = [r for (d, _), r in self.runs.items() if d == dag_id]
             if "state" in args:
                 runs = [r for r in runs if r["state"] in args["state"]]
+            if "run_type" in args:
+                runs = [r for r in runs if r.get("run_type") in args["run_type"]]
+            for key, keep in (("logical_date_gte", lambda a, b: a >= b),
+                              ("logical_date_lte", lambda a, b: a <= b)):
+                if key in args:
+                    bound = datetime.fromisoformat(args[key][0])
+                    runs = [r for r in runs if r.get("logical_date") and keep(
+                        datetime.fromisoformat(r["logical_date"]), bound)]
             return 200, {"dag_runs": runs, "total_entries": len(runs)}
         if rest == ["clearTaskInstances"] and method == "POST":
             tis = self.task_instances.get((dag_id, body["dag_run_id"]), [])

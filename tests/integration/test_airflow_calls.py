@@ -254,9 +254,11 @@ def test_backfill_a_scheduled_dag(rpc: xmlrpc.client.ServerProxy) -> None:
     assert rpc.unpause_backfill(dag, backfill_id)["is_paused"] is False
     assert [b["id"] for b in rpc.list_backfills(dag)["backfills"]] == [backfill_id]
 
-    runs = [r for r in rpc.list_dag_runs(dag, {"limit": 100})["dag_runs"]
-            if r.get("run_type") == "backfill"]
+    runs = rpc.list_dag_runs(dag, {"run_type": "backfill", "logical_date_from": first,
+                                   "logical_date_to": last})["dag_runs"]
     assert sorted(r["logical_date"][:10] for r in runs) == ["2026-02-01", "2026-02-02", "2026-02-03"]
+    assert rpc.list_dag_runs(dag, {"run_type": "backfill", "logical_date_from": last,
+                                   "logical_date_to": last})["total"] == 1
     for run in runs:
         done = rpc.wait_dag_run(dag, run["dag_run_id"], 240)
         assert (done["finished"], done["state"], done["conf"]) == (True, "success", {"who": who})

@@ -16,10 +16,9 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc.service.tap import build_site
-
 from txairflowrpc.identity.principal import Principal
 from txairflowrpc.identity.scopes import Grants, Role, Scope
+from txairflowrpc.service.tap import build_site
 
 from ..fakes import FakeAirflow
 from .helpers import CONFIG, DIGEST_KEY, AuthenticatingRoot, Gateway, audit_log, gateway
@@ -65,6 +64,28 @@ class BackfillTests(MethodTestCase):
         f = self.fault("cancel_backfill", "etl_orders", backfill_id)
         self.assertEqual((f.faultCode, f.faultString),
                          (409, f"conflict: backfill {backfill_id} has already completed"))
+
+    def test_its_runs_listed_by_run_type_and_logical_date(self) -> None:
+        self.call("create_backfill", "etl_orders", *DAYS)
+        self.call("trigger_dag", "etl_orders", {}, {"logical_date": "2026-01-02T12:00:00Z"})
+        runs = self.call("list_dag_runs", "etl_orders", {
+            "run_type": "backfill", "logical_date_from": "2026-01-02T00:00:00+00:00",
+            "logical_date_to": DAYS[1]})
+        self.assertEqual(sorted(r["logical_date"] for r in runs["dag_runs"]),
+                         ["2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"])
+        self.assertEqual(self.gw.airflow.queries[-1], {
+            "limit": ["25"], "offset": ["0"], "order_by": ["-run_after"],
+            "run_type": ["backfill"], "logical_date_gte": ["2026-01-02T00:00:00Z"],
+            "logical_date_lte": ["2026-01-03T00:00:00Z"]})
+        both = self.call("list_dag_runs", "etl_orders", {"run_type": ["backfill", "manual"]})
+        self.assertEqual(both["total"], 4)
+        for filters, words in [({"run_type": "nightly"}, "filters.run_type must be among"),
+                               ({"run_type": [1]}, "filters.run_type must be among"),
+                               ({"logical_date_from": "yesterday"}, "filters.logical_date_from"),
+                               ({"logical_date_to": "2026-01-01"}, "must carry a time zone")]:
+            f = self.fault("list_dag_runs", "etl_orders", filters)
+            self.assertEqual(f.faultCode, -32602, filters)
+            self.assertIn(words, f.faultString)
 
     def test_a_second_backfill_of_a_dag_is_a_conflict_in_the_gateways_words(self) -> None:
         self.call("create_backfill", "etl_orders", *DAYS)

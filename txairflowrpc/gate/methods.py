@@ -24,6 +24,9 @@ from ..upstream.accounts import Account, Accounts
 from ..upstream.client import AirflowClient
 
 DAG_RUN_STATES = ("queued", "running", "success", "failed")
+#: Airflow 3's run types (a run's ``run_type``).
+DAG_RUN_TYPES = ("manual", "scheduled", "backfill", "asset_triggered",
+                 "asset_materialization", "operator_triggered")
 SETTABLE_RUN_STATES = ("success", "failed", "queued")
 MAX_PAGE = 100
 MAX_CONF_BYTES = 64 * 1024
@@ -97,6 +100,14 @@ def _options(
                 f"{name}.{key} must be {' or '.join(types)}", method
             )
     return {k: v for k, v in value.items() if v is not None}
+
+
+def _choices(method: str, name: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+    """A string or array of strings, each one of ``allowed``, as a list."""
+    chosen = [value] if isinstance(value, str) else value
+    if not all(isinstance(v, str) and v in allowed for v in chosen):
+        raise errors.InvalidParams(f"{name} must be among {', '.join(allowed)}", method)
+    return chosen
 
 
 def _page(method: str, name: str, opts: dict[str, Any], default_limit: int) -> tuple[int, int]:
@@ -453,7 +464,11 @@ class AirflowMethods:
         "list_dag_runs", "struct", _DAG_ID,
         Param("filters", "struct",
               "state (string or array of: queued, running, success, failed), "
-              "limit (int 1-100, default 25), offset (int)", required=False, keeps=()),
+              "run_type (string or array of: manual, scheduled, backfill, "
+              "asset_triggered, asset_materialization, operator_triggered), "
+              "logical_date_from and logical_date_to (ISO-8601 with a time zone; "
+              "both ends included), limit (int 1-100, default 25), offset (int)",
+              required=False, keeps=("run_type", "logical_date_from", "logical_date_to")),
         scope="runs:read", dag="dag_id",
     )
     def list_dag_runs(
@@ -463,18 +478,17 @@ class AirflowMethods:
         m = "list_dag_runs"
         _check_id(m, "dag_id", dag_id)
         opts = _options(m, "filters", filters, {
-            "state": "string|array", "limit": "int", "offset": "int",
+            "state": "string|array", "run_type": "string|array", "limit": "int",
+            "offset": "int", "logical_date_from": "string", "logical_date_to": "string",
         })
         limit, offset = _page(m, "filters", opts, 25)
-        states = opts.get("state", [])
-        if isinstance(states, str):
-            states = [states]
-        if not all(isinstance(s, str) and s in DAG_RUN_STATES for s in states):
-            raise errors.InvalidParams(
-                f"filters.state must be among {', '.join(DAG_RUN_STATES)}", m
-            )
-        return self._client(call).list_dag_runs(dag_id, states=states, limit=limit,
-                                                offset=offset)
+        states = _choices(m, "filters.state", opts.get("state", []), DAG_RUN_STATES)
+        run_types = _choices(m, "filters.run_type", opts.get("run_type", []), DAG_RUN_TYPES)
+        dates = {end: _logical_date(m, opts[f"logical_date_{end}"], f"filters.logical_date_{end}")
+                 for end in ("from", "to") if f"logical_date_{end}" in opts}
+        return self._client(call).list_dag_runs(
+            dag_id, states=states, limit=limit, offset=offset, run_types=run_types,
+            logical_from=dates.get("from"), logical_to=dates.get("to"))
 
     @rpc_method(
         "wait_dag_run", "struct", _DAG_ID, _RUN_ID,

@@ -676,11 +676,22 @@ class AirflowClient:
         return self._call(run())
 
     def list_dag_runs(
-        self, dag_id: str, *, states: list[str], limit: int, offset: int
+        self, dag_id: str, *, states: list[str], limit: int, offset: int,
+        run_types: list[str] | tuple[str, ...] = (), logical_from: str | None = None,
+        logical_to: str | None = None,
     ) -> Deferred[dict[str, Any]]:
-        """Runs of a DAG, newest first (``dag_runs``, shaped) and ``total``."""
+        """
+        Runs of a DAG, newest first (``dag_runs``, shaped) and ``total``; of
+        those ``states`` and ``run_types`` (any, if empty), with a logical
+        date from ``logical_from`` to ``logical_to`` (both included) if given.
+        """
         params = [("limit", str(limit)), ("offset", str(offset)), ("order_by", "-run_after")]
         params.extend(("state", s) for s in states)
+        params.extend(("run_type", t) for t in run_types)
+        if logical_from is not None:
+            params.append(("logical_date_gte", logical_from))
+        if logical_to is not None:
+            params.append(("logical_date_lte", logical_to))
 
         async def run() -> dict[str, Any]:
             data = await self._api(
