@@ -1,8 +1,8 @@
 """
-``airflowrpc call`` and ``airflowrpc trigger`` as a CI job runs them,
+``airflowrpc call``, ``trigger`` and ``backfill`` as a CI job runs them,
 against the real ``twistd airflowrpc`` in front of a real Airflow: a run
 that succeeds, one that fails (``example_fail``) with its log tail, the
-same job run again reusing its run, a token without the scope, a missing
+same job run again reusing its run (and its backfill), a token without the scope, a missing
 DAG, and conf with nulls and big integers coming back exact.
 """
 
@@ -140,6 +140,25 @@ def test_a_mapped_tasks_failed_instance_shows_its_own_log(gateway: RunningGatewa
     with pytest.raises(xmlrpc.client.Fault) as e:
         rpc.get_task_log("example_mapped", run_id, "count")
     assert e.value.faultCode == 404 and "needs a map_index" in e.value.faultString
+
+
+def test_backfill_wait_succeeds_and_the_same_job_again_follows_it(
+    gateway: RunningGateway,
+) -> None:
+    args = ["backfill", "example_daily", "2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z",
+            "--conf", '{"who": "the cli"}', "--max-active-runs", "1", "--wait",
+            "--timeout", "300", "--progress-every", "2"]
+    first = run(args, with_cert(gateway))
+    assert first.status == 0, first
+    assert {k: first.json[k] for k in ("created", "runs", "finished", "failed", "completed")} == {
+        "created": True, "runs": 2, "finished": 2, "failed": 0, "completed": True}, first
+    assert f"created backfill {first.json['id']} of example_daily: 2 runs" in first.err
+    assert "2 of 2 runs finished after" in first.err
+    again = run(args, with_cert(gateway))  # a retried job: every date has its run now
+    assert again.status == 0, again
+    assert (again.json["id"], again.json["created"], again.json["failed"]) == (
+        first.json["id"], False, 0), again
+    assert "already existed (an earlier try made it)" in again.err
 
 
 def test_call_on_a_missing_dag_exits_4_and_a_present_one_prints_json(

@@ -1,7 +1,8 @@
 """
 A fake txairflowrpc gateway for the client's unit tests: the few methods
-``airflowrpc call`` and ``trigger`` use, with runs that move on one state
-per ``wait_dag_run``, scripted failures, and a record of every call.
+``airflowrpc call``, ``trigger`` and ``backfill`` use, with runs that move
+on one state per ``wait_dag_run``, backfills whose runs finish one per
+``get_backfill``, scripted failures, and a record of every call.
 
 `FakeGateway` is the logic; `InMemory` hands it to the commands as a
 ``Caller`` (no wire, a fake clock); `TLSServer` serves it over real TLS on
@@ -16,6 +17,7 @@ import ssl
 import threading
 import xmlrpc.client
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -39,6 +41,9 @@ class FakeGateway:
         self.fail_next: dict[str, list[BaseException]] = {}
         #: Called before each call with (method, params): a test's clock hook.
         self.on_call: Callable[[str, tuple[Any, ...]], None] | None = None
+        #: Backfills by id (a daily schedule); ``looks``: get_backfill calls so far,
+        #: each of which finishes one more run; a conf {"fail": N} fails its Nth run.
+        self.backfills: dict[int, dict[str, Any]] = {}
 
     def dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
         self.calls.append((method, params))
@@ -98,7 +103,10 @@ class FakeGateway:
         return {**out, "finished": out["state"] in ("success", "failed")}
 
     def list_task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        state = self._public(self.runs[(dag_id, run_id)])["state"]
+        if run_id.startswith("backfill__"):
+            state = "failed"  # only a failed backfill run's tasks are asked for
+        else:
+            state = self._public(self.runs[(dag_id, run_id)])["state"]
         if state != "failed":
             return [{"task_id": "say_hello", "state": "success", "try_number": 1,
                      "map_index": -1}]
@@ -109,6 +117,68 @@ class FakeGateway:
     def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: Any = None,
                      map_index: Any = None) -> str:
         return "\n".join(LOG_LINES) + "\n"
+
+    # -- backfills: a daily schedule; runs finish one per get_backfill --------
+
+    def create_backfill(self, dag_id: str, from_date: str, to_date: str, conf: Any = None,
+                        options: Any = None) -> dict[str, Any]:
+        options = options or {}
+        first, last = datetime.fromisoformat(from_date), datetime.fromisoformat(to_date)
+        dates = [(first + timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                 for n in range((last - first).days + 1)]
+        if options.get("dry_run"):
+            return {"dag_id": dag_id, "runs": len(dates), "logical_dates": dates,
+                    "dry_run": True, "max_runs": 1000}
+        if any(b["dag_id"] == dag_id and not b["completed"] for b in self.backfills.values()):
+            raise xmlrpc.client.Fault(409, f"conflict: DAG {dag_id!r} already has a backfill "
+                                           "that has not completed")
+        taken = {r["logical_date"] for b in self.backfills.values() if b["dag_id"] == dag_id
+                 for r in self._backfill_runs(b)}
+        if not set(dates) - taken:
+            raise xmlrpc.client.Fault(-32602, "invalid params for create_backfill: the range "
+                                              "holds no run of DAG to create")
+        backfill_id = len(self.backfills) + 1
+        self.backfills[backfill_id] = {
+            "id": backfill_id, "dag_id": dag_id, "from_date": from_date, "to_date": to_date,
+            "dag_run_conf": conf or {}, "is_paused": False, "completed": False,
+            "dates": dates, "looks": 0}
+        return {**self._backfill(backfill_id), "runs": len(dates)}
+
+    def _backfill(self, backfill_id: int) -> dict[str, Any]:
+        b = self.backfills[backfill_id]
+        return {k: v for k, v in b.items() if k not in ("dates", "looks")}
+
+    def _backfill_runs(self, b: dict[str, Any]) -> list[dict[str, Any]]:
+        fail = b["dag_run_conf"].get("fail") if isinstance(b["dag_run_conf"], dict) else None
+        return [{"dag_id": b["dag_id"], "dag_run_id": f"backfill__{d}", "logical_date": d,
+                 "run_type": "backfill",
+                 "state": ("queued" if n >= b["looks"] else
+                           "failed" if fail == n + 1 else "success")}
+                for n, d in enumerate(b["dates"])]
+
+    def get_backfill(self, dag_id: str, backfill_id: int) -> dict[str, Any]:
+        b = self.backfills.get(backfill_id)
+        if b is None or b["dag_id"] != dag_id:
+            raise xmlrpc.client.Fault(404, f"not found: backfill {backfill_id}")
+        b["looks"] += 1
+        b["completed"] = b["looks"] >= len(b["dates"])
+        return self._backfill(backfill_id)
+
+    def list_backfills(self, dag_id: str, filters: Any = None) -> dict[str, Any]:
+        found = [self._backfill(i) for i in sorted(self.backfills, reverse=True)
+                 if self.backfills[i]["dag_id"] == dag_id]
+        return {"backfills": found[:(filters or {}).get("limit", 25)], "total": len(found)}
+
+    def list_dag_runs(self, dag_id: str, filters: Any = None) -> dict[str, Any]:
+        filters = filters or {}
+        states = filters.get("state", [])
+        states = [states] if isinstance(states, str) else states
+        runs = [r for b in self.backfills.values() if b["dag_id"] == dag_id
+                for r in self._backfill_runs(b)
+                if filters.get("logical_date_from", "") <= r["logical_date"]
+                <= filters.get("logical_date_to", "~")]
+        runs = [r for r in runs if not states or r["state"] in states]
+        return {"dag_runs": runs[:filters.get("limit", 25)], "total": len(runs)}
 
 
 class InMemory:

@@ -581,3 +581,78 @@ def test_aws_and_a_token_are_one_credential_too_many(
                                              AIRFLOWRPC_AWS="1"), monkeypatch, capsys)
     assert got.status == 2 and "choose one" in got.err and TOKEN not in got.err
     assert server.requests == []
+
+
+# -- backfill ----------------------------------------------------------------
+
+FEB = ["backfill", "example_daily", "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z"]
+
+
+def test_backfill_dry_run_only_counts() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory([*FEB, "--dry-run"], gateway)
+    assert got.status == 0, got.err
+    assert (got.json["runs"], got.json["dry_run"]) == (3, True)
+    assert gateway.backfills == {}
+    assert run_in_memory([*FEB, "--dry-run", "--wait"], gateway).status == 2
+
+
+def test_backfill_and_wait_until_every_run_succeeded() -> None:
+    gateway = FakeGateway()
+    clock = FakeClock()
+    got = run_in_memory([*FEB, "--conf", '{"who": "ci"}', "--max-active-runs", "2",
+                         "--reprocess", "failed", "--wait"], gateway, clock=clock)
+    assert got.status == 0, got.err
+    assert {k: got.json[k] for k in ("id", "created", "runs", "finished", "failed",
+                                     "completed")} == {
+        "id": 1, "created": True, "runs": 3, "finished": 3, "failed": 0, "completed": True}
+    (create,) = gateway.calls_of("create_backfill")
+    assert create == ("example_daily", "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z",
+                      {"who": "ci"}, {"reprocess_behavior": "failed", "max_active_runs": 2})
+    assert "created backfill 1 of example_daily: 3 runs" in got.err
+    assert "backfill 1 of example_daily: 1 of 3 runs finished" in got.err
+    assert "backfill 1 of example_daily: 3 of 3 runs finished after 30s" in got.err
+    assert clock.slept == [15, 15]
+
+
+def test_backfill_with_a_failed_run_exits_1_with_its_failed_tasks() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait", "--log-lines", "3"],
+                        gateway)
+    assert got.status == 1, got.err
+    assert (got.json["finished"], got.json["failed"]) == (3, 1)
+    assert "failed runs: backfill__2026-02-02T00:00:00Z" in got.err
+    assert f"task {FAILING_TASK} failed" in got.err and "log line 100" in got.err
+    assert ("backfill 1 of DAG 'example_daily' completed, but 1 of its 3 runs did not "
+            "succeed") in got.err
+
+
+def test_backfill_again_follows_the_first_tries_backfill() -> None:
+    """A retried CI job meets its earlier try's backfill: running, then completed."""
+    gateway = FakeGateway()
+    first = run_in_memory([*FEB, "--conf", '{"who": "ci"}'], gateway)
+    assert (first.status, first.json["created"]) == (0, True), first.err
+    again = run_in_memory([*FEB, "--conf", '{"who": "ci"}', "--wait"], gateway)
+    assert again.status == 0, again.err
+    assert (again.json["id"], again.json["created"], again.json["runs"]) == (1, False, 3)
+    assert "already existed (an earlier try made it), so none was created" in again.err
+    later = run_in_memory([*FEB, "--conf", '{"who": "ci"}'], gateway)  # every date has a run
+    assert (later.status, later.json["id"], later.json["created"]) == (0, 1, False), later.err
+    assert len(gateway.backfills) == 1
+
+
+def test_backfill_with_another_conf_while_one_runs_is_a_conflict() -> None:
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB, "--conf", '{"who": "a"}'], gateway).status == 0
+    got = run_in_memory([*FEB, "--conf", '{"who": "b"}'], gateway)
+    assert got.status == 4
+    assert "fault 409" in got.err and "already has a backfill" in got.err
+
+
+def test_backfill_not_completed_within_timeout_exits_6() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["backfill", "example_daily", "2026-02-01T00:00:00Z",
+                         "2026-02-20T00:00:00Z", "--wait", "--timeout", "40"], gateway)
+    assert got.status == 6, got.err
+    assert ("backfill 1 of DAG 'example_daily': 3 of 20 runs finished after 40 s; it goes "
+            "on in Airflow") in got.err

@@ -1,8 +1,8 @@
 """
-``airflowrpc call`` and ``airflowrpc trigger``: their parsers, and what
-they run.
+``airflowrpc call``, ``airflowrpc trigger`` and ``airflowrpc backfill``:
+their parsers, and what they run.
 
-`add_to` puts both under the ``airflowrpc`` command's subparsers
+`add_to` puts them under the ``airflowrpc`` command's subparsers
 (``service/cli.py``); `run` runs the one parsed and returns the exit
 status (see `txairflowrpc.client.errors`).  Time, sleep and the
 environment are parameters, so the tests drive the wait on a fake clock.
@@ -18,14 +18,14 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import errors, failures, runid, settings, values
+from . import backfilling, errors, failures, runid, settings, values
 from .console import Console, redact_shapes
 from .errors import ClientError, UsageError
 from .retry import Backoff, call_with_retries
 from .transport import DEFAULT_TIMEOUT, Caller, Gateway
 from .waiting import DEFAULT_CHUNK, Progress, wait_for_run
 
-NAMES = ("call", "trigger")
+NAMES = ("call", "trigger", "backfill")
 DEFAULT_WAIT = 3600
 DEFAULT_LOG_LINES = 50
 #: Airflow keeps 1000 characters of a run's note, the gateway 700 of the caller's.
@@ -52,6 +52,40 @@ exit status:
   5  unavailable or broken: faults 429, 502, 503, 504, 507 (after bounded
      retries), -32603, HTTP errors, no connection
   6  the run did not finish within --timeout (--wait); it goes on in Airflow
+"""
+
+EXIT_BACKFILL = """\
+exit status:
+  0  created (with --wait: it completed and every run succeeded), or the dry
+     run's count
+  1  runs of the backfill failed, or it was cancelled (--wait); the first
+     failed run's failed tasks' log tails are on stderr
+  2  bad usage: arguments, flags, settings (or fault -32601, -32602: e.g. a
+     range with nothing to create, or more runs than the gateway allows)
+  3  not let in: HTTP 401, fault 403, the TLS handshake refused our certificate
+  4  not found or conflict: fault 404, 409 (another backfill of the DAG runs)
+  5  unavailable or broken: faults 429, 502, 503, 504, 507, -32603, HTTP
+     errors, no connection
+  6  the backfill had not completed within --timeout (--wait); it goes on
+"""
+
+BACKFILL_DESCRIPTION = """\
+Backfill DAG (a scheduled one) over its logical dates from FROM to TO
+(ISO-8601 with a time zone, both included): Airflow creates a run for each
+at once. The backfill is printed as JSON on stdout (with created, runs and,
+after --wait, finished and failed). With --wait, follow it until it has
+completed, with a line on stderr as its runs finish (and once a minute);
+exit 0 only if every run succeeded.
+
+Safe to retry: Airflow runs one backfill of a DAG at a time, so a second
+try of the same command meets the first try's backfill (or, once that has
+completed, a range whose dates all have runs); the command then finds the
+DAG's backfill over the same range with the same conf and follows it
+(created false) instead of failing.
+
+  airflowrpc backfill example_daily 2026-02-01T00:00:00Z 2026-02-28T00:00:00Z --dry-run
+  airflowrpc backfill example_daily 2026-02-01T00:00:00Z 2026-02-28T00:00:00Z \\
+      --conf '{"who": "ci"}' --max-active-runs 4 --wait
 """
 
 CALL_DESCRIPTION = """\
@@ -159,7 +193,7 @@ def _connection_flags() -> argparse.ArgumentParser:
 
 
 def add_to(subparsers: Any) -> None:
-    """Add ``call`` and ``trigger`` to the ``airflowrpc`` command's subparsers."""
+    """Add ``call``, ``trigger`` and ``backfill`` to the ``airflowrpc`` command's subparsers."""
     common = _connection_flags()
     raw = argparse.RawDescriptionHelpFormatter
     call = subparsers.add_parser(
@@ -195,6 +229,37 @@ def add_to(subparsers: Any) -> None:
                          metavar="S", help=f"with --wait: a state change is reported within "
                          f"S seconds (each wait_dag_run call asks for S; default "
                          f"{DEFAULT_CHUNK})")
+    backfill = subparsers.add_parser(
+        "backfill", parents=[common], formatter_class=raw, allow_abbrev=False,
+        help="backfill a scheduled DAG over a range, retry-safe; with --wait, follow it",
+        description=BACKFILL_DESCRIPTION, epilog=EXIT_BACKFILL)
+    backfill.add_argument("dag_id", metavar="DAG")
+    backfill.add_argument("from_date", metavar="FROM", help="the first logical date")
+    backfill.add_argument("to_date", metavar="TO", help="the last logical date")
+    backfill.add_argument("--conf", metavar="JSON", help="every run's conf, a JSON object "
+                          "(@FILE: from a file, @-: from stdin)")
+    backfill.add_argument("--reprocess", choices=("none", "failed", "completed"),
+                          help="dates that already have a run: run the failed ones again, "
+                          "or all of them (needs scope tasks:clear; default none)")
+    backfill.add_argument("--max-active-runs", type=_positive(int), metavar="N",
+                          help="runs at a time (default Airflow's: 10)")
+    backfill.add_argument("--backwards", action="store_true",
+                          help="run the latest date first")
+    backfill.add_argument("--dry-run", action="store_true",
+                          help="only print how many runs it would create, and their dates")
+    backfill.add_argument("--wait", action="store_true",
+                          help="follow it until it has completed; exit 0 only if every run "
+                          "succeeded")
+    backfill.add_argument("--timeout", type=_positive(int), metavar="S",
+                          help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT}; "
+                          f"exit 6, it goes on)")
+    backfill.add_argument("--log-lines", type=_not_negative, default=DEFAULT_LOG_LINES,
+                          metavar="N", help=f"last lines of each failed task's log to show "
+                          f"(default {DEFAULT_LOG_LINES})")
+    backfill.add_argument("--progress-every", type=_positive(int),
+                          default=backfilling.DEFAULT_EVERY, metavar="S",
+                          help=f"with --wait: seconds between two looks at it (default "
+                          f"{backfilling.DEFAULT_EVERY})")
 
 
 def run(
@@ -203,12 +268,14 @@ def run(
     sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random,
     connect: Callable[..., Caller] = Gateway,
 ) -> int:
-    """Run the parsed ``call`` or ``trigger``; the exit status."""
+    """Run the parsed ``call``, ``trigger`` or ``backfill``; the exit status."""
     environ = os.environ if environ is None else environ
     console = console or Console()
     try:
         if args.command == "call":
             return _call(args, environ, console, connect)
+        if args.command == "backfill":
+            return _backfill(args, environ, console, clock, sleep, rand, connect)
         return _trigger(args, environ, console, clock, sleep, rand, connect)
     except ClientError as e:
         console.note(e.message)
@@ -337,3 +404,78 @@ def _trigger(
                      "id finds it again; clear its failed tasks in Airflow (or call "
                      "clear_task_instances) to run them again, or give a new --run-id")
     return failed.exit_status
+
+
+def _backfill(
+    args: argparse.Namespace, environ: Mapping[str, str], console: Console,
+    clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
+    connect: Callable[..., Caller],
+) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout needs --wait")
+    if args.dry_run and args.wait:
+        raise UsageError("--dry-run creates nothing to wait for")
+    conf = _conf(args.conf)
+    options: dict[str, Any] = {}
+    if args.reprocess is not None:
+        options["reprocess_behavior"] = args.reprocess
+    if args.max_active_runs is not None:
+        options["max_active_runs"] = args.max_active_runs
+    if args.backwards:
+        options["run_backwards"] = True
+    gateway = _connect(args, environ, console, connect)
+    dag_id, first, last = args.dag_id, args.from_date, args.to_date
+    if args.dry_run:
+        console.result(gateway.call("create_backfill", dag_id, first, last, conf,
+                                    {**options, "dry_run": True}))
+        return errors.DONE
+    try:
+        # Once: the gateway never retries a create either (a second one would
+        # meet the first); a later try of the command finds it (below).
+        backfill = gateway.call("create_backfill", dag_id, first, last, conf, options)
+        created = True
+        console.note(f"created backfill {backfill.get('id')} of {dag_id}: "
+                     f"{backfill.get('runs')} runs")
+    except errors.FaultReply as refused:
+        if refused.exit_status not in (errors.MISSING, errors.USAGE):
+            raise
+        found = backfilling.same_backfill(gateway, dag_id, first, last, conf)
+        if found is None:
+            raise
+        backfill, created = found, False
+        console.note(f"backfill {backfill.get('id')} of {dag_id} over this range with this "
+                     f"conf already existed (an earlier try made it), so none was created")
+    runs = _runs_of(gateway, dag_id, backfill)
+    backfill = {**backfill, "runs": runs, "created": created}
+    if not args.wait:
+        console.result(backfill)
+        return errors.DONE
+    progress = Progress(console.note, dag_id, "", clock,
+                        what=f"backfill {backfill.get('id')} of {dag_id}")
+    final = backfilling.follow_backfill(
+        gateway, dag_id, backfill, runs, args.timeout or DEFAULT_WAIT, progress=progress,
+        every=args.progress_every, clock=clock, sleep=sleep, rand=rand)
+    console.result({**final, "runs": runs, "created": created})
+    if not final["failed"] and final["finished"] >= runs:
+        return errors.DONE
+    failed_ids = backfilling.failed_runs(gateway, dag_id, final)
+    if failed_ids:
+        console.note(f"failed runs: {', '.join(failed_ids[:20])}"
+                     + (f" and {len(failed_ids) - 20} more" if len(failed_ids) > 20 else ""))
+        console.lines(failures.report(
+            failures.failed_tasks(gateway, dag_id, failed_ids[0], args.log_lines)))
+    succeeded = int(final["finished"]) - int(final["failed"])
+    failed = errors.BackfillFailed(dag_id, final.get("id"), runs - succeeded, runs)
+    console.note(failed.message)
+    return failed.exit_status
+
+
+def _runs_of(gateway: Caller, dag_id: str, backfill: dict[str, Any]) -> int:
+    """How many runs the backfill has: as created, or counted for one found again."""
+    runs = backfill.get("runs")
+    if isinstance(runs, int) and not isinstance(runs, bool):
+        return runs
+    found = gateway.call("list_dag_runs", dag_id, {
+        "run_type": "backfill", "limit": 1, "logical_date_from": backfill["from_date"],
+        "logical_date_to": backfill["to_date"]})
+    return int(found.get("total", 0))

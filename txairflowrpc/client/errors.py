@@ -220,6 +220,39 @@ class WaitTimedOut(ClientError):
                 f"wait for it (the run id makes that safe)")
 
 
+@attrs.define(auto_exc=True, str=False)
+class BackfillFailed(ClientError):
+    """Runs of the backfill failed, or it completed before they ran (cancelled)."""
+
+    dag_id: str
+    backfill_id: Any
+    unsuccessful: int
+    runs: int
+    exit_status = RUN_FAILED
+
+    @property
+    def message(self) -> str:
+        return (f"backfill {self.backfill_id} of DAG {self.dag_id!r} completed, but "
+                f"{self.unsuccessful} of its {self.runs} runs did not succeed")
+
+
+@attrs.define(auto_exc=True, str=False)
+class BackfillTimedOut(ClientError):
+    """The backfill had not completed when ``--timeout`` passed; it goes on."""
+
+    dag_id: str
+    backfill_id: Any
+    state: str
+    seconds: float
+    exit_status = WAIT_TIMED_OUT
+
+    @property
+    def message(self) -> str:
+        return (f"backfill {self.backfill_id} of DAG {self.dag_id!r}: {self.state} after "
+                f"{self.seconds:g} s; it goes on in Airflow: run the same command again to "
+                f"follow it (the same range and conf find it)")
+
+
 def _int_or_none(value: Any) -> int | None:
     # Some servers send fault codes as strings; the gateway sends ints.
     try:

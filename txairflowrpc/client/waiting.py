@@ -57,9 +57,10 @@ class Progress:
     def __init__(
         self, write: Callable[[str], None], dag_id: str, run_id: str,
         clock: Callable[[], float] = time.monotonic, heartbeat: float = HEARTBEAT,
+        what: str | None = None,
     ) -> None:
         self._write = write
-        self._what = f"run {run_id} of {dag_id}"
+        self._what = what or f"run {run_id} of {dag_id}"
         self._clock = clock
         self._heartbeat = heartbeat
         self._state: str | None = None
