@@ -656,3 +656,23 @@ def test_backfill_not_completed_within_timeout_exits_6() -> None:
     assert got.status == 6, got.err
     assert ("backfill 1 of DAG 'example_daily': 3 of 20 runs finished after 40 s; it goes "
             "on in Airflow") in got.err
+
+
+def test_backfill_whose_answer_was_lost_finds_it() -> None:
+    gateway = FakeGateway()
+
+    def lose_the_answer(method: str, params: tuple[Any, ...]) -> None:
+        if method == "create_backfill" and not gateway.backfills:
+            gateway.create_backfill(*params)  # made in Airflow; the answer never comes
+            raise Unreachable("create_backfill", "connection lost")
+
+    gateway.on_call = lose_the_answer
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 0, got.err
+    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, False, 3)
+    assert "(the lost answer's): following it" in got.err
+    assert len(gateway.calls_of("create_backfill")) == 1 and len(gateway.backfills) == 1
+    gateway = FakeGateway()
+    gateway.fail_next["create_backfill"] = [Unreachable("create_backfill", "no route")]
+    got = run_in_memory(FEB, gateway)
+    assert got.status == 5 and "no route" in got.err  # none made: nothing to follow

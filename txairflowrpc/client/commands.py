@@ -436,15 +436,23 @@ def _backfill(
         created = True
         console.note(f"created backfill {backfill.get('id')} of {dag_id}: "
                      f"{backfill.get('runs')} runs")
-    except errors.FaultReply as refused:
-        if refused.exit_status not in (errors.MISSING, errors.USAGE):
+    except ClientError as refused:
+        # A 409 or a range with nothing left to create: an earlier try's
+        # backfill, perhaps. A lost answer (503, 504, no connection): this
+        # try's, perhaps. Either way it is found by its range and conf.
+        meets_another = isinstance(refused, errors.FaultReply) and refused.exit_status in (
+            errors.MISSING, errors.USAGE)
+        if not (meets_another or refused.transient):
             raise
         found = backfilling.same_backfill(gateway, dag_id, first, last, conf)
         if found is None:
             raise
         backfill, created = found, False
         console.note(f"backfill {backfill.get('id')} of {dag_id} over this range with this "
-                     f"conf already existed (an earlier try made it), so none was created")
+                     f"conf already existed (an earlier try made it), so none was created"
+                     if meets_another else
+                     f"{refused.message}; but backfill {backfill.get('id')} of {dag_id} over "
+                     f"this range with this conf exists (the lost answer's): following it")
     runs = _runs_of(gateway, dag_id, backfill)
     backfill = {**backfill, "runs": runs, "created": created}
     if not args.wait:
