@@ -150,10 +150,11 @@ def test_backfill_wait_succeeds_and_the_same_job_again_follows_it(
             "--timeout", "300", "--progress-every", "2"]
     first = run(args, with_cert(gateway))
     assert first.status == 0, first
-    assert {k: first.json[k] for k in ("created", "runs", "finished", "failed", "completed")} == {
-        "created": True, "runs": 2, "finished": 2, "failed": 0, "completed": True}, first
+    assert {k: first.json[k] for k in ("created", "runs", "succeeded", "failed",
+                                       "completed")} == {
+        "created": True, "runs": 2, "succeeded": 2, "failed": 0, "completed": True}, first
     assert f"created backfill {first.json['id']} of example_daily: 2 runs" in first.err
-    assert "2 of 2 runs finished after" in first.err
+    assert f"backfill {first.json['id']} of example_daily: completed after" in first.err
     again = run(args, with_cert(gateway))  # a retried job: every date has its run now
     assert again.status == 0, again
     assert (again.json["id"], again.json["created"], again.json["failed"]) == (

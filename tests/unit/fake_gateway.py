@@ -126,22 +126,27 @@ class FakeGateway:
         first, last = datetime.fromisoformat(from_date), datetime.fromisoformat(to_date)
         dates = [(first + timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
                  for n in range((last - first).days + 1)]
+        # As Airflow with reprocess none: only dates that have no run yet.
+        taken = {r["logical_date"] for b in self.backfills.values() if b["dag_id"] == dag_id
+                 for r in self._backfill_runs(b)}
+        dates = [d for d in dates if d not in taken]
         if options.get("dry_run"):
             return {"dag_id": dag_id, "runs": len(dates), "logical_dates": dates,
                     "dry_run": True, "max_runs": 1000}
         if any(b["dag_id"] == dag_id and not b["completed"] for b in self.backfills.values()):
             raise xmlrpc.client.Fault(409, f"conflict: DAG {dag_id!r} already has a backfill "
                                            "that has not completed")
-        taken = {r["logical_date"] for b in self.backfills.values() if b["dag_id"] == dag_id
-                 for r in self._backfill_runs(b)}
-        if not set(dates) - taken:
+        if not dates:
             raise xmlrpc.client.Fault(-32602, "invalid params for create_backfill: the range "
-                                              "holds no run of DAG to create")
+                                      f"holds no run of DAG {dag_id!r} to create: none is "
+                                      "scheduled there, or each date has a run already")
         backfill_id = len(self.backfills) + 1
         self.backfills[backfill_id] = {
             "id": backfill_id, "dag_id": dag_id, "from_date": from_date, "to_date": to_date,
             "dag_run_conf": conf or {}, "is_paused": False, "completed": False,
-            "dates": dates, "looks": 0}
+            "reprocess_behavior": options.get("reprocess_behavior", "none"),
+            "max_active_runs": options.get("max_active_runs", 10),
+            "created_at": f"2026-11-27T10:00:{backfill_id:02d}Z", "dates": dates, "looks": 0}
         return {**self._backfill(backfill_id), "runs": len(dates)}
 
     def _backfill(self, backfill_id: int) -> dict[str, Any]:
@@ -151,7 +156,7 @@ class FakeGateway:
     def _backfill_runs(self, b: dict[str, Any]) -> list[dict[str, Any]]:
         fail = b["dag_run_conf"].get("fail") if isinstance(b["dag_run_conf"], dict) else None
         return [{"dag_id": b["dag_id"], "dag_run_id": f"backfill__{d}", "logical_date": d,
-                 "run_type": "backfill",
+                 "run_type": "backfill", "queued_at": b["created_at"],
                  "state": ("queued" if n >= b["looks"] else
                            "failed" if fail == n + 1 else "success")}
                 for n, d in enumerate(b["dates"])]
@@ -178,7 +183,8 @@ class FakeGateway:
                 if filters.get("logical_date_from", "") <= r["logical_date"]
                 <= filters.get("logical_date_to", "~")]
         runs = [r for r in runs if not states or r["state"] in states]
-        return {"dag_runs": runs[:filters.get("limit", 25)], "total": len(runs)}
+        offset = filters.get("offset", 0)
+        return {"dag_runs": runs[offset:offset + filters.get("limit", 25)], "total": len(runs)}
 
 
 class InMemory:

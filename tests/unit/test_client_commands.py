@@ -26,7 +26,7 @@ import pytest
 
 from txairflowrpc.client import commands
 from txairflowrpc.client.console import Console
-from txairflowrpc.client.errors import Unreachable
+from txairflowrpc.client.errors import FaultReply, Unreachable
 from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.service.cli import main, parser
 
@@ -586,6 +586,15 @@ def test_aws_and_a_token_are_one_credential_too_many(
 # -- backfill ----------------------------------------------------------------
 
 FEB = ["backfill", "example_daily", "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z"]
+FEB5 = ["backfill", "example_daily", "2026-02-01T00:00:00Z", "2026-02-05T00:00:00Z"]
+MAR = ["backfill", "example_daily", "2026-03-01T00:00:00Z", "2026-03-03T00:00:00Z"]
+LONG = ["backfill", "example_daily", "2026-02-01T00:00:00Z", "2026-02-20T00:00:00Z"]
+
+
+def completed(gateway: FakeGateway, backfill_id: int) -> None:
+    """Let a backfill of the fake run to its end."""
+    while not gateway.backfills[backfill_id]["completed"]:
+        gateway.get_backfill("example_daily", backfill_id)
 
 
 def test_backfill_dry_run_only_counts() -> None:
@@ -603,15 +612,15 @@ def test_backfill_and_wait_until_every_run_succeeded() -> None:
     got = run_in_memory([*FEB, "--conf", '{"who": "ci"}', "--max-active-runs", "2",
                          "--reprocess", "failed", "--wait"], gateway, clock=clock)
     assert got.status == 0, got.err
-    assert {k: got.json[k] for k in ("id", "created", "runs", "finished", "failed",
+    assert {k: got.json[k] for k in ("id", "created", "runs", "succeeded", "failed",
                                      "completed")} == {
-        "id": 1, "created": True, "runs": 3, "finished": 3, "failed": 0, "completed": True}
+        "id": 1, "created": True, "runs": 3, "succeeded": 3, "failed": 0, "completed": True}
     (create,) = gateway.calls_of("create_backfill")
     assert create == ("example_daily", "2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z",
                       {"who": "ci"}, {"reprocess_behavior": "failed", "max_active_runs": 2})
     assert "created backfill 1 of example_daily: 3 runs" in got.err
-    assert "backfill 1 of example_daily: 1 of 3 runs finished" in got.err
-    assert "backfill 1 of example_daily: 3 of 3 runs finished after 30s" in got.err
+    assert "backfill 1 of example_daily: running (0s)" in got.err
+    assert "backfill 1 of example_daily: completed after 30s" in got.err
     assert clock.slept == [15, 15]
 
 
@@ -620,11 +629,36 @@ def test_backfill_with_a_failed_run_exits_1_with_its_failed_tasks() -> None:
     got = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait", "--log-lines", "3"],
                         gateway)
     assert got.status == 1, got.err
-    assert (got.json["finished"], got.json["failed"]) == (3, 1)
-    assert "failed runs: backfill__2026-02-02T00:00:00Z" in got.err
+    assert (got.json["succeeded"], got.json["failed"]) == (2, 1)
+    assert "failed runs: backfill__2026-02-02T00:00:00Z\n" in got.err
     assert f"task {FAILING_TASK} failed" in got.err and "log line 100" in got.err
     assert ("backfill 1 of DAG 'example_daily' completed, but 1 of its 3 runs did not "
             "succeed") in got.err
+
+
+def test_an_older_backfills_runs_on_the_range_are_not_this_ones() -> None:
+    """Airflow skips dates that have a run; an older failed one is not this backfill's."""
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait"], gateway).status == 1
+    got = run_in_memory([*FEB5, "--wait"], gateway)  # makes Feb 4 and 5 only
+    assert got.status == 0, got.err
+    assert (got.json["runs"], got.json["succeeded"], got.json["failed"]) == (2, 2, 0)
+
+
+def test_a_backfill_completed_before_its_runs_ended_did_not_succeed() -> None:
+    """Cancelled: Airflow completes it at once; its running runs go on."""
+    gateway = FakeGateway()
+    plain = gateway.get_backfill
+
+    def cancelled_at_once(dag_id: str, backfill_id: int) -> dict[str, Any]:
+        answer = plain(dag_id, backfill_id)
+        gateway.backfills[backfill_id]["looks"] = 0  # nothing ran
+        return {**answer, "completed": True}
+
+    gateway.get_backfill = cancelled_at_once  # type: ignore[method-assign]
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 1, got.err
+    assert "3 of its 3 runs did not succeed" in got.err
 
 
 def test_backfill_again_follows_the_first_tries_backfill() -> None:
@@ -641,21 +675,19 @@ def test_backfill_again_follows_the_first_tries_backfill() -> None:
     assert len(gateway.backfills) == 1
 
 
-def test_backfill_with_another_conf_while_one_runs_is_a_conflict() -> None:
+def test_backfill_not_someone_elses() -> None:
+    """Only a backfill the same command would have made is followed."""
     gateway = FakeGateway()
-    assert run_in_memory([*FEB, "--conf", '{"who": "a"}'], gateway).status == 0
-    got = run_in_memory([*FEB, "--conf", '{"who": "b"}'], gateway)
-    assert got.status == 4
-    assert "fault 409" in got.err and "already has a backfill" in got.err
-
-
-def test_backfill_not_completed_within_timeout_exits_6() -> None:
-    gateway = FakeGateway()
-    got = run_in_memory(["backfill", "example_daily", "2026-02-01T00:00:00Z",
-                         "2026-02-20T00:00:00Z", "--wait", "--timeout", "40"], gateway)
-    assert got.status == 6, got.err
-    assert ("backfill 1 of DAG 'example_daily': 3 of 20 runs finished after 40 s; it goes "
-            "on in Airflow") in got.err
+    assert run_in_memory([*FEB, "--conf", '{"full": 1}'], gateway).status == 0
+    for other in (['{"full": true}'], ['{"full": 1}', "--reprocess", "completed"],
+                  ['{"full": 1}', "--max-active-runs", "3"]):
+        got = run_in_memory([*FEB, "--conf", *other], gateway)
+        assert got.status == 4 and "fault 409" in got.err, (other, got.err)
+    completed(gateway, 1)
+    assert run_in_memory(MAR, gateway).status == 0  # another range runs now
+    got = run_in_memory([*FEB, "--conf", '{"full": 1}'], gateway)  # 409, not the old one
+    assert got.status == 4 and "fault 409" in got.err, got.err
+    assert run_in_memory([*FEB, "--conf", '{"full": 1.0}'], gateway).status == 4
 
 
 def test_backfill_whose_answer_was_lost_finds_it() -> None:
@@ -676,3 +708,54 @@ def test_backfill_whose_answer_was_lost_finds_it() -> None:
     gateway.fail_next["create_backfill"] = [Unreachable("create_backfill", "no route")]
     got = run_in_memory(FEB, gateway)
     assert got.status == 5 and "no route" in got.err  # none made: nothing to follow
+
+
+def test_a_refused_create_is_told_as_it_was() -> None:
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB, "--wait"], gateway).status == 0  # completed, same range
+    gateway.fail_next["create_backfill"] = [
+        FaultReply("create_backfill", 429, "rate limited: retry after 1 s")]
+    got = run_in_memory(FEB, gateway)  # never made: no search, no old backfill
+    assert got.status == 5 and "fault 429" in got.err, got.err
+    assert gateway.calls_of("list_backfills") == []
+    gateway.fail_next["create_backfill"] = [xmlrpc.client.Fault(
+        409, "conflict: DAG 'example_daily' already has a backfill that has not completed")]
+    gateway.fail_next["list_backfills"] = [xmlrpc.client.Fault(
+        403, "forbidden: list_backfills: requires scope runs:read:example_daily")]
+    got = run_in_memory(FEB, gateway)  # the search failed: the create's own answer
+    assert got.status == 4 and "fault 409" in got.err and "403" not in got.err, got.err
+
+
+def test_backfill_not_completed_within_timeout_prints_it_and_exits_6() -> None:
+    for timeout, looks in ((40, [0, 15, 30, 40]), (10, [0, 10])):
+        gateway = FakeGateway()
+        clock = FakeClock()
+        seen: list[float] = []
+
+        def look(method: str, params: tuple[Any, ...], seen: list[float] = seen,
+                 clock: FakeClock = clock) -> None:
+            if method == "get_backfill":
+                seen.append(clock.now - 1000.0)
+
+        gateway.on_call = look
+        got = run_in_memory([*LONG, "--wait", "--timeout", str(timeout)], gateway, clock=clock)
+        assert got.status == 6, got.err
+        assert seen == looks  # every --progress-every seconds, and a last look at the end
+        assert (got.json["id"], got.json["created"], got.json["completed"]) == (1, True, False)
+        assert (f"backfill 1 of DAG 'example_daily': running after {timeout} s; it goes on "
+                "in Airflow") in got.err
+
+
+def test_a_transient_failure_while_telling_the_runs_is_retried() -> None:
+    gateway = FakeGateway()
+    hiccups: list[str] = []
+
+    def hiccup(method: str, params: tuple[Any, ...]) -> None:
+        if method == "list_dag_runs" and not hiccups:
+            hiccups.append(method)
+            raise Unreachable("list_dag_runs", "connection reset")
+
+    gateway.on_call = hiccup
+    got = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait"], gateway)
+    assert got.status == 1, got.err
+    assert hiccups and "connection reset; trying again" in got.err

@@ -1,11 +1,13 @@
 """
 ``airflowrpc backfill``'s work: finding the backfill an earlier try of the
-same command made, and following one until it has completed.
+same command made, following one until it has completed, and telling how
+its runs ended.
 
-Airflow runs one backfill of a DAG at a time and creates its runs at once;
-the command follows it with ``get_backfill`` every ``every`` seconds,
-counting its runs with ``list_dag_runs`` (``run_type`` backfill over its
-range, one small page per state), and reports them when it completes.
+Airflow runs one backfill of a DAG at a time and creates its runs at once.
+Its API names no backfill on a run, so a backfill's runs are told apart as
+the ``backfill`` runs over its range queued since it was created: an older
+backfill's runs on the same dates are not its (with ``reprocess_behavior``
+those dates are queued again, and so count).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import attrs
+
 from .errors import BackfillTimedOut
 from .retry import Backoff, call_with_retries
 from .transport import Caller
@@ -25,6 +29,10 @@ from .waiting import Progress
 DEFAULT_EVERY = 15
 #: How many of a DAG's newest backfills are searched for an earlier try's.
 RECENT = 10
+#: Runs asked for per page when a backfill's runs are told.
+PAGE = 100
+#: Failed runs named on stderr at most.
+NAMED = 20
 
 
 def _instant(text: Any) -> datetime | None:
@@ -34,76 +42,106 @@ def _instant(text: Any) -> datetime | None:
         return None
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: 1 and 1.0 are one number, true and 1 are not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def same_backfill(
     gateway: Caller, dag_id: str, from_date: str, to_date: str, conf: dict[str, Any],
+    options: dict[str, Any], *, completed_too: bool,
 ) -> dict[str, Any] | None:
     """
-    The newest of the DAG's recent backfills over the same range with the
-    same conf (what an earlier try of the same command made), or None.
+    The newest of the DAG's recent backfills that this command would have
+    made (the same range, conf, ``reprocess_behavior`` and, if asked for,
+    ``max_active_runs``), or None.  Only one that has not completed unless
+    ``completed_too``: after a 409 or a lost answer the backfill in the way
+    is the DAG's one running.
     """
     wanted = (_instant(from_date), _instant(to_date))
+    reprocess = options.get("reprocess_behavior", "none")
     listed = gateway.call("list_backfills", dag_id, {"limit": RECENT})
     for backfill in listed.get("backfills", []):
+        if not completed_too and backfill.get("completed"):
+            continue
         if ((_instant(backfill.get("from_date")), _instant(backfill.get("to_date"))) == wanted
-                and (backfill.get("dag_run_conf") or {}) == conf):
+                and same_json(backfill.get("dag_run_conf") or {}, conf)
+                and backfill.get("reprocess_behavior", "none") == reprocess
+                and ("max_active_runs" not in options
+                     or backfill.get("max_active_runs") == options["max_active_runs"])):
             return dict(backfill)
     return None
 
 
-def count_runs(gateway: Caller, dag_id: str, backfill: dict[str, Any],
-               states: list[str]) -> int:
-    """How many backfill runs over ``backfill``'s range are in ``states``."""
-    found = gateway.call("list_dag_runs", dag_id, {
-        "run_type": "backfill", "state": states, "limit": 1,
-        "logical_date_from": backfill["from_date"], "logical_date_to": backfill["to_date"]})
-    return int(found.get("total", 0))
+@attrs.frozen
+class Tally:
+    """How a backfill's runs stand."""
+
+    runs: int
+    succeeded: int
+    failed: int
+    #: The first `NAMED` failed runs' ids, by logical date.
+    failed_ids: tuple[str, ...]
 
 
-def failed_runs(gateway: Caller, dag_id: str, backfill: dict[str, Any],
-                limit: int = 100) -> list[str]:
-    """The ids of the backfill's runs that failed (at most ``limit``), oldest first."""
-    found = gateway.call("list_dag_runs", dag_id, {
-        "run_type": "backfill", "state": "failed", "limit": limit,
-        "logical_date_from": backfill["from_date"], "logical_date_to": backfill["to_date"]})
-    runs = sorted(found.get("dag_runs", []), key=lambda r: str(r.get("logical_date")))
-    return [str(r.get("dag_run_id")) for r in runs]
+def tally(gateway: Caller, dag_id: str, backfill: dict[str, Any]) -> Tally:
+    """The backfill's runs (see the module doc), page by page."""
+    since = _instant(backfill.get("created_at"))
+    mine: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = gateway.call("list_dag_runs", dag_id, {
+            "run_type": "backfill", "limit": PAGE, "offset": offset,
+            "logical_date_from": backfill["from_date"], "logical_date_to": backfill["to_date"]})
+        runs = page.get("dag_runs", [])
+        for run in runs:
+            queued = _instant(run.get("queued_at"))
+            if since is None or (queued is not None and queued >= since):
+                mine.append(run)
+        offset += len(runs)
+        if not runs or offset >= int(page.get("total", 0)):
+            break
+    failed = sorted((r for r in mine if r.get("state") == "failed"),
+                    key=lambda r: str(r.get("logical_date")))
+    return Tally(len(mine), sum(1 for r in mine if r.get("state") == "success"), len(failed),
+                 tuple(str(r.get("dag_run_id")) for r in failed[:NAMED]))
 
 
 def follow_backfill(
-    gateway: Caller, dag_id: str, backfill: dict[str, Any], runs: int, timeout: float, *,
-    progress: Progress, every: int = DEFAULT_EVERY, backoff: Backoff = Backoff(),
+    gateway: Caller, dag_id: str, backfill: dict[str, Any], timeout: float, *,
+    progress: Progress, every: int = DEFAULT_EVERY, backoff: Backoff | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
 ) -> dict[str, Any]:
     """
-    The backfill once it has completed, with ``finished`` and ``failed``:
-    how many of its runs ended, and failed.  Raises when
-    ``timeout`` seconds pass first (`BackfillTimedOut`: it goes on in
-    Airflow), or the `ClientError` that was not transient.
+    The backfill once it has completed, looked at every ``every`` seconds
+    and a last time at the deadline.  Raises `BackfillTimedOut` (with the
+    backfill as last seen) when ``timeout`` seconds pass first: it goes on
+    in Airflow; or the `ClientError` that was not transient.
     """
+    backoff = backoff or Backoff()
     started = clock()
     deadline = started + timeout
     backfill_id = backfill["id"]
-    state = "running"
-
-    def look() -> tuple[dict[str, Any], int]:
-        current = gateway.call("get_backfill", dag_id, backfill_id)
-        return current, count_runs(gateway, dag_id, current, ["success", "failed"])
-
+    current = backfill
     while True:
-        current, finished = call_with_retries(
-            look, backoff=backoff, sleep=sleep, clock=clock, deadline=deadline,
-            on_retry=progress.retrying, rand=rand)
+        current = call_with_retries(
+            lambda: gateway.call("get_backfill", dag_id, backfill_id), backoff=backoff,
+            sleep=sleep, clock=clock, deadline=deadline, on_retry=progress.retrying, rand=rand)
         done = bool(current.get("completed"))
-        paused = " (paused)" if current.get("is_paused") and not done else ""
-        state = f"{finished} of {runs} runs finished{paused}"
+        state = "completed" if done else "paused" if current.get("is_paused") else "running"
         progress.seen(state, clock() - started, done)
         if done:
-            completed = current
-            failed = call_with_retries(
-                lambda: count_runs(gateway, dag_id, completed, ["failed"]), backoff=backoff,
-                sleep=sleep, clock=clock, on_retry=progress.retrying, rand=rand)
-            return {**completed, "finished": finished, "failed": failed}
-        if clock() + every >= deadline:
-            raise BackfillTimedOut(dag_id, backfill_id, state, timeout)
-        sleep(every)
+            return current
+        left = deadline - clock()
+        if left <= 0:
+            raise BackfillTimedOut(dag_id, backfill_id, state, timeout, current)
+        sleep(min(every, left))

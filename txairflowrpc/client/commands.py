@@ -406,6 +406,11 @@ def _trigger(
     return failed.exit_status
 
 
+#: Fault codes after which a create may have been made all the same (its
+#: answer was lost on the way back): the gateway's 502, 503 and 504.
+_MAYBE_MADE = frozenset({502, 503, 504})
+
+
 def _backfill(
     args: argparse.Namespace, environ: Mapping[str, str], console: Console,
     clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
@@ -429,6 +434,7 @@ def _backfill(
         console.result(gateway.call("create_backfill", dag_id, first, last, conf,
                                     {**options, "dry_run": True}))
         return errors.DONE
+    backoff = Backoff()
     try:
         # Once: the gateway never retries a create either (a second one would
         # meet the first); a later try of the command finds it (below).
@@ -437,53 +443,58 @@ def _backfill(
         console.note(f"created backfill {backfill.get('id')} of {dag_id}: "
                      f"{backfill.get('runs')} runs")
     except ClientError as refused:
-        # A 409 or a range with nothing left to create: an earlier try's
-        # backfill, perhaps. A lost answer (503, 504, no connection): this
-        # try's, perhaps. Either way it is found by its range and conf.
-        meets_another = isinstance(refused, errors.FaultReply) and refused.exit_status in (
-            errors.MISSING, errors.USAGE)
-        if not (meets_another or refused.transient):
+        code = getattr(refused, "code", None)
+        # A 409: the DAG's one running backfill is in the way, perhaps an
+        # earlier try's. A range with nothing left to create: an earlier
+        # try's may have made it all, and completed. A lost answer: this
+        # try's may exist. Each is known by its range, conf and options.
+        nothing_left = code == -32602 and "each date has a run already" in str(
+            getattr(refused, "text", ""))
+        lost = isinstance(refused, errors.Unreachable) or code in _MAYBE_MADE
+        if not (code == 409 or nothing_left or lost):
             raise
-        found = backfilling.same_backfill(gateway, dag_id, first, last, conf)
+        try:
+            found = backfilling.same_backfill(gateway, dag_id, first, last, conf, options,
+                                              completed_too=nothing_left)
+        except ClientError:
+            found = None  # the search failed: the create's own answer is the one to tell
         if found is None:
-            raise
+            raise refused from None
         backfill, created = found, False
-        console.note(f"backfill {backfill.get('id')} of {dag_id} over this range with this "
-                     f"conf already existed (an earlier try made it), so none was created"
-                     if meets_another else
-                     f"{refused.message}; but backfill {backfill.get('id')} of {dag_id} over "
-                     f"this range with this conf exists (the lost answer's): following it")
-    runs = _runs_of(gateway, dag_id, backfill)
-    backfill = {**backfill, "runs": runs, "created": created}
+        console.note(
+            f"{refused.message}; but backfill {backfill.get('id')} of {dag_id} over this "
+            f"range with this conf exists (the lost answer's): following it" if lost else
+            f"backfill {backfill.get('id')} of {dag_id} over this range with this conf "
+            f"already existed (an earlier try made it), so none was created")
     if not args.wait:
-        console.result(backfill)
+        console.result({**backfill, "created": created})
         return errors.DONE
     progress = Progress(console.note, dag_id, "", clock,
                         what=f"backfill {backfill.get('id')} of {dag_id}")
-    final = backfilling.follow_backfill(
-        gateway, dag_id, backfill, runs, args.timeout or DEFAULT_WAIT, progress=progress,
-        every=args.progress_every, clock=clock, sleep=sleep, rand=rand)
-    console.result({**final, "runs": runs, "created": created})
-    if not final["failed"] and final["finished"] >= runs:
+    try:
+        final = backfilling.follow_backfill(
+            gateway, dag_id, backfill, args.timeout or DEFAULT_WAIT, progress=progress,
+            every=args.progress_every, backoff=backoff, clock=clock, sleep=sleep, rand=rand)
+    except errors.BackfillTimedOut as e:
+        console.result({**(e.backfill or backfill), "created": created})
+        raise
+    told = call_with_retries(lambda: backfilling.tally(gateway, dag_id, final),
+                             backoff=backoff, sleep=sleep, clock=clock,
+                             on_retry=progress.retrying, rand=rand)
+    console.result({**final, "runs": told.runs, "succeeded": told.succeeded,
+                    "failed": told.failed, "created": created})
+    if told.succeeded == told.runs:
         return errors.DONE
-    failed_ids = backfilling.failed_runs(gateway, dag_id, final)
-    if failed_ids:
-        console.note(f"failed runs: {', '.join(failed_ids[:20])}"
-                     + (f" and {len(failed_ids) - 20} more" if len(failed_ids) > 20 else ""))
-        console.lines(failures.report(
-            failures.failed_tasks(gateway, dag_id, failed_ids[0], args.log_lines)))
-    succeeded = int(final["finished"]) - int(final["failed"])
-    failed = errors.BackfillFailed(dag_id, final.get("id"), runs - succeeded, runs)
+    if told.failed_ids:
+        more = told.failed - len(told.failed_ids)
+        console.note(f"failed runs: {', '.join(told.failed_ids)}"
+                     + (f" and {more} more" if more else ""))
+        try:
+            console.lines(failures.report(
+                failures.failed_tasks(gateway, dag_id, told.failed_ids[0], args.log_lines)))
+        except ClientError as e:  # the outcome stands; only its detail is missing
+            console.note(f"the failed tasks' logs could not be read: {e.message}")
+    failed = errors.BackfillFailed(dag_id, final.get("id"), told.runs - told.succeeded,
+                                   told.runs)
     console.note(failed.message)
     return failed.exit_status
-
-
-def _runs_of(gateway: Caller, dag_id: str, backfill: dict[str, Any]) -> int:
-    """How many runs the backfill has: as created, or counted for one found again."""
-    runs = backfill.get("runs")
-    if isinstance(runs, int) and not isinstance(runs, bool):
-        return runs
-    found = gateway.call("list_dag_runs", dag_id, {
-        "run_type": "backfill", "limit": 1, "logical_date_from": backfill["from_date"],
-        "logical_date_to": backfill["to_date"]})
-    return int(found.get("total", 0))

@@ -244,6 +244,8 @@ class BackfillTimedOut(ClientError):
     backfill_id: Any
     state: str
     seconds: float
+    #: The backfill as last seen.
+    backfill: Any = attrs.field(default=None, eq=False, repr=False)
     exit_status = WAIT_TIMED_OUT
 
     @property
