@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from ..core.jsonvalues import json_equal
 from .errors import BackfillTimedOut
 from .retry import Backoff, call_with_retries
 from .transport import Caller
@@ -42,19 +43,6 @@ def _instant(text: Any) -> datetime | None:
         return None
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """JSON equality: 1 and 1.0 are one number, true and 1 are not."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
 def same_backfill(
     gateway: Caller, dag_id: str, from_date: str, to_date: str, conf: dict[str, Any],
     options: dict[str, Any], *, completed_too: bool,
@@ -73,7 +61,7 @@ def same_backfill(
         if not completed_too and backfill.get("completed"):
             continue
         if ((_instant(backfill.get("from_date")), _instant(backfill.get("to_date"))) == wanted
-                and same_json(backfill.get("dag_run_conf") or {}, conf)
+                and json_equal(backfill.get("dag_run_conf") or {}, conf)
                 and backfill.get("reprocess_behavior", "none") == reprocess
                 and ("max_active_runs" not in options
                      or backfill.get("max_active_runs") == options["max_active_runs"])):

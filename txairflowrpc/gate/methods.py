@@ -18,6 +18,7 @@ from xmlrpc.client import DateTime
 from twisted.internet.defer import Deferred
 
 from ..core import calltrace, errors, ids
+from ..core.jsonvalues import json_equal
 from ..core.like import Like
 from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
 from ..upstream.accounts import Account, Accounts
@@ -206,23 +207,6 @@ def _attributed_to(call: CallContext) -> str:
 def _same_conf(a: Any, b: Any) -> bool:
     """Whether two confs are the same JSON value (no conf is the empty one)."""
     return json_equal(a or {}, b or {})
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """
-    Equality of JSON values: objects by their members, arrays element by
-    element, numbers by value (``1`` equals ``1.0``), never a boolean equal
-    to a number (as Python's ``True == 1`` would have it).
-    """
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
 
 
 def _clash(dag_id: str, logical_date: str | None) -> str:
