@@ -77,6 +77,10 @@ class BackfillTests(MethodTestCase):
             "limit": ["25"], "offset": ["0"], "order_by": ["-run_after"],
             "run_type": ["backfill"], "logical_date_gte": ["2026-01-02T00:00:00Z"],
             "logical_date_lte": ["2026-01-03T00:00:00Z"]})
+        as_datetime = self.call("list_dag_runs", "etl_orders", {
+            "run_type": "backfill",
+            "logical_date_from": xmlrpc.client.DateTime("20260102T00:00:00")})
+        self.assertEqual(as_datetime["total"], 2)
         both = self.call("list_dag_runs", "etl_orders", {"run_type": ["backfill", "manual"]})
         self.assertEqual(both["total"], 4)
         for filters, words in [({"run_type": "nightly"}, "filters.run_type must be among"),

@@ -450,8 +450,9 @@ class AirflowMethods:
               "state (string or array of: queued, running, success, failed), "
               "run_type (string or array of: manual, scheduled, backfill, "
               "asset_triggered, asset_materialization, operator_triggered), "
-              "logical_date_from and logical_date_to (ISO-8601 with a time zone; "
-              "both ends included), limit (int 1-100, default 25), offset (int)",
+              "logical_date_from and logical_date_to (ISO-8601 with a time zone, or "
+              "dateTime taken as UTC; both ends included), limit (int 1-100, default 25), "
+              "offset (int)",
               required=False, keeps=("run_type", "logical_date_from", "logical_date_to")),
         scope="runs:read", dag="dag_id",
     )
@@ -463,7 +464,8 @@ class AirflowMethods:
         _check_id(m, "dag_id", dag_id)
         opts = _options(m, "filters", filters, {
             "state": "string|array", "run_type": "string|array", "limit": "int",
-            "offset": "int", "logical_date_from": "string", "logical_date_to": "string",
+            "offset": "int", "logical_date_from": "string|dateTime.iso8601",
+            "logical_date_to": "string|dateTime.iso8601",
         })
         limit, offset = _page(m, "filters", opts, 25)
         states = _choices(m, "filters.state", opts.get("state", []), DAG_RUN_STATES)
