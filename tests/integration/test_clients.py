@@ -2,7 +2,7 @@
 The example clients in ``examples/`` run as a user runs them: Python's
 ``xmlrpc.client``, Perl's ``RPC::XML``, Go's ``github.com/kolo/xmlrpc`` (built
 offline against Debian's copy), Ruby's ``xmlrpc`` gem, Node's ``xmlrpc``
-package, the C library xmlrpc-c (built against Debian's copy; a token goes out
+package, PHP's xmlrpc extension (xmlrpc-epi), the C library xmlrpc-c (built against Debian's copy; a token goes out
 as basic auth) and Java's aXMLRPC (Debian's copy, the source file run by
 ``java``), each with a client certificate and with a token, against the real
 ``twistd airflowrpc`` in front of a real Airflow.
@@ -50,7 +50,7 @@ AXMLRPC_JAR = "/usr/share/java/axmlrpc.jar"
 XMLRPC_C_LIBS = ["-lxmlrpc_client", "-lxmlrpc", "-lxmlrpc_util"]
 #: The PKCS#12 file's password (Java reads a client key from such a file).
 KEYSTORE_PASSWORD = "changeit"
-LANGUAGES = ["python", "perl", "go", "ruby", "node", "c", "java"]
+LANGUAGES = ["python", "perl", "go", "ruby", "node", "php", "c", "java"]
 DAG = "example_hello"
 
 
@@ -116,6 +116,7 @@ def example_command(language: str, built: dict[str, Path]) -> list[str]:
         "perl": ["perl", str(EXAMPLES / "perl" / "airflowrpc_example.pl")],
         "ruby": ["ruby", str(EXAMPLES / "ruby" / "airflowrpc_example.rb")],
         "node": ["node", str(EXAMPLES / "node" / "example.js")],
+        "php": ["php", str(EXAMPLES / "php" / "airflowrpc_example.php")],
         "java": java_command(EXAMPLES / "java" / "AirflowRpcExample.java"),
     }[language]
 
