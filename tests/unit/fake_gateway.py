@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from txairflowrpc.client.errors import ClientError, FaultReply
+from txairflowrpc.core.errors import NOTHING_LEFT_TO_BACKFILL
 
 #: How each DAG's runs go: the states a run passes through, one per wait.
 SCRIPTS = {
@@ -139,7 +140,7 @@ class FakeGateway:
         if not dates:
             raise xmlrpc.client.Fault(-32602, "invalid params for create_backfill: the range "
                                       f"holds no run of DAG {dag_id!r} to create: none is "
-                                      "scheduled there, or each date has a run already")
+                                      f"scheduled there, or {NOTHING_LEFT_TO_BACKFILL}")
         backfill_id = len(self.backfills) + 1
         self.backfills[backfill_id] = {
             "id": backfill_id, "dag_id": dag_id, "from_date": from_date, "to_date": to_date,

@@ -26,7 +26,7 @@ import pytest
 
 from txairflowrpc.client import commands
 from txairflowrpc.client.console import Console
-from txairflowrpc.client.errors import FaultReply, Unreachable
+from txairflowrpc.client.errors import FaultReply, HTTPRefused, Unreachable
 from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.service.cli import main, parser
 
@@ -683,11 +683,12 @@ def test_backfill_not_someone_elses() -> None:
                   ['{"full": 1}', "--max-active-runs", "3"]):
         got = run_in_memory([*FEB, "--conf", *other], gateway)
         assert got.status == 4 and "fault 409" in got.err, (other, got.err)
+    same = run_in_memory([*FEB, "--conf", '{"full": 1.0}'], gateway)  # 1.0 is 1 in JSON
+    assert (same.status, same.json["created"]) == (0, False), same.err
     completed(gateway, 1)
     assert run_in_memory(MAR, gateway).status == 0  # another range runs now
     got = run_in_memory([*FEB, "--conf", '{"full": 1}'], gateway)  # 409, not the old one
     assert got.status == 4 and "fault 409" in got.err, got.err
-    assert run_in_memory([*FEB, "--conf", '{"full": 1.0}'], gateway).status == 4
 
 
 def test_backfill_whose_answer_was_lost_finds_it() -> None:
@@ -759,3 +760,17 @@ def test_a_transient_failure_while_telling_the_runs_is_retried() -> None:
     got = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait"], gateway)
     assert got.status == 1, got.err
     assert hiccups and "connection reset; trying again" in got.err
+
+
+def test_backfill_whose_answer_a_proxy_lost_finds_it() -> None:
+    """An HTTP 504 from HAProxy in front: the gateway may have made it all the same."""
+    gateway = FakeGateway()
+
+    def proxy_gives_up(method: str, params: tuple[Any, ...]) -> None:
+        if method == "create_backfill" and not gateway.backfills:
+            gateway.create_backfill(*params)
+            raise HTTPRefused("create_backfill", 504, "Gateway Time-out")
+
+    gateway.on_call = proxy_gives_up
+    got = run_in_memory(FEB, gateway)
+    assert (got.status, got.json["created"], got.json["runs"]) == (0, False, 3), got.err

@@ -152,8 +152,8 @@ def test_waits_over_several_calls_and_reports_only_changes() -> None:
     gateway, caller, clock = setup_run("example_fail")
     lines: list[str] = []
     run = wait_for_run(caller, "example_fail", "r1", 600, chunk=15, clock=clock,
-                       sleep=clock.sleep, progress=Progress(lines.append, "example_fail", "r1",
-                                                            clock))
+                       sleep=clock.sleep,
+                       progress=Progress(lines.append, what="run r1 of example_fail", clock=clock))
     assert (run["state"], run["finished"]) == ("failed", True)
     waits = gateway.calls_of("wait_dag_run")
     assert waits == [("example_fail", "r1", 15)] * 3
@@ -169,7 +169,8 @@ def test_a_heartbeat_while_nothing_changes() -> None:
     lines: list[str] = []
     with pytest.raises(WaitTimedOut) as caught:
         wait_for_run(caller, "slow", "r1", 200, chunk=15, clock=clock, sleep=clock.sleep,
-                     progress=Progress(lines.append, "slow", "r1", clock, heartbeat=60))
+                     progress=Progress(lines.append, what="run r1 of slow", clock=clock,
+                                       heartbeat=60))
     assert lines[0] == "run r1 of slow: running (15s)"
     assert all("still running" in line for line in lines[1:])
     assert 2 <= len(lines) <= 4  # a line a minute, not one per call (14 calls)
@@ -182,7 +183,7 @@ def test_the_last_wait_asks_only_for_what_is_left() -> None:
     gateway, caller, clock = setup_run("slow")
     with pytest.raises(WaitTimedOut):
         wait_for_run(caller, "slow", "r1", 40, chunk=15, clock=clock, sleep=clock.sleep,
-                     progress=Progress(lambda _: None, "slow", "r1", clock))
+                     progress=Progress(lambda _: None, what="run r1 of slow", clock=clock))
     assert [w[2] for w in gateway.calls_of("wait_dag_run")] == [15, 15, 10]
     assert clock() == 1040
 
@@ -192,7 +193,7 @@ def test_a_gateway_that_answers_at_once_is_not_hammered() -> None:
     gateway.on_call = None  # answers unfinished at once: its cap is below what is asked
     with pytest.raises(WaitTimedOut):
         wait_for_run(caller, "slow", "r1", 30, chunk=15, clock=clock, sleep=clock.sleep,
-                     progress=Progress(lambda _: None, "slow", "r1", clock))
+                     progress=Progress(lambda _: None, what="run r1 of slow", clock=clock))
     assert len(gateway.calls_of("wait_dag_run")) == 30 / MIN_ROUND
 
 
@@ -204,7 +205,7 @@ def test_the_wait_survives_a_gateway_restart() -> None:
     lines: list[str] = []
     run = wait_for_run(caller, "example_hello", "r1", 600, clock=clock, sleep=clock.sleep,
                        rand=lambda: 0.5,
-                       progress=Progress(lines.append, "example_hello", "r1", clock))
+                       progress=Progress(lines.append, what="run r1 of example_hello", clock=clock))
     assert run["state"] == "success"
     assert clock.slept[:3] == [1.0, 2.0, 4.0]
     assert [line for line in lines if "trying again" in line] == [
@@ -218,13 +219,13 @@ def test_the_wait_gives_up_on_a_refusal_or_a_long_outage() -> None:
     gateway.fail_next["wait_dag_run"] = [xmlrpc.client.Fault(403, "forbidden")]
     with pytest.raises(FaultReply) as caught:
         wait_for_run(caller, "example_hello", "r1", 600, clock=clock, sleep=clock.sleep,
-                     progress=Progress(lambda _: None, "example_hello", "r1", clock))
+                     progress=Progress(lambda _: None, what="run r1 of example_hello", clock=clock))
     assert caught.value.exit_status == 3 and clock.slept == []
     gateway.fail_next["wait_dag_run"] = [Unreachable("wait_dag_run", "refused")] * 50
     with pytest.raises(Unreachable):
         wait_for_run(caller, "example_hello", "r1", 3600, clock=clock, sleep=clock.sleep,
                      backoff=Backoff(attempts=5),
-                     progress=Progress(lambda _: None, "example_hello", "r1", clock))
+                     progress=Progress(lambda _: None, what="run r1 of example_hello", clock=clock))
     assert len(gateway.calls_of("wait_dag_run")) == 1 + 5
 
 

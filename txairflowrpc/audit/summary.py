@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +94,12 @@ def redact(value: Any, sensitive: tuple[str, ...]) -> Any:
     return value
 
 
+#: A kept option member's string as it is recorded: ids, dates and choices
+#: are one word of these; anything else (free text a caller put there) is
+#: recorded as a digest like any free text.
+_WORDLIKE = re.compile(r"[A-Za-z0-9_.:+~-]{1,250}")
+
+
 def _is_date(text: str) -> bool:
     """Whether ``text`` is an ISO-8601 date or time (so, no free text)."""
     try:
@@ -132,10 +139,12 @@ class Summarizer:
         Id parameters (and the option members an options struct keeps that
         are named like an id kind, never over a parameter's id) are kept as
         they are, clipped; numbers and booleans too (non-finite ones as
-        strings), and a ``date`` parameter's string when it is one; an options struct (a parameter with ``keeps``) member by
-        member, keeping the named members' strings; every other string,
-        struct and array as a keyed digest and size, computed after
-        redaction.  Sensitive keys are redacted at any depth.
+        strings), and a ``date`` parameter's string when it is one; an
+        options struct (a parameter with ``keeps``) member by member,
+        keeping the named members' strings when each is one word
+        (`_WORDLIKE`); every other string, struct and array as a keyed
+        digest and size, computed after redaction.  Sensitive keys are
+        redacted at any depth.
         """
         ids: dict[str, Any] = {}
         summary: dict[str, Any] = {}
@@ -164,7 +173,7 @@ class Summarizer:
     def _member(self, key: Any, value: Any, keeps: tuple[str, ...]) -> Any:
         if is_sensitive(key, self.sensitive):
             return "[redacted]"
-        if isinstance(value, str) and (key in keeps or key in KINDS):
+        if isinstance(value, str) and (key in keeps or key in KINDS) and _WORDLIKE.fullmatch(value):
             return clip(value)
         if isinstance(value, (bool, int, float)):
             return strict_json(value)

@@ -119,7 +119,6 @@ def follow_backfill(
     started = clock()
     deadline = started + timeout
     backfill_id = backfill["id"]
-    current = backfill
     while True:
         current = call_with_retries(
             lambda: gateway.call("get_backfill", dag_id, backfill_id), backoff=backoff,

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core import errors as codes
 from . import backfilling, errors, failures, runid, settings, values
 from .console import Console, redact_shapes
 from .errors import ClientError, UsageError
@@ -73,9 +74,9 @@ BACKFILL_DESCRIPTION = """\
 Backfill DAG (a scheduled one) over its logical dates from FROM to TO
 (ISO-8601 with a time zone, both included): Airflow creates a run for each
 at once. The backfill is printed as JSON on stdout (with created, runs and,
-after --wait, finished and failed). With --wait, follow it until it has
-completed, with a line on stderr as its runs finish (and once a minute);
-exit 0 only if every run succeeded.
+after --wait, succeeded and failed). With --wait, follow it until it has
+completed, with a line on stderr when it changes (running, paused,
+completed) and once a minute; exit 0 only if every run succeeded.
 
 Safe to retry: Airflow runs one backfill of a DAG at a time, so a second
 try of the same command meets the first try's backfill (or, once that has
@@ -384,7 +385,8 @@ def _trigger(
         console.result(run)
         return errors.DONE
     timeout = args.timeout or DEFAULT_WAIT
-    progress = Progress(console.note, args.dag_id, identity.run_id, clock)
+    progress = Progress(console.note, what=f"run {identity.run_id} of {args.dag_id}",
+                        clock=clock)
     try:
         final = wait_for_run(gateway, args.dag_id, identity.run_id, timeout,
                              progress=progress, chunk=args.progress_every, backoff=backoff,
@@ -406,9 +408,10 @@ def _trigger(
     return failed.exit_status
 
 
-#: Fault codes after which a create may have been made all the same (its
-#: answer was lost on the way back): the gateway's 502, 503 and 504.
-_MAYBE_MADE = frozenset({502, 503, 504})
+#: Fault codes (and HTTP statuses, from a proxy in front) after which a
+#: create may have been made all the same: its answer was lost on the way back.
+_MAYBE_MADE = frozenset({codes.UPSTREAM_ERROR, codes.UPSTREAM_UNAVAILABLE,
+                         codes.UPSTREAM_TIMEOUT})
 
 
 def _backfill(
@@ -448,9 +451,10 @@ def _backfill(
         # earlier try's. A range with nothing left to create: an earlier
         # try's may have made it all, and completed. A lost answer: this
         # try's may exist. Each is known by its range, conf and options.
-        nothing_left = code == -32602 and "each date has a run already" in str(
+        nothing_left = code == codes.INVALID_PARAMS and codes.NOTHING_LEFT_TO_BACKFILL in str(
             getattr(refused, "text", ""))
-        lost = isinstance(refused, errors.Unreachable) or code in _MAYBE_MADE
+        lost = (isinstance(refused, errors.Unreachable) or code in _MAYBE_MADE
+                or (isinstance(refused, errors.HTTPRefused) and refused.status in _MAYBE_MADE))
         if not (code == 409 or nothing_left or lost):
             raise
         try:
@@ -466,17 +470,22 @@ def _backfill(
             f"range with this conf exists (the lost answer's): following it" if lost else
             f"backfill {backfill.get('id')} of {dag_id} over this range with this conf "
             f"already existed (an earlier try made it), so none was created")
+    if "runs" not in backfill:  # one found again: its runs, as far as Airflow made them
+        backfill = {**backfill, "runs": call_with_retries(
+            lambda: backfilling.tally(gateway, dag_id, backfill).runs, backoff=backoff,
+            sleep=sleep, clock=clock, rand=rand)}
     if not args.wait:
         console.result({**backfill, "created": created})
         return errors.DONE
-    progress = Progress(console.note, dag_id, "", clock,
-                        what=f"backfill {backfill.get('id')} of {dag_id}")
+    progress = Progress(console.note, what=f"backfill {backfill.get('id')} of {dag_id}",
+                        clock=clock)
     try:
         final = backfilling.follow_backfill(
             gateway, dag_id, backfill, args.timeout or DEFAULT_WAIT, progress=progress,
             every=args.progress_every, backoff=backoff, clock=clock, sleep=sleep, rand=rand)
     except errors.BackfillTimedOut as e:
-        console.result({**(e.backfill or backfill), "created": created})
+        console.result({**(e.backfill or backfill), "runs": backfill["runs"],
+                        "created": created})
         raise
     told = call_with_retries(lambda: backfilling.tally(gateway, dag_id, final),
                              backoff=backoff, sleep=sleep, clock=clock,

@@ -5,15 +5,18 @@ The exit status says which class of trouble it was, so that a script can
 tell "fix the call" from "fix the credentials" from "try again later":
 
 ====  ===============================================================
-0     done (for ``trigger --wait``: the run succeeded)
-1     the run failed (``trigger --wait``)
+0     done (for ``trigger --wait``: the run succeeded; ``backfill
+      --wait``: every run of it succeeded)
+1     the run failed (``trigger --wait``), runs of the backfill did not
+      succeed (``backfill --wait``)
 2     bad usage: arguments, flags, settings, or a -32601/-32602 fault
 3     not let in: HTTP 401, fault 403, or the TLS handshake refused
 4     not found or conflict: fault 404 or 409
 5     the gateway or Airflow is unavailable or broke: faults 429, 502,
       503, 504, 507, -32603 and the other protocol faults, an HTTP
       error other than 401, no connection, a garbled answer
-6     ``trigger --wait``: the run did not finish within ``--timeout``
+6     ``trigger --wait`` / ``backfill --wait``: not finished within
+      ``--timeout``
 70    a bug in the client itself
 130   interrupted (Ctrl-C)
 ====  ===============================================================

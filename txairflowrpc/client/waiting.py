@@ -55,12 +55,12 @@ class Progress:
     """The progress lines of one wait, written with ``write`` (stderr)."""
 
     def __init__(
-        self, write: Callable[[str], None], dag_id: str, run_id: str,
+        self, write: Callable[[str], None], *, what: str,
         clock: Callable[[], float] = time.monotonic, heartbeat: float = HEARTBEAT,
-        what: str | None = None,
     ) -> None:
         self._write = write
-        self._what = what or f"run {run_id} of {dag_id}"
+        #: What is waited for, as the lines name it ("run R of D", "backfill N of D").
+        self._what = what
         self._clock = clock
         self._heartbeat = heartbeat
         self._state: str | None = None

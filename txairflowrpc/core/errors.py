@@ -102,6 +102,12 @@ class MethodNotFound(GatewayError):
         )
 
 
+#: What create_backfill's -32602 says when the range has no date left
+#: without a run: the client's backfill command reads it (an earlier try's
+#: backfill may have made them all), so it is written once, here.
+NOTHING_LEFT_TO_BACKFILL = "each date has a run already"
+
+
 @attrs.define(auto_exc=True, str=False)
 class InvalidParams(GatewayError):
     """

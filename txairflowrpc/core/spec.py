@@ -121,9 +121,7 @@ class MethodSpec:
         """The (option, scope) pairs the options in checked ``args`` need besides `scope`."""
         needed = []
         for path, scope, harmless in self.option_scopes:
-            param, _, member = path.partition(".")
-            options = self.value(param, args)
-            value = options.get(member) if isinstance(options, dict) else None
+            value = self._option(path, args)
             if value is not None and not any(
                     type(value) is type(h) and value == h for h in harmless):
                 needed.append((path, scope))
@@ -133,12 +131,13 @@ class MethodSpec:
         """Whether a call with checked ``args`` changes Airflow."""
         if not self.changes:
             return False
-        if self.dry_run is not None:
-            param, _, member = self.dry_run.partition(".")
-            options = self.value(param, args)
-            if isinstance(options, dict) and options.get(member) is True:
-                return False
-        return True
+        return self.dry_run is None or self._option(self.dry_run, args) is not True
+
+    def _option(self, path: str, args: tuple[Any, ...]) -> Any:
+        """The member ``"param.member"`` of an options struct in checked ``args``, or None."""
+        param, _, member = path.partition(".")
+        options = self.value(param, args)
+        return options.get(member) if isinstance(options, dict) else None
 
     def value(self, name: str, args: tuple[Any, ...]) -> Any:
         """The value of parameter ``name`` in checked ``args``, or its default."""

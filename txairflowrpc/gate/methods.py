@@ -46,8 +46,6 @@ MAX_SCAN_PAGES = 100
 #: to skip that many rows; 10**30 is no page anyone reads).
 MAX_OFFSET = 10_000_000
 
-#: How many runs one backfill may create unless ``rpc.max_backfill_runs`` says otherwise.
-DEFAULT_MAX_BACKFILL_RUNS = 1000
 #: Airflow's own choices for which runs of the range a backfill runs again.
 REPROCESS_BEHAVIORS = ("none", "failed", "completed")
 #: A bound on a backfill's ``max_active_runs`` (Airflow's default is 10).
@@ -226,8 +224,7 @@ class AirflowMethods:
     :param max_backfill_runs: how many runs one backfill may create at most.
     """
 
-    def __init__(self, accounts: Accounts, max_wait: int,
-                 max_backfill_runs: int = DEFAULT_MAX_BACKFILL_RUNS) -> None:
+    def __init__(self, accounts: Accounts, max_wait: int, max_backfill_runs: int) -> None:
         self.accounts = accounts
         self.max_wait = max_wait
         self.max_backfill_runs = max_backfill_runs
@@ -681,7 +678,8 @@ class AirflowMethods:
             # one until it completes) when each date of the range has a run.
             raise errors.InvalidParams(
                 f"the range holds no run of DAG {dag_id!r} to create: none is scheduled "
-                "there, or each date has a run already (see options.reprocess_behavior)", m)
+                f"there, or {errors.NOTHING_LEFT_TO_BACKFILL} (see options.reprocess_behavior)",
+                m)
         if len(runs) > self.max_backfill_runs:
             raise errors.InvalidParams(
                 f"the backfill would create {len(runs)} runs of DAG {dag_id!r}, more than "

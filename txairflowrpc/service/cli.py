@@ -12,6 +12,8 @@ The ``airflowrpc`` command, for operators, auditors and callers.
     airflowrpc call METHOD [ARG...]   call the gateway (for scripts; see client/)
     airflowrpc trigger DAG [--conf JSON] [--run-id ID] [--wait] [--timeout S]
                                       trigger a run, retry-safe (for CI pipelines)
+    airflowrpc backfill DAG FROM TO [--conf JSON] [--dry-run] [--wait] [--timeout S]
+                                      backfill a scheduled DAG, retry-safe
 
 The token commands take ``--config`` (default conf/airflowrpc.toml) to find
 the token store and the audit trail; each change is recorded there.  It

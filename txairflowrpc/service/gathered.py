@@ -191,7 +191,8 @@ def with_own(families: list[Metric], own: Iterable[Metric]) -> list[Metric]:
     """
     ``families`` with the supervisor's own samples (no ``worker`` label)
     added: into the workers' family of the same name, else as families of
-    their own.
+    their own.  A family of the workers' name but another type is left out
+    (one name, one family: never so for one gateway's code).
     """
     by_name = {f.name: f for f in families}
     for family in own:

@@ -87,10 +87,10 @@ READ_CACHE_BYTES = 64 * 1024 * 1024
 
 
 #: What a change request can fail with only when it changed nothing: Airflow
-#: refused it (400/422, 403, 404) or it was never sent (the circuit open) --
-#: if it was not retried (a retry's earlier attempt may have changed Airflow
-#: before its answer was lost).  A 409 is not among them: a retried trigger
-#: gets it after its first attempt created the run.
+#: refused it (400/422, 403, 404, 409) or it was never sent (the circuit
+#: open) -- if it was not retried: a retry's earlier attempt may have changed
+#: Airflow before its answer was lost (a retried trigger meets its own run's
+#: 409), so a retried request counts as a change whatever it ends with.
 UNCHANGED = (errors.InvalidParams, errors.AirflowDenied, errors.NotFound, errors.Conflict,
              errors.CircuitOpen)
 
@@ -533,7 +533,7 @@ class AirflowClient:
         ``what`` names the object for a 404 (``DAG 'etl'``); ``conflict``
         says what a 409 means for this call; ``rejected`` what a 400 or 422
         means, by the words Airflow's reason holds (`Rejections`).  Reads and idempotent changes
-        (GET, PATCH; POST only with ``retry=True``) are retried, after a
+        (GET, PATCH; POST and PUT only with ``retry=True``) are retried, after a
         jittered exponential back-off, when Airflow is unreachable, times
         out or answers 502/503/504 -- never while the circuit is open.
         ``attempts`` (if given) gets an item per attempt.
@@ -849,7 +849,8 @@ class AirflowClient:
             found, _ = items(data, "backfills")
             runs = []
             for item in found:
-                at = item.get("logical_date") or item.get("partition_key") if isinstance(item, dict) else None
+                at = (item.get("logical_date") or item.get("partition_key")
+                      if isinstance(item, dict) else None)
                 if not isinstance(at, str):
                     raise errors.UpstreamError("Airflow answered with an unexpected document")
                 runs.append(at)
