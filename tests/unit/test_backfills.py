@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import tempfile
 import xmlrpc.client
-from pathlib import Path
 
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
@@ -22,6 +21,7 @@ from txairflowrpc.service.tap import build_site
 
 from ..fakes import FakeAirflow
 from .helpers import CONFIG, DIGEST_KEY, AuthenticatingRoot, Gateway, audit_log, gateway
+from .test_accounts import records
 from .test_methods import MethodTestCase
 
 DAYS = ("2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z")  # three daily runs
@@ -196,15 +196,12 @@ class BackfillTests(MethodTestCase):
         self.assertEqual(dry["runs"], 3)
 
     def test_a_reprocess_refused_is_recorded_as_denied(self) -> None:
-        directory = tempfile.mkdtemp()
-        self.gw = gateway(audit_dir=directory)
         self.gw.principal = Principal(
             "ci", "client_certificate", roles=("r",),
             grants=Grants((Role("r", (Scope.parse("runs:backfill"),)),)))
         self.fault("create_backfill", "etl_orders", *DAYS, {}, {"reprocess_behavior": "failed"})
-        records = [json.loads(line) for line in
-                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
-        mine = [(r["kind"], r["decision"]) for r in records if r.get("method") == "create_backfill"]
+        trail = records(self.gw)
+        mine = [(r["kind"], r["decision"]) for r in trail if r.get("method") == "create_backfill"]
         self.assertEqual(mine, [("call", "denied")])
 
     def test_a_dry_run_that_counts_nothing_creates_nothing(self) -> None:
@@ -271,23 +268,19 @@ class BackfillTests(MethodTestCase):
                                         "not fit the params of DAG 'etl_orders'")
 
     def test_the_audit_trail_names_the_range_and_the_backfill_made(self) -> None:
-        directory = tempfile.mkdtemp()
-        self.gw = gateway(audit_dir=directory)
         backfill_id = self.call("create_backfill", "etl_orders", DAYS[0],
                                 "2026-01-03T02:00:00+02:00")["id"]
         run = self.call("trigger_dag", "etl_orders", {})  # Airflow names the run
-        records = [json.loads(line) for line in
-                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
-        intent, call = [r for r in records if r.get("method") == "create_backfill"]
+        trail = records(self.gw)
+        intent, call = [r for r in trail if r.get("method") == "create_backfill"]
         self.assertEqual((intent["kind"], call["kind"]), ("intent", "call"))
         for record in (intent, call):
             self.assertEqual((record["args"]["from_date"], record["args"]["to_date"]),
                              (DAYS[0], "2026-01-03T02:00:00+02:00"))
         self.assertEqual(call["created"], {"backfill_id": backfill_id})
         self.fault("create_backfill", "etl_orders", "password=hunter2", DAYS[1])
-        records = [json.loads(line) for line in
-                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
-        refused = [r for r in records if r.get("method") == "create_backfill"][-1]
+        trail = records(self.gw)
+        refused = [r for r in trail if r.get("method") == "create_backfill"][-1]
         self.assertEqual(set(refused["args"]["from_date"]), {"hmac_sha256", "size"})
         self.assertEqual(refused["args"]["to_date"], DAYS[1])
         # Kept option members are recorded as given only when they are one word.
@@ -295,14 +288,13 @@ class BackfillTests(MethodTestCase):
                    {"reprocess_behavior": "password=hunter2 secret"})
         self.fault("list_dag_runs", "etl_orders", {"logical_date_from": "my secret words",
                                                    "run_type": "backfill"})
-        records = [json.loads(line) for line in
-                   (Path(directory) / "audit.jsonl").read_text().splitlines()]
-        backfill, runs = records[-2]["args"], records[-1]["args"]
+        trail = records(self.gw)
+        backfill, runs = trail[-2]["args"], trail[-1]["args"]
         self.assertEqual(set(backfill["options"]["reprocess_behavior"]), {"hmac_sha256", "size"})
         self.assertEqual(set(runs["filters"]["logical_date_from"]), {"hmac_sha256", "size"})
         self.assertEqual(runs["filters"]["run_type"], "backfill")
         self.assertNotIn("created", intent)
-        [triggered] = [r for r in records if r.get("method") == "trigger_dag"
+        [triggered] = [r for r in trail if r.get("method") == "trigger_dag"
                        and r["kind"] == "call"]
         self.assertEqual(triggered["created"], {"dag_run_id": run["dag_run_id"]})
 
