@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from txairflowrpc.audit.chain import ROTATED_SUFFIX
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
@@ -37,6 +38,17 @@ def records(path: Path) -> list[dict[str, Any]]:
 def airflowrpc(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(AIRFLOWRPC), *map(str, args)],
                           capture_output=True, text=True, timeout=60)
+
+
+def chain_files(path: Path) -> list[Path]:
+    """
+    The trail's files, oldest first: the ones rotated away (named by the time
+    they were), then ``path``.  A session's gateway rotates at midnight UTC
+    (``audit.rotate_daily``), so a run that spans it has more than one.
+    """
+    rotated = sorted(f for f in path.parent.glob(path.name + ".*")
+                     if ROTATED_SUFFIX.search(f.name))
+    return [*rotated, path]
 
 
 def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
@@ -72,7 +84,8 @@ def test_every_call_and_refusal_is_on_a_verifiable_trail(gateway: RunningGateway
     with pytest.raises(OSError):
         bare.ping()
     time.sleep(0.5)
-    recs = records(gateway.audit_path)
+    files = chain_files(gateway.audit_path)
+    recs = [r for f in files for r in records(f)]
     by_id = {r.get("request_id"): r for r in recs}
     ok, missing = by_id[seen[0]], by_id[seen[1]]
     assert (ok["method"], ok["dag_id"], ok["outcome"], ok["airflow_status"]) == (
@@ -83,7 +96,7 @@ def test_every_call_and_refusal_is_on_a_verifiable_trail(gateway: RunningGateway
         "fault", 404, 404)
     assert any(r.get("reason") == "TLS handshake failed" for r in recs[-3:])
     assert recs[0]["event"] == "service.start"
-    out = verify(gateway.audit_path)
+    out = verify(*files)
     assert out.returncode == 0 and out.stdout.startswith("chain whole:"), out.stdout
 
 
