@@ -8,6 +8,7 @@ clients carrying tokens.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
 import signal
@@ -85,6 +86,14 @@ audience = "airflowrpc"
 jwks_url = "{idp.url}"
 jwks_refetch_cooldown_seconds = 1
 claim_roles = {{ "airflow-ci" = ["ci"], "auditors" = ["auditor"] }}
+
+[oidc.strict]
+issuer = "{STRICT_ISSUER}"
+audience = "airflowrpc"
+jwks_url = "{idp.url}"
+claim_roles = {{ "airflow-ci" = ["ci"] }}
+token_types = ["at+jwt"]
+authorized_parties = ["ci-client"]
 """
     gateway = RunningGateway(tmp_path_factory.mktemp("access-gw"), pki, airflow,
                              cert_mode="optional", extra=extra)
@@ -228,6 +237,42 @@ def test_oidc_tokens_and_every_way_one_is_refused(gw: RunningGateway, idp: JWKSS
     }
     for name, token in bad.items():
         assert refused(lambda: by_token(gw, token).ping()) == 401, name
+
+
+#: A second provider taking only RFC 9068 access tokens issued to one client.
+STRICT_ISSUER = "https://strict.idp.example.test"
+
+
+def test_a_provider_can_take_only_access_tokens_of_named_clients(gw: RunningGateway) -> None:
+    def strict(typ: str, **claims: Any) -> str:
+        return jwt(header={"typ": typ}, iss=STRICT_ISSUER, sub="carol", **claims)
+
+    me = by_token(gw, strict("at+jwt", client_id="ci-client")).whoami()
+    assert (me["principal"], me["authenticated_by"]) == ("strict/carol", "oidc")
+    assert by_token(gw, strict("application/at+jwt", azp="ci-client")).ping() == "pong"
+    bad = {
+        "typ must be at+jwt": strict("JWT", client_id="ci-client"),  # an ID token
+        "not issued to an authorized client": strict("at+jwt", client_id="someone-else"),
+    }
+    for reason, token in bad.items():
+        status, text = refusal(gw, token)
+        assert status == 401 and reason in text, (reason, status, text)
+    assert refused(lambda: by_token(gw, strict("at+jwt")).ping()) == 401  # no client named
+    # The other provider has no such rules: its ID-token-shaped tokens still work.
+    assert by_token(gw, jwt()).whoami()["principal"] == "corp/alice"
+
+
+def refusal(gateway: RunningGateway, token: str) -> tuple[int, str]:
+    """The HTTP status and body of a ping with ``token``."""
+    conn = http.client.HTTPSConnection("localhost", gateway.port, timeout=30,
+                                       context=client_context(gateway.pki, None))
+    try:
+        conn.request("POST", "/RPC2", xmlrpc.client.dumps((), "ping").encode(),
+                     {"Content-Type": "text/xml", "Authorization": f"Bearer {token}"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
 
 
 def test_a_new_provider_key_is_fetched_on_its_first_use(gw: RunningGateway, idp: JWKSServer) -> None:

@@ -378,6 +378,11 @@ class TestConfig:
         ("jwks_refetch_cooldown_seconds = nan", "oidc.corp.jwks_refetch_cooldown_seconds"),
         ("jwks_max_age_seconds = 0", "oidc.corp.jwks_max_age_seconds"),
         ("algorithms = []", "oidc.corp.algorithms"),
+        ('token_types = ["logout+jwt"]', "oidc.corp.token_types"),
+        ('token_types = ["application/SECEVENT+JWT"]', "oidc.corp.token_types"),
+        ('token_types = [""]', "oidc.corp.token_types"),
+        ("authorized_parties = [1]", "oidc.corp.authorized_parties"),
+        ('authorized_parties = ""', "oidc.corp.authorized_parties"),
     ])
     def test_oidc_numbers_and_lists_are_checked(self, tmp_path: Path, pki: DevPKI, line: str,
                                                 key: str) -> None:
@@ -387,6 +392,16 @@ class TestConfig:
 
     def test_leeway_zero_is_fine(self, tmp_path: Path, pki: DevPKI) -> None:
         self.oidc(tmp_path, pki, "leeway_seconds = 0")
+
+    def test_token_types_are_compared_as_media_types(self, tmp_path: Path, pki: DevPKI) -> None:
+        self.oidc(tmp_path, pki, 'token_types = ["application/AT+JWT", "at+jwt", "JWT"]',
+                  'authorized_parties = ["ci-client"]')
+        corp = config_module.load(tmp_path / "airflowrpc.toml").access.oidc["corp"]
+        assert corp.token_types == ("at+jwt", "jwt")
+        assert corp.authorized_parties == ("ci-client",)
+        self.oidc(tmp_path, pki)
+        corp = config_module.load(tmp_path / "airflowrpc.toml").access.oidc["corp"]
+        assert (corp.token_types, corp.authorized_parties) == ((), ())
 
     def test_a_jwks_file_without_a_usable_key_is_refused(self, tmp_path: Path, pki: DevPKI) -> None:
         load(tmp_path, pki)

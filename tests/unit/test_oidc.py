@@ -93,12 +93,47 @@ def test_a_single_key_serves_a_token_without_kid() -> None:
     # for the audience was taken for a credential.
     (RSA.sign(claims(events={"http://schemas.openid.net/event/backchannel-logout": {}})),
      "security event token"),
-    (RSA.sign(claims(), header={"typ": "logout+jwt"}), "is an event, not a credential"),
-    (RSA.sign(claims(), header={"typ": "application/secevent+jwt"}), "is an event"),
+    (RSA.sign(claims(), header={"typ": "logout+jwt"}), "a logout\\+jwt token is an event, not"),
+    (RSA.sign(claims(), header={"typ": "application/secevent+jwt"}), "a secevent\\+jwt token is"),
 ])
 def test_refusals(token: str, reason: str) -> None:
     with pytest.raises(JWTError, match=reason):
         verify_jwt(token, provider(), KEYS, NOW)
+
+
+#: A provider that takes only RFC 9068 access tokens issued to the CI's client.
+STRICT = provider(token_types=("at+jwt",), authorized_parties=("ci-client", "deployer"))
+
+
+@pytest.mark.parametrize("header,extra", [
+    ({"typ": "at+jwt"}, {"client_id": "ci-client"}),
+    ({"typ": "application/AT+JWT"}, {"azp": "deployer"}),
+    ({"typ": "at+jwt"}, {"azp": "ci-client", "client_id": "ci-client"}),
+])
+def test_a_typed_token_for_an_authorized_client_is_accepted(header: dict[str, Any],
+                                                             extra: dict[str, Any]) -> None:
+    assert verify_jwt(RSA.sign(claims(**extra), header=header), STRICT, KEYS, NOW)["sub"] == "alice"
+
+
+@pytest.mark.parametrize("header,extra,reason", [
+    # An ID token a client was given for itself (typ JWT, or none) is no access token.
+    ({"typ": "JWT"}, {"client_id": "ci-client"}, "typ must be at\\+jwt"),
+    ({"typ": None}, {"client_id": "ci-client"}, "typ must be at\\+jwt"),
+    ({"typ": "at+jwt"}, {"client_id": "someone-else"}, "authorized client"),
+    ({"typ": "at+jwt"}, {}, "authorized client"),
+    ({"typ": "at+jwt"}, {"azp": ["ci-client"]}, "authorized client"),
+    # Two names for the client, one allowed: which one it was would be a guess.
+    ({"typ": "at+jwt"}, {"azp": "someone-else", "client_id": "ci-client"}, "authorized client"),
+])
+def test_the_wrong_kind_of_token_or_client_is_refused(header: dict[str, Any],
+                                                      extra: dict[str, Any], reason: str) -> None:
+    token = RSA.sign(claims(sub="bob", **extra), header=header)
+    with pytest.raises(JWTError, match=reason) as e:
+        verify_jwt(token, STRICT, KEYS, NOW)
+    # The signature held: the refusal's record names who the token says it is.
+    assert e.value.claimed == {"oidc_issuer": "https://idp.example.com", "oidc_sub": "bob"}
+    # Without the provider's rules the same token is fine.
+    assert verify_jwt(token, provider(), KEYS, NOW)["sub"] == "bob"
 
 
 # Each of these was a crash, or let the token in, before the verifier
@@ -124,6 +159,7 @@ def test_refusals(token: str, reason: str) -> None:
     (RSA.sign(claims(), header={"crit": [[SECRET]]}), "crit"),
     (RSA.sign(claims(), header={"crit": 5}), "crit"),
     (RSA.sign(claims(), header={"crit": ["b64"], "b64": False}), "crit"),
+    (RSA.sign(claims(), header={"typ": [SECRET]}), "typ has the wrong type"),
 ])
 def test_malformed_tokens_are_refused_cleanly(token: str, reason: str) -> None:
     with pytest.raises(JWTError, match=reason) as e:

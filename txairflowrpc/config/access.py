@@ -58,6 +58,24 @@ def _algorithms(value: list[Any]) -> None:
                              f"{', '.join(JWT_ALGORITHMS)})")
 
 
+#: JWS ``typ`` values of tokens that report an event (OIDC back-channel
+#: logout, RFC 8417 security events): signed by the issuer for the audience,
+#: but no credential.
+EVENT_TYPES = frozenset({"logout+jwt", "secevent+jwt"})
+
+
+def media_type(typ: str) -> str:
+    """A JWS ``typ`` as compared (RFC 7515 4.1.9): lower case, ``application/`` dropped."""
+    return typ.lower().removeprefix("application/")
+
+
+def _token_types(value: list[Any]) -> None:
+    strings(value)
+    for typ in value:
+        if media_type(typ) in EVENT_TYPES:
+            raise ValueError(f"{typ!r} is an event's type, never a credential's")
+
+
 def _jwks_url(value: str) -> None:
     """https, or http to this machine's loopback (for tests and a local provider)."""
     if not value:
@@ -382,6 +400,12 @@ class OIDCProvider:
     #: A fetched key set older than this is fetched again before it verifies
     #: a token: a key the provider removed stops working within it.
     jwks_max_age_seconds: float = 900.0
+    #: The JWS ``typ`` a token must have (lower case, without ``application/``),
+    #: e.g. ``at+jwt`` (RFC 9068 access tokens); empty: any but an event's.
+    token_types: tuple[str, ...] = ()
+    #: The OAuth clients a token may have been issued to (its ``azp``, else
+    #: its ``client_id`` claim); empty: any.
+    authorized_parties: tuple[str, ...] = ()
 
     _keys = {
         "issuer": Key(str),
@@ -394,6 +418,8 @@ class OIDCProvider:
         "leeway_seconds": Key(float, 30.0, _leeway),
         "scope_claims": Key(list, ["scope", "groups"], strings),
         "claim_roles": Key(dict, {}),
+        "token_types": Key(list, [], _token_types),
+        "authorized_parties": Key(list, [], strings),
     }
 
 
@@ -531,6 +557,8 @@ def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, O
             jwks_max_age_seconds=values["jwks_max_age_seconds"],
             leeway_seconds=values["leeway_seconds"],
             scope_claims=tuple(values["scope_claims"]), claim_roles=claim_roles, jwks=jwks,
+            token_types=tuple(dict.fromkeys(media_type(t) for t in values["token_types"])),
+            authorized_parties=tuple(values["authorized_parties"]),
         )
     return providers
 

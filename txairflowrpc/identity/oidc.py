@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import OIDCProvider
-from ..config.access import JWT_ALGORITHMS
+from ..config.access import EVENT_TYPES, JWT_ALGORITHMS, media_type
 from ..core.bodies import read_capped
 from ..core.singleflight import SingleFlight
 
@@ -315,6 +315,26 @@ def _check_claims(claims: dict[str, Any], provider: OIDCProvider, now: float) ->
         raise JWTError(_CLAIM_PROBLEMS["sub"])
 
 
+def _check_client(header: Mapping[str, Any], claims: Mapping[str, Any],
+                  provider: OIDCProvider) -> None:
+    """
+    The provider's ``token_types`` and ``authorized_parties``, if it has them:
+    the kind of token (an access token, not an ID token a client was given for
+    itself) and the OAuth client it was issued to.
+    """
+    if provider.token_types:
+        typ = header.get("typ")
+        if not (isinstance(typ, str) and media_type(typ) in provider.token_types):
+            raise JWTError(f"the JWT's typ must be {' or '.join(provider.token_types)}")
+    if provider.authorized_parties:
+        # OIDC names the client in azp; RFC 9068 access tokens in client_id.
+        # Both there and different: which client it was would be a guess.
+        named = [claims[c] for c in ("azp", "client_id") if c in claims]
+        if (not named or any(n != named[0] for n in named)
+                or not isinstance(named[0], str) or named[0] not in provider.authorized_parties):
+            raise JWTError("the JWT was not issued to an authorized client (azp, client_id)")
+
+
 def verify_jwt(
     token: str, provider: OIDCProvider, keys: SigningKeys, now: float
 ) -> dict[str, Any]:
@@ -336,8 +356,8 @@ def verify_jwt(
             except ValueError:
                 raise JWTError(f"malformed JWT header: {name} has the wrong type") from None
     typ = header.get("typ")
-    if isinstance(typ, str) and typ.lower().removeprefix("application/") in EVENT_TYPES:
-        raise JWTError(f"a {_shown(typ)} token is an event, not a credential")
+    if isinstance(typ, str) and media_type(typ) in EVENT_TYPES:
+        raise JWTError(f"a {media_type(typ)} token is an event, not a credential")
     try:
         alg = registry.get_alg(header["alg"])
     except UnsupportedAlgorithmError:
@@ -355,6 +375,7 @@ def verify_jwt(
         raise JWTError(f"malformed JWT claims: {e}") from None
     try:
         _check_claims(claims, provider, now)
+        _check_client(header, claims, provider)
     except JWTError as e:  # signed by the provider: who it names goes on the record
         e.claimed = claimed_by(claims)
         raise
@@ -383,11 +404,6 @@ def roles_from_claims(provider: OIDCProvider, claims: dict[str, Any]) -> tuple[s
                     roles.append(role)
     return tuple(roles)
 
-
-#: ``typ`` values of tokens that report an event (OIDC back-channel logout,
-#: RFC 8417 security events): signed by the issuer for the audience, but no
-#: credential.
-EVENT_TYPES = frozenset({"logout+jwt", "secevent+jwt"})
 
 #: A key set larger than this is not read (providers publish a few keys: a few KB).
 MAX_JWKS_BYTES = 1024 * 1024
