@@ -267,6 +267,28 @@ class BackfillTests(MethodTestCase):
         self.assertEqual(f.faultString, "invalid params for create_backfill: the conf does "
                                         "not fit the params of DAG 'etl_orders'")
 
+    def test_dates_may_be_xmlrpc_datetimes_taken_as_utc(self) -> None:
+        """Found by review: trigger_dag and list_dag_runs took a dateTime, this did not."""
+        first, last = (xmlrpc.client.DateTime(d) for d in ("20260101T00:00:00",
+                                                            "20260103T00:00:00"))
+        answer = self.call("create_backfill", "etl_orders", first, last, {}, {"dry_run": True})
+        self.assertEqual(answer["runs"], 3)
+        airflow = self.gw.airflow
+        dry = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills/dry_run"))]
+        self.assertEqual((dry["from_date"], dry["to_date"]), DAYS)
+        (record,) = [r for r in records(self.gw) if r.get("method") == "create_backfill"]
+        self.assertEqual((record["args"]["from_date"], record["args"]["to_date"]),
+                         ("20260101T00:00:00", "20260103T00:00:00"))
+        # A dateTime element can hold any text: refused, and not recorded as sent.
+        odd = xmlrpc.client.DateTime()
+        odd.decode("password=hunter2")
+        f = self.fault("create_backfill", "etl_orders", odd, last)
+        self.assertEqual(f.faultCode, -32602)
+        self.assertIn("from_date is not a valid dateTime", f.faultString)
+        refused = [r for r in records(self.gw) if r.get("method") == "create_backfill"][-1]
+        self.assertEqual(set(refused["args"]["from_date"]), {"hmac_sha256", "size"})
+        self.assertNotIn("hunter2", json.dumps(records(self.gw)))
+
     def test_the_audit_trail_names_the_range_and_the_backfill_made(self) -> None:
         backfill_id = self.call("create_backfill", "etl_orders", DAYS[0],
                                 "2026-01-03T02:00:00+02:00")["id"]

@@ -18,6 +18,7 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
+from xmlrpc.client import DateTime
 
 import attrs
 
@@ -101,11 +102,17 @@ _WORDLIKE = re.compile(r"[A-Za-z0-9_.:+~-]{1,250}")
 
 
 def _is_date(text: str) -> bool:
-    """Whether ``text`` is an ISO-8601 date or time (so, no free text)."""
+    """
+    Whether ``text`` is an ISO-8601 date or time, or XML-RPC's dateTime
+    form (``20260131T00:00:00``), so no free text.
+    """
     try:
         datetime.fromisoformat(text)
     except ValueError:
-        return False
+        try:
+            datetime.strptime(text, "%Y%m%dT%H:%M:%S")
+        except ValueError:
+            return False
     return True
 
 
@@ -154,8 +161,8 @@ class Summarizer:
                 ids[param.id] = clip(value)
             elif isinstance(value, (bool, int, float)):
                 summary[param.name] = strict_json(value)
-            elif param.date and isinstance(value, str) and _is_date(value):
-                summary[param.name] = clip(value)
+            elif param.date and isinstance(value, (str, DateTime)) and _is_date(str(value)):
+                summary[param.name] = clip(str(value))  # a dateTime's text as sent
             elif (param.keeps is not None and isinstance(value, dict)
                   and len(value) <= MAX_OPTION_MEMBERS):
                 summary[param.name] = {

@@ -38,6 +38,11 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _a_date(param: "Param", value: object) -> bool:
+    """A dateTime where a date parameter is declared as a string (both are taken)."""
+    return param.date and isinstance(value, DateTime)
+
+
 def type_problem(xmlrpc_type: str, value: object) -> bool:
     """True if ``value`` is not of the XML-RPC type ``xmlrpc_type``."""
     if xmlrpc_type == "int" and isinstance(value, bool):
@@ -58,8 +63,9 @@ class Param:
     #: For an id: its kind in `txairflowrpc.core.ids` (``dag_id``,
     #: ``dag_run_id``, ``task_id``); recorded as it is on the audit trail.
     id: str | None = None
-    #: A date (ISO-8601 text): recorded as given among the call's arguments
-    #: when it parses as one, as a digest like any free text otherwise.
+    #: A date: ISO-8601 text, or an XML-RPC dateTime (taken as UTC) where
+    #: the type is ``string``; recorded as given among the call's arguments
+    #: when it is one, as a digest like any free text otherwise.
     date: bool = False
     #: Set for an options struct, whose audit record is kept member by
     #: member: the members whose strings are kept as they are (clipped);
@@ -217,7 +223,7 @@ class MethodSpec:
                     )
                 checked.append(None)
                 continue
-            if type_problem(param.type, value):
+            if type_problem(param.type, value) and not _a_date(param, value):
                 raise errors.InvalidParams(
                     f"parameter {param.name!r} must be {_article(param.type)}", self.name
                 )

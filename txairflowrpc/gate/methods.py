@@ -611,10 +611,10 @@ class AirflowMethods:
 
     @rpc_method(
         "create_backfill", "struct", _DAG_ID,
-        Param("from_date", "string", "the first logical date to run, ISO-8601 with a time zone",
-              date=True),
-        Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone",
-              date=True),
+        Param("from_date", "string", "the first logical date to run, ISO-8601 with a time "
+              "zone (or a dateTime, taken as UTC)", date=True),
+        Param("to_date", "string", "the last logical date to run, ISO-8601 with a time zone "
+              "(or a dateTime, taken as UTC)", date=True),
         Param("conf", "struct", "every run's conf (plain JSON data, at most 64 KiB)",
               required=False),
         Param("options", "struct",
@@ -629,7 +629,7 @@ class AirflowMethods:
         option_scopes=(("options.reprocess_behavior", "tasks:clear", ("none",)),),
     )
     async def create_backfill(
-        self, call: CallContext, dag_id: str, from_date: str, to_date: str,
+        self, call: CallContext, dag_id: str, from_date: str | DateTime, to_date: str | DateTime,
         conf: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """
