@@ -282,6 +282,15 @@ class InteropTests(MethodTestCase):
         again = self.call("trigger_dag", "example_hello", [], {"dag_run_id": "php"})
         self.assertFalse(again["created"])
 
+    def test_the_conf_limit_counts_utf8_bytes(self) -> None:
+        """Found by review: a non-ASCII character counted as its 6-byte JSON escape."""
+        fits = {"text": "日本" * 10_000}  # 60,013 bytes of UTF-8 (6 in a \\u escape: 120,013)
+        run = self.call("trigger_dag", "example_hello", fits, {"dag_run_id": "kanji"})
+        self.assertEqual(run["conf"], fits)
+        f = self.fault("trigger_dag", "example_hello", {"text": "日本" * 11_000})
+        self.assertEqual(f.faultCode, -32602)
+        self.assertIn("conf is larger than 65536 bytes", f.faultString)
+
     def test_conf_comes_back_without_loss(self) -> None:
         nil_i8 = {"X-Airflowrpc-Extensions": "nil, i8"}
         run = self.call("trigger_dag", "example_hello", self.CONF, {"dag_run_id": "exact"},

@@ -137,7 +137,11 @@ def _json_value(method: str, value: Any, depth: int = 0) -> None:
 
 def _check_conf(method: str, conf: dict[str, Any]) -> dict[str, Any]:
     _json_value(method, conf)
-    if len(json.dumps(conf)) > MAX_CONF_BYTES:
+    # Its size as JSON in UTF-8, as documented: ensure_ascii would count a
+    # non-ASCII character as its six-byte escape.
+    size = len(json.dumps(conf, ensure_ascii=False, separators=(",", ":"))
+               .encode("utf-8", "surrogatepass"))
+    if size > MAX_CONF_BYTES:
         raise errors.InvalidParams(f"conf is larger than {MAX_CONF_BYTES} bytes", method)
     return conf
 
