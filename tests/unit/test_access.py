@@ -262,6 +262,8 @@ class TestOIDC:
                              "sub": "alice", "exp": NOW + 60, "scope": "airflow-ci"})
         p = run(auth.authenticate(FakeRequest(None, f"Bearer {token}")))
         assert (p.name, p.method, p.roles) == ("corp/alice", "oidc", ("ci", "auditor"))
+        me = p.describe()
+        assert (me["oidc_issuer"], me["oidc_sub"]) == ("https://idp.example.com", "alice")
         other = Signer("ES256", "ec1").sign({"iss": "https://idp.example.com",
                                               "aud": "airflowrpc", "sub": "alice",
                                               "exp": NOW + 60})

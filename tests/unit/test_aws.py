@@ -552,7 +552,8 @@ class TestAuthenticator:
         assert not p.grants.allows("runs:trigger", "ml_train")
         assert p.audit_identity() == {"method": "aws_iam", "aws_arn": DEPLOYER.arn,
                                       "aws_user_id": DEPLOYER.user_id}
-        assert p.describe(datetime.now(timezone.utc))["aws_arn"] == DEPLOYER.arn
+        me = p.describe(datetime.now(timezone.utc))
+        assert (me["aws_arn"], me["aws_user_id"]) == (DEPLOYER.arn, DEPLOYER.user_id)
         # A verdict kept for this header (a keep-alive connection's) lapses with the signature.
         max_age = auth.aws.settings.max_age_seconds
         assert w.clock.seconds() + max_age - 2 <= p.proof_until <= w.clock.seconds() + max_age

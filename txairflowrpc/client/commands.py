@@ -118,7 +118,7 @@ failures (503, 504, no connection) are retried with back-off.
 run id, the first that applies:
   --run-id ID, or AIRFLOWRPC_RUN_ID
   GitLab CI:      gitlab-$CI_PIPELINE_ID-$CI_JOB_NAME
-  GitHub Actions: github-$GITHUB_REPOSITORY-$GITHUB_RUN_ID-$GITHUB_JOB
+  GitHub Actions: github-OWNER.REPO-$GITHUB_RUN_ID-$GITHUB_JOB ($GITHUB_REPOSITORY's / a .)
   Jenkins:        $BUILD_TAG
   otherwise a fresh id (running the command again then starts another run)
 These stay the same when a CI job is retried, so a retried job finds its

@@ -86,8 +86,10 @@ class Principal:
             }
         if self.token_id is not None:
             info["token_id"] = self.token_id
+        if self.oidc_issuer is not None:
+            info["oidc_issuer"], info["oidc_sub"] = self.oidc_issuer, self.oidc_sub
         if self.aws_arn is not None:
-            info["aws_arn"] = self.aws_arn
+            info["aws_arn"], info["aws_user_id"] = self.aws_arn, self.aws_user_id
         if self.expires is not None:
             now = now or datetime.now(timezone.utc)
             info["expires"] = iso_seconds(self.expires)
