@@ -516,7 +516,10 @@ class GatewayRecordTests(SynchronousTestCase):
         self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": "../../x?y#z\n"})
         (rec,) = records(self.path)  # no intent: nothing was authorised
         self.assertEqual((rec["decision"], rec["fault_code"]), ("invalid", -32602))
-        self.assertEqual(rec["dag_run_id"], "../../x?y#z\n")  # as asked, escaped
+        # Found by review: it was recorded as the call's run id. Refused, it is
+        # no id of anything: the option member is a digest like free text.
+        self.assertNotIn("dag_run_id", rec)
+        self.assertEqual(set(rec["args"]["options"]["dag_run_id"]), {"hmac_sha256", "size"})
 
     def test_faults_are_recorded_with_their_code(self) -> None:
         self.call("get_dag", "no_such_dag")
@@ -527,8 +530,25 @@ class GatewayRecordTests(SynchronousTestCase):
                          [("fault", 404, "allowed"), ("fault", -32602, "invalid"),
                           ("fault", -32601, "invalid")])  # an id is checked before the policy
         self.assertEqual(recs[0]["airflow_status"], 404)
-        self.assertEqual(recs[1]["dag_id"], "x/../../variables")  # escaped JSON, not a path
+        # Not in the id field (it is no DAG's id), but kept to be read, as escaped JSON.
+        self.assertNotIn("dag_id", recs[1])
+        self.assertEqual(recs[1]["args"], {"dag_id": {"invalid_id": "x/../../variables"}})
         self.assertNotIn("airflow_status", recs[1])
+        self.assertEqual(recs[2]["method"], "nope")  # an unknown name, made like one
+
+    def test_what_a_caller_chose_stays_out_of_the_fields_that_name_things(self) -> None:
+        """Found by review: line breaks and bidi controls went on the trail as ids and names."""
+        spoof = "r1\n\u2028\u202edecision: allowed\u202c"
+        self.call("get_dag_run", "etl_orders", spoof)
+        self.call("trigger_dag\u200b", "etl_orders")
+        self.call("system.multicall", [{"methodName": "get_dag\n", "params": ["etl_orders"]}])
+        run, name, *rest = records(self.path)
+        (inner,) = [r for r in rest if r.get("multicall_index") == 0]
+        self.assertEqual((run["dag_id"], run["args"]), ("etl_orders",
+                                                         {"dag_run_id": {"invalid_id": spoof}}))
+        self.assertNotIn("dag_run_id", run)
+        self.assertEqual([name["method"], inner["method"]], ["(not a method name)"] * 2)
+        self.assertEqual((name["fault_code"], inner["fault_code"]), (-32601, -32601))
 
     def test_multicall_records_each_inner_call_linked_to_the_request(self) -> None:
         request_id, _ = self.call("system.multicall", [

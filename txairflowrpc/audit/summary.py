@@ -24,7 +24,7 @@ import attrs
 
 from ..core.files import sync_directory
 from .chain import strict_json
-from ..core.ids import KINDS
+from ..core.ids import KINDS, id_problem
 from ..core.spec import Param
 
 
@@ -145,7 +145,11 @@ class Summarizer:
 
         Id parameters (and the option members an options struct keeps that
         are named like an id kind, never over a parameter's id) are kept as
-        they are, clipped; numbers and booleans too (non-finite ones as
+        they are when valid ids; a string refused as an id is no id of
+        anything, so it stays out of the id fields: a parameter's is kept,
+        clipped, as ``{"invalid_id": ...}`` among the arguments (what an
+        attack asked for is worth reading; the trail is ASCII-escaped JSON),
+        an option member's is a digest like free text; numbers and booleans too (non-finite ones as
         strings), and a ``date`` parameter's string when it is one; an
         options struct (a parameter with ``keeps``) member by member,
         keeping the named members' strings when each is one word
@@ -157,8 +161,10 @@ class Summarizer:
         summary: dict[str, Any] = {}
         promoted: dict[str, Any] = {}
         for param, value in zip(params, args):
-            if param.id is not None and isinstance(value, str):
-                ids[param.id] = clip(value)
+            if param.id is not None and id_problem(param.id, value) is None:
+                ids[param.id] = value
+            elif param.id is not None and isinstance(value, str):
+                summary[param.name] = {"invalid_id": clip(value)}
             elif isinstance(value, (bool, int, float)):
                 summary[param.name] = strict_json(value)
             elif param.date and isinstance(value, (str, DateTime)) and _is_date(str(value)):
@@ -169,8 +175,8 @@ class Summarizer:
                     clip(str(k)): self._member(k, v, param.keeps) for k, v in value.items()
                 }
                 for kind in param.option_ids:  # only an id the options are for
-                    if isinstance(value.get(kind), str):
-                        promoted[kind] = clip(value[kind])
+                    if id_problem(kind, value.get(kind)) is None:
+                        promoted[kind] = value[kind]
             else:
                 summary[param.name] = self.digest(redact(value, self.sensitive))
         for kind, value in promoted.items():  # never over an id a parameter gave
@@ -180,7 +186,9 @@ class Summarizer:
     def _member(self, key: Any, value: Any, keeps: tuple[str, ...]) -> Any:
         if is_sensitive(key, self.sensitive):
             return "[redacted]"
-        if isinstance(value, str) and (key in keeps or key in KINDS) and _WORDLIKE.fullmatch(value):
+        if isinstance(value, str) and (
+                id_problem(key, value) is None if key in KINDS
+                else key in keeps and _WORDLIKE.fullmatch(value)):
             return clip(value)
         if isinstance(value, (bool, int, float)):
             return strict_json(value)

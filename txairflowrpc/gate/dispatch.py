@@ -16,6 +16,7 @@ since they are about the method table itself.
 from __future__ import annotations
 
 import inspect
+import re
 import secrets
 from typing import Any, Protocol
 
@@ -285,7 +286,7 @@ class Dispatcher:
                                   bool(cancelled), duration)
         if self._audit is None:
             return result
-        method = spec.name if spec else str(name)[:100]
+        method = spec.name if spec else recorded_name(name)
         # What the handler got (PHP's "" for a conf is the default), as the
         # intent record says: an auditor's digest of what Airflow holds matches.
         recorded_args = args if trace.checked is None else trace.checked
@@ -440,7 +441,7 @@ class Dispatcher:
         if self._audit is None:
             return
         name = entry.get("methodName") if isinstance(entry, dict) else None
-        fields = self._fields("call", ctx, None, str(name)[:100] if isinstance(name, str)
+        fields = self._fields("call", ctx, None, recorded_name(name) if isinstance(name, str)
                               else "(no method name)", (), index)
         fields.update({"decision": "invalid", "reason": clip(error.message),
                        "outcome": "fault", "fault_code": error.code})
@@ -454,6 +455,22 @@ class Dispatcher:
         recorded = self._append(fields, "invalid")
         if recorded is not None:
             records.append(recorded)
+
+
+#: A method name as it is recorded when no method has it: the characters
+#: method names are made of (an unknown one is worth reading on the trail).
+_NAME_LIKE = re.compile(r"[A-Za-z0-9_.]{1,100}")
+
+
+def recorded_name(name: object) -> str:
+    """
+    What the trail says a call asked for when no method has that name:
+    the name if it is made like one, else a stand-in (line breaks, bidi
+    controls and look-alike letters a caller chose stay off the trail).
+    """
+    if isinstance(name, str) and _NAME_LIKE.fullmatch(name):
+        return name
+    return "(not a method name)"
 
 
 def who_of(ctx: CallContext) -> str:
