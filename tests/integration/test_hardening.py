@@ -102,6 +102,8 @@ CASES = {
     "oversized multicall": (post(call("system.multicall",
                                       [{"methodName": "ping", "params": []}] * 21)), 200, -32602),
     "unknown method": (post(call("system.shutdown")), 200, -32601),
+    "400-digit int": (post(call("trigger_dag", "etl_orders", {"n": 1}).replace(
+        b"<int>1</int>", b"<int>" + b"9" * 400 + b"</int>")), 200, -32602),
 }
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txairflowrpc.identity.scopes import ConfRule
+
 from .helpers import gateway
 
 
@@ -185,6 +187,14 @@ class ScopeTests(SynchronousTestCase):
             self.assertEqual(fault.faultCode, 403)
             self.assertIn(message, fault.faultString)
         self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", {"day": "2026-01-01"})["created"])
+
+    def test_a_conf_the_rules_cannot_check_is_refused(self) -> None:
+        """Found by review: jsonschema's multipleOf overflowed on a huge int: a -32603."""
+        rule = ConfRule.build("etl_*", {"properties": {"ratio": {"multipleOf": 0.01}}})
+        self.assertIsNone(rule.violation({"ratio": 0.5}))
+        self.assertIn("violates rule multipleOf", rule.violation({"ratio": 0.015}) or "")
+        self.assertEqual(rule.violation({"ratio": 10**400}),
+                         "conf: cannot be checked against the rules (OverflowError)")
 
     def test_multicall_checks_every_inner_call(self) -> None:
         gw = gateway()

@@ -250,6 +250,19 @@ def test_a_double_must_be_finite() -> None:
             parse_call(body)
 
 
+def test_an_int_must_fit_in_64_bits() -> None:
+    """Found by review: a 400-digit int reached a conf rule's float arithmetic."""
+    def int_call(tag: bytes, number: int) -> bytes:
+        return HEAD + b"<param><value><%s>%d</%s></value></param>" % (tag, number, tag) + TAIL
+
+    for tag in (b"int", b"i4", b"i8", b"ex:i8", b"ex:biginteger"):
+        for fits in (2**63 - 1, -(2**63)):
+            assert parse_call(int_call(tag, fits))[1] == (fits,)
+        for too_wide in (2**63, -(2**63) - 1, 10**400):
+            with pytest.raises(errors.InvalidParams, match="64 bits"):
+                parse_call(int_call(tag, too_wide))
+
+
 def test_the_content_type_charset_is_honoured_without_a_declaration() -> None:
     latin1 = ("<methodCall><methodName>get_dag</methodName><params><param><value>"
               "<string>caf\u00e9</string></value></param></params></methodCall>").encode("latin-1")

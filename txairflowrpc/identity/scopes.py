@@ -88,7 +88,14 @@ class ConfRule:
         return cls(dags, schema, jsonschema.Draft202012Validator(schema))
 
     def violation(self, conf: dict[str, Any]) -> str | None:
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(conf))
+        """
+        What in ``conf`` breaks this rule, or None.  A conf the validator
+        cannot check (it raised) breaks it: deny by default.
+        """
+        try:
+            error = jsonschema.exceptions.best_match(self.validator.iter_errors(conf))
+        except Exception as e:  # noqa: BLE001 -- any failure to check is a refusal
+            return f"conf: cannot be checked against the rules ({type(e).__name__})"
         if error is None:
             return None
         where = "conf" + "".join(
