@@ -78,6 +78,12 @@ class BackfillTests(MethodTestCase):
             "limit": ["25"], "offset": ["0"], "order_by": ["-run_after"],
             "run_type": ["backfill"], "logical_date_gte": ["2026-01-02T00:00:00Z"],
             "logical_date_lte": ["2026-01-03T00:00:00Z"]})
+        # Each value goes once, however often it was given (found by review).
+        self.call("list_dag_runs", "etl_orders", {"run_type": ["backfill"] * 100 + ["manual"],
+                                                  "state": ["failed", "success"] * 500})
+        self.assertEqual((self.gw.airflow.queries[-1]["run_type"],
+                          self.gw.airflow.queries[-1]["state"]),
+                         (["backfill", "manual"], ["failed", "success"]))
         as_datetime = self.call("list_dag_runs", "etl_orders", {
             "run_type": "backfill",
             "logical_date_from": xmlrpc.client.DateTime("20260102T00:00:00")})

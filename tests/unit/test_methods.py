@@ -238,6 +238,21 @@ class MappedTaskTests(MethodTestCase):
         self.assertEqual(f.faultCode, 404)
         self.assertIn("task 'count' (map_index 7) in run 'm1'", f.faultString)
 
+    def test_a_try_number_out_of_range_is_invalid(self) -> None:
+        """Found by review: a 4,000-digit try_number went to Airflow as a path segment."""
+        before = len(self.gw.airflow.requests)
+        for bad in (0, -1):
+            f = self.fault("get_task_log", "etl_orders", "m1", "count", bad, 0)
+            self.assertEqual(f.faultCode, -32602)
+            self.assertIn("try_number must be from 1 to 2147483647", f.faultString)
+        for wide in (2**31, 2**62):  # past XML-RPC's int: an i8 (the stdlib sends no i8)
+            body = xmlrpc.client.dumps(("etl_orders", "m1", "count", 1, 0), "get_task_log")
+            answer = self.successResultOf(self.gw.post(
+                body.replace("<int>1</int>", f"<i8>{wide}</i8>").encode()))
+            text = self.successResultOf(answer.content()).decode()
+            self.assertIn("try_number must be from 1 to 2147483647", text)
+        self.assertEqual(len(self.gw.airflow.requests), before)
+
 
 class UnexpectedDocumentTests(MethodTestCase):
     """An answer not shaped as Airflow's API says is a 502, never an internal error."""

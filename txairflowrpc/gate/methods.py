@@ -63,6 +63,8 @@ _BACKFILL_ID = Param("backfill_id", "int", "the backfill's id (as create_backfil
 #: Airflow's own bound on a mapped task's instances is a setting
 #: (``core.max_map_length``, 1,024 by default); this only keeps the number sane.
 MAX_MAP_INDEX = 2**31 - 1
+#: The highest try of a task (Airflow keeps it in a 32-bit column).
+MAX_TRY_NUMBER = 2**31 - 1
 
 
 def _note_created(**created: Any) -> None:
@@ -102,11 +104,15 @@ def _options(
 
 
 def _choices(method: str, name: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
-    """A string or array of strings, each one of ``allowed``, as a list."""
+    """
+    A string or array of strings, each one of ``allowed``, as a list, each
+    once (found by review: a value repeated 1,000 times went to Airflow's
+    query string 1,000 times).
+    """
     chosen = [value] if isinstance(value, str) else value
     if not all(isinstance(v, str) and v in allowed for v in chosen):
         raise errors.InvalidParams(f"{name} must be among {', '.join(allowed)}", method)
-    return chosen
+    return list(dict.fromkeys(chosen))
 
 
 def _page(method: str, name: str, opts: dict[str, Any], default_limit: int) -> tuple[int, int]:
@@ -592,8 +598,8 @@ class AirflowMethods:
             raise errors.InvalidParams(
                 f"map_index must be from 0 to {MAX_MAP_INDEX} (leave it out for a task "
                 "that is not mapped)", m)
-        if try_number is not None and try_number < 1:
-            raise errors.InvalidParams("try_number must be at least 1", m)
+        if try_number is not None and not 1 <= try_number <= MAX_TRY_NUMBER:
+            raise errors.InvalidParams(f"try_number must be from 1 to {MAX_TRY_NUMBER}", m)
         client = self._client(call)
         if try_number is None:
             try:
