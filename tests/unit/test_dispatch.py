@@ -34,6 +34,7 @@ class Provider:
     def __init__(self) -> None:
         self.held: Deferred[str] | None = None
         self.cancelled = 0
+        self.echoed = 0
 
     @rpc_method(
         "launch", "struct",
@@ -61,6 +62,12 @@ class Provider:
         """Wait for a while."""
         self.held = Deferred(lambda d: setattr(self, "cancelled", self.cancelled + 1))
         return self.held
+
+    @rpc_method("echo", "string", Param("size", "int", "how many characters"), scope="")
+    def echo(self, call: CallContext, size: int) -> str:
+        """A string of ``size`` characters: an answer as large as asked."""
+        self.echoed += 1
+        return "x" * size
 
     @rpc_method("explode", "string", scope="")
     def explode(self, call: CallContext) -> str:
@@ -92,6 +99,43 @@ class DispatcherCase(SynchronousTestCase):
     def records(self) -> list[dict[str, Any]]:
         path = self.dir / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class AnswerBudgetTests(DispatcherCase):
+    """Found by review: 50 task logs in one multicall made one answer of 800 MB."""
+
+    def test_a_multicall_answers_at_most_its_budget(self) -> None:
+        self.dispatcher.max_answer = 1000
+        who = principal("runs:trigger")
+        ctx = CallContext(who, "req1", "127.0.0.1:1")
+        results = self.successResultOf(self.dispatcher.call(ctx, "system.multicall", ([
+            {"methodName": "echo", "params": [600]},   # fits: about 368 left
+            {"methodName": "echo", "params": [600]},   # would not: a fault in its place
+            {"methodName": "echo", "params": [300]},   # fits: about 36 left
+            {"methodName": "launch", "params": ["etl_a"]},  # a change: charged, never refused
+            {"methodName": "echo", "params": [1]},     # nothing left: refused before it runs
+        ],)))
+        self.assertEqual([len(r[0]) for r in (results[0], results[2])], [600, 300])
+        self.assertEqual(results[3], [{"started": "etl_a"}])
+        self.assertEqual([results[1]["faultCode"], results[4]["faultCode"]], [-32602, -32602])
+        self.assertIn("would take the multicall's answer past 1000 characters; make this call "
+                      "on its own", results[1]["faultString"])
+        self.assertIn("reached 1000 characters", results[4]["faultString"])
+        self.assertEqual(self.provider.echoed, 3)  # the last never ran
+        inner = sorted((r for r in self.records()
+                        if r.get("kind") == "call" and r.get("multicall_index") is not None),
+                       key=lambda r: r["multicall_index"])
+        self.assertEqual([(r["decision"], r["outcome"]) for r in inner],
+                         [("allowed", "ok"), ("allowed", "fault"), ("allowed", "ok"),
+                          ("allowed", "ok"), ("denied", "fault")])
+        self.assertEqual(inner[4]["reason"], "the multicall's answer is full")
+
+    def test_answer_size_counts_text_and_elements(self) -> None:
+        from txairflowrpc.gate.answers import answer_size
+        small = answer_size({"a": 1})
+        self.assertGreater(answer_size({"a": "x" * 10_000}), 10_000)
+        self.assertGreater(answer_size([{"a": 1}] * 100), 100 * small)
+        self.assertLess(answer_size({"a": "x" * 10_000}), 10_000 + 200)
 
 
 class DispatcherTests(DispatcherCase):

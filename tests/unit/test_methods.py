@@ -399,6 +399,26 @@ class ProtocolTests(MethodTestCase):
         self.assertEqual(results[3][0]["dag_id"], "etl_orders")
         self.assertEqual(results[4]["faultCode"], -32602)
 
+    def test_a_multicall_of_task_logs_answers_at_most_32_mib(self) -> None:
+        """Found by review: 50 get_task_log calls made an answer of 50 logs (800 MB at most)."""
+        import attrs
+
+        from .helpers import CONFIG
+        self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
+        self.gw.airflow.runs[("etl_orders", "r1")] = {"dag_id": "etl_orders", "dag_run_id": "r1"}
+        self.gw.airflow.task_instances[("etl_orders", "r1")] = [
+            {"task_id": "extract", "state": "failed", "try_number": 1, "map_index": -1}]
+        line = "x" * 1023
+        self.gw.airflow.logs[("etl_orders", "r1", "extract", 1)] = {
+            "content": [line] * 4096}  # 4 MiB
+        calls = [{"methodName": "get_task_log", "params": ["etl_orders", "r1", "extract", 1]}]
+        results = self.call("system.multicall", calls * 10)
+        logs = [r for r in results if isinstance(r, list)]
+        self.assertEqual(len(logs), 7)  # 7 x 4 MiB fit in 32 MiB, the eighth would not
+        self.assertEqual({r["faultCode"] for r in results[7:]}, {-32602})
+        self.assertIn("make this call on its own", results[7]["faultString"])
+        self.assertEqual(len(logs[0][0]), 4096 * 1024)
+
     def test_multicall_is_capped(self) -> None:
         f = self.fault("system.multicall", [{"methodName": "ping", "params": []}] * 6)
         self.assertEqual(f.faultCode, -32602)

@@ -34,6 +34,7 @@ from ..core import calltrace, errors
 from ..core.calltrace import CallTrace
 from ..core.meters import UNMETERED, CallMeter
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec, Param, collect, rpc_method
+from .answers import MAX_MULTICALL_ANSWER, AnswerBudget
 from .limits import CallLimits
 from .refusals import RefusalLog
 
@@ -60,6 +61,7 @@ class Dispatcher:
         summarizer: Summarizer | None = None,
         limits: CallLimits | None = None, deadline: float = 60.0, max_wait: float = 3600.0,
         meter: CallMeter = UNMETERED, refusals: RefusalLog | None = None,
+        max_answer: int = MAX_MULTICALL_ANSWER,
     ) -> None:
         self._meter = meter
         #: Where a caller's calls past its rate are counted (None: each is
@@ -70,6 +72,8 @@ class Dispatcher:
         self.deadline = deadline
         self.max_wait = max_wait
         self.max_multicall = max_multicall
+        #: The most characters one multicall's results may take (`AnswerBudget`).
+        self.max_answer = max_answer
         self._clock = clock
         self._audit = audit
         self.summarizer = summarizer or Summarizer(REDACT_DEFAULT, secrets.token_bytes(32))
@@ -85,6 +89,7 @@ class Dispatcher:
     def call(
         self, ctx: CallContext, name: str, args: tuple[Any, ...],
         multicall_index: int | None = None, records: list[Deferred[None]] | None = None,
+        budget: AnswerBudget | None = None,
     ) -> Deferred[Any]:
         """
         Run one call; the Deferred fires with the result or fails with a
@@ -96,7 +101,8 @@ class Dispatcher:
         handler runs, so that no effect in Airflow is ever without a
         record.  With ``records`` (a multicall's inner calls) the call's
         record is not waited for but added there, so that the records of
-        one multicall share a group commit.
+        one multicall share a group commit, and ``budget`` is what is left
+        of the multicall's answer (`AnswerBudget`).
 
         Cancelling it cancels the handler's work, except for a call that
         changes Airflow: that one runs on to its real outcome, which its
@@ -115,7 +121,7 @@ class Dispatcher:
                 if top:
                     self._limits.enter(who)
                     entered = True
-            d = maybeDeferred(self._run, ctx, spec, name, args, trace, multicall_index)
+            d = maybeDeferred(self._run, ctx, spec, name, args, trace, multicall_index, budget)
         except errors.RateLimited as e:
             trace.decision, trace.reason = "denied", e.message
             d = fail(e)
@@ -127,6 +133,8 @@ class Dispatcher:
                          onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
+        if budget is not None and spec is not None:
+            d.addCallback(budget.charge, spec.changes_airflow(args))
         d.addErrback(self._as_gateway_error, ctx, spec)
         d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index, records)
         if top:
@@ -176,7 +184,7 @@ class Dispatcher:
 
     def _run(
         self, ctx: CallContext, spec: MethodSpec | None, name: str, args: tuple[Any, ...],
-        trace: CallTrace, multicall_index: int | None,
+        trace: CallTrace, multicall_index: int | None, budget: AnswerBudget | None = None,
     ) -> Any:
         if self.draining:  # a call that came in on an open connection after SIGTERM
             trace.decision, trace.reason = "denied", "the gateway is shutting down"
@@ -186,6 +194,9 @@ class Dispatcher:
             raise errors.AuditUnavailable()
         if spec is None:
             raise errors.MethodNotFound(str(name)[:100])
+        if budget is not None and budget.spent:
+            trace.decision, trace.reason = "denied", "the multicall's answer is full"
+            raise budget.refusal()
         checked = trace.checked = spec.check(args)
         try:
             self._policy.authorize(ctx, spec, checked)
@@ -409,6 +420,7 @@ class Dispatcher:
             )
         results: list[Any] = []
         records: list[Deferred[None]] = []
+        budget = AnswerBudget(self.max_answer)
         for index, entry in enumerate(calls):
             try:
                 name, params = _multicall_entry(entry)
@@ -418,7 +430,7 @@ class Dispatcher:
                 continue
             try:
                 results.append([await self.call(call, name, params, multicall_index=index,
-                                                records=records)])
+                                                records=records, budget=budget)])
             except errors.GatewayError as e:
                 results.append({"faultCode": e.code, "faultString": e.message})
         try:
