@@ -139,6 +139,37 @@ class BackfillTests(MethodTestCase):
         self.assertIn("backfill_id must be from 0", f.faultString)
         self.assertEqual(self.gw.airflow.api_requests(), [])
 
+    def test_a_range_over_max_backfill_days_never_reaches_airflow(self) -> None:
+        """Found by review: a range from the year 1 made Airflow walk 739,000 intervals."""
+        for first, last in (("0001-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+                            ("2016-01-01T00:00:00Z", "2026-01-08T00:00:01Z")):
+            f = self.fault("create_backfill", "etl_orders", first, last, {}, {"dry_run": True})
+            self.assertEqual(f.faultCode, -32602)
+            self.assertIn("the range spans more than 3660 days (the gateway's "
+                          "rpc.max_backfill_days): Airflow walks each of its intervals; split it",
+                          f.faultString)
+        self.assertEqual(self.posts(), [])
+        # 3660 days exactly is within it.
+        self.call("create_backfill", "etl_orders", "2016-01-01T00:00:00Z",
+                  "2026-01-08T00:00:00Z", {}, {"dry_run": True})
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
+
+    def test_two_backfills_at_once_ask_airflow_a_third_is_told_to_retry(self) -> None:
+        """Found by review: each walks its range in Airflow, and callers at once held it."""
+        self.gw.airflow.hang.append("/api/v2/backfills/dry_run")
+        held = [self.gw.call_d("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
+                for _ in range(2)]
+        f = self.fault("create_backfill", "etl_orders", *DAYS)
+        self.assertEqual(f.faultCode, 429)
+        self.assertIn("busy: 2 backfills are being made through this gateway; retry in a "
+                      "moment", f.faultString)
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"] * 2)  # not the third
+        self.gw.airflow.hang.clear()
+        for _ in range(61):  # given up on at the call deadline: each frees its place
+            self.gw.advance(1)
+        self.assertEqual([self.successResultOf(d)[2].faultCode for d in held], [504, 504])
+        self.assertEqual(self.call("create_backfill", "etl_orders", *DAYS)["runs"], 3)
+
     def test_a_backfill_of_another_dag_is_not_found_and_left_alone(self) -> None:
         backfill_id = self.call("create_backfill", "etl_orders", *DAYS)["id"]
         for method in ("get_backfill", "pause_backfill", "cancel_backfill"):
@@ -220,7 +251,7 @@ class BackfillTests(MethodTestCase):
 
     def test_the_dry_run_is_asked_once_and_a_huge_one_is_split_the_range(self) -> None:
         self.gw.airflow.hang.append("/api/v2/backfills/dry_run")
-        d = self.gw.call_d("create_backfill", "etl_orders", "1500-01-01T00:00:00Z", DAYS[1])
+        d = self.gw.call_d("create_backfill", "etl_orders", "2017-01-01T00:00:00Z", DAYS[1])
         for _ in range(100):
             self.gw.advance(1)
         _, _, result = self.successResultOf(d)
@@ -232,7 +263,7 @@ class BackfillTests(MethodTestCase):
         n = 17 * 1024 * 1024 // len(json.dumps(entry)) + 1
         self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
             200, {"backfills": [entry] * n, "total_entries": n})
-        f = self.fault("create_backfill", "etl_orders", "1400-01-01T00:00:00Z", DAYS[1])
+        f = self.fault("create_backfill", "etl_orders", "2017-01-01T00:00:00Z", DAYS[1])
         self.assertEqual((f.faultCode, f.faultString), (-32602, (
             "invalid params for create_backfill: the range holds too many runs of DAG "
             "'etl_orders' to list: split it")))
@@ -342,3 +373,6 @@ class ReloadTests(SynchronousTestCase):
         self.assertIsInstance(result, xmlrpc.client.Fault)
         self.assertIn("would create 3 runs of DAG 'etl_orders', more than the gateway allows "
                       "in one (2)", result.faultString)
+        parts.apply(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_backfill_days=1)))
+        _, _, result = self.successResultOf(gw.call_d("create_backfill", "etl_orders", *DAYS))
+        self.assertIn("the range spans more than 1 days", result.faultString)

@@ -715,9 +715,10 @@ def test_a_refused_create_is_told_as_it_was() -> None:
     gateway = FakeGateway()
     assert run_in_memory([*FEB, "--wait"], gateway).status == 0  # completed, same range
     gateway.fail_next["create_backfill"] = [
-        FaultReply("create_backfill", 429, "rate limited: retry after 1 s")]
-    got = run_in_memory(FEB, gateway)  # never made: no search, no old backfill
+        FaultReply("create_backfill", 429, "rate limited: retry after 1 s")] * 8
+    got = run_in_memory(FEB, gateway)  # never made (8 tries): no search, no old backfill
     assert got.status == 5 and "fault 429" in got.err, got.err
+    assert len(gateway.calls_of("create_backfill")) == 1 + 8
     assert gateway.calls_of("list_backfills") == []
     gateway.fail_next["create_backfill"] = [xmlrpc.client.Fault(
         409, "conflict: DAG 'example_daily' already has a backfill that has not completed")]
@@ -725,6 +726,28 @@ def test_a_refused_create_is_told_as_it_was() -> None:
         403, "forbidden: list_backfills: requires scope runs:read:example_daily")]
     got = run_in_memory(FEB, gateway)  # the search failed: the create's own answer
     assert got.status == 4 and "fault 409" in got.err and "403" not in got.err, got.err
+
+
+def test_a_create_refused_before_it_ran_is_made_again() -> None:
+    """A 429 (the gateway busy with other backfills, a rate) asked Airflow nothing."""
+    gateway = FakeGateway()
+    clock = FakeClock()
+    gateway.fail_next["create_backfill"] = [
+        FaultReply("create_backfill", 429,
+                   "busy: 2 backfills are being made through this gateway; retry in a moment"),
+        FaultReply("create_backfill", 429, "rate limited: retry after 1 s")]
+    got = run_in_memory(FEB, gateway, clock=clock)
+    assert got.status == 0, got.err
+    assert (got.json["id"], got.json["created"]) == (1, True)
+    assert len(gateway.calls_of("create_backfill")) == 3 and len(gateway.backfills) == 1
+    assert got.err.count("; trying again in") == 2 and "busy: 2 backfills" in got.err
+    assert len(clock.slept) == 2
+    # Any other failure of a create is not retried: it may have been made.
+    gateway = FakeGateway()
+    gateway.fail_next["create_backfill"] = [
+        FaultReply("create_backfill", 503, "Airflow cannot be reached")]
+    assert run_in_memory(FEB, gateway).status == 5
+    assert len(gateway.calls_of("create_backfill")) == 1
 
 
 def test_backfill_not_completed_within_timeout_prints_it_and_exits_6() -> None:

@@ -22,7 +22,7 @@ from ..core import errors as codes
 from . import backfilling, errors, failures, runid, settings, values
 from .console import Console, redact_shapes
 from .errors import ClientError, UsageError
-from .retry import Backoff, call_with_retries
+from .retry import Backoff, call_with_retries, refused_before_it_ran
 from .transport import DEFAULT_TIMEOUT, Caller, Gateway
 from .waiting import DEFAULT_CHUNK, Progress, wait_for_run
 
@@ -438,10 +438,18 @@ def _backfill(
                                     {**options, "dry_run": True}))
         return errors.DONE
     backoff = Backoff()
+
+    def retrying(error: ClientError, pause: float) -> None:
+        console.note(f"{error.message}; trying again in {pause:.1f} s")
+
     try:
-        # Once: the gateway never retries a create either (a second one would
-        # meet the first); a later try of the command finds it (below).
-        backfill = gateway.call("create_backfill", dag_id, first, last, conf, options)
+        # Once (the gateway never retries a create either: a second one would
+        # meet the first; a later try of the command finds it, below), but
+        # for a 429: refused before anything was asked of Airflow.
+        backfill = call_with_retries(
+            lambda: gateway.call("create_backfill", dag_id, first, last, conf, options),
+            backoff=backoff, sleep=sleep, clock=clock, on_retry=retrying, rand=rand,
+            retry_if=refused_before_it_ran)
         created = True
         console.note(f"created backfill {backfill.get('id')} of {dag_id}: "
                      f"{backfill.get('runs')} runs")

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import attrs
 
+from ..core import errors as codes
 from .errors import ClientError
 
 T = TypeVar("T")
@@ -42,6 +43,16 @@ class Backoff:
         return base * (1 - self.jitter + 2 * self.jitter * rand())
 
 
+def refused_before_it_ran(error: ClientError) -> bool:
+    """
+    Was the call refused before anything of it was done (429: a rate, a
+    cap, the gateway busy)?  Then even a call that is not safe to repeat
+    (a backfill's create) may be made again.
+    """
+    return (getattr(error, "code", None) == codes.RATE_LIMITED
+            or getattr(error, "status", None) == codes.RATE_LIMITED)
+
+
 def call_with_retries(
     attempt: Callable[[], T], *, backoff: Backoff,
     sleep: Callable[[float], None] = time.sleep,
@@ -49,12 +60,15 @@ def call_with_retries(
     deadline: float | None = None,
     on_retry: Callable[[ClientError, float], None] | None = None,
     rand: Callable[[], float] = random.random,
+    retry_if: Callable[[ClientError], bool] | None = None,
 ) -> T:
     """
-    ``attempt()``, tried again after each transient failure, at most
-    ``backoff.attempts`` times in all and never sleeping past ``deadline``
-    (a ``clock`` time).  Raises the last failure when the tries run out;
-    ``on_retry`` hears of each failure that is retried and the pause.
+    ``attempt()``, tried again after each transient failure (or each
+    ``retry_if`` says may be tried again, for a call that is safe to repeat
+    only after some failures), at most ``backoff.attempts`` times in all and
+    never sleeping past ``deadline`` (a ``clock`` time).  Raises the last
+    failure when the tries run out; ``on_retry`` hears of each failure that
+    is retried and the pause.
     """
     failures = 0
     while True:
@@ -62,7 +76,8 @@ def call_with_retries(
             return attempt()
         except ClientError as e:
             failures += 1
-            if not e.transient or failures >= backoff.attempts:
+            again = e.transient if retry_if is None else retry_if(e)
+            if not again or failures >= backoff.attempts:
                 raise
             pause = backoff.delay(failures, rand)
             if deadline is not None and clock() + pause >= deadline:

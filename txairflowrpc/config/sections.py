@@ -127,6 +127,7 @@ class RPCConfig:
     max_body_bytes: int
     read_cache_seconds: float = 0.0
     max_backfill_runs: int = 1000
+    max_backfill_days: int = 3660
 
     _keys = {
         "max_multicall": Key(int, 50, at_least(1)),
@@ -135,6 +136,7 @@ class RPCConfig:
         "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
         "read_cache_seconds": Key(float, 0.0, at_least(0)),
         "max_backfill_runs": Key(int, 1000, at_least(1)),
+        "max_backfill_days": Key(int, 3660, at_least(1)),
     }
 
 

@@ -11,7 +11,7 @@ simply absent from a struct.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from xmlrpc.client import DateTime
 
@@ -52,6 +52,8 @@ REPROCESS_BEHAVIORS = ("none", "failed", "completed")
 MAX_ACTIVE_BACKFILL_RUNS = 1000
 #: Backfill ids are database integers.
 MAX_BACKFILL_ID = 2**31 - 1
+#: create_backfill calls one gateway process lets ask Airflow at once.
+MAX_BACKFILLS_AT_ONCE = 2
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
@@ -232,12 +234,17 @@ class AirflowMethods:
         caller's calls use.
     :param max_wait: the cap on ``wait_dag_run``'s timeout, in seconds.
     :param max_backfill_runs: how many runs one backfill may create at most.
+    :param max_backfill_days: how many days one backfill's range may span.
     """
 
-    def __init__(self, accounts: Accounts, max_wait: int, max_backfill_runs: int) -> None:
+    def __init__(self, accounts: Accounts, max_wait: int, max_backfill_runs: int,
+                 max_backfill_days: int = 3660) -> None:
         self.accounts = accounts
         self.max_wait = max_wait
         self.max_backfill_runs = max_backfill_runs
+        self.max_backfill_days = max_backfill_days
+        #: create_backfill calls asking Airflow now (each walks its range there).
+        self._backfilling = 0
 
     def _account(self, call: CallContext) -> Account:
         """The caller's Airflow account, noted on its record."""
@@ -656,8 +663,15 @@ class AirflowMethods:
         _check_id(m, "dag_id", dag_id)
         first = _logical_date(m, from_date, "from_date")
         last = _logical_date(m, to_date, "to_date")
-        if datetime.fromisoformat(first) > datetime.fromisoformat(last):
+        span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
+        if span < timedelta(0):
             raise errors.InvalidParams("from_date is after to_date", m)
+        if span > timedelta(days=self.max_backfill_days):
+            # Airflow walks every interval of the range, in one request, and
+            # goes on after the gateway has given up waiting (found by review).
+            raise errors.InvalidParams(
+                f"the range spans more than {self.max_backfill_days} days (the gateway's "
+                "rpc.max_backfill_days): Airflow walks each of its intervals; split it", m)
         if conf is not None:
             conf = _check_conf(m, conf)
         opts = _options(m, "options", options, {
@@ -672,6 +686,24 @@ class AirflowMethods:
         if not 1 <= max_active <= MAX_ACTIVE_BACKFILL_RUNS:
             raise errors.InvalidParams(
                 f"options.max_active_runs must be from 1 to {MAX_ACTIVE_BACKFILL_RUNS}", m)
+        if self._backfilling >= MAX_BACKFILLS_AT_ONCE:
+            # Each walks its whole range in Airflow, in one request: callers
+            # at once would hold Airflow's workers (refused before anything
+            # is asked: a retry is safe).
+            raise errors.Busy(f"{self._backfilling} backfills are being made through this "
+                              "gateway")
+        self._backfilling += 1
+        try:
+            return await self._make_backfill(call, m, dag_id, first, last, conf, opts,
+                                             reprocess, max_active)
+        finally:
+            self._backfilling -= 1
+
+    async def _make_backfill(
+        self, call: CallContext, m: str, dag_id: str, first: str, last: str,
+        conf: dict[str, Any] | None, opts: dict[str, Any], reprocess: str, max_active: int,
+    ) -> dict[str, Any]:
+        """create_backfill's work in Airflow, its arguments checked."""
         client = self._client(call)
         what = {"from_date": first, "to_date": last, "conf": conf,
                 "run_backwards": opts.get("run_backwards", False),

@@ -254,6 +254,7 @@ class Parts:
         self.dispatcher.deadline = cfg.limits.call_deadline_seconds
         self.dispatcher.max_wait = self.methods.max_wait = cfg.rpc.max_wait_seconds
         self.methods.max_backfill_runs = cfg.rpc.max_backfill_runs
+        self.methods.max_backfill_days = cfg.rpc.max_backfill_days
         self.dispatcher.max_multicall = cfg.rpc.max_multicall
         self.dispatcher.summarizer = attrs.evolve(self.dispatcher.summarizer,
                                                   sensitive=cfg.audit.redact_keys)
@@ -342,7 +343,8 @@ def build_site(
     breaker.check = lambda: client.reachable(BREAKER_CHECK_SECONDS)
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
-    methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds, cfg.rpc.max_backfill_runs)
+    methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds, cfg.rpc.max_backfill_runs,
+                             cfg.rpc.max_backfill_days)
     refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
     refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
     # A known caller's refusals cost it a call of its rate; past it they are counted.
