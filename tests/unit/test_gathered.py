@@ -196,6 +196,24 @@ class GatheredTests(SynchronousTestCase):
         self.assertEqual(len(started), 1)
         self.assertGreater(started[0].value, 0)
 
+    def test_only_the_samples_a_scrape_names(self) -> None:
+        """``?name[]=``, as one process's exposition (prometheus_client's) honours it."""
+        self.answer(0, b"/metrics", 200, worker_exposition(2))
+        self.answer(1, b"/metrics", 200, worker_exposition(3))
+        _, body = self.get("/metrics?name[]=airflowrpc_calls_total&name[]=airflowrpc_worker_up"
+                           "&name[]=process_open_fds")
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        self.assertEqual(set(families), {"airflowrpc_calls", "airflowrpc_worker_up",
+                                         "process_open_fds"})
+        self.assertEqual({s.name for s in families["airflowrpc_calls"].samples},
+                         {"airflowrpc_calls_total"})  # not its _created samples
+        self.assertEqual(sorted(s.labels.get("worker", "") for s in
+                                families["airflowrpc_worker_up"].samples), ["0", "1"])
+        _, everything = self.get("/metrics")
+        self.assertIn(b"airflowrpc_workers ", everything)
+        _, nothing = self.get("/metrics?name[]=no_such_metric")
+        self.assertEqual(nothing, b"")
+
     def test_gzip_when_accepted(self) -> None:
         families = supervisor_families([state(0)], {0})
         body, headers = exposition(families, "", "deflate, gzip;q=0.5")

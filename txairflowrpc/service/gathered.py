@@ -216,12 +216,18 @@ class _Families:
 Encoded = tuple[bytes, tuple[tuple[bytes, bytes], ...]]
 
 
-def exposition(families: list[Metric], accept: str, accept_encoding: str) -> Encoded:
-    """``families`` encoded as the scraper asked: body and headers."""
-    registry = CollectorRegistry(auto_describe=False)
+def exposition(families: list[Metric], accept: str, accept_encoding: str,
+               names: Iterable[str] = ()) -> Encoded:
+    """
+    ``families`` encoded as the scraper asked: body and headers; only the
+    samples named in ``names`` if it names any (``?name[]=``, as
+    prometheus_client's own exposition does for one process).
+    """
+    wanted = set(names)
+    registry = CollectorRegistry(auto_describe=bool(wanted))
     registry.register(_Families(families))
     encoder, content_type = choose_encoder(accept)
-    body = encoder(registry)
+    body = encoder(registry.restricted_registry(wanted) if wanted else registry)
     headers = ((b"Content-Type", content_type.encode()),)
     if gzip_accepted(accept_encoding):
         return gzip.compress(body), (*headers, (b"Content-Encoding", b"gzip"))
@@ -268,8 +274,9 @@ class GatheredHealth(Resource):
             accept = (request.getHeader(b"accept") or b"").decode("latin-1")
             encoding = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")
             states = self._states()  # now, on the reactor's thread
+            names = [n.decode("utf-8", "replace") for n in request.args.get(b"name[]", [])]
             d.addCallback(lambda answers: self._off_reactor(
-                self._metrics, answers, states, accept, encoding))
+                self._metrics, answers, states, accept, encoding, names))
             d.addCallback(self._send, request)
         else:
             return _json(request, 404, {"error": "not found: /healthz, /readyz or /metrics"})
@@ -299,10 +306,10 @@ class GatheredHealth(Resource):
         finish(request, 200 if ready else 503, json.dumps(body).encode() + b"\n", _JSON)
 
     def _metrics(self, answers: list[Answer], states: list[WorkerState], accept: str,
-                 encoding: str) -> Encoded:
+                 encoding: str, names: list[str]) -> Encoded:
         families, read = merged_families(answers)
         return exposition(with_own(families, self._own()) + supervisor_families(states, read),
-                          accept, encoding)
+                          accept, encoding, names)
 
     @staticmethod
     def _send(encoded: Encoded, request: server.Request) -> None:
