@@ -548,6 +548,8 @@ class GatewayRecordTests(SynchronousTestCase):
                                                          {"dag_run_id": {"invalid_id": spoof}}))
         self.assertNotIn("dag_run_id", run)
         self.assertEqual([name["method"], inner["method"]], ["(not a method name)"] * 2)
+        self.assertEqual([name["invalid_method"], inner["invalid_method"]],
+                         ["trigger_dag\u200b", "get_dag\n"])  # kept to be read, escaped
         self.assertEqual((name["fault_code"], inner["fault_code"]), (-32601, -32601))
 
     def test_multicall_records_each_inner_call_linked_to_the_request(self) -> None:

@@ -149,26 +149,42 @@ class BackfillTests(MethodTestCase):
                           "rpc.max_backfill_days): Airflow walks each of its intervals; split it",
                           f.faultString)
         self.assertEqual(self.posts(), [])
-        # 3660 days exactly is within it.
-        self.call("create_backfill", "etl_orders", "2016-01-01T00:00:00Z",
-                  "2026-01-08T00:00:00Z", {}, {"dry_run": True})
-        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
+        # 3660 days exactly is within it (a daily DAG: 3661 dates, counted).
+        answer = self.call("create_backfill", "etl_orders", "2016-01-01T00:00:00Z",
+                           "2026-01-08T00:00:00Z", {}, {"dry_run": True})
+        self.assertEqual(answer["runs"], 3661)
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"] * 2)  # the first week too
 
-    def test_two_backfills_at_once_ask_airflow_a_third_is_told_to_retry(self) -> None:
-        """Found by review: each walks its range in Airflow, and callers at once held it."""
-        self.gw.airflow.hang.append("/api/v2/backfills/dry_run")
-        held = [self.gw.call_d("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
-                for _ in range(2)]
-        f = self.fault("create_backfill", "etl_orders", *DAYS)
-        self.assertEqual(f.faultCode, 429)
-        self.assertIn("busy: 2 backfills are being made through this gateway; retry in a "
-                      "moment", f.faultString)
-        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"] * 2)  # not the third
-        self.gw.airflow.hang.clear()
-        for _ in range(61):  # given up on at the call deadline: each frees its place
-            self.gw.advance(1)
-        self.assertEqual([self.successResultOf(d)[2].faultCode for d in held], [504, 504])
-        self.assertEqual(self.call("create_backfill", "etl_orders", *DAYS)["runs"], 3)
+    def test_a_range_of_more_intervals_than_it_may_walk_is_refused(self) -> None:
+        """
+        Found by review: Airflow walks every interval of the range (a query
+        each); a dense schedule over years is millions.  The first week's
+        intervals tell how many the range holds.
+        """
+        long = ("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z")  # a daily DAG: 366 dates
+        answer = self.call("create_backfill", "etl_orders", *long, {}, {"dry_run": True})
+        self.assertEqual(answer["runs"], 366)
+        probe, counted = [b for m, b in zip(self.gw.airflow.requests, self.gw.airflow.bodies)
+                          if m == ("POST", "/api/v2/backfills/dry_run")]
+        self.assertEqual((probe["from_date"], probe["to_date"], probe["reprocess_behavior"]),
+                         ("2025-01-01T00:00:00Z", "2025-01-07T23:59:59.999999Z", "completed"))
+        self.assertEqual((counted["to_date"], counted["reprocess_behavior"]),
+                         ("2026-01-01T00:00:00Z", "none"))
+        # As if the DAG ran every minute: 10,080 intervals in its first week.
+        self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (200, {
+            "backfills": [{"logical_date": "2025-01-01T00:00:00Z", "partition_key": None,
+                           "partition_date": None}] * 10_080, "total_entries": 10_080})
+        f = self.fault("create_backfill", "etl_orders", *long)
+        self.assertEqual(f.faultCode, -32602)
+        self.assertIn("the range holds about 525600 intervals of DAG 'etl_orders''s schedule "
+                      "(10080 in its first 7 days), each of which Airflow walks to count the "
+                      "runs; the gateway allows 4000 (4 x rpc.max_backfill_runs): split the "
+                      "range", f.faultString)
+        self.assertEqual(len(self.posts()), 3)  # the probe only: the range was never asked
+        # A range of a week or less is counted at once (the probe would be the range).
+        before = len(self.posts())
+        self.call("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
+        self.assertEqual(len(self.posts()), before + 1)
 
     def test_a_backfill_of_another_dag_is_not_found_and_left_alone(self) -> None:
         backfill_id = self.call("create_backfill", "etl_orders", *DAYS)["id"]

@@ -729,18 +729,18 @@ def test_a_refused_create_is_told_as_it_was() -> None:
 
 
 def test_a_create_refused_before_it_ran_is_made_again() -> None:
-    """A 429 (the gateway busy with other backfills, a rate) asked Airflow nothing."""
+    """A 429 (the caller's rate or calls in flight) was refused before Airflow was asked."""
     gateway = FakeGateway()
     clock = FakeClock()
     gateway.fail_next["create_backfill"] = [
         FaultReply("create_backfill", 429,
-                   "busy: 2 backfills are being made through this gateway; retry in a moment"),
+                   "rate limited: 20 calls in flight for this principal; retry later"),
         FaultReply("create_backfill", 429, "rate limited: retry after 1 s")]
     got = run_in_memory(FEB, gateway, clock=clock)
     assert got.status == 0, got.err
     assert (got.json["id"], got.json["created"]) == (1, True)
     assert len(gateway.calls_of("create_backfill")) == 3 and len(gateway.backfills) == 1
-    assert got.err.count("; trying again in") == 2 and "busy: 2 backfills" in got.err
+    assert got.err.count("; trying again in") == 2 and "20 calls in flight" in got.err
     assert len(clock.slept) == 2
     # Any other failure of a create is not retried: it may have been made.
     gateway = FakeGateway()

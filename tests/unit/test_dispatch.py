@@ -118,9 +118,9 @@ class AnswerBudgetTests(DispatcherCase):
         self.assertEqual([len(r[0]) for r in (results[0], results[2])], [600, 300])
         self.assertEqual(results[3], [{"started": "etl_a"}])
         self.assertEqual([results[1]["faultCode"], results[4]["faultCode"]], [-32602, -32602])
-        self.assertIn("would take the multicall's answer past 1000 characters; make this call "
+        self.assertIn("would take the multicall's answer past 1000 bytes; make this call "
                       "on its own", results[1]["faultString"])
-        self.assertIn("reached 1000 characters", results[4]["faultString"])
+        self.assertIn("reached 1000 bytes", results[4]["faultString"])
         self.assertEqual(self.provider.echoed, 3)  # the last never ran
         inner = sorted((r for r in self.records()
                         if r.get("kind") == "call" and r.get("multicall_index") is not None),
@@ -130,12 +130,15 @@ class AnswerBudgetTests(DispatcherCase):
                           ("allowed", "ok"), ("denied", "fault")])
         self.assertEqual(inner[4]["reason"], "the multicall's answer is full")
 
-    def test_answer_size_counts_text_and_elements(self) -> None:
+    def test_answer_size_is_about_the_bytes_written(self) -> None:
+        """Found by review: text was counted before escaping and encoding (x5 for "&")."""
         from txairflowrpc.gate.answers import answer_size
-        small = answer_size({"a": 1})
-        self.assertGreater(answer_size({"a": "x" * 10_000}), 10_000)
-        self.assertGreater(answer_size([{"a": 1}] * 100), 100 * small)
-        self.assertLess(answer_size({"a": "x" * 10_000}), 10_000 + 200)
+        from txairflowrpc.gate.wire import dump_response
+        for value in ({"a": "x" * 10_000}, {"a": "&" * 10_000}, {"a": "\r<>" * 3_000},
+                      ["\u20ac" * 5_000, "\U0001d11e" * 2_000], [{"a": 1, "b": "c"}] * 300):
+            written = len(dump_response(value))
+            self.assertGreaterEqual(answer_size(value), written * 0.9, value)
+            self.assertLessEqual(answer_size(value), written * 1.5 + 100, value)
 
 
 class DispatcherTests(DispatcherCase):

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from .keys import ConfigError, Key, at_least, port, positive, strings
+from .keys import ConfigError, Key, at_least, between, port, positive, strings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -136,7 +136,7 @@ class RPCConfig:
         "max_body_bytes": Key(int, 1024 * 1024, at_least(1024)),
         "read_cache_seconds": Key(float, 0.0, at_least(0)),
         "max_backfill_runs": Key(int, 1000, at_least(1)),
-        "max_backfill_days": Key(int, 3660, at_least(1)),
+        "max_backfill_days": Key(int, 3660, between(1, 36600)),
     }
 
 

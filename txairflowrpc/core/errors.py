@@ -194,18 +194,6 @@ class RateLimited(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
-class Busy(GatewayError):
-    """The gateway is doing as much of this kind of work as it does at once."""
-
-    what: str
-    code = RATE_LIMITED
-
-    @property
-    def message(self) -> str:
-        return f"busy: {self.what}; retry in a moment"
-
-
-@attrs.define(auto_exc=True, str=False)
 class CallTimeout(GatewayError):
     """A call did not finish within its deadline; its work was cancelled."""
 

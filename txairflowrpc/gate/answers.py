@@ -6,7 +6,8 @@ a page of runs at 100), but a multicall holds up to ``rpc.max_multicall``
 of them: 50 task logs made an answer of 800 MB, built in memory several
 times over, from a request of 17 KB (found by an attacker's review).
 `AnswerBudget` bounds the answer as a whole: each inner result is charged
-at about the characters it takes in XML; a read whose result would pass
+at about the bytes it takes in the answer (its text in UTF-8, escaped as
+XML, and a fixed allowance per element); a read whose result would pass
 what is left is a fault in its place (the caller asks for it on its own),
 and once nothing is left the calls after it are refused before they run.
 A change is charged but never turned into a fault: it happened, and its
@@ -22,18 +23,28 @@ import attrs
 
 from ..core import errors
 
-#: The most characters the results of one multicall may take together:
-#: two task logs at their own cap.
+#: The most bytes the results of one multicall may take together: two task
+#: logs of plain text at their own cap.
 MAX_MULTICALL_ANSWER = 32 * 1024 * 1024
 
-#: About the characters of XML around one value, member or item.
-_OVERHEAD = 32
+#: About the bytes of XML around one value (``<value><string>...``), and
+#: around a struct member's name (``<member><name>...``).
+_OVERHEAD = 40
+_MEMBER = 30
+
+
+def _text_size(text: str) -> int:
+    """The bytes of ``text`` in the answer: UTF-8, with ``&<>`` and CR escaped."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return (size + 4 * text.count("&") + 3 * text.count("<") + 3 * text.count(">")
+            + 4 * text.count("\r"))
 
 
 def answer_size(value: Any) -> int:
     """
-    About how many characters ``value`` takes in an XML-RPC answer (the
-    text itself and a fixed allowance per element), without building it.
+    About how many bytes ``value`` takes in an XML-RPC answer (its text as
+    written, see `_text_size`, and a fixed allowance per element), without
+    building it.
     """
     size = 0
     stack = [value]
@@ -41,10 +52,10 @@ def answer_size(value: Any) -> int:
         item = stack.pop()
         size += _OVERHEAD
         if isinstance(item, str):
-            size += len(item)
+            size += _text_size(item)
         elif isinstance(item, dict):
             for key, member in item.items():
-                size += len(key) if isinstance(key, str) else _OVERHEAD
+                size += _MEMBER + (_text_size(key) if isinstance(key, str) else _OVERHEAD)
                 stack.append(member)
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
@@ -61,14 +72,14 @@ class AnswersTooLarge(errors.InvalidParams):
     """A multicall's results have used up what one answer may hold."""
 
 
-def _amount(characters: int) -> str:
-    mib = characters / (1024 * 1024)
-    return f"{mib:g} MiB" if mib >= 1 else f"{characters} characters"
+def _amount(size: int) -> str:
+    mib = size / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 else f"{size} bytes"
 
 
 @attrs.define
 class AnswerBudget:
-    """What is left of one multicall's answer of at most ``limit`` characters."""
+    """What is left of one multicall's answer of at most ``limit`` bytes."""
 
     limit: int = MAX_MULTICALL_ANSWER
     left: int = attrs.field()

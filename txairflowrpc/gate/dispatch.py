@@ -224,10 +224,13 @@ class Dispatcher:
         return calltrace.started_in(trace, start)
 
     def _fields(
-        self, kind: str, ctx: CallContext, spec: MethodSpec | None, method: str,
+        self, kind: str, ctx: CallContext, spec: MethodSpec | None, method: object,
         args: tuple[Any, ...], multicall_index: int | None,
     ) -> dict[str, Any]:
-        """Who called what, on what, from where: what a call's intent and outcome records share."""
+        """
+        Who called what, on what, from where: what a call's intent and
+        outcome records share.  ``method``: the name asked for (None: none).
+        """
         params = spec.params if spec else [Param(f"arg{i}", "", "") for i in range(len(args))]
         ids, summary = self.summarizer.summarize(params, args)
         return {
@@ -237,7 +240,7 @@ class Dispatcher:
             "principal": getattr(ctx.principal, "name", None),
             "auth": ctx.principal.audit_identity() if ctx.principal is not None else None,
             "source": ctx.peer,
-            "method": method,
+            **(method_fields(method) if spec is None else {"method": method}),
             **ids,
             "args": summary or None,
         }
@@ -297,7 +300,7 @@ class Dispatcher:
                                   bool(cancelled), duration)
         if self._audit is None:
             return result
-        method = spec.name if spec else recorded_name(name)
+        method = spec.name if spec else name
         # What the handler got (PHP's "" for a conf is the default), as the
         # intent record says: an auditor's digest of what Airflow holds matches.
         recorded_args = args if trace.checked is None else trace.checked
@@ -453,8 +456,8 @@ class Dispatcher:
         if self._audit is None:
             return
         name = entry.get("methodName") if isinstance(entry, dict) else None
-        fields = self._fields("call", ctx, None, recorded_name(name) if isinstance(name, str)
-                              else "(no method name)", (), index)
+        fields = self._fields("call", ctx, None, name if isinstance(name, str) else None, (),
+                              index)
         fields.update({"decision": "invalid", "reason": clip(error.message),
                        "outcome": "fault", "fault_code": error.code})
         who = who_of(ctx)
@@ -474,15 +477,20 @@ class Dispatcher:
 _NAME_LIKE = re.compile(r"[A-Za-z0-9_.]{1,100}")
 
 
-def recorded_name(name: object) -> str:
+def method_fields(name: object) -> dict[str, Any]:
     """
-    What the trail says a call asked for when no method has that name:
-    the name if it is made like one, else a stand-in (line breaks, bidi
-    controls and look-alike letters a caller chose stay off the trail).
+    What the trail says a call asked for when no method has that name: the
+    name if it is made like one; else a stand-in as ``method`` (line breaks,
+    bidi controls and look-alike letters a caller chose stay out of the
+    field that names things) and the name, clipped, as ``invalid_method``
+    (what an attack asked for is worth reading: the trail is ASCII-escaped
+    JSON), as a refused id is kept as ``args.PARAM.invalid_id``.
     """
-    if isinstance(name, str) and _NAME_LIKE.fullmatch(name):
-        return name
-    return "(not a method name)"
+    if not isinstance(name, str):
+        return {"method": "(no method name)"}
+    if _NAME_LIKE.fullmatch(name):
+        return {"method": name}
+    return {"method": "(not a method name)", "invalid_method": clip(name)}
 
 
 def who_of(ctx: CallContext) -> str:

@@ -52,8 +52,12 @@ REPROCESS_BEHAVIORS = ("none", "failed", "completed")
 MAX_ACTIVE_BACKFILL_RUNS = 1000
 #: Backfill ids are database integers.
 MAX_BACKFILL_ID = 2**31 - 1
-#: create_backfill calls one gateway process lets ask Airflow at once.
-MAX_BACKFILLS_AT_ONCE = 2
+#: The first days of a backfill's range whose intervals tell how many the
+#: range holds (a week: a schedule of weekdays only is seen whole).
+PROBE_DAYS = 7
+#: The most intervals a backfill's range may hold, as a multiple of
+#: rpc.max_backfill_runs (the rest may have runs already).
+WALK_FACTOR = 4
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
@@ -238,13 +242,11 @@ class AirflowMethods:
     """
 
     def __init__(self, accounts: Accounts, max_wait: int, max_backfill_runs: int,
-                 max_backfill_days: int = 3660) -> None:
+                 max_backfill_days: int) -> None:
         self.accounts = accounts
         self.max_wait = max_wait
         self.max_backfill_runs = max_backfill_runs
         self.max_backfill_days = max_backfill_days
-        #: create_backfill calls asking Airflow now (each walks its range there).
-        self._backfilling = 0
 
     def _account(self, call: CallContext) -> Account:
         """The caller's Airflow account, noted on its record."""
@@ -686,28 +688,12 @@ class AirflowMethods:
         if not 1 <= max_active <= MAX_ACTIVE_BACKFILL_RUNS:
             raise errors.InvalidParams(
                 f"options.max_active_runs must be from 1 to {MAX_ACTIVE_BACKFILL_RUNS}", m)
-        if self._backfilling >= MAX_BACKFILLS_AT_ONCE:
-            # Each walks its whole range in Airflow, in one request: callers
-            # at once would hold Airflow's workers (refused before anything
-            # is asked: a retry is safe).
-            raise errors.Busy(f"{self._backfilling} backfills are being made through this "
-                              "gateway")
-        self._backfilling += 1
-        try:
-            return await self._make_backfill(call, m, dag_id, first, last, conf, opts,
-                                             reprocess, max_active)
-        finally:
-            self._backfilling -= 1
-
-    async def _make_backfill(
-        self, call: CallContext, m: str, dag_id: str, first: str, last: str,
-        conf: dict[str, Any] | None, opts: dict[str, Any], reprocess: str, max_active: int,
-    ) -> dict[str, Any]:
-        """create_backfill's work in Airflow, its arguments checked."""
         client = self._client(call)
         what = {"from_date": first, "to_date": last, "conf": conf,
                 "run_backwards": opts.get("run_backwards", False),
                 "reprocess_behavior": reprocess}
+        if span > timedelta(days=PROBE_DAYS):
+            await self._walk_bounded(m, client, dag_id, span, what)
         # Airflow creates every run of a backfill at once, in the request:
         # count them first, so that no caller floods its database.
         runs = await client.backfill_dry_run(dag_id, **what)
@@ -729,6 +715,31 @@ class AirflowMethods:
         backfill = await client.create_backfill(dag_id, max_active_runs=max_active, **what)
         _note_created(backfill_id=backfill["id"])
         return {**backfill, "runs": len(runs)}
+
+    async def _walk_bounded(self, m: str, client: AirflowClient, dag_id: str, span: timedelta,
+                            what: dict[str, Any]) -> None:
+        """
+        Refuse a range whose every interval Airflow would walk, one query
+        each, past what it walks for the most runs a backfill may create
+        (found by review: a dense schedule over years made it walk millions,
+        in one request, on after the gateway stopped waiting).  The DAG's
+        intervals in the range's first days (as a dry run that runs every
+        date again counts them) tell how many the range holds.
+        """
+        # Both ends of a range are in it: the week ends a microsecond early.
+        head = (datetime.fromisoformat(what["from_date"]) + timedelta(days=PROBE_DAYS)
+                - timedelta(microseconds=1))
+        probe = {**what, "to_date": head.isoformat().replace("+00:00", "Z"),
+                 "reprocess_behavior": "completed", "run_backwards": False}
+        seen = len(await client.backfill_dry_run(dag_id, **probe))
+        estimate = int(seen * (span / timedelta(days=PROBE_DAYS)))
+        allowed = WALK_FACTOR * self.max_backfill_runs
+        if estimate > allowed:
+            raise errors.InvalidParams(
+                f"the range holds about {estimate} intervals of DAG {dag_id!r}'s schedule "
+                f"({seen} in its first {PROBE_DAYS} days), each of which Airflow walks to "
+                f"count the runs; the gateway allows {allowed} ({WALK_FACTOR} x "
+                "rpc.max_backfill_runs): split the range", m)
 
     async def _backfill_of(self, m: str, call: CallContext, dag_id: str,
                            backfill_id: int) -> dict[str, Any]:
