@@ -26,6 +26,10 @@ def make_jwt(lifetime: int = 3600, iat: int = 1_700_000_000, n: int = 0) -> str:
     return f"{b64({'alg': 'HS512'})}.{b64({'iat': iat, 'exp': iat + lifetime, 'n': n})}.sig"
 
 
+#: The fake Airflow's now, in seconds since the epoch: a gateway's clock
+#: set to it sees the fake's past as past (backfills are of past dates).
+NOW = 1_795_737_600.0  # 2026-11-27T00:00:00Z
+
 class FakeAirflow(Resource):
     isLeaf = True
 
@@ -51,7 +55,7 @@ class FakeAirflow(Resource):
         self.dags: dict[str, dict[str, Any]] = {}
         #: Backfills by id; a DAG with "_daily" set has a daily schedule (others none).
         self.backfills: dict[int, dict[str, Any]] = {}
-        #: The clock of "future dates" (Airflow's is now).
+        #: The clock of "future dates" (Airflow's is now; `NOW` in seconds).
         self.now = "2026-11-27T00:00:00+00:00"
         self.runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.task_instances: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import xmlrpc.client
+from typing import Any
 
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
@@ -19,6 +20,7 @@ from txairflowrpc.identity.principal import Principal
 from txairflowrpc.identity.scopes import Grants, Role, Scope
 from txairflowrpc.service.tap import build_site
 
+from ..fakes import NOW as FAKE_NOW
 from ..fakes import FakeAirflow
 from .helpers import CONFIG, DIGEST_KEY, AuthenticatingRoot, Gateway, audit_log, gateway
 from .test_accounts import records
@@ -27,9 +29,31 @@ from .test_methods import MethodTestCase
 DAYS = ("2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z")  # three daily runs
 
 
+def _probe(body: Any) -> bool:
+    """A dry run of a range's first window: it ends a microsecond short of it."""
+    return isinstance(body, dict) and str(body.get("to_date", "")).endswith(".999999Z")
+
+
 class BackfillTests(MethodTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gw.clock.advance(FAKE_NOW)  # backfills are of past dates: the fake's now
+
     def posts(self) -> list[str]:
-        return [p for m, p in self.gw.airflow.api_requests() if m in ("POST", "PUT")]
+        """What was asked of Airflow to change or count, the range's probes left out."""
+        airflow = self.gw.airflow
+        return [p for (m, p), body in zip(airflow.requests, airflow.bodies)
+                if p.startswith("/api/v2/") and m in ("POST", "PUT") and not _probe(body)]
+
+    def body(self, path: str) -> Any:
+        """The body of the first request to ``path`` that is not a probe."""
+        airflow = self.gw.airflow
+        return next(b for (m, p), b in zip(airflow.requests, airflow.bodies)
+                    if p == path and not _probe(b))
+
+    def probes(self) -> list[dict[str, Any]]:
+        """The dry runs of the first day or week of a range (see `_walk_bounded`)."""
+        return [b for b in self.gw.airflow.bodies if _probe(b)]
 
     def test_dry_run_counts_the_runs_and_creates_nothing(self) -> None:
         answer = self.call("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
@@ -46,12 +70,11 @@ class BackfillTests(MethodTestCase):
         self.assertEqual((created["dag_id"], created["runs"], created["is_paused"],
                           created["completed"], created["dag_run_conf"]),
                          ("etl_orders", 3, False, False, {"day": "x"}))
-        airflow = self.gw.airflow
-        dry = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills/dry_run"))]
+        dry = self.body("/api/v2/backfills/dry_run")
         self.assertEqual(dry, {
             "dag_id": "etl_orders", "from_date": DAYS[0], "to_date": "2026-01-03T10:00:00Z",
             "run_backwards": False, "reprocess_behavior": "failed", "dag_run_conf": {"day": "x"}})
-        body = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills"))]
+        body = self.body("/api/v2/backfills")
         self.assertEqual(body, {**dry, "max_active_runs": 2})
         backfill_id = created["id"]
         self.assertEqual(self.call("get_backfill", "etl_orders", backfill_id)["id"], backfill_id)
@@ -108,7 +131,8 @@ class BackfillTests(MethodTestCase):
     def test_airflows_refusals_in_the_gateways_words(self) -> None:
         for args, words in [
             (("example_hello", *DAYS), "'example_hello' has no periodic schedule"),
-            (("etl_orders", "2027-01-01T00:00:00Z", "2027-01-02T00:00:00Z"),
+            # Within the hour the gateway lets a range end past its now: Airflow's.
+            (("etl_orders", "2026-11-27T00:10:00Z", "2026-11-27T00:50:00Z"),
              "from_date and to_date are both in the future"),
             (("etl_orders", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"),
              ("the range holds no run of DAG 'etl_orders' to create: none is scheduled "
@@ -122,6 +146,11 @@ class BackfillTests(MethodTestCase):
 
     def test_bad_arguments_never_reach_airflow(self) -> None:
         for args, words in [
+            # Found by review: Airflow walks every interval up to to_date, past or not.
+            (("etl_orders", DAYS[0], "2036-01-01T00:00:00Z"),
+             "to_date is in the future: a backfill runs the dates that have passed (end the "
+             "range at most an hour from now, 2026-11-27T00:00Z)"),
+            (("etl_orders", DAYS[0], "2026-11-27T01:00:01Z"), "to_date is in the future"),
             (("etl_orders", DAYS[1], DAYS[0]), "from_date is after to_date"),
             (("etl_orders", "2026-01-01T00:00:00", DAYS[1]), "from_date must carry a time zone"),
             (("etl_orders", DAYS[0], "tomorrow"), "to_date must be an ISO-8601 time"),
@@ -153,38 +182,51 @@ class BackfillTests(MethodTestCase):
         answer = self.call("create_backfill", "etl_orders", "2016-01-01T00:00:00Z",
                            "2026-01-08T00:00:00Z", {}, {"dry_run": True})
         self.assertEqual(answer["runs"], 3661)
-        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"] * 2)  # the first week too
+        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
+        self.assertEqual(len(self.probes()), 2)  # its first day and week first
 
     def test_a_range_of_more_intervals_than_it_may_walk_is_refused(self) -> None:
         """
         Found by review: Airflow walks every interval of the range (a query
-        each); a dense schedule over years is millions.  The first week's
-        intervals tell how many the range holds.
+        each); a dense schedule over years is millions.  The intervals of the
+        range's first day, then week, tell how many it holds.
         """
         long = ("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z")  # a daily DAG: 366 dates
         answer = self.call("create_backfill", "etl_orders", *long, {}, {"dry_run": True})
         self.assertEqual(answer["runs"], 366)
-        probe, counted = [b for m, b in zip(self.gw.airflow.requests, self.gw.airflow.bodies)
-                          if m == ("POST", "/api/v2/backfills/dry_run")]
-        self.assertEqual((probe["from_date"], probe["to_date"], probe["reprocess_behavior"]),
-                         ("2025-01-01T00:00:00Z", "2025-01-07T23:59:59.999999Z", "completed"))
+        day, week = self.probes()
+        for probe, end in ((day, "2025-01-01T23:59:59.999999Z"),
+                           (week, "2025-01-07T23:59:59.999999Z")):
+            self.assertEqual((probe["from_date"], probe["to_date"],
+                              probe["reprocess_behavior"], probe["run_backwards"]),
+                             ("2025-01-01T00:00:00Z", end, "completed", False))
+        counted = self.body("/api/v2/backfills/dry_run")
         self.assertEqual((counted["to_date"], counted["reprocess_behavior"]),
                          ("2026-01-01T00:00:00Z", "none"))
-        # As if the DAG ran every minute: 10,080 intervals in its first week.
-        self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (200, {
-            "backfills": [{"logical_date": "2025-01-01T00:00:00Z", "partition_key": None,
-                           "partition_date": None}] * 10_080, "total_entries": 10_080})
+
+        def every_minute(n: int) -> None:  # as if the DAG ran every minute
+            self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (200, {
+                "backfills": [{"logical_date": "2025-01-01T00:00:00Z", "partition_key": None,
+                               "partition_date": None}] * n, "total_entries": n})
+
+        every_minute(1440)  # its first day
         f = self.fault("create_backfill", "etl_orders", *long)
         self.assertEqual(f.faultCode, -32602)
-        self.assertIn("the range holds about 525600 intervals of DAG 'etl_orders''s schedule "
-                      "(10080 in its first 7 days), each of which Airflow walks to count the "
-                      "runs; the gateway allows 4000 (4 x rpc.max_backfill_runs): split the "
-                      "range", f.faultString)
-        self.assertEqual(len(self.posts()), 3)  # the probe only: the range was never asked
-        # A range of a week or less is counted at once (the probe would be the range).
-        before = len(self.posts())
-        self.call("create_backfill", "etl_orders", *DAYS, {}, {"dry_run": True})
-        self.assertEqual(len(self.posts()), before + 1)
+        self.assertIn("the range holds about 525235 intervals of the schedule of DAG "
+                      "'etl_orders' (1440 in its first day), each of which Airflow walks to "
+                      "count the runs; the gateway allows 4000 (4 x rpc.max_backfill_runs): "
+                      "split the range", f.faultString)
+        self.assertEqual(len(self.probes()), 3)  # that day only: the range was never asked
+        # Over a week, every minute: refused by the first day, as that week would be.
+        every_minute(1440)
+        f = self.fault("create_backfill", "etl_orders", "2025-03-01T00:00:00Z",
+                       "2025-03-08T00:00:00Z")
+        self.assertIn("about 10073 intervals", f.faultString)
+        # A range of a day or less is counted at once: its walk is a day's intervals.
+        before = len(self.probes())
+        self.call("create_backfill", "etl_orders", DAYS[0], "2026-01-02T00:00:00Z", {},
+                  {"dry_run": True})
+        self.assertEqual(len(self.probes()), before)
 
     def test_a_backfill_of_another_dag_is_not_found_and_left_alone(self) -> None:
         backfill_id = self.call("create_backfill", "etl_orders", *DAYS)["id"]
@@ -216,6 +258,7 @@ class BackfillTests(MethodTestCase):
 
     def test_a_range_over_the_gateways_bound_creates_nothing(self) -> None:
         self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_backfill_runs=2)))
+        self.gw.clock.advance(FAKE_NOW)
         f = self.fault("create_backfill", "etl_orders", *DAYS)
         self.assertEqual(f.faultCode, -32602)
         self.assertIn("would create 3 runs of DAG 'etl_orders', more than the gateway allows "
@@ -261,7 +304,8 @@ class BackfillTests(MethodTestCase):
         """Airflow would create an empty backfill, blocking the DAG's next one."""
         self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
             200, {"backfills": [], "total_entries": 0})
-        f = self.fault("create_backfill", "etl_orders", *DAYS)
+        # A range of a day: counted at once (a longer one's first day is probed first).
+        f = self.fault("create_backfill", "etl_orders", DAYS[0], "2026-01-02T00:00:00Z")
         self.assertIn("each date has a run already", f.faultString)
         self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
 
@@ -272,8 +316,10 @@ class BackfillTests(MethodTestCase):
             self.gw.advance(1)
         _, _, result = self.successResultOf(d)
         self.assertEqual(result.faultCode, 504)
-        self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])  # Airflow walks on alone
+        # The first day's probe hung: Airflow walks on alone; the range was never asked.
+        self.assertEqual((self.posts(), len(self.probes())), ([], 1))
         self.gw = gateway()
+        self.gw.clock.advance(FAKE_NOW)
         entry = {"logical_date": "2026-01-01T00:00:00Z", "partition_key": None,
                  "partition_date": None}
         n = 17 * 1024 * 1024 // len(json.dumps(entry)) + 1
@@ -305,6 +351,7 @@ class BackfillTests(MethodTestCase):
     def test_a_refused_create_leaves_shared_reads_alone(self) -> None:
         self.gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc,
                                                                 read_cache_seconds=60)))
+        self.gw.clock.advance(FAKE_NOW)
         self.call("create_backfill", "etl_orders", *DAYS)
         self.call("get_dag", "etl_orders")
         self.assertEqual(self.fault("create_backfill", "etl_orders", *DAYS).faultCode, 409)
@@ -326,8 +373,7 @@ class BackfillTests(MethodTestCase):
                                                             "20260103T00:00:00"))
         answer = self.call("create_backfill", "etl_orders", first, last, {}, {"dry_run": True})
         self.assertEqual(answer["runs"], 3)
-        airflow = self.gw.airflow
-        dry = airflow.bodies[airflow.requests.index(("POST", "/api/v2/backfills/dry_run"))]
+        dry = self.body("/api/v2/backfills/dry_run")
         self.assertEqual((dry["from_date"], dry["to_date"]), DAYS)
         (record,) = [r for r in records(self.gw) if r.get("method") == "create_backfill"]
         self.assertEqual((record["args"]["from_date"], record["args"]["to_date"]),
@@ -377,6 +423,7 @@ class BackfillTests(MethodTestCase):
 class ReloadTests(SynchronousTestCase):
     def test_a_reload_puts_a_new_max_backfill_runs_into_force(self) -> None:
         clock = Clock()
+        clock.advance(FAKE_NOW)
         airflow = FakeAirflow()
         audit = audit_log(tempfile.mkdtemp(), clock)
         holder: list[Gateway] = []

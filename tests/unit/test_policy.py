@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.identity.scopes import ConfRule
 
+from ..fakes import NOW as FAKE_NOW
 from .helpers import gateway
 
 
@@ -34,6 +35,7 @@ class ScopeTests(SynchronousTestCase):
 
     def test_every_method_needs_its_scope(self) -> None:
         gw = gateway()
+        gw.clock.advance(FAKE_NOW)  # the fake's dates are past
         gw.airflow.runs[("etl_orders", "r1")] = {"dag_id": "etl_orders", "dag_run_id": "r1",
                                                  "state": "success"}
         gw.airflow.task_instances[("etl_orders", "r1")] = [

@@ -117,7 +117,7 @@ class RetryTests(SynchronousTestCase):
     def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
         c = client(self.http, self.clock)
         methods = AirflowMethods(Accounts(Account(c, RunWatcher(c.get_dag_run, self.clock, 2))),
-                                 300, 1000, 3660)
+                                 300, 1000, 3660, self.clock)
         from txairflowrpc.core.spec import CallContext
 
         from .helpers import OPERATOR

@@ -59,6 +59,8 @@ def answer_size(value: Any) -> int:
                 stack.append(member)
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif isinstance(item, int):  # past 32 bits it is written as a string
+            size += len(str(item))
         elif isinstance(item, Binary):
             size += len(item.data) * 4 // 3
         elif isinstance(item, (bytes, bytearray)):

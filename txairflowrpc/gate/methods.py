@@ -16,6 +16,7 @@ from typing import Any
 from xmlrpc.client import DateTime
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from ..core import calltrace, errors, ids
 from ..core.jsonvalues import json_equal
@@ -52,12 +53,18 @@ REPROCESS_BEHAVIORS = ("none", "failed", "completed")
 MAX_ACTIVE_BACKFILL_RUNS = 1000
 #: Backfill ids are database integers.
 MAX_BACKFILL_ID = 2**31 - 1
-#: The first days of a backfill's range whose intervals tell how many the
-#: range holds (a week: a schedule of weekdays only is seen whole).
-PROBE_DAYS = 7
+#: The windows at the start of a backfill's range whose intervals tell how
+#: many the range holds, the second asked only if the first did not refuse
+#: the range (so it walks about as many as the range may hold at most); a
+#: week, so that a schedule of weekdays only is seen whole.  A range of a
+#: day or less is not probed: its walk is a day's intervals.
+PROBES = (timedelta(days=1), timedelta(days=7))
 #: The most intervals a backfill's range may hold, as a multiple of
 #: rpc.max_backfill_runs (the rest may have runs already).
 WALK_FACTOR = 4
+#: How far past now a backfill's range may end (Airflow creates no run whose
+#: interval has not ended, but walks every interval up to to_date).
+FUTURE_SLACK = timedelta(hours=1)
 
 _DAG_ID = Param("dag_id", "string", "the DAG's id", id="dag_id")
 _RUN_ID = Param("dag_run_id", "string", "the run's id", id="dag_run_id")
@@ -158,6 +165,11 @@ def _check_conf(method: str, conf: dict[str, Any]) -> dict[str, Any]:
     return conf
 
 
+def _duration(window: timedelta) -> str:
+    """A probe's window in words: ``day``, ``7 days``."""
+    return "day" if window.days == 1 else f"{window.days} days"
+
+
 def _logical_date(method: str, value: Any, name: str = "options.logical_date") -> str:
     """An aware ISO-8601 time (or an XML-RPC dateTime, taken as UTC) as UTC."""
     if isinstance(value, DateTime):
@@ -239,10 +251,12 @@ class AirflowMethods:
     :param max_wait: the cap on ``wait_dag_run``'s timeout, in seconds.
     :param max_backfill_runs: how many runs one backfill may create at most.
     :param max_backfill_days: how many days one backfill's range may span.
+    :param clock: the time now (the reactor): a backfill's range must end by it.
     """
 
     def __init__(self, accounts: Accounts, max_wait: int, max_backfill_runs: int,
-                 max_backfill_days: int) -> None:
+                 max_backfill_days: int, clock: IReactorTime) -> None:
+        self._clock = clock
         self.accounts = accounts
         self.max_wait = max_wait
         self.max_backfill_runs = max_backfill_runs
@@ -668,6 +682,13 @@ class AirflowMethods:
         span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
         if span < timedelta(0):
             raise errors.InvalidParams("from_date is after to_date", m)
+        now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+        if datetime.fromisoformat(last) > now + FUTURE_SLACK:
+            # Found by review: the walk up to a to_date years ahead was not
+            # bounded by what the range's past holds.
+            raise errors.InvalidParams(
+                "to_date is in the future: a backfill runs the dates that have passed "
+                f"(end the range at most an hour from now, {now:%Y-%m-%dT%H:%M}Z)", m)
         if span > timedelta(days=self.max_backfill_days):
             # Airflow walks every interval of the range, in one request, and
             # goes on after the gateway has given up waiting (found by review).
@@ -692,8 +713,7 @@ class AirflowMethods:
         what = {"from_date": first, "to_date": last, "conf": conf,
                 "run_backwards": opts.get("run_backwards", False),
                 "reprocess_behavior": reprocess}
-        if span > timedelta(days=PROBE_DAYS):
-            await self._walk_bounded(m, client, dag_id, span, what)
+        await self._walk_bounded(m, client, dag_id, span, what)
         # Airflow creates every run of a backfill at once, in the request:
         # count them first, so that no caller floods its database.
         runs = await client.backfill_dry_run(dag_id, **what)
@@ -723,23 +743,30 @@ class AirflowMethods:
         each, past what it walks for the most runs a backfill may create
         (found by review: a dense schedule over years made it walk millions,
         in one request, on after the gateway stopped waiting).  The DAG's
-        intervals in the range's first days (as a dry run that runs every
-        date again counts them) tell how many the range holds.
+        intervals in windows at the range's start (`PROBES`; a dry run that
+        runs every date again counts them all) tell how many it holds: the
+        intervals between a window's first and its last, stretched over the
+        range (a window shorter than the schedule's period holds one: no
+        estimate).  A schedule empty at the range's start and dense later is
+        estimated low; rpc.max_backfill_days still bounds it.
         """
-        # Both ends of a range are in it: the week ends a microsecond early.
-        head = (datetime.fromisoformat(what["from_date"]) + timedelta(days=PROBE_DAYS)
-                - timedelta(microseconds=1))
-        probe = {**what, "to_date": head.isoformat().replace("+00:00", "Z"),
-                 "reprocess_behavior": "completed", "run_backwards": False}
-        seen = len(await client.backfill_dry_run(dag_id, **probe))
-        estimate = int(seen * (span / timedelta(days=PROBE_DAYS)))
+        first = datetime.fromisoformat(what["from_date"])
         allowed = WALK_FACTOR * self.max_backfill_runs
-        if estimate > allowed:
-            raise errors.InvalidParams(
-                f"the range holds about {estimate} intervals of DAG {dag_id!r}'s schedule "
-                f"({seen} in its first {PROBE_DAYS} days), each of which Airflow walks to "
-                f"count the runs; the gateway allows {allowed} ({WALK_FACTOR} x "
-                "rpc.max_backfill_runs): split the range", m)
+        for window in PROBES:
+            if span <= window:
+                return
+            # Both ends of a range are in it: the window ends a microsecond early.
+            end = first + window - timedelta(microseconds=1)
+            probe = {**what, "to_date": end.isoformat().replace("+00:00", "Z"),
+                     "reprocess_behavior": "completed", "run_backwards": False}
+            seen = len(await client.backfill_dry_run(dag_id, **probe))
+            estimate = int(max(seen - 1, 0) * (span / window))
+            if estimate > allowed:
+                raise errors.InvalidParams(
+                    f"the range holds about {estimate} intervals of the schedule of DAG "
+                    f"{dag_id!r} ({seen} in its first {_duration(window)}), each of which "
+                    f"Airflow walks to count the runs; the gateway allows {allowed} "
+                    f"({WALK_FACTOR} x rpc.max_backfill_runs): split the range", m)
 
     async def _backfill_of(self, m: str, call: CallContext, dag_id: str,
                            backfill_id: int) -> dict[str, Any]:

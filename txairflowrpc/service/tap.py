@@ -344,7 +344,7 @@ def build_site(
     limits = CallLimits(clock, rate=cfg.limits.rate_per_second, burst=cfg.limits.burst,
                         max_in_flight=cfg.limits.max_in_flight)
     methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds, cfg.rpc.max_backfill_runs,
-                             cfg.rpc.max_backfill_days)
+                             cfg.rpc.max_backfill_days, clock)
     refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
     refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
     # A known caller's refusals cost it a call of its rate; past it they are counted.
