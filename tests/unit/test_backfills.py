@@ -149,7 +149,7 @@ class BackfillTests(MethodTestCase):
             # Found by review: Airflow walks every interval up to to_date, past or not.
             (("etl_orders", DAYS[0], "2036-01-01T00:00:00Z"),
              "to_date is in the future: a backfill runs the dates that have passed (end the "
-             "range at most an hour from now, 2026-11-27T00:00Z)"),
+             "range by 2026-11-27T01:00Z, an hour from now)"),
             (("etl_orders", DAYS[0], "2026-11-27T01:00:01Z"), "to_date is in the future"),
             (("etl_orders", DAYS[1], DAYS[0]), "from_date is after to_date"),
             (("etl_orders", "2026-01-01T00:00:00", DAYS[1]), "from_date must carry a time zone"),
@@ -183,19 +183,20 @@ class BackfillTests(MethodTestCase):
                            "2026-01-08T00:00:00Z", {}, {"dry_run": True})
         self.assertEqual(answer["runs"], 3661)
         self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
-        self.assertEqual(len(self.probes()), 2)  # its first day and week first
+        self.assertEqual(len(self.probes()), 3)  # its first hour, day and week first
 
     def test_a_range_of_more_intervals_than_it_may_walk_is_refused(self) -> None:
         """
         Found by review: Airflow walks every interval of the range (a query
         each); a dense schedule over years is millions.  The intervals of the
-        range's first day, then week, tell how many it holds.
+        range's first hour, day, then week tell how many it holds.
         """
         long = ("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z")  # a daily DAG: 366 dates
         answer = self.call("create_backfill", "etl_orders", *long, {}, {"dry_run": True})
         self.assertEqual(answer["runs"], 366)
-        day, week = self.probes()
-        for probe, end in ((day, "2025-01-01T23:59:59.999999Z"),
+        hour, day, week = self.probes()
+        for probe, end in ((hour, "2025-01-01T00:59:59.999999Z"),
+                           (day, "2025-01-01T23:59:59.999999Z"),
                            (week, "2025-01-07T23:59:59.999999Z")):
             self.assertEqual((probe["from_date"], probe["to_date"],
                               probe["reprocess_behavior"], probe["run_backwards"]),
@@ -209,24 +210,41 @@ class BackfillTests(MethodTestCase):
                 "backfills": [{"logical_date": "2025-01-01T00:00:00Z", "partition_key": None,
                                "partition_date": None}] * n, "total_entries": n})
 
-        every_minute(1440)  # its first day
+        every_minute(60)  # its first hour
         f = self.fault("create_backfill", "etl_orders", *long)
         self.assertEqual(f.faultCode, -32602)
-        self.assertIn("the range holds about 525235 intervals of the schedule of DAG "
-                      "'etl_orders' (1440 in its first day), each of which Airflow walks to "
+        self.assertIn("the range holds about 516840 intervals of the schedule of DAG "
+                      "'etl_orders' (60 in its first hour), each of which Airflow walks to "
                       "count the runs; the gateway allows 4000 (4 x rpc.max_backfill_runs): "
                       "split the range", f.faultString)
-        self.assertEqual(len(self.probes()), 3)  # that day only: the range was never asked
-        # Over a week, every minute: refused by the first day, as that week would be.
-        every_minute(1440)
+        self.assertEqual(len(self.probes()), 4)  # that hour only: the range was never asked
+        # Three days, every minute: refused by the first hour too (two would be 2,880).
+        every_minute(60)
         f = self.fault("create_backfill", "etl_orders", "2025-03-01T00:00:00Z",
-                       "2025-03-08T00:00:00Z")
-        self.assertIn("about 10073 intervals", f.faultString)
-        # A range of a day or less is counted at once: its walk is a day's intervals.
-        before = len(self.probes())
-        self.call("create_backfill", "etl_orders", DAYS[0], "2026-01-02T00:00:00Z", {},
-                  {"dry_run": True})
-        self.assertEqual(len(self.probes()), before)
+                       "2025-03-04T00:00:00Z")
+        self.assertIn("about 4248 intervals", f.faultString)
+
+    def test_runs_under_way_count_as_the_intervals_they_are(self) -> None:
+        """
+        Found by review: Airflow walks a queued or running run's interval but
+        never counts it, whatever the reprocess_behavior: a backfill under way
+        hid its week from the probes.
+        """
+        for day in range(1, 8):  # a week of runs, each queued, every minute of its first hour
+            for minute in range(0, 60, 10):
+                self.gw.airflow.runs[("etl_orders", f"q{day}-{minute}")] = {
+                    "dag_id": "etl_orders", "dag_run_id": f"q{day}-{minute}",
+                    "state": "queued", "run_type": "backfill",
+                    "logical_date": f"2025-01-0{day}T00:{minute:02}:00Z"}
+        f = self.fault("create_backfill", "etl_orders", "2025-01-01T00:00:00Z",
+                       "2026-01-01T00:00:00Z", {}, {"dry_run": True})
+        self.assertIn("intervals of the schedule of DAG 'etl_orders' (7 in its first hour)",
+                      f.faultString)
+        asked = [q for q in self.gw.airflow.queries if q.get("state")]
+        self.assertEqual(asked[0], {"limit": ["1"], "offset": ["0"], "order_by": ["-run_after"],
+                                    "state": ["queued", "running"],
+                                    "logical_date_gte": ["2025-01-01T00:00:00Z"],
+                                    "logical_date_lte": ["2025-01-01T00:59:59.999999Z"]})
 
     def test_a_backfill_of_another_dag_is_not_found_and_left_alone(self) -> None:
         backfill_id = self.call("create_backfill", "etl_orders", *DAYS)["id"]
@@ -304,8 +322,8 @@ class BackfillTests(MethodTestCase):
         """Airflow would create an empty backfill, blocking the DAG's next one."""
         self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
             200, {"backfills": [], "total_entries": 0})
-        # A range of a day: counted at once (a longer one's first day is probed first).
-        f = self.fault("create_backfill", "etl_orders", DAYS[0], "2026-01-02T00:00:00Z")
+        # A range of an hour: counted at once (a longer one's first hour is probed first).
+        f = self.fault("create_backfill", "etl_orders", DAYS[0], "2026-01-01T01:00:00Z")
         self.assertIn("each date has a run already", f.faultString)
         self.assertEqual(self.posts(), ["/api/v2/backfills/dry_run"])
 
