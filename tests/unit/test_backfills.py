@@ -52,7 +52,7 @@ class BackfillTests(MethodTestCase):
                     if p == path and not _probe(b))
 
     def probes(self) -> list[dict[str, Any]]:
-        """The dry runs of the first day or week of a range (see `_walk_bounded`)."""
+        """The dry runs of the first hour, day or week of a range (see `_walk_bounded`)."""
         return [b for b in self.gw.airflow.bodies if _probe(b)]
 
     def test_dry_run_counts_the_runs_and_creates_nothing(self) -> None:
@@ -218,7 +218,7 @@ class BackfillTests(MethodTestCase):
                       "count the runs; the gateway allows 4000 (4 x rpc.max_backfill_runs): "
                       "split the range", f.faultString)
         self.assertEqual(len(self.probes()), 4)  # that hour only: the range was never asked
-        # Three days, every minute: refused by the first hour too (two would be 2,880).
+        # Three days, every minute: refused by the first hour too (two would be 2,832).
         every_minute(60)
         f = self.fault("create_backfill", "etl_orders", "2025-03-01T00:00:00Z",
                        "2025-03-04T00:00:00Z")
@@ -228,9 +228,10 @@ class BackfillTests(MethodTestCase):
         """
         Found by review: Airflow walks a queued or running run's interval but
         never counts it, whatever the reprocess_behavior: a backfill under way
-        hid its week from the probes.
+        hid the range's first week from the probes.  Here its first hour holds
+        seven runs every ten minutes, all queued: the probe counts them.
         """
-        for day in range(1, 8):  # a week of runs, each queued, every minute of its first hour
+        for day in range(1, 8):  # a week of days, each with runs queued every ten minutes
             for minute in range(0, 60, 10):
                 self.gw.airflow.runs[("etl_orders", f"q{day}-{minute}")] = {
                     "dag_id": "etl_orders", "dag_run_id": f"q{day}-{minute}",
@@ -334,7 +335,7 @@ class BackfillTests(MethodTestCase):
             self.gw.advance(1)
         _, _, result = self.successResultOf(d)
         self.assertEqual(result.faultCode, 504)
-        # The first day's probe hung: Airflow walks on alone; the range was never asked.
+        # The first hour's probe hung: Airflow walks on alone; the range was never asked.
         self.assertEqual((self.posts(), len(self.probes())), ([], 1))
         self.gw = gateway()
         self.gw.clock.advance(FAKE_NOW)
@@ -343,7 +344,9 @@ class BackfillTests(MethodTestCase):
         n = 17 * 1024 * 1024 // len(json.dumps(entry)) + 1
         self.gw.airflow.fail_next[("POST", "/api/v2/backfills/dry_run")] = (
             200, {"backfills": [entry] * n, "total_entries": n})
-        f = self.fault("create_backfill", "etl_orders", "2017-01-01T00:00:00Z", DAYS[1])
+        # A range of an hour (not probed): the range's own dry run answers too much.
+        f = self.fault("create_backfill", "etl_orders", DAYS[0], "2026-01-01T01:00:00Z")
+        self.assertEqual(self.probes(), [])
         self.assertEqual((f.faultCode, f.faultString), (-32602, (
             "invalid params for create_backfill: the range holds too many runs of DAG "
             "'etl_orders' to list: split it")))

@@ -130,6 +130,17 @@ class AnswerBudgetTests(DispatcherCase):
                           ("allowed", "ok"), ("denied", "fault")])
         self.assertEqual(inner[4]["reason"], "the multicall's answer is full")
 
+    def test_two_task_logs_at_their_cap_fit(self) -> None:
+        """Found by the final read: the second capped log (with its first line) did not."""
+        from txairflowrpc.gate.answers import AnswerBudget, AnswersTooLarge
+        from txairflowrpc.upstream.client import MAX_LOG_CHARACTERS
+        log = ("[earlier lines left out: an answer holds at most its last "
+               f"{MAX_LOG_CHARACTERS}]\n" + "x" * MAX_LOG_CHARACTERS)
+        budget = AnswerBudget()
+        budget.charge(log, False)
+        budget.charge(log, False)
+        self.assertRaises(AnswersTooLarge, budget.charge, "x" * 200_000, False)
+
     def test_answer_size_is_about_the_bytes_written(self) -> None:
         """Found by review: text was counted before escaping and encoding (x5 for "&")."""
         from txairflowrpc.gate.answers import answer_size

@@ -399,7 +399,7 @@ class ProtocolTests(MethodTestCase):
         self.assertEqual(results[3][0]["dag_id"], "etl_orders")
         self.assertEqual(results[4]["faultCode"], -32602)
 
-    def test_a_multicall_of_task_logs_answers_at_most_32_mib(self) -> None:
+    def test_a_multicall_of_task_logs_answers_at_most_two_capped_logs(self) -> None:
         """Found by review: 50 get_task_log calls made an answer of 50 logs (800 MB at most)."""
         import attrs
 
@@ -414,9 +414,9 @@ class ProtocolTests(MethodTestCase):
         calls = [{"methodName": "get_task_log", "params": ["etl_orders", "r1", "extract", 1]}]
         results = self.call("system.multicall", calls * 10)
         logs = [r for r in results if isinstance(r, list)]
-        self.assertEqual(len(logs), 7)  # 7 x 4 MiB fit in 32 MiB, the eighth would not
-        self.assertEqual({r["faultCode"] for r in results[7:]}, {-32602})
-        self.assertIn("make this call on its own", results[7]["faultString"])
+        self.assertEqual(len(logs), 8)  # 8 x 4 MiB fit in 32 MiB and 128 KiB, the ninth not
+        self.assertEqual({r["faultCode"] for r in results[8:]}, {-32602})
+        self.assertIn("make this call on its own", results[8]["faultString"])
         self.assertEqual(len(logs[0][0]), 4096 * 1024)
 
     def test_multicall_is_capped(self) -> None:

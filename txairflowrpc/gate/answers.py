@@ -22,10 +22,11 @@ from xmlrpc.client import Binary, DateTime
 import attrs
 
 from ..core import errors
+from ..upstream.client import MAX_LOG_CHARACTERS
 
 #: The most bytes the results of one multicall may take together: two task
-#: logs of plain text at their own cap.
-MAX_MULTICALL_ANSWER = 32 * 1024 * 1024
+#: logs of plain text at their own cap, with their first line and elements.
+MAX_MULTICALL_ANSWER = 2 * (MAX_LOG_CHARACTERS + 64 * 1024)
 
 #: About the bytes of XML around one value (``<value><string>...``), and
 #: around a struct member's name (``<member><name>...``).

@@ -72,7 +72,7 @@ class Dispatcher:
         self.deadline = deadline
         self.max_wait = max_wait
         self.max_multicall = max_multicall
-        #: The most characters one multicall's results may take (`AnswerBudget`).
+        #: The most bytes one multicall's results may take (`AnswerBudget`).
         self.max_answer = max_answer
         self._clock = clock
         self._audit = audit
