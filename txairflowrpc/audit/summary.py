@@ -145,12 +145,13 @@ class Summarizer:
 
         Id parameters (and the option members an options struct keeps that
         are named like an id kind, never over a parameter's id) are kept as
-        they are when valid ids; a string refused as an id is no id of
+        they are when valid ids.  A string refused as an id is no id of
         anything, so it stays out of the id fields: a parameter's is kept,
         clipped, as ``{"invalid_id": ...}`` among the arguments (what an
         attack asked for is worth reading; the trail is ASCII-escaped JSON),
-        an option member's is a digest like free text; numbers and booleans too (non-finite ones as
-        strings), and a ``date`` parameter's string when it is one; an
+        an option member's is a digest like free text.  Numbers and booleans
+        are kept as they are (non-finite ones as strings), and so is a
+        ``date`` parameter's string or dateTime when it is one; an
         options struct (a parameter with ``keeps``) member by member,
         keeping the named members' strings when each is one word
         (`_WORDLIKE`); every other string, struct and array as a keyed

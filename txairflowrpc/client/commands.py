@@ -344,6 +344,14 @@ def _conf(text: str | None) -> dict[str, Any]:
     return conf
 
 
+def _retrying(console: Console) -> Callable[[ClientError, float], None]:
+    """Tells ``console`` of a failure that is tried again, and the pause before it."""
+    def retrying(error: ClientError, pause: float) -> None:
+        console.note(f"{error.message}; trying again in {pause:.1f} s")
+
+    return retrying
+
+
 def _trigger(
     args: argparse.Namespace, environ: Mapping[str, str], console: Console,
     clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
@@ -366,13 +374,9 @@ def _trigger(
         options["note"] = note[:MAX_NOTE]
     gateway = _connect(args, environ, console, connect)
     backoff = Backoff()
-
-    def retrying(error: ClientError, pause: float) -> None:
-        console.note(f"{error.message}; trying again in {pause:.1f} s")
-
     run = call_with_retries(
         lambda: gateway.call("trigger_dag", args.dag_id, conf, options),
-        backoff=backoff, sleep=sleep, clock=clock, on_retry=retrying, rand=rand)
+        backoff=backoff, sleep=sleep, clock=clock, on_retry=_retrying(console), rand=rand)
     created = bool(run.get("created"))
     state = run.get("state")
     if created:
@@ -438,17 +442,13 @@ def _backfill(
                                     {**options, "dry_run": True}))
         return errors.DONE
     backoff = Backoff()
-
-    def retrying(error: ClientError, pause: float) -> None:
-        console.note(f"{error.message}; trying again in {pause:.1f} s")
-
     try:
         # Once (the gateway never retries a create either: a second one would
         # meet the first; a later try of the command finds it, below), but
         # for a 429: refused before anything was asked of Airflow.
         backfill = call_with_retries(
             lambda: gateway.call("create_backfill", dag_id, first, last, conf, options),
-            backoff=backoff, sleep=sleep, clock=clock, on_retry=retrying, rand=rand,
+            backoff=backoff, sleep=sleep, clock=clock, on_retry=_retrying(console), rand=rand,
             retry_if=refused_before_it_ran)
         created = True
         console.note(f"created backfill {backfill.get('id')} of {dag_id}: "

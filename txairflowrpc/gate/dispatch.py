@@ -133,14 +133,15 @@ class Dispatcher:
                          onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
+        changes = spec is not None and spec.changes_airflow(args)
         if budget is not None and spec is not None:
-            d.addCallback(budget.charge, spec.changes_airflow(args))
+            d.addCallback(budget.charge, changes)
         d.addErrback(self._as_gateway_error, ctx, spec)
         d.addBoth(self._finish, ctx, spec, name, args, trace, started, multicall_index, records)
         if top:
             self._active.add(d)
             d.addBoth(self._ended, d)
-        if spec is not None and spec.changes_airflow(args):
+        if changes:
             # A change may be on its way to Airflow: the caller leaving must
             # not cut it off unrecorded; it runs on, and its record says how
             # it really ended.

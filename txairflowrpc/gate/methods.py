@@ -18,7 +18,7 @@ from xmlrpc.client import DateTime
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from ..core import calltrace, errors, ids
+from ..core import calltrace, errors, ids, timefmt
 from ..core.jsonvalues import json_equal
 from ..core.like import Like
 from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
@@ -195,7 +195,12 @@ def _logical_date(method: str, value: Any, name: str = "options.logical_date") -
         in_utc = parsed.astimezone(timezone.utc)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
         raise errors.InvalidParams(f"{name} is out of range", method) from None
-    return in_utc.isoformat().replace("+00:00", "Z")
+    return _as_sent(in_utc)
+
+
+def _as_sent(moment: datetime) -> str:
+    """A UTC datetime as Airflow is sent it: ISO-8601 with a trailing ``Z``."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 #: A principal's name as a triggered run's note holds it: whole for every
@@ -681,11 +686,12 @@ class AirflowMethods:
         _check_id(m, "dag_id", dag_id)
         first = _logical_date(m, from_date, "from_date")
         last = _logical_date(m, to_date, "to_date")
-        span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
+        end = datetime.fromisoformat(last)
+        span = end - datetime.fromisoformat(first)
         if span < timedelta(0):
             raise errors.InvalidParams("from_date is after to_date", m)
-        now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
-        if datetime.fromisoformat(last) > now + FUTURE_SLACK:
+        now = timefmt.utc(self._clock.seconds())
+        if end > now + FUTURE_SLACK:
             # Found by review: the walk up to a to_date years ahead was not
             # bounded by what the range's past holds.
             raise errors.InvalidParams(
@@ -760,8 +766,7 @@ class AirflowMethods:
             if span <= window:
                 return
             # Both ends of a range are in it: the window ends a microsecond early.
-            end = first + window - timedelta(microseconds=1)
-            until = end.isoformat().replace("+00:00", "Z")
+            until = _as_sent(first + window - timedelta(microseconds=1))
             probe = {**what, "to_date": until, "reprocess_behavior": "completed",
                      "run_backwards": False}
             seen = len(await client.backfill_dry_run(dag_id, **probe))

@@ -168,7 +168,8 @@ def _base64(text: str) -> Binary:
 #: past 64 bits and doubles that are not finite, refused.
 _CONVERT: dict[str, Callable[[str], Any]] = {
     "string": str, "int": _integer, "i4": _integer, "i8": _integer, "i1": _integer,
-    "i2": _integer, "biginteger": _integer, "boolean": _boolean, "double": _double, "float": _double,
+    "i2": _integer, "biginteger": _integer, "boolean": _boolean,
+    "double": _double, "float": _double,
     "dateTime.iso8601": _date, "base64": _base64, "nil": lambda text: None,
 }
 
