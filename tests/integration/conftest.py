@@ -113,8 +113,10 @@ class RunningGateway:
             port=self.port, tls=pki.directory, airflow=airflow.base_url,
             password_file=password_file, audit=self.audit_path,
             # Refusals anyone can cause are counted per second here, not per
-            # minute, so that a test sees the counts soon.
-            audit_extra="refusal_window_seconds = 1",
+            # minute, so that a test sees the counts soon.  No rotation at
+            # midnight: tests read the records of `audit_path` alone, and a run
+            # that spans midnight would find the earlier ones rotated away.
+            audit_extra="refusal_window_seconds = 1\nrotate_daily = false",
         ) + RPC + ACCESS.format(
             cert_mode=cert_mode, tokens=self.token_store, health_port=self.health_port,
         ) + extra)

@@ -43,8 +43,8 @@ def airflowrpc(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def chain_files(path: Path) -> list[Path]:
     """
     The trail's files, oldest first: the ones rotated away (named by the time
-    they were), then ``path``.  A session's gateway rotates at midnight UTC
-    (``audit.rotate_daily``), so a run that spans it has more than one.
+    they were), then ``path``: a gateway given ``audit.rotate_bytes`` has more
+    than one (the tests' gateways do not rotate at midnight).
     """
     rotated = sorted(f for f in path.parent.glob(path.name + ".*")
                      if ROTATED_SUFFIX.search(f.name))
