@@ -363,6 +363,13 @@ class ProtocolTests(MethodTestCase):
                          [["struct", "string"], ["struct", "string", "struct"],
                           ["struct", "string", "struct", "struct"]])
 
+    def test_date_parameters_are_signed_as_string_and_as_datetime(self) -> None:
+        signatures = self.call("system.methodSignature", "create_backfill")
+        both = ("string", "dateTime.iso8601")
+        self.assertEqual([s[1:4] for s in signatures if len(s) == 4],
+                         [["string", a, b] for a in both for b in both])
+        self.assertTrue(all(s[0] == "struct" for s in signatures))
+
     def test_capabilities_advertise_interop_faults(self) -> None:
         caps = self.call("system.getCapabilities")
         self.assertEqual(caps["faults_interop"]["specVersion"], 20010516)

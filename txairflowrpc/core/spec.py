@@ -17,6 +17,7 @@ the checked positional arguments, with omitted optional ones absent.
 from __future__ import annotations
 
 import inspect
+import itertools
 from typing import Any, Callable
 from xmlrpc.client import DateTime
 
@@ -41,6 +42,11 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 def _a_date(param: "Param", value: object) -> bool:
     """A dateTime where a date parameter is declared as a string (both are taken)."""
     return param.date and isinstance(value, DateTime)
+
+
+def _accepted(param: "Param") -> tuple[str, ...]:
+    """The XML-RPC types ``param`` takes, its declared one first."""
+    return (param.type, "dateTime.iso8601") if param.date else (param.type,)
 
 
 def type_problem(xmlrpc_type: str, value: object) -> bool:
@@ -156,11 +162,15 @@ class MethodSpec:
         raise KeyError(name)
 
     def signatures(self) -> list[list[str]]:
-        """One signature per accepted number of parameters."""
+        """
+        One signature per accepted number of parameters and, where a date
+        parameter takes a string or a dateTime, per type it takes.
+        """
         required = sum(p.required for p in self.params)
         return [
-            [self.returns, *(p.type for p in self.params[:n])]
+            [self.returns, *types]
             for n in range(required, len(self.params) + 1)
+            for types in itertools.product(*(_accepted(p) for p in self.params[:n]))
         ]
 
     def help(self) -> str:
