@@ -280,6 +280,69 @@ class DurabilityTests(SynchronousTestCase):
         self.assertEqual(self.log.dropped, 1500 - MAX_DROPPABLE_QUEUED)
 
 
+class StalledWriteTests(SynchronousTestCase):
+    """
+    Found by the operations review: a write that never ended (a stuck disk)
+    left every caller unanswered while the log said it was writable.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.held = HeldWrites()
+        self.dir = scratch(self)
+        self.log = AuditLog(self.dir / "audit.jsonl", clock=self.clock,
+                            run_blocking=self.held, instance="t", stall_seconds=10)
+        self.log.open()
+
+    def stall(self) -> list[Deferred[None]]:
+        waiting = [self.log.append({"n": i, "request_id": f"r{i}"}) for i in (1, 2)]
+        self.clock.advance(9.5)
+        self.assertEqual(self.log.writing_for(), 9.5)
+        for d in waiting:
+            self.assertNoResult(d)  # a slow write is still waited for
+        self.assertIsNone(self.log.failed)
+        self.clock.advance(0.5)
+        for d in waiting:
+            self.failureResultOf(d, errors.AuditUnavailable)
+        self.assertEqual(self.log.failed, "a write has not ended after 10 s")
+        return waiting
+
+    def test_a_stalled_write_fails_its_callers_and_a_late_record_names_them(self) -> None:
+        self.stall()  # r1 in the stalled write, r2 queued behind it
+        third = self.log.append({"n": 3, "request_id": "r3"})  # while it stalls: at once
+        self.failureResultOf(third, errors.AuditUnavailable)
+        self.assertEqual(len(self.held.pending), 1)  # nothing written past the stalled write
+        self.held.release()  # the disk comes back: the stalled write ends
+        self.assertIsNone(self.log.failed)
+        self.assertEqual(self.log.writing_for(), 0.0)
+        self.held.release()
+        self.assertEqual(self.held.pending, [])
+        recs = records(self.dir / "audit.jsonl")
+        self.assertEqual([(r.get("n", r.get("event")), r.get("late")) for r in recs],
+                         [(1, None), ("audit.late", None), (2, True), (3, True)])
+        self.assertEqual((recs[1]["records"], recs[1]["request_ids"]), (1, ["r1"]))
+        self.assertTrue(verify([self.dir / "audit.jsonl"])[0])
+
+    def test_a_stalled_write_that_then_fails_keeps_its_records_once(self) -> None:
+        self.stall()
+        self.held.fail_with = OSError(errno.EIO, "Input/output error")
+        self.held.release()  # no second answer to the callers (Twisted would raise)
+        self.assertEqual(self.log.failed, "Input/output error")
+        self.held.fail_with = None
+        self.clock.advance(RETRY_SECONDS)
+        self.held.release()
+        recs = records(self.dir / "audit.jsonl")
+        self.assertEqual([(r["n"], r.get("late")) for r in recs], [(1, True), (2, True)])
+
+    def test_a_write_that_ends_in_time_is_not_stalled(self) -> None:
+        d = self.log.append({"n": 1})
+        self.clock.advance(9)
+        self.held.release()
+        self.successResultOf(d)
+        self.clock.advance(60)  # the timer went with the write
+        self.assertIsNone(self.log.failed)
+
+
 class RotationTests(SynchronousTestCase):
     def test_rotation_by_size_keeps_the_chain_whole_and_deletes_nothing(self) -> None:
         clock = Clock()
@@ -644,6 +707,26 @@ class GatewayRecordTests(SynchronousTestCase):
         self.assertEqual([(r["method"], r.get("fault_code")) for r in recs],
                          [("get_dag", None), ("trigger_dag", 507), ("ping", None)])
         self.assertEqual(recs[1]["decision"], "denied")
+
+
+    def test_a_call_whose_record_stalls_is_answered_507(self) -> None:
+        held = HeldWrites()
+        directory = scratch(self)
+        clock = Clock()
+        log = AuditLog(directory / "audit.jsonl", clock=clock, run_blocking=held, instance="t",
+                       stall_seconds=10)
+        log.open()
+        gw = gateway(clock=clock, audit=log)
+        d = gw.call_d("get_dag", "etl_orders")
+        self.assertNoResult(d)
+        clock.advance(10)
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2].faultCode, 507)
+        before = len(gw.airflow.requests)
+        d = gw.call_d("trigger_dag", "etl_orders")  # refused at once while it stalls
+        gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2].faultCode, 507)
+        self.assertEqual(len(gw.airflow.requests), before)
 
 
 class FailingLogTests(SynchronousTestCase):

@@ -257,6 +257,7 @@ class CollectorTests(SynchronousTestCase):
         self.successResultOf(self.gw.call_d("ping"))
         self.assertEqual(self.value("airflowrpc_audit_records_written_total"), 1)
         self.assertEqual(self.value("airflowrpc_audit_failing"), 0)
+        self.assertEqual(self.value("airflowrpc_audit_write_age_seconds"), 0)
         self.successResultOf(self.gw.post(b"x", path="/elsewhere"))
         self.parts.refusals.note("10.0.0.1:5", "tls_handshake", {"reason": "r"})
         self.assertEqual(self.value("airflowrpc_refusals_total", kind="request"), 1)

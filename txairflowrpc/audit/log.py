@@ -18,6 +18,13 @@ Failing closed: if a write fails (disk full, file-size limit, permissions),
 and their records stay queued, in order, to be written as soon as a write
 succeeds again (retried every few seconds and on every new record).  The
 gateway refuses calls while `failed` is set.
+
+A write that neither ends nor fails (an fsync on a stuck disk or a hung
+network volume) counts as failing once it has run ``stall_seconds``: its
+records' callers are answered `errors.AuditUnavailable`, `failed` says the
+write has stalled, and new records queue behind it.  If it ends after all,
+its records are on disk although their callers were told otherwise, so an
+``audit.late`` record follows them naming their request ids.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ RETRY_SECONDS = 2.0
 #: anyone can cause) wait in the queue; the rest are counted, and the count
 #: is written as one ``audit.dropped`` record once the log recovers.
 MAX_DROPPABLE_QUEUED = 1000
+#: An ``audit.late`` record names at most this many request ids (and counts all).
+MAX_LATE_IDS = 100
 
 _log = Logger()
 
@@ -68,13 +77,15 @@ class AuditLog:
         uncovered (0: not by count).
     :param checkpoint_seconds: a checkpoint this long after a record was
         first left uncovered (0: not by time).
+    :param stall_seconds: a write under way this long is taken as failed
+        (its callers answered, the log failing until it ends; 0: never).
     """
 
     def __init__(
         self, path: Path, *, clock: IReactorTime, run_blocking: RunBlocking, instance: str,
         rotate_bytes: int = 0, rotate_daily: bool = False, fsync: bool = True,
         signer: Signer | None = None, checkpoint_records: int = 0,
-        checkpoint_seconds: float = 0,
+        checkpoint_seconds: float = 0, stall_seconds: float = 0,
     ) -> None:
         self.path = path
         self._clock = clock
@@ -86,6 +97,13 @@ class AuditLog:
         )
         self._signer = signer
         self._checkpoint_seconds = checkpoint_seconds
+        self._stall_seconds = stall_seconds
+        #: Fires `_stalled` if the write under way runs ``stall_seconds``.
+        self._stall_timer: Any = None
+        #: When the write under way started, and whether its callers were
+        #: already answered because it stalled.
+        self._write_started: float | None = None
+        self._abandoned = False
         self._queue: list[tuple[dict[str, Any] | None, Deferred[None]]] = []
         self._writing = False
         self._closed = False
@@ -157,6 +175,11 @@ class AuditLog:
         record.update(fields)
         if droppable:
             self._droppable.add(id(record))
+        elif self._abandoned:
+            # A write has stalled: nothing queued now would be written before
+            # it ends, so the caller is answered at once.
+            self._queue.append((self._late_record(record), _orphan()))
+            return fail(errors.AuditUnavailable())
         d: Deferred[None] = Deferred()
         self._queue.append((record, d))
         self._kick()
@@ -181,10 +204,52 @@ class AuditLog:
         now = self._clock.seconds()
         d: Deferred[Appended | None]
         if records or reason:
+            self._write_started = now
+            if self._stall_seconds:
+                self._stall_timer = self._clock.callLater(
+                    self._stall_seconds, self._stalled, batch)
             d = self._run_blocking(lambda: self._file.append(records, now, reason))
         else:
             d = maybeDeferred(lambda: None)  # only flush markers: nothing to write
         d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch, reason))
+
+    def writing_for(self) -> float:
+        """How long the write under way has run, in seconds (0: none is)."""
+        if self._write_started is None:
+            return 0.0
+        return max(0.0, self._clock.seconds() - self._write_started)
+
+    def _stalled(self, batch: list[tuple[Any, Deferred[None]]]) -> None:
+        """The write under way has run ``stall_seconds``: fail its callers, refuse calls."""
+        self._stall_timer = None
+        self._abandoned = True
+        reason = f"a write has not ended after {self._stall_seconds:g} s"
+        if self.failed is None:
+            _log.error("audit log cannot be written ({reason}): refusing calls", reason=reason)
+        self.failed = reason
+        for _, d in batch:
+            d.errback(errors.AuditUnavailable())
+        # Those queued behind it would wait as long: answered now, and each
+        # record says its caller was not told its outcome (as after a failure).
+        for i, (record, d) in enumerate(self._queue):
+            if record is not None:  # a flush marker (a close) waits for the write
+                self._queue[i] = (self._late_record(record), _orphan())
+                d.errback(errors.AuditUnavailable())
+
+    @staticmethod
+    def _late_record(record: dict[str, Any]) -> dict[str, Any]:
+        record["late"] = True
+        return record
+
+    def _write_ended(self) -> bool:
+        """The write under way ended; whether its callers were answered already (it stalled)."""
+        self._writing = False
+        self._write_started = None
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+        abandoned, self._abandoned = self._abandoned, False
+        return abandoned
 
     def _checkpoint_due(self) -> None:
         """``checkpoint_seconds`` have passed since a record was left uncovered."""
@@ -208,10 +273,12 @@ class AuditLog:
     def _written(
         self, appended: Appended | None, batch: list[tuple[Any, Deferred[None]]],
     ) -> None:
+        abandoned = self._write_ended()
         self.fsyncs += 1
         self.written += sum(1 for r, _ in batch if r is not None)
         self._droppable.difference_update(id(r) for r, _ in batch)
-        self._writing = False
+        if abandoned:
+            self._late([r for r, _ in batch if r is not None])
         if self.failed is not None:
             _log.info("audit log writable again: {path}", path=str(self.path))
             self.failed = None
@@ -219,8 +286,9 @@ class AuditLog:
                 dropped, self.dropped = self.dropped, 0
                 self.append({"event": "audit.dropped", "count": dropped,
                              "reason": "refusals counted but not written while the log failed"})
-        for _, d in batch:
-            d.callback(None)
+        if not abandoned:
+            for _, d in batch:
+                d.callback(None)
         if appended is not None:
             for old in appended.rotated:
                 _log.info("audit log rotated to {old}", old=str(old))
@@ -230,7 +298,7 @@ class AuditLog:
     def _write_failed(
         self, failure: Failure, batch: list[tuple[Any, Deferred[None]]], checkpoint: str | None,
     ) -> None:
-        self._writing = False
+        abandoned = self._write_ended()
         # A checkpoint that could not be written is still owed.
         self._checkpoint = self._checkpoint or checkpoint
         reason = getattr(failure.value, "strerror", None) or failure.getErrorMessage()
@@ -240,11 +308,26 @@ class AuditLog:
         # Keep the records, in order, ahead of anything queued since; their
         # callers have their answer (the failure) already, and each record
         # says so: the outcome it holds is not what its caller was told.
-        kept = [r for r, d in batch if r is not None]
-        for record in kept:
-            record["late"] = True
+        kept = [self._late_record(r) for r, d in batch if r is not None]
         self._queue[:0] = [(r, _orphan()) for r in kept]
-        for _, d in batch:
-            d.errback(errors.AuditUnavailable())
+        if not abandoned:  # a stalled write's callers were answered when it stalled
+            for _, d in batch:
+                d.errback(errors.AuditUnavailable())
         if not self._closed and (self._retry is None or not self._retry.active()):
             self._retry = self._clock.callLater(RETRY_SECONDS, self._kick)
+
+    def _late(self, records: list[dict[str, Any]]) -> None:
+        """
+        A stalled write ended after all: ``records`` are on disk, but their
+        callers were told the trail was unavailable.  Say so on the trail.
+        """
+        ids = [str(r["request_id"]) for r in records if r.get("request_id")]
+        _log.warn("audit log write ended after it was given up on: {n} records written late",
+                  n=len(records))
+        note = {"time": iso_micro(self._clock.seconds()), "instance": self.instance,
+                "event": "audit.late", "records": len(records),
+                "request_ids": ids[:MAX_LATE_IDS],
+                "reason": "written after their callers were answered that the audit trail "
+                          "was unavailable (the write had stalled)"}
+        # Ahead of what queued meanwhile: next to the records it speaks of.
+        self._queue.insert(0, (note, _orphan()))

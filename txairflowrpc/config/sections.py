@@ -255,6 +255,9 @@ class AuditConfig:
     #: Refusals anyone can cause are counted into one record per source,
     #: kind and reason over this many seconds.
     refusal_window_seconds: float = 60.0
+    #: A write (and its fsync) under way this long is taken as failed: its
+    #: callers are answered 507 and calls refused until it ends.
+    stall_seconds: float = 10.0
     #: The key of the digests that stand for free-form values (conf, notes)
     #: on the trail; made (32 random bytes, mode 0600) when it is missing.
     digest_key_file: Path | None = None
@@ -278,6 +281,7 @@ class AuditConfig:
         "checkpoint_records": Key(int, 1000, at_least(0)),
         "checkpoint_seconds": Key(float, 10.0, at_least(0)),
         "refusal_window_seconds": Key(float, 60.0, positive),
+        "stall_seconds": Key(float, 10.0, positive),
         "digest_key_file": Key(str, "", is_path=True, must_exist=False),
         "instance": Key(str, "", instance_name),
     }

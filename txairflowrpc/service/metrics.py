@@ -35,6 +35,7 @@ stores, never iterating a container the reactor is changing.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
@@ -266,7 +267,8 @@ class PartsCollector:
     then not reported).  ``coalescing`` maps a kind of shared upstream work
     (``wait``: the run watcher's polls shared by waiters) to two callables:
     how many callers asked, and how many upstream requests served them; a
-    new kind (reads) is one more entry.
+    new kind (reads) is one more entry.  ``certificates`` gives the
+    listener's certificates in force (`checked.served_certificates`).
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class PartsCollector:
         refusals: Any = None, gate: Gate | None = None, reloader: Any = None,
         watcher: Any = None,
         coalescing: dict[str, tuple[Callable[[], int], Callable[[], int]]] | None = None,
+        certificates: Callable[[], Mapping[str, Sequence[x509.Certificate]]] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -288,6 +291,7 @@ class PartsCollector:
         self._reloader = reloader
         self._watcher = watcher
         self.coalescing = dict(coalescing or {})
+        self._certificates = certificates
 
     def describe(self) -> Iterable[Metric]:
         # Registered by name, so two collectors of one gateway cannot clash;
@@ -392,6 +396,10 @@ class PartsCollector:
         yield GaugeMetricFamily(
             "airflowrpc_audit_failing", "1 while the audit trail cannot be written (calls "
             "are refused with 507)", value=0 if audit.failed is None else 1)
+        yield GaugeMetricFamily(
+            "airflowrpc_audit_write_age_seconds", "How long the audit write under way has "
+            "run (0: none is); past audit.stall_seconds the trail is failing",
+            value=audit.writing_for())
 
     def _identity_metrics(self) -> Iterator[Metric]:
         if self._reloader is not None:
@@ -400,6 +408,10 @@ class PartsCollector:
             reloads.add_metric(["accepted"], self._reloader.reloads)
             reloads.add_metric(["rejected"], self._reloader.rejected)
             yield reloads
+            yield GaugeMetricFamily(
+                "airflowrpc_config_last_reload_successful", "1 if the config's last load or "
+                "reload was accepted, 0 if it was rejected (the file on disk is not the config "
+                "in force)", value=1 if self._reloader.last_reload_successful else 0)
         if self._gate is None:
             return
         current = self._gate.current
@@ -410,16 +422,18 @@ class PartsCollector:
             fetches.add_metric([name], keyset.fetches)
         yield fetches
         expiry = GaugeMetricFamily(
-            "airflowrpc_token_expiry_seconds", "Seconds until the earliest active gateway "
-            "token of a principal expires (rotated and revoked tokens left out)",
-            labels=["principal"])
+            "airflowrpc_token_expiry_seconds", "Seconds until the earliest gateway token of "
+            "a principal expires, negative once it has: until it is revoked (rotated tokens "
+            "left out: their successor is there)", labels=["principal"])
         store = current.tokens
         if store is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
             earliest: dict[str, datetime] = {}
             for record in store.records.values():
+                # An expired token stays until someone acts on it, so that its alert does
+                # not clear at the moment its client starts to fail.
                 if (record.principal not in current.access.principals
-                        or record.state(now) != "active"):
+                        or record.revoked is not None or record.rotated_to is not None):
                     continue
                 if record.principal not in earliest or record.expires < earliest[record.principal]:
                     earliest[record.principal] = record.expires
@@ -428,19 +442,17 @@ class PartsCollector:
         yield expiry
 
     def _certificate_metrics(self) -> Iterator[Metric]:
-        cfg = self._config()
+        if self._certificates is None:
+            return
         expiry = GaugeMetricFamily(
             "airflowrpc_certificate_expiry_seconds", "Seconds until the earliest certificate "
-            "in the listener's file expires (tls.certificate: its chain; tls.client_ca: the "
-            "CA bundle); a file that cannot be read is left out (see /readyz)",
+            "the listener holds expires, negative once it has (tls.certificate: the chain it "
+            "sends; tls.client_ca: the CAs it verifies clients against); those in force, "
+            "not the files: a renewal counts once a reload has put it in force",
             labels=["certificate"])
         now = self._clock.seconds()
-        for key, path in (("tls.certificate", cfg.tls.certificate),
-                          ("tls.client_ca", cfg.tls.client_ca)):
-            try:
-                certs = x509.load_pem_x509_certificates(path.read_bytes())
-            except (OSError, ValueError):
-                continue
-            earliest = min(c.not_valid_after_utc.timestamp() for c in certs)
-            expiry.add_metric([key], earliest - now)
+        for key, certs in self._certificates().items():
+            if certs:
+                earliest = min(c.not_valid_after_utc.timestamp() for c in certs)
+                expiry.add_metric([key], earliest - now)
         yield expiry

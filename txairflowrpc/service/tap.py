@@ -205,6 +205,7 @@ def open_audit(
         rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily, fsync=cfg.fsync,
         signer=signer,
         checkpoint_records=cfg.checkpoint_records, checkpoint_seconds=cfg.checkpoint_seconds,
+        stall_seconds=cfg.stall_seconds,
     )
     audit.open()
     return audit
