@@ -6,6 +6,7 @@ from flags and the environment, and the run id a CI job derives.
 from __future__ import annotations
 
 import io
+import xmlrpc.client
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,6 +87,65 @@ def test_results_never_carry_what_a_terminal_acts_on() -> None:
                    '"owner": "zoë"}')
 
 
+def test_at_file_and_at_stdin_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """
+    Found by review: @FILE was read in the locale's encoding (cp1252 on a
+    Windows runner: Zürich became ZÃ¼rich).  JSON is UTF-8 (RFC 8259); a
+    byte order mark, which Windows tools write, is skipped, as the RFC lets
+    a reader do.
+    """
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"city": "Z\xc3\xbcrich"}')
+    assert values.parse_argument(f"@{tmp_path}/bom.json", 1) == {"city": "Zürich"}
+    cp1252_stdin = io.TextIOWrapper(io.BytesIO('{"city": "Zürich"}'.encode()),
+                                    encoding="cp1252")
+    assert values.parse_argument("@-", 1, stdin=cp1252_stdin) == {"city": "Zürich"}
+    (tmp_path / "latin1.json").write_bytes(b'{"city": "Z\xfcrich"}')
+    with pytest.raises(UsageError, match="latin1.json is not UTF-8"):
+        values.parse_argument(f"@{tmp_path}/latin1.json", 1, what="--conf")
+
+
+def test_json_on_stdout_never_fails_on_its_encoding() -> None:
+    """
+    Found by review: with PYTHONIOENCODING=cp1252 (or a Windows pipe) a
+    run that succeeded exited 70 with nothing on stdout, over an emoji.
+    """
+    from txairflowrpc.client.console import Console
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="cp1252", write_through=False)
+    stdout.write("before\n")
+    Console(stdout, io.StringIO()).result({"who": "deploy \U0001F680", "city": "Zürich"})
+    assert raw.getvalue() == ('before\n{"who": "deploy \U0001F680", "city": "Zürich"}\n'
+                              ).encode()
+
+    class TextOnly(io.StringIO):
+        encoding = "ascii"
+
+    text_only = TextOnly()
+    Console(text_only, io.StringIO()).result({"who": "deploy \U0001F680"})
+    assert text_only.getvalue() == '{"who": "deploy \\ud83d\\ude80"}\n'
+
+
+def test_a_carriage_return_reaches_the_gateway_as_it_was() -> None:
+    """
+    Found by review: a raw CR in the request became LF in the gateway's XML
+    parser, so a conf with CR LF reached Airflow changed, and a backfill
+    whose answer was lost was not found again by its conf.
+    """
+    from txairflowrpc.client.transport import request_body
+    from txairflowrpc.gate.wire import parse_call
+    conf = {"sql": "select 1;\r\nselect 2;", "cr": "a\rb", "key\r": ["\r"]}
+    method, params = parse_call(request_body("create_backfill", ("d", "x\r", "y", conf, {})))
+    assert (method, params[1], params[3]) == ("create_backfill", "x\r", conf)
+    assert xmlrpc.client.loads(request_body("echo", (conf,)))[0] == (conf,)
+
+
+def test_what_xml_cannot_carry_is_never_sent() -> None:
+    from txairflowrpc.client.transport import request_body
+    for bad in ("ctl\x01", "\ud800", "\uffff"):
+        with pytest.raises(UsageError, match="which XML-RPC cannot carry"):
+            request_body("trigger_dag", ("d", {"c": bad}, {}))
+
+
 # -- settings ----------------------------------------------------------------
 
 URL = "https://gw.example:8443/RPC2"
@@ -104,6 +164,32 @@ def test_flags_win_over_the_environment(tmp_path: Path) -> None:
     s = settings.read(env)
     assert s.token == "arpc_from_env_1234" and s.token_source == "AIRFLOWRPC_TOKEN"
     assert "arpc_" not in repr(s)
+
+
+def test_a_credential_given_by_flag_replaces_the_environments(tmp_path: Path) -> None:
+    """
+    Found by review: --aws with AIRFLOWRPC_TOKEN set (or --token-file with
+    AIRFLOWRPC_AWS=1) was refused as two credentials, and --cert took
+    AIRFLOWRPC_KEY, another certificate's key.
+    """
+    (tmp_path / "token").write_text("arpc_from_file_123456\n")
+    env = {"AIRFLOWRPC_URL": URL, "AIRFLOWRPC_TOKEN": "arpc_from_env_1234",
+           "AIRFLOWRPC_CERT": "/ci/org.pem", "AIRFLOWRPC_KEY": "/ci/org.key"}
+    s = settings.read(env, aws=True)
+    assert (s.token, s.aws is not None) == (None, True)
+    assert (s.cert, s.key) == (Path("/ci/org.pem"), Path("/ci/org.key"))  # another kind
+    s = settings.read({**env, "AIRFLOWRPC_AWS": "1"}, token_file=str(tmp_path / "token"))
+    assert (s.token, s.aws) == ("arpc_from_file_123456", None)
+    s = settings.read(env, cert="/job/mine.pem")
+    assert (s.cert, s.key) == (Path("/job/mine.pem"), None)  # its key in the cert file
+    s = settings.read(env, cert="/job/mine.pem", key="/job/mine.key")
+    assert (s.cert, s.key) == (Path("/job/mine.pem"), Path("/job/mine.key"))
+    for flags, says in (({"key": "/job/mine.key"}, "--key was given without --cert"),
+                        ({"aws": True, "token_file": str(tmp_path / "token")},
+                         "both --token-file and --aws"),
+                        ({}, "both a token (from AIRFLOWRPC_TOKEN) and AIRFLOWRPC_AWS")):
+        with pytest.raises(UsageError, match=says.replace("(", r"\(").replace(")", r"\)")):
+            settings.read({**env, "AIRFLOWRPC_AWS": "1"} if not flags else env, **flags)
 
 
 def test_url_defaults_and_refusals() -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import socket
 import time
 import xmlrpc.client
@@ -26,6 +28,7 @@ import pytest
 
 from txairflowrpc.client import commands
 from txairflowrpc.client.console import Console
+from txairflowrpc.client.deadline import GRACE
 from txairflowrpc.client.errors import FaultReply, HTTPRefused, Unreachable
 from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.service.cli import main, parser
@@ -51,15 +54,15 @@ class Outcome:
 
 
 def run_in_memory(argv: list[str], gateway: FakeGateway, env: dict[str, str] | None = None,
-                  clock: FakeClock | None = None) -> Outcome:
-    """The command, with the fake gateway behind it and time on a fake clock."""
+                  clock: FakeClock | None = None, caller: InMemory | None = None) -> Outcome:
+    """The command, with the fake gateway (or ``caller``) behind it and time on a fake clock."""
     out, err = io.StringIO(), io.StringIO()
     clock = clock or FakeClock()
     environ = {"AIRFLOWRPC_URL": "https://gw.test/RPC2", "AIRFLOWRPC_TOKEN": TOKEN,
                **(env if env is not None else GITLAB)}
     status = commands.run(parser().parse_args(argv), environ=environ,
                           console=Console(out, err), clock=clock, sleep=clock.sleep,
-                          rand=lambda: 0.5, connect=lambda s, **kw: InMemory(gateway))
+                          rand=lambda: 0.5, connect=lambda s, **kw: caller or InMemory(gateway))
     return Outcome(status, out.getvalue(), err.getvalue())
 
 
@@ -797,3 +800,222 @@ def test_backfill_whose_answer_a_proxy_lost_finds_it() -> None:
     gateway.on_call = proxy_gives_up
     got = run_in_memory(FEB, gateway)
     assert (got.status, got.json["created"], got.json["runs"]) == (0, False, 3), got.err
+
+
+# -- found by review ---------------------------------------------------------
+
+class Hanging(InMemory):
+    """
+    A gateway whose next calls of some methods hang until the socket
+    timeout the client gave them (on the fake clock), then fail as a
+    timeout does: what a stalled gateway or proxy does to a pipeline.
+    """
+
+    def __init__(self, gateway: FakeGateway, clock: FakeClock, hangs: dict[str, int]) -> None:
+        super().__init__(gateway)
+        self.clock, self.hangs = clock, hangs
+
+    def call(self, method: str, *params: Any, timeout: float = 120.0) -> Any:
+        if self.hangs.get(method, 0) > 0:
+            self.hangs[method] -= 1
+            self.timeouts.append(timeout)
+            self.clock.now += timeout
+            raise Unreachable(method, f"no answer from gw.test:443 within {timeout:g} s")
+        return super().call(method, *params, timeout=timeout)
+
+
+def test_the_timeout_bounds_the_triggers_retries() -> None:
+    """Found by review: 8 tries of 120 s each took 991 s under --timeout 60."""
+    gateway, clock = FakeGateway(), FakeClock()
+    caller = Hanging(gateway, clock, {"trigger_dag": 7})
+    got = run_in_memory(["trigger", "slow", "--wait", "--timeout", "60"], gateway, clock=clock,
+                        caller=caller)
+    assert got.status == 6, got.err
+    assert clock.now - 1000 <= 60 and caller.timeouts == [60]
+    assert "--timeout ran out before it could be tried again" in got.err
+    assert got.out == ""  # no run is known to exist: nothing to print
+
+
+def test_the_timeout_bounds_the_failed_tasks_log_tails() -> None:
+    """Found by review: ten log tails of 120 s each ran 20 minutes past --timeout 60."""
+    gateway, clock = FakeGateway(), FakeClock()
+    gateway.list_task_instances = lambda d, r: [  # type: ignore[method-assign]
+        {"task_id": f"t{n}", "state": "failed", "try_number": 1, "map_index": -1}
+        for n in range(10)]
+    caller = Hanging(gateway, clock, {"get_task_log": 10})
+    got = run_in_memory(["trigger", "example_fail", "--wait", "--timeout", "60"], gateway,
+                        clock=clock, caller=caller)
+    assert got.status == 1, got.err  # the run's outcome is known: it failed
+    assert got.json["state"] == "failed"
+    assert clock.now - 1000 <= 60 + GRACE
+    assert "--timeout ran out before it could be called" in got.err
+
+
+def test_the_timeout_bounds_the_count_of_a_backfills_runs() -> None:
+    gateway, clock = FakeGateway(), FakeClock()
+    caller = Hanging(gateway, clock, {"list_dag_runs": 8})
+    got = run_in_memory([*FEB, "--wait", "--timeout", "100"], gateway, clock=clock,
+                        caller=caller)
+    assert got.status == 6, got.err
+    assert clock.now - 1000 <= 100 + GRACE
+    assert (got.json["id"], got.json["completed"], got.json["runs"]) == (1, True, 3)
+
+
+def test_an_outage_when_the_timeout_comes_is_a_timeout() -> None:
+    """Found by review: 503s near the deadline ended it with exit 5 and an empty stdout."""
+    gateway, clock = FakeGateway(), FakeClock()
+
+    def down_after_50_s(method: str, params: tuple[Any, ...]) -> None:
+        if method == "wait_dag_run" and clock.now - 1000 > 50:
+            raise xmlrpc.client.Fault(503, "upstream unavailable: Airflow cannot be reached")
+
+    gateway.on_call = down_after_50_s
+    got = run_in_memory(["trigger", "slow", "--wait", "--timeout", "60"], gateway, clock=clock)
+    assert got.status == 6, got.err
+    assert (got.json["state"], got.json["created"]) == ("running", True)
+    assert ("is still running after 60 s; it goes on in Airflow: run the same command again "
+            "to wait for it (the run id makes that safe) (the last look failed: wait_dag_run: "
+            "fault 503: upstream unavailable") in got.err
+
+
+def test_an_error_after_the_trigger_still_prints_the_run() -> None:
+    """Found by review: a 403 on the wait left stdout empty though the run existed."""
+    gateway = FakeGateway()
+    gateway.fail_next["wait_dag_run"] = [xmlrpc.client.Fault(403, "forbidden: needs runs:read")]
+    got = run_in_memory(["trigger", "example_hello", "--wait"], gateway)
+    assert got.status == 3
+    assert (got.json["dag_run_id"], got.json["state"], got.json["created"]) == (
+        "gitlab-9001-deploy", "queued", True)
+    assert got.out.count("\n") == 1
+
+
+def test_a_run_a_lost_try_of_this_command_made_was_created_by_it() -> None:
+    """Found by review: the retry found it and the command said it existed before."""
+    gateway = FakeGateway()
+
+    def lose_the_first_answer(method: str, params: tuple[Any, ...]) -> None:
+        if method == "trigger_dag" and not gateway.runs:
+            gateway.trigger_dag(*params)
+            raise Unreachable("trigger_dag", "gw.test:443 closed the connection")
+
+    gateway.on_call = lose_the_first_answer
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert got.status == 1 and got.json["created"] is True
+    assert "this command's earlier try, whose answer was lost" in got.err
+    assert "existed before this command" not in got.err
+    # A try refused before it ran (429) made nothing: the run found is an earlier job's.
+    again = FakeGateway()
+    again.trigger_dag("example_hello", {}, {"dag_run_id": "gitlab-9001-deploy"})
+    again.fail_next["trigger_dag"] = [xmlrpc.client.Fault(429, "rate limited")]
+    got = run_in_memory(["trigger", "example_hello"], again)
+    assert (got.status, got.json["created"]) == (0, False), got.err
+
+
+def test_a_507_after_the_trigger_may_have_made_it() -> None:
+    """The gateway's 507: Airflow made the run, but its outcome could not be recorded."""
+    gateway = FakeGateway()
+
+    def unrecorded(method: str, params: tuple[Any, ...]) -> None:
+        if method == "trigger_dag" and not gateway.runs:
+            gateway.trigger_dag(*params)
+            raise xmlrpc.client.Fault(507, "audit unavailable")
+
+    gateway.on_call = unrecorded
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert (got.status, got.json["created"]) == (0, True), got.err
+
+
+def test_a_507_after_create_backfill_finds_it() -> None:
+    """Found by review: the 507 was told as an outage (exit 5) though the backfill existed."""
+    gateway = FakeGateway()
+
+    def unrecorded(method: str, params: tuple[Any, ...]) -> None:
+        if method == "create_backfill" and not gateway.backfills:
+            gateway.create_backfill(*params)
+            raise xmlrpc.client.Fault(507, "audit unavailable: the outcome was not recorded")
+
+    gateway.on_call = unrecorded
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 0, got.err
+    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, False, 3)
+    assert "(the lost answer's): following it" in got.err
+    assert len(gateway.calls_of("create_backfill")) == 1
+
+
+def test_a_count_that_misses_the_backfills_runs_is_no_success() -> None:
+    """Found by review: a count that saw none of its runs made 0 == 0, exit 0."""
+    gateway = FakeGateway()
+    plain = gateway._backfill_runs
+    gateway._backfill_runs = lambda b: [  # type: ignore[method-assign]
+        {**r, "queued_at": "2026-11-27T10:00:00.999Z", "state": "failed"} for r in plain(b)]
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 1, got.err
+    assert {k: got.json[k] for k in ("runs", "succeeded", "failed")} == {
+        "runs": 3, "succeeded": 0, "failed": 0}
+    assert "only 0 of the 3 runs of backfill 1 were found" in got.err
+    assert "3 of its 3 runs did not succeed" in got.err
+
+
+@pytest.mark.parametrize("conf, says", [
+    (r'{"msg": "bell\u0007"}', '["msg"]: the string holds U+0007'),
+    (r'{"msg": "half \ud83d"}', '["msg"]: the string holds U+D83D'),
+    (r'{"form\u000cfeed": 1}', r'["form\ffeed"]: the key holds U+000C'),
+    (r'{"a": [1, "\uffff"]}', '["a"][1]: the string holds U+FFFF'),
+])
+def test_characters_xml_cannot_carry_are_usage_and_send_nothing(conf: str, says: str) -> None:
+    """Found by review: the gateway refused them as not XML (-32700, exit 5: retried)."""
+    gateway = FakeGateway()
+    got = run_in_memory(["trigger", "example_hello", "--conf", conf], gateway)
+    assert got.status == 2 and f"--conf {says}, which XML-RPC cannot carry" in got.err
+    assert gateway.calls == []
+
+
+def test_a_bare_word_xml_cannot_carry_is_usage_too() -> None:
+    """An undecodable byte of the command line arrives as a lone surrogate (surrogateescape)."""
+    gateway = FakeGateway()
+    for argv, says in ((["call", "get_dag", "etl\udcff"], "argument 1"),
+                       (["trigger", "etl\x07"], "DAG"),
+                       (["trigger", "example_hello", "--note", "a\x1bb"], "--note")):
+        got = run_in_memory(argv, gateway)
+        assert got.status == 2 and f"{says}: the string holds U+" in got.err, got.err
+    assert gateway.calls == []
+
+
+@pytest.mark.parametrize("interrupt, status, says", [
+    (KeyboardInterrupt, 130, "interrupted: a run already triggered"),
+    ("SIGTERM", 143, "terminated (SIGTERM): a run already triggered"),
+])
+def test_ctrl_c_and_sigterm_print_the_run_and_say_it_goes_on(
+    interrupt: Any, status: int, says: str,
+) -> None:
+    """
+    Found by review: SIGTERM (a CI job cancelled) killed the command
+    silently.  It ends as Ctrl-C does now, with the run as last seen on
+    stdout; the handler is the command's only while it runs.
+    """
+    gateway = FakeGateway()
+
+    def cancel_the_job(method: str, params: tuple[Any, ...]) -> None:
+        if method == "wait_dag_run" and gateway.runs[("slow", "gitlab-9001-deploy")]["step"] == 3:
+            if interrupt == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs before this ends
+            raise interrupt()
+
+    class NotOurs(Exception):
+        pass
+
+    def test_s_own(signum: int, frame: Any) -> None:
+        raise NotOurs()  # before the fix: the command's SIGTERM met this handler
+
+    gateway.on_call = cancel_the_job
+    previous = signal.signal(signal.SIGTERM, test_s_own)
+    try:
+        got = run_in_memory(["trigger", "slow", "--wait"], gateway)
+        assert signal.getsignal(signal.SIGTERM) is test_s_own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got.status == status, got.err
+    assert (got.json["state"], got.json["created"]) == ("running", True)
+    assert got.err.splitlines()[-1] == (f"airflowrpc: {says} or a backfill already created "
+                                        f"goes on in Airflow")

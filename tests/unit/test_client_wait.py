@@ -12,7 +12,8 @@ import pytest
 
 from txairflowrpc.client import errors
 from txairflowrpc.client.errors import (
-    BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError, WaitTimedOut,
+    BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, OutOfTime, Unreachable, UsageError,
+    WaitTimedOut,
 )
 from txairflowrpc.client.retry import Backoff, call_with_retries
 from txairflowrpc.client.waiting import MIN_ROUND, Progress, elapsed_text, wait_for_run
@@ -119,15 +120,22 @@ def test_transient_failures_are_retried_then_given_up() -> None:
 
 
 def test_no_pause_runs_past_the_deadline() -> None:
+    """
+    Found by review: the outage's own error (exit 5) was raised when the
+    deadline came; it is a timeout (exit 6) that says what the last try met.
+    """
     clock = FakeClock()
 
     def always() -> str:
         raise Unreachable("m", "refused")
 
-    with pytest.raises(Unreachable):
+    with pytest.raises(OutOfTime) as caught:
         call_with_retries(always, backoff=Backoff(attempts=100), sleep=clock.sleep,
                           clock=clock, deadline=clock() + 10, rand=lambda: 0.5)
     assert clock.slept == [1.0, 2.0, 4.0] and clock() < 1010
+    assert caught.value.exit_status == 6 and isinstance(caught.value.cause, Unreachable)
+    assert caught.value.message == ("m: gateway unreachable: refused; --timeout ran out before "
+                                    "it could be tried again")
 
 
 # -- the wait ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from ..core.jsonvalues import json_equal
-from .errors import BackfillTimedOut
+from .errors import BackfillTimedOut, OutOfTime
 from .retry import Backoff, call_with_retries
 from .transport import Caller
 from .waiting import Progress
@@ -107,22 +107,35 @@ def follow_backfill(
     gateway: Caller, dag_id: str, backfill: dict[str, Any], timeout: float, *,
     progress: Progress, every: int = DEFAULT_EVERY, backoff: Backoff | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] = random.random, deadline: float | None = None,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """
     The backfill once it has completed, looked at every ``every`` seconds
     and a last time at the deadline.  Raises `BackfillTimedOut` (with the
-    backfill as last seen) when ``timeout`` seconds pass first: it goes on
-    in Airflow; or the `ClientError` that was not transient.
+    backfill as last seen) when ``timeout`` seconds pass first, or
+    ``deadline`` (a ``clock`` time: the command's) comes, also while an
+    outage is being retried: it goes on in Airflow; or the `ClientError`
+    that was not transient.  ``on_answer`` hears of each look's answer.
     """
     backoff = backoff or Backoff()
     started = clock()
-    deadline = started + timeout
+    deadline = started + timeout if deadline is None else deadline
     backfill_id = backfill["id"]
+    current = backfill
+    state = "unknown"
     while True:
-        current = call_with_retries(
-            lambda: gateway.call("get_backfill", dag_id, backfill_id), backoff=backoff,
-            sleep=sleep, clock=clock, deadline=deadline, on_retry=progress.retrying, rand=rand)
+        try:
+            current = call_with_retries(
+                lambda: gateway.call("get_backfill", dag_id, backfill_id), backoff=backoff,
+                sleep=sleep, clock=clock, deadline=deadline, on_retry=progress.retrying,
+                rand=rand)
+        except OutOfTime as e:
+            why = e.cause.message if e.cause is not None else e.message
+            raise BackfillTimedOut(dag_id, backfill_id, state, timeout, current,
+                                   cause=why) from None
+        if on_answer is not None:
+            on_answer(current)
         done = bool(current.get("completed"))
         state = "completed" if done else "paused" if current.get("is_paused") else "running"
         progress.seen(state, clock() - started, done)

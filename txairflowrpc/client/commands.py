@@ -6,6 +6,12 @@ their parsers, and what they run.
 (``service/cli.py``); `run` runs the one parsed and returns the exit
 status (see `txairflowrpc.client.errors`).  Time, sleep and the
 environment are parameters, so the tests drive the wait on a fake clock.
+
+With ``--wait``, ``--timeout`` is one deadline for the whole command, from
+its start (`txairflowrpc.client.deadline`).  Whatever ends a command that
+made or found a run or backfill -- success, failure, a later error, the
+deadline, Ctrl-C, SIGTERM -- that run or backfill, as last known, is on
+stdout (`_LastKnown`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -21,6 +29,7 @@ from typing import Any
 from ..core import errors as codes
 from . import backfilling, errors, failures, runid, settings, values
 from .console import Console, redact_shapes
+from .deadline import Bounded, Deadline
 from .errors import ClientError, UsageError
 from .retry import Backoff, call_with_retries, refused_before_it_ran
 from .transport import DEFAULT_TIMEOUT, Caller, Gateway
@@ -40,6 +49,7 @@ exit status:
   4  not found or conflict: fault 404, 409
   5  unavailable or broken: faults 429, 502, 503, 504, 507, -32603 and the
      other protocol faults, HTTP errors, no connection
+  130, 143  interrupted: Ctrl-C, SIGTERM
 """
 
 EXIT_TRIGGER = """\
@@ -52,22 +62,27 @@ exit status:
      another conf)
   5  unavailable or broken: faults 429, 502, 503, 504, 507 (after bounded
      retries), -32603, HTTP errors, no connection
-  6  the run did not finish within --timeout (--wait); it goes on in Airflow
+  6  the run did not finish within --timeout (--wait), which bounds the whole
+     command, retries and log tails too; it goes on in Airflow
+  130, 143  interrupted: Ctrl-C, SIGTERM (a CI job cancelled); the run goes on
 """
 
 EXIT_BACKFILL = """\
 exit status:
   0  created (with --wait: it completed and every run succeeded), or the dry
      run's count
-  1  runs of the backfill failed, or it was cancelled (--wait); the first
-     failed run's failed tasks' log tails are on stderr
+  1  runs of the backfill failed, or it was cancelled, or not all of its
+     runs were found to count (--wait); the first failed run's failed
+     tasks' log tails are on stderr
   2  bad usage: arguments, flags, settings (or fault -32601, -32602: e.g. a
      range with nothing to create, or more runs than the gateway allows)
   3  not let in: HTTP 401, fault 403, the TLS handshake refused our certificate
   4  not found or conflict: fault 404, 409 (another backfill of the DAG runs)
   5  unavailable or broken: faults 429, 502, 503, 504, 507, -32603, HTTP
      errors, no connection
-  6  the backfill had not completed within --timeout (--wait); it goes on
+  6  the backfill had not completed (or its runs were not counted) within
+     --timeout (--wait), which bounds the whole command; it goes on
+  130, 143  interrupted: Ctrl-C, SIGTERM (a CI job cancelled); it goes on
 """
 
 BACKFILL_DESCRIPTION = """\
@@ -221,8 +236,9 @@ def add_to(subparsers: Any) -> None:
     trigger.add_argument("--wait", action="store_true",
                          help="wait for the run to finish; exit 0 only if it succeeded")
     trigger.add_argument("--timeout", type=_positive(int), metavar="S",
-                         help=f"with --wait: give up waiting after S seconds (default "
-                         f"{DEFAULT_WAIT}; exit 6, the run goes on)")
+                         help=f"with --wait: give up after S seconds from the start, retries "
+                         f"and log tails included (default {DEFAULT_WAIT}; exit 6, the run "
+                         f"goes on)")
     trigger.add_argument("--log-lines", type=_not_negative, default=DEFAULT_LOG_LINES,
                          metavar="N", help=f"last lines of each failed task's log to show "
                          f"(default {DEFAULT_LOG_LINES})")
@@ -252,8 +268,9 @@ def add_to(subparsers: Any) -> None:
                           help="follow it until it has completed; exit 0 only if every run "
                           "succeeded")
     backfill.add_argument("--timeout", type=_positive(int), metavar="S",
-                          help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT}; "
-                          f"exit 6, it goes on)")
+                          help=f"with --wait: give up after S seconds from the start, the "
+                          f"count of its runs included (default {DEFAULT_WAIT}; exit 6, it "
+                          f"goes on)")
     backfill.add_argument("--log-lines", type=_not_negative, default=DEFAULT_LOG_LINES,
                           metavar="N", help=f"last lines of each failed task's log to show "
                           f"(default {DEFAULT_LOG_LINES})")
@@ -263,32 +280,89 @@ def add_to(subparsers: Any) -> None:
                           f"{backfilling.DEFAULT_EVERY})")
 
 
+class _LastKnown:
+    """
+    The run or backfill a command made or found, as last known, for stdout:
+    printed once, by the command when it ends as planned, or by `run` when
+    something else ends it (a later error, the deadline, Ctrl-C, SIGTERM),
+    so that a pipeline always learns of what exists in Airflow.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._value: dict[str, Any] | None = None
+        self._printed = False
+
+    def saw(self, value: dict[str, Any]) -> None:
+        """``value`` is now the last known state."""
+        self._value = value
+
+    def print(self, value: dict[str, Any] | None = None) -> None:
+        """``value`` (or the last known state) on stdout, unless it is there already."""
+        if value is not None:
+            self._value = value
+        if self._value is not None and not self._printed:
+            self._printed = True
+            self._console.result(self._value)
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """
+    Make SIGTERM, which a CI sends when a job is cancelled (GitLab's
+    cancel, a Jenkins abort), end the command as Ctrl-C does, rather than
+    kill it silently; what puts the previous handler back.  Only from the
+    main thread, the one place Python takes a signal handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum: int, frame: Any) -> None:
+        # One wind-down: a second TERM must not cut short the printing of the run.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise errors.Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM,
+                                 previous if previous is not None else signal.SIG_DFL)
+
+
 def run(
     args: argparse.Namespace, *, environ: Mapping[str, str] | None = None,
     console: Console | None = None, clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random,
     connect: Callable[..., Caller] = Gateway,
 ) -> int:
-    """Run the parsed ``call``, ``trigger`` or ``backfill``; the exit status."""
+    """
+    Run the parsed ``call``, ``trigger`` or ``backfill``; the exit status.
+    While it runs, SIGTERM is handled as Ctrl-C is (exit 143, not 130).
+    """
     environ = os.environ if environ is None else environ
     console = console or Console()
+    known = _LastKnown(console)
+    restore = _sigterm_interrupts()
     try:
         if args.command == "call":
             return _call(args, environ, console, connect)
         if args.command == "backfill":
-            return _backfill(args, environ, console, clock, sleep, rand, connect)
-        return _trigger(args, environ, console, clock, sleep, rand, connect)
+            return _backfill(args, environ, console, clock, sleep, rand, connect, known)
+        return _trigger(args, environ, console, clock, sleep, rand, connect, known)
     except ClientError as e:
+        known.print()
         console.note(e.message)
         return e.exit_status
-    except KeyboardInterrupt:
-        console.note("interrupted (a run already triggered goes on in Airflow)")
-        return errors.INTERRUPTED
+    except (KeyboardInterrupt, errors.Terminated) as e:
+        known.print()
+        terminated = isinstance(e, errors.Terminated)
+        console.note(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: a run "
+                     f"already triggered or a backfill already created goes on in Airflow")
+        return errors.TERMINATED if terminated else errors.INTERRUPTED
     except Exception as e:  # a bug of ours: say what, never leak a secret
         console.note(f"internal error in the client: {type(e).__name__}: {e}")
         if getattr(args, "verbose", False):
             console.lines(traceback.format_exc().splitlines())
         return errors.CLIENT_BUG
+    finally:
+        restore()
 
 
 def _connect(
@@ -319,6 +393,7 @@ def _call(
     args: argparse.Namespace, environ: Mapping[str, str], console: Console,
     connect: Callable[..., Caller],
 ) -> int:
+    values.check_sendable(args.method, "METHOD")
     params = [values.parse_argument(word, i) for i, word in enumerate(args.args, 1)]
     timeout = args.timeout
     if timeout is None:
@@ -344,21 +419,38 @@ def _conf(text: str | None) -> dict[str, Any]:
     return conf
 
 
-def _retrying(console: Console) -> Callable[[ClientError, float], None]:
-    """Tells ``console`` of a failure that is tried again, and the pause before it."""
+def _retrying(
+    console: Console, failed: list[ClientError] | None = None,
+) -> Callable[[ClientError, float], None]:
+    """
+    Tells ``console`` of a failure that is tried again, and the pause
+    before it; adds it to ``failed``, if given.
+    """
     def retrying(error: ClientError, pause: float) -> None:
+        if failed is not None:
+            failed.append(error)
         console.note(f"{error.message}; trying again in {pause:.1f} s")
 
     return retrying
 
 
+def _bounded(gateway: Caller, deadline: Deadline | None) -> Caller:
+    return gateway if deadline is None else Bounded(gateway, deadline)
+
+
+def _at(deadline: Deadline | None) -> float | None:
+    return None if deadline is None else deadline.at
+
+
 def _trigger(
     args: argparse.Namespace, environ: Mapping[str, str], console: Console,
     clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
-    connect: Callable[..., Caller],
+    connect: Callable[..., Caller], known: _LastKnown,
 ) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout needs --wait")
+    deadline = Deadline.after(args.timeout or DEFAULT_WAIT, clock) if args.wait else None
+    values.check_sendable(args.dag_id, "DAG")
     conf = _conf(args.conf)
     identity = runid.derive(environ, args.run_id)
     if identity.retry_safe:
@@ -372,33 +464,40 @@ def _trigger(
         f"CI job: {identity.job_url}" if identity.job_url else None)
     if note:
         options["note"] = note[:MAX_NOTE]
-    gateway = _connect(args, environ, console, connect)
+        values.check_sendable(options["note"], "--note")
+    gateway = _bounded(_connect(args, environ, console, connect), deadline)
     backoff = Backoff()
+    failed_tries: list[ClientError] = []
     run = call_with_retries(
         lambda: gateway.call("trigger_dag", args.dag_id, conf, options),
-        backoff=backoff, sleep=sleep, clock=clock, on_retry=_retrying(console), rand=rand)
-    created = bool(run.get("created"))
+        backoff=backoff, sleep=sleep, clock=clock, deadline=_at(deadline),
+        on_retry=_retrying(console, failed_tries), rand=rand)
+    # A try whose answer was lost may have made the run the next try finds:
+    # then this command made it, though the answer in hand says otherwise.
+    lost = [e for e in failed_tries if _maybe_made(e)]
+    created = bool(run.get("created")) or bool(lost)
+    known.saw({**run, "created": created})
     state = run.get("state")
-    if created:
+    if run.get("created"):
         console.note(f"triggered run {identity.run_id} of {args.dag_id}")
+    elif lost:
+        console.note(f"run {identity.run_id} of {args.dag_id} exists: this command's earlier "
+                     f"try, whose answer was lost ({lost[-1].message}), made it, unless an "
+                     f"earlier job had (created true)" + (f"; it is {state}" if state else ""))
     else:
         console.note(f"run {identity.run_id} of {args.dag_id} already existed with this "
                      f"conf (an earlier try made it), so none was started"
                      + (f"; it is {state}" if state else ""))
-    if not args.wait:
-        console.result(run)
+    if deadline is None:
+        known.print()
         return errors.DONE
-    timeout = args.timeout or DEFAULT_WAIT
     progress = Progress(console.note, what=f"run {identity.run_id} of {args.dag_id}",
                         clock=clock)
-    try:
-        final = wait_for_run(gateway, args.dag_id, identity.run_id, timeout,
-                             progress=progress, chunk=args.progress_every, backoff=backoff,
-                             clock=clock, sleep=sleep, rand=rand)
-    except errors.WaitTimedOut as e:
-        console.result({**(e.run or run), "created": created})
-        raise
-    console.result({**final, "created": created})
+    final = wait_for_run(gateway, args.dag_id, identity.run_id, deadline.seconds,
+                         progress=progress, chunk=args.progress_every, backoff=backoff,
+                         clock=clock, sleep=sleep, rand=rand, deadline=deadline.at,
+                         on_answer=lambda r: known.saw({**r, "created": created}))
+    known.print({**final, "created": created})
     if final.get("state") == "success":
         return errors.DONE
     found = failures.failed_tasks(gateway, args.dag_id, identity.run_id, args.log_lines)
@@ -413,20 +512,32 @@ def _trigger(
 
 
 #: Fault codes (and HTTP statuses, from a proxy in front) after which a
-#: create may have been made all the same: its answer was lost on the way back.
+#: create may have been made all the same: its answer was lost on the way
+#: back, or (507) the gateway could not record the outcome of a change
+#: Airflow had made.
 _MAYBE_MADE = frozenset({codes.UPSTREAM_ERROR, codes.UPSTREAM_UNAVAILABLE,
-                         codes.UPSTREAM_TIMEOUT})
+                         codes.UPSTREAM_TIMEOUT, codes.AUDIT_UNAVAILABLE})
+
+
+def _maybe_made(error: ClientError) -> bool:
+    """Whether what the failed call asked for may have been done all the same."""
+    return (isinstance(error, errors.Unreachable)
+            or getattr(error, "code", None) in _MAYBE_MADE
+            or (isinstance(error, errors.HTTPRefused) and error.status in _MAYBE_MADE))
 
 
 def _backfill(
     args: argparse.Namespace, environ: Mapping[str, str], console: Console,
     clock: Callable[[], float], sleep: Callable[[float], None], rand: Callable[[], float],
-    connect: Callable[..., Caller],
+    connect: Callable[..., Caller], known: _LastKnown,
 ) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout needs --wait")
     if args.dry_run and args.wait:
         raise UsageError("--dry-run creates nothing to wait for")
+    deadline = Deadline.after(args.timeout or DEFAULT_WAIT, clock) if args.wait else None
+    for text, what in ((args.dag_id, "DAG"), (args.from_date, "FROM"), (args.to_date, "TO")):
+        values.check_sendable(text, what)
     conf = _conf(args.conf)
     options: dict[str, Any] = {}
     if args.reprocess is not None:
@@ -435,7 +546,7 @@ def _backfill(
         options["max_active_runs"] = args.max_active_runs
     if args.backwards:
         options["run_backwards"] = True
-    gateway = _connect(args, environ, console, connect)
+    gateway = _bounded(_connect(args, environ, console, connect), deadline)
     dag_id, first, last = args.dag_id, args.from_date, args.to_date
     if args.dry_run:
         console.result(gateway.call("create_backfill", dag_id, first, last, conf,
@@ -448,11 +559,13 @@ def _backfill(
         # for a 429: refused before anything was asked of Airflow.
         backfill = call_with_retries(
             lambda: gateway.call("create_backfill", dag_id, first, last, conf, options),
-            backoff=backoff, sleep=sleep, clock=clock, on_retry=_retrying(console), rand=rand,
-            retry_if=refused_before_it_ran)
+            backoff=backoff, sleep=sleep, clock=clock, deadline=_at(deadline),
+            on_retry=_retrying(console), rand=rand, retry_if=refused_before_it_ran)
         created = True
         console.note(f"created backfill {backfill.get('id')} of {dag_id}: "
                      f"{backfill.get('runs')} runs")
+    except errors.OutOfTime:
+        raise
     except ClientError as refused:
         code = getattr(refused, "code", None)
         # A 409: the DAG's one running backfill is in the way, perhaps an
@@ -461,13 +574,15 @@ def _backfill(
         # try's may exist. Each is known by its range, conf and options.
         nothing_left = code == codes.INVALID_PARAMS and codes.NOTHING_LEFT_TO_BACKFILL in str(
             getattr(refused, "text", ""))
-        lost = (isinstance(refused, errors.Unreachable) or code in _MAYBE_MADE
-                or (isinstance(refused, errors.HTTPRefused) and refused.status in _MAYBE_MADE))
+        lost = _maybe_made(refused)
         if not (code == 409 or nothing_left or lost):
             raise
         try:
             found = backfilling.same_backfill(gateway, dag_id, first, last, conf, options,
                                               completed_too=nothing_left)
+        except errors.OutOfTime as late:
+            # Not the create's failure to tell: the time to look for what it made ran out.
+            raise errors.OutOfTime(late.method, refused) from None
         except ClientError:
             found = None  # the search failed: the create's own answer is the one to tell
         if found is None:
@@ -478,30 +593,39 @@ def _backfill(
             f"range with this conf exists (the lost answer's): following it" if lost else
             f"backfill {backfill.get('id')} of {dag_id} over this range with this conf "
             f"already existed (an earlier try made it), so none was created")
+    known.saw({**backfill, "created": created})
     if "runs" not in backfill:  # one found again: its runs, as far as Airflow made them
         backfill = {**backfill, "runs": call_with_retries(
             lambda: backfilling.tally(gateway, dag_id, backfill).runs, backoff=backoff,
-            sleep=sleep, clock=clock, rand=rand)}
-    if not args.wait:
-        console.result({**backfill, "created": created})
+            sleep=sleep, clock=clock, deadline=_at(deadline), rand=rand)}
+        known.saw({**backfill, "created": created})
+    if deadline is None:
+        known.print()
         return errors.DONE
+    expected = int(backfill["runs"])
     progress = Progress(console.note, what=f"backfill {backfill.get('id')} of {dag_id}",
                         clock=clock)
-    try:
-        final = backfilling.follow_backfill(
-            gateway, dag_id, backfill, args.timeout or DEFAULT_WAIT, progress=progress,
-            every=args.progress_every, backoff=backoff, clock=clock, sleep=sleep, rand=rand)
-    except errors.BackfillTimedOut as e:
-        console.result({**(e.backfill or backfill), "runs": backfill["runs"],
-                        "created": created})
-        raise
+    final = backfilling.follow_backfill(
+        gateway, dag_id, backfill, deadline.seconds, progress=progress,
+        every=args.progress_every, backoff=backoff, clock=clock, sleep=sleep, rand=rand,
+        deadline=deadline.at,
+        on_answer=lambda b: known.saw({**b, "runs": expected, "created": created}))
     told = call_with_retries(lambda: backfilling.tally(gateway, dag_id, final),
-                             backoff=backoff, sleep=sleep, clock=clock,
+                             backoff=backoff, sleep=sleep, clock=clock, deadline=deadline.at,
                              on_retry=progress.retrying, rand=rand)
-    console.result({**final, "runs": told.runs, "succeeded": told.succeeded,
-                    "failed": told.failed, "created": created})
-    if told.succeeded == told.runs:
+    # Runs the count did not find (a queued_at Airflow wrote before the
+    # backfill's created_at, say) are not known to have succeeded: they
+    # count as not succeeded, as a cancelled backfill's unended runs do.
+    runs = max(expected, told.runs)
+    known.print({**final, "runs": runs, "succeeded": told.succeeded, "failed": told.failed,
+                 "created": created})
+    if told.succeeded == runs:
         return errors.DONE
+    if told.runs < expected:
+        console.note(f"only {told.runs} of the {expected} runs of backfill {final.get('id')} "
+                     f"were found among the DAG's backfill runs over its range (queued since "
+                     f"it was created): the others' outcome is unknown, so they count as not "
+                     f"succeeded")
     if told.failed_ids:
         more = told.failed - len(told.failed_ids)
         console.note(f"failed runs: {', '.join(told.failed_ids)}"
@@ -511,7 +635,6 @@ def _backfill(
                 failures.failed_tasks(gateway, dag_id, told.failed_ids[0], args.log_lines)))
         except ClientError as e:  # the outcome stands; only its detail is missing
             console.note(f"the failed tasks' logs could not be read: {e.message}")
-    failed = errors.BackfillFailed(dag_id, final.get("id"), told.runs - told.succeeded,
-                                   told.runs)
+    failed = errors.BackfillFailed(dag_id, final.get("id"), runs - told.succeeded, runs)
     console.note(failed.message)
     return failed.exit_status

@@ -10,6 +10,7 @@ itself (a task log, a fault string, a traceback).
 
 from __future__ import annotations
 
+import codecs
 import re
 import sys
 from collections.abc import Iterable
@@ -28,6 +29,17 @@ def redact_shapes(text: str) -> str:
     """``text`` with anything shaped like a token, JWT or credential header redacted."""
     return _SHAPES.sub(lambda m: next(g for g in m.groups() if g is not None) + "[redacted]",
                        text)
+
+
+def _is_utf(stream: IO[str]) -> bool:
+    """Whether ``stream`` takes any text: no encoding of its own (a StringIO), or a UTF one."""
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return True
+    try:
+        return codecs.lookup(encoding).name.startswith("utf")
+    except LookupError:
+        return False
 
 
 class Console:
@@ -51,8 +63,21 @@ class Console:
         return redact_shapes(text)
 
     def result(self, value: Any) -> None:
-        """``value`` as one line of JSON on stdout."""
-        self._out.write(to_json(value) + "\n")
+        """
+        ``value`` as one line of JSON on stdout, which no encoding of
+        stdout can make fail: UTF-8 bytes (JSON's own encoding, what jq
+        reads) to its binary buffer when it has one, whatever the locale or
+        PYTHONIOENCODING says (cp1252 on a Windows runner, ascii); to a
+        text-only stream that is not UTF-8, ASCII with ``\\uXXXX`` escapes.
+        A run that succeeded must not exit 70 over an emoji in its conf.
+        """
+        buffer = getattr(self._out, "buffer", None)
+        if buffer is not None:
+            self._out.flush()  # what was written as text goes first
+            buffer.write((to_json(value) + "\n").encode("utf-8"))
+            buffer.flush()
+            return
+        self._out.write(to_json(value, ascii_only=not _is_utf(self._out)) + "\n")
         self._out.flush()
 
     def note(self, text: str) -> None:

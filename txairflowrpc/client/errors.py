@@ -16,9 +16,10 @@ tell "fix the call" from "fix the credentials" from "try again later":
       503, 504, 507, -32603 and the other protocol faults, an HTTP
       error other than 401, no connection, a garbled answer
 6     ``trigger --wait`` / ``backfill --wait``: not finished within
-      ``--timeout``
+      ``--timeout``, which bounds the whole command (`OutOfTime`)
 70    a bug in the client itself
 130   interrupted (Ctrl-C)
+143   terminated (SIGTERM: a CI job cancelled)
 ====  ===============================================================
 
 Messages never hold a credential: the types take only what they need
@@ -43,6 +44,8 @@ UNAVAILABLE = 5
 WAIT_TIMED_OUT = 6
 CLIENT_BUG = 70
 INTERRUPTED = 130
+#: 128 + SIGTERM, as a shell reports a process the signal ended.
+TERMINATED = 143
 
 #: Fault codes that are the caller's own doing: what was typed is wrong.
 _USAGE_FAULTS = frozenset({codes.METHOD_NOT_FOUND, codes.INVALID_PARAMS})
@@ -214,13 +217,15 @@ class WaitTimedOut(ClientError):
     seconds: float
     #: The run as last seen, if it was seen at all.
     run: Any = attrs.field(default=None, eq=False, repr=False)
+    #: Why the last look failed, when the deadline came during an outage.
+    cause: str | None = None
     exit_status = WAIT_TIMED_OUT
 
     @property
     def message(self) -> str:
         return (f"run {self.dag_run_id!r} of DAG {self.dag_id!r} is still {self.state} after "
                 f"{self.seconds:g} s; it goes on in Airflow: run the same command again to "
-                f"wait for it (the run id makes that safe)")
+                f"wait for it (the run id makes that safe)" + _last_try(self.cause))
 
 
 @attrs.define(auto_exc=True, str=False)
@@ -249,13 +254,51 @@ class BackfillTimedOut(ClientError):
     seconds: float
     #: The backfill as last seen.
     backfill: Any = attrs.field(default=None, eq=False, repr=False)
+    #: Why the last look failed, when the deadline came during an outage.
+    cause: str | None = None
     exit_status = WAIT_TIMED_OUT
 
     @property
     def message(self) -> str:
         return (f"backfill {self.backfill_id} of DAG {self.dag_id!r}: {self.state} after "
                 f"{self.seconds:g} s; it goes on in Airflow: run the same command again to "
-                f"follow it (the same range and conf find it)")
+                f"follow it (the same range and conf find it)" + _last_try(self.cause))
+
+
+@attrs.define(auto_exc=True, str=False)
+class OutOfTime(ClientError):
+    """
+    The command's deadline (``--timeout``, which bounds the whole command)
+    came before ``method`` could be called, or called again after
+    ``cause``, the transient failure it met.  A timeout (exit 6), not an
+    outage: what was asked of Airflow may exist and go on.
+    """
+
+    method: str
+    cause: ClientError | None = None
+    exit_status = WAIT_TIMED_OUT
+
+    @property
+    def message(self) -> str:
+        if self.cause is None:
+            return f"{self.method}: --timeout ran out before it could be called"
+        again = ("it could be tried again" if getattr(self.cause, "method", None) == self.method
+                 else f"{self.method} could be called")
+        return f"{self.cause.message}; --timeout ran out before {again}"
+
+
+class Terminated(BaseException):
+    """
+    SIGTERM came (a CI job cancelled: GitLab's cancel, a Jenkins abort).
+    Raised by the command's signal handler in the main thread and, like
+    KeyboardInterrupt, no `Exception`: no ``except Exception`` on the way
+    takes it for an error of a call.  The command ends as after Ctrl-C,
+    with `TERMINATED`.
+    """
+
+
+def _last_try(cause: str | None) -> str:
+    return f" (the last look failed: {cause})" if cause else ""
 
 
 def _int_or_none(value: Any) -> int | None:

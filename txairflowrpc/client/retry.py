@@ -18,7 +18,7 @@ from typing import TypeVar
 import attrs
 
 from ..core import errors as codes
-from .errors import ClientError
+from .errors import ClientError, OutOfTime
 
 T = TypeVar("T")
 
@@ -67,8 +67,9 @@ def call_with_retries(
     ``retry_if`` says may be tried again, for a call that is safe to repeat
     only after some failures), at most ``backoff.attempts`` times in all and
     never sleeping past ``deadline`` (a ``clock`` time).  Raises the last
-    failure when the tries run out; ``on_retry`` hears of each failure that
-    is retried and the pause.
+    failure when the tries run out, or `OutOfTime` (a timeout, not an
+    outage) with it when the deadline comes first; ``on_retry`` hears of
+    each failure that is retried and the pause.
     """
     failures = 0
     while True:
@@ -81,7 +82,7 @@ def call_with_retries(
                 raise
             pause = backoff.delay(failures, rand)
             if deadline is not None and clock() + pause >= deadline:
-                raise
+                raise OutOfTime(getattr(e, "method", "the call"), e) from None
             if on_retry is not None:
                 on_retry(e, pause)
             sleep(pause)

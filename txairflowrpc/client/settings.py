@@ -3,6 +3,14 @@ Where the gateway is and how to prove who we are, read once from the
 flags and the environment (a flag wins over its variable) and checked
 before anything is sent.
 
+A credential given by flag replaces the environment's of its kind as a
+whole, so a job can override what its CI sets for every job:
+``--token-file`` or ``--aws`` (the ``Authorization`` sent) ignores both
+``AIRFLOWRPC_TOKEN`` and ``AIRFLOWRPC_AWS``, and ``--cert`` ignores both
+``AIRFLOWRPC_CERT`` and ``AIRFLOWRPC_KEY`` (a certificate and its key come
+as a pair: ``--cert`` alone has its key in the certificate file, ``--key``
+without ``--cert`` is refused).
+
 ==================  =====================  ===============================
 flag                variable               meaning
 ==================  =====================  ===============================
@@ -128,8 +136,10 @@ def read(
     The settings from the flags given (None: not given) and ``environ``.
 
     Raises `UsageError` for a missing or malformed URL, a URL with user
-    info, a key without a certificate, or a token that cannot be sent.
-    The error never quotes the URL's user info or the token.
+    info, a key without a certificate, two credentials for the one
+    Authorization, or a token that cannot be sent.  The error never quotes
+    the URL's user info or the token.  See the module doc for what a
+    credential given by flag replaces.
     """
     def pick(flag: str | None, name: str) -> str | None:
         return flag or environ.get(name) or None
@@ -154,17 +164,21 @@ def read(
     path = parts.path or DEFAULT_PATH
     host = parts.hostname
     shown_host = f"[{host}]" if ":" in host else host
-    cert_s, key_s = pick(cert, "AIRFLOWRPC_CERT"), pick(key, "AIRFLOWRPC_KEY")
-    if key_s and not cert_s:
-        raise UsageError("a key was given without a certificate: give --cert or set "
-                         "AIRFLOWRPC_CERT")
+    cert_s, key_s = _certificate(environ, cert, key)
     ca_s = pick(ca, "AIRFLOWRPC_CA")
-    token, source = _token(environ, token_file)
+    if token_file or aws:
+        if token_file and aws:
+            raise UsageError("both --token-file and --aws were given: the gateway takes one "
+                             "Authorization, choose one")
+        token, source = _token_from_file(token_file) if token_file else (None, None)
+    else:
+        token, source = _token_from_environment(environ)
+        aws = environ.get("AIRFLOWRPC_AWS", "").strip().lower() in ("1", "true", "yes")
+        if aws and token is not None:
+            raise UsageError(f"both a token (from {source}) and AIRFLOWRPC_AWS were given: "
+                             "the gateway takes one Authorization, choose one")
     signing = None
-    if aws or environ.get("AIRFLOWRPC_AWS", "").strip().lower() in ("1", "true", "yes"):
-        if token is not None:
-            raise UsageError(f"both a token (from {source}) and --aws were given: the "
-                             "gateway takes one Authorization, choose one")
+    if aws:
         signing = _aws(pick(aws_server_id, "AIRFLOWRPC_AWS_SERVER_ID") or host,
                        pick(aws_sts_endpoint, "AIRFLOWRPC_STS_ENDPOINT"))
     return Settings(
@@ -199,24 +213,51 @@ def _aws(server_id: str, endpoint: str | None) -> AWSSigning:
     return AWSSigning(server_id=server_id, endpoint=endpoint.rstrip("/"))
 
 
-def _token(environ: Mapping[str, str], token_file: str | None) -> tuple[str | None, str | None]:
-    if token_file:
-        source = f"--token-file {token_file}"
-        try:
-            token = Path(token_file).read_text(encoding="utf-8", errors="strict").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"token file {token_file}: {_why(e)}") from None
-    elif environ.get("AIRFLOWRPC_TOKEN", "").strip():
-        source = "AIRFLOWRPC_TOKEN"
-        token = environ["AIRFLOWRPC_TOKEN"].strip()
-    else:
+def _certificate(
+    environ: Mapping[str, str], cert: str | None, key: str | None,
+) -> tuple[str | None, str | None]:
+    """
+    The client certificate and its key, both from the flags or both from
+    the environment: never a flag's certificate with the environment's key
+    (another certificate's, which TLS would refuse as not matching).
+    """
+    if key and not cert:
+        raise UsageError("--key was given without --cert: a certificate and its key are given "
+                         "together, both by flag or both by environment")
+    if cert:
+        return cert, key or None
+    cert_s = environ.get("AIRFLOWRPC_CERT") or None
+    key_s = environ.get("AIRFLOWRPC_KEY") or None
+    if key_s and not cert_s:
+        raise UsageError("a key was given without a certificate: give --cert or set "
+                         "AIRFLOWRPC_CERT")
+    return cert_s, key_s
+
+
+def _token_from_file(token_file: str) -> tuple[str, str]:
+    source = f"--token-file {token_file}"
+    try:
+        token = Path(token_file).read_text(encoding="utf-8", errors="strict").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"token file {token_file}: {_why(e)}") from None
+    return _sendable_token(token, source), source
+
+
+def _token_from_environment(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    if not environ.get("AIRFLOWRPC_TOKEN", "").strip():
         return None, None
+    source = "AIRFLOWRPC_TOKEN"
+    return _sendable_token(environ[source].strip(), source), source
+
+
+def _sendable_token(token: str, source: str) -> str:
+    """``token`` without a ``Bearer`` prefix; `UsageError` (never quoting it) if unsendable."""
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
     if not _TOKEN.match(token):
         raise UsageError(f"the token from {source} cannot be sent: it must be one line of "
                          "printable ASCII without spaces (a gateway token or a JWT)")
-    return token, source
+    return token
 
 
 def from_environment(**flags: Any) -> Settings:

@@ -3,8 +3,9 @@ One XML-RPC exchange with the gateway over HTTPS.
 
 `Gateway.call` sends a ``methodCall`` written by the standard library's
 ``Marshaller`` (plus ``<i8>`` for integers beyond 32 bits, ``<nil/>`` for
-None: the gateway reads both), reads the answer with the standard
-library's parser, and turns every way it can go wrong into a
+None: the gateway reads both; a carriage return as ``&#13;``, which XML
+keeps, where a raw one would arrive as a line feed), reads the answer with
+the standard library's parser, and turns every way it can go wrong into a
 `~txairflowrpc.client.errors.ClientError`.
 
 Each call opens its own connection: a command makes a handful of calls
@@ -33,6 +34,7 @@ from xml.sax.saxutils import escape
 from .. import __version__
 from .errors import BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError
 from .settings import Settings
+from .values import NOT_IN_XML
 
 USER_AGENT = f"airflowrpc-client/{__version__} (Python xmlrpc.client)"
 EXTENSIONS = "nil, i8"
@@ -56,10 +58,40 @@ _REFUSED_ALERTS = frozenset({
 })
 
 
+def _escape(text: str) -> str:
+    """
+    ``text`` as XML character data, a carriage return as ``&#13;``: a
+    parser turns a raw CR LF or CR into LF (XML 1.0, 2.11), so a conf's
+    ``\\r\\n`` would reach Airflow changed, and a backfill made with it
+    would not be found again by its conf.  `UsageError` for a character
+    XML cannot carry at all (`NOT_IN_XML`): the commands refuse those
+    earlier, naming the argument; this is the last line.
+    """
+    found = NOT_IN_XML.search(text)
+    if found is not None:
+        raise UsageError(f"a string to send holds U+{ord(found.group()):04X}, which XML-RPC "
+                         f"cannot carry")
+    return escape(text, {"\r": "&#13;"})
+
+
 class _Marshaller(xmlrpc.client.Marshaller):
-    """The stdlib's, writing integers beyond 32 bits as ``<i8>``."""
+    """
+    The stdlib's, writing integers beyond 32 bits as ``<i8>`` and strings
+    (struct member names too) with `_escape`.
+    """
 
     dispatch = dict(xmlrpc.client.Marshaller.dispatch)
+
+    def dump_unicode(self, value: str, write: Callable[[str], Any], escape: Any = None) -> None:
+        super().dump_unicode(value, write, _escape)
+
+    dispatch[str] = dump_unicode
+
+    def dump_struct(self, value: dict[str, Any], write: Callable[[str], Any],
+                    escape: Any = None) -> None:
+        super().dump_struct(value, write, _escape)
+
+    dispatch[dict] = dump_struct
 
     def dump_int(self, value: int, write: Callable[[str], Any]) -> None:
         if _INT_MIN <= value <= _INT_MAX:
@@ -76,7 +108,7 @@ class _Marshaller(xmlrpc.client.Marshaller):
 def request_body(method: str, params: tuple[Any, ...]) -> bytes:
     """The ``methodCall`` for ``method(*params)``, UTF-8."""
     data = _Marshaller("utf-8", allow_none=True).dumps(params)
-    return (f"<?xml version='1.0'?>\n<methodCall>\n<methodName>{escape(method)}</methodName>\n"
+    return (f"<?xml version='1.0'?>\n<methodCall>\n<methodName>{_escape(method)}</methodName>\n"
             f"{data}</methodCall>\n").encode("utf-8")
 
 

@@ -10,8 +10,10 @@ be valid JSON: a typo there is an error, never a string.  ``@FILE`` reads
 the JSON value from a file (``@-``: standard input).
 
 JSON's null goes out as ``<nil/>`` (the gateway reads it as "not given"),
-integers beyond 32 bits as ``<i8>``; NaN, Infinity and integers beyond 64
-bits cannot be sent and are refused here.
+integers beyond 32 bits as ``<i8>``; NaN, Infinity, integers beyond 64
+bits and strings holding a character XML 1.0 has no place for (`NOT_IN_XML`)
+cannot be sent and are refused here, naming where they are.  ``@FILE`` and
+``@-`` are read as UTF-8, as JSON is (RFC 8259), whatever the locale.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from .errors import UsageError
 _I8_MIN, _I8_MAX = -(2**63), 2**63 - 1
 #: Nesting deeper than this is refused (the gateway refuses 16+ in conf).
 MAX_DEPTH = 32
+#: What XML 1.0 cannot carry at all, not even as a character reference:
+#: the C0 controls but tab, line feed and carriage return, U+FFFE, U+FFFF
+#: and lone surrogates (JSON's ``"\ud83d"``, or an undecodable byte of the
+#: command line).  The gateway refuses such a request as not well-formed
+#: (-32700), which a pipeline would take for an outage and retry.
+NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _no_constant(name: str) -> Any:
@@ -63,27 +71,55 @@ def parse_argument(
     what = what or f"argument {position}"
     if word.startswith("@"):
         source = word[1:]
-        try:
-            text = (stdin or sys.stdin).read() if source == "-" else Path(source).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = getattr(e, "strerror", None) or type(e).__name__
-            raise UsageError(f"{what}: cannot read {source}: {reason}") from None
-        return parse_json(text, f"{what} ({source})")
+        return parse_json(_read_utf8(source, stdin, what), f"{what} ({source})")
     if word[:1] in ("{", "[", '"'):
         return parse_json(word, what)
     try:
         value = _loads(word)
     except ValueError:
-        return word
+        value = word
     check_sendable(value, what)
     return value
 
 
-def check_sendable(value: Any, what: str, depth: int = 0) -> None:
-    """Raise `UsageError` unless XML-RPC (with ``i8`` and ``nil``) can carry ``value``."""
+def _read_utf8(source: str, stdin: IO[str] | None, what: str) -> str:
+    """
+    The text of file ``source`` (``-``: standard input) as UTF-8, never in
+    the locale's encoding (cp1252 on a Windows runner would garble every
+    non-ASCII character without a word).  A leading byte order mark is
+    skipped: RFC 8259 lets a reader ignore one, and Windows tools write it.
+    `UsageError` when it cannot be read or is not UTF-8.
+    """
+    try:
+        if source == "-":
+            stream = stdin or sys.stdin
+            raw = getattr(stream, "buffer", None)
+            if raw is None:  # already text (a test's StringIO): nothing to decode
+                return stream.read().removeprefix("\ufeff")
+            data = raw.read()
+        else:
+            data = Path(source).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read {source}: {e.strerror or type(e).__name__}"
+                         ) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what}: {source} is not UTF-8 (byte {e.start}): JSON is UTF-8 "
+                         f"text") from None
+
+
+def check_sendable(value: Any, what: str, depth: int = 0, at: str = "") -> None:
+    """
+    Raise `UsageError` unless XML-RPC (with ``i8`` and ``nil``) can carry
+    ``value``; it names ``what`` and where in it (``["key"][2]``).
+    """
     if depth > MAX_DEPTH:
         raise UsageError(f"{what} is nested deeper than {MAX_DEPTH}")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        _check_text(value, what, at)
+        return
+    if isinstance(value, bool) or value is None:
         return
     if isinstance(value, int):
         if not _I8_MIN <= value <= _I8_MAX:
@@ -95,14 +131,28 @@ def check_sendable(value: Any, what: str, depth: int = 0) -> None:
             raise UsageError(f"{what}: {value} is not a number XML-RPC can carry")
         return
     if isinstance(value, dict):
-        for item in value.values():
-            check_sendable(item, what, depth + 1)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UsageError(f"{what}: a struct's keys must be strings")
+            inner = f"{at}[{json.dumps(key)}]"
+            _check_text(key, what, inner, "key")
+            check_sendable(item, what, depth + 1, inner)
         return
     if isinstance(value, list):
-        for item in value:
-            check_sendable(item, what, depth + 1)
+        for n, item in enumerate(value):
+            check_sendable(item, what, depth + 1, f"{at}[{n}]")
         return
     raise UsageError(f"{what}: a {type(value).__name__} cannot be sent")
+
+
+def _check_text(text: str, what: str, at: str, kind: str = "string") -> None:
+    found = NOT_IN_XML.search(text)
+    if found is not None:
+        where = f"{what} {at}" if at else what
+        raise UsageError(
+            f"{where}: the {kind} holds U+{ord(found.group()):04X}, which XML-RPC cannot carry "
+            f"(no control character but tab, line feed and carriage return, no U+FFFE or "
+            f"U+FFFF, no lone surrogate)")
 
 
 def plain(value: Any) -> Any:
@@ -130,11 +180,12 @@ LAYOUT_CONTROLS = "\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _RAW_IN_JSON = re.compile(f"[\x7f-\x9f{LAYOUT_CONTROLS}]")
 
 
-def to_json(value: Any) -> str:
+def to_json(value: Any, ascii_only: bool = False) -> str:
     """
-    One line of JSON for ``value``: non-ASCII kept as it is, except the
-    characters a terminal acts on, written as ``\\uXXXX`` escapes (the same
-    text to any JSON reader).
+    One line of JSON for ``value``: non-ASCII kept as it is (all of it as
+    ``\\uXXXX`` escapes with ``ascii_only``), except the characters a
+    terminal acts on, written as ``\\uXXXX`` escapes (the same text to any
+    JSON reader).
     """
-    text = json.dumps(plain(value), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(plain(value), ensure_ascii=ascii_only, allow_nan=False)
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ClientError, WaitTimedOut
+from .errors import ClientError, OutOfTime, WaitTimedOut
 from .retry import Backoff, call_with_retries
 from .transport import Caller
 
@@ -89,16 +89,20 @@ def wait_for_run(
     gateway: Caller, dag_id: str, run_id: str, timeout: float, *,
     progress: Progress, chunk: int = DEFAULT_CHUNK, backoff: Backoff = Backoff(),
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] = random.random, deadline: float | None = None,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """
     The run once it has finished (``finished`` true).  Raises
     `WaitTimedOut` (with its last state) when ``timeout`` seconds pass
-    first, or the `ClientError` that was not transient, or the last
-    transient one when its retries ran out.
+    first, or ``deadline`` (a ``clock`` time: the command's, which began
+    before the wait) comes, also while an outage is being retried; or the
+    `ClientError` that was not transient, or the last transient one when
+    its retries ran out.  ``on_answer`` hears of each answer (the run as
+    last known, should the command be interrupted).
     """
     started = clock()
-    deadline = started + timeout
+    deadline = started + timeout if deadline is None else deadline
     state = "unknown"
     run: dict[str, Any] | None = None
 
@@ -109,8 +113,15 @@ def wait_for_run(
 
     while clock() < deadline:
         began = clock()
-        run = call_with_retries(one_wait, backoff=backoff, sleep=sleep, clock=clock,
-                                deadline=deadline, on_retry=progress.retrying, rand=rand)
+        try:
+            answer = call_with_retries(one_wait, backoff=backoff, sleep=sleep, clock=clock,
+                                       deadline=deadline, on_retry=progress.retrying, rand=rand)
+        except OutOfTime as e:
+            why = e.cause.message if e.cause is not None else e.message
+            raise WaitTimedOut(dag_id, run_id, state, timeout, run, cause=why) from None
+        run = answer
+        if on_answer is not None:
+            on_answer(run)
         state = str(run.get("state", "unknown"))
         finished = bool(run.get("finished"))
         progress.seen(state, clock() - started, finished)
