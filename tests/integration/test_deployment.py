@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "conf" / "airflowrpc.service"
 ALERTS = ROOT / "conf" / "airflowrpc-alerts.yml"
 INSTALLED_TWISTD = "/opt/airflowrpc/bin/twistd"
+INSTALLED_CLI = "/opt/airflowrpc/bin/airflowrpc"
+CLI = TWISTD.with_name("airflowrpc")
 
 
 def unit_lines() -> list[str]:
@@ -44,14 +46,16 @@ def setting(key: str) -> list[str]:
 
 def verifiable_copy(directory: Path, text: str | None = None) -> Path:
     """
-    The unit, its ExecStart pointed at this venv's twistd.  ``systemd-analyze
-    verify`` checks that the command it names exists and is executable, and
-    /opt/airflowrpc is where the unit expects the gateway installed, not this
-    machine; everything else is the real file, byte for byte.
+    The unit, its ExecStart and ExecReload pointed at this venv's twistd and
+    airflowrpc.  ``systemd-analyze verify`` checks that the commands it names
+    exist and are executable, and /opt/airflowrpc is where the unit expects the
+    gateway installed, not this machine; everything else is the real file, byte
+    for byte.
     """
     text = UNIT.read_text() if text is None else text
     copy = directory / "airflowrpc.service"
-    copy.write_text(text.replace(f"ExecStart={INSTALLED_TWISTD} ", f"ExecStart={TWISTD} "))
+    copy.write_text(text.replace(f"ExecStart={INSTALLED_TWISTD} ", f"ExecStart={TWISTD} ")
+                    .replace(f"ExecReload={INSTALLED_CLI} ", f"ExecReload={CLI} "))
     return copy
 
 
@@ -65,7 +69,8 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     copy = verifiable_copy(tmp_path)
     changed = [(a, b) for a, b in zip(UNIT.read_text().splitlines(), copy.read_text().splitlines())
                if a != b]
-    assert len(changed) == 1 and changed[0][0].startswith(f"ExecStart={INSTALLED_TWISTD} ")
+    assert [a.split(" ")[0] for a, _ in changed] == [f"ExecStart={INSTALLED_TWISTD}",
+                                                     f"ExecReload={INSTALLED_CLI}"]
     # --man=no: the Documentation= man page is twistd's, not installed by the venv.
     # verify reports a bad value as a warning and still exits 0: any output fails.
     out = analyze("verify", "--man=no", str(copy))
@@ -100,7 +105,9 @@ def test_the_unit_runs_twistd_as_documented() -> None:
     logger = argv[argv.index("--logger") + 1]
     assert callable(namedAny(logger)) and namedAny(logger)() is not None
     assert setting("Type") == ["notify"]
-    assert setting("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    # The check first, on the file twistd reads: `systemctl reload` fails on a bad config.
+    assert setting("ExecReload") == [
+        f"{INSTALLED_CLI} config check /etc/airflowrpc/airflowrpc.toml", "/bin/kill -HUP $MAINPID"]
     assert setting("User") == ["airflowrpc"]
     for key, value in {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trustme
+from cryptography import x509
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txairflowrpc.config import TLSConfig
+from txairflowrpc.gate.tls import server_options
 from txairflowrpc.service.admin import (
     IDLE_SECONDS,
     LINGER_SECONDS,
@@ -30,6 +31,7 @@ from txairflowrpc.service.admin import (
     AdminSite,
     HealthResource,
 )
+from txairflowrpc.service.checked import served_certificates
 
 from .helpers import CONFIG, audit_log
 
@@ -39,9 +41,15 @@ def certificates(directory: Path, days: int) -> TLSConfig:
     leaf = ca.issue_cert("localhost",
                          not_after=datetime.now(timezone.utc) + timedelta(days=days))
     leaf.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(directory / "server.key"))
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    return TLSConfig(certificate=directory / "server.pem", private_key=directory / "x",
+    return TLSConfig(certificate=directory / "server.pem", private_key=directory / "server.key",
                      client_ca=directory / "ca.pem")
+
+
+def served(tls: TLSConfig) -> dict[str, list[x509.Certificate]]:
+    """The certificates a listener holds once it has loaded ``tls``'s files."""
+    return served_certificates(server_options(tls, "optional"))
 
 
 class HealthTests(SynchronousTestCase):
@@ -50,11 +58,13 @@ class HealthTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(datetime.now(timezone.utc).timestamp())
         self.audit = audit_log(str(self.dir), self.clock)
-        self.config = attrs.evolve(CONFIG, tls=certificates(self.dir, 400))
+        self.config = CONFIG
+        self.served = served(certificates(self.dir, 400))
         self.airflow: Any = lambda: succeed(True)
         resource = HealthResource(
             config=lambda: self.config, airflow_reachable=lambda: self.airflow(),
             audit=self.audit, counters=lambda: {"open_connections": 3}, clock=self.clock,
+            certificates=lambda: self.served,
         )
         self.http = StubTreq(resource)
 
@@ -81,11 +91,33 @@ class HealthTests(SynchronousTestCase):
         code, body = self.get("/readyz")
         self.assertEqual((code, body["checks"]["audit"]["detail"]), (503, "No space left on device"))
 
-    def test_not_ready_when_a_certificate_expires_soon(self) -> None:
-        self.config = attrs.evolve(CONFIG, tls=certificates(self.dir, 3))
+    def test_a_certificate_that_expires_soon_is_named_but_fails_nothing(self) -> None:
+        """
+        Found by review: a certificate within health.certificate_warning_days failed
+        readiness, so every instance sharing it left its load balancer on the same day,
+        weeks before it expired.
+        """
+        self.served = served(certificates(self.dir, 3))
         code, body = self.get("/readyz")
-        self.assertEqual(code, 503)
-        self.assertIn("expires in", body["checks"]["certificates"]["detail"][0])
+        self.assertEqual((code, body["ready"], body["checks"]["certificates"]["ok"]),
+                         (200, True, True))
+        self.assertIn("expires in 3.0 days", body["checks"]["certificates"]["detail"][0])
+
+    def test_not_ready_once_the_served_certificate_has_expired(self) -> None:
+        self.served = served(certificates(self.dir, 3))
+        self.clock.advance(4 * 86400)
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["checks"]["certificates"]["ok"]), (503, False))
+        self.assertIn("expired 1.0 days ago", body["checks"]["certificates"]["detail"][0])
+
+    def test_an_expired_client_ca_is_named_but_fails_nothing(self) -> None:
+        """Token and OIDC callers still get in; the CA bundle's expiry has its alert."""
+        ca = served(certificates(self.dir, 3))["tls.certificate"]
+        self.served = {**self.served, "tls.client_ca": ca}
+        self.clock.advance(4 * 86400)
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["checks"]["certificates"]["ok"]), (200, True))
+        self.assertIn("tls.client_ca", body["checks"]["certificates"]["detail"][0])
 
     def test_a_probe_that_breaks_is_answered_500_not_left_open(self) -> None:
         self.airflow = lambda: fail(RuntimeError("the probe itself broke"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.identity import tokens
 from txairflowrpc.service.cli import main
 
+UNIT = Path(__file__).resolve().parents[2] / "conf" / "airflowrpc.service"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
@@ -136,3 +138,25 @@ def test_a_token_cannot_have_roles_its_principal_has_not(
     assert "does not have role 'admin'" in capsys.readouterr().err
     assert tokens.TokenStore.load(tmp_path / "tokens.json").records == {}
     assert main([*argv, "--roles", "ci"]) == 0
+
+
+def test_the_units_reload_checks_the_file_twistd_reads_and_fails_on_a_bad_one(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    Found by review: ExecReload was the signal alone, which succeeds whatever the file
+    holds, so `systemctl reload` reported success for a config the gateway rejected.
+    """
+    def setting(key: str) -> list[str]:
+        return [line.partition("=")[2] for line in UNIT.read_text().splitlines()
+                if line.startswith(key + "=")]
+
+    (start,) = map(shlex.split, setting("ExecStart"))
+    check, signal = map(shlex.split, setting("ExecReload"))
+    assert signal == ["/bin/kill", "-HUP", "$MAINPID"]
+    assert check[0] == str(Path(start[0]).with_name("airflowrpc"))  # the same venv's
+    assert check[-1] == start[start.index("--config") + 1]  # the same file
+    assert main([*check[1:-1], str(config)]) == 0
+    config.write_text(config.read_text() + "\n[rpc]\nmax_multical = 3\n")
+    assert main([*check[1:-1], str(config)]) == 1
+    assert "rpc.max_multical: unknown key" in capsys.readouterr().err

@@ -14,9 +14,9 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
@@ -45,21 +45,27 @@ from txairflowrpc.service.metrics import GatewayMetrics, PartsCollector
 from txairflowrpc.service.supervisor import WorkerState
 
 from .helpers import CONFIG
-from .test_admin import certificates
+from .test_admin import certificates, served
 from .test_metrics import metered_gateway
 
 PORTS = [9101, 9102]
 
 
-def worker_exposition(calls: int) -> bytes:
-    """A worker's /metrics as OpenMetrics: a whole gateway's registry after ``calls`` pings."""
+def worker_exposition(calls: int, reload_ok: bool = True) -> bytes:
+    """
+    A worker's /metrics as OpenMetrics: a whole gateway's registry after ``calls`` pings,
+    its last reload accepted or not (``reload_ok``).
+    """
     metrics = GatewayMetrics()
     gw, parts = metered_gateway(metrics)
-    cfg = attrs.evolve(CONFIG, tls=certificates(Path(tempfile.mkdtemp()), 30))
+    certs = served(certificates(Path(tempfile.mkdtemp()), 30))
+    reloader = SimpleNamespace(reloads=1, rejected=0 if reload_ok else 1,
+                               last_reload_successful=reload_ok)
     metrics.collect_from(PartsCollector(
-        config=lambda: cfg, clock=gw.clock, site=parts.site, limits=parts.limits,
+        config=lambda: CONFIG, clock=gw.clock, site=parts.site, limits=parts.limits,
         breaker=parts.breaker, client=parts.client, audit=gw.audit, refusals=parts.refusals,
-        watcher=parts.watcher, coalescing=parts.coalescing()))
+        watcher=parts.watcher, coalescing=parts.coalescing(), reloader=reloader,
+        certificates=lambda: certs))
     for _ in range(calls):
         gw.call_d("ping")
     metrics.upstream_answered("GET", 200, 0.02)
@@ -130,7 +136,7 @@ class GatheredTests(SynchronousTestCase):
         return response, self.successResultOf(response.content())
 
     def test_every_workers_metrics_under_its_worker_label(self) -> None:
-        self.answer(0, b"/metrics", 200, worker_exposition(2))
+        self.answer(0, b"/metrics", 200, worker_exposition(2, reload_ok=False))
         self.answer(1, b"/metrics", 200, worker_exposition(3))
         response, body = self.get("/metrics")
         self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(
@@ -140,6 +146,9 @@ class GatheredTests(SynchronousTestCase):
         calls = {s.labels["worker"]: s.value for s in families["airflowrpc_calls"].samples
                  if s.name == "airflowrpc_calls_total" and s.labels["method"] == "ping"}
         self.assertEqual(calls, {"0": 2.0, "1": 3.0})
+        reloaded = {s.labels["worker"]: s.value
+                    for s in families["airflowrpc_config_last_reload_successful"].samples}
+        self.assertEqual(reloaded, {"0": 0.0, "1": 1.0})
         buckets = [s for s in families["airflowrpc_upstream_request_duration_seconds"].samples
                    if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
         self.assertEqual(sorted(s.labels["worker"] for s in buckets), ["0", "1"])

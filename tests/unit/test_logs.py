@@ -5,13 +5,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from txairflowrpc.service.logs import (WORKER_ENVIRONMENT, is_chatter, journal_observer,
-                                       json_observer)
+from txairflowrpc.service.logs import (
+    WORKER_ENVIRONMENT,
+    fatal,
+    is_chatter,
+    journal_observer,
+    json_observer,
+)
+from txairflowrpc.service.tap import Options
 
 
 def emit(observer: object, namespace: str = "txairflowrpc.test") -> Logger:
@@ -127,3 +135,42 @@ class WorkerTests(SynchronousTestCase):
                              ["<6>[txairflowrpc.service.reload] config reloaded"])
             (record,) = map(json.loads, self.lines(json_observer))
             self.assertNotIn("worker", record)
+
+
+class FatalLineTests(SynchronousTestCase):
+    """
+    Found by review: the one line a start-up failure prints (a config error, a port
+    taken) comes before twistd's log begins, and journald stored it at priority info,
+    so ``journalctl -p warning`` did not show why the gateway would not start.
+    """
+
+    def setUp(self) -> None:
+        self.stderr = open(self.mktemp(), "w+")  # noqa: SIM115 -- closed by its cleanup
+        self.addCleanup(self.stderr.close)
+        st = os.fstat(self.stderr.fileno())
+        self.journal = f"{st.st_dev}:{st.st_ino}"
+
+    def environment(self, journal_stream: str | None) -> None:
+        environ = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        if journal_stream is not None:
+            environ["JOURNAL_STREAM"] = journal_stream
+        self.patch(os, "environ", environ)
+
+    def test_a_bad_config_is_an_error_line_in_the_journal(self) -> None:
+        config = Path(self.mktemp() + ".toml")
+        config.write_text("[listen]\nport = 8443\nbogus = 1\n")
+        self.environment(self.journal)
+        self.patch(sys, "stderr", self.stderr)
+        with self.assertRaises(SystemExit) as caught:
+            Options().parseOptions(["--config", str(config)])
+        self.assertEqual(caught.exception.code,
+                         f"<3>airflowrpc: {config}: listen.bogus: unknown key")
+
+    def test_no_prefix_unless_the_stream_is_the_journals(self) -> None:
+        self.environment(None)  # a terminal, a container's log
+        self.assertEqual(fatal("airflowrpc: x", self.stderr).code, "airflowrpc: x")
+        self.environment("1:2")  # inherited from a service, with a stream of its own
+        self.assertEqual(fatal("airflowrpc: x", self.stderr).code, "airflowrpc: x")
+        self.environment(self.journal)
+        self.assertEqual(fatal("airflowrpc: x", self.stderr).code, "<3>airflowrpc: x")
+        self.assertEqual(fatal("airflowrpc: x", io.StringIO()).code, "airflowrpc: x")

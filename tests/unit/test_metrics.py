@@ -34,7 +34,7 @@ from ..fakes import FakeAirflow
 from .helpers import (
     CONFIG, DIGEST_KEY, OPERATOR, AuthenticatingRoot, Gateway, audit_log,
 )
-from .test_admin import certificates
+from .test_admin import certificates, served
 
 
 def metered_gateway(metrics: GatewayMetrics) -> tuple[Gateway, Parts]:
@@ -217,7 +217,8 @@ class CollectorTests(SynchronousTestCase):
         self.metrics = GatewayMetrics()
         self.gw, self.parts = metered_gateway(self.metrics)
         self.dir = Path(tempfile.mkdtemp())
-        self.cfg = attrs.evolve(CONFIG, tls=certificates(self.dir, 30))
+        self.cfg = CONFIG
+        self.served = served(certificates(self.dir, 30))
         self.gw.clock.advance(datetime.now(timezone.utc).timestamp())
 
     def collector(self, **kw: Any) -> PartsCollector:
@@ -227,12 +228,15 @@ class CollectorTests(SynchronousTestCase):
             config=lambda: self.cfg, clock=self.gw.clock, site=parts.site, limits=parts.limits,
             breaker=parts.breaker, client=parts.client, audit=self.gw.audit,
             refusals=parts.refusals, watcher=watcher,
-            coalescing=parts.coalescing(), **kw)
+            coalescing=parts.coalescing(), certificates=lambda: self.served, **kw)
         self.metrics.collect_from(collector)
         return collector
 
     def value(self, name: str, **labels: str) -> float | None:
         return sample(self.metrics, name, **labels)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.gw.clock.seconds(), timezone.utc)
 
     def test_counters_of_the_parts_are_read_at_scrape_time(self) -> None:
         self.collector()
@@ -295,7 +299,7 @@ class CollectorTests(SynchronousTestCase):
             self.failureResultOf(d)
 
     def test_token_and_certificate_expiry(self) -> None:
-        now = datetime.fromtimestamp(self.gw.clock.seconds(), timezone.utc)
+        now = self.now()
 
         def token(id: str, principal: str, days: float, **kw: Any) -> TokenRecord:
             return TokenRecord(id=id, sha256="0" * 64, principal=principal, roles=None,
@@ -313,14 +317,37 @@ class CollectorTests(SynchronousTestCase):
         self.collector(gate=gate)
         expiry = {s.labels["principal"]: s.value
                   for s in _samples(self.metrics, "airflowrpc_token_expiry_seconds")}
-        self.assertEqual(expiry, {"ci-bot": 3 * 86400})
+        # An expired token stays, below zero, until it is revoked: found by review, its
+        # alert cleared at the moment its client began to fail.
+        self.assertEqual(expiry, {"ci-bot": 3 * 86400, "auditor": -86400})
         leaf = self.value("airflowrpc_certificate_expiry_seconds", certificate="tls.certificate")
         assert leaf is not None
         self.assertTrue(29.9 < leaf / 86400 <= 30, leaf)
-        self.cfg = attrs.evolve(self.cfg, tls=attrs.evolve(self.cfg.tls,
-                                                           certificate=self.dir / "gone.pem"))
-        self.assertIsNone(self.value("airflowrpc_certificate_expiry_seconds",
-                                     certificate="tls.certificate"))
+        # What the listener holds, not the file: a renewal on disk whose reload was
+        # rejected leaves the old certificate in force (found by review).
+        (self.dir / "server.pem").unlink()
+        self.assertEqual(self.value("airflowrpc_certificate_expiry_seconds",
+                                    certificate="tls.certificate"), leaf)
+        self.gw.clock.advance(31 * 86400)
+        leaf = self.value("airflowrpc_certificate_expiry_seconds", certificate="tls.certificate")
+        assert leaf is not None
+        self.assertTrue(-1.1 < leaf / 86400 < -0.9, leaf)
+
+    def test_a_token_expired_and_not_revoked_is_reported_until_it_is(self) -> None:
+        now = self.now()
+        expired = TokenRecord(id="a", sha256="0" * 64, principal="ci-bot", roles=None,
+                              created=now - timedelta(days=30), expires=now - timedelta(days=2))
+        access = attrs.make_class("A", {"principals": attrs.field()})({"ci-bot": object()})
+        current = attrs.make_class("C", {"jwks": attrs.field(), "tokens": attrs.field(),
+                                         "access": attrs.field()})(
+            {}, TokenStore(Path("tokens.json"), {"a": expired}), access)
+        gate = attrs.make_class("G", {"current": attrs.field()})(current)
+        self.collector(gate=gate)
+        self.assertEqual(self.value("airflowrpc_token_expiry_seconds", principal="ci-bot"),
+                         -2 * 86400)
+        current.tokens = TokenStore(Path("tokens.json"),
+                                    {"a": attrs.evolve(expired, revoked=now)})
+        self.assertIsNone(self.value("airflowrpc_token_expiry_seconds", principal="ci-bot"))
 
 
 def _samples(metrics: GatewayMetrics, family: str) -> list[Any]:

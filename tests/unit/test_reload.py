@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.gate.tls import ReloadableTLS, server_options
 from txairflowrpc.identity import tokens
 from txairflowrpc.identity.authenticate import Gate, Unauthenticated
-from txairflowrpc.service.checked import build_authenticator, load_checked
+from txairflowrpc.service.admin import HealthResource
+from txairflowrpc.service.checked import build_authenticator, load_checked, served_certificates
+from txairflowrpc.service.metrics import GatewayMetrics, PartsCollector
 from txairflowrpc.service.reload import Reloader
 
 from .helpers import audit_log
@@ -320,3 +323,75 @@ def test_a_read_that_ends_after_a_newer_one_is_dropped(tmp_path: Path, pki: DevP
     pending[0][0].callback(pending[0][1])
     assert (newer.result, older.result) == (True, False)
     assert "leaving" not in gate.current.access.principals
+
+
+def test_the_certificate_reported_is_the_one_in_force_not_the_file(tmp_path: Path) -> None:
+    """
+    Found by review: the expiry metric and /readyz read tls.certificate from disk, so a
+    renewal whose reload was rejected (a typo elsewhere in the config) cleared the alert
+    while the certificate still served ran out, and /readyz stayed green past its expiry.
+    """
+    own = DevPKI.create(tmp_path / "pki")  # its files are rewritten: not the shared one
+    now = datetime.now(timezone.utc)
+
+    def issue(days: int) -> None:
+        leaf = own.ca.issue_cert("localhost", common_name="localhost",
+                                 not_after=now + timedelta(days=days))
+        leaf.cert_chain_pems[0].write_to_path(str(own.directory / "server.pem"))
+        leaf.private_key_pem.write_to_path(str(own.directory / "server.key"))
+
+    issue(2)
+    cfg = load(tmp_path, own, mode="optional")
+    clock = Clock()
+    clock.advance(now.timestamp())
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
+    tls = ReloadableTLS(server_options(cfg.tls, "optional"))
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=clock, audit=None)
+    metrics = GatewayMetrics()
+    metrics.collect_from(PartsCollector(config=lambda: reloader.cfg, clock=clock,
+                                        certificates=lambda: served_certificates(tls.options)))
+    health = StubTreq(HealthResource(
+        config=lambda: reloader.cfg, airflow_reachable=lambda: succeed(True),
+        audit=audit_log(str(tmp_path / "audit"), clock), counters=dict, clock=clock,
+        certificates=lambda: served_certificates(tls.options)))
+
+    config = tmp_path / "airflowrpc.toml"
+    config.write_text(config.read_text() + "\n[rpc]\nmax_multical = 5\n")
+    issue(365)  # renewed on disk, but the reload that would load it is rejected
+    assert reloader.reload("SIGHUP").result is False
+    left = metrics.registry.get_sample_value("airflowrpc_certificate_expiry_seconds",
+                                             {"certificate": "tls.certificate"})
+    assert left is not None and 1.9 < left / 86400 <= 2
+    clock.advance(3 * 86400)
+    response = health.get("http://admin.test/readyz").result
+    body = json.loads(health.content(response).result)
+    assert (response.code, body["checks"]["certificates"]["ok"]) == (503, False)
+
+
+def test_the_last_reload_stays_failed_until_a_good_one(setup) -> None:
+    """
+    Found by review: the alert on a rejected reload was increase() over 15 minutes of a
+    counter bumped once per file change, so it cleared while the rejected config was
+    still on disk.  The gauge stays 0 until a reload is accepted.
+    """
+    *_, reloader, tmp = setup
+    metrics = GatewayMetrics()
+    metrics.collect_from(PartsCollector(config=lambda: reloader.cfg, clock=Clock(),
+                                        reloader=reloader))
+
+    def last() -> float | None:
+        return metrics.registry.get_sample_value("airflowrpc_config_last_reload_successful")
+
+    assert last() == 1
+    config = tmp / "airflowrpc.toml"
+    good = config.read_text()
+    config.write_text(good + "\n[rpc]\nmax_multical = 5\n")
+    assert reloader.reload("SIGHUP").result is False
+    reloader._poll()  # nothing changed since: no new reload, nothing forgotten
+    assert (last(), reloader.rejected) == (0, 1)
+    config.write_text(good)
+    bump(config)
+    assert reloader.reload("SIGHUP").result is True
+    assert last() == 1
+    assert metrics.registry.get_sample_value("airflowrpc_config_reloads_total",
+                                             {"result": "rejected"}) == 1

@@ -5,9 +5,12 @@ The admin listener: plain HTTP, loopback by default, for probes.
 ``GET /readyz`` answers 200 only if Airflow's health endpoint answers and
 does not say its metadata database is unhealthy (one request at a time,
 shared by the probes that come meanwhile), the
-audit log is writable and no certificate of the listener (its own chain or
-the client CA bundle) expires within ``health.certificate_warning_days``;
-otherwise 503.  Both bodies are JSON and name each check, plus the
+audit log is writable and the certificate the listener serves (its chain,
+as in force) has not expired; otherwise 503.  A certificate of the
+listener (its chain or the client CA bundle) that expires within
+``health.certificate_warning_days`` is named in the body but fails nothing:
+instances that share a certificate would all go unready on the same day.
+Both bodies are JSON and name each check, plus the
 counters of the limits (connections refused, slow clients dropped, calls
 rate-limited, circuit breaker state).  No secret is ever in them.
 ``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`).
@@ -19,6 +22,7 @@ service log's events.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -39,21 +43,30 @@ from ..identity.backoff import source_key
 _log = Logger()
 
 
-def certificate_problems(cfg: Config, days: int, now: datetime) -> list[str]:
-    """Certificates of the listener that expire within ``days`` (or are unreadable)."""
-    problems = []
-    for key, path in (("tls.certificate", cfg.tls.certificate), ("tls.client_ca", cfg.tls.client_ca)):
-        try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except (OSError, ValueError):
-            problems.append(f"{key}: cannot read {path}")
-            continue
+#: The certificates a listener holds now, by config key (`checked.served_certificates`).
+Served = Callable[[], Mapping[str, Sequence[x509.Certificate]]]
+
+
+def certificate_check(served: Mapping[str, Sequence[x509.Certificate]], days: int,
+                      now: datetime) -> dict[str, Any]:
+    """
+    ``/readyz``'s check of the certificates in force: not ok once one of the chain the
+    listener sends (``tls.certificate``) has expired, since clients then refuse every
+    handshake.  Those that expire within ``days``, and client CAs that expired, are named
+    in its detail and fail nothing: the metric and its alert warn of them.
+    """
+    problems, ok = [], True
+    for key, certs in served.items():
         for cert in certs:
             left = (cert.not_valid_after_utc - now).total_seconds() / 86400
-            if left < days:
-                problems.append(f"{key}: {cert.subject.rfc4514_string()} expires in "
-                                f"{left:.1f} days")
-    return problems
+            name = f"{key}: {cert.subject.rfc4514_string()}"
+            if left <= 0:
+                problems.append(f"{name} expired {-left:.1f} days ago")
+                if key == "tls.certificate":
+                    ok = False
+            elif left < days:
+                problems.append(f"{name} expires in {left:.1f} days")
+    return {"ok": ok, "detail": problems or "none expiring soon"}
 
 
 #: Connections the admin listener holds open at most, and from one address
@@ -218,7 +231,9 @@ class AdminSite(server.Site):
 class HealthResource(Resource):
     """
     ``/healthz``, ``/readyz`` and, given a ``metrics`` resource (prometheus_client's
-    Twisted resource), ``/metrics``.
+    Twisted resource), ``/metrics``.  ``certificates`` gives the listener's certificates
+    in force (`Served`), never read from the files, which a rejected reload leaves out
+    of force.
     """
 
     isLeaf = True
@@ -226,11 +241,12 @@ class HealthResource(Resource):
     def __init__(
         self, *, config: Callable[[], Config], airflow_reachable: Callable[[], Deferred[bool]],
         audit: AuditLog, counters: Callable[[], dict[str, Any]], clock: IReactorTime,
-        metrics: IResource | None = None,
+        certificates: Served, metrics: IResource | None = None,
     ) -> None:
         super().__init__()
         self._metrics = metrics
         self._config = config
+        self._certificates = certificates
         self._reachable = airflow_reachable
         self._asking = SingleFlight[bool]()
         self._audit = audit
@@ -258,13 +274,13 @@ class HealthResource(Resource):
     def _ready(self, airflow_ok: bool, request: server.Request) -> None:
         cfg = self._config()
         now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
-        certs = certificate_problems(cfg, cfg.health.certificate_warning_days, now)
+        certs = certificate_check(self._certificates(), cfg.health.certificate_warning_days, now)
         checks = {
             "airflow": {"ok": airflow_ok,
                         "detail": "reachable" if airflow_ok else "no answer from its health endpoint"},
             "audit": {"ok": self._audit.failed is None,
                       "detail": self._audit.failed or "writable"},
-            "certificates": {"ok": not certs, "detail": certs or "none expiring soon"},
+            "certificates": certs,
         }
         ready = all(c["ok"] for c in checks.values())
         body = {"ready": ready, "checks": checks, "counters": self._counters()}

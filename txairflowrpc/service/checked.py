@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography import x509
 from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTime
 
@@ -72,6 +73,21 @@ def _load_checked(path: str | Path) -> Checked:
         key = "audit.signing_key" if cfg.audit.signing_key else "audit.hmac_key_file"
         raise config_module.ConfigError(key, str(e)) from None
     return Checked(cfg, roles, options, store, signer)
+
+
+def served_certificates(options: ssl.CertificateOptions) -> dict[str, list[x509.Certificate]]:
+    """
+    The certificates a listener with ``options`` (`server_options`) holds, by the key that
+    named their file: ``tls.certificate``, the chain it sends; ``tls.client_ca``, the CAs it
+    verifies client certificates against.  These are the ones in force, whatever the files
+    hold now: a renewal on disk counts only once a reload has put it in force.
+    """
+    chain = [options.certificate, *(options.extraCertChain or [])]
+    # With client certificates required the CAs are in the trust root, which keeps them
+    # under a private name; it is the only place they are.
+    cas = options.caCerts or getattr(options.trustRoot, "_caCerts", None) or []
+    return {"tls.certificate": [c.to_cryptography() for c in chain],
+            "tls.client_ca": [c.to_cryptography() for c in cas]}
 
 
 def build_authenticator(

@@ -53,7 +53,7 @@ from twisted.logger import (
 )
 
 __all__ = ["journal_observer", "json_observer", "journal_line", "json_line", "is_chatter",
-           "WORKER_ENVIRONMENT"]
+           "fatal", "WORKER_ENVIRONMENT"]
 
 #: Set by the supervisor in each worker's environment: the worker's index.
 WORKER_ENVIRONMENT = "AIRFLOWRPC_WORKER"
@@ -155,6 +155,36 @@ def json_line(event: LogEvent, worker: int | None = None) -> str:
     if traceback:
         record["traceback"] = traceback
     return json.dumps(record, default=str) + "\n"
+
+
+def to_journal(stream: IO[str]) -> bool:
+    """
+    Whether ``stream`` is connected to systemd's journal: ``$JOURNAL_STREAM``
+    (``DEVICE:INODE``, set by systemd for a service whose output goes there)
+    names its file.  The variable alone does not say it: a program started
+    from such a service inherits it with a stream of its own (sd-daemon(3)).
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def fatal(message: str, stream: IO[str] | None = None) -> SystemExit:
+    """
+    What start-up raises to stop with ``message`` as its one line on standard
+    error (``stream``) and exit status 1.  Printed before twistd's log begins,
+    the journal would store the line at priority info, out of sight of
+    ``journalctl -p warning``: to the journal it goes with ``<3>`` (error)
+    before it, as `journal_line` prefixes the log's lines.
+    """
+    if to_journal(stream or sys.stderr):
+        return SystemExit(f"<{_PRIORITY[LogLevel.error]}>{message}")
+    return SystemExit(message)
 
 
 def journal_observer(out: IO[str] | None = None) -> ILogObserver:

@@ -171,6 +171,9 @@ class Reloader(service.Service):
         #: Reloads accepted and rejected; for the metrics.
         self.reloads = 0
         self.rejected = 0
+        #: Whether the last reload was accepted (the config it starts with was checked
+        #: whole): False while the file on disk is one that was rejected.
+        self.last_reload_successful = True
 
     def startService(self) -> None:
         super().startService()
@@ -266,6 +269,7 @@ class Reloader(service.Service):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(checked))
             self.rejected += 1
+            self.last_reload_successful = False
             self._record("rejected", trigger, str(checked))
             if tokens_changed:
                 # A revocation must not wait for the rest of the config to
@@ -284,6 +288,7 @@ class Reloader(service.Service):
         self._apply(cfg)
         self.cfg = cfg
         self.reloads += 1
+        self.last_reload_successful = True
         _log.info("config reloaded ({trigger}): {principals} principals, {roles} roles",
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))

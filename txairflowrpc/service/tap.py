@@ -57,10 +57,11 @@ from ..upstream.client import AirflowClient, Changes
 from ..upstream.transport import CachedEndpoints
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
-from .checked import Checked, build_authenticator, load_checked
+from .checked import Checked, build_authenticator, load_checked, served_certificates
 from .collector import CollectorTuning
 from .gathered import GatheredHealth, WorkerAdmins
 from .lifecycle import GatewayService, Listener, bind_problem, exit_zero
+from .logs import fatal
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
@@ -98,13 +99,13 @@ class Options(usage.Options):
         except config_module.ConfigError as e:
             # One line on stderr and exit status 1: twistd would print its
             # whole usage text above a UsageError, burying the problem.
-            raise SystemExit(f"airflowrpc: {self['config']}: {e}") from None
+            raise fatal(f"airflowrpc: {self['config']}: {e}") from None
         cfg = self["checked"].config
         if self["worker"] is not None:
             index = int(self["worker"]) if str(self["worker"]).isdigit() else -1
             if not 0 <= index < cfg.listen.workers:
-                raise SystemExit(f"airflowrpc: --worker {self['worker']}: not a worker of "
-                                 f"listen.workers = {cfg.listen.workers}")
+                raise fatal(f"airflowrpc: --worker {self['worker']}: not a worker of "
+                            f"listen.workers = {cfg.listen.workers}")
             self["worker"] = index
             self["checked"] = worker_checked(self["checked"], index)
             return  # its ports were checked by the supervisor, which holds the listener
@@ -115,7 +116,7 @@ class Options(usage.Options):
                                    for p in admin_ports)):
             problem = bind_problem(host, port)
             if problem is not None:
-                raise SystemExit(f"airflowrpc: cannot listen on {host}:{port}{what}: {problem}")
+                raise fatal(f"airflowrpc: cannot listen on {host}:{port}{what}: {problem}")
 
 
 class _PoolService(service.Service):
@@ -439,13 +440,13 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         # Made here, once: the workers would race to make it.
         load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
-        raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
+        raise fatal(f"airflowrpc: audit.digest_key_file: {e}") from None
     where = f"{cfg.listen.host}:{cfg.listen.port}"
     try:
         sockets = SharedPort(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
     except OSError as e:
-        raise SystemExit(f"airflowrpc: cannot listen on {where}: "
-                         f"{(e.strerror or str(e)).lower()}") from None
+        raise fatal(f"airflowrpc: cannot listen on {where}: "
+                    f"{(e.strerror or str(e)).lower()}") from None
     source = cfg.source.resolve()
 
     def check() -> Deferred[config_module.Config]:
@@ -488,9 +489,9 @@ def claim_chain(cfg: config_module.AuditConfig) -> Claim:
     try:
         return claim(cfg.path, cfg.instance)
     except ChainInUse as e:
-        raise SystemExit(f"airflowrpc: audit.path: {e}") from None
+        raise fatal(f"airflowrpc: audit.path: {e}") from None
     except OSError as e:
-        raise SystemExit(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+        raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -511,7 +512,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         audit = open_audit(cfg.audit, reactor, metrics.timing_audit_writes(threads),
                            checked.signer)
     except OSError as e:  # a file the service's user may not write (made by root, say)
-        raise SystemExit(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+        raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
     owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
@@ -527,7 +528,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     try:
         digest_key = load_digest_key(cfg.audit.digest_key_file)
     except ValueError as e:
-        raise SystemExit(f"airflowrpc: audit.digest_key_file: {e}") from None
+        raise fatal(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, agent, audit, metrics.authenticating(gate.authenticate),
                        backoff, digest_key, metrics, access_version=gate.version,
                        account_agent=pools.agent_for)
@@ -541,7 +542,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         config=lambda: reloader.cfg, clock=reactor, site=parts.site, limits=parts.limits,
         breaker=parts.breaker, client=parts.accounts, audit=audit, refusals=parts.refusals,
         gate=gate, reloader=reloader, watcher=parts.accounts,
-        coalescing=parts.coalescing(),
+        coalescing=parts.coalescing(), certificates=lambda: served_certificates(tls.options),
     ))
 
     top = GatewayService(
@@ -565,6 +566,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         health = HealthResource(
             config=lambda: reloader.cfg, airflow_reachable=parts.client.reachable,
             audit=audit, counters=parts.counters, clock=reactor,
+            certificates=lambda: served_certificates(tls.options),
             metrics=metrics_resource(metrics.registry, reactor),
         )
         admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
