@@ -334,6 +334,47 @@ class StalledWriteTests(SynchronousTestCase):
         recs = records(self.dir / "audit.jsonl")
         self.assertEqual([(r["n"], r.get("late")) for r in recs], [(1, True), (2, True)])
 
+    def test_a_refusal_during_a_stall_is_answered_at_once(self) -> None:
+        """Found by the second reader: a 401's or 415's answer waited out the stall."""
+        self.stall()
+        refusal = self.log.append({"reason": "no credentials", "request_id": "q1"},
+                                  droppable=True)
+        self.failureResultOf(refusal, errors.AuditUnavailable)
+        self.held.release()
+        self.held.release()
+        recs = records(self.dir / "audit.jsonl")
+        self.assertEqual([(r.get("request_id"), r.get("late")) for r in recs if "event" not in r],
+                         [("r1", None), ("r2", True), ("q1", True)])
+
+    def test_a_flush_in_a_stalled_write_waits_for_it_to_end(self) -> None:
+        """Found by the second reader: a close could shut the file under the audit thread."""
+        first = self.log.append({"n": 0})
+        second = self.log.append({"n": 1, "request_id": "r1"})
+        flushed = self.log.flush()
+        self.held.release()  # the first write; the second holds r1 and the flush marker
+        self.successResultOf(first)
+        self.clock.advance(10)
+        self.failureResultOf(second, errors.AuditUnavailable)
+        self.assertNoResult(flushed)
+        self.held.release()
+        self.successResultOf(flushed)
+
+    def test_every_caller_of_a_stalled_write_is_named_once(self) -> None:
+        """Found by the second reader: a multicall's ids filled the note, others went unnamed."""
+        waiting = [self.log.append({"n": i, "request_id": "mc1"}) for i in range(150)]
+        waiting += [self.log.append({"n": i, "request_id": f"r{i}"}) for i in range(150, 260)]
+        self.held.release()  # the first record alone; the rest are written together
+        self.clock.advance(10)
+        for d in waiting[1:]:
+            self.failureResultOf(d, errors.AuditUnavailable)
+        self.held.release()
+        self.held.release()
+        notes = [r for r in records(self.dir / "audit.jsonl") if r.get("event") == "audit.late"]
+        named = [i for note in notes for i in note["request_ids"]]
+        self.assertEqual(named, ["mc1", *(f"r{i}" for i in range(150, 260))])
+        self.assertEqual(len(notes), 2)
+        self.assertTrue(verify([self.dir / "audit.jsonl"])[0])
+
     def test_a_write_that_ends_in_time_is_not_stalled(self) -> None:
         d = self.log.append({"n": 1})
         self.clock.advance(9)

@@ -47,7 +47,7 @@ RETRY_SECONDS = 2.0
 #: anyone can cause) wait in the queue; the rest are counted, and the count
 #: is written as one ``audit.dropped`` record once the log recovers.
 MAX_DROPPABLE_QUEUED = 1000
-#: An ``audit.late`` record names at most this many request ids (and counts all).
+#: An ``audit.late`` record names at most this many request ids (more take more records).
 MAX_LATE_IDS = 100
 
 _log = Logger()
@@ -175,9 +175,10 @@ class AuditLog:
         record.update(fields)
         if droppable:
             self._droppable.add(id(record))
-        elif self._abandoned:
+        if self._abandoned:
             # A write has stalled: nothing queued now would be written before
-            # it ends, so the caller is answered at once.
+            # it ends, so the caller is answered at once (a refusal too: its
+            # answer waits for its record, as 401s and 415s do).
             self._queue.append((self._late_record(record), _orphan()))
             return fail(errors.AuditUnavailable())
         d: Deferred[None] = Deferred()
@@ -227,12 +228,16 @@ class AuditLog:
         if self.failed is None:
             _log.error("audit log cannot be written ({reason}): refusing calls", reason=reason)
         self.failed = reason
-        for _, d in batch:
-            d.errback(errors.AuditUnavailable())
+        # A flush marker (a close) is not a caller: it waits for the write
+        # to end, in the stalled batch or behind it, so that nothing is
+        # closed under the audit thread's feet.
+        for record, d in batch:
+            if record is not None:
+                d.errback(errors.AuditUnavailable())
         # Those queued behind it would wait as long: answered now, and each
         # record says its caller was not told its outcome (as after a failure).
         for i, (record, d) in enumerate(self._queue):
-            if record is not None:  # a flush marker (a close) waits for the write
+            if record is not None:
                 self._queue[i] = (self._late_record(record), _orphan())
                 d.errback(errors.AuditUnavailable())
 
@@ -286,8 +291,8 @@ class AuditLog:
                 dropped, self.dropped = self.dropped, 0
                 self.append({"event": "audit.dropped", "count": dropped,
                              "reason": "refusals counted but not written while the log failed"})
-        if not abandoned:
-            for _, d in batch:
+        for record, d in batch:
+            if not abandoned or record is None:  # a stalled write's callers have their answer
                 d.callback(None)
         if appended is not None:
             for old in appended.rotated:
@@ -310,8 +315,8 @@ class AuditLog:
         # says so: the outcome it holds is not what its caller was told.
         kept = [self._late_record(r) for r, d in batch if r is not None]
         self._queue[:0] = [(r, _orphan()) for r in kept]
-        if not abandoned:  # a stalled write's callers were answered when it stalled
-            for _, d in batch:
+        for record, d in batch:
+            if not abandoned or record is None:  # a stalled write's callers have their answer
                 d.errback(errors.AuditUnavailable())
         if not self._closed and (self._retry is None or not self._retry.active()):
             self._retry = self._clock.callLater(RETRY_SECONDS, self._kick)
@@ -321,13 +326,17 @@ class AuditLog:
         A stalled write ended after all: ``records`` are on disk, but their
         callers were told the trail was unavailable.  Say so on the trail.
         """
-        ids = [str(r["request_id"]) for r in records if r.get("request_id")]
+        # Each id once (a multicall's entries share one), every one named:
+        # as many notes as it takes, so that no record of a caller told 507
+        # stands unexplained.
+        ids = list(dict.fromkeys(str(r["request_id"]) for r in records if r.get("request_id")))
         _log.warn("audit log write ended after it was given up on: {n} records written late",
                   n=len(records))
-        note = {"time": iso_micro(self._clock.seconds()), "instance": self.instance,
-                "event": "audit.late", "records": len(records),
-                "request_ids": ids[:MAX_LATE_IDS],
-                "reason": "written after their callers were answered that the audit trail "
-                          "was unavailable (the write had stalled)"}
-        # Ahead of what queued meanwhile: next to the records it speaks of.
-        self._queue.insert(0, (note, _orphan()))
+        now = iso_micro(self._clock.seconds())
+        notes = [{"time": now, "instance": self.instance, "event": "audit.late",
+                  "records": len(records), "request_ids": ids[i:i + MAX_LATE_IDS],
+                  "reason": "written after their callers were answered that the audit trail "
+                            "was unavailable (the write had stalled)"}
+                 for i in range(0, max(len(ids), 1), MAX_LATE_IDS)]
+        # Ahead of what queued meanwhile: next to the records they speak of.
+        self._queue[:0] = [(note, _orphan()) for note in notes]

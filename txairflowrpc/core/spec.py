@@ -44,7 +44,7 @@ def _a_date(param: "Param", value: object) -> bool:
     return param.date and isinstance(value, DateTime)
 
 
-def _accepted(param: "Param") -> tuple[str, ...]:
+def _accepted(param: Param) -> tuple[str, ...]:
     """The XML-RPC types ``param`` takes, its declared one first."""
     return (param.type, "dateTime.iso8601") if param.date else (param.type,)
 
