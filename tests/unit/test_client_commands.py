@@ -705,7 +705,8 @@ def test_backfill_whose_answer_was_lost_finds_it() -> None:
     gateway.on_call = lose_the_answer
     got = run_in_memory([*FEB, "--wait"], gateway)
     assert got.status == 0, got.err
-    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, False, 3)
+    # The running one found after a lost answer is taken to be this try's (as a run is).
+    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, True, 3)
     assert "(the lost answer's): following it" in got.err
     assert len(gateway.calls_of("create_backfill")) == 1 and len(gateway.backfills) == 1
     gateway = FakeGateway()
@@ -799,7 +800,7 @@ def test_backfill_whose_answer_a_proxy_lost_finds_it() -> None:
 
     gateway.on_call = proxy_gives_up
     got = run_in_memory(FEB, gateway)
-    assert (got.status, got.json["created"], got.json["runs"]) == (0, False, 3), got.err
+    assert (got.status, got.json["created"], got.json["runs"]) == (0, True, 3), got.err
 
 
 # -- found by review ---------------------------------------------------------
@@ -937,7 +938,8 @@ def test_a_507_after_create_backfill_finds_it() -> None:
     gateway.on_call = unrecorded
     got = run_in_memory([*FEB, "--wait"], gateway)
     assert got.status == 0, got.err
-    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, False, 3)
+    # The running one found after a lost answer is taken to be this try's (as a run is).
+    assert (got.json["id"], got.json["created"], got.json["runs"]) == (1, True, 3)
     assert "(the lost answer's): following it" in got.err
     assert len(gateway.calls_of("create_backfill")) == 1
 
@@ -1019,3 +1021,74 @@ def test_ctrl_c_and_sigterm_print_the_run_and_say_it_goes_on(
     assert (got.json["state"], got.json["created"]) == ("running", True)
     assert got.err.splitlines()[-1] == (f"airflowrpc: {says} or a backfill already created "
                                         f"goes on in Airflow")
+
+
+class _TermOnWrite(io.StringIO):
+    """stdout that gets a SIGTERM as the result is being written (a job cancelled then)."""
+
+    armed = False
+
+    def write(self, text: str) -> int:
+        if self.armed:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs before this returns
+        return super().write(text)
+
+
+@pytest.mark.parametrize("fail_the_wait, status", [(False, 0), (True, 3)])
+def test_a_sigterm_as_the_command_ends_cuts_nothing(fail_the_wait: bool, status: int) -> None:
+    """
+    Found by the second reader: a SIGTERM while the result was written left
+    stdout empty (exit 143), and one while an error was wound down escaped
+    the command as a traceback (exit 1).  Once it is ending, it ends as it
+    would have.
+    """
+    gateway = FakeGateway()
+    out, err = _TermOnWrite(), io.StringIO()
+    out.armed = True
+
+    def forbid(method: str, params: tuple[Any, ...]) -> None:
+        if method == "wait_dag_run":
+            raise xmlrpc.client.Fault(403, "forbidden")
+
+    if fail_the_wait:
+        gateway.on_call = forbid
+    previous = signal.getsignal(signal.SIGTERM)
+    clock = FakeClock()
+    try:
+        got = commands.run(
+            parser().parse_args(["trigger", "example_hello", "--wait"]),
+            environ={"AIRFLOWRPC_URL": "https://gw.test/RPC2", "AIRFLOWRPC_TOKEN": TOKEN,
+                     **GITLAB},
+            console=Console(out, err), clock=clock, sleep=clock.sleep, rand=lambda: 0.5,
+            connect=lambda s, **kw: InMemory(gateway))
+    finally:
+        assert signal.getsignal(signal.SIGTERM) is previous
+    assert got == status, err.getvalue()
+    assert json.loads(out.getvalue())["dag_run_id"] == "gitlab-9001-deploy"
+
+
+def test_the_last_look_is_not_cut_by_the_deadline() -> None:
+    """
+    Found by the second reader: the last wait asked for all the time left
+    while the deadline capped its socket at that, so it always timed out
+    and the exit 6 blamed an outage ("the last look failed").
+    """
+    gateway = FakeGateway()
+    clock = FakeClock()
+
+    class Timed(InMemory):
+        def call(self, method: str, *params: Any, timeout: float = 120.0) -> Any:
+            took = params[2] + 0.3 if method == "wait_dag_run" else 0.1
+            if took > timeout:
+                clock.now += timeout
+                raise Unreachable(method, f"no complete answer within {timeout:g} s")
+            clock.now += took
+            return super().call(method, *params, timeout=timeout)
+
+    got = run_in_memory(["trigger", "slow", "--wait", "--timeout", "40"], gateway, clock=clock,
+                        caller=Timed(gateway))
+    assert got.status == 6, got.err
+    assert "the last look failed" not in got.err
+    assert got.json["state"] == "running"

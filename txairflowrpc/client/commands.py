@@ -288,8 +288,9 @@ class _LastKnown:
     so that a pipeline always learns of what exists in Airflow.
     """
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, ending: Callable[[], None] = lambda: None) -> None:
         self._console = console
+        self._ending = ending
         self._value: dict[str, Any] | None = None
         self._printed = False
 
@@ -302,28 +303,41 @@ class _LastKnown:
         if value is not None:
             self._value = value
         if self._value is not None and not self._printed:
-            self._printed = True
+            self._ending()  # the command is ending: a SIGTERM now must not cut the line
             self._console.result(self._value)
+            self._printed = True
 
 
-def _sigterm_interrupts() -> Callable[[], None]:
+class _Termination:
     """
-    Make SIGTERM, which a CI sends when a job is cancelled (GitLab's
-    cancel, a Jenkins abort), end the command as Ctrl-C does, rather than
-    kill it silently; what puts the previous handler back.  Only from the
-    main thread, the one place Python takes a signal handler.
+    SIGTERM, which a CI sends when a job is cancelled (GitLab's cancel, a
+    Jenkins abort), ends the command as Ctrl-C does (`errors.Terminated`),
+    rather than killing it silently: raised at most once, and never once
+    the command is ending (`ending`: printing its result, or winding down
+    after an error), so that nothing cuts short the line a pipeline reads.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
 
-    def terminate(signum: int, frame: Any) -> None:
-        # One wind-down: a second TERM must not cut short the printing of the run.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise errors.Terminated()
+    def __init__(self) -> None:
+        self.ended = False
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    return lambda: signal.signal(signal.SIGTERM,
-                                 previous if previous is not None else signal.SIG_DFL)
+    def ending(self) -> None:
+        self.ended = True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.ended:
+            self.ended = True
+            raise errors.Terminated()
+
+    def install(self) -> Callable[[], None]:
+        """
+        Handle SIGTERM (only from the main thread, the one place Python
+        takes a signal handler); what puts the previous handler back.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.signal(signal.SIGTERM, self)
+        return lambda: signal.signal(signal.SIGTERM,
+                                     previous if previous is not None else signal.SIG_DFL)
 
 
 def run(
@@ -338,31 +352,41 @@ def run(
     """
     environ = os.environ if environ is None else environ
     console = console or Console()
-    known = _LastKnown(console)
-    restore = _sigterm_interrupts()
+    termination = _Termination()
+    known = _LastKnown(console, termination.ending)
+    restore = termination.install()
     try:
-        if args.command == "call":
-            return _call(args, environ, console, connect)
-        if args.command == "backfill":
-            return _backfill(args, environ, console, clock, sleep, rand, connect, known)
-        return _trigger(args, environ, console, clock, sleep, rand, connect, known)
-    except ClientError as e:
-        known.print()
-        console.note(e.message)
-        return e.exit_status
-    except (KeyboardInterrupt, errors.Terminated) as e:
-        known.print()
-        terminated = isinstance(e, errors.Terminated)
-        console.note(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: a run "
-                     f"already triggered or a backfill already created goes on in Airflow")
-        return errors.TERMINATED if terminated else errors.INTERRUPTED
-    except Exception as e:  # a bug of ours: say what, never leak a secret
-        console.note(f"internal error in the client: {type(e).__name__}: {e}")
-        if getattr(args, "verbose", False):
-            console.lines(traceback.format_exc().splitlines())
-        return errors.CLIENT_BUG
+        try:
+            if args.command == "call":
+                return _call(args, environ, console, connect)
+            if args.command == "backfill":
+                return _backfill(args, environ, console, clock, sleep, rand, connect, known)
+            return _trigger(args, environ, console, clock, sleep, rand, connect, known)
+        except ClientError as e:
+            termination.ending()
+            known.print()
+            console.note(e.message)
+            return e.exit_status
+        except (KeyboardInterrupt, errors.Terminated) as e:
+            termination.ending()
+            return _interrupted(console, known, isinstance(e, errors.Terminated))
+        except Exception as e:  # a bug of ours: say what, never leak a secret
+            termination.ending()
+            console.note(f"internal error in the client: {type(e).__name__}: {e}")
+            if getattr(args, "verbose", False):
+                console.lines(traceback.format_exc().splitlines())
+            return errors.CLIENT_BUG
+    except errors.Terminated:  # came as an error was being handled, before it said so
+        return _interrupted(console, known, True)
     finally:
         restore()
+
+
+def _interrupted(console: Console, known: _LastKnown, terminated: bool) -> int:
+    known.print()
+    console.note(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: a run "
+                 f"already triggered or a backfill already created goes on in Airflow")
+    return errors.TERMINATED if terminated else errors.INTERRUPTED
 
 
 def _connect(
@@ -587,7 +611,9 @@ def _backfill(
             found = None  # the search failed: the create's own answer is the one to tell
         if found is None:
             raise refused from None
-        backfill, created = found, False
+        # After a lost answer, the running one found is taken to be this try's (as
+        # `_trigger` says of a run its lost try made); after a 409, an earlier try's.
+        backfill, created = found, lost
         console.note(
             f"{refused.message}; but backfill {backfill.get('id')} of {dag_id} over this "
             f"range with this conf exists (the lost answer's): following it" if lost else

@@ -34,6 +34,9 @@ DEFAULT_CHUNK = 15
 #: call deadline (limits.call_deadline_seconds, 60 by default) comes on top
 #: of the wait, and its poll interval after it.
 ANSWER_MARGIN = 90.0
+#: Seconds before the deadline under which no further look is begun (the
+#: run was seen already): a one-second wait and its answer need that long.
+LAST_LOOK = 2.0
 #: A wait call that comes back unfinished sooner than this (a gateway whose
 #: cap is lower than asked) is followed by a pause: the loop never spins.
 MIN_ROUND = 1.0
@@ -107,11 +110,16 @@ def wait_for_run(
     run: dict[str, Any] | None = None
 
     def one_wait() -> Any:
-        seconds = max(1, min(chunk, math.ceil(deadline - clock())))
+        # The gateway's wait ends a second before the deadline, which also
+        # bounds the socket's (`deadline.Bounded`): else the last look
+        # would be cut short by its own timeout and read as an outage.
+        seconds = max(1, min(chunk, math.floor(deadline - clock()) - 1))
         return gateway.call("wait_dag_run", dag_id, run_id, seconds,
                             timeout=seconds + ANSWER_MARGIN)
 
     while clock() < deadline:
+        if run is not None and deadline - clock() < LAST_LOOK:
+            break  # too little left for a look the deadline would not cut short
         began = clock()
         try:
             answer = call_with_retries(one_wait, backoff=backoff, sleep=sleep, clock=clock,
