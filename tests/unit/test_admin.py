@@ -52,6 +52,20 @@ def served(tls: TLSConfig) -> dict[str, list[x509.Certificate]]:
     return served_certificates(server_options(tls, "optional"))
 
 
+def test_the_client_cas_are_found_whether_certificates_are_required_or_optional() -> None:
+    """
+    Found by the second reader: with them required (the default) the CAs are
+    only in the trust root, under a private name, and no test covered it; a
+    rename would have dropped the tls.client_ca series without a word.
+    """
+    tls = certificates(Path(tempfile.mkdtemp()), 30)
+    ca = x509.load_pem_x509_certificate(tls.client_ca.read_bytes())
+    for mode in ("required", "optional"):
+        found = served_certificates(server_options(tls, mode))
+        assert found["tls.client_ca"] == [ca], mode
+        assert len(found["tls.certificate"]) == 1, mode
+
+
 class HealthTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp())
@@ -118,6 +132,20 @@ class HealthTests(SynchronousTestCase):
         code, body = self.get("/readyz")
         self.assertEqual((code, body["checks"]["certificates"]["ok"]), (200, True))
         self.assertIn("tls.client_ca", body["checks"]["certificates"]["detail"][0])
+
+    def test_an_expired_certificate_further_up_the_chain_fails_nothing(self) -> None:
+        """
+        Found by the second reader: a chain may carry an expired cross-signed
+        root on purpose (clients with a current store pass over it); only the
+        listener's own certificate failing makes every handshake fail.
+        """
+        old = served(certificates(self.dir, 3))["tls.certificate"]
+        self.served = {**self.served,
+                       "tls.certificate": [*self.served["tls.certificate"], *old]}
+        self.clock.advance(4 * 86400)
+        code, body = self.get("/readyz")
+        self.assertEqual((code, body["checks"]["certificates"]["ok"]), (200, True))
+        self.assertIn("expired 1.0 days ago", body["checks"]["certificates"]["detail"][0])
 
     def test_a_probe_that_breaks_is_answered_500_not_left_open(self) -> None:
         self.airflow = lambda: fail(RuntimeError("the probe itself broke"))

@@ -50,19 +50,21 @@ Served = Callable[[], Mapping[str, Sequence[x509.Certificate]]]
 def certificate_check(served: Mapping[str, Sequence[x509.Certificate]], days: int,
                       now: datetime) -> dict[str, Any]:
     """
-    ``/readyz``'s check of the certificates in force: not ok once one of the chain the
-    listener sends (``tls.certificate``) has expired, since clients then refuse every
-    handshake.  Those that expire within ``days``, and client CAs that expired, are named
-    in its detail and fail nothing: the metric and its alert warn of them.
+    ``/readyz``'s check of the certificates in force: not ok once the listener's own
+    certificate (the first of ``tls.certificate``'s chain) has expired, since clients then
+    refuse every handshake.  Those that expire within ``days``, and the chain's other
+    certificates and client CAs that expired, are named in its detail and fail nothing
+    (a chain may carry an expired cross-signed root on purpose, which clients with a
+    current trust store pass over): the metric and its alert warn of them.
     """
     problems, ok = [], True
     for key, certs in served.items():
-        for cert in certs:
+        for index, cert in enumerate(certs):
             left = (cert.not_valid_after_utc - now).total_seconds() / 86400
             name = f"{key}: {cert.subject.rfc4514_string()}"
             if left <= 0:
                 problems.append(f"{name} expired {-left:.1f} days ago")
-                if key == "tls.certificate":
+                if key == "tls.certificate" and index == 0:
                     ok = False
             elif left < days:
                 problems.append(f"{name} expires in {left:.1f} days")
