@@ -180,6 +180,49 @@ class AuthenticationFirstTests(SiteTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
         self.assertEqual(proto.requests[-1].content.getvalue(), b"")
 
+    def test_what_follows_a_pending_sign_in_is_held_not_read_as_its_headers(self) -> None:
+        """
+        Found by review: a request without a body whose sign-in was pending
+        (STS, a key set fetch) stayed in line mode, so every blank line after
+        it was taken for its end of headers and began another sign-in: 64 KB
+        of them began 32,000.
+        """
+        pending: Deferred[Any] = Deferred()
+        calls: list[Any] = []
+
+        def authenticate(request: Any) -> Deferred[Any]:
+            calls.append(request)
+            return pending
+
+        self.site.authenticate = authenticate
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /RPC2 HTTP/1.1\r\nHost: x\r\n\r\n" + b"X-A: 1\r\n\r\n" * 50)
+        self.assertEqual(len(calls), 1)
+        self.assertIsNone(proto.requests[-1].requestHeaders.getRawHeaders(b"x-a"))
+        proto.dataReceived(b"\r\n" * (300 * 1024))  # past what a pending sign-in may hold
+        self.assertTrue(transport.disconnecting)  # aborted: held past its bound
+        self.assertEqual(len(calls), 1)
+
+    def test_a_request_pipelined_behind_a_pending_sign_in_is_served_after_it(self) -> None:
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /RPC2 HTTP/1.1\r\nHost: x\r\n\r\n" + post())
+        self.assertEqual(transport.value(), b"")
+        pending.callback(OPERATOR)
+        answer = transport.value()
+        first, second = answer.split(b"HTTP/1.1 200 OK")[1:]
+        self.assertTrue(first.endswith(b"ci-bot read 0"), answer)
+        self.assertTrue(second.endswith(b"ci-bot read %d" % len(PING)), answer)  # in its turn
+
+    def test_an_overlong_header_line_is_a_recorded_400(self) -> None:
+        """Found by review: LineReceiver dropped the connection without a word or a record."""
+        proto, transport = self.connect()
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        (record,) = self.records()
+        self.assertEqual(record["reason"], "request or header line too long")
+
     def test_two_authorization_headers_are_400(self) -> None:
         proto, transport = self.connect()
         proto.dataReceived(post(headers=b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"))
@@ -588,6 +631,22 @@ class ConnectionTests(SiteTestCase):
             proto.connectionLost(Failure(SSL.Error([("", "", "no certificate")])))
         self.assertEqual([(r["refusal"], r["count"]) for r in self.records()],
                          [("tls_handshake", 1), ("tls_handshake", 29)])
+
+    def test_a_flood_from_many_sources_writes_a_bounded_number_of_records(self) -> None:
+        """
+        Found by review: 12,000 IPv6 /64s (one /50) sending one bad request
+        each wrote 10,000 records at once and 10,000 more a minute later.
+        """
+        from txairflowrpc.gate.refusals import MAX_AT_ONCE, MAX_SOURCES
+
+        for i in range(MAX_SOURCES + 500):
+            self.refusals.note(f"[2001:db8:{i >> 16:x}:{i & 0xffff:x}::1]:5000",
+                               "tls_handshake", {"reason": "no certificate"})
+        self.refusals.flush()
+        records = self.records()
+        self.assertEqual(len(records), MAX_AT_ONCE + (MAX_SOURCES - MAX_AT_ONCE) + 1)
+        self.assertEqual(sum(r["count"] for r in records), MAX_SOURCES + 500)  # all counted
+        self.assertEqual(records[-1]["source"], "*")
 
     def test_a_failed_handshake_flood_is_one_record_per_source_and_minute(self) -> None:
         for i in range(50):

@@ -321,6 +321,9 @@ class GatewayChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._sawRequest = True
         req: GatewayRequest = self.requests[-1]
+        if req._headers_in:  # never so since a pending sign-in holds what follows; kept shut
+            self.refuse(400, "malformed HTTP request")
+            return
         req._headers_in = True
         if len(req.requestHeaders.getRawHeaders(b"authorization", [])) > 1:
             self.refuse(400, "more than one Authorization header")
@@ -375,7 +378,13 @@ class GatewayChannel(http.HTTPChannel):
 
     def allContentReceived(self) -> None:
         if self._holding is not None:
-            self._content_waiting = True  # a request without a body, still being authenticated
+            # A request without a body, still being authenticated.  What comes
+            # next (a pipelined request) is held like a body, bounded, until
+            # the verdict: found by review, in line mode each blank line was
+            # taken for this request's end of headers and began another
+            # sign-in (32,000 from 64 KB while STS was being asked).
+            self._content_waiting = True
+            self.setRawMode()
             return
         self._cancel("_request_timer")
         super().allContentReceived()
@@ -391,11 +400,16 @@ class GatewayChannel(http.HTTPChannel):
             return
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
-        for data in held:
-            self.rawDataReceived(data)
         if self._content_waiting:
+            # The request is whole: it is handled, and what was held after it
+            # is the next requests', buffered by Twisted until this one is done.
             self._content_waiting = False
             self.allContentReceived()
+            for data in held:
+                self.dataReceived(data)
+            return
+        for data in held:
+            self.rawDataReceived(data)
 
     def _keep_out(self, failure: Failure, req: GatewayRequest) -> None:
         self._holding = None
@@ -419,6 +433,7 @@ class GatewayChannel(http.HTTPChannel):
             # The 401 comes at its time, not the request deadline's drop
             # (which may be sooner than the back-off's delay).
             self._cancel("_request_timer")
+            self._cancel("_refusal_timer")
             self._refusal_timer = site.clock.callLater(delay, self._refuse_late, message, headers,
                                                        claimed)
         else:
@@ -446,6 +461,13 @@ class GatewayChannel(http.HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's own 400 (a malformed request line or header, smuggling), recorded."""
         self.refuse(400, "malformed HTTP request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A request or header line past ``MAX_LENGTH``: a recorded 400, where
+        LineReceiver would drop the connection without a word (found by review).
+        """
+        self.refuse(400, "request or header line too long")
 
     def refuse(self, status: int, message: str, headers: dict[bytes, bytes] | None = None,
                claimed: dict[str, str] | None = None) -> None:
