@@ -215,6 +215,42 @@ class AuthenticationFirstTests(SiteTestCase):
         self.assertTrue(first.endswith(b"ci-bot read 0"), answer)
         self.assertTrue(second.endswith(b"ci-bot read %d" % len(PING)), answer)  # in its turn
 
+    def test_a_held_body_and_the_requests_after_it_are_all_served(self) -> None:
+        """
+        Found by the second reader: a body that ended inside what was held
+        was answered at once, and the rest, replayed raw into line mode, met
+        no body decoder: a traceback, and the next request lost.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        head, body = post(b"x" * 10).split(b"\r\n\r\n", 1)
+        proto.dataReceived(head + b"\r\n\r\n")
+        proto.dataReceived(body + b"GET /RPC2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        proto.dataReceived(post(b"z" * 3))
+        pending.callback(OPERATOR)
+        answers = transport.value()
+        self.assertEqual(answers.count(b"HTTP/1.1 200 OK"), 3, answers)
+        self.assertTrue(answers.endswith(b"ci-bot read %d" % len(post(b"z" * 3).split(
+            b"\r\n\r\n", 1)[1])), answers)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_reading_stays_paused_while_a_sign_in_is_pending(self) -> None:
+        """
+        Found by the second reader: a drained send buffer resumed reading
+        (Twisted resumes whenever no request is being handled), and each
+        held chunk summed all the others.
+        """
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /RPC2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        proto.pauseProducing()  # the transport's send buffer filled ...
+        proto.resumeProducing()  # ... and drained
+        self.assertEqual(transport.producerState, "paused")
+        pending.callback(OPERATOR)
+        self.assertEqual(transport.producerState, "producing")
+
     def test_an_overlong_header_line_is_a_recorded_400(self) -> None:
         """Found by review: LineReceiver dropped the connection without a word or a record."""
         proto, transport = self.connect()

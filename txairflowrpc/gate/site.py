@@ -259,6 +259,8 @@ class GatewayChannel(http.HTTPChannel):
     _counted = False
     #: Body bytes that arrived while the caller was being authenticated.
     _holding: list[bytes] | None = None
+    #: Their size (kept as they come: summing them per chunk was quadratic).
+    _held_bytes = 0
     _content_waiting = False
     #: Answered with a refusal: what still comes is read and dropped.
     _refusing = False
@@ -313,7 +315,8 @@ class GatewayChannel(http.HTTPChannel):
             return
         if self._holding is not None:
             self._holding.append(data)
-            if sum(map(len, self._holding)) > _HOLD_BYTES:
+            self._held_bytes += len(data)
+            if self._held_bytes > _HOLD_BYTES:
                 self.transport.abortConnection()
             return
         super().rawDataReceived(data)
@@ -344,7 +347,7 @@ class GatewayChannel(http.HTTPChannel):
         d = maybeDeferred(self.gateway.authenticate, req)
         d.addCallback(self._remember, req, version)
         if not d.called:
-            self._holding = []
+            self._holding, self._held_bytes = [], 0
             self._networkProducer.pauseProducing()
         d.addCallbacks(self._let_in, self._keep_out, (req, expect), None, (req,))
         d.addErrback(lambda f: _log.failure("admitting a request failed", f))
@@ -405,11 +408,26 @@ class GatewayChannel(http.HTTPChannel):
             # is the next requests', buffered by Twisted until this one is done.
             self._content_waiting = False
             self.allContentReceived()
-            for data in held:
-                self.dataReceived(data)
-            return
+        # Through the parser in whatever mode it is in by then: a body that
+        # ends inside the held bytes may be answered at once, and what
+        # follows it is a next request's, in line mode (found by review:
+        # replayed raw, it met no body decoder and was lost).
         for data in held:
-            self.rawDataReceived(data)
+            self.dataReceived(data)
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained its send buffer.  While a sign-in is pending
+        reading stays paused (Twisted's resumes it whenever no request is
+        being handled, and a pending sign-in's request is not yet): what is
+        held stays bounded by the pause, not only by `_HOLD_BYTES`.
+        """
+        if self._holding is None:
+            super().resumeProducing()
+            return
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
 
     def _keep_out(self, failure: Failure, req: GatewayRequest) -> None:
         self._holding = None
@@ -576,6 +594,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
+        self._holding = None  # nobody will read it: freed before a slow sign-in ends
         for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer",
                      "_refusal_timer", "_answer_timer"):
             self._cancel(name)
