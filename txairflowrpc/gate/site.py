@@ -257,7 +257,8 @@ class GatewayChannel(http.HTTPChannel):
     _lost = False
     _sawRequest = False
     _counted = False
-    #: Body bytes that arrived while the caller was being authenticated.
+    #: What arrived while the caller was being authenticated (its body, or the
+    #: requests pipelined after a request without one), at most `_HOLD_BYTES`.
     _holding: list[bytes] | None = None
     #: Their size (kept as they come: summing them per chunk was quadratic).
     _held_bytes = 0
