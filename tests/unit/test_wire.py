@@ -106,10 +106,10 @@ def test_printable_text_never_holds_what_xml_forbids() -> None:
     # The response writer passes printable text through untouched and cleans
     # only the rest: that is safe only if no printable code point is one XML
     # 1.0 forbids.  Every code point is checked.
-    from txairflowrpc.gate.wire import _NOT_XML
+    from txairflowrpc.core.xmlchars import NOT_IN_XML
 
     printable_forbidden = [hex(cp) for cp in range(0x110000)
-                           if chr(cp).isprintable() and _NOT_XML.match(chr(cp))]
+                           if chr(cp).isprintable() and NOT_IN_XML.match(chr(cp))]
     assert printable_forbidden == []
     body = dump_response({"k\x01ey": "tab\tnew\nline\x02 \u2028 ok"})
     assert xmlrpc.client.loads(body)[0] == ({"key": "tab\tnew\nline \u2028 ok"},)

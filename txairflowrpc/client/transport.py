@@ -32,9 +32,9 @@ from typing import Any, Protocol
 from xml.sax.saxutils import escape
 
 from .. import __version__
+from ..core.xmlchars import NOT_IN_XML
 from .errors import BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError
 from .settings import Settings
-from .values import NOT_IN_XML
 
 USER_AGENT = f"airflowrpc-client/{__version__} (Python xmlrpc.client)"
 EXTENSIONS = "nil, i8"

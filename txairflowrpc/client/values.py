@@ -11,7 +11,9 @@ the JSON value from a file (``@-``: standard input).
 
 JSON's null goes out as ``<nil/>`` (the gateway reads it as "not given"),
 integers beyond 32 bits as ``<i8>``; NaN, Infinity, integers beyond 64
-bits and strings holding a character XML 1.0 has no place for (`NOT_IN_XML`)
+bits and strings holding a character XML 1.0 has no place for
+(`txairflowrpc.core.xmlchars.NOT_IN_XML`: the gateway would refuse the
+request as not well-formed, -32700, which a pipeline takes for an outage)
 cannot be sent and are refused here, naming where they are.  ``@FILE`` and
 ``@-`` are read as UTF-8, as JSON is (RFC 8259), whatever the locale.
 """
@@ -27,17 +29,12 @@ from pathlib import Path
 from typing import IO, Any
 from xmlrpc.client import Binary, DateTime
 
+from ..core.xmlchars import NOT_IN_XML
 from .errors import UsageError
 
 _I8_MIN, _I8_MAX = -(2**63), 2**63 - 1
 #: Nesting deeper than this is refused (the gateway refuses 16+ in conf).
 MAX_DEPTH = 32
-#: What XML 1.0 cannot carry at all, not even as a character reference:
-#: the C0 controls but tab, line feed and carriage return, U+FFFE, U+FFFF
-#: and lone surrogates (JSON's ``"\ud83d"``, or an undecodable byte of the
-#: command line).  The gateway refuses such a request as not well-formed
-#: (-32700), which a pipeline would take for an outage and retry.
-NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _no_constant(name: str) -> Any:

@@ -28,6 +28,7 @@ from xml.parsers import expat
 from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps, escape
 
 from ..core import errors
+from ..core.xmlchars import NOT_IN_XML
 
 #: Deeper element nesting than this is refused.  A methodCall with a
 #: struct inside an array inside a param is already 9 deep.
@@ -50,8 +51,6 @@ MAX_TEXT = 256 * 1024
 MAX_RESULT_DEPTH = 32
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-# Characters XML 1.0 does not allow, which no client could parse.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class _Refused(Exception):
@@ -494,7 +493,7 @@ def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
     depth -= 1
     if isinstance(value, str):
         # Printable text holds none of what XML forbids; the rest is cleaned.
-        return value if value.isprintable() else _NOT_XML.sub("", value)
+        return value if value.isprintable() else NOT_IN_XML.sub("", value)
     if isinstance(value, bool) or isinstance(value, DateTime):
         return value
     if isinstance(value, float):
@@ -509,7 +508,7 @@ def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
             if item is None and not nil:
                 continue
             try:
-                key = key if isinstance(key, str) and key.isprintable() else _NOT_XML.sub(
+                key = key if isinstance(key, str) and key.isprintable() else NOT_IN_XML.sub(
                     "", str(key))
                 out[key] = _render(item, nil, i8, depth)
             except _Unrepresentable:
