@@ -23,8 +23,9 @@ A write that neither ends nor fails (an fsync on a stuck disk or a hung
 network volume) counts as failing once it has run ``stall_seconds``: its
 records' callers are answered `errors.AuditUnavailable`, `failed` says the
 write has stalled, and new records queue behind it.  If it ends after all,
-its records are on disk although their callers were told otherwise, so an
-``audit.late`` record follows them naming their request ids.
+its records are on disk although their callers were told otherwise, so
+``audit.late`` records follow them naming their request ids (records queued
+behind it meanwhile carry ``late``, as after a failed write).
 """
 
 from __future__ import annotations
@@ -171,8 +172,7 @@ class AuditLog:
             self.dropped += 1
             self.dropped_total += 1
             return fail(errors.AuditUnavailable())
-        record = {"time": iso_micro(self._clock.seconds()), "instance": self.instance}
-        record.update(fields)
+        record = self._stamped(fields)
         if droppable:
             self._droppable.add(id(record))
         if self._abandoned:
@@ -240,6 +240,10 @@ class AuditLog:
             if record is not None:
                 self._queue[i] = (self._late_record(record), _orphan())
                 d.errback(errors.AuditUnavailable())
+
+    def _stamped(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A record of ``fields``, after the time and instance every record starts with."""
+        return {"time": iso_micro(self._clock.seconds()), "instance": self.instance, **fields}
 
     @staticmethod
     def _late_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -332,11 +336,11 @@ class AuditLog:
         ids = list(dict.fromkeys(str(r["request_id"]) for r in records if r.get("request_id")))
         _log.warn("audit log write ended after it was given up on: {n} records written late",
                   n=len(records))
-        now = iso_micro(self._clock.seconds())
-        notes = [{"time": now, "instance": self.instance, "event": "audit.late",
-                  "records": len(records), "request_ids": ids[i:i + MAX_LATE_IDS],
-                  "reason": "written after their callers were answered that the audit trail "
-                            "was unavailable (the write had stalled)"}
+        notes = [self._stamped({
+                     "event": "audit.late", "records": len(records),
+                     "request_ids": ids[i:i + MAX_LATE_IDS],
+                     "reason": "written after their callers were answered that the audit "
+                               "trail was unavailable (the write had stalled)"})
                  for i in range(0, max(len(ids), 1), MAX_LATE_IDS)]
         # Ahead of what queued meanwhile: next to the records they speak of.
         self._queue[:0] = [(note, _orphan()) for note in notes]
