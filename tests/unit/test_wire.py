@@ -368,3 +368,55 @@ def test_a_carriage_return_arrives_as_itself() -> None:
     body = dump_response({"note": "line one\r\nline two\r"})
     assert b"\r" not in body
     assert xmlrpc.client.loads(body)[0][0]["note"] == "line one\r\nline two\r"
+
+
+class _StdlibMarshaller(xmlrpc.client.Marshaller):
+    """The stdlib's writer, with the gateway's ``<i8>`` and ``&#13;``: what
+    `dump_response` wrote before it had its own writer, kept as its oracle."""
+
+    dispatch = dict(xmlrpc.client.Marshaller.dispatch)
+
+    def dump_i8(self, value: int, write: object) -> None:
+        write("<value><i8>")  # type: ignore[operator]
+        write(str(int(value)))  # type: ignore[operator]
+        write("</i8></value>\n")  # type: ignore[operator]
+
+    def dump_unicode(self, value: str, write: object, escape: object = xmlrpc.client.escape) -> None:
+        write("<value><string>")  # type: ignore[operator]
+        write(xmlrpc.client.escape(value).replace("\r", "&#13;"))  # type: ignore[operator]
+        write("</string></value>\n")  # type: ignore[operator]
+
+    dispatch[str] = dump_unicode
+
+
+def _stdlib_response(result: object, extensions: frozenset[str]) -> bytes:
+    from txairflowrpc.gate.wire import _I8, to_xmlrpc
+
+    marshaller = _StdlibMarshaller("utf-8", allow_none="nil" in extensions)
+    marshaller.dispatch[_I8] = _StdlibMarshaller.dump_i8
+    body = marshaller.dumps((to_xmlrpc(result, extensions),))
+    return ("<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n").encode()
+
+
+@pytest.mark.parametrize("extensions", [frozenset(), frozenset({"nil"}), frozenset({"i8"}),
+                                        frozenset({"nil", "i8"})])
+def test_the_response_writer_writes_what_the_stdlib_marshaller_writes(
+    extensions: frozenset[str],
+) -> None:
+    import json
+
+    deep = json.loads("[" * 50 + '{"a": 1}' + "]" * 50)
+    results = [
+        "plain", "", "a & b < c > d \r\n \t é \u2028 \U0001f600 x\x00y", 0, -1, 2**31 - 1,
+        -(2**31), 2**31, -(2**31) - 1, 2**63, -(2**63), 2**70, True, False, 1.5, -0.0, 1e300,
+        float("nan"), float("inf"), None, [], {}, [1, "a", [2, [3]]], [1, None],
+        {"k&<>\r": "v", "n": None, "l": [None], "e": {}, "deep": deep, "big": 2**40},
+        {"k\x01ey": "\x02", "key": "second"},
+        xmlrpc.client.DateTime("20261128T06:00:00"), {"when": xmlrpc.client.DateTime("20261128T06:00:00")},
+        ("a", 1, (2.5,)), {"dag_run_id": "r", "conf": {"day": "2026-11-26", "attempt": 1}},
+        object(), {1: "int key", "k": (None,), "m": [{"x": [1, [None]]}], "ok": [[]]},
+        {"a\x00": 1, "a": 2, "b": [1, {"c": None}]}, [{"a": None}, ({},)],
+        json.loads("{" + '"a": {' * 40 + "}" * 41), [[None, 1], 2],
+    ]
+    for result in results:
+        assert dump_response(result, extensions) == _stdlib_response(result, extensions), result

@@ -25,7 +25,7 @@ import re
 import time
 from typing import Any, Callable
 from xml.parsers import expat
-from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps, escape
+from xmlrpc.client import Binary, DateTime, Fault, dumps, escape
 
 from ..core import errors
 from ..core.xmlchars import NOT_IN_XML
@@ -442,26 +442,6 @@ class _I8(int):
     """An integer written as ``<i8>``."""
 
 
-class _Marshaller(Marshaller):
-    dispatch = dict(Marshaller.dispatch)
-
-    def dump_i8(self, value: int, write: Any) -> None:
-        write("<value><i8>")
-        write(str(int(value)))
-        write("</i8></value>\n")
-
-    dispatch[_I8] = dump_i8
-
-    def dump_unicode(self, value: str, write: Any, escape: Any = escape) -> None:
-        # A raw carriage return would reach the caller as a line feed: XML
-        # parsers normalise line ends; a character reference is kept.
-        write("<value><string>")
-        write(escape(value).replace("\r", "&#13;"))
-        write("</string></value>\n")
-
-    dispatch[str] = dump_unicode
-
-
 class _Unrepresentable(Exception):
     """A value this caller's XML-RPC cannot carry (a null inside an array)."""
 
@@ -527,9 +507,105 @@ def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
 
 def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> bytes:
     """A ``methodResponse`` holding ``result``, written for the caller's ``extensions``."""
-    marshaller = _Marshaller("utf-8", allow_none="nil" in extensions)
-    body = marshaller.dumps((to_xmlrpc(result, extensions),))
-    return ("<?xml version='1.0'?>\n<methodResponse>\n" + body + "</methodResponse>\n").encode()
+    out = ["<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"]
+    try:
+        _emit(result, "nil" in extensions, "i8" in extensions, MAX_RESULT_DEPTH, out)
+    except _Unrepresentable:
+        del out[1:]
+        _write("", out)
+    out.append("</param>\n</params>\n</methodResponse>\n")
+    return "".join(out).encode()
+
+
+def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
+    """
+    `_write` of `to_xmlrpc`'s ``value``, in one pass for the values results
+    are made of (no copy of the result is built); anything else, and a
+    struct with a key to clean (two keys may become one), goes the long way.
+    Raises `_Unrepresentable` where `_render` does; what was appended of
+    the value by then is taken back by the struct member (or the result)
+    that holds it.
+    """
+    kind = type(value)
+    if kind is str:
+        if not value.isprintable():
+            value = NOT_IN_XML.sub("", value)
+        out += ("<value><string>", escape(value).replace("\r", "&#13;"), "</string></value>\n")
+    elif kind is dict and depth > 0:
+        start = len(out)
+        out.append("<value><struct>\n")
+        for key, item in value.items():
+            if item is None and not nil:
+                continue
+            if type(key) is not str or not key.isprintable():
+                del out[start:]
+                _write(_render(value, nil, i8, depth), out)
+                return
+            member = len(out)
+            out += ("<member>\n<name>", escape(key), "</name>\n")
+            try:
+                _emit(item, nil, i8, depth - 1, out)
+            except _Unrepresentable:
+                del out[member:]
+                continue
+            out.append("</member>\n")
+        out.append("</struct></value>\n")
+    elif kind is int and _INT_MIN <= value <= _INT_MAX:
+        out += ("<value><int>", str(value), "</int></value>\n")
+    elif kind is float and math.isfinite(value):
+        out += ("<value><double>", repr(value), "</double></value>\n")
+    elif (kind is list or kind is tuple) and depth > 0:
+        # A null in it raises: the struct member (or the result) holding
+        # the array takes back what was written of it.
+        out.append("<value><array><data>\n")
+        for item in value:
+            _emit(item, nil, i8, depth - 1, out)
+        out.append("</data></array></value>\n")
+    elif value is None:
+        if not nil:
+            raise _Unrepresentable()
+        out.append("<value><nil/></value>")
+    else:
+        _write(_render(value, nil, i8, depth), out)
+
+
+def _write(value: Any, out: list[str]) -> None:
+    """
+    Append the ``<value>`` of ``value``, a result made safe by `to_xmlrpc`,
+    to ``out``: what the stdlib's `xmlrpc.client.Marshaller` writes for it,
+    character for character (a test compares them), with ``<i8>`` for an
+    `_I8` and a carriage return as ``&#13;``, in less time.
+    """
+    kind = type(value)
+    if kind is str:
+        out += ("<value><string>", escape(value).replace("\r", "&#13;"), "</string></value>\n")
+    elif kind is dict:
+        out.append("<value><struct>\n")
+        for key, item in value.items():
+            out += ("<member>\n<name>", escape(key), "</name>\n")
+            _write(item, out)
+            out.append("</member>\n")
+        out.append("</struct></value>\n")
+    elif kind is int:
+        out += ("<value><int>", str(value), "</int></value>\n")
+    elif kind is bool:
+        out.append("<value><boolean>1</boolean></value>\n" if value
+                   else "<value><boolean>0</boolean></value>\n")
+    elif kind is float:
+        out += ("<value><double>", repr(value), "</double></value>\n")
+    elif kind is list:
+        out.append("<value><array><data>\n")
+        for item in value:
+            _write(item, out)
+        out.append("</data></array></value>\n")
+    elif value is None:
+        out.append("<value><nil/></value>")
+    elif kind is _I8:
+        out += ("<value><i8>", str(int(value)), "</i8></value>\n")
+    elif kind is DateTime:
+        out += ("<value><dateTime.iso8601>", value.value, "</dateTime.iso8601></value>\n")
+    else:  # not a value `to_xmlrpc` makes
+        raise TypeError(f"cannot write {kind.__name__} as XML-RPC")
 
 
 #: Longest fault string sent: a bound on what any fault can echo.
