@@ -54,7 +54,7 @@ from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient, Changes
-from ..upstream.transport import CachedEndpoints
+from ..upstream.transport import PooledAgent
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked, served_certificates
@@ -132,7 +132,7 @@ class _PoolService(service.Service):
 
 class AccountPools:
     """
-    A connection pool, and the `Agent` over it, for each Airflow account
+    A connection pool, and the `PooledAgent` over it, for each Airflow account
     the callers use: an account's connections are its own, and so is the
     limit on them (``airflow.max_connections``).  ``pools`` holds every
     pool in use, the service account's first.
@@ -158,7 +158,7 @@ class AccountPools:
 
 
 def pooled_agent(reactor: Any, pool: HTTPConnectionPool) -> IAgent:
-    return Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor), pool=pool)
+    return PooledAgent(reactor, pool)
 
 
 class AuditService(service.Service):
@@ -516,7 +516,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     owner = claim_chain(cfg.audit)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = cfg.airflow.max_connections
-    # Airflow's client speaks to the Agent itself; treq serves the rest
+    # Airflow's client speaks to the PooledAgent itself; treq serves the rest
     # (key sets, STS), where a request now and then may cost more.
     agent = pooled_agent(reactor, pool)
     pools = AccountPools(reactor, pool, cfg.airflow.max_connections)

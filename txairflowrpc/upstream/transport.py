@@ -7,8 +7,9 @@ hyperlink and IDNA, a cookie jar, a redirect agent, a content-decoding
 agent, a Content-Type parse per response; and `Agent` itself made a new
 endpoint, with its own IDNA encoding of the host, for every request.
 Airflow's API needs none of it.  Here the base URL is parsed once, the
-endpoint to Airflow is made once (`CachedEndpoints`), the header values are
-bytes built once per token, and the body and the query are bytes.
+endpoint to Airflow is made once (`CachedEndpoints`), no request's URL is
+parsed again (`PooledAgent`), the header values are bytes built once per
+token, and the body and the query are bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
-from twisted.web.client import URI
+from twisted.web._newclient import Request  # what Agent sends; twisted.web.client uses it too
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
@@ -87,6 +89,53 @@ class CachedEndpoints:
                 endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
             endpoint = self._made[key] = endpoint
         return endpoint
+
+
+_SCHEMES = (b"http://", b"https://")
+#: URLs ending so are not sent as they are by `Agent` (an empty query is dropped, space stripped).
+_PLAIN_UNLESS = (b"?", b" ", b"\t", b"\r", b"\n")
+
+
+@implementer(IAgent)
+class PooledAgent:
+    """
+    `Agent` over ``pool`` for the URLs the gateway makes, without parsing
+    each one: the scheme and host part is parsed once (the key and endpoint
+    of its connections), the rest is sent as it is.  Through `Agent`, the
+    URL's parse and its origin form cost about 8 µs of every request on
+    this path (twice that under load).  A URL it does not take apart
+    plainly (no path, a fragment, an empty query) or a request without a
+    Host header goes through `Agent` itself; the request it writes is
+    `Agent`'s, byte for byte (a test compares them).
+    """
+
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+        self._endpoints = CachedEndpoints(reactor)
+        self._agent = Agent.usingEndpointFactory(reactor, self._endpoints, pool=pool)
+        self._origins: dict[bytes, tuple[tuple[bytes, bytes, int], IStreamClientEndpoint]] = {}
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[Any]:
+        path = uri.find(b"/", 8)  # after "https://" (or "http://" and a host)
+        if (path < 0 or not uri.startswith(_SCHEMES) or b"?" in uri[:path] or b"#" in uri
+                or uri.endswith(_PLAIN_UNLESS) or headers is None
+                or not headers.hasHeader(b"host")):
+            return self._agent.request(method, uri, headers, bodyProducer)
+        origin = self._origins.get(uri[:path])
+        if origin is None:
+            parsed = URI.fromBytes(uri[:path])
+            if len(self._origins) > 8:
+                self._origins.clear()
+            origin = self._origins[uri[:path]] = (
+                (parsed.scheme, parsed.host, parsed.port), self._endpoints.endpointForURI(parsed))
+        key, endpoint = origin
+        target, persistent = uri[path:], self._pool.persistent
+        return self._pool.getConnection(key, endpoint).addCallback(
+            lambda protocol: protocol.request(
+                Request(method, target, headers, bodyProducer, persistent)))
 
 
 class Transport:
