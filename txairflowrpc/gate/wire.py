@@ -5,7 +5,9 @@ XML-RPC on the wire: parsing requests safely and writing responses.
 or an external reference is refused outright (so no entity is ever
 expanded: no billion laughs, no quadratic blow-up, no XXE), nesting is
 capped, and every problem is a `ParseError` or `InvalidRequest` whose text
-is the gateway's own, never expat's.
+is the gateway's own, never expat's.  A plain call (scalar params in
+UTF-8, nothing in it that XML would change) is read by a regular expression
+instead, in a quarter of the time, to the same result (`_flat_call`).
 
 `dump_response` and `dump_fault` write what any client can read: a missing
 value is left out of its struct (never ``<nil/>``), integers beyond XML-RPC's
@@ -331,6 +333,15 @@ def parse_call(
     long, or a double that is not finite.
     """
     body = _as_utf8(body, charset)
+    if len(body) <= _FLAT_MAX_BYTES and max_depth >= _FLAT_DEPTH:
+        flat = _flat_call(body)
+        if flat is not None:
+            return flat
+    return _read_call(body, max_depth)
+
+
+def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
+    """`parse_call` of a body in UTF-8 or naming its own encoding, by expat and `_CallReader`."""
     reader = _CallReader(max_depth)
     parser = expat.ParserCreate(None, None)
     parser.StartElementHandler = reader.start
@@ -359,6 +370,56 @@ def parse_call(
     if not isinstance(method, str) or not method:
         raise errors.InvalidRequest("it has no methodName")
     return method, tuple(reader.params or ())
+
+
+#: The longest request `_flat_call` reads, and the nesting of what it reads.
+_FLAT_MAX_BYTES = 8192
+_FLAT_DEPTH = 5
+#: A param whose value is text (typed or not) that reads as itself in XML:
+#: no markup, no reference, no CR (a parser turns CR LF into LF) and no
+#: ``>`` (``]]>`` is refused in text).  Possessive: nothing is tried twice.
+_FLAT_PARAM = re.compile(
+    r"<param>[ \t\n]*+<value>(?:[ \t\n]*+<(string|int|i4|i8|boolean|double)>([^<>&\r]*+)</\1>"
+    r"[ \t\n]*+|([^<>&\r]*+))</value>[ \t\n]*+</param>")
+#: A methodCall of such params in UTF-8, as Python's ``xmlrpc.client`` and
+#: the gateway's own client write one for every method but those taking a
+#: struct or an array.
+_FLAT_CALL = re.compile(
+    r"(?:<\?xml version=(['\"])1\.0\1(?: encoding=(['\"])[Uu][Tt][Ff]-8\2)?\?>)?[ \t\n]*+"
+    r"<methodCall>[ \t\n]*+<methodName>([A-Za-z0-9_.]{1,200})</methodName>[ \t\n]*+"
+    r"(?:<params>((?:[ \t\n]*+<param>[ \t\n]*+<value>(?:[ \t\n]*+"
+    r"<(string|int|i4|i8|boolean|double)>[^<>&\r]*+</\5>[ \t\n]*+|[^<>&\r]*+)</value>"
+    r"[ \t\n]*+</param>)*+)[ \t\n]*+</params>[ \t\n]*+)?</methodCall>[ \t\n]*+")
+
+
+def _flat_call(body: bytes) -> tuple[str, tuple[Any, ...]] | None:
+    """
+    The call in ``body`` if it is a plain one (`_FLAT_CALL`), read without
+    expat in a fraction of the time; None for anything else, and for
+    anything it cannot read, which the full reader then reads or refuses
+    with its own error.  What it returns is what the full reader returns
+    (a test compares them, on generated and mutated calls).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if NOT_IN_XML.search(text) is not None:
+        return None
+    call = _FLAT_CALL.fullmatch(text)
+    if call is None:
+        return None
+    params: list[Any] = []
+    found = call.group(4) or ""
+    try:
+        for param in _FLAT_PARAM.finditer(found):
+            kind, typed, untyped = param.groups()
+            params.append(untyped if kind is None else _CONVERT[kind](typed))
+    except (_Refused, ValueError, TypeError, OverflowError):  # the full reader says why
+        return None
+    if len(params) != found.count("<param>"):
+        return None  # cannot be (the same pattern matched each), but never a param lost
+    return call.group(3), tuple(params)
 
 
 #: An XML declaration naming an encoding (XML's EncName), in an ASCII-compatible body.
