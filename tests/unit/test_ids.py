@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import string
+from urllib.parse import quote
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txairflowrpc.core.ids import id_problem, path
 
@@ -28,3 +33,17 @@ def test_invalid_ids(kind: str, value: object) -> None:
 
 def test_path_encodes_each_segment() -> None:
     assert path("dags", "a/b", "dagRuns", "x+y:z") == "dags/a%2Fb/dagRuns/x%2By%3Az"
+
+
+_ALPHABET = st.sampled_from(list("aZ09_.-~:+/ %é\n\x00") + ["..", "a" * 125])
+
+
+@given(st.sampled_from(["dag_id", "task_id", "dag_run_id"]),
+       st.one_of(st.lists(_ALPHABET, max_size=12).map("".join), st.text(max_size=260)))
+@settings(max_examples=600, deadline=None)
+def test_the_one_match_agrees_with_the_rules(kind: str, value: str) -> None:
+    allowed = set(string.ascii_letters + string.digits + "_.-"
+                  + ("~:+" if kind == "dag_run_id" else ""))
+    valid = (0 < len(value) <= 250 and set(value) <= allowed and set(value) != {"."})
+    assert (id_problem(kind, value) is None) == valid
+    assert path("dags", value) == "dags/" + quote(value, safe="")

@@ -17,8 +17,10 @@ from urllib.parse import quote
 
 MAX_ID_LENGTH = 250
 
-_KEY = re.compile(r"[A-Za-z0-9_.-]+\Z")
-_RUN_ID = re.compile(r"[A-Za-z0-9_.~:+-]+\Z")
+_KEY_CHARS = r"[A-Za-z0-9_.-]"
+_RUN_ID_CHARS = r"[A-Za-z0-9_.~:+-]"
+_KEY = re.compile(_KEY_CHARS + r"+\Z")
+_RUN_ID = re.compile(_RUN_ID_CHARS + r"+\Z")
 _ONLY_DOTS = re.compile(r"\.+\Z")
 
 #: What each kind of id may contain, in words for fault messages.
@@ -31,6 +33,14 @@ _RULES = {
 
 #: The kinds of id there are.
 KINDS = tuple(_RULES)
+#: A valid id of each kind, in one match: the rules above together.
+_VALID = {
+    kind: re.compile(rf"(?!\.+\Z){chars}{{1,{MAX_ID_LENGTH}}}\Z")
+    for kind, chars in (("dag_id", _KEY_CHARS), ("task_id", _KEY_CHARS),
+                        ("dag_run_id", _RUN_ID_CHARS))
+}
+#: What `quote` leaves as it is (with ``safe=""``).
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
 
 def id_problem(kind: str, value: object) -> str | None:
@@ -40,6 +50,8 @@ def id_problem(kind: str, value: object) -> str | None:
     ``kind`` is ``"dag_id"``, ``"task_id"`` or ``"dag_run_id"``.  The answer
     never echoes the value: it may be hostile or huge.
     """
+    if type(value) is str and _VALID[kind].match(value):
+        return None  # the common case, in one match; what follows says what is wrong
     pattern, allowed = _RULES[kind]
     if not isinstance(value, str):
         return f"{kind} must be a string"
@@ -59,7 +71,7 @@ def path(*segments: str) -> str:
     Each segment is percent-encoded on its own, so even a segment that got
     past validation cannot add a ``/`` to the path.
     """
-    return "/".join(quote(s, safe="") for s in segments)
+    return "/".join(s if _UNQUOTED.match(s) else quote(s, safe="") for s in segments)
 
 
 def mapped(map_index: int | None) -> str:
