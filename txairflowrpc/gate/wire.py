@@ -372,8 +372,9 @@ def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
     return method, tuple(reader.params or ())
 
 
-#: The longest request `_flat_call` reads, and the nesting of what it reads.
-_FLAT_MAX_BYTES = 8192
+#: The longest request `_flat_call` reads (past about 1 KiB its three
+#: linear scans cost more than expat's one), and the nesting of what it reads.
+_FLAT_MAX_BYTES = 1024
 _FLAT_DEPTH = 5
 #: A param whose value is text (typed or not) that reads as itself in XML:
 #: no markup, no reference, no CR (a parser turns CR LF into LF) and no
@@ -398,7 +399,9 @@ def _flat_call(body: bytes) -> tuple[str, tuple[Any, ...]] | None:
     expat in a fraction of the time; None for anything else, and for
     anything it cannot read, which the full reader then reads or refuses
     with its own error.  What it returns is what the full reader returns
-    (a test compares them, on generated and mutated calls).
+    (a test compares them, on generated and mutated calls), given what
+    `parse_call` gives it: it applies no limit of its own, and the length
+    and depth of a body within `_FLAT_MAX_BYTES` are within every limit.
     """
     try:
         text = body.decode("utf-8")
@@ -584,8 +587,8 @@ def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
     are made of (no copy of the result is built); anything else, and a
     struct with a key to clean (two keys may become one), goes the long way.
     Raises `_Unrepresentable` where `_render` does; what was appended of
-    the value by then is taken back by the struct member (or the result)
-    that holds it.
+    the value by then (an array's elements before a deeper one's null) is
+    taken back by the struct member (or the result) that holds it.
     """
     kind = type(value)
     if kind is str:
@@ -593,15 +596,14 @@ def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
             value = NOT_IN_XML.sub("", value)
         out += ("<value><string>", escape(value).replace("\r", "&#13;"), "</string></value>\n")
     elif kind is dict and depth > 0:
-        start = len(out)
+        if not all(type(key) is str and key.isprintable() for key in value):
+            # Looked at before a member is written: nothing is written twice.
+            _write(_render(value, nil, i8, depth), out)
+            return
         out.append("<value><struct>\n")
         for key, item in value.items():
             if item is None and not nil:
                 continue
-            if type(key) is not str or not key.isprintable():
-                del out[start:]
-                _write(_render(value, nil, i8, depth), out)
-                return
             member = len(out)
             out += ("<member>\n<name>", escape(key), "</name>\n")
             try:
@@ -616,8 +618,10 @@ def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
     elif kind is float and math.isfinite(value):
         out += ("<value><double>", repr(value), "</double></value>\n")
     elif (kind is list or kind is tuple) and depth > 0:
-        # A null in it raises: the struct member (or the result) holding
-        # the array takes back what was written of it.
+        # A null in it, looked for first as `_render` does: the struct
+        # member (or the result) holding the array goes.
+        if not nil and any(item is None for item in value):
+            raise _Unrepresentable()
         out.append("<value><array><data>\n")
         for item in value:
             _emit(item, nil, i8, depth - 1, out)
