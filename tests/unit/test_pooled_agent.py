@@ -70,6 +70,11 @@ def agent(reactor: Any, pool: Pool) -> Agent:
     (b"GET", b"http://airflow:8080/a#b", HOSTED, None, False),
     (b"GET", b"http://airflow:8080/a?", HOSTED, None, False),
     (b"GET", b" http://airflow:8080/a ", HOSTED, None, False),
+    # Empty parameters (urlparse drops the ';'), an empty host, space Agent strips.
+    (b"GET", b"http://airflow:8080/api/v2/dags/x;", HOSTED, None, False),
+    (b"GET", b"http://airflow:8080/api/v2/dags/x;?limit=5", HOSTED, None, False),
+    (b"GET", b"http:///api/v2/version", HOSTED, None, False),
+    (b"GET", b"http://airflow:8080/api/v2/dags/x\x0b", HOSTED, None, False),
 ])
 def test_it_writes_the_request_agent_writes(
     method: bytes, uri: bytes, headers: Headers | None, body: bytes | None, plain: bool,
@@ -99,3 +104,27 @@ def test_one_endpoint_per_origin_and_the_answer_read() -> None:
     other = agent.request(b"GET", b"http://other:9090/x", Headers({b"Host": [b"other:9090"]}))
     assert pool.asked[2][0] == (b"http", b"other", 9090)
     other.cancel()
+
+
+@pytest.mark.parametrize(("method", "uri"), [
+    (b"GET", b"http://airflow:8080/api/v2/dags/a b"),
+    (b"GET", b"http://airflow:8080/api/v2/dags/\xc3\xa9"),
+    (b"GET", b"http://airflow:8080/api/v2/dags/a\x7f"),
+    (b"G T", b"http://airflow:8080/api/v2/dags/a"),
+])
+def test_what_agent_refuses_is_refused_before_a_connection_is_taken(
+    method: bytes, uri: bytes,
+) -> None:
+    outcomes = []
+    for agent_for in (agent, PooledAgent):
+        pool = Pool()
+        try:
+            d = agent_for(MemoryReactorClock(), pool).request(method, uri, HOSTED)
+        except ValueError:
+            outcomes.append("raised")
+        else:
+            failures: list[Any] = []
+            d.addErrback(failures.append)
+            outcomes.append(f"failed {failures[0].type.__name__}" if failures else "pending")
+        assert pool.asked == []
+    assert outcomes == ["raised", "raised"]
