@@ -144,7 +144,7 @@ class PooledAgent:
 
 class Transport:
     """
-    HTTP exchanges with one Airflow through an `IAgent` (a pooled `Agent`
+    HTTP exchanges with one Airflow through an `IAgent` (a `PooledAgent`
     in production, treq's in-memory agent in tests).
 
     :param base_url: Airflow's base URL, e.g. ``http://127.0.0.1:8080``.
