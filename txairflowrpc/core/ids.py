@@ -18,27 +18,23 @@ from urllib.parse import quote
 MAX_ID_LENGTH = 250
 
 _KEY_CHARS = r"[A-Za-z0-9_.-]"
-_RUN_ID_CHARS = r"[A-Za-z0-9_.~:+-]"
-_KEY = re.compile(_KEY_CHARS + r"+\Z")
-_RUN_ID = re.compile(_RUN_ID_CHARS + r"+\Z")
 _ONLY_DOTS = re.compile(r"\.+\Z")
 
-#: What each kind of id may contain, in words for fault messages.
+#: What each kind of id may contain: the characters, and in words for fault messages.
 _RULES = {
-    "dag_id": (_KEY, "letters, digits, '_', '.' and '-'"),
-    "task_id": (_KEY, "letters, digits, '_', '.' and '-'"),
-    "dag_run_id": (_RUN_ID, "letters, digits and '_.~:+-'"),
+    "dag_id": (_KEY_CHARS, "letters, digits, '_', '.' and '-'"),
+    "task_id": (_KEY_CHARS, "letters, digits, '_', '.' and '-'"),
+    "dag_run_id": (r"[A-Za-z0-9_.~:+-]", "letters, digits and '_.~:+-'"),
 }
 
 
 #: The kinds of id there are.
 KINDS = tuple(_RULES)
-#: A valid id of each kind, in one match: the rules above together.
-_VALID = {
-    kind: re.compile(rf"(?!\.+\Z){chars}{{1,{MAX_ID_LENGTH}}}\Z")
-    for kind, chars in (("dag_id", _KEY_CHARS), ("task_id", _KEY_CHARS),
-                        ("dag_run_id", _RUN_ID_CHARS))
-}
+#: Only the characters each kind may contain.
+_ALLOWED = {kind: re.compile(chars + r"+\Z") for kind, (chars, _) in _RULES.items()}
+#: A valid id of each kind, in one match: the rules together.
+_VALID = {kind: re.compile(rf"(?!\.+\Z){chars}{{1,{MAX_ID_LENGTH}}}\Z")
+          for kind, (chars, _) in _RULES.items()}
 #: What `quote` leaves as it is (with ``safe=""``).
 _UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
@@ -52,15 +48,14 @@ def id_problem(kind: str, value: object) -> str | None:
     """
     if type(value) is str and _VALID[kind].match(value):
         return None  # the common case, in one match; what follows says what is wrong
-    pattern, allowed = _RULES[kind]
     if not isinstance(value, str):
         return f"{kind} must be a string"
     if not value:
         return f"{kind} must not be empty"
     if len(value) > MAX_ID_LENGTH:
         return f"{kind} is longer than {MAX_ID_LENGTH} characters"
-    if not pattern.match(value) or _ONLY_DOTS.match(value):
-        return f"{kind} may contain only {allowed}"
+    if not _ALLOWED[kind].match(value) or _ONLY_DOTS.match(value):
+        return f"{kind} may contain only {_RULES[kind][1]}"
     return None
 
 

@@ -376,21 +376,22 @@ def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
 #: linear scans cost more than expat's one), and the nesting of what it reads.
 _FLAT_MAX_BYTES = 1024
 _FLAT_DEPTH = 5
+_SPACE = r"[ \t\n]*+"
 #: A param whose value is text (typed or not) that reads as itself in XML:
 #: no markup, no reference, no CR (a parser turns CR LF into LF) and no
 #: ``>`` (``]]>`` is refused in text).  Possessive: nothing is tried twice.
-_FLAT_PARAM = re.compile(
-    r"<param>[ \t\n]*+<value>(?:[ \t\n]*+<(string|int|i4|i8|boolean|double)>([^<>&\r]*+)</\1>"
-    r"[ \t\n]*+|([^<>&\r]*+))</value>[ \t\n]*+</param>")
+_PARAM = (rf"<param>{_SPACE}<value>(?:{_SPACE}<(?P<type>string|int|i4|i8|boolean|double)>"
+          rf"(?P<typed>[^<>&\r]*+)</(?P=type)>{_SPACE}|(?P<untyped>[^<>&\r]*+))</value>"
+          rf"{_SPACE}</param>")
+_FLAT_PARAM = re.compile(_PARAM)
 #: A methodCall of such params in UTF-8, as Python's ``xmlrpc.client`` and
 #: the gateway's own client write one for every method but those taking a
 #: struct or an array.
 _FLAT_CALL = re.compile(
-    r"(?:<\?xml version=(['\"])1\.0\1(?: encoding=(['\"])[Uu][Tt][Ff]-8\2)?\?>)?[ \t\n]*+"
-    r"<methodCall>[ \t\n]*+<methodName>([A-Za-z0-9_.]{1,200})</methodName>[ \t\n]*+"
-    r"(?:<params>((?:[ \t\n]*+<param>[ \t\n]*+<value>(?:[ \t\n]*+"
-    r"<(string|int|i4|i8|boolean|double)>[^<>&\r]*+</\5>[ \t\n]*+|[^<>&\r]*+)</value>"
-    r"[ \t\n]*+</param>)*+)[ \t\n]*+</params>[ \t\n]*+)?</methodCall>[ \t\n]*+")
+    rf"(?:<\?xml version=(['\"])1\.0\1(?: encoding=(['\"])[Uu][Tt][Ff]-8\2)?\?>)?{_SPACE}"
+    rf"<methodCall>{_SPACE}<methodName>(?P<method>[A-Za-z0-9_.]{{1,200}})</methodName>{_SPACE}"
+    rf"(?:<params>(?P<params>(?:{_SPACE}{_PARAM})*+){_SPACE}</params>{_SPACE})?"
+    rf"</methodCall>{_SPACE}")
 
 
 def _flat_call(body: bytes) -> tuple[str, tuple[Any, ...]] | None:
@@ -413,16 +414,16 @@ def _flat_call(body: bytes) -> tuple[str, tuple[Any, ...]] | None:
     if call is None:
         return None
     params: list[Any] = []
-    found = call.group(4) or ""
+    found = call.group("params") or ""
     try:
         for param in _FLAT_PARAM.finditer(found):
-            kind, typed, untyped = param.groups()
+            kind, typed, untyped = param.group("type", "typed", "untyped")
             params.append(untyped if kind is None else _CONVERT[kind](typed))
     except (_Refused, ValueError, TypeError, OverflowError):  # the full reader says why
         return None
     if len(params) != found.count("<param>"):
         return None  # cannot be (the same pattern matched each), but never a param lost
-    return call.group(3), tuple(params)
+    return call.group("method"), tuple(params)
 
 
 #: An XML declaration naming an encoding (XML's EncName), in an ASCII-compatible body.
@@ -581,6 +582,11 @@ def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> byte
     return "".join(out).encode()
 
 
+def _string(text: str) -> tuple[str, str, str]:
+    """The ``<value>`` of safe ``text``, a carriage return as ``&#13;`` (to arrive as itself)."""
+    return "<value><string>", escape(text).replace("\r", "&#13;"), "</string></value>\n"
+
+
 def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
     """
     `_write` of `to_xmlrpc`'s ``value``, in one pass for the values results
@@ -592,9 +598,7 @@ def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
     """
     kind = type(value)
     if kind is str:
-        if not value.isprintable():
-            value = NOT_IN_XML.sub("", value)
-        out += ("<value><string>", escape(value).replace("\r", "&#13;"), "</string></value>\n")
+        out += _string(value if value.isprintable() else NOT_IN_XML.sub("", value))
     elif kind is dict and depth > 0:
         if not all(type(key) is str and key.isprintable() for key in value):
             # Looked at before a member is written: nothing is written twice.
@@ -643,7 +647,7 @@ def _write(value: Any, out: list[str]) -> None:
     """
     kind = type(value)
     if kind is str:
-        out += ("<value><string>", escape(value).replace("\r", "&#13;"), "</string></value>\n")
+        out += _string(value)
     elif kind is dict:
         out.append("<value><struct>\n")
         for key, item in value.items():
