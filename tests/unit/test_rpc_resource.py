@@ -155,3 +155,56 @@ class DisconnectTests(SynchronousTestCase):
         request.processingFailed(Failure(CancelledError()))  # the connection is gone
         self.assertEqual(gw.clock.getDelayedCalls(), [])
         self.assertEqual(request.written, [])
+
+
+class SharedAnswerTests(SynchronousTestCase):
+    """
+    The callers of one shared read get the same result object: its body is
+    written once and given to each, for the same extensions only; results
+    that are only equal are written each time.
+    """
+
+    def setUp(self) -> None:
+        import attrs
+
+        from .helpers import CONFIG
+
+        self.written: list[Any] = []
+        real = resource_module.wire.dump_response
+
+        def counting(result: Any, extensions: frozenset[str] = frozenset()) -> bytes:
+            self.written.append((result, extensions))
+            return real(result, extensions)
+
+        self.patch(resource_module.wire, "dump_response", counting)
+        cached = attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, read_cache_seconds=60))
+        self.gw = gateway(cached)
+        self.gw.airflow.runs[("etl_orders", "r1")] = {
+            "dag_id": "etl_orders", "dag_run_id": "r1", "state": "running", "conf": {"a": None},
+        }
+
+    def answer(self, *params: Any, headers: dict[str, str] | None = None) -> bytes:
+        body = xmlrpc.client.dumps(params, "get_dag_run").encode()
+        response = self.successResultOf(self.gw.post(body, headers))
+        self.assertEqual(response.code, 200)
+        return self.successResultOf(response.content())
+
+    def test_one_result_is_written_once_per_extensions(self) -> None:
+        first = self.answer("etl_orders", "r1")
+        self.assertEqual(self.answer("etl_orders", "r1"), first)  # the cache's same result
+        self.assertEqual(len(self.written), 1)
+        nil = self.answer("etl_orders", "r1", headers={"X-AirflowRPC-Extensions": "nil"})
+        self.assertIn(b"<nil/>", nil)
+        self.assertNotIn(b"<nil/>", first)
+        self.assertEqual(len(self.written), 2)
+        self.assertEqual(self.answer("etl_orders", "r1"), first)
+        self.assertEqual([e for _, e in self.written], [frozenset(), {"nil"}, frozenset()])
+
+    def test_equal_results_of_other_reads_are_written_each(self) -> None:
+        self.gw.clock.advance(61)  # past the cache: each read is another answer
+        first = self.answer("etl_orders", "r1")
+        self.gw.clock.advance(61)
+        self.assertEqual(self.answer("etl_orders", "r1"), first)
+        self.assertEqual(len(self.written), 2)
+        self.assertIsNot(self.written[0][0], self.written[1][0])
+        self.assertEqual(self.written[0][0], self.written[1][0])

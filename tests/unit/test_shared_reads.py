@@ -82,6 +82,53 @@ class SharedReadTests(SynchronousTestCase):
         self.assertEqual(len(self.airflow.api_requests()), 1)
         self.assertEqual((c.reads, c.reads_upstream), (5, 1))
 
+    def test_the_callers_of_a_shared_read_share_one_shaped_answer(self) -> None:
+        """
+        The run is shaped once per answer, and every caller gets that same
+        value (so the gate writes its XML once for a polling storm).
+        """
+        shaped: list[Any] = []
+
+        def counting(data: Any) -> Any:
+            shaped.append(data)
+            return real(data)
+
+        real = client_module.shape_run
+        self.patch(client_module, "shape_run", counting)
+        c = client(self.http, self.clock)
+        calls = [c.get_dag_run("etl_orders", "r1") for _ in range(4)]
+        self.http.release()
+        answers = [self.successResultOf(d) for d in calls]
+        self.assertEqual(len(shaped), 1)
+        self.assertTrue(all(a is answers[0] for a in answers))
+        self.assertEqual(answers[0], real(shaped[0]))
+        # The next read is another answer, shaped anew: nothing is kept past it.
+        again = c.get_dag_run("etl_orders", "r1")
+        self.http.release()
+        self.assertIsNot(self.successResultOf(again), answers[0])
+        self.assertEqual(len(shaped), 2)
+
+    def test_a_shape_that_fails_fails_each_caller_and_is_not_kept(self) -> None:
+        def broken(data: Any) -> Any:
+            tries.append(data)
+            raise errors.UpstreamError("Airflow answered something unexpected")
+
+        tries: list[Any] = []
+        self.patch(client_module, "shape_run", broken)
+        c = client(self.http, self.clock)
+        calls = [c.get_dag_run("etl_orders", "r1") for _ in range(3)]
+        self.http.release()
+        for d in calls:
+            self.failureResultOf(d, errors.UpstreamError)
+        self.assertEqual(len(tries), 3)
+
+    def test_the_cache_serves_the_shape_it_made(self) -> None:
+        c = client(self.http, self.clock, read_cache_seconds=5)
+        first = c.get_dag_run("etl_orders", "r1")
+        self.http.release()
+        self.assertIs(self.successResultOf(c.get_dag_run("etl_orders", "r1")),
+                      self.successResultOf(first))
+
     def test_other_paths_and_queries_are_other_requests(self) -> None:
         c = client(self.http, self.clock)
         c.get_dag_run("etl_orders", "r1")

@@ -43,6 +43,9 @@ _log = Logger()
 
 _XML_TYPES = (b"text/xml", b"application/xml")
 
+#: The largest response body kept for the next caller of the same result.
+_KEEP_ANSWER_BYTES = 64 * 1024
+
 
 def _request_id() -> str:
     return secrets.token_hex(8)
@@ -74,6 +77,8 @@ class RPCResource(Resource):
         self.max_body_bytes = max_body_bytes
         self._clock = clock
         self.refusals = refusals
+        #: The last result answered, the caller's extensions and its body.
+        self._last_answer: tuple[Any, Any, bytes] = (None, None, b"")
 
     def render(self, request: server.Request) -> Any:
         request_id = _request_id()
@@ -129,9 +134,27 @@ class RPCResource(Resource):
 
         request.notifyFinish().addErrback(client_gone)
         extensions = wire.extensions_of(request.getHeader(b"x-airflowrpc-extensions"))
-        d.addCallbacks(wire.dump_response, self._fault_body, (extensions,), None, (request_id,))
+        d.addCallbacks(self._answer_body, self._fault_body, (extensions,), None, (request_id,))
         d.addCallback(lambda content: None if gone else _write(request, content))
         d.addErrback(_internal_error, request, request_id)
+
+    def _answer_body(self, result: Any, extensions: frozenset[str]) -> bytes:
+        """
+        The response body of ``result``.  The callers of one shared read get
+        the very same result (`txairflowrpc.upstream.client`): the last body
+        written is kept with the result it was written from (held, so no
+        other object can take its id) and given to the next caller of that
+        object with the same extensions, written once for a whole polling
+        storm.  It relies on what every handler does: a result is not
+        changed once its call has been answered.
+        """
+        last = self._last_answer
+        if last[0] is result and last[1] == extensions:
+            return last[2]
+        content = wire.dump_response(result, extensions)
+        if len(content) <= _KEEP_ANSWER_BYTES:
+            self._last_answer = (result, extensions, content)
+        return content
 
     def _fault_body(self, failure: Failure, request_id: str) -> bytes:
         if failure.check(CancelledError):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from random import Random
 from typing import Any
 
@@ -108,6 +109,31 @@ class Changes:
         self.ended = 0
 
 
+#: What a read's caller makes of Airflow's JSON body (`shape_run`, say): a
+#: function of the body alone, whose result nobody changes afterwards.
+Shape = Callable[[Any], Any]
+
+
+@attrs.define
+class _Shapes:
+    """
+    The shapes made of one shared answer, each made once: the callers that
+    share a read with the same shape get the same value, not a copy each
+    (nothing downstream changes it), and the gate writes it out once.
+    A shape that fails is not kept: each caller meets the failure itself.
+    """
+
+    made: dict[Shape, tuple[Any, Any]] = attrs.Factory(dict)
+
+    def of(self, body: Any, shape: Shape | None) -> Any:
+        if shape is None:
+            return body
+        made = self.made.get(shape)
+        if made is None or made[0] is not body:  # (a read is one body: a guard)
+            made = self.made[shape] = (body, shape(body))
+        return made[1]
+
+
 @attrs.define
 class _Read:
     """One GET in flight, shared by every caller that asks for it meanwhile."""
@@ -117,6 +143,7 @@ class _Read:
     flight: SingleFlight[Any] = attrs.Factory(lambda: SingleFlight(abandon=True))
     #: What the shared request learned (Airflow's status), for each caller's record.
     trace: CallTrace = attrs.Factory(CallTrace)
+    shapes: _Shapes = attrs.Factory(_Shapes)
 
 
 @attrs.frozen
@@ -131,6 +158,8 @@ class _Cached:
     since: int
     #: The answer's size in bytes, as Airflow sent it.
     size: int
+    #: Its shapes, carried on from the read that got it.
+    shapes: _Shapes = attrs.Factory(_Shapes)
 
 
 def _jwt_lifetime(token: str) -> float | None:
@@ -426,11 +455,12 @@ class AirflowClient:
     async def _api(
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
-        rejected: Rejections = (), dry_run: bool = False,
+        rejected: Rejections = (), dry_run: bool = False, shape: Shape | None = None,
     ) -> Any:
         """
-        Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer;
-        a GET shares the answer of the same GET in flight or cached.
+        Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer,
+        or ``shape`` of it; a GET shares the answer of the same GET in
+        flight or cached, and its shape with the callers of the same shape.
         ``dry_run``: a request other than a GET that changes nothing.
         """
         if method != "GET":
@@ -440,9 +470,9 @@ class AirflowClient:
             changed = not (dry_run or (isinstance(body, dict) and body.get("dry_run") is True))
             attempts: list[None] = []
             try:
-                return await self._api_retrying(method, path, what=what, body=body,
-                                                params=params, conflict=conflict, retry=retry,
-                                                attempts=attempts, rejected=rejected)
+                answer = await self._api_retrying(method, path, what=what, body=body,
+                                                  params=params, conflict=conflict, retry=retry,
+                                                  attempts=attempts, rejected=rejected)
             except UNCHANGED:
                 # Only if it was asked once: a retried one's earlier attempt
                 # may have changed Airflow before its answer was lost.
@@ -452,17 +482,19 @@ class AirflowClient:
             finally:
                 if changed:
                     self._changes.ended += 1
-        return await self._read(path, what, params)
+            return answer if shape is None else shape(answer)
+        return await self._read(path, what, params, shape)
 
-    async def _read(self, path: str, what: str, params: Any) -> Any:
+    async def _read(self, path: str, what: str, params: Any, shape: Shape | None = None) -> Any:
         """
         A GET, shared: callers that ask while it is in flight get its answer
         (or its error), and a successful answer serves for
         ``read_cache_seconds``; but not to a caller that asks after a change
         to Airflow ended that had not when the GET began (`Changes`), so that
         a caller reads its own writes.  The answer is shared, not copied: nothing
-        downstream changes it.  Each caller's record still gets Airflow's
-        status.  A caller that gives up leaves the others waiting.
+        downstream changes it; and so is its ``shape``, made once per answer
+        (`_Shapes`).  Each caller's record still gets Airflow's status.  A
+        caller that gives up leaves the others waiting.
         """
         key = (path, tuple(params) if params else ())
         self.reads += 1
@@ -473,7 +505,7 @@ class AirflowClient:
                 if self._clock.seconds() < cached.until and cached.since == now:
                     if cached.status is not None:
                         note_airflow_status(cached.status)
-                    return cached.answer
+                    return cached.shapes.of(cached.answer, shape)
                 self._uncache(key)
         read = self._reads.get(key)
         if read is None or read.since != now:  # none, or begun before a change ended
@@ -492,10 +524,11 @@ class AirflowClient:
         else:
             waiter = read.flight.run(lambda: Deferred())  # never called: it is running
         try:
-            return await waiter
+            body = await waiter
         finally:
             if read.trace.airflow_status is not None:
                 note_airflow_status(read.trace.airflow_status)
+        return read.shapes.of(body, shape)
 
     def _read_done(self, result: Any, key: tuple[Any, ...], read: _Read) -> Any:
         if self._reads.get(key) is read:
@@ -513,7 +546,7 @@ class AirflowClient:
                              or next(iter(cache.values())).until <= now):
                 self._uncache(next(iter(cache)))
             cache[key] = _Cached(now + self.read_cache_seconds, read.trace.airflow_status,
-                                 result, read.since, size)
+                                 result, read.since, size, read.shapes)
             self._cache_bytes += size
         return result
 
@@ -620,11 +653,8 @@ class AirflowClient:
         return self._call(run())
 
     def get_dag(self, dag_id: str) -> Deferred[dict[str, Any]]:
-        async def run() -> dict[str, Any]:
-            body = await self._api("GET", ids.path("dags", dag_id), what=f"DAG {dag_id!r}")
-            return shape_dag(body)
-
-        return self._call(run())
+        return self._call(self._api("GET", ids.path("dags", dag_id), what=f"DAG {dag_id!r}",
+                                    shape=shape_dag))
 
     def set_dag_paused(self, dag_id: str, paused: bool) -> Deferred[dict[str, Any]]:
         async def run() -> dict[str, Any]:
@@ -666,14 +696,10 @@ class AirflowClient:
         return self._call(run())
 
     def get_dag_run(self, dag_id: str, dag_run_id: str) -> Deferred[dict[str, Any]]:
-        async def run() -> dict[str, Any]:
-            data = await self._api(
-                "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id),
-                what=f"run {dag_run_id!r} of DAG {dag_id!r}",
-            )
-            return shape_run(data)
-
-        return self._call(run())
+        return self._call(self._api(
+            "GET", ids.path("dags", dag_id, "dagRuns", dag_run_id),
+            what=f"run {dag_run_id!r} of DAG {dag_id!r}", shape=shape_run,
+        ))
 
     def list_dag_runs(
         self, dag_id: str, *, states: list[str], limit: int, offset: int,
@@ -751,11 +777,8 @@ class AirflowClient:
             segments.append(str(map_index))
         what = f"task {task_id!r}{ids.mapped(map_index)} in run {dag_run_id!r} of DAG {dag_id!r}"
 
-        async def run() -> dict[str, Any]:
-            data = await self._api("GET", ids.path(*segments), what=what)
-            return shape_task_instance(data)
-
-        return self._call(run())
+        return self._call(self._api("GET", ids.path(*segments), what=what,
+                                    shape=shape_task_instance))
 
     def clear_task_instances(
         self, dag_id: str, dag_run_id: str, *, task_ids: list[str] | None,
@@ -882,12 +905,8 @@ class AirflowClient:
         return self._call(run())
 
     def get_backfill(self, backfill_id: int) -> Deferred[dict[str, Any]]:
-        async def run() -> dict[str, Any]:
-            data = await self._api("GET", ids.path("backfills", str(backfill_id)),
-                                   what=f"backfill {backfill_id}")
-            return shape_backfill(data)
-
-        return self._call(run())
+        return self._call(self._api("GET", ids.path("backfills", str(backfill_id)),
+                                    what=f"backfill {backfill_id}", shape=shape_backfill))
 
     def list_backfills(
         self, dag_id: str, *, limit: int, offset: int
