@@ -45,9 +45,11 @@ class RunWatcherTests(SynchronousTestCase):
         self.assertEqual(self.runs.fetches, 3)  # one at start, one per interval
         self.runs.state = "success"
         self.clock.advance(2)
-        for d in waits:
-            result = self.successResultOf(d)
+        results = [self.successResultOf(d) for d in waits]
+        for result in results:
             self.assertEqual((result["state"], result["finished"]), ("success", True))
+        # One poll's answer is one value for all it answers (written out once).
+        self.assertTrue(all(r is results[0] for r in results))
         self.assertEqual(self.runs.fetches, 4)
         self.assertEqual(self.watcher.watched, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -44,6 +44,9 @@ class _Watch:
     key: tuple[str, str]
     waiters: list[_Waiter] = attrs.Factory(list)
     last: dict[str, Any] | None = None
+    #: The answer of ``last``, one value for every waiter it answers (no
+    #: one changes it: the gate writes it out once for all of them).
+    answer: dict[str, Any] | None = None
     fetching: Deferred[Any] | None = None
     next_poll: IDelayedCall | None = None
 
@@ -117,12 +120,13 @@ class RunWatcher:
     def _got(self, run: dict[str, Any], watch: _Watch) -> None:
         watch.fetching = None
         watch.last = run
+        answer = watch.answer = _answer(run)
         if run.get("state") in FINISHED_STATES:
-            self._finish(watch, lambda w: w.deferred.callback(_answer(run)))
+            self._finish(watch, lambda w: w.deferred.callback(answer))
             return
         for waiter in [w for w in watch.waiters if w.due]:
             self._release(watch, waiter)
-            waiter.deferred.callback(_answer(run))
+            waiter.deferred.callback(answer)
         self._schedule(watch)
 
     def _failed(self, failure: Failure, watch: _Watch) -> None:
@@ -134,7 +138,7 @@ class RunWatcher:
         # A passing upstream failure: keep the last known state and go on.
         for waiter in [w for w in watch.waiters if w.due]:
             self._release(watch, waiter)
-            waiter.deferred.callback(_answer(watch.last))
+            waiter.deferred.callback(watch.answer)
         self._schedule(watch)
 
     def _schedule(self, watch: _Watch) -> None:
@@ -157,7 +161,7 @@ class RunWatcher:
             waiter.due = True  # answer as soon as the first poll does
             return
         self._release(watch, waiter)
-        waiter.deferred.callback(_answer(watch.last))
+        waiter.deferred.callback(watch.answer)
         if not watch.waiters:
             self._stop(watch)
 
