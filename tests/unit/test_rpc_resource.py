@@ -183,9 +183,13 @@ class SharedAnswerTests(SynchronousTestCase):
             "dag_id": "etl_orders", "dag_run_id": "r1", "state": "running", "conf": {"a": None},
         }
 
-    def answer(self, *params: Any, headers: dict[str, str] | None = None) -> bytes:
-        body = xmlrpc.client.dumps(params, "get_dag_run").encode()
-        response = self.successResultOf(self.gw.post(body, headers))
+    def answer(self, *params: Any, headers: dict[str, str] | None = None,
+               method: str = "get_dag_run") -> bytes:
+        from .helpers import dumps
+
+        d = self.gw.post(dumps(params, method), headers)
+        self.gw.client.flush()
+        response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         return self.successResultOf(response.content())
 
@@ -208,3 +212,58 @@ class SharedAnswerTests(SynchronousTestCase):
         self.assertEqual(len(self.written), 2)
         self.assertIsNot(self.written[0][0], self.written[1][0])
         self.assertEqual(self.written[0][0], self.written[1][0])
+
+    def test_no_handler_changes_a_shared_value(self) -> None:
+        """
+        The memo, and the callers of one read, rely on nobody changing a
+        shaped value once made (a change would reach every caller sharing
+        it, and the body kept): each shape and each wait's answer is copied
+        as made and compared after every handler that reads one has run.
+        Found worth guarding by review.
+        """
+        import copy
+
+        from txairflowrpc.upstream import client as client_module
+        from txairflowrpc.upstream import watch as watch_module
+
+        made: list[tuple[Any, Any]] = []
+
+        def snapshot(real: Any) -> Any:
+            def recording(data: Any) -> Any:
+                value = real(data)
+                made.append((value, copy.deepcopy(value)))
+                return value
+            return recording
+
+        for name in ("shape_run", "shape_dag", "shape_backfill", "shape_task_instance"):
+            self.patch(client_module, name, snapshot(getattr(client_module, name)))
+        self.patch(watch_module, "_answer", snapshot(watch_module._answer))
+        airflow = self.gw.airflow
+        airflow.runs[("etl_orders", "r1")]["state"] = "success"  # a wait answers at once
+        airflow.backfills[1] = {"id": 1, "dag_id": "etl_orders", "from_date": "x",
+                                "to_date": "y", "dag_run_conf": None, "is_paused": False,
+                                "completed_at": None}
+        airflow.task_instances[("etl_orders", "r1")] = [
+            {"task_id": "extract", "dag_id": "etl_orders", "dag_run_id": "r1",
+             "state": "success", "try_number": 1, "map_index": -1}]
+        airflow.logs[("etl_orders", "r1", "extract", 1)] = {"content": "hello"}
+        nil = {"X-AirflowRPC-Extensions": "nil, i8"}
+        for headers in (None, nil, None):
+            self.answer("etl_orders", "r1", headers=headers)
+            self.answer([{"methodName": "get_dag_run", "params": ["etl_orders", "r1"]}] * 2,
+                        method="system.multicall", headers=headers)
+            self.answer("etl_orders", "r1", 30, method="wait_dag_run", headers=headers)
+            self.answer("etl_orders", {"a": None}, {"dag_run_id": "r1"}, method="trigger_dag")
+            self.answer("etl_orders", "r1", "extract", method="get_task_log")
+            self.answer("etl_orders", method="get_dag")
+            self.answer("etl_orders", 1, method="get_backfill", headers=headers)
+        self.answer("etl_orders", method="pause_dag")
+        self.answer("etl_orders", 1, method="pause_backfill")
+        self.answer("etl_orders", 1, method="cancel_backfill")
+        self.answer("etl_orders", method="get_dag")
+        self.answer("etl_orders", 1, method="get_backfill")
+        kinds = {frozenset(v) for v, _ in made if isinstance(v, dict)}
+        self.assertGreaterEqual(len(made), 8)
+        self.assertTrue(any("task_id" in k for k in kinds) and any("finished" in k for k in kinds))
+        for value, copied in made:
+            self.assertEqual(value, copied)
