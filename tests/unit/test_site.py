@@ -480,6 +480,36 @@ class ConnectionTests(SiteTestCase):
         (record,) = self.records()
         self.assertEqual(record["refusal"], "first_byte")
 
+    def test_a_first_byte_deadline_later_than_the_handshakes_holds(self) -> None:
+        self.make(handshake_timeout_seconds=3, first_byte_seconds=10, idle_timeout_seconds=60)
+        proto, transport = self.connect()
+        self.clock.advance(1)
+        proto.handshakeCompleted()
+        self.clock.advance(9.5)  # past the handshake's deadline, not the first byte's
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(transport.disconnected)
+        (record,) = self.records()
+        self.assertEqual(record["refusal"], "first_byte")
+
+    def test_a_first_byte_deadline_sooner_than_the_handshakes_holds(self) -> None:
+        self.make(handshake_timeout_seconds=30, first_byte_seconds=2, idle_timeout_seconds=60)
+        proto, transport = self.connect()
+        proto.handshakeCompleted()
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnected)
+        (record,) = self.records()
+        self.assertEqual(record["refusal"], "first_byte")
+
+    def test_a_request_after_the_handshake_stops_the_first_byte_deadline(self) -> None:
+        self.make(handshake_timeout_seconds=3, first_byte_seconds=5, idle_timeout_seconds=60)
+        proto, transport = self.connect()
+        proto.handshakeCompleted()
+        proto.dataReceived(b"POST /RPC2 HTTP/1.1\r\n")
+        self.clock.advance(6)  # the request deadline (30 s by default) is what runs now
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.records(), [])
+
     def test_the_tls_layer_tells_the_channel_its_handshake_is_done(self) -> None:
         # Twisted's TLS protocol calls handshakeCompleted only on a protocol
         # that provides IHandshakeListener; without it every quiet client
