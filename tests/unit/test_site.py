@@ -492,15 +492,6 @@ class ConnectionTests(SiteTestCase):
         (record,) = self.records()
         self.assertEqual(record["refusal"], "first_byte")
 
-    def test_a_first_byte_deadline_sooner_than_the_handshakes_holds(self) -> None:
-        self.make(handshake_timeout_seconds=30, first_byte_seconds=2, idle_timeout_seconds=60)
-        proto, transport = self.connect()
-        proto.handshakeCompleted()
-        self.clock.advance(2)
-        self.assertTrue(transport.disconnected)
-        (record,) = self.records()
-        self.assertEqual(record["refusal"], "first_byte")
-
     def test_a_request_after_the_handshake_stops_the_first_byte_deadline(self) -> None:
         self.make(handshake_timeout_seconds=3, first_byte_seconds=5, idle_timeout_seconds=60)
         proto, transport = self.connect()
