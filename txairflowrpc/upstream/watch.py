@@ -43,9 +43,9 @@ class _Waiter:
 class _Watch:
     key: tuple[str, str]
     waiters: list[_Waiter] = attrs.Factory(list)
-    last: dict[str, Any] | None = None
-    #: The answer of ``last``, one value for every waiter it answers (no
-    #: one changes it: the gate writes it out once for all of them).
+    #: The answer of the last poll that got the run (None: none has yet),
+    #: one value for every waiter it answers (no one changes it: the gate
+    #: writes it out once for all of them).
     answer: dict[str, Any] | None = None
     fetching: Deferred[Any] | None = None
     next_poll: IDelayedCall | None = None
@@ -119,7 +119,6 @@ class RunWatcher:
 
     def _got(self, run: dict[str, Any], watch: _Watch) -> None:
         watch.fetching = None
-        watch.last = run
         answer = watch.answer = _answer(run)
         if run.get("state") in FINISHED_STATES:
             self._finish(watch, lambda w: w.deferred.callback(answer))
@@ -131,7 +130,7 @@ class RunWatcher:
 
     def _failed(self, failure: Failure, watch: _Watch) -> None:
         watch.fetching = None
-        if watch.last is None or failure.check(errors.NotFound):
+        if watch.answer is None or failure.check(errors.NotFound):
             # Nothing known to answer with, or the run is gone: tell everyone.
             self._finish(watch, lambda w: w.deferred.errback(failure))
             return
@@ -157,7 +156,7 @@ class RunWatcher:
 
     def _expired(self, watch: _Watch, waiter: _Waiter) -> None:
         waiter.timer = None
-        if watch.last is None:
+        if watch.answer is None:
             waiter.due = True  # answer as soon as the first poll does
             return
         self._release(watch, waiter)
