@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import xmlrpc.client
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,8 +15,10 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from txairflowrpc.gate import resource as resource_module
+from txairflowrpc.upstream import client as client_module
+from txairflowrpc.upstream import watch as watch_module
 
-from .helpers import OPERATOR, gateway
+from .helpers import CONFIG, OPERATOR, dumps, gateway
 
 PING = xmlrpc.client.dumps((), "ping").encode()
 
@@ -165,10 +169,6 @@ class SharedAnswerTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        import attrs
-
-        from .helpers import CONFIG
-
         self.written: list[Any] = []
         real = resource_module.wire.dump_response
 
@@ -185,8 +185,6 @@ class SharedAnswerTests(SynchronousTestCase):
 
     def answer(self, *params: Any, headers: dict[str, str] | None = None,
                method: str = "get_dag_run") -> bytes:
-        from .helpers import dumps
-
         d = self.gw.post(dumps(params, method), headers)
         self.gw.client.flush()
         response = self.successResultOf(d)
@@ -221,11 +219,6 @@ class SharedAnswerTests(SynchronousTestCase):
         as made and compared after every handler that reads one has run.
         Found worth guarding by review.
         """
-        import copy
-
-        from txairflowrpc.upstream import client as client_module
-        from txairflowrpc.upstream import watch as watch_module
-
         made: list[tuple[Any, Any]] = []
 
         def snapshot(real: Any) -> Any:
