@@ -25,7 +25,7 @@ from typing import Callable
 
 import attrs
 
-from procstat import ProcessTree, RSSSampler
+from procstat import ProcessTree, RSSSampler, machine_cpu
 
 LUA = Path(__file__).resolve().parent / "wrk" / "calls.lua"
 #: A request that takes longer than this is a timeout error, not a latency.
@@ -78,6 +78,11 @@ class Point:
     upstream_per_call: float | None = None
     #: CPU per good call of other process trees watched (e.g. Airflow's).
     also_cpu_us: dict[str, float] = attrs.field(factory=dict)
+    #: How busy the whole machine was while measured, in % of one core
+    #: (at most 100 x the cores): the server, wrk, the stub, the kernel.
+    machine_cpu_pct: float | None = None
+    #: The machine's cores (os.cpu_count()), for what was left idle.
+    cores: int | None = None
 
     @property
     def rate(self) -> float:
@@ -167,9 +172,14 @@ def measure(
     others = {name: ProcessTree(pid) for name, pid in (also or {}).items()}
     others_before = {name: t.cpu_seconds() for name, t in others.items()}
     cpu_before = tree.cpu_seconds()
+    busy_before, all_before = machine_cpu()
     with RSSSampler(tree) as rss:
         result, wrk_cpu = _wrk(target, concurrency, seconds, prefix)
     cpu = tree.cpu_seconds() - cpu_before
+    busy_after, all_after = machine_cpu()
+    cores = os.cpu_count() or 1
+    machine = (100 * cores * (busy_after - busy_before) / (all_after - all_before)
+               if all_after > all_before else None)
     others_cpu = {name: t.cpu_seconds() - others_before[name] for name, t in others.items()}
     upstream = None
     if counts:
@@ -191,4 +201,5 @@ def measure(
         wrk_cpu_pct=100 * wrk_cpu / elapsed,
         upstream_per_call=upstream,
         also_cpu_us={name: c / good * 1e6 for name, c in others_cpu.items() if good},
+        machine_cpu_pct=machine, cores=cores,
     )

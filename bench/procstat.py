@@ -7,7 +7,9 @@ their summed CPU time (user + system, in seconds) and resident memory.
 `RSSSampler` samples the tree's summed RSS in a background thread and
 keeps the peak, because a tree's peak is not the sum of its members'
 ``VmHWM`` (those peak at different moments).  Neither ever raises for a
-process that exits while it is being read.
+process that exits while it is being read.  `machine_cpu` reads the whole
+machine's busy and total CPU time (every process and the kernel's own
+threads), so that a run can say how much of the machine was left over.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ def _children_map() -> dict[int, list[int]]:
         if fields is not None:
             children.setdefault(int(fields[1]), []).append(int(name))
     return children
+
+
+def machine_cpu() -> tuple[float, float]:
+    """
+    CPU seconds the whole machine has been busy and in all, summed over its
+    cores, since boot (the ``cpu`` line of /proc/stat): busy is everything
+    but idle and iowait (user, nice, system, irq, softirq, steal).
+    """
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    busy = user + nice + system + irq + softirq + steal
+    return busy / _TICKS, (busy + idle + iowait) / _TICKS
 
 
 class ProcessTree:

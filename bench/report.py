@@ -173,12 +173,38 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                     f"({ratio:.3f}x: {_n(p.rate)} vs B's {_n(base.rate)} calls/s, limit ≥ "
                     f"{WORKERS_RATIO:.2f}x; errors {p.error_count}; CPU "
                     f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call)")
+                lines.extend(_machine_line(p, base))
                 continue
             versus = f" = {p.rate / base.rate:.2f}x B's {_n(base.rate)}" if base else ""
             lines.append(f"report: B, 2 workers at c={p.concurrency}: {_n(p.rate)} calls/s"
                          f"{versus}, CPU {_n(p.cpu_us_per_call)} µs/call, errors "
                          f"{p.error_count}")
+            lines.extend(_machine_line(p, None))
     return lines
+
+
+def _machine_line(p: Point, base: Point | None) -> list[str]:
+    """
+    Where the machine's CPU went while ``p`` (the workers) was measured, and,
+    given the ``base`` it is compared with, what ``WORKERS_RATIO`` x ``base``
+    would have taken at ``p``'s CPU per call and at ``base``'s: the ceiling
+    the cores put on the ratio, measured rather than argued.
+    """
+    if p.machine_cpu_pct is None or not p.cores:
+        return []
+    total = 100 * p.cores
+    rest = max(0.0, p.machine_cpu_pct - p.server_cpu_pct - p.wrk_cpu_pct)
+    line = (f"report: while B, 2 workers ran at c={p.concurrency} the machine was "
+            f"{p.machine_cpu_pct / p.cores:.0f}% busy ({p.machine_cpu_pct:.0f}% of "
+            f"{total}%: the workers {p.server_cpu_pct:.0f}%, wrk {p.wrk_cpu_pct:.0f}%, the rest "
+            f"(stub, kernel, others) {rest:.0f}%)")
+    if base and base.rate and p.cpu_us_per_call and base.cpu_us_per_call:
+        wanted = WORKERS_RATIO * base.rate
+        line += (f"; {WORKERS_RATIO:.1f}x B ({_n(wanted)} calls/s) would take "
+                 f"{wanted * p.cpu_us_per_call / 1e4:.0f}% for the workers at their CPU per "
+                 f"call, {wanted * base.cpu_us_per_call / 1e4:.0f}% at one worker's; the others left "
+                 f"{total - p.wrk_cpu_pct - rest:.0f}%")
+    return [line]
 
 
 LABELS = {"A": "A twisted.web + TLS, fixed reply", "B": "B txairflowrpc",
