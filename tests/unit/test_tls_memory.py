@@ -5,6 +5,7 @@ a TLS client on the other side, bytes carried between them by the test.
 
 from __future__ import annotations
 
+import gc
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from OpenSSL import SSL
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.gate.site import SiteTLSFactory
@@ -181,3 +184,76 @@ def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # no
         carry()
     assert "no renegotiation" in repr([o for o in outcomes if o is not None])
     assert server.total_renegotiations() == 0
+
+
+def _garbage_of(scenario: Any) -> list[Any]:
+    """
+    The failures and OpenSSL connections that ``scenario()`` leaves to the
+    cyclic collector (unreachable, kept alive only by cycles).
+    """
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        scenario()
+        gc.collect()
+        return [o for o in gc.garbage if isinstance(o, (Failure, SSL.Connection))]
+    finally:
+        gc.set_debug(0)
+        del gc.garbage[:]
+        gc.enable()
+
+
+@pytest.mark.parametrize("close", ["bare connect", "client hello", "after handshake",
+                                   "corrupt record"])
+def test_a_closed_connection_leaves_no_cycle(
+    tmp_path: Path, pki: DevPKI, close: str  # noqa: F811
+) -> None:
+    """
+    Found by an attacker's review: Twisted's TLS layer makes the reason a
+    connection ends a `Failure` held by the frame its own traceback holds,
+    and that cycle kept the OpenSSL connection and its last read buffer
+    (65-250 KB) until the cyclic collector ran; a bare connect and close
+    from anyone, before any handshake, made one.  `SiteTLSFactory`'s
+    protocol cleans that failure, so reference counting frees it all.
+    """
+    cfg = load(tmp_path, pki)
+    clock = Clock()
+    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
+                      lambda request: None).site
+    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
+                            clock=clock)
+    ca = Certificate.loadPEM(pki.ca_file.read_bytes())
+    client_factory = TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=ca), True,
+                                         Factory.forProtocol(Protocol), clock=clock)
+
+    def scenario() -> None:
+        server_side, server_wire = server.buildProtocol(ADDRESS), Wire()
+        server_side.makeConnection(server_wire)
+        if close != "bare connect":
+            client_side, client_wire = client_factory.buildProtocol(ADDRESS), Wire()
+            client_side.makeConnection(client_wire)
+            hello = client_wire.value()
+            client_wire.clear()
+            server_side.dataReceived(hello)
+        if close in ("after handshake", "corrupt record"):
+            for _ in range(20):
+                clock.advance(0)
+                client_side.dataReceived(server_wire.value())
+                server_wire.clear()
+                to_server = client_wire.value()
+                client_wire.clear()
+                if not to_server:
+                    break
+                server_side.dataReceived(to_server)
+            assert server_side._handshakeDone
+        if close == "corrupt record":
+            client_side.write(b"POST /RPC2 HTTP/1.1\r\nX-Pad: " + b"a" * 20000)
+            clock.advance(0)
+            record = bytearray(client_wire.value())
+            record[-1] ^= 1
+            server_side.dataReceived(bytes(record))
+        server_side.connectionLost(Failure(ConnectionLost()))
+        clock.advance(60)
+
+    assert _garbage_of(scenario) == []
