@@ -5,7 +5,12 @@ import weakref
 
 from twisted.internet.task import Clock
 
-from txairflowrpc.service.collector import FULL_EVERY_SECONDS, YOUNG_THRESHOLD, CollectorTuning
+from txairflowrpc.service.collector import (
+    FULL_EVERY_SECONDS,
+    YOUNG_EVERY_SECONDS,
+    YOUNG_THRESHOLD,
+    CollectorTuning,
+)
 
 
 class Node:
@@ -40,7 +45,11 @@ def test_a_cycle_left_behind_is_collected_at_the_next_full_collection() -> None:
     tuning = CollectorTuning(clock, young=10**9, trim=lambda pad: trims.append(pad) or 1)
     tuning.startService()
     try:
-        left = _cycle()
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        left = weakref.ref(a)
+        gc.collect(1)  # it lived long enough to reach the oldest generation
+        del a, b  # and then became garbage: the per-second collections do not look there
         clock.advance(FULL_EVERY_SECONDS - 0.1)
         assert left() is not None and trims == []
         clock.advance(0.1)
@@ -70,3 +79,24 @@ def test_young_collections_still_run_at_their_threshold() -> None:
         assert sum(collected) > 0
     finally:
         tuning.stopService()
+
+
+def test_recent_garbage_waits_at_most_a_second_whatever_the_threshold() -> None:
+    """
+    A flood of connections that open and close makes garbage faster than
+    the calls' allocations reach the young threshold: the young and middle
+    generations are collected every `YOUNG_EVERY_SECONDS` all the same.
+    """
+    clock = Clock()
+    tuning = CollectorTuning(clock, young=10**9, trim=None)
+    tuning.startService()
+    try:
+        left = _cycle()
+        clock.advance(YOUNG_EVERY_SECONDS - 0.1)
+        assert left() is not None
+        clock.advance(0.1)
+        assert left() is None
+        assert YOUNG_EVERY_SECONDS < FULL_EVERY_SECONDS
+    finally:
+        tuning.stopService()
+    assert not clock.getDelayedCalls()
