@@ -257,3 +257,32 @@ def test_a_closed_connection_leaves_no_cycle(
         clock.advance(60)
 
     assert _garbage_of(scenario) == []
+
+
+def test_the_closing_failure_and_the_exceptions_chained_to_it_lose_their_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from txairflowrpc.gate.site import _TLSWithoutCycles
+
+    passed_on: list[Failure] = []
+    monkeypatch.setattr(TLSMemoryBIOProtocol, "_tlsShutdownFinished",
+                        lambda self, reason: passed_on.append(reason))
+    context = KeyError("earlier")
+    try:
+        raise context
+    except KeyError:
+        pass  # its traceback now holds this frame
+    error = SSL.Error("then this")
+    error.__context__ = context
+    try:
+        raise error
+    except SSL.Error:
+        failure = Failure()
+    assert failure.tb is not None and context.__traceback__ is not None
+    _TLSWithoutCycles._tlsShutdownFinished(object.__new__(_TLSWithoutCycles), failure)
+    assert passed_on == [failure]
+    assert failure.tb is None and failure.value.__traceback__ is None
+    assert failure.value.__context__ is context and context.__traceback__ is None
+    assert failure.check(SSL.Error) and "then this" in failure.getTraceback()

@@ -631,15 +631,24 @@ class _TLSWithoutCycles(TLSMemoryBIOProtocol):
     KB a connection) until the cyclic collector runs, and that a bare connect
     and close, before any handshake, makes too.  Here that failure's frames
     become strings (`Failure.cleanFailure`: its type, value and text stay)
-    before Twisted passes it on, so reference counting frees it all when the
-    connection goes.  ``_tlsShutdownFinished`` is private to Twisted; a test
-    (``test_site.ClosedConnectionGarbageTests``) fails if it stops being the
-    way in.
+    before Twisted passes it on (and those of the exceptions chained to it),
+    so reference counting frees it all when the connection goes.
+    ``_tlsShutdownFinished`` is private to Twisted; a test
+    (``test_tls_memory.test_a_closed_connection_leaves_no_cycle``) fails if it
+    stops being the way in.  Airflow's side of the gateway (trusted peers,
+    `upstream.transport`) keeps Twisted's own protocol: the collector's
+    per-second collections free those.
     """
 
     def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         if reason is not None:
             reason.cleanFailure()
+            chained = reason.value.__cause__ or reason.value.__context__
+            for _ in range(8):  # a bounded walk: a chain may loop
+                if chained is None:
+                    break
+                chained.__traceback__ = None
+                chained = chained.__cause__ or chained.__context__
         super()._tlsShutdownFinished(reason)
 
 
