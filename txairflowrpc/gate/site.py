@@ -625,11 +625,12 @@ class _TLSWithoutCycles(TLSMemoryBIOProtocol):
     leaves no reference cycle behind.
 
     `TLSMemoryBIOProtocol` makes the reason of nearly every close (an EOF
-    without ``close_notify``, a bad record, a failed handshake) a `Failure`
-    held by a local of the very frame its traceback holds: a cycle that keeps
-    the frame, the OpenSSL connection and the last 32 KiB read buffer (65-250
-    KB a connection) until the cyclic collector runs, and that a bare connect
-    and close, before any handshake, makes too.  Here that failure's frames
+    without ``close_notify``, a bad record: whatever its read loop meets) a
+    `Failure` held by a local of the very frame its traceback holds: a cycle
+    that keeps the frame, the OpenSSL connection and the last 32 KiB read
+    buffer (65-250 KB a connection) until the cyclic collector runs, and that
+    a bare connect and close, before any handshake, makes too.  Here that
+    failure's frames
     become strings (`Failure.cleanFailure`: its type, value and text stay)
     before Twisted passes it on (and those of the exceptions chained to it),
     so reference counting frees it all when the connection goes.
