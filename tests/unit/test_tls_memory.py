@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
@@ -286,3 +286,28 @@ def test_the_closing_failure_and_the_exceptions_chained_to_it_lose_their_frames(
     assert failure.tb is None and failure.value.__traceback__ is None
     assert failure.value.__context__ is context and context.__traceback__ is None
     assert failure.check(SSL.Error) and "then this" in failure.getTraceback()
+
+
+def test_an_answer_leaves_in_one_tls_record(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    """
+    The site's TLS protocol is Twisted's buffering one: the headers and the
+    body written in one reactor turn leave as one record, not one each (a
+    client reading one record got the headers without the body when the
+    cycle fix first subclassed the unbuffered protocol).
+    """
+    cfg = load(tmp_path, pki)
+    clock = Clock()
+    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
+                      lambda request: None).site
+    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
+                            clock=clock)
+    assert isinstance(server.buildProtocol(ADDRESS), BufferingTLSTransport)
+    records: list[bytes] = []
+    proto = server.buildProtocol(ADDRESS)
+    proto.makeConnection(Wire())
+    proto._aggregator._write = records.append  # what would reach OpenSSL, write by write
+    proto.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    proto.write(b"pong")
+    assert records == []
+    clock.advance(0)  # the next reactor turn
+    assert records == [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong"]

@@ -48,7 +48,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
@@ -619,10 +619,11 @@ class _Excess(Protocol):
         self.transport.abortConnection()
 
 
-class _TLSWithoutCycles(TLSMemoryBIOProtocol):
+class _TLSWithoutCycles(BufferingTLSTransport):
     """
-    Twisted's TLS protocol, except that the failure that ends a connection
-    leaves no reference cycle behind.
+    Twisted's TLS protocol (`BufferingTLSTransport`, the factory's own: small
+    writes of one reactor turn go out as one TLS record), except that the
+    failure that ends a connection leaves no reference cycle behind.
 
     `TLSMemoryBIOProtocol` makes the reason of nearly every close (an EOF
     without ``close_notify``, a bad record: whatever its read loop meets) a
