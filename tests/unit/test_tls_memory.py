@@ -186,6 +186,15 @@ def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # no
     assert server.total_renegotiations() == 0
 
 
+def _tls_server(tmp_path: Path, pki: DevPKI, clock: Clock) -> SiteTLSFactory:  # noqa: F811
+    """The real site behind TLS (client certificates optional), driven by ``clock``."""
+    cfg = load(tmp_path, pki)
+    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
+                      lambda request: None).site
+    return SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
+                          clock=clock)
+
+
 def _garbage_of(scenario: Any) -> list[Any]:
     """
     The failures and OpenSSL connections that ``scenario()`` leaves to the
@@ -217,12 +226,8 @@ def test_a_closed_connection_leaves_no_cycle(
     from anyone, before any handshake, made one.  `SiteTLSFactory`'s
     protocol cleans that failure, so reference counting frees it all.
     """
-    cfg = load(tmp_path, pki)
     clock = Clock()
-    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
-                      lambda request: None).site
-    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
-                            clock=clock)
+    server = _tls_server(tmp_path, pki, clock)
     ca = Certificate.loadPEM(pki.ca_file.read_bytes())
     client_factory = TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=ca), True,
                                          Factory.forProtocol(Protocol), clock=clock)
@@ -295,15 +300,11 @@ def test_an_answer_leaves_in_one_tls_record(tmp_path: Path, pki: DevPKI) -> None
     client reading one record got the headers without the body when the
     cycle fix first subclassed the unbuffered protocol).
     """
-    cfg = load(tmp_path, pki)
     clock = Clock()
-    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
-                      lambda request: None).site
-    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
-                            clock=clock)
-    assert isinstance(server.buildProtocol(ADDRESS), BufferingTLSTransport)
-    records: list[bytes] = []
+    server = _tls_server(tmp_path, pki, clock)
     proto = server.buildProtocol(ADDRESS)
+    assert isinstance(proto, BufferingTLSTransport)
+    records: list[bytes] = []
     proto.makeConnection(Wire())
     proto._aggregator._write = records.append  # what would reach OpenSSL, write by write
     proto.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
