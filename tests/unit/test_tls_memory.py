@@ -5,6 +5,7 @@ a TLS client on the other side, bytes carried between them by the test.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import xmlrpc.client
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Any
 import attrs
 import pytest
 from OpenSSL import SSL
-
-from treq.testing import RequestTraversalAgent, StubTreq
+from OpenSSL._util import ffi as _ffi
+from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.gate.site import SiteTLSFactory
-from txairflowrpc.gate.tls import ReloadableTLS, server_options
+from txairflowrpc.gate.tls import ReloadableTLS, release_buffers, server_options
 from txairflowrpc.identity.authenticate import Gate
 from txairflowrpc.service.checked import build_authenticator, load_checked
 from txairflowrpc.service.tap import build_site
@@ -56,10 +57,31 @@ class Collector(Protocol):
         self.received += data
 
 
-def exchange(
-    tmp_path: Path, pki: DevPKI, client: ClientFiles | None  # noqa: F811
-) -> tuple[Collector, Wire]:
-    """One whoami over TLS in memory: what the client got, and the server's wire."""
+def _shuttle(clock: Clock, server_side: Any, server_wire: Wire, client_side: Any,
+             client_wire: Wire) -> None:
+    """Carry bytes both ways, a reactor turn at a time, until both sides are quiet."""
+    for _ in range(100):
+        clock.advance(0)
+        to_server, to_client = client_wire.value(), server_wire.value()
+        client_wire.clear()
+        server_wire.clear()
+        if not to_server and not to_client:
+            return
+        if to_server:
+            server_side.dataReceived(to_server)
+        if to_client:
+            client_side.dataReceived(to_client)
+
+
+def _connect(
+    tmp_path: Path, pki: DevPKI, client: ClientFiles | None,  # noqa: F811
+    protocol: type[Protocol],
+) -> tuple[Clock, Any, Wire, Any, Wire]:
+    """
+    The real site behind TLS (client certificates required) and a TLS
+    client running ``protocol``, connected but not yet shuttled: the clock,
+    then each side's TLS protocol and wire.
+    """
     cfg = load(tmp_path, pki)
     clock = Clock()
     gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
@@ -72,23 +94,22 @@ def exchange(
     if client is not None:
         identity = PrivateCertificate.loadPEM(client.cert.read_bytes() + client.key.read_bytes())
     options = optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=identity)
-    client_factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Collector),
+    client_factory = TLSMemoryBIOFactory(options, True, Factory.forProtocol(protocol),
                                          clock=clock)
     server_side, client_side = server.buildProtocol(ADDRESS), client_factory.buildProtocol(ADDRESS)
     server_wire, client_wire = Wire(), Wire()
     server_side.makeConnection(server_wire)
     client_side.makeConnection(client_wire)
-    for _ in range(100):  # shuttle bytes both ways until both sides are quiet
-        clock.advance(0)
-        to_server, to_client = client_wire.value(), server_wire.value()
-        client_wire.clear()
-        server_wire.clear()
-        if not to_server and not to_client:
-            break
-        if to_server:
-            server_side.dataReceived(to_server)
-        if to_client:
-            client_side.dataReceived(to_client)
+    return clock, server_side, server_wire, client_side, client_wire
+
+
+def exchange(
+    tmp_path: Path, pki: DevPKI, client: ClientFiles | None  # noqa: F811
+) -> tuple[Collector, Wire]:
+    """One whoami over TLS in memory: what the client got, and the server's wire."""
+    clock, server_side, server_wire, client_side, client_wire = _connect(
+        tmp_path, pki, client, Collector)
+    _shuttle(clock, server_side, server_wire, client_side, client_wire)
     return client_side.wrappedProtocol, server_wire
 
 
@@ -242,15 +263,7 @@ def test_a_closed_connection_leaves_no_cycle(
             client_wire.clear()
             server_side.dataReceived(hello)
         if close in ("after handshake", "corrupt record"):
-            for _ in range(20):
-                clock.advance(0)
-                client_side.dataReceived(server_wire.value())
-                server_wire.clear()
-                to_server = client_wire.value()
-                client_wire.clear()
-                if not to_server:
-                    break
-                server_side.dataReceived(to_server)
+            _shuttle(clock, server_side, server_wire, client_side, client_wire)
             assert server_side._handshakeDone
         if close == "corrupt record":
             client_side.write(b"POST /RPC2 HTTP/1.1\r\nX-Pad: " + b"a" * 20000)
@@ -312,3 +325,141 @@ def test_an_answer_leaves_in_one_tls_record(tmp_path: Path, pki: DevPKI) -> None
     assert records == []
     clock.advance(0)  # the next reactor turn
     assert records == [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong"]
+
+
+def _used_heap() -> int:
+    """Bytes the C allocator has handed out (glibc's ``mallinfo2``)."""
+    info = ctypes.CDLL("libc.so.6").mallinfo2
+    info.restype = _MallInfo2
+    now = info()
+    return now.uordblks + now.hblkhd
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _carry(one: SSL.Connection, other: SSL.Connection) -> None:
+    """Move whatever each side wrote to the other, in one chunk each way."""
+    for source, sink in ((one, other), (other, one)):
+        try:
+            sink.bio_write(source.bio_read(1 << 17))
+        except SSL.WantReadError:
+            pass
+
+
+def _mutual_tls_pair(tmp_path: Path, pki: DevPKI) -> tuple[SSL.Connection, SSL.Connection]:  # noqa: F811
+    """A server connection of the gateway's TLS and a client with a certificate, shaken hands."""
+    tls = ReloadableTLS(server_options(load(tmp_path, pki).tls, "required"))
+    files = pki.client("ci-bot.example.com")
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.use_certificate_file(str(files.cert))
+    context.use_privatekey_file(str(files.key))
+    context.load_verify_locations(str(pki.ca_file))
+    server, client = tls.serverConnectionForTLS(None), SSL.Connection(context, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(5):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+        _carry(client, server)
+    assert server.get_peer_certificate() is not None
+    return server, client
+
+
+def _read_all(connection: SSL.Connection) -> bytes:
+    got = b""
+    while True:
+        try:
+            got += connection.recv(1 << 16)
+        except SSL.WantReadError:
+            return got
+
+
+def test_release_buffers_gives_the_room_back(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    """
+    A memory BIO keeps the room of the most it ever held: a 60 KB read left
+    a connection holding about 80 KB for as long as it stayed open.
+    `release_buffers` hands it back, and the connection goes on as before.
+    """
+    pairs = [_mutual_tls_pair(tmp_path, pki) for _ in range(40)]
+    for server, client in pairs:
+        client.sendall(b"x" * 60_000)
+        _carry(client, server)  # one 60 KB chunk, as one socket read brings it
+        assert _read_all(server) == b"x" * 60_000
+    before = _used_heap()
+    assert all(release_buffers(server) for server, _ in pairs)
+    freed_each = (before - _used_heap()) / len(pairs)
+    assert freed_each > 60_000
+    for server, client in pairs:
+        client.send(b"ping")
+        _carry(client, server)
+        assert _read_all(server) == b"ping"
+        server.send(b"pong")
+        _carry(server, client)
+        assert _read_all(client) == b"pong"
+
+
+def test_release_buffers_leaves_bytes_still_to_be_read(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    server, client = _mutual_tls_pair(tmp_path, pki)
+    client.send(b"not yet read")
+    _carry(client, server)
+    assert not release_buffers(server)
+    assert _read_all(server) == b"not yet read"
+    assert release_buffers(server)
+
+
+class _KeepAlive(Protocol):
+    """A client that writes what it is told and keeps what it gets."""
+
+    def connectionMade(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def _bios(protocol: Any) -> tuple[int, int]:
+    connection = protocol._tlsConnection
+    return (int(_ffi.cast("uintptr_t", connection._into_ssl)),
+            int(_ffi.cast("uintptr_t", connection._from_ssl)))
+
+
+def test_the_site_releases_tls_buffers_after_the_handshake_and_big_chunks(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    """
+    The site's TLS protocol renews its memory BIOs once the handshake is
+    done and after a chunk of more than `BIG_CHUNK` bytes, not after every
+    small call; calls on the connection go on through it all.
+    """
+    clock, server_side, server_wire, client_side, client_wire = _connect(
+        tmp_path, pki, pki.client("ci-bot.example.com"), _KeepAlive)
+    client = client_side.wrappedProtocol
+    at_start = _bios(server_side)
+
+    def call(padding: int) -> bytes:
+        body = xmlrpc.client.dumps(("p" * padding,), "ping").encode()
+        client.received = b""
+        client.transport.write(
+            b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        _shuttle(clock, server_side, server_wire, client_side, client_wire)
+        return client.received
+
+    _shuttle(clock, server_side, server_wire, client_side, client_wire)
+    assert server_side._handshakeDone
+    after_handshake = _bios(server_side)
+    assert set(after_handshake).isdisjoint(at_start)
+    assert call(10).startswith(b"HTTP/1.1 200")
+    assert _bios(server_side) == after_handshake  # a small call: kept
+    assert call(60_000).startswith(b"HTTP/1.1 200")
+    after_big = _bios(server_side)
+    assert set(after_big).isdisjoint(after_handshake)
+    assert call(10).startswith(b"HTTP/1.1 200")
+    assert _bios(server_side) == after_big
