@@ -463,3 +463,28 @@ def test_the_site_releases_tls_buffers_after_the_handshake_and_big_chunks(
     assert set(after_big).isdisjoint(after_handshake)
     assert call(10).startswith(b"HTTP/1.1 200")
     assert _bios(server_side) == after_big
+
+
+def test_the_site_keeps_its_bios_once_the_peer_is_gone(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
+    """
+    Found by an attacker's review: once Twisted told the read BIO the
+    stream ended (``bio_shutdown``, in ``connectionLost``), a new BIO would
+    have forgotten it.  Nothing writes then today; the protocol refuses anyway.
+    """
+    clock, server_side, server_wire, client_side, client_wire = _connect(
+        tmp_path, pki, pki.client("ci-bot.example.com"), _KeepAlive)
+    _shuttle(clock, server_side, server_wire, client_side, client_wire)
+    connection = server_side._tlsConnection
+    seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    shutdown = connection.bio_shutdown
+
+    def then_try_to_release() -> None:
+        shutdown()
+        before = _bios(server_side)
+        server_side._bios_grown = True
+        server_side._release_buffers()
+        seen.append((before, _bios(server_side)))
+
+    connection.bio_shutdown = then_try_to_release
+    server_side.connectionLost(Failure(ConnectionLost()))
+    assert len(seen) == 1 and seen[0][0] == seen[0][1]

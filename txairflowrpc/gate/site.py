@@ -46,7 +46,7 @@ from typing import Any, Callable
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -649,7 +649,9 @@ class _TLSWithoutCycles(BufferingTLSTransport):
     a large request not the 80 KB its BIO grew to.
     """
 
-    #: A read or write bigger than this leaves that much room in a BIO.
+    #: A read or write bigger than this leaves that much room in a BIO.  A
+    #: renewal costs about 1.3 µs, a read of 4-64 KB about 10 µs: a sender
+    #: makes them only in proportion to the bytes it sends.
     BIG_CHUNK = 4096
     #: The handshake's flights grew the BIOs: renewed once it is done.
     _bios_grown = True
@@ -669,9 +671,17 @@ class _TLSWithoutCycles(BufferingTLSTransport):
 
     def _release_buffers(self) -> None:
         connection = self._tlsConnection
-        if (self._handshakeDone and not self._lostTLSConnection and connection is not None
-                and release_buffers(connection)):
+        if (self._handshakeDone and not self._lostTLSConnection and not self._ending
+                and connection is not None and release_buffers(connection)):
             self._bios_grown = False
+
+    #: Set once the connection is lost: Twisted then tells the read BIO the
+    #: stream ended (``bio_shutdown``), which a new BIO would not know.
+    _ending = False
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._ending = True
+        super().connectionLost(reason)
 
     def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         if reason is not None:

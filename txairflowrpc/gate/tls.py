@@ -160,7 +160,12 @@ def release_buffers(connection: SSL.Connection) -> bool:
     (which frees the old BIOs).  Where those are missing (a connection over
     a socket, another pyOpenSSL) it does nothing and says so;
     ``test_tls_memory.test_release_buffers_gives_the_room_back`` fails if that
-    happens to the pinned pyOpenSSL.
+    happens to the pyOpenSSL installed.  pyOpenSSL gives those BIOs to
+    ``SSL_set_bio`` and keeps plain pointers, which ``SSL_free`` frees (were
+    it to hold references of its own, it would have to take them with
+    ``BIO_up_ref``, and dropping its pointer would then still free once).
+    Not after the BIO was told the peer is gone (``bio_shutdown``): a new
+    BIO would forget the end of the stream.
     """
     ssl = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
@@ -170,11 +175,13 @@ def release_buffers(connection: SSL.Connection) -> bool:
     if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
         return False  # bytes still waiting: next time
     new_into = _lib.BIO_new(_lib.BIO_s_mem())
-    if new_into == _ffi.NULL:
-        return False
-    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    new_out = _lib.BIO_new(_lib.BIO_s_mem()) if new_into != _ffi.NULL else _ffi.NULL
     if new_out == _ffi.NULL:
-        _lib.BIO_free(new_into)
+        if new_into != _ffi.NULL:
+            _lib.BIO_free(new_into)
+        # Out of memory: what BIO_new left on OpenSSL's error queue must not
+        # turn the connection's next WantRead into an error.
+        _lib.ERR_clear_error()
         return False
     _lib.SSL_set_bio(ssl, new_into, new_out)  # frees the old two
     connection._into_ssl, connection._from_ssl = new_into, new_out
