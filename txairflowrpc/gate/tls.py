@@ -164,13 +164,13 @@ def release_buffers(connection: SSL.Connection) -> bool:
     ``SSL_set_bio`` and keeps plain pointers, which ``SSL_free`` frees (were
     it to hold references of its own, it would have to take them with
     ``BIO_up_ref``, and dropping its pointer would then still free once).
-    Not after the BIO was told the peer is gone (``bio_shutdown``): a new
-    BIO would forget the end of the stream.
+    Not to be called once the read BIO was told the peer is gone
+    (``bio_shutdown``): a new BIO would forget the end of the stream.
     """
-    ssl = getattr(connection, "_ssl", None)
+    handle = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
     out = getattr(connection, "_from_ssl", None)
-    if ssl is None or into is None or out is None:
+    if handle is None or into is None or out is None:
         return False
     if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
         return False  # bytes still waiting: next time
@@ -183,6 +183,6 @@ def release_buffers(connection: SSL.Connection) -> bool:
         # turn the connection's next WantRead into an error.
         _lib.ERR_clear_error()
         return False
-    _lib.SSL_set_bio(ssl, new_into, new_out)  # frees the old two
+    _lib.SSL_set_bio(handle, new_into, new_out)  # frees the old two
     connection._into_ssl, connection._from_ssl = new_into, new_out
     return True
