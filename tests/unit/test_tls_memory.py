@@ -45,16 +45,25 @@ class Wire(StringTransport):
         pass
 
 
-class Collector(Protocol):
+class _KeepAlive(Protocol):
+    """A client that writes what it is told and keeps what it gets."""
+
     def connectionMade(self) -> None:
         self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class Collector(_KeepAlive):
+    """A client that asks whoami once, on a connection it closes."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
         body = xmlrpc.client.dumps((), "whoami").encode()
         self.transport.write(
             b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
 
 def _shuttle(clock: Clock, server_side: Any, server_wire: Wire, client_side: Any,
@@ -73,6 +82,18 @@ def _shuttle(clock: Clock, server_side: Any, server_wire: Wire, client_side: Any
             client_side.dataReceived(to_client)
 
 
+def _tls_server(
+    cfg: Any, clock: Clock, mode: str = "optional",
+    authenticate: Any = lambda request: None,
+) -> SiteTLSFactory:
+    """
+    The real site of ``cfg`` behind TLS (client certificates ``mode``),
+    driven by ``clock``; its site is the factory's ``wrappedFactory``.
+    """
+    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None, authenticate).site
+    return SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, mode)), False, site, clock=clock)
+
+
 def _connect(
     tmp_path: Path, pki: DevPKI, client: ClientFiles | None,  # noqa: F811
     protocol: type[Protocol],
@@ -85,10 +106,8 @@ def _connect(
     cfg = load(tmp_path, pki)
     clock = Clock()
     gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
-    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None, gate.authenticate).site
     # TLS batches small writes with the clock: the same Clock runs both sides.
-    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,
-                            clock=clock)
+    server = _tls_server(cfg, clock, "required", gate.authenticate)
     ca = Certificate.loadPEM(pki.ca_file.read_bytes())
     identity = None
     if client is not None:
@@ -148,16 +167,24 @@ def test_a_connection_the_site_refuses_gets_no_tls_at_all(
     cfg = attrs.evolve(cfg, limits=attrs.evolve(cfg.limits, max_connections_per_source=1))
     clock = Clock()
     refusals: list[tuple[str, str]] = []
-    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
-                      lambda request: None).site
+    server = _tls_server(cfg, clock, "required")
+    site = server.wrappedFactory
     site.refusals.note = lambda source, kind, fields: refusals.append((source, kind))
-    server = SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "required")), False, site,
-                            clock=clock)
     first = server.buildProtocol(ADDRESS)
     assert first is not None and first.wrappedProtocol.source == ADDRESS.host
     assert server.buildProtocol(ADDRESS) is None  # over its cap: tcp.Port closes the socket
     assert refusals == [(f"{ADDRESS.host}:{ADDRESS.port}", "connection_refused")]
     assert site.refused_connections == 1 and site.open_connections == 1
+
+
+def _carry(one: SSL.Connection, other: SSL.Connection) -> None:
+    """Move whatever each side wrote to the other, in one chunk each way."""
+    for source, sink in ((one, other), (other, one)):
+        try:
+            sink.bio_write(source.bio_read(1 << 17))
+        except SSL.WantReadError:
+            pass
+
 
 def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
     """
@@ -175,13 +202,6 @@ def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # no
     client = SSL.Connection(context, None)
     client.set_connect_state()
 
-    def carry() -> None:
-        for source, sink in ((client, server), (server, client)):
-            try:
-                sink.bio_write(source.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-
     def step(action: Any) -> Any:
         try:
             return action()
@@ -192,28 +212,19 @@ def test_a_client_cannot_renegotiate(tmp_path: Path, pki: DevPKI) -> None:  # no
 
     for _ in range(5):
         step(client.do_handshake)
-        carry()
+        _carry(client, server)
         step(server.do_handshake)
-        carry()
+        _carry(client, server)
     assert client.get_protocol_version_name() == "TLSv1.2"
     assert client.renegotiate()
     outcomes = []
     for _ in range(3):
         outcomes.append(step(client.do_handshake))
-        carry()
+        _carry(client, server)
         step(lambda: server.recv(1))
-        carry()
+        _carry(client, server)
     assert "no renegotiation" in repr([o for o in outcomes if o is not None])
     assert server.total_renegotiations() == 0
-
-
-def _tls_server(tmp_path: Path, pki: DevPKI, clock: Clock) -> SiteTLSFactory:  # noqa: F811
-    """The real site behind TLS (client certificates optional), driven by ``clock``."""
-    cfg = load(tmp_path, pki)
-    site = build_site(cfg, clock, RequestTraversalAgent(FakeAirflow()), None,
-                      lambda request: None).site
-    return SiteTLSFactory(ReloadableTLS(server_options(cfg.tls, "optional")), False, site,
-                          clock=clock)
 
 
 def _garbage_of(scenario: Any) -> list[Any]:
@@ -248,7 +259,7 @@ def test_a_closed_connection_leaves_no_cycle(
     protocol cleans that failure, so reference counting frees it all.
     """
     clock = Clock()
-    server = _tls_server(tmp_path, pki, clock)
+    server = _tls_server(load(tmp_path, pki), clock)
     ca = Certificate.loadPEM(pki.ca_file.read_bytes())
     client_factory = TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=ca), True,
                                          Factory.forProtocol(Protocol), clock=clock)
@@ -314,7 +325,7 @@ def test_an_answer_leaves_in_one_tls_record(tmp_path: Path, pki: DevPKI) -> None
     cycle fix first subclassed the unbuffered protocol).
     """
     clock = Clock()
-    server = _tls_server(tmp_path, pki, clock)
+    server = _tls_server(load(tmp_path, pki), clock)
     proto = server.buildProtocol(ADDRESS)
     assert isinstance(proto, BufferingTLSTransport)
     records: list[bytes] = []
@@ -339,15 +350,6 @@ class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
         "fordblks", "keepcost")]
-
-
-def _carry(one: SSL.Connection, other: SSL.Connection) -> None:
-    """Move whatever each side wrote to the other, in one chunk each way."""
-    for source, sink in ((one, other), (other, one)):
-        try:
-            sink.bio_write(source.bio_read(1 << 17))
-        except SSL.WantReadError:
-            pass
 
 
 def _mutual_tls_pair(tmp_path: Path, pki: DevPKI) -> tuple[SSL.Connection, SSL.Connection]:  # noqa: F811
@@ -412,16 +414,6 @@ def test_release_buffers_leaves_bytes_still_to_be_read(tmp_path: Path, pki: DevP
     assert not release_buffers(server)
     assert _read_all(server) == b"not yet read"
     assert release_buffers(server)
-
-
-class _KeepAlive(Protocol):
-    """A client that writes what it is told and keeps what it gets."""
-
-    def connectionMade(self) -> None:
-        self.received = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
 
 def _bios(protocol: Any) -> tuple[int, int]:
