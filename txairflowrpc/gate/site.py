@@ -655,6 +655,9 @@ class _TLSWithoutCycles(BufferingTLSTransport):
     BIG_CHUNK = 4096
     #: The handshake's flights grew the BIOs: renewed once it is done.
     _bios_grown = True
+    #: Set once the connection is lost: Twisted then tells the read BIO the
+    #: stream ended (``bio_shutdown``), which a new BIO would not know.
+    _ending = False
 
     def dataReceived(self, data: bytes) -> None:
         if len(data) > self.BIG_CHUNK:
@@ -674,10 +677,6 @@ class _TLSWithoutCycles(BufferingTLSTransport):
         if (self._handshakeDone and not self._lostTLSConnection and not self._ending
                 and connection is not None and release_buffers(connection)):
             self._bios_grown = False
-
-    #: Set once the connection is lost: Twisted then tells the read BIO the
-    #: stream ended (``bio_shutdown``), which a new BIO would not know.
-    _ending = False
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ending = True
