@@ -956,6 +956,43 @@ class DirectoryFsyncTests(SynchronousTestCase):
         self.assertIsNotNone(tokens.TokenStore.load(store).records[record.id].revoked)
 
 
+class RecordSyncTests(SynchronousTestCase):
+    """An append is answered only once its records' bytes are synced to the disk."""
+
+    def setUp(self) -> None:
+        self.directory = scratch(self)
+        self.path = self.directory / "audit.jsonl"
+        #: The file's size each time its data was synced (fsync or fdatasync).
+        self.synced_sizes: list[int] = []
+        for name in ("fsync", "fdatasync"):
+            self.patch(os, name, self._spy(getattr(os, name)))
+
+    def _spy(self, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_ino == self.path.stat().st_ino:
+                self.synced_sizes.append(st.st_size)
+            real(fd)
+        return sync
+
+    def test_each_batch_is_synced_before_its_callers_are_answered(self) -> None:
+        log = audit_log(str(self.directory), Clock())
+        for i in range(3):
+            answered = log.append({"i": i})
+            self.successResultOf(answered)
+            # Everything in the file when the caller hears back was synced.
+            self.assertEqual(self.synced_sizes[-1:], [self.path.stat().st_size])
+        self.assertEqual(len(self.synced_sizes), 3)
+        self.successResultOf(log.close())
+
+    def test_nothing_is_synced_with_fsync_off(self) -> None:
+        log = audit_log(str(self.directory), Clock(), fsync=False)
+        self.successResultOf(log.append({"i": 0}))
+        self.assertGreater(self.path.stat().st_size, 0)
+        self.assertEqual(self.synced_sizes, [])
+        self.successResultOf(log.close())
+
+
 class CallerFloodTests(SynchronousTestCase):
     """
     Found by review: a caller with valid credentials and no scopes at all
