@@ -319,6 +319,9 @@ class TestConfig:
         ('\n[principals.x]\nroles = ["nope"]\n', "principals.x.roles", "unknown role"),
         ('\n[roles.bad2]\nconf."x" = { type = "nonsense" }\n', "roles.bad2.conf.x",
          "not a valid JSON Schema"),
+        # Found by review: a misspelt keyword made the rule check nothing.
+        ('\n[roles.bad3]\nconf."x" = { type = "object", additionalProperites = false }\n',
+         "roles.bad3.conf.x", "unknown JSON Schema keyword 'additionalProperites'"),
         ('\n[principals.twin]\nroles = []\ncert_dns = ["CI-bot.example.com"]\n',
          "principals.twin.cert_dns", "maps principal 'ci-bot' too"),
         # A token names its issuer: only the first of two such providers would ever be asked.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -189,6 +191,54 @@ class ScopeTests(SynchronousTestCase):
             self.assertEqual(fault.faultCode, 403)
             self.assertIn(message, fault.faultString)
         self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", {"day": "2026-01-01"})["created"])
+
+    def test_format_is_asserted(self) -> None:
+        """Found by review: ``format`` only annotated, so a "date" let any string through."""
+        rule = ConfRule.build("etl_*", {"type": "object", "properties": {
+            "day": {"type": "string", "format": "date"},
+            "to": {"anyOf": [{"format": "email"}, {"const": ""}]}}})
+        self.assertIsNone(rule.violation({"day": "2026-11-26", "to": "ops@example.com"}))
+        self.assertEqual(rule.violation({"day": "'; DROP TABLE runs; --"}),
+                         "conf.day: violates rule format = 'date'")
+        self.assertIn("violates rule anyOf", rule.violation({"to": "not an address $(id)"}) or "")
+
+    def test_a_rule_that_would_check_nothing_is_refused_when_read(self) -> None:
+        """Found by review: a misspelt keyword or an unchecked format made a rule inert."""
+        for schema, words in [
+            ({"properties": {"day": {"type": "string", "patern": "^x$"}}},
+             "unknown JSON Schema keyword 'patern' at properties.day"),
+            ({"type": "object", "additionalProperites": False},
+             "unknown JSON Schema keyword 'additionalProperites'"),
+            ({"allOf": [{"properties": {"a": {"$defs": {"b": {"minimum": 1, "mxLength": 2}}}}}]},
+             "unknown JSON Schema keyword 'mxLength' at allOf[0].properties.a.$defs.b"),
+            ({"properties": {"when": {"format": "date-time"}}},
+             "format 'date-time' at properties.when cannot be checked here"),
+            ({"if": {"const": 1}, "then": {"format": "no-such-format"}},
+             "format 'no-such-format' at then cannot be checked here"),
+        ]:
+            with self.assertRaises(ValueError) as e:
+                ConfRule.build("etl_*", schema)
+            self.assertIn(words, str(e.exception))
+        # Annotations and every applicator are fine, and so are boolean schemas.
+        rule = ConfRule.build("etl_*", {
+            "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "etl conf",
+            "description": "d", "$comment": "c", "examples": [{}], "type": "object",
+            "properties": {"day": {"type": "string", "format": "date", "deprecated": False}},
+            "patternProperties": {"^x_": True}, "additionalProperties": False,
+            "if": {"required": ["day"]}, "then": {"minProperties": 1}, "else": {"maxProperties": 0},
+        })
+        self.assertIsNone(rule.violation({"day": "2026-11-26", "x_y": 1}))
+        self.assertIn("additionalProperties", rule.violation({"day": "2026-11-26", "o": 1}) or "")
+
+    def test_the_readmes_worked_example_refuses_a_trailing_newline(self) -> None:
+        """Found by review: the README's ``^...$`` let ``"2026-11-26\\n"`` through."""
+        readme = (Path(__file__).parents[2] / "README.md").read_text()
+        toml = readme.split("**Worked example**", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+        schema = tomllib.loads(toml)["roles"]["ci"]["conf"]["etl_*"]
+        rule = ConfRule.build("etl_*", schema)
+        self.assertIsNone(rule.violation({"day": "2026-11-26"}))
+        for day in ("2026-11-26\n", "x2026-11-26", "2026-11-26; rm -rf /"):
+            self.assertIn("violates rule pattern", rule.violation({"day": day}) or "", day)
 
     def test_a_conf_the_rules_cannot_check_is_refused(self) -> None:
         """Found by review: jsonschema's multipleOf overflowed on a huge int: a -32603."""

@@ -23,9 +23,9 @@ from typing import Any
 
 import attrs
 import jsonschema
-from jsonschema.exceptions import SchemaError
 
 from ..config import AccessConfig, ConfigError
+from . import confschema
 
 #: Where a glob stops being literal text.
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
@@ -80,12 +80,11 @@ class ConfRule:
 
     @classmethod
     def build(cls, dags: str, schema: dict[str, Any]) -> "ConfRule":
-        """Raises ValueError if ``schema`` is not a valid JSON Schema."""
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except SchemaError as e:
-            raise ValueError(f"not a valid JSON Schema: {e.message}") from None
-        return cls(dags, schema, jsonschema.Draft202012Validator(schema))
+        """
+        Raises ValueError if ``schema`` is not a valid JSON Schema or holds
+        what would check nothing (`confschema.build`).
+        """
+        return cls(dags, schema, confschema.build(schema))
 
     def violation(self, conf: dict[str, Any]) -> str | None:
         """
