@@ -738,6 +738,33 @@ class RoutingTests(SiteTestCase):
         self.assertEqual((record["path"], record["query_bytes"]), ("/x", 16))
         self.assertNotIn("hunter2", (self.dir / "audit.jsonl").read_text())
 
+    def test_credentials_in_the_request_target_are_never_recorded(self) -> None:
+        """
+        Found by review: an absolute URI's ``user:token@``, path parameters
+        and a token pasted into the path reached the trail verbatim.
+        """
+        self.answer = Unauthenticated("no credentials")
+        token = "arpc_abcdefghij_" + "S" * 32 + "CRC123"
+        for target, path, sizes in [
+            (f"https://ci-bot:{token}@gw.example/RPC2".encode(), "/RPC2",
+             {"authority_bytes": 72}),
+            (b"/RPC2;jsessionid=hunter2", "/RPC2", {"params_bytes": 18}),
+            (f"/x/{token}/y".encode(), "/x/arpc_[masked]/y", {}),
+            (f"http://gw.example/a;s=hunter2?password=hunter2".encode(), "/a",
+             {"authority_bytes": 10, "params_bytes": 9, "query_bytes": 16}),
+        ]:
+            before = len([r for r in self.records() if r.get("path")])
+            proto, transport = self.connect(port=2300)
+            proto.dataReceived(post(path=target))
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"), target)
+            record = [r for r in self.records() if r.get("path")][before]
+            self.assertEqual(record["path"], path, target)
+            for name in ("authority_bytes", "params_bytes", "query_bytes"):
+                self.assertEqual(record.get(name), sizes.get(name), (target, name))
+        trail = (self.dir / "audit.jsonl").read_text()
+        self.assertNotIn("hunter2", trail)
+        self.assertNotIn("S" * 32, trail)
+
     def test_twisteds_own_400s_are_recorded(self) -> None:
         cases = [
             b"POST /RPC2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -29,6 +29,7 @@ Two kinds of refusal, recorded two ways:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import attrs
@@ -180,15 +181,31 @@ class RefusalLog:
             self._audit.append(_refused(fields), droppable=True).addErrback(lambda f: None)
 
 
+#: An absolute-form request target's ``scheme://authority``.
+_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://([^/]*)")
+#: Something shaped like one of the gateway's tokens (`identity.tokens`).
+_TOKEN_LIKE = re.compile(r"arpc_[A-Za-z0-9_]*")
+
+
 def path_fields(uri: bytes) -> dict[str, Any]:
     """
-    What a record says of a request's URI: its path (clipped), and of its
-    query only its size -- a query can hold what a caller should not have
-    sent there (``?access_token=...``), and the gateway serves none.
+    What a record says of a request's URI: its path (clipped, anything
+    shaped like a gateway token masked), and of the rest only sizes -- each
+    can hold what a caller should not have sent there, and the gateway
+    serves none: the query (``?access_token=...``), path parameters
+    (``;jsessionid=...``), and an absolute URI's authority with its
+    ``user:password@``.
     """
-    path, _, query = uri.partition(b"?")
-    return {"path": path.decode("latin-1")[:200] or None,
-            "query_bytes": len(query) if query else None}
+    target, _, query = uri.partition(b"?")
+    absolute = _ABSOLUTE.match(target)
+    if absolute is not None:
+        target = target[absolute.end():]
+    path, _, params = target.partition(b";")
+    shown = _TOKEN_LIKE.sub("arpc_[masked]", path.decode("latin-1")[:200])
+    return {"path": shown or None,
+            "query_bytes": len(query) if query else None,
+            "params_bytes": len(params) if params else None,
+            "authority_bytes": len(absolute.group(1)) if absolute is not None else None}
 
 
 def _refused(fields: dict[str, Any]) -> dict[str, Any]:
