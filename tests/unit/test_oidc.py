@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from txairflowrpc.identity.oidc import (
+    MAX_KEYS_TRIED,
     JWTError,
     UnknownKey,
     parse_jwks,
@@ -68,6 +69,31 @@ def test_audience_may_be_a_list_and_leeway_applies() -> None:
 def test_a_single_key_serves_a_token_without_kid() -> None:
     token = RSA.sign(claims(), header={"kid": None})
     assert verify_jwt(token, provider(), parse_jwks(jwks(RSA)), NOW)["sub"] == "alice"
+
+
+@pytest.mark.parametrize("kid", [None, "shared"])
+def test_every_key_of_a_rotation_is_tried(kid: str | None) -> None:
+    """
+    Found by review: of two keys without a kid (or sharing one, reused across
+    a rotation), only the first was tried: the new key's tokens were refused.
+    """
+    old, new, stranger = (Signer("RS256", "unused") for _ in range(3))
+    keys = parse_jwks({"keys": [old.jwk(kid=kid), new.jwk(kid=kid)]})
+    for signer in (old, new):
+        token = signer.sign(claims(), header={"kid": kid})
+        assert verify_jwt(token, provider(), keys, NOW)["sub"] == "alice"
+    with pytest.raises(JWTError, match="bad signature"):
+        verify_jwt(stranger.sign(claims(), header={"kid": kid}), provider(), keys, NOW)
+
+
+def test_at_most_a_few_keys_are_tried_on_one_token() -> None:
+    signers = [Signer("ES256", "unused") for _ in range(MAX_KEYS_TRIED + 1)]
+    keys = parse_jwks({"keys": [s.jwk(kid="same") for s in signers]})
+    assert verify_jwt(signers[MAX_KEYS_TRIED - 1].sign(claims(), header={"kid": "same"}),
+                      ALL_ALGORITHMS, keys, NOW)["sub"] == "alice"
+    with pytest.raises(JWTError, match="bad signature"):  # the one past the cap
+        verify_jwt(signers[MAX_KEYS_TRIED].sign(claims(), header={"kid": "same"}),
+                   ALL_ALGORITHMS, keys, NOW)
 
 
 @pytest.mark.parametrize("token,reason", [

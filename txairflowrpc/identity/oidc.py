@@ -65,6 +65,10 @@ warnings.filterwarnings("ignore", "Key size should be >= 2048 bits", SecurityWar
 MIN_RSA_BITS = 2048
 #: The longest ``sub`` accepted (it becomes part of the principal's name).
 MAX_SUB = 255
+#: At most this many keys are tried on one JWT (those sharing its kid, or
+#: having none): a rotation publishes two or three; a set with more
+#: would let every refused JWT cost that many signature checks.
+MAX_KEYS_TRIED = 8
 #: The NumericDates a datetime can hold (up to 9999-12-31T23:59:59Z).
 _LATEST = 253402300799
 
@@ -220,12 +224,14 @@ class SigningKeys:
             return None in self.usable or len(self) == 1
         return kid in self.usable or kid in self.refused
 
-    def select(self, kid: str | None, alg: JWSAlgModel) -> Key:
+    def select(self, kid: str | None, alg: JWSAlgModel) -> tuple[Key, ...]:
         """
-        The key to verify an ``alg`` JWT naming ``kid`` with (a JWT without
-        ``kid`` gets the keys that have none, or the only key of a set of
-        one); `UnknownKey` if the set has none, `JWTError` if the key is
-        refused or fits neither ``alg`` nor its own JWK's ``alg``.
+        The keys to try on an ``alg`` JWT naming ``kid``, in the set's order
+        (a JWT without ``kid`` gets the keys that have none, or the only key
+        of a set of one; a provider may publish several without a kid, or
+        reuse one across a rotation); `UnknownKey` if the set has none,
+        `JWTError` if the key is refused or none fits ``alg`` and its own
+        JWK's ``alg``.  At most `MAX_KEYS_TRIED`, the first in the set.
         """
         if kid is None and None not in self.usable and len(self) == 1:
             candidates = next(iter(self.usable.values()))
@@ -239,12 +245,15 @@ class SigningKeys:
             raise UnknownKey("no kid, and more than one key" if kid is None
                              else "a key id the provider's key set does not hold")
         problem: JoseError | None = None
+        fitting = []
         for key in candidates:
             try:
                 alg.check_key(key)
-                return key
+                fitting.append(key)
             except JoseError as e:
                 problem = e
+        if fitting:
+            return tuple(fitting[:MAX_KEYS_TRIED])
         if isinstance(problem, UnsupportedKeyAlgorithmError):
             raise JWTError(f"key is for {_shown(str(candidates[0].alg))}, not {alg.name}")
         raise JWTError(f"key type does not fit {alg.name}")
@@ -362,11 +371,14 @@ def verify_jwt(
         alg = registry.get_alg(header["alg"])
     except UnsupportedAlgorithmError:
         raise JWTError(f"algorithm {_shown(header['alg'])} is not allowed") from None
-    key = keys.select(header.get("kid"), alg)
-    try:
-        valid = jws.validate_compact(obj, key, registry=registry)
-    except JoseError:
-        raise JWTError(f"key type does not fit {alg.name}") from None
+    valid = False
+    for key in keys.select(header.get("kid"), alg):  # valid if any of them signed it
+        try:
+            valid = jws.validate_compact(obj, key, registry=registry)
+        except JoseError:
+            raise JWTError(f"key type does not fit {alg.name}") from None
+        if valid:
+            break
     if not valid:
         raise JWTError("bad signature")
     try:
