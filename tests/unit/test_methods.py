@@ -462,11 +462,34 @@ def test_a_run_belongs_to_the_whole_name_not_its_first_200_characters() -> None:
     from txairflowrpc.gate.methods import _triggered_by, attribution
 
     prefix = "corp/" + "a" * 250
-    owner = CallContext(principal=type("P", (), {"name": prefix + "-owner"})(), request_id="r1")
-    other = CallContext(principal=type("P", (), {"name": prefix + "-other"})(), request_id="r2")
+    owner = CallContext(principal=type("P", (), {"name": prefix + "-owner"})(),
+                        request_id="0123456789abcdef")
+    other = CallContext(principal=type("P", (), {"name": prefix + "-other"})(),
+                        request_id="fedcba9876543210")
     run = {"note": attribution(owner, None)}
     assert _triggered_by(run, owner)
     assert not _triggered_by(run, other)
+
+
+def test_a_run_belongs_to_the_whole_line_not_a_name_it_starts_with() -> None:
+    """
+    Found by review: an OIDC subject may hold " (request ", and a note's
+    first line was only checked to start like the caller's: runs of
+    ``corp/x (request y`` counted as ``corp/x``'s own.
+    """
+    from txairflowrpc.core.spec import CallContext
+    from txairflowrpc.gate.methods import _triggered_by, attribution
+
+    def caller(name: str) -> CallContext:
+        return CallContext(principal=type("P", (), {"name": name})(),
+                           request_id="0123456789abcdef")
+
+    for name in ("corp/x (request y", "corp/x (request 0123456789abcdef)",
+                 "corp/x (request 0123456789abcdef) "):
+        run = {"note": attribution(caller(name), "their note")}
+        assert _triggered_by(run, caller(name)), name
+        assert not _triggered_by(run, caller("corp/x")), name
+    assert _triggered_by({"note": attribution(caller("corp/x"), None)}, caller("corp/x"))
 
 
 def test_the_note_airflow_gets_fits_its_1000_characters_whatever_the_name() -> None:

@@ -11,6 +11,7 @@ simply absent from a struct.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from xmlrpc.client import DateTime
@@ -224,11 +225,21 @@ def attribution(call: CallContext, note: str | None) -> str:
     return f"{line}\n\n{note}"
 
 
+#: How `attribution`'s line ends after the name: a request id (``token_hex(8)``).
+_LINE_END = re.compile(r"[0-9a-f]{16}\)\Z")
+
+
 def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
-    """Whether ``run`` was triggered through the gateway by the caller (its note says)."""
+    """
+    Whether ``run`` was triggered through the gateway by the caller: its
+    note's first line is the whole line `attribution` writes for it, not
+    merely one that starts alike (a name may hold `` (request ``, so
+    ``corp/x (request y`` would otherwise pass for ``corp/x``).
+    """
     note = run.get("note")
     first = note.split("\n", 1)[0] if isinstance(note, str) else ""
-    return first.startswith(_attributed_to(call))
+    start = _attributed_to(call)
+    return first.startswith(start) and _LINE_END.match(first, len(start)) is not None
 
 
 def _attributed_to(call: CallContext) -> str:
