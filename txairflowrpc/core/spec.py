@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import secrets
 from typing import Any, Callable
 from xmlrpc.client import DateTime
 
@@ -87,6 +88,15 @@ class Param:
         with the id parameters, and recorded as the call's ids.
         """
         return tuple(k for k in self.keeps if k in ids.KINDS) if self.keeps else ()
+
+
+#: What every request id looks like (`new_request_id`): in records, faults and run notes.
+REQUEST_ID_PATTERN = "[0-9a-f]{16}"
+
+
+def new_request_id() -> str:
+    """A fresh request id, matching `REQUEST_ID_PATTERN`."""
+    return secrets.token_hex(8)
 
 
 @attrs.frozen

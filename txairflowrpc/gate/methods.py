@@ -22,7 +22,14 @@ from twisted.internet.interfaces import IReactorTime
 from ..core import calltrace, errors, ids, timefmt
 from ..core.jsonvalues import json_equal
 from ..core.like import Like
-from ..core.spec import AUTHENTICATED, CallContext, Param, rpc_method, type_problem
+from ..core.spec import (
+    AUTHENTICATED,
+    REQUEST_ID_PATTERN,
+    CallContext,
+    Param,
+    rpc_method,
+    type_problem,
+)
 from ..upstream.accounts import Account, Accounts
 from ..upstream.client import AirflowClient
 
@@ -225,8 +232,8 @@ def attribution(call: CallContext, note: str | None) -> str:
     return f"{line}\n\n{note}"
 
 
-#: How `attribution`'s line ends after the name: a request id (``token_hex(8)``).
-_LINE_END = re.compile(r"[0-9a-f]{16}\)\Z")
+#: How `attribution`'s line ends after the name: its request id.
+_LINE_END = re.compile(REQUEST_ID_PATTERN + r"\)\Z")
 
 
 def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:

@@ -20,7 +20,6 @@ call's, leaves only once its record is on disk.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -31,7 +30,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from ..core import errors
-from ..core.spec import CallContext
+from ..core.spec import CallContext, new_request_id
 from ..core.timefmt import iso_seconds, utc
 from ..identity.principal import Principal
 from . import wire
@@ -45,10 +44,6 @@ _XML_TYPES = (b"text/xml", b"application/xml")
 
 #: The largest response body kept for the next caller of the same result.
 _KEEP_ANSWER_BYTES = 64 * 1024
-
-
-def _request_id() -> str:
-    return secrets.token_hex(8)
 
 
 def _peer(request: Any) -> str:
@@ -81,7 +76,7 @@ class RPCResource(Resource):
         self._last_answer: tuple[Any, Any, bytes] = (None, None, b"")
 
     def render(self, request: server.Request) -> Any:
-        request_id = _request_id()
+        request_id = new_request_id()
         request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
         principal = getattr(request, "principal", None)
         if principal is None:
@@ -245,7 +240,7 @@ class NotFound(Resource):
         self._refusals = refusals
 
     def render(self, request: server.Request) -> Any:
-        return refuse(self._refusals, request, _request_id(), 404,
+        return refuse(self._refusals, request, new_request_id(), 404,
                       "not found: the XML-RPC endpoint is /RPC2",
                       getattr(request, "principal", None))
 

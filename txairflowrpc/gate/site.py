@@ -40,7 +40,6 @@ before its answer leaves.
 from __future__ import annotations
 
 import io
-import secrets
 from typing import Any, Callable
 
 from OpenSSL import SSL
@@ -55,6 +54,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ..config import LimitsConfig
+from ..core.spec import new_request_id
 from ..identity.authenticate import Unauthenticated
 from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
@@ -500,7 +500,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._refused_once = True
         self._cancel("_request_timer")
-        request_id = secrets.token_hex(8)
+        request_id = new_request_id()
         req = self.requests[-1] if self.requests else None
         principal = req.principal if req is not None else None
         kind = _KINDS.get(status, "http")
