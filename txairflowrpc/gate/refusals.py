@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from ..audit.log import AuditLog
 from ..audit.summary import clip
 from ..identity.backoff import source_key
+from ..identity.tokens import PREFIX as TOKEN_PREFIX
 
 _log = Logger()
 
@@ -184,7 +185,7 @@ class RefusalLog:
 #: An absolute-form request target's ``scheme://authority``.
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://([^/]*)")
 #: Something shaped like one of the gateway's tokens (`identity.tokens`).
-_TOKEN_LIKE = re.compile(r"arpc_[A-Za-z0-9_]*")
+_TOKEN_LIKE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_]*")
 
 
 def path_fields(uri: bytes) -> dict[str, Any]:
@@ -201,7 +202,7 @@ def path_fields(uri: bytes) -> dict[str, Any]:
     if absolute is not None:
         target = target[absolute.end():]
     path, _, params = target.partition(b";")
-    shown = _TOKEN_LIKE.sub("arpc_[masked]", path.decode("latin-1")[:200])
+    shown = _TOKEN_LIKE.sub(TOKEN_PREFIX + "[masked]", path.decode("latin-1")[:200])
     return {"path": shown or None,
             "query_bytes": len(query) if query else None,
             "params_bytes": len(params) if params else None,
