@@ -80,16 +80,19 @@ def _problem(schema: Any, where: str, formats: frozenset[str]) -> str | None:
             return (f"format {str(value)[:64]!r}{at} cannot be checked here (it would let "
                     f"anything through); checkable: {', '.join(sorted(formats))}; or use "
                     f"'pattern'")
-        inner = f"{where}.{key}" if where else key
-        found: str | None = None
-        if key in _ONE:
-            found = _problem(value, inner, formats)
-        elif key in _TABLE:
-            for name, sub in value.items():
-                found = found or _problem(sub, f"{inner}.{name}", formats)
-        elif key in _LIST:
-            for i, sub in enumerate(value):
-                found = found or _problem(sub, f"{inner}[{i}]", formats)
-        if found is not None:
-            return found
+        for sub, sub_where in _subschemas(key, value, f"{where}.{key}" if where else key):
+            found = _problem(sub, sub_where, formats)
+            if found is not None:
+                return found
     return None
+
+
+def _subschemas(key: str, value: Any, where: str) -> list[tuple[Any, str]]:
+    """The subschemas keyword ``key`` holds in ``value``, each with where it is."""
+    if key in _ONE:
+        return [(value, where)]
+    if key in _TABLE:
+        return [(sub, f"{where}.{name}") for name, sub in value.items()]
+    if key in _LIST:
+        return [(sub, f"{where}[{i}]") for i, sub in enumerate(value)]
+    return []
