@@ -898,21 +898,30 @@ class MulticallCommitTests(SynchronousTestCase):
 
 
 class FsyncSpy:
-    """Records what each ``os.fsync`` call synced: (inode, is a directory)."""
+    """
+    Records what each ``os.fsync`` and ``os.fdatasync`` call synced:
+    (inode, is a directory, size).
+    """
 
     def __init__(self, case: SynchronousTestCase) -> None:
-        self.synced: list[tuple[int, bool]] = []
-        real = os.fsync
+        self.synced: list[tuple[int, bool, int]] = []
+        for name in ("fsync", "fdatasync"):
+            case.patch(os, name, self._spying(getattr(os, name)))
 
-        def fsync(fd: int) -> None:
+    def _spying(self, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
             st = os.fstat(fd)
-            self.synced.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+            self.synced.append((st.st_ino, stat.S_ISDIR(st.st_mode), st.st_size))
             real(fd)
-
-        case.patch(os, "fsync", fsync)
+        return sync
 
     def directories(self) -> list[int]:
-        return [ino for ino, is_dir in self.synced if is_dir]
+        return [ino for ino, is_dir, _ in self.synced if is_dir]
+
+    def sizes(self, path: Path) -> list[int]:
+        """The file's size each time its data was synced."""
+        ino = path.stat().st_ino
+        return [size for i, is_dir, size in self.synced if i == ino and not is_dir]
 
 
 class DirectoryFsyncTests(SynchronousTestCase):
@@ -962,18 +971,7 @@ class RecordSyncTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = scratch(self)
         self.path = self.directory / "audit.jsonl"
-        #: The file's size each time its data was synced (fsync or fdatasync).
-        self.synced_sizes: list[int] = []
-        for name in ("fsync", "fdatasync"):
-            self.patch(os, name, self._spy(getattr(os, name)))
-
-    def _spy(self, real: Callable[[int], None]) -> Callable[[int], None]:
-        def sync(fd: int) -> None:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_ino == self.path.stat().st_ino:
-                self.synced_sizes.append(st.st_size)
-            real(fd)
-        return sync
+        self.spy = FsyncSpy(self)
 
     def test_each_batch_is_synced_before_its_callers_are_answered(self) -> None:
         log = audit_log(str(self.directory), Clock())
@@ -981,15 +979,15 @@ class RecordSyncTests(SynchronousTestCase):
             answered = log.append({"i": i})
             self.successResultOf(answered)
             # Everything in the file when the caller hears back was synced.
-            self.assertEqual(self.synced_sizes[-1:], [self.path.stat().st_size])
-        self.assertEqual(len(self.synced_sizes), 3)
+            self.assertEqual(self.spy.sizes(self.path)[-1:], [self.path.stat().st_size])
+        self.assertEqual(len(self.spy.sizes(self.path)), 3)
         self.successResultOf(log.close())
 
     def test_nothing_is_synced_with_fsync_off(self) -> None:
         log = audit_log(str(self.directory), Clock(), fsync=False)
         self.successResultOf(log.append({"i": 0}))
         self.assertGreater(self.path.stat().st_size, 0)
-        self.assertEqual(self.synced_sizes, [])
+        self.assertEqual(self.spy.sizes(self.path), [])
         self.successResultOf(log.close())
 
 
