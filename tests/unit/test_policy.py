@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txairflowrpc.identity import confschema
 from txairflowrpc.identity.scopes import ConfRule
 
 from ..fakes import NOW as FAKE_NOW
@@ -229,6 +230,79 @@ class ScopeTests(SynchronousTestCase):
         })
         self.assertIsNone(rule.violation({"day": "2026-11-26", "x_y": 1}))
         self.assertIn("additionalProperties", rule.violation({"day": "2026-11-26", "o": 1}) or "")
+
+    def test_a_rule_read_by_other_rules_or_elsewhere_is_refused(self) -> None:
+        """
+        Found by review: a subschema naming an older draft's ``$schema`` was
+        checked by that draft (``const`` ignored); a remote ``$ref`` was
+        fetched, blocking, at every check; a ``$ref`` to ``#/examples/0``
+        reached a place nothing had checked; ``contentSchema`` checks nothing.
+        """
+        draft4 = "http://json-schema.org/draft-04/schema#"
+        for schema, words in [
+            ({"properties": {"day": {"$schema": draft4, "const": "x"}}},
+             "'$schema' at properties.day is allowed only at the root of a rule"),
+            ({"$schema": draft4, "properties": {"day": {"const": "x"}}},
+             "$schema 'http://json-schema.org/draft-04/schema#' is not 2020-12's"),
+            ({"properties": {"a": {"$id": "https://rules.example/a", "type": "string"}}},
+             "'$id' at properties.a is allowed only at the root of a rule"),
+            ({"properties": {"d": {"$ref": "http://127.0.0.1:9/day.json"}}},
+             "$ref 'http://127.0.0.1:9/day.json' at properties.d is not to a subschema"),
+            ({"examples": [{"patern": "x"}], "properties": {"d": {"$ref": "#/examples/0"}}},
+             "$ref '#/examples/0' at properties.d is not to a subschema"),
+            ({"properties": {"d": {"$ref": "#/$defs/missing"}}},
+             "$ref '#/$defs/missing' at properties.d is not to a subschema"),
+            ({"properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties"}}},
+             "$ref '#/properties' at properties.b is not to a subschema"),
+            ({"properties": {"p": {"type": "string", "contentSchema": {"required": ["x"]}}}},
+             "'contentSchema' at properties.p is refused: an annotation only"),
+            ({"properties": {"p": {"contentMediaType": "application/json"}}},
+             "'contentMediaType' at properties.p is refused"),
+            ({"properties": {"p": {"readOnly": True}}}, "'readOnly' at properties.p is refused"),
+            ({"definitions": {"day": {"type": "string"}}}, "use '$defs'"),
+            ({"dependencies": {"a": ["b"]}}, "use 'dependentRequired' or 'dependentSchemas'"),
+            ({"additionalItems": False}, "use 'items' after 'prefixItems'"),
+            ({"$recursiveRef": "#"}, "use '$ref': '#'"),
+            ({"$defs": {"a": {"$anchor": "day"}}, "properties": {"d": {"$ref": "#day"}}},
+             "'$anchor' at $defs.a is refused"),
+            ({"$dynamicRef": "#meta"}, "'$dynamicRef' is refused"),
+        ]:
+            with self.assertRaises(ValueError, msg=schema) as e:
+                ConfRule.build("etl_*", schema)
+            self.assertIn(words, str(e.exception))
+        # A reference into the rule itself works, through a root $id and escapes too.
+        rule = ConfRule.build("etl_*", {
+            "$schema": "https://json-schema.org/draft/2020-12/schema#",
+            "$id": "https://rules.example/etl", "type": "object",
+            "$defs": {"a/b": {"type": "string"}, "c d": {"type": "integer"}},
+            "properties": {"b": {"$ref": "#/$defs/a~1b"}, "c": {"$ref": "#/$defs/c%20d"},
+                           "first": {"$ref": "#/allOf/0"}, "child": {"$ref": "#"}},
+            "allOf": [{"type": "object", "maxProperties": 3}],
+        })
+        self.assertIsNone(rule.violation({"b": "x", "c": 1, "child": {"b": "y"}}))
+        self.assertEqual(rule.violation({"b": 1}), "conf.b: violates rule type = 'string'")
+        self.assertEqual(rule.violation({"c": "x"}), "conf.c: violates rule type = 'integer'")
+        self.assertEqual(rule.violation({"first": 1}), "conf.first: violates rule type = 'object'")
+        self.assertEqual(rule.violation({"child": {"b": 2}}),
+                         "conf.child.b: violates rule type = 'string'")
+
+    def test_a_rule_fetches_nothing(self) -> None:
+        """The validator resolves references only inside the rule, even one the walk missed."""
+        import urllib.request
+
+        import referencing.exceptions
+
+        fetched: list[object] = []
+
+        def urlopen(request: object, *args: object, **kwargs: object) -> Any:
+            fetched.append(request)
+            raise OSError("no network in this test")
+
+        self.patch(urllib.request, "urlopen", urlopen)
+        validator = confschema.build({"type": "object"})
+        with self.assertRaises(referencing.exceptions.Unresolvable):
+            validator.evolve(schema={"$ref": "http://127.0.0.1:9/day.json"}).validate({})
+        self.assertEqual(fetched, [])
 
     def test_the_readmes_worked_example_refuses_a_trailing_newline(self) -> None:
         """Found by review: the README's ``^...$`` let ``"2026-11-26\\n"`` through."""

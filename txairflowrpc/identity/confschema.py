@@ -3,45 +3,81 @@ The JSON Schema of a ``conf`` guardrail, checked when the config is read
 so that a rule that looks strict is strict.
 
 ``jsonschema`` checks a schema only against the 2020-12 metaschema, which
-lets through two things a guardrail must not have:
+lets through what would make a guardrail check nothing, or check something
+else than it says:
 
 - an unknown keyword: a misspelt ``patern`` or ``additionalProperites`` is
   an annotation there, it constrains nothing, and the rule lets every conf
-  through;
+  through; so are the older drafts' ``definitions``, ``dependencies`` and
+  ``additionalItems``, and the ``content*`` and ``readOnly``/``writeOnly``
+  annotations, which look like constraints;
 - a ``format`` that nothing checks: in 2020-12 ``format`` only annotates
   unless the validator is given a format checker, and the library's checker
   knows only the formats whose optional packages are installed (here
-  `checkable_formats`; ``date-time`` and ``uri`` are not among them).
+  `checkable_formats`; ``date-time`` and ``uri`` are not among them);
+- a ``$schema`` naming another draft below the root: that subschema is then
+  checked by the older draft's rules, which ignore ``const``,
+  ``prefixItems`` or ``unevaluatedProperties``;
+- a ``$ref`` that is not into the rule itself: the library would fetch it
+  over the network, blocking, each time a conf is checked; or into a place
+  that is not a schema (``#/examples/0``), which nothing here has checked.
 
-`build` refuses both, naming the keyword and where it is, and gives a
-validator that asserts every ``format``.
+`build` refuses all of these, naming the keyword and where it is, and gives
+a validator that asserts every ``format`` and resolves no reference outside
+the rule.  A reference is ``#`` (the rule) or a JSON pointer to one of its
+subschemas, usually ``#/$defs/NAME``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
+import referencing
 from jsonschema.exceptions import SchemaError
 
-__all__ = ["KEYWORDS", "build", "checkable_formats"]
+__all__ = ["KEYWORDS", "SCHEMA_URI", "build", "checkable_formats"]
 
 _Validator = jsonschema.Draft202012Validator
 
+#: The one ``$schema`` a rule may name, and only at its root.
+SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
+
 #: Keywords holding one subschema, a name -> subschema table, or a list of subschemas.
 _ONE = frozenset({"not", "if", "then", "else", "items", "contains", "additionalProperties",
-                  "propertyNames", "unevaluatedItems", "unevaluatedProperties",
-                  "contentSchema"})
+                  "propertyNames", "unevaluatedItems", "unevaluatedProperties"})
 _TABLE = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
 _LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-#: Every keyword of the 2020-12 vocabularies: what the validator checks, the
-#: subschema holders it checks through (``then``, ``else``), and the
-#: annotations that may document a rule.
-KEYWORDS = frozenset(_Validator.VALIDATORS) | _ONE | _TABLE | _LIST | frozenset({
-    "$schema", "$id", "$anchor", "$dynamicAnchor", "$comment", "$vocabulary",
-    "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly",
-    "contentEncoding", "contentMediaType",
-})
+#: Keywords a rule may not hold, with what to use instead.
+_REFUSED = {
+    "definitions": "the older drafts' name: use '$defs' (and '$ref': '#/$defs/NAME')",
+    "dependencies": "the older drafts' keyword: use 'dependentRequired' or 'dependentSchemas'",
+    "additionalItems": "the older drafts' keyword: use 'items' after 'prefixItems'",
+    "$recursiveRef": "the 2019-09 keyword: use '$ref': '#'",
+    "$recursiveAnchor": "the 2019-09 keyword: use '$ref': '#'",
+    "$dynamicRef": "not supported in a rule: use '$ref' to '#' or '#/$defs/NAME'",
+    "$dynamicAnchor": "not supported in a rule: use '$ref' to '#' or '#/$defs/NAME'",
+    "$anchor": "not supported in a rule: use '$ref': '#/$defs/NAME'",
+    "$vocabulary": "belongs in a metaschema, not in a rule",
+    "contentSchema": "an annotation only, it checks nothing: describe the string with 'pattern'",
+    "contentMediaType": "an annotation only, it checks nothing: use 'pattern'",
+    "contentEncoding": "an annotation only, it checks nothing: use 'pattern'",
+    "readOnly": "an annotation only, it forbids nothing: use 'not': {'required': [NAME]}",
+    "writeOnly": "an annotation only, it forbids nothing: use 'not': {'required': [NAME]}",
+}
+#: Every keyword a rule may hold: what the validator checks, the subschema
+#: holders it checks through (``then``, ``else``), and the annotations that
+#: may document a rule.
+KEYWORDS = (frozenset(_Validator.VALIDATORS) | _ONE | _TABLE | _LIST | frozenset({
+    "$schema", "$id", "$comment", "title", "description", "default", "examples", "deprecated",
+})) - frozenset(_REFUSED)
+#: Allowed only at the root of a rule: below it they change how the
+#: subschema is read (another draft's rules, another base for ``$ref``).
+_ROOT_ONLY = frozenset({"$schema", "$id"})
+
+#: Where a subschema is: keywords and property names, and list indices as ints.
+_Path = tuple[str | int, ...]
 
 
 def checkable_formats() -> frozenset[str]:
@@ -51,48 +87,95 @@ def checkable_formats() -> frozenset[str]:
 
 def build(schema: dict[str, Any]) -> Any:
     """
-    A validator for ``schema`` that asserts ``format``.
+    A validator for ``schema`` that asserts ``format`` and fetches nothing.
 
     Raises ValueError, saying what and where, if ``schema`` is not a valid
-    2020-12 JSON Schema, holds a keyword that is not one, or a ``format``
-    that cannot be checked here.
+    2020-12 JSON Schema, holds a keyword it may not (`KEYWORDS`), a
+    ``format`` that cannot be checked here, a ``$schema`` other than
+    `SCHEMA_URI` or below the root, or a ``$ref`` that is not to one of its
+    own subschemas.
     """
     try:
         _Validator.check_schema(schema)
     except SchemaError as e:
         raise ValueError(f"not a valid JSON Schema: {e.message}") from None
-    problem = _problem(schema, "", checkable_formats())
+    walk = _Walk(checkable_formats())
+    problem = walk.problem(schema, ()) or walk.dangling_ref()
     if problem is not None:
         raise ValueError(problem)
-    return _Validator(schema, format_checker=_Validator.FORMAT_CHECKER)
+    return _Validator(schema, format_checker=_Validator.FORMAT_CHECKER,
+                      registry=referencing.Registry())
 
 
-def _problem(schema: Any, where: str, formats: frozenset[str]) -> str | None:
-    """The first keyword in ``schema`` (at ``where``) that would constrain nothing."""
-    if not isinstance(schema, dict):  # true / false (the metaschema allows nothing else)
+def _where(path: _Path) -> str:
+    """``properties.day``, ``allOf[0]``: a path as the messages name it."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p
+                   for i, p in enumerate(path))
+
+
+class _Walk:
+    """One walk over a rule: every subschema visited, every ``$ref`` seen."""
+
+    def __init__(self, formats: frozenset[str]) -> None:
+        self.formats = formats
+        self.schemas: set[tuple[str, ...]] = set()  # as a JSON pointer's tokens
+        self.refs: list[tuple[str, _Path]] = []
+
+    def problem(self, schema: Any, path: _Path) -> str | None:
+        """The first keyword in ``schema`` (at ``path``) that the rule may not hold."""
+        self.schemas.add(tuple(map(str, path)))
+        if not isinstance(schema, dict):  # true / false (the metaschema allows nothing else)
+            return None
+        at = f" at {_where(path)}" if path else ""
+        for key, value in schema.items():
+            if key in _REFUSED:
+                return f"JSON Schema keyword {key!r}{at} is refused: {_REFUSED[key]}"
+            if key not in KEYWORDS:
+                return (f"unknown JSON Schema keyword {key[:64]!r}{at} (it would check nothing; "
+                        f"a property belongs under 'properties')")
+            if key in _ROOT_ONLY and path:
+                return f"{key!r}{at} is allowed only at the root of a rule"
+            if key == "$schema" and value.rstrip("#") != SCHEMA_URI:
+                return (f"$schema {value[:64]!r} is not 2020-12's: a rule is checked as "
+                        f"{SCHEMA_URI}")
+            if key == "format" and value not in self.formats:
+                return (f"format {str(value)[:64]!r}{at} cannot be checked here (it would let "
+                        f"anything through); checkable: {', '.join(sorted(self.formats))}; or "
+                        f"use 'pattern'")
+            if key == "$ref":
+                self.refs.append((value, path))
+            for sub, sub_path in _subschemas(key, value, path + (key,)):
+                found = self.problem(sub, sub_path)
+                if found is not None:
+                    return found
         return None
-    at = f" at {where}" if where else ""
-    for key, value in schema.items():
-        if key not in KEYWORDS:
-            return (f"unknown JSON Schema keyword {key[:64]!r}{at} (it would check nothing; "
-                    f"a property belongs under 'properties')")
-        if key == "format" and value not in formats:
-            return (f"format {str(value)[:64]!r}{at} cannot be checked here (it would let "
-                    f"anything through); checkable: {', '.join(sorted(formats))}; or use "
-                    f"'pattern'")
-        for sub, sub_where in _subschemas(key, value, f"{where}.{key}" if where else key):
-            found = _problem(sub, sub_where, formats)
-            if found is not None:
-                return found
-    return None
+
+    def dangling_ref(self) -> str | None:
+        """The first ``$ref`` that is not to a subschema of this rule."""
+        for ref, path in self.refs:
+            target = _pointer(ref)
+            if target is None or target not in self.schemas:
+                return (f"$ref {ref[:64]!r} at {_where(path)} is not to a subschema of this rule "
+                        f"(use '#' or '#/$defs/NAME'; nothing is fetched)")
+        return None
 
 
-def _subschemas(key: str, value: Any, where: str) -> list[tuple[Any, str]]:
-    """The subschemas keyword ``key`` holds in ``value``, each with where it is."""
+def _pointer(ref: str) -> tuple[str, ...] | None:
+    """The path ``ref`` points to inside the rule, or None if it is not a local pointer."""
+    if ref == "#":
+        return ()
+    if not ref.startswith("#/"):
+        return None
+    return tuple(unquote(token).replace("~1", "/").replace("~0", "~")
+                 for token in ref[2:].split("/"))
+
+
+def _subschemas(key: str, value: Any, path: _Path) -> list[tuple[Any, _Path]]:
+    """The subschemas keyword ``key`` holds in ``value``, each with its path."""
     if key in _ONE:
-        return [(value, where)]
+        return [(value, path)]
     if key in _TABLE:
-        return [(sub, f"{where}.{name}") for name, sub in value.items()]
+        return [(sub, path + (name,)) for name, sub in value.items()]
     if key in _LIST:
-        return [(sub, f"{where}[{i}]") for i, sub in enumerate(value)]
+        return [(sub, path + (i,)) for i, sub in enumerate(value)]
     return []
