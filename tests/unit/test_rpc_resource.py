@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import io
 import xmlrpc.client
 from typing import Any
@@ -18,7 +20,7 @@ from txairflowrpc.gate import resource as resource_module
 from txairflowrpc.upstream import client as client_module
 from txairflowrpc.upstream import watch as watch_module
 
-from .helpers import CONFIG, OPERATOR, dumps, gateway
+from .helpers import CONFIG, DIGEST_KEY, OPERATOR, dumps, gateway
 
 PING = xmlrpc.client.dumps((), "ping").encode()
 
@@ -91,11 +93,15 @@ class HTTPTests(SynchronousTestCase):
 
         directory = Path(tempfile.mkdtemp())
         gw = gateway(audit_dir=str(directory))
-        code, _, _ = self.response(gw.post(PING, path="/RPC2?access_token=arpc_tok_SECRETSECRET"))
+        target = b"/RPC2?access_token=arpc_tok_SECRETSECRET"
+        code, _, _ = self.response(gw.post(PING, path=target.decode()))
         self.assertEqual(code, 404)
         raw = (directory / "audit.jsonl").read_text()
-        (record,) = [r for r in map(json.loads, raw.splitlines()) if r.get("path")]
-        self.assertEqual((record["path"], record["query_bytes"]), ("/RPC2", 34))
+        (record,) = [r for r in map(json.loads, raw.splitlines()) if r.get("target")]
+        self.assertEqual(record["target"], {
+            "hmac_sha256": hmac.new(DIGEST_KEY, target, hashlib.sha256).hexdigest(),
+            "size": len(target)})
+        self.assertNotIn("path", record)
         self.assertNotIn("SECRET", raw)
 
     def test_doctype_is_a_fault_not_an_error_page(self) -> None:

@@ -5,6 +5,8 @@ connections, bodies and time, exact routing, and every refusal recorded.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import tempfile
 from datetime import datetime, timezone
@@ -728,42 +730,52 @@ class RoutingTests(SiteTestCase):
         proto.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404"), transport.value())
 
-    def test_a_query_string_is_never_recorded(self) -> None:
-        """Found by review: ``/RPC2?access_token=...`` reached the trail as the path."""
-        self.answer = Unauthenticated("no credentials")
-        proto, transport = self.connect(port=2300)
-        proto.dataReceived(post(path=b"/x?password=hunter2"))
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
-        (record,) = [r for r in self.records() if r.get("path")]
-        self.assertEqual((record["path"], record["query_bytes"]), ("/x", 16))
-        self.assertNotIn("hunter2", (self.dir / "audit.jsonl").read_text())
-
-    def test_credentials_in_the_request_target_are_never_recorded(self) -> None:
+    def test_a_request_target_is_recorded_only_when_it_is_rpc2(self) -> None:
         """
-        Found by review: an absolute URI's ``user:token@``, path parameters
-        and a token pasted into the path reached the trail verbatim.
+        Found by review, twice: a query, path parameters, an absolute URI's
+        ``user:token@`` and a token pasted into the path reached the trail;
+        then masking missed ``//user:JWT@``, ``access_token=`` in the path, a
+        fragment, ``http:/user:...@``, ``%5F``-encoded tokens and ``%3B``.
+        Any target but ``/RPC2`` is now its keyed digest and size.
         """
+        key = b"k" * 32
+        self.refusals = RefusalLog(self.audit, self.clock, digest_key=key)
+        self.make()
         self.answer = Unauthenticated("no credentials")
         token = "arpc_abcdefghij_" + "S" * 32 + "CRC123"
-        for target, path, sizes in [
-            (f"https://ci-bot:{token}@gw.example/RPC2".encode(), "/RPC2",
-             {"authority_bytes": 72}),
-            (b"/RPC2;jsessionid=hunter2", "/RPC2", {"params_bytes": 18}),
-            (f"/x/{token}/y".encode(), "/x/arpc_[masked]/y", {}),
-            (f"http://gw.example/a;s=hunter2?password=hunter2".encode(), "/a",
-             {"authority_bytes": 10, "params_bytes": 9, "query_bytes": 16}),
-        ]:
-            before = len([r for r in self.records() if r.get("path")])
+        jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.SIGNATUREsecretPART"
+        targets = [
+            "/x?password=hunter2",
+            f"https://ci-bot:{token}@gw.example/RPC2",
+            f"//ci-bot:{jwt}@gw.example/RPC2",
+            f"http:/ci-bot:{jwt}@gw/RPC2",
+            "/RPC2;jsessionid=hunter2",
+            "/RPC2%3Bjsessionid=hunter2",
+            f"/RPC2/access_token={jwt}",
+            f"/RPC2#access_token={jwt}",
+            f"/x/{token.replace('_', '%5F')}/y",
+            "http://gw.example/a;s=hunter2?password=hunter2",
+        ]
+        for target in map(str.encode, targets):
+            before = len(self.records())
             proto, transport = self.connect(port=2300)
             proto.dataReceived(post(path=target))
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"), target)
-            record = [r for r in self.records() if r.get("path")][before]
-            self.assertEqual(record["path"], path, target)
-            for name in ("authority_bytes", "params_bytes", "query_bytes"):
-                self.assertEqual(record.get(name), sizes.get(name), (target, name))
+            (record,) = self.records()[before:]
+            self.assertNotIn("path", record)
+            self.assertEqual(record["target"], {
+                "hmac_sha256": hmac.new(key, target, hashlib.sha256).hexdigest(),
+                "size": len(target)}, target)
         trail = (self.dir / "audit.jsonl").read_text()
-        self.assertNotIn("hunter2", trail)
-        self.assertNotIn("S" * 32, trail)
+        for secret in ("hunter2", "S" * 32, "SIGNATURE", "eyJ"):
+            self.assertNotIn(secret, trail)
+        # The target the gateway serves is named as it is.
+        proto, transport = self.connect(port=2300)
+        proto.dataReceived(post())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        record = self.records()[-1]
+        self.assertEqual(record["path"], "/RPC2")
+        self.assertNotIn("target", record)
 
     def test_twisteds_own_400s_are_recorded(self) -> None:
         cases = [

@@ -29,7 +29,9 @@ Two kinds of refusal, recorded two ways:
 
 from __future__ import annotations
 
-import re
+import hashlib
+import hmac
+import secrets
 from typing import Any, Callable
 
 import attrs
@@ -40,7 +42,6 @@ from twisted.logger import Logger
 from ..audit.log import AuditLog
 from ..audit.summary import clip
 from ..identity.backoff import source_key
-from ..identity.tokens import PREFIX as TOKEN_PREFIX
 
 _log = Logger()
 
@@ -69,10 +70,14 @@ class RefusalLog:
 
     :param window: seconds over which refusals of one kind from one source
         are counted into one record.
+    :param digest_key: the trail's digest key (`target_fields`); None: a
+        key of this process alone.
     """
 
-    def __init__(self, audit: AuditLog | None, clock: IReactorTime, window: float = 60.0) -> None:
+    def __init__(self, audit: AuditLog | None, clock: IReactorTime, window: float = 60.0,
+                 digest_key: bytes | None = None) -> None:
         self._audit = audit
+        self._digest_key = digest_key or secrets.token_bytes(32)
         self._clock = clock
         self._window = window
         #: What one source is for an IPv6 address (``limits.ipv6_source_prefix``).
@@ -89,6 +94,10 @@ class RefusalLog:
         self.noted = 0
         #: The same by kind (``request`` for those `record` writes one by one).
         self.kinds: dict[str, int] = {}
+
+    def target_fields(self, target: bytes) -> dict[str, Any]:
+        """`target_fields` under this log's digest key."""
+        return target_fields(target, self._digest_key)
 
     def record(self, fields: dict[str, Any]) -> Deferred[None]:
         """
@@ -182,36 +191,29 @@ class RefusalLog:
             self._audit.append(_refused(fields), droppable=True).addErrback(lambda f: None)
 
 
-#: An absolute-form request target's ``scheme://authority``.
-_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://([^/]*)")
-#: Something shaped like one of the gateway's tokens (`identity.tokens`).
-_TOKEN_LIKE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_]*")
+#: The one request-target the gateway serves: a record names it as it is.
+RPC_TARGET = b"/RPC2"
 
 
-def path_fields(uri: bytes) -> dict[str, Any]:
+def target_fields(target: bytes, key: bytes) -> dict[str, Any]:
     """
-    What a record says of a request's URI: its path (clipped, anything
-    shaped like a gateway token masked), and of the rest only sizes -- each
-    can hold what a caller should not have sent there, and the gateway
-    serves none: the query (``?access_token=...``), path parameters
-    (``;jsessionid=...``), and an absolute URI's authority with its
-    ``user:password@``.
+    What a record says of a request's target: `RPC_TARGET` as it is; any
+    other only as its HMAC-SHA256 under ``key`` (the trail's digest key) and
+    size.  Found by review, twice: a target can carry what a caller should
+    never have sent, in more places than a filter can know (``user:token@``
+    in an absolute or ``//`` URI, ``?access_token=``, ``;jsessionid=``, a JWT
+    or a percent-encoded token in the path), so none of it is kept; whoever
+    holds the key can still tell two targets apart or test a guess.
     """
-    target, _, query = uri.partition(b"?")
-    absolute = _ABSOLUTE.match(target)
-    if absolute is not None:
-        target = target[absolute.end():]
-    path, _, params = target.partition(b";")
-    shown = _TOKEN_LIKE.sub(TOKEN_PREFIX + "[masked]", path.decode("latin-1")[:200])
-    return {"path": shown or None,
-            "query_bytes": len(query) if query else None,
-            "params_bytes": len(params) if params else None,
-            "authority_bytes": len(absolute.group(1)) if absolute is not None else None}
+    if target == RPC_TARGET:
+        return {"path": target.decode("ascii")}
+    return {"target": {"hmac_sha256": hmac.new(key, target, hashlib.sha256).hexdigest(),
+                       "size": len(target)}}
 
 
 def _refused(fields: dict[str, Any]) -> dict[str, Any]:
     record = {"kind": "refused", "decision": "denied", **fields}
-    for name in ("reason", "path", "http_method", "tls_error"):
+    for name in ("reason", "http_method", "tls_error"):
         if isinstance(record.get(name), str):
             record[name] = clip(record[name])
     return {k: v for k, v in record.items() if v is not None}

@@ -35,7 +35,7 @@ from ..core.timefmt import iso_seconds, utc
 from ..identity.principal import Principal
 from . import wire
 from .dispatch import Dispatcher
-from .refusals import RefusalLog, path_fields
+from .refusals import RPC_TARGET, RefusalLog
 from .site import address_text
 
 _log = Logger()
@@ -113,8 +113,8 @@ class RPCResource(Resource):
         try:
             method, params = wire.parse_call(body, charset=_charset(request))
         except errors.GatewayError as e:
-            recorded = self.refusals.record(
-                _fields(request, request_id, e.message, principal, fault_code=e.code))
+            recorded = self.refusals.record(_fields(
+                self.refusals, request, request_id, e.message, principal, fault_code=e.code))
             content = wire.dump_fault(e.to_fault())
             recorded.addBoth(lambda _: _write(request, content))
             return
@@ -161,13 +161,14 @@ class RPCResource(Resource):
 
 
 def _fields(
-    request: Any, request_id: str, reason: str, principal: Principal | None, **extra: Any,
+    refusals: RefusalLog, request: Any, request_id: str, reason: str,
+    principal: Principal | None, **extra: Any,
 ) -> dict[str, Any]:
     """What the record of a refused request says."""
     fields: dict[str, Any] = {
         "request_id": request_id, "source": _peer(request), "method": None, "reason": reason,
         "http_method": request.method.decode("latin-1")[:16],
-        **path_fields(request.uri), **extra,
+        **refusals.target_fields(request.uri), **extra,
     }
     if principal is not None:
         fields["principal"] = principal.name
@@ -185,7 +186,7 @@ def refuse(
     if status == 401:
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="airflowrpc"')
     body = (message + "\n").encode("utf-8")
-    recorded = refusals.record(_fields(request, request_id, message, principal,
+    recorded = refusals.record(_fields(refusals, request, request_id, message, principal,
                                        http_status=status))
     recorded.addBoth(lambda _: _write(request, body, b"text/plain; charset=utf-8"))
     return server.NOT_DONE_YET
@@ -258,7 +259,7 @@ class Root(Resource):
         self._not_found = not_found
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> Resource:
-        return self._rpc if request.uri == b"/RPC2" else self._not_found
+        return self._rpc if request.uri == RPC_TARGET else self._not_found
 
     def render(self, request: server.Request) -> Any:
         return self._not_found.render(request)

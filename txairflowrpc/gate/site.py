@@ -60,7 +60,7 @@ from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
 from .connections import BySource
 from .limits import ConnectionRate
-from .refusals import RefusalLog, path_fields
+from .refusals import RPC_TARGET, RefusalLog
 from .tls import release_buffers
 
 _log = Logger()
@@ -507,7 +507,7 @@ class GatewayChannel(http.HTTPChannel):
         fields = {
             "reason": message, "http_status": status, "request_id": request_id,
             "http_method": getattr(self, "_command", b"").decode("latin-1")[:16] or None,
-            **path_fields(getattr(self, "_path", b"")),
+            **self.gateway.refusals.target_fields(getattr(self, "_path", b"")),
             **(claimed or {}),
         }
         self._refusing = True
@@ -768,7 +768,7 @@ class GatewaySite(server.Site):
 
     def resource_for(self, request: server.Request) -> Resource:
         """The XML-RPC resource at exactly ``/RPC2``; the not-found one elsewhere."""
-        return self.rpc if request.uri == b"/RPC2" else self._not_found
+        return self.rpc if request.uri == RPC_TARGET else self._not_found
 
     def buildProtocol(self, addr: Any) -> Any:
         # One source for every per-source limit: an IPv6 host by its network

@@ -347,7 +347,8 @@ def build_site(
                         max_in_flight=cfg.limits.max_in_flight)
     methods = AirflowMethods(accounts, cfg.rpc.max_wait_seconds, cfg.rpc.max_backfill_runs,
                              cfg.rpc.max_backfill_days, clock)
-    refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds)
+    digest_key = digest_key or secrets.token_bytes(32)
+    refusals = RefusalLog(audit, clock, cfg.audit.refusal_window_seconds, digest_key)
     refusals.ipv6_prefix = cfg.limits.ipv6_source_prefix
     # A known caller's refusals cost it a call of its rate; past it they are counted.
     refusals.charge = limits.spend
@@ -355,7 +356,7 @@ def build_site(
         [methods],
         policy=ScopePolicy(), max_multicall=cfg.rpc.max_multicall, clock=clock,
         audit=audit, limits=limits,
-        summarizer=Summarizer(cfg.audit.redact_keys, digest_key or secrets.token_bytes(32)),
+        summarizer=Summarizer(cfg.audit.redact_keys, digest_key),
         deadline=cfg.limits.call_deadline_seconds, max_wait=cfg.rpc.max_wait_seconds,
         refusals=refusals, **meters,
     )
