@@ -331,12 +331,28 @@ class TestConfig:
         # were one caller, "corp/eu/alice".
         ('\n[oidc."corp/eu"]\nissuer = "https://eu.idp.example.com"\naudience = "a"\n'
          'jwks_file = "jwks.json"\n', "oidc.corp/eu", "letters, digits"),
+        # Found by review: a name is matched whole in a run's note; one with a
+        # line break never recognised its own runs, two sharing their first
+        # 400 characters owned each other's.
+        ('\n[principals."a\\nb"]\nroles = []\n', "principals", "'a\\nb': a principal's name "
+         "is 1 to 255 printable characters"),
+        (f'\n[principals.{"p" * 256}]\nroles = []\n', "principals", "1 to 255 printable"),
+        (f'\n[principals."corp/{"x" * 256}"]\nroles = []\n', "principals", "1 to 255"),
+        ('\n[principals."corp/"]\nroles = []\n', "principals", "1 to 255"),
+        ('\n[principals."crop/alice"]\nroles = []\n', "principals",
+         "a name with '/' is an OIDC caller's, PROVIDER/sub, and there is no [oidc.crop]"),
     ])
     def test_access_mistakes_name_the_key(self, tmp_path: Path, pki: DevPKI, extra: str,
                                           key: str, words: str) -> None:
         with pytest.raises(config_module.ConfigError) as e:
             load(tmp_path, pki, extra=extra)
         assert e.value.key == key and words in str(e.value)
+
+    def test_the_longest_principal_names_load(self, tmp_path: Path, pki: DevPKI) -> None:
+        longest = "p" * 255
+        cfg = load(tmp_path, pki, extra=f'\n[principals.{longest}]\nroles = []\n'
+                   f'\n[principals."corp/{longest}"]\nroles = []\n')
+        assert {longest, f"corp/{longest}"} <= set(cfg.access.principals)
 
     def test_symmetric_and_none_algorithms_are_refused(self, tmp_path: Path, pki: DevPKI) -> None:
         for alg in ("HS256", "none"):

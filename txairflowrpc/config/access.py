@@ -515,6 +515,28 @@ _CERT_KEYS = ("cert_dns", "cert_uri", "cert_email", "cert_cn", "cert_sha256", "c
 
 
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: The longest principal name an entry may give, and the longest ``sub`` an
+#: OIDC caller may bring: a caller is NAME or PROVIDER/sub, whole in every
+#: log, record and triggered run's note.
+MAX_NAME = 255
+
+
+def _name_problem(name: str, providers: dict[str, OIDCProvider]) -> str | None:
+    """
+    What is wrong with ``[principals.NAME]``'s name, or None.  A name is
+    matched whole in a run's note (the note's first line is the name's
+    claim to the run), so it has no line break or other control character;
+    one with ``/`` is an OIDC caller's, ``PROVIDER/sub``, of a provider
+    that exists (a typo would name nobody).
+    """
+    provider, slash, sub = name.partition("/")
+    if not 0 < len(sub if slash else name) <= MAX_NAME or not name.isprintable():
+        return (f"a principal's name is 1 to {MAX_NAME} printable characters (no line "
+                f"breaks or other control characters), or PROVIDER/sub")
+    if slash and provider not in providers:
+        return (f"a name with '/' is an OIDC caller's, PROVIDER/sub, and there is no "
+                f"[oidc.{provider[:64]}]")
+    return None
 
 
 def _oidc(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[str, OIDCProvider]:
@@ -570,6 +592,10 @@ def parse(document: dict[str, Any], base: Path) -> AccessConfig:
     roles = _roles(document.get("roles", {}), base)
     principals = _principals(document.get("principals", {}), base, roles)
     oidc = _oidc(document.get("oidc", {}), base, roles)
+    for name in principals:
+        problem = _name_problem(name, oidc)
+        if problem is not None:
+            raise ConfigError("principals", f"{name[:64]!r}: {problem}")
     aws = _aws(document.get("aws"), base)
     if aws is None:
         for name, entry in principals.items():

@@ -212,8 +212,9 @@ def _as_sent(moment: datetime) -> str:
 
 
 #: A principal's name as a triggered run's note holds it: whole for every
-#: name there is (an OIDC caller's is at most 64 + 1 + 255 characters), so
-#: two callers never share the note's claim to a run.
+#: name there is (a config entry's is at most 255 characters, an OIDC
+#: caller's 64 + 1 + 255: `config.access.MAX_NAME`), so two callers never
+#: share the note's claim to a run.
 MAX_NAME_IN_NOTE = 400
 
 

@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..config import OIDCProvider
-from ..config.access import EVENT_TYPES, JWT_ALGORITHMS, media_type
+from ..config.access import EVENT_TYPES, JWT_ALGORITHMS, MAX_NAME, media_type
 from ..core.bodies import read_capped
 from ..core.singleflight import SingleFlight
 
@@ -64,7 +64,7 @@ warnings.filterwarnings("ignore", "Key size should be >= 2048 bits", SecurityWar
 #: The least RSA modulus the gateway verifies with (NIST SP 800-131A).
 MIN_RSA_BITS = 2048
 #: The longest ``sub`` accepted (it becomes part of the principal's name).
-MAX_SUB = 255
+MAX_SUB = MAX_NAME
 #: At most this many keys are tried on one JWT (those sharing its kid, or
 #: having none): a rotation publishes two or three; a set with more
 #: would let every refused JWT cost that many signature checks.
