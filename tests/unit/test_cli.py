@@ -160,3 +160,41 @@ def test_the_units_reload_checks_the_file_twistd_reads_and_fails_on_a_bad_one(
     config.write_text(config.read_text() + "\n[rpc]\nmax_multical = 3\n")
     assert main([*check[1:-1], str(config)]) == 1
     assert "rpc.max_multical: unknown key" in capsys.readouterr().err
+
+
+def test_audit_digest_prints_what_a_record_holds(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An auditor with the key can check a conf or a refused request's target against a record."""
+    import json
+
+    from .helpers import DIGEST_KEY, gateway
+
+    trail = tmp_path / "trail"
+    gw = gateway(audit_dir=str(trail))
+    conf = {"day": "2026-11-28", "password": "hunter2", "n": [1, 2.5]}
+    gw.call_d("trigger_dag", "etl_orders", conf)
+    gw.post(b"<x/>", path="/wp-login.php?pwd=hunter2")
+    records = [json.loads(line) for line in (trail / "audit.jsonl").read_text().splitlines()]
+    recorded_conf = next(r["args"]["conf"] for r in records if r.get("method") == "trigger_dag")
+    recorded_target = next(r["target"] for r in records if "target" in r)
+
+    (tmp_path / ".digest.key").write_bytes(DIGEST_KEY)  # beside the config's audit.path
+    assert main(["audit", "digest", "--config", str(config), json.dumps(conf)]) == 0
+    assert json.loads(capsys.readouterr().out) == recorded_conf
+    assert main(["audit", "digest", "--config", str(config), "--target",
+                 "/wp-login.php?pwd=hunter2"]) == 0
+    assert json.loads(capsys.readouterr().out) == recorded_target
+    # A wrong guess does not match; a VALUE that is not JSON is a usage error.
+    assert main(["audit", "digest", "--config", str(config), '{"day": "2026-11-29"}']) == 0
+    assert json.loads(capsys.readouterr().out) != recorded_conf
+    assert main(["audit", "digest", "--config", str(config), "{day"]) == 2
+    assert "VALUE is not valid JSON" in capsys.readouterr().err
+
+
+def test_audit_digest_without_the_key_says_so(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["audit", "digest", "--config", str(config), "1"]) == 2
+    assert "no digest key at" in capsys.readouterr().err
+    assert not (config.parent / ".digest.key").exists()  # never made by the command

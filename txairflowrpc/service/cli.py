@@ -8,6 +8,10 @@ The ``airflowrpc`` command, for operators, auditors and callers.
                                       one chain per instance, each on its own
     airflowrpc audit keygen --out PREFIX [--hmac]
                                       a key to sign checkpoints with
+    airflowrpc audit digest [--target] VALUE
+                                      the digest a record would hold of VALUE (a conf
+                                      or other JSON argument; --target: a refused
+                                      request's target), to check a guess against it
     airflowrpc config check [FILE]    check a config file as twistd would
     airflowrpc call METHOD [ARG...]   call the gateway (for scripts; see client/)
     airflowrpc trigger DAG [--conf JSON] [--run-id ID] [--wait] [--timeout S]
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import socket
 import sys
@@ -34,8 +39,12 @@ from pathlib import Path
 from .. import config as config_module
 from ..audit import checkpoint
 from ..audit.chain import append_now
+from ..audit.summary import Summarizer, load_digest_key, redact
 from ..audit.verify import ChainReport, check_chains, find_chains, read_shipped
 from ..client import commands as client_commands
+from ..client.errors import UsageError
+from ..client.values import parse_json
+from ..gate.refusals import target_fields
 from ..identity import tokens
 from .checked import load_checked
 
@@ -119,6 +128,37 @@ def audit_keygen(prefix: str, shared_secret: bool) -> int:
         print(f"{made.public}: public key: keep a copy off this host, for "
               f"airflowrpc audit verify --public-key")
     return 0
+
+
+def audit_digest(config: str, value: str, target: bool) -> int:
+    """
+    Print the digest a record holds of ``value`` under the config's digest
+    key, as the record writes it: a JSON argument (a conf) redacted as the
+    gateway redacts it, or with ``target`` a request-target's bytes.
+    """
+    cfg = _load(config)
+    key_file = cfg.audit.digest_key_file
+    if key_file is None or not key_file.exists():
+        print(f"airflowrpc: no digest key at {key_file} (the gateway makes it when it first "
+              f"starts)", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        key = load_digest_key(key_file)
+    except (OSError, ValueError) as e:
+        print(f"airflowrpc: audit.digest_key_file: {e}", file=sys.stderr)
+        return BAD_INPUT
+    if target:
+        digest = target_fields(value.encode("latin-1", "replace"), key)["target"]
+    else:
+        try:
+            parsed = parse_json(value, "VALUE")
+        except UsageError as e:
+            print(f"airflowrpc: {e} (a string is quoted: '\"text\"')", file=sys.stderr)
+            return BAD_INPUT
+        sensitive = cfg.audit.redact_keys
+        digest = Summarizer(sensitive, key).digest(redact(parsed, sensitive))
+    print(json.dumps(digest, sort_keys=True))
+    return WHOLE
 
 
 def config_check(path: str) -> int:
@@ -316,6 +356,18 @@ def parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, metavar="PREFIX")
     keygen.add_argument("--hmac", action="store_true",
                         help="a shared secret for HMAC-SHA256 instead of an Ed25519 key pair")
+    digest = audit_commands.add_parser(
+        "digest", help="print the digest a record would hold of VALUE, under the config's "
+        "audit.digest_key_file, to check a guess against a record",
+        description="Exit status: 0 printed; 2 the key or VALUE cannot be used.")
+    _config_option(digest)
+    digest.add_argument("--target", action="store_true",
+                        help="VALUE is a refused request's target (the record's 'target'), "
+                        "not a JSON argument")
+    digest.add_argument("value", metavar="VALUE",
+                        help="a JSON value as the call sent it (a conf: '{\"day\": "
+                        "\"2026-11-28\"}', a string: '\"text\"'), or with --target a "
+                        "request-target such as /wp-login.php")
     token = commands.add_parser("token", help="create, list, rotate and revoke tokens")
     _config_option(token)
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -355,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         if args.audit_command == "keygen":
             return audit_keygen(args.out, args.hmac)
+        if args.audit_command == "digest":
+            return audit_digest(config, args.value, args.target)
         return audit_verify(args.files, args.public_key, args.hmac_key, args.shipped)
     return config_check(args.path or config)
 
