@@ -266,6 +266,12 @@ class ScopeTests(SynchronousTestCase):
             ({"$defs": {"a": {"$anchor": "day"}}, "properties": {"d": {"$ref": "#day"}}},
              "'$anchor' at $defs.a is refused"),
             ({"$dynamicRef": "#meta"}, "'$dynamicRef' is refused"),
+            # A reference that comes back to the same value: every conf refused
+            # as "cannot be checked" (RecursionError) rather than a config error.
+            ({"$ref": "#"}, "$ref '#' at the root leads back to itself"),
+            ({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}]}, "b": {"not": {"$ref": "#/$defs/a"}}},
+              "properties": {"x": {"$ref": "#/$defs/a"}}},
+             "$ref '#/$defs/b' at $defs.a.anyOf[0] leads back to itself"),
         ]:
             with self.assertRaises(ValueError, msg=schema) as e:
                 ConfRule.build("etl_*", schema)

@@ -49,6 +49,9 @@ _ONE = frozenset({"not", "if", "then", "else", "items", "contains", "additionalP
                   "propertyNames", "unevaluatedItems", "unevaluatedProperties"})
 _TABLE = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
 _LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+#: Keywords whose subschemas apply to the same value as the schema holding them.
+_IN_PLACE = frozenset({"allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+                       "dependentSchemas"})
 #: Keywords a rule may not hold, with what to use instead.
 _REFUSED = {
     "definitions": "the older drafts' name: use '$defs' (and '$ref': '#/$defs/NAME')",
@@ -100,7 +103,7 @@ def build(schema: dict[str, Any]) -> Any:
     except SchemaError as e:
         raise ValueError(f"not a valid JSON Schema: {e.message}") from None
     walk = _Walk(checkable_formats())
-    problem = walk.problem(schema, ()) or walk.dangling_ref()
+    problem = walk.problem(schema, ()) or walk.dangling_ref() or walk.ref_cycle()
     if problem is not None:
         raise ValueError(problem)
     return _Validator(schema, format_checker=_Validator.FORMAT_CHECKER,
@@ -120,10 +123,13 @@ class _Walk:
         self.formats = formats
         self.schemas: set[tuple[str, ...]] = set()  # as a JSON pointer's tokens
         self.refs: list[tuple[str, _Path]] = []
+        #: Schema -> the schemas it applies to the same value (not to a part of it).
+        self.in_place: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
 
     def problem(self, schema: Any, path: _Path) -> str | None:
         """The first keyword in ``schema`` (at ``path``) that the rule may not hold."""
-        self.schemas.add(tuple(map(str, path)))
+        here = tuple(map(str, path))
+        self.schemas.add(here)
         if not isinstance(schema, dict):  # true / false (the metaschema allows nothing else)
             return None
         at = f" at {_where(path)}" if path else ""
@@ -145,6 +151,8 @@ class _Walk:
             if key == "$ref":
                 self.refs.append((value, path))
             for sub, sub_path in _subschemas(key, value, path + (key,)):
+                if key in _IN_PLACE:
+                    self.in_place.setdefault(here, []).append(tuple(map(str, sub_path)))
                 found = self.problem(sub, sub_path)
                 if found is not None:
                     return found
@@ -157,6 +165,29 @@ class _Walk:
             if target is None or target not in self.schemas:
                 return (f"$ref {ref[:64]!r} at {_where(path)} is not to a subschema of this rule "
                         f"(use '#' or '#/$defs/NAME'; nothing is fetched)")
+        return None
+
+    def ref_cycle(self) -> str | None:
+        """
+        The first ``$ref`` that leads back to where it is without a step into
+        the value: checking any conf would recurse without end (and every
+        trigger be refused as "cannot be checked").  After `dangling_ref`.
+        """
+        edges = {here: list(subs) for here, subs in self.in_place.items()}
+        for ref, path in self.refs:
+            edges.setdefault(tuple(map(str, path)), []).append(_pointer(ref) or ())
+        for ref, path in self.refs:
+            start = tuple(map(str, path))
+            seen: set[tuple[str, ...]] = set()
+            todo = [_pointer(ref) or ()]
+            while todo:
+                node = todo.pop()
+                if node == start:
+                    return (f"$ref {ref[:64]!r} at {_where(path) or 'the root'} leads back to "
+                            f"itself without a step into the value (checking would never end)")
+                if node not in seen:
+                    seen.add(node)
+                    todo.extend(edges.get(node, ()))
         return None
 
 
