@@ -10,7 +10,6 @@ simply absent from a struct.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ..core import calltrace, errors, ids, timefmt
-from ..core.jsonvalues import json_equal
+from ..core.jsonvalues import check_conf, json_equal
 from ..core.like import Like
 from ..core.spec import (
     AUTHENTICATED,
@@ -39,8 +38,6 @@ DAG_RUN_TYPES = ("manual", "scheduled", "backfill", "asset_triggered",
                  "asset_materialization", "operator_triggered")
 SETTABLE_RUN_STATES = ("success", "failed", "queued")
 MAX_PAGE = 100
-MAX_CONF_BYTES = 64 * 1024
-MAX_CONF_DEPTH = 16
 #: Airflow keeps 1000 characters of a run's note (a VARCHAR(1000) in its
 #: database: PostgreSQL refuses more, with a 500).
 AIRFLOW_NOTE_LENGTH = 1000
@@ -144,33 +141,6 @@ def _page(method: str, name: str, opts: dict[str, Any], default_limit: int) -> t
     if not 0 <= offset <= MAX_OFFSET:
         raise errors.InvalidParams(f"{name}.offset must be from 0 to {MAX_OFFSET}", method)
     return limit, offset
-
-
-def _json_value(method: str, value: Any, depth: int = 0) -> None:
-    """Raise unless ``value`` is plain JSON data within the depth cap."""
-    if depth > MAX_CONF_DEPTH:
-        raise errors.InvalidParams(f"conf is nested deeper than {MAX_CONF_DEPTH}", method)
-    if isinstance(value, dict):
-        for item in value.values():
-            _json_value(method, item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _json_value(method, item, depth + 1)
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise errors.InvalidParams(
-            "conf may hold only strings, numbers, booleans, nulls, structs and arrays", method
-        )
-
-
-def _check_conf(method: str, conf: dict[str, Any]) -> dict[str, Any]:
-    _json_value(method, conf)
-    # Its size as JSON in UTF-8, as documented: ensure_ascii would count a
-    # non-ASCII character as its six-byte escape.
-    size = len(json.dumps(conf, ensure_ascii=False, separators=(",", ":"))
-               .encode("utf-8", "surrogatepass"))
-    if size > MAX_CONF_BYTES:
-        raise errors.InvalidParams(f"conf is larger than {MAX_CONF_BYTES} bytes", method)
-    return conf
 
 
 def _duration(window: timedelta) -> str:
@@ -445,7 +415,7 @@ class AirflowMethods:
         """
         m = "trigger_dag"
         _check_id(m, "dag_id", dag_id)
-        conf = _check_conf(m, conf or {})
+        conf = check_conf(m, conf or {})
         opts = _options(m, "options", options, {
             "dag_run_id": "string", "logical_date": "string|dateTime.iso8601", "note": "string",
         })
@@ -723,7 +693,7 @@ class AirflowMethods:
                 f"the range spans more than {self.max_backfill_days} days (the gateway's "
                 "rpc.max_backfill_days): Airflow walks each of its intervals; split it", m)
         if conf is not None:
-            conf = _check_conf(m, conf)
+            conf = check_conf(m, conf)
         opts = _options(m, "options", options, {
             "reprocess_behavior": "string", "run_backwards": "boolean",
             "max_active_runs": "int", "dry_run": "boolean",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import errors
+from ..core.jsonvalues import check_conf
 from ..core.spec import AUTHENTICATED, CallContext, MethodSpec
 from .scopes import Grants
 
@@ -46,6 +47,8 @@ class ScopePolicy:
                                                   f"requires scope {needed}")
         if spec.conf is not None and dag_id is not None:
             conf = spec.value(spec.conf, args)
+            if isinstance(conf, dict):  # within the caps before any rule works on it
+                check_conf(spec.name, conf)
             problem = grants.conf_problem(
                 spec.scope, dag_id, conf if isinstance(conf, dict) else {}
             )
