@@ -429,6 +429,31 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
 
 
+    def test_the_chain_goes_on_from_the_highest_seq_whatever_the_files_mtimes(self) -> None:
+        """
+        Found by review: it went on from the rotated file with the newest
+        mtime, so a copy without ``-p`` or a ``touch`` of an older one forked it.
+        """
+        clock = Clock()
+        directory = scratch(self)
+        log = audit_log(str(directory), clock, rotate_bytes=600)
+        for i in range(8):
+            self.successResultOf(log.append({"i": i}))
+        self.successResultOf(log.close())
+        rotated = sorted(f for f in directory.iterdir()
+                         if f.name.startswith("audit.jsonl.") and f.suffix != ".lock")
+        self.assertGreater(len(rotated), 2)
+        (directory / "audit.jsonl").unlink()  # ops moved the current file away
+        os.utime(rotated[0], (2_000_000_000, 2_000_000_000))  # the oldest now looks newest
+        again = audit_log(str(directory), clock)
+        self.successResultOf(again.append({"i": 8}))
+        self.successResultOf(again.close())
+        first = records(directory / "audit.jsonl")[0]
+        self.assertEqual(first["event"], "audit.rotated")
+        self.assertEqual(first["previous_file"], rotated[-1].name)
+        self.assertEqual(first["seq"], records(rotated[-1])[-1]["seq"] + 1)
+
+
 class RotationFailureTests(SynchronousTestCase):
     """Found by review of the audit writer: rotations that fail half way."""
 

@@ -363,18 +363,22 @@ class ChainFile:
         self._known = (st.st_ino, good)
 
     def _last_of_rotated(self) -> tuple[dict[str, Any] | None, Path | None]:
-        """The last record of the newest rotated file that has one, and that file."""
+        """
+        The record with the highest ``seq`` among the rotated files' last
+        ones, and its file.  Found by review: the newest file by mtime was
+        taken, and a copy without ``-p``, a ``touch`` or two rotations in one
+        mtime tick made the chain go on from an older file (a fork).
+        """
         name = self.path.name
-        rotated = sorted(
-            (p for p in self.path.parent.glob(name + ".*")
-             if ROTATED_SUFFIX.fullmatch(p.name[len(name):])),
-            key=lambda p: p.stat().st_mtime,
-        )
-        for old in reversed(rotated):
+        best: tuple[int, dict[str, Any], Path] | None = None
+        for old in self.path.parent.glob(name + ".*"):
+            if not ROTATED_SUFFIX.fullmatch(old.name[len(name):]):
+                continue
             last, _ = _last_record(old)
-            if last is not None:
-                return last, old
-        return None, None
+            seq = last.get("seq") if last is not None else None
+            if isinstance(seq, int) and (best is None or seq > best[0]):
+                best = (seq, last, old)
+        return (best[1], best[2]) if best is not None else (None, None)
 
     def _seal(
         self, records: list[dict[str, Any]], seq: int, prev: str,
@@ -405,10 +409,7 @@ class ChainFile:
     def _rotate(self, now: float) -> Path:
         assert self._fd is not None
         target = _rotated_name(self.path, now)
-        # A full fsync, not the fdatasync of `_write`: the file's mtime too,
-        # since a restart finds the newest rotated file by it
-        # (`_last_of_rotated`).
-        os.fsync(self._fd)
+        os.fsync(self._fd)  # the file whole before its name changes
         os.rename(self.path, target)
         fd, self._fd = self._fd, None  # never a closed descriptor's number kept
         os.close(fd)
