@@ -777,6 +777,19 @@ class RoutingTests(SiteTestCase):
         self.assertEqual(record["path"], "/RPC2")
         self.assertNotIn("target", record)
 
+    def test_a_method_is_recorded_only_when_it_is_http_s(self) -> None:
+        """Found by review: any token the caller chose was recorded as the method."""
+        self.answer = Unauthenticated("no credentials")
+        for method, recorded in [(b"GWT_0123456789AB", "other"), (b"GET", "GET"),
+                                 (b"POST", "POST")]:
+            before = len(self.records())
+            proto, transport = self.connect(port=2300)
+            proto.dataReceived(method + b" /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 4"), transport.value())
+            (record,) = self.records()[before:]
+            self.assertEqual(record["http_method"], recorded, method)
+        self.assertNotIn("GWT_", (self.dir / "audit.jsonl").read_text())
+
     def test_twisteds_own_400s_are_recorded(self) -> None:
         cases = [
             b"POST /RPC2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -193,6 +193,18 @@ class RefusalLog:
 
 #: The one request-target the gateway serves: a record names it as it is.
 RPC_TARGET = b"/RPC2"
+#: HTTP's methods (RFC 9110, and PATCH): a record names one of these, any
+#: other as ``other``.  Found by review: a method is any token the caller
+#: chooses (``gwt_0123456789ab`` was recorded as it came, anonymously).
+HTTP_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
+                          b"OPTIONS", b"TRACE", b"PATCH"})
+
+
+def method_field(method: bytes) -> str | None:
+    """What a record says of a request's method (None: none was read)."""
+    if not method:
+        return None
+    return method.decode("ascii") if method in HTTP_METHODS else "other"
 
 
 def target_fields(target: bytes, key: bytes) -> dict[str, Any]:
@@ -213,7 +225,7 @@ def target_fields(target: bytes, key: bytes) -> dict[str, Any]:
 
 def _refused(fields: dict[str, Any]) -> dict[str, Any]:
     record = {"kind": "refused", "decision": "denied", **fields}
-    for name in ("reason", "http_method", "tls_error"):
+    for name in ("reason", "tls_error"):
         if isinstance(record.get(name), str):
             record[name] = clip(record[name])
     return {k: v for k, v in record.items() if v is not None}

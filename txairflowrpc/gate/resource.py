@@ -35,7 +35,7 @@ from ..core.timefmt import iso_seconds, utc
 from ..identity.principal import Principal
 from . import wire
 from .dispatch import Dispatcher
-from .refusals import RPC_TARGET, RefusalLog
+from .refusals import RPC_TARGET, RefusalLog, method_field
 from .site import address_text
 
 _log = Logger()
@@ -167,7 +167,7 @@ def _fields(
     """What the record of a refused request says."""
     fields: dict[str, Any] = {
         "request_id": request_id, "source": _peer(request), "method": None, "reason": reason,
-        "http_method": request.method.decode("latin-1")[:16],
+        "http_method": method_field(request.method),
         **refusals.target_fields(request.uri), **extra,
     }
     if principal is not None:

@@ -60,7 +60,7 @@ from ..identity.backoff import Backoff, source_key
 from ..identity.principal import Principal
 from .connections import BySource
 from .limits import ConnectionRate
-from .refusals import RPC_TARGET, RefusalLog
+from .refusals import RPC_TARGET, RefusalLog, method_field
 from .tls import release_buffers
 
 _log = Logger()
@@ -506,7 +506,7 @@ class GatewayChannel(http.HTTPChannel):
         kind = _KINDS.get(status, "http")
         fields = {
             "reason": message, "http_status": status, "request_id": request_id,
-            "http_method": getattr(self, "_command", b"").decode("latin-1")[:16] or None,
+            "http_method": method_field(getattr(self, "_command", b"")),
             **self.gateway.refusals.target_fields(getattr(self, "_path", b"")),
             **(claimed or {}),
         }
