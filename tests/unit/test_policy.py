@@ -239,7 +239,7 @@ class ScopeTests(SynchronousTestCase):
         rule = ConfRule.build("etl_*", {
             "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "etl conf",
             "description": "d", "$comment": "c", "examples": [{}], "type": "object",
-            "properties": {"day": {"type": "string", "format": "date", "deprecated": False}},
+            "properties": {"day": {"type": "string", "format": "date"}},
             "patternProperties": {"^x_": True}, "additionalProperties": False,
             "if": {"required": ["day"]}, "then": {"minProperties": 1}, "else": {"maxProperties": 0},
         })
@@ -291,6 +291,10 @@ class ScopeTests(SynchronousTestCase):
             ({"else": {"maximum": 3}}, "'else' checks nothing without 'if'"),
             ({"if": {"maximum": 3}}, "'if' checks nothing without 'then' or 'else'"),
             ({"maxContains": 1}, "'maxContains' checks nothing without 'contains'"),
+            ({"contains": {"const": "staging"}, "minContains": 0},
+             "'minContains' = 0 without 'maxContains' lets every array through"),
+            ({"properties": {"force": {"deprecated": True}}},
+             "'deprecated' at properties.force is refused: an annotation only"),
             ({"properties": {"to": {"type": "string", "format": "email"}}},
              "format 'email' at properties.to cannot be checked here"),
             ({"format": "idn-email"}, "format 'idn-email' cannot be checked here"),
@@ -334,19 +338,38 @@ class ScopeTests(SynchronousTestCase):
         be sorted (one number among strings): seconds on the reactor for
         10,000 items.  Now one pass, with JSON's equality.
         """
-        import jsonschema._utils
+        import jsonschema._keywords
 
         def every_pair(container: Any) -> bool:
             raise AssertionError("the pairwise uniqueItems check ran")
 
-        self.patch(jsonschema._utils, "uniq", every_pair)
+        self.patch(jsonschema._keywords, "uniq", every_pair)
         rule = ConfRule.build("etl_*", {"properties": {"l": {"uniqueItems": True}}})
         self.assertIsNone(rule.violation({"l": [f"s{i}" for i in range(10_000)] + [1]}))
+        # Found by review: below a $ref to a root naming its $schema, jsonschema
+        # took the stock class again, and its pairwise check with it.
+        tree = ConfRule.build("etl_*", {
+            "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+            "properties": {"child": {"$ref": "#"}, "l": {"uniqueItems": True}}})
+        self.assertIsNone(tree.violation({"child": {"child": {"l": ["a", 1, "b"]}}}))
+        self.assertEqual(tree.violation({"child": {"l": ["a", 1, "a"]}}),
+                         "conf.child.l: violates rule uniqueItems = True")
         self.assertIsNone(rule.violation({"l": [1, True, "1", [1], {"a": 1}, {"a": True}, None]}))
         for duplicated in ([1, 1.0], [[1, "a"], [1.0, "a"]], [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}],
                            ["x", 2, "x"], [None, None], [False, 0, False]):
             self.assertEqual(rule.violation({"l": duplicated}),
                              "conf.l: violates rule uniqueItems = True", duplicated)
+
+    def test_unevaluated_items_are_found(self) -> None:
+        """Found by review: jsonschema looked each index up in a list (4 s for 32,000 items)."""
+        rule = ConfRule.build("etl_*", {"properties": {"l": {
+            "allOf": [{"prefixItems": [{"type": "string"}]}], "unevaluatedItems": False}}})
+        self.assertIsNone(rule.violation({"l": ["only"]}))
+        self.assertEqual(rule.violation({"l": ["only", 2]}),
+                         "conf.l: violates rule unevaluatedItems = False")
+        evaluated = ConfRule.build("etl_*", {"properties": {"l": {
+            "items": {"type": "integer"}, "unevaluatedItems": False}}})
+        self.assertIsNone(evaluated.violation({"l": list(range(30_000))}))
 
     def test_a_rule_fetches_nothing(self) -> None:
         """The validator resolves references only inside the rule, even one the walk missed."""
