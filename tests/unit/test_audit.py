@@ -445,6 +445,11 @@ class RotationTests(SynchronousTestCase):
         self.assertGreater(len(rotated), 2)
         (directory / "audit.jsonl").unlink()  # ops moved the current file away
         os.utime(rotated[0], (2_000_000_000, 2_000_000_000))  # the oldest now looks newest
+        # Found by the second review: a damaged old file made every append fail.
+        with rotated[0].open("ab") as f:
+            f.write(b"\x00\xffgarbage\n")
+        with rotated[1].open("ab") as f:
+            f.write(b"[]\n")
         again = audit_log(str(directory), clock)
         self.successResultOf(again.append({"i": 8}))
         self.successResultOf(again.close())

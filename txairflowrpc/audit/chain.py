@@ -374,9 +374,16 @@ class ChainFile:
         for old in self.path.parent.glob(name + ".*"):
             if not ROTATED_SUFFIX.fullmatch(old.name[len(name):]):
                 continue
-            last, _ = _last_record(old)
-            seq = last.get("seq") if last is not None else None
-            if isinstance(seq, int) and (best is None or seq > best[0]):
+            try:
+                last, _ = _last_record(old)
+            except FileNotFoundError:  # removed meanwhile (retention)
+                continue
+            except ValueError:  # its last line is no record: it ends no chain
+                continue
+            # An unreadable file raises (OSError, naming it): what it ends is
+            # unknown, and going on from another could fork the chain.
+            seq = last.get("seq") if isinstance(last, dict) else None
+            if type(seq) is int and (best is None or seq > best[0]):
                 best = (seq, last, old)
         return (best[1], best[2]) if best is not None else (None, None)
 
