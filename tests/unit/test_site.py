@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
-from txairflowrpc.gate.refusals import RefusalLog
+from txairflowrpc.gate.refusals import RefusalLog, target_fields
 from txairflowrpc.gate.site import GatewaySite
 from txairflowrpc.identity.authenticate import Unauthenticated
 
@@ -776,6 +776,7 @@ class RoutingTests(SiteTestCase):
         record = self.records()[-1]
         self.assertEqual(record["path"], "/RPC2")
         self.assertNotIn("target", record)
+        self.assertEqual(target_fields(b"", key), {})  # none read: nothing said of it
 
     def test_a_method_is_recorded_only_when_it_is_http_s(self) -> None:
         """Found by review: any token the caller chose was recorded as the method."""

@@ -217,6 +217,8 @@ def target_fields(target: bytes, key: bytes) -> dict[str, Any]:
     or a percent-encoded token in the path), so none of it is kept; whoever
     holds the key can still tell two targets apart or test a guess.
     """
+    if not target:  # none was read (a malformed request line)
+        return {}
     if target == RPC_TARGET:
         return {"path": target.decode("ascii")}
     return {"target": {"hmac_sha256": hmac.new(key, target, hashlib.sha256).hexdigest(),
