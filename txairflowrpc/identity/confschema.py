@@ -27,7 +27,8 @@ else than it says:
 
 `build` refuses all of these, naming the keyword and where it is, and gives
 a validator that asserts every ``format``, resolves no reference outside
-the rule, and checks ``uniqueItems`` in linear time.  A reference is ``#`` (the rule) or a JSON pointer to one of its
+the rule, and checks ``uniqueItems`` and ``unevaluatedItems`` in linear time
+(jsonschema's own are quadratic on some arrays).  A reference is ``#`` (the rule) or a JSON pointer to one of its
 subschemas, usually ``#/$defs/NAME``.
 """
 
