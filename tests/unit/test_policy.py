@@ -304,6 +304,12 @@ class ScopeTests(SynchronousTestCase):
             ({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}]}, "b": {"not": {"$ref": "#/$defs/a"}}},
               "properties": {"x": {"$ref": "#/$defs/a"}}},
              "$ref '#/$defs/b' at $defs.a.anyOf[0] leads back to itself"),
+            # Found by review: each $defs entry referring to the next twice made
+            # every check cost 2^n applications (1.6 s for 16).
+            ({"$defs": {**{f"a{i}": {"allOf": [{"$ref": f"#/$defs/a{i + 1}"}] * 2}
+                           for i in range(10)}, "a10": {"type": "integer"}},
+              "properties": {"x": {"$ref": "#/$defs/a0"}}},
+             "the schema at $defs.a0 applies more than 256 schemas to one value"),
         ]:
             with self.assertRaises(ValueError, msg=schema) as e:
                 ConfRule.build("etl_*", schema)
@@ -323,6 +329,12 @@ class ScopeTests(SynchronousTestCase):
         self.assertEqual(rule.violation({"first": 1}), "conf.first: violates rule type = 'object'")
         self.assertEqual(rule.violation({"child": {"b": 2}}),
                          "conf.child.b: violates rule type = 'string'")
+        # Shared subschemas under the bound are fine: 2^7 = 128 applications.
+        shared = ConfRule.build("etl_*", {
+            "$defs": {**{f"a{i}": {"allOf": [{"$ref": f"#/$defs/a{i + 1}"}] * 2}
+                         for i in range(6)}, "a6": {"type": "integer"}},
+            "properties": {"x": {"$ref": "#/$defs/a0"}}})
+        self.assertEqual(shared.violation({"x": "s"}), "conf.x: violates rule type = 'integer'")
 
     def test_contains_with_its_bounds_is_a_rule(self) -> None:
         """Found by review: minContains/maxContains were refused as unknown keywords."""

@@ -121,6 +121,10 @@ KEYWORDS = (frozenset(_Validator.VALIDATORS) | _ONE | _TABLE | _LIST | frozenset
 #: subschema is read (another draft's rules, another base for ``$ref``).
 _ROOT_ONLY = frozenset({"$schema", "$id"})
 
+#: The most schemas a rule may apply to one value (through in-place
+#: applicators and ``$ref``): each is checked for every value it applies to.
+MAX_APPLIED = 256
+
 #: Where a subschema is: keywords and property names, and list indices as ints.
 _Path = tuple[str | int, ...]
 
@@ -145,7 +149,8 @@ def build(schema: dict[str, Any]) -> Any:
     except SchemaError as e:
         raise ValueError(f"not a valid JSON Schema: {e.message}") from None
     walk = _Walk(checkable_formats())
-    problem = walk.problem(schema, ()) or walk.dangling_ref() or walk.ref_cycle()
+    problem = (walk.problem(schema, ()) or walk.dangling_ref() or walk.ref_cycle()
+               or walk.fan_out())
     if problem is not None:
         raise ValueError(problem)
     # Without the root's $schema (checked above to be 2020-12's): a $ref
@@ -224,9 +229,7 @@ class _Walk:
         the value: checking any conf would recurse without end (and every
         trigger be refused as "cannot be checked").  After `dangling_ref`.
         """
-        edges = {here: list(subs) for here, subs in self.in_place.items()}
-        for ref, path in self.refs:
-            edges.setdefault(tuple(map(str, path)), []).append(_pointer(ref) or ())
+        edges = self._same_value()
         for ref, path in self.refs:
             start = tuple(map(str, path))
             seen: set[tuple[str, ...]] = set()
@@ -240,6 +243,48 @@ class _Walk:
                     seen.add(node)
                     todo.extend(edges.get(node, ()))
         return None
+
+    def fan_out(self) -> str | None:
+        """
+        The first schema that applies more than `MAX_APPLIED` schemas to one
+        value, counting every path through ``allOf``, ``anyOf``, ``not``,
+        ``if``/``then``/``else`` and ``$ref`` (found by review: 16 ``$defs``
+        each referring to the next twice made every check cost 2^16
+        applications, 1.6 s on the reactor).  After `ref_cycle`: no cycles.
+        """
+        edges = self._same_value()
+        applied: dict[tuple[str, ...], int] = {}
+        for root in sorted(self.schemas, key=lambda p: (len(p), p)):
+            todo = [(root, False)]
+            while todo:  # post-order, without recursion (a chain of refs may be long)
+                node, children_done = todo.pop()
+                if node in applied:
+                    continue
+                children = edges.get(node, ())
+                if not children_done:
+                    todo.append((node, True))
+                    todo.extend((child, False) for child in children if child not in applied)
+                    continue
+                applied[node] = min(MAX_APPLIED + 1,
+                                    1 + sum(applied[child] for child in children))
+            if applied[root] > MAX_APPLIED:
+                return (f"the schema at {_where(_as_path(root)) or 'the root'} applies more "
+                        f"than {MAX_APPLIED} schemas to one value through allOf/anyOf/oneOf/"
+                        f"not/if/then/else and $ref (each conf would cost that many checks "
+                        f"per value): share them, or use enum or pattern")
+        return None
+
+    def _same_value(self) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
+        """Schema -> the schemas it applies to the same value, ``$ref`` included."""
+        edges = {here: list(subs) for here, subs in self.in_place.items()}
+        for ref, path in self.refs:
+            edges.setdefault(tuple(map(str, path)), []).append(_pointer(ref) or ())
+        return edges
+
+
+def _as_path(tokens: tuple[str, ...]) -> _Path:
+    """A JSON pointer's tokens as a `_Path` (list indices as ints), for messages."""
+    return tuple(int(t) if t.isdigit() else t for t in tokens)
 
 
 def _pointer(ref: str) -> tuple[str, ...] | None:
