@@ -123,6 +123,19 @@ class AuditCalls:
         return self._count
 
 
+class ChainsCalls:
+    """`AuditCalls` summed over the worker chains (``audit.w*.jsonl``) in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._chains: dict[Path, AuditCalls] = {}
+
+    def __call__(self) -> int:
+        for path in self._directory.glob("audit.w*.jsonl"):
+            self._chains.setdefault(path, AuditCalls(path))
+        return sum(chain() for chain in self._chains.values())
+
+
 @attrs.frozen
 class Refused:
     """twistd would not start: its one-line reason."""

@@ -172,7 +172,9 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                     f"{_verdict(ratio >= WORKERS_RATIO and p.error_count == 0)} "
                     f"({ratio:.3f}x: {_n(p.rate)} vs B's {_n(base.rate)} calls/s, limit ≥ "
                     f"{WORKERS_RATIO:.2f}x; errors {p.error_count}; CPU "
-                    f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call)")
+                    f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call; upstream "
+                    f"{_n(p.upstream_per_call, 3)} vs {_n(base.upstream_per_call, 3)} "
+                    f"requests per call)")
                 lines.extend(_machine_line(p, base))
                 continue
             versus = f" = {p.rate / base.rate:.2f}x B's {_n(base.rate)}" if base else ""

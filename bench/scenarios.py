@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from clients import hold_idle, many_calls, xmlrpc_body
-from gatewayproc import Refused, create_token, gateway_config, start_gateway
+from gatewayproc import ChainsCalls, Refused, create_token, gateway_config, start_gateway
 from lineup import DAG, Lineup, rpc_target
 from loadgen import Point, measure, median_point
 from processes import Processes, accepts, free_port
@@ -160,14 +160,21 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
     try:
         body = xmlrpc_body("get_dag_run", DAG, "bench-run-1")
         target = rpc_target(name, port, f"Bearer {token}", body)
+        # Its upstream requests per call: each worker shares reads only among its own callers.
+        chains = ChainsCalls(directory / "audit")
+
+        def counts() -> tuple[int, int]:
+            return lineup.stub.requests(), chains()
+
         points, base = [], []
         for c in concurrencies:
             theirs, ours = [], []
             for r in range(rounds):
                 theirs.append(measure(target, gateway.pid, c, seconds=seconds, warmup=warmup,
-                                      prefix=f"x{c}r{r}"))
+                                      counts=counts, prefix=f"x{c}r{r}"))
                 ours.append(measure(lineup.target("B"), lineup.pid("B"), c, seconds=seconds,
-                                    warmup=warmup, prefix=f"b{c}r{r}"))
+                                    warmup=warmup, counts=lineup.counts.get("B"),
+                                    prefix=f"b{c}r{r}"))
                 print(f"{name} c={c} round {r + 1}/{rounds}: {theirs[-1].rate:,.0f} vs B's "
                       f"{ours[-1].rate:,.0f} calls/s", flush=True)
             points.append(median_point(theirs))
