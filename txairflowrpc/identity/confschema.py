@@ -34,6 +34,7 @@ subschemas, usually ``#/$defs/NAME``.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import jsonschema
@@ -127,6 +128,8 @@ MAX_APPLIED = 256
 
 #: Where a subschema is: keywords and property names, and list indices as ints.
 _Path = tuple[str | int, ...]
+#: The same as a JSON pointer's tokens (all strings): how a ``$ref`` names it.
+_Tokens = tuple[str, ...]
 
 
 def checkable_formats() -> frozenset[str]:
@@ -166,20 +169,26 @@ def _where(path: _Path) -> str:
                    for i, p in enumerate(path))
 
 
+def _tokens(path: _Path) -> _Tokens:
+    """Where a subschema is, as a JSON pointer to it names it."""
+    return tuple(map(str, path))
+
+
 class _Walk:
     """One walk over a rule: every subschema visited, every ``$ref`` seen."""
 
     def __init__(self, formats: frozenset[str]) -> None:
         self.formats = formats
-        self.schemas: set[tuple[str, ...]] = set()  # as a JSON pointer's tokens
+        #: Every subschema, by its pointer's tokens, with its path for messages.
+        self.schemas: dict[_Tokens, _Path] = {}
         self.refs: list[tuple[str, _Path]] = []
         #: Schema -> the schemas it applies to the same value (not to a part of it).
-        self.in_place: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        self.in_place: dict[_Tokens, list[_Tokens]] = {}
 
     def problem(self, schema: Any, path: _Path) -> str | None:
         """The first keyword in ``schema`` (at ``path``) that the rule may not hold."""
-        here = tuple(map(str, path))
-        self.schemas.add(here)
+        here = _tokens(path)
+        self.schemas[here] = path
         if not isinstance(schema, dict):  # true / false (the metaschema allows nothing else)
             return None
         at = f" at {_where(path)}" if path else ""
@@ -208,7 +217,7 @@ class _Walk:
                 self.refs.append((value, path))
             for sub, sub_path in _subschemas(key, value, path + (key,)):
                 if key in _IN_PLACE:
-                    self.in_place.setdefault(here, []).append(tuple(map(str, sub_path)))
+                    self.in_place.setdefault(here, []).append(_tokens(sub_path))
                 found = self.problem(sub, sub_path)
                 if found is not None:
                     return found
@@ -229,10 +238,10 @@ class _Walk:
         the value: checking any conf would recurse without end (and every
         trigger be refused as "cannot be checked").  After `dangling_ref`.
         """
-        edges = self._same_value()
+        edges = self._same_value
         for ref, path in self.refs:
-            start = tuple(map(str, path))
-            seen: set[tuple[str, ...]] = set()
+            start = _tokens(path)
+            seen: set[_Tokens] = set()
             todo = [_pointer(ref) or ()]
             while todo:
                 node = todo.pop()
@@ -252,8 +261,8 @@ class _Walk:
         each referring to the next twice made every check cost 2^16
         applications, 1.6 s on the reactor).  After `ref_cycle`: no cycles.
         """
-        edges = self._same_value()
-        applied: dict[tuple[str, ...], int] = {}
+        edges = self._same_value
+        applied: dict[_Tokens, int] = {}
         for root in sorted(self.schemas, key=lambda p: (len(p), p)):
             todo = [(root, False)]
             while todo:  # post-order, without recursion (a chain of refs may be long)
@@ -268,26 +277,25 @@ class _Walk:
                 applied[node] = min(MAX_APPLIED + 1,
                                     1 + sum(applied[child] for child in children))
             if applied[root] > MAX_APPLIED:
-                return (f"the schema at {_where(_as_path(root)) or 'the root'} applies more "
+                return (f"the schema at {_where(self.schemas[root]) or 'the root'} applies more "
                         f"than {MAX_APPLIED} schemas to one value through allOf/anyOf/oneOf/"
                         f"not/if/then/else and $ref (each conf would cost that many checks "
                         f"per value): share them, or use enum or pattern")
         return None
 
-    def _same_value(self) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
-        """Schema -> the schemas it applies to the same value, ``$ref`` included."""
+    @cached_property
+    def _same_value(self) -> dict[_Tokens, list[_Tokens]]:
+        """
+        Schema -> the schemas it applies to the same value, ``$ref`` included
+        (once the walk is over and every ``$ref`` is known to be local).
+        """
         edges = {here: list(subs) for here, subs in self.in_place.items()}
         for ref, path in self.refs:
-            edges.setdefault(tuple(map(str, path)), []).append(_pointer(ref) or ())
+            edges.setdefault(_tokens(path), []).append(_pointer(ref) or ())
         return edges
 
 
-def _as_path(tokens: tuple[str, ...]) -> _Path:
-    """A JSON pointer's tokens as a `_Path` (list indices as ints), for messages."""
-    return tuple(int(t) if t.isdigit() else t for t in tokens)
-
-
-def _pointer(ref: str) -> tuple[str, ...] | None:
+def _pointer(ref: str) -> _Tokens | None:
     """
     The path ``ref`` points to inside the rule, or None if it is not a local
     pointer without percent-escapes.  Found by review: a ``%2F`` is a ``/``
