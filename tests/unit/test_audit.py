@@ -415,19 +415,22 @@ class RotationTests(SynchronousTestCase):
                          ["audit.jsonl", "audit.jsonl.20270116T080000Z"])
         self.assertTrue(verify([files[1], files[0]])[0])
 
+    def rotated_then_moved_away(self, directory: Path, clock: Clock, count: int) -> None:
+        """``count`` records written with rotation, then the current file moved away by ops."""
+        log = audit_log(str(directory), clock, rotate_bytes=600)
+        for i in range(count):
+            self.successResultOf(log.append({"i": i}))
+        self.successResultOf(log.close())
+        (directory / "audit.jsonl").unlink()
+
     def test_reopening_after_rotation_continues_the_chain(self) -> None:
         clock = Clock()
         directory = scratch(self)
-        log = audit_log(str(directory), clock, rotate_bytes=600)
-        for i in range(5):
-            self.successResultOf(log.append({"i": i}))
-        self.successResultOf(log.close())
-        (directory / "audit.jsonl").unlink()  # ops moved the current file away
+        self.rotated_then_moved_away(directory, clock, 5)
         again = audit_log(str(directory), clock)
         self.successResultOf(again.append({"i": 5}))
         files = sorted(f for f in directory.iterdir() if not f.name.endswith(".lock"))
         self.assertEqual(cli(["audit", "verify", *map(str, files)]), 0)
-
 
     def test_the_chain_goes_on_from_the_highest_seq_whatever_the_files_mtimes(self) -> None:
         """
@@ -436,14 +439,10 @@ class RotationTests(SynchronousTestCase):
         """
         clock = Clock()
         directory = scratch(self)
-        log = audit_log(str(directory), clock, rotate_bytes=600)
-        for i in range(8):
-            self.successResultOf(log.append({"i": i}))
-        self.successResultOf(log.close())
+        self.rotated_then_moved_away(directory, clock, 8)
         rotated = sorted(f for f in directory.iterdir()
                          if f.name.startswith("audit.jsonl.") and f.suffix != ".lock")
         self.assertGreater(len(rotated), 2)
-        (directory / "audit.jsonl").unlink()  # ops moved the current file away
         os.utime(rotated[0], (2_000_000_000, 2_000_000_000))  # the oldest now looks newest
         # Found by the second review: a damaged old file made every append fail.
         with rotated[0].open("ab") as f:
