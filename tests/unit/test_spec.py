@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 from typing import Any
 
 import pytest
 
 from txairflowrpc.core import errors
-from txairflowrpc.core.spec import MethodSpec, Param
+from txairflowrpc.core.spec import (
+    REQUEST_ID_PATTERN,
+    REQUEST_IDS_PER_DRAW,
+    MethodSpec,
+    Param,
+    _request_ids,
+    new_request_id,
+)
 
 TRIGGER = MethodSpec(
     name="trigger_dag", returns="struct", doc="", handler=lambda *a: None,
@@ -58,3 +68,43 @@ def test_an_empty_array_is_not_a_struct_where_one_is_required_or_elements_matter
         required.check(([],))
     with pytest.raises(errors.InvalidParams, match="must be a struct"):
         TRIGGER.check(("etl", [1, 2]))
+
+
+def test_request_ids_are_unique_across_draws_and_match_their_pattern() -> None:
+    ids = [new_request_id() for _ in range(3 * REQUEST_IDS_PER_DRAW + 7)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(REQUEST_ID_PATTERN, i) for i in ids)
+
+
+def test_request_ids_come_from_one_draw_of_randomness_per_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = []
+    real = secrets.token_hex
+
+    def counted(n: int) -> str:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(secrets, "token_hex", counted)
+    _request_ids.clear()
+    for _ in range(REQUEST_IDS_PER_DRAW + 1):
+        new_request_id()
+    assert draws == [8 * REQUEST_IDS_PER_DRAW] * 2
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
+    new_request_id()  # the pool holds ids the parent will hand out next
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without pytest's cleanup
+        try:
+            os.write(write, new_request_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parents = [new_request_id() for _ in range(REQUEST_IDS_PER_DRAW)]
+    assert re.fullmatch(REQUEST_ID_PATTERN, child)
+    assert child not in parents

@@ -16,8 +16,10 @@ the checked positional arguments, with omitted optional ones absent.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
+import os
 import secrets
 from typing import Any, Callable
 from xmlrpc.client import DateTime
@@ -94,9 +96,27 @@ class Param:
 REQUEST_ID_PATTERN = "[0-9a-f]{16}"
 
 
+#: Request ids drawn from the system's randomness at once: one ``getrandom``
+#: per this many calls rather than one per call (a system call on every
+#: call's path, on which the reactor lets go of the GIL).
+REQUEST_IDS_PER_DRAW = 256
+_request_ids: collections.deque[str] = collections.deque()
+# A forked child must not hand out the ids its parent will.
+os.register_at_fork(after_in_child=_request_ids.clear)
+
+
 def new_request_id() -> str:
-    """A fresh request id, matching `REQUEST_ID_PATTERN`."""
-    return secrets.token_hex(8)
+    """
+    A fresh request id, matching `REQUEST_ID_PATTERN`: 64 bits from the
+    system's randomness, as ``secrets.token_hex(8)`` gives, taken from a
+    draw of `REQUEST_IDS_PER_DRAW` (each handed out once; safe from threads).
+    """
+    while True:
+        try:
+            return _request_ids.popleft()
+        except IndexError:
+            drawn = secrets.token_hex(8 * REQUEST_IDS_PER_DRAW)
+            _request_ids.extend(drawn[i:i + 16] for i in range(0, len(drawn), 16))
 
 
 @attrs.frozen
