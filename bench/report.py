@@ -81,7 +81,8 @@ def load_generator_line(points: Iterable[Point]) -> str | None:
 def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResult],
                  storm: Point | None, waits: WaitResult | None,
                  workers: list[Point] | Refused | None,
-                 workers_base: list[Point] | None = None) -> list[str]:
+                 workers_base: list[Point] | None = None,
+                 floor_pair: tuple[Point, Point] | None = None) -> list[str]:
     """One line per target: met / NOT met (value vs limit); "report:" where there is no limit."""
     lines = []
     generator = load_generator_line(points.values())
@@ -176,6 +177,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                     f"{_n(p.upstream_per_call, 3)} vs {_n(base.upstream_per_call, 3)} "
                     f"requests per call)")
                 lines.extend(_machine_line(p, base))
+                lines.extend(_ceiling_line(floor_pair, ratio))
                 continue
             versus = f" = {p.rate / base.rate:.2f}x B's {_n(base.rate)}" if base else ""
             lines.append(f"report: B, 2 workers at c={p.concurrency}: {_n(p.rate)} calls/s"
@@ -183,6 +185,25 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                          f"{p.error_count}")
             lines.extend(_machine_line(p, None))
     return lines
+
+
+def _ceiling_line(floor_pair: tuple[Point, Point] | None, workers_ratio: float) -> list[str]:
+    """
+    What two processes of the floor (A) reached against one, measured in
+    turn like the workers against B: the ratio two processes can reach on
+    this machine with wrk and the stub on the same cores.
+    """
+    if not floor_pair or not floor_pair[1].rate:
+        return []
+    two, one = floor_pair
+    ceiling = two.rate / one.rate
+    line = (f"report: the ceiling on this machine: A (twisted.web + TLS, fixed reply) served by "
+            f"2 processes reached {ceiling:.3f}x one A at c={two.concurrency} ({_n(two.rate)} vs "
+            f"{_n(one.rate)} calls/s; CPU {_n(two.cpu_us_per_call)} vs "
+            f"{_n(one.cpu_us_per_call)} µs/call; wrk {two.wrk_cpu_pct:.0f}%; errors "
+            f"{two.error_count}); the 2 workers reached {workers_ratio / ceiling:.0%} of that "
+            f"ceiling")
+    return [line]
 
 
 def _machine_line(p: Point, base: Point | None) -> list[str]:

@@ -42,8 +42,8 @@ from lineup import start_lineup  # noqa: E402
 from loadgen import Point, measure, median_point  # noqa: E402
 from processes import Processes  # noqa: E402
 from real_airflow import real_airflow  # noqa: E402
-from scenarios import (IdleResult, WaitResult, extra_gateway, idle_connections,  # noqa: E402
-                       polling_storm, wait_storm)
+from scenarios import (IdleResult, WaitResult, extra_gateway, floor_processes,  # noqa: E402
+                       idle_connections, polling_storm, wait_storm)
 
 SECTIONS = ("lineup", "idle", "storm", "waits", "workers", "airflow")
 
@@ -108,6 +108,9 @@ class Findings:
     workers: list[Point] | Refused | None = None
     #: The lineup's B, measured alternately with the workers (the ratio's base).
     workers_base: list[Point] = attrs.Factory(list)
+    #: The floor with 2 processes and the lineup's A measured alternately
+    #: with it: the 2 workers' ratio's ceiling on this machine.
+    floor_pair: tuple[Point, Point] | None = None
     #: Every round of every lineup point (the medians are in ``points``).
     rounds: list[Point] = attrs.Factory(list)
     airflow: list[Point] = attrs.Factory(list)
@@ -155,6 +158,9 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
             else:
                 found.workers, found.workers_base = measured
             log(f"B, 2 workers: {found.workers}")
+            found.floor_pair = floor_processes(processes, lineup, 2, 64, args.seconds,
+                                               args.warmup, args.rounds)
+            log(f"A, 2 processes: {found.floor_pair[0]}")
         for process, _ in lineup.servers.values():
             processes.stop(process)
         processes.stop(lineup.stub.process)
@@ -182,12 +188,13 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     args.results.mkdir(parents=True, exist_ok=True)
     targets = report.target_lines(
         {(p.server, p.concurrency): p for p in found.points}, found.idle, found.storm,
-        found.waits, found.workers, found.workers_base)
+        found.waits, found.workers, found.workers_base, found.floor_pair)
     tables: list[str] = []
     if found.points or found.storm:
         tables += ["## get_dag_run against the stub Airflow", "",
                    *report.table(found.points + ([found.storm] if found.storm else [])
-                                 + (found.workers if isinstance(found.workers, list) else [])),
+                                 + (found.workers if isinstance(found.workers, list) else [])
+                                 + ([found.floor_pair[0]] if found.floor_pair else [])),
                    ""]
     if found.idle:
         tables += ["## Idle mutual-TLS connections", "",
@@ -210,7 +217,8 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
                 "timeouts, XML-RPC faults and unexpected bodies); "
                 f"the median of {args.rounds} round(s) by calls/s, the servers measured in "
                 "turn within each round, errors counted over all rounds. The 2 workers are "
-                "compared with B measured right after them in each round.", "",
+                "compared with B measured right after them in each round, the floor with "
+                "2 processes with A likewise.", "",
                 *tables, "## Targets", "", *(f"- {t}" for t in targets), ""]
     if found.failure:
         document += ["## Run failed", "", "```", found.failure, "```", ""]
@@ -224,6 +232,8 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
         "points": [attrs.asdict(p) for p in found.points],
         "rounds": [attrs.asdict(p) for p in found.rounds],
         "workers_base": [attrs.asdict(p) for p in found.workers_base],
+        "floor_pair": ([attrs.asdict(p) for p in found.floor_pair] if found.floor_pair
+                       else None),
         "storm": attrs.asdict(found.storm) if found.storm else None,
         "idle": {k: attrs.asdict(v) for k, v in found.idle.items()},
         "waits": attrs.asdict(found.waits) if found.waits else None,

@@ -9,13 +9,18 @@ The benchmark's scenarios beyond calls/s at a concurrency:
   finish a few seconds later: upstream polls per run per poll interval, and
   whether every call returned when (and not before) its run ended;
 - `extra_gateway`: the gateway with a config fragment on top (the "2
-  workers" row), or the one line saying why it was not measured.
+  workers" row), or the one line saying why it was not measured;
+- `floor_processes`: the floor (A) served by two processes on one port,
+  against one: what two processes of the plainest Twisted server reach on
+  this machine, with wrk and the stub on the same cores (the "2 workers"
+  ratio's ceiling, measured).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,9 +29,9 @@ import attrs
 
 from clients import hold_idle, many_calls, xmlrpc_body
 from gatewayproc import ChainsCalls, Refused, create_token, gateway_config, start_gateway
-from lineup import DAG, Lineup, rpc_target
+from lineup import DAG, HERE, Lineup, rpc_target
 from loadgen import Point, measure, median_point
-from processes import Processes, accepts, free_port
+from processes import Processes, accepts, free_port, wait_until
 from procstat import ProcessTree, RSSSampler
 
 
@@ -186,3 +191,42 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
         return points, base
     finally:
         processes.stop(gateway)
+
+
+def listening(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return sum(1 for line in f
+                   if line.split()[1] == wanted and line.split()[3] == "0A")  # LISTEN
+
+
+def floor_processes(processes: Processes, lineup: Lineup, count: int, concurrency: int,
+                    seconds: float, warmup: float, rounds: int = 1) -> tuple[Point, Point]:
+    """
+    The floor served by ``count`` processes (`servers/floor.py` ``--processes``),
+    measured at ``concurrency`` ``rounds`` times, each time just before the
+    lineup's A; the medians of both.  Stopped before returning.
+    """
+    port = free_port()
+    process, log = processes.start(f"A-{count}-processes", [
+        sys.executable, str(HERE / "servers" / "floor.py"), "--port", str(port),
+        "--tls", str(lineup.pki.directory), "--processes", str(count)])
+    try:
+        wait_until(lambda: listening(port) == count, 30, f"A with {count} processes",
+                   alive=process, log=log)
+        one = lineup.target("A")
+        target = attrs.evolve(one, name=f"A, {count} processes",
+                              url=f"https://127.0.0.1:{port}")
+        theirs, ours = [], []
+        for r in range(rounds):
+            theirs.append(measure(target, process.pid, concurrency, seconds=seconds,
+                                  warmup=warmup, prefix=f"fp{r}"))
+            ours.append(measure(one, lineup.pid("A"), concurrency, seconds=seconds,
+                                warmup=warmup, prefix=f"fa{r}"))
+            print(f"A, {count} processes c={concurrency} round {r + 1}/{rounds}: "
+                  f"{theirs[-1].rate:,.0f} vs A's {ours[-1].rate:,.0f} calls/s", flush=True)
+        return median_point(theirs), median_point(ours)
+    finally:
+        processes.stop(process)

@@ -8,12 +8,20 @@ and up, a client certificate asked for (verified against the same CA) but
 optional, so both wrk (no certificate) and the idle mutual-TLS clients can
 connect.  Runs until it is signalled.
 
-    python bench/servers/floor.py --port PORT --tls DIR
+With ``--processes N`` it is N such processes on the one port, each with
+its own listening socket (``SO_REUSEPORT``, as the gateway's workers): the
+first starts the others as its children (one process group, so one signal
+stops them all) and serves too.  That is what two processes of the plainest
+Twisted server reach on this machine, beside the gateway's two workers.
+
+    python bench/servers/floor.py --port PORT --tls DIR [--processes N]
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import subprocess
 import sys
 import xmlrpc.client
 from pathlib import Path
@@ -21,6 +29,7 @@ from pathlib import Path
 from OpenSSL import SSL
 from twisted.internet import endpoints, ssl, task
 from twisted.internet.defer import Deferred
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource, server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,12 +62,28 @@ def main(reactor, argv: list[str]) -> Deferred[None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tls", type=Path, required=True, help="a DevPKI directory")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="serve the port from this many processes (SO_REUSEPORT)")
+    parser.add_argument("--shared", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     site = server.Site(FixedReply())
     site.noisy = False
-    endpoint = endpoints.SSL4ServerEndpoint(reactor, args.port, tls_options(args.tls),
-                                            interface="127.0.0.1", backlog=50)
-    endpoint.listen(site)
+    if args.processes == 1 and not args.shared:
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, args.port, tls_options(args.tls),
+                                                interface="127.0.0.1", backlog=50)
+        endpoint.listen(site)
+        return Deferred()  # serve until signalled
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("127.0.0.1", args.port))
+    listener.listen(50)
+    listener.setblocking(False)
+    reactor.adoptStreamPort(listener.fileno(), socket.AF_INET,
+                            TLSMemoryBIOFactory(tls_options(args.tls), False, site))
+    listener.close()  # the reactor holds its own copy
+    for _ in range(args.processes - 1):  # listening already: the port is theirs to share
+        subprocess.Popen([sys.executable, __file__, "--port", str(args.port),
+                          "--tls", str(args.tls), "--shared"])
     return Deferred()  # serve until signalled
 
 
