@@ -83,6 +83,11 @@ class Point:
     machine_cpu_pct: float | None = None
     #: The machine's cores (os.cpu_count()), for what was left idle.
     cores: int | None = None
+    #: wrk's mean latency.
+    mean_ms: float | None = None
+    #: Where a gateway's calls spent their time, by its own /metrics: means
+    #: in ms of Airflow's answer and of the audit write (the real-Airflow part).
+    inside_ms: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def rate(self) -> float:
@@ -201,5 +206,5 @@ def measure(
         wrk_cpu_pct=100 * wrk_cpu / elapsed,
         upstream_per_call=upstream,
         also_cpu_us={name: c / good * 1e6 for name, c in others_cpu.items() if good},
-        machine_cpu_pct=machine, cores=cores,
+        machine_cpu_pct=machine, cores=cores, mean_ms=result["mean_us"] / 1000,
     )
