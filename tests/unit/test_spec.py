@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import select
+import signal
 from typing import Any
 
 import pytest
@@ -93,7 +95,8 @@ def test_request_ids_come_from_one_draw_of_randomness_per_batch(
 
 
 def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
-    new_request_id()  # the pool holds ids the parent will hand out next
+    _request_ids.clear()
+    new_request_id()  # a fresh draw: the pool holds the ids the parent hands out next
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next id, then out without pytest's cleanup
@@ -102,9 +105,14 @@ def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
         finally:
             os._exit(0)
     os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
+    try:
+        ready, _, _ = select.select([read], [], [], 30)
+        child = os.read(read, 64).decode() if ready else ""
+    finally:
+        os.close(read)
+        if not child:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
     parents = [new_request_id() for _ in range(REQUEST_IDS_PER_DRAW)]
     assert re.fullmatch(REQUEST_ID_PATTERN, child)
     assert child not in parents
