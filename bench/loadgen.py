@@ -83,11 +83,12 @@ class Point:
     machine_cpu_pct: float | None = None
     #: The machine's cores (os.cpu_count()), for what was left idle.
     cores: int | None = None
-    #: wrk's mean latency.
+    #: wrk's mean latency (corrected for coordinated omission, as its percentiles).
     mean_ms: float | None = None
-    #: Where a gateway's calls spent their time, by its own /metrics: means
-    #: in ms of Airflow's answer and of the audit write (the real-Airflow part).
-    inside_ms: dict[str, float] = attrs.field(factory=dict)
+    #: Where a gateway's calls spent their time, by its own /metrics (the
+    #: real-Airflow part): ``airflow_ms`` and ``audit_ms``, the mean exchange
+    #: with Airflow and audit write; ``audit_per_call``, the writes a call waited for.
+    inside: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def rate(self) -> float:

@@ -10,11 +10,12 @@ runs stay queued, so the scheduler does not run hundreds of runs on the
 same two cores while the calls are measured.
 
 Direct and through the gateway are measured one right after the other at
-each concurrency, so that both see the same Airflow: it slows as the
-triggered runs pile up, and a whole part's drift once fell on the gateway's
-side only.  The gateway's own /metrics, read before and after each of its
-points, say how long Airflow took to answer it and how long its audit
-writes took (`GatewayTimes`): what of a call is Airflow's.
+each concurrency, the gateway first every other time, so that both see the
+same Airflow: it slows as the triggered runs pile up, and a whole part's
+drift once fell on the gateway's side only.  The gateway's own /metrics,
+read before and after each of its points, say per call how many exchanges
+with Airflow and audit writes it waited for and how long each took
+(`GatewayTimes`): what of a call is Airflow's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import secrets
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, Iterator
 
 import attrs
 
@@ -33,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients import xmlrpc_body
 from gatewayproc import Refused, create_token, gateway_config, start_gateway
 from lineup import rpc_target
-from loadgen import Point, Request, Target, _wrk, measure
+from loadgen import Point, Request, Target, _settled, _wrk, measure
 from processes import Processes, accepts, free_port
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
@@ -51,45 +52,57 @@ def _rest(airflow: LocalAirflow, method: str, path: str, token: str, body: objec
         return json.load(r)
 
 
+#: A gateway's running totals from its /metrics: calls answered, then the
+#: sum (s) and count of Airflow's answers, then of its audit writes.
+Reading = tuple[float, float, float, float, float]
+
+
 class GatewayTimes:
     """
-    A gateway's histograms' sums and counts from its /metrics (read with
-    prometheus_client's parser): `since` gives the mean times, in ms, of
-    Airflow's answers (``airflow``) and of audit writes (``audit``) between
-    two readings.
+    Where a gateway's calls spent their time, by its own /metrics (read with
+    prometheus_client's parser): the calls it answered, the exchanges with
+    Airflow and the audit writes (batches) with their durations.  Readings
+    are taken once the totals stop moving (`settled`), so that two of them
+    bracket exactly the calls in between, those wrk abandoned included.
     """
 
-    SERIES: ClassVar[dict[str, str]] = {"airflow": "airflowrpc_upstream_request_duration_seconds",
-              "audit": "airflowrpc_audit_write_duration_seconds"}
+    UPSTREAM = "airflowrpc_upstream_request_duration_seconds"
+    AUDIT = "airflowrpc_audit_write_duration_seconds"
+    CALLS = "airflowrpc_calls"
 
     def __init__(self, url: str) -> None:
         self._url = url
 
-    def read(self) -> dict[str, tuple[float, float]]:
+    def read(self) -> Reading:
         with urllib.request.urlopen(self._url, timeout=10) as r:
             text = r.read().decode()
-        totals = {name: [0.0, 0.0] for name in self.SERIES}
+        found = {name: 0.0 for name in (self.CALLS + "_total", self.UPSTREAM + "_sum",
+                                        self.UPSTREAM + "_count", self.AUDIT + "_sum",
+                                        self.AUDIT + "_count")}
         for family in text_string_to_metric_families(text):
-            for name, metric in self.SERIES.items():
-                if family.name != metric:
-                    continue
-                for sample in family.samples:  # every label set (GET, POST) summed
-                    if sample.name == metric + "_sum":
-                        totals[name][0] += sample.value
-                    elif sample.name == metric + "_count":
-                        totals[name][1] += sample.value
-        return {name: (total, count) for name, (total, count) in totals.items()}
+            for sample in family.samples:  # every label set (method, GET and POST) summed
+                if sample.name in found:
+                    found[sample.name] += sample.value
+        return tuple(found.values())  # type: ignore[return-value]
+
+    def settled(self) -> Reading:
+        return _settled(self.read)  # type: ignore[arg-type, return-value]
 
     @staticmethod
-    def since(before: dict[str, tuple[float, float]],
-              after: dict[str, tuple[float, float]]) -> dict[str, float]:
-        means = {}
-        for name in after:
-            total = after[name][0] - before[name][0]
-            count = after[name][1] - before[name][1]
-            if count:
-                means[name] = 1000 * total / count
-        return means
+    def between(before: Reading, after: Reading) -> dict[str, float]:
+        """
+        Per call answered in between: Airflow exchanges and their mean
+        duration, audit writes waited for and their mean duration (ms).
+        """
+        calls, up_s, up_n, audit_s, audit_n = (a - b for a, b in zip(after, before))
+        if not calls:
+            return {}
+        view = {"upstream_per_call": up_n / calls, "audit_per_call": audit_n / calls}
+        if up_n:
+            view["airflow_ms"] = 1000 * up_s / up_n
+        if audit_n:
+            view["audit_ms"] = 1000 * audit_s / audit_n
+        return view
 
 
 def real_airflow(processes: Processes, work: Path, pki: DevPKI, *, concurrencies: tuple[int, ...],
@@ -142,19 +155,30 @@ def real_airflow(processes: Processes, work: Path, pki: DevPKI, *, concurrencies
                  rpc_target("gateway → Airflow", port, f"Bearer {token}",
                             xmlrpc_body("trigger_dag", DAG, {}, {"dag_run_id": "{ID}"}))),
             ]
-            for method, direct, via_gateway in cases:
-                for c in concurrencies:
-                    yield attrs.evolve(
-                        measure(direct, airflow_pid, c, seconds=seconds, warmup=warmup,
-                                prefix=f"b{stamp}-rest-{c}", also={"Airflow": airflow_pid}),
-                        server=f"{method}: {direct.name}")
-                    if warmup > 0:  # here, so that the means cover the measured calls only
-                        _wrk(via_gateway, c, warmup, f"b{stamp}-gw-{c}w")
-                    before = times.read()
-                    point = measure(via_gateway, gateway.pid, c, seconds=seconds, warmup=0,
-                                    prefix=f"b{stamp}-gw-{c}", also={"Airflow": airflow_pid})
-                    yield attrs.evolve(point, server=f"{method}: {via_gateway.name}",
-                                       inside_ms=times.since(before, times.read()))
+            def through_gateway(target: Target, c: int) -> Point:
+                if warmup > 0:  # here, so that the readings bracket the measured calls only
+                    _wrk(target, c, warmup, f"b{stamp}-gw-{c}w")
+                before = times.settled()
+                point = measure(target, gateway.pid, c, seconds=seconds, warmup=0,
+                                prefix=f"b{stamp}-gw-{c}", also={"Airflow": airflow_pid})
+                view = times.between(before, times.settled())
+                return attrs.evolve(point, upstream_per_call=view.pop("upstream_per_call", None),
+                                    inside=view)
+
+            for turn, (method, direct, via_gateway) in enumerate(
+                    (m, d, g) for m, d, g in cases for _ in concurrencies):
+                c = concurrencies[turn % len(concurrencies)]
+                # In turns, the gateway first every other time: Airflow slows as the
+                # triggered runs pile up, and that must not fall on one side.
+                gateway_first = turn % 2 == 1
+                if gateway_first:
+                    gw_point = through_gateway(via_gateway, c)
+                rest_point = measure(direct, airflow_pid, c, seconds=seconds, warmup=warmup,
+                                     prefix=f"b{stamp}-rest-{c}", also={"Airflow": airflow_pid})
+                if not gateway_first:
+                    gw_point = through_gateway(via_gateway, c)
+                yield attrs.evolve(rest_point, server=f"{method}: {direct.name}")
+                yield attrs.evolve(gw_point, server=f"{method}: {via_gateway.name}")
             processes.stop(gateway)
         finally:
             airflow.stop()

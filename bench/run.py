@@ -109,7 +109,7 @@ class Findings:
     #: The lineup's B, measured alternately with the workers (the ratio's base).
     workers_base: list[Point] = attrs.Factory(list)
     #: The floor with 2 processes and the lineup's A measured alternately
-    #: with it: the 2 workers' ratio's ceiling on this machine.
+    #: with it: a reference for the 2 workers' ratio on this machine.
     floor_pair: tuple[Point, Point] | None = None
     #: Every round of every lineup point (the medians are in ``points``).
     rounds: list[Point] = attrs.Factory(list)
@@ -158,9 +158,10 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
             else:
                 found.workers, found.workers_base = measured
             log(f"B, 2 workers: {found.workers}")
-            found.floor_pair = floor_processes(processes, lineup, 2, 64, args.seconds,
-                                               args.warmup, args.rounds)
-            log(f"A, 2 processes: {found.floor_pair[0]}")
+            if isinstance(found.workers, list):  # a reference for their ratio
+                found.floor_pair = floor_processes(processes, lineup, 2, 64, args.seconds,
+                                                   args.warmup, args.rounds)
+                log(f"A, 2 processes: {found.floor_pair[0]}")
         for process, _ in lineup.servers.values():
             processes.stop(process)
         processes.stop(lineup.stub.process)

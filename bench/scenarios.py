@@ -12,8 +12,8 @@ The benchmark's scenarios beyond calls/s at a concurrency:
   workers" row), or the one line saying why it was not measured;
 - `floor_processes`: the floor (A) served by two processes on one port,
   against one: what two processes of the plainest Twisted server reach on
-  this machine, with wrk and the stub on the same cores (the "2 workers"
-  ratio's ceiling, measured).
+  this machine, with wrk and the stub on the same cores (a reference for
+  the "2 workers" ratio).
 """
 
 from __future__ import annotations
