@@ -19,7 +19,9 @@ The benchmark's scenarios beyond calls/s at a concurrency:
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 import sys
 import time
 from pathlib import Path
@@ -195,7 +197,9 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
 
 def listening(port: int) -> int:
     """How many sockets listen on 127.0.0.1:``port`` (from /proc/net/tcp)."""
-    wanted = f"0100007F:{port:04X}"
+    # The address as the kernel prints it: its 32 bits in the host's byte order.
+    address = struct.unpack("=I", socket.inet_aton("127.0.0.1"))[0]
+    wanted = f"{address:08X}:{port:04X}"
     with open("/proc/net/tcp") as f:
         next(f)
         return sum(1 for line in f
