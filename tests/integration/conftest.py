@@ -7,6 +7,7 @@ twistd or Perl fails the run.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import xmlrpc.client
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -27,6 +28,17 @@ from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.devstack.postgres import LocalPostgres
 
 TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def audit_records(path: Path, **loads: Any) -> list[dict[str, Any]]:
+    """
+    The records of an audit file the gateway may be writing: its whole
+    lines only.  A reader can see a record half written (a write to a file
+    is not atomic for a reader), and a test reading the trail while the
+    gateway appends must not fail on it (a CI run once did).  ``loads``
+    goes to `json.loads` (``parse_constant``, say).
+    """
+    return [json.loads(line, **loads) for line in path.read_text().split("\n")[:-1]]
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ from txairflowrpc.devstack.pki import DevPKI
 from txairflowrpc.identity import tokens
 
 from ..jwt_helpers import Signer, hs256_with_public_key, jwks, unsigned
-from .conftest import RunningGateway, client_context
+from .conftest import RunningGateway, audit_records, client_context
 
 AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"
 ISSUER = "https://idp.example.test"
@@ -133,7 +133,7 @@ def wait_until(check: Any, seconds: float = 10) -> None:
 
 
 def audit(gateway: RunningGateway) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in gateway.audit_path.read_text().splitlines()]
+    return audit_records(gateway.audit_path)
 
 
 def test_tokens_by_bearer_header_and_by_basic_auth(gw: RunningGateway) -> None:

@@ -22,7 +22,7 @@ import pytest
 from txairflowrpc.devstack.airflow import BUILDER_USER, GATEWAY_USER, READER_USER, LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
-from .conftest import RunningGateway
+from .conftest import RunningGateway, audit_records
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def airflow_get(airflow: LocalAirflow, path: str, **params: Any) -> tuple[int, A
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return audit_records(path)
 
 
 def call_record(gw: RunningGateway, principal: str, method: str) -> dict[str, Any]:

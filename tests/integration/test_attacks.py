@@ -21,7 +21,7 @@ import pytest
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
-from .conftest import RunningGateway, client_context
+from .conftest import RunningGateway, audit_records, client_context
 
 EXTRA = """
 [roles.trigger_only]
@@ -89,7 +89,7 @@ def call_raw(gateway: RunningGateway, body: bytes, client: ClientFiles | None = 
 
 
 def audit(gateway: RunningGateway) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in gateway.audit_path.read_text().splitlines()]
+    return audit_records(gateway.audit_path)
 
 
 def wait_for(check: Any, seconds: float = 20) -> Any:
@@ -360,8 +360,7 @@ def test_nan_is_refused_and_every_audit_line_is_strict_json(gw: RunningGateway) 
     def strict(constant: str) -> Any:
         raise ValueError(constant)
 
-    for line in gw.audit_path.read_text().splitlines():
-        json.loads(line, parse_constant=strict)
+    audit_records(gw.audit_path, parse_constant=strict)
 
 
 @pytest.mark.parametrize("request_bytes,expected", [

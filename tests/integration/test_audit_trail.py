@@ -26,13 +26,13 @@ from txairflowrpc.audit.chain import ROTATED_SUFFIX
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
-from .conftest import TWISTD, RunningGateway, client_context
+from .conftest import TWISTD, RunningGateway, audit_records, client_context
 
 AIRFLOWRPC = Path(sys.executable).parent / "airflowrpc"
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return audit_records(path)
 
 
 def airflowrpc(*args: str | Path) -> subprocess.CompletedProcess[str]:

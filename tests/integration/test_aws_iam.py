@@ -31,7 +31,7 @@ from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
 from ..sts_stub import Identity, StubSTS, serve
-from .conftest import RunningGateway, client_context
+from .conftest import RunningGateway, audit_records, client_context
 
 SERVER_ID = "airflowrpc.integration.test"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "python" / "airflowrpc_iam.py"
@@ -120,7 +120,7 @@ def post(gw: RunningGateway, header: str) -> tuple[int, str]:
 
 
 def audit(gw: RunningGateway) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in gw.audit_path.read_text().splitlines()]
+    return audit_records(gw.audit_path)
 
 
 def test_a_botocore_signed_caller_gets_in_with_its_principals_scopes(

@@ -18,7 +18,7 @@ import pytest
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
-from .conftest import RunningGateway, client_context
+from .conftest import RunningGateway, audit_records, client_context
 
 
 def tls_socket(gw: RunningGateway, timeout: float = 10) -> ssl.SSLSocket:
@@ -183,7 +183,7 @@ def test_slowloris_is_dropped_at_the_request_deadline(strict: RunningGateway) ->
                 break
     assert closed_after is not None and closed_after < 4, closed_after
     time.sleep(0.3)
-    records = [json.loads(line) for line in strict.audit_path.read_text().splitlines()]
+    records = audit_records(strict.audit_path)
     assert any("request not completed in time" in r.get("reason", "") for r in records)
 
 
@@ -244,7 +244,7 @@ def test_rate_limit_per_principal(strict: RunningGateway, pki: DevPKI) -> None:
     # (not waited for: looked for until it is there, for at most 10 s).
     limited: list[dict] = []
     for _ in range(100):
-        records = [json.loads(line) for line in strict.audit_path.read_text().splitlines()]
+        records = audit_records(strict.audit_path)
         limited = [r for r in records if r.get("refusal") == "rate_limited"]
         if limited:
             break

@@ -42,7 +42,7 @@ from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
 from ..proxyproto import header_v2
-from .conftest import TWISTD, RunningGateway, client_context, free_port
+from .conftest import TWISTD, RunningGateway, audit_records, client_context, free_port
 
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 #: Loopback addresses the clients connect from, so that they differ from
@@ -526,7 +526,7 @@ def test_workers_behind_haproxy_read_its_header(
             answers += transport.answers
             records = {r["request_id"]: r
                        for f in sorted(gw.audit_path.parent.glob("audit.w*.jsonl"))
-                       for r in map(json.loads, f.read_text().splitlines())
+                       for r in audit_records(f)
                        if r.get("kind") == "call"}
             served = {records[rid]["instance"] for rid, _ in answers}
             if len(served) == 2:

@@ -23,7 +23,7 @@ import pytest
 from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
-from .conftest import RunningGateway
+from .conftest import RunningGateway, audit_records
 
 
 def test_sigterm_answers_and_records_every_call_in_flight(
@@ -100,7 +100,7 @@ def wait_for(check: Any, seconds: float = 30) -> None:
 def audit(gw: RunningGateway) -> list[dict[str, Any]]:
     if not gw.audit_path.exists():
         return []
-    return [json.loads(line) for line in gw.audit_path.read_text().splitlines()]
+    return audit_records(gw.audit_path)
 
 
 def airflowrpc_cli() -> Path:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import TWISTD, RunningGateway, client_context, free_port
+from .conftest import TWISTD, RunningGateway, audit_records, client_context, free_port
 from .test_deployment import AirflowHealth, Systemd
 from .test_operations import SUPERVISOR_METRICS, alert_metric_names, scrape_port
 
@@ -98,7 +98,7 @@ def fresh_call(gateway: RunningGateway, method: str = "get_dag", *args: object) 
 
 def records(gateway: RunningGateway, index: int) -> list[dict]:
     path = gateway.audit_path.with_name(f"audit.w{index}.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return audit_records(path)
 
 
 def worker_pids(gateway: RunningGateway) -> dict[int, int]:
