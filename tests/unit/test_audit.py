@@ -109,6 +109,63 @@ class ChainTests(SynchronousTestCase):
         message = self.tamper(lambda ls: ls[:-1] + [ls[-1][:-10]])
         self.assertIn("incomplete last line", message)
 
+    def verify_while_writing(self, written: bytes, finish: Callable[[], None]) -> tuple[bool, str]:
+        """
+        verify on a live trail: the file holds ``written`` while a writer
+        holds the chain's lock (the gateway in the middle of a batch); once
+        the verifier asks for the lock, ``finish`` runs and the lock is let go.
+        """
+        import fcntl
+        import threading
+
+        from txairflowrpc.audit import verify as verify_module
+        self.path.write_bytes(written)
+        writer = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY)
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        asked = threading.Event()
+        real_flock = fcntl.flock
+
+        def flock(fd: int, operation: int) -> None:
+            if operation == fcntl.LOCK_SH:
+                asked.set()
+            real_flock(fd, operation)
+
+        self.patch(verify_module.fcntl, "flock", flock)
+        outcome: list[tuple[bool, str]] = []
+        reader = threading.Thread(target=lambda: outcome.append(verify([self.path])))
+        reader.start()
+        try:
+            self.assertTrue(asked.wait(30), "the verifier never asked for the lock")
+            finish()
+        finally:
+            os.close(writer)
+            reader.join(30)
+        self.assertEqual(len(outcome), 1)
+        return outcome[0]
+
+    def test_a_line_being_written_is_read_whole_once_the_writer_lets_go(self) -> None:
+        """A last line read while the gateway writes it is read again under the lock."""
+        self.fill(3)
+        whole = self.path.read_bytes()
+        cut = whole.rindex(b"\n", 0, len(whole) - 1) + 1 + 40  # 40 bytes into the last line
+
+        def the_write_ends() -> None:
+            with self.path.open("ab") as f:
+                f.write(whole[cut:])
+
+        self.assertEqual(self.verify_while_writing(whole[:cut], the_write_ends),
+                         (True, "chain whole: 3 records, seq 1..3"))
+
+    def test_a_torn_line_whose_write_was_taken_back_ends_the_file(self) -> None:
+        """A failed write is cut off under the lock: the verifier reads up to it."""
+        self.fill(3)
+        whole = self.path.read_bytes()
+        # As ChainFile._write does when a write fails: the partial line cut off.
+        self.assertEqual(
+            self.verify_while_writing(whole + b'{"time":"2027-01-15T08:00:00.000000Z","seq":4,',
+                                      lambda: os.truncate(self.path, len(whole))),
+            (True, "chain whole: 3 records, seq 1..3"))
+
     def test_a_link_planted_for_a_lock_file_is_not_followed(self) -> None:
         """Whoever can write the audit directory must not reach a file outside it."""
         from txairflowrpc.audit.owner import claim, owner_path

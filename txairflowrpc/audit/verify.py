@@ -24,8 +24,10 @@ checkpoints kept off the host that its own instance signed.
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -279,12 +281,22 @@ class _Walk:
             raise _Broken(f"{path}: cannot read: {e.strerror}") from None
         with handle:
             lineno = 0
+            start = handle.tell()
             while raw := handle.readline(MAX_LINE + 1):
+                if not raw.endswith(b"\n") and len(raw) <= MAX_LINE:
+                    # A last line without its end: a crash tore it, or the
+                    # gateway is writing it now.  Its lock tells them apart.
+                    again = _reread_locked(path, handle, start)
+                    if again is not None:
+                        if not again:  # the write under way was taken back (it failed)
+                            break
+                        raw = again
                 lineno += 1
                 if len(raw) > MAX_LINE:  # read no further: no record is this long
                     raise _Broken(f"{path}:{lineno}: a line longer than {MAX_LINE} bytes "
                                   "is not an audit record")
                 self.record(f"{path}:{lineno}", raw)
+                start = handle.tell()
 
     def record(self, where: str, raw: bytes) -> None:
         if not raw.endswith(b"\n"):
@@ -368,6 +380,27 @@ class _Walk:
             end = "have no records" if self.seq is None else f"end at seq {self.seq}"
             raise _Broken(f"the files {end}, but a checkpoint kept off the host has seq "
                           f"{max(beyond)}: records were cut from the end")
+
+
+def _reread_locked(path: Path, handle: Any, start: int) -> bytes | None:
+    """
+    The line at ``start`` of ``path`` read again under a shared lock on the
+    chain's append lock (``<path>.lock``), or None if there is no such lock
+    to take.  The gateway holds that lock exclusively while it appends a
+    batch, so a line it was writing when first read comes back whole; a
+    line a crash tore stays as it was (and is reported), and one whose
+    write failed is gone (the writer cuts it off before letting go).
+    """
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        handle.seek(start)
+        return handle.readline(MAX_LINE + 1)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def verify(paths: Iterable[Path]) -> tuple[bool, str]:
