@@ -146,6 +146,15 @@ def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
 ROTATED_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z(\.\d+)?$")
 
 
+def append_lock(path: Path) -> Path:
+    """
+    The chain's append lock beside ``path``: whoever appends holds it
+    exclusively for the whole batch (`ChainFile`), so a reader holding it
+    shared sees no line half written.
+    """
+    return path.with_name(path.name + ".lock")
+
+
 def _rotated_name(path: Path, now: float) -> Path:
     stamp = utc(now).strftime("%Y%m%dT%H%M%SZ")
     candidate = path.with_name(f"{path.name}.{stamp}")
@@ -186,7 +195,7 @@ class ChainFile:
         checkpoint_records: int = 0, instance: str | None = None,
     ) -> None:
         self.path = path
-        self._lock_path = path.with_name(path.name + ".lock")
+        self._lock_path = append_lock(path)
         self._fsync = fsync
         self._rotate_bytes = rotate_bytes
         self._rotate_daily = rotate_daily

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 import attrs
 
@@ -38,6 +38,7 @@ from .chain import (
     GENESIS,
     ROTATED,
     ROTATED_SUFFIX,
+    append_lock,
     dumps,
     loads_strict,
     sealed_line,
@@ -281,7 +282,7 @@ class _Walk:
             raise _Broken(f"{path}: cannot read: {e.strerror}") from None
         with handle:
             lineno = 0
-            start = handle.tell()
+            start = 0  # where the line read next begins
             while raw := handle.readline(MAX_LINE + 1):
                 if not raw.endswith(b"\n") and len(raw) <= MAX_LINE:
                     # A last line without its end: a crash tore it, or the
@@ -296,7 +297,7 @@ class _Walk:
                     raise _Broken(f"{path}:{lineno}: a line longer than {MAX_LINE} bytes "
                                   "is not an audit record")
                 self.record(f"{path}:{lineno}", raw)
-                start = handle.tell()
+                start += len(raw)
 
     def record(self, where: str, raw: bytes) -> None:
         if not raw.endswith(b"\n"):
@@ -382,17 +383,17 @@ class _Walk:
                           f"{max(beyond)}: records were cut from the end")
 
 
-def _reread_locked(path: Path, handle: Any, start: int) -> bytes | None:
+def _reread_locked(path: Path, handle: BinaryIO, start: int) -> bytes | None:
     """
     The line at ``start`` of ``path`` read again under a shared lock on the
-    chain's append lock (``<path>.lock``), or None if there is no such lock
+    chain's append lock (`append_lock`), or None if there is no such lock
     to take.  The gateway holds that lock exclusively while it appends a
     batch, so a line it was writing when first read comes back whole; a
     line a crash tore stays as it was (and is reported), and one whose
     write failed is gone (the writer cuts it off before letting go).
     """
     try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(append_lock(path), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
