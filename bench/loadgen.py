@@ -83,8 +83,6 @@ class Point:
     machine_cpu_pct: float | None = None
     #: The machine's cores (os.cpu_count()), for what was left idle.
     cores: int | None = None
-    #: wrk's mean latency (corrected for coordinated omission, as its percentiles).
-    mean_ms: float | None = None
     #: Where a gateway's calls spent their time, by its own /metrics (the
     #: real-Airflow part): ``airflow_ms`` and ``audit_ms``, the mean exchange
     #: with Airflow and audit write; ``audit_per_call``, the writes a call waited for.
@@ -207,5 +205,5 @@ def measure(
         wrk_cpu_pct=100 * wrk_cpu / elapsed,
         upstream_per_call=upstream,
         also_cpu_us={name: c / good * 1e6 for name, c in others_cpu.items() if good},
-        machine_cpu_pct=machine, cores=cores, mean_ms=result["mean_us"] / 1000,
+        machine_cpu_pct=machine, cores=cores,
     )

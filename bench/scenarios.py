@@ -202,8 +202,8 @@ def listening(port: int) -> int:
     wanted = f"{address:08X}:{port:04X}"
     with open("/proc/net/tcp") as f:
         next(f)
-        return sum(1 for line in f
-                   if line.split()[1] == wanted and line.split()[3] == "0A")  # LISTEN
+        return sum(1 for fields in map(str.split, f)
+                   if fields[1] == wanted and fields[3] == "0A")  # LISTEN
 
 
 def floor_processes(processes: Processes, lineup: Lineup, count: int, concurrency: int,
