@@ -96,7 +96,8 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                  storm: Point | None, waits: WaitResult | None,
                  workers: list[Point] | Refused | None,
                  workers_base: list[Point] | None = None,
-                 floor_pair: tuple[Point, Point] | None = None) -> list[str]:
+                 floor_pair: tuple[Point, Point] | None = None,
+                 workers_share: list[Point] | None = None) -> list[str]:
     """One line per target: met / NOT met (value vs limit); "report:" where there is no limit."""
     lines = []
     generator = load_generator_line(points.values())
@@ -178,6 +179,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
     elif workers:
         one = {p.concurrency: p for p in (points.get(("B", c)) for c in (64, 512)) if p}
         one.update({p.concurrency: p for p in workers_base or ()})  # measured alongside
+        shares = dict(zip((p.concurrency for p in workers), workers_share or ()))
         for p in workers:
             base = one.get(p.concurrency)
             if p.concurrency == 64 and base and base.rate:
@@ -191,6 +193,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                     f"{_n(p.upstream_per_call, 3)} vs {_n(base.upstream_per_call, 3)} "
                     f"requests per call)")
                 lines.extend(_machine_line(p, base))
+                lines.extend(_share_line(p, base, shares.get(p.concurrency)))
                 lines.extend(_reference_line(floor_pair))
                 continue
             versus = f" = {p.rate / base.rate:.2f}x B's {_n(base.rate)}" if base else ""
@@ -198,7 +201,27 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                          f"{versus}, CPU {_n(p.cpu_us_per_call)} µs/call, errors "
                          f"{p.error_count}")
             lines.extend(_machine_line(p, None))
+            lines.extend(_share_line(p, base, shares.get(p.concurrency)))
     return lines
+
+
+def _share_line(p: Point, base: Point | None, share: Point | None) -> list[str]:
+    """
+    B alone at the connections each worker saw (``share``) beside the
+    workers' CPU per call and B's at all of them: how much of the workers'
+    extra CPU per call B pays too when it serves that many callers at once
+    (fewer records per audit fsync, fewer callers per shared read).
+    """
+    if share is None or not share.rate:
+        return []
+    line = (f"report: B alone at c={share.concurrency} (one worker's share of c="
+            f"{p.concurrency}): CPU {_n(share.cpu_us_per_call)} µs/call, upstream "
+            f"{_n(share.upstream_per_call, 3)} requests per call, {_n(share.rate)} calls/s, errors "
+            f"{share.error_count}; the 2 workers at c={p.concurrency}: {_n(p.cpu_us_per_call)} "
+            f"µs/call")
+    if base is not None:
+        line += f"; B at c={base.concurrency}: {_n(base.cpu_us_per_call)} µs/call"
+    return [line]
 
 
 def _reference_line(floor_pair: tuple[Point, Point] | None) -> list[str]:

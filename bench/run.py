@@ -108,6 +108,8 @@ class Findings:
     workers: list[Point] | Refused | None = None
     #: The lineup's B, measured alternately with the workers (the ratio's base).
     workers_base: list[Point] = attrs.Factory(list)
+    #: B at each worker's share of the workers' connections, measured with them.
+    workers_share: list[Point] = attrs.Factory(list)
     #: The floor with 2 processes and the lineup's A measured alternately
     #: with it: a reference for the 2 workers' ratio on this machine.
     floor_pair: tuple[Point, Point] | None = None
@@ -152,11 +154,11 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
         if "workers" in args.only:
             measured = extra_gateway(
                 processes, work, lineup, "B, 2 workers", args.workers_fragment.read_text(),
-                args.workers_concurrency, args.seconds, args.warmup, args.rounds)
+                args.workers_concurrency, args.seconds, args.warmup, args.rounds, share=2)
             if isinstance(measured, Refused):
                 found.workers = measured
             else:
-                found.workers, found.workers_base = measured
+                found.workers, found.workers_base, found.workers_share = measured
             log(f"B, 2 workers: {found.workers}")
             if isinstance(found.workers, list):  # a reference for their ratio
                 found.floor_pair = floor_processes(processes, lineup, 2, 64, args.seconds,
@@ -189,12 +191,13 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     args.results.mkdir(parents=True, exist_ok=True)
     targets = report.target_lines(
         {(p.server, p.concurrency): p for p in found.points}, found.idle, found.storm,
-        found.waits, found.workers, found.workers_base, found.floor_pair)
+        found.waits, found.workers, found.workers_base, found.floor_pair, found.workers_share)
     tables: list[str] = []
-    if found.points or found.storm:
+    if found.points or found.storm or isinstance(found.workers, list):
         tables += ["## get_dag_run against the stub Airflow", "",
                    *report.table(found.points + ([found.storm] if found.storm else [])
                                  + (found.workers if isinstance(found.workers, list) else [])
+                                 + found.workers_share
                                  + ([found.floor_pair[0]] if found.floor_pair else [])),
                    ""]
     if found.idle:
@@ -218,8 +221,9 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
                 "timeouts, XML-RPC faults and unexpected bodies); "
                 f"the median of {args.rounds} round(s) by calls/s, the servers measured in "
                 "turn within each round, errors counted over all rounds. The 2 workers are "
-                "compared with B measured right after them in each round, the floor with "
-                "2 processes with A likewise.", "",
+                "compared with B measured right after them in each round, then with B at half "
+                "their connections (one worker's share), the floor with 2 processes with A "
+                "likewise.", "",
                 *tables, "## Targets", "", *(f"- {t}" for t in targets), ""]
     if found.failure:
         document += ["## Run failed", "", "```", found.failure, "```", ""]
@@ -233,6 +237,7 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
         "points": [attrs.asdict(p) for p in found.points],
         "rounds": [attrs.asdict(p) for p in found.rounds],
         "workers_base": [attrs.asdict(p) for p in found.workers_base],
+        "workers_share": [attrs.asdict(p) for p in found.workers_share],
         "floor_pair": ([attrs.asdict(p) for p in found.floor_pair] if found.floor_pair
                        else None),
         "storm": attrs.asdict(found.storm) if found.storm else None,

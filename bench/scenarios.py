@@ -9,7 +9,8 @@ The benchmark's scenarios beyond calls/s at a concurrency:
   finish a few seconds later: upstream polls per run per poll interval, and
   whether every call returned when (and not before) its run ended;
 - `extra_gateway`: the gateway with a config fragment on top (the "2
-  workers" row), or the one line saying why it was not measured;
+  workers" row), or the one line saying why it was not measured; and B
+  alone at the share of the connections each worker sees;
 - `floor_processes`: the floor (A) served by two processes on one port,
   against one: what two processes of the plainest Twisted server reach on
   this machine, with wrk and the stub on the same cores (a reference for
@@ -140,14 +141,17 @@ def wait_storm(lineup: Lineup, calls: int, runs: int, interval: float,
 
 def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                   fragment: str, concurrencies: tuple[int, ...], seconds: float,
-                  warmup: float, rounds: int = 1,
-                  ) -> tuple[list[Point], list[Point]] | Refused:
+                  warmup: float, rounds: int = 1, share: int = 1,
+                  ) -> tuple[list[Point], list[Point], list[Point]] | Refused:
     """
     Another gateway, the benchmark's config with ``fragment`` laid over it,
     measured like B at ``concurrencies``, ``rounds`` times, each time just
     before the lineup's B at the same concurrency (so that both ratios'
-    sides see the same moment of a noisy machine); the medians of both, or
-    `Refused` if twistd would not take the config.  Stopped before returning.
+    sides see the same moment of a noisy machine), and then B at
+    ``1/share`` of it (the connections each of ``share`` workers sees, as
+    ``B, one worker's share``: a gateway's CPU per call depends on how many
+    callers it serves at once); the medians of the three, or `Refused` if
+    twistd would not take the config.  Stopped before returning.
     """
     port = free_port()
     directory = work / name.replace(" ", "-").replace(",", "")
@@ -173,24 +177,31 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
         def counts() -> tuple[int, int]:
             return lineup.stub.requests(), chains()
 
-        points, base = [], []
+        points, base, shares = [], [], []
+        alone = lineup.target("B")
+        one_share = attrs.evolve(alone, name="B, one worker's share")
         for c in concurrencies:
-            theirs, ours = [], []
+            theirs, ours, share_of = [], [], []
             for r in range(rounds):
                 theirs.append(measure(target, gateway.pid, c, seconds=seconds, warmup=warmup,
                                       counts=counts, prefix=f"x{c}r{r}"))
-                ours.append(measure(lineup.target("B"), lineup.pid("B"), c, seconds=seconds,
+                ours.append(measure(alone, lineup.pid("B"), c, seconds=seconds,
                                     warmup=warmup, counts=lineup.counts.get("B"),
                                     prefix=f"b{c}r{r}"))
+                share_of.append(measure(one_share, lineup.pid("B"), max(1, c // share),
+                                        seconds=seconds, warmup=warmup,
+                                        counts=lineup.counts.get("B"), prefix=f"s{c}r{r}"))
                 print(f"{name} c={c} round {r + 1}/{rounds}: {theirs[-1].rate:,.0f} vs B's "
-                      f"{ours[-1].rate:,.0f} calls/s", flush=True)
+                      f"{ours[-1].rate:,.0f} calls/s (B at c={share_of[-1].concurrency}: "
+                      f"{share_of[-1].cpu_us_per_call or 0:,.0f} µs/call)", flush=True)
             points.append(median_point(theirs))
             base.append(median_point(ours))
+            shares.append(median_point(share_of))
         split = {path.name: sum(1 for line in path.open("rb") if b'"kind":"call"' in line)
                  for path in sorted((directory / "audit").glob("audit.w*.jsonl"))}
         if split:  # how evenly the kernel spread the connections over the workers
             print(f"{name}: calls recorded per worker chain: {split}", flush=True)
-        return points, base
+        return points, base, shares
     finally:
         processes.stop(gateway)
 
