@@ -69,11 +69,13 @@ class _Capped(Protocol):
         if self.done.called:
             # Cancelled (a deadline): the connection's end that follows is not news.
             return
+        # isinstance, not reason.check: the first check of a Failure works out
+        # the qualified names of its type's bases, about 3 µs of every answer.
         if self._over:
             self.done.errback(TooLarge(self._cap))
-        elif reason.check(ResponseDone):
+        elif isinstance(reason.value, ResponseDone):
             self.done.callback(b"".join(self._parts))
-        elif reason.check(PotentialDataLoss):
+        elif isinstance(reason.value, PotentialDataLoss):
             self.done.errback(PartialDownloadError(
                 self._response.code, self._response.phrase, b"".join(self._parts)))
         else:
