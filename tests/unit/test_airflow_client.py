@@ -5,11 +5,15 @@ from __future__ import annotations
 from random import Random
 from typing import Any
 
+from OpenSSL import SSL
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 
 from txairflowrpc.core import errors
 from txairflowrpc.upstream.breaker import CircuitBreaker
@@ -150,6 +154,38 @@ class ErrorMappingTests(SynchronousTestCase):
         client = client_for(Refusing(), self.clock)
         f = self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
         self.assertEqual(f.value.code, 503)
+
+    def test_a_failed_tls_handshake_says_so_and_is_logged_once_a_minute(self) -> None:
+        said = [("SSL routines", "", "certificate verify failed")]
+
+        class Untrusted:
+            def request(self, *a: Any, **kw: Any) -> Deferred[Any]:
+                return fail(ResponseNeverReceived([Failure(SSL.Error(said))]))
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        client = client_for(Untrusted(), self.clock)
+        for _ in range(3):
+            f = self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
+            self.assertEqual(f.value.code, 503)
+            self.assertIn("TLS with Airflow failed", f.value.message)
+        tls = [formatEvent(e) for e in logged if "TLS with Airflow" in formatEvent(e)]
+        self.assertEqual(len(tls), 1)
+        self.assertIn("certificate verify failed", tls[0])
+        self.assertIn("http://airflow.test", tls[0])
+        self.clock.advance(60)
+        self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
+        self.assertEqual(sum("TLS with Airflow" in formatEvent(e) for e in logged), 2)
+
+    def test_a_broken_connection_is_not_called_tls(self) -> None:
+        class Broken:
+            def request(self, *a: Any, **kw: Any) -> Deferred[Any]:
+                return fail(ResponseNeverReceived([Failure(ConnectionLost())]))
+
+        client = client_for(Broken(), self.clock)
+        f = self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
+        self.assertIn("connection to Airflow broke", f.value.message)
 
     def silent_client(self, timeout: float = 10) -> tuple[AirflowClient, list[str]]:
         """

@@ -110,6 +110,40 @@ def test_bad_config_names_the_key(confdir: Path, edit, key: str, words: str) -> 
     assert "\n" not in str(e.value)
 
 
+def test_airflow_ca_file_is_read_into_a_trust_root_for_an_https_airflow(
+    confdir: Path, pki: DevPKI,
+) -> None:
+    from txairflowrpc.service.checked import load_checked
+    https = GOOD.replace("http://127.0.0.1:8080/", "https://airflow.internal:8443/")
+    unset = load_checked(write(confdir, https))
+    assert unset.config.airflow.ca_file is None and unset.airflow_trust is None
+    # An empty value is no file either (as for the audit keys).
+    empty = load_checked(write(confdir, https.replace("timeout_seconds = 5",
+                                                      'timeout_seconds = 5\nca_file = ""')))
+    assert empty.config.airflow.ca_file is None and empty.airflow_trust is None
+    named = load_checked(write(confdir, https.replace(
+        "timeout_seconds = 5", 'timeout_seconds = 5\nca_file = "tls/ca.pem"')))
+    assert named.config.airflow.ca_file == confdir / "tls" / "ca.pem"
+    assert named.airflow_trust is not None
+
+
+@pytest.mark.parametrize("base_url,ca_file,words", [
+    ("http://127.0.0.1:8080/", "tls/ca.pem", "https://"),
+    ("https://airflow.internal/", "nope.pem", "cannot read"),
+    ("https://airflow.internal/", "pw", "no PEM certificate"),
+])
+def test_an_unusable_airflow_ca_file_names_the_key(
+    confdir: Path, base_url: str, ca_file: str, words: str,
+) -> None:
+    from txairflowrpc.service.checked import load_checked
+    text = GOOD.replace("http://127.0.0.1:8080/", base_url).replace(
+        "timeout_seconds = 5", f'timeout_seconds = 5\nca_file = "{ca_file}"')
+    with pytest.raises(ConfigError) as e:
+        load_checked(write(confdir, text))
+    assert e.value.key == "airflow.ca_file"
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "none.toml")

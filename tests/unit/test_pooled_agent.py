@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trustme
+from twisted.internet import ssl
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import Agent, readBody
+from twisted.web.client import URI, Agent, readBody
 from twisted.web.http_headers import Headers
 
 from txairflowrpc.upstream.transport import CachedEndpoints, PooledAgent, _Bytes
@@ -128,3 +130,42 @@ def test_what_agent_refuses_is_refused_before_a_connection_is_taken(
             outcomes.append(f"failed {failures[0].type.__name__}" if failures else "pending")
         assert pool.asked == []
     assert outcomes == ["raised", "raised"]
+
+
+def test_only_airflows_origin_is_verified_with_airflows_own_cas(monkeypatch: Any) -> None:
+    from txairflowrpc.upstream import transport
+
+    made: list[tuple[str, Any]] = []
+    real = transport.optionsForClientTLS
+
+    def recording(host: str, trustRoot: Any = None) -> Any:
+        made.append((host, trustRoot))
+        return real(host) if trustRoot is None else real(host, trustRoot=trustRoot)
+
+    monkeypatch.setattr(transport, "optionsForClientTLS", recording)
+    ca = trustme.CA()
+    cas = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(ca.cert_pem.bytes())])
+    trust = transport.OriginTrust("https://airflow.internal:8443", cas)
+    endpoints = CachedEndpoints(MemoryReactorClock(), trust)
+    endpoints.endpointForURI(URI.fromBytes(b"https://airflow.internal:8443/api/v2/dags"))
+    endpoints.endpointForURI(URI.fromBytes(b"https://airflow.internal:8443/api/v2/other"))
+    assert made == [("airflow.internal", cas)]  # made once for the origin
+    endpoints.endpointForURI(URI.fromBytes(b"https://idp.example.com/jwks"))
+    endpoints.endpointForURI(URI.fromBytes(b"https://airflow.internal/other-port"))
+    endpoints.endpointForURI(URI.fromBytes(b"http://airflow.internal:8443/plain"))
+    assert made[1:] == [("idp.example.com", None), ("airflow.internal", None)]
+
+
+def test_why_tls_failed_is_told_from_other_failures() -> None:
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from txairflowrpc.upstream.transport import tls_refusal
+
+    verify = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    assert tls_refusal([Failure(ConnectionDone()), Failure(verify)]) == "certificate verify failed"
+    assert "does not name the host" in str(tls_refusal([Failure(VerificationError(errors=[]))]))
+    assert tls_refusal([Failure(SSL.Error())]) == "the TLS handshake failed"
+    assert tls_refusal([Failure(ConnectionDone())]) is None

@@ -68,6 +68,10 @@ def parse(document: dict[str, Any], source: Path) -> Config:
     }
     airflow = sections["airflow"]
     airflow["base_url"] = _check_base_url(airflow["base_url"])
+    airflow["ca_file"] = None if airflow["ca_file"] in ("", base / "") else airflow["ca_file"]
+    if airflow["ca_file"] is not None and urlsplit(airflow["base_url"]).scheme != "https":
+        raise ConfigError("airflow.ca_file", "verifies an https:// airflow.base_url; "
+                          f"{airflow['base_url']} is not one")
     try:
         password = airflow["password_file"].read_text("utf-8").strip()
     except (OSError, UnicodeDecodeError):

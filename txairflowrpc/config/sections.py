@@ -103,6 +103,9 @@ class AirflowConfig:
     retries: int
     breaker_failures: int
     breaker_reset_seconds: float
+    #: The CAs that verify Airflow's certificate when ``base_url`` is
+    #: https (a PEM bundle); None: the system's trust store.
+    ca_file: Path | None = None
 
     _keys = {
         "base_url": Key(str),
@@ -114,6 +117,7 @@ class AirflowConfig:
         "retries": Key(int, 2, at_least(0)),
         "breaker_failures": Key(int, 5, at_least(1)),
         "breaker_reset_seconds": Key(float, 10.0, positive),
+        "ca_file": Key(str, "", is_path=True, must_exist=False),
     }
 
 

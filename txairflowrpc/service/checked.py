@@ -1,13 +1,14 @@
 """
 A config file read and checked whole, as twistd does at start, a reload
 does, and ``airflowrpc config check`` does: the TOML, the roles it defines,
-the TLS certificates, the token store and the OIDC key files.
+the TLS certificates, the token store, the OIDC key files and the CAs
+that verify Airflow's certificate.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from cryptography import x509
@@ -16,10 +17,13 @@ from twisted.internet.interfaces import IReactorTime
 
 from .. import config as config_module
 from ..audit import checkpoint
-from ..gate.tls import server_options
+from ..gate.tls import load_ca_bundle, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
 from ..identity.scopes import Role, build_roles
+
+if TYPE_CHECKING:  # twisted.internet.ssl makes them; the interface is named here only
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 
 @attrs.frozen
@@ -32,6 +36,8 @@ class Checked:
     tokens: tokens.TokenStore | None
     #: What signs the audit checkpoints (None: no key, no checkpoints).
     signer: checkpoint.Signer | None = attrs.field(eq=False, default=None)
+    #: What verifies Airflow's certificate (``airflow.ca_file``); None: the system's CAs.
+    airflow_trust: IOpenSSLTrustRoot | None = attrs.field(eq=False, default=None)
 
 
 def load_checked(path: str | Path) -> Checked:
@@ -72,7 +78,11 @@ def _load_checked(path: str | Path) -> Checked:
     except ValueError as e:
         key = "audit.signing_key" if cfg.audit.signing_key else "audit.hmac_key_file"
         raise config_module.ConfigError(key, str(e)) from None
-    return Checked(cfg, roles, options, store, signer)
+    airflow_trust = None
+    if cfg.airflow.ca_file is not None:
+        airflow_trust = ssl.trustRootFromCertificates(
+            load_ca_bundle("airflow.ca_file", cfg.airflow.ca_file))
+    return Checked(cfg, roles, options, store, signer, airflow_trust)
 
 
 def served_certificates(options: ssl.CertificateOptions) -> dict[str, list[x509.Certificate]]:

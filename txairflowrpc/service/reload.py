@@ -105,6 +105,7 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
     ("health", "host"), ("health", "port"),
     ("airflow", "base_url"), ("airflow", "username"), ("airflow", "password_file"),
     ("airflow", "password"), ("airflow", "max_connections"), ("airflow", "max_in_flight"),
+    ("airflow", "ca_file"),
     ("audit", "path"), ("audit", "rotate_bytes"), ("audit", "rotate_daily"),
     ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
     ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),

@@ -54,7 +54,7 @@ from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient, Changes
-from ..upstream.transport import PooledAgent
+from ..upstream.transport import OriginTrust, PooledAgent
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked, served_certificates
@@ -138,9 +138,11 @@ class AccountPools:
     pool in use, the service account's first.
     """
 
-    def __init__(self, reactor: Any, pool: HTTPConnectionPool, max_connections: int) -> None:
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool, max_connections: int,
+                 trust: OriginTrust | None = None) -> None:
         self._reactor = reactor
         self._max_connections = max_connections
+        self._trust = trust
         self.pools = [pool]
 
     def agent_for(self, user: str) -> tuple[IAgent, Callable[[], Any]]:
@@ -154,11 +156,20 @@ class AccountPools:
                 self.pools.remove(pool)
             return pool.closeCachedConnections()
 
-        return pooled_agent(self._reactor, pool), close
+        return pooled_agent(self._reactor, pool, self._trust), close
 
 
-def pooled_agent(reactor: Any, pool: HTTPConnectionPool) -> IAgent:
-    return PooledAgent(reactor, pool)
+def pooled_agent(
+    reactor: Any, pool: HTTPConnectionPool, trust: OriginTrust | None = None,
+) -> IAgent:
+    return PooledAgent(reactor, pool, trust)
+
+
+def airflow_trust(checked: Checked) -> OriginTrust | None:
+    """Airflow's own CAs (``airflow.ca_file``), for its origin alone; None: the system's."""
+    if checked.airflow_trust is None:
+        return None
+    return OriginTrust(checked.config.airflow.base_url, checked.airflow_trust)
 
 
 class AuditService(service.Service):
@@ -519,8 +530,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     pool.maxPersistentPerHost = cfg.airflow.max_connections
     # Airflow's client speaks to the PooledAgent itself; treq serves the rest
     # (key sets, STS), where a request now and then may cost more.
-    agent = pooled_agent(reactor, pool)
-    pools = AccountPools(reactor, pool, cfg.airflow.max_connections)
+    trust = airflow_trust(checked)
+    agent = pooled_agent(reactor, pool, trust)
+    pools = AccountPools(reactor, pool, cfg.airflow.max_connections, trust)
     http = HTTPClient(agent)
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)

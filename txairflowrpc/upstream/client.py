@@ -39,6 +39,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IAgent
@@ -57,9 +58,10 @@ from .shapes import (
     shape_run,
     shape_task_instance,
 )
-from .transport import Reply, Transport
+from .transport import Reply, Transport, tls_refusal
 
 _NOTHING = object()
+_log = Logger()
 
 #: How many pages of a task log are read at most.
 MAX_LOG_PAGES = 50
@@ -76,6 +78,8 @@ RETRY_BASE_SECONDS = 0.25
 #: one request -- one caller's odd query can provoke it again and again --
 #: so it must not open the circuit for every caller.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+#: A reason TLS with Airflow failed for is logged at most once in this many seconds.
+TLS_LOG_SECONDS = 60.0
 #: Task instances asked for per page (Airflow's own cap), and the most one
 #: list_task_instances gathers (50 pages).
 TASK_INSTANCE_PAGE = 100
@@ -298,6 +302,8 @@ class AirflowClient:
         #: shared a request in flight or a cached answer); for metrics.
         self.reads = 0
         self.reads_upstream = 0
+        #: When each reason TLS with Airflow failed for was last logged.
+        self._tls_logged: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<AirflowClient account={self.account!r}>"
@@ -370,9 +376,25 @@ class AirflowClient:
         except (ResponseFailed, ResponseNeverReceived) as e:
             if any(r.check(CancelledError) for r in e.reasons):
                 raise CancelledError() from None  # our caller gave up: not Airflow's fault
+            refused = tls_refusal(e.reasons)
+            if refused is not None:
+                self._tls_failed(refused)
+                raise errors.UpstreamUnavailable(
+                    "TLS with Airflow failed (see the gateway's log)") from None
             raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
         except Exception:
             raise errors.UpstreamError("the exchange with Airflow failed") from None
+
+    def _tls_failed(self, reason: str) -> None:
+        """Say in the service log why TLS with Airflow failed: once a minute per reason."""
+        now = self._clock.seconds()
+        if self._tls_logged.get(reason, -TLS_LOG_SECONDS) + TLS_LOG_SECONDS <= now:
+            if len(self._tls_logged) > 16:
+                self._tls_logged.clear()
+            self._tls_logged[reason] = now
+            _log.error("TLS with Airflow ({url}) failed: {reason}; airflow.ca_file names the "
+                       "CAs that verify its certificate (else the system's)",
+                       url=self._base, reason=reason)
 
     async def _metered(
         self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str

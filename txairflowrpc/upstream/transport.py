@@ -15,10 +15,13 @@ token, and the body and the query are bytes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
 import attrs
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -68,17 +71,39 @@ class _Bytes:
         pass
 
 
+@attrs.frozen
+class OriginTrust:
+    """
+    The CAs that verify one https origin's certificate (Airflow's, from
+    ``airflow.ca_file``) instead of the system's: only that origin's, so
+    that a private CA trusted for Airflow is never trusted for anyone else
+    (an OIDC provider's key set, AWS STS).
+    """
+
+    #: The origin's base URL, e.g. ``https://airflow.internal:8443``.
+    base_url: str
+    #: What `twisted.internet.ssl.trustRootFromCertificates` made of the CAs.
+    trust_root: Any
+
+    def key(self) -> tuple[bytes, bytes, int]:
+        """The (scheme, host, port) of the origin, as `URI` gives them."""
+        uri = URI.fromBytes(self.base_url.encode("ascii"))
+        return (uri.scheme, uri.host, uri.port)
+
+
 @implementer(IAgentEndpointFactory)
 class CachedEndpoints:
     """
     `Agent`'s endpoints, made once per scheme, host and port rather than
     once per request (a `HostnameEndpoint` encodes its host with IDNA when
-    it is made).
+    it is made).  An https endpoint verifies the server's certificate and
+    host name against the system's CAs, or, for ``trust``'s origin, its own.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, trust: OriginTrust | None = None) -> None:
         self._reactor = reactor
         self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+        self._trusted = (trust.key(), trust.trust_root) if trust is not None else None
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -87,7 +112,11 @@ class CachedEndpoints:
             host = uri.host.decode("ascii")
             endpoint = HostnameEndpoint(self._reactor, host, uri.port)
             if uri.scheme == b"https":
-                endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+                if self._trusted is not None and self._trusted[0] == key:
+                    options = optionsForClientTLS(host, trustRoot=self._trusted[1])
+                else:
+                    options = optionsForClientTLS(host)
+                endpoint = wrapClientTLS(options, endpoint)
             endpoint = self._made[key] = endpoint
         return endpoint
 
@@ -111,11 +140,16 @@ class PooledAgent:
     header (treq's, for key sets) go through `Agent` itself; the request
     it writes is `Agent`'s, byte for byte (a test compares them), and it
     is made before a connection is taken from the pool.
+
+    :param trust: the CAs for Airflow's https origin (`OriginTrust`), if
+        not the system's.
     """
 
-    def __init__(self, reactor: Any, pool: HTTPConnectionPool) -> None:
+    def __init__(
+        self, reactor: Any, pool: HTTPConnectionPool, trust: OriginTrust | None = None,
+    ) -> None:
         self._pool = pool
-        self._endpoints = CachedEndpoints(reactor)
+        self._endpoints = CachedEndpoints(reactor, trust)
         self._agent = Agent.usingEndpointFactory(reactor, self._endpoints, pool=pool)
         self._origins: dict[bytes, tuple[tuple[bytes, bytes, int], IStreamClientEndpoint]] = {}
 
@@ -191,6 +225,24 @@ class Transport:
                 raw[b"Content-Type"] = [b"application/json"]
             headers = self._headers[key] = Headers(raw)
         return headers
+
+
+def tls_refusal(reasons: Iterable[Failure]) -> str | None:
+    """
+    Why TLS with the server failed, if that is among the ``reasons`` an
+    exchange failed for (`ResponseNeverReceived`'s, say): OpenSSL's words
+    (``certificate verify failed``), or that the certificate does not name
+    the host; None if TLS is not why.
+    """
+    for reason in reasons:
+        value = reason.value
+        if isinstance(value, VerificationError):
+            return "its certificate does not name the host in airflow.base_url"
+        if isinstance(value, SSL.Error):
+            errors_ = value.args[0] if value.args and isinstance(value.args[0], list) else []
+            said = [str(e[-1]) for e in errors_ if isinstance(e, tuple) and e and e[-1]]
+            return "; ".join(dict.fromkeys(said))[:300] or "the TLS handshake failed"
+    return None
 
 
 def _too_large(failure: Failure) -> Failure:
