@@ -257,3 +257,33 @@ def test_each_account_gets_a_connection_pool_of_its_own() -> None:
     assert all(p.maxPersistentPerHost == 3 for p in pools.pools[1:])
     close_a()
     assert len(pools.pools) == 2 and pools.pools[0] is service_pool
+
+
+def test_a_callers_account_reaches_an_https_airflow_with_airflows_own_cas(
+    monkeypatch: Any,
+) -> None:
+    import trustme
+    from twisted.internet import ssl
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import HTTPConnectionPool
+    from twisted.web.http_headers import Headers
+
+    from txairflowrpc.service.tap import AccountPools
+    from txairflowrpc.upstream import transport
+
+    made: list[tuple[str, Any]] = []
+    real = transport.optionsForClientTLS
+
+    def recording(host: str, trustRoot: Any = None) -> Any:
+        made.append((host, trustRoot))
+        return real(host) if trustRoot is None else real(host, trustRoot=trustRoot)
+
+    monkeypatch.setattr(transport, "optionsForClientTLS", recording)
+    cas = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(trustme.CA().cert_pem.bytes())])
+    trust = transport.OriginTrust("https://airflow.internal", cas)
+    reactor = MemoryReactorClock()
+    pools = AccountPools(reactor, HTTPConnectionPool(reactor), 3, trust)
+    agent, _ = pools.agent_for("reader")
+    agent.request(b"GET", b"https://airflow.internal/api/v2/dags",
+                  Headers({b"Host": [b"airflow.internal"]}))
+    assert made == [("airflow.internal", cas)]

@@ -178,6 +178,23 @@ class ErrorMappingTests(SynchronousTestCase):
         self.failureResultOf(client.get_dag("example_hello"), errors.UpstreamUnavailable)
         self.assertEqual(sum("TLS with Airflow" in formatEvent(e) for e in logged), 2)
 
+    def test_tls_failures_are_logged_each_reason_once_a_minute_and_few_in_all(self) -> None:
+        from txairflowrpc.upstream.client import TLS_LOG_LINES, TLSFailures
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        failures = TLSFailures(self.clock, "https://airflow.test", ca_file=None)
+        for n in range(3 * TLS_LOG_LINES):  # a server that varies its alerts
+            failures.failed(f"alert {n % (2 * TLS_LOG_LINES)}")
+        said = [formatEvent(e) for e in logged if "TLS with Airflow" in formatEvent(e)]
+        self.assertEqual(len(said), TLS_LOG_LINES)
+        self.assertIn("the system's CAs", said[0])
+        self.clock.advance(60)
+        failures.failed("alert 0")
+        self.assertEqual(sum("TLS with Airflow" in formatEvent(e) for e in logged),
+                         TLS_LOG_LINES + 1)
+
     def test_a_broken_connection_is_not_called_tls(self) -> None:
         class Broken:
             def request(self, *a: Any, **kw: Any) -> Deferred[Any]:

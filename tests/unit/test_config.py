@@ -144,6 +144,31 @@ def test_an_unusable_airflow_ca_file_names_the_key(
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_new_airflow_ca_file_content_is_told_to_need_a_restart(confdir: Path, pki: DevPKI) -> None:
+    from txairflowrpc.service.reload import needs_restart
+    https = GOOD.replace("http://127.0.0.1:8080/", "https://airflow.internal/").replace(
+        "timeout_seconds = 5", 'timeout_seconds = 5\nca_file = "airflow-ca.pem"')
+    (confdir / "airflow-ca.pem").write_bytes(pki.ca.cert_pem.bytes())
+    old = load(write(confdir, https))
+    assert needs_restart(old, load(write(confdir, https))) == []
+    (confdir / "airflow-ca.pem").write_bytes(DevPKI.create(confdir / "new").ca.cert_pem.bytes())
+    assert needs_restart(old, load(write(confdir, https))) == ["airflow.ca_file (its content)"]
+
+
+@pytest.mark.parametrize("base_url,words", [
+    ("https://gateway:hunter2@airflow.internal/", "user name or password"),
+    ("https://gateway@airflow.internal/", "user name or password"),
+    ("https://äirflow.internal/", "ASCII"),
+])
+def test_a_base_url_with_credentials_or_not_ascii_is_refused(
+    confdir: Path, base_url: str, words: str,
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(write(confdir, GOOD.replace("http://127.0.0.1:8080/", base_url)))
+    assert e.value.key == "airflow.base_url" and words in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "none.toml")

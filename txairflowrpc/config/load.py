@@ -48,11 +48,17 @@ class Config:
 
 
 def _check_base_url(url: str) -> str:
+    if not url.isascii():
+        raise ConfigError("airflow.base_url", "must be ASCII (a host name in its xn-- form)")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("airflow.base_url", "must be an http:// or https:// URL")
     if parts.query or parts.fragment:
         raise ConfigError("airflow.base_url", "must not have a query or fragment")
+    if "@" in parts.netloc:
+        # A password there would be printed wherever the URL is; it goes in
+        # airflow.password_file, the user name in airflow.username.
+        raise ConfigError("airflow.base_url", "must not hold a user name or password")
     return url.rstrip("/")
 
 
@@ -69,9 +75,15 @@ def parse(document: dict[str, Any], source: Path) -> Config:
     airflow = sections["airflow"]
     airflow["base_url"] = _check_base_url(airflow["base_url"])
     airflow["ca_file"] = None if airflow["ca_file"] in ("", base / "") else airflow["ca_file"]
-    if airflow["ca_file"] is not None and urlsplit(airflow["base_url"]).scheme != "https":
-        raise ConfigError("airflow.ca_file", "verifies an https:// airflow.base_url; "
-                          f"{airflow['base_url']} is not one")
+    if airflow["ca_file"] is not None:
+        if urlsplit(airflow["base_url"]).scheme != "https":
+            raise ConfigError("airflow.ca_file", "verifies an https:// airflow.base_url; "
+                              f"{airflow['base_url']} is not one")
+        try:
+            airflow["ca_pem"] = airflow["ca_file"].read_bytes()
+        except OSError as e:
+            raise ConfigError("airflow.ca_file",
+                              f"cannot read {airflow['ca_file']}: {e.strerror}") from None
     try:
         password = airflow["password_file"].read_text("utf-8").strip()
     except (OSError, UnicodeDecodeError):

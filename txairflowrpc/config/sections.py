@@ -106,6 +106,8 @@ class AirflowConfig:
     #: The CAs that verify Airflow's certificate when ``base_url`` is
     #: https (a PEM bundle); None: the system's trust store.
     ca_file: Path | None = None
+    #: What ``ca_file`` held when the config was read (a reload tells a new one).
+    ca_pem: bytes = attrs.field(default=b"", repr=False)
 
     _keys = {
         "base_url": Key(str),

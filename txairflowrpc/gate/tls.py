@@ -36,8 +36,13 @@ def _read(key: str, path: Path) -> bytes:
 
 def load_ca_bundle(key: str, path: Path) -> list[ssl.Certificate]:
     """Every certificate in a PEM bundle; `ConfigError` if there is none."""
+    return ca_certificates(key, _read(key, path), path)
+
+
+def ca_certificates(key: str, pem: bytes, path: Path) -> list[ssl.Certificate]:
+    """Every certificate in ``pem`` (read from ``path``); `ConfigError` if there is none."""
     try:
-        certs = x509.load_pem_x509_certificates(_read(key, path))
+        certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise ConfigError(key, f"{path} holds no PEM certificate") from None
     return [

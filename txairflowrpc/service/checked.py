@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from .. import config as config_module
 from ..audit import checkpoint
-from ..gate.tls import load_ca_bundle, server_options
+from ..gate.tls import ca_certificates, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
 from ..identity.scopes import Role, build_roles
@@ -81,7 +81,7 @@ def _load_checked(path: str | Path) -> Checked:
     airflow_trust = None
     if cfg.airflow.ca_file is not None:
         airflow_trust = ssl.trustRootFromCertificates(
-            load_ca_bundle("airflow.ca_file", cfg.airflow.ca_file))
+            ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file))
     return Checked(cfg, roles, options, store, signer, airflow_trust)
 
 

@@ -68,6 +68,7 @@ def _stamps(cfg: config_module.Config) -> dict[str, Any]:
     files = {
         "config": cfg.source, "certificate": cfg.tls.certificate,
         "private_key": cfg.tls.private_key, "client_ca": cfg.tls.client_ca,
+        "airflow_ca": cfg.airflow.ca_file,
     }
     for name, provider in cfg.access.oidc.items():
         files[f"jwks:{name}"] = provider.jwks_file
@@ -105,7 +106,7 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
     ("health", "host"), ("health", "port"),
     ("airflow", "base_url"), ("airflow", "username"), ("airflow", "password_file"),
     ("airflow", "password"), ("airflow", "max_connections"), ("airflow", "max_in_flight"),
-    ("airflow", "ca_file"),
+    ("airflow", "ca_file"), ("airflow", "ca_pem"),
     ("audit", "path"), ("audit", "rotate_bytes"), ("audit", "rotate_daily"),
     ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
     ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),
@@ -123,11 +124,14 @@ def needs_restart(old: config_module.Config, new: config_module.Config) -> list[
         if key is None:
             if before != after:
                 changed.append(section)
-        elif getattr(before, key) != getattr(after, key) and key != "password":
-            changed.append(f"{section}.{key}")
-        elif key == "password" and before.password != after.password:
-            changed.append("airflow.password_file (its content)")
+        elif getattr(before, key) != getattr(after, key):
+            changed.append(_READ_FROM.get((section, key), f"{section}.{key}"))
     return changed
+
+
+#: Keys that hold what a file held, by what a change of them is called.
+_READ_FROM = {("airflow", "password"): "airflow.password_file (its content)",
+              ("airflow", "ca_pem"): "airflow.ca_file (its content)"}
 
 
 class Reloader(service.Service):

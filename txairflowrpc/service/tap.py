@@ -53,7 +53,7 @@ from ..identity.principal import Principal
 from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
-from ..upstream.client import AirflowClient, Changes
+from ..upstream.client import AirflowClient, Changes, TLSFailures
 from ..upstream.transport import OriginTrust, PooledAgent
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
@@ -327,6 +327,8 @@ def build_site(
     # And one count of changes: a read does not share what Airflow held
     # before another account's change.
     changes = Changes()
+    # And one account of why TLS with Airflow failed, once a minute for them all.
+    tls_failures = TLSFailures(clock, cfg.airflow.base_url, cfg.airflow.ca_file)
 
     def account(agent: IAgent, user: str, password: str, *, own: bool,
                 close: Callable[[], Any] = lambda: None) -> Account:
@@ -336,7 +338,7 @@ def build_site(
             timeout=cfg.airflow.timeout_seconds, retries=cfg.airflow.retries,
             read_cache_seconds=cfg.rpc.read_cache_seconds, breaker=breaker,
             max_in_flight=cfg.airflow.max_in_flight, own_account=own, slots=slots,
-            changes=changes, **meters,
+            changes=changes, tls_failures=tls_failures, **meters,
         )
         return Account(client, RunWatcher(client.get_dag_run, clock, cfg.rpc.wait_poll_seconds),
                        close)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -78,8 +79,10 @@ RETRY_BASE_SECONDS = 0.25
 #: one request -- one caller's odd query can provoke it again and again --
 #: so it must not open the circuit for every caller.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
-#: A reason TLS with Airflow failed for is logged at most once in this many seconds.
+#: A reason TLS with Airflow failed for is logged at most once in this many
+#: seconds, and at most TLS_LOG_LINES such lines in all.
 TLS_LOG_SECONDS = 60.0
+TLS_LOG_LINES = 5
 #: Task instances asked for per page (Airflow's own cap), and the most one
 #: list_task_instances gathers (50 pages).
 TASK_INSTANCE_PAGE = 100
@@ -234,6 +237,34 @@ def _answer(reply: Reply) -> _Answer:
         return _Answer(reply.status, None)
 
 
+class TLSFailures:
+    """
+    Says in the service log why TLS with Airflow failed (OpenSSL's reason,
+    and what its certificate is verified against): each reason once in
+    `TLS_LOG_SECONDS`, and at most `TLS_LOG_LINES` lines in that time
+    whatever the reasons, so that neither many calls nor a server that
+    varies its alerts floods the log.
+
+    :param ca_file: ``airflow.ca_file``, if set.
+    """
+
+    def __init__(self, clock: IReactorTime, base_url: str, ca_file: Path | None = None) -> None:
+        self._clock = clock
+        self._base_url = base_url
+        self._verified = (f"against the CAs of airflow.ca_file ({ca_file})" if ca_file
+                          else "against the system's CAs (airflow.ca_file names others)")
+        self._logged: dict[str, float] = {}
+
+    def failed(self, reason: str) -> None:
+        now = self._clock.seconds()
+        self._logged = {r: t for r, t in self._logged.items() if t + TLS_LOG_SECONDS > now}
+        if reason in self._logged or len(self._logged) >= TLS_LOG_LINES:
+            return
+        self._logged[reason] = now
+        _log.error("TLS with Airflow ({url}) failed: {reason}; its certificate is verified "
+                   "{verified}", url=self._base_url, reason=reason, verified=self._verified)
+
+
 class AirflowClient:
     """
     Airflow 3 REST API v2, as the gateway needs it.
@@ -252,6 +283,8 @@ class AirflowClient:
         of the gateway's setup.
     :param slots: the cap on requests in flight to Airflow, when clients of
         several accounts share one (else a cap of ``max_in_flight`` of its own).
+    :param tls_failures: where a failed TLS handshake with Airflow is told,
+        shared by the clients of several accounts (else one of its own).
     """
 
     def __init__(
@@ -272,6 +305,7 @@ class AirflowClient:
         own_account: bool = True,
         slots: DeferredSemaphore | None = None,
         changes: Changes | None = None,
+        tls_failures: TLSFailures | None = None,
     ) -> None:
         self._meter = meter
         self._changes = changes if changes is not None else Changes()
@@ -302,8 +336,7 @@ class AirflowClient:
         #: shared a request in flight or a cached answer); for metrics.
         self.reads = 0
         self.reads_upstream = 0
-        #: When each reason TLS with Airflow failed for was last logged.
-        self._tls_logged: dict[str, float] = {}
+        self._tls_failures = tls_failures or TLSFailures(clock, self._base)
 
     def __repr__(self) -> str:
         return f"<AirflowClient account={self.account!r}>"
@@ -378,23 +411,12 @@ class AirflowClient:
                 raise CancelledError() from None  # our caller gave up: not Airflow's fault
             refused = tls_refusal(e.reasons)
             if refused is not None:
-                self._tls_failed(refused)
+                self._tls_failures.failed(refused)
                 raise errors.UpstreamUnavailable(
                     "TLS with Airflow failed (see the gateway's log)") from None
             raise errors.UpstreamUnavailable("the connection to Airflow broke") from None
         except Exception:
             raise errors.UpstreamError("the exchange with Airflow failed") from None
-
-    def _tls_failed(self, reason: str) -> None:
-        """Say in the service log why TLS with Airflow failed: once a minute per reason."""
-        now = self._clock.seconds()
-        if self._tls_logged.get(reason, -TLS_LOG_SECONDS) + TLS_LOG_SECONDS <= now:
-            if len(self._tls_logged) > 16:
-                self._tls_logged.clear()
-            self._tls_logged[reason] = now
-            _log.error("TLS with Airflow ({url}) failed: {reason}; airflow.ca_file names the "
-                       "CAs that verify its certificate (else the system's)",
-                       url=self._base, reason=reason)
 
     async def _metered(
         self, method: str, path: str, token: str | None, body: Any, params: Any, accept: str
