@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import secrets
 import socket
-import subprocess
 import time
 import types
 import xmlrpc.client
@@ -29,7 +28,7 @@ from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import DevPKI
 
 from .conftest import RunningGateway, audit_records, free_port
-from .test_instances import haproxy_binary
+from .haproxy import HAProxyProcess
 
 HAPROXY_TLS = """
 global
@@ -47,8 +46,8 @@ backend airflow
 """
 
 
-class TLSProxy:
-    """``haproxy -f CFG -db`` terminating TLS for Airflow; stopped by its pid."""
+class TLSProxy(HAProxyProcess):
+    """HAProxy terminating TLS for Airflow with the dev CA's localhost certificate."""
 
     def __init__(self, directory: Path, pki: DevPKI, airflow: LocalAirflow) -> None:
         self.port = free_port()
@@ -56,21 +55,13 @@ class TLSProxy:
         pem.write_bytes((pki.directory / "server.pem").read_bytes()
                         + (pki.directory / "server.key").read_bytes())
         pem.chmod(0o600)
-        self.config = directory / "haproxy-tls.cfg"
-        self.config.write_text(HAPROXY_TLS.format(port=self.port, pem=pem,
-                                                  airflow_port=airflow.port))
-        self.log = directory / "haproxy-tls.log"
-        self.binary = haproxy_binary()
-        check = subprocess.run([self.binary, "-c", "-f", str(self.config)],
-                               check=False, capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(directory, "haproxy-tls", HAPROXY_TLS.format(
+            port=self.port, pem=pem, airflow_port=airflow.port))
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([self.binary, "-f", str(self.config), "-db"],
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+        """Start, and wait (bounded) until it listens."""
+        super().start()
+        assert self.process is not None
         deadline = time.monotonic() + 30
         while True:
             assert self.process.poll() is None, self.log.read_text()
@@ -80,15 +71,6 @@ class TLSProxy:
             except OSError:
                 assert time.monotonic() < deadline, f"haproxy never listened; see {self.log}"
                 time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # this pid only: the one the test started
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ which the caller sees as connection errors, never as a wrong answer, and a
 trigger retried with its run id runs once (the runs are counted in Airflow).
 
 Nothing here skips: without ``haproxy`` on the PATH the module fails
-(``make apt-deps`` installs it).
+(``make system-deps`` installs it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -43,6 +42,7 @@ from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
 from ..proxyproto import header_v2
 from .conftest import TWISTD, RunningGateway, audit_records, client_context, free_port
+from .haproxy import HAProxyProcess, haproxy_binary
 
 AIRFLOWRPC = TWISTD.parent / "airflowrpc"
 #: Loopback addresses the clients connect from, so that they differ from
@@ -86,13 +86,6 @@ backend gateways
     option allbackups
 {servers}
 """
-
-
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/sbin/haproxy") if os.access(p, os.X_OK)), None)
-    assert found, "haproxy is not installed: run `make apt-deps` (Debian package haproxy)"
-    return found
 
 
 class Instance(RunningGateway):
@@ -149,40 +142,18 @@ class Instance(RunningGateway):
                 for line in f.read_text().splitlines() if line.endswith("}")]
 
 
-class HAProxy:
-    """``haproxy -f CFG -db``: in the foreground, a child of the test, stopped by its pid."""
+class HAProxy(HAProxyProcess):
+    """HAProxy in front of ``instances``, as conf/haproxy.cfg sets it up, with a stats socket."""
 
     def __init__(self, directory: Path, instances: list[Instance]) -> None:
         self.port = free_port()
         self.socket = directory / "haproxy.sock"
-        self.log = directory / "haproxy.log"
-        self.config = directory / "haproxy.cfg"
         servers = "".join(
             f"    server {i.name} 127.0.0.1:{i.port} check port {i.health_port}\n"
             f"    server {i.name}-fallback 127.0.0.1:{i.port} backup\n"
             for i in instances)
-        self.config.write_text(HAPROXY_CFG.format(port=self.port, socket=self.socket,
-                                                  servers=servers))
-        self.binary = haproxy_binary()
-        check = subprocess.run([self.binary, "-c", "-f", str(self.config)],
-                               capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([self.binary, "-f", str(self.config), "-db"],
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # this pid only: the one the test started
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        super().__init__(directory, "haproxy", HAPROXY_CFG.format(
+            port=self.port, socket=self.socket, servers=servers))
 
     def states(self) -> dict[str, str]:
         """Each server's status as HAProxy sees it (``UP``, ``DOWN``, ...)."""

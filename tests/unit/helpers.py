@@ -184,3 +184,26 @@ def gateway(
     gw = Gateway(clock, airflow, StubTreq(AuthenticatingRoot(site)), audit, site)
     holder.append(gw)
     return gw
+
+
+def recorded_tls_options(monkeypatch: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """
+    Record each ``optionsForClientTLS(host, trustRoot)`` the upstream
+    transport asks for (the real options are still made), and a trust root
+    of a new CA to give it: (the records, that trust root).
+    """
+    import trustme
+    from twisted.internet import ssl
+
+    from txairflowrpc.upstream import transport
+
+    made: list[tuple[str, Any]] = []
+    real = transport.optionsForClientTLS
+
+    def recording(host: str, trustRoot: Any = None) -> Any:
+        made.append((host, trustRoot))
+        return real(host) if trustRoot is None else real(host, trustRoot=trustRoot)
+
+    monkeypatch.setattr(transport, "optionsForClientTLS", recording)
+    cas = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(trustme.CA().cert_pem.bytes())])
+    return made, cas

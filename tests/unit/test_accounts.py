@@ -26,7 +26,7 @@ from txairflowrpc.identity.scopes import Grants
 from txairflowrpc.service.tap import build_site
 
 from ..fakes import FakeAirflow
-from .helpers import CONFIG, EVERYTHING, gateway
+from .helpers import CONFIG, EVERYTHING, gateway, recorded_tls_options
 from .test_shared_reads import Held, traced
 
 ALICE_SECRET = "alice-airflow-secret"
@@ -262,27 +262,17 @@ def test_each_account_gets_a_connection_pool_of_its_own() -> None:
 def test_a_callers_account_reaches_an_https_airflow_with_airflows_own_cas(
     monkeypatch: Any,
 ) -> None:
-    import trustme
-    from twisted.internet import ssl
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.client import HTTPConnectionPool
     from twisted.web.http_headers import Headers
 
     from txairflowrpc.service.tap import AccountPools
-    from txairflowrpc.upstream import transport
+    from txairflowrpc.upstream.transport import OriginTrust
 
-    made: list[tuple[str, Any]] = []
-    real = transport.optionsForClientTLS
-
-    def recording(host: str, trustRoot: Any = None) -> Any:
-        made.append((host, trustRoot))
-        return real(host) if trustRoot is None else real(host, trustRoot=trustRoot)
-
-    monkeypatch.setattr(transport, "optionsForClientTLS", recording)
-    cas = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(trustme.CA().cert_pem.bytes())])
-    trust = transport.OriginTrust("https://airflow.internal", cas)
+    made, cas = recorded_tls_options(monkeypatch)
     reactor = MemoryReactorClock()
-    pools = AccountPools(reactor, HTTPConnectionPool(reactor), 3, trust)
+    pools = AccountPools(reactor, HTTPConnectionPool(reactor), 3,
+                         OriginTrust("https://airflow.internal", cas))
     agent, _ = pools.agent_for("reader")
     agent.request(b"GET", b"https://airflow.internal/api/v2/dags",
                   Headers({b"Host": [b"airflow.internal"]}))

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import trustme
-from twisted.internet import ssl
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web._newclient import HTTP11ClientProtocol
@@ -14,6 +12,8 @@ from twisted.web.client import URI, Agent, readBody
 from twisted.web.http_headers import Headers
 
 from txairflowrpc.upstream.transport import CachedEndpoints, PooledAgent, _Bytes
+
+from .helpers import recorded_tls_options
 
 
 class Pool:
@@ -133,20 +133,11 @@ def test_what_agent_refuses_is_refused_before_a_connection_is_taken(
 
 
 def test_only_airflows_origin_is_verified_with_airflows_own_cas(monkeypatch: Any) -> None:
-    from txairflowrpc.upstream import transport
+    from txairflowrpc.upstream.transport import OriginTrust
 
-    made: list[tuple[str, Any]] = []
-    real = transport.optionsForClientTLS
-
-    def recording(host: str, trustRoot: Any = None) -> Any:
-        made.append((host, trustRoot))
-        return real(host) if trustRoot is None else real(host, trustRoot=trustRoot)
-
-    monkeypatch.setattr(transport, "optionsForClientTLS", recording)
-    ca = trustme.CA()
-    cas = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(ca.cert_pem.bytes())])
-    trust = transport.OriginTrust("https://airflow.internal:8443", cas)
-    endpoints = CachedEndpoints(MemoryReactorClock(), trust)
+    made, cas = recorded_tls_options(monkeypatch)
+    endpoints = CachedEndpoints(MemoryReactorClock(),
+                                OriginTrust("https://airflow.internal:8443", cas))
     endpoints.endpointForURI(URI.fromBytes(b"https://airflow.internal:8443/api/v2/dags"))
     endpoints.endpointForURI(URI.fromBytes(b"https://airflow.internal:8443/api/v2/other"))
     assert made == [("airflow.internal", cas)]  # made once for the origin
