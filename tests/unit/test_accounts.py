@@ -249,12 +249,14 @@ def test_each_account_gets_a_connection_pool_of_its_own() -> None:
 
     reactor = MemoryReactorClock()
     service_pool = HTTPConnectionPool(reactor)
-    pools = AccountPools(reactor, service_pool, max_connections=3)
+    pools = AccountPools(reactor, service_pool, max_connections=3, idle_seconds=50)
     _, close_a = pools.agent_for("a")
     _, close_b = pools.agent_for("b")
     assert len(pools.pools) == 3 and len({id(p) for p in pools.pools}) == 3
     assert pools.pools[0] is service_pool
     assert all(p.maxPersistentPerHost == 3 for p in pools.pools[1:])
+    # Closed by the gateway before Airflow (120 s) or a proxy closes them.
+    assert all(p.cachedConnectionTimeout == 50 for p in pools.pools[1:])
     close_a()
     assert len(pools.pools) == 2 and pools.pools[0] is service_pool
 
@@ -277,3 +279,13 @@ def test_a_callers_account_reaches_an_https_airflow_with_airflows_own_cas(
     agent.request(b"GET", b"https://airflow.internal/api/v2/dags",
                   Headers({b"Host": [b"airflow.internal"]}))
     assert made == [("airflow.internal", cas)]
+
+
+def test_the_service_accounts_pool_closes_idle_connections_first() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txairflowrpc.service.tap import connection_pool
+
+    pool = connection_pool(MemoryReactorClock(), 20, 50.0)
+    assert (pool.persistent, pool.maxPersistentPerHost, pool.cachedConnectionTimeout) == (
+        True, 20, 50.0)

@@ -51,6 +51,7 @@ def test_good_config_loads_with_defaults_and_relative_paths(confdir: Path) -> No
     assert cfg.airflow.base_url == "http://127.0.0.1:8080"
     assert cfg.airflow.password == "s3cret"
     assert cfg.airflow.timeout_seconds == 5.0
+    assert cfg.airflow.idle_connection_seconds == 50.0  # under Airflow's 120 s, an ALB's 60
     assert cfg.tls.certificate == confdir / "tls" / "server.pem"
     assert cfg.rpc.max_multicall == 50 and cfg.rpc.max_body_bytes == 1024 * 1024
     assert cfg.audit.path == confdir / "audit" / "audit.jsonl"
@@ -81,6 +82,8 @@ def test_shipped_example_parses(confdir: Path) -> None:
     (lambda t: t.replace("http://127.0.0.1:8080/", "ftp://x"), "airflow.base_url", "http"),
     (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 0"),
      "airflow.timeout_seconds", "greater than 0"),
+    (lambda t: t.replace("timeout_seconds = 5", "timeout_seconds = 5\nidle_connection_seconds = 0"),
+     "airflow.idle_connection_seconds", "greater than 0"),
     (lambda t: t + "\n[extra]\n", "extra", "unknown section"),
     # Found by review: nan passed every check (a deadline of nan failed every
     # call; a rate of nan turned rate limiting off); inf means nothing either.

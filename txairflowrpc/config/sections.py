@@ -108,6 +108,10 @@ class AirflowConfig:
     ca_file: Path | None = None
     #: What ``ca_file`` held when the config was read (a reload tells a new one).
     ca_pem: bytes = attrs.field(default=b"", repr=False)
+    #: An unused connection to Airflow is closed after this long: before
+    #: Airflow (120 s) or a proxy in front of it closes it, so that no
+    #: request is ever sent on a connection the server is closing.
+    idle_connection_seconds: float = 50.0
 
     _keys = {
         "base_url": Key(str),
@@ -120,6 +124,7 @@ class AirflowConfig:
         "breaker_failures": Key(int, 5, at_least(1)),
         "breaker_reset_seconds": Key(float, 10.0, positive),
         "ca_file": Key(str, "", is_path=True, must_exist=False),
+        "idle_connection_seconds": Key(float, 50.0, positive),
     }
 
 

@@ -106,7 +106,7 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
     ("health", "host"), ("health", "port"),
     ("airflow", "base_url"), ("airflow", "username"), ("airflow", "password_file"),
     ("airflow", "password"), ("airflow", "max_connections"), ("airflow", "max_in_flight"),
-    ("airflow", "ca_file"), ("airflow", "ca_pem"),
+    ("airflow", "ca_file"), ("airflow", "ca_pem"), ("airflow", "idle_connection_seconds"),
     ("audit", "path"), ("audit", "rotate_bytes"), ("audit", "rotate_daily"),
     ("audit", "fsync"), ("audit", "signing_key"), ("audit", "hmac_key_file"),
     ("audit", "checkpoint_records"), ("audit", "checkpoint_seconds"),

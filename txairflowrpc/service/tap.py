@@ -139,16 +139,17 @@ class AccountPools:
     """
 
     def __init__(self, reactor: Any, pool: HTTPConnectionPool, max_connections: int,
-                 trust: OriginTrust | None = None) -> None:
+                 trust: OriginTrust | None = None,
+                 idle_seconds: float = HTTPConnectionPool.cachedConnectionTimeout) -> None:
         self._reactor = reactor
         self._max_connections = max_connections
         self._trust = trust
+        self._idle_seconds = idle_seconds
         self.pools = [pool]
 
     def agent_for(self, user: str) -> tuple[IAgent, Callable[[], Any]]:
         """A new pooled agent for ``user``'s account, and what closes its pool."""
-        pool = HTTPConnectionPool(self._reactor, persistent=True)
-        pool.maxPersistentPerHost = self._max_connections
+        pool = connection_pool(self._reactor, self._max_connections, self._idle_seconds)
         self.pools.append(pool)
 
         def close() -> Any:
@@ -157,6 +158,17 @@ class AccountPools:
             return pool.closeCachedConnections()
 
         return pooled_agent(self._reactor, pool, self._trust), close
+
+
+def connection_pool(reactor: Any, max_connections: int, idle_seconds: float) -> HTTPConnectionPool:
+    """
+    Persistent connections to Airflow: at most ``max_connections`` kept,
+    each closed once unused for ``idle_seconds`` (``airflow.idle_connection_seconds``).
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_connections
+    pool.cachedConnectionTimeout = idle_seconds
+    return pool
 
 
 def pooled_agent(
@@ -528,13 +540,14 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     except OSError as e:  # a file the service's user may not write (made by root, say)
         raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
     owner = claim_chain(cfg.audit)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = cfg.airflow.max_connections
+    pool = connection_pool(reactor, cfg.airflow.max_connections,
+                           cfg.airflow.idle_connection_seconds)
     # Airflow's client speaks to the PooledAgent itself; treq serves the rest
     # (key sets, STS), where a request now and then may cost more.
     trust = airflow_trust(checked)
     agent = pooled_agent(reactor, pool, trust)
-    pools = AccountPools(reactor, pool, cfg.airflow.max_connections, trust)
+    pools = AccountPools(reactor, pool, cfg.airflow.max_connections, trust,
+                         cfg.airflow.idle_connection_seconds)
     http = HTTPClient(agent)
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
