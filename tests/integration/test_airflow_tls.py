@@ -160,9 +160,6 @@ def test_an_airflow_certificate_no_trusted_ca_vouches_for_is_refused_and_said_so
     assert lines
     assert all("certificate verify failed" in line and "airflow.ca_file" in line
                for line in lines)
-    # And why, in words OpenSSL's error lacks: no CA given vouches for the dev CA's localhost.
-    assert "unable to get local issuer certificate" in lines[0]
-    assert "txairflowrpc dev CA" in lines[0] and "localhost" in lines[0]
     times = [datetime.datetime.strptime(line[:24], "%Y-%m-%dT%H:%M:%S%z") for line in lines]
     assert all((later - earlier).total_seconds() >= 59 for earlier, later in pairwise(times))
     # Each call is on the trail as a fault, and the trigger made no run.

@@ -160,27 +160,3 @@ def test_why_tls_failed_is_told_from_other_failures() -> None:
     assert "does not name the host" in str(tls_refusal([Failure(VerificationError(errors=[]))]))
     assert tls_refusal([Failure(SSL.Error())]) == "the TLS handshake failed"
     assert tls_refusal([Failure(ConnectionDone())]) is None
-
-
-def test_why_a_certificate_was_refused_is_noted_in_words() -> None:
-    import datetime
-
-    import trustme
-    from OpenSSL import crypto
-
-    from txairflowrpc.upstream.transport import CertificateNotes
-
-    ca = trustme.CA(organization_name="Evil\nCorp\x1b[31m")
-    leaf = ca.issue_cert("airflow.internal", not_after=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC))
-    cert = crypto.load_certificate(crypto.FILETYPE_PEM, leaf.cert_chain_pems[0].bytes())
-    notes = CertificateNotes()
-    assert notes.verify(None, cert, 0, 0, 1) is True and notes.last is None  # a pass: no note
-    assert notes.verify(None, cert, 20, 0, 0) is False  # OpenSSL's verdict, unchanged
-    assert notes.last is not None
-    assert notes.last.startswith("unable to get local issuer certificate")
-    assert "to 2026-01-02" in notes.last and "depth 0" in notes.last
-    assert "\n" not in notes.last and "\x1b" not in notes.last  # the server's text, made printable
-    notes.verify(None, cert, 10, 0, 0)
-    assert notes.last.startswith("certificate has expired")
-    notes.verify(None, object(), 77, 1, 0)  # whatever fails while noting, the handshake goes on
-    assert notes.last == "OpenSSL verify error 77 at depth 1"

@@ -54,7 +54,7 @@ from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient, Changes, TLSFailures
-from ..upstream.transport import CertificateNotes, OriginTrust, PooledAgent
+from ..upstream.transport import OriginTrust, PooledAgent
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked, served_certificates
@@ -177,8 +177,10 @@ def pooled_agent(
     return PooledAgent(reactor, pool, trust)
 
 
-def airflow_trust(checked: Checked) -> OriginTrust:
-    """How Airflow's origin is verified: ``airflow.ca_file``'s CAs for it alone, or the system's."""
+def airflow_trust(checked: Checked) -> OriginTrust | None:
+    """Airflow's own CAs (``airflow.ca_file``), for its origin alone; None: the system's."""
+    if checked.airflow_trust is None:
+        return None
     return OriginTrust(checked.config.airflow.base_url, checked.airflow_trust)
 
 
@@ -318,13 +320,11 @@ def build_site(
     metrics: GatewayMetrics | None = None,
     access_version: Callable[[], object] = lambda: None,
     account_agent: Callable[[str], tuple[IAgent, Callable[[], Any]]] | None = None,
-    certificate_notes: CertificateNotes | None = None,
 ) -> Parts:
     """
     The web site of the gateway, calling Airflow through ``agent`` as its
     own account, and through ``account_agent(user)`` (an agent and what
     closes it; default: ``agent`` too) as a caller's own Airflow account;
-    ``certificate_notes`` say why the agents refused Airflow's certificate;
     ``digest_key`` keys the trail's digests (None: a key of this process alone);
     ``metrics`` meters the calls and the exchanges with Airflow;
     ``access_version`` changes whenever ``authenticate``'s rules do (see
@@ -340,8 +340,7 @@ def build_site(
     # before another account's change.
     changes = Changes()
     # And one account of why TLS with Airflow failed, once a minute for them all.
-    tls_failures = TLSFailures(clock, cfg.airflow.base_url, cfg.airflow.ca_file,
-                               certificate_notes)
+    tls_failures = TLSFailures(clock, cfg.airflow.base_url, cfg.airflow.ca_file)
 
     def account(agent: IAgent, user: str, password: str, *, own: bool,
                 close: Callable[[], Any] = lambda: None) -> Account:
@@ -560,7 +559,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise fatal(f"airflowrpc: audit.digest_key_file: {e}") from None
     parts = build_site(cfg, reactor, agent, audit, metrics.authenticating(gate.authenticate),
                        backoff, digest_key, metrics, access_version=gate.version,
-                       account_agent=pools.agent_for, certificate_notes=trust.notes)
+                       account_agent=pools.agent_for)
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
                         apply=parts.apply,

@@ -59,7 +59,7 @@ from .shapes import (
     shape_run,
     shape_task_instance,
 )
-from .transport import CertificateNotes, Reply, Transport, tls_refusal
+from .transport import Reply, Transport, tls_refusal
 
 _NOTHING = object()
 _log = Logger()
@@ -246,22 +246,16 @@ class TLSFailures:
     varies its alerts floods the log.
 
     :param ca_file: ``airflow.ca_file``, if set.
-    :param notes: why a certificate of Airflow's was refused, in words
-        (`CertificateNotes`), added to OpenSSL's "certificate verify failed".
     """
 
-    def __init__(self, clock: IReactorTime, base_url: str, ca_file: Path | None = None,
-                 notes: CertificateNotes | None = None) -> None:
+    def __init__(self, clock: IReactorTime, base_url: str, ca_file: Path | None = None) -> None:
         self._clock = clock
         self._base_url = base_url
         self._verified = (f"against the CAs of airflow.ca_file ({ca_file})" if ca_file
                           else "against the system's CAs (airflow.ca_file names others)")
-        self._notes = notes
         self._logged: dict[str, float] = {}
 
     def failed(self, reason: str) -> None:
-        if self._notes is not None and self._notes.last and "certificate verify failed" in reason:
-            reason = f"{reason}: {self._notes.last}"
         now = self._clock.seconds()
         self._logged = {r: t for r, t in self._logged.items() if t + TLS_LOG_SECONDS > now}
         if reason in self._logged or len(self._logged) >= TLS_LOG_LINES:

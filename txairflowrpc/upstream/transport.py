@@ -24,7 +24,7 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 from twisted.web._newclient import Request  # what Agent sends; twisted.web.client uses it too
@@ -71,88 +71,19 @@ class _Bytes:
         pass
 
 
-class CertificateNotes:
-    """
-    Why a certificate was refused, in words, for the log: OpenSSL's own error
-    says only "certificate verify failed".  `verify` is the verify callback
-    of the connections to one origin; it never changes OpenSSL's verdict.
-    """
-
-    def __init__(self) -> None:
-        #: The latest refusal (None: none yet).
-        self.last: str | None = None
-
-    def verify(self, connection: Any, certificate: Any, error: int, depth: int, ok: int) -> bool:
-        if not ok:
-            try:
-                self.last = _refusal(certificate, error, depth)
-            except Exception:  # noqa: BLE001 -- a note must never break the handshake
-                self.last = f"OpenSSL verify error {error} at depth {depth}"
-        return bool(ok)
-
-
-#: What OpenSSL's verify errors (x509_vfy.h; numbers stable since 1.0) say,
-#: for those a misconfigured CA bundle or certificate gives.
-_VERIFY_ERRORS = {
-    2: "unable to get issuer certificate",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate (no CA given vouches for it)",
-    21: "unable to verify the first certificate",
-    23: "certificate revoked",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-}
-
-
-def _refusal(certificate: Any, error: int, depth: int) -> str:
-    """OpenSSL's verify ``error`` for ``certificate`` (pyOpenSSL's X509), in words."""
-    cert = certificate.to_cryptography()
-    said = _VERIFY_ERRORS.get(error, f"OpenSSL verify error {error}")
-    subject = _printable(cert.subject.rfc4514_string())
-    issuer = _printable(cert.issuer.rfc4514_string())
-    return (f"{said}: the certificate of {subject!r} issued by {issuer!r} (depth {depth}, "
-            f"valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
-
-
-def _printable(text: str, limit: int = 120) -> str:
-    """A server's name for the log: printable ASCII only, clipped (it is the server's text)."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)[:limit]
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _Noted:
-    """Twisted's client TLS ``options``, whose connections tell ``notes`` why a certificate failed."""
-
-    def __init__(self, options: IOpenSSLClientConnectionCreator, notes: CertificateNotes) -> None:
-        self._options = options
-        self._notes = notes
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = self._options.clientConnectionForTLS(tlsProtocol)
-        # The mode Twisted set, with a callback that notes and returns OpenSSL's verdict.
-        connection.set_verify(connection.get_context().get_verify_mode(), self._notes.verify)
-        return connection
-
-
 @attrs.frozen
 class OriginTrust:
     """
-    How one https origin's certificate is verified (Airflow's): against the
-    CAs of ``airflow.ca_file`` if given, for that origin alone, so that a
-    private CA trusted for Airflow is never trusted for anyone else (an
-    OIDC provider's key set, AWS STS); else against the system's.  Why a
-    certificate of that origin was refused goes to ``notes``.
+    The CAs that verify one https origin's certificate (Airflow's, from
+    ``airflow.ca_file``) instead of the system's: only that origin's, so
+    that a private CA trusted for Airflow is never trusted for anyone else
+    (an OIDC provider's key set, AWS STS).
     """
 
     #: The origin's base URL, e.g. ``https://airflow.internal:8443``.
     base_url: str
-    #: What `twisted.internet.ssl.trustRootFromCertificates` made of the
-    #: CAs; None: the system's.
-    trust_root: Any = None
-    notes: CertificateNotes = attrs.field(factory=CertificateNotes, eq=False)
+    #: What `twisted.internet.ssl.trustRootFromCertificates` made of the CAs.
+    trust_root: Any
 
     def key(self) -> tuple[bytes, bytes, int]:
         """The (scheme, host, port) of the origin, as `URI` gives them."""
@@ -166,14 +97,13 @@ class CachedEndpoints:
     `Agent`'s endpoints, made once per scheme, host and port rather than
     once per request (a `HostnameEndpoint` encodes its host with IDNA when
     it is made).  An https endpoint verifies the server's certificate and
-    host name against the system's CAs, or as ``trust`` says for its origin.
+    host name against the system's CAs, or, for ``trust``'s origin, its own.
     """
 
     def __init__(self, reactor: Any, trust: OriginTrust | None = None) -> None:
         self._reactor = reactor
         self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-        self._trust = trust
-        self._trusted = trust.key() if trust is not None else None
+        self._trusted = (trust.key(), trust.trust_root) if trust is not None else None
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -182,11 +112,8 @@ class CachedEndpoints:
             host = uri.host.decode("ascii")
             endpoint = HostnameEndpoint(self._reactor, host, uri.port)
             if uri.scheme == b"https":
-                if self._trust is not None and self._trusted == key:
-                    options = _Noted(
-                        optionsForClientTLS(host) if self._trust.trust_root is None
-                        else optionsForClientTLS(host, trustRoot=self._trust.trust_root),
-                        self._trust.notes)
+                if self._trusted is not None and self._trusted[0] == key:
+                    options = optionsForClientTLS(host, trustRoot=self._trusted[1])
                 else:
                     options = optionsForClientTLS(host)
                 endpoint = wrapClientTLS(options, endpoint)
@@ -214,7 +141,8 @@ class PooledAgent:
     it writes is `Agent`'s, byte for byte (a test compares them), and it
     is made before a connection is taken from the pool.
 
-    :param trust: how Airflow's https origin is verified (`OriginTrust`).
+    :param trust: the CAs for Airflow's https origin (`OriginTrust`), if
+        not the system's.
     """
 
     def __init__(
