@@ -40,6 +40,8 @@ defaults
     timeout server 120s
 frontend airflow_tls
     bind 127.0.0.1:{port} ssl crt {pem}
+    # The same certificate (for localhost and 127.0.0.1) on an address it does not name.
+    bind 127.0.0.2:{port} ssl crt {pem}
     default_backend airflow
 backend airflow
     server airflow 127.0.0.1:{airflow_port}
@@ -85,9 +87,9 @@ def tls_airflow(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
 
 
 def gateway_via(directory: Path, pki: DevPKI, airflow: LocalAirflow, proxy: TLSProxy,
-                ca_file: Path | None) -> RunningGateway:
-    """A gateway whose Airflow is ``https://localhost:PORT`` (the proxy), with ``ca_file``."""
-    https = f"https://localhost:{proxy.port}"
+                ca_file: Path | None, host: str = "localhost") -> RunningGateway:
+    """A gateway whose Airflow is ``https://HOST:PORT`` (the proxy), with ``ca_file``."""
+    https = f"https://{host}:{proxy.port}"
     seen_as = types.SimpleNamespace(base_url=https, gateway_password=airflow.gateway_password)
     gw = RunningGateway(directory, pki, seen_as)  # type: ignore[arg-type]
     text = gw.config.read_text()
@@ -103,6 +105,19 @@ def gateway_via(directory: Path, pki: DevPKI, airflow: LocalAirflow, proxy: TLSP
 def trusting(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
              tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
     gw = gateway_via(tmp_path_factory.mktemp("gw-ca"), pki, airflow, tls_airflow, pki.ca_file)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def misnamed(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
+             tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
+    """Trusts the CA, but reaches Airflow at an address its certificate does not name."""
+    gw = gateway_via(tmp_path_factory.mktemp("gw-misnamed"), pki, airflow, tls_airflow,
+                     pki.ca_file, host="127.0.0.2")
     try:
         gw.start()
         yield gw
@@ -167,6 +182,23 @@ def test_an_airflow_certificate_no_trusted_ca_vouches_for_is_refused_and_said_so
              and r.get("method") in ("get_dag", "trigger_dag")]
     assert [(r["method"], r["outcome"], r["fault_code"]) for r in calls] == [
         ("get_dag", "fault", 503), ("trigger_dag", "fault", 503)]
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        trusting.proxy().get_dag_run("example_hello", run_id)
+    assert e.value.faultCode == 404
+
+
+def test_a_certificate_its_ca_issued_for_another_name_is_refused(
+    trusting: RunningGateway, tls_airflow: TLSProxy, misnamed: RunningGateway,
+) -> None:
+    """The host name is checked too, with airflow.ca_file's CAs: a trusted CA is not enough."""
+    rpc = misnamed.proxy()
+    run_id = f"it-misnamed-{secrets.token_hex(4)}"
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        rpc.trigger_dag("example_hello", {}, {"dag_run_id": run_id})
+    assert e.value.faultCode == 503 and "TLS with Airflow failed" in e.value.faultString
+    lines = [line for line in misnamed.log.read_text().splitlines()
+             if f"TLS with Airflow (https://127.0.0.2:{tls_airflow.port})" in line]
+    assert lines and all("does not name the host" in line for line in lines), lines
     with pytest.raises(xmlrpc.client.Fault) as e:
         trusting.proxy().get_dag_run("example_hello", run_id)
     assert e.value.faultCode == 404
