@@ -87,8 +87,11 @@ def tls_airflow(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
 
 
 def gateway_via(directory: Path, pki: DevPKI, airflow: LocalAirflow, proxy: TLSProxy,
-                ca_file: Path | None, host: str = "localhost") -> RunningGateway:
-    """A gateway whose Airflow is ``https://HOST:PORT`` (the proxy), with ``ca_file``."""
+                ca_file: Path | None, host: str = "localhost") -> Iterator[RunningGateway]:
+    """
+    A running gateway whose Airflow is ``https://HOST:PORT`` (the proxy),
+    with ``ca_file``; stopped when the fixture using it ends.
+    """
     https = f"https://{host}:{proxy.port}"
     seen_as = types.SimpleNamespace(base_url=https, gateway_password=airflow.gateway_password)
     gw = RunningGateway(directory, pki, seen_as)  # type: ignore[arg-type]
@@ -98,42 +101,33 @@ def gateway_via(directory: Path, pki: DevPKI, airflow: LocalAirflow, proxy: TLSP
     if ca_file is not None:
         text = text.replace(line, f'{line}ca_file = "{ca_file}"\n')
     gw.config.write_text(text)
-    return gw
-
-
-@pytest.fixture(scope="module")
-def trusting(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
-             tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
-    gw = gateway_via(tmp_path_factory.mktemp("gw-ca"), pki, airflow, tls_airflow, pki.ca_file)
     try:
         gw.start()
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def trusting(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
+             tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
+    yield from gateway_via(tmp_path_factory.mktemp("gw-ca"), pki, airflow, tls_airflow,
+                           pki.ca_file)
 
 
 @pytest.fixture(scope="module")
 def misnamed(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
              tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
     """Trusts the CA, but reaches Airflow at an address its certificate does not name."""
-    gw = gateway_via(tmp_path_factory.mktemp("gw-misnamed"), pki, airflow, tls_airflow,
-                     pki.ca_file, host="127.0.0.2")
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
+    yield from gateway_via(tmp_path_factory.mktemp("gw-misnamed"), pki, airflow, tls_airflow,
+                           pki.ca_file, host="127.0.0.2")
 
 
 @pytest.fixture(scope="module")
 def untrusting(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
                tls_airflow: TLSProxy) -> Iterator[RunningGateway]:
-    gw = gateway_via(tmp_path_factory.mktemp("gw-system-cas"), pki, airflow, tls_airflow, None)
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
+    yield from gateway_via(tmp_path_factory.mktemp("gw-system-cas"), pki, airflow, tls_airflow,
+                           None)
 
 
 def test_every_kind_of_call_reaches_an_https_airflow_its_ca_file_vouches_for(
