@@ -8,7 +8,7 @@ that verify Airflow's certificate.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -21,9 +21,7 @@ from ..gate.tls import ca_certificates, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
 from ..identity.scopes import Role, build_roles
-
-if TYPE_CHECKING:  # twisted.internet.ssl makes them; the interface is named here only
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+from ..upstream.transport import OriginTrust
 
 
 @attrs.frozen
@@ -36,8 +34,8 @@ class Checked:
     tokens: tokens.TokenStore | None
     #: What signs the audit checkpoints (None: no key, no checkpoints).
     signer: checkpoint.Signer | None = attrs.field(eq=False, default=None)
-    #: What verifies Airflow's certificate (``airflow.ca_file``); None: the system's CAs.
-    airflow_trust: IOpenSSLTrustRoot | None = attrs.field(eq=False, default=None)
+    #: Airflow's own CAs (``airflow.ca_file``), for its origin alone; None: the system's.
+    airflow_trust: OriginTrust | None = attrs.field(eq=False, default=None)
 
 
 def load_checked(path: str | Path) -> Checked:
@@ -80,8 +78,8 @@ def _load_checked(path: str | Path) -> Checked:
         raise config_module.ConfigError(key, str(e)) from None
     airflow_trust = None
     if cfg.airflow.ca_file is not None:
-        airflow_trust = ssl.trustRootFromCertificates(
-            ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file))
+        airflow_trust = OriginTrust(cfg.airflow.base_url, ssl.trustRootFromCertificates(
+            ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file)))
     return Checked(cfg, roles, options, store, signer, airflow_trust)
 
 

@@ -177,13 +177,6 @@ def pooled_agent(
     return PooledAgent(reactor, pool, trust)
 
 
-def airflow_trust(checked: Checked) -> OriginTrust | None:
-    """Airflow's own CAs (``airflow.ca_file``), for its origin alone; None: the system's."""
-    if checked.airflow_trust is None:
-        return None
-    return OriginTrust(checked.config.airflow.base_url, checked.airflow_trust)
-
-
 class AuditService(service.Service):
     """
     Owns the audit log, its one writer thread and the claim on its chain;
@@ -544,7 +537,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
                            cfg.airflow.idle_connection_seconds)
     # Airflow's client speaks to the PooledAgent itself; treq serves the rest
     # (key sets, STS), where a request now and then may cost more.
-    trust = airflow_trust(checked)
+    trust = checked.airflow_trust
     agent = pooled_agent(reactor, pool, trust)
     pools = AccountPools(reactor, pool, cfg.airflow.max_connections, trust,
                          cfg.airflow.idle_connection_seconds)
