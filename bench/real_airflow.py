@@ -20,6 +20,7 @@ with Airflow and audit writes it waited for and how long each took
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -165,9 +166,8 @@ def real_airflow(processes: Processes, work: Path, pki: DevPKI, *, concurrencies
                 return attrs.evolve(point, upstream_per_call=view.pop("upstream_per_call", None),
                                     inside=view)
 
-            for turn, (method, direct, via_gateway) in enumerate(
-                    (m, d, g) for m, d, g in cases for _ in concurrencies):
-                c = concurrencies[turn % len(concurrencies)]
+            for turn, ((method, direct, via_gateway), c) in enumerate(
+                    itertools.product(cases, concurrencies)):
                 # In turns, the gateway first every other time: Airflow slows as the
                 # triggered runs pile up, and that must not fall on one side.
                 gateway_first = turn % 2 == 1
