@@ -183,6 +183,14 @@ class RunningGateway:
         ctx = client_context(self.pki, client or self.client)
         return xmlrpc.client.ServerProxy(self.url, context=ctx, allow_none=allow_none)
 
+    def serving(self) -> Iterator[RunningGateway]:
+        """Start it, yield it, and stop it however the user ends: for fixtures (`yield from`)."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -219,12 +227,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow
 ) -> Iterator[RunningGateway]:
-    gw = RunningGateway(tmp_path_factory.mktemp("gateway"), pki, airflow)
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
+    yield from RunningGateway(tmp_path_factory.mktemp("gateway"), pki, airflow).serving()
 
 
 @pytest.fixture

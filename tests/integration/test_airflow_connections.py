@@ -61,11 +61,7 @@ def quick_to_close(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI,
     line = f'base_url = "{airflow.base_url}"\n'
     assert text.count(line) == 1
     gw.config.write_text(text.replace(line, f"{line}idle_connection_seconds = 1\n"))
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
+    yield from gw.serving()
 
 
 def test_an_idle_connection_to_airflow_is_closed_by_the_gateway(

@@ -101,11 +101,7 @@ def gateway_via(directory: Path, pki: DevPKI, airflow: LocalAirflow, proxy: TLSP
     if ca_file is not None:
         text = text.replace(line, f'{line}ca_file = "{ca_file}"\n')
     gw.config.write_text(text)
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
+    yield from gw.serving()
 
 
 @pytest.fixture(scope="module")
