@@ -37,6 +37,8 @@ GATEWAY_USER = "gateway"
 READER_USER = "reader"
 BUILDER_USER = "builder"
 ACCOUNT_ROLES = {READER_USER: "viewer", BUILDER_USER: "user"}
+#: How long a write to the SQLite database waits for another's to end, in seconds.
+SQLITE_BUSY_SECONDS = 30
 
 
 class LocalAirflow:
@@ -55,6 +57,17 @@ class LocalAirflow:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sqlite_url(self) -> str:
+        """
+        The SQLite database in ``home``, where a write waits up to
+        `SQLITE_BUSY_SECONDS` for another to end.  With Python's default of
+        5 s, a caller's first ``trigger_dag`` under ``make run`` was answered
+        HTTP 500 by Airflow ("database is locked" on its own log insert)
+        while the scheduler ran the first scheduled run at start-up.
+        """
+        return f"sqlite:///{self.home.resolve() / 'airflow.db'}?timeout={SQLITE_BUSY_SECONDS}"
 
     @property
     def log_path(self) -> Path:
@@ -90,8 +103,7 @@ class LocalAirflow:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         })
-        if self.database is not None:
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database or self.sqlite_url
         env.pop("VIRTUAL_ENV", None)
         return env
 
