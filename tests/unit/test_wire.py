@@ -68,6 +68,20 @@ def test_malformed_xml_is_a_parse_error_without_expat_internals(body: bytes) -> 
     assert "expat" not in e.value.message.lower()
 
 
+@pytest.mark.parametrize(("body", "said"), [
+    (b"", "the body holds no element"),
+    (b"  <!-- nothing -->  ", "the body holds no element"),
+    (b"<methodCall>", "the document ends before its elements are closed"),
+    (b"<methodCall><methodName>ping</methodName>",
+     "the document ends before its elements are closed"),
+])
+def test_a_cut_off_document_is_not_called_empty(body: bytes, said: str) -> None:
+    """expat says "no element found" of both; a reviewer found both answered "empty"."""
+    with pytest.raises(errors.ParseError) as e:
+        parse_call(body)
+    assert e.value.message.endswith(said)
+
+
 @pytest.mark.parametrize("body", [
     b"<methodResponse><params><param><value><int>1</int></value></param></params></methodResponse>",
     b"<methodCall><params><param><value><int>1</int></value></param></params></methodCall>",

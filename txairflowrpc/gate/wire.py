@@ -198,6 +198,11 @@ class _CallReader:
         self.method: str | None = None
         self.params: list[Any] | None = None
 
+    @property
+    def started(self) -> bool:
+        """Whether an element has begun."""
+        return self._elements > 0
+
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if ":" in tag:
             tag = tag.rpartition(":")[2]
@@ -358,7 +363,7 @@ def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
     except _Refused as refused:
         raise refused.error from None
     except expat.ExpatError as e:
-        raise errors.ParseError(_expat_reason(e)) from None
+        raise errors.ParseError(_expat_reason(e, reader.started)) from None
     except LookupError:  # an encoding expat asked Python for (not named where we look)
         raise errors.UnsupportedEncoding("declared in the body") from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError):
@@ -474,7 +479,8 @@ def _as_utf8(body: bytes, charset: str | None) -> bytes:
         raise errors.ParseError(f"the body is not valid {codec}") from None
 
 
-def _expat_reason(e: expat.ExpatError) -> str:
+def _expat_reason(e: expat.ExpatError, started: bool) -> str:
+    """What a caller is told of expat's error; ``started``: an element had begun."""
     if e.code == expat.errors.codes[expat.errors.XML_ERROR_INVALID_TOKEN] and e.lineno:
         return f"invalid character or token at line {e.lineno}"
     if e.code in (
@@ -483,7 +489,9 @@ def _expat_reason(e: expat.ExpatError) -> str:
     ):
         return "unsupported or wrong character encoding"
     if e.code == expat.errors.codes[expat.errors.XML_ERROR_NO_ELEMENTS]:
-        return "the body is empty"
+        # expat's "no element found" also ends a document cut off inside its elements.
+        return "the document ends before its elements are closed" if started else (
+            "the body holds no element")
     return f"malformed XML at line {e.lineno}"
 
 
