@@ -263,3 +263,17 @@ def test_health_endpoints(gateway: RunningGateway) -> None:
     assert {k: v["ok"] for k, v in ready["checks"].items()} == {
         "airflow": True, "audit": True, "certificates": True}
     assert ready["counters"]["circuit"] == "closed"
+
+
+def test_the_admin_listener_refuses_a_body_before_reading_it(gateway: RunningGateway) -> None:
+    """Found by review: twisted.web spooled any body to a temp file, without a cap."""
+    with socket.create_connection(("127.0.0.1", gateway.health_port), timeout=10) as s:
+        # The headers alone: the answer comes before a byte of the body is sent.
+        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):  # until the gateway closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.endswith(b"the admin listener takes no request bodies\r\n")
+    base = f"http://127.0.0.1:{gateway.health_port}"
+    assert json.load(urllib.request.urlopen(f"{base}/healthz", timeout=10)) == {"alive": True}

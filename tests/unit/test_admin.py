@@ -27,6 +27,8 @@ from txairflowrpc.service.admin import (
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
     REQUEST_SECONDS,
+    SCRAPE_BURST,
+    SCRAPES_PER_SECOND,
     SETTLE_SECONDS,
     AdminSite,
     HealthResource,
@@ -291,6 +293,72 @@ class AdminListenerTests(SynchronousTestCase):
         for closed in (slow, body, proto):  # the reactor reports them lost
             closed.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.site.open_connections, 0)
+
+    def test_a_request_with_a_body_is_refused_before_a_byte_of_it_is_read(self) -> None:
+        """
+        Found by review: a POST declaring 100 GB was spooled by twisted.web to
+        a temp file, without a cap (2.85 GB in 9 s from four connections).
+        """
+        for head in (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n",
+                     b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n",
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n"):
+            proto, transport = self.connect(1000)
+            proto.dataReceived(head + b"\r\n" + b"x" * 70000)
+            for _ in range(20):
+                proto.dataReceived(b"x" * 65536)  # more follows, read by nobody
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), answer)
+            self.assertEqual(answer.count(b"HTTP/1.1"), 1)  # no 100 Continue after it
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual([r.content.getvalue() for r in proto.requests], [b""])
+            self.clock.advance(LINGER_SECONDS)  # a peer that does not read is cut
+            self.assertTrue(transport.disconnected)
+            proto.connectionLost(Failure(ConnectionDone()))
+        # Without a body (or an empty one), as probes ask: answered as before.
+        proto, transport = self.connect(1001)
+        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 404", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_scrapes_past_their_rate_from_one_address_are_429(self) -> None:
+        """
+        Found by review: connections asking for /metrics without pause
+        (about 2 ms of CPU a render) took a core from the calls.
+        """
+        from twisted.web.resource import Resource
+
+        class Metrics(Resource):
+            isLeaf = True
+            renders = 0
+
+            def render_GET(self, request: Any) -> bytes:
+                Metrics.renders += 1
+                return b"up 1\n"
+
+        health = HealthResource(
+            config=lambda: CONFIG, airflow_reachable=lambda: succeed(True),
+            audit=audit_log(tempfile.mkdtemp(), self.clock), counters=dict, clock=self.clock,
+            certificates=dict, metrics=Metrics())
+        self.site = AdminSite(health, reactor=self.clock)
+        proto, transport = self.connect(1000)
+        scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        proto.dataReceived(scrape * (SCRAPE_BURST + 3))
+        answers = transport.value()
+        self.assertEqual(answers.count(b"HTTP/1.1 200"), SCRAPE_BURST)
+        self.assertEqual(answers.count(b"HTTP/1.1 429"), 3)
+        self.assertIn(b"Retry-After: 1", answers)
+        self.assertEqual((Metrics.renders, self.site.scrapes_refused), (SCRAPE_BURST, 3))
+        # Another address has its own; liveness and readiness are not counted.
+        other, other_wire = self.connect(1001, "10.0.0.2")
+        other.dataReceived(scrape + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30)
+        self.assertEqual(other_wire.value().count(b"HTTP/1.1 200"), 31)
+        # A second later, the address may scrape again at the rate.
+        transport.clear()
+        self.clock.advance(1)
+        proto.dataReceived(scrape * int(SCRAPES_PER_SECOND + 1))
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200"), SCRAPES_PER_SECOND)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 429"), 1)
 
     def test_pipelined_requests_each_get_their_own_time(self) -> None:
         """From the second reading: a pipelined request's timer was lost, another cut it."""

@@ -13,7 +13,14 @@ instances that share a certificate would all go unready on the same day.
 Both bodies are JSON and name each check, plus the
 counters of the limits (connections refused, slow clients dropped, calls
 rate-limited, circuit breaker state).  No secret is ever in them.
-``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`).
+``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`),
+rendered at most `SCRAPES_PER_SECOND` times a second for one address (bursts
+of `SCRAPE_BURST`; past that 429): a render costs about 2 ms of CPU, and a few
+connections asking without pause took a core from the calls.
+
+Probes send no body: a request that declares one (or is chunked) is answered
+413 before a byte of it is read (twisted.web would have spooled it to a temp
+file, without a cap: found by review, 2.85 GB in 9 s from four connections).
 
 The listener writes no access log: probes every few seconds would bury the
 service log's events.
@@ -21,6 +28,7 @@ service log's events.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -38,6 +46,7 @@ from ..audit.log import AuditLog
 from ..config import Config
 from ..core.singleflight import SingleFlight
 from ..gate.connections import BySource
+from ..gate.limits import ConnectionRate
 from ..identity.backoff import source_key
 
 _log = Logger()
@@ -88,12 +97,39 @@ REQUEST_SECONDS = 10.0
 IDLE_SECONDS = 60.0
 
 
+#: Scrapes of ``/metrics`` rendered per second for one address, and its burst.
+SCRAPES_PER_SECOND = 10.0
+SCRAPE_BURST = 20
+_NO_BODY = (b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: 44\r\nConnection: close\r\n\r\n"
+            b"the admin listener takes no request bodies\r\n")
+
+
 #: A connection younger than this, or that finished an answer more recently,
 #: is not closed to make room (its request may still be in the kernel's
 #: buffer, its answer in Twisted's).
 SETTLE_SECONDS = 1.0
 #: An evicted connection's answer on its way out may take this long.
 LINGER_SECONDS = 2.0
+
+
+class _AdminRequest(server.Request):
+    """A request to the admin listener: one with a body is refused before its body is read."""
+
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()  # never a temp file
+        if length != 0:  # declared, or chunked (None)
+            self.refused = True
+            self.channel.refuse_body()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        pass  # nothing of a body is kept: a request with one is refused
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.refused:
+            super().requestReceived(command, path, version)
 
 
 class _AdminChannel(http.HTTPChannel):
@@ -103,7 +139,26 @@ class _AdminChannel(http.HTTPChannel):
     _answering = False
     #: Closed to make room: already out of the site's counts.
     evicted = False
+    #: A request came with a body: answered 413, nothing more is read.
+    refusing = False
     source = ""
+
+    def refuse_body(self) -> None:
+        """Answer 413 and close: whatever else comes on the connection is dropped unread."""
+        self.refusing = True
+        self._stop_waiting()
+        self.setRawMode()
+        self.transport.write(_NO_BODY)
+        self.transport.loseConnection()
+        self._linger = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.refusing:
+            super().rawDataReceived(data)
+
+    def _send100Continue(self) -> None:
+        if not self.refusing:  # after a 413, nothing more is sent
+            super()._send100Continue()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -111,6 +166,8 @@ class _AdminChannel(http.HTTPChannel):
         self._expect_request()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.refusing:
+            return
         # The first byte of a request after the last one ended starts its
         # time (a request line read in the same chunk: `lineReceived`).
         if data and self._deadline is None and not self._answering:
@@ -179,12 +236,17 @@ class AdminSite(server.Site):
     """
 
     protocol = _AdminChannel
+    requestFactory = _AdminRequest
 
     def __init__(self, resource: IResource, *, reactor: IReactorTime,
                  ipv6_prefix: int = 64) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
         self.ipv6_prefix = ipv6_prefix
         self.connections: BySource[_AdminChannel] = BySource()
+        #: Renders of ``/metrics`` per address (`SCRAPES_PER_SECOND`).
+        self.scrapes = ConnectionRate(reactor)
+        #: Scrapes refused 429 past that rate, for tests and the counters.
+        self.scrapes_refused = 0
         #: Connections closed at once at a cap, and idle ones closed to make
         #: room, for tests and the log.
         self.refused_connections = 0
@@ -257,6 +319,13 @@ class HealthResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
+            if request.method in (b"GET", b"HEAD") and not _may_scrape(request):
+                request.setResponseCode(429)
+                request.setHeader(b"Retry-After", b"1")
+                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+                return head_without_body(
+                    request, b"more than %d scrapes a second from one address\n"
+                    % SCRAPES_PER_SECOND)
             return head_without_body(request, self._metrics.render(request))
         return head_without_body(request, super().render(request))
 
@@ -292,6 +361,18 @@ class HealthResource(Resource):
         """A probe that broke is answered, never left open: HTTP 500."""
         _log.failure("readiness probe failed", failure)
         _answer(request, 500, {"ready": False, "error": "internal error in the probe"})
+
+
+def _may_scrape(request: server.Request) -> bool:
+    """Whether the address asking may have ``/metrics`` rendered now (`SCRAPES_PER_SECOND`)."""
+    channel = request.channel
+    site = getattr(channel, "site", None)
+    if not isinstance(site, AdminSite):
+        return True  # not served by the admin listener (a test's resource alone)
+    if site.scrapes.take(channel.source, SCRAPES_PER_SECOND, SCRAPE_BURST):
+        return True
+    site.scrapes_refused += 1
+    return False
 
 
 def head_without_body(request: server.Request, body: Any) -> Any:
