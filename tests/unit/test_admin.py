@@ -301,8 +301,8 @@ class AdminListenerTests(SynchronousTestCase):
         """
         for head in (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n",
                      b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n",
-                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                     b"Expect: 100-continue\r\n"):
+                     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Expect: 100-continue\r\n")):
             proto, transport = self.connect(1000)
             proto.dataReceived(head + b"\r\n" + b"x" * 70000)
             for _ in range(20):
