@@ -3,6 +3,7 @@ deadlines, and the connection-level limits of the site."""
 
 from __future__ import annotations
 
+import xmlrpc.client
 from random import Random
 from typing import Any
 
@@ -385,6 +386,45 @@ class CallLimitTests(SynchronousTestCase):
         self.assertEqual(multi.faultCode if hasattr(multi, "faultCode") else
                          [m if isinstance(m, list) else m["faultCode"] for m in multi],
                          [["pong"], 429, 429])
+
+    def test_a_cost_above_one_leaves_the_caller_owing_up_to_its_burst(self) -> None:
+        clock = Clock()
+        limits = CallLimits(clock, rate=2, burst=3, max_in_flight=2)
+        limits.take("bot", 10)  # one call was left: taken, the rest owed (at most the burst)
+        with self.assertRaises(errors.RateLimited) as e:
+            limits.take("bot")
+        self.assertIn("retry after 2.0 s", e.exception.message)  # from -3 to 1 at 2 a second
+        clock.advance(2)
+        limits.take("bot")
+        self.assertEqual((limits.body_cost(64 * 1024 - 1), limits.body_cost(200 * 1024)), (0, 3))
+
+    def test_a_large_body_is_paid_for_before_it_is_parsed(self) -> None:
+        """
+        Found by an attacker's review: a caller with no scopes sent 1 MiB
+        bodies within its rate (each 30-65 ms of parsing) and held the
+        reactor, and bodies past its rate were parsed in full before their 429.
+        """
+        gw = gateway()
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=4, max_in_flight=10)
+        big = "x" * (200 * 1024)  # three calls more than its own
+        self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
+        self.assertEqual(self.successResultOf(gw.call_d("ping", big))[2].faultCode, -32602)
+        fault = self.successResultOf(gw.call_d("ping"))[2]  # 3 - 4 = -1 left
+        self.assertEqual(fault.faultCode, 429)
+        self.assertIn("retry after 2.0 s", fault.faultString)
+        # Past the rate, a large body is refused unread: this one is not XML
+        # at all, and its answer is the rate's, not a parse error.
+        junk = b"<methodCall>" + b"\xff" * (100 * 1024)
+        response = self.successResultOf(gw.post(junk))
+        body = self.successResultOf(response.content())
+        with self.assertRaises(xmlrpc.client.Fault) as refused:
+            xmlrpc.client.loads(body)
+        self.assertEqual(refused.exception.faultCode, 429)
+        # A small one past the rate is parsed, and its refusal names its method.
+        self.assertEqual(self.successResultOf(gw.call_d("get_dag", "x"))[2].faultCode, 429)
+        gw.advance(2)
+        self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
 
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()

@@ -90,6 +90,7 @@ class Dispatcher:
         self, ctx: CallContext, name: str, args: tuple[Any, ...],
         multicall_index: int | None = None, records: list[Deferred[None]] | None = None,
         budget: AnswerBudget | None = None,
+        charged: bool = False,
     ) -> Deferred[Any]:
         """
         Run one call; the Deferred fires with the result or fails with a
@@ -102,7 +103,8 @@ class Dispatcher:
         record.  With ``records`` (a multicall's inner calls) the call's
         record is not waited for but added there, so that the records of
         one multicall share a group commit, and ``budget`` is what is left
-        of the multicall's answer (`AnswerBudget`).
+        of the multicall's answer (`AnswerBudget`); ``charged``: the call's
+        rate was spent already (`charge_body`).
 
         Cancelling it cancels the handler's work, except for a call that
         changes Airflow: that one runs on to its real outcome, which its
@@ -117,7 +119,8 @@ class Dispatcher:
         entered = False
         try:
             if self._limits is not None:
-                self._limits.take(who)
+                if not charged:
+                    self._limits.take(who)
                 if top:
                     self._limits.enter(who)
                     entered = True
@@ -147,6 +150,23 @@ class Dispatcher:
             # it really ended.
             return _detached(d)
         return d
+
+    def charge_body(self, ctx: CallContext, size: int) -> bool:
+        """
+        Before a request body of ``size`` bytes is parsed, spend its call
+        and what its size costs more (`CallLimits.body_cost`) from its
+        caller's rate, if it costs more: True if spent (`call` is then told
+        ``charged``), False if there was nothing more to spend (most bodies:
+        their call is spent as it is made).  `errors.RateLimited` if the
+        caller has no call left: a large body is then not parsed at all.
+        """
+        if self._limits is None:
+            return False
+        extra = self._limits.body_cost(size)
+        if not extra:
+            return False
+        self._limits.take(who_of(ctx), 1 + extra)
+        return True
 
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:
         """

@@ -110,7 +110,11 @@ class RPCResource(Resource):
             refuse(self.refusals, request, request_id, 413,
                    f"request body is larger than {self.max_body_bytes} bytes", principal)
             return
+        ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
         try:
+            # A large body's parse is paid for first; past the caller's rate
+            # it is refused unread (its refusal counted, as the rate's are).
+            charged = self._dispatcher.charge_body(ctx, len(body))
             method, params = wire.parse_call(body, charset=_charset(request))
         except errors.GatewayError as e:
             recorded = self.refusals.record(_fields(
@@ -119,8 +123,7 @@ class RPCResource(Resource):
             recorded.addBoth(lambda _: _write(request, content))
             return
         del body
-        ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
-        d = self._dispatcher.call(ctx, method, params)
+        d = self._dispatcher.call(ctx, method, params, charged=charged)
         gone: list[Failure] = []
 
         def client_gone(reason: Failure) -> None:
