@@ -555,6 +555,48 @@ class ConnectionTests(SiteTestCase):
         self.assertTrue(self.connect("10.0.0.9")[1].disconnected)
         self.assertFalse(any(t.disconnected for _, t in busy))
 
+    def test_one_principal_sends_at_most_its_in_flight_cap_of_bodies_at_once(self) -> None:
+        """
+        Found by an attacker's review: a connection whose caller is in, its
+        body trickling, may not give way at the cap, so one credential from
+        a few addresses (each under its per-source cap) held every connection
+        and shut all other callers out for as long as it kept trickling.
+        """
+        self.make(max_connections=6, max_connections_per_source=2, max_in_flight=3)
+        slow = [self.connect(f"10.6.6.{i // 2}", 4300 + i) for i in range(4)]
+        for proto, _ in slow:
+            proto.dataReceived(post(b"<" * 900)[:-10])  # the body never ends
+        answers = [t.value() for _, t in slow]
+        self.assertEqual([a.startswith(b"HTTP/1.1 429 Too Many Requests") for a in answers],
+                         [False, False, False, True])
+        self.assertIn(b"Retry-After: 1", answers[3])
+        self.assertIn(b"more than 3 requests of this principal are still sending their bodies",
+                      answers[3])
+        self.assertEqual((self.site.arriving, self.site.arriving_refused), ({"ci-bot": 3}, 1))
+        [refused] = [r for r in self.records() if r.get("http_status") == 429]
+        self.assertEqual((refused["principal"], refused["refusal"]), ("ci-bot", "rate_limited"))
+        # Another principal is not held back by it.
+        self.answer = attrs.evolve(OPERATOR, name="other-bot")
+        other, transport = self.connect("10.0.0.9")
+        other.dataReceived(post(b"<" * 10))
+        self.assertIn(b"other-bot read 10", transport.value())
+        # A body that ends, or a connection that goes, frees its place.
+        first, _ = slow[0]
+        first.dataReceived(b"<" * 10)
+        self.assertEqual(self.site.arriving, {"ci-bot": 2})
+        slow[1][0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.arriving, {"ci-bot": 1})
+        self.answer = OPERATOR
+        again, again_wire = self.connect("10.0.0.10")
+        again.dataReceived(post(b"<" * 900)[:-10])
+        self.assertFalse(again_wire.value().startswith(b"HTTP/1.1 429"))
+        self.assertEqual(self.site.arriving, {"ci-bot": 2})
+        # At the request deadline the rest are dropped: nothing stays counted.
+        self.clock.advance(self.site.limits.request_deadline_seconds + 3)
+        for proto, _ in (slow[2], (again, again_wire)):
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.arriving, {})
+
     def test_an_ipv6_fleet_in_one_64_may_count_by_address(self) -> None:
         """
         From the second reading: a cloud subnet is one /64, so a fleet there

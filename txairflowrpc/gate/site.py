@@ -67,7 +67,7 @@ _log = Logger()
 
 _REASONS = {
     400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout",
-    413: b"Content Too Large", 503: b"Service Unavailable",
+    413: b"Content Too Large", 429: b"Too Many Requests", 503: b"Service Unavailable",
 }
 #: Bytes read and dropped after a refusal, so the client can read its answer
 #: rather than meet a reset while it is still sending; then the connection closes.
@@ -264,6 +264,9 @@ class GatewayChannel(http.HTTPChannel):
     #: Their size (kept as they come: summing them per chunk was quadratic).
     _held_bytes = 0
     _content_waiting = False
+    #: The principal whose request's body is on its way here, counted in
+    #: `GatewaySite.arriving` until it is in (or the request is over).
+    _arriving_for: str | None = None
     #: Answered with a refusal: what still comes is read and dropped.
     _refusing = False
     #: (access rules version, Authorization headers, principal) of the last
@@ -392,11 +395,14 @@ class GatewayChannel(http.HTTPChannel):
             self.setRawMode()
             return
         self._cancel("_request_timer")
+        self._body_in()
         super().allContentReceived()
 
     def _let_in(self, principal: Principal, req: GatewayRequest, expect: list[bytes] | None) -> None:
         req.principal = principal
         if self._refusing or self._lost:  # a slow sign-in's caller may have gone meanwhile
+            return
+        if self.length != 0 and not self._content_waiting and not self._body_coming(principal):
             return
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
@@ -430,6 +436,39 @@ class GatewayChannel(http.HTTPChannel):
         self._waitingForTransport = False
         if self._requestProducer is not None:
             self._requestProducer.resumeProducing()
+
+    def _body_coming(self, principal: Principal) -> bool:
+        """
+        Count the body now to come for ``principal``; False (and a 429) if
+        `LimitsConfig.max_in_flight` of its requests are receiving theirs
+        already.  Found by an attacker's review: a connection whose caller
+        is in may not give way at the connection cap, so one credential
+        trickling bodies from a few addresses held the cap and shut every
+        other caller out.
+        """
+        site = self.gateway
+        name = principal.name
+        cap = site.limits.max_in_flight
+        if site.arriving.get(name, 0) >= cap:
+            site.arriving_refused += 1
+            self.refuse(429, f"more than {cap} requests of this principal are still sending "
+                             f"their bodies; retry in a moment", {b"Retry-After": b"1"})
+            return False
+        site.arriving[name] = site.arriving.get(name, 0) + 1
+        self._arriving_for = name
+        return True
+
+    def _body_in(self) -> None:
+        """The counted body is in, or will never be (`_body_coming`)."""
+        name, self._arriving_for = self._arriving_for, None
+        if name is None:
+            return
+        arriving = self.gateway.arriving
+        left = arriving.get(name, 0) - 1
+        if left > 0:
+            arriving[name] = left
+        else:
+            arriving.pop(name, None)
 
     def _keep_out(self, failure: Failure, req: GatewayRequest) -> None:
         self._holding = None
@@ -499,6 +538,7 @@ class GatewayChannel(http.HTTPChannel):
         if self._lost or self._refused_once:
             return
         self._refused_once = True
+        self._body_in()
         self._cancel("_request_timer")
         request_id = new_request_id()
         req = self.requests[-1] if self.requests else None
@@ -596,6 +636,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost = True
+        self._body_in()
         self._holding = None  # nobody will read it: freed before a slow sign-in ends
         for name in ("_handshake_timer", "_first_byte_timer", "_request_timer", "_linger_timer",
                      "_refusal_timer", "_answer_timer"):
@@ -610,7 +651,8 @@ class GatewayChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
-_KINDS = {400: "bad_request", 401: "unauthenticated", 413: "too_large", 503: "busy"}
+_KINDS = {400: "bad_request", 401: "unauthenticated", 413: "too_large",
+          429: "rate_limited", 503: "busy"}
 
 
 class _Excess(Protocol):
@@ -762,6 +804,10 @@ class GatewaySite(server.Site):
         self.slow_dropped = 0
         self.evicted = 0
         self.budget_refused = 0
+        #: Requests let in whose bodies are still on their way, by principal
+        #: (at most ``limits.max_in_flight`` each), and those refused past that.
+        self.arriving: dict[str, int] = {}
+        self.arriving_refused = 0
 
     def log(self, request: server.Request) -> None:
         """No access log: the audit trail records every request, the service log events."""
