@@ -359,6 +359,17 @@ class AdminListenerTests(SynchronousTestCase):
         proto.dataReceived(scrape * int(SCRAPES_PER_SECOND + 1))
         self.assertEqual(transport.value().count(b"HTTP/1.1 200"), SCRAPES_PER_SECOND)
         self.assertEqual(transport.value().count(b"HTTP/1.1 429"), 1)
+        # A worker's listener does not count the supervisor's fan-out (from
+        # its own host's address), only others'.
+        self.site = AdminSite(health, reactor=self.clock, scrapes_from_self=True)
+        host = IPv4Address("TCP", "10.0.0.7", 8082)
+        for peer, served in (("10.0.0.7", SCRAPE_BURST + 5), ("10.0.0.8", SCRAPE_BURST)):
+            address = IPv4Address("TCP", peer, 5000)
+            proto = self.site.buildProtocol(address)
+            wire = StringTransport(hostAddress=host, peerAddress=address)
+            proto.makeConnection(wire)
+            proto.dataReceived(scrape * (SCRAPE_BURST + 5))
+            self.assertEqual(wire.value().count(b"HTTP/1.1 200"), served, peer)
 
     def test_pipelined_requests_each_get_their_own_time(self) -> None:
         """From the second reading: a pipelined request's timer was lost, another cut it."""

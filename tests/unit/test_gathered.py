@@ -111,6 +111,7 @@ class GatheredTests(SynchronousTestCase):
             admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS),
             states=lambda: self.states, stopping=lambda: self.stopping,
             off_reactor=lambda f, *a: succeed(f(*a)), own=self.own)
+        self.resource = resource
         self.http = StubTreq(resource)
 
     @staticmethod
@@ -134,6 +135,36 @@ class GatheredTests(SynchronousTestCase):
         self.flush()
         response = self.successResultOf(d)
         return response, self.successResultOf(response.content())
+
+    def test_the_supervisors_metrics_are_rendered_at_most_so_often_for_one_address(
+        self,
+    ) -> None:
+        """
+        From the second reader: the supervisor's /metrics had no limit, and
+        each scrape merged every worker's (on its thread pool) and asked them.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from txairflowrpc.service.admin import SCRAPE_BURST, AdminSite
+
+        for k in range(2):
+            self.answer(k, b"/metrics", 200, worker_exposition(1))
+        site = AdminSite(self.resource,
+                         reactor=self.clock)
+        statuses = []
+        for i in range(SCRAPE_BURST + 2):
+            address = IPv4Address("TCP", "10.0.0.5", 6000 + i)
+            proto = site.buildProtocol(address)
+            wire = StringTransport(peerAddress=address)
+            proto.makeConnection(wire)
+            proto.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.flush()
+            statuses.append(wire.value()[:12])
+            proto.connectionLost(None)
+        self.assertEqual(statuses.count(b"HTTP/1.1 200"), SCRAPE_BURST)
+        self.assertEqual(statuses[SCRAPE_BURST:], [b"HTTP/1.1 429"] * 2)
+        self.assertEqual(len(self.workers.accepts), SCRAPE_BURST * 2)  # none for the 429s
 
     def test_every_workers_metrics_under_its_worker_label(self) -> None:
         self.answer(0, b"/metrics", 200, worker_exposition(2, reload_ok=False))

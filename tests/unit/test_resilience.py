@@ -7,6 +7,7 @@ import xmlrpc.client
 from random import Random
 from typing import Any
 
+import attrs
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -24,7 +25,7 @@ from txairflowrpc.upstream.client import AirflowClient
 from txairflowrpc.upstream.watch import RunWatcher
 
 from ..fakes import FakeAirflow
-from .helpers import gateway
+from .helpers import CONFIG, gateway
 
 
 class Flaky:
@@ -421,10 +422,42 @@ class CallLimitTests(SynchronousTestCase):
         with self.assertRaises(xmlrpc.client.Fault) as refused:
             xmlrpc.client.loads(body)
         self.assertEqual(refused.exception.faultCode, 429)
+        # From the second reader: one just under 64 KiB was still parsed past
+        # the rate (10 ms each); from 4 KiB a body is paid for first.
+        response = self.successResultOf(gw.post(b"<methodCall>" + b"\xff" * 5000))
+        with self.assertRaises(xmlrpc.client.Fault) as refused:
+            xmlrpc.client.loads(self.successResultOf(response.content()))
+        self.assertEqual(refused.exception.faultCode, 429)
         # A small one past the rate is parsed, and its refusal names its method.
         self.assertEqual(self.successResultOf(gw.call_d("get_dag", "x"))[2].faultCode, 429)
         gw.advance(2)
         self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
+
+    def test_a_multicall_in_a_large_body_costs_the_larger_of_its_calls_and_its_size(
+        self,
+    ) -> None:
+        """
+        From the second reader: a 1 MiB multicall of 30 pings had 6 refused
+        at the default burst of 40 (the body's 17 and the calls' 30).
+        """
+        gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=40, max_in_flight=10)
+        padded = {"methodName": "ping", "params": ["x" * (200 * 1024)]}  # 3 calls more
+        calls = [{"methodName": "ping", "params": []}] * 30 + [padded]
+        results = self.successResultOf(gw.call_d("system.multicall", calls))[2]
+        self.assertEqual(results[:30], [["pong"]] * 30)
+        self.assertEqual(results[30]["faultCode"], -32602)
+        # 1 + 31 = 32 spent in all (the body's 3 among them): 8 calls left.
+        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(9)]
+        self.assertEqual(answers[:8], ["pong"] * 8)
+        self.assertEqual(answers[8].faultCode, 429)
+        self.assertEqual(dispatcher._paid, {})  # nothing kept once the request is over
+        # A large body refused before it is parsed keeps nothing either.
+        self.successResultOf(gw.post(b"<methodCall>" + b"\xff" * 70000))
+        gw.advance(60)
+        self.successResultOf(gw.post(b"<methodCall>" + b"\xff" * 70000))
+        self.assertEqual(dispatcher._paid, {})
 
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()

@@ -597,6 +597,22 @@ class ConnectionTests(SiteTestCase):
             proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.site.arriving, {})
 
+    def test_a_body_past_the_cap_after_a_pending_sign_in_is_read_and_dropped(self) -> None:
+        """From the second reader: reading stayed paused, and the client met a reset."""
+        self.make(max_in_flight=1)
+        first, _ = self.connect("10.6.6.1", 4400)
+        first.dataReceived(post(b"<" * 900)[:-10])
+        pending: Deferred[Any] = Deferred()
+        self.site.authenticate = lambda request: pending
+        proto, transport = self.connect("10.6.6.2", 4401)
+        proto.dataReceived(post(b"<" * 900)[:-10])
+        self.assertEqual(transport.producerState, "paused")
+        pending.callback(OPERATOR)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 429 Too Many Requests"))
+        self.assertEqual(transport.producerState, "producing")
+        self.assertIsNone(proto._holding)
+        self.assertEqual(self.site.arriving, {"ci-bot": 1})
+
     def test_an_ipv6_fleet_in_one_64_may_count_by_address(self) -> None:
         """
         From the second reading: a cloud subnet is one /64, so a fleet there

@@ -69,6 +69,9 @@ class Dispatcher:
         self.refusals = refusals
         self._policy = policy
         self._limits = limits
+        #: What a request's body paid beyond its call (`charge_body`), by
+        #: request id, for the calls of a multicall in it; until it is over.
+        self._paid: dict[str, int] = {}
         self.deadline = deadline
         self.max_wait = max_wait
         self.max_multicall = max_multicall
@@ -104,7 +107,9 @@ class Dispatcher:
         record is not waited for but added there, so that the records of
         one multicall share a group commit, and ``budget`` is what is left
         of the multicall's answer (`AnswerBudget`); ``charged``: the call's
-        rate was spent already (`charge_body`).
+        rate was spent already, with its body (`charge_body`): then the
+        calls of a multicall in it draw first on what the body paid beyond
+        its own call.
 
         Cancelling it cancels the handler's work, except for a call that
         changes Airflow: that one runs on to its real outcome, which its
@@ -119,7 +124,8 @@ class Dispatcher:
         entered = False
         try:
             if self._limits is not None:
-                if not charged:
+                paid = charged or (not top and self._paid_ahead(ctx))
+                if not paid:
                     self._limits.take(who)
                 if top:
                     self._limits.enter(who)
@@ -136,6 +142,8 @@ class Dispatcher:
                          onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
+        if charged:
+            d.addBoth(self._settled, ctx)
         changes = spec is not None and spec.changes_airflow(args)
         if budget is not None and spec is not None:
             d.addCallback(budget.charge, changes)
@@ -155,17 +163,36 @@ class Dispatcher:
         """
         Before a request body of ``size`` bytes is parsed, spend its call
         and what its size costs more (`CallLimits.body_cost`) from its
-        caller's rate, if it costs more: True if spent (`call` is then told
-        ``charged``), False if there was nothing more to spend (most bodies:
-        their call is spent as it is made).  `errors.RateLimited` if the
-        caller has no call left: a large body is then not parsed at all.
+        caller's rate, if it is paid for first: True if spent (`call` is
+        then told ``charged``, or `settle` is called if it never is), False
+        if not (a small body: its call is spent as it is made).
+        `errors.RateLimited` if the caller has no call left: the body is
+        then not parsed at all.
         """
         if self._limits is None:
             return False
         extra = self._limits.body_cost(size)
-        if not extra:
+        if extra is None:
             return False
         self._limits.take(who_of(ctx), 1 + extra)
+        if extra:
+            self._paid[ctx.request_id] = extra
+        return True
+
+    def settle(self, ctx: CallContext) -> None:
+        """The request `charge_body` charged is over: what it paid and did not use is spent."""
+        self._paid.pop(ctx.request_id, None)
+
+    def _settled(self, result: Any, ctx: CallContext) -> Any:
+        self.settle(ctx)
+        return result
+
+    def _paid_ahead(self, ctx: CallContext) -> bool:
+        """Take one call of what the request's body paid ahead, if any is left."""
+        left = self._paid.get(ctx.request_id, 0)
+        if not left:
+            return False
+        self._paid[ctx.request_id] = left - 1
         return True
 
     def _deadline_for(self, spec: MethodSpec | None, args: tuple[Any, ...]) -> float:

@@ -4,10 +4,12 @@ Rates and caps, kept before work is done.
 - `CallLimits`, per principal: a rate of calls (token bucket) and a cap on
   calls in flight, both answered with fault 429.  Every call counts against
   the rate, including each call inside a ``system.multicall``; the in-flight
-  cap counts HTTP requests (a multicall is one).  A request body costs one
-  call more per `BODY_BYTES_PER_CALL` bytes, charged before it is parsed:
-  parsing is the dearest thing a caller with no scopes at all can have the
-  gateway do (about 30-65 ms of the reactor per MiB).
+  cap counts HTTP requests (a multicall is one).  A body of
+  `PAID_FIRST_BYTES` or more is paid for before it is parsed, one call more
+  per `BODY_BYTES_PER_CALL` bytes (the calls of a multicall in it draw on
+  what was paid: a request costs the larger of the two); past the rate it
+  is refused unparsed.  Parsing is the dearest thing a caller with no
+  scopes at all can have the gateway do (10-65 ms of the reactor per MiB).
 - `ConnectionRate`, per source: a rate of new connections, checked before
   the TLS handshake (see `GatewaySite.buildProtocol`).
 """
@@ -25,6 +27,10 @@ from ..core import errors
 MAX_TRACKED = 10000
 #: A request body costs one call of its caller's rate more per this many bytes.
 BODY_BYTES_PER_CALL = 64 * 1024
+#: A body this large or larger is paid for before it is parsed.  Below it (nearly
+#: every call) a call is charged once parsed, so that a refusal for the rate names
+#: the method; parsing one costs at most about what any request costs the gateway.
+PAID_FIRST_BYTES = 4 * 1024
 
 
 @attrs.define
@@ -93,9 +99,13 @@ class CallLimits:
             )
 
     @staticmethod
-    def body_cost(size: int) -> int:
-        """The calls a request body of ``size`` bytes costs beyond its call itself."""
-        return size // BODY_BYTES_PER_CALL
+    def body_cost(size: int) -> int | None:
+        """
+        The calls a request body of ``size`` bytes costs beyond its call
+        itself, to be paid before it is parsed; None for a body too small to
+        be paid for first.
+        """
+        return size // BODY_BYTES_PER_CALL if size >= PAID_FIRST_BYTES else None
 
     def spend(self, name: str) -> bool:
         """

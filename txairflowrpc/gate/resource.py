@@ -111,17 +111,24 @@ class RPCResource(Resource):
                    f"request body is larger than {self.max_body_bytes} bytes", principal)
             return
         ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
+        charged = False
         try:
             # A large body's parse is paid for first; past the caller's rate
             # it is refused unread (its refusal counted, as the rate's are).
             charged = self._dispatcher.charge_body(ctx, len(body))
             method, params = wire.parse_call(body, charset=_charset(request))
         except errors.GatewayError as e:
+            if charged:
+                self._dispatcher.settle(ctx)
             recorded = self.refusals.record(_fields(
                 self.refusals, request, request_id, e.message, principal, fault_code=e.code))
             content = wire.dump_fault(e.to_fault())
             recorded.addBoth(lambda _: _write(request, content))
             return
+        except BaseException:
+            if charged:
+                self._dispatcher.settle(ctx)
+            raise
         del body
         d = self._dispatcher.call(ctx, method, params, charged=charged)
         gone: list[Failure] = []

@@ -403,6 +403,11 @@ class GatewayChannel(http.HTTPChannel):
         if self._refusing or self._lost:  # a slow sign-in's caller may have gone meanwhile
             return
         if self.length != 0 and not self._content_waiting and not self._body_coming(principal):
+            # Refused: what a pending sign-in held goes, and reading resumes
+            # so that the body is read and dropped while the 429 goes out.
+            self._holding = None
+            if not self._waitingForTransport:
+                self._networkProducer.resumeProducing()
             return
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()

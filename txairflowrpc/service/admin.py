@@ -16,7 +16,10 @@ rate-limited, circuit breaker state).  No secret is ever in them.
 ``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`),
 rendered at most `SCRAPES_PER_SECOND` times a second for one address (bursts
 of `SCRAPE_BURST`; past that 429): a render costs about 2 ms of CPU, and a few
-connections asking without pause took a core from the calls.
+connections asking without pause took a core from the calls.  A worker's
+listener (``listen.workers`` > 1) does not count what comes from its own
+host's address: the supervisor asks it for every scrape of its own listener,
+which is counted there.
 
 Probes send no body: a request that declares one (or is chunked) is answered
 413 before a byte of it is read (twisted.web would have spooled it to a temp
@@ -239,9 +242,12 @@ class AdminSite(server.Site):
     requestFactory = _AdminRequest
 
     def __init__(self, resource: IResource, *, reactor: IReactorTime,
-                 ipv6_prefix: int = 64) -> None:
+                 ipv6_prefix: int = 64, scrapes_from_self: bool = False) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
         self.ipv6_prefix = ipv6_prefix
+        #: Scrapes from this host's own address are not counted (a worker's
+        #: listener: the supervisor's fan-out comes from there).
+        self.scrapes_from_self = scrapes_from_self
         self.connections: BySource[_AdminChannel] = BySource()
         #: Renders of ``/metrics`` per address (`SCRAPES_PER_SECOND`).
         self.scrapes = ConnectionRate(reactor)
@@ -319,13 +325,8 @@ class HealthResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
-            if request.method in (b"GET", b"HEAD") and not _may_scrape(request):
-                request.setResponseCode(429)
-                request.setHeader(b"Retry-After", b"1")
-                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-                return head_without_body(
-                    request, b"more than %d scrapes a second from one address\n"
-                    % SCRAPES_PER_SECOND)
+            if request.method in (b"GET", b"HEAD") and not may_scrape(request):
+                return head_without_body(request, too_many_scrapes(request))
             return head_without_body(request, self._metrics.render(request))
         return head_without_body(request, super().render(request))
 
@@ -363,16 +364,32 @@ class HealthResource(Resource):
         _answer(request, 500, {"ready": False, "error": "internal error in the probe"})
 
 
-def _may_scrape(request: server.Request) -> bool:
+def may_scrape(request: server.Request) -> bool:
     """Whether the address asking may have ``/metrics`` rendered now (`SCRAPES_PER_SECOND`)."""
     channel = request.channel
     site = getattr(channel, "site", None)
     if not isinstance(site, AdminSite):
         return True  # not served by the admin listener (a test's resource alone)
+    if site.scrapes_from_self and _from_own_address(channel.transport):
+        return True
     if site.scrapes.take(channel.source, SCRAPES_PER_SECOND, SCRAPE_BURST):
         return True
     site.scrapes_refused += 1
     return False
+
+
+def too_many_scrapes(request: server.Request) -> bytes:
+    """The 429 of a scrape past `SCRAPES_PER_SECOND` (`may_scrape`)."""
+    request.setResponseCode(429)
+    request.setHeader(b"Retry-After", b"1")
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return b"more than %d scrapes a second from one address\n" % SCRAPES_PER_SECOND
+
+
+def _from_own_address(transport: Any) -> bool:
+    """Whether a connection comes from the address it came to (this host)."""
+    peer, host = transport.getPeer(), transport.getHost()
+    return bool(getattr(peer, "host", None)) and peer.host == getattr(host, "host", None)
 
 
 def head_without_body(request: server.Request, body: Any) -> Any:

@@ -50,7 +50,7 @@ from twisted.web.resource import Resource
 
 from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
-from .admin import finish, head_without_body
+from .admin import finish, head_without_body, may_scrape, too_many_scrapes
 from .supervisor import WorkerState
 
 __all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
@@ -270,6 +270,8 @@ class GatheredHealth(Resource):
             d = self._admins.ask("/readyz", b"application/json")
             d.addCallback(self._ready, request)
         elif request.path == b"/metrics":
+            if not may_scrape(request):
+                return too_many_scrapes(request)
             d = self._admins.ask("/metrics", OPENMETRICS)
             accept = (request.getHeader(b"accept") or b"").decode("latin-1")
             encoding = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")

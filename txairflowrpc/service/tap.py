@@ -301,6 +301,7 @@ class Parts:
             "refused_connections": self.site.refused_connections,
             "slow_clients_dropped": self.site.slow_dropped,
             "calls_rate_limited": self.limits.refused,
+            "bodies_refused_past_in_flight": self.site.arriving_refused,
             "circuit": self.breaker.state,
             "calls_failed_fast": self.breaker.rejected,
         }
@@ -593,7 +594,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
                       "admin")
         top.listen(Listener(admin, AdminSite(health, reactor=reactor,
-                                             ipv6_prefix=cfg.limits.ipv6_source_prefix),
+                                             ipv6_prefix=cfg.limits.ipv6_source_prefix,
+                                             scrapes_from_self=worker is not None),
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
         bound.append(admin)
     # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
