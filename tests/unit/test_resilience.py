@@ -459,6 +459,53 @@ class CallLimitTests(SynchronousTestCase):
         self.successResultOf(gw.post(b"<methodCall>" + b"\xff" * 70000))
         self.assertEqual(dispatcher._paid, {})
 
+    def test_a_body_gives_its_multicall_only_the_credit_it_paid(self) -> None:
+        """
+        From a second reading: a caller owing its whole burst spends less than
+        a large body costs, yet its multicall was credited the whole cost (410
+        calls in 60 s at a rate of 1 and a burst of 5).
+        """
+        cfg = attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50,
+                                                    max_body_bytes=1 << 20))
+        gw = gateway(cfg)
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=5, max_in_flight=10)
+        padded = {"methodName": "ping", "params": ["x" * (240 * 1024)]}
+        calls = [padded] * 3 + [{"methodName": "ping", "params": []}] * 40  # 11 calls more
+        results = self.successResultOf(gw.call_d("system.multicall", calls))[2]
+        # 5 tokens, down to -5: 10 spent of its 12, its own call's and 9 for its
+        # entries: the 3 padded ones (each refused -32602) and 6 pings.
+        self.assertEqual({r["faultCode"] for r in results[:3]}, {-32602})
+        self.assertEqual(results[3:9], [["pong"]] * 6)
+        self.assertEqual({r["faultCode"] for r in results[9:]}, {429})
+
+    def test_entries_that_are_no_calls_draw_on_the_credit_too(self) -> None:
+        cfg = attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50))
+        gw = gateway(cfg)
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=10, max_in_flight=10)
+        padded = {"methodName": "ping", "params": ["x" * (200 * 1024)]}  # 3 calls more
+        results = self.successResultOf(gw.call_d(
+            "system.multicall", [7, 7, 7, {"methodName": "ping", "params": []}, padded]))[2]
+        self.assertEqual(results[3], ["pong"])
+        # 4 paid first, the 3 entries on credit, the ping and the padded one: 6 spent.
+        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(5)]
+        self.assertEqual(answers[:4], ["pong"] * 4)
+        self.assertEqual(answers[4].faultCode, 429)
+
+    def test_a_paid_body_that_is_not_xml_rpc_is_not_charged_again(self) -> None:
+        gw = gateway()
+        gw.site.refusals.charge = lambda name: gw.site.rpc._dispatcher._limits.spend(name)
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=10, max_in_flight=10)
+        response = self.successResultOf(gw.post(b"<methodCall>" + b"<x>" * 2000))
+        with self.assertRaises(xmlrpc.client.Fault) as refused:
+            xmlrpc.client.loads(self.successResultOf(response.content()))
+        self.assertEqual(refused.exception.faultCode, -32600)
+        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(10)]
+        self.assertEqual(answers[:9], ["pong"] * 9)
+        self.assertEqual(answers[9].faultCode, 429)
+
     def test_a_call_past_its_deadline_is_504_and_its_work_is_cancelled(self) -> None:
         gw = gateway()
         dispatcher = gw.site.rpc._dispatcher

@@ -174,9 +174,13 @@ class Dispatcher:
         extra = self._limits.body_cost(size)
         if extra is None:
             return False
-        self._limits.take(who_of(ctx), 1 + extra)
-        if extra:
-            self._paid[ctx.request_id] = extra
+        spent = self._limits.take(who_of(ctx), 1 + extra)
+        # Only what was spent, beyond the call itself, is credit: a caller
+        # owing its whole burst spent less than the body's cost (found by review:
+        # at a small burst, credit never paid for let a multicall run far past the rate).
+        credit = min(extra, int(spent) - 1)
+        if credit > 0:
+            self._paid[ctx.request_id] = credit
         return True
 
     def settle(self, ctx: CallContext) -> None:
@@ -512,7 +516,7 @@ class Dispatcher:
         # An entry that is no call costs a call of the rate, as a call does;
         # past it, it is counted as the calls past it are (see `_finish`).
         if (self._limits is not None and self.refusals is not None
-                and not self._limits.spend(who)):
+                and not self._paid_ahead(ctx) and not self._limits.spend(who)):
             self._tally(ctx, "invalid_call", fields)
             return
         recorded = self._append(fields, "invalid")

@@ -46,16 +46,18 @@ class _Bucket:
         self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
         self.stamp = now
 
-    def take(self, cost: int = 1, floor: float = 0.0) -> bool:
+    def take(self, cost: int = 1, floor: float = 0.0) -> float:
         """
-        Spend ``cost`` tokens; False if there is not a whole one.  What a
-        cost of more than one leaves owing takes the bucket below zero, down
-        to ``floor`` at most, and is paid back by the time that refills it.
+        Spend ``cost`` tokens; what was spent (0: there was not a whole
+        one).  What a cost of more than one leaves owing takes the bucket
+        below zero, down to ``floor`` at most (then less than ``cost`` is
+        spent), and is paid back by the time that refills it.
         """
         if self.tokens < 1:
-            return False
+            return 0.0
+        before = self.tokens
         self.tokens = max(min(floor, 0.0), self.tokens - cost)
-        return True
+        return before - self.tokens
 
 
 class CallLimits:
@@ -84,19 +86,22 @@ class CallLimits:
         bucket.refill(now, self.rate, self.burst)
         return bucket
 
-    def take(self, name: str, cost: int = 1) -> None:
+    def take(self, name: str, cost: int = 1) -> float:
         """
-        Spend ``cost`` calls of ``name``'s rate; `errors.RateLimited` if not
-        one is left.  A cost above one (a large body, `body_cost`) may leave
-        ``name`` owing up to its burst: its next calls wait until it is paid.
+        Spend ``cost`` calls of ``name``'s rate; what was spent, or
+        `errors.RateLimited` if not one call is left.  A cost above one (a
+        large body, `body_cost`) may leave ``name`` owing up to its burst
+        (what is beyond that is not spent): its next calls wait until it is paid.
         """
         bucket = self._bucket(name)
-        if not bucket.take(cost, -float(self.burst)):
+        spent = bucket.take(cost, -float(self.burst))
+        if not spent:
             self.refused += 1
             raise errors.RateLimited(
                 f"more than {self.rate:g} calls per second (bursts of {self.burst})",
                 retry_after=(1 - bucket.tokens) / self.rate,
             )
+        return spent
 
     @staticmethod
     def body_cost(size: int) -> int | None:
@@ -117,7 +122,7 @@ class CallLimits:
             bucket = self._bucket(name)
         except errors.RateLimited:  # every caller tracked has a call in flight
             return False
-        return bucket.take()
+        return bool(bucket.take())
 
     def enter(self, name: str) -> None:
         """Count a request in flight; `errors.RateLimited` past the cap."""
@@ -168,7 +173,7 @@ class ConnectionRate:
         else:
             self._buckets.move_to_end(source)
             bucket.refill(now, rate, burst)
-        return bucket.take()
+        return bool(bucket.take())
 
     def refund(self, source: str) -> None:
         """Give back the connection `take` spent (refused for a cause not the source's)."""

@@ -99,14 +99,17 @@ class RefusalLog:
         """`target_fields` under this log's digest key."""
         return target_fields(target, self._digest_key)
 
-    def record(self, fields: dict[str, Any]) -> Deferred[None]:
+    def record(self, fields: dict[str, Any], *, charged: bool = False) -> Deferred[None]:
         """
         Record one refusal; the Deferred fires once it is on disk (or at once
         without an audit log) and never fails: a refusal is answered even when
         the trail cannot be written (the trail then refuses every call anyway).
+        ``charged``: its caller paid for the request already (a body paid for
+        before it was parsed), so it is not charged a call again.
         """
         principal = fields.get("principal")
-        if self.charge is not None and isinstance(principal, str) and not self.charge(principal):
+        if (self.charge is not None and not charged and isinstance(principal, str)
+                and not self.charge(principal)):
             self.note(str(fields.get("source", "")), "request", fields, by=principal)
             return succeed(None)
         self.noted += 1

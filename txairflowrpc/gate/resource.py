@@ -121,7 +121,8 @@ class RPCResource(Resource):
             if charged:
                 self._dispatcher.settle(ctx)
             recorded = self.refusals.record(_fields(
-                self.refusals, request, request_id, e.message, principal, fault_code=e.code))
+                self.refusals, request, request_id, e.message, principal, fault_code=e.code),
+                charged=charged)
             content = wire.dump_fault(e.to_fault())
             recorded.addBoth(lambda _: _write(request, content))
             return
