@@ -7,6 +7,7 @@ results, and says "met" or "NOT met" with the value next to its limit.
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 from typing import Iterable
 
@@ -97,7 +98,9 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                  workers: list[Point] | Refused | None,
                  workers_base: list[Point] | None = None,
                  floor_pair: tuple[Point, Point] | None = None,
-                 workers_share: list[Point] | None = None) -> list[str]:
+                 workers_share: list[Point] | None = None,
+                 workers_ratios: dict[int, list[float]] | None = None,
+                 floor_ratios: list[float] | None = None) -> list[str]:
     """One line per target: met / NOT met (value vs limit); "report:" where there is no limit."""
     lines = []
     generator = load_generator_line(points.values())
@@ -183,18 +186,25 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
         for p in workers:
             base = one.get(p.concurrency)
             if p.concurrency == 64 and base and base.rate:
-                ratio = p.rate / base.rate
+                # Each round's two sides saw the same minute of a noisy machine:
+                # the verdict is on the median of the rounds' ratios, not on the
+                # ratio of two medians that may come from different rounds.
+                rounds = (workers_ratios or {}).get(64) or [p.rate / base.rate]
+                ratio = statistics.median(rounds)
                 lines.append(
                     f"target: B with 2 workers ≥ 1.7x B's calls/s at c=64, zero errors: "
                     f"{_verdict(ratio >= WORKERS_RATIO and p.error_count == 0)} "
-                    f"({ratio:.3f}x: {_n(p.rate)} vs B's {_n(base.rate)} calls/s, limit ≥ "
+                    f"({ratio:.3f}x, the median of the rounds' "
+                    f"{', '.join(f'{r:.3f}x' for r in rounds)}, each the workers against B "
+                    f"measured right after them; the medians: {_n(p.rate)} vs B's "
+                    f"{_n(base.rate)} calls/s = {p.rate / base.rate:.3f}x; limit ≥ "
                     f"{WORKERS_RATIO:.2f}x; errors {p.error_count}; CPU "
                     f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call; upstream "
                     f"{_n(p.upstream_per_call, 3)} vs {_n(base.upstream_per_call, 3)} "
                     f"requests per call)")
                 lines.extend(_machine_line(p, base))
                 lines.extend(_share_line(p, base, shares.get(p.concurrency)))
-                lines.extend(_reference_line(floor_pair))
+                lines.extend(_reference_line(floor_pair, floor_ratios))
                 continue
             versus = f" = {p.rate / base.rate:.2f}x B's {_n(base.rate)}" if base else ""
             lines.append(f"report: B, 2 workers at c={p.concurrency}: {_n(p.rate)} calls/s"
@@ -224,7 +234,8 @@ def _share_line(p: Point, base: Point | None, share: Point | None) -> list[str]:
     return [line]
 
 
-def _reference_line(floor_pair: tuple[Point, Point] | None) -> list[str]:
+def _reference_line(floor_pair: tuple[Point, Point] | None,
+                    rounds: list[float] | None = None) -> list[str]:
     """
     What two processes of the floor (A) reached against one, measured in
     turn like the workers against B: a reference for the workers' ratio on
@@ -235,8 +246,10 @@ def _reference_line(floor_pair: tuple[Point, Point] | None) -> list[str]:
     if not floor_pair or not floor_pair[1].rate:
         return []
     two, one = floor_pair
+    rounds = rounds or [two.rate / one.rate]
     line = (f"report: for reference, A (twisted.web + TLS, fixed reply) served by 2 processes "
-            f"made {two.rate / one.rate:.3f}x one A at c={two.concurrency} ({_n(two.rate)} vs "
+            f"made {statistics.median(rounds):.3f}x one A at c={two.concurrency} (the median of "
+            f"the rounds' {', '.join(f'{r:.3f}x' for r in rounds)}; the medians: {_n(two.rate)} vs "
             f"{_n(one.rate)} calls/s; CPU {_n(two.cpu_us_per_call)} vs "
             f"{_n(one.cpu_us_per_call)} µs/call; wrk {two.wrk_cpu_pct:.0f}% vs "
             f"{one.wrk_cpu_pct:.0f}%; errors {two.error_count} and {one.error_count})")

@@ -110,9 +110,13 @@ class Findings:
     workers_base: list[Point] = attrs.Factory(list)
     #: B at each worker's share of the workers' connections, measured with them.
     workers_share: list[Point] = attrs.Factory(list)
+    #: By concurrency, each round's ratio of the workers' calls/s to B's.
+    workers_ratios: dict[int, list[float]] = attrs.Factory(dict)
     #: The floor with 2 processes and the lineup's A measured alternately
     #: with it: a reference for the 2 workers' ratio on this machine.
     floor_pair: tuple[Point, Point] | None = None
+    #: Each round's ratio of the floor's 2 processes to one A.
+    floor_ratios: list[float] = attrs.Factory(list)
     #: Every round of every lineup point (the medians are in ``points``).
     rounds: list[Point] = attrs.Factory(list)
     airflow: list[Point] = attrs.Factory(list)
@@ -158,11 +162,13 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
             if isinstance(measured, Refused):
                 found.workers = measured
             else:
-                found.workers, found.workers_base, found.workers_share = measured
+                (found.workers, found.workers_base, found.workers_share,
+                 found.workers_ratios, found.floor_ratios) = measured
             log(f"B, 2 workers: {found.workers}")
             if isinstance(found.workers, list):  # a reference for their ratio
-                found.floor_pair = floor_processes(processes, lineup, 2, 64, args.seconds,
-                                                   args.warmup, args.rounds)
+                two, one, found.floor_ratios = floor_processes(
+                    processes, lineup, 2, 64, args.seconds, args.warmup, args.rounds)
+                found.floor_pair = (two, one)
                 log(f"A, 2 processes: {found.floor_pair[0]}")
         for process, _ in lineup.servers.values():
             processes.stop(process)
@@ -191,7 +197,8 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
     args.results.mkdir(parents=True, exist_ok=True)
     targets = report.target_lines(
         {(p.server, p.concurrency): p for p in found.points}, found.idle, found.storm,
-        found.waits, found.workers, found.workers_base, found.floor_pair, found.workers_share)
+        found.waits, found.workers, found.workers_base, found.floor_pair, found.workers_share,
+        found.workers_ratios, found.floor_ratios)
     tables: list[str] = []
     if found.points or found.storm or isinstance(found.workers, list):
         tables += ["## get_dag_run against the stub Airflow", "",
@@ -238,6 +245,8 @@ def write_results(args: argparse.Namespace, found: Findings, machine: str,
         "rounds": [attrs.asdict(p) for p in found.rounds],
         "workers_base": [attrs.asdict(p) for p in found.workers_base],
         "workers_share": [attrs.asdict(p) for p in found.workers_share],
+        "workers_ratios": found.workers_ratios,
+        "floor_ratios": found.floor_ratios,
         "floor_pair": ([attrs.asdict(p) for p in found.floor_pair] if found.floor_pair
                        else None),
         "storm": attrs.asdict(found.storm) if found.storm else None,

@@ -142,7 +142,7 @@ def wait_storm(lineup: Lineup, calls: int, runs: int, interval: float,
 def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                   fragment: str, concurrencies: tuple[int, ...], seconds: float,
                   warmup: float, rounds: int = 1, share: int = 1,
-                  ) -> tuple[list[Point], list[Point], list[Point]] | Refused:
+                  ) -> tuple[list[Point], list[Point], list[Point], dict[int, list[float]]] | Refused:
     """
     Another gateway, the benchmark's config with ``fragment`` laid over it,
     measured like B at ``concurrencies``, ``rounds`` times, each time just
@@ -150,8 +150,10 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
     sides see the same moment of a noisy machine), and then B at
     ``1/share`` of it (the connections each of ``share`` workers sees, as
     ``B, one worker's share``: a gateway's CPU per call depends on how many
-    callers it serves at once); the medians of the three, or `Refused` if
-    twistd would not take the config.  Stopped before returning.
+    callers it serves at once); the medians of the three and, by
+    concurrency, each round's ratio of its calls/s to B's (measured side by
+    side), or `Refused` if twistd would not take the config.  Stopped before
+    returning.
     """
     port = free_port()
     directory = work / name.replace(" ", "-").replace(",", "")
@@ -178,6 +180,7 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
             return lineup.stub.requests(), chains()
 
         points, base, shares = [], [], []
+        ratios: dict[int, list[float]] = {}
         alone = lineup.target("B")
         one_share = attrs.evolve(alone, name="B, one worker's share")
         for c in concurrencies:
@@ -191,6 +194,8 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                 share_of.append(measure(one_share, lineup.pid("B"), max(1, c // share),
                                         seconds=seconds, warmup=warmup,
                                         counts=lineup.counts.get("B"), prefix=f"s{c}r{r}"))
+                if ours[-1].rate:
+                    ratios.setdefault(c, []).append(theirs[-1].rate / ours[-1].rate)
                 print(f"{name} c={c} round {r + 1}/{rounds}: {theirs[-1].rate:,.0f} vs B's "
                       f"{ours[-1].rate:,.0f} calls/s (B at c={share_of[-1].concurrency}: "
                       f"{share_of[-1].cpu_us_per_call or 0:,.0f} µs/call)", flush=True)
@@ -201,7 +206,7 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                  for path in sorted((directory / "audit").glob("audit.w*.jsonl"))}
         if split:  # how evenly the kernel spread the connections over the workers
             print(f"{name}: calls recorded per worker chain: {split}", flush=True)
-        return points, base, shares
+        return points, base, shares, ratios
     finally:
         processes.stop(gateway)
 
@@ -218,11 +223,13 @@ def listening(port: int) -> int:
 
 
 def floor_processes(processes: Processes, lineup: Lineup, count: int, concurrency: int,
-                    seconds: float, warmup: float, rounds: int = 1) -> tuple[Point, Point]:
+                    seconds: float, warmup: float, rounds: int = 1,
+                    ) -> tuple[Point, Point, list[float]]:
     """
     The floor served by ``count`` processes (`servers/floor.py` ``--processes``),
     measured at ``concurrency`` ``rounds`` times, each time just before the
-    lineup's A; the medians of both.  Stopped before returning.
+    lineup's A; the medians of both and each round's ratio of their calls/s.
+    Stopped before returning.
     """
     port = free_port()
     process, log = processes.start(f"A-{count}-processes", [
@@ -242,6 +249,7 @@ def floor_processes(processes: Processes, lineup: Lineup, count: int, concurrenc
                                 warmup=warmup, prefix=f"fa{r}"))
             print(f"A, {count} processes c={concurrency} round {r + 1}/{rounds}: "
                   f"{theirs[-1].rate:,.0f} vs A's {ours[-1].rate:,.0f} calls/s", flush=True)
-        return median_point(theirs), median_point(ours)
+        ratios = [t.rate / o.rate for t, o in zip(theirs, ours) if o.rate]
+        return median_point(theirs), median_point(ours), ratios
     finally:
         processes.stop(process)
