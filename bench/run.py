@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
                 found.workers = measured
             else:
                 (found.workers, found.workers_base, found.workers_share,
-                 found.workers_ratios, found.floor_ratios) = measured
+                 found.workers_ratios) = measured
             log(f"B, 2 workers: {found.workers}")
             if isinstance(found.workers, list):  # a reference for their ratio
                 two, one, found.floor_ratios = floor_processes(
