@@ -28,7 +28,6 @@ from txairflowrpc.service.admin import (
     MAX_PER_SOURCE,
     REQUEST_SECONDS,
     SCRAPE_BURST,
-    SCRAPES_IN_ALL_BURST,
     SCRAPES_PER_SECOND,
     SETTLE_SECONDS,
     AdminSite,
@@ -360,14 +359,14 @@ class AdminListenerTests(SynchronousTestCase):
         proto.dataReceived(scrape * int(SCRAPES_PER_SECOND + 1))
         self.assertEqual(transport.value().count(b"HTTP/1.1 200"), SCRAPES_PER_SECOND)
         self.assertEqual(transport.value().count(b"HTTP/1.1 429"), 1)
-        # All addresses together are held too (an IPv6 fleet, each within its own).
-        self.site = AdminSite(health, reactor=self.clock)
-        served = 0
+        # Each address has its own: a few flooding ones do not keep a scraper
+        # out (found by review of a cap for all addresses together).
         for k in range(6):
-            fleet, fleet_wire = self.connect(5100 + k, f"10.0.1.{k}")
+            fleet, _ = self.connect(5100 + k, f"10.0.1.{k}")
             fleet.dataReceived(scrape * SCRAPE_BURST)
-            served += fleet_wire.value().count(b"HTTP/1.1 200")
-        self.assertEqual(served, SCRAPES_IN_ALL_BURST)
+        prometheus, prometheus_wire = self.connect(5200, "10.0.2.1")
+        prometheus.dataReceived(scrape)
+        self.assertIn(b"HTTP/1.1 200", prometheus_wire.value())
         # A worker's listener does not count the supervisor's fan-out (from
         # its own host's address), only others'.
         self.site = AdminSite(health, reactor=self.clock, scrapes_from_self=True)
