@@ -111,7 +111,7 @@ class Findings:
     #: B at each worker's share of the workers' connections, measured with them.
     workers_share: list[Point] = attrs.Factory(list)
     #: By concurrency, each round's ratio of the workers' calls/s to B's.
-    workers_ratios: dict[int, list[float]] = attrs.Factory(dict)
+    workers_ratios: dict[int, list[float | None]] = attrs.Factory(dict)
     #: The floor with 2 processes and the lineup's A measured alternately
     #: with it: a reference for the 2 workers' ratio on this machine.
     floor_pair: tuple[Point, Point] | None = None

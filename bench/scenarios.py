@@ -142,7 +142,8 @@ def wait_storm(lineup: Lineup, calls: int, runs: int, interval: float,
 def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                   fragment: str, concurrencies: tuple[int, ...], seconds: float,
                   warmup: float, rounds: int = 1, share: int = 1,
-                  ) -> tuple[list[Point], list[Point], list[Point], dict[int, list[float]]] | Refused:
+                  ) -> tuple[list[Point], list[Point], list[Point],
+                             dict[int, list[float | None]]] | Refused:
     """
     Another gateway, the benchmark's config with ``fragment`` laid over it,
     measured like B at ``concurrencies``, ``rounds`` times, each time just
@@ -180,7 +181,7 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
             return lineup.stub.requests(), chains()
 
         points, base, shares = [], [], []
-        ratios: dict[int, list[float]] = {}
+        ratios: dict[int, list[float | None]] = {}
         alone = lineup.target("B")
         one_share = attrs.evolve(alone, name="B, one worker's share")
         for c in concurrencies:
@@ -194,8 +195,8 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                 share_of.append(measure(one_share, lineup.pid("B"), max(1, c // share),
                                         seconds=seconds, warmup=warmup,
                                         counts=lineup.counts.get("B"), prefix=f"s{c}r{r}"))
-                if ours[-1].rate:
-                    ratios.setdefault(c, []).append(theirs[-1].rate / ours[-1].rate)
+                ratios.setdefault(c, []).append(  # None: B made no calls, no ratio
+                    theirs[-1].rate / ours[-1].rate if ours[-1].rate else None)
                 print(f"{name} c={c} round {r + 1}/{rounds}: {theirs[-1].rate:,.0f} vs B's "
                       f"{ours[-1].rate:,.0f} calls/s (B at c={share_of[-1].concurrency}: "
                       f"{share_of[-1].cpu_us_per_call or 0:,.0f} µs/call)", flush=True)
