@@ -201,7 +201,7 @@ def target_lines(points: dict[tuple[str, int], Point], idle: dict[str, IdleResul
                     + (f" (no verdict: round {', '.join(missing)} has no ratio)"
                        if missing else "")
                     + ", each the workers against B "
-                    f"measured right after them; the medians: {_n(p.rate)} vs B's "
+                    f"measured next to them; the medians: {_n(p.rate)} vs B's "
                     f"{_n(base.rate)} calls/s = {p.rate / base.rate:.3f}x; limit ≥ "
                     f"{WORKERS_RATIO:.2f}x; errors {p.error_count}; CPU "
                     f"{_n(p.cpu_us_per_call)} vs {_n(base.cpu_us_per_call)} µs/call; upstream "

@@ -146,9 +146,10 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
                              dict[int, list[float | None]]] | Refused:
     """
     Another gateway, the benchmark's config with ``fragment`` laid over it,
-    measured like B at ``concurrencies``, ``rounds`` times, each time just
-    before the lineup's B at the same concurrency (so that both ratios'
-    sides see the same moment of a noisy machine), and then B at
+    measured like B at ``concurrencies``, ``rounds`` times, each time next
+    to the lineup's B at the same concurrency, before it in odd rounds and
+    after it in even ones (so that both ratios' sides see the same moment of
+    a noisy machine, neither always second), and then B at
     ``1/share`` of it (the connections each of ``share`` workers sees, as
     ``B, one worker's share``: a gateway's CPU per call depends on how many
     callers it serves at once); the medians of the three and, by
@@ -187,11 +188,17 @@ def extra_gateway(processes: Processes, work: Path, lineup: Lineup, name: str,
         for c in concurrencies:
             theirs, ours, share_of = [], [], []
             for r in range(rounds):
-                theirs.append(measure(target, gateway.pid, c, seconds=seconds, warmup=warmup,
-                                      counts=counts, prefix=f"x{c}r{r}"))
-                ours.append(measure(alone, lineup.pid("B"), c, seconds=seconds,
-                                    warmup=warmup, counts=lineup.counts.get("B"),
-                                    prefix=f"b{c}r{r}"))
+                # Who goes first alternates from round to round, so that neither
+                # side always meets the machine as the other left it.
+                first, then = (theirs, ours) if r % 2 == 0 else (ours, theirs)
+                for side in (first, then):
+                    if side is theirs:
+                        theirs.append(measure(target, gateway.pid, c, seconds=seconds,
+                                              warmup=warmup, counts=counts, prefix=f"x{c}r{r}"))
+                    else:
+                        ours.append(measure(alone, lineup.pid("B"), c, seconds=seconds,
+                                            warmup=warmup, counts=lineup.counts.get("B"),
+                                            prefix=f"b{c}r{r}"))
                 share_of.append(measure(one_share, lineup.pid("B"), max(1, c // share),
                                         seconds=seconds, warmup=warmup,
                                         counts=lineup.counts.get("B"), prefix=f"s{c}r{r}"))
