@@ -16,11 +16,11 @@ rate-limited, circuit breaker state).  No secret is ever in them.
 ``GET /metrics`` is the Prometheus text format (`txairflowrpc.service.metrics`),
 rendered at most `SCRAPES_PER_SECOND` times a second for one address (bursts
 of `SCRAPE_BURST`; past that 429): a render costs about 2 ms of CPU, and a
-few connections asking without pause took a core from the calls.  A worker's listener
-(``listen.workers`` > 1) does not count what comes from its own host's
-address: the supervisor asks it for every scrape of its own listener, which
-is counted there (a relay on the same host, a port forward, would be
-counted as the supervisor is).
+few connections asking without pause took a core from the calls.  A
+worker's listener (``listen.workers`` > 1) does not count what comes from
+its own host's address: the supervisor asks it for every scrape of its own
+listener, which is counted there (a relay on the same host, a port forward,
+would not be counted either, as the supervisor is not).
 
 Probes send no body: a request that declares one (or is chunked) is answered
 413 before a byte of it is read (twisted.web would have spooled it to a temp
@@ -122,19 +122,16 @@ LINGER_SECONDS = 2.0
 class _AdminRequest(server.Request):
     """A request to the admin listener: one with a body is refused before its body is read."""
 
-    refused = False
-
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # never a temp file
         if length != 0:  # declared, or chunked (None)
-            self.refused = True
             self.channel.refuse_body()
 
     def handleContentChunk(self, data: bytes) -> None:
         pass  # nothing of a body is kept: a request with one is refused
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self.refused:
+        if not self.channel.refusing:
             super().requestReceived(command, path, version)
 
 
@@ -254,7 +251,7 @@ class AdminSite(server.Site):
         self.connections: BySource[_AdminChannel] = BySource()
         #: Renders of ``/metrics`` per address (`SCRAPES_PER_SECOND`).
         self.scrapes = ConnectionRate(reactor)
-        #: Scrapes refused 429 past that rate, for tests and the counters.
+        #: Scrapes refused 429 past that rate, for tests.
         self.scrapes_refused = 0
         #: Connections closed at once at a cap, and idle ones closed to make
         #: room, for tests and the log.
