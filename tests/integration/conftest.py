@@ -41,10 +41,23 @@ def audit_records(path: Path, **loads: Any) -> list[dict[str, Any]]:
     return [json.loads(line, **loads) for line in path.read_text().split("\n")[:-1]]
 
 
+#: Ports `free_port` has handed out in this run: never handed out twice.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A port free now that no earlier call gave: the kernel may give a port
+    just closed again, and a gateway once got the same one for its TLS and
+    its admin listener ("address already in use", found in CI).
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def client_context(pki: DevPKI, client: ClientFiles | None) -> ssl.SSLContext:

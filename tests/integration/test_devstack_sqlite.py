@@ -36,12 +36,38 @@ HOLD_SECONDS = 8
 def sqlite_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
     af = LocalAirflow(tmp_path_factory.mktemp("sqlite-airflow"), free_port(),
                       secrets.token_urlsafe(16))
-    try:
-        af.start()
-        af.wait_dags(["example_noop"])
-        yield af
-    finally:
-        af.stop()
+    # The suite's Airflow holds the default log server ports.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
+        env.setenv("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
+        try:
+            af.start()
+            af.wait_dags(["example_noop"])
+            _wait_for_the_scheduled_run(af)
+            yield af
+        finally:
+            af.stop()
+
+
+def _wait_for_the_scheduled_run(af: LocalAirflow, timeout: float = 120.0) -> None:
+    """
+    Until example_daily's run at start-up has ended: its task's writes, held
+    up behind the lock the test takes, once kept the trigger from SQLite's
+    lock for all of its 30 s (seen in CI).  The test is of one writer
+    waiting for another, not of that pile-up.
+    """
+    token = af.token("admin", af.admin_password)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"{af.base_url}/api/v2/dags/example_daily/dagRuns?run_type=scheduled",
+            headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            runs = json.load(answer)["dag_runs"]
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"example_daily's scheduled run did not end in {timeout} s")
 
 
 def _trigger(af: LocalAirflow, token: str, run_id: str, into: dict[str, Any]) -> None:
