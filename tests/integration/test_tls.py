@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 import xmlrpc.client
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from txairflowrpc.devstack.pki import DevPKI
 
-from .conftest import RunningGateway, client_context
+from .conftest import RunningGateway, audit_records, client_context
 
 
 def handshake(gateway: RunningGateway, ctx: ssl.SSLContext) -> str:
@@ -31,10 +34,37 @@ def test_no_client_certificate_is_refused(gateway: RunningGateway) -> None:
 
 def test_certificate_from_another_ca_is_refused(gateway: RunningGateway, tmp_path: Path) -> None:
     other = DevPKI.create(tmp_path / "other")
-    stranger = other.client("ci-bot.example.com")
+    stranger = other.client("stranger.example.com")
     ctx = client_context(gateway.pki, None)
     ctx.load_cert_chain(str(stranger.cert), str(stranger.key))
     assert handshake(gateway, ctx).startswith("refused")
+    # The trail says which certificate, and why (within the refusal window).
+    assert refused_certificate(gateway, "CN=stranger.example.com,") == {
+        "error": "unable to get local issuer certificate", "depth": 0}
+
+
+def test_an_expired_certificate_is_refused_and_the_trail_says_so(
+    gateway: RunningGateway,
+) -> None:
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    expired = gateway.pki.client("expired.example.com", not_after=past)
+    assert handshake(gateway, client_context(gateway.pki, expired)).startswith("refused")
+    assert refused_certificate(gateway, "CN=expired.example.com,") == {
+        "error": "certificate has expired", "depth": 0}
+
+
+def refused_certificate(gateway: RunningGateway, subject: str) -> dict[str, Any]:
+    """What the trail says of the refused certificate of ``subject`` (waits for its record)."""
+    deadline = time.monotonic() + 15
+    while True:
+        for record in audit_records(gateway.audit_path):
+            refused = record.get("tls_certificate") or {}
+            if record.get("refusal") == "tls_handshake" and str(
+                    refused.get("subject", "")).startswith(subject):
+                assert record["tls_error"] == "certificate verify failed"
+                return {k: v for k, v in refused.items() if k != "subject"}
+        assert time.monotonic() < deadline, f"no tls_handshake record names {subject}"
+        time.sleep(0.2)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -6,6 +6,7 @@ a TLS client on the other side, bytes carried between them by the test.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import gc
 import xmlrpc.client
 from pathlib import Path
@@ -17,7 +18,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -27,7 +28,9 @@ from twisted.python.failure import Failure
 
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.gate.site import SiteTLSFactory
-from txairflowrpc.gate.tls import ReloadableTLS, release_buffers, server_options
+from txairflowrpc.gate.tls import (
+    ReloadableTLS, certificate_refusal, release_buffers, server_options,
+)
 from txairflowrpc.identity.authenticate import Gate
 from txairflowrpc.service.checked import build_authenticator, load_checked
 from txairflowrpc.service.tap import build_site
@@ -132,6 +135,27 @@ def exchange(
     return client_side.wrappedProtocol, server_wire
 
 
+def refused_handshake(
+    tmp_path: Path, pki: DevPKI, client: ClientFiles | None  # noqa: F811
+) -> dict[str, Any]:
+    """
+    A handshake the server refuses, and what the site noted of it (the fields
+    of its ``tls_handshake`` refusal), once the connection is gone.
+    """
+    clock, server_side, server_wire, client_side, client_wire = _connect(
+        tmp_path, pki, client, Collector)
+    noted: list[tuple[str, dict[str, Any]]] = []
+    refusals = server_side.factory.wrappedFactory.refusals
+    refusals.note = lambda source, kind, fields, **_: noted.append((kind, fields))
+    _shuttle(clock, server_side, server_wire, client_side, client_wire)
+    assert client_side.wrappedProtocol.received == b""  # no HTTP answer at all
+    assert server_wire.disconnecting  # the server closed the connection
+    server_side.connectionLost(Failure(ConnectionDone()))
+    (kind, fields), = noted
+    assert kind == "tls_handshake"
+    return fields
+
+
 def test_a_client_certificate_from_the_ca_gets_in(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
     answer, _ = exchange(tmp_path, pki, pki.client("ci-bot.example.com"))
     assert answer.received.startswith(b"HTTP/1.1 200")
@@ -140,18 +164,47 @@ def test_a_client_certificate_from_the_ca_gets_in(tmp_path: Path, pki: DevPKI) -
 
 
 def test_no_client_certificate_fails_the_handshake(tmp_path: Path, pki: DevPKI) -> None:  # noqa: F811
-    answer, server_wire = exchange(tmp_path, pki, None)
-    assert answer.received == b""  # no HTTP answer at all
-    assert server_wire.disconnecting  # the server closed the connection
+    fields = refused_handshake(tmp_path, pki, None)
+    assert fields["tls_error"] == "peer did not return a certificate"
+    assert fields["tls_certificate"] is None  # none was presented: nothing to explain
 
 
-def test_a_certificate_from_another_ca_fails_the_handshake(
+def test_a_certificate_from_another_ca_fails_the_handshake_and_says_why(
     tmp_path: Path, pki: DevPKI  # noqa: F811
 ) -> None:
     stranger = DevPKI.create(tmp_path / "other").client("ci-bot.example.com")
-    answer, server_wire = exchange(tmp_path, pki, stranger)
-    assert answer.received == b""
-    assert server_wire.disconnecting
+    fields = refused_handshake(tmp_path, pki, stranger)
+    assert fields["tls_error"] == "certificate verify failed"
+    refused = fields["tls_certificate"]
+    assert (refused["error"], refused["depth"]) == ("unable to get local issuer certificate", 0)
+    assert refused["subject"].startswith("CN=ci-bot.example.com,")
+
+
+def test_an_expired_certificate_fails_the_handshake_and_says_so(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    """
+    Found by ops: a refused certificate's record said only "certificate
+    verify failed"; which certificate, and why, had to be guessed.
+    """
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    expired = pki.client("etl-bot-expired", not_after=past)
+    fields = refused_handshake(tmp_path, pki, expired)
+    assert fields["tls_error"] == "certificate verify failed"
+    assert fields["tls_certificate"]["error"] == "certificate has expired"
+    assert fields["tls_certificate"]["depth"] == 0
+    assert fields["tls_certificate"]["subject"].startswith("CN=etl-bot-expired,")
+
+
+def test_the_verify_callback_keeps_the_verdict_of_openssl(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    """A certificate that passes gets in, and its connection holds no refusal."""
+    clock, server_side, server_wire, client_side, client_wire = _connect(
+        tmp_path, pki, pki.client("ci-bot.example.com"), Collector)
+    _shuttle(clock, server_side, server_wire, client_side, client_wire)
+    assert client_side.wrappedProtocol.received.startswith(b"HTTP/1.1 200")
+    assert certificate_refusal(server_side) is None
 
 
 

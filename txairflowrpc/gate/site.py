@@ -61,7 +61,7 @@ from ..identity.principal import Principal
 from .connections import BySource
 from .limits import ConnectionRate
 from .refusals import RPC_TARGET, RefusalLog, method_field
-from .tls import release_buffers
+from .tls import certificate_refusal, release_buffers
 
 _log = Logger()
 
@@ -650,8 +650,10 @@ class GatewayChannel(http.HTTPChannel):
             self._counted = False
             self.gateway.left(self)
         if not self._sawRequest and reason.check(SSL.Error):
+            refused = certificate_refusal(self.transport)  # the TLS protocol
             self.gateway.refusals.note(self._peer(), "tls_handshake", {
                 "reason": "TLS handshake failed", "tls_error": _tls_reason(reason.value),
+                "tls_certificate": refused.to_json() if refused is not None else None,
             })
         super().connectionLost(reason)
 

@@ -5,7 +5,10 @@ The listener's TLS.
 or newer, with client certificates verified against the configured CA
 (mutual TLS): required, so that a handshake without one fails before any
 HTTP is read, or optional when tokens may authenticate instead.
-`ReloadableTLS` lets a reload swap the certificates for new connections.
+`ReloadableTLS` lets a reload swap the certificates for new connections
+and remembers why OpenSSL refused a client's certificate
+(`certificate_refusal`), so that the record of a failed handshake says
+"certificate has expired" rather than only "certificate verify failed".
 `release_buffers` gives back the room an in-memory TLS connection's
 buffers kept after the bytes they held went.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
@@ -118,11 +122,67 @@ def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+@attrs.frozen
+class CertificateRefusal:
+    """Why OpenSSL refused the certificate a client presented in a handshake."""
+
+    #: OpenSSL's words for its verify error, e.g. ``certificate has expired``.
+    error: str
+    #: Where in the chain: 0 is the client's own certificate, 1 its issuer, ...
+    depth: int
+    #: The refused certificate's subject (RFC 4514), at most 200 characters.
+    subject: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _verify_error_text(code: int) -> str:
+    """OpenSSL's words for an X509 verify error code."""
+    words = getattr(_lib, "X509_verify_cert_error_string", None)
+    if words is not None:
+        text = words(code)
+        if text != _ffi.NULL:
+            return str(_ffi.string(text).decode("ascii", "replace"))
+    return f"X509 verify error {code}"
+
+
+def _note_refusal(
+    connection: SSL.Connection, certificate: crypto.X509, code: int, depth: int, ok: int,
+) -> bool:
+    """
+    The verify callback: OpenSSL's verdict on each certificate of the
+    client's chain, unchanged (``ok``); the first refusal is kept on the
+    connection's TLS protocol (Twisted makes it the connection's app data)
+    for `certificate_refusal`.  Nothing is done for a certificate that
+    passes, and nothing here can turn a verdict over (pyOpenSSL fails the
+    handshake if a callback raises, so it cannot).
+    """
+    if not ok:
+        try:
+            protocol = connection.get_app_data()
+            if protocol is not None and certificate_refusal(protocol) is None:
+                subject = certificate.to_cryptography().subject.rfc4514_string()
+                protocol.certificate_refusal = CertificateRefusal(
+                    _verify_error_text(code), depth, subject[:200])
+        except Exception:  # a refusal goes on unexplained rather than not at all
+            pass
+    return bool(ok)
+
+
+def certificate_refusal(protocol: Any) -> CertificateRefusal | None:
+    """Why the client's certificate was refused on a TLS ``protocol``, if it was."""
+    refusal = getattr(protocol, "certificate_refusal", None)
+    return refusal if isinstance(refusal, CertificateRefusal) else None
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ReloadableTLS:
     """
     The listener's TLS, whose options a reload can replace: new
-    connections use the new certificates, open ones keep theirs.
+    connections use the new certificates, open ones keep theirs.  A
+    client certificate OpenSSL refuses is explained on its connection
+    (`certificate_refusal`).
     """
 
     def __init__(self, options: ssl.CertificateOptions) -> None:
@@ -140,6 +200,11 @@ class ReloadableTLS:
         # its handshake, for good (the gateway trusts a connection's earlier
         # verdict), and a client cannot make the server redo handshakes.
         context.set_options(SSL.OP_NO_RENEGOTIATION)
+        mode = context.get_verify_mode()
+        if mode != SSL.VERIFY_NONE:
+            # OpenSSL decides as before (the callback returns its verdict);
+            # the callback only keeps the reason of a refusal.
+            context.set_verify(mode, _note_refusal)
         self._options = options
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
