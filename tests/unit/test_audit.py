@@ -1134,11 +1134,23 @@ class CallerFloodTests(SynchronousTestCase):
         results = self.successResultOf(d)[2]
         self.assertEqual({r["faultCode"] for r in results}, {-32602})  # each answered alike
         records = self.records()
+        # Spent when the multicall started, 50 from a burst of 40: each
+        # entry paid for, and recorded; the caller owes 10.
         self.assertEqual(len([r for r in records if r["kind"] == "call"
-                              and r["decision"] == "invalid"]), 39)
-        counted = [r for r in records if r.get("refusal") == "invalid_call"]
-        self.assertEqual(sum(r["count"] for r in counted), 11)  # the multicall took one
-        self.assertEqual({r["fault_code"] for r in counted}, {-32602})  # what they got
+                              and r["decision"] == "invalid"]), 50)
+        self.assertEqual([r for r in records if r.get("refusal") == "invalid_call"], [])
+        d = self.gw.call_d("system.multicall", [7] * 50)  # owing: refused whole, counted
+        self.gw.client.flush()
+        self.assertEqual(self.successResultOf(d)[2].faultCode, 429)
+        self.clock.advance(0.55)  # paid back (10 at 20 a second) and one call more
+        d = self.gw.call_d("system.multicall", [7] * 2)
+        self.gw.client.flush()
+        self.assertEqual({r["faultCode"] for r in self.successResultOf(d)[2]}, {-32602})
+        records = self.records()
+        self.assertEqual(len([r for r in records if r["kind"] == "call"
+                              and r["decision"] == "invalid"]), 52)
+        counted = [r for r in records if r.get("refusal") == "rate_limited"]
+        self.assertEqual(sum(r["count"] for r in counted), 1)
 
     def test_refused_requests_cost_a_call_each(self) -> None:
         for i in range(300):

@@ -383,10 +383,41 @@ class CallLimitTests(SynchronousTestCase):
         gw.advance(2)
         multi = self.successResultOf(gw.call_d("system.multicall", [
             {"methodName": "ping", "params": []}] * 3))[2]
-        # the multicall itself took a token: every inner call counts too
-        self.assertEqual(multi.faultCode if hasattr(multi, "faultCode") else
-                         [m if isinstance(m, list) else m["faultCode"] for m in multi],
-                         [["pong"], 429, 429])
+        # Every inner call counts: three, from a bucket of two, let in whole
+        # (one was left), the third owed: the next call waits until it is paid.
+        self.assertEqual(multi, [["pong"]] * 3)
+        owing = self.successResultOf(gw.call_d("ping"))[2]
+        self.assertEqual(owing.faultCode, 429)
+        self.assertIn("retry after 2.0 s", owing.faultString)  # from -1 to 1 at 1 a second
+        gw.advance(2)
+        self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
+
+    def test_the_largest_multicall_is_let_in_whole_whatever_the_burst(self) -> None:
+        """
+        Found by a newcomer: with the defaults (a burst of 40, multicalls of
+        up to 50) a multicall of 45 pings always had its last 6 refused, however
+        long its caller had waited; with two workers (a burst of 20 each),
+        everything past 19.  Now its calls are spent when it starts, owing what
+        the bucket lacks: the rate over time is the same.
+        """
+        gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
+        dispatcher = gw.site.rpc._dispatcher
+        for burst in (40, 20):
+            dispatcher._limits = CallLimits(gw.clock, rate=10, burst=burst, max_in_flight=10)
+            multi = self.successResultOf(gw.call_d("system.multicall", [
+                {"methodName": "ping", "params": []}] * 50))[2]
+            self.assertEqual(multi, [["pong"]] * 50)
+            owing = self.successResultOf(gw.call_d("ping"))[2]  # owes 50 - burst
+            self.assertEqual(owing.faultCode, 429)
+            self.assertIn(f"retry after {(51 - burst) / 10:.1f} s", owing.faultString)
+            gw.advance((51 - burst) / 10)
+            self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
+            # With no call left, a multicall is refused whole, as a call is.
+            refused = self.successResultOf(gw.call_d("system.multicall", [
+                {"methodName": "ping", "params": []}] * 2))[2]
+            self.assertEqual(refused.faultCode, 429)
+            gw.advance(60)
+        self.assertEqual(dispatcher._paid, {})  # nothing kept once the requests are over
 
     def test_a_cost_above_one_leaves_the_caller_owing_up_to_its_burst(self) -> None:
         clock = Clock()
@@ -448,10 +479,10 @@ class CallLimitTests(SynchronousTestCase):
         results = self.successResultOf(gw.call_d("system.multicall", calls))[2]
         self.assertEqual(results[:30], [["pong"]] * 30)
         self.assertEqual(results[30]["faultCode"], -32602)
-        # 1 + 31 = 32 spent in all (the body's 3 among them): 8 calls left.
-        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(9)]
-        self.assertEqual(answers[:8], ["pong"] * 8)
-        self.assertEqual(answers[8].faultCode, 429)
+        # 31 spent in all, the larger of the body's 4 and its 31 calls: 9 calls left.
+        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(10)]
+        self.assertEqual(answers[:9], ["pong"] * 9)
+        self.assertEqual(answers[9].faultCode, 429)
         self.assertEqual(dispatcher._paid, {})  # nothing kept once the request is over
         # A large body refused before it is parsed keeps nothing either.
         self.successResultOf(gw.post(b"<methodCall>" + b"\xff" * 70000))
@@ -473,11 +504,12 @@ class CallLimitTests(SynchronousTestCase):
         padded = {"methodName": "ping", "params": ["x" * (240 * 1024)]}
         calls = [padded] * 3 + [{"methodName": "ping", "params": []}] * 40  # 11 calls more
         results = self.successResultOf(gw.call_d("system.multicall", calls))[2]
-        # 5 tokens, down to -5: 10 spent of its 12, its own call's and 9 for its
-        # entries: the 3 padded ones (each refused -32602) and 6 pings.
+        # 5 tokens, down to -5: 10 spent of its 12, each for one of its entries
+        # (a multicall's own call is its calls'): the 3 padded ones (each
+        # refused -32602) and 7 pings; nothing was left for the other 33.
         self.assertEqual({r["faultCode"] for r in results[:3]}, {-32602})
-        self.assertEqual(results[3:9], [["pong"]] * 6)
-        self.assertEqual({r["faultCode"] for r in results[9:]}, {429})
+        self.assertEqual(results[3:10], [["pong"]] * 7)
+        self.assertEqual({r["faultCode"] for r in results[10:]}, {429})
 
     def test_entries_that_are_no_calls_draw_on_the_credit_too(self) -> None:
         cfg = attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50))
@@ -488,10 +520,11 @@ class CallLimitTests(SynchronousTestCase):
         results = self.successResultOf(gw.call_d(
             "system.multicall", [7, 7, 7, {"methodName": "ping", "params": []}, padded]))[2]
         self.assertEqual(results[3], ["pong"])
-        # 4 paid first, the 3 entries on credit, the ping and the padded one: 6 spent.
-        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(5)]
-        self.assertEqual(answers[:4], ["pong"] * 4)
-        self.assertEqual(answers[4].faultCode, 429)
+        # 4 paid first, 1 more for its 5 entries (the 3 that are no calls, the
+        # ping and the padded one): 5 spent, the larger of the two.
+        answers = [self.successResultOf(gw.call_d("ping"))[2] for _ in range(6)]
+        self.assertEqual(answers[:5], ["pong"] * 5)
+        self.assertEqual(answers[5].faultCode, 429)
 
     def test_a_paid_body_that_is_not_xml_rpc_is_not_charged_again(self) -> None:
         gw = gateway()

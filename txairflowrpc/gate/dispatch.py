@@ -122,10 +122,12 @@ class Dispatcher:
         top = multicall_index is None
         who = who_of(ctx)
         entered = False
+        prepaid = False
         try:
             if self._limits is not None:
-                paid = charged or (not top and self._paid_ahead(ctx))
-                if not paid:
+                if top and name == "system.multicall" and spec is not None:
+                    prepaid = self._prepay_multicall(ctx, who, args, charged)
+                elif not (charged or (not top and self._paid_ahead(ctx))):
                     self._limits.take(who)
                 if top:
                     self._limits.enter(who)
@@ -142,7 +144,7 @@ class Dispatcher:
                          onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
-        if charged:
+        if charged or prepaid:
             d.addBoth(self._settled, ctx)
         changes = spec is not None and spec.changes_airflow(args)
         if budget is not None and spec is not None:
@@ -181,6 +183,35 @@ class Dispatcher:
         credit = min(extra, int(spent) - 1)
         if credit > 0:
             self._paid[ctx.request_id] = credit
+        return True
+
+    def _prepay_multicall(
+        self, ctx: CallContext, who: str, args: tuple[Any, ...], charged: bool,
+    ) -> bool:
+        """
+        Spend a multicall's calls when it starts, N calls for N entries (at
+        least one; one for a multicall refused for its size): with a call
+        left, its caller may owe the rest, up to ``rpc.max_multicall``, so
+        that the largest multicall allowed is let in whole whatever the
+        burst (a worker's share of it is half).  Its entries then draw on
+        what was spent (`_paid_ahead`).  A body paid for first
+        (``charged``) paid the request's own call and maybe more: only what
+        the calls cost beyond that is spent, and if nothing is left for
+        it, the calls past what was paid are charged, and refused, one by
+        one.  `errors.RateLimited` if not ``charged`` and not one call is
+        left.  Whether the request now holds credit (to `settle`).
+        """
+        assert self._limits is not None
+        entries = args[0] if len(args) == 1 and isinstance(args[0], list) else []
+        calls = len(entries) if len(entries) <= self.max_multicall else 0
+        if charged:
+            have = 1 + self._paid.get(ctx.request_id, 0)
+            if calls > have:
+                have += int(self._limits.prepay(who, calls - have, owing=self.max_multicall))
+        else:
+            have = int(self._limits.take(who, max(1, calls), owing=self.max_multicall))
+        if calls:
+            self._paid[ctx.request_id] = min(calls, have)
         return True
 
     def settle(self, ctx: CallContext) -> None:
