@@ -211,6 +211,36 @@ def test_url_defaults_and_refusals() -> None:
         assert "sekrit" not in caught.value.message and "two words" not in caught.value.message
 
 
+@pytest.mark.parametrize(("token", "why"), [
+    ("arpc_x", "it is shorter than 8 characters"),
+    ("Bearer arpc_x", "it is shorter than 8 characters"),
+    ("arpc_" + "x" * 8188, "it is longer than 8192 characters"),
+    ("arpc_two words", "it holds a space, a line break or a character that is not printable"),
+    ("arpc_s\u00e9cret_123", "it holds a space"),
+    ("arpc_x_123\n456", "it holds a space, a line break"),
+])
+def test_an_unsendable_token_is_refused_saying_the_rule_and_never_the_token(
+    token: str, why: str,
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        settings.read({"AIRFLOWRPC_URL": URL, "AIRFLOWRPC_TOKEN": token})
+    message = caught.value.message
+    assert message.startswith(
+        "the token from AIRFLOWRPC_TOKEN cannot be sent: a token is 8 to 8192 characters of "
+        "printable ASCII without spaces (a gateway token or a JWT), and "), message
+    assert why in message
+    assert "arpc_" not in message and "words" not in message and "123" not in message
+
+
+def test_a_token_of_8_or_8192_characters_is_sent(tmp_path: Path) -> None:
+    for token in ("arpc_xyz", "arpc_" + "x" * 8187):
+        assert settings.read({"AIRFLOWRPC_URL": URL, "AIRFLOWRPC_TOKEN": token}).token == token
+    (tmp_path / "token").write_text("arpc_x\n")
+    with pytest.raises(UsageError, match=r"--token-file .*token cannot be sent: a token is 8 "
+                                         r"to 8192 .* it is shorter than 8 characters"):
+        settings.read({"AIRFLOWRPC_URL": URL}, token_file=str(tmp_path / "token"))
+
+
 def test_a_bearer_prefix_and_blank_token_are_forgiven() -> None:
     s = settings.read({"AIRFLOWRPC_URL": URL, "AIRFLOWRPC_TOKEN": "Bearer arpc_x_12345678"})
     assert s.token == "arpc_x_12345678"

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import pytest
 
-from txairflowrpc.client import commands
+from txairflowrpc.client import commands, failures
 from txairflowrpc.client.console import Console
 from txairflowrpc.client.deadline import GRACE
 from txairflowrpc.client.errors import FaultReply, HTTPRefused, Unreachable
@@ -118,14 +118,83 @@ def test_a_failed_mapped_instance_shows_its_own_log(monkeypatch: pytest.MonkeyPa
 def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = FakeGateway()
     hostile = ["::add-mask::nothing", "  ::stop-commands::x", "\x1b[0Ksection_start:1:x",
-               "::group::Pre Execute", "tab\there"]
+               "::group::Pre Execute", "::group::x ::add-mask::y", "tab\there"]
     monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(hostile))
     got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
     shown = got.err.splitlines()
     for line in ("| ::add-mask::nothing", "|   ::stop-commands::x", "| ?[0Ksection_start:1:x",
-                 "| ::group::Pre Execute", "| tab\there"):
+                 "| tab\there"):
         assert line in shown
+    assert "::group::" not in got.err  # a group marker is left out, never passed on
     assert not [line for line in shown if line.lstrip().startswith("::") or "\x1b" in line]
+
+
+#: The end of a failed task's log from Airflow 3.3.2 as the gateway gives it
+#: (txairflowrpc.upstream.shapes.format_log_content): the log server's own
+#: header group has no timestamp or level, the task runner's groups do.
+AIRFLOW_FAILED_LOG = [
+    "::group::Log message source details",
+    "sources=[\"/opt/airflow/logs/dag_id=example_fail/run_id=r1/task_id=boom/attempt=1.log\"]",
+    "::endgroup::",
+    "2026-05-01T10:00:00.100000Z [info] DAG bundles loaded: dags-folder",
+    "2026-05-01T10:00:00.200000Z [info] ::group::Pre Execute",
+    "2026-05-01T10:00:00.300000Z [info] ::endgroup::",
+    "2026-05-01T10:00:00.400000Z [info] about to fail",
+    "2026-05-01T10:00:00.500000Z [error] ValueError: the input file is empty",
+    "2026-05-01T10:00:00.600000Z [error] Task failed with exception",
+    "2026-05-01T10:00:00.700000Z [info] ::group::Post Execute",
+    "2026-05-01T10:00:00.800000Z [info] ::endgroup::",
+    "::group::Post Execute",
+    "::endgroup::",
+]
+
+
+def test_a_failed_tasks_log_tail_leaves_out_airflows_group_markers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--log-lines 2`` shows the error, not the markers that end an Airflow 3 task's log."""
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(AIRFLOW_FAILED_LOG) + "\n")
+    got = run_in_memory(["trigger", "example_fail", "--wait", "--log-lines", "2"], gateway)
+    assert got.status == 1
+    lines = got.err.splitlines()
+    start = lines.index(f"----- task {FAILING_TASK} failed (try 1): last 2 of 5 log "
+                        f"lines -----")
+    assert lines[start + 1:start + 4] == [
+        "| 2026-05-01T10:00:00.500000Z [error] ValueError: the input file is empty",
+        "| 2026-05-01T10:00:00.600000Z [error] Task failed with exception",
+        f"----- end of task {FAILING_TASK} -----"]
+    assert "group::" not in got.err
+    whole = run_in_memory(["trigger", "example_fail", "--wait", "--log-lines", "50"], gateway)
+    assert f"task {FAILING_TASK} failed (try 1): last 5 of 5 log lines" in whole.err
+    assert "| sources=[" in whole.err and "group::" not in whole.err
+
+
+def test_what_a_group_holds_stays_in_the_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the marker lines go: a failure callback's output inside Post Execute is kept."""
+    gateway = FakeGateway()
+    log = ["[error] Task failed with exception", "[info] ::group::Post Execute",
+           "[info] paging the on-call engineer", "[info] ::endgroup::"]
+    monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(log))
+    got = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait", "--log-lines", "2"], gateway)
+    assert got.status == 1, got.err
+    assert ("last 2 of 2 log lines -----\n| [error] Task failed with exception\n"
+            "| [info] paging the on-call engineer\n----- end of task") in got.err
+
+
+@pytest.mark.parametrize("line", [
+    "::group::Post Execute", "::group::", "::endgroup::", "::endgroup::  ",
+    "[info] ::endgroup::", "2026-05-01T10:00:00Z [info] ::group::Pre Execute",
+    "2026-05-01T10:00:00+00:00 ::endgroup::"])
+def test_a_group_marker_is_only_a_marker(line: str) -> None:
+    assert failures.is_group_marker(line)
+
+
+@pytest.mark.parametrize("line", [
+    "", "::endgroup:: but then an error", "::add-mask::x", "  ::endgroup::",
+    "printed ::endgroup::", "[info] ::endgroup::x", "2026-05-01T10:00:00Z [error] ::groupie::"])
+def test_a_line_with_more_than_a_marker_is_not_one(line: str) -> None:
+    assert not failures.is_group_marker(line)
 
 
 def test_what_the_failure_report_takes_from_the_gateway_cannot_command_it_either() -> None:
@@ -257,6 +326,16 @@ def test_trigger_usage_errors_send_nothing(argv: list[str], says: str) -> None:
     gateway = FakeGateway()
     got = run_in_memory(argv, gateway)
     assert got.status == 2 and says in got.err and gateway.calls == []
+
+
+def test_a_too_short_token_exits_2_saying_how_long_a_token_is() -> None:
+    gateway = FakeGateway()
+    got = run_in_memory(["call", "ping"], gateway, env={"AIRFLOWRPC_TOKEN": "arpc_x"})
+    assert got.status == 2 and gateway.calls == []
+    assert ("the token from AIRFLOWRPC_TOKEN cannot be sent: a token is 8 to 8192 characters "
+            "of printable ASCII without spaces (a gateway token or a JWT), and it is shorter "
+            "than 8 characters") in got.err
+    assert "arpc_x" not in got.err + got.out
 
 
 # -- over real TLS -----------------------------------------------------------

@@ -28,6 +28,21 @@ LOG_TIMEOUT = 120.0
 #: Control characters (ANSI escapes among them) other than tab, and the
 #: characters that move or break the text around them.
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{LAYOUT_CONTROLS}]")
+#: A line that is only one of the log grouping markers Airflow writes
+#: (``::group::Pre Execute``, ``::group::Post Execute``, ``::endgroup::``),
+#: bare or after the ``<timestamp> [<level>]`` the gateway puts before a
+#: log entry's event (``2026-01-01T00:00:00Z [info] ::endgroup::``).
+_GROUP_MARKER = re.compile(r"(?:[0-9]\S* )?(?:\[\w+\] )?::(?:group::.*|endgroup::)\s*\Z")
+
+
+def is_group_marker(line: str) -> bool:
+    """
+    Whether ``line`` is only an Airflow log grouping marker: it folds the log
+    in Airflow's UI and says nothing of why a task failed, yet a failed
+    task's log ends with ``::group::Post Execute`` and ``::endgroup::``.
+    What is inside a group (the failure callbacks' output among it) is kept.
+    """
+    return _GROUP_MARKER.match(line) is not None
 
 
 def quoted(line: str) -> str:
@@ -37,7 +52,8 @@ def quoted(line: str) -> str:
     (GitHub Actions: a line starting ``::``, such as ``::add-mask::`` or
     ``::stop-commands::``; GitLab: ``section_start`` after an escape), and a
     task's log is written by whoever controls the task: never let it
-    command the pipeline.  Airflow's own ``::group::`` lines are shown, not
+    command the pipeline.  Airflow's own ``::group::`` lines are left out of
+    a tail (`is_group_marker`); any other line starting ``::`` is shown, not
     obeyed.
     """
     return "| " + _CONTROL.sub("?", line)
@@ -50,9 +66,10 @@ class TaskTail:
     task_id: str
     map_index: int
     try_number: int
-    #: The last lines (at most the number asked for); empty with a problem.
+    #: The last lines (at most the number asked for), Airflow's group
+    #: markers left out; empty with a problem.
     lines: tuple[str, ...] = ()
-    #: How many lines the whole log had.
+    #: How many lines the whole log had, not counting group markers.
     total: int = 0
     #: Why there is no log to show, or None.
     problem: str | None = None
@@ -107,7 +124,7 @@ def _tail(
         text = gateway.call("get_task_log", *args, timeout=LOG_TIMEOUT)
     except ClientError as e:
         return TaskTail(task_id, map_index, try_number, problem=e.message)
-    all_lines = str(text).splitlines()
+    all_lines = [line for line in str(text).splitlines() if not is_group_marker(line)]
     kept = all_lines[-lines:] if lines > 0 else []
     return TaskTail(task_id, map_index, try_number, tuple(kept), len(all_lines))
 

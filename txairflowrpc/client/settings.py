@@ -55,7 +55,9 @@ DEFAULT_PATH = "/RPC2"
 #: What a token may be made of: a gateway token (``arpc_...``) or a JWT, as
 #: an HTTP header value.  Anything else would be refused by http.client with
 #: an error quoting it, so it is refused here without being quoted.
-_TOKEN = re.compile(r"[!-~]{8,8192}\Z")
+_TOKEN_CHARACTERS = re.compile(r"[!-~]*\Z")
+#: The fewest and most characters a token may have.
+MIN_TOKEN, MAX_TOKEN = 8, 8192
 
 
 @attrs.frozen
@@ -254,10 +256,17 @@ def _sendable_token(token: str, source: str) -> str:
     """``token`` without a ``Bearer`` prefix; `UsageError` (never quoting it) if unsendable."""
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
-    if not _TOKEN.match(token):
-        raise UsageError(f"the token from {source} cannot be sent: it must be one line of "
-                         "printable ASCII without spaces (a gateway token or a JWT)")
-    return token
+    if not _TOKEN_CHARACTERS.match(token):
+        why = "it holds a space, a line break or a character that is not printable ASCII"
+    elif len(token) < MIN_TOKEN:
+        why = f"it is shorter than {MIN_TOKEN} characters"
+    elif len(token) > MAX_TOKEN:
+        why = f"it is longer than {MAX_TOKEN} characters"
+    else:
+        return token
+    raise UsageError(f"the token from {source} cannot be sent: a token is {MIN_TOKEN} to "
+                     f"{MAX_TOKEN} characters of printable ASCII without spaces (a gateway "
+                     f"token or a JWT), and {why}")
 
 
 def from_environment(**flags: Any) -> Settings:
