@@ -76,10 +76,30 @@ def idp() -> Iterator[JWKSServer]:
     server.close()
 
 
+#: A provider whose key set is kept 2 s (its own server: a test changes its keys).
+BRIEF_ISSUER = "https://brief.idp.example.test"
+BRIEF_SIGNER = Signer("RS256", "brief-1")
+
+
+@pytest.fixture(scope="module")
+def brief_idp() -> Iterator[JWKSServer]:
+    server = JWKSServer(jwks(BRIEF_SIGNER))
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, pki: DevPKI, airflow: LocalAirflow,
-       idp: JWKSServer) -> Iterator[RunningGateway]:
+       idp: JWKSServer, brief_idp: JWKSServer) -> Iterator[RunningGateway]:
     extra = f"""
+[oidc.brief]
+issuer = "{BRIEF_ISSUER}"
+audience = "airflowrpc"
+jwks_url = "{brief_idp.url}"
+jwks_refetch_cooldown_seconds = 1
+jwks_max_age_seconds = 2
+claim_roles = {{ "airflow-ci" = ["ci"] }}
+
 [oidc.corp]
 issuer = "{ISSUER}"
 audience = "airflowrpc"
@@ -224,6 +244,45 @@ def jwt(signer: Signer = SIGNER, header: dict[str, Any] | None = None, **claims:
             "exp": int(time.time()) + 300, "scope": "openid airflow-ci"}
     body.update(claims)
     return signer.sign(body, header=header)
+
+
+def test_a_removed_key_ends_the_sign_in_of_a_keep_alive_connection(
+    gw: RunningGateway, brief_idp: JWKSServer,
+) -> None:
+    """
+    Found by review: a connection signed in with a JWT before the provider
+    removed its key kept working for as long as it stayed open (the verdict
+    was reused until the token's exp, which whoever holds the key chooses).
+    Now it lapses with the key set it was reached with (jwks_max_age_seconds).
+    """
+    token = jwt(BRIEF_SIGNER, iss=BRIEF_ISSUER)
+    body = xmlrpc.client.dumps((), "whoami").encode()
+    conn = http.client.HTTPSConnection("localhost", gw.port, timeout=10,
+                                       context=client_context(gw.pki, None))
+
+    def call() -> int:
+        conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml",
+                                             "Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    try:
+        assert call() == 200
+        sock = conn.sock
+        assert call() == 200 and conn.sock is sock  # one connection: its verdict reused
+        brief_idp.document = jwks(Signer("RS256", "brief-2"))  # the provider drops brief-1
+        deadline = time.monotonic() + 15
+        statuses: list[int] = []
+        while time.monotonic() < deadline:
+            time.sleep(0.5)  # well within the idle timeout: the connection stays open
+            assert conn.sock is sock, statuses  # each asked on the connection signed in
+            statuses.append(call())
+            if statuses[-1] != 200:
+                break
+        assert statuses[-1] == 401, statuses
+    finally:
+        conn.close()
 
 
 def test_oidc_tokens_and_every_way_one_is_refused(gw: RunningGateway, idp: JWKSServer) -> None:

@@ -201,6 +201,31 @@ class MaxAgeTests(SynchronousTestCase):
         again.adopt(keyset)
         self.assertEqual(again._fetched_at, keyset._fetched_at)
 
+    def test_a_verdict_is_good_while_the_set_it_used_is_young(self) -> None:
+        """
+        Found by review: a keep-alive connection signed in before the provider
+        removed a key kept working with it (its verdict was reused until the
+        token's own exp, which the key's holder chooses).  A verdict now
+        lapses when the set it was reached with is due for a refresh.
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        server = JWKS(jwks(RSA))
+        keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
+                                 jwks_max_age_seconds=900),
+                        http=StubTreq(server), clock=clock)
+        self.successResultOf(Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims()))))
+        self.assertEqual(keyset.verdicts_until(), NOW + 900)
+        clock.advance(899)
+        self.assertEqual(keyset.verdicts_until(), NOW + 900)
+        clock.advance(1)
+        server.status = 500  # due, and its refresh fails: one cooldown at a time
+        self.successResultOf(Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims()))))
+        self.assertEqual(keyset.verdicts_until(), NOW + 900 + 300)
+        # A set from a file changes only with a reload, which ends every verdict.
+        fixed = JWKSet(provider(jwks=jwks(RSA)), http=None, clock=clock)
+        self.assertIsNone(fixed.verdicts_until())
+
     def test_after_a_failed_refresh_a_known_key_does_not_wait_again(self) -> None:
         """Found by review: with the provider down, a token waited the whole timeout each cooldown."""
         clock = Clock()

@@ -230,6 +230,7 @@ class Authenticator:
         return Principal(
             name=name, method="oidc", oidc_issuer=provider.issuer, oidc_sub=claims["sub"],
             expires=datetime.fromtimestamp(claims["exp"], timezone.utc),
+            proof_until=keyset.verdicts_until(),
             roles=roles, grants=self._grants(roles),
         )
 

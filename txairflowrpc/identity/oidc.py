@@ -497,6 +497,23 @@ class JWKSet:
                 await refreshed
         return self.keys
 
+    def verdicts_until(self) -> float | None:
+        """
+        Until when a token verified with the set as it is now may go on
+        being taken as verified without `key_for` (a keep-alive connection
+        that sends the same token again): while the set is younger than
+        ``jwks_max_age_seconds``; once older (its refresh failed), for one
+        cooldown, after which a check asks for it again.  None for a set
+        from a file (a reload replaces it, and every verdict with it).
+        Found by review: a connection signed in before the provider removed
+        a key kept working with it for as long as it stayed open.
+        """
+        if not self.provider.jwks_url:
+            return None
+        now = self._clock.seconds()
+        fresh = self._fetched_at + self.provider.jwks_max_age_seconds
+        return fresh if fresh > now else now + self.provider.jwks_refetch_cooldown_seconds
+
     def refresh(self) -> Deferred[None]:
         """Fetch the key set now (one fetch however many ask); keep the old on failure."""
         if not self._fetching.running:
