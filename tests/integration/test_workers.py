@@ -245,6 +245,27 @@ def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGatewa
     assert out.stdout.splitlines()[-1] == "2 chains: 2 whole", out.stdout
 
 
+def test_sigterm_to_the_whole_process_group_stops_everything_cleanly(
+        tmp_path: Path, pki, airflow) -> None:
+    """
+    ``kill -TERM -- -PGID`` (systemd's KillMode=control-group, a container's
+    init) reaches the supervisor and each worker, which the supervisor then
+    sends SIGTERM again: found by a newcomer, a second reactor.stop() logged
+    a critical ReactorNotRunning.  Now it is ignored while stopping.
+    """
+    gateway = two_workers(RunningGateway(tmp_path, pki, airflow))
+    gateway.start()
+    try:
+        wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "ready")
+        assert gateway.process is not None
+        os.killpg(gateway.process.pid, signal.SIGTERM)
+        assert gateway.process.wait(timeout=60) == 0
+        log = gateway.log.read_text()
+        assert "ReactorNotRunning" not in log and "critical" not in log, log
+    finally:
+        gateway.stop()
+
+
 def test_the_workers_stop_when_the_supervisor_is_killed(
         tmp_path: Path, pki, airflow) -> None:
     gateway = two_workers(RunningGateway(tmp_path, pki, airflow))

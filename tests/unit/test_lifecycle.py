@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Any
 
@@ -12,7 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
-from txairflowrpc.service.lifecycle import GatewayService, Listener, bind_problem
+from txairflowrpc.service.lifecycle import GatewayService, Listener, StopSignals, bind_problem
 
 
 class Endpoint:
@@ -93,3 +94,61 @@ def test_if_one_listener_cannot_bind_the_others_are_let_go() -> None:
     with pytest.raises(SystemExit):
         top.startService()
     assert good.port.stopped and not top.running
+
+
+class _Reactor:
+    """What `StopSignals` asks of the reactor: runs at once, triggers kept."""
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[str, str, Any]] = []
+        self.from_threads: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def callWhenRunning(self, f: Any) -> None:
+        f()
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+        self.triggers.append((phase, event, f))
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.from_threads.append((f, args, kwargs))
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_stop_signal_changes_nothing(number: int) -> None:
+    """
+    Found by a newcomer: ``kill -TERM -- -PGID`` on make run reached twistd
+    twice (from the group, and passed on by the launcher), and Twisted's
+    second ``reactor.stop()`` logged a critical ReactorNotRunning.
+    """
+    twisted_s: list[int] = []
+    before = signal.signal(number, lambda n, frame: twisted_s.append(n))
+    try:
+        reactor = _Reactor()
+        signals = StopSignals(reactor)
+        signals.startService()
+        handler = signal.getsignal(number)
+        assert callable(handler)
+        handler(number, None)
+        handler(number, None)
+        assert twisted_s == [number]  # the first to Twisted's handler, the second not
+        assert signals.ignored == 1
+        (log, _, kwargs), = reactor.from_threads
+        assert kwargs == {"signal": signal.Signals(number).name}
+    finally:
+        signal.signal(number, before)
+
+
+def test_once_stopping_for_any_reason_a_stop_signal_changes_nothing() -> None:
+    twisted_s: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda n, frame: twisted_s.append(n))
+    try:
+        reactor = _Reactor()
+        signals = StopSignals(reactor)
+        signals.startService()
+        (phase, event, begins), = reactor.triggers
+        assert (phase, event) == ("before", "shutdown")
+        begins()  # the supervisor went away, say: the reactor stops
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert twisted_s == [] and signals.ignored == 1
+    finally:
+        signal.signal(signal.SIGTERM, before)

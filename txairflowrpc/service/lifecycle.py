@@ -20,17 +20,24 @@ anything else runs), and stops in this order on SIGTERM:
    audit trail last (flushed and fsynced, with its shutdown checkpoint);
 5. twistd exits 0: the drain is done (Twisted would otherwise re-raise the
    SIGTERM and exit with it).
+
+A SIGTERM or SIGINT that comes while it stops is logged and changes nothing
+(`StopSignals`).
 """
 
 from __future__ import annotations
 
+import signal
 import socket
+from types import FrameType
 from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort, IReactorCore, IReactorFromThreads, IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -151,3 +158,53 @@ def exit_zero(reactor: Any) -> Callable[[], None]:
         if hasattr(reactor, "_exitSignal"):
             reactor._exitSignal = None
     return clear
+
+
+class StopSignals(service.Service):
+    """
+    While running, a SIGTERM or SIGINT that comes once the reactor is
+    stopping (for whatever reason) is logged and otherwise ignored; the
+    first goes to Twisted's own handler as before.  Twisted's handler would
+    call ``reactor.stop()`` again, which raises `ReactorNotRunning` inside
+    the reactor: a critical traceback in the log of an orderly shutdown.
+    Found by a newcomer: ``kill -TERM -- -PGID`` reaches twistd both from the
+    process group and from ``make run``'s launcher, which passes it on; a
+    worker, likewise, from its group and from its supervisor.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor: IReactorCore = reactor
+        self._from_threads: IReactorFromThreads = reactor
+        self.stopping = False
+        #: Signals ignored, for tests.
+        self.ignored = 0
+
+    def startService(self) -> None:
+        super().startService()
+        # Twisted installs its handlers as the reactor starts: wrapped after.
+        self._reactor.callWhenRunning(self._install)
+        self._reactor.addSystemEventTrigger("before", "shutdown", self._stop_begins)
+
+    def _stop_begins(self) -> None:
+        self.stopping = True
+
+    def _install(self) -> None:
+        for number in self.SIGNALS:
+            first = signal.getsignal(number)
+            if callable(first):
+                signal.signal(number, self._once(first))
+
+    def _once(self, first: Callable[[int, FrameType | None], Any],
+              ) -> Callable[[int, FrameType | None], None]:
+        def handler(number: int, frame: FrameType | None) -> None:
+            if self.stopping:
+                self.ignored += 1
+                self._from_threads.callFromThread(
+                    _log.info, "{signal} while stopping: the shutdown goes on",
+                    signal=signal.Signals(number).name)
+                return
+            self.stopping = True
+            first(number, frame)
+        return handler

@@ -60,7 +60,7 @@ from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked, served_certificates
 from .collector import CollectorTuning
 from .gathered import GatheredHealth, WorkerAdmins
-from .lifecycle import GatewayService, Listener, bind_problem, exit_zero
+from .lifecycle import GatewayService, Listener, StopSignals, bind_problem, exit_zero
 from .logs import fatal
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
@@ -501,6 +501,7 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
                  f"{cfg.health.host}:{cfg.health.port} (admin listener)").setServiceParent(top)
     supervisor.setServiceParent(top)
     HangUp(reactor, supervisor.reload).setServiceParent(top)
+    StopSignals(reactor).setServiceParent(top)
     return top
 
 
@@ -579,6 +580,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     _PoolService(pools.pools).setServiceParent(top)
     reloader.setServiceParent(top)
     HangUp(reactor, reloader.reload).setServiceParent(top)
+    StopSignals(reactor).setServiceParent(top)
 
     rpc = rpc_listener(reactor, cfg, tls, parts.site,
                        adopt_fd=None if worker is None else LISTENER_FD)
