@@ -148,6 +148,31 @@ class TestCertificates:
         assert run(auth.authenticate(FakeRequest(cert(emails=("auditor@example.com",))))).name == "auditor"
         assert run(auth.authenticate(FakeRequest(cert(fingerprint_sha256="ee" * 32)))).name == "pinned"
 
+    def test_a_fingerprint_in_upper_case_or_as_openssl_prints_it_matches(
+            self, tmp_path: Path, pki: DevPKI) -> None:
+        """
+        Found by review: ``cert_sha256`` in upper case or OpenSSL's
+        ``0B:82:...`` loaded but matched no certificate (compared as given).
+        """
+        from cryptography import x509
+
+        files = pki.client("fp-bot")
+        peer = PeerCertificate.from_cryptography(
+            x509.load_pem_x509_certificate(files.cert.read_bytes()))
+
+        def openssl(hex_digits: str) -> str:  # `openssl x509 -fingerprint -sha256`
+            return ":".join(hex_digits[i:i + 2] for i in range(0, 64, 2)).upper()
+
+        for key, value in [("cert_sha256", peer.fingerprint_sha256.upper()),
+                           ("cert_sha256", openssl(peer.fingerprint_sha256)),
+                           ("cert_spki_sha256", openssl(peer.spki_sha256))]:
+            extra = f'\n[principals.fp]\nroles = ["auditor"]\n{key} = ["{value}"]\n'
+            cfg = load(tmp_path, pki, extra=extra)
+            stored = getattr(cfg.access.principals["fp"], key)
+            assert stored == (value.replace(":", "").lower(),)
+            auth = authenticator(cfg, Clock())
+            assert run(auth.authenticate(FakeRequest(peer))).name == "fp", (key, value)
+
     def test_a_verified_certificate_of_nobody_is_refused(self, tmp_path: Path, pki: DevPKI) -> None:
         auth = authenticator(load(tmp_path, pki), Clock())
         with pytest.raises(Unauthenticated, match="matches no principal"):
@@ -324,6 +349,22 @@ class TestConfig:
          "roles.bad3.conf.x", "unknown JSON Schema keyword 'additionalProperites'"),
         ('\n[principals.twin]\nroles = []\ncert_dns = ["CI-bot.example.com"]\n',
          "principals.twin.cert_dns", "maps principal 'ci-bot' too"),
+        # Found by review: a fingerprint was compared as given; now normalised
+        # first, so one written another way is the same certificate.
+        ('\n[principals.twin]\nroles = []\ncert_sha256 = ["' + ":".join(["EE"] * 32) + '"]\n',
+         "principals.twin.cert_sha256", "maps principal 'pinned' too"),
+        ('\n[principals.x]\nroles = []\ncert_sha256 = ["SHA256 Fingerprint=' + ":".join(["EE"] * 32)
+         + '"]\n', "principals.x.cert_sha256", "is not a SHA-256 (64 hex digits, or 32 pairs"),
+        ('\n[principals.x]\nroles = []\ncert_sha256 = ["' + "e" * 63 + '"]\n',
+         "principals.x.cert_sha256", "is not a SHA-256"),
+        ('\n[principals.x]\nroles = []\ncert_sha256 = ["' + "\uff45" * 64 + '"]\n',
+         "principals.x.cert_sha256", "is not a SHA-256"),
+        # A key pin in base64 (as HPKP wrote it) never matched either.
+        ('\n[principals.x]\nroles = []\ncert_spki_sha256 = ["' + "A" * 43 + '="]\n',
+         "principals.x.cert_spki_sha256", "is not a SHA-256"),
+        # Found by review: \d in a conf rule's pattern took any script's digits.
+        ('\n[roles.bad4]\nconf."x" = { properties.d = { pattern = \'(?u)\\A\\d+\\Z\' } }\n',
+         "roles.bad4.conf.x", "is not a Python regular expression with ASCII classes"),
         # A token names its issuer: only the first of two such providers would ever be asked.
         ('\n[oidc.twin]\nissuer = "https://idp.example.com"\naudience = "other"\n'
          'jwks_file = "jwks.json"\n', "oidc.twin.issuer", "also oidc.corp's issuer"),
@@ -347,6 +388,18 @@ class TestConfig:
         with pytest.raises(config_module.ConfigError) as e:
             load(tmp_path, pki, extra=extra)
         assert e.value.key == key and words in str(e.value)
+
+    def test_a_conf_rule_from_the_config_has_ascii_classes(self, tmp_path: Path,
+                                                            pki: DevPKI) -> None:
+        """The config's own rule, through `build_roles`, as a trigger's conf is checked."""
+        extra = ('\n[roles.dated]\nscopes = ["runs:trigger:etl_*"]\n[roles.dated.conf."etl_*"]\n'
+                 'properties.day = { type = "string", pattern = \'\\A\\d{4}-\\d{2}-\\d{2}\\Z\' }\n')
+        role = build_roles(load(tmp_path, pki, extra=extra).access)["dated"]
+        assert role.conf_problem("etl_x", {"day": "2026-11-26"}) is None
+        for day in ("\u0662\u0660\u0662\u0666-\u0661\u0661-\u0662\u0666",
+                    "\uff12\uff10\uff12\uff16-\uff11\uff11-\uff12\uff16"):
+            assert "conf.day: violates rule pattern" in (role.conf_problem("etl_x", {"day": day})
+                                                         or ""), day
 
     def test_the_longest_principal_names_load(self, tmp_path: Path, pki: DevPKI) -> None:
         longest = "p" * 255

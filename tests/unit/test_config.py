@@ -101,6 +101,11 @@ def test_shipped_example_parses(confdir: Path) -> None:
      "limits.connection_rate_per_source", "greater than 0"),
     (lambda t: t + "\n[limits]\nconnection_burst_per_source = 0\n",
      "limits.connection_burst_per_source", "at least 1"),
+    # Found by review: a fingerprint that is not 64 hex digits loaded and matched nothing.
+    (lambda t: t + '\n[principals.x]\nroles = []\ncert_sha256 = ["0B:82:zz\\nx"]\n',
+     "principals.x.cert_sha256", "'0B:82:zz\\nx' is not a SHA-256 (64 hex digits"),
+    (lambda t: t + '\n[principals.x]\nroles = []\ncert_spki_sha256 = ["' + "ab" * 33 + '"]\n',
+     "principals.x.cert_spki_sha256", "is not a SHA-256"),
     # Found by review: worker K's admin port past 65535 was a traceback at start.
     (lambda t: t.replace("port = 8443", "port = 8443\nworkers = 2") + "\n[health]\nport = 65534\n",
      "health.port", "at most 65533"),

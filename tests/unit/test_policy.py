@@ -193,6 +193,77 @@ class ScopeTests(SynchronousTestCase):
             self.assertIn(message, fault.faultString)
         self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", {"day": "2026-01-01"})["created"])
 
+    def test_a_patterns_classes_are_ascii(self) -> None:
+        """
+        Found by review: jsonschema searches a pattern without flags, so
+        ``\\d`` took Arabic-Indic and fullwidth digits, ``\\w`` any letter and
+        ``(?i)`` folded the Kelvin sign into k, where JSON Schema's are ASCII.
+        """
+        gw = gateway()
+        schema = {"type": "object", "additionalProperties": False,
+                  "properties": {"day": {"type": "string", "pattern": r"\A\d{4}-\d{2}-\d{2}\Z"},
+                                 "name": {"type": "string", "pattern": r"\A\w+\Z"},
+                                 "mode": {"type": "string", "pattern": r"(?i)\A[a-z]+\Z"}},
+                  "patternProperties": {r"\Ap_\d+\Z": {"type": "integer"}}}
+        gw.principal = self.principal("runs:trigger:etl_*", conf={"etl_*": schema})
+        for conf, message in [
+            ({"day": "\u0662\u0660\u0662\u0666-\u0661\u0661-\u0662\u0666"},
+             "conf.day: violates rule pattern"),
+            ({"day": "\uff12\uff10\uff12\uff16-\uff11\uff11-\uff12\uff16"},
+             "conf.day: violates rule pattern"),
+            ({"name": "\u01c5\uff58"}, "conf.name: violates rule pattern"),
+            ({"mode": "\u212a"}, "conf.mode: violates rule pattern"),
+            # Not matched by the patternProperties name: additional, so refused.
+            ({"p_1": 1, "p_\u0661": 1},
+             "conf: key 'p_\u0661' is not allowed (rule additionalProperties)"),
+        ]:
+            fault = self.call(gw, "trigger_dag", "etl_orders", conf)
+            self.assertEqual(getattr(fault, "faultCode", None), 403, conf)
+            self.assertIn(message, fault.faultString, conf)
+        ok = {"day": "2026-11-26", "name": "nightly_1", "mode": "Full", "p_7": 7}
+        self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", ok)["created"])
+
+    def test_every_keyword_matching_keys_by_pattern_matches_as_pattern_does(self) -> None:
+        """
+        ``patternProperties``, ``additionalProperties`` and
+        ``unevaluatedProperties`` (through ``allOf`` and ``$ref``) all take a
+        key a pattern matches with ASCII classes, so no key is left to none.
+        """
+        digit = "p_\u0661"  # ARABIC-INDIC DIGIT ONE
+        for schema in [
+            {"allOf": [{"patternProperties": {r"\Ap_\d\Z": True}}],
+             "unevaluatedProperties": False},
+            {"$defs": {"d": {"patternProperties": {r"\Ap_\d\Z": True}}}, "$ref": "#/$defs/d",
+             "unevaluatedProperties": False},
+        ]:
+            rule = ConfRule.build("etl_*", {"type": "object", **schema})
+            self.assertIsNone(rule.violation({"p_1": 1}), schema)
+            self.assertEqual(rule.violation({"p_1": 1, digit: 1}),
+                             "conf: violates rule unevaluatedProperties = False", schema)
+        # The key named is the one no rule allows, not the first key.
+        rule = ConfRule.build("etl_*", {"type": "object", "additionalProperties": False,
+                                        "patternProperties": {r"\Ap_\d\Z": True}})
+        self.assertEqual(rule.violation({"p_1": 1, "z": 1}),
+                         "conf: key 'z' is not allowed (rule additionalProperties)")
+        self.assertEqual(rule.violation({"p_1": 1, digit: 1}),
+                         f"conf: key {digit!r} is not allowed (rule additionalProperties)")
+        names = ConfRule.build("etl_*", {"type": "object",
+                                         "propertyNames": {"pattern": r"\A\w+\Z"}})
+        self.assertIsNone(names.violation({"a_1": 1}))
+        self.assertIn("violates rule pattern", names.violation({"\u01c5": 1}) or "")
+
+    def test_a_pattern_that_cannot_have_ascii_classes_is_refused_when_read(self) -> None:
+        for schema, words in [
+            ({"properties": {"day": {"type": "string", "pattern": r"(?u)\A\d+\Z"}}},
+             r"pattern '(?u)\\A\\d+\\Z' at properties.day is not a Python regular expression "
+             "with ASCII classes"),
+            ({"patternProperties": {r"(?u)\Ap_\d\Z": True}},
+             r"patternProperties '(?u)\\Ap_\\d\\Z' is not a Python regular expression"),
+        ]:
+            with self.assertRaises(ValueError) as e:
+                ConfRule.build("etl_*", schema)
+            self.assertIn(words, str(e.exception))
+
     def test_a_conf_over_the_caps_is_refused_before_any_rule_reads_it(self) -> None:
         """Found by review: a rule ran on any conf the wire let through, caps came after."""
         read: list[Any] = []

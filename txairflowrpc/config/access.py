@@ -128,6 +128,28 @@ def _aws_account(value: str) -> None:
         raise ValueError(f"{value[:40]!r} is not an AWS account id (12 digits)")
 
 
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def sha256_hex(value: str) -> str:
+    """
+    A SHA-256 as a certificate's is compared: 64 lowercase hex digits.
+    Found by review: ``cert_sha256`` in upper case, or as OpenSSL prints it
+    (``0B:82:...``), loaded but never matched.
+    """
+    return value.replace(":", "").lower()
+
+
+def _sha256(value: str) -> None:
+    if not _HEX_SHA256.fullmatch(sha256_hex(value)):
+        raise ValueError(f"{value[:100]!r} is not a SHA-256 (64 hex digits, or 32 pairs "
+                         f"separated by ':' as openssl prints them)")
+
+
+def _sha256s(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sha256_hex(v) for v in values)
+
+
 def _aws_arn(value: str) -> None:
     """
     An IAM identity as STS names it, or a pattern of them: ``*`` only in
@@ -318,8 +340,9 @@ class PrincipalEntry:
     cert_uri: tuple[str, ...] = ()
     cert_email: tuple[str, ...] = ()
     cert_cn: tuple[str, ...] = ()
-    cert_sha256: tuple[str, ...] = ()
-    cert_spki_sha256: tuple[str, ...] = ()
+    #: Normalised (`sha256_hex`) however the entry is made.
+    cert_sha256: tuple[str, ...] = attrs.field(default=(), converter=_sha256s)
+    cert_spki_sha256: tuple[str, ...] = attrs.field(default=(), converter=_sha256s)
     #: IAM identities (ARNs, ``*`` in the resource part) that sign in as it.
     aws_arns: tuple[str, ...] = ()
     #: AWS accounts every IAM identity of which (but the root) signs in as it.
@@ -337,8 +360,8 @@ class PrincipalEntry:
         "cert_uri": Key(list, [], strings),
         "cert_email": Key(list, [], strings),
         "cert_cn": Key(list, [], strings),
-        "cert_sha256": Key(list, [], strings),
-        "cert_spki_sha256": Key(list, [], strings),
+        "cert_sha256": Key(list, [], lambda v: _each(v, _sha256)),
+        "cert_spki_sha256": Key(list, [], lambda v: _each(v, _sha256)),
         "aws_arns": Key(list, [], lambda v: _each(v, _aws_arn)),
         "aws_accounts": Key(list, [], lambda v: _each(v, _aws_account)),
         "airflow_user": Key(str, "", _airflow_user),
@@ -474,6 +497,8 @@ def _principals(table: object, base: Path, roles: dict[str, RoleEntry]) -> dict[
     claimed: dict[tuple[str, str], str] = {}
     for name, body in table.items():
         values = _tuples(read_table(f"principals.{name}", body, base, PrincipalEntry._keys))
+        for key in ("cert_sha256", "cert_spki_sha256"):
+            values[key] = _sha256s(values[key])  # before the check for twins below
         for role in values["roles"]:
             if role not in roles:
                 raise ConfigError(f"principals.{name}.roles", f"unknown role {role!r}")

@@ -30,11 +30,23 @@ a validator that asserts every ``format``, resolves no reference outside
 the rule, and checks ``uniqueItems`` and ``unevaluatedItems`` in linear time
 (jsonschema's own are quadratic on some arrays).  A reference is ``#`` (the rule) or a JSON pointer to one of its
 subschemas, usually ``#/$defs/NAME``.
+
+A ``pattern`` (and a ``patternProperties`` name) is a Python regular
+expression, searched with `re.ASCII`: found by review, jsonschema searches
+without flags, so ``\\d``, ``\\w`` and ``\\b`` took any script's digits and
+letters (``\\A\\d{4}\\Z`` let Arabic-Indic and fullwidth digits through)
+where a rule's author means JSON Schema's (ECMA-262's) ASCII ones.  The
+validator's ``pattern``, ``patternProperties``, ``additionalProperties``
+and ``unevaluatedProperties`` all match through `search`; `build` refuses a
+pattern that does not compile so (an inline ``(?u)``).  ``\\s`` is then
+ASCII's six whitespace characters (ECMA-262's also has Unicode's spaces):
+``\\S`` lets U+00A0 or U+2028 through.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import re
+from functools import cached_property, lru_cache
 from typing import Any
 
 import jsonschema
@@ -44,7 +56,8 @@ from jsonschema.exceptions import SchemaError, ValidationError
 
 from ..core.jsonvalues import json_key
 
-__all__ = ["KEYWORDS", "SCHEMA_URI", "build", "checkable_formats"]
+__all__ = ["KEYWORDS", "PATTERN_FLAGS", "SCHEMA_URI", "additional_keys", "build",
+           "checkable_formats", "search"]
 
 _Validator = jsonschema.Draft202012Validator
 
@@ -71,9 +84,136 @@ def _unevaluated_items(validator: Any, unevaluated: Any, instance: Any, schema: 
             yield ValidationError("Unevaluated items are not allowed")
 
 
-#: 2020-12, with ``uniqueItems`` and ``unevaluatedItems`` that cost linear time.
-_Checker = jsonschema.validators.extend(
-    _Validator, {"uniqueItems": _unique_items, "unevaluatedItems": _unevaluated_items})
+#: How a rule's patterns are compiled: Python's syntax, JSON Schema's ASCII
+#: ``\d``, ``\w`` and ``\b`` (and ASCII-only case folding under ``(?i)``).
+PATTERN_FLAGS = re.ASCII
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, PATTERN_FLAGS)
+
+
+def search(pattern: str, text: str) -> bool:
+    """Whether a rule's ``pattern`` matches somewhere in ``text``, as every check here asks."""
+    return _compiled(pattern).search(text) is not None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """``pattern``, searched with `PATTERN_FLAGS` (jsonschema's has no flags)."""
+    if validator.is_type(instance, "string") and not search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Any:
+    """``patternProperties``, its names searched with `PATTERN_FLAGS`."""
+    if validator.is_type(instance, "object"):
+        for pattern, subschema in patterns.items():
+            for key, value in instance.items():
+                if search(pattern, key):
+                    yield from validator.descend(value, subschema, path=key,
+                                                 schema_path=pattern)
+
+
+def additional_keys(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """
+    The keys of ``instance`` that ``additionalProperties`` in ``schema``
+    applies to: neither under ``properties`` nor matched by a
+    ``patternProperties`` name (searched as `_pattern_properties` does, so
+    a key is never left to neither).
+    """
+    properties = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    return [key for key in instance
+            if key not in properties and not any(search(p, key) for p in patterns)]
+
+
+def _additional_properties(validator: Any, extra: Any, instance: Any, schema: Any) -> Any:
+    """``additionalProperties``, with `additional_keys`."""
+    if not validator.is_type(instance, "object"):
+        return
+    keys = additional_keys(instance, schema)
+    if validator.is_type(extra, "object"):
+        for key in keys:
+            yield from validator.descend(instance[key], extra, path=key)
+    elif not extra and keys:
+        yield ValidationError(f"Additional properties are not allowed "
+                              f"({', '.join(repr(k) for k in sorted(keys))} unexpected)")
+
+
+def _valid(errors: Any) -> bool:
+    return next(errors, None) is None
+
+
+def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> set[str]:
+    """
+    The keys of ``instance`` that ``schema`` evaluates, for
+    ``unevaluatedProperties``: jsonschema's
+    ``find_evaluated_property_keys_by_schema`` (4.26), with the
+    ``patternProperties`` names searched as `_pattern_properties` does, and
+    a set (its list made the check quadratic).  ``$dynamicRef`` is left out:
+    `build` refuses it.
+    """
+    if validator.is_type(schema, "boolean"):
+        return set()
+    keys: set[str] = set()
+    ref = schema.get("$ref")
+    if ref is not None:
+        resolved = validator._resolver.lookup(ref)
+        keys |= _evaluated_keys(
+            validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+            instance, resolved.contents)
+    properties = schema.get("properties")
+    if validator.is_type(properties, "object"):
+        keys |= properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        subschema = schema.get(keyword)
+        if subschema is not None:
+            keys.update(key for key, value in instance.items()
+                        if _valid(validator.descend(value, subschema)))
+    patterns = schema.get("patternProperties", {})
+    keys.update(key for key in instance if any(search(p, key) for p in patterns))
+    for key, subschema in schema.get("dependentSchemas", {}).items():
+        if key in instance:
+            keys |= _evaluated_keys(validator, instance, subschema)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if _valid(validator.descend(instance, subschema)):
+                keys |= _evaluated_keys(validator, instance, subschema)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys |= _evaluated_keys(validator, instance, schema["if"])
+            if "then" in schema:
+                keys |= _evaluated_keys(validator, instance, schema["then"])
+        elif "else" in schema:
+            keys |= _evaluated_keys(validator, instance, schema["else"])
+    return keys
+
+
+def _unevaluated_properties(validator: Any, unevaluated: Any, instance: Any,
+                            schema: Any) -> Any:
+    """``unevaluatedProperties``, with `_evaluated_keys`."""
+    if not validator.is_type(instance, "object"):
+        return
+    done = _evaluated_keys(validator, instance, schema)
+    bad = [key for key in instance if key not in done and not _valid(
+        validator.descend(instance[key], unevaluated, path=key, schema_path=key))]
+    if bad and unevaluated is False:
+        yield ValidationError(f"Unevaluated properties are not allowed "
+                              f"({', '.join(repr(k) for k in sorted(bad))} unexpected)")
+    elif bad:
+        yield ValidationError(f"Unevaluated properties are not valid under the given schema "
+                              f"({', '.join(repr(k) for k in bad)} unevaluated and invalid)")
+
+
+#: 2020-12, with ``uniqueItems`` and ``unevaluatedItems`` that cost linear
+#: time, and every pattern searched with `PATTERN_FLAGS`.
+_Checker = jsonschema.validators.extend(_Validator, {
+    "uniqueItems": _unique_items, "unevaluatedItems": _unevaluated_items,
+    "pattern": _pattern, "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "unevaluatedProperties": _unevaluated_properties,
+})
 
 #: The one ``$schema`` a rule may name, and only at its root.
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
@@ -143,7 +283,8 @@ def build(schema: dict[str, Any]) -> Any:
 
     Raises ValueError, saying what and where, if ``schema`` is not a valid
     2020-12 JSON Schema, holds a keyword it may not (`KEYWORDS`), a
-    ``format`` that cannot be checked here, a ``$schema`` other than
+    ``format`` that cannot be checked here, a pattern that does not compile
+    with `PATTERN_FLAGS`, a ``$schema`` other than
     `SCHEMA_URI` or below the root, or a ``$ref`` that is not to one of its
     own subschemas.
     """
@@ -215,6 +356,13 @@ class _Walk:
                         f"use 'pattern'")
             if key == "$ref":
                 self.refs.append((value, path))
+            for pattern in ([value] if key == "pattern" else
+                            value if key == "patternProperties" else ()):
+                try:
+                    _compiled(pattern)
+                except (re.error, ValueError) as e:  # (?u) with re.ASCII is a ValueError
+                    return (f"{key} {pattern[:64]!r}{at} is not a Python regular expression "
+                            f"with ASCII classes: {e}")
             for sub, sub_path in _subschemas(key, value, path + (key,)):
                 if key in _IN_PLACE:
                     self.in_place.setdefault(here, []).append(_tokens(sub_path))

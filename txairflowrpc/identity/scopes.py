@@ -8,7 +8,8 @@ named sets of scopes (plus ``conf`` rules), built from the config's
 roles.  `txairflowrpc.identity.policy` applies them to each call.
 
 A role may constrain the ``conf`` a principal passes to the DAGs matching a
-glob with a JSON Schema (checked by the ``jsonschema`` library).  A trigger
+glob with a JSON Schema (checked by the ``jsonschema`` library, its patterns
+searched with ASCII classes: `confschema.PATTERN_FLAGS`).  A trigger
 is allowed if any role that grants it either has no rule for that DAG or
 has one the conf satisfies; otherwise it is refused naming the key and the
 rule.
@@ -102,7 +103,8 @@ class ConfRule:
         )
         rule = error.validator
         if rule == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            # The keys the rule itself left over (patternProperties matched as it matches).
+            extra = sorted(confschema.additional_keys(error.instance, error.schema))
             return f"{where}: key {extra[0][:64]!r} is not allowed (rule additionalProperties)"
         if rule == "required":
             return f"{where}: {error.message} (rule required)"
