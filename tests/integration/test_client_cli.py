@@ -121,6 +121,27 @@ def test_a_failed_run_exits_1_and_shows_the_failed_tasks_log_tail(
     assert f"run 'fail-{why}' of DAG 'example_fail' ended failed" in got.err
 
 
+def test_a_python_tasks_exception_is_in_the_tail_with_its_cause(
+    gateway: RunningGateway,
+) -> None:
+    """
+    Found by trying it: Airflow 3.3.2 keeps a Python task's exception only in
+    its log entry's error_detail, which the log text left out, so a pipeline
+    saw "Task failed with exception" and not which.
+    """
+    env = {**with_cert(gateway), "AIRFLOWRPC_RUN_ID": f"raise-{secrets.token_hex(4)}"}
+    got = run(["trigger", "example_raise", "--wait", "--timeout", "300", "--log-lines", "12"],
+              env)
+    assert got.status == 1, got
+    assert "----- task load_rows failed (try 1): last 12 of " in got.err
+    tail = [line for line in got.err.splitlines() if line.startswith("| ")]
+    assert "| RuntimeError: example_raise: cannot load 'many' rows" in tail, got.err
+    log = gateway.proxy().get_task_log("example_raise", got.json["dag_run_id"], "load_rows")
+    assert "ValueError: invalid literal for int() with base 10: 'many'" in log
+    assert "The above exception was the direct cause of the following exception:" in log
+    assert log.index("ValueError: invalid literal") < log.index("RuntimeError: example_raise")
+
+
 def test_a_mapped_tasks_failed_instance_shows_its_own_log(gateway: RunningGateway) -> None:
     """Dynamic task mapping: each instance's log is reached by its map_index."""
     run_id = f"mapped-{secrets.token_hex(4)}"

@@ -109,7 +109,11 @@ def items(data: Any, key: str) -> tuple[list[Any], int]:
 
 
 def format_log_content(content: Any) -> list[str]:
-    """Airflow 3's structured log entries (or plain text) as text lines."""
+    """
+    Airflow 3's structured log entries (or plain text) as text lines: an
+    entry's time, level and event, and, for an exception (``error_detail``),
+    its traceback as Python prints one (`format_exception_chain`).
+    """
     if isinstance(content, str):
         return content.splitlines()
     if not isinstance(content, list):
@@ -127,4 +131,66 @@ def format_log_content(content: Any) -> list[str]:
             event = entry.get("event")
             parts.append("" if event is None else str(event))
             lines.append(" ".join(parts))
+            if "error_detail" in entry:
+                lines.extend(format_exception_chain(entry["error_detail"]))
+    return lines
+
+
+#: Exceptions of a chain, and of a group below one, rendered at most (the
+#: rest are counted); a task's traceback needs a few.
+MAX_EXCEPTIONS = 16
+#: Frames of one exception rendered at most, the last ones (nearest the raise).
+MAX_FRAMES = 50
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
+def format_exception_chain(detail: Any, depth: int = 0) -> list[str]:
+    """
+    The traceback of a log entry's ``error_detail`` as Python prints it,
+    the exception raised last at the end (where a log's tail shows it).
+    Found by trying a Python task that raises: Airflow 3.3.2 puts the
+    exception of "Task failed with exception" only there (structlog's
+    dict of the chain, the raised one first, each ``is_cause`` of the one
+    before it), so a caller saw that the task failed but not why.
+    Whatever the shape, never fails: what it cannot read is left out.
+    """
+    if not isinstance(detail, list) or depth > 2:
+        return []
+    stacks = [s for s in detail[:MAX_EXCEPTIONS] if isinstance(s, dict)]
+    lines: list[str] = []
+    for index in range(len(stacks) - 1, -1, -1):  # the first cause first, as Python prints
+        lines.extend(_one_exception(stacks[index], depth))
+        if index:  # the one printed next was raised from this one, or while it was handled
+            lines.extend(["", _CAUSE if stacks[index].get("is_cause") else _CONTEXT, ""])
+    if len(detail) > MAX_EXCEPTIONS:
+        lines.append(f"[txairflowrpc: {len(detail) - MAX_EXCEPTIONS} more chained "
+                     "exceptions left out]")
+    return lines
+
+
+def _one_exception(stack: dict[str, Any], depth: int) -> list[str]:
+    """One exception of a chain: its frames, then its type and message (and notes)."""
+    lines = ["Traceback (most recent call last):"]
+    frames = stack.get("frames")
+    frames = [f for f in frames if isinstance(f, dict)] if isinstance(frames, list) else []
+    if len(frames) > MAX_FRAMES:
+        lines.append(f"  [txairflowrpc: {len(frames) - MAX_FRAMES} frames left out]")
+    for frame in frames[-MAX_FRAMES:]:
+        lines.append(f'  File "{frame.get("filename", "?")}", line {frame.get("lineno", "?")}, '
+                     f'in {frame.get("name", "?")}')
+    kind = str(stack.get("exc_type") or "Exception")
+    value = stack.get("exc_value")
+    text = "" if value is None else str(value)
+    said = text.splitlines() or [""]
+    lines.append(f"{kind}: {said[0]}" if text else kind)
+    lines.extend(said[1:])
+    notes = stack.get("exc_notes")
+    if isinstance(notes, list):
+        lines.extend(str(note) for note in notes[:MAX_EXCEPTIONS])
+    if stack.get("is_group") and isinstance(stack.get("exceptions"), list):
+        for index, inner in enumerate(stack["exceptions"][:MAX_EXCEPTIONS], 1):
+            chain = [inner] if isinstance(inner, dict) else inner
+            lines.append(f"  +-- {index} --")
+            lines.extend(f"  | {line}" for line in format_exception_chain(chain, depth + 1))
     return lines

@@ -1,0 +1,120 @@
+"""
+Airflow 3's structured task log as text lines (`shapes.format_log_content`),
+with an exception's traceback rendered as Python prints one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from txairflowrpc.upstream.shapes import MAX_FRAMES, format_exception_chain, format_log_content
+
+RUNNER = "/opt/airflow/lib/python3.11/site-packages/airflow/sdk/execution_time/task_runner.py"
+DAG = "/opt/airflow/dags/py_fail.py"
+
+#: The entry Airflow 3.3.2 wrote for a task that raised RuntimeError from a
+#: ValueError (captured from a real run, 2026-11-29; paths shortened and two
+#: frames of the runner left out).
+FAILED = {
+    "timestamp": "2026-11-29T08:30:23.748410Z", "event": "Task failed with exception",
+    "level": "error", "task_id": "explode", "map_index": -1, "dag_id": "py_fail",
+    "try_number": 1, "run_id": "x1", "logger": "task", "filename": "task_runner.py",
+    "lineno": 1676,
+    "error_detail": [
+        {"exc_type": "RuntimeError", "exc_value": "wrapping failure", "exc_notes": [],
+         "syntax_error": None, "is_cause": False,
+         "frames": [{"filename": RUNNER, "lineno": 1579, "name": "_run_task_and_map_outcome"},
+                    {"filename": DAG, "lineno": 13, "name": "explode"}],
+         "is_group": False, "exceptions": []},
+        {"exc_type": "ValueError", "exc_value": "bad input: 42", "exc_notes": [],
+         "syntax_error": None, "is_cause": True,
+         "frames": [{"filename": DAG, "lineno": 11, "name": "explode"},
+                    {"filename": DAG, "lineno": 9, "name": "inner"}],
+         "is_group": False, "exceptions": []},
+    ],
+}
+
+
+def test_a_python_exception_is_shown_as_python_prints_it() -> None:
+    """
+    Found by trying a Python task that raises: the log said "Task failed with
+    exception" and nothing of which (Airflow puts it in ``error_detail``).
+    """
+    lines = format_log_content([
+        {"timestamp": "2026-11-29T08:30:23.748410Z", "event": "about to fail",
+         "level": "info", "logger": "task.stdout"},
+        FAILED,
+        {"timestamp": "2026-11-29T08:30:23.748884Z", "event": "::group::Post Execute",
+         "level": "info"},
+    ])
+    assert lines == [
+        "2026-11-29T08:30:23.748410Z [info] about to fail",
+        "2026-11-29T08:30:23.748410Z [error] Task failed with exception",
+        "Traceback (most recent call last):",
+        f'  File "{DAG}", line 11, in explode',
+        f'  File "{DAG}", line 9, in inner',
+        "ValueError: bad input: 42",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        f'  File "{RUNNER}", line 1579, in _run_task_and_map_outcome',
+        f'  File "{DAG}", line 13, in explode',
+        "RuntimeError: wrapping failure",
+        "2026-11-29T08:30:23.748884Z [info] ::group::Post Execute",
+    ]
+
+
+def test_an_exception_raised_while_another_was_handled_says_so() -> None:
+    detail = [{**FAILED["error_detail"][0]}, {**FAILED["error_detail"][1], "is_cause": False}]
+    lines = format_exception_chain(detail)
+    assert "During handling of the above exception, another exception occurred:" in lines
+    assert lines[-1] == "RuntimeError: wrapping failure"
+
+
+def test_a_message_of_several_lines_and_notes_keep_their_lines() -> None:
+    lines = format_exception_chain([{
+        "exc_type": "KeyError", "exc_value": "first\nsecond", "exc_notes": ["see runbook"],
+        "frames": [],
+    }])
+    assert lines == ["Traceback (most recent call last):", "KeyError: first", "second",
+                     "see runbook"]
+
+
+def test_an_exception_without_a_message_is_its_type_alone() -> None:
+    assert format_exception_chain([{"exc_type": "SystemExit", "exc_value": "", "frames": []}]
+                                  )[-1] == "SystemExit"
+
+
+def test_an_exception_group_shows_each_exception_in_it() -> None:
+    group = {"exc_type": "ExceptionGroup", "exc_value": "two failed (2 sub-exceptions)",
+             "frames": [], "is_group": True,
+             "exceptions": [[{"exc_type": "ValueError", "exc_value": "a", "frames": []}],
+                            [{"exc_type": "TypeError", "exc_value": "b", "frames": []}]]}
+    lines = format_exception_chain([group])
+    assert "ExceptionGroup: two failed (2 sub-exceptions)" in lines
+    assert [line for line in lines if line.startswith("  | ") and ": " in line] == [
+        "  | ValueError: a", "  | TypeError: b"]
+
+
+def test_a_deep_traceback_keeps_the_frames_nearest_the_raise() -> None:
+    frames = [{"filename": DAG, "lineno": n, "name": "f"} for n in range(MAX_FRAMES + 7)]
+    lines = format_exception_chain([{"exc_type": "RecursionError", "exc_value": "deep",
+                                     "frames": frames}])
+    assert lines[1] == "  [txairflowrpc: 7 frames left out]"
+    assert lines[-2] == f'  File "{DAG}", line {MAX_FRAMES + 6}, in f'
+    assert len(lines) == MAX_FRAMES + 3
+
+
+@pytest.mark.parametrize("detail", [
+    None, "a string", 7, [], [None, 3, "x"], [{"frames": "not a list"}],
+    [{"frames": [None, {"lineno": "x"}], "exc_type": None, "exc_value": None}],
+    [{"is_group": True, "exceptions": "nope"}], [{"is_group": True, "exceptions": [[[[]]]]}],
+])
+def test_whatever_shape_error_detail_has_the_log_is_still_read(detail: Any) -> None:
+    lines = format_log_content([{"event": "Task failed with exception", "level": "error",
+                                 "error_detail": detail}])
+    assert lines[0] == "[error] Task failed with exception"
+    assert all(isinstance(line, str) for line in lines)
