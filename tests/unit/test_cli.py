@@ -198,3 +198,12 @@ def test_audit_digest_without_the_key_says_so(
     assert main(["audit", "digest", "--config", str(config), "1"]) == 2
     assert "no digest key at" in capsys.readouterr().err
     assert not (config.parent / ".digest.key").exists()  # never made by the command
+
+
+def test_config_check_refuses_with_the_line_twistd_would_stop_with(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a newcomer: the line had no ``airflowrpc:`` as twistd's has (and a grep wants)."""
+    config.write_text(config.read_text() + "[rpc]\nmax_multical = 5\n")
+    assert main(["config", "check", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == f"airflowrpc: {config}: rpc.max_multical: unknown key\n"

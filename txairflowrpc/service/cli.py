@@ -165,10 +165,11 @@ def config_check(path: str) -> int:
     try:
         cfg = load_checked(path).config
     except config_module.ConfigError as e:
-        print(f"{path}: {e}", file=sys.stderr)
+        # The line twistd stops with, for the same config (and the same grep).
+        print(f"airflowrpc: {path}: {e}", file=sys.stderr)
         return 1
     for warning in config_module.open_secrets(cfg):
-        print(f"{path}: warning: {warning}", file=sys.stderr)
+        print(f"airflowrpc: {path}: warning: {warning}", file=sys.stderr)
     proxied = (" behind the PROXY protocol from "
                + ", ".join(map(str, cfg.listen.proxy_from))) if cfg.listen.proxy_protocol else ""
     print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}{proxied}, "
