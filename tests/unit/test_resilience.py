@@ -419,6 +419,21 @@ class CallLimitTests(SynchronousTestCase):
             gw.advance(60)
         self.assertEqual(dispatcher._paid, {})  # nothing kept once the requests are over
 
+    def test_a_multicall_refused_at_the_in_flight_cap_spends_nothing(self) -> None:
+        gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = limits = CallLimits(gw.clock, rate=1, burst=40, max_in_flight=1)
+        limits.enter("ci-bot")  # one request of its in flight: at its cap
+        refused = self.successResultOf(gw.call_d("system.multicall", [
+            {"methodName": "ping", "params": []}] * 50))[2]
+        self.assertEqual(refused.faultCode, 429)
+        self.assertIn("in flight", refused.faultString)
+        limits.leave("ci-bot")
+        multi = self.successResultOf(gw.call_d("system.multicall", [
+            {"methodName": "ping", "params": []}] * 40))[2]
+        self.assertEqual(multi, [["pong"]] * 40)  # the whole burst was still there
+        self.assertEqual(dispatcher._paid, {})
+
     def test_a_cost_above_one_leaves_the_caller_owing_up_to_its_burst(self) -> None:
         clock = Clock()
         limits = CallLimits(clock, rate=2, burst=3, max_in_flight=2)

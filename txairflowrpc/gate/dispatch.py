@@ -126,12 +126,16 @@ class Dispatcher:
         try:
             if self._limits is not None:
                 if top and name == "system.multicall" and spec is not None:
-                    prepaid = self._prepay_multicall(ctx, who, args, charged)
-                elif not (charged or (not top and self._paid_ahead(ctx))):
-                    self._limits.take(who)
-                if top:
+                    # Let in first: one refused at the in-flight cap spends nothing.
                     self._limits.enter(who)
                     entered = True
+                    prepaid = self._prepay_multicall(ctx, who, args, charged)
+                else:
+                    if not (charged or (not top and self._paid_ahead(ctx))):
+                        self._limits.take(who)
+                    if top:
+                        self._limits.enter(who)
+                        entered = True
             d = maybeDeferred(self._run, ctx, spec, name, args, trace, multicall_index, budget)
         except errors.RateLimited as e:
             trace.decision, trace.reason = "denied", e.message
