@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from txairflowrpc.upstream.shapes import MAX_FRAMES, format_exception_chain, format_log_content
+from txairflowrpc.upstream.shapes import (
+    MAX_EXCEPTIONS, MAX_FRAMES, MAX_PAGE_TRACEBACK_LINES, MAX_TRACEBACK_LINES,
+    format_exception_chain, format_log_content,
+)
 
 RUNNER = "/opt/airflow/lib/python3.11/site-packages/airflow/sdk/execution_time/task_runner.py"
 DAG = "/opt/airflow/dags/py_fail.py"
@@ -118,3 +121,41 @@ def test_whatever_shape_error_detail_has_the_log_is_still_read(detail: Any) -> N
                                  "error_detail": detail}])
     assert lines[0] == "[error] Task failed with exception"
     assert all(isinstance(line, str) for line in lines)
+
+
+def test_an_exception_dict_cannot_make_the_log_much_larger_than_it_is() -> None:
+    """
+    Found by review: whoever writes the task writes its exceptions' dicts,
+    and 0.8 MB of nested groups (16 per level) became 1.3 million lines,
+    111 MB and a second of the reactor.
+    """
+    e = {"exc_type": "E", "exc_value": "x", "frames": []}
+    inner = {**e, "is_group": True, "exceptions": [[e] * 16] * 16}
+    outer = {**e, "is_group": True, "exceptions": [[inner] * 16] * 16}
+    nested = [{"event": "x", "error_detail": [outer] * 16}]
+    lines = format_log_content(nested)
+    assert len(lines) < 3 * MAX_EXCEPTIONS * 4  # a few lines for each exception rendered
+    assert lines[-1].startswith("[txairflowrpc: ") and "more exceptions left out" in lines[-1]
+    # Many small entries: past a page's budget, each is its last line alone.
+    flat = [{"event": "x", "error_detail": [e] * 16}] * 12_000
+    lines = format_log_content(flat)
+    assert len(lines) < MAX_PAGE_TRACEBACK_LINES + 2 * 12_000
+    assert lines[-2:] == ["x", "E: x"]
+
+
+def test_a_long_traceback_keeps_its_end() -> None:
+    e = {"exc_type": "E", "exc_value": "\n".join(map(str, range(3000))), "frames": []}
+    lines = format_exception_chain([e])
+    assert len(lines) == MAX_TRACEBACK_LINES
+    assert lines[0] == "[txairflowrpc: 2002 lines of this traceback left out]"
+    assert lines[-1] == "2999"
+
+
+def test_every_line_of_a_traceback_is_one_line() -> None:
+    """A line break in a frame or a note must not start a line a CI runner obeys."""
+    lines = format_exception_chain([{
+        "exc_type": "E\n::error::t", "exc_value": "a\n::add-mask::b", "exc_notes": ["n\n::x"],
+        "frames": [{"filename": 'f"\n::warning::x', "lineno": "1\r\n::y", "name": "n\n::z"}]}])
+    assert all("\n" not in line and "\r" not in line for line in lines)
+    assert lines[1] == '  File "f"\\n::warning::x", line 1\\r\\n::y, in n\\n::z'
+    assert lines[2:] == ["E\\n::error::t: a", "::add-mask::b", "n", "::x"]

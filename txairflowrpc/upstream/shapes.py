@@ -112,13 +112,16 @@ def format_log_content(content: Any) -> list[str]:
     """
     Airflow 3's structured log entries (or plain text) as text lines: an
     entry's time, level and event, and, for an exception (``error_detail``),
-    its traceback as Python prints one (`format_exception_chain`).
+    its traceback as Python prints one (`format_exception_chain`), at most
+    `MAX_PAGE_TRACEBACK_LINES` of them for one page of the log; past that,
+    each exception by its last line alone.
     """
     if isinstance(content, str):
         return content.splitlines()
     if not isinstance(content, list):
         return []
-    lines = []
+    lines: list[str] = []
+    traceback_lines = 0
     for entry in content:
         if isinstance(entry, str):
             lines.append(entry)
@@ -132,20 +135,38 @@ def format_log_content(content: Any) -> list[str]:
             parts.append("" if event is None else str(event))
             lines.append(" ".join(parts))
             if "error_detail" in entry:
-                lines.extend(format_exception_chain(entry["error_detail"]))
+                traceback = format_exception_chain(entry["error_detail"])
+                traceback_lines += len(traceback)
+                if traceback_lines > MAX_PAGE_TRACEBACK_LINES:
+                    traceback = traceback[-1:]  # "Type: message": what the entry is about
+                lines.extend(traceback)
     return lines
 
 
-#: Exceptions of a chain, and of a group below one, rendered at most (the
-#: rest are counted); a task's traceback needs a few.
-MAX_EXCEPTIONS = 16
+#: Exceptions of one entry's ``error_detail`` rendered at most, its chain and
+#: the groups in it together (a task's failure has a few).
+MAX_EXCEPTIONS = 32
 #: Frames of one exception rendered at most, the last ones (nearest the raise).
 MAX_FRAMES = 50
+#: Lines of one entry's traceback at most (its end kept: the raised exception).
+MAX_TRACEBACK_LINES = 1000
+#: Lines of traceback on one page of a log at most, before each is cut to its
+#: last line: an exception's dict is written by whoever writes the task, and
+#: found by review, 0.8 MB of nested groups became 1.3 million lines.
+MAX_PAGE_TRACEBACK_LINES = 20_000
 _CAUSE = "The above exception was the direct cause of the following exception:"
 _CONTEXT = "During handling of the above exception, another exception occurred:"
 
 
-def format_exception_chain(detail: Any, depth: int = 0) -> list[str]:
+class _Budget:
+    """How many exceptions one ``error_detail`` may still render."""
+
+    def __init__(self) -> None:
+        self.exceptions = MAX_EXCEPTIONS
+        self.left_out = 0
+
+
+def format_exception_chain(detail: Any) -> list[str]:
     """
     The traceback of a log entry's ``error_detail`` as Python prints it,
     the exception raised last at the end (where a log's tail shows it).
@@ -153,23 +174,37 @@ def format_exception_chain(detail: Any, depth: int = 0) -> list[str]:
     exception of "Task failed with exception" only there (structlog's
     dict of the chain, the raised one first, each ``is_cause`` of the one
     before it), so a caller saw that the task failed but not why.
-    Whatever the shape, never fails: what it cannot read is left out.
+    Whatever the shape, never fails: what it cannot read is left out; at
+    most `MAX_EXCEPTIONS` exceptions and `MAX_TRACEBACK_LINES` lines.
     """
-    if not isinstance(detail, list) or depth > 2:
-        return []
-    stacks = [s for s in detail[:MAX_EXCEPTIONS] if isinstance(s, dict)]
-    lines: list[str] = []
-    for index in range(len(stacks) - 1, -1, -1):  # the first cause first, as Python prints
-        lines.extend(_one_exception(stacks[index], depth))
-        if index:  # the one printed next was raised from this one, or while it was handled
-            lines.extend(["", _CAUSE if stacks[index].get("is_cause") else _CONTEXT, ""])
-    if len(detail) > MAX_EXCEPTIONS:
-        lines.append(f"[txairflowrpc: {len(detail) - MAX_EXCEPTIONS} more chained "
-                     "exceptions left out]")
+    budget = _Budget()
+    lines = _chain(detail, budget, 0)
+    if budget.left_out:
+        lines.append(f"[txairflowrpc: {budget.left_out} more exceptions left out]")
+    if len(lines) > MAX_TRACEBACK_LINES:
+        lines = [f"[txairflowrpc: {len(lines) - MAX_TRACEBACK_LINES + 1} lines of this "
+                 "traceback left out]", *lines[-(MAX_TRACEBACK_LINES - 1):]]
     return lines
 
 
-def _one_exception(stack: dict[str, Any], depth: int) -> list[str]:
+def _chain(detail: Any, budget: _Budget, depth: int) -> list[str]:
+    """One chain: its exceptions, the first cause first, as Python prints them."""
+    if not isinstance(detail, list) or depth > 2:
+        return []
+    stacks = [s for s in detail if isinstance(s, dict) and isinstance(s.get("exc_type"), str)]
+    if len(stacks) > budget.exceptions:
+        budget.left_out += len(stacks) - budget.exceptions
+        stacks = stacks[:budget.exceptions]  # the raised one and its nearest causes
+    budget.exceptions -= len(stacks)
+    lines: list[str] = []
+    for index in range(len(stacks) - 1, -1, -1):
+        lines.extend(_one_exception(stacks[index], budget, depth))
+        if index:  # the one printed next was raised from this one, or while it was handled
+            lines.extend(["", _CAUSE if stacks[index].get("is_cause") else _CONTEXT, ""])
+    return lines
+
+
+def _one_exception(stack: dict[str, Any], budget: _Budget, depth: int) -> list[str]:
     """One exception of a chain: its frames, then its type and message (and notes)."""
     lines = ["Traceback (most recent call last):"]
     frames = stack.get("frames")
@@ -177,20 +212,29 @@ def _one_exception(stack: dict[str, Any], depth: int) -> list[str]:
     if len(frames) > MAX_FRAMES:
         lines.append(f"  [txairflowrpc: {len(frames) - MAX_FRAMES} frames left out]")
     for frame in frames[-MAX_FRAMES:]:
-        lines.append(f'  File "{frame.get("filename", "?")}", line {frame.get("lineno", "?")}, '
-                     f'in {frame.get("name", "?")}')
-    kind = str(stack.get("exc_type") or "Exception")
+        lines.append(f'  File "{_one_line(frame.get("filename", "?"))}", line '
+                     f'{_one_line(frame.get("lineno", "?"))}, in {_one_line(frame.get("name", "?"))}')
     value = stack.get("exc_value")
     text = "" if value is None else str(value)
     said = text.splitlines() or [""]
+    kind = _one_line(stack["exc_type"])
     lines.append(f"{kind}: {said[0]}" if text else kind)
     lines.extend(said[1:])
     notes = stack.get("exc_notes")
     if isinstance(notes, list):
-        lines.extend(str(note) for note in notes[:MAX_EXCEPTIONS])
+        for note in notes[:MAX_FRAMES]:
+            lines.extend(str(note).splitlines())
     if stack.get("is_group") and isinstance(stack.get("exceptions"), list):
-        for index, inner in enumerate(stack["exceptions"][:MAX_EXCEPTIONS], 1):
+        for index, inner in enumerate(stack["exceptions"], 1):
+            if budget.exceptions <= 0:
+                budget.left_out += 1
+                continue
             chain = [inner] if isinstance(inner, dict) else inner
             lines.append(f"  +-- {index} --")
-            lines.extend(f"  | {line}" for line in format_exception_chain(chain, depth + 1))
+            lines.extend(f"  | {line}" for line in _chain(chain, budget, depth + 1))
     return lines
+
+
+def _one_line(value: Any) -> str:
+    """A frame's or type's text on one line: its line breaks written as escapes."""
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
