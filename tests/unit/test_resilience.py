@@ -419,7 +419,7 @@ class CallLimitTests(SynchronousTestCase):
             gw.advance(60)
         self.assertEqual(dispatcher._paid, {})  # nothing kept once the requests are over
 
-    def test_a_multicall_refused_at_the_in_flight_cap_spends_nothing(self) -> None:
+    def test_a_multicall_refused_at_the_in_flight_cap_spends_one_call(self) -> None:
         gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
         dispatcher = gw.site.rpc._dispatcher
         dispatcher._limits = limits = CallLimits(gw.clock, rate=1, burst=40, max_in_flight=1)
@@ -431,7 +431,8 @@ class CallLimitTests(SynchronousTestCase):
         limits.leave("ci-bot")
         multi = self.successResultOf(gw.call_d("system.multicall", [
             {"methodName": "ping", "params": []}] * 40))[2]
-        self.assertEqual(multi, [["pong"]] * 40)  # the whole burst was still there
+        self.assertEqual(multi, [["pong"]] * 40)  # 39 were left: it owes one
+        self.assertIn("retry after 2.0 s", self.successResultOf(gw.call_d("ping"))[2].faultString)
         self.assertEqual(dispatcher._paid, {})
 
     def test_a_cost_above_one_leaves_the_caller_owing_up_to_its_burst(self) -> None:
@@ -519,12 +520,34 @@ class CallLimitTests(SynchronousTestCase):
         padded = {"methodName": "ping", "params": ["x" * (240 * 1024)]}
         calls = [padded] * 3 + [{"methodName": "ping", "params": []}] * 40  # 11 calls more
         results = self.successResultOf(gw.call_d("system.multicall", calls))[2]
-        # 5 tokens, down to -5: 10 spent of its 12, each for one of its entries
-        # (a multicall's own call is its calls'): the 3 padded ones (each
-        # refused -32602) and 7 pings; nothing was left for the other 33.
+        # 5 tokens, down to -5: the body paid 10 of its 12; the multicall then
+        # spent its other 33 calls (it was let in; the second reader's finding:
+        # with 1-2 calls left, its entries were refused one by one, each saying
+        # to come back when the next would be refused too), down to -38: what
+        # it was credited is what it spent, 43 for its 43 entries.
         self.assertEqual({r["faultCode"] for r in results[:3]}, {-32602})
-        self.assertEqual(results[3:10], [["pong"]] * 7)
-        self.assertEqual({r["faultCode"] for r in results[10:]}, {429})
+        self.assertEqual(results[3:], [["pong"]] * 40)
+        owing = self.successResultOf(gw.call_d("ping"))[2]
+        self.assertEqual(owing.faultCode, 429)
+        self.assertIn("retry after 39.0 s", owing.faultString)  # the rate over time holds
+        gw.advance(39)
+        self.assertEqual(self.successResultOf(gw.call_d("ping"))[2], "pong")
+
+    def test_a_multicall_refused_before_it_runs_spends_one_call(self) -> None:
+        """From the second reader: refused while stopping, its caller owed all its calls."""
+        gw = gateway(attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50)))
+        dispatcher = gw.site.rpc._dispatcher
+        dispatcher._limits = CallLimits(gw.clock, rate=1, burst=40, max_in_flight=10)
+        dispatcher.draining = True
+        refused = self.successResultOf(gw.call_d("system.multicall", [
+            {"methodName": "ping", "params": []}] * 50))[2]
+        self.assertEqual(refused.faultCode, 503)
+        dispatcher.draining = False
+        multi = self.successResultOf(gw.call_d("system.multicall", [
+            {"methodName": "ping", "params": []}] * 39))[2]
+        self.assertEqual(multi, [["pong"]] * 39)  # 39 of the burst's 40 were still there
+        self.assertEqual(self.successResultOf(gw.call_d("ping"))[2].faultCode, 429)
+        self.assertEqual(dispatcher._paid, {})
 
     def test_entries_that_are_no_calls_draw_on_the_credit_too(self) -> None:
         cfg = attrs.evolve(CONFIG, rpc=attrs.evolve(CONFIG.rpc, max_multicall=50))

@@ -122,20 +122,13 @@ class Dispatcher:
         top = multicall_index is None
         who = who_of(ctx)
         entered = False
-        prepaid = False
         try:
             if self._limits is not None:
-                if top and name == "system.multicall" and spec is not None:
-                    # Let in first: one refused at the in-flight cap spends nothing.
+                if not (charged or (not top and self._paid_ahead(ctx))):
+                    self._limits.take(who)
+                if top:
                     self._limits.enter(who)
                     entered = True
-                    prepaid = self._prepay_multicall(ctx, who, args, charged)
-                else:
-                    if not (charged or (not top and self._paid_ahead(ctx))):
-                        self._limits.take(who)
-                    if top:
-                        self._limits.enter(who)
-                        entered = True
             d = maybeDeferred(self._run, ctx, spec, name, args, trace, multicall_index, budget)
         except errors.RateLimited as e:
             trace.decision, trace.reason = "denied", e.message
@@ -148,7 +141,7 @@ class Dispatcher:
                          onTimeoutCancel=lambda _, t: Failure(errors.CallTimeout(t)))
         if entered:
             d.addBoth(self._left, who)
-        if charged or prepaid:
+        if charged or (top and name == "system.multicall"):  # it may hold credit (`_prepay`)
             d.addBoth(self._settled, ctx)
         changes = spec is not None and spec.changes_airflow(args)
         if budget is not None and spec is not None:
@@ -189,34 +182,26 @@ class Dispatcher:
             self._paid[ctx.request_id] = credit
         return True
 
-    def _prepay_multicall(
-        self, ctx: CallContext, who: str, args: tuple[Any, ...], charged: bool,
-    ) -> bool:
+    def _prepay(self, ctx: CallContext, calls: int) -> None:
         """
-        Spend a multicall's calls when it starts, N calls for N entries (at
-        least one; one for a multicall refused for its size): with a call
-        left, its caller may owe the rest, up to ``rpc.max_multicall``, so
-        that the largest multicall allowed is let in whole whatever the
-        burst (a worker's share of it is half).  Its entries then draw on
-        what was spent (`_paid_ahead`).  A body paid for first
-        (``charged``) paid the request's own call and maybe more: only what
-        the calls cost beyond that is spent, and if nothing is left for
-        it, the calls past what was paid are charged, and refused, one by
-        one.  `errors.RateLimited` if not ``charged`` and not one call is
-        left.  Whether the request now holds credit (to `settle`).
+        A multicall of ``calls`` entries is about to run: spend what they
+        cost beyond what its request paid already (its own call, or what its
+        body paid: `charge_body`), so that they draw on credit
+        (`_paid_ahead`) rather than each on the bucket as it then is.  The
+        request was let in, so this spends even what the caller lacks,
+        owing it (up to ``rpc.max_multicall``): the largest multicall
+        allowed runs whole whatever the burst (a worker's share of it is
+        smaller), and the caller's next calls wait until it is paid.  Spent
+        only once the multicall runs: one refused before (the in-flight
+        cap, a shutdown, the audit trail down) costs one call, as any call.
         """
-        assert self._limits is not None
-        entries = args[0] if len(args) == 1 and isinstance(args[0], list) else []
-        calls = len(entries) if len(entries) <= self.max_multicall else 0
-        if charged:
-            have = 1 + self._paid.get(ctx.request_id, 0)
-            if calls > have:
-                have += int(self._limits.prepay(who, calls - have, owing=self.max_multicall))
-        else:
-            have = int(self._limits.take(who, max(1, calls), owing=self.max_multicall))
-        if calls:
-            self._paid[ctx.request_id] = min(calls, have)
-        return True
+        if self._limits is None:
+            return
+        have = 1 + self._paid.get(ctx.request_id, 0)
+        if calls > have:
+            have += int(self._limits.prepay(who_of(ctx), calls - have,
+                                            owing=self.max_multicall))
+        self._paid[ctx.request_id] = min(calls, have)
 
     def settle(self, ctx: CallContext) -> None:
         """The request `charge_body` charged is over: what it paid and did not use is spent."""
@@ -508,6 +493,7 @@ class Dispatcher:
             raise errors.InvalidParams(
                 f"at most {self.max_multicall} calls per multicall, got {len(calls)}"
             )
+        self._prepay(call, len(calls))
         results: list[Any] = []
         records: list[Deferred[None]] = []
         budget = AnswerBudget(self.max_answer)

@@ -5,10 +5,10 @@ Rates and caps, kept before work is done.
   calls in flight, both answered with fault 429.  Every call counts against
   the rate, including each call inside a ``system.multicall``; the in-flight
   cap counts HTTP requests (a multicall is one).  A multicall of N calls
-  costs N (at least one), spent when it starts: within ``rpc.max_multicall``
-  it is let in whole if its caller has a call left, owing what it costs
-  beyond (a burst smaller than the largest multicall, as each of several
-  workers has, would otherwise refuse its last calls every time).  A body of
+  costs N (at least one): let in as a call is, it spends the rest when it
+  runs, owing what the bucket lacks, up to ``rpc.max_multicall`` (a burst
+  smaller than the largest multicall, as each of several workers has,
+  would otherwise refuse its last calls every time).  A body of
   `PAID_FIRST_BYTES` or more is paid for before it is parsed, one call more
   per `BODY_BYTES_PER_CALL` bytes (the calls of a multicall in it draw on
   what was paid: a request costs the larger of the two); past the rate it
@@ -91,16 +91,15 @@ class CallLimits:
         bucket.refill(now, self.rate, self.burst)
         return bucket
 
-    def take(self, name: str, cost: int = 1, owing: int = 0) -> float:
+    def take(self, name: str, cost: int = 1) -> float:
         """
         Spend ``cost`` calls of ``name``'s rate; what was spent, or
         `errors.RateLimited` if not one call is left.  A cost above one (a
-        large body, `body_cost`; a multicall's calls) may leave ``name``
-        owing up to its burst, or up to ``owing`` if that is more (what is
-        beyond that is not spent): its next calls wait until it is paid.
+        large body, `body_cost`) may leave ``name`` owing up to its burst
+        (what is beyond that is not spent): its next calls wait until it is paid.
         """
         bucket = self._bucket(name)
-        spent = bucket.take(cost, -float(max(self.burst, owing)))
+        spent = bucket.take(cost, -float(self.burst))
         if not spent:
             self.refused += 1
             raise errors.RateLimited(
@@ -120,16 +119,18 @@ class CallLimits:
 
     def prepay(self, name: str, cost: int, owing: int = 0) -> float:
         """
-        `take` for what a request that is already let in will cost more
-        (the calls of a multicall in a body that paid less): what was spent,
-        0 if not one call is left (not counted in `refused`: each call past
-        it is then charged, and refused, on its own).
+        Spend what a request that was let in (its own call spent) will cost
+        more, a multicall's calls: even below one call, owing up to its
+        burst or ``owing`` if that is more; what was spent.  Its next calls
+        wait until it is paid.
         """
         try:
             bucket = self._bucket(name)
         except errors.RateLimited:  # every caller tracked has a call in flight
             return 0.0
-        return bucket.take(cost, -float(max(self.burst, owing)))
+        before = bucket.tokens
+        bucket.tokens = max(-float(max(self.burst, owing)), before - cost)
+        return max(0.0, before - bucket.tokens)
 
     def spend(self, name: str) -> bool:
         """
