@@ -132,7 +132,7 @@ def test_a_second_stop_signal_changes_nothing(number: int) -> None:
         handler(number, None)
         assert twisted_s == [number]  # the first to Twisted's handler, the second not
         assert signals.ignored == 1
-        (log, _, kwargs), = reactor.from_threads
+        (_, _, kwargs), = reactor.from_threads
         assert kwargs == {"signal": signal.Signals(number).name}
     finally:
         signal.signal(number, before)

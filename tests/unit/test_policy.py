@@ -255,8 +255,8 @@ class ScopeTests(SynchronousTestCase):
     def test_a_pattern_that_cannot_have_ascii_classes_is_refused_when_read(self) -> None:
         for schema, words in [
             ({"properties": {"day": {"type": "string", "pattern": r"(?u)\A\d+\Z"}}},
-             r"pattern '(?u)\\A\\d+\\Z' at properties.day is not a Python regular expression "
-             "with ASCII classes"),
+             (r"pattern '(?u)\\A\\d+\\Z' at properties.day is not a Python regular expression "
+              "with ASCII classes")),
             ({"patternProperties": {r"(?u)\Ap_\d\Z": True}},
              r"patternProperties '(?u)\\Ap_\\d\\Z' is not a Python regular expression"),
         ]:

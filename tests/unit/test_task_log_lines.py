@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 
 from txairflowrpc.upstream.shapes import (
-    MAX_EXCEPTIONS, MAX_FRAMES, MAX_PAGE_TRACEBACK_LINES, MAX_TRACEBACK_LINES,
-    format_exception_chain, format_log_content,
+    MAX_EXCEPTIONS,
+    MAX_FRAMES,
+    MAX_PAGE_TRACEBACK_LINES,
+    MAX_TRACEBACK_LINES,
+    format_exception_chain,
+    format_log_content,
 )
 
 RUNNER = "/opt/airflow/lib/python3.11/site-packages/airflow/sdk/execution_time/task_runner.py"

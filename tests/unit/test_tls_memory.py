@@ -29,7 +29,10 @@ from twisted.python.failure import Failure
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 from txairflowrpc.gate.site import SiteTLSFactory
 from txairflowrpc.gate.tls import (
-    ReloadableTLS, certificate_refusal, release_buffers, server_options,
+    ReloadableTLS,
+    certificate_refusal,
+    release_buffers,
+    server_options,
 )
 from txairflowrpc.identity.authenticate import Gate
 from txairflowrpc.service.checked import build_authenticator, load_checked

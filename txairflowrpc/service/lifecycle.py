@@ -36,7 +36,10 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
-    IListeningPort, IReactorCore, IReactorFromThreads, IStreamServerEndpoint,
+    IListeningPort,
+    IReactorCore,
+    IReactorFromThreads,
+    IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger

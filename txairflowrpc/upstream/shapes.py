@@ -182,8 +182,9 @@ def format_exception_chain(detail: Any) -> list[str]:
     if budget.left_out:
         lines.append(f"[txairflowrpc: {budget.left_out} more exceptions left out]")
     if len(lines) > MAX_TRACEBACK_LINES:
-        lines = [f"[txairflowrpc: {len(lines) - MAX_TRACEBACK_LINES + 1} lines of this "
-                 "traceback left out]", *lines[-(MAX_TRACEBACK_LINES - 1):]]
+        cut = len(lines) - MAX_TRACEBACK_LINES + 1
+        lines = [f"[txairflowrpc: {cut} lines of this traceback left out]",
+                 *lines[-(MAX_TRACEBACK_LINES - 1):]]
     return lines
 
 
