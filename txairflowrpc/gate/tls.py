@@ -165,7 +165,7 @@ def _note_refusal(
                 subject = certificate.to_cryptography().subject.rfc4514_string()
                 protocol.certificate_refusal = CertificateRefusal(
                     _verify_error_text(code), depth, subject[:200])
-        except Exception:  # a refusal goes on unexplained rather than not at all
+        except Exception:  # noqa: BLE001, S110 -- a refusal goes on unexplained, never fails
             pass
     return bool(ok)
 
