@@ -193,6 +193,17 @@ class ScopeTests(SynchronousTestCase):
             self.assertIn(message, fault.faultString)
         self.assertTrue(self.call(gw, "trigger_dag", "etl_orders", {"day": "2026-01-01"})["created"])
 
+    def test_a_pattern_is_named_as_it_is_written(self) -> None:
+        """Found by a newcomer: the fault doubled the pattern's backslashes (Python's repr)."""
+        gw = gateway()
+        schema = {"properties": {"day": {"type": "string", "pattern": r"\A\d{4}\Z"},
+                                 "mode": {"enum": ["it's", "x"]}}}
+        gw.principal = self.principal("runs:trigger:etl_*", conf={"etl_*": schema})
+        fault = self.call(gw, "trigger_dag", "etl_orders", {"day": "26"})
+        self.assertIn(r"conf.day: violates rule pattern = '\A\d{4}\Z'", fault.faultString)
+        fault = self.call(gw, "trigger_dag", "etl_orders", {"mode": "y"})
+        self.assertIn("conf.mode: violates rule enum = [\"it's\", 'x']", fault.faultString)
+
     def test_a_patterns_classes_are_ascii(self) -> None:
         """
         Found by review: jsonschema searches a pattern without flags, so

@@ -108,7 +108,18 @@ class ConfRule:
             return f"{where}: key {extra[0][:64]!r} is not allowed (rule additionalProperties)"
         if rule == "required":
             return f"{where}: {error.message} (rule required)"
-        return f"{where}: violates rule {rule} = {error.validator_value!r}"
+        return f"{where}: violates rule {rule} = {_shown(error.validator_value)}"
+
+
+def _shown(value: Any) -> str:
+    """
+    A rule's value as a fault names it: a pattern as it is written in the
+    config (a TOML literal string), not as Python's repr doubles its
+    backslashes (found by a newcomer); anything else as repr.
+    """
+    if isinstance(value, str) and "'" not in value and value.isprintable():
+        return f"'{value}'"
+    return repr(value)
 
 
 @attrs.frozen
