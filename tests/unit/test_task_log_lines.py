@@ -163,3 +163,35 @@ def test_every_line_of_a_traceback_is_one_line() -> None:
     assert all("\n" not in line and "\r" not in line for line in lines)
     assert lines[1] == '  File "f"\\n::warning::x", line 1\\r\\n::y, in n\\n::z'
     assert lines[2:] == ["E\\n::error::t: a", "::add-mask::b", "n", "::x"]
+
+
+def test_every_member_of_a_group_counts_whatever_it_is() -> None:
+    """From a third reading: 400,000 members that were no exceptions cost 1,000 lines' work each."""
+    group = {"exc_type": "ExceptionGroup", "exc_value": "g", "frames": [], "is_group": True,
+             "exceptions": [0] * 400_000}
+    lines = format_exception_chain([group])
+    assert len(lines) < 4 * MAX_EXCEPTIONS
+    assert lines[-1] == f"[txairflowrpc: {400_000 - MAX_EXCEPTIONS + 1} more exceptions left out]"
+
+
+def test_past_a_pages_budget_an_exception_is_its_type_and_message() -> None:
+    e = {"exc_type": "E", "exc_value": "why\nmore", "exc_notes": ["a note"], "frames": [],
+         "is_group": True, "exceptions": [[{"exc_type": "Inner", "exc_value": "v"}]]}
+    lines = format_log_content([{"event": "x", "error_detail": [e] * 4}] * 2_000)
+    assert lines[-2:] == ["x", "E: why"]
+
+
+def test_a_value_that_is_no_text_is_named_by_its_type() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    lines = format_exception_chain([{"exc_type": "E", "exc_value": deep,
+                                     "frames": [{"filename": {"a": 1}, "lineno": 3.5}]}])
+    assert lines[1:] == ['  File "<dict>", line 3.5, in ?', "E: <list>"]
+
+
+def test_no_character_that_splits_lines_is_left_in_a_line() -> None:
+    odd = "a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i\r\nj"
+    lines = format_exception_chain([{"exc_type": odd, "exc_value": "v", "exc_notes": [odd],
+                                     "frames": [{"filename": odd, "lineno": 1, "name": odd}]}])
+    assert all(len(line.splitlines()) <= 1 for line in lines)

@@ -114,7 +114,7 @@ def format_log_content(content: Any) -> list[str]:
     entry's time, level and event, and, for an exception (``error_detail``),
     its traceback as Python prints one (`format_exception_chain`), at most
     `MAX_PAGE_TRACEBACK_LINES` of them for one page of the log; past that,
-    each exception by its last line alone.
+    each exception by its type and message alone (`exception_summary`).
     """
     if isinstance(content, str):
         return content.splitlines()
@@ -135,35 +135,52 @@ def format_log_content(content: Any) -> list[str]:
             parts.append("" if event is None else str(event))
             lines.append(" ".join(parts))
             if "error_detail" in entry:
-                traceback = format_exception_chain(entry["error_detail"])
-                traceback_lines += len(traceback)
-                if traceback_lines > MAX_PAGE_TRACEBACK_LINES:
-                    traceback = traceback[-1:]  # "Type: message": what the entry is about
+                if traceback_lines < MAX_PAGE_TRACEBACK_LINES:
+                    traceback = format_exception_chain(entry["error_detail"])
+                    traceback_lines += len(traceback)
+                else:
+                    traceback = exception_summary(entry["error_detail"])
                 lines.extend(traceback)
     return lines
 
 
 #: Exceptions of one entry's ``error_detail`` rendered at most, its chain and
-#: the groups in it together (a task's failure has a few).
+#: the groups in it together (each member of a group counts, whatever it is).
 MAX_EXCEPTIONS = 32
 #: Frames of one exception rendered at most, the last ones (nearest the raise).
 MAX_FRAMES = 50
 #: Lines of one entry's traceback at most (its end kept: the raised exception).
 MAX_TRACEBACK_LINES = 1000
-#: Lines of traceback on one page of a log at most, before each is cut to its
-#: last line: an exception's dict is written by whoever writes the task, and
-#: found by review, 0.8 MB of nested groups became 1.3 million lines.
+#: Lines of traceback on one page of a log, past which an entry's traceback is
+#: its type and message alone: an exception's dict is written by whoever
+#: writes the task, and found by review, 0.8 MB of nested groups became 1.3
+#: million lines, 111 MB and a second of the reactor.
 MAX_PAGE_TRACEBACK_LINES = 20_000
 _CAUSE = "The above exception was the direct cause of the following exception:"
 _CONTEXT = "During handling of the above exception, another exception occurred:"
+#: What `str.splitlines` breaks a line at, each written as an escape instead.
+_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+_BREAKS.update({ord("\n"): "\\n", ord("\r"): "\\r"})
 
 
 class _Budget:
-    """How many exceptions one ``error_detail`` may still render."""
+    """How many exceptions, and lines, one ``error_detail`` may still render."""
 
     def __init__(self) -> None:
         self.exceptions = MAX_EXCEPTIONS
         self.left_out = 0
+
+
+def exception_summary(detail: Any) -> list[str]:
+    """The raised exception of an ``error_detail``, as its traceback's last line: type: message."""
+    if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
+        return []
+    stack = detail[0]
+    if not isinstance(stack.get("exc_type"), str):
+        return []
+    said = _text(stack.get("exc_value")).splitlines()
+    kind = _one_line(stack["exc_type"])
+    return [f"{kind}: {_one_line(said[0])}" if said else kind]
 
 
 def format_exception_chain(detail: Any) -> list[str]:
@@ -175,7 +192,8 @@ def format_exception_chain(detail: Any) -> list[str]:
     dict of the chain, the raised one first, each ``is_cause`` of the one
     before it), so a caller saw that the task failed but not why.
     Whatever the shape, never fails: what it cannot read is left out; at
-    most `MAX_EXCEPTIONS` exceptions and `MAX_TRACEBACK_LINES` lines.
+    most `MAX_EXCEPTIONS` exceptions and `MAX_TRACEBACK_LINES` lines, each
+    one line (what would break one is written as an escape).
     """
     budget = _Budget()
     lines = _chain(detail, budget, 0)
@@ -192,11 +210,14 @@ def _chain(detail: Any, budget: _Budget, depth: int) -> list[str]:
     """One chain: its exceptions, the first cause first, as Python prints them."""
     if not isinstance(detail, list) or depth > 2:
         return []
-    stacks = [s for s in detail if isinstance(s, dict) and isinstance(s.get("exc_type"), str)]
-    if len(stacks) > budget.exceptions:
-        budget.left_out += len(stacks) - budget.exceptions
-        stacks = stacks[:budget.exceptions]  # the raised one and its nearest causes
-    budget.exceptions -= len(stacks)
+    stacks = []
+    for stack in detail:
+        if budget.exceptions <= 0:
+            budget.left_out += 1
+            continue
+        if isinstance(stack, dict) and isinstance(stack.get("exc_type"), str):
+            budget.exceptions -= 1
+            stacks.append(stack)  # the raised one and its nearest causes first
     lines: list[str] = []
     for index in range(len(stacks) - 1, -1, -1):
         lines.extend(_one_exception(stacks[index], budget, depth))
@@ -215,27 +236,38 @@ def _one_exception(stack: dict[str, Any], budget: _Budget, depth: int) -> list[s
     for frame in frames[-MAX_FRAMES:]:
         lines.append(f'  File "{_one_line(frame.get("filename", "?"))}", line '
                      f'{_one_line(frame.get("lineno", "?"))}, in {_one_line(frame.get("name", "?"))}')
-    value = stack.get("exc_value")
-    text = "" if value is None else str(value)
-    said = text.splitlines() or [""]
+    said = [_one_line(line) for line in _text(stack.get("exc_value")).splitlines()]
     kind = _one_line(stack["exc_type"])
-    lines.append(f"{kind}: {said[0]}" if text else kind)
+    lines.append(f"{kind}: {said[0]}" if said else kind)
     lines.extend(said[1:])
     notes = stack.get("exc_notes")
     if isinstance(notes, list):
         for note in notes[:MAX_FRAMES]:
-            lines.extend(str(note).splitlines())
+            lines.extend(_one_line(line) for line in _text(note).splitlines())
     if stack.get("is_group") and isinstance(stack.get("exceptions"), list):
-        for index, inner in enumerate(stack["exceptions"], 1):
-            if budget.exceptions <= 0:
-                budget.left_out += 1
-                continue
+        members = stack["exceptions"]
+        for index, inner in enumerate(members, 1):
+            if budget.exceptions <= 0:  # every member counts, a chain or not
+                budget.left_out += len(members) - index + 1
+                break
+            budget.exceptions -= 1
             chain = [inner] if isinstance(inner, dict) else inner
             lines.append(f"  +-- {index} --")
             lines.extend(f"  | {line}" for line in _chain(chain, budget, depth + 1))
     return lines
 
 
+def _text(value: Any) -> str:
+    """A value of the dict as text: a string or a number as it is, anything else by its type."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    return f"<{type(value).__name__}>"  # never str() of a deep structure
+
+
 def _one_line(value: Any) -> str:
-    """A frame's or type's text on one line: its line breaks written as escapes."""
-    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+    """A value on one line: whatever `str.splitlines` would break it at, as an escape."""
+    return _text(value).translate(_BREAKS)
