@@ -591,3 +591,15 @@ class CallLimitTests(SynchronousTestCase):
         self.assertEqual((fault.faultCode, fault.faultString),
                          (504, "the call did not finish within its deadline of 5 s; retry later"))
         self.assertEqual(gw.clock.getDelayedCalls(), [])  # the Airflow request is abandoned
+
+
+def test_prepay_counts_whole_calls_and_forgives_no_debt() -> None:
+    """From a third reading: an int() of 7.999999999999998 credited a call less than was paid."""
+    clock = Clock()
+    limits = CallLimits(clock, rate=1, burst=5, max_in_flight=2)
+    assert (CallLimits.whole(7.999999999999998), CallLimits.whole(8.4)) == (8, 8)
+    limits.take("bot")
+    assert limits.whole(limits.prepay("bot", 54, owing=50)) == 54  # 4 - 54: owes 50
+    limits.burst = 2  # a reload lowered the floor to -10: the debt stays
+    assert limits.prepay("bot", 5, owing=10) == 0
+    assert limits._buckets["bot"].tokens == -50

@@ -69,8 +69,9 @@ class Dispatcher:
         self.refusals = refusals
         self._policy = policy
         self._limits = limits
-        #: What a request's body paid beyond its call (`charge_body`), by
-        #: request id, for the calls of a multicall in it; until it is over.
+        #: The calls a request paid for ahead, by request id, for the entries of
+        #: its multicall: what its body paid beyond its own call (`charge_body`)
+        #: and what the multicall spent as it started (`_prepay`); until it is over.
         self._paid: dict[str, int] = {}
         self.deadline = deadline
         self.max_wait = max_wait
@@ -177,7 +178,7 @@ class Dispatcher:
         # Only what was spent, beyond the call itself, is credit: a caller
         # owing its whole burst spent less than the body's cost (found by review:
         # at a small burst, credit never paid for let a multicall run far past the rate).
-        credit = min(extra, int(spent) - 1)
+        credit = min(extra, self._limits.whole(spent) - 1)
         if credit > 0:
             self._paid[ctx.request_id] = credit
         return True
@@ -199,12 +200,16 @@ class Dispatcher:
             return
         have = 1 + self._paid.get(ctx.request_id, 0)
         if calls > have:
-            have += int(self._limits.prepay(who_of(ctx), calls - have,
-                                            owing=self.max_multicall))
+            have += self._limits.whole(self._limits.prepay(who_of(ctx), calls - have,
+                                                           owing=self.max_multicall))
         self._paid[ctx.request_id] = min(calls, have)
 
     def settle(self, ctx: CallContext) -> None:
-        """The request `charge_body` charged is over: what it paid and did not use is spent."""
+        """
+        The request is over: what it paid ahead (`charge_body`, `_prepay`)
+        and did not use is spent, as a multicall cut off midway (its deadline,
+        its caller gone) spent all its calls.
+        """
         self._paid.pop(ctx.request_id, None)
 
     def _settled(self, result: Any, ctx: CallContext) -> Any:

@@ -129,8 +129,19 @@ class CallLimits:
         except errors.RateLimited:  # every caller tracked has a call in flight
             return 0.0
         before = bucket.tokens
-        bucket.tokens = max(-float(max(self.burst, owing)), before - cost)
-        return max(0.0, before - bucket.tokens)
+        # Never above where it was: a reload that lowered the floor forgives no debt.
+        bucket.tokens = min(before, max(-float(max(self.burst, owing)), before - cost))
+        return before - bucket.tokens
+
+    @staticmethod
+    def whole(spent: float) -> int:
+        """
+        The whole calls in what `take` or `prepay` spent: ``before - after``
+        of a float bucket is ``cost - 1e-15`` at times (found by review: an
+        int() of it credited a multicall one call less than it paid, and its
+        last entry was refused).
+        """
+        return int(spent + 1e-6)
 
     def spend(self, name: str) -> bool:
         """
