@@ -15,6 +15,7 @@ identities it is given.
 from __future__ import annotations
 
 import calendar
+import gzip
 import hmac
 import json
 import re
@@ -79,6 +80,9 @@ class StubSTS:
     raw: tuple[int, str, bytes] | None = None
     #: Close every connection without an answer (`serve` only), as a dead STS would.
     drop: bool = False
+    #: Send every answer gzipped, whatever was asked for (`serve` only), as a broken or
+    #: hostile one would.
+    gzipped: bool = False
 
     def answer(self, method: str, path: str, headers: dict[str, str],
                body: bytes) -> tuple[int, str, bytes]:
@@ -205,6 +209,9 @@ def serve(stub: StubSTS) -> Iterator[str]:
             status, content_type, answer = stub.answer("POST", self.path, headers, body)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if stub.gzipped:
+                answer = gzip.compress(answer + b" " * 10_000_000)  # 10 MB from about 10 KB
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)

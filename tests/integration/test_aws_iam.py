@@ -243,6 +243,27 @@ def test_sts_down_or_failing_is_identity_provider_unavailable(gw: RunningGateway
     assert proxy(gw, iam(ALICE, sts)).whoami()["principal"] == "iam-auditor"
 
 
+def test_an_answer_from_sts_is_read_as_it_comes_never_inflated(gw: RunningGateway,
+                                                                 sts: STS) -> None:
+    """
+    Found by an attacker's review: the gateway's HTTP client (treq) asked STS
+    for gzip and inflated the answer before the 64 kB cap counted it (200 KB
+    on the wire, 200 MB of the gateway's memory).  Now nothing but identity
+    is asked for, and an answer encoded anyway is refused unread.
+    """
+    try:
+        sts.stub.gzipped = True
+        status, body = post(gw, hand_signed(ALICE, sts, {"X-Airflowrpc-Server-ID": SERVER_ID,
+                                                         "X-Try": "gzip"}))
+        assert status == 401, body
+        assert ("identity provider unavailable (STS's answer could not be read (the answer is "
+                "encoded (gzip), which was not asked for))") in body
+        assert "accept-encoding" not in sts.stub.seen[-1].headers
+    finally:
+        sts.stub.gzipped = False
+    assert proxy(gw, iam(ALICE, sts)).whoami()["principal"] == "iam-auditor"
+
+
 def test_the_client_helper_and_the_python_example(gw: RunningGateway, sts: STS) -> None:
     auth = IAMAuthorization(SERVER_ID, credentials=DEPLOYER.credentials(), endpoint=sts.endpoint)
     assert proxy(gw, auth()).ping() == "pong"

@@ -27,6 +27,17 @@ class TooLarge(Exception):
         self.cap = cap
 
 
+class EncodedAnswer(Exception):
+    """
+    An answer in a ``Content-Encoding`` other than identity, which was not
+    asked for: refused before its body is read (`upstream.transport.IdentityOnly`).
+    """
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"the answer is encoded ({encoding[:40]}), which was not asked for")
+        self.encoding = encoding
+
+
 def _abandon(transport: Any) -> None:
     """Close the connection a response body comes on (or stop it, where that is all there is)."""
     stop = getattr(transport, "abortConnection", None) or getattr(transport, "stopProducing", None)

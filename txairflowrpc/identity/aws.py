@@ -51,7 +51,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from ..config.access import MAX_ARN, AWSSettings, PrincipalEntry
-from ..core.bodies import TooLarge, read_capped
+from ..core.bodies import EncodedAnswer, TooLarge, read_capped
 from ..core.singleflight import SingleFlight
 
 _log = Logger()
@@ -512,6 +512,8 @@ class IAMVerifier:
             status, content_type, body = await d
         except TooLarge:
             raise self._unavailable("STS's answer is too large") from None
+        except EncodedAnswer as e:
+            raise self._unavailable(f"STS's answer could not be read ({e})") from None
         except Exception as e:  # refused, reset, DNS, TLS: all "could not be reached"
             if not deadline.active():
                 raise self._unavailable(f"STS did not answer within {timeout:g} s") from None

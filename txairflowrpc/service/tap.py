@@ -54,7 +54,7 @@ from ..upstream.accounts import Account, Accounts
 from ..upstream.breaker import CHECK_SECONDS as BREAKER_CHECK_SECONDS
 from ..upstream.breaker import CircuitBreaker
 from ..upstream.client import AirflowClient, Changes, TLSFailures
-from ..upstream.transport import OriginTrust, PooledAgent
+from ..upstream.transport import IdentityOnly, OriginTrust, PooledAgent
 from ..upstream.watch import RunWatcher
 from .admin import AdminSite, HealthResource
 from .checked import Checked, build_authenticator, load_checked, served_certificates
@@ -543,7 +543,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     agent = pooled_agent(reactor, pool, trust)
     pools = AccountPools(reactor, pool, cfg.airflow.max_connections, trust,
                          cfg.airflow.idle_connection_seconds)
-    http = HTTPClient(agent)
+    http = HTTPClient(IdentityOnly(agent))  # a body's cap counts the bytes on the wire
     gate = Gate(build_authenticator(checked, http=http, clock=reactor))
     tls = ReloadableTLS(checked.tls_options)
     backoff = Backoff(reactor, cfg.access.auth.failure_backoff_max_seconds)

@@ -34,7 +34,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..core import errors
-from ..core.bodies import TooLarge, read_capped
+from ..core.bodies import EncodedAnswer, TooLarge, read_capped
 
 #: The largest answer body read from Airflow, in bytes: a log page, a list of
 #: 100 runs with their confs, are far smaller.
@@ -174,6 +174,44 @@ class PooledAgent:
         request = Request(method, target, headers, bodyProducer, self._pool.persistent)
         return self._pool.getConnection(key, endpoint).addCallback(
             lambda protocol: protocol.request(request))
+
+
+@implementer(IAgent)
+class IdentityOnly:
+    """
+    An `IAgent` that asks for answers as they are and refuses any other:
+    for treq's `HTTPClient` (OIDC key sets, AWS STS), which asks for gzip
+    and inflates it before a byte is counted.  Found by an attacker's
+    review: a 200 KB gzip answer from STS became 200 MB of the gateway's
+    memory before the 64 kB cap on its body refused it (four at once: 446
+    MB).  Under treq's content decoder, this takes the ``Accept-Encoding``
+    it adds off the request, and fails an answer that is encoded anyway,
+    closing its connection before its body is read, so the caps on a body
+    (`read_capped`) count what comes over the wire.
+    """
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[Any]:
+        headers = Headers() if headers is None else headers.copy()
+        headers.removeHeader(b"accept-encoding")
+        return self._agent.request(method, uri, headers, bodyProducer).addCallback(
+            _identity_only)
+
+
+def _identity_only(response: Any) -> Any:
+    encodings = [e.strip().lower()
+                 for value in response.headers.getRawHeaders(b"content-encoding", [])
+                 for e in value.split(b",") if e.strip()]
+    refused = [e for e in encodings if e != b"identity"]
+    if refused:
+        read_capped(response, 0).addErrback(lambda _: None)  # its connection closed, unread
+        raise EncodedAnswer(b", ".join(refused).decode("latin-1"))
+    return response
 
 
 class Transport:
