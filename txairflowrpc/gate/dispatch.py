@@ -178,7 +178,7 @@ class Dispatcher:
         # Only what was spent, beyond the call itself, is credit: a caller
         # owing its whole burst spent less than the body's cost (found by review:
         # at a small burst, credit never paid for let a multicall run far past the rate).
-        credit = min(extra, self._limits.whole(spent) - 1)
+        credit = min(extra, spent - 1)
         if credit > 0:
             self._paid[ctx.request_id] = credit
         return True
@@ -200,8 +200,7 @@ class Dispatcher:
             return
         have = 1 + self._paid.get(ctx.request_id, 0)
         if calls > have:
-            have += self._limits.whole(self._limits.prepay(who_of(ctx), calls - have,
-                                                           owing=self.max_multicall))
+            have += self._limits.prepay(who_of(ctx), calls - have, owing=self.max_multicall)
         self._paid[ctx.request_id] = min(calls, have)
 
     def settle(self, ctx: CallContext) -> None:

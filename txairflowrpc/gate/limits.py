@@ -51,17 +51,19 @@ class _Bucket:
         self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
         self.stamp = now
 
-    def take(self, cost: int = 1, floor: float = 0.0) -> float:
+    def take(self, cost: int = 1, floor: float = 0.0, admitted: bool = False) -> float:
         """
         Spend ``cost`` tokens; what was spent (0: there was not a whole
-        one).  What a cost of more than one leaves owing takes the bucket
-        below zero, down to ``floor`` at most (then less than ``cost`` is
-        spent), and is paid back by the time that refills it.
+        one, unless the spending was ``admitted`` already).  What a cost of
+        more than one leaves owing takes the bucket below zero, down to
+        ``floor`` at most (then less than ``cost`` is spent), and is paid
+        back by the time that refills it.  Never raises the bucket: a floor
+        lowered by a reload forgives no debt.
         """
-        if self.tokens < 1:
+        if self.tokens < 1 and not admitted:
             return 0.0
         before = self.tokens
-        self.tokens = max(min(floor, 0.0), self.tokens - cost)
+        self.tokens = min(before, max(min(floor, 0.0), before - cost))
         return before - self.tokens
 
 
@@ -91,15 +93,16 @@ class CallLimits:
         bucket.refill(now, self.rate, self.burst)
         return bucket
 
-    def take(self, name: str, cost: int = 1) -> float:
+    def take(self, name: str, cost: int = 1) -> int:
         """
-        Spend ``cost`` calls of ``name``'s rate; what was spent, or
-        `errors.RateLimited` if not one call is left.  A cost above one (a
-        large body, `body_cost`) may leave ``name`` owing up to its burst
-        (what is beyond that is not spent): its next calls wait until it is paid.
+        Spend ``cost`` calls of ``name``'s rate; the whole calls spent
+        (`whole`), or `errors.RateLimited` if not one call is left.  A cost
+        above one (a large body, `body_cost`) may leave ``name`` owing up to
+        its burst (what is beyond that is not spent): its next calls wait
+        until it is paid.
         """
         bucket = self._bucket(name)
-        spent = bucket.take(cost, -float(self.burst))
+        spent = self.whole(bucket.take(cost, -float(self.burst)))
         if not spent:
             self.refused += 1
             raise errors.RateLimited(
@@ -117,29 +120,26 @@ class CallLimits:
         """
         return size // BODY_BYTES_PER_CALL if size >= PAID_FIRST_BYTES else None
 
-    def prepay(self, name: str, cost: int, owing: int = 0) -> float:
+    def prepay(self, name: str, cost: int, owing: int = 0) -> int:
         """
         Spend what a request that was let in (its own call spent) will cost
         more, a multicall's calls: even below one call, owing up to its
-        burst or ``owing`` if that is more; what was spent.  Its next calls
-        wait until it is paid.
+        burst or ``owing`` if that is more; the whole calls spent.  Its next
+        calls wait until it is paid.
         """
         try:
             bucket = self._bucket(name)
         except errors.RateLimited:  # every caller tracked has a call in flight
-            return 0.0
-        before = bucket.tokens
-        # Never above where it was: a reload that lowered the floor forgives no debt.
-        bucket.tokens = min(before, max(-float(max(self.burst, owing)), before - cost))
-        return before - bucket.tokens
+            return 0
+        return self.whole(bucket.take(cost, -float(max(self.burst, owing)), admitted=True))
 
     @staticmethod
     def whole(spent: float) -> int:
         """
-        The whole calls in what `take` or `prepay` spent: ``before - after``
-        of a float bucket is ``cost - 1e-15`` at times (found by review: an
-        int() of it credited a multicall one call less than it paid, and its
-        last entry was refused).
+        The whole calls in what a bucket spent: ``before - after`` of a
+        float bucket is ``cost - 1e-15`` at times (found by review: an int()
+        of it credited a multicall one call less than it paid, and its last
+        entry was refused).
         """
         return int(spent + 1e-6)
 
