@@ -164,7 +164,7 @@ _BREAKS.update({ord("\n"): "\\n", ord("\r"): "\\r"})
 
 
 class _Budget:
-    """How many exceptions, and lines, one ``error_detail`` may still render."""
+    """How many exceptions one ``error_detail`` may still render, and how many it left out."""
 
     def __init__(self) -> None:
         self.exceptions = MAX_EXCEPTIONS
@@ -178,9 +178,7 @@ def exception_summary(detail: Any) -> list[str]:
     stack = detail[0]
     if not isinstance(stack.get("exc_type"), str):
         return []
-    said = _text(stack.get("exc_value")).splitlines()
-    kind = _one_line(stack["exc_type"])
-    return [f"{kind}: {_one_line(said[0])}" if said else kind]
+    return _raised(stack)[:1]
 
 
 def format_exception_chain(detail: Any) -> list[str]:
@@ -211,10 +209,10 @@ def _chain(detail: Any, budget: _Budget, depth: int) -> list[str]:
     if not isinstance(detail, list) or depth > 2:
         return []
     stacks = []
-    for stack in detail:
+    for index, stack in enumerate(detail):
         if budget.exceptions <= 0:
-            budget.left_out += 1
-            continue
+            budget.left_out += len(detail) - index
+            break
         if isinstance(stack, dict) and isinstance(stack.get("exc_type"), str):
             budget.exceptions -= 1
             stacks.append(stack)  # the raised one and its nearest causes first
@@ -236,10 +234,7 @@ def _one_exception(stack: dict[str, Any], budget: _Budget, depth: int) -> list[s
     for frame in frames[-MAX_FRAMES:]:
         lines.append(f'  File "{_one_line(frame.get("filename", "?"))}", line '
                      f'{_one_line(frame.get("lineno", "?"))}, in {_one_line(frame.get("name", "?"))}')
-    said = [_one_line(line) for line in _text(stack.get("exc_value")).splitlines()]
-    kind = _one_line(stack["exc_type"])
-    lines.append(f"{kind}: {said[0]}" if said else kind)
-    lines.extend(said[1:])
+    lines.extend(_raised(stack))
     notes = stack.get("exc_notes")
     if isinstance(notes, list):
         for note in notes[:MAX_FRAMES]:
@@ -255,6 +250,13 @@ def _one_exception(stack: dict[str, Any], budget: _Budget, depth: int) -> list[s
             lines.append(f"  +-- {index} --")
             lines.extend(f"  | {line}" for line in _chain(chain, budget, depth + 1))
     return lines
+
+
+def _raised(stack: dict[str, Any]) -> list[str]:
+    """What an exception says: ``Type: message``, then the message's other lines."""
+    said = [_one_line(line) for line in _text(stack.get("exc_value")).splitlines()]
+    kind = _one_line(stack["exc_type"])
+    return [f"{kind}: {said[0]}" if said else kind, *said[1:]]
 
 
 def _text(value: Any) -> str:
