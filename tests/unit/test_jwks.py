@@ -176,14 +176,20 @@ class FetchBoundsTests(SynchronousTestCase):
 class MaxAgeTests(SynchronousTestCase):
     """Found by review: a key the provider removed was trusted until a restart."""
 
-    def test_a_set_older_than_its_max_age_is_fetched_again_before_it_verifies(self) -> None:
+    @staticmethod
+    def fetched(*signers: Signer) -> tuple[Clock, JWKS, JWKSet]:
+        """A clock at NOW, a provider serving ``signers``' keys, and its set (900 s max age)."""
         clock = Clock()
         clock.advance(NOW)
-        old, new = Signer("RS256", "k-old"), Signer("RS256", "k-next")
-        server = JWKS(jwks(old, new))
+        server = JWKS(jwks(*signers))
         keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
                                  jwks_max_age_seconds=900),
                         http=StubTreq(server), clock=clock)
+        return clock, server, keyset
+
+    def test_a_set_older_than_its_max_age_is_fetched_again_before_it_verifies(self) -> None:
+        old, new = Signer("RS256", "k-old"), Signer("RS256", "k-next")
+        clock, server, keyset = self.fetched(old, new)
 
         def keys_for(token: str) -> Any:
             return self.successResultOf(Deferred.fromCoroutine(keyset.key_for(token)))
@@ -208,12 +214,7 @@ class MaxAgeTests(SynchronousTestCase):
         token's own exp, which the key's holder chooses).  A verdict now
         lapses when the set it was reached with is due for a refresh.
         """
-        clock = Clock()
-        clock.advance(NOW)
-        server = JWKS(jwks(RSA))
-        keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
-                                 jwks_max_age_seconds=900),
-                        http=StubTreq(server), clock=clock)
+        clock, server, keyset = self.fetched(RSA)
         self.successResultOf(Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims()))))
         self.assertEqual(keyset.verdicts_until(), NOW + 900)
         clock.advance(899)
@@ -228,12 +229,7 @@ class MaxAgeTests(SynchronousTestCase):
 
     def test_after_a_failed_refresh_a_known_key_does_not_wait_again(self) -> None:
         """Found by review: with the provider down, a token waited the whole timeout each cooldown."""
-        clock = Clock()
-        clock.advance(NOW)
-        server = JWKS(jwks(RSA))
-        keyset = JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks",
-                                 jwks_max_age_seconds=900),
-                        http=StubTreq(server), clock=clock)
+        clock, server, keyset = self.fetched(RSA)
         self.successResultOf(Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims()))))
         clock.advance(900)
         server.status = 500  # the provider fails: the first refresh is waited for, and fails
