@@ -255,6 +255,17 @@ class ShapeTests(SynchronousTestCase):
         self.assertNotIn("file_token", dag)
         self.assertNotIn("description", dag)  # None in Airflow: omitted, never nil
 
+    def test_a_partitioned_dags_run_keeps_its_partition(self) -> None:
+        """Airflow 3.2+: a partition key and date, and no logical date (null: omitted)."""
+        self.airflow.runs[("example_hello", "backfill__p1")] = {
+            "dag_id": "example_hello", "dag_run_id": "backfill__p1", "state": "success",
+            "logical_date": None, "partition_key": "2026-05-01T00:00:00",
+            "partition_date": "2026-05-01T00:00:00Z", "run_after": "2026-05-01T00:00:00Z"}
+        run = self.successResultOf(self.client.get_dag_run("example_hello", "backfill__p1"))
+        self.assertEqual((run["partition_key"], run["partition_date"]),
+                         ("2026-05-01T00:00:00", "2026-05-01T00:00:00Z"))
+        self.assertNotIn("logical_date", run)
+
     def test_ids_are_percent_encoded_in_paths(self) -> None:
         self.airflow.runs[("example_hello", "manual__2026-01-01T00:00:00+00:00")] = {
             "dag_id": "example_hello", "dag_run_id": "manual__2026-01-01T00:00:00+00:00",

@@ -28,6 +28,8 @@ _RUN_FIELDS = (
     "triggering_user_name", "logical_date", "run_after", "queued_at",
     "start_date", "end_date", "duration", "data_interval_start",
     "data_interval_end", "conf", "note",
+    # A partitioned DAG's run (Airflow 3.2+): a partition instead of a logical date.
+    "partition_key", "partition_date",
 )
 _TASK_INSTANCE_FIELDS = (
     "task_id", "task_display_name", "dag_id", "dag_run_id", "map_index",
