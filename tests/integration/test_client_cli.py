@@ -183,6 +183,30 @@ def test_backfill_wait_succeeds_and_the_same_job_again_follows_it(
     assert "already existed (an earlier try made it)" in again.err
 
 
+def test_backfill_of_a_partitioned_dag_tells_its_runs_by_partition(
+    gateway: RunningGateway,
+) -> None:
+    """
+    Found by review: a partitioned DAG's runs have no logical date, so the
+    count over the range found none and a backfill whose runs all succeeded
+    exited 1; found again by a retried job, it had 0 runs and exited 0.
+    """
+    args = ["backfill", "example_partitioned", "2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z",
+            "--wait", "--timeout", "300", "--progress-every", "2"]
+    first = run(args, with_cert(gateway))
+    assert first.status == 0, first
+    assert {k: first.json[k] for k in ("created", "runs", "succeeded", "failed")} == {
+        "created": True, "runs": 2, "succeeded": 2, "failed": 0}, first
+    again = run(args, with_cert(gateway))  # a retried job: it meets the first
+    assert again.status == 0, again
+    assert {k: again.json[k] for k in ("id", "created", "runs", "succeeded")} == {
+        "id": first.json["id"], "created": False, "runs": 2, "succeeded": 2}, again
+    runs = gateway.proxy().list_dag_runs("example_partitioned", {"run_type": "backfill"})
+    assert sorted(r["partition_key"] for r in runs["dag_runs"]) == [
+        "2026-05-01T00:00:00", "2026-05-02T00:00:00"], runs
+    assert all("logical_date" not in r for r in runs["dag_runs"]), runs
+
+
 def test_call_on_a_missing_dag_exits_4_and_a_present_one_prints_json(
     gateway: RunningGateway,
 ) -> None:

@@ -45,6 +45,11 @@ class FakeGateway:
         #: Backfills by id (a daily schedule); ``looks``: get_backfill calls so far,
         #: each of which finishes one more run; a conf {"fail": N} fails its Nth run.
         self.backfills: dict[int, dict[str, Any]] = {}
+        #: DAGs with a partitioned schedule: their runs have a partition key and
+        #: no logical date (which the gateway leaves out, as Airflow's null).
+        self.partitioned: set[str] = set()
+        #: Backfills created and completed so far: their times, a second apart.
+        self._ticks = 0
 
     def dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
         self.calls.append((method, params))
@@ -128,7 +133,8 @@ class FakeGateway:
         dates = [(first + timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
                  for n in range((last - first).days + 1)]
         # As Airflow with reprocess none: only dates that have no run yet.
-        taken = {r["logical_date"] for b in self.backfills.values() if b["dag_id"] == dag_id
+        taken = {r.get("logical_date") or r["partition_key"] + "Z"
+                 for b in self.backfills.values() if b["dag_id"] == dag_id
                  for r in self._backfill_runs(b)}
         dates = [d for d in dates if d not in taken]
         if options.get("dry_run"):
@@ -144,11 +150,15 @@ class FakeGateway:
         backfill_id = len(self.backfills) + 1
         self.backfills[backfill_id] = {
             "id": backfill_id, "dag_id": dag_id, "from_date": from_date, "to_date": to_date,
-            "dag_run_conf": conf or {}, "is_paused": False, "completed": False,
+            "dag_run_conf": conf, "is_paused": False, "completed": False, "completed_at": None,
             "reprocess_behavior": options.get("reprocess_behavior", "none"),
             "max_active_runs": options.get("max_active_runs", 10),
-            "created_at": f"2026-11-27T10:00:{backfill_id:02d}Z", "dates": dates, "looks": 0}
+            "created_at": self._tick(), "dates": dates, "looks": 0}
         return {**self._backfill(backfill_id), "runs": len(dates)}
+
+    def _tick(self) -> str:
+        self._ticks += 1
+        return f"2026-11-27T10:00:{self._ticks:02d}Z"
 
     def _backfill(self, backfill_id: int) -> dict[str, Any]:
         b = self.backfills[backfill_id]
@@ -156,7 +166,9 @@ class FakeGateway:
 
     def _backfill_runs(self, b: dict[str, Any]) -> list[dict[str, Any]]:
         fail = b["dag_run_conf"].get("fail") if isinstance(b["dag_run_conf"], dict) else None
-        return [{"dag_id": b["dag_id"], "dag_run_id": f"backfill__{d}", "logical_date": d,
+        dated = b["dag_id"] not in self.partitioned
+        return [{"dag_id": b["dag_id"], "dag_run_id": f"backfill__{d}",
+                 **({"logical_date": d} if dated else {"partition_key": d[:-1]}),
                  "run_type": "backfill", "queued_at": b["created_at"],
                  "state": ("queued" if n >= b["looks"] else
                            "failed" if fail == n + 1 else "success")}
@@ -168,6 +180,8 @@ class FakeGateway:
             raise xmlrpc.client.Fault(404, f"not found: backfill {backfill_id}")
         b["looks"] += 1
         b["completed"] = b["looks"] >= len(b["dates"])
+        if b["completed"] and b["completed_at"] is None:
+            b["completed_at"] = self._tick()
         return self._backfill(backfill_id)
 
     def list_backfills(self, dag_id: str, filters: Any = None) -> dict[str, Any]:
@@ -180,9 +194,12 @@ class FakeGateway:
         states = filters.get("state", [])
         states = [states] if isinstance(states, str) else states
         runs = [r for b in self.backfills.values() if b["dag_id"] == dag_id
-                for r in self._backfill_runs(b)
-                if filters.get("logical_date_from", "") <= r["logical_date"]
-                <= filters.get("logical_date_to", "~")]
+                for r in self._backfill_runs(b)]
+        if "logical_date_from" in filters or "logical_date_to" in filters:
+            # As SQL does: a run without a logical date is in no range of them.
+            runs = [r for r in runs if "logical_date" in r
+                    and filters.get("logical_date_from", "") <= r["logical_date"]
+                    <= filters.get("logical_date_to", "~")]
         runs = [r for r in runs if not states or r["state"] in states]
         offset = filters.get("offset", 0)
         return {"dag_runs": runs[offset:offset + filters.get("limit", 25)], "total": len(runs)}

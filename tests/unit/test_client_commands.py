@@ -1037,6 +1037,70 @@ def test_a_count_that_misses_the_backfills_runs_is_no_success() -> None:
     assert "3 of its 3 runs did not succeed" in got.err
 
 
+def test_a_partitioned_dags_backfill_is_told_by_its_runs_without_logical_dates() -> None:
+    """
+    Found by review: a partitioned DAG's runs have no logical date, so the
+    count over the range found none: every run succeeded and it exited 1.
+    """
+    gateway = FakeGateway()
+    gateway.partitioned.add("example_daily")
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 0, got.err
+    assert {k: got.json[k] for k in ("runs", "succeeded", "failed")} == {
+        "runs": 3, "succeeded": 3, "failed": 0}
+    failing = run_in_memory([*MAR, "--conf", '{"fail": 2}', "--wait", "--log-lines", "1"],
+                            gateway)
+    assert failing.status == 1, failing.err
+    assert "failed runs: backfill__2026-03-02T00:00:00Z\n" in failing.err
+    assert "1 of its 3 runs did not succeed" in failing.err
+
+
+def test_a_partitioned_dags_backfill_found_again_is_no_success_over_a_failed_run() -> None:
+    """Found by review: found again, it had 0 runs, so 0 of 0 failed: exit 0."""
+    gateway = FakeGateway()
+    gateway.partitioned.add("example_daily")
+    first = run_in_memory([*FEB, "--conf", '{"fail": 2}'], gateway)
+    assert first.status == 0, first.err
+    again = run_in_memory([*FEB, "--conf", '{"fail": 2}', "--wait"], gateway)
+    assert again.status == 1, again.err
+    assert {k: again.json[k] for k in ("id", "created", "runs", "succeeded", "failed")} == {
+        "id": 1, "created": False, "runs": 3, "succeeded": 2, "failed": 1}
+
+
+def test_a_partitioned_dags_later_backfill_is_not_counted_as_an_earlier_ones() -> None:
+    """Its runs are those queued while it ran: not a later backfill's, queued after."""
+    gateway = FakeGateway()
+    gateway.partitioned.add("example_daily")
+    assert run_in_memory([*FEB, "--wait"], gateway).status == 0
+    assert run_in_memory([*FEB5, "--conf", '{"fail": 1}', "--wait"], gateway).status == 1
+    again = run_in_memory([*FEB, "--wait"], gateway)  # every date has a run: the first's
+    assert again.status == 0, again.err
+    assert {k: again.json[k] for k in ("id", "runs", "succeeded", "failed")} == {
+        "id": 1, "runs": 3, "succeeded": 3, "failed": 0}
+
+
+def test_a_backfill_found_again_without_runs_found_is_no_success() -> None:
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB], gateway).status == 0
+    gateway._backfill_runs = lambda b: []  # type: ignore[method-assign]
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 1, got.err
+    assert (got.json["runs"], got.json["succeeded"]) == (0, 0)
+    assert ("backfill 1 of DAG 'example_daily' completed, but none of its runs was found: "
+            "their outcome is unknown") in got.err
+
+
+def test_backfill_without_conf_sends_none_so_reprocessed_runs_keep_theirs() -> None:
+    """Found by review: {} was sent, and Airflow gives a reprocessed run the conf sent."""
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB, "--reprocess", "failed", "--wait"], gateway).status == 0
+    assert run_in_memory([*MAR, "--conf", "{}", "--wait"], gateway).status == 0
+    assert [params[3] for params in gateway.calls_of("create_backfill")] == [None, {}]
+    # A try that sent {} and one that sent none made the same backfill.
+    again = run_in_memory([*FEB, "--reprocess", "failed", "--conf", "{}", "--wait"], gateway)
+    assert (again.status, again.json["id"], again.json["created"]) == (0, 1, False), again.err
+
+
 @pytest.mark.parametrize("conf, says", [
     (r'{"msg": "bell\u0007"}', '["msg"]: the string holds U+0007'),
     (r'{"msg": "half \ud83d"}', '["msg"]: the string holds U+D83D'),

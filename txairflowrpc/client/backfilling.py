@@ -7,7 +7,11 @@ Airflow runs one backfill of a DAG at a time and creates its runs at once.
 Its API names no backfill on a run, so a backfill's runs are told apart as
 the ``backfill`` runs over its range queued since it was created: an older
 backfill's runs on the same dates are not its (with ``reprocess_behavior``
-those dates are queued again, and so count).
+those dates are queued again, and so count).  A partitioned DAG's runs
+have a partition key and no logical date, so no range of logical dates
+holds them: for it, the ``backfill`` runs without a logical date queued
+while the backfill ran (one that runs a partition again makes a new run
+beside the old, which stays as it was).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def _instant(text: Any) -> datetime | None:
 
 
 def same_backfill(
-    gateway: Caller, dag_id: str, from_date: str, to_date: str, conf: dict[str, Any],
+    gateway: Caller, dag_id: str, from_date: str, to_date: str, conf: dict[str, Any] | None,
     options: dict[str, Any], *, completed_too: bool,
 ) -> dict[str, Any] | None:
     """
@@ -61,7 +65,7 @@ def same_backfill(
         if not completed_too and backfill.get("completed"):
             continue
         if ((_instant(backfill.get("from_date")), _instant(backfill.get("to_date"))) == wanted
-                and json_equal(backfill.get("dag_run_conf") or {}, conf)
+                and json_equal(backfill.get("dag_run_conf") or {}, conf or {})
                 and backfill.get("reprocess_behavior", "none") == reprocess
                 and ("max_active_runs" not in options
                      or backfill.get("max_active_runs") == options["max_active_runs"])):
@@ -76,31 +80,47 @@ class Tally:
     runs: int
     succeeded: int
     failed: int
-    #: The first `NAMED` failed runs' ids, by logical date.
+    #: The first `NAMED` failed runs' ids, by logical date (or partition key).
     failed_ids: tuple[str, ...]
 
 
 def tally(gateway: Caller, dag_id: str, backfill: dict[str, Any]) -> Tally:
     """The backfill's runs (see the module doc), page by page."""
     since = _instant(backfill.get("created_at"))
-    mine: list[dict[str, Any]] = []
+    mine = _backfill_runs(gateway, dag_id, since, None, {
+        "logical_date_from": backfill["from_date"], "logical_date_to": backfill["to_date"]})
+    if not mine:
+        # None over its range: a partitioned DAG's (found by review: its
+        # count was always 0, so a completed backfill failed, and one found
+        # again had 0 runs, all "succeeded").
+        mine = [run for run in _backfill_runs(
+                    gateway, dag_id, since, _instant(backfill.get("completed_at")), {})
+                if run.get("logical_date") is None]
+    failed = sorted((r for r in mine if r.get("state") == "failed"),
+                    key=lambda r: str(r.get("logical_date") or r.get("partition_key")))
+    return Tally(len(mine), sum(1 for r in mine if r.get("state") == "success"), len(failed),
+                 tuple(str(r.get("dag_run_id")) for r in failed[:NAMED]))
+
+
+def _backfill_runs(
+    gateway: Caller, dag_id: str, since: datetime | None, until: datetime | None,
+    filters: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The DAG's ``backfill`` runs of ``filters`` queued from ``since`` to ``until``, paged."""
+    found: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = gateway.call("list_dag_runs", dag_id, {
-            "run_type": "backfill", "limit": PAGE, "offset": offset,
-            "logical_date_from": backfill["from_date"], "logical_date_to": backfill["to_date"]})
+            "run_type": "backfill", "limit": PAGE, "offset": offset, **filters})
         runs = page.get("dag_runs", [])
         for run in runs:
             queued = _instant(run.get("queued_at"))
-            if since is None or (queued is not None and queued >= since):
-                mine.append(run)
+            if since is None or (queued is not None and queued >= since
+                                 and (until is None or queued <= until)):
+                found.append(run)
         offset += len(runs)
         if not runs or offset >= int(page.get("total", 0)):
-            break
-    failed = sorted((r for r in mine if r.get("state") == "failed"),
-                    key=lambda r: str(r.get("logical_date")))
-    return Tally(len(mine), sum(1 for r in mine if r.get("state") == "success"), len(failed),
-                 tuple(str(r.get("dag_run_id")) for r in failed[:NAMED]))
+            return found
 
 
 def follow_backfill(

@@ -562,7 +562,9 @@ def _backfill(
     deadline = Deadline.after(args.timeout or DEFAULT_WAIT, clock) if args.wait else None
     for text, what in ((args.dag_id, "DAG"), (args.from_date, "FROM"), (args.to_date, "TO")):
         values.check_sendable(text, what)
-    conf = _conf(args.conf)
+    # Without --conf, none (nil): Airflow gives new runs none and leaves a
+    # reprocessed run's own as it was; {} would replace it (found by review).
+    conf = None if args.conf is None else _conf(args.conf)
     options: dict[str, Any] = {}
     if args.reprocess is not None:
         options["reprocess_behavior"] = args.reprocess
@@ -645,7 +647,7 @@ def _backfill(
     runs = max(expected, told.runs)
     known.print({**final, "runs": runs, "succeeded": told.succeeded, "failed": told.failed,
                  "created": created})
-    if told.succeeded == runs:
+    if runs and told.succeeded == runs:
         return errors.DONE
     if told.runs < expected:
         console.note(f"only {told.runs} of the {expected} runs of backfill {final.get('id')} "

@@ -240,6 +240,9 @@ class BackfillFailed(ClientError):
 
     @property
     def message(self) -> str:
+        if not self.runs:
+            return (f"backfill {self.backfill_id} of DAG {self.dag_id!r} completed, but none "
+                    f"of its runs was found: their outcome is unknown")
         return (f"backfill {self.backfill_id} of DAG {self.dag_id!r} completed, but "
                 f"{self.unsuccessful} of its {self.runs} runs did not succeed")
 
