@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,12 +68,26 @@ def two_workers(gateway: RunningGateway) -> RunningGateway:
     return gateway
 
 
+def mounted(gateway: RunningGateway) -> RunningGateway:
+    """
+    ``gateway`` with its config reached as Kubernetes mounts a ConfigMap:
+    ``conf/airflowrpc.toml`` -> ``..data/airflowrpc.toml``, ``..data`` -> ``..v1``.
+    """
+    mount = gateway.config.parent / "conf"
+    (mount / "..v1").mkdir(parents=True)
+    gateway.config.rename(mount / "..v1" / "airflowrpc.toml")
+    (mount / "..data").symlink_to("..v1")
+    (mount / "airflowrpc.toml").symlink_to("..data/airflowrpc.toml")
+    gateway.config = mount / "airflowrpc.toml"
+    return gateway
+
+
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, pki, airflow) -> Iterator[RunningGateway]:
     # The systemd unit's log format: a worker's lines name it.
-    gateway = two_workers(RunningGateway(
+    gateway = mounted(two_workers(RunningGateway(
         tmp_path_factory.mktemp("workers-gw"), pki, airflow,
-        twistd_args=("--logger", "txairflowrpc.service.logs.journal_observer")))
+        twistd_args=("--logger", "txairflowrpc.service.logs.journal_observer"))))
     gateway.start()
     wait_for(lambda: "ready: 2 workers serving" in gateway.log.read_text(), "both workers ready")
     yield gateway
@@ -198,6 +213,31 @@ def test_sighup_reaches_every_worker_but_not_with_a_broken_config(
         assert [sighup_reloads(workers, k) for k in (0, 1)] == [b + 1 for b in before]
     finally:
         workers.config.write_text(good)
+    assert fresh_call(workers)["dag_id"] == "example_hello"
+
+
+def test_a_config_mount_swapped_under_the_workers_is_read_through_its_link(
+        workers: RunningGateway) -> None:
+    """
+    Found by review: the supervisor handed the workers the config's resolved
+    path, gone once Kubernetes swaps ``..data`` to a new directory and removes
+    the old: every reload was refused, and a dead worker never replaced (the
+    next test kills one after this swap).
+    """
+    assert workers.process is not None
+    mount = workers.config.parent
+    (mount / "..v2").mkdir()
+    (mount / "..v2" / "airflowrpc.toml").write_text(
+        workers.config.read_text() + "\n# version 2\n")
+    (mount / "..data_tmp").symlink_to("..v2")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    shutil.rmtree(mount / "..v1")
+    before = [sighup_reloads(workers, k) for k in (0, 1)]
+    rejections = workers.log.read_text().count("rejected")
+    os.kill(workers.process.pid, signal.SIGHUP)
+    wait_for(lambda: all(sighup_reloads(workers, k) == before[k] + 1 for k in (0, 1)),
+             "a SIGHUP reload recorded by both workers", 30)
+    assert workers.log.read_text().count("rejected") == rejections
     assert fresh_call(workers)["dag_id"] == "example_hello"
 
 

@@ -467,7 +467,13 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     except OSError as e:
         raise fatal(f"airflowrpc: cannot listen on {where}: "
                     f"{(e.strerror or str(e)).lower()}") from None
-    source = cfg.source.resolve()
+    # Absolute (twistd may change directory as it daemonizes) but not
+    # resolved: a config reached through a link that is later swapped
+    # (Kubernetes' ..data, current -> release-N) is read again through it by
+    # each reload and each replacement worker (found by review: the resolved
+    # path was gone after the swap, so every reload was refused and a dead
+    # worker never replaced).
+    source = cfg.source.absolute()
 
     def check() -> Deferred[config_module.Config]:
         return deferToThreadPool(reactor, reactor.getThreadPool(),
