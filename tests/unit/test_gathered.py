@@ -263,6 +263,31 @@ class GatheredTests(SynchronousTestCase):
         self.assertEqual([name for name, _ in headers], [b"Content-Type"])
         self.assertIn(b"airflowrpc_worker_up", body)
 
+    def test_gzip_refused_with_quality_0_is_not_sent(self) -> None:
+        """Found by review: prometheus_client takes gzip;q=0 for gzip."""
+        families = supervisor_families([state(0)], {0})
+        for refused in ("gzip;q=0", "gzip; q=0.0", "identity, gzip;q=0", "gzip;q=nope"):
+            _, headers = exposition(families, "", refused)
+            self.assertEqual([name for name, _ in headers], [b"Content-Type"], refused)
+
+    def test_an_accept_prometheus_client_cannot_read_gets_the_text_format(self) -> None:
+        """
+        Found by review: a version it cannot parse raised TypeError in
+        prometheus_client, a 500 and a traceback in the log per request.
+        """
+        families = supervisor_families([state(0)], {0})
+        for odd in ("application/openmetrics-text; version=x", "text/plain; version=zz",
+                    "application/openmetrics-text; version=1.x.0"):
+            body, headers = exposition(families, odd, "")
+            self.assertIn((b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8"),
+                          headers, odd)
+            self.assertIn(b"airflowrpc_worker_up", body)
+        self.answer(0, b"/metrics", 200, worker_exposition(1))
+        self.answer(1, b"/metrics", 200, worker_exposition(1))
+        response, text = self.get("/metrics", {b"Accept": [b"text/plain; version=zz"]})
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"airflowrpc_worker_up", text)
+
     def test_a_worker_that_does_not_answer_is_left_out_and_shown_down(self) -> None:
         self.answer(1, b"/metrics", 200, worker_exposition(1))
         d = self.http.get("http://127.0.0.1:9100/metrics")

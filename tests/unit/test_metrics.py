@@ -356,3 +356,48 @@ def _samples(metrics: GatewayMetrics, family: str) -> list[Any]:
             return [s for s in metric.samples if not s.name.endswith("_created")]
     return []
 
+
+
+def _scrape(accept: str | None, accept_encoding: str | None = None) -> tuple[str, dict, bytes]:
+    """The worker's /metrics app, called as the WSGI server calls it."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from txairflowrpc.service.metrics import metrics_app
+
+    registry = CollectorRegistry()
+    Counter("airflowrpc_probe", "A counter.", registry=registry).inc()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""}
+    if accept is not None:
+        environ["HTTP_ACCEPT"] = accept
+    if accept_encoding is not None:
+        environ["HTTP_ACCEPT_ENCODING"] = accept_encoding
+    said: list[Any] = []
+    body = b"".join(metrics_app(registry)(environ, lambda status, headers: said.extend(
+        [status, dict(headers)])))
+    return said[0], said[1], body
+
+
+def test_an_accept_prometheus_client_cannot_read_gets_the_text_format() -> None:
+    """
+    Found by review: 'version=x' raised TypeError in prometheus_client's
+    choose_encoder: a 500 and a logged traceback for each such request.
+    """
+    for odd in ("application/openmetrics-text; version=x", "text/plain; version=zz"):
+        status, headers, body = _scrape(odd)
+        assert status == "200 OK", odd
+        assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert b"airflowrpc_probe_total 1.0" in body
+    status, headers, body = _scrape("application/openmetrics-text; version=1.0.0")
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_gzip_only_where_its_quality_is_above_0() -> None:
+    import gzip
+
+    _, headers, body = _scrape(None, "gzip")
+    assert headers.get("Content-Encoding") == "gzip" and b"airflowrpc_probe" in gzip.decompress(
+        body)
+    for refused in ("gzip;q=0", "gzip; q=0.000", "deflate, gzip;q=0"):
+        _, headers, body = _scrape(None, refused)
+        assert "Content-Encoding" not in headers and b"airflowrpc_probe" in body, refused

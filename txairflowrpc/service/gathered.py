@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred, gatherResults
@@ -51,6 +51,7 @@ from twisted.web.resource import Resource
 from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
 from .admin import finish, head_without_body, may_scrape, too_many_scrapes
+from .negotiation import gzip_wanted, usable_accept
 from .supervisor import WorkerState
 
 __all__ = ["ASK_SECONDS", "Answer", "GatheredHealth", "WorkerAdmins", "loopback_host",
@@ -226,10 +227,10 @@ def exposition(families: list[Metric], accept: str, accept_encoding: str,
     wanted = set(names)
     registry = CollectorRegistry(auto_describe=bool(wanted))
     registry.register(_Families(families))
-    encoder, content_type = choose_encoder(accept)
+    encoder, content_type = choose_encoder(usable_accept(accept))
     body = encoder(registry.restricted_registry(wanted) if wanted else registry)
     headers = ((b"Content-Type", content_type.encode()),)
-    if gzip_accepted(accept_encoding):
+    if gzip_wanted(accept_encoding):
         return gzip.compress(body), (*headers, (b"Content-Encoding", b"gzip"))
     return body, headers
 

@@ -54,6 +54,7 @@ from ..audit.log import AuditLog, RunBlocking
 from ..config import Config
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Gate, Unauthenticated
+from .negotiation import gzip_wanted, usable_accept
 
 __all__ = ["GatewayMetrics", "PartsCollector", "credential_kind", "metrics_resource"]
 
@@ -211,7 +212,23 @@ def metrics_resource(registry: CollectorRegistry, reactor: Any) -> IResource:
     it takes the reactor it is given: that one binds the global reactor when
     it is imported, which the gateway never does (tests hand it a fake one).
     """
-    return WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))
+    return WSGIResource(reactor, reactor.getThreadPool(), metrics_app(registry))
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable[..., Any]:
+    """
+    prometheus_client's WSGI app, asked only what it can answer
+    (`txairflowrpc.service.negotiation`): an odd ``Accept`` gets the text format.
+    """
+    app = make_wsgi_app(registry)
+
+    def negotiated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ = dict(environ, HTTP_ACCEPT=usable_accept(environ.get("HTTP_ACCEPT")))
+        if not gzip_wanted(environ.get("HTTP_ACCEPT_ENCODING")):
+            environ.pop("HTTP_ACCEPT_ENCODING", None)
+        return app(environ, start_response)
+
+    return negotiated
 
 
 def _outcome(fault: int | None, cancelled: bool) -> tuple[str, str]:
