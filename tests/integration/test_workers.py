@@ -244,12 +244,22 @@ def test_a_config_mount_swapped_under_the_workers_is_read_through_its_link(
 def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) -> None:
     old = worker_pids(workers)
     os.kill(old[1], signal.SIGKILL)
-    # Calls right away: those the kernel sends to the dead worker's socket
+    wait_for(lambda: f"worker 1 (pid {old[1]}) exited unexpectedly: killed by signal 9; "
+             "starting a new one in 1 s" in workers.log.read_text(), "the death logged")
+    # Found by review: its admin port was free while it was down, and whoever
+    # took it answered the supervisor's questions in its name and kept the
+    # replacement from listening.  The supervisor holds it.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAITs
+    try:
+        with pytest.raises(OSError):
+            squatter.bind(("127.0.0.1", workers.health_port + 2))
+    finally:
+        squatter.close()
+    # Calls meanwhile: those the kernel sends to the dead worker's socket
     # wait in its backlog for the replacement instead of being refused.
     for _ in range(12):
         assert fresh_call(workers)["dag_id"] == "example_hello"
-    wait_for(lambda: f"worker 1 (pid {old[1]}) exited unexpectedly: killed by signal 9; "
-             "starting a new one in 1 s" in workers.log.read_text(), "the death logged")
     wait_for(lambda: worker_pids(workers)[1] != old[1], "a new worker 1")
     new = worker_pids(workers)[1]
     wait_for(lambda: f"worker 1 (pid {new}) ready" in workers.log.read_text(),

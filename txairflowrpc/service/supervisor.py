@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import attrs
@@ -53,10 +54,10 @@ from twisted.python.failure import Failure
 from .. import config as config_module
 from .logs import WORKER_ENVIRONMENT
 from .notify import Watchdog
-from .workers import LISTENER_FD, REPORT_FD
+from .workers import ADMIN_FD, LISTENER_FD, REPORT_FD
 
-__all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "WorkerState", "bind_shared",
-           "worker_argv"]
+__all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "WorkerState", "bind_listening",
+           "bind_shared", "worker_argv"]
 
 #: First wait before a dead worker is replaced; doubled for each death in a row.
 RESTART_SECONDS = 1.0
@@ -73,23 +74,38 @@ _log = Logger()
 Spawn = Callable[[int, ProcessProtocol], IProcessTransport]
 
 
+def bind_listening(host: str, port: int, backlog: int = 50, *,
+                   reuse_port: bool = False) -> socket.socket:
+    """
+    A non-blocking socket listening on ``host:port``, for a worker to adopt;
+    with ``reuse_port`` (``SO_REUSEPORT``) others of this user may listen
+    there too.  OSError if the port cannot be had; nothing stays open then.
+    """
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+        s.listen(backlog)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def bind_shared(host: str, port: int, count: int, backlog: int = 50) -> list[socket.socket]:
     """
     ``count`` sockets listening on ``host:port`` together (``SO_REUSEPORT``),
     non-blocking, for the workers to adopt.  OSError if the port cannot be
     had; nothing stays open then.
     """
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((host, port))
-            s.listen(backlog)
-            s.setblocking(False)
+            sockets.append(bind_listening(host, port, backlog, reuse_port=True))
     except OSError:
         for s in sockets:
             s.close()
@@ -139,16 +155,22 @@ def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
 
 
 def spawner(reactor: Any, config_path: str, sockets: SharedPort,
-            logger: str | None) -> Spawn:
-    """How the supervisor starts worker K: with socket K, a report pipe and its lifeline."""
+            logger: str | None, admin: Sequence[socket.socket] = ()) -> Spawn:
+    """
+    How the supervisor starts worker K: with socket K, its admin socket
+    (``admin[K]``, if the admin listener is on), a report pipe and its lifeline.
+    """
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
 
     def spawn(index: int, protocol: ProcessProtocol) -> IProcessTransport:
+        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, LISTENER_FD: sockets.fileno(index),
+                                     REPORT_FD: "r"}
+        if admin:
+            fds[ADMIN_FD] = admin[index].fileno()
         return reactor.spawnProcess(
             protocol, sys.executable, worker_argv(config_path, index, logger),
             env={**env, WORKER_ENVIRONMENT: str(index)},  # its log lines name it
-            childFDs={0: "w", 1: 1, 2: 2, LISTENER_FD: sockets.fileno(index),
-                      REPORT_FD: "r"})
+            childFDs=fds)
 
     return spawn
 

@@ -65,8 +65,9 @@ from .logs import fatal
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader
-from .supervisor import SharedPort, Supervisor, spawner
+from .supervisor import SharedPort, Supervisor, bind_listening, spawner
 from .workers import (
+    ADMIN_FD,
     LISTENER_FD,
     REPORT_FD,
     AdoptedEndpoint,
@@ -474,6 +475,16 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     # path was gone after the swap, so every reload was refused and a dead
     # worker never replaced).
     source = cfg.source.absolute()
+    admin_sockets = []
+    for port in worker_admin_ports(cfg):  # each worker's, held for as long as this runs
+        try:
+            admin_sockets.append(bind_listening(cfg.health.host, port))
+        except OSError as e:
+            sockets.close_all()
+            for held in admin_sockets:
+                held.close()
+            raise fatal(f"airflowrpc: cannot listen on {cfg.health.host}:{port} (a worker's "
+                        f"admin listener): {(e.strerror or str(e)).lower()}") from None
 
     def check() -> Deferred[config_module.Config]:
         return deferToThreadPool(reactor, reactor.getThreadPool(),
@@ -481,6 +492,8 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
 
     def stopped() -> None:
         sockets.close_all()
+        for held in admin_sockets:
+            held.close()
         owner.release()
         exit_zero(reactor)()
 
@@ -489,7 +502,7 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     reactor.callWhenRunning(owner.restate)
     supervisor = Supervisor(
         reactor, count=cfg.listen.workers,
-        spawn=spawner(reactor, str(source), sockets, _logger_name(options)),
+        spawn=spawner(reactor, str(source), sockets, _logger_name(options), admin_sockets),
         check=check, stop_seconds=cfg.limits.shutdown_seconds,
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
         where=where, on_stopped=stopped, port=sockets,
@@ -599,8 +612,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
             certificates=lambda: served_certificates(tls.options),
             metrics=metrics_resource(metrics.registry, reactor),
         )
-        admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
-                      "admin")
+        # A worker's admin socket is the supervisor's, held while it is replaced.
+        admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
+                      if worker is None else AdoptedEndpoint(reactor, ADMIN_FD), "admin")
         top.listen(Listener(admin, AdminSite(health, reactor=reactor,
                                              ipv6_prefix=cfg.limits.ipv6_source_prefix,
                                              scrapes_from_self=worker is not None),

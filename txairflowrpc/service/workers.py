@@ -13,6 +13,11 @@ descriptor:
 - `LISTENER_FD`: a listening socket bound by the supervisor (with
   ``SO_REUSEPORT``, one per worker: the kernel spreads new connections over
   them), adopted instead of binding the port;
+- `ADMIN_FD`: its admin listener's socket (``health.port + 1 + K``), bound
+  by the supervisor and kept while the worker is replaced, so that no other
+  process can take the port the supervisor asks (found by review: one that
+  did, while a worker was down, fed the supervisor its metrics and readiness
+  and kept the replacement from listening);
 - `REPORT_FD`: a pipe on which it reports ``READY=1`` as it would to systemd
   (`PipeNotifier`);
 - ``0``: a pipe from the supervisor that it never writes to; its end is
@@ -39,13 +44,15 @@ from zope.interface import implementer
 
 from .. import config as config_module
 
-__all__ = ["LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
+__all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
            "for_worker", "worker_admin_port", "worker_admin_ports", "worker_audit_path"]
 
 #: The listening socket a worker adopts.
 LISTENER_FD = 3
 #: Where a worker writes its readiness reports.
 REPORT_FD = 4
+#: The admin listener's socket a worker adopts.
+ADMIN_FD = 5
 #: Where a worker finds the supervisor's end of its lifeline.
 PARENT_FD = 0
 
