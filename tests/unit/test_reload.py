@@ -56,12 +56,57 @@ def test_a_good_config_is_swapped_in_whole(setup) -> None:
     config.write_text(config.read_text() + '\n[principals.newcomer]\nroles = ["auditor"]\n'
                       'cert_cn = ["newcomer"]\n')
     bump(config)
+    reloader._poll()  # seen changed: read once it stands still
+    assert "newcomer" not in gate.current.access.principals
     reloader._poll()
     assert "newcomer" in gate.current.access.principals
     assert run(gate.authenticate(FakeRequest(cert(common_name="newcomer")))).name == "newcomer"
     assert tls.options is not old_options  # certificates re-read
     event = audit_events(tmp)[-1]
     assert (event["event"], event["result"]) == ("config.reload", "accepted")
+
+
+def test_a_config_written_in_place_is_read_once_it_stands_still(setup) -> None:
+    """
+    Found by review: the watcher applied a config caught half-written (a
+    prefix that parsed, without its principals): callers got 401 until the
+    rest came.  A changed file is read once a poll finds it as the last did.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    config = tmp / "airflowrpc.toml"
+    whole = config.read_text()
+    config.write_text(whole[:whole.index("[principals.")])  # parses: no principals
+    bump(config)
+    reloader._poll()
+    config.write_text(whole + '\n[principals.newcomer]\nroles = ["auditor"]\n'
+                      'cert_cn = ["newcomer"]\n')
+    bump(config)
+    reloader._poll()  # changed again: not read yet
+    assert "ci-bot" in gate.current.access.principals and reloader.reloads == 0
+    reloader._poll()
+    assert {"ci-bot", "newcomer"} <= set(gate.current.access.principals)
+    assert reloader.reloads == 1
+    reloader._poll()  # nothing new: no reload
+    assert reloader.reloads == 1
+
+
+def test_a_token_store_change_waits_for_no_config_change(setup) -> None:
+    """A revocation beside a config being written is in force at once."""
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text() + "\n")
+    bump(config)
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    assert reloader.reloads == 0  # the config waits to stand still
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+    reloader._poll()
+    assert reloader.reloads == 1
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
 def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
@@ -289,6 +334,7 @@ def test_a_new_airflow_password_file_is_picked_up_by_a_reload(setup) -> None:
     password.write_text("pw-second-7f3a\n")
     bump(password)
     reloader._poll()
+    reloader._poll()  # it stood still
     after = parts.accounts.for_principal("builder")
     assert after is not before and after.user == "builder"
     event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]

@@ -165,6 +165,8 @@ class Reloader(service.Service):
         self._run_blocking = run_blocking
         self._apply = apply
         self._seen = _stamps(cfg)
+        #: The stamps of a change seen at the last poll, waiting to stand still.
+        self._settling: dict[str, Any] = {}
         #: Reads started, and the newest whose result is in force: a read
         #: that ends after a newer one was swapped in is dropped (its files
         #: may be older: a token revoked meanwhile would come back).
@@ -210,11 +212,23 @@ class Reloader(service.Service):
     def _compare(self, now: dict[str, Any]) -> Any:
         changed = {k for k in now if now[k] != self._seen.get(k)}
         if changed - {"tokens"}:
+            if any(now[k] != self._settling.get(k) for k in changed - {"tokens"}):
+                # Changed since the last look: read once it has stood still
+                # for a poll (found by review: a config written in place was
+                # applied half-written, a prefix that parsed with no
+                # principals, and callers got 401 until the rest came).  The
+                # token store goes on at once: a revocation does not wait,
+                # and a store cut short is no JSON.
+                self._settling = now
+                return self._tokens_changed(now) if "tokens" in changed else None
+            self._settling = {}
             return self.reload("file change: " + ", ".join(sorted(changed)))
-        if changed:
-            self._seen = now
-            return self.reload_tokens()
-        return None
+        self._settling = {}
+        return self._tokens_changed(now) if changed else None
+
+    def _tokens_changed(self, now: dict[str, Any]) -> Deferred[None]:
+        self._seen = {**self._seen, "tokens": now["tokens"]}
+        return self.reload_tokens()
 
     def reload_tokens(self) -> Deferred[None]:
         """Re-read the token store alone (off the reactor); keep the old one if it is unreadable."""
