@@ -109,6 +109,33 @@ def test_a_token_store_change_waits_for_no_config_change(setup) -> None:
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
+def test_a_broken_token_store_is_a_rejected_reload_until_it_is_mended(setup) -> None:
+    """
+    Found by review: a store broken on disk (a revocation in it not in force)
+    left the gauge at 1 and counted nothing; after a SIGHUP had said 0, the
+    mended store never brought it back to 1.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    good = store.read_text()
+    store.write_text(good[:len(good) // 2])  # cut short: no JSON
+    bump(store)
+    reloader._poll()
+    assert (reloader.last_reload_successful, reloader.rejected) == (False, 1)
+    event = audit_events(tmp)[-1]
+    assert (event["event"], event["result"], event["trigger"]) == (
+        "config.reload", "rejected", "file change: tokens")
+    assert event["error"].startswith(f"auth.token_store: {store} is not a token store")
+    assert run(gate.authenticate(FakeRequest(None, f"Bearer {token}"))).name == "ci-bot"
+    assert reloader.reload("SIGHUP").result is False  # the store is read there too
+    assert reloader.rejected == 2
+    store.write_text(good)
+    bump(store)
+    reloader._poll()
+    assert (reloader.last_reload_successful, reloader.rejected, reloader.reloads) == (
+        True, 2, 1)
+
+
 def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
     cfg, gate, tls, reloader, tmp = setup
     before = gate.current

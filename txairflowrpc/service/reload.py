@@ -226,12 +226,20 @@ class Reloader(service.Service):
         self._settling = {}
         return self._tokens_changed(now) if changed else None
 
-    def _tokens_changed(self, now: dict[str, Any]) -> Deferred[None]:
+    def _tokens_changed(self, now: dict[str, Any]) -> Any:
+        if not self.last_reload_successful:
+            # What was rejected may have been the store (found by review: once
+            # mended, the gauge said rejected for good): read everything again.
+            return self.reload("file change: tokens")
         self._seen = {**self._seen, "tokens": now["tokens"]}
         return self.reload_tokens()
 
-    def reload_tokens(self) -> Deferred[None]:
-        """Re-read the token store alone (off the reactor); keep the old one if it is unreadable."""
+    def reload_tokens(self, *, counted: bool = False) -> Deferred[None]:
+        """
+        Re-read the token store alone (off the reactor); keep the old one if
+        it is unreadable, which is a rejected reload (unless ``counted``
+        already, as part of one): the store on disk is not the one in force.
+        """
         path = self._gate.current.access.auth.token_store
         if path is None:
             return succeed(None)
@@ -246,6 +254,11 @@ class Reloader(service.Service):
         def unreadable(failure: Any) -> None:
             _log.error("token store not reloaded, keeping the old one: {error}",
                        error=failure.getErrorMessage())
+            if not counted:  # found by review: the gauge said all was well
+                self.rejected += 1
+                self.last_reload_successful = False
+                self._record("rejected", "file change: tokens",
+                             f"auth.token_store: {failure.getErrorMessage()}")
 
         d = self._run_blocking(lambda: tokens.TokenStore.load(path))
         return d.addCallbacks(swap, unreadable)
@@ -293,7 +306,7 @@ class Reloader(service.Service):
             if tokens_changed:
                 # A revocation must not wait for the rest of the config to
                 # be fixed: the store is read on its own, as a poll would.
-                self.reload_tokens()
+                self.reload_tokens(counted=True)
             return False
         cfg = checked.config
         restart = needs_restart(self.cfg, cfg)
