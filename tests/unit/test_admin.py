@@ -167,7 +167,21 @@ class HealthTests(SynchronousTestCase):
         for d in pending:
             self.assertEqual(self.successResultOf(d).code, 200)
         self.http.get("http://admin.test/readyz")
-        self.assertEqual(len(asked), 2)  # the next probe after it ended asks again
+        self.assertEqual(len(asked), 1)  # within a second of its asking: its verdict
+        self.clock.advance(1)
+        self.http.get("http://admin.test/readyz")
+        self.assertEqual(len(asked), 2)  # a second on, a probe asks again
+
+    def test_a_probe_loop_asks_airflow_at_most_once_a_second(self) -> None:
+        """Found by review: 1,400 probes a second, each one a request to Airflow."""
+        asked: list[int] = []
+        self.airflow = lambda: asked.append(1) or succeed(len(asked) % 2 == 1)
+        codes = []
+        for _ in range(20):
+            codes.append(self.get("/readyz")[0])
+            self.clock.advance(0.25)
+        self.assertEqual(len(asked), 5)
+        self.assertEqual(codes, [200] * 4 + [503] * 4 + [200] * 4 + [503] * 4 + [200] * 4)
 
     def test_head_is_answered_without_a_body_or_a_log_line(self) -> None:
         """Found by review: each HEAD logged its URI (up to 16 KB) as a warning."""
