@@ -209,6 +209,24 @@ def test_unusable_certificate_files_name_the_key(confdir: Path, pki: DevPKI) -> 
     assert other
 
 
+def test_an_expired_listener_certificate_is_refused(tmp_path: Path) -> None:
+    """
+    Found by review: start, reload and config check took an expired
+    tls.certificate; a reload put it in force in place of a good one.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from .test_admin import certificates
+
+    tls = certificates(tmp_path, 2)
+    in_three_days = datetime.now(timezone.utc) + timedelta(days=3)
+    server_options(tls)  # valid now
+    with pytest.raises(ConfigError, match="the certificate expired on .*every client would "
+                                          "refuse it") as e:
+        server_options(tls, now=in_three_days)
+    assert e.value.key == "tls.certificate"
+
+
 def test_an_audit_file_the_service_cannot_write_is_a_config_error(
         confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by review: a file made by root before the first start was a traceback at start."""

@@ -441,6 +441,23 @@ def test_the_certificate_reported_is_the_one_in_force_not_the_file(tmp_path: Pat
     assert (response.code, body["checks"]["certificates"]["ok"]) == (503, False)
 
 
+def test_a_reload_to_an_expired_certificate_is_rejected(tmp_path: Path) -> None:
+    """Found by review: it was accepted, in place of the good one in force (503 /readyz)."""
+    own = DevPKI.create(tmp_path / "pki")
+    cfg = load(tmp_path, own, mode="optional")
+    clock = Clock()
+    gate = Gate(build_authenticator(load_checked(cfg.source), http=None, clock=clock))
+    tls = ReloadableTLS(server_options(cfg.tls, "optional"))
+    in_force = tls.options
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=clock, audit=None)
+    leaf = own.ca.issue_cert("localhost", common_name="localhost",
+                             not_after=datetime.now(timezone.utc) - timedelta(days=1))
+    leaf.cert_chain_pems[0].write_to_path(str(own.directory / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(own.directory / "server.key"))
+    assert reloader.reload("SIGHUP").result is False
+    assert tls.options is in_force and reloader.last_reload_successful is False
+
+
 def test_the_last_reload_stays_failed_until_a_good_one(setup) -> None:
     """
     Found by review: the alert on a rejected reload was increase() over 15 minutes of a

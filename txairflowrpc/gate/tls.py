@@ -15,6 +15,7 @@ buffers kept after the bytes they held went.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,19 @@ def ca_certificates(key: str, pem: bytes, path: Path) -> list[ssl.Certificate]:
     ]
 
 
-def server_options(config: TLSConfig, client_certificate: str = "required") -> ssl.CertificateOptions:
+def server_options(
+    config: TLSConfig, client_certificate: str = "required", now: datetime | None = None,
+) -> ssl.CertificateOptions:
     """
     The TLS options for the listener: TLS 1.2 or newer, and client
     certificates verified against ``tls.client_ca``.  With
     ``client_certificate = "required"`` a handshake without one fails;
     with ``"optional"`` a certificate is verified if one is presented.
 
-    Raises `ConfigError` naming the key whose file cannot be used.
+    Raises `ConfigError` naming the key whose file cannot be used, and for
+    a certificate that has expired (at ``now``, by default the time now):
+    every client would refuse it (found by review: a reload swapped one in
+    for the certificate in force).
     """
     chain_pem = _read("tls.certificate", config.certificate)
     try:
@@ -89,6 +95,11 @@ def server_options(config: TLSConfig, client_certificate: str = "required") -> s
         raise ConfigError(
             "tls.private_key", "does not match the certificate in tls.certificate"
         )
+    expired = leaf.not_valid_after_utc
+    if expired < (now or datetime.now(timezone.utc)):
+        raise ConfigError(
+            "tls.certificate", f"{config.certificate}: the certificate expired on "
+            f"{expired:%Y-%m-%dT%H:%M:%SZ}; every client would refuse it")
     cas = load_ca_bundle("tls.client_ca", config.client_ca)
     common = dict(
         privateKey=crypto.PKey.from_cryptography_key(key),
