@@ -276,6 +276,33 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) 
     wait_for(lambda: probe(workers.health_port, "/readyz")[0] == 200, "ready again", 30)
 
 
+def test_a_replacement_refuses_a_config_changed_where_only_a_restart_applies(
+        workers: RunningGateway) -> None:
+    """
+    Found by review: a worker replaced after such a change ran on it beside
+    the others (its admin port moved, its chain took a new instance).  It
+    stops with one line until the file is as the gateway started with.
+    """
+    good = workers.config.read_text()
+    changed = good.replace("max_in_flight = 1000\n", "max_in_flight = 1000\nshutdown_seconds = 12\n", 1)
+    assert changed != good
+    workers.config.write_text(changed)
+    try:
+        old = worker_pids(workers)
+        os.kill(old[1], signal.SIGKILL)
+        wait_for(lambda: "airflowrpc: worker 1: the config on disk changes "
+                 "limits.shutdown_seconds since the gateway started, which apply only when the "
+                 "whole gateway restarts" in workers.log.read_text(), "the replacement refusing")
+        wait_for(lambda: "worker 1 cannot start" in workers.log.read_text(),
+                 "the supervisor saying so")
+        assert fresh_call(workers)["dag_id"] == "example_hello"  # worker 0 serves on
+    finally:
+        workers.config.write_text(good)
+    wait_for(lambda: worker_pids(workers)[1] != old[1]
+             and f"worker 1 (pid {worker_pids(workers)[1]}) ready" in workers.log.read_text(),
+             "worker 1 back once the file is as it was", 60)
+
+
 def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGateway) -> None:
     assert workers.process is not None
     pids = worker_pids(workers)

@@ -5,6 +5,7 @@ supervisor's restarts, reloads and stop on a `Clock` with fake processes.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -498,3 +499,97 @@ def test_every_listener_brings_its_own_tls_also_behind_the_proxy_header(
                                                "port = 8443\nproxy_protocol = true")))
     behind = rpc_factory(clock, proxied, tls, site)
     assert isinstance(behind, ProxiedFactory) and isinstance(behind.inner, SiteTLSFactory)
+
+
+def _started_with(monkeypatch: pytest.MonkeyPatch, fingerprint: dict[str, str]) -> None:
+    """The supervisor's fingerprint on a pipe, as its spawner gives it to a worker."""
+    from txairflowrpc.service import workers as workers_module
+
+    read, write_end = os.pipe()
+    os.write(write_end, json.dumps(fingerprint).encode())
+    os.close(write_end)
+    monkeypatch.setattr(workers_module, "STARTED_WITH_FD", read)
+    monkeypatch.setenv(workers_module.STARTED_WITH_ENVIRONMENT, str(read))
+
+
+def test_a_replacement_refuses_a_config_changed_where_only_a_restart_applies(
+        confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """
+    Found by review: a worker started after such a change ran on it beside
+    the others (its admin port moved, its chain took a new instance; by the
+    code, another Airflow or account too).
+    """
+    import attrs
+
+    from txairflowrpc.service.reload import restart_fingerprint
+    from txairflowrpc.service.tap import Options
+
+    path = write(confdir, SHARED.replace("port = 8443", f"port = {_free_port()}").replace(
+        "port = 9100", "port = 0"))
+    cfg = load(path)
+    started = attrs.evolve(cfg, audit=attrs.evolve(cfg.audit, instance="gw-old"),
+                           limits=attrs.evolve(cfg.limits, shutdown_seconds=99.0))
+    _started_with(monkeypatch, restart_fingerprint(started))
+    with pytest.raises(SystemExit) as e:
+        Options().parseOptions(["--config", str(path), "--worker", "1"])
+    assert str(e.value.code) == (
+        "airflowrpc: worker 1: the config on disk changes audit.instance, "
+        "limits.shutdown_seconds since the gateway started, which apply only when the whole "
+        "gateway restarts: restart it (the workers running keep theirs)")
+    # What a reload applies may differ: the worker starts on the file's.
+    started = attrs.evolve(cfg, limits=attrs.evolve(cfg.limits, burst=1))
+    _started_with(monkeypatch, restart_fingerprint(started))
+    options = Options()
+    options.parseOptions(["--config", str(path), "--worker", "1"])
+    assert options["checked"].config.limits.burst == 14
+
+
+def test_a_fingerprint_holds_no_value_and_is_read_only_where_the_supervisor_says(
+        confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from txairflowrpc.service import workers as workers_module
+    from txairflowrpc.service.reload import restart_fingerprint
+
+    cfg = load(write(confdir, SHARED))
+    fingerprint = restart_fingerprint(cfg)
+    assert "airflow.password_file (its content)" in fingerprint
+    assert cfg.airflow.password not in json.dumps(fingerprint)
+    read, write_end = os.pipe()
+    try:
+        monkeypatch.setattr(workers_module, "STARTED_WITH_FD", read)
+        monkeypatch.delenv(workers_module.STARTED_WITH_ENVIRONMENT, raising=False)
+        assert workers_module.started_with() is None  # not said: nothing read, nothing closed
+        os.fstat(read)
+    finally:
+        os.close(read)
+        os.close(write_end)
+
+
+def test_each_worker_is_given_the_fingerprint_on_its_own_pipe(monkeypatch) -> None:
+    from txairflowrpc.service.workers import STARTED_WITH_ENVIRONMENT, STARTED_WITH_FD
+
+    monkeypatch.setenv(STARTED_WITH_ENVIRONMENT, "9")  # never the supervisor's own to pass on
+    reactor = MemoryReactor()
+    seen: list[Any] = []
+
+    class Transport:
+        def writeToChild(self, fd: int, data: bytes) -> None:
+            seen.append(("write", fd, json.loads(data)))
+
+        def closeChildFD(self, fd: int) -> None:
+            seen.append(("close", fd))
+
+    def spawn_process(*a: Any, env: dict[str, str], childFDs: dict[int, Any],
+                      **kw: Any) -> Transport:
+        seen.append((env[STARTED_WITH_ENVIRONMENT], childFDs[STARTED_WITH_FD]))
+        return Transport()
+
+    reactor.spawnProcess = spawn_process  # type: ignore[method-assign]
+    sockets = SharedPort("127.0.0.1", 0, 1)
+    try:
+        supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None, (),
+                                  {"audit.instance": "ab12"})(0, ProcessProtocol())
+    finally:
+        sockets.close_all()
+    assert seen == [(str(STARTED_WITH_FD), "w"),
+                    ("write", STARTED_WITH_FD, {"audit.instance": "ab12"}),
+                    ("close", STARTED_WITH_FD)]

@@ -20,6 +20,7 @@ reload, and keeps its running value.  All the file work runs off the reactor.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from pathlib import Path
@@ -127,6 +128,21 @@ def needs_restart(old: config_module.Config, new: config_module.Config) -> list[
         elif getattr(before, key) != getattr(after, key):
             changed.append(_READ_FROM.get((section, key), f"{section}.{key}"))
     return changed
+
+
+def restart_fingerprint(cfg: config_module.Config) -> dict[str, str]:
+    """
+    A digest of what each `NEEDS_RESTART` key holds, by the key's name (as
+    `needs_restart` names it): what a worker the supervisor starts later
+    must have as it had (`txairflowrpc.service.workers.started_with`), told
+    without the values (a password among them) leaving the process.
+    """
+    found = {}
+    for section, key in NEEDS_RESTART:
+        value = getattr(cfg, section) if key is None else getattr(getattr(cfg, section), key)
+        name = section if key is None else _READ_FROM.get((section, key), f"{section}.{key}")
+        found[name] = hashlib.sha256(repr(value).encode("utf-8")).hexdigest()
+    return found
 
 
 #: Keys that hold what a file held, by what a change of them is called.

@@ -36,10 +36,11 @@ processes and serves nothing itself.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import attrs
@@ -54,7 +55,13 @@ from twisted.python.failure import Failure
 from .. import config as config_module
 from .logs import WORKER_ENVIRONMENT
 from .notify import Watchdog
-from .workers import ADMIN_FD, LISTENER_FD, REPORT_FD
+from .workers import (
+    ADMIN_FD,
+    LISTENER_FD,
+    REPORT_FD,
+    STARTED_WITH_ENVIRONMENT,
+    STARTED_WITH_FD,
+)
 
 __all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "WorkerState", "bind_listening",
            "bind_shared", "worker_argv"]
@@ -65,9 +72,10 @@ RESTART_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 #: How long past ``limits.shutdown_seconds`` a worker may take to stop at SIGTERM.
 STOP_MARGIN_SECONDS = 20.0
-#: Environment a worker must not inherit: systemd talks to the supervisor alone.
+#: Environment a worker must not inherit: systemd talks to the supervisor alone, and only
+#: the supervisor says which descriptor holds what the gateway started with.
 PRIVATE_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                       "LISTEN_PID", "LISTEN_FDNAMES")
+                       "LISTEN_PID", "LISTEN_FDNAMES", STARTED_WITH_ENVIRONMENT)
 
 _log = Logger()
 
@@ -155,22 +163,33 @@ def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
 
 
 def spawner(reactor: Any, config_path: str, sockets: SharedPort,
-            logger: str | None, admin: Sequence[socket.socket] = ()) -> Spawn:
+            logger: str | None, admin: Sequence[socket.socket] = (),
+            started_with: Mapping[str, str] | None = None) -> Spawn:
     """
     How the supervisor starts worker K: with socket K, its admin socket
-    (``admin[K]``, if the admin listener is on), a report pipe and its lifeline.
+    (``admin[K]``, if the admin listener is on), a report pipe, its
+    lifeline, and ``started_with`` (the `restart_fingerprint` of the config
+    the gateway started with) on a pipe of its own.
     """
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+    fingerprint = json.dumps(dict(started_with or {})).encode("utf-8")
 
     def spawn(index: int, protocol: ProcessProtocol) -> IProcessTransport:
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, LISTENER_FD: sockets.fileno(index),
                                      REPORT_FD: "r"}
         if admin:
             fds[ADMIN_FD] = admin[index].fileno()
-        return reactor.spawnProcess(
+        told = {WORKER_ENVIRONMENT: str(index)}  # its log lines name it
+        if started_with is not None:
+            fds[STARTED_WITH_FD] = "w"
+            told[STARTED_WITH_ENVIRONMENT] = str(STARTED_WITH_FD)
+        transport = reactor.spawnProcess(
             protocol, sys.executable, worker_argv(config_path, index, logger),
-            env={**env, WORKER_ENVIRONMENT: str(index)},  # its log lines name it
-            childFDs=fds)
+            env={**env, **told}, childFDs=fds)
+        if started_with is not None:
+            transport.writeToChild(STARTED_WITH_FD, fingerprint)
+            transport.closeChildFD(STARTED_WITH_FD)
+        return transport
 
     return spawn
 

@@ -64,7 +64,7 @@ from .lifecycle import GatewayService, Listener, StopSignals, bind_problem, exit
 from .logs import fatal
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
-from .reload import HangUp, Reloader
+from .reload import HangUp, Reloader, restart_fingerprint
 from .supervisor import SharedPort, Supervisor, bind_listening, spawner
 from .workers import (
     ADMIN_FD,
@@ -74,6 +74,7 @@ from .workers import (
     ParentWatch,
     PipeNotifier,
     for_worker,
+    started_with,
     worker_admin_ports,
 )
 
@@ -108,6 +109,7 @@ class Options(usage.Options):
                 raise fatal(f"airflowrpc: --worker {self['worker']}: not a worker of "
                             f"listen.workers = {cfg.listen.workers}")
             self["worker"] = index
+            _same_restart_keys(cfg, index)
             self["checked"] = worker_checked(self["checked"], index)
             return  # its ports were checked by the supervisor, which holds the listener
         # With workers, the supervisor's admin listener and then each worker's.
@@ -433,6 +435,28 @@ def rpc_listener(reactor: Any, cfg: config_module.Config, tls: ReloadableTLS,
                     where + " (PROXY protocol)" if cfg.listen.proxy_protocol else where)
 
 
+def _same_restart_keys(cfg: config_module.Config, index: int) -> None:
+    """
+    Stop worker ``index`` (one line, status 1) if the config on disk changes
+    a key that applies only at a restart since the gateway started: a worker
+    replaced after such a change would have run, beside the others, on
+    another Airflow, audit chain or port (found by review: its admin port
+    moved and the supervisor saw it down; its chain took a new instance).
+    """
+    try:
+        before = started_with()
+    except ValueError:
+        before = None
+    if before is None:
+        return
+    now = restart_fingerprint(cfg)
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        raise fatal(f"airflowrpc: worker {index}: the config on disk changes "
+                    f"{', '.join(changed)} since the gateway started, which apply only when "
+                    "the whole gateway restarts: restart it (the workers running keep theirs)")
+
+
 def worker_checked(checked: Checked, index: int) -> Checked:
     """What worker ``index`` runs on: ``checked`` with `for_worker`'s config."""
     return attrs.evolve(checked, config=for_worker(checked.config, index))
@@ -502,7 +526,8 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     reactor.callWhenRunning(owner.restate)
     supervisor = Supervisor(
         reactor, count=cfg.listen.workers,
-        spawn=spawner(reactor, str(source), sockets, _logger_name(options), admin_sockets),
+        spawn=spawner(reactor, str(source), sockets, _logger_name(options), admin_sockets,
+                      restart_fingerprint(cfg)),
         check=check, stop_seconds=cfg.limits.shutdown_seconds,
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
         where=where, on_stopped=stopped, port=sockets,

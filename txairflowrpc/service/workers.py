@@ -20,6 +20,9 @@ descriptor:
   and kept the replacement from listening);
 - `REPORT_FD`: a pipe on which it reports ``READY=1`` as it would to systemd
   (`PipeNotifier`);
+- `STARTED_WITH_FD`: a pipe with the supervisor's `restart_fingerprint` of the
+  config it started with: a worker whose config on disk differs in a key
+  that applies only at a restart refuses to start (`started_with`);
 - ``0``: a pipe from the supervisor that it never writes to; its end is
   the supervisor's life, so a worker whose supervisor is gone (even
   ``kill -9``) stops as at SIGTERM (`ParentWatch`).
@@ -27,9 +30,11 @@ descriptor:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +49,9 @@ from zope.interface import implementer
 
 from .. import config as config_module
 
-__all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "AdoptedEndpoint", "ParentWatch", "PipeNotifier",
+__all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "STARTED_WITH_ENVIRONMENT", "STARTED_WITH_FD",
+           "AdoptedEndpoint",
+           "ParentWatch", "PipeNotifier", "started_with",
            "for_worker", "worker_admin_port", "worker_admin_ports", "worker_audit_path"]
 
 #: The listening socket a worker adopts.
@@ -53,6 +60,12 @@ LISTENER_FD = 3
 REPORT_FD = 4
 #: The admin listener's socket a worker adopts.
 ADMIN_FD = 5
+#: Where a worker reads what the gateway started with (`started_with`), and
+#: the variable by which the supervisor says it gave it.
+STARTED_WITH_FD = 6
+STARTED_WITH_ENVIRONMENT = "AIRFLOWRPC_STARTED_WITH_FD"
+#: The most a worker reads there.
+_STARTED_WITH_BYTES = 64 * 1024
 #: Where a worker finds the supervisor's end of its lifeline.
 PARENT_FD = 0
 
@@ -75,6 +88,36 @@ def worker_admin_ports(cfg: config_module.Config) -> list[int]:
         return []
     return [worker_admin_port(cfg.health.port, k) for k in range(cfg.listen.workers)
             if cfg.health.port]
+
+
+def started_with(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """
+    The supervisor's fingerprint of the config the gateway started with,
+    read whole from the descriptor `STARTED_WITH_ENVIRONMENT` names
+    (blocking: at start, before the reactor), or None if it names none (a
+    worker started by hand: no descriptor of someone else's is read).
+    """
+    if environ.get(STARTED_WITH_ENVIRONMENT) != str(STARTED_WITH_FD):
+        return None
+    fd = STARTED_WITH_FD
+    data = b""
+    try:
+        while len(data) <= _STARTED_WITH_BYTES:
+            chunk = os.read(fd, 8192)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    found = json.loads(data)
+    if not isinstance(found, dict):
+        raise ValueError("not a fingerprint")
+    return {str(k): str(v) for k, v in found.items()}
 
 
 def divided(value: int, count: int, least: int = 1) -> int:
