@@ -363,10 +363,15 @@ class AdminListenerTests(SynchronousTestCase):
         self.assertEqual(answers.count(b"HTTP/1.1 429"), 3)
         self.assertIn(b"Retry-After: 1", answers)
         self.assertEqual((Metrics.renders, self.site.scrapes_refused), (SCRAPE_BURST, 3))
-        # Another address has its own; liveness and readiness are not counted.
+        # Another address has its own; liveness and readiness are not counted,
+        # nor a HEAD, which nothing renders (found by review: it took a scrape).
         other, other_wire = self.connect(1001, "10.0.0.2")
-        other.dataReceived(scrape + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30)
+        other.dataReceived(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * (SCRAPE_BURST + 5)
+                           + scrape + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30)
+        self.assertEqual(other_wire.value().count(b"HTTP/1.1 405"), SCRAPE_BURST + 5)
+        self.assertEqual(other_wire.value().count(b"HTTP/1.1 429"), 0)
         self.assertEqual(other_wire.value().count(b"HTTP/1.1 200"), 31)
+        self.assertEqual(Metrics.renders, SCRAPE_BURST + 1)
         # A second later, the address may scrape again at the rate.
         transport.clear()
         self.clock.advance(1)

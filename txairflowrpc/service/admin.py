@@ -331,7 +331,13 @@ class HealthResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
-            if request.method in (b"GET", b"HEAD") and not may_scrape(request):
+            if request.method == b"HEAD":
+                # As prometheus_client answers it, without using up a scrape
+                # (found by review: a HEAD, never rendered, took one).
+                request.setResponseCode(405)
+                request.setHeader(b"Allow", b"OPTIONS,GET")
+                return b""
+            if request.method == b"GET" and not may_scrape(request):
                 return head_without_body(request, too_many_scrapes(request))
             return head_without_body(request, self._metrics.render(request))
         return head_without_body(request, super().render(request))
