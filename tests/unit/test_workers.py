@@ -593,3 +593,38 @@ def test_each_worker_is_given_the_fingerprint_on_its_own_pipe(monkeypatch) -> No
     assert seen == [(str(STARTED_WITH_FD), "w"),
                     ("write", STARTED_WITH_FD, {"audit.instance": "ab12"}),
                     ("close", STARTED_WITH_FD)]
+
+
+def test_a_relative_config_path_gives_the_workers_the_supervisors_fingerprint(
+        confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """
+    Found by review: the supervisor loaded ``conf/airflowrpc.toml`` and its
+    workers the absolute path, so every path in the config differed and
+    every worker refused its first start.
+    """
+    from txairflowrpc.service.reload import restart_fingerprint
+    from txairflowrpc.service.tap import Options
+
+    path = write(confdir, SHARED.replace("port = 8443", f"port = {_free_port()}").replace(
+        "port = 9100", "port = 0"))
+    monkeypatch.chdir(path.parent.parent)
+    relative = Path(path.parent.name) / path.name
+    supervisors = load(relative)
+    assert not supervisors.airflow.password_file.is_absolute()
+    _started_with(monkeypatch, restart_fingerprint(supervisors))
+    options = Options()
+    options.parseOptions(["--config", str(relative.absolute()), "--worker", "0"])
+    assert options["worker"] == 0
+
+
+def test_a_fingerprint_that_cannot_be_read_stops_the_worker(
+        confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from txairflowrpc.service.tap import Options
+
+    path = write(confdir, SHARED.replace("port = 8443", f"port = {_free_port()}").replace(
+        "port = 9100", "port = 0"))
+    _started_with(monkeypatch, {})
+    with pytest.raises(SystemExit) as e:
+        Options().parseOptions(["--config", str(path), "--worker", "0"])
+    assert str(e.value.code) == ("airflowrpc: worker 0: what the gateway started with holds "
+                                 "no fingerprint; a worker is started by the supervisor")

@@ -140,6 +140,11 @@ def restart_fingerprint(cfg: config_module.Config) -> dict[str, str]:
     found = {}
     for section, key in NEEDS_RESTART:
         value = getattr(cfg, section) if key is None else getattr(getattr(cfg, section), key)
+        if isinstance(value, Path):
+            # The file's paths are joined to the config's directory as it was
+            # named: relative to the supervisor's, absolute to its workers'
+            # (found by review: every worker refused a relative --config).
+            value = os.path.abspath(value)
         name = section if key is None else _READ_FROM.get((section, key), f"{section}.{key}")
         found[name] = hashlib.sha256(repr(value).encode("utf-8")).hexdigest()
     return found

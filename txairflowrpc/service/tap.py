@@ -445,8 +445,9 @@ def _same_restart_keys(cfg: config_module.Config, index: int) -> None:
     """
     try:
         before = started_with()
-    except ValueError:
-        before = None
+    except ValueError as e:
+        raise fatal(f"airflowrpc: worker {index}: what the gateway started with {e}; "
+                    "a worker is started by the supervisor") from None
     if before is None:
         return
     now = restart_fingerprint(cfg)

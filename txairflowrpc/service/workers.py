@@ -50,9 +50,8 @@ from zope.interface import implementer
 from .. import config as config_module
 
 __all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "STARTED_WITH_ENVIRONMENT", "STARTED_WITH_FD",
-           "AdoptedEndpoint",
-           "ParentWatch", "PipeNotifier", "started_with",
-           "for_worker", "worker_admin_port", "worker_admin_ports", "worker_audit_path"]
+           "AdoptedEndpoint", "ParentWatch", "PipeNotifier", "for_worker", "started_with",
+           "worker_admin_port", "worker_admin_ports", "worker_audit_path"]
 
 #: The listening socket a worker adopts.
 LISTENER_FD = 3
@@ -96,6 +95,8 @@ def started_with(environ: Mapping[str, str] = os.environ) -> dict[str, str] | No
     read whole from the descriptor `STARTED_WITH_ENVIRONMENT` names
     (blocking: at start, before the reactor), or None if it names none (a
     worker started by hand: no descriptor of someone else's is read).
+    ValueError if it names one that holds no fingerprint: the check fails
+    closed.
     """
     if environ.get(STARTED_WITH_ENVIRONMENT) != str(STARTED_WITH_FD):
         return None
@@ -107,16 +108,19 @@ def started_with(environ: Mapping[str, str] = os.environ) -> dict[str, str] | No
             if not chunk:
                 break
             data += chunk
-    except OSError:
-        return None
+    except OSError as e:
+        raise ValueError(f"cannot be read: {e.strerror}") from None
     finally:
         try:
             os.close(fd)
         except OSError:
             pass
-    found = json.loads(data)
-    if not isinstance(found, dict):
-        raise ValueError("not a fingerprint")
+    try:
+        found = json.loads(data)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not found:
+        raise ValueError("holds no fingerprint")
     return {str(k): str(v) for k, v in found.items()}
 
 
