@@ -136,6 +136,33 @@ def test_a_broken_token_store_is_a_rejected_reload_until_it_is_mended(setup) -> 
         True, 2, 1)
 
 
+def test_after_a_rejected_reload_a_token_change_does_not_read_a_config_being_written(
+        setup) -> None:
+    """
+    Found by review: with the last reload rejected, a store change read
+    everything again at once, the config caught half-written too.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    config = tmp / "airflowrpc.toml"
+    whole = config.read_text()
+    config.write_text(whole + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
+    assert reloader.reload("SIGHUP").result is False
+    config.write_text(whole[:whole.index("[principals.")])  # half written: no principals
+    bump(config)
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    assert "ci-bot" in gate.current.access.principals and reloader.reloads == 0
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+    config.write_text(whole)
+    bump(config)
+    reloader._poll()
+    reloader._poll()
+    assert reloader.reloads == 1 and reloader.last_reload_successful
+
+
 def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
     cfg, gate, tls, reloader, tmp = setup
     before = gate.current

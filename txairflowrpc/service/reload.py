@@ -241,7 +241,12 @@ class Reloader(service.Service):
                 # token store goes on at once: a revocation does not wait,
                 # and a store cut short is no JSON.
                 self._settling = now
-                return self._tokens_changed(now) if "tokens" in changed else None
+                if "tokens" not in changed:
+                    return None
+                # The store alone, even after a rejected reload (found by
+                # review: a full one would read the file still being written).
+                self._seen = {**self._seen, "tokens": now["tokens"]}
+                return self.reload_tokens()
             self._settling = {}
             return self.reload("file change: " + ", ".join(sorted(changed)))
         self._settling = {}
