@@ -256,6 +256,12 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) 
             squatter.bind(("127.0.0.1", workers.health_port + 2))
     finally:
         squatter.close()
+    # The supervisor's own chain says so: the worker's ends without a service.stop.
+    wait_for(lambda: any(r.get("event") == "worker.exited" and r.get("worker") == 1
+                         and r.get("pid") == old[1] and r.get("how") == "killed by signal 9"
+                         for r in (audit_records(workers.audit_path)
+                                   if workers.audit_path.exists() else [])),
+             "the death on the supervisor's chain")
     # Calls meanwhile: those the kernel sends to the dead worker's socket
     # wait in its backlog for the replacement instead of being refused.
     for _ in range(12):
@@ -284,7 +290,8 @@ def test_a_replacement_refuses_a_config_changed_where_only_a_restart_applies(
     stops with one line until the file is as the gateway started with.
     """
     good = workers.config.read_text()
-    changed = good.replace("max_in_flight = 1000\n", "max_in_flight = 1000\nshutdown_seconds = 12\n", 1)
+    changed = good.replace("max_in_flight = 1000\n",
+                           "max_in_flight = 1000\nshutdown_seconds = 12\n", 1)
     assert changed != good
     workers.config.write_text(changed)
     try:
@@ -318,8 +325,11 @@ def test_sigterm_stops_every_worker_and_the_chains_verify(workers: RunningGatewa
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     instances = re.findall(r"^instance (\S+): ", out.stdout, re.M)
-    assert sorted(i[-3:] for i in instances) == ["-w0", "-w1"], out.stdout
-    assert out.stdout.splitlines()[-1] == "2 chains: 2 whole", out.stdout
+    workers_chains = sorted(i[-3:] for i in instances if re.search(r"-w\d$", i))
+    assert workers_chains == ["-w0", "-w1"], out.stdout
+    # and audit.path's own, where the supervisor put the workers killed above
+    assert len(instances) == 3, out.stdout
+    assert out.stdout.splitlines()[-1] == "3 chains: 3 whole", out.stdout
 
 
 def test_sigterm_to_the_whole_process_group_stops_everything_cleanly(

@@ -281,6 +281,25 @@ class WhenCheckpointsAreSealedTests(KeyedCase):
         self.assertEqual(cp["key_id"], self.key.key_id)
 
 
+class AppendNowTests(KeyedCase):
+    def test_a_record_appended_with_a_signer_is_covered_at_once(self) -> None:
+        """
+        Found by review: the supervisor's worker.exited records (and the
+        CLI's before them) were never covered, so `audit verify --public-key`
+        said 3 (not proven) after any worker crash.
+        """
+        from txairflowrpc.audit.chain import append_now
+
+        append_now(self.path, {"event": "token.created"})  # the CLI's, unsigned
+        append_now(self.path, {"event": "worker.exited", "worker": 1}, instance="gw-a",
+                   signer=self.signer)
+        events = [r.get("event") for r in records(self.path)]
+        self.assertEqual(events, ["token.created", "worker.exited", checkpoint.CHECKPOINT])
+        self.assertEqual([c["head_seq"] for c in checkpoints(self.path)], [2])
+        status, out = self.verify("--public-key", str(self.key.public), str(self.path))
+        self.assertEqual(status, 0, out)
+
+
 class VerifyTests(KeyedCase):
     def setUp(self) -> None:
         super().setUp()

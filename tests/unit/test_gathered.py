@@ -302,6 +302,31 @@ class GatheredTests(SynchronousTestCase):
         up = {s.labels["worker"]: s.value for s in families["airflowrpc_worker_up"].samples}
         self.assertEqual(up, {"0": 0.0, "1": 1.0})
 
+    def test_a_worker_whose_process_is_not_running_is_not_asked(self) -> None:
+        """
+        Found by review: the supervisor holds a dead worker's admin socket,
+        so a question to it waited ASK_SECONDS unanswered, and each probe
+        with it (HAProxy's check gives up after 5 s).
+        """
+        running = [True, False]
+        self.resource._admins = WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS,
+                                             running=lambda: running)
+        self.states = [state(0), state(1, ready=False, accepting=False)]
+        self.answer(0, b"/readyz", 200, b'{"ready": true}')
+        d = self.http.get("http://127.0.0.1:9100/readyz")
+        self.flush()  # no clock advanced: nothing waits for worker 1
+        response = self.successResultOf(d)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual((response.code, body["workers"]["1"]["problem"]),
+                         (200, "its process is not running"))
+        self.assertEqual(len(self.workers.accepts), 1)  # worker 0 alone was asked
+        self.assertEqual(self.workers.held, [])
+
+    def test_a_head_of_metrics_is_405_and_asks_no_worker(self) -> None:
+        response = self.successResultOf(self.http.head("http://127.0.0.1:9100/metrics"))
+        self.assertEqual(response.code, 405)
+        self.assertEqual(self.workers.accepts, [])
+
     def test_a_worker_text_that_does_not_parse_is_left_out(self) -> None:
         families, read = merged_families([
             Answer(0, 200, b"not metrics {{{"), Answer(1, 200, worker_exposition(1)),

@@ -357,7 +357,6 @@ def _samples(metrics: GatewayMetrics, family: str) -> list[Any]:
     return []
 
 
-
 def _scrape(accept: str | None, accept_encoding: str | None = None) -> tuple[str, dict, bytes]:
     """The worker's /metrics app, called as the WSGI server calls it."""
     from prometheus_client import CollectorRegistry, Counter

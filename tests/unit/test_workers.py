@@ -262,6 +262,27 @@ def test_a_dead_worker_is_logged_and_replaced_after_a_back_off(logged: list[str]
     assert spawn.live(0)[0].signals == []
 
 
+def test_a_worker_that_ran_and_ended_unexpectedly_is_on_the_supervisors_chain() -> None:
+    """
+    Found by review: a killed worker's chain just stopped (service.start,
+    no service.stop) and nothing said its calls under way ended unrecorded.
+    """
+    sup, spawn, clock, _, _ = supervise(2)
+    records: list[dict[str, Any]] = []
+    sup._record = records.append
+    spawn.ready(1)
+    spawn.end(1, ProcessTerminated(signal=9))
+    assert records == [{"event": "worker.exited", "worker": 1, "pid": 1001,
+                        "how": "killed by signal 9",
+                        "note": "calls it had under way have no outcome on its chain"}]
+    clock.advance(1)
+    spawn.end(1, ProcessTerminated(exitCode=1))  # a replacement that never ran: no calls
+    sup.stopService()
+    spawn.ready(0)
+    spawn.end(0, ProcessDone(0))  # stopping: its own service.stop says so
+    assert len(records) == 1
+
+
 def test_a_worker_that_cannot_be_spawned_is_tried_again(logged: list[str]) -> None:
     sup, spawn, clock, _, _ = supervise(2)
     spawn.ready(0)

@@ -460,9 +460,15 @@ class ChainFile:
         self._known = (inode, start + len(data))
 
 
-def append_now(path: Path, fields: dict[str, Any], *, instance: str = CLI_INSTANCE) -> None:
-    """Append one record from outside the gateway (the CLI), blocking."""
-    chain = ChainFile(path)
+def append_now(path: Path, fields: dict[str, Any], *, instance: str = CLI_INSTANCE,
+               signer: Signer | None = None) -> None:
+    """
+    Append one record from outside a gateway's audit thread (the CLI, a
+    supervisor), blocking; given a ``signer``, a checkpoint after it, so
+    that it is covered as the gateway's records are.
+    """
+    chain = ChainFile(path, signer=signer, checkpoint_records=1 if signer else 0,
+                      instance=instance)
     chain.open()
     try:
         now = time.time()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import TimeoutError as NoAnswerInTime
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -97,9 +97,11 @@ class WorkerAdmins:
     """
 
     def __init__(self, clock: IReactorTime, agent: IAgent, host: str,
-                 ports: list[int]) -> None:
+                 ports: list[int], running: Callable[[], Sequence[bool]] | None = None) -> None:
         self._clock = clock
         self._agent = agent
+        #: Which workers' processes run now: the others are not asked.
+        self._running = running
         self._asking: dict[tuple[str, bytes], SingleFlight[list[Answer]]] = {}
         host = loopback_host(host)
         self._base = [f"http://[{host}]:{p}" if ":" in host else f"http://{host}:{p}"
@@ -115,7 +117,19 @@ class WorkerAdmins:
         return flight.run(lambda: gatherResults(
             [self._ask_one(k, path, accept) for k in range(len(self._base))]))
 
+    def _asked(self, index: int) -> bool:
+        """
+        Whether worker ``index`` runs, so that it is asked: one that does not
+        is answered for at once (found by review: the supervisor holds its
+        admin socket, so a question to it waited `ASK_SECONDS` unanswered, and
+        every probe with it).
+        """
+        running = self._running() if self._running is not None else None
+        return running is None or (index < len(running) and running[index])
+
     def _ask_one(self, index: int, path: str, accept: bytes) -> Deferred[Answer]:
+        if not self._asked(index):
+            return succeed(Answer(index, None, problem="its process is not running"))
         d = Deferred.fromCoroutine(self._get(index, path, accept))
         # However the cancelled request ends (Agent: ResponseNeverReceived), it is a timeout.
         d.addTimeout(ASK_SECONDS, self._clock, onTimeoutCancel=_no_answer_in_time)
@@ -260,6 +274,11 @@ class GatheredHealth(Resource):
         self._stopping = stopping
 
     def render(self, request: server.Request) -> Any:
+        if request.method == b"HEAD" and request.path == b"/metrics":
+            # As a worker's listener answers it: nothing rendered, no scrape used up.
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"OPTIONS,GET")
+            return head_without_body(request, b"")
         return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:

@@ -261,6 +261,9 @@ class Supervisor(service.Service):
     :param check: reads and checks the config whole (off the reactor);
         fires with the new `Config`, or fails with `ConfigError`.
     :param notifier: systemd's (`SystemdNotifier`), or None.
+    :param record: puts a record on the supervisor's audit chain: a worker
+        that ends unexpectedly after it ran (reported) is one, since the
+        calls it had under way have no outcome on its own chain.
     """
 
     def __init__(
@@ -269,8 +272,10 @@ class Supervisor(service.Service):
         stop_seconds: float, notifier: Any = None, watchdog_seconds: float | None = None,
         where: str = "", on_stopped: Callable[[], None] = lambda: None,
         port: SharedPort | None = None,
+        record: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self._clock = clock
+        self._record = record
         self._port = port
         self._spawn = spawn
         self._check = check
@@ -347,6 +352,12 @@ class Supervisor(service.Service):
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
                    index=index, pid=pid, how=ending(reason), delay=delay)
+        if worker.heard and self._record is not None:
+            # Found by review: its chain just stopped (a service.start and no
+            # service.stop), its calls under way ended without a record.
+            self._record({"event": "worker.exited", "worker": index, "pid": pid,
+                          "how": ending(reason),
+                          "note": "calls it had under way have no outcome on its chain"})
         if failed_start and self._port is not None and self._port.sockets[index] is not None:
             self._port.close(index)
             _log.error("worker {index} cannot start: its socket is closed until a new one "

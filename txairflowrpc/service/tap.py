@@ -33,6 +33,7 @@ from twisted.web.iweb import IAgent
 
 from .. import __version__
 from .. import config as config_module
+from ..audit.chain import append_now
 from ..audit.checkpoint import Signer
 from ..audit.log import AuditLog, RunBlocking
 from ..audit.owner import ChainInUse, Claim, claim
@@ -515,6 +516,13 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         return deferToThreadPool(reactor, reactor.getThreadPool(),
                                  lambda: load_checked(source).config)
 
+    def record(fields: dict[str, Any]) -> None:
+        """A record on the supervisor's own chain (``audit.path``), written off the reactor."""
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), append_now, cfg.audit.path,
+                              fields, instance=cfg.audit.instance, signer=checked.signer)
+        d.addErrback(lambda f: _log.failure("not recorded on {path}: {event}", f,
+                                            path=str(cfg.audit.path), event=fields["event"]))
+
     def stopped() -> None:
         sockets.close_all()
         for held in admin_sockets:
@@ -531,14 +539,15 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
                       restart_fingerprint(cfg)),
         check=check, stop_seconds=cfg.limits.shutdown_seconds,
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
-        where=where, on_stopped=stopped, port=sockets,
+        where=where, on_stopped=stopped, port=sockets, record=record,
     )
     if cfg.health.port:
         # Bound before the workers start (a port taken stops twistd first); one address
         # for all the workers.
         gathered = GatheredHealth(
             admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host,
-                                worker_admin_ports(cfg)),
+                                worker_admin_ports(cfg),
+                                running=lambda: [s.running for s in supervisor.states()]),
             states=supervisor.states, stopping=lambda: supervisor.stopping,
             off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         Listener(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
