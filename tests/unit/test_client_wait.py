@@ -260,3 +260,45 @@ def test_an_answer_nested_too_deep_to_write_out_is_a_bad_answer() -> None:
     ok = {"a": [[{"b": 1}]]}
     assert parse_answer("get_dag", xmlrpc.client.dumps((ok,), methodresponse=True).encode(),
                         None) == ok
+
+
+def test_an_answer_with_a_doctype_or_entities_is_refused_unexpanded() -> None:
+    """
+    Found by review: a hostile gateway's 20 MB answer of nested entities
+    expanded to 1 GB (3.1 GB of memory), past the answer cap and --timeout.
+    """
+    import time
+    import xmlrpc.client
+
+    from txairflowrpc.client.transport import parse_answer
+    levels = "".join(f'<!ENTITY e{n} "{f"&e{n - 1};" * 10}">' for n in range(1, 9))
+    bomb = (f'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY e0 "xxxxxxxxxx">{levels}]>'
+            "<methodResponse><params><param><value><string>&e8;</string></value>"
+            "</param></params></methodResponse>").encode()
+    started = time.monotonic()
+    with pytest.raises(BadAnswer) as e:
+        parse_answer("get_task_log", bomb, None)
+    assert time.monotonic() - started < 1  # not expanded: 10**9 characters would take long
+    assert e.value.exit_status == 5 and "a DOCTYPE is not allowed" in str(e.value)
+    plain = xmlrpc.client.dumps(({"n": None, "s": "a & b"},), methodresponse=True,
+                                allow_none=True).encode().replace(
+        b"</struct>", b"<member><name>big</name><value><i8>1099511627776</i8></value>"
+                      b"</member></struct>")
+    assert parse_answer("get_dag", plain, None) == {"n": None, "s": "a & b", "big": 2**40}
+    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(404, "not found: x")).encode()
+    with pytest.raises(FaultReply) as f:
+        parse_answer("get_dag", fault, "req-1")
+    assert (f.value.code, f.value.text) == (404, "not found: x")
+
+
+def test_a_fault_whose_string_is_no_string_is_a_bad_answer() -> None:
+    """Found by review: a fault string nested 100,000 deep made str() recurse (exit 70)."""
+    from txairflowrpc.client.transport import parse_answer
+    deep = ("<value><array><data>" * 5000 + "<value><string>x</string></value>"
+            + "</data></array></value>" * 5000)
+    body = ("<methodResponse><fault><value><struct><member><name>faultCode</name>"
+            "<value><int>1</int></value></member><member><name>faultString</name>"
+            f"{deep}</member></struct></value></fault></methodResponse>").encode()
+    with pytest.raises(BadAnswer) as e:
+        parse_answer("get_dag", body, None)
+    assert e.value.exit_status == 5
