@@ -342,6 +342,12 @@ def test_the_subcommands_parse() -> None:
     ["trigger", "etl", "--token", "arpc_x_sekrit1234"],  # no flag takes the token itself
     ["call", "ping", "--token=arpc_x_sekrit1234"],
     ["call", "ping", "--tok", "arpc_x_sekrit1234"],  # nor an abbreviation of --token-file
+    # Found by review: a value of no token's shape was shown where argparse
+    # took it for the command, or listed it among unrecognized arguments.
+    ["--token", "plainsekritvalue123", "call", "ping"],
+    ["--token-file", "plainsekritvalue123", "call", "ping"],
+    ["call", "ping", "--to", "plainsekritvalue123"],
+    ["call", "ping", "--tok=plainsekritvalue123"],
     ["trigger"],
     ["call"],
 ])

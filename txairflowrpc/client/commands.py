@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -162,11 +163,23 @@ class Parser(argparse.ArgumentParser):
     """
     An ArgumentParser whose errors never show a token: argparse quotes what
     it did not understand ("unrecognized arguments: ..."), which may be a
-    token typed where it does not belong.
+    token typed where it does not belong.  Beyond the shapes a token has
+    (`redact_shapes`), an unknown command and the values among unrecognized
+    arguments are not shown (found by review: ``airflowrpc --token SECRET
+    call`` took SECRET for the command and printed it); flags are.
     """
 
     def error(self, message: str) -> Any:
+        message = _INVALID_CHOICE.sub("invalid choice (", message)
+        head, found, rest = message.partition("unrecognized arguments: ")
+        if found:
+            message = head + found + " ".join(
+                word.split("=", 1)[0] if word.startswith("-") else "..." for word in rest.split())
         super().error(redact_shapes(message))
+
+
+#: argparse's "invalid choice: 'X' (choose from ...)": X is left out.
+_INVALID_CHOICE = re.compile(r"invalid choice: .*? \((?=choose from)", re.S)
 
 
 class _NoTokenFlag(argparse.Action):
