@@ -129,6 +129,19 @@ def test_a_task_log_cannot_command_the_ci_runner(monkeypatch: pytest.MonkeyPatch
     assert not [line for line in shown if line.lstrip().startswith("::") or "\x1b" in line]
 
 
+def test_a_task_log_line_is_shown_cut_to_its_first_2000_characters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: one 16-million-character line was 16 MB of the job's log."""
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "get_task_log",
+                        lambda *a: "short\n" + "x" * 16_000_000 + "\n\u061cbidi")
+    got = run_in_memory(["trigger", "example_fail", "--wait", "--log-lines", "3"], gateway)
+    assert got.status == 1
+    assert max(len(line) for line in got.err.splitlines()) < 2100
+    assert f"| {'x' * 2000}... (15,998,000 more characters)" in got.err.splitlines()
+    assert "| ?bidi" in got.err.splitlines()  # ARABIC LETTER MARK shown as ? too
+
+
 #: The end of a failed task's log from Airflow 3.3.2 as the gateway gives it
 #: (txairflowrpc.upstream.shapes.format_log_content): the log server's own
 #: header group has no timestamp or level, the task runner's groups do.

@@ -27,6 +27,8 @@ MAX_TASKS = 10
 LOG_TIMEOUT = 120.0
 #: Control characters (ANSI escapes among them) other than tab, and the
 #: characters that move or break the text around them.
+#: The most of one log line shown; the rest is counted.
+MAX_LINE = 2000
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{LAYOUT_CONTROLS}]")
 #: A line that is only one of the log grouping markers Airflow writes
 #: (``::group::Pre Execute``, ``::group::Post Execute``, ``::endgroup::``),
@@ -56,6 +58,9 @@ def quoted(line: str) -> str:
     a tail (`is_group_marker`); any other line starting ``::`` is shown, not
     obeyed.
     """
+    if len(line) > MAX_LINE:
+        # Found by review: one 16-million-character line was 16 MB of a job's log.
+        line = f"{line[:MAX_LINE]}... ({len(line) - MAX_LINE:,} more characters)"
     return "| " + _CONTROL.sub("?", line)
 
 

@@ -169,9 +169,10 @@ def plain(value: Any) -> Any:
 
 #: Characters that move, hide or break the text around them where a
 #: terminal or a CI log shows it -- line and paragraph separators and the
-#: bidirectional marks, embeddings, overrides and isolates -- as a regex
+#: bidirectional marks (ARABIC LETTER MARK too, found by review),
+#: embeddings, overrides and isolates -- as a regex
 #: class body: what the gateway sends is never shown with them raw.
-LAYOUT_CONTROLS = "\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+LAYOUT_CONTROLS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 #: What json.dumps leaves raw but a terminal acts on: DEL, the C1 controls
 #: (CSI among them) and `LAYOUT_CONTROLS`.
 _RAW_IN_JSON = re.compile(f"[\x7f-\x9f{LAYOUT_CONTROLS}]")
