@@ -142,6 +142,58 @@ def test_a_task_log_line_is_shown_cut_to_its_first_2000_characters(
     assert "| ?bidi" in got.err.splitlines()  # ARABIC LETTER MARK shown as ? too
 
 
+def test_answers_of_another_shape_are_bad_answers_never_a_client_bug(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Found by review: a string where a struct was due, runs or a total that
+    were no count, a naive time against an aware one, all ended in exit 70,
+    "a bug in the client"; and a negative runs made a backfill a success.
+    """
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "trigger_dag", lambda *a: "oops")
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert got.status == 5 and "trigger_dag: the gateway's answer cannot be used: a string " \
+        "where a struct was due" in got.err
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "list_task_instances", lambda *a: ["x", {"task_id": 1}])
+    assert run_in_memory(["trigger", "example_fail", "--wait"], gateway).status == 1
+    for runs in ("two", -5, True):
+        gateway = FakeGateway()
+        create = gateway.create_backfill
+        monkeypatch.setattr(gateway, "create_backfill",
+                            lambda *a, runs=runs, create=create: {**create(*a), "runs": runs})
+        got = run_in_memory([*FEB, "--wait"], gateway)
+        assert got.status == 5 and "its runs are not a count" in got.err, runs
+    gateway = FakeGateway()
+    listing = gateway.list_dag_runs
+    monkeypatch.setattr(gateway, "list_dag_runs", lambda *a: {**listing(*a), "total": "many"})
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 5 and "its total is not a count" in got.err
+    gateway = FakeGateway()
+    plain = gateway._backfill_runs
+    gateway._backfill_runs = lambda b: [  # type: ignore[method-assign]
+        {**r, "queued_at": "2026-11-27T10:00:05"} for r in plain(b)]  # no zone
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 1 and "only 0 of the 3 runs" in got.err
+
+
+def test_a_count_stops_paging_at_a_bound_whatever_total_it_is_told(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a total of 2**31-1 kept `backfill` paging for ever."""
+    from txairflowrpc.client import backfilling
+
+    monkeypatch.setattr(backfilling, "MAX_PAGES", 7)
+    gateway = FakeGateway()
+    listing = gateway.list_dag_runs
+    # The same page again and again: the runs of it counted once each.
+    monkeypatch.setattr(gateway, "list_dag_runs", lambda dag_id, filters: {
+        **listing(dag_id, {**filters, "offset": 0}), "total": 2**31 - 1})
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 0, got.err
+    assert (got.json["runs"], got.json["succeeded"]) == (3, 3)
+    assert len(gateway.calls_of("list_dag_runs")) == 7
+
+
 #: The end of a failed task's log from Airflow 3.3.2 as the gateway gives it
 #: (txairflowrpc.upstream.shapes.format_log_content): the log server's own
 #: header group has no timestamp or level, the task runner's groups do.

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from ..core.jsonvalues import json_equal
-from .errors import BackfillTimedOut, OutOfTime
+from .errors import BackfillTimedOut, BadAnswer, OutOfTime
 from .retry import Backoff, call_with_retries
 from .transport import Caller
 from .waiting import Progress
@@ -34,17 +34,22 @@ from .waiting import Progress
 DEFAULT_EVERY = 15
 #: How many of a DAG's newest backfills are searched for an earlier try's.
 RECENT = 10
-#: Runs asked for per page when a backfill's runs are told.
+#: Runs asked for per page when a backfill's runs are told, and the most
+#: pages read (found by review: a gateway's total of 2**31-1 kept the count
+#: paging for ever); a count cut there finds fewer runs: no success.
 PAGE = 100
+MAX_PAGES = 1000
 #: Failed runs named on stderr at most.
 NAMED = 20
 
 
 def _instant(text: Any) -> datetime | None:
+    """An instant Airflow gave (with its zone); None for anything else, a naive time too."""
     try:
-        return datetime.fromisoformat(text)
+        found = datetime.fromisoformat(text)
     except (TypeError, ValueError):
         return None
+    return found if found.tzinfo is not None else None
 
 
 def same_backfill(
@@ -107,20 +112,26 @@ def _backfill_runs(
     filters: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """The DAG's ``backfill`` runs of ``filters`` queued from ``since`` to ``until``, paged."""
-    found: list[dict[str, Any]] = []
-    offset = 0
+    found: dict[Any, dict[str, Any]] = {}  # by run id: a page may repeat a run
+    offset = pages = 0
     while True:
         page = gateway.call("list_dag_runs", dag_id, {
             "run_type": "backfill", "limit": PAGE, "offset": offset, **filters})
         runs = page.get("dag_runs", [])
+        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+            raise BadAnswer("list_dag_runs", "its dag_runs are not an array of structs")
         for run in runs:
             queued = _instant(run.get("queued_at"))
             if since is None or (queued is not None and queued >= since
                                  and (until is None or queued <= until)):
-                found.append(run)
+                found[run.get("dag_run_id")] = run
+        total = page.get("total", 0)
+        if type(total) is not int:
+            raise BadAnswer("list_dag_runs", "its total is not a count")
         offset += len(runs)
-        if not runs or offset >= int(page.get("total", 0)):
-            return found
+        pages += 1
+        if not runs or offset >= total or pages >= MAX_PAGES:
+            return list(found.values())
 
 
 def follow_backfill(

@@ -33,7 +33,7 @@ from .console import Console, redact_shapes
 from .deadline import Bounded, Deadline
 from .errors import ClientError, UsageError
 from .retry import Backoff, call_with_retries, refused_before_it_ran
-from .transport import DEFAULT_TIMEOUT, Caller, Gateway
+from .transport import DEFAULT_TIMEOUT, Caller, Gateway, Typed
 from .waiting import DEFAULT_CHUNK, Progress, wait_for_run
 
 NAMES = ("call", "trigger", "backfill")
@@ -423,7 +423,8 @@ def _connect(
         console.note(f"the credential expires {when}: renew it before then "
                      f"(airflowrpc token rotate)")
 
-    return connect(found, trace=console.note if args.verbose else None, on_expiry=expiring)
+    return Typed(connect(found, trace=console.note if args.verbose else None,
+                         on_expiry=expiring))
 
 
 def _call(
@@ -643,7 +644,9 @@ def _backfill(
     if deadline is None:
         known.print()
         return errors.DONE
-    expected = int(backfill["runs"])
+    expected = backfill.get("runs")
+    if type(expected) is not int or expected < 0:  # found by review: 'two' was exit 70
+        raise errors.BadAnswer("create_backfill", "its runs are not a count")
     progress = Progress(console.note, what=f"backfill {backfill.get('id')} of {dag_id}",
                         clock=clock)
     final = backfilling.follow_backfill(

@@ -183,14 +183,14 @@ class Unreachable(ClientError):
 
 @attrs.define(auto_exc=True, str=False)
 class BadAnswer(ClientError):
-    """An answer that is not an XML-RPC response."""
+    """An answer that is not an XML-RPC response, or not of the shape the method's is."""
 
     method: str
     reason: str
 
     @property
     def message(self) -> str:
-        return f"{self.method}: the gateway's answer is not XML-RPC: {self.reason}"
+        return f"{self.method}: the gateway's answer cannot be used: {self.reason}"
 
 
 @attrs.define(auto_exc=True, str=False)

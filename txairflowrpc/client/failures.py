@@ -106,6 +106,7 @@ def failed_tasks(gateway: Caller, dag_id: str, run_id: str, lines: int) -> Faile
         instances = gateway.call("list_task_instances", dag_id, run_id, timeout=LOG_TIMEOUT)
     except ClientError as e:
         return FailedTasks((), problem=e.message)
+    instances = [ti for ti in instances if isinstance(ti, dict)]  # a struct each, as due
     failed = [ti for ti in instances if ti.get("state") in FAILED_STATES]
     upstream = sorted({str(ti.get("task_id")) for ti in instances
                        if ti.get("state") == "upstream_failed"})

@@ -195,6 +195,34 @@ class Caller(Protocol):
     def call(self, method: str, *params: Any, timeout: float = ...) -> Any: ...
 
 
+#: What the methods the commands read answer (the gateway's signatures).
+ANSWER_TYPES: dict[str, type] = {
+    "trigger_dag": dict, "get_dag_run": dict, "wait_dag_run": dict, "list_dag_runs": dict,
+    "list_task_instances": list, "get_task_log": str, "create_backfill": dict,
+    "get_backfill": dict, "list_backfills": dict,
+}
+_TYPE_NAMES = {dict: "a struct", list: "an array", str: "a string"}
+
+
+class Typed:
+    """
+    A `Caller` whose answers are of the type the method's signature says
+    (`ANSWER_TYPES`), or a `BadAnswer` (exit 5): found by review, a string
+    where a struct was due ended in exit 70, "a bug in the client".
+    """
+
+    def __init__(self, gateway: Caller) -> None:
+        self._gateway = gateway
+
+    def call(self, method: str, *params: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        value = self._gateway.call(method, *params, timeout=timeout)
+        kind = ANSWER_TYPES.get(method)
+        if kind is not None and not isinstance(value, kind):
+            raise BadAnswer(method, f"{_TYPE_NAMES.get(type(value), type(value).__name__)} "
+                                    f"where {_TYPE_NAMES[kind]} was due")
+        return value
+
+
 class Gateway:
     """
     Calls to one gateway with one set of credentials.
