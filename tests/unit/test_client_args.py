@@ -348,6 +348,7 @@ def test_the_subcommands_parse() -> None:
     ["--token-file", "plainsekritvalue123", "call", "ping"],
     ["call", "ping", "--to", "plainsekritvalue123"],
     ["call", "ping", "--tok=plainsekritvalue123"],
+    ["call", "ping", "plainsekritvalue123", "--token-file"],
     ["trigger"],
     ["call"],
 ])
@@ -356,3 +357,14 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
         parser().parse_args(argv)
     assert caught.value.code == 2
     assert "sekrit" not in capsys.readouterr().err
+
+
+def test_a_token_file_that_cannot_be_read_is_not_named(tmp_path: Path) -> None:
+    """Found by review: the token given to --token-file was printed as the file's name."""
+    from txairflowrpc.client import settings
+
+    with pytest.raises(UsageError) as e:
+        settings.read({"AIRFLOWRPC_URL": URL}, token_file="plainsekritvalue123")
+    assert "sekrit" not in e.value.message
+    assert e.value.message == ("the file --token-file names cannot be read: "
+                               "No such file or directory")

@@ -175,6 +175,22 @@ def test_answers_of_another_shape_are_bad_answers_never_a_client_bug(
         {**r, "queued_at": "2026-11-27T10:00:05"} for r in plain(b)]  # no zone
     got = run_in_memory([*FEB, "--wait"], gateway)
     assert got.status == 1 and "only 0 of the 3 runs" in got.err
+    gateway = FakeGateway()
+    plain = gateway._backfill_runs
+    gateway._backfill_runs = lambda b: [  # type: ignore[method-assign]
+        {**r, "dag_run_id": [r["dag_run_id"]]} for r in plain(b)]  # unhashable
+    assert run_in_memory([*FEB, "--wait"], gateway).status == 0
+    gateway = FakeGateway()
+    create = gateway.create_backfill
+    monkeypatch.setattr(gateway, "create_backfill", lambda *a: {
+        k: v for k, v in create(*a).items() if k != "id"})
+    got = run_in_memory([*FEB, "--wait"], gateway)
+    assert got.status == 5 and "the backfill has no id" in got.err
+    gateway = FakeGateway()
+    assert run_in_memory([*FEB], gateway).status == 0
+    monkeypatch.setattr(gateway, "list_backfills", lambda *a: {"backfills": ["x"]})
+    # A 409, and no struct among the backfills: none of its own found, the 409 told.
+    assert run_in_memory([*FEB], gateway).status == 4
 
 
 def test_a_count_stops_paging_at_a_bound_whatever_total_it_is_told(

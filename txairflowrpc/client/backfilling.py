@@ -67,6 +67,8 @@ def same_backfill(
     reprocess = options.get("reprocess_behavior", "none")
     listed = gateway.call("list_backfills", dag_id, {"limit": RECENT})
     for backfill in listed.get("backfills", []):
+        if not isinstance(backfill, dict):
+            continue  # no struct: no backfill this command made
         if not completed_too and backfill.get("completed"):
             continue
         if ((_instant(backfill.get("from_date")), _instant(backfill.get("to_date"))) == wanted
@@ -124,7 +126,7 @@ def _backfill_runs(
             queued = _instant(run.get("queued_at"))
             if since is None or (queued is not None and queued >= since
                                  and (until is None or queued <= until)):
-                found[run.get("dag_run_id")] = run
+                found[str(run.get("dag_run_id", id(run)))] = run
         total = page.get("total", 0)
         if type(total) is not int:
             raise BadAnswer("list_dag_runs", "its total is not a count")

@@ -170,7 +170,9 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> Any:
-        message = _INVALID_CHOICE.sub("invalid choice (", message)
+        message = _INVALID_CHOICE.sub(
+            "invalid choice (a flag's value given before the command is taken for it: "
+            "flags go after the command; ", message)
         head, found, rest = message.partition("unrecognized arguments: ")
         if found:
             message = head + found + " ".join(
@@ -179,7 +181,7 @@ class Parser(argparse.ArgumentParser):
 
 
 #: argparse's "invalid choice: 'X' (choose from ...)": X is left out.
-_INVALID_CHOICE = re.compile(r"invalid choice: .*? \((?=choose from)", re.S)
+_INVALID_CHOICE = re.compile(r"invalid choice: .* \((?=choose from)", re.S)
 
 
 class _NoTokenFlag(argparse.Action):
@@ -635,6 +637,8 @@ def _backfill(
             f"range with this conf exists (the lost answer's): following it" if lost else
             f"backfill {backfill.get('id')} of {dag_id} over this range with this conf "
             f"already existed (an earlier try made it), so none was created")
+    if type(backfill.get("id")) is not int:  # found by review: none was exit 70
+        raise errors.BadAnswer("create_backfill", "the backfill has no id")
     known.saw({**backfill, "created": created})
     if "runs" not in backfill:  # one found again: its runs, as far as Airflow made them
         backfill = {**backfill, "runs": call_with_retries(

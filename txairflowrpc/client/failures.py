@@ -25,10 +25,10 @@ FAILED_STATES = ("failed",)
 MAX_TASKS = 10
 #: Socket timeout of the calls that gather the logs.
 LOG_TIMEOUT = 120.0
-#: Control characters (ANSI escapes among them) other than tab, and the
-#: characters that move or break the text around them.
 #: The most of one log line shown; the rest is counted.
 MAX_LINE = 2000
+#: Control characters (ANSI escapes among them) other than tab, and the
+#: characters that move or break the text around them.
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{LAYOUT_CONTROLS}]")
 #: A line that is only one of the log grouping markers Airflow writes
 #: (``::group::Pre Execute``, ``::group::Post Execute``, ``::endgroup::``),
@@ -50,7 +50,7 @@ def is_group_marker(line: str) -> bool:
 def quoted(line: str) -> str:
     """
     A task's log line as it is shown: after ``| ``, with control characters
-    as ``?``.  A CI runner reads lines of a job's output as commands
+    as ``?``, cut at `MAX_LINE` characters (the rest counted).  A CI runner reads lines of a job's output as commands
     (GitHub Actions: a line starting ``::``, such as ``::add-mask::`` or
     ``::stop-commands::``; GitLab: ``section_start`` after an escape), and a
     task's log is written by whoever controls the task: never let it

@@ -241,7 +241,9 @@ def _token_from_file(token_file: str) -> tuple[str, str]:
     try:
         token = Path(token_file).read_text(encoding="utf-8", errors="strict").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"token file {token_file}: {_why(e)}") from None
+        # Not named: found by review, the token itself given to --token-file
+        # was printed in "token file <token>: No such file or directory".
+        raise UsageError(f"the file --token-file names cannot be read: {_why(e)}") from None
     return _sendable_token(token, source), source
 
 
