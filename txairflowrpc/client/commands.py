@@ -181,7 +181,7 @@ class Parser(argparse.ArgumentParser):
 
 
 #: argparse's "invalid choice: 'X' (choose from ...)": X is left out.
-_INVALID_CHOICE = re.compile(r"invalid choice: .* \((?=choose from)", re.S)
+_INVALID_CHOICE = re.compile(r"invalid choice: .* \((?=choose from)", re.DOTALL)
 
 
 class _NoTokenFlag(argparse.Action):
