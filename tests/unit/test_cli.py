@@ -207,3 +207,36 @@ def test_config_check_refuses_with_the_line_twistd_would_stop_with(
     config.write_text(config.read_text() + "[rpc]\nmax_multical = 5\n")
     assert main(["config", "check", "--config", str(config)]) == 1
     assert capsys.readouterr().err == f"airflowrpc: {config}: rpc.max_multical: unknown key\n"
+
+
+def test_the_token_commands_records_are_signed_where_the_key_can_be_read(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    Its records were never covered: a chain ending with them (with workers,
+    the supervisor's, for good) said 3, not proven, to `audit verify` with a key.
+    """
+    import json
+    import os
+
+    assert main(["audit", "keygen", "--out", str(tmp_path / "signing")]) == 0
+    text = config.read_text().replace(
+        "[audit]\n", f'[audit]\nsigning_key = "{tmp_path / "signing.key"}"\n', 1)
+    assert text != config.read_text()
+    config.write_text(text)
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    events = [json.loads(line).get("event")
+              for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events == ["token.created", "audit.checkpoint"]
+    capsys.readouterr()
+    assert main(["audit", "verify", "--public-key", str(tmp_path / "signing.pub"),
+                 str(tmp_path / "audit.jsonl")]) == 0, capsys.readouterr().out
+    if os.geteuid() != 0:  # root reads any file: the unreadable key is another user's case
+        (tmp_path / "signing.key").chmod(0)
+    else:
+        (tmp_path / "signing.key").write_text("not a key\n")
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    assert "airflowrpc: warning: the audit record is not signed: " in capsys.readouterr().err
+    events = [json.loads(line).get("event")
+              for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events[-1] == "token.created"  # written all the same, unsigned

@@ -197,7 +197,18 @@ def _actor() -> str:
 
 
 def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
-    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields})
+    """
+    ``event`` on the config's audit chain, followed by a checkpoint signed
+    with the gateway's key where the command can read it: unsigned, it would
+    leave the chain not proven until the gateway's next one (with workers,
+    whose supervisor seldom writes there, for good).
+    """
+    try:
+        signer = checkpoint.signer_from(cfg.audit.signing_key, cfg.audit.hmac_key_file)
+    except (ValueError, OSError) as e:
+        print(f"airflowrpc: warning: the audit record is not signed: {e}", file=sys.stderr)
+        signer = None
+    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields}, signer=signer)
 
 
 def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError) -> int:
