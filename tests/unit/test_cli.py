@@ -228,6 +228,11 @@ def test_the_token_commands_records_are_signed_where_the_key_can_be_read(
     events = [json.loads(line).get("event")
               for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events == ["token.created", "audit.checkpoint"]
+    token_id = tokens.parse(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["token", "revoke", token_id, "--config", str(config)]) == 0
+    events = [json.loads(line).get("event")
+              for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events[2:] == ["token.revoked", "audit.checkpoint"]
     capsys.readouterr()
     assert main(["audit", "verify", "--public-key", str(tmp_path / "signing.pub"),
                  str(tmp_path / "audit.jsonl")]) == 0, capsys.readouterr().out

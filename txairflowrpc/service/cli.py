@@ -199,16 +199,23 @@ def _actor() -> str:
 def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
     """
     ``event`` on the config's audit chain, followed by a checkpoint signed
-    with the gateway's key where the command can read it: unsigned, it would
-    leave the chain not proven until the gateway's next one (with workers,
-    whose supervisor seldom writes there, for good).
+    with the gateway's key where the command can read it (`_signer`).
+    """
+    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields},
+               signer=_signer(cfg))
+
+
+def _signer(cfg: config_module.Config) -> checkpoint.Signer | None:
+    """
+    The gateway's signing key, if the command can read it: unsigned, a record
+    leaves the chain not proven until the gateway's next checkpoint (with
+    workers, whose supervisor seldom writes there, for good).
     """
     try:
-        signer = checkpoint.signer_from(cfg.audit.signing_key, cfg.audit.hmac_key_file)
+        return checkpoint.signer_from(cfg.audit.signing_key, cfg.audit.hmac_key_file)
     except (ValueError, OSError) as e:
         print(f"airflowrpc: warning: the audit record is not signed: {e}", file=sys.stderr)
-        signer = None
-    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields}, signer=signer)
+        return None
 
 
 def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError) -> int:
@@ -237,7 +244,8 @@ def _revoke_anyway(args: argparse.Namespace, problem: config_module.ConfigError)
     return _revoke(store_path, trail_path, args.id)
 
 
-def _revoke(store: Path, trail: Path, token_id: str) -> int:
+def _revoke(store: Path, trail: Path, token_id: str,
+            signer: checkpoint.Signer | None = None) -> int:
     """Revoke ``token_id`` in ``store`` and record it in ``trail``; the exit status."""
     try:
         record = tokens.revoke(store, token_id, datetime.now(timezone.utc))
@@ -246,7 +254,8 @@ def _revoke(store: Path, trail: Path, token_id: str) -> int:
         return 1
     try:
         append_now(trail, {"event": "token.revoked", "actor": _actor(),
-                           "token_id": record.id, "principal": record.principal})
+                           "token_id": record.id, "principal": record.principal},
+                   signer=signer)
     except OSError as e:
         print(f"airflowrpc: token {record.id} of {record.principal} is revoked, but NOT "
               f"recorded: {e.filename}: {e.strerror}", file=sys.stderr)
@@ -297,7 +306,7 @@ def token_command(args: argparse.Namespace) -> int:
             print(f"token {new.id} replaces {old.id}, which keeps working until "
                   f"{old.expires:%Y-%m-%dT%H:%M:%SZ}.", file=sys.stderr)
         elif args.token_command == "revoke":
-            return _revoke(path, cfg.audit.path, args.id)
+            return _revoke(path, cfg.audit.path, args.id, _signer(cfg))
         else:
             rows = list(tokens.listing(path, now))
             columns = ["id", "principal", "roles", "created", "expires", "state"]
