@@ -117,17 +117,20 @@ NEEDS_RESTART: tuple[tuple[str, str | None], ...] = (
 )
 
 
+def _restart_values(cfg: config_module.Config) -> dict[str, Any]:
+    """What each `NEEDS_RESTART` key holds in ``cfg``, by its name in the log and on the trail."""
+    found = {}
+    for section, key in NEEDS_RESTART:
+        value = getattr(cfg, section) if key is None else getattr(getattr(cfg, section), key)
+        name = section if key is None else _READ_FROM.get((section, key), f"{section}.{key}")
+        found[name] = value
+    return found
+
+
 def needs_restart(old: config_module.Config, new: config_module.Config) -> list[str]:
     """The dotted keys that changed but apply only after a restart."""
-    changed = []
-    for section, key in NEEDS_RESTART:
-        before, after = getattr(old, section), getattr(new, section)
-        if key is None:
-            if before != after:
-                changed.append(section)
-        elif getattr(before, key) != getattr(after, key):
-            changed.append(_READ_FROM.get((section, key), f"{section}.{key}"))
-    return changed
+    before = _restart_values(old)
+    return [name for name, value in _restart_values(new).items() if value != before[name]]
 
 
 def restart_fingerprint(cfg: config_module.Config) -> dict[str, str]:
@@ -138,14 +141,12 @@ def restart_fingerprint(cfg: config_module.Config) -> dict[str, str]:
     without the values (a password among them) leaving the process.
     """
     found = {}
-    for section, key in NEEDS_RESTART:
-        value = getattr(cfg, section) if key is None else getattr(getattr(cfg, section), key)
+    for name, value in _restart_values(cfg).items():
         if isinstance(value, Path):
             # The file's paths are joined to the config's directory as it was
             # named: relative to the supervisor's, absolute to its workers'
             # (found by review: every worker refused a relative --config).
             value = os.path.abspath(value)
-        name = section if key is None else _READ_FROM.get((section, key), f"{section}.{key}")
         found[name] = hashlib.sha256(repr(value).encode("utf-8")).hexdigest()
     return found
 
