@@ -332,11 +332,7 @@ class HealthResource(Resource):
     def render(self, request: server.Request) -> Any:
         if request.path == b"/metrics" and self._metrics is not None:
             if request.method == b"HEAD":
-                # As prometheus_client answers it, without using up a scrape
-                # (found by review: a HEAD, never rendered, took one).
-                request.setResponseCode(405)
-                request.setHeader(b"Allow", b"OPTIONS,GET")
-                return b""
+                return metrics_head(request)
             if request.method == b"GET" and not may_scrape(request):
                 return head_without_body(request, too_many_scrapes(request))
             return head_without_body(request, self._metrics.render(request))
@@ -414,6 +410,17 @@ def _from_own_address(transport: Any) -> bool:
     """Whether a connection comes from the address it came to (this host)."""
     peer, host = transport.getPeer(), transport.getHost()
     return bool(getattr(peer, "host", None)) and peer.host == getattr(host, "host", None)
+
+
+def metrics_head(request: server.Request) -> bytes:
+    """
+    A HEAD of ``/metrics``: 405, as prometheus_client answers it, nothing
+    rendered and no scrape used up (found by review: a HEAD, never
+    rendered, took one); a worker's listener and the supervisor's alike.
+    """
+    request.setResponseCode(405)
+    request.setHeader(b"Allow", b"OPTIONS,GET")
+    return b""
 
 
 def head_without_body(request: server.Request, body: Any) -> Any:

@@ -50,7 +50,7 @@ from twisted.web.resource import Resource
 
 from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
-from .admin import finish, head_without_body, may_scrape, too_many_scrapes
+from .admin import finish, head_without_body, may_scrape, metrics_head, too_many_scrapes
 from .negotiation import gzip_wanted, usable_accept
 from .supervisor import WorkerState
 
@@ -115,20 +115,22 @@ class WorkerAdmins:
         """
         flight = self._asking.setdefault((path, accept), SingleFlight())
         return flight.run(lambda: gatherResults(
-            [self._ask_one(k, path, accept) for k in range(len(self._base))]))
+            [self._ask_one(k, path, accept, asked) for k, asked in enumerate(self._asked())]))
 
-    def _asked(self, index: int) -> bool:
+    def _asked(self) -> list[bool]:
         """
-        Whether worker ``index`` runs, so that it is asked: one that does not
-        is answered for at once (found by review: the supervisor holds its
-        admin socket, so a question to it waited `ASK_SECONDS` unanswered, and
-        every probe with it).
+        Whether each worker runs, so that it is asked: one that does not is
+        answered for at once (found by review: the supervisor holds its admin
+        socket, so a question to it waited `ASK_SECONDS` unanswered, and every
+        probe with it).
         """
-        running = self._running() if self._running is not None else None
-        return running is None or (index < len(running) and running[index])
+        if self._running is None:
+            return [True] * len(self._base)
+        running = list(self._running())
+        return [k < len(running) and running[k] for k in range(len(self._base))]
 
-    def _ask_one(self, index: int, path: str, accept: bytes) -> Deferred[Answer]:
-        if not self._asked(index):
+    def _ask_one(self, index: int, path: str, accept: bytes, asked: bool) -> Deferred[Answer]:
+        if not asked:
             return succeed(Answer(index, None, problem="its process is not running"))
         d = Deferred.fromCoroutine(self._get(index, path, accept))
         # However the cancelled request ends (Agent: ResponseNeverReceived), it is a timeout.
@@ -275,10 +277,7 @@ class GatheredHealth(Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.method == b"HEAD" and request.path == b"/metrics":
-            # As a worker's listener answers it: nothing rendered, no scrape used up.
-            request.setResponseCode(405)
-            request.setHeader(b"Allow", b"OPTIONS,GET")
-            return head_without_body(request, b"")
+            return metrics_head(request)
         return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:
