@@ -33,7 +33,7 @@ from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 from .. import __version__
-from ..core.xmlchars import NOT_IN_XML
+from ..core.xmlchars import NOT_IN_XML, declaration_handlers
 from .errors import BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError
 from .settings import Settings
 
@@ -152,6 +152,10 @@ def _refuse(what: str) -> Callable[..., None]:
     return handler
 
 
+#: The gateway's reader refuses the same (`txairflowrpc.core.xmlchars`).
+_REFUSALS = declaration_handlers(_refuse)
+
+
 def _plain_parser(unmarshaller: xmlrpc.client.Unmarshaller) -> Any:
     """
     The standard library's parser (``xmlrpc.client.ExpatParser``, set up
@@ -164,11 +168,8 @@ def _plain_parser(unmarshaller: xmlrpc.client.Unmarshaller) -> Any:
     parser.StartElementHandler = unmarshaller.start
     parser.EndElementHandler = unmarshaller.end
     parser.CharacterDataHandler = unmarshaller.data
-    parser.StartDoctypeDeclHandler = _refuse("a DOCTYPE")
-    parser.EntityDeclHandler = _refuse("an entity declaration")
-    parser.UnparsedEntityDeclHandler = _refuse("an entity declaration")
-    parser.ExternalEntityRefHandler = _refuse("an external reference")
-    parser.NotationDeclHandler = _refuse("a notation declaration")
+    for name, handler in _REFUSALS:
+        setattr(parser, name, handler)
     unmarshaller.xml(None, None)
     return parser
 

@@ -30,7 +30,7 @@ from xml.parsers import expat
 from xmlrpc.client import Binary, DateTime, Fault, dumps, escape
 
 from ..core import errors
-from ..core.xmlchars import NOT_IN_XML
+from ..core.xmlchars import NOT_IN_XML, declaration_handlers
 
 #: Deeper element nesting than this is refused.  A methodCall with a
 #: struct inside an array inside a param is already 9 deep.
@@ -70,10 +70,7 @@ def _forbid(what: str) -> Any:
 
 
 # Made once: a parser per call need not build five closures each time.
-_NO_DOCTYPE = _forbid("a DOCTYPE")
-_NO_ENTITY = _forbid("an entity declaration")
-_NO_EXTERNAL = _forbid("an external reference")
-_NO_NOTATION = _forbid("a notation declaration")
+_REFUSALS = declaration_handlers(_forbid)
 
 
 #: Elements that carry one value each, as the stdlib's Unmarshaller reads
@@ -353,11 +350,8 @@ def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
     parser.EndElementHandler = reader.end
     parser.CharacterDataHandler = reader.data
     parser.buffer_text = True
-    parser.StartDoctypeDeclHandler = _NO_DOCTYPE
-    parser.EntityDeclHandler = _NO_ENTITY
-    parser.UnparsedEntityDeclHandler = _NO_ENTITY
-    parser.ExternalEntityRefHandler = _NO_EXTERNAL
-    parser.NotationDeclHandler = _NO_NOTATION
+    for name, handler in _REFUSALS:
+        setattr(parser, name, handler)
     try:
         parser.Parse(body, True)
     except _Refused as refused:
