@@ -164,12 +164,13 @@ def logged() -> Iterator[list[str]]:
     globalLogPublisher.removeObserver(observe)
 
 
-def supervise(count: int = 2, check: Any = None) -> tuple[Supervisor, Spawner, Clock, Notes, list]:
+def supervise(count: int = 2, check: Any = None,
+              record: Any = None) -> tuple[Supervisor, Spawner, Clock, Notes, list]:
     clock, spawn, notes, stopped = Clock(), Spawner(), Notes(), []
     sup = Supervisor(clock, count=count, spawn=spawn,
                      check=check or (lambda: succeed(SimpleCfg(count))), stop_seconds=10,
                      notifier=notes, where="127.0.0.1:8443",
-                     on_stopped=lambda: stopped.append(True))
+                     on_stopped=lambda: stopped.append(True), record=record)
     sup.startService()
     return sup, spawn, clock, notes, stopped
 
@@ -267,9 +268,8 @@ def test_a_worker_that_ran_and_ended_unexpectedly_is_on_the_supervisors_chain() 
     Found by review: a killed worker's chain just stopped (service.start,
     no service.stop) and nothing said its calls under way ended unrecorded.
     """
-    sup, spawn, clock, _, _ = supervise(2)
     records: list[dict[str, Any]] = []
-    sup._record = records.append
+    sup, spawn, clock, _, _ = supervise(2, record=records.append)
     spawn.ready(1)
     spawn.end(1, ProcessTerminated(signal=9))
     assert records == [{"event": "worker.exited", "worker": 1, "pid": 1001,

@@ -246,8 +246,7 @@ class Reloader(service.Service):
                     return None
                 # The store alone, even after a rejected reload (found by
                 # review: a full one would read the file still being written).
-                self._seen = {**self._seen, "tokens": now["tokens"]}
-                return self.reload_tokens()
+                return self._store_alone(now)
             self._settling = {}
             return self.reload("file change: " + ", ".join(sorted(changed)))
         self._settling = {}
@@ -258,6 +257,10 @@ class Reloader(service.Service):
             # What was rejected may have been the store (found by review: once
             # mended, the gauge said rejected for good): read everything again.
             return self.reload("file change: tokens")
+        return self._store_alone(now)
+
+    def _store_alone(self, now: dict[str, Any]) -> Deferred[None]:
+        """Take the store's change as seen and read the store on its own."""
         self._seen = {**self._seen, "tokens": now["tokens"]}
         return self.reload_tokens()
 
