@@ -69,11 +69,16 @@ class JWKSServer:
 SIGNER = Signer("RS256", "key-1")
 
 
-@pytest.fixture(scope="module")
-def idp() -> Iterator[JWKSServer]:
-    server = JWKSServer(jwks(SIGNER))
+def serving(signer: Signer) -> Iterator[JWKSServer]:
+    """A key set server of ``signer``'s key, for as long as its fixture lasts."""
+    server = JWKSServer(jwks(signer))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[JWKSServer]:
+    yield from serving(SIGNER)
 
 
 #: A provider whose key set is kept 2 s (its own server: a test changes its keys).
@@ -83,9 +88,7 @@ BRIEF_SIGNER = Signer("RS256", "brief-1")
 
 @pytest.fixture(scope="module")
 def brief_idp() -> Iterator[JWKSServer]:
-    server = JWKSServer(jwks(BRIEF_SIGNER))
-    yield server
-    server.close()
+    yield from serving(BRIEF_SIGNER)
 
 
 @pytest.fixture(scope="module")
