@@ -87,6 +87,27 @@ def test_results_never_carry_what_a_terminal_acts_on() -> None:
                    '"owner": "zoë"}')
 
 
+def test_results_hide_nothing_behind_invisible_characters() -> None:
+    """Found by review: ZERO WIDTH SPACE and its kin reached stdout raw."""
+    import json
+    hostile = {"run": "a\u200bb\u2060c\u2062d\ufeffe"}
+    got = values.to_json(hostile)
+    assert json.loads(got) == hostile
+    assert got == '{"run": "a\\u200bb\\u2060c\\u2062d\\ufeffe"}'
+
+
+def test_a_runner_command_in_a_result_keeps_its_value_but_not_its_bracket() -> None:
+    import json
+    hostile = {"note": "##vso[task.complete result=Failed]x", "b": "\\##VSO[a]", "c": "##[x]",
+               "d": "#[fine]", "e": "## [fine]"}
+    got = values.to_json(hostile)
+    assert json.loads(got) == hostile
+    assert got == ('{"note": "##vso\\u005btask.complete result=Failed]x", '
+                   '"b": "\\\\##VSO\\u005ba]", "c": "##\\u005bx]", "d": "#[fine]", '
+                   '"e": "## [fine]"}')
+    assert values.defused("a ##vso[x] ##Vso[y] ##[z] #[w]") == "a **vso[x] **Vso[y] **[z] #[w]"
+
+
 def test_at_file_and_at_stdin_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
     """
     Found by review: @FILE was read in the locale's encoding (cp1252 on a

@@ -304,6 +304,53 @@ def test_the_failure_report_shows_no_bidi_override_or_line_separator() -> None:
     assert not any(c in got.err for c in "\u2066\u2069\u202e\u2028")
 
 
+#: Azure Pipelines' logging commands and GitHub's older form, which the
+#: runners obey wherever they stand in a line, in either case for Azure's.
+RUNNER_COMMANDS = ["##vso[task.setvariable variable=DEPLOY_TARGET]prod",
+                   "done. ##vso[task.uploadfile]/etc/passwd",
+                   "##VSO[task.prependpath]/tmp/evil", "x ##[add-mask]y"]
+
+
+def _obeyed(text: str) -> list[str]:
+    return [line for line in text.splitlines()
+            if "##vso[" in line.lower() or "##[" in line]
+
+
+def test_a_task_log_cannot_give_a_runner_a_command_anywhere_in_a_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Found by review: `| ` before a log line keeps GitHub's `::` commands from
+    its start, but Azure's agent obeys `##vso[` anywhere in a line of stdout
+    or stderr (and GitHub's runner its older `##[`): shown as the agent
+    shows them itself, `**vso[`.
+    """
+    gateway = FakeGateway()
+    monkeypatch.setattr(gateway, "get_task_log", lambda *a: "\n".join(RUNNER_COMMANDS))
+    got = run_in_memory(["trigger", "example_fail", "--wait"], gateway)
+    assert got.status == 1
+    shown = got.err.splitlines()
+    for line in ("| **vso[task.setvariable variable=DEPLOY_TARGET]prod",
+                 "| done. **vso[task.uploadfile]/etc/passwd",
+                 "| **VSO[task.prependpath]/tmp/evil", "| x **[add-mask]y"):
+        assert line in shown
+    assert _obeyed(got.err) == []
+
+
+def test_a_fault_string_or_a_result_cannot_give_a_runner_a_command_either() -> None:
+    gateway = FakeGateway()
+    gateway.fail_next["trigger_dag"] = [
+        xmlrpc.client.Fault(409, "conflict ##vso[task.setvariable variable=A]b")]
+    got = run_in_memory(["trigger", "example_hello"], gateway)
+    assert got.status == 4
+    assert "airflowrpc: trigger_dag: fault 409: conflict **vso[task.setvariable" in got.err
+    assert _obeyed(got.err) == []
+    conf = {"note": RUNNER_COMMANDS}
+    got = run_in_memory(["trigger", "example_hello", "--conf", json.dumps(conf)], FakeGateway())
+    assert got.status == 0
+    assert _obeyed(got.out) == []
+    assert json.loads(got.out)["conf"] == conf  # the same value to jq
+
+
 def test_a_fault_string_cannot_start_a_line_either() -> None:
     gateway = FakeGateway()
     gateway.fail_next["trigger_dag"] = [xmlrpc.client.Fault(409, "conflict\n::add-mask::x")]

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from .values import LAYOUT_CONTROLS, to_json
+from .values import LAYOUT_CONTROLS, defused, to_json
 
 _SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z0-9+/=]{8,}"
                      r"|()eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -84,13 +84,17 @@ class Console:
         """
         One ``airflowrpc: ...`` line on stderr: a line break or control
         character in ``text`` (a fault string echoing a caller's value) is
-        a space, so no note can start a line a CI runner obeys.
+        a space, so no note can start a line a CI runner obeys, and a
+        runner command it holds anywhere is inert (`values.defused`).
         """
-        self._err.write(self.redact(f"airflowrpc: {_CONTROL.sub(' ', text)}") + "\n")
+        self._err.write(defused(self.redact(f"airflowrpc: {_CONTROL.sub(' ', text)}")) + "\n")
         self._err.flush()
 
     def lines(self, lines: Iterable[str]) -> None:
-        """Lines on stderr as they are (a log tail), redacted."""
+        """
+        Lines on stderr as they are (a log tail, made safe to show by its
+        maker), redacted, a runner command in them inert (`values.defused`).
+        """
         for line in lines:
-            self._err.write(self.redact(line) + "\n")
+            self._err.write(defused(self.redact(line)) + "\n")
         self._err.flush()

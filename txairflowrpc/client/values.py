@@ -168,14 +168,36 @@ def plain(value: Any) -> Any:
 
 
 #: Characters that move, hide or break the text around them where a
-#: terminal or a CI log shows it -- line and paragraph separators and the
+#: terminal or a CI log shows it -- line and paragraph separators, the
 #: bidirectional marks (ARABIC LETTER MARK too, found by review),
-#: embeddings, overrides and isolates -- as a regex
+#: embeddings, overrides and isolates, and the invisible ones that hide
+#: what stands around them (ZERO WIDTH SPACE, WORD JOINER and the invisible
+#: operators, ZERO WIDTH NO-BREAK SPACE; found by review) -- as a regex
 #: class body: what the gateway sends is never shown with them raw.
-LAYOUT_CONTROLS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+LAYOUT_CONTROLS = ("\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064"
+                   "\u2066-\u2069\ufeff")
 #: What json.dumps leaves raw but a terminal acts on: DEL, the C1 controls
 #: (CSI among them) and `LAYOUT_CONTROLS`.
 _RAW_IN_JSON = re.compile(f"[\x7f-\x9f{LAYOUT_CONTROLS}]")
+#: The commands a CI runner obeys wherever they stand in a line of a job's
+#: output, stdout or stderr, not only at its start: Azure Pipelines' logging
+#: commands (``##vso[task.setvariable ...]``, ``##vso[task.uploadfile]``)
+#: and GitHub Actions' older form (``##[add-mask]``).  Found by review:
+#: prefixing a line (``| ``, ``airflowrpc: ``) keeps GitHub's ``::`` commands
+#: from its start, which protects nothing from these.
+_RUNNER_COMMAND = re.compile(r"##(?=(?:vso)?\[)", re.IGNORECASE)
+#: The same in JSON text, where the ``[`` becomes an escape: the same value to jq.
+_RUNNER_COMMAND_IN_JSON = re.compile(r"(##(?:vso)?)\[", re.IGNORECASE)
+
+
+def defused(text: str) -> str:
+    """
+    ``text`` with every runner command made inert as the Azure agent itself
+    does when it echoes one: ``##vso[`` is shown as ``**vso[``, ``##[`` as
+    ``**[``.  For what is shown; a result on stdout keeps its value
+    (`to_json`).
+    """
+    return _RUNNER_COMMAND.sub("**", text)
 
 
 def to_json(value: Any, ascii_only: bool = False) -> str:
@@ -183,7 +205,10 @@ def to_json(value: Any, ascii_only: bool = False) -> str:
     One line of JSON for ``value``: non-ASCII kept as it is (all of it as
     ``\\uXXXX`` escapes with ``ascii_only``), except the characters a
     terminal acts on, written as ``\\uXXXX`` escapes (the same text to any
-    JSON reader).
+    JSON reader), and the ``[`` of a runner command (``##vso[``, ``##[``),
+    which a CI runner would obey on stdout, as ``\\u005b``.
     """
     text = json.dumps(plain(value), ensure_ascii=ascii_only, allow_nan=False)
-    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    text = _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    # Only a string can hold "##[" or "##vso[" (no JSON syntax writes "#").
+    return _RUNNER_COMMAND_IN_JSON.sub(r"\1\\u005b", text)
