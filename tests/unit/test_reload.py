@@ -90,6 +90,35 @@ def test_a_config_written_in_place_is_read_once_it_stands_still(setup) -> None:
     assert reloader.reloads == 1
 
 
+def test_an_edit_that_names_another_file_is_one_reload(setup) -> None:
+    """
+    Found by review: the files were stamped by the paths in force, so a
+    config naming another certificate was seen as changed again at the next
+    poll, and accepted a second time.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    config = tmp / "airflowrpc.toml"
+    moved = tmp / "moved-server.pem"
+    moved.write_bytes(Path(cfg.tls.certificate).read_bytes())
+    text = config.read_text()
+    assert 'certificate = "tls/server.pem"' in text
+    config.write_text(text.replace('certificate = "tls/server.pem"', f'certificate = "{moved}"'))
+    bump(config)
+    reloader._poll()
+    reloader._poll()  # it stood still: read
+    assert reloader.cfg.tls.certificate == moved and reloader.reloads == 1
+    for _ in range(3):
+        reloader._poll()
+    assert reloader.reloads == 1
+    assert [e["result"] for e in audit_events(tmp) if e.get("event") == "config.reload"] == [
+        "accepted"]
+    moved.write_bytes(moved.read_bytes())  # the new file is the one watched
+    bump(moved)
+    reloader._poll()
+    reloader._poll()
+    assert reloader.reloads == 2
+
+
 def test_a_token_store_change_waits_for_no_config_change(setup) -> None:
     """A revocation beside a config being written is in force at once."""
     cfg, gate, tls, reloader, tmp = setup
