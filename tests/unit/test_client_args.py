@@ -370,6 +370,13 @@ def test_the_subcommands_parse() -> None:
     ["call", "ping", "--to", "plainsekritvalue123"],
     ["call", "ping", "--tok=plainsekritvalue123"],
     ["call", "ping", "plainsekritvalue123", "--token-file"],
+    # Found by review: argparse quoted a number flag's bad value.
+    ["trigger", "etl", "--timeout", "plainsekritvalue123"],
+    ["trigger", "etl", "--log-lines", "plainsekritvalue123"],
+    ["backfill", "etl", "2026-01-01", "2026-01-02", "--max-active-runs", "sekrit"],
+    ["call", "ping", "--timeout", "sekrit"],
+    ["call", "ping", "--timeout", "nan"],
+    ["call", "ping", "--timeout", "-inf"],
     ["trigger"],
     ["call"],
 ])

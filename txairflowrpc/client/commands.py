@@ -17,6 +17,7 @@ stdout (`_LastKnown`).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import re
@@ -142,9 +143,25 @@ run. A job that triggers the same DAG twice needs --run-id for the second.
 """
 
 
+def _number(kind: Callable[[str], Any], text: str) -> Any:
+    """
+    ``text`` as a ``kind`` (int or float); what is not one is named without
+    its value (found by review: argparse's "invalid int value: '...'" showed
+    whatever was there, a token pasted in the wrong place among them).
+    """
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what} (the value given is not shown)") from None
+    if not math.isfinite(value):  # float's "nan" and "inf": no timeout
+        raise argparse.ArgumentTypeError(f"not {what}: {text}")
+    return value
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
-        value = kind(text)
+        value = _number(kind, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
         return value
@@ -153,7 +170,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _not_negative(text: str) -> int:
-    value = int(text)
+    value = _number(int, text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
