@@ -299,12 +299,15 @@ class Reloader(service.Service):
 
         def read() -> tuple[dict[str, Any], Checked | config_module.ConfigError]:
             stamps = _stamps(cfg)  # before reading: a write meanwhile is seen next time
+            # The files the config on disk names, stamped before they are read
+            # (found by review: stamped by the paths in force, a path the edit
+            # changed was a change at the next poll, and a second reload
+            # followed the first).
             try:
-                # The files the config on disk names, stamped before they are
-                # read (found by review: stamped by the paths in force, a path
-                # the edit changed was a change at the next poll, and a second
-                # reload followed the first).
                 named = {**_stamps(config_module.load(source)), "config": stamps["config"]}
+            except Exception:  # noqa: BLE001 -- load_checked says what is wrong, just below
+                named = stamps
+            try:
                 return named, derive(load_checked(source))
             except config_module.ConfigError as e:  # whatever went wrong (load_checked)
                 return stamps, e  # the files of the config still in force
