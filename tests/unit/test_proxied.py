@@ -348,3 +348,105 @@ def test_a_header_naming_no_client_is_the_proxys_own_connection(
     assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
     (call,) = gw.records(kind="call", method="whoami")
     assert call["source"] == "127.0.0.1:50000"  # the sender's address stands
+
+
+def test_silent_connections_through_the_proxy_are_counted_for_their_client(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    """
+    Found by review: HAProxy sends the header as it connects, but the site
+    took a connection only at the client's first byte after it.  A client
+    that connects through HAProxy and says nothing was counted by no
+    source: 20 such connections from one address, past a per-source cap of
+    4, filled the cap on connections waiting for a header and locked
+    everyone out.  The site now takes it as soon as the header is in.
+    """
+    gw = Listener(tmp_path, pki, max_connections=4, max_connections_per_source=2)
+    silent = []
+    for i in range(6):  # as HAProxy opens them: each with its header, then nothing
+        silent.append(conn := gw.accept(("127.0.0.1", 50000 + i)))
+        conn.server.dataReceived(header_v2(("192.0.2.66", 3000 + i), GATEWAY))
+    assert [c.wire.disconnected for c in silent] == [False, False] + [True] * 4
+    assert gw.proxied.waiting == 0 and gw.site.connections.sources() == {"192.0.2.66"}
+    refused = gw.records(refusal="connection_refused")
+    assert refused and {r["source"].rpartition(":")[0] for r in refused} == {"192.0.2.66"}
+    assert gw.site.refused_connections == 4
+    other = gw.accept(("127.0.0.1", 50010))  # another client through the same proxy
+    gw.speak_tls(other, gw.pki.client("ci-bot.example.com"),
+                 first=header_v2(("192.0.2.2", 2000), GATEWAY))
+    assert other.answer.startswith(b"HTTP/1.1 200"), other.answer
+
+
+def test_a_header_naming_no_client_followed_by_nothing_is_the_proxys_slow_handshake(
+    tmp_path: Path, pki: DevPKI  # noqa: F811
+) -> None:
+    """Found by review: a valid LOCAL header was recorded as no header at all."""
+    gw = Listener(tmp_path, pki, handshake_timeout_seconds=3)
+    conn = gw.accept()
+    conn.server.dataReceived(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")  # v2 LOCAL
+    assert gw.proxied.waiting == 0 and gw.site.open_connections == 1
+    gw.reactor.advance(3)
+    assert conn.wire.disconnected
+    gw.close(conn)
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"]) == ("handshake", "127.0.0.1:50000")
+
+
+def test_an_ipv4_proxy_on_a_dual_stack_listener_is_a_trusted_sender() -> None:
+    """Found by review: with listen.host = "::", ::ffff:127.0.0.1 matched no network."""
+    import ipaddress
+
+    from twisted.internet.address import IPv6Address
+
+    from txairflowrpc.gate.proxied import trusted
+
+    loopback = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    assert trusted(IPv6Address("TCP", "::ffff:127.0.0.1", 5000), loopback)
+    assert trusted(IPv6Address("TCP", "::1", 5000), loopback)
+    assert not trusted(IPv6Address("TCP", "::ffff:198.51.100.9", 5000), loopback)
+    assert not trusted(IPv6Address("TCP", "::ffff:7f00:1", 5000), [])
+
+
+def _dgram(header: bytes) -> bytes:
+    return header[:13] + bytes([header[13] + 1]) + header[14:]  # 0x11 -> 0x12: UDP over IPv4
+
+
+@pytest.mark.parametrize("header", [
+    # Found by review: a zone's text reached the trail as part of a source.
+    b'PROXY TCP6 fe80::1%evil"x ::1 7 8443\r\n',
+    # Longer than the spec's 107 bytes, taken by Twisted's reader in one read.
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 41000 8443" + b" " * 80 + b"\r\n",
+    b"PROXY TCP4 203.0.113.7 " + b"1" * 200,  # no line end within 107 bytes: not held
+    _dgram(header_v2(CLIENT, GATEWAY)),  # a UDP client is no TCP peer
+])
+def test_a_header_the_spec_or_tcp_has_no_place_for_is_refused(
+    gw: Listener, header: bytes
+) -> None:
+    conn = gw.accept()
+    conn.server.dataReceived(header + b"\x16\x03\x01")
+    assert conn.wire.disconnecting and gw.site.open_connections == 0
+    gw.close(conn)
+    (refused,) = gw.records(kind="refused")
+    assert (refused["refusal"], refused["source"]) == ("proxy_header", "127.0.0.1:50000")
+    assert "evil" not in json.dumps(gw.records())
+    assert gw.proxied.waiting == 0
+
+
+def test_an_ipv6_client_is_named_one_way_however_it_came() -> None:
+    from twisted.internet.address import IPv6Address
+
+    from txairflowrpc.gate.site import address_text
+
+    assert address_text(IPv6Address("TCP", "2001:db8:1:0:0:0:0:5", 10)) == "2001:db8:1::5:10"
+    assert address_text(IPv6Address("TCP", "2001:db8:1::5", 10)) == "2001:db8:1::5:10"
+    assert address_text(IPv6Address("TCP", "0:0:0:0:0:ffff:c633:641f", 31)) == "198.51.100.31:31"
+    assert address_text(IPv4Address("TCP", "203.0.113.7", 41000)) == "203.0.113.7:41000"
+
+
+def test_an_ipv6_client_through_the_proxy_is_recorded_in_its_short_form(gw: Listener) -> None:
+    conn = gw.accept()
+    gw.speak_tls(conn, gw.pki.client("ci-bot.example.com"),
+                 first=header_v2(("2001:db8:1::5", 41000), ("::1", 8443)))
+    assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
+    (call,) = gw.records(kind="call", method="whoami")
+    assert call["source"] == "2001:db8:1::5:41000"

@@ -23,11 +23,12 @@ the address it names.  What it does not do, `header_guard` and
   instead of a traceback in the log.  The spec's bare ``PROXY UNKNOWN``
   line, which Twisted's reader refuses, is read as the proxy's own.
 
-- The TLS layer and the site's channel are built only once the header is in
-  (with the first TLS byte after it: the client speaks first), and the site
-  is handed the client's address: its per-source connection cap, the
-  back-off, the audit trail's ``source`` and every refusal record name the
-  client, never HAProxy.
+- The TLS layer and the site's channel are built as soon as the header is
+  in (before the client's first byte: HAProxy sends the header as it
+  connects), and the site is handed the client's address: its per-source
+  connection cap, the new-connection rate, the eviction at the cap, its
+  handshake deadline, the back-off, the audit trail's ``source`` and every
+  refusal record name the client, never HAProxy.
 - Only a sender in ``listen.proxy_from`` may send a header at all: anyone
   else who could reach the port could claim any address, and with it evade
   the per-source limits and write a false ``source`` into the trail.
@@ -36,9 +37,9 @@ the address it names.  What it does not do, `header_guard` and
   header may name a Unix socket), is refused and recorded, kind
   ``proxy_header``, counted per source like every refusal anyone can cause
   (a LOCAL or UNKNOWN header, the proxy's own connection, is taken as from
-  the proxy itself); one that has not sent its
-  header and the first bytes of TLS within ``limits.handshake_timeout_seconds``
-  is dropped and recorded.
+  the proxy itself); one that has not sent its whole header within
+  ``limits.handshake_timeout_seconds`` is dropped and recorded (a v1 line
+  longer than the spec's 107 bytes is refused).
 - Connections still waiting for their header are at most
   ``limits.max_connections``; more are refused and recorded.
 """
@@ -68,17 +69,30 @@ from .site import GatewaySite, address_text
 
 
 def trusted(address: IAddress, networks: Sequence[Network]) -> bool:
-    """Whether ``address`` (the TCP peer) is in one of ``networks``."""
+    """
+    Whether ``address`` (the TCP peer) is in one of ``networks``; an IPv4
+    peer of a dual-stack listener (``::ffff:127.0.0.1``) as the IPv4 address
+    it is (found by review: with ``listen.host = "::"`` a proxy connecting
+    over IPv4 was refused, whatever ``listen.proxy_from`` said).
+    """
     try:
         ip = ipaddress.ip_address(getattr(address, "host", ""))
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return any(ip in net for net in networks)
 
 
 def _ip_and_port(address: IAddress) -> bool:
-    """Whether ``address`` is an IPv4 or IPv6 address with a TCP port."""
-    if not isinstance(address, (IPv4Address, IPv6Address)):
+    """
+    Whether ``address`` is an IPv4 or IPv6 address with a TCP port: not a
+    UDP one (a v2 header's DGRAM), nor an IPv6 address with a zone
+    (``fe80::1%...``: any text after the ``%``; found by review).
+    """
+    if not isinstance(address, (IPv4Address, IPv6Address)) or address.type != "TCP":
+        return False
+    if "%" in address.host:
         return False
     try:
         ip = ipaddress.ip_address(address.host)
@@ -95,6 +109,9 @@ _V1_START = b"PROXY "
 _V1_BARE_UNKNOWN = b"PROXY UNKNOWN\r\n"
 #: Bytes Twisted's reader needs in its first read to take a v2 header.
 _V2_LEAST = 16
+#: The longest v1 header, its CRLF included (the spec's 107 bytes): Twisted's
+#: reader takes a longer line given in one read (found by review: 3,000 bytes).
+_V1_LONGEST = 107
 
 
 def _can_judge(head: bytes) -> bool:
@@ -103,37 +120,55 @@ def _can_judge(head: bytes) -> bool:
     holds as much as that reader needs at once, a whole v1 line, or bytes
     no header starts with (refused then, at once).
     """
+    if head.startswith(_V1_START):
+        return b"\r\n" in head or len(head) >= _V1_LONGEST
     if len(head) >= _V2_LEAST:
         return True
-    if head.startswith(_V1_START):
-        return b"\r\n" in head
     return not (_V2_START.startswith(head[:12]) or _V1_START.startswith(head))
+
+
+def _v1_too_long(head: bytes) -> bool:
+    """Whether ``head`` starts a v1 header longer than the spec allows."""
+    if not head.startswith(_V1_START):
+        return False
+    end = head.find(b"\r\n", 0, _V1_LONGEST)
+    return end < 0
 
 
 class _HeaderGuard(ProtocolWrapper):
     """
     Outside Twisted's PROXY protocol wrapper: gives it its first read whole
-    (see `_can_judge`), and refuses the connection when reading the header
-    raises.  Once the header is in, every byte goes straight through.
+    (see `_can_judge`; a v1 header's whole line), refuses the connection
+    when reading the header raises, and has the client's protocol built as
+    soon as the header is in.  Once it is, every byte goes straight through.
     """
 
     _head: bytes | None = b""  # None: the header is in
+    #: Whether Twisted's reader has been given the header's start: the rest
+    #: goes to it as it comes.
+    _started = False
 
     def dataReceived(self, data: bytes) -> None:
         if self._head is None:
             self.wrappedProtocol.dataReceived(data)
             return
-        head = self._head + data
-        if len(head) < _V2_LEAST and not _can_judge(head):
-            self._head = head  # the handshake deadline bounds the wait
-            return
-        self._head = b""
-        if head.startswith(_V1_BARE_UNKNOWN):
-            # The spec's bare UNKNOWN line, which Twisted's reader refuses
-            # (it wants a space after UNKNOWN): the same line with one.
-            head = b"PROXY UNKNOWN \r\n" + head[len(_V1_BARE_UNKNOWN):]
         proxy = self.wrappedProtocol  # Twisted's wrapper
         waiting = proxy.wrappedProtocol  # an _AwaitingHeader (or _Refused)
+        head = data
+        if not self._started:
+            head = self._head + data
+            if not _can_judge(head):
+                self._head = head  # the handshake deadline bounds the wait
+                return
+            self._head = b""
+            if _v1_too_long(head):
+                proxy.loseConnection()  # as Twisted's wrapper does for a bad header
+                return
+            if head.startswith(_V1_BARE_UNKNOWN):
+                # The spec's bare UNKNOWN line, which Twisted's reader refuses
+                # (it wants a space after UNKNOWN): the same line with one.
+                head = b"PROXY UNKNOWN \r\n" + head[len(_V1_BARE_UNKNOWN):]
+            self._started = True
         try:
             proxy.dataReceived(head)
         except Exception:
@@ -141,6 +176,14 @@ class _HeaderGuard(ProtocolWrapper):
                 raise  # not the header: the layers after it
             proxy.loseConnection()  # as Twisted's wrapper does for a bad header
             return
+        if isinstance(waiting, _AwaitingHeader) and getattr(proxy, "_proxyInfo", None):
+            # The header is in, though the client may not have spoken yet
+            # (HAProxy sends it as it connects): the site takes the
+            # connection now, for the client it names (found by review:
+            # admitted only at the client's first byte, silent connections
+            # through HAProxy were counted by no source, filled the cap on
+            # those waiting for a header and locked everyone out).
+            waiting.header_in()
         if getattr(waiting, "admitted", True):
             self._head = None
 
@@ -261,6 +304,11 @@ class _AwaitingHeader(Protocol):
         self._done = True
         self.transport.abortConnection()
 
+    def header_in(self) -> None:
+        """The header has been read whole: the client's protocol is built now."""
+        if not self.admitted:
+            self._admit()
+
     def dataReceived(self, data: bytes) -> None:
         inner = self._inner
         if inner is None:
@@ -290,23 +338,15 @@ class _AwaitingHeader(Protocol):
         inner.makeConnection(self.transport)
         return inner
 
-    def _header_seen(self) -> bool:
-        # The wrapper answers the header's address once it has one; until
-        # then, the sender's.
-        return self.transport.getPeer() != self._sender
-
     def _too_late(self) -> None:
+        """The header has not come whole in time (once it has, the site's own deadline runs)."""
         self._timer = None
         self._stop_waiting()
         self._done = True
         site = self._factory.site
         site.slow_dropped += 1
-        if self._header_seen():
-            kind, reason = "handshake", "no TLS after the PROXY protocol header in time: dropped"
-        else:
-            kind, reason = "proxy_header", "no PROXY protocol header in time: dropped"
-        site.refusals.note(address_text(self.transport.getPeer()), kind,
-                           {"reason": reason, "http_status": 408})
+        site.refusals.note(address_text(self._sender), "proxy_header", {
+            "reason": "no PROXY protocol header in time: dropped", "http_status": 408})
         self.transport.abortConnection()
 
     def _stop_waiting(self) -> None:

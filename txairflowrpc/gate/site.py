@@ -40,6 +40,7 @@ before its answer leaves.
 from __future__ import annotations
 
 import io
+import ipaddress
 from typing import Any, Callable
 
 from OpenSSL import SSL
@@ -78,8 +79,23 @@ _HOLD_BYTES = 256 * 1024
 
 
 def address_text(address: Any) -> str:
-    """``host:port`` of a peer address, for the audit trail and the log."""
-    return f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+    """
+    ``host:port`` of a peer address, for the audit trail and the log; an
+    IPv6 host in its one short form, an IPv4 one mapped into IPv6 (a
+    dual-stack listener's) as the IPv4 address it is.  Found by review: the
+    same client was ``2001:db8:1::5`` when it connected and
+    ``2001:db8:1:0:0:0:0:5`` through HAProxy (Twisted's v2 reader), and a
+    search of the trail for one missed the other.
+    """
+    host = getattr(address, "host", "")
+    if ":" in host:
+        try:
+            ip = ipaddress.IPv6Address(host)
+        except ValueError:
+            pass
+        else:
+            host = str(ip.ipv4_mapped or ip)
+    return f"{host}:{getattr(address, 'port', '')}"
 
 
 class BodyBudget:
