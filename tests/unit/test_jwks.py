@@ -243,3 +243,69 @@ class MaxAgeTests(SynchronousTestCase):
         self.assertTrue(keyset._fetching.running)  # the set is asked for behind it
         clock.advance(10)
         self.assertFalse(keyset._fetching.running)
+
+
+class Held(Resource):
+    """A key set URL that answers only when told to (a slow provider)."""
+
+    isLeaf = True
+
+    def __init__(self, document: Any) -> None:
+        super().__init__()
+        self.document = document
+        self.waiting: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        for request in self.waiting:
+            request.write(json.dumps(self.document).encode())
+            request.finish()
+        self.waiting = []
+
+
+class FetchUnderWayTests(SynchronousTestCase):
+    """
+    Found by review: a token that came while a fetch was under way was
+    refused at once, and a reload during a fetch dropped what it brought
+    while keeping its cooldown (every OIDC caller refused for a cooldown
+    when the reload came at start-up).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.server = Held(jwks(RSA))
+        self.http = RequestTraversalAgent(self.server)
+
+    def keyset(self) -> JWKSet:
+        return JWKSet(provider(jwks_file=None, jwks_url="https://idp.test/jwks"),
+                      http=HTTPClient(self.http), clock=self.clock)
+
+    def test_a_token_whose_key_a_fetch_under_way_brings_waits_for_it(self) -> None:
+        keyset = self.keyset()
+        keyset.refresh()  # at start-up
+        self.http.flush()
+        d = Deferred.fromCoroutine(keyset.key_for(RSA.sign(claims())))
+        self.assertNoResult(d)  # not refused with an empty set: it waits
+        self.server.answer()
+        self.http.flush()
+        self.assertIn("rsa1", self.successResultOf(d))
+        self.assertEqual(keyset.fetches, 1)
+
+    def test_a_reload_during_a_fetch_keeps_what_the_fetch_brings(self) -> None:
+        old = self.keyset()
+        old.refresh()
+        self.http.flush()
+        new = self.keyset()
+        new.adopt(old)  # a reload while the fetch is under way
+        d = Deferred.fromCoroutine(new.key_for(RSA.sign(claims())))
+        self.assertNoResult(d)
+        self.server.answer()
+        self.http.flush()
+        self.assertIn("rsa1", self.successResultOf(d))
+        self.assertIn("rsa1", new.keys)  # well within the cooldown: no fetch needed
+        self.assertEqual(len(self.server.waiting), 0)
+        self.assertEqual(new.fetches, 1)

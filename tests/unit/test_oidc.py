@@ -312,3 +312,20 @@ def test_an_unknown_kid_is_not_in_the_reason() -> None:
     with pytest.raises(UnknownKey) as e:
         verify_jwt(Signer("RS256", "random-123").sign(claims()), provider(), KEYS, NOW)
     assert "random-123" not in str(e.value)
+
+
+def test_only_scope_is_split_and_only_at_spaces() -> None:
+    """
+    Found by review: every string claim was split at any whitespace, so one
+    group with a space in its name, or a scope holding U+2028 or a no-break
+    space, granted the role of a configured value inside it.
+    """
+    from txairflowrpc.identity.oidc import claim_values
+
+    assert claim_values("scope", "dags:read  airflow-admins") == ["dags:read", "airflow-admins"]
+    assert claim_values("scp", "a b") == ["a", "b"]
+    assert claim_values("scope", "x\u2028airflow-admins") == ["x\u2028airflow-admins"]
+    assert claim_values("scope", "x\xa0airflow-admins") == ["x\xa0airflow-admins"]
+    assert claim_values("groups", "Sales airflow-admins") == ["Sales airflow-admins"]
+    assert claim_values("groups", ["airflow-admins", 7, ["airflow-admins"]]) == ["airflow-admins"]
+    assert claim_values("groups", 7) == []

@@ -43,7 +43,7 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import JWKRegistry, Key, OctKey, RSAKey
 from joserfc.jwt import JWTClaimsRegistry
 from joserfc.registry import JWS_HEADER_REGISTRY
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -404,14 +404,36 @@ def claimed_by(claims: dict[str, Any]) -> dict[str, str]:
         if isinstance(value, str)}
 
 
+#: Claims whose string value is a list of values separated by spaces
+#: (OAuth's ``scope``, RFC 6749 section 3.3; ``scp`` where a provider names it so).
+SPACE_SEPARATED_CLAIMS = frozenset({"scope", "scp"})
+
+
+def claim_values(name: str, value: Any) -> list[str]:
+    """
+    The values a claim holds, as ``claim_roles`` reads them: a list's
+    strings (anything else in it is no value); a ``scope`` string split at
+    its spaces (U+0020 only, as RFC 6749 writes them); any other string
+    whole.  Found by review: every string claim was split at any whitespace,
+    so ``groups: "Sales airflow-admins"`` (one group, with a space in its
+    name) or a scope holding U+2028 or a no-break space granted the role of
+    ``airflow-admins``.
+    """
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    if not isinstance(value, str):
+        return []
+    if name in SPACE_SEPARATED_CLAIMS:
+        return [item for item in value.split(" ") if item]
+    return [value]
+
+
 def roles_from_claims(provider: OIDCProvider, claims: dict[str, Any]) -> tuple[str, ...]:
-    """The roles the provider's configured claims map to."""
+    """The roles the provider's configured claims map to (`claim_values`)."""
     roles: list[str] = []
     for name in provider.scope_claims:
-        value = claims.get(name)
-        items = value.split() if isinstance(value, str) else value if isinstance(value, list) else []
-        for item in items:
-            for role in provider.claim_roles.get(str(item), ()):
+        for item in claim_values(name, claims.get(name)):
+            for role in provider.claim_roles.get(item, ()):
                 if role not in roles:
                     roles.append(role)
     return tuple(roles)
@@ -462,11 +484,25 @@ class JWKSet:
         self.keys = keys
 
     def adopt(self, old: "JWKSet") -> None:
-        """Keep the keys and cooldown of the set this one replaces (a reload)."""
+        """
+        Keep the keys and cooldown of the set this one replaces (a reload),
+        and the fetch it has under way: its keys are this set's when it ends
+        (found by review: a reload during a fetch dropped what it brought
+        while keeping its cooldown, so a new key, or at start-up every key,
+        was refused for a whole cooldown).
+        """
         if self.provider.jwks_url and old.provider.jwks_url == self.provider.jwks_url:
             self.keys, self._last_fetch = old.keys, old._last_fetch
             self._fetched_at = old._fetched_at  # its age goes on: a reload is no refresh
             self.fetches = old.fetches  # a counter: a reload must not restart it
+            if old._fetching.running:
+                ended = old._fetching.run(lambda: succeed(None))  # joins it; never fails
+                self._fetching.run(lambda: ended.addBoth(lambda _: self._took(old)))
+
+    def _took(self, old: "JWKSet") -> None:
+        """The fetch the set this one replaced had under way has ended: its result is ours."""
+        self.keys, self._fetched_at = old.keys, old._fetched_at
+        self.fetches = max(self.fetches, old.fetches)
 
     async def key_for(self, token: str) -> SigningKeys:
         """
@@ -481,9 +517,17 @@ class JWKSet:
             return self.keys
         if kid is not None and not isinstance(kid, str):
             return self.keys
+        if not self.provider.jwks_url:
+            return self.keys
+        if self._fetching.running and not self.keys.knows(kid):
+            # A fetch is under way (the first after start, a rotation's): a
+            # token whose key the set lacks waits for it, as the token that
+            # started it does (found by review: refused at once, with the
+            # key it named on its way).
+            await self._fetching.run(lambda: succeed(None))  # joins it
+            return self.keys
         now = self._clock.seconds()
-        if not self.provider.jwks_url or (
-                now - self._last_fetch < self.provider.jwks_refetch_cooldown_seconds):
+        if now - self._last_fetch < self.provider.jwks_refetch_cooldown_seconds:
             return self.keys
         if not self.keys.knows(kid):
             await self.refresh()
