@@ -298,6 +298,11 @@ class TestOIDC:
                             "exp": NOW + 60})
         with pytest.raises(Unauthenticated, match="unknown issuer"):
             run(auth.authenticate(FakeRequest(None, f"Bearer {evil}")))
+        # Found by review: a token that is no JWT was "from an unknown issuer" too.
+        no_alg = ".".join(part if i else "eyJ0eXAiOiJKV1QifQ"  # {"typ":"JWT"}: no alg
+                          for i, part in enumerate(token.split(".")))
+        with pytest.raises(Unauthenticated, match="JWT refused: malformed JWT"):
+            run(auth.authenticate(FakeRequest(None, f"Bearer {no_alg}")))
 
     def test_a_subject_with_no_role_and_no_entry_is_refused(self, tmp_path: Path,
                                                            pki: DevPKI) -> None:

@@ -208,6 +208,13 @@ class Authenticator:
         try:
             keyset = next(k for k in self.jwks.values() if k.provider.issuer == issuer)
         except StopIteration:
+            if issuer is None:
+                # Found by review: a token that is no JWT (a header without
+                # alg) was refused as "from an unknown issuer".
+                try:
+                    oidc.unverified_header(token)
+                except oidc.JWTError as e:
+                    raise Unauthenticated(f"JWT refused: {e}") from None
             raise Unauthenticated("JWT from an unknown issuer") from None
         provider = keyset.provider
         try:
