@@ -483,7 +483,7 @@ class JWKSet:
                       provider=self.provider.name, kid=_clip(kid), why=why)
         self.keys = keys
 
-    def adopt(self, old: "JWKSet") -> None:
+    def adopt(self, old: JWKSet) -> None:
         """
         Keep the keys and cooldown of the set this one replaces (a reload),
         and the fetch it has under way: its keys are this set's when it ends
@@ -499,7 +499,7 @@ class JWKSet:
                 ended = old._fetching.run(lambda: succeed(None))  # joins it; never fails
                 self._fetching.run(lambda: ended.addBoth(lambda _: self._took(old)))
 
-    def _took(self, old: "JWKSet") -> None:
+    def _took(self, old: JWKSet) -> None:
         """The fetch the set this one replaced had under way has ended: its result is ours."""
         self.keys, self._fetched_at = old.keys, old._fetched_at
         self.fetches = max(self.fetches, old.fetches)

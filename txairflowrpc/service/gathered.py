@@ -55,7 +55,12 @@ from twisted.web.resource import Resource
 from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
 from .admin import (
-    READINESS_REUSE_SECONDS, finish, head_without_body, may_scrape, metrics_head, too_many_scrapes,
+    READINESS_REUSE_SECONDS,
+    finish,
+    head_without_body,
+    may_scrape,
+    metrics_head,
+    too_many_scrapes,
 )
 from .negotiation import gzip_wanted, usable_accept
 from .supervisor import WorkerState
