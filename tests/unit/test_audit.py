@@ -1168,3 +1168,116 @@ class CallerFloodTests(SynchronousTestCase):
         self.gw.client.flush()
         self.assertEqual(len([r for r in self.records() if r["kind"] == "refused"]),
                          len(records) + 1)
+
+
+class TamperedUnderTheWriterTests(SynchronousTestCase):
+    """
+    Found by an attacker's review: between two checkpoints, an insider who
+    cut or rewrote records the gateway had written got the next checkpoint
+    to sign the change (the writer took the chain's head from whatever the
+    file held): `audit verify --public-key` then said every record was
+    proven.  The writer knows what it wrote; it goes on from there, seals an
+    ``audit.tampered`` record and a checkpoint at once, and verify finds the
+    chain broken where the file was changed.
+    """
+
+    def setUp(self) -> None:
+        from txairflowrpc.audit.chain import ChainFile
+        from txairflowrpc.audit.checkpoint import HMAC_SHA256, Signer
+
+        self.path = scratch(self) / "audit.jsonl"
+        self.now = 1_800_000_000.0
+        self.chain = ChainFile(self.path, signer=Signer(HMAC_SHA256, "k1", key=b"k" * 32),
+                               instance="gw-a")
+        self.chain.open()
+        self.addCleanup(self.chain.close)
+
+    def write(self, *items: str) -> None:
+        self.now += 1
+        self.chain.append([{"time": f"2027-01-15T08:00:{self.now % 60:09.6f}Z",
+                            "instance": "gw-a", "kind": "call", "request_id": r}
+                           for r in items], self.now)
+
+    def events(self) -> list[Any]:
+        return [r.get("event") or r.get("request_id") for r in records(self.path)]
+
+    def test_records_cut_from_the_end_are_not_signed_over(self) -> None:
+        self.write("a")
+        self.chain.append([], self.now, "interval")  # a, checkpoint
+        self.write("evidence", "b")
+        lines = self.path.read_bytes().splitlines(keepends=True)
+        self.path.write_bytes(b"".join(lines[:2]))  # evidence and b cut away
+        self.write("c")
+        self.assertEqual(self.events(), ["a", "audit.checkpoint", "audit.tampered", "c",
+                                         "audit.checkpoint"])
+        note = records(self.path)[2]
+        self.assertEqual((note["expected"]["seq"], note["found"]["seq"]), (4, 2))
+        self.assertEqual(note["seq"], 5)  # the chain goes on from what was written: 3, 4 gone
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        self.assertIn("records 3..4 are missing", message)
+
+    def test_a_record_rewritten_to_another_length_is_not_signed_over(self) -> None:
+        from txairflowrpc.audit.chain import seal
+
+        self.write("a", "evidence")
+        lines = self.path.read_text().splitlines(keepends=True)
+        forged = json.loads(lines[1])
+        del forged["hash"]
+        forged["request_id"] = "innocent-and-longer"
+        self.path.write_text(lines[0] + seal(forged))  # re-hashed, as an insider would
+        self.write("b")
+        self.assertEqual(self.events()[2:], ["audit.tampered", "b", "audit.checkpoint"])
+        self.assertFalse(verify([self.path])[0])
+
+    def test_lines_that_do_not_follow_on_are_not_signed_over(self) -> None:
+        self.write("a")
+        with self.path.open("a") as f:
+            f.write('{"seq":2,"kind":"call","request_id":"forged","prev":"x","hash":"y"}\n')
+        self.write("b")
+        self.assertEqual(self.events(), ["a", "forged", "audit.tampered", "b",
+                                         "audit.checkpoint"])
+        self.assertIn("does not follow the hash of seq 1", records(self.path)[2]["reason"])
+        self.assertFalse(verify([self.path])[0])
+
+    def test_what_the_cli_appends_is_taken_up(self) -> None:
+        self.write("a")
+        append_now(self.path, {"event": "token.created", "token_id": "abc"})
+        append_now(self.path, {"event": "token.revoked", "token_id": "abc"})
+        self.write("b")
+        self.assertEqual(self.events(), ["a", "token.created", "token.revoked", "b"])
+        self.assertEqual([r["seq"] for r in records(self.path)], [1, 2, 3, 4])
+        self.assertTrue(verify([self.path])[0])
+
+    def test_a_chain_rotated_by_its_writer_and_then_appended_to_is_taken_up(self) -> None:
+        self.write("a")
+        self.chain._rotate(self.now)  # the writer's own rotation: its head in the old file
+        append_now(self.path, {"event": "token.created", "token_id": "abc"})
+        self.write("b")
+        self.assertEqual(self.events(), ["audit.rotated", "token.created", "b"])
+
+    def test_a_last_line_longer_than_any_record_is_refused_unread(self) -> None:
+        """Found by review: a 300 MB line appended by hand was read whole at every retry."""
+        from txairflowrpc.audit.chain import _LAST_RECORD_SEARCH
+
+        self.write("a")
+        with self.path.open("ab") as f:
+            f.write(b"x" * (_LAST_RECORD_SEARCH * 2) + b"\n")
+        with self.assertRaisesRegex(ValueError, "its last line is longer than"):
+            self.write("b")
+
+    def test_a_long_torn_tail_is_cut_back_to_the_last_record(self) -> None:
+        """A crash in a large batch: what follows the last line end goes, however long."""
+        from txairflowrpc.audit.chain import ChainFile, _LAST_RECORD_SEARCH
+
+        self.write("a")
+        self.chain.close()
+        with self.path.open("ab") as f:
+            f.write(b'{"seq":2,' + b"x" * (_LAST_RECORD_SEARCH * 2))  # no line end
+        again = ChainFile(self.path, instance="gw-a")
+        again.open()
+        self.addCleanup(again.close)
+        again.append([{"time": "2027-01-15T08:01:00.000000Z", "instance": "gw-a",
+                       "kind": "call", "request_id": "b"}], self.now + 60)
+        self.assertEqual(self.events(), ["a", "b"])
+        self.assertTrue(verify([self.path])[0])

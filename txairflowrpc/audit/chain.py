@@ -26,9 +26,10 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
+from twisted.logger import Logger
 
 from ..core.files import sync_directory
 from ..core.timefmt import iso_day, iso_micro, utc
@@ -40,6 +41,8 @@ ROTATED = "audit.rotated"
 #: The instance the ``airflowrpc`` command's own records name (`append_now`);
 #: ``audit.instance`` may not take it.
 CLI_INSTANCE = "cli"
+
+_log = Logger()
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -118,26 +121,80 @@ def sealed_line(body: str, digest: str) -> str:
     return body[:-1] + f',"hash":"{digest}"}}\n'
 
 
+#: The longest last line read as a record: a record is at most
+#: `MAX_RECORD_BYTES`, so a longer line is no record of a chain (found by
+#: review: a 300 MB line appended by hand was read whole, 1 GB of memory,
+#: at every retry).
+_LAST_RECORD_SEARCH = 4 * 1024 * 1024
+_BLOCK = 64 * 1024
+
+
+def _newline_before(f: BinaryIO, end: int, limit: int | None = None) -> int:
+    """
+    Where the last line end before offset ``end`` is (-1: none), read
+    backwards a block at a time; looked for no further than ``limit``
+    bytes back (then -2).
+    """
+    position = end
+    while position > 0:
+        if limit is not None and end - position >= limit:
+            return -2
+        start = max(0, position - _BLOCK)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
+
+
 def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
-    """The last complete record of ``path`` and the size up to its end."""
+    """
+    The last complete record of ``path`` and the size up to its end (what
+    follows it, a line torn by a crash, is no record); `ValueError` if that
+    last line is longer than `_LAST_RECORD_SEARCH` bytes or no JSON.
+    """
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
-        chunk = 4096
-        while True:
-            f.seek(max(0, size - chunk))
-            data = f.read(chunk)
-            end = data.rfind(b"\n")
-            if end < 0 and size > chunk:
-                chunk *= 4
-                continue
-            if end < 0:
-                return None, 0
-            line_start = data.rfind(b"\n", 0, end) + 1
-            if line_start == 0 and size > chunk:
-                chunk *= 4
-                continue
-            good = max(0, size - len(data)) + end + 1
-            return json.loads(data[line_start:end]), good
+        end = _newline_before(f, size)
+        if end < 0:
+            return None, 0
+        start = _newline_before(f, end, _LAST_RECORD_SEARCH) + 1
+        if start == -1:
+            raise ValueError(f"{path}: its last line is longer than {_LAST_RECORD_SEARCH} "
+                             f"bytes: no record")
+        f.seek(start)
+        return json.loads(f.read(end - start)), end + 1
+
+
+#: Appended by another writer (the CLI) between two of this process's
+#: writes, the most that is read to check it follows on (a few records are).
+_APPENDED_CHECKED = 1024 * 1024
+#: The event of the record a writer seals when the file is not what it wrote.
+TAMPERED = "audit.tampered"
+
+
+def _follows(data: bytes, seq: int, prev: str) -> str | None:
+    """
+    Why the lines of ``data`` are not records sealed one after the other
+    from (``seq``, ``prev``), or None if they are.
+    """
+    for number, line in enumerate(data.splitlines(keepends=True), 1):
+        try:
+            record = loads_strict(line)
+        except ValueError:
+            return f"line {number} after it is no JSON record"
+        if not isinstance(record, dict):
+            return f"line {number} after it is no JSON record"
+        digest = record.pop("hash", None)
+        if record.get("seq") != seq + 1 or type(record.get("seq")) is not int:
+            return f"line {number} after it does not follow seq {seq}"
+        if record.get("prev") != prev:
+            return f"line {number} after it does not follow the hash of seq {seq}"
+        if not isinstance(digest, str) or seal(record) != line.decode("ascii", "replace"):
+            return f"line {number} after it is not written as sealed"
+        seq, prev = seq + 1, digest
+    return None
 
 
 #: What rotation adds to the file's name: ``.20261127T142000Z`` (``.1`` and
@@ -212,6 +269,13 @@ class ChainFile:
         #: The rotated file the chain goes on from while the current file is
         #: empty: its first record must say so (`ROTATED`).
         self._continues_from: Path | None = None
+        #: The file as this process last wrote or checked it: its inode, the
+        #: bytes up to the end of the chain's head, and the head's line (empty:
+        #: the head is in a rotated file).  None until it has written.
+        self._mine: tuple[int, int, bytes] | None = None
+        #: An `TAMPERED` record to seal first in the next batch, if the file
+        #: was found changed under this process.
+        self._tampered: dict[str, Any] | None = None
 
     def open(self) -> None:
         """
@@ -259,45 +323,60 @@ class ChainFile:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._catch_up()
-            rotated: list[Path] = []
-            due = records or (self._signer is not None and (checkpoint or self._covered is None))
-            if due and self._continues_from is not None:
-                # The file is empty but the chain goes on from a rotated one
-                # (a rotation whose first write failed, or a crash after its
-                # rename): it starts, as every rotated-to file does, by saying so.
+            note, self._tampered = self._tampered, None
+            if note is not None:
                 instance = records[0].get("instance") if records else self._instance
-                records = [{"time": iso_micro(now), "instance": instance,
-                            "event": ROTATED, "previous_file": self._continues_from.name},
-                           *records]
-            data, end = self._seal(records, self._seq, self._prev)
-            if records and self._rotation_due(len(data) + self._room(end, now), now):
-                if self._signer is not None and self._uncovered(self._seq):
-                    # The old file ends signed, so it can be checked on its own.
-                    line, sealed = self._checkpoint(self._seq, self._prev, now, "rotation")
-                    self._write(line)
-                    self._seq, self._prev = sealed
-                    self._covered = self._seq
-                rotated.append(self._rotate(now))
-                data, end = self._seal(
-                    [{"time": iso_micro(now), "instance": records[0].get("instance"),
-                      "event": ROTATED, "previous_file": rotated[0].name}, *records],
-                    self._seq, self._prev,
-                )
-            covered = self._covered
-            reason = checkpoint or self._due(end[0])
-            if self._signer is not None and reason and self._uncovered(end[0]):
-                line, end = self._checkpoint(*end, now, reason)
-                data += line
-                covered = end[0]
-            if data:
-                self._write(data)
-                self._seq, self._prev = end  # the chain moves on only once written
-                self._covered = covered
-                self._day = iso_day(now)
-                self._continues_from = None
-            return Appended(tuple(rotated), self._uncovered(self._seq))
+                records = [{"time": iso_micro(now), "instance": instance, **note}, *records]
+                checkpoint = "tampered"  # signed at once: the note cannot go unseen
+            try:
+                return self._append(records, now, checkpoint)
+            except OSError:
+                self._tampered = note  # written with the records, when they are
+                raise
         finally:
             os.close(lock)  # releases the lock
+
+    def _append(
+        self, records: list[dict[str, Any]], now: float, checkpoint: str | None,
+    ) -> Appended:
+        """`append` under the lock, the chain's end known."""
+        rotated: list[Path] = []
+        due = records or (self._signer is not None and (checkpoint or self._covered is None))
+        if due and self._continues_from is not None:
+            # The file is empty but the chain goes on from a rotated one
+            # (a rotation whose first write failed, or a crash after its
+            # rename): it starts, as every rotated-to file does, by saying so.
+            instance = records[0].get("instance") if records else self._instance
+            records = [{"time": iso_micro(now), "instance": instance,
+                        "event": ROTATED, "previous_file": self._continues_from.name},
+                       *records]
+        data, end = self._seal(records, self._seq, self._prev)
+        if records and self._rotation_due(len(data) + self._room(end, now), now):
+            if self._signer is not None and self._uncovered(self._seq):
+                # The old file ends signed, so it can be checked on its own.
+                line, sealed = self._checkpoint(self._seq, self._prev, now, "rotation")
+                self._write(line)
+                self._seq, self._prev = sealed
+                self._covered = self._seq
+            rotated.append(self._rotate(now))
+            data, end = self._seal(
+                [{"time": iso_micro(now), "instance": records[0].get("instance"),
+                  "event": ROTATED, "previous_file": rotated[0].name}, *records],
+                self._seq, self._prev,
+            )
+        covered = self._covered
+        reason = checkpoint or self._due(end[0])
+        if self._signer is not None and reason and self._uncovered(end[0]):
+            line, end = self._checkpoint(*end, now, reason)
+            data += line
+            covered = end[0]
+        if data:
+            self._write(data)
+            self._seq, self._prev = end  # the chain moves on only once written
+            self._covered = covered
+            self._day = iso_day(now)
+            self._continues_from = None
+        return Appended(tuple(rotated), self._uncovered(self._seq))
 
     def _uncovered(self, seq: int) -> int:
         """How many records up to ``seq`` come after the last checkpoint."""
@@ -357,8 +436,25 @@ class ChainFile:
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
         self._continues_from = None
+        continues_from = None
         if last is None:
-            last, self._continues_from = self._last_of_rotated()
+            last, continues_from = self._last_of_rotated()
+        problem = self._not_ours(st.st_ino, good, last)
+        if problem is not None:
+            # Found by review: the head was taken from whatever the file held,
+            # so an insider who cut or rewrote records no checkpoint covered
+            # yet had the next checkpoint sign the change.  This process
+            # knows what it wrote: it goes on from there, and says so.
+            _log.error("audit file {path} is not what this process wrote ({problem}): "
+                       "an audit.tampered record follows, and the chain goes on from its "
+                       "own end", path=str(self.path), problem=problem)
+            self._tampered = {
+                "event": TAMPERED, "reason": problem,
+                "expected": {"seq": self._seq, "hash": self._prev},
+                "found": {"bytes": good, **_head_of(last)}}
+            self._known = (st.st_ino, good)
+            return
+        self._continues_from = continues_from
         if last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
             if last.get("event") == CHECKPOINT:
@@ -370,6 +466,33 @@ class ChainFile:
         if good and self._day is None:
             self._day = str(last.get("time", ""))[:10] if last else None
         self._known = (st.st_ino, good)
+
+    def _not_ours(self, inode: int, size: int, last: dict[str, Any] | None) -> str | None:
+        """
+        Why the chain as found (the file of ``inode``, ``size`` bytes up to
+        the end of its last record, ``last``) does not go on from what this
+        process wrote or checked last, or None if it does: its head's line
+        where it left it and every line after it sealed in turn (what the
+        CLI appends), or (another file, or a shorter one) its head itself.
+        """
+        if self._mine is None:
+            return None  # it has written nothing: the file as it finds it
+        own_inode, end, line = self._mine
+        if inode == own_inode and size >= end:
+            if size - end > _APPENDED_CHECKED:
+                return f"{size - end} bytes appended by another writer, more than is checked"
+            with self.path.open("rb") as f:
+                f.seek(end - len(line))
+                data = f.read(size - end + len(line))
+            if not data.startswith(line):
+                return f"the record of seq {self._seq} is not where it was written"
+            return _follows(data[len(line):], self._seq, self._prev)
+        head = _head_of(last)
+        if head.get("seq") == self._seq and head.get("hash") == self._prev:
+            return None
+        if inode == own_inode:
+            return f"the file is {size} bytes, {end} were written"
+        return "the file was replaced"
 
     def _last_of_rotated(self) -> tuple[dict[str, Any] | None, Path | None]:
         """
@@ -433,6 +556,7 @@ class ChainFile:
         if self._fsync:  # both names, the rotated one and the new file's
             sync_directory(self.path.parent)
         self._known = (os.fstat(self._fd).st_ino, 0)
+        self._mine = (self._known[0], 0, b"")  # the head is in the file rotated away
         return target
 
     def _write(self, data: bytes) -> None:
@@ -458,6 +582,18 @@ class ChainFile:
             self._known = None  # re-read the chain's end next time
             raise
         self._known = (inode, start + len(data))
+        self._mine = (inode, start + len(data), data[data.rfind(b"\n", 0, -1) + 1:])
+
+
+def _head_of(last: dict[str, Any] | None) -> dict[str, Any]:
+    """A found last record's seq and hash, where they are what they should be."""
+    head: dict[str, Any] = {}
+    if isinstance(last, dict):
+        if type(last.get("seq")) is int:
+            head["seq"] = last["seq"]
+        if isinstance(last.get("hash"), str) and re.fullmatch(r"[0-9a-f]{64}", last["hash"]):
+            head["hash"] = last["hash"]
+    return head
 
 
 def append_now(path: Path, fields: dict[str, Any], *, instance: str = CLI_INSTANCE,

@@ -39,10 +39,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 CHECKPOINT = "audit.checkpoint"
 
 #: Why a checkpoint was written: every N records, T seconds after a record
-#: was left uncovered, before a rotation, at shutdown, and after the first
-#: write to a chain that did not end with one (after a crash).  (All at most
-#: 8 characters: the chain reserves room for a checkpoint before it rotates.)
-REASONS = ("records", "interval", "rotation", "shutdown", "resume")
+#: was left uncovered, before a rotation, at shutdown, after the first
+#: write to a chain that did not end with one (after a crash), and at once
+#: after an ``audit.tampered`` record.  (All at most 8 characters: the
+#: chain reserves room for a checkpoint before it rotates.)
+REASONS = ("records", "interval", "rotation", "shutdown", "resume", "tampered")
 
 ED25519 = "ed25519"
 HMAC_SHA256 = "hmac-sha256"
