@@ -279,6 +279,28 @@ class DrainTests(DispatcherCase):
         self.assertEqual(sorted(outcomes), [("launch", "fault", 503), ("linger", "fault", 503)])
         self.assertEqual(self.provider.cancelled, 2)
 
+    def test_a_change_inside_a_multicall_is_waited_for_and_recorded(self) -> None:
+        """
+        Found by review: the drain knew only top-level calls; a multicall's
+        trigger, cut off with its multicall, ran on unseen, made its run, and
+        the log closed before its outcome was written.
+        """
+        multi = self.dispatcher.call(
+            CallContext(principal("runs:trigger"), "req1", "127.0.0.1:1"), "system.multicall",
+            ([{"methodName": "launch", "params": ["etl_a", {}, {"slow": True}]}],))
+        drained = self.dispatcher.drain(5)
+        self.clock.advance(5)  # the multicall is cut off: its change with it, as a 503
+        if multi.called and isinstance(multi.result, list):  # its change cut off first
+            self.assertEqual(self.successResultOf(multi)[0]["faultCode"], 503)
+        else:
+            self.failureResultOf(multi, errors.ShuttingDown)
+        self.clock.advance(0)
+        self.successResultOf(drained)
+        (inner,) = [r for r in self.records()
+                    if r.get("kind") == "call" and r.get("multicall_index") == 0]
+        self.assertEqual((inner["method"], inner["outcome"], inner.get("fault_code")),
+                         ("launch", "fault", 503))
+
     def test_nothing_in_flight_drains_at_once(self) -> None:
         self.successResultOf(self.dispatcher.drain(10))
 
