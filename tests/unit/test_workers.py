@@ -327,6 +327,33 @@ def test_sigterm_waits_for_every_worker_then_stops_cleanly() -> None:
     assert len(spawn.started) == 2  # nothing restarted
 
 
+def test_at_sigterm_the_port_is_closed_at_once_and_new_connections_refused() -> None:
+    """
+    Found by review: the supervisor held its copies of the listening sockets
+    until every worker had drained, so a connection that came meanwhile
+    waited in a backlog no worker read, then was reset.
+    """
+    port = SharedPort("127.0.0.1", 0, 2)
+    number = port.sockets[0].getsockname()[1]
+    clock, spawn = Clock(), Spawner()
+    sup = Supervisor(clock, count=2, check=lambda: succeed(SimpleCfg(2)), stop_seconds=10,
+                     spawn=lambda i, p: (port.fileno(i), spawn(i, p))[1], port=port)
+    sup.startService()
+    try:
+        spawn.ready(0)
+        spawn.ready(1)
+        d = sup.stopService()
+        assert not d.called  # the workers drain
+        assert port.sockets == [None, None]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", number), 5)
+        spawn.end(0, ProcessDone(0))
+        spawn.end(1, ProcessDone(0))
+        assert d.called
+    finally:
+        port.close_all()
+
+
 def test_a_pending_restart_is_cancelled_and_a_stuck_worker_killed() -> None:
     sup, spawn, clock, notes, stopped = supervise(2)
     spawn.end(0, ProcessTerminated(signal=9))  # waiting to be replaced
