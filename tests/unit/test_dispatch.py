@@ -69,6 +69,14 @@ class Provider:
         self.echoed += 1
         return "x" * size
 
+    @rpc_method("deadline", "double", scope="")
+    def deadline(self, call: CallContext) -> float:
+        """When this call's deadline runs out, as the Airflow client sees it."""
+        from txairflowrpc.core import calltrace
+
+        trace = calltrace.current.get()
+        return -1.0 if trace is None or trace.deadline is None else trace.deadline
+
     @rpc_method("explode", "string", scope="")
     def explode(self, call: CallContext) -> str:
         """Fail in a way nobody planned."""
@@ -204,6 +212,13 @@ class DispatcherTests(DispatcherCase):
         self.assertNoResult(default)
         self.clock.advance(2)
         self.failureResultOf(default, errors.CallTimeout)
+
+    def test_a_call_and_a_multicall_s_calls_know_their_deadline(self) -> None:
+        self.clock.advance(100)
+        self.assertEqual(self.successResultOf(self.call(principal(), "deadline")), 110.0)
+        (entry,), = self.successResultOf(self.call(
+            principal(), "system.multicall", [{"methodName": "deadline", "params": []}]))
+        self.assertEqual(entry, 110.0)  # the multicall's
 
     def test_an_unplanned_error_is_an_internal_fault_without_its_text(self) -> None:
         failure = self.failureResultOf(self.call(principal(), "explode"), errors.InternalError)

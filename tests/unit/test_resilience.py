@@ -341,6 +341,50 @@ class UpstreamCapTests(SynchronousTestCase):
         self.failureResultOf(calls[4], errors.UpstreamTimeout)
 
 
+    def test_a_call_whose_turn_comes_at_its_deadline_sends_nothing(self) -> None:
+        """
+        Found by review: queued for a slow Airflow, calls whose deadline was
+        about to cut them off still sent their requests as slots came free,
+        requests abandoned on their way (450 GETs nobody waited for).
+        """
+        from txairflowrpc.core import calltrace
+        from txairflowrpc.core.calltrace import CallTrace
+
+        clock = Clock()
+        http = Flaky(FakeAirflow())
+        c = client(http, clock, retries=0, max_in_flight=1, timeout=30)
+        self.successResultOf(c.get_dag("etl_orders"))  # logged in
+        before = len(http.sent)
+        http.plan = ["silent"] * 3
+
+        def within(seconds: float, name: str) -> Deferred[Any]:
+            trace = CallTrace(deadline=clock.seconds() + seconds)
+            return calltrace.started_in(trace, lambda: c.get_dag(name))
+
+        first = within(60, "etl_a")  # takes the one slot
+        short, long = within(10, "etl_b"), within(60, "etl_c")  # wait for it
+        self.assertEqual(len(http.sent) - before, 1)
+        clock.advance(9.5)
+        first.cancel()  # its caller's deadline: the slot comes free
+        self.failureResultOf(first)
+        failure = self.failureResultOf(short, errors.UpstreamUnavailable)
+        self.assertIn("time ran out waiting for its turn", failure.value.message)
+        self.assertEqual(len(http.sent) - before, 2)  # not etl_b's: etl_c's, with time left
+        self.assertTrue(http.sent[-1].endswith("/dags/etl_c"))
+        long.cancel()
+        self.failureResultOf(long)
+        # A read shared by a caller with time left is sent for it.
+        first = within(60, "etl_a")
+        short, joined = within(10, "etl_d"), within(60, "etl_d")
+        clock.advance(9.5)
+        first.cancel()
+        self.failureResultOf(first)
+        self.assertTrue(http.sent[-1].endswith("/dags/etl_d"))
+        for d in (short, joined):
+            d.cancel()
+            self.failureResultOf(d)
+
+
 class CallLimitTests(SynchronousTestCase):
     def test_rate_and_in_flight_caps_are_429(self) -> None:
         clock = Clock()

@@ -32,6 +32,9 @@ class CallTrace:
     #: What the call made in Airflow that its arguments do not name (the id
     #: of a backfill, of a run Airflow named): recorded on the call's record.
     created: dict[str, Any] | None = None
+    #: When the call's deadline (a multicall's, for its calls) runs out, in
+    #: the clock's seconds; None: no deadline known.
+    deadline: float | None = None
 
 
 current: ContextVar[CallTrace | None] = ContextVar("txairflowrpc_call", default=None)

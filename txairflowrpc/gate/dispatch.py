@@ -121,6 +121,12 @@ class Dispatcher:
         spec = self.methods.get(name) if isinstance(name, str) else None
         trace = CallTrace()
         top = multicall_index is None
+        if top:
+            deadline = self._deadline_for(spec, args)
+            trace.deadline = started + deadline
+        else:  # a multicall's call: its multicall's deadline (the handler's trace)
+            outer = calltrace.current.get()
+            trace.deadline = outer.deadline if outer is not None else None
         who = who_of(ctx)
         entered = False
         try:
@@ -135,7 +141,6 @@ class Dispatcher:
             trace.decision, trace.reason = "denied", e.message
             d = fail(e)
         if top:
-            deadline = self._deadline_for(spec, args)
             # Past the deadline the work is cancelled, and whatever it then
             # fails with, the call's answer is a timeout.
             d.addTimeout(deadline, self._clock,

@@ -29,6 +29,7 @@ Every returned Deferred can be cancelled, which abandons the HTTP request
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,19 @@ class TLSFailures:
                    "{verified}", url=self._base_url, reason=reason, verified=self._verified)
 
 
+#: A request that waited for one of the ``airflow.max_in_flight`` slots is
+#: not sent with less than this left of its call's deadline.
+LEAST_SECONDS_LEFT = 1.0
+
+
+def _time_left(clock: IReactorTime) -> float:
+    """What is left of the current call's deadline (`calltrace`), in seconds; inf if none."""
+    trace = calltrace.current.get()
+    if trace is None or trace.deadline is None:
+        return math.inf
+    return trace.deadline - clock.seconds()
+
+
 class AirflowClient:
     """
     Airflow 3 REST API v2, as the gateway needs it.
@@ -368,11 +382,21 @@ class AirflowClient:
         One HTTP exchange, through the circuit breaker and the cap on
         requests in flight to Airflow.
         """
-        if self._slots.tokens == 0 and len(self._slots.waiting) >= 10 * self._slots.limit:
+        waits = self._slots.tokens == 0
+        if waits and len(self._slots.waiting) >= 10 * self._slots.limit:
             raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
         if self._breaker is not None:
             self._breaker.before()
         await self._slots.acquire()
+        if waits and _time_left(self._clock) < LEAST_SECONDS_LEFT:
+            # Its turn came as its call's deadline is about to cut it off:
+            # sent now, the request would be abandoned on its way, work a
+            # slow Airflow does for no one (found by review: at the deadline
+            # of 500 queued calls, each freed slot went to a caller with
+            # milliseconds left, 450 GETs nobody waited for).
+            self._slots.release()
+            raise errors.UpstreamUnavailable(
+                "Airflow is busy: this call's time ran out waiting for its turn")
         try:
             answer = await self._metered(method, path, token, body, params, accept)
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
@@ -552,8 +576,11 @@ class AirflowClient:
                     return cached.shapes.of(cached.answer, shape)
                 self._uncache(key)
         read = self._reads.get(key)
+        caller = calltrace.current.get()
+        deadline = caller.deadline if caller is not None else None
         if read is None or read.since != now:  # none, or begun before a change ended
             read = self._reads[key] = _Read(now)
+            read.trace.deadline = deadline
             self.reads_upstream += 1
             shared = read
 
@@ -567,6 +594,10 @@ class AirflowClient:
             waiter = read.flight.run(work)
         else:
             waiter = read.flight.run(lambda: Deferred())  # never called: it is running
+            if read.trace.deadline is not None:
+                # Shared, it has as long as the caller with the most time left.
+                read.trace.deadline = None if deadline is None else max(
+                    read.trace.deadline, deadline)
         try:
             body = await waiter
         finally:
