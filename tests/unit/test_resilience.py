@@ -369,6 +369,7 @@ class UpstreamCapTests(SynchronousTestCase):
         self.failureResultOf(first)
         failure = self.failureResultOf(short, errors.UpstreamUnavailable)
         self.assertIn("time ran out waiting for its turn", failure.value.message)
+        clock.advance(0)  # the slot it had goes on
         self.assertEqual(len(http.sent) - before, 2)  # not etl_b's: etl_c's, with time left
         self.assertTrue(http.sent[-1].endswith("/dags/etl_c"))
         long.cancel()
@@ -379,10 +380,43 @@ class UpstreamCapTests(SynchronousTestCase):
         clock.advance(9.5)
         first.cancel()
         self.failureResultOf(first)
+        clock.advance(0)
         self.assertTrue(http.sent[-1].endswith("/dags/etl_d"))
         for d in (short, joined):
             d.cancel()
             self.failureResultOf(d)
+
+
+    def test_many_calls_whose_turn_comes_too_late_all_end(self) -> None:
+        """
+        Found while checking the change above live: each of 500 such waiters,
+        handed the slot at once, resumed the next inside its own stack; past
+        Python's recursion limit some never resumed, hung past their deadline,
+        and held the shutdown's drain for good.
+        """
+        from txairflowrpc.core import calltrace
+        from txairflowrpc.core.calltrace import CallTrace
+
+        clock = Clock()
+        http = Flaky(FakeAirflow())
+        c = client(http, clock, retries=0, max_in_flight=100, timeout=30)
+        self.successResultOf(c.get_dag("etl_orders"))
+        http.plan = ["silent"] * 1000
+
+        def within(seconds: float, name: str) -> Deferred[Any]:
+            trace = CallTrace(deadline=clock.seconds() + seconds)
+            return calltrace.started_in(trace, lambda: c.get_dag(name))
+
+        holding = [within(60, f"etl_a{i}") for i in range(100)]
+        waiting = [within(10, f"etl_b{i}") for i in range(600)]
+        clock.advance(9.5)
+        for d in holding:
+            d.cancel()
+            self.failureResultOf(d)
+        for _ in range(700):
+            clock.advance(0)
+        for d in waiting:
+            self.failureResultOf(d, errors.UpstreamUnavailable)
 
 
 class CallLimitTests(SynchronousTestCase):

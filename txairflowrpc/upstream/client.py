@@ -393,8 +393,11 @@ class AirflowClient:
             # sent now, the request would be abandoned on its way, work a
             # slow Airflow does for no one (found by review: at the deadline
             # of 500 queued calls, each freed slot went to a caller with
-            # milliseconds left, 450 GETs nobody waited for).
-            self._slots.release()
+            # milliseconds left, 450 GETs nobody waited for).  The slot goes
+            # to the next waiter on the reactor's next turn: handed on at
+            # once, many such waiters each resumed the next inside this one's
+            # stack, and past Python's recursion limit some never resumed.
+            self._clock.callLater(0, self._slots.release)
             raise errors.UpstreamUnavailable(
                 "Airflow is busy: this call's time ran out waiting for its turn")
         try:
