@@ -126,7 +126,7 @@ class ChainTests(SynchronousTestCase):
         real_flock = fcntl.flock
 
         def flock(fd: int, operation: int) -> None:
-            if operation == fcntl.LOCK_SH:
+            if operation & fcntl.LOCK_SH:  # asked without waiting, as verify does
                 asked.set()
             real_flock(fd, operation)
 
@@ -1281,3 +1281,93 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
                        "kind": "call", "request_id": "b"}], self.now + 60)
         self.assertEqual(self.events(), ["a", "b"])
         self.assertTrue(verify([self.path])[0])
+
+
+class HostileFilesTests(SynchronousTestCase):
+    """
+    Found by an attacker's review: crafted files crashed `audit verify` with
+    a traceback (no chain got a report), hung it for good, or had a
+    terminal show what they chose.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.dir = scratch(self)
+        self.log = audit_log(str(self.dir), self.clock)
+        self.path = self.dir / "audit.jsonl"
+        for i in range(2):
+            self.successResultOf(self.log.append({"kind": "call", "i": i}))
+        self.successResultOf(self.log.close())
+
+    def sealed(self, record: dict[str, Any]) -> str:
+        from txairflowrpc.audit.chain import seal
+        return seal(record)
+
+    def test_a_number_too_large_deep_inside_a_record_is_no_record(self) -> None:
+        deep = "[" * 600 + "1e400" + "]" * 600
+        line = '{"seq":3,"x":' + deep + ',"prev":"' + records(self.path)[-1]["hash"] + '"}'
+        import hashlib
+        digest = hashlib.sha256(line.encode()).hexdigest()
+        with self.path.open("a") as f:
+            f.write(line[:-1] + f',"hash":"{digest}"}}\n')
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        self.assertIn(":3: not an audit record", message)
+
+    def test_a_first_seq_too_large_for_a_float_does_not_stop_the_others(self) -> None:
+        other = self.dir / "other"
+        other.mkdir()
+        (other / "audit.jsonl.20260101T000000Z").write_text('{"seq":' + "9" * 400 + ',"hash":"x"}\n')
+        (other / "audit.jsonl").write_text('{"seq":1,"hash":"y"}\n')
+        self.assertEqual(cli(["audit", "verify", str(self.dir)]), 1)  # a report, no traceback
+
+    def test_a_seq_that_is_true_is_no_seq(self) -> None:
+        path = self.dir / "bool" / "audit.jsonl"
+        path.parent.mkdir()
+        path.write_text(self.sealed({"time": "t", "seq": True, "prev": "0" * 64}))
+        self.assertEqual(verify([path]), (False, f"{path}:1: not an audit record (no seq)"))
+
+    def test_a_fifo_named_or_put_as_the_lock_does_not_hang_verify(self) -> None:
+        fifo = self.dir / "fifo" / "audit.jsonl.20260101T000000Z"
+        fifo.parent.mkdir()
+        os.mkfifo(fifo)
+        self.assertEqual(cli(["audit", "verify", str(fifo)]), 1)  # before: blocked for good
+        lock = self.path.with_name(self.path.name + ".lock")
+        lock.unlink()
+        os.mkfifo(lock)
+        with self.path.open("a") as f:
+            f.write('{"seq":3,')  # a torn last line: the lock is asked for
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        self.assertIn(":3: incomplete last line", message)
+
+    def test_a_lock_held_for_good_is_waited_for_a_while_only(self) -> None:
+        import fcntl
+
+        from txairflowrpc.audit import verify as verify_module
+        self.patch(verify_module, "LOCK_WAIT_SECONDS", 0.2)
+        held = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY)
+        self.addCleanup(os.close, held)
+        fcntl.flock(held, fcntl.LOCK_EX)  # a writer stuck on a hung disk
+        with self.path.open("a") as f:
+            f.write('{"seq":3,')
+        whole, message = verify([self.path])
+        self.assertFalse(whole)
+        self.assertIn(":3: incomplete last line", message)
+
+    def test_what_the_files_hold_is_shown_not_obeyed(self) -> None:
+        import contextlib
+        import io
+        path = self.dir / "esc" / "audit.jsonl"
+        path.parent.mkdir()
+        path.write_text(self.sealed({"time": "t", "seq": 1, "instance": "\r\x1b[2Kgw\u202e\n"
+                                     "chain whole: forged", "prev": "0" * 64}))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(cli(["audit", "verify", str(path)]), 0)
+        text = out.getvalue()
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\u202e", text)
+        self.assertEqual([line for line in text.splitlines() if "forged" in line],
+                         ["written by: \\x0d\\x1b[2Kgw\\u202e\\x0achain whole: forged (1 record)"])

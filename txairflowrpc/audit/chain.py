@@ -70,12 +70,23 @@ def strict_json(value: Any) -> Any:
 
 
 def loads_strict(line: bytes | str) -> Any:
-    """One line of strict JSON; `ValueError` for NaN, Infinity or anything not JSON."""
-    return json.loads(line, parse_constant=_not_json)
+    """
+    One line of strict JSON; `ValueError` for NaN, Infinity, a number too
+    large for a float (``1e400``, which Python reads as Infinity) or
+    anything not JSON.
+    """
+    return json.loads(line, parse_constant=_not_json, parse_float=_finite)
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not strict JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
 
 
 #: The longest line a record may take; a longer one is written as a stand-in

@@ -24,10 +24,13 @@ checkpoints kept off the host that its own instance signed.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Sequence
 
@@ -277,7 +280,7 @@ class _Walk:
 
     def file(self, path: Path) -> None:
         try:
-            handle = path.open("rb")
+            handle = _open_file(path)
         except OSError as e:
             raise _Broken(f"{path}: cannot read: {e.strerror}") from None
         with handle:
@@ -305,10 +308,12 @@ class _Walk:
         try:
             record = loads_strict(raw)
             claimed = record.pop("hash")
+            body = dumps(record)
         except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise _Broken(f"{where}: not an audit record") from None
         seq = record.get("seq")
-        body = dumps(record)
+        if type(seq) is not int:  # not a bool either (found by review: true was seq 1)
+            raise _Broken(f"{where}: not an audit record (no seq)")
         actual = hashlib.sha256(body.encode("ascii")).hexdigest()
         if actual != claimed:
             raise _Broken(f"{where}: record seq {seq} was altered (hash mismatch)")
@@ -317,13 +322,11 @@ class _Walk:
             # the first would read another record), spaces, escapes, ...
             raise _Broken(f"{where}: record seq {seq} was altered (not written as sealed)")
         if self.seq is not None and seq != self.seq + 1:
-            if isinstance(seq, int) and seq > self.seq + 1:
+            if seq > self.seq + 1:
                 raise _Broken(f"{where}: records {self.seq + 1}..{seq - 1} are missing")
             raise _Broken(f"{where}: record seq {seq} is out of order after {self.seq}")
         if self.prev is not None and record.get("prev") != self.prev:
             raise _Broken(f"{where}: record seq {seq} does not follow the previous record")
-        if not isinstance(seq, int):
-            raise _Broken(f"{where}: not an audit record (no seq)")
         if self.prev is None:
             self.first_seq = seq
             self.continues = record.get("prev") != GENESIS or seq != 1
@@ -383,6 +386,32 @@ class _Walk:
                           f"{max(beyond)}: records were cut from the end")
 
 
+def _open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """
+    A descriptor of ``path`` if it is a regular file; `OSError` otherwise.
+    Opened without waiting (found by review: a FIFO named as an audit file,
+    or put where the append lock is, hung ``audit verify`` for good).
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """`_open_regular`, as a binary file object."""
+    return os.fdopen(_open_regular(path), "rb")
+
+
+#: How long `_reread_locked` waits for the append lock (a writer holds it
+#: for one batch, a few ms; one stuck on a hung disk would hold it for good).
+LOCK_WAIT_SECONDS = 5.0
+
+
 def _reread_locked(path: Path, handle: BinaryIO, start: int) -> bytes | None:
     """
     The line at ``start`` of ``path`` read again under a shared lock on the
@@ -393,11 +422,19 @@ def _reread_locked(path: Path, handle: BinaryIO, start: int) -> bytes | None:
     write failed is gone (the writer cuts it off before letting go).
     """
     try:
-        fd = os.open(append_lock(path), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = _open_regular(append_lock(path), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return None  # its writer holds it still: the line stays torn
+                time.sleep(0.05)
         handle.seek(start)
         return handle.readline(MAX_LINE + 1)
     finally:
@@ -434,15 +471,16 @@ class ChainFiles:
 
 def _first_seq(path: Path) -> float:
     try:
-        with path.open("rb") as f:
-            return float(json.loads(f.readline(MAX_LINE))["seq"])
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return float("inf")
+        with _open_file(path) as f:
+            seq = json.loads(f.readline(MAX_LINE))["seq"]
+        return float(seq) if type(seq) is int else float("inf")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
+        return float("inf")  # found by review: a 400-digit seq raised OverflowError
 
 
 def _starts_a_record(path: Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with _open_file(path) as f:
             record = json.loads(f.readline(65536))
     except (OSError, ValueError, RecursionError):
         return False

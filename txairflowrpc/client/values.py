@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 from xmlrpc.client import Binary, DateTime
 
+from ..core.shown import LAYOUT_CONTROLS as LAYOUT_CONTROLS
 from ..core.xmlchars import NOT_IN_XML
 from .errors import UsageError
 
@@ -167,15 +168,8 @@ def plain(value: Any) -> Any:
     return value
 
 
-#: Characters that move, hide or break the text around them where a
-#: terminal or a CI log shows it -- line and paragraph separators, the
-#: bidirectional marks (ARABIC LETTER MARK too, found by review),
-#: embeddings, overrides and isolates, and the invisible ones that hide
-#: what stands around them (ZERO WIDTH SPACE, WORD JOINER and the invisible
-#: operators, ZERO WIDTH NO-BREAK SPACE; found by review) -- as a regex
-#: class body: what the gateway sends is never shown with them raw.
-LAYOUT_CONTROLS = ("\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064"
-                   "\u2066-\u2069\ufeff")
+#: What the gateway sends is never shown with `LAYOUT_CONTROLS` raw
+#: (ARABIC LETTER MARK, ZERO WIDTH SPACE and its kin each found by review).
 #: What json.dumps leaves raw but a terminal acts on: DEL, the C1 controls
 #: (CSI among them) and `LAYOUT_CONTROLS`.
 _RAW_IN_JSON = re.compile(f"[\x7f-\x9f{LAYOUT_CONTROLS}]")

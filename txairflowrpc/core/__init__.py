@@ -7,5 +7,5 @@ is described: parameters, scope, and the facts the generic layers read),
 `calltrace` (what one call learns on its way, for its audit record),
 `timefmt` (the time formats on the wire and on the trail), `encoding`
 (base64url), `singleflight` (one piece of work shared by many callers),
-`files` (making what is written durable).
+`files` (making what is written durable), `shown` (text made safe to show).
 """

@@ -44,6 +44,7 @@ from ..audit.verify import ChainReport, check_chains, find_chains, read_shipped
 from ..client import commands as client_commands
 from ..client.errors import UsageError
 from ..client.values import parse_json
+from ..core.shown import shown
 from ..gate.refusals import target_fields
 from ..identity import tokens
 from .checked import load_checked
@@ -89,9 +90,12 @@ def audit_verify(
         print(f"airflowrpc: no audit files in {' '.join(files)}", file=sys.stderr)
         return BAD_INPUT
     result = check_chains(chains, verifiers, kept)
-    print("\n".join(result.lines()))
+    # What the files hold is shown, never obeyed (found by review: an instance
+    # name with escapes erased the NOT COVERED line on a terminal, a seq with
+    # a line break forged a "chain whole" line).
+    print("\n".join(map(shown, result.lines())))
     for other in others:
-        print(f"skipped (not an audit file): {other}")
+        print(shown(f"skipped (not an audit file): {other}"))
     statuses = [_status(report, bool(verifiers)) for _, report in result.chains]
     if result.orphan_shipped:
         statuses.append(BROKEN)
