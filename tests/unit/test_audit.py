@@ -459,6 +459,40 @@ class RotationTests(SynchronousTestCase):
         calls = sorted(r["i"] for f in files for r in records(f) if "i" in r)
         self.assertEqual(calls, list(range(60)))  # none lost, none duplicated
 
+    def test_a_rotation_while_verify_reads_is_no_gap(self) -> None:
+        """
+        Found by review: a verify of a live chain listed its files, then a
+        rotation renamed the current one away before it was read; the new
+        current file followed one never listed: "records ... are missing".
+        """
+        from txairflowrpc.service import cli as cli_module
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        directory = scratch(self)
+        log = audit_log(str(directory), clock, rotate_bytes=2000)
+
+        def fill(n: int) -> None:
+            for i in range(n):
+                clock.advance(1)
+                self.successResultOf(log.append({"kind": "call", "i": i}))
+
+        fill(30)
+        real = cli_module.check_chains
+        verdicts = []
+
+        def rotating_first(*args: Any) -> Any:
+            if not verdicts:
+                fill(20)  # the gateway rotates between the listing and the reading
+            report = real(*args)
+            verdicts.append(report.chains[0][1].lines()[0])
+            return report
+
+        self.patch(cli_module, "check_chains", rotating_first)
+        self.assertEqual(cli(["audit", "verify", str(directory)]), 0)
+        self.assertEqual(len(verdicts), 2)  # listed again once
+        self.assertTrue(verdicts[0].startswith("BROKEN"), verdicts[0])
+        self.assertRegex(verdicts[1], r"^chain whole: (\d+) records, seq 1\.\.\1$")
+
     def test_rotation_by_day(self) -> None:
         clock = Clock()
         clock.advance(1_800_000_000)
