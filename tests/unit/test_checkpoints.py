@@ -300,6 +300,48 @@ class AppendNowTests(KeyedCase):
         self.assertEqual(status, 0, out)
 
 
+class ShippedAcrossHostsTests(KeyedCase):
+    """
+    Found by review: the command signs its checkpoints as "cli" on every
+    host; verifying two hosts' chains with all their shipped checkpoints
+    handed each chain the other's too, which collided by seq: both BROKEN.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from txairflowrpc.audit.chain import append_now
+
+        self.chains = []
+        for name in ("a", "b"):
+            log = AuditLog(self.dir / name / "audit.jsonl", clock=self.clock,
+                           run_blocking=maybeDeferred, instance=f"gw-{name}",
+                           signer=self.signer)
+            log.open()
+            self.fill(log, 2 if name == "a" else 5)
+            self.successResultOf(log.close())
+            path = self.dir / name / "audit.jsonl"
+            append_now(path, {"event": "token.created"}, signer=self.signer)
+            self.chains.append(path)
+        self.shipped = self.dir / "shipped.jsonl"
+        self.shipped.write_text("".join(
+            line for path in self.chains for line in path.read_text().splitlines(True)
+            if checkpoint.CHECKPOINT in line))
+
+    def test_each_chain_gets_the_command_s_checkpoints_it_holds(self) -> None:
+        status, out = self.verify("--public-key", str(self.key.public), "--shipped",
+                                  str(self.shipped), *(str(p.parent) for p in self.chains))
+        self.assertEqual(status, 0, out)
+        self.assertIn("2 chains: 2 whole", out)
+
+    def test_a_chain_left_out_leaves_the_command_s_checkpoint_unplaced(self) -> None:
+        status, out = self.verify("--public-key", str(self.key.public), "--shipped",
+                                  str(self.shipped), str(self.chains[0].parent))
+        self.assertEqual(status, 1, out)
+        self.assertIn("instance gw-b", out)
+        self.assertIn("a checkpoint kept off the host that the airflowrpc command signed is in "
+                      "no chain given", out)
+
+
 class VerifyTests(KeyedCase):
     def setUp(self) -> None:
         super().setUp()

@@ -558,6 +558,11 @@ class ChainsReport:
             out.append(f"instance {self.label(files, report)}: {files.name}{more}")
             out += ["  " + line for line in report.lines()]
         for name in self.orphan_shipped:
+            if name == CLI_INSTANCE:
+                out.append("BROKEN: a checkpoint kept off the host that the airflowrpc command "
+                           "signed is in no chain given: a chain was rewritten, or its files "
+                           "are missing")
+                continue
             out.append(f"BROKEN: checkpoints kept off the host were signed by instance {name}, "
                        "but no chain given was written by it: its files are missing")
         for name, where in sorted(self.shared_instances().items()):
@@ -581,12 +586,27 @@ def check_chains(
     """
     reports = []
     taken: set[str] = set()
+    placed: set[int] = set()  # the command's shipped checkpoints found in a chain, by id
+    ours = [c for c in shipped if c.get("instance") == CLI_INSTANCE]
     for chain in chains:
         mine: list[dict[str, Any]] = []
         if shipped:
-            writers = {name for name, _ in check(chain.files).instances}
+            seen = check(chain.files)
+            writers = set(seen.gateways)
             mine = [c for c in shipped if str(c.get("instance")) in writers]
             taken |= writers
+            # The command signs as "cli" on every host: its checkpoints go
+            # to the chain that holds them (found by review: handed to every
+            # chain with a record of the command, two hosts' collided by seq
+            # and each chain was reported broken).
+            held = {(c.seq, c.hash) for c in seen.checkpoints}
+            for c in ours:
+                if (c.get("seq"), c.get("hash")) in held:
+                    mine.append(c)
+                    placed.add(id(c))
         reports.append((chain, check(chain.files, verifiers, mine)))
-    orphans = sorted({str(c.get("instance")) for c in shipped} - taken)
-    return ChainsReport(tuple(reports), tuple(orphans))
+    orphans = {str(c.get("instance")) for c in shipped
+               if c.get("instance") != CLI_INSTANCE} - taken
+    if any(id(c) not in placed for c in ours):
+        orphans.add(CLI_INSTANCE)  # one in no chain given: a chain rewritten, or missing
+    return ChainsReport(tuple(reports), tuple(sorted(orphans)))
