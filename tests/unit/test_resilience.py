@@ -116,6 +116,32 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(self.api_sent()), 1)
         self.assertEqual(len(self.airflow.runs), 1)
 
+    def test_a_trigger_without_run_id_whose_answer_is_lost_says_the_run_may_exist(
+            self) -> None:
+        """
+        Found by review: its fault said "retry later", and a caller that did
+        made a second run.  It says what to do instead.
+        """
+        from txairflowrpc.core.spec import CallContext
+
+        from .helpers import OPERATOR
+
+        c = client(self.http, self.clock)
+        methods = AirflowMethods(Accounts(Account(c, RunWatcher(c.get_dag_run, self.clock, 2))),
+                                 300, 1000, 3660, self.clock)
+        self.http.plan = ["break-after"]
+        d = Deferred.fromCoroutine(methods.trigger_dag(
+            CallContext(OPERATOR, "req"), "etl_orders", {"a": 1}, {}))
+        self.clock.advance(10)
+        failure = self.failureResultOf(d, errors.MayHaveBeenMade)
+        self.assertEqual(failure.value.code, 503)
+        self.assertEqual(failure.value.message,
+                         "Airflow unavailable: Airflow refused the connection; the run may "
+                         "have been made all the same: look for it (list_dag_runs) before "
+                         "triggering again, and pass options.dag_run_id to make a retry safe")
+        self.assertNotIn("retry later", failure.value.message)
+        self.assertEqual(len(self.airflow.runs), 1)
+
     def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
         c = client(self.http, self.clock)
         methods = AirflowMethods(Accounts(Account(c, RunWatcher(c.get_dag_run, self.clock, 2))),

@@ -262,6 +262,24 @@ class CircuitOpen(GatewayError):
 
 
 @attrs.define(auto_exc=True, str=False)
+class MayHaveBeenMade(GatewayError):
+    """
+    A run asked for without a ``dag_run_id`` whose answer was lost: Airflow
+    may have made it, and a retry would make another.  ``cause`` is how the
+    exchange failed, ``code`` its fault code (502, 503 or 504).
+    """
+
+    cause: str
+    code: int = UPSTREAM_UNAVAILABLE  # type: ignore[misc]
+
+    @property
+    def message(self) -> str:
+        return (f"{self.cause}; the run may have been made all the same: look for it "
+                "(list_dag_runs) before triggering again, and pass options.dag_run_id to make "
+                "a retry safe")
+
+
+@attrs.define(auto_exc=True, str=False)
 class ShuttingDown(GatewayError):
     """The gateway is shutting down and cut the call off at its shutdown deadline."""
 

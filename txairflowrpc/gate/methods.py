@@ -436,6 +436,14 @@ class AirflowMethods:
                 dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date,
                 note=attribution(call, note),
             )
+        except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
+            refused = isinstance(e, errors.UpstreamError) and e.status in (401, 403)
+            if run_id is None and not refused:
+                # Airflow would have named the run: "retry later" would make a
+                # second one (found by review).  What to do instead is said.
+                cause = e.message.removesuffix("; retry later")
+                raise errors.MayHaveBeenMade(cause, e.code) from None
+            raise
         except errors.Conflict:
             existing = None
             if run_id is not None:
