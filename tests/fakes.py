@@ -51,7 +51,7 @@ class FakeAirflow(Resource):
         self.valid_tokens: set[str] = set()
         self._counter = itertools.count(1)
         #: (method, path-prefix) -> (status, body) for the next matching request.
-        self.fail_next: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.fail_next: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.dags: dict[str, dict[str, Any]] = {}
         #: Backfills by id; a DAG with "_daily" set has a daily schedule (others none).
         self.backfills: dict[int, dict[str, Any]] = {}
@@ -97,7 +97,10 @@ class FakeAirflow(Resource):
         for (m, prefix), answer in list(self.fail_next.items()):
             if m == method and path.startswith(prefix):
                 del self.fail_next[(m, prefix)]
-                return self._json(request, *answer)
+                status, body, *headers = answer  # (status, body[, headers])
+                for name, value in (headers[0] if headers else {}).items():
+                    request.setHeader(name, value)
+                return self._json(request, status, body)
         if path == "/api/v2/monitor/health" and method == "GET":  # needs no auth, as Airflow's
             return self._json(request, 200, {"metadatabase": {"status": "healthy"},
                                              "scheduler": {"status": "healthy"}})

@@ -8,6 +8,7 @@ from random import Random
 from typing import Any
 
 import attrs
+import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -157,6 +158,33 @@ class RetryTests(SynchronousTestCase):
         run = self.successResultOf(d)
         self.assertEqual((run["dag_run_id"], run["created"]), ("r1", False))
         self.assertEqual(len(self.airflow.runs), 1)
+
+    def test_airflow_s_retry_after_is_heeded_and_told(self) -> None:
+        """
+        Found by review: a 429 with Retry-After: 5 was retried at once (three
+        GETs in a second) and its caller got no hint of when to come back.
+        """
+        from txairflowrpc.core import calltrace
+        from txairflowrpc.core.calltrace import CallTrace
+
+        c = client(RequestTraversalAgent(self.airflow), self.clock, retries=2)
+        self.successResultOf(c.get_dag("etl_orders"))  # logged in
+        self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (
+            429, {"detail": "slow down"}, {"Retry-After": "2"})
+        trace = CallTrace(deadline=self.clock.seconds() + 60)
+        d = calltrace.started_in(trace, lambda: c.get_dag("etl_orders"))
+        self.clock.advance(1.9)
+        self.assertNoResult(d)  # it waits as asked: no second request yet
+        self.clock.advance(0.2)
+        self.successResultOf(d)
+        # Asked for longer than the call has left: told at once, with the wait.
+        self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (
+            429, {"detail": "slow down"}, {"Retry-After": "120"})
+        trace = CallTrace(deadline=self.clock.seconds() + 60)
+        d = calltrace.started_in(trace, lambda: c.get_dag("etl_orders"))
+        failure = self.failureResultOf(d, errors.UpstreamUnavailable)
+        self.assertEqual(failure.value.message, "Airflow unavailable: Airflow is overloaded "
+                         "(HTTP 429); retry after 120 s (Airflow's Retry-After)")
 
     def test_invalid_jwt_403_gets_a_new_token(self) -> None:
         c = client(RequestTraversalAgent(self.airflow), self.clock)
@@ -707,3 +735,19 @@ def test_prepay_counts_whole_calls_and_forgives_no_debt() -> None:
     limits.burst = 2  # a reload lowered the floor to -10: the debt stays
     assert limits.prepay("bot", 5, owing=10) == 0
     assert limits._buckets["bot"].tokens == -50
+
+
+@pytest.mark.parametrize(("status", "value", "seconds"), [
+    (429, b"5", 5.0), (503, b" 30 ", 30.0), (429, b"99999999", 3600.0),
+    (429, b"Wed, 21 Oct 2026 07:28:00 GMT", None), (429, b"-1", None), (429, b"1.5", None),
+    (500, b"5", None),
+])
+def test_retry_after_is_read_as_seconds_only(status: int, value: bytes,
+                                             seconds: float | None) -> None:
+    from types import SimpleNamespace
+
+    from twisted.web.http_headers import Headers
+
+    from txairflowrpc.upstream.transport import retry_after
+    response = SimpleNamespace(code=status, headers=Headers({b"Retry-After": [value]}))
+    assert retry_after(response) == seconds

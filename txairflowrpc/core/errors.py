@@ -235,14 +235,20 @@ class AnswerTooLarge(UpstreamError):
 
 @attrs.define(auto_exc=True, str=False)
 class UpstreamUnavailable(GatewayError):
-    """Airflow could not be reached at all."""
+    """Airflow could not be reached at all, or asked to be left alone a while."""
 
     reason: str = "Airflow cannot be reached"
+    #: What Airflow's ``Retry-After`` asked for, in seconds, if it did.
+    retry_after: float | None = None
+    #: The HTTP status Airflow answered it with (429, 503), if it answered.
+    status: int | None = None
     code = UPSTREAM_UNAVAILABLE
 
     @property
     def message(self) -> str:
-        return f"Airflow unavailable: {self.reason}; retry later"
+        wait = "retry later" if self.retry_after is None else (
+            f"retry after {self.retry_after:g} s (Airflow's Retry-After)")
+        return f"Airflow unavailable: {self.reason}; {wait}"
 
 
 @attrs.define(auto_exc=True, str=False)

@@ -47,6 +47,8 @@ class Reply:
 
     status: int
     body: bytes
+    #: Seconds its ``Retry-After`` asks to wait (a 429 or 503), or None.
+    retry_after: float | None = None
 
 
 @implementer(IBodyProducer)
@@ -288,7 +290,25 @@ def _too_large(failure: Failure) -> Failure:
     raise errors.AnswerTooLarge(f"Airflow's answer is larger than {failure.value.cap} bytes")
 
 
+#: The longest wait a ``Retry-After`` is read as (a larger one is this).
+MAX_RETRY_AFTER = 3600.0
+
+
+def retry_after(response: Any) -> float | None:
+    """
+    The seconds a 429 or 503 answer's ``Retry-After`` asks for (RFC 9110:
+    a number of seconds; an HTTP date is taken as not given), or None.
+    """
+    if response.code not in (429, 503):
+        return None
+    values = response.headers.getRawHeaders(b"retry-after") or []
+    text = values[0].strip() if values else b""
+    if not text.isdigit() or len(text) > 10:
+        return None
+    return min(float(text), MAX_RETRY_AFTER)
+
+
 def _read(response: Any, limit: int = MAX_ANSWER_BYTES) -> Deferred[Reply]:
     """Airflow's answer, read whole; at most ``limit`` bytes of body (`core.bodies`)."""
     return read_capped(response, limit).addCallbacks(
-        lambda body: Reply(response.code, body), _too_large)
+        lambda body: Reply(response.code, body, retry_after(response)), _too_large)
