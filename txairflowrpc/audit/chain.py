@@ -193,7 +193,7 @@ def _follows(data: bytes, seq: int, prev: str) -> str | None:
     for number, line in enumerate(data.splitlines(keepends=True), 1):
         try:
             record = loads_strict(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"line {number} after it is no JSON record"
         if not isinstance(record, dict):
             return f"line {number} after it is no JSON record"
