@@ -676,3 +676,38 @@ def test_a_fingerprint_that_cannot_be_read_stops_the_worker(
         Options().parseOptions(["--config", str(path), "--worker", "0"])
     assert str(e.value.code) == ("airflowrpc: worker 0: what the gateway started with holds "
                                  "no fingerprint; a worker is started by the supervisor")
+
+
+def test_a_worker_waits_for_its_chain_while_a_predecessor_drains(tmp_path: Path) -> None:
+    """
+    Found by review: after the supervisor was killed, its workers drained on;
+    a new gateway's workers found their chains held, exited at once, twice,
+    and had their sockets closed: the port refused connections for seconds.
+    """
+    from types import SimpleNamespace
+
+    from txairflowrpc.audit.owner import claim
+    from txairflowrpc.service.tap import CLAIM_POLL_SECONDS, claim_chain
+
+    path = tmp_path / "audit.w0.jsonl"
+    held = claim(path, "gw-w0")  # the predecessor, draining
+    cfg = SimpleNamespace(path=path, instance="gw-w0")
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 3:
+            held.release()  # it ended
+
+    got = claim_chain(cfg, 30, sleep=sleep, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert 3 <= now[0] < 3 + 2 * CLAIM_POLL_SECONDS
+    # One that never ends: the wait has an end, and the line says who holds it.
+    again = claim(tmp_path / "audit.w1.jsonl", "gw-w1")
+    now[0] = 0.0
+    with pytest.raises(SystemExit) as e:
+        claim_chain(SimpleNamespace(path=tmp_path / "audit.w1.jsonl", instance="gw-w1"),  # type: ignore[arg-type]
+                    5, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert "written by another running gateway" in str(e.value.code)
+    assert now[0] >= 5
+    got.release()
+    again.release()

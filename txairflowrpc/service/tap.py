@@ -17,6 +17,7 @@ socket the supervisor bound (see `txairflowrpc.service.supervisor`).
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Callable
 
 import attrs
@@ -66,7 +67,13 @@ from .logs import fatal
 from .metrics import GatewayMetrics, PartsCollector, metrics_resource
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader, restart_fingerprint
-from .supervisor import SharedPort, Supervisor, bind_listening, spawner
+from .supervisor import (
+    STOP_MARGIN_SECONDS,
+    SharedPort,
+    Supervisor,
+    bind_listening,
+    spawner,
+)
 from .workers import (
     ADMIN_FD,
     LISTENER_FD,
@@ -559,14 +566,36 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     return top
 
 
-def claim_chain(cfg: config_module.AuditConfig) -> Claim:
-    """This instance's claim on its audit chain; `SystemExit` (one line) if another holds it."""
-    try:
-        return claim(cfg.path, cfg.instance)
-    except ChainInUse as e:
-        raise fatal(f"airflowrpc: audit.path: {e}") from None
-    except OSError as e:
-        raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+def claim_chain(
+    cfg: config_module.AuditConfig, wait: float = 0.0, *,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> Claim:
+    """
+    This instance's claim on its audit chain; `SystemExit` (one line) if
+    another holds it.  With ``wait``, one held by another process is waited
+    for that long first, before the reactor runs: a worker whose
+    predecessor, left behind by a supervisor that was killed, still drains
+    its calls (found by review: each new worker exited at once, twice, and
+    its socket was closed: the port refused connections for seconds).
+    """
+    deadline, told = clock() + wait, False
+    while True:
+        try:
+            return claim(cfg.path, cfg.instance)
+        except ChainInUse as e:
+            if clock() >= deadline:
+                raise fatal(f"airflowrpc: audit.path: {e}") from None
+            if not told:
+                _log.warn("audit.path {path} is held by {holder}: waiting up to {wait:g} s "
+                          "for it to end", path=str(cfg.path), holder=e.holder, wait=wait)
+                told = True
+            sleep(CLAIM_POLL_SECONDS)
+        except OSError as e:
+            raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
+
+
+#: How often a worker waiting for its chain (`claim_chain`) tries again.
+CLAIM_POLL_SECONDS = 0.2
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
@@ -588,7 +617,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
                            checked.signer)
     except OSError as e:  # a file the service's user may not write (made by root, say)
         raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
-    owner = claim_chain(cfg.audit)
+    # A worker waits for a predecessor that drains (as long as a drain takes).
+    owner = claim_chain(cfg.audit, 0.0 if worker is None else
+                        cfg.limits.shutdown_seconds + STOP_MARGIN_SECONDS)
     pool = connection_pool(reactor, cfg.airflow.max_connections,
                            cfg.airflow.idle_connection_seconds)
     # Airflow's client speaks to the PooledAgent itself; treq serves the rest
