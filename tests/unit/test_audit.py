@@ -1302,7 +1302,7 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
 
     def test_a_long_torn_tail_is_cut_back_to_the_last_record(self) -> None:
         """A crash in a large batch: what follows the last line end goes, however long."""
-        from txairflowrpc.audit.chain import ChainFile, _LAST_RECORD_SEARCH
+        from txairflowrpc.audit.chain import _LAST_RECORD_SEARCH, ChainFile
 
         self.write("a")
         self.chain.close()
@@ -1325,12 +1325,8 @@ class HostileFilesTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        self.dir = scratch(self)
-        self.log = audit_log(str(self.dir), self.clock)
-        self.path = self.dir / "audit.jsonl"
-        for i in range(2):
+        ChainTests.setUp(self)  # type: ignore[arg-type]  # its clock, directory and log
+        for i in range(2):  # two records, and the log closed, as a gateway leaves it
             self.successResultOf(self.log.append({"kind": "call", "i": i}))
         self.successResultOf(self.log.close())
 

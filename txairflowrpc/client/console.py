@@ -16,7 +16,8 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from .values import LAYOUT_CONTROLS, defused, to_json
+from ..core.shown import LAYOUT_CONTROLS
+from .values import defused, to_json
 
 _SHAPES = re.compile(r"(arpc_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|(Basic\s+)[A-Za-z0-9+/=]{8,}"
                      r"|()eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")

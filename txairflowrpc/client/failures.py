@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
+from ..core.shown import LAYOUT_CONTROLS
 from .errors import ClientError
 from .transport import Caller
-from .values import LAYOUT_CONTROLS
 
 #: Task instance states that mean the task itself failed (and has a log).
 FAILED_STATES = ("failed",)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 from xmlrpc.client import Binary, DateTime
 
-from ..core.shown import LAYOUT_CONTROLS as LAYOUT_CONTROLS
+from ..core.shown import LAYOUT_CONTROLS
 from ..core.xmlchars import NOT_IN_XML
 from .errors import UsageError
 
