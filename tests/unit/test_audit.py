@@ -40,6 +40,19 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def records_lenient(path: Path) -> list[dict[str, Any]]:
+    """The lines of ``path`` that are JSON objects (junk written by hand left out)."""
+    found = []
+    for line in path.read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
 class HeldWrites:
     """run_blocking whose writes finish only when the test says so."""
 
@@ -1291,14 +1304,53 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
         self.assertEqual(self.events(), ["audit.rotated", "token.created", "b"])
 
     def test_a_last_line_longer_than_any_record_is_refused_unread(self) -> None:
-        """Found by review: a 300 MB line appended by hand was read whole at every retry."""
-        from txairflowrpc.audit.chain import _LAST_RECORD_SEARCH
+        """
+        Found by review: a 300 MB line appended by hand was read whole at
+        every retry.  Unread now: to a writer that knows its end, it is a
+        change under it; to one starting on such a file, a file to mend.
+        """
+        from txairflowrpc.audit.chain import _LAST_RECORD_SEARCH, ChainFile
 
         self.write("a")
         with self.path.open("ab") as f:
             f.write(b"x" * (_LAST_RECORD_SEARCH * 2) + b"\n")
+        self.write("b")
+        note = [r for r in records_lenient(self.path) if r.get("event") == "audit.tampered"]
+        self.assertIn("its last line is no record", note[0]["reason"])
+        self.assertIn("longer than", note[0]["reason"])
+        with self.path.open("ab") as f:
+            f.write(b"x" * (_LAST_RECORD_SEARCH * 2) + b"\n")
+        fresh = ChainFile(self.path, instance="gw-a")
+        fresh.open()
+        self.addCleanup(fresh.close)
         with self.assertRaisesRegex(ValueError, "its last line is longer than"):
-            self.write("b")
+            fresh.append([{"time": "2027-01-15T08:01:00.000000Z", "instance": "gw-a"}],
+                         self.now)
+
+    def test_a_line_of_junk_appended_is_a_change_not_the_end_of_the_trail(self) -> None:
+        """Found by review: one non-JSON line made every later write fail, for good."""
+        self.write("a")
+        with self.path.open("a") as f:
+            f.write("not json\n")
+        self.write("b")
+        events = [r.get("event") or r.get("request_id") for r in records_lenient(self.path)]
+        self.assertEqual(events, ["a", "audit.tampered", "b", "audit.checkpoint"])
+        self.assertFalse(verify([self.path])[0])
+
+    def test_the_command_s_appends_twice_between_writes_are_taken_up(self) -> None:
+        """
+        Found by review: a checkpoint that wrote nothing (the command's own
+        covered the head) left the writer's idea of its end stale, and the
+        command's next records were taken for lines that did not follow on.
+        """
+        self.write("a")
+        append_now(self.path, {"event": "token.created"}, signer=self.chain._signer)
+        self.chain.append([], self.now, "interval")  # nothing left to cover: nothing written
+        append_now(self.path, {"event": "token.revoked"}, signer=self.chain._signer)
+        self.write("b")
+        self.assertNotIn("audit.tampered", self.events())
+        self.assertEqual([r["seq"] for r in records(self.path)], list(range(1, 7)))
+        self.assertTrue(verify([self.path])[0])
 
     def test_a_long_torn_tail_is_cut_back_to_the_last_record(self) -> None:
         """A crash in a large batch: what follows the last line end goes, however long."""

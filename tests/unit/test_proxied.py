@@ -450,3 +450,15 @@ def test_an_ipv6_client_through_the_proxy_is_recorded_in_its_short_form(gw: List
     assert conn.answer.startswith(b"HTTP/1.1 200"), conn.answer
     (call,) = gw.records(kind="call", method="whoami")
     assert call["source"] == "2001:db8:1::5:41000"
+
+
+def test_a_proxy_from_network_written_in_the_mapped_form_still_matches() -> None:
+    """Found by review: ::ffff:127.0.0.0/104 was how a dual-stack listener was made to work."""
+    import ipaddress
+
+    from twisted.internet.address import IPv6Address
+
+    from txairflowrpc.gate.proxied import trusted
+
+    mapped = [ipaddress.ip_network("::ffff:127.0.0.0/104")]
+    assert trusted(IPv6Address("TCP", "::ffff:127.0.0.1", 5000), mapped)

@@ -11,11 +11,11 @@ import attrs
 import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseNeverReceived
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from txairflowrpc.core import errors
 from txairflowrpc.gate.limits import CallLimits
@@ -54,6 +54,10 @@ class Flaky:
             # The request reaches Airflow, but the answer is lost on the way back.
             d = self.stub.request(method, url, headers, body)
             return d.addCallback(lambda _: fail(ConnectionRefusedError()))
+        if what == "lost-after":
+            # The same, as a real connection loses it: the answer broke off.
+            d = self.stub.request(method, url, headers, body)
+            return d.addCallback(lambda _: fail(ResponseFailed([Failure(ConnectionDone())])))
         return Deferred()
 
 
@@ -130,18 +134,25 @@ class RetryTests(SynchronousTestCase):
         c = client(self.http, self.clock)
         methods = AirflowMethods(Accounts(Account(c, RunWatcher(c.get_dag_run, self.clock, 2))),
                                  300, 1000, 3660, self.clock)
-        self.http.plan = ["break-after"]
+        self.http.plan = ["lost-after"]
         d = Deferred.fromCoroutine(methods.trigger_dag(
             CallContext(OPERATOR, "req"), "etl_orders", {"a": 1}, {}))
         self.clock.advance(10)
         failure = self.failureResultOf(d, errors.MayHaveBeenMade)
         self.assertEqual(failure.value.code, 503)
         self.assertEqual(failure.value.message,
-                         "Airflow unavailable: Airflow refused the connection; the run may "
+                         "Airflow unavailable: the connection to Airflow broke; the run may "
                          "have been made all the same: look for it (list_dag_runs) before "
                          "triggering again, and pass options.dag_run_id to make a retry safe")
         self.assertNotIn("retry later", failure.value.message)
         self.assertEqual(len(self.airflow.runs), 1)
+        # Found by review: one never sent (the connection refused) made nothing.
+        self.http.plan = ["refuse"]
+        d = Deferred.fromCoroutine(methods.trigger_dag(
+            CallContext(OPERATOR, "req"), "etl_orders", {"a": 2}, {}))
+        failure = self.failureResultOf(d, errors.UpstreamUnavailable)
+        self.assertNotIsInstance(failure.value, errors.MayHaveBeenMade)
+        self.assertIn("retry later", failure.value.message)
 
     def test_a_trigger_with_run_id_is_retried_and_never_runs_twice(self) -> None:
         c = client(self.http, self.clock)
@@ -185,6 +196,11 @@ class RetryTests(SynchronousTestCase):
         failure = self.failureResultOf(d, errors.UpstreamUnavailable)
         self.assertEqual(failure.value.message, "Airflow unavailable: Airflow is overloaded "
                          "(HTTP 429); retry after 120 s (Airflow's Retry-After)")
+        # With no deadline (a run watcher's poll, with readers sharing it), no
+        # longer than a request may take (found by review: a 40 s wait slept).
+        self.airflow.fail_next[("GET", "/api/v2/dags/etl_orders")] = (
+            429, {"detail": "slow down"}, {"Retry-After": "40"})
+        self.failureResultOf(c.get_dag("etl_orders"), errors.UpstreamUnavailable)
 
     def test_invalid_jwt_403_gets_a_new_token(self) -> None:
         c = client(RequestTraversalAgent(self.airflow), self.clock)
@@ -751,3 +767,36 @@ def test_retry_after_is_read_as_seconds_only(status: int, value: bytes,
     from txairflowrpc.upstream.transport import retry_after
     response = SimpleNamespace(code=status, headers=Headers({b"Retry-After": [value]}))
     assert retry_after(response) == seconds
+
+
+def test_a_shared_login_is_not_cut_short_by_one_caller_s_deadline() -> None:
+    """
+    Found by review: a login started by a caller with 0.5 s left failed for
+    every caller that had joined it, one with 50 s left among them.
+    """
+    from txairflowrpc.core import calltrace
+    from txairflowrpc.core.calltrace import CallTrace
+
+    clock = Clock()
+    http = Flaky(FakeAirflow())
+    c = client(http, clock, retries=0, max_in_flight=1, timeout=30)
+    http.plan = ["silent"]
+
+    def within(seconds: float, name: str) -> Deferred[Any]:
+        trace = CallTrace(deadline=clock.seconds() + seconds)
+        return calltrace.started_in(trace, lambda: c.get_dag(name))
+
+    holder = within(60, "etl_a")  # logs in, then holds the one slot with its GET
+    c._jwt = None  # the token expires
+    short, long = within(10, "no_such_dag"), within(60, "nor_this")  # one login, shared
+    clock.advance(9.5)
+    holder.cancel()
+    holder.addErrback(lambda f: None)
+    for _ in range(5):
+        clock.advance(0)
+    # The login went out and both reached Airflow (which knows neither DAG).
+    failure = Failure  # for the type checker: results below are failures
+    for d in (short, long):
+        result = d.result if d.called else None
+        assert isinstance(result, failure) and result.check(errors.NotFound), result
+        d.addErrback(lambda f: None)

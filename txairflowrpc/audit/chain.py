@@ -159,23 +159,33 @@ def _newline_before(f: BinaryIO, end: int, limit: int | None = None) -> int:
     return -1
 
 
-def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
+def _last_line(path: Path) -> tuple[bytes, int]:
     """
-    The last complete record of ``path`` and the size up to its end (what
-    follows it, a line torn by a crash, is no record); `ValueError` if that
-    last line is longer than `_LAST_RECORD_SEARCH` bytes or no JSON.
+    The last complete line of ``path`` (its line end included; empty if
+    none) and the size up to its end (what follows it, a line torn by a
+    crash, is no line); `ValueError` if that line is longer than
+    `_LAST_RECORD_SEARCH` bytes.
     """
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
         end = _newline_before(f, size)
         if end < 0:
-            return None, 0
+            return b"", 0
         start = _newline_before(f, end, _LAST_RECORD_SEARCH) + 1
         if start == -1:
             raise ValueError(f"{path}: its last line is longer than {_LAST_RECORD_SEARCH} "
                              f"bytes: no record")
         f.seek(start)
-        return json.loads(f.read(end - start)), end + 1
+        return f.read(end + 1 - start), end + 1
+
+
+def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """
+    The last complete record of ``path`` and the size up to its end;
+    `ValueError` if its last line is too long (`_last_line`) or no JSON.
+    """
+    line, good = _last_line(path)
+    return (json.loads(line) if line else None), good
 
 
 #: Appended by another writer (the CLI) between two of this process's
@@ -443,7 +453,16 @@ class ChainFile:
             if own.st_ino != st.st_ino:  # the file was moved away: follow the name
                 os.close(self._fd)
                 self._fd = self._open_file()
-        last, good = _last_record(self.path) if st.st_size else (None, 0)
+        try:
+            line, good = _last_line(self.path) if st.st_size else (b"", 0)
+            last = json.loads(line) if line else None
+        except (ValueError, RecursionError) as e:
+            if self._mine is None:
+                raise  # nothing of its own to go on from: the file must be mended
+            # Found by review: a line of junk appended stopped the trail for good.
+            self._found_changed(f"its last line is no record ({str(e)[:100]})",
+                                st.st_ino, st.st_size, None)
+            return
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
         self._continues_from = None
@@ -452,19 +471,12 @@ class ChainFile:
             last, continues_from = self._last_of_rotated()
         problem = self._not_ours(st.st_ino, good, last)
         if problem is not None:
-            # Found by review: the head was taken from whatever the file held,
-            # so an insider who cut or rewrote records no checkpoint covered
-            # yet had the next checkpoint sign the change.  This process
-            # knows what it wrote: it goes on from there, and says so.
-            _log.error("audit file {path} is not what this process wrote ({problem}): "
-                       "an audit.tampered record follows, and the chain goes on from its "
-                       "own end", path=str(self.path), problem=problem)
-            self._tampered = {
-                "event": TAMPERED, "reason": problem,
-                "expected": {"seq": self._seq, "hash": self._prev},
-                "found": {"bytes": good, **_head_of(last)}}
-            self._known = (st.st_ino, good)
+            self._found_changed(problem, st.st_ino, good, last)
             return
+        # What it found is the chain now: what a later look checks against
+        # (found by review: kept as last written, the next look after the
+        # command's appends took them for lines that did not follow on).
+        self._mine = (st.st_ino, good, line if continues_from is None else b"")
         self._continues_from = continues_from
         if last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
@@ -477,6 +489,23 @@ class ChainFile:
         if good and self._day is None:
             self._day = str(last.get("time", ""))[:10] if last else None
         self._known = (st.st_ino, good)
+
+    def _found_changed(self, problem: str, inode: int, size: int,
+                       last: dict[str, Any] | None) -> None:
+        """
+        The file is not what this process wrote (found by review: the head
+        was taken from whatever the file held, so an insider who cut or
+        rewrote records no checkpoint covered yet had the next checkpoint
+        sign the change).  It goes on from its own end, and says so.
+        """
+        _log.error("audit file {path} is not what this process wrote ({problem}): an "
+                   "audit.tampered record follows, and the chain goes on from its own end",
+                   path=str(self.path), problem=problem)
+        self._tampered = {
+            "event": TAMPERED, "reason": problem,
+            "expected": {"seq": self._seq, "hash": self._prev},
+            "found": {"bytes": size, **_head_of(last)}}
+        self._known = (inode, size)
 
     def _not_ours(self, inode: int, size: int, last: dict[str, Any] | None) -> str | None:
         """

@@ -242,6 +242,9 @@ class UpstreamUnavailable(GatewayError):
     retry_after: float | None = None
     #: The HTTP status Airflow answered it with (429, 503), if it answered.
     status: int | None = None
+    #: Whether the request was never sent (the connection refused, no slot
+    #: for it in time): Airflow did nothing.
+    unsent: bool = False
     code = UPSTREAM_UNAVAILABLE
 
     @property

@@ -437,9 +437,11 @@ class AirflowMethods:
                 note=attribution(call, note),
             )
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
-            # Airflow answered a refusal (401/403, 429, 503): nothing was made.
+            # Airflow answered a refusal (401/403, 429, 503), or was never
+            # asked (the connection refused, no slot in time): nothing was made.
             refused = (isinstance(e, errors.UpstreamError) and e.status in (401, 403)) or (
-                isinstance(e, errors.UpstreamUnavailable) and e.status is not None)
+                isinstance(e, errors.UpstreamUnavailable)
+                and (e.status is not None or e.unsent))
             if run_id is None and not refused:
                 # Airflow would have named the run: "retry later" would make a
                 # second one (found by review).  What to do instead is said.

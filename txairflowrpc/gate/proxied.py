@@ -79,9 +79,10 @@ def trusted(address: IAddress, networks: Sequence[Network]) -> bool:
         ip = ipaddress.ip_address(getattr(address, "host", ""))
     except ValueError:
         return False
+    forms = [ip]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
+        forms.append(ip.ipv4_mapped)  # a network written either way matches
+    return any(form in net for form in forms for net in networks)
 
 
 def _ip_and_port(address: IAddress) -> bool:

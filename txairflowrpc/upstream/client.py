@@ -386,11 +386,15 @@ class AirflowClient:
         """
         waits = self._slots.tokens == 0
         if waits and len(self._slots.waiting) >= 10 * self._slots.limit:
-            raise errors.UpstreamUnavailable("too many requests are waiting for Airflow")
+            raise errors.UpstreamUnavailable("too many requests are waiting for Airflow",
+                                             unsent=True)
         if self._breaker is not None:
             self._breaker.before()
         await self._slots.acquire()
-        if waits and _time_left(self._clock) < LEAST_SECONDS_LEFT:
+        # The login is shared by every caller that needs it: no one caller's
+        # deadline decides it (found by review: a caller with 50 s left got
+        # the 503 of the one with 0.5 s that had started the login).
+        if waits and token is not None and _time_left(self._clock) < LEAST_SECONDS_LEFT:
             # Its turn came as its call's deadline is about to cut it off:
             # sent now, the request would be abandoned on its way, work a
             # slow Airflow does for no one (found by review: at the deadline
@@ -401,7 +405,7 @@ class AirflowClient:
             # stack, and past Python's recursion limit some never resumed.
             self._clock.callLater(0, self._slots.release)
             raise errors.UpstreamUnavailable(
-                "Airflow is busy: this call's time ran out waiting for its turn")
+                "Airflow is busy: this call's time ran out waiting for its turn", unsent=True)
         try:
             answer = await self._metered(method, path, token, body, params, accept)
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout):
@@ -434,7 +438,8 @@ class AirflowClient:
         except CancelledError:
             raise
         except (ConnectError, DNSLookupError):
-            raise errors.UpstreamUnavailable("Airflow refused the connection") from None
+            raise errors.UpstreamUnavailable("Airflow refused the connection",
+                                             unsent=True) from None
         except (ResponseFailed, ResponseNeverReceived) as e:
             if any(r.check(CancelledError) for r in e.reasons):
                 raise CancelledError() from None  # our caller gave up: not Airflow's fault
@@ -665,8 +670,12 @@ class AirflowClient:
                 if not retry or not transient or attempt >= self.retries:
                     raise
                 asked = getattr(e, "retry_after", None)
-                if asked is not None and asked >= _time_left(self._clock):
-                    raise  # Airflow asks for longer than the call has: its caller is told
+                if asked is not None and asked >= min(_time_left(self._clock), self.timeout):
+                    # Airflow asks for longer than the call has, or than a
+                    # request may take (a poll has no deadline: found by
+                    # review, it slept a 40 s Retry-After with its readers
+                    # waiting): the caller is told when to come back.
+                    raise
             attempt += 1
             delay = self._random.uniform(0, RETRY_BASE_SECONDS * 2 ** attempt)
             if asked is not None:
