@@ -245,3 +245,64 @@ def test_the_token_commands_records_are_signed_where_the_key_can_be_read(
     events = [json.loads(line).get("event")
               for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events[-1] == "token.created"  # written all the same, unsigned
+
+
+def test_a_token_change_the_trail_cannot_take_is_said_and_the_token_kept(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    Found by review: with the audit disk full, create and rotate changed the
+    store, then failed writing the record with a traceback, before the new
+    token was printed: its secret was lost, and the old one died anyway.
+    """
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    first = tokens.parse(capsys.readouterr().out.strip())
+    audit = tmp_path / "audit.jsonl"
+    audit.unlink()
+    audit.symlink_to("/dev/full")  # every write: no space left on device
+    assert main(["token", "rotate", str(first), "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    successor = tokens.parse(out.strip())
+    assert successor is not None and successor != first  # its secret was printed
+    assert f"token {successor} replaces {first}, but NOT recorded on the audit trail" in err
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert tokens.parse(out.strip()) is not None
+    assert "is created, but NOT recorded on the audit trail" in err
+
+
+def test_an_empty_roles_list_is_refused_not_every_role(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by review: --roles "" (an empty $ROLES) made a token with all of them."""
+    assert main(["token", "create", "--principal", "ci-bot", "--roles", "",
+                 "--config", str(config)]) == 1
+    assert "--roles names no role" in capsys.readouterr().err
+
+
+def test_the_actor_is_the_user_the_process_runs_as(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by review: LOGNAME=alice made the record say alice did it."""
+    import json
+    import os
+    import pwd
+
+    monkeypatch.setenv("LOGNAME", "alice")
+    monkeypatch.setenv("USER", "alice")
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    actor = [json.loads(line) for line in lines][-1]["actor"]
+    assert actor.startswith(pwd.getpwuid(os.getuid()).pw_name + "@")
+    assert "alice" not in actor
+
+
+def test_a_store_lock_that_cannot_be_opened_is_one_line(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by review: a lock left by root made every later command a traceback."""
+    (tmp_path / "tokens.json.lock").mkdir()  # cannot be opened for writing
+    assert main(["token", "revoke", "abcdefghij", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("airflowrpc: ") and "Traceback" not in err

@@ -6,6 +6,7 @@ import json
 import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,39 @@ def test_listing_shows_no_secret_and_no_hash(store_path: Path) -> None:
 def test_expiry_is_mandatory(store_path: Path) -> None:
     with pytest.raises(ValueError):
         tokens.create(store_path, "ci-bot", None, 0, NOW)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: {**r, "expires": "2030-01-01T00:00:00"}, "expires has no time zone"),
+    (lambda r: {**r, "roles": "operator"}, "roles are not a list of names"),
+    (lambda r: {**r, "revoked": False}, "revoked is not what it should be"),
+    (lambda r: {**r, "sha256": "x"}, "sha256 is not what it should be"),
+    (lambda r: {**r, "id": "../etc"}, "id is not what it should be"),
+    (lambda r: [r], "not an object"),
+])
+def test_a_record_not_as_the_command_writes_it_is_no_store(
+        store_path: Path, change: Any, says: str) -> None:
+    """
+    Found by review: a hand-edited expiry without a zone raised at every use
+    of its token (a traceback, 401); roles as a string became its letters.
+    """
+    tokens.create(store_path, "ci-bot", None, 30, NOW)
+    data = json.loads(store_path.read_text())
+    data["tokens"] = [change(r) for r in data["tokens"]]
+    store_path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=says):
+        tokens.TokenStore.load(store_path)
+
+
+def test_an_id_twice_is_no_store(store_path: Path) -> None:
+    """Found by review: the last of two won: a live copy of a revoked token came back."""
+    record, _ = tokens.create(store_path, "ci-bot", None, 30, NOW)
+    tokens.revoke(store_path, record.id, NOW)
+    data = json.loads(store_path.read_text())
+    data["tokens"].append({**data["tokens"][0], "revoked": None})
+    store_path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="a token id is there twice"):
+        tokens.TokenStore.load(store_path)
+    store_path.write_text('{"tokens": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="nests too deeply"):
+        tokens.TokenStore.load(store_path)

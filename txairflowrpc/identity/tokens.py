@@ -74,8 +74,30 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-def _time(value: str | None) -> datetime | None:
-    return None if value is None else parse_iso(value)
+_ID = re.compile(r"[a-z0-9]{10}\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _text(data: dict[str, Any], key: str, shape: re.Pattern[str] | None = None,
+          required: bool = True) -> Any:
+    """``data[key]``, a string (of ``shape``); None if optional and absent; ValueError if not."""
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (shape is not None and not shape.match(value)):
+        raise ValueError(f"a token record's {key} is not what it should be")
+    return value
+
+
+def _time(data: dict[str, Any], key: str, required: bool = True) -> datetime | None:
+    """``data[key]`` as an instant with its zone (a naive time compared with now raised)."""
+    value = _text(data, key, required=required)
+    if value is None:
+        return None
+    when = parse_iso(value)
+    if when.tzinfo is None:
+        raise ValueError(f"a token record's {key} has no time zone")
+    return when
 
 
 @attrs.frozen
@@ -112,13 +134,27 @@ class TokenRecord:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TokenRecord":
+    def from_json(cls, data: Any) -> "TokenRecord":
+        """
+        A record as the store holds it; ValueError unless every field is
+        what the command writes (found by review: a hand-edited expiry
+        without a zone raised at every use of its token, roles as a string
+        became its letters).
+        """
+        if not isinstance(data, dict):
+            raise ValueError("a token record is not an object")
+        roles = data.get("roles")
+        if roles is not None and not (
+                isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
+            raise ValueError("a token record's roles are not a list of names")
         return cls(
-            id=str(data["id"]), sha256=str(data["sha256"]), principal=str(data["principal"]),
-            roles=tuple(data["roles"]) if data.get("roles") is not None else None,
-            created=_time(data["created"]), expires=_time(data["expires"]),  # type: ignore[arg-type]
-            last_rotated=_time(data.get("last_rotated")), rotated_to=data.get("rotated_to"),
-            revoked=_time(data.get("revoked")),
+            id=_text(data, "id", _ID), sha256=_text(data, "sha256", _SHA256),
+            principal=_text(data, "principal"),
+            roles=tuple(roles) if roles is not None else None,
+            created=_time(data, "created"), expires=_time(data, "expires"),  # type: ignore[arg-type]
+            last_rotated=_time(data, "last_rotated", False),
+            rotated_to=_text(data, "rotated_to", _ID, False),
+            revoked=_time(data, "revoked", False),
         )
 
 
@@ -151,9 +187,15 @@ class TokenStore:
         try:
             data = json.loads(raw)
             records = [TokenRecord.from_json(r) for r in data["tokens"]]
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path} is not a token store: {e}") from None
-        return cls(path, {r.id: r for r in records})
+        except RecursionError:
+            raise ValueError(f"{path} is not a token store: it nests too deeply") from None
+        by_id = {r.id: r for r in records}
+        if len(by_id) != len(records):
+            # Found by review: the last of two won, a live copy of a revoked token.
+            raise ValueError(f"{path} is not a token store: a token id is there twice")
+        return cls(path, by_id)
 
     def check(self, token: str, now: datetime) -> TokenRecord:
         """

@@ -27,9 +27,9 @@ works on files only: a running gateway picks the changes up by itself.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
+import pwd
 import socket
 import sys
 import tomllib
@@ -211,17 +211,47 @@ def _store(cfg: config_module.Config) -> Path:
 
 
 def _actor() -> str:
-    """Who runs the command, for its audit records."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    """
+    Who runs the command, for its audit records: the user its process runs
+    as (found by review: ``getpass.getuser`` reads LOGNAME and USER first,
+    which anyone sets), and the user sudo says ran it, said to come from
+    the environment.
+    """
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER")
+    said = f" (SUDO_USER={sudo[:64]!r})" if sudo and uid == 0 else ""
+    return f"{name}@{socket.gethostname()}{said}"
 
 
-def _record(cfg: config_module.Config, event: str, **fields: object) -> None:
+def _record(cfg: config_module.Config, event: str, **fields: object) -> str | None:
     """
     ``event`` on the config's audit chain, followed by a checkpoint signed
-    with the gateway's key where the command can read it (`_signer`).
+    with the gateway's key where the command can read it (`_signer`); why
+    it could not be written, or None.
     """
-    append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields},
-               signer=_signer(cfg))
+    try:
+        append_now(cfg.audit.path, {"event": event, "actor": _actor(), **fields},
+                   signer=_signer(cfg))
+    except OSError as e:
+        return f"{e.filename}: {e.strerror}"
+    return None
+
+
+def _not_recorded(what: str, problem: str | None) -> int:
+    """
+    The exit status of a token change made in the store: 1, said loudly, if
+    it is not on the audit trail (found by review: a full disk lost a new
+    token's secret, which was printed only after the record).
+    """
+    if problem is None:
+        return 0
+    print(f"airflowrpc: {what}, but NOT recorded on the audit trail: {problem}",
+          file=sys.stderr)
+    return 1
 
 
 def _signer(cfg: config_module.Config) -> checkpoint.Signer | None:
@@ -297,7 +327,12 @@ def token_command(args: argparse.Namespace) -> int:
         if args.token_command == "create":
             if args.principal not in cfg.access.principals:
                 raise ValueError(f"no principal {args.principal!r} in {args.config}")
-            roles = tuple(r for r in args.roles.split(",") if r) if args.roles else None
+            roles = None
+            if args.roles is not None:
+                roles = tuple(r for r in args.roles.split(",") if r)
+                if not roles:  # found by review: "" gave every role the principal has
+                    raise ValueError("--roles names no role: leave it out for the "
+                                     "principal's roles")
             own = cfg.access.principals[args.principal].roles
             for role in roles or ():
                 if role not in cfg.access.roles:
@@ -308,22 +343,26 @@ def token_command(args: argparse.Namespace) -> int:
                         f"roles must be among its principal's ({', '.join(own) or 'none'})")
             record, token = tokens.create(
                 path, args.principal, roles, args.days or settings.token_days, now)
-            _record(cfg, "token.created", token_id=record.id, principal=record.principal,
-                    roles=list(roles) if roles is not None else None,
-                    expires=record.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            problem = _record(cfg, "token.created", token_id=record.id,
+                              principal=record.principal,
+                              roles=list(roles) if roles is not None else None,
+                              expires=record.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
             print(token)
             print(f"token {record.id} for {record.principal}, expires "
                   f"{record.expires:%Y-%m-%d}. It is shown once and stored only as a hash.",
                   file=sys.stderr)
+            return _not_recorded(f"token {record.id} of {record.principal} is created",
+                                 problem)
         elif args.token_command == "rotate":
             old, new, token = tokens.rotate(
                 path, args.id, args.days or settings.token_days, settings.rotation_overlap, now)
-            _record(cfg, "token.rotated", token_id=old.id, new_token_id=new.id,
-                    principal=new.principal,
-                    old_expires=old.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            problem = _record(cfg, "token.rotated", token_id=old.id, new_token_id=new.id,
+                              principal=new.principal,
+                              old_expires=old.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
             print(token)
             print(f"token {new.id} replaces {old.id}, which keeps working until "
                   f"{old.expires:%Y-%m-%dT%H:%M:%SZ}.", file=sys.stderr)
+            return _not_recorded(f"token {new.id} replaces {old.id}", problem)
         elif args.token_command == "revoke":
             return _revoke(path, cfg.audit.path, args.id, _signer(cfg))
         else:
@@ -335,6 +374,9 @@ def token_command(args: argparse.Namespace) -> int:
                 print("  ".join(row[c].ljust(widths[c]) for c in columns))
     except (ValueError, tokens.TokenOwnerError) as e:
         print(f"airflowrpc: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the store or its lock (found by review: a traceback)
+        print(f"airflowrpc: {e.filename or path}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 
