@@ -226,6 +226,33 @@ def test_a_revocation_is_picked_up_without_a_restart(setup) -> None:
 
 
 
+def test_a_backup_put_back_does_not_undo_a_revocation_and_the_trail_says_so(setup) -> None:
+    """
+    Found by review: a copy of the store from before a revocation, put back,
+    made the revoked token work again, with no line in the log and nothing
+    on the trail.  A revocation the gateway took stays, and every change to
+    the store it takes is recorded (tokens.reloaded).
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    backup = store.read_bytes()
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    store.write_bytes(backup)  # the backup, put back
+    bump(store)
+    reloader._poll()
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+    changes = [e for e in audit_events(tmp) if e.get("event") == "tokens.reloaded"]
+    assert [(e.get("added"), e.get("revoked"), e.get("kept_revoked")) for e in changes] == [
+        ([record.id], None, None), (None, [record.id], None), (None, None, [record.id])]
+    # A full reload (the config changed) keeps it revoked too.
+    reloader.reload("SIGHUP")
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+
+
 def test_a_revocation_in_the_same_clock_tick_as_the_last_write_is_picked_up(setup) -> None:
     """
     The kernel stamps a file's mtime from a coarse clock (a tick of some

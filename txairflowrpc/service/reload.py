@@ -26,6 +26,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -40,6 +41,8 @@ from ..identity.authenticate import Gate
 from .checked import Checked, build_authenticator, load_checked
 
 POLL_SECONDS = 1.0
+#: Token ids named in one ``tokens.reloaded`` record, of each kind (the rest counted).
+MAX_IDS_RECORDED = 100
 
 _log = Logger()
 
@@ -279,7 +282,8 @@ class Reloader(service.Service):
         def swap(store: tokens.TokenStore) -> None:
             if self._outdated(ticket, "token store reload"):
                 return
-            self._gate.current = self._gate.current.with_tokens(store)
+            current = self._gate.current
+            self._gate.current = current.with_tokens(self._taken(current.tokens, store))
 
         def unreadable(failure: Any) -> None:
             _log.error("token store not reloaded, keeping the old one: {error}",
@@ -352,9 +356,10 @@ class Reloader(service.Service):
             _log.warn("config reload: {keys} changed, but that needs a restart to apply",
                       keys=", ".join(restart))
         self._tls.options = checked.tls_options
-        self._gate.current = build_authenticator(
-            checked, http=self._http, clock=self._clock, previous=self._gate.current
-        )
+        previous = self._gate.current
+        taken = build_authenticator(checked, http=self._http, clock=self._clock,
+                                    previous=previous)
+        self._gate.current = taken.with_tokens(self._taken(previous.tokens, taken.tokens))
         self._apply(cfg)
         self.cfg = cfg
         self.reloads += 1
@@ -364,6 +369,44 @@ class Reloader(service.Service):
                   roles=len(cfg.access.roles))
         self._record("accepted", trigger, None, restart)
         return True
+    def _taken(self, old: tokens.TokenStore | None,
+               new: tokens.TokenStore | None) -> tokens.TokenStore | None:
+        """
+        ``new``, the token store read from its file, as this process takes
+        it after ``old``: a token ``old`` has revoked stays revoked, whatever
+        the file now says; and what changed is on the audit trail
+        (``tokens.reloaded``: ids added, removed, revoked, and kept revoked).
+        Found by review: a backup of the store put back undid a revocation,
+        with no line in the log and nothing on the trail.
+        """
+        if old is None or new is None or old.path != new.path:
+            return new
+        before, after = old.records, dict(new.records)
+        kept = sorted(i for i, r in before.items() if r.revoked is not None
+                      and i in after and after[i].revoked is None)
+        for token_id in kept:
+            after[token_id] = attrs.evolve(after[token_id], revoked=before[token_id].revoked)
+        change = {
+            "added": sorted(after.keys() - before.keys()),
+            "removed": sorted(before.keys() - after.keys()),
+            "revoked": sorted(i for i, r in after.items() if r.revoked is not None
+                              and i in before and before[i].revoked is None),
+            "kept_revoked": kept,
+        }
+        if kept:
+            _log.error("token store {path}: {n} token(s) revoked before are not revoked in "
+                       "the file now (a backup put back?); kept revoked: {ids}",
+                       path=str(new.path), n=len(kept), ids=", ".join(kept[:20]))
+        if any(change.values()) and self._audit is not None:
+            fields: dict[str, Any] = {"event": "tokens.reloaded", "path": str(new.path)}
+            for key, ids in change.items():
+                if ids:
+                    fields[key] = ids[:MAX_IDS_RECORDED]
+                    if len(ids) > MAX_IDS_RECORDED:
+                        fields[f"{key}_count"] = len(ids)
+            self._audit.append(fields).addErrback(lambda f: None)
+        return attrs.evolve(new, records=after) if kept else new
+
     def _record(self, result: str, trigger: str, error: str | None,
                 restart: list[str] | None = None) -> None:
         if self._audit is None:
