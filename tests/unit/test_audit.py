@@ -1337,6 +1337,47 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
         self.assertEqual(events, ["a", "audit.tampered", "b", "audit.checkpoint"])
         self.assertFalse(verify([self.path])[0])
 
+    def test_a_record_appended_in_the_writer_s_name_is_not_signed_over(self) -> None:
+        """
+        Found by review: a call record sealed as the gateway's, appended by
+        whoever could write the file, was taken up and signed over.
+        """
+        from txairflowrpc.audit.chain import seal
+
+        self.write("a")
+        head = records(self.path)[-1]
+        forged = {"time": "2027-01-15T08:00:02.000000Z", "seq": head["seq"] + 1,
+                  "instance": "gw-a", "kind": "call", "request_id": "FORGED",
+                  "prev": head["hash"]}
+        with self.path.open("a") as f:
+            f.write(seal(forged))
+        self.write("b")
+        self.assertEqual(self.events(), ["a", "FORGED", "audit.tampered", "b",
+                                         "audit.checkpoint"])
+        self.assertIn("in this writer's name", records(self.path)[2]["reason"])
+
+    def test_a_checkpoint_appended_that_the_key_did_not_sign_is_a_change(self) -> None:
+        from txairflowrpc.audit.chain import ChainFile
+        from txairflowrpc.audit.checkpoint import HMAC_SHA256, Signer
+
+        self.write("a")
+        other = ChainFile(self.path, signer=Signer(HMAC_SHA256, "k1", key=b"x" * 32),
+                          instance="cli")  # the key id of the real one, not its key
+        other.open()
+        self.addCleanup(other.close)
+        other.append([], self.now, "interval")
+        self.write("b")
+        self.assertIn("audit.tampered", self.events())
+
+    def test_junk_then_a_torn_line_leave_the_note_whole(self) -> None:
+        """Found by review: the note was written onto the torn line's end, unreadable."""
+        self.write("a")
+        with self.path.open("a") as f:
+            f.write("junk\npartial")
+        self.write("b")
+        self.assertIn("audit.tampered", [r.get("event") for r in records_lenient(self.path)])
+        self.assertNotIn(b"partial", self.path.read_bytes())
+
     def test_the_command_s_appends_twice_between_writes_are_taken_up(self) -> None:
         """
         Found by review: a checkpoint that wrote nothing (the command's own

@@ -271,6 +271,23 @@ def test_a_token_change_the_trail_cannot_take_is_said_and_the_token_kept(
     assert "is created, but NOT recorded on the audit trail" in err
 
 
+@pytest.mark.parametrize("last_line", ["not json\n", "{}\n", "[" * 100_000 + "\n"])
+def test_a_trail_whose_last_line_is_no_record_does_not_lose_the_token(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], last_line: str,
+) -> None:
+    """Found by review: junk at the trail's end raised before the token was printed."""
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    first = tokens.parse(capsys.readouterr().out.strip())
+    with (tmp_path / "audit.jsonl").open("a") as f:
+        f.write(last_line)
+    assert main(["token", "rotate", str(first), "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert tokens.parse(out.strip()) not in (None, first)
+    assert "but NOT recorded on the audit trail" in err and "Traceback" not in err
+    assert main(["token", "revoke", str(first), "--config", str(config)]) == 1
+    assert "is revoked, but NOT recorded" in capsys.readouterr().err
+
+
 def test_an_empty_roles_list_is_refused_not_every_role(
     config: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -253,6 +253,42 @@ def test_a_backup_put_back_does_not_undo_a_revocation_and_the_trail_says_so(setu
         run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
 
 
+def test_a_revocation_or_rotation_is_not_undone_in_two_steps_either(setup) -> None:
+    """
+    Found by a second review: the record removed first, then the backup put
+    back, brought a revoked token back (it came back as added); a backup
+    from before a rotation gave the old token its 90 days again; and the
+    file touched again and again said so at every look.
+    """
+    cfg, gate, tls, reloader, tmp = setup
+    store, record, token = taken_token(cfg, gate, reloader)
+    other, other_token = tokens.create(store, "ci-bot", None, 90, datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    backup = store.read_bytes()
+    tokens.revoke(store, record.id, datetime.now(timezone.utc))
+    tokens.rotate(store, other.id, 90, timedelta(minutes=5), datetime.now(timezone.utc))
+    bump(store)
+    reloader._poll()
+    data = json.loads(store.read_text())
+    data["tokens"] = [r for r in data["tokens"] if r["id"] != record.id]
+    store.write_text(json.dumps(data))  # step one: the revoked record removed
+    bump(store)
+    reloader._poll()
+    for _ in range(3):  # step two: the backup, put back (and touched again)
+        store.write_bytes(backup)
+        bump(store)
+        reloader._poll()
+    with pytest.raises(Unauthenticated, match="revoked"):
+        run(gate.authenticate(FakeRequest(None, f"Bearer {token}")))
+    kept = gate.current.tokens.records[other.id]
+    assert kept.expires < datetime.now(timezone.utc) + timedelta(minutes=6)  # not 90 days
+    said = [e for e in audit_events(tmp) if e.get("event") == "tokens.reloaded"
+            and (e.get("kept_revoked") or e.get("kept_expiry"))]
+    assert len(said) == 1  # once, not at every look
+    assert (said[0]["kept_revoked"], said[0]["kept_expiry"]) == ([record.id], [other.id])
+
+
 def test_a_revocation_in_the_same_clock_tick_as_the_last_write_is_picked_up(setup) -> None:
     """
     The kernel stamps a file's mtime from a coarse clock (a tick of some

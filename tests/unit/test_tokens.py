@@ -101,7 +101,8 @@ def test_expiry_is_mandatory(store_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "says"), [
-    (lambda r: {**r, "expires": "2030-01-01T00:00:00"}, "expires has no time zone"),
+    (lambda r: {**r, "expires": "2030-01-01T00:00:00"}, "expires is not a time as the command"),
+    (lambda r: {**r, "expires": "9999-12-31T23:59:59-01:00"}, "expires is not a time as the"),
     (lambda r: {**r, "roles": "operator"}, "roles are not a list of names"),
     (lambda r: {**r, "revoked": False}, "revoked is not what it should be"),
     (lambda r: {**r, "sha256": "x"}, "sha256 is not what it should be"),

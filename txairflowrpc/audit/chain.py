@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from ..core.files import sync_directory
 from ..core.timefmt import iso_day, iso_micro, utc
-from .checkpoint import CHECKPOINT, Signer
+from .checkpoint import CHECKPOINT, Signer, Verifier
 
 GENESIS = "0" * 64
 #: The event of the record that begins every file after a rotation.
@@ -159,12 +159,12 @@ def _newline_before(f: BinaryIO, end: int, limit: int | None = None) -> int:
     return -1
 
 
-def _last_line(path: Path) -> tuple[bytes, int]:
+def _last_line(path: Path) -> tuple[bytes | None, int]:
     """
     The last complete line of ``path`` (its line end included; empty if
-    none) and the size up to its end (what follows it, a line torn by a
-    crash, is no line); `ValueError` if that line is longer than
-    `_LAST_RECORD_SEARCH` bytes.
+    none; None if it is longer than `_LAST_RECORD_SEARCH` bytes, unread)
+    and the size up to its end (what follows it, a line torn by a crash,
+    is no line).
     """
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -173,10 +173,14 @@ def _last_line(path: Path) -> tuple[bytes, int]:
             return b"", 0
         start = _newline_before(f, end, _LAST_RECORD_SEARCH) + 1
         if start == -1:
-            raise ValueError(f"{path}: its last line is longer than {_LAST_RECORD_SEARCH} "
-                             f"bytes: no record")
+            return None, end + 1
         f.seek(start)
         return f.read(end + 1 - start), end + 1
+
+
+def _too_long(path: Path) -> ValueError:
+    return ValueError(f"{path}: its last line is longer than {_LAST_RECORD_SEARCH} bytes: "
+                      "no record")
 
 
 def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
@@ -185,6 +189,8 @@ def _last_record(path: Path) -> tuple[dict[str, Any] | None, int]:
     `ValueError` if its last line is too long (`_last_line`) or no JSON.
     """
     line, good = _last_line(path)
+    if line is None:
+        raise _too_long(path)
     return (json.loads(line) if line else None), good
 
 
@@ -195,10 +201,15 @@ _APPENDED_CHECKED = 1024 * 1024
 TAMPERED = "audit.tampered"
 
 
-def _follows(data: bytes, seq: int, prev: str) -> str | None:
+def _follows(data: bytes, seq: int, prev: str, instance: str | None = None,
+             verifier: Verifier | None = None) -> str | None:
     """
-    Why the lines of ``data`` are not records sealed one after the other
-    from (``seq``, ``prev``), or None if they are.
+    Why the lines of ``data``, appended by another writer, are not records
+    sealed one after the other from (``seq``, ``prev``) as another writer
+    seals them, or None if they are: an ``event`` record (the command's, a
+    supervisor's) in no name but its own (not ``instance``: found by review,
+    a call record sealed in the gateway's name was taken up and signed
+    over), and a checkpoint signed by this writer's key (``verifier``).
     """
     for number, line in enumerate(data.splitlines(keepends=True), 1):
         try:
@@ -214,6 +225,13 @@ def _follows(data: bytes, seq: int, prev: str) -> str | None:
             return f"line {number} after it does not follow the hash of seq {seq}"
         if not isinstance(digest, str) or seal(record) != line.decode("ascii", "replace"):
             return f"line {number} after it is not written as sealed"
+        if "kind" in record or (instance is not None and record.get("instance") == instance):
+            return f"line {number} after it is a record in this writer's name"
+        if record.get("event") == CHECKPOINT and verifier is not None:
+            body = {k: v for k, v in record.items() if k != "signature"}
+            signature = record.get("signature")
+            if not isinstance(signature, str) or not verifier.verify(dumps(body), signature):
+                return f"line {number} after it is a checkpoint this writer's key did not sign"
         seq, prev = seq + 1, digest
     return None
 
@@ -453,18 +471,20 @@ class ChainFile:
             if own.st_ino != st.st_ino:  # the file was moved away: follow the name
                 os.close(self._fd)
                 self._fd = self._open_file()
+        line, good = _last_line(self.path) if st.st_size else (b"", 0)
+        if good != st.st_size:
+            os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
         try:
-            line, good = _last_line(self.path) if st.st_size else (b"", 0)
+            if line is None:
+                raise _too_long(self.path)
             last = json.loads(line) if line else None
         except (ValueError, RecursionError) as e:
             if self._mine is None:
                 raise  # nothing of its own to go on from: the file must be mended
             # Found by review: a line of junk appended stopped the trail for good.
             self._found_changed(f"its last line is no record ({str(e)[:100]})",
-                                st.st_ino, st.st_size, None)
+                                st.st_ino, good, None)
             return
-        if good != st.st_size:
-            os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
         self._continues_from = None
         continues_from = None
         if last is None:
@@ -526,7 +546,8 @@ class ChainFile:
                 data = f.read(size - end + len(line))
             if not data.startswith(line):
                 return f"the record of seq {self._seq} is not where it was written"
-            return _follows(data[len(line):], self._seq, self._prev)
+            return _follows(data[len(line):], self._seq, self._prev, self._instance,
+                            self._signer.verifier() if self._signer is not None else None)
         head = _head_of(last)
         if head.get("seq") == self._seq and head.get("hash") == self._prev:
             return None

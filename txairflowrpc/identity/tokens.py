@@ -94,9 +94,14 @@ def _time(data: dict[str, Any], key: str, required: bool = True) -> datetime | N
     value = _text(data, key, required=required)
     if value is None:
         return None
-    when = parse_iso(value)
-    if when.tzinfo is None:
-        raise ValueError(f"a token record's {key} has no time zone")
+    try:
+        when = parse_iso(value)
+        written = when.tzinfo is not None and iso_seconds(when) == value
+    except (ValueError, OverflowError):
+        written = False
+    if not written:  # found by review: a year 9999 in another zone overflowed every listing
+        raise ValueError(f"a token record's {key} is not a time as the command writes it "
+                         "(2026-01-31T12:00:00Z)")
     return when
 
 

@@ -214,8 +214,8 @@ def _actor() -> str:
     """
     Who runs the command, for its audit records: the user its process runs
     as (found by review: ``getpass.getuser`` reads LOGNAME and USER first,
-    which anyone sets), and the user sudo says ran it, said to come from
-    the environment.
+    which anyone sets), and the user sudo says ran it (``sudo -u`` to the
+    service's user too), said to come from the environment.
     """
     uid = os.getuid()
     try:
@@ -223,7 +223,7 @@ def _actor() -> str:
     except KeyError:
         name = f"uid {uid}"
     sudo = os.environ.get("SUDO_USER")
-    said = f" (SUDO_USER={sudo[:64]!r})" if sudo and uid == 0 else ""
+    said = f" (SUDO_USER={sudo[:64]!r})" if sudo else ""
     return f"{name}@{socket.gethostname()}{said}"
 
 
@@ -238,6 +238,9 @@ def _record(cfg: config_module.Config, event: str, **fields: object) -> str | No
                    signer=_signer(cfg))
     except OSError as e:
         return f"{e.filename}: {e.strerror}"
+    except Exception as e:  # noqa: BLE001 -- the change is made: say so, whatever failed
+        # Found by review: a file whose last line is no record raised here.
+        return f"{cfg.audit.path}: {type(e).__name__}: {str(e)[:200]}"
     return None
 
 
@@ -305,9 +308,11 @@ def _revoke(store: Path, trail: Path, token_id: str,
         append_now(trail, {"event": "token.revoked", "actor": _actor(),
                            "token_id": record.id, "principal": record.principal},
                    signer=signer)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 -- the revocation is made: say so, whatever failed
+        why = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError)
+               else f"{trail}: {type(e).__name__}: {str(e)[:200]}")
         print(f"airflowrpc: token {record.id} of {record.principal} is revoked, but NOT "
-              f"recorded: {e.filename}: {e.strerror}", file=sys.stderr)
+              f"recorded: {why}", file=sys.stderr)
         return 1
     print(f"token {record.id} of {record.principal} is revoked.")
     return 0

@@ -200,12 +200,19 @@ class Reloader(service.Service):
         self._polling = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
+        #: For as long as this process runs: when each token it has seen
+        #: revoked was, and the earliest expiry it has seen for each (`_taken`).
+        self._revoked: dict[str, Any] = {}
+        self._expires: dict[str, Any] = {}
+        #: The tokens last said to be kept revoked, and kept to their expiry.
+        self._held: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         #: Reloads accepted and rejected; for the metrics.
         self.reloads = 0
         self.rejected = 0
         #: Whether the last reload was accepted (the config it starts with was checked
         #: whole): False while the file on disk is one that was rejected.
         self.last_reload_successful = True
+        self._taken(None, gate.current.tokens)  # what it starts with, remembered
 
     def startService(self) -> None:
         super().startService()
@@ -373,31 +380,50 @@ class Reloader(service.Service):
                new: tokens.TokenStore | None) -> tokens.TokenStore | None:
         """
         ``new``, the token store read from its file, as this process takes
-        it after ``old``: a token ``old`` has revoked stays revoked, whatever
-        the file now says; and what changed is on the audit trail
-        (``tokens.reloaded``: ids added, removed, revoked, and kept revoked).
-        Found by review: a backup of the store put back undid a revocation,
-        with no line in the log and nothing on the trail.
+        it: a token it has ever seen revoked stays revoked, and none lives
+        past the earliest expiry it has seen for it (a rotation shortens
+        it), whatever the file says now or later (a backup put back, the
+        record removed first and put back after); and what changed is on
+        the audit trail (``tokens.reloaded``: ids added, removed, revoked,
+        and those kept revoked or kept to their expiry, when those change).
+        Found by review: a backup of the store put back undid a revocation
+        and a rotation, with no line in the log and nothing on the trail.
         """
-        if old is None or new is None or old.path != new.path:
+        if new is None:
             return new
-        before, after = old.records, dict(new.records)
-        kept = sorted(i for i, r in before.items() if r.revoked is not None
-                      and i in after and after[i].revoked is None)
-        for token_id in kept:
-            after[token_id] = attrs.evolve(after[token_id], revoked=before[token_id].revoked)
-        change = {
+        before = old.records if old is not None and old.path == new.path else {}
+        after = dict(new.records)
+        kept_revoked, kept_expiry = [], []
+        for token_id, record in after.items():
+            revoked = self._revoked.get(token_id)
+            if record.revoked is None and revoked is not None:
+                record = attrs.evolve(record, revoked=revoked)
+                kept_revoked.append(token_id)
+            earliest = self._expires.get(token_id)
+            if earliest is not None and record.expires > earliest:
+                record = attrs.evolve(record, expires=earliest)
+                kept_expiry.append(token_id)
+            after[token_id] = record
+            if record.revoked is not None:
+                self._revoked.setdefault(token_id, record.revoked)
+            self._expires[token_id] = min(record.expires, earliest or record.expires)
+        change: dict[str, list[str]] = {
             "added": sorted(after.keys() - before.keys()),
             "removed": sorted(before.keys() - after.keys()),
             "revoked": sorted(i for i, r in after.items() if r.revoked is not None
                               and i in before and before[i].revoked is None),
-            "kept_revoked": kept,
         }
-        if kept:
-            _log.error("token store {path}: {n} token(s) revoked before are not revoked in "
-                       "the file now (a backup put back?); kept revoked: {ids}",
-                       path=str(new.path), n=len(kept), ids=", ".join(kept[:20]))
-        if any(change.values()) and self._audit is not None:
+        held = (tuple(sorted(kept_revoked)), tuple(sorted(kept_expiry)))
+        if held != self._held:  # said when it changes, not at every look (found by review)
+            self._held = held
+            change["kept_revoked"], change["kept_expiry"] = list(held[0]), list(held[1])
+            if kept_revoked or kept_expiry:
+                _log.error("token store {path}: the file would bring back {n} token(s) this "
+                           "gateway has seen revoked or shortened (a backup put back?); kept "
+                           "as they were: {ids}", path=str(new.path),
+                           n=len(kept_revoked) + len(kept_expiry),
+                           ids=", ".join((held[0] + held[1])[:20]))
+        if old is not None and any(change.values()) and self._audit is not None:
             fields: dict[str, Any] = {"event": "tokens.reloaded", "path": str(new.path)}
             for key, ids in change.items():
                 if ids:
@@ -405,7 +431,7 @@ class Reloader(service.Service):
                     if len(ids) > MAX_IDS_RECORDED:
                         fields[f"{key}_count"] = len(ids)
             self._audit.append(fields).addErrback(lambda f: None)
-        return attrs.evolve(new, records=after) if kept else new
+        return attrs.evolve(new, records=after) if kept_revoked or kept_expiry else new
 
     def _record(self, result: str, trigger: str, error: str | None,
                 restart: list[str] | None = None) -> None:
