@@ -1356,9 +1356,14 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
                                          "audit.checkpoint"])
         self.assertIn("in this writer's name", records(self.path)[2]["reason"])
 
-    def test_a_checkpoint_appended_that_the_key_did_not_sign_is_a_change(self) -> None:
+    def test_a_checkpoint_appended_that_the_key_did_not_sign_is_found_by_verify(self) -> None:
+        """
+        Taken up (the command may sign with a key the config names since,
+        before a restart makes it the writer's), but never proven.
+        """
         from txairflowrpc.audit.chain import ChainFile
-        from txairflowrpc.audit.checkpoint import HMAC_SHA256, Signer
+        from txairflowrpc.audit.checkpoint import HMAC_SHA256, Signer, Verifier
+        from txairflowrpc.audit.verify import check
 
         self.write("a")
         other = ChainFile(self.path, signer=Signer(HMAC_SHA256, "k1", key=b"x" * 32),
@@ -1367,7 +1372,9 @@ class TamperedUnderTheWriterTests(SynchronousTestCase):
         self.addCleanup(other.close)
         other.append([], self.now, "interval")
         self.write("b")
-        self.assertIn("audit.tampered", self.events())
+        self.assertNotIn("audit.tampered", self.events())
+        report = check([self.path], [Verifier(HMAC_SHA256, "k1", key=b"k" * 32)])
+        self.assertIn("the signature does not match", report.problem or "")
 
     def test_junk_then_a_torn_line_leave_the_note_whole(self) -> None:
         """Found by review: the note was written onto the torn line's end, unreadable."""

@@ -91,11 +91,6 @@ class Signer:
             return _b64(self._key.sign(message))
         return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
 
-    def verifier(self) -> "Verifier":
-        """What checks this key's signatures (its public half, or the same secret)."""
-        key = self._key.public_key() if self.alg == ED25519 else self._key
-        return Verifier(self.alg, self.key_id, key=key)
-
     @property
     def signature_length(self) -> int:
         """How many characters `sign` returns: the same for every body."""
