@@ -1452,6 +1452,23 @@ class HostileFilesTests(SynchronousTestCase):
         (other / "audit.jsonl").write_text('{"seq":1,"hash":"y"}\n')
         self.assertEqual(cli(["audit", "verify", str(self.dir)]), 1)  # a report, no traceback
 
+    def test_a_damaged_worker_chain_is_broken_not_skipped(self) -> None:
+        """
+        Found by review: with an audit.path not ending in .jsonl, a worker's
+        chain whose first line was damaged was "skipped (not an audit
+        file)" and verify exited 0 on the other's.
+        """
+        directory = self.dir / "logn"
+        for k in (0, 1):
+            log = AuditLog(directory / f"audit.w{k}.log", clock=self.clock,
+                           run_blocking=maybeDeferred, instance=f"gw-w{k}")
+            log.open()
+            self.successResultOf(log.append({"kind": "call", "i": k}))
+            self.successResultOf(log.close())
+        damaged = directory / "audit.w1.log"
+        damaged.write_bytes(b"x" + damaged.read_bytes())
+        self.assertEqual(cli(["audit", "verify", str(directory)]), 1)
+
     def test_a_seq_that_is_true_is_no_seq(self) -> None:
         path = self.dir / "bool" / "audit.jsonl"
         path.parent.mkdir()

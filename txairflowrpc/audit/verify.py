@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -516,15 +517,31 @@ def find_chains(
                     or not file.is_file() or file.resolve() in skipped):
                 continue
             found.setdefault(file.with_name(ROTATED_SUFFIX.sub("", file.name)), set()).add(file)
-    others: list[Path] = []
+    others: dict[Path, set[Path]] = {}
     for name, files in found.items():
         if name in named or name.name.endswith(".jsonl") or any(map(_starts_a_record, files)):
             named.setdefault(name, set()).update(files)
         else:
-            others += sorted(files)
+            others[name] = files
+    # A worker's chain beside the others of its gateway is one, whatever its
+    # first line now says (found by review: with an audit.path not ending in
+    # .jsonl, a worker's chain whose first line was damaged was "skipped (not
+    # an audit file)", and verify exited 0).
+    families = {_family(name) for name in named}
+    for name in [n for n in others if _family(n) in families]:
+        named[name] = others.pop(name)
     chains = [ChainFiles(name, tuple(sorted(files, key=lambda f: (_first_seq(f), str(f)))))
               for name, files in sorted(named.items())]
-    return chains, sorted(others)
+    return chains, sorted(f for files in others.values() for f in files)
+
+
+#: What a worker's chain adds to its gateway's file name (``audit.w1.log``).
+_WORKER = re.compile(r"\.w\d+\Z")
+
+
+def _family(name: Path) -> Path:
+    """The gateway's file a chain's name comes from: ``audit.w1.log`` -> ``audit.log``."""
+    return name.with_name(_WORKER.sub("", name.stem) + name.suffix)
 
 
 @attrs.frozen
