@@ -329,3 +329,13 @@ def test_only_scope_is_split_and_only_at_spaces() -> None:
     assert claim_values("groups", "Sales airflow-admins") == ["Sales airflow-admins"]
     assert claim_values("groups", ["airflow-admins", 7, ["airflow-admins"]]) == ["airflow-admins"]
     assert claim_values("groups", 7) == []
+
+
+def test_a_key_left_out_is_named_even_without_a_string_kid() -> None:
+    """Found by review: a JWK whose kid was 7 was left out without a word."""
+    from txairflowrpc.identity.oidc import parse_jwks
+
+    good = RSA.jwk()
+    weak = Signer("RS256", "weak", bits=1024).jwk()
+    keys = parse_jwks({"keys": [good, {**weak, "kid": 7}, "not a key"]})
+    assert set(keys.refused) == {"#1", "#2"}

@@ -268,13 +268,14 @@ def parse_jwks(document: Any) -> SigningKeys:
         raise ValueError("a JWKS is an object with a 'keys' array")
     usable: dict[str | None, tuple[Key, ...]] = {}
     refused: dict[str, str] = {}
-    for jwk in document["keys"]:
+    for index, jwk in enumerate(document["keys"]):
         kid = jwk.get("kid") if isinstance(jwk, dict) else None
         try:
             key = _signing_key(jwk)
         except ValueError as e:
-            if isinstance(kid, str):
-                refused.setdefault(kid, str(e))
+            # A key without a kid that is a string is named by its place
+            # (found by review: it was left out without a word).
+            refused.setdefault(kid if isinstance(kid, str) else f"#{index}", str(e))
             continue
         usable[key.kid] = (*usable.get(key.kid, ()), key)
     if not usable:
