@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -135,3 +136,19 @@ def test_an_id_twice_is_no_store(store_path: Path) -> None:
     store_path.write_text('{"tokens": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(ValueError, match="nests too deeply"):
         tokens.TokenStore.load(store_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_root_s_first_command_leaves_the_store_to_its_directory_s_owner(tmp_path: Path) -> None:
+    """
+    Found by review: root's first `token create` left the store and its lock
+    root's, 0600: the service's user could read neither, nor lock it to revoke.
+    """
+    directory = tmp_path / "svc"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)  # the service's user (nobody here)
+    store = directory / "tokens.json"
+    tokens.create(store, "ci-bot", None, 30, NOW)
+    for path in (store, directory / "tokens.json.lock"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65534), path

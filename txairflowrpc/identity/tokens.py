@@ -236,6 +236,7 @@ class _Locked:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = os.open(self.path.with_name(self.path.name + ".lock"),
                              os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        _owned_like_its_directory(self._lock, self.path.parent)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.records = dict(TokenStore.load(self.path).records)
         return self.records
@@ -277,6 +278,7 @@ def _keep_owner(fd: int, path: Path) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        _owned_like_its_directory(fd, path.parent)
         return 0o600
     mode = (st.st_mode & 0o640) | 0o600
     mine = os.fstat(fd)
@@ -289,6 +291,20 @@ def _keep_owner(fd: int, path: Path) -> int:
             f"{path} belongs to uid {st.st_uid}, gid {st.st_gid}: run as that user "
             f"(or root), so that the gateway can still read the store") from None
     return mode
+
+
+def _owned_like_its_directory(fd: int, directory: Path) -> None:
+    """
+    A new store, or the store's lock, run as root: given the owner and group
+    of the directory it is in (found by review: root's first ``token``
+    command left both root's, 0600, and the service's user could then
+    neither read the store nor lock it to revoke).  Anyone else: as it is.
+    """
+    if os.geteuid() != 0:
+        return
+    where, mine = os.stat(directory), os.fstat(fd)
+    if (where.st_uid, where.st_gid) != (mine.st_uid, mine.st_gid):
+        os.fchown(fd, where.st_uid, where.st_gid)
 
 
 def create(
