@@ -147,7 +147,7 @@ class TokenRecord:
         became its letters).
         """
         if not isinstance(data, dict):
-            raise ValueError("a token record is not an object")
+            raise ValueError("a token record is not an object")  # noqa: TRY004 -- "not a store"
         roles = data.get("roles")
         if roles is not None and not (
                 isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
