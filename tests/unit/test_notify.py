@@ -205,3 +205,26 @@ class EnvironmentTests(SynchronousTestCase):
             {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}), 15.0)
         self.assertIsNone(watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}))
         self.assertIsNone(watchdog_interval({"WATCHDOG_USEC": "0"}))
+
+
+class BrokenSocketTests(SynchronousTestCase):
+    def test_a_socket_that_is_not_there_is_said_once_not_at_every_ping(self) -> None:
+        """Found by review: a warning at every watchdog ping, for good."""
+        from twisted.logger import globalLogPublisher
+
+        from txairflowrpc.service.notify import SystemdNotifier
+
+        seen: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            text = event.get("log_format") or ""
+            if "systemd notification" in text:
+                seen.append(text)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        notifier = SystemdNotifier(tempfile.mktemp(prefix="no-such-socket-"))
+        self.addCleanup(notifier.close)
+        results = [notifier.send(WATCHDOG="1") for _ in range(5)]
+        self.assertEqual(results, [False] * 5)
+        self.assertEqual(len(seen), 1)

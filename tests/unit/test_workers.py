@@ -711,3 +711,28 @@ def test_a_worker_waits_for_its_chain_while_a_predecessor_drains(tmp_path: Path)
     assert now[0] >= 5
     got.release()
     again.release()
+
+
+@pytest.mark.parametrize("extra", ["", "\nworkers = 2"])
+def test_an_admin_port_that_is_the_rpc_port_is_a_config_error(
+        confdir: Path, extra: str) -> None:  # noqa: F811
+    """
+    Found by review: config check said OK; twistd failed to bind one of the
+    two (as a daemon it hung, a stale pidfile left).
+    """
+    text = GOOD.replace("port = 8443", "port = 8443" + extra) + "[health]\nport = 8443\n"
+    with pytest.raises(ConfigError, match=r"health.port is listen.port \(8443\): each needs"):
+        load(write(confdir, text))
+    text = GOOD.replace("port = 8443", "port = 8443\nworkers = 2") + "[health]\nport = 8441\n"
+    with pytest.raises(ConfigError, match="a worker's admin port"):
+        load(write(confdir, text))  # worker 1 listens on 8441 + 1 + 1
+
+
+def test_a_digest_key_that_cannot_be_made_is_a_value_error(tmp_path: Path) -> None:
+    """Found by review: a 37-line traceback at start (a read-only /etc under the unit)."""
+    from txairflowrpc.audit.summary import load_digest_key
+
+    gone = tmp_path / "gone"
+    gone.symlink_to(tmp_path / "nowhere")  # a directory that is a dangling link: no mkdir
+    with pytest.raises(ValueError, match="cannot create"):
+        load_digest_key(gone / "digest.key")

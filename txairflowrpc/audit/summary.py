@@ -41,15 +41,18 @@ def load_digest_key(path: Path) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(DIGEST_KEY_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        sync_directory(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, key)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            sync_directory(path.parent)
+        except OSError as e:  # found by review: a 37-line traceback (a read-only /etc)
+            raise ValueError(f"cannot create {path}: {e.strerror}") from None
         return key
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}") from None

@@ -101,6 +101,13 @@ def parse(document: dict[str, Any], source: Path) -> Config:
     if health and workers > 1 and health + workers > 65535:
         raise ConfigError("health.port", f"with listen.workers = {workers}, worker K listens on "
                           f"health.port + 1 + K: at most {65535 - workers}")
+    rpc = sections["listen"]["port"]
+    admin = [health] + ([health + 1 + k for k in range(workers)] if workers > 1 else [])
+    if health and rpc and rpc in admin:
+        # Found by review: config check said OK; twistd then failed to bind
+        # one of them (as a daemon, it hung with a stale pidfile).
+        what = "health.port" if rpc == health else "a worker's admin port (health.port + 1 + K)"
+        raise ConfigError("health.port", f"{what} is listen.port ({rpc}): each needs its own")
     return Config(
         source=source,
         listen=ListenConfig(**sections["listen"]),

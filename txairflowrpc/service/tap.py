@@ -488,7 +488,10 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     """
     checked: Checked = options["checked"]
     cfg = checked.config
-    cfg.audit.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.audit.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # found by review: a traceback where one process gives one line
+        raise fatal(f"airflowrpc: audit.path: {e.filename}: {e.strerror}") from None
     owner = claim_chain(cfg.audit)
     try:
         # Made here, once: the workers would race to make it.
