@@ -232,6 +232,20 @@ def _follows(data: bytes, seq: int, prev: str, instance: str | None = None) -> s
     return None
 
 
+#: What a worker's chain adds to its gateway's file name (``audit.w1.jsonl``).
+_WORKER = re.compile(r"\.w\d+\Z")
+
+
+def worker_chain(path: Path, index: int) -> Path:
+    """Worker ``index``'s chain beside ``path``: ``audit.jsonl`` -> ``audit.w<index>.jsonl``."""
+    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+
+
+def gateway_chain(path: Path) -> Path:
+    """The gateway's file a chain's name comes from (`worker_chain` undone; others as they are)."""
+    return path.with_name(_WORKER.sub("", path.stem) + path.suffix)
+
+
 #: What rotation adds to the file's name: ``.20261127T142000Z`` (``.1`` and
 #: on for a second rotation within the second).  Only such files continue
 #: a chain: a worker's ``audit.w0`` or a sibling's ``audit.jsonl.gw2`` never.

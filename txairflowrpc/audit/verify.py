@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import stat
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from .chain import (
     ROTATED_SUFFIX,
     append_lock,
     dumps,
+    gateway_chain,
     loads_strict,
     sealed_line,
 )
@@ -527,21 +527,13 @@ def find_chains(
     # first line now says (found by review: with an audit.path not ending in
     # .jsonl, a worker's chain whose first line was damaged was "skipped (not
     # an audit file)", and verify exited 0).
-    families = {_family(name) for name in named}
-    for name in [n for n in others if _family(n) in families]:
+    families = {gateway_chain(name) for name in named}
+    for name in [n for n in others if gateway_chain(n) in families]:
         named[name] = others.pop(name)
     chains = [ChainFiles(name, tuple(sorted(files, key=lambda f: (_first_seq(f), str(f)))))
               for name, files in sorted(named.items())]
     return chains, sorted(f for files in others.values() for f in files)
 
-
-#: What a worker's chain adds to its gateway's file name (``audit.w1.log``).
-_WORKER = re.compile(r"\.w\d+\Z")
-
-
-def _family(name: Path) -> Path:
-    """The gateway's file a chain's name comes from: ``audit.w1.log`` -> ``audit.log``."""
-    return name.with_name(_WORKER.sub("", name.stem) + name.suffix)
 
 
 @attrs.frozen

@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import config as config_module
+from ..audit.chain import worker_chain
 
 __all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "STARTED_WITH_ENVIRONMENT", "STARTED_WITH_FD",
            "AdoptedEndpoint", "ParentWatch", "PipeNotifier", "for_worker", "started_with",
@@ -73,7 +74,7 @@ _log = Logger()
 
 def worker_audit_path(path: Path, index: int) -> Path:
     """Worker ``index``'s audit file: ``audit.jsonl`` becomes ``audit.w<index>.jsonl``."""
-    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+    return worker_chain(path, index)
 
 
 def worker_admin_port(health_port: int, index: int) -> int:
