@@ -484,6 +484,7 @@ class ChainFile:
         line, good = _last_line(self.path) if st.st_size else (b"", 0)
         if good != st.st_size:
             os.truncate(self.path, good)  # a line torn by a crash was never acknowledged
+        self._continues_from = None  # whatever is found below, the file is not empty
         try:
             if line is None:
                 raise _too_long(self.path)
@@ -495,7 +496,6 @@ class ChainFile:
             self._found_changed(f"its last line is no record ({str(e)[:100]})",
                                 st.st_ino, good, None)
             return
-        self._continues_from = None
         continues_from = None
         if last is None:
             last, continues_from = self._last_of_rotated()
