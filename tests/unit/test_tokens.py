@@ -152,3 +152,38 @@ def test_root_s_first_command_leaves_the_store_to_its_directory_s_owner(tmp_path
     for path in (store, directory / "tokens.json.lock"):
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (65534, 65534), path
+
+
+def test_history_keeps_a_revocation_and_a_shortened_expiry_a_backup_would_undo(
+    store_path: Path,
+) -> None:
+    revoked, revoked_token = tokens.create(store_path, "ci-bot", None, 90, NOW)
+    rotated, _ = tokens.create(store_path, "deploy-bot", None, 90, NOW)
+    backup = tokens.TokenStore.load(store_path)
+    history = tokens.TokenHistory()
+    _, change = history.take(None, backup)
+    assert change.added == tuple(sorted((revoked.id, rotated.id))) and change.held is None
+    tokens.revoke(store_path, revoked.id, NOW)
+    tokens.rotate(store_path, rotated.id, 90, timedelta(hours=1), NOW)
+    now_store, change = history.take(backup, tokens.TokenStore.load(store_path))
+    assert change.revoked == (revoked.id,) and len(change.added) == 1
+    successor = change.added
+
+    put_back, change = history.take(now_store, backup)  # the backup put back
+    assert change.held == ((revoked.id,), (rotated.id,))
+    assert (change.removed, change.added, change.revoked) == (successor, (), ())
+    with pytest.raises(tokens.TokenError, match="revoked"):
+        put_back.check(revoked_token, NOW)
+    assert put_back.records[rotated.id].expires == NOW + timedelta(hours=1)
+    # Said once, when it changes; the file read again says nothing new.
+    again, change = history.take(put_back, backup)
+    assert again.records == put_back.records and not change
+
+
+def test_history_s_change_is_nothing_to_say_when_nothing_changed(store_path: Path) -> None:
+    tokens.create(store_path, "ci-bot", None, 90, NOW)
+    store = tokens.TokenStore.load(store_path)
+    history = tokens.TokenHistory()
+    history.take(None, store)
+    taken, change = history.take(store, tokens.TokenStore.load(store_path))
+    assert not change and taken.records == store.records

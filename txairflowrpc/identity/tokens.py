@@ -223,6 +223,79 @@ class TokenStore:
         return record
 
 
+
+@attrs.frozen
+class StoreChange:
+    """
+    What a store read from its file changed, as `TokenHistory.take` took it:
+    token ids added, removed and newly revoked since the store before it;
+    and, only when they differ from what the last take held (None
+    otherwise), the ids held revoked and held to an earlier expiry than the
+    file says.
+    """
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    revoked: tuple[str, ...] = ()
+    held: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to say: ids in any of its lists."""
+        return bool(self.added or self.removed or self.revoked
+                    or (self.held is not None and any(self.held)))
+
+
+class TokenHistory:
+    """
+    What one process has seen of its token store, for as long as it runs:
+    when each token it has seen revoked was revoked, and the earliest expiry
+    it has seen for each.  A store read from its file is taken through it
+    (`take`): a token once seen revoked stays revoked, and none lives past
+    the earliest expiry seen for it (a rotation shortens it), whatever the
+    file says now or later.  Found by review: a backup of the store put
+    back undid a revocation and a rotation.
+    """
+
+    def __init__(self) -> None:
+        self._revoked: dict[str, datetime] = {}
+        self._expires: dict[str, datetime] = {}
+        #: The ids last said to be held revoked, and held to their expiry.
+        self._held: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+    def take(self, old: TokenStore | None, new: TokenStore) -> tuple[TokenStore, StoreChange]:
+        """
+        ``new`` as this process takes it, and what changed from ``old``
+        (the store in force before it; None: none, or another file).
+        """
+        before = old.records if old is not None and old.path == new.path else {}
+        after = dict(new.records)
+        held_revoked, held_expiry = [], []
+        for token_id, record in after.items():
+            revoked = self._revoked.get(token_id)
+            if record.revoked is None and revoked is not None:
+                record = attrs.evolve(record, revoked=revoked)
+                held_revoked.append(token_id)
+            earliest = self._expires.get(token_id)
+            if earliest is not None and record.expires > earliest:
+                record = attrs.evolve(record, expires=earliest)
+                held_expiry.append(token_id)
+            after[token_id] = record
+            if record.revoked is not None:
+                self._revoked.setdefault(token_id, record.revoked)
+            self._expires[token_id] = min(record.expires, earliest or record.expires)
+        held = (tuple(sorted(held_revoked)), tuple(sorted(held_expiry)))
+        said, self._held = held != self._held, held  # said when it changes, not at every look
+        change = StoreChange(
+            added=tuple(sorted(after.keys() - before.keys())),
+            removed=tuple(sorted(before.keys() - after.keys())),
+            revoked=tuple(sorted(i for i, r in after.items() if r.revoked is not None
+                                 and i in before and before[i].revoked is None)),
+            held=held if said else None,
+        )
+        taken = attrs.evolve(new, records=after) if held_revoked or held_expiry else new
+        return taken, change
+
+
 # -- changes, made by the CLI ---------------------------------------------------
 
 

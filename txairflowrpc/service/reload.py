@@ -26,7 +26,6 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
-import attrs
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -200,12 +199,8 @@ class Reloader(service.Service):
         self._polling = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
-        #: For as long as this process runs: when each token it has seen
-        #: revoked was, and the earliest expiry it has seen for each (`_taken`).
-        self._revoked: dict[str, Any] = {}
-        self._expires: dict[str, Any] = {}
-        #: The tokens last said to be kept revoked, and kept to their expiry.
-        self._held: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        #: What this process has seen of its token store, for as long as it runs.
+        self._history = tokens.TokenHistory()
         #: Reloads accepted and rejected; for the metrics.
         self.reloads = 0
         self.rejected = 0
@@ -376,62 +371,39 @@ class Reloader(service.Service):
                   roles=len(cfg.access.roles))
         self._record("accepted", trigger, None, restart)
         return True
+
     def _taken(self, old: tokens.TokenStore | None,
                new: tokens.TokenStore | None) -> tokens.TokenStore | None:
         """
         ``new``, the token store read from its file, as this process takes
-        it: a token it has ever seen revoked stays revoked, and none lives
-        past the earliest expiry it has seen for it (a rotation shortens
-        it), whatever the file says now or later (a backup put back, the
-        record removed first and put back after); and what changed is on
-        the audit trail (``tokens.reloaded``: ids added, removed, revoked,
-        and those kept revoked or kept to their expiry, when those change).
-        Found by review: a backup of the store put back undid a revocation
-        and a rotation, with no line in the log and nothing on the trail.
+        it (`tokens.TokenHistory`: nothing it has seen revoked or shortened
+        comes back), with what changed on the audit trail
+        (``tokens.reloaded``: ids added, removed, revoked, and those kept
+        revoked or kept to their expiry, when those change) and a held-back
+        token in the log.
         """
         if new is None:
             return new
-        before = old.records if old is not None and old.path == new.path else {}
-        after = dict(new.records)
-        kept_revoked, kept_expiry = [], []
-        for token_id, record in after.items():
-            revoked = self._revoked.get(token_id)
-            if record.revoked is None and revoked is not None:
-                record = attrs.evolve(record, revoked=revoked)
-                kept_revoked.append(token_id)
-            earliest = self._expires.get(token_id)
-            if earliest is not None and record.expires > earliest:
-                record = attrs.evolve(record, expires=earliest)
-                kept_expiry.append(token_id)
-            after[token_id] = record
-            if record.revoked is not None:
-                self._revoked.setdefault(token_id, record.revoked)
-            self._expires[token_id] = min(record.expires, earliest or record.expires)
-        change: dict[str, list[str]] = {
-            "added": sorted(after.keys() - before.keys()),
-            "removed": sorted(before.keys() - after.keys()),
-            "revoked": sorted(i for i, r in after.items() if r.revoked is not None
-                              and i in before and before[i].revoked is None),
-        }
-        held = (tuple(sorted(kept_revoked)), tuple(sorted(kept_expiry)))
-        if held != self._held:  # said when it changes, not at every look (found by review)
-            self._held = held
-            change["kept_revoked"], change["kept_expiry"] = list(held[0]), list(held[1])
-            if kept_revoked or kept_expiry:
-                _log.error("token store {path}: the file would bring back {n} token(s) this "
-                           "gateway has seen revoked or shortened (a backup put back?); kept "
-                           "as they were: {ids}", path=str(new.path),
-                           n=len(kept_revoked) + len(kept_expiry),
-                           ids=", ".join((held[0] + held[1])[:20]))
-        if old is not None and any(change.values()) and self._audit is not None:
+        taken, change = self._history.take(old, new)
+        if change.held is not None and any(change.held):
+            ids = change.held[0] + change.held[1]
+            _log.error("token store {path}: the file would bring back {n} token(s) this "
+                       "gateway has seen revoked or shortened (a backup put back?); kept "
+                       "as they were: {ids}", path=str(new.path), n=len(ids),
+                       ids=", ".join(ids[:20]))
+        if old is not None and change and self._audit is not None:
             fields: dict[str, Any] = {"event": "tokens.reloaded", "path": str(new.path)}
-            for key, ids in change.items():
+            listed = {"added": change.added, "removed": change.removed,
+                      "revoked": change.revoked}
+            if change.held is not None:
+                listed["kept_revoked"], listed["kept_expiry"] = change.held
+            for key, ids in listed.items():
                 if ids:
-                    fields[key] = ids[:MAX_IDS_RECORDED]
+                    fields[key] = list(ids[:MAX_IDS_RECORDED])
                     if len(ids) > MAX_IDS_RECORDED:
                         fields[f"{key}_count"] = len(ids)
             self._audit.append(fields).addErrback(lambda f: None)
-        return attrs.evolve(new, records=after) if kept_revoked or kept_expiry else new
+        return taken
 
     def _record(self, result: str, trigger: str, error: str | None,
                 restart: list[str] | None = None) -> None:
