@@ -124,3 +124,36 @@ def test_a_port_taken_stops_twistd_with_one_line(tmp_path: Path, pki: DevPKI, wh
     suffix = " (admin listener)" if which == "admin listener" else ""
     assert lines == [f"airflowrpc: cannot listen on 127.0.0.1:{taken}{suffix}: "
                      "address already in use"], out.stdout + out.stderr
+
+
+def test_a_port_taken_after_the_pre_check_ends_a_daemonizing_twistd(
+    tmp_path: Path, pki: DevPKI,
+) -> None:
+    """
+    Found by review: in daemon mode (no ``-n``), a port taken between the
+    pre-check and the bind ended the child with a bare SystemExit, and
+    twistd's parent, which holds its status pipe open itself, waited for
+    good.  The race is made certain here by passing the pre-check.
+    """
+    port = free_port()
+    path = write_config(tmp_path, pki, port, free_port())
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    launcher = (
+        "import sys\n"
+        "import txairflowrpc.service.tap as tap\n"
+        "tap.bind_problem = lambda host, port: None  # as if the port were free at the check\n"
+        "from twisted.scripts.twistd import run\n"
+        "sys.argv = ['twistd', *sys.argv[1:]]\n"
+        "run()\n")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        out = subprocess.run(
+            [str(TWISTD.with_name("python")), "-c", launcher, f"--pidfile={pidfile}",
+             f"--logfile={logfile}", "airflowrpc", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    said = f"airflowrpc: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert said in out.stderr and "Traceback" not in out.stderr + logfile.read_text()
+    assert said in logfile.read_text()
+    assert not pidfile.exists()

@@ -69,6 +69,20 @@ def bind_problem(host: str, port: int) -> str | None:
     return None
 
 
+class CannotListen(SystemExit, Exception):  # noqa: N818 -- what it says, as SystemExit does
+    """
+    A port that cannot be had as the service starts: the process ends with
+    its one line and status 1, as a `SystemExit` does.  An `Exception` too,
+    so that a daemonizing twistd (no ``-n``) hands the line to its parent,
+    which waits for the start: Twisted's parent keeps the write end of that
+    pipe open itself, so a child gone with a bare `SystemExit` (a port taken
+    between the pre-check and the bind) left it waiting for good.
+    """
+
+    # Its name alone before the line the parent prints (Twisted passes 100 bytes).
+    __module__ = "builtins"
+
+
 class Listener(service.Service):
     """A listening port, bound when the service starts; the start fails if it cannot be."""
 
@@ -79,16 +93,16 @@ class Listener(service.Service):
         self._port: IListeningPort | None = None
 
     def startService(self) -> None:
-        """Bind now; `SystemExit` (one line, status 1) if the port cannot be had."""
+        """Bind now; `CannotListen` (one line, status 1) if the port cannot be had."""
         outcome: list[Any] = []
         self.endpoint.listen(self._factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
             error = outcome[0].value
             reason = getattr(getattr(error, "socketError", None), "strerror", None) or (
                 str(error) if not isinstance(error, CannotListenError) else "cannot bind")
-            raise SystemExit(f"airflowrpc: cannot listen on {self.address}: {reason.lower()}")
+            raise CannotListen(f"airflowrpc: cannot listen on {self.address}: {reason.lower()}")
         if not outcome:  # an endpoint that binds later: its failure ends the process
-            raise SystemExit(f"airflowrpc: cannot listen on {self.address}: not bound at start")
+            raise CannotListen(f"airflowrpc: cannot listen on {self.address}: not bound at start")
         self._port = outcome[0]
         super().startService()
 
