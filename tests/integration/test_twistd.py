@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,3 +158,41 @@ def test_a_port_taken_after_the_pre_check_ends_a_daemonizing_twistd(
     assert said in out.stderr and "Traceback" not in out.stderr + logfile.read_text()
     assert said in logfile.read_text()
     assert not pidfile.exists()
+
+
+def test_a_daemonized_supervisor_keeps_its_workers_log(tmp_path: Path, pki: DevPKI) -> None:
+    """
+    Found by review: with ``listen.workers = 2`` and no ``-n``, the workers
+    wrote to the daemon's /dev/null; their lines now reach the supervisor's
+    log file, each naming its worker.
+    """
+    from .test_workers import free_ports
+
+    port, admin = free_port(), free_ports(3)
+    path = write_config(tmp_path, pki, port, free_port())
+    path.write_text(path.read_text().replace(f"port = {port}\n", f"port = {port}\nworkers = 2\n", 1)
+                    .replace("[health]\nport = 0", f"[health]\nport = {admin}"))
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    subprocess.run([str(TWISTD), f"--pidfile={pidfile}", f"--logfile={logfile}", "airflowrpc",
+                    "--config", str(path)], check=True, timeout=60, cwd=tmp_path)
+    pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        while not all(f"worker {k}: " in logfile.read_text() for k in (0, 1)):
+            assert time.monotonic() < deadline, logfile.read_text()
+            time.sleep(0.2)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while pidfile.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    assert not pidfile.exists()
+    text = logfile.read_text()
+    for k in (0, 1):  # each worker's own start and its orderly stop
+        assert re.search(rf"worker {k}: .*Site \(TLS\) starting on", text), text
+        assert re.search(rf"worker {k}: .*stopping: no new connections", text), text
+    assert "Traceback" not in text

@@ -374,6 +374,52 @@ def test_worker_reports_are_read_by_line_across_reads() -> None:
     assert seen == [(1, "READY=1"), (1, "STATUS=a b")]
 
 
+def test_a_daemonized_supervisor_logs_its_workers_output_line_by_line(
+    logged: list[str],
+) -> None:
+    """Found by review: daemonized, the workers' output went to /dev/null, and their log with it."""
+    ended: list[int] = []
+    sup = type("S", (), {"ended": lambda self, i, reason: ended.append(i)})()
+    protocol = WorkerProtocol(sup, 1)  # type: ignore[arg-type]
+    protocol.childDataReceived(1, b"2026-11-29 [txairflowrpc#info] Site (TLS) sta")
+    protocol.childDataReceived(1, b"rting\n\n")
+    protocol.childDataReceived(2, b"airflowrpc: cannot listen\r\nno newline at the end")
+    protocol.childDataReceived(1, b"x" * (supervisor_module.MAX_OUTPUT_LINE + 10))
+    assert logged == ["worker 1: 2026-11-29 [txairflowrpc#info] Site (TLS) starting",
+                      "worker 1: airflowrpc: cannot listen",
+                      "worker 1: " + "x" * supervisor_module.MAX_OUTPUT_LINE + " [cut off]"]
+    protocol.processEnded(Failure(ProcessDone(0)))
+    assert logged[-1] == "worker 1: no newline at the end" and ended == [1]
+
+
+@pytest.mark.parametrize("nowhere", [True, False])
+def test_workers_output_is_read_only_when_the_supervisors_goes_nowhere(
+    monkeypatch, nowhere: bool,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "goes_nowhere", lambda fd: nowhere)
+    reactor = MemoryReactor()
+    given: list[dict[int, object]] = []
+    reactor.spawnProcess = (  # type: ignore[method-assign]
+        lambda *a, childFDs, **kw: given.append(childFDs))
+    sockets = SharedPort("127.0.0.1", 0, 1)
+    try:
+        supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None)(0, ProcessProtocol())
+    finally:
+        sockets.close_all()
+    assert (given[0][1], given[0][2]) == (("r", "r") if nowhere else (1, 2))
+
+
+def test_dev_null_goes_nowhere_and_a_pipe_does_not() -> None:
+    read, write = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert supervisor_module.goes_nowhere(null) and not supervisor_module.goes_nowhere(write)
+    finally:
+        for fd in (read, write, null):
+            os.close(fd)
+    assert supervisor_module.goes_nowhere(null)  # closed
+
+
 def test_ending_in_words() -> None:
     assert ending(Failure(ProcessDone(0))) == "exit status 0"
     assert ending(Failure(ProcessTerminated(exitCode=3))) == "exit status 3"

@@ -15,11 +15,13 @@ processes and serves nothing itself.
   (`SharedPort`), and its share goes to the workers that serve.
 - **Workers**: started with ``reactor.spawnProcess`` (the same Python,
   ``twistd -n ... airflowrpc --config FILE --worker K``, the supervisor's
-  ``--logger``, standard output and error shared), each watched by a
-  `WorkerProtocol`.  One that exits while the supervisor is not stopping
-  is logged (index, pid, how it ended) and started again after a back-off
-  that doubles from `RESTART_SECONDS` up to `RESTART_MAX_SECONDS`, back to
-  the shortest once the new one reports ready.
+  ``--logger``, standard output and error shared; a daemonized supervisor,
+  whose own are ``/dev/null``, reads them and puts each line in its log,
+  ``worker K: ...``), each watched by a `WorkerProtocol`.  One that exits
+  while the supervisor is not stopping is logged (index, pid, how it
+  ended) and started again after a back-off that doubles from
+  `RESTART_SECONDS` up to `RESTART_MAX_SECONDS`, back to the shortest once
+  the new one reports ready.
 - **Readiness**: each worker reports ``READY=1`` on a pipe when it would
   tell systemd; the supervisor sends ``READY=1`` to systemd once every
   worker has, ``STOPPING=1`` at SIGTERM, and ``WATCHDOG=1`` from its own
@@ -39,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -175,8 +178,11 @@ def spawner(reactor: Any, config_path: str, sockets: SharedPort,
     fingerprint = json.dumps(dict(started_with or {})).encode("utf-8")
 
     def spawn(index: int, protocol: ProcessProtocol) -> IProcessTransport:
-        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, LISTENER_FD: sockets.fileno(index),
-                                     REPORT_FD: "r"}
+        # Daemonized, the supervisor's own output goes nowhere: the workers'
+        # is read and logged instead (found by review: their log was lost).
+        outputs: list[int | str] = ["r" if goes_nowhere(fd) else fd for fd in (1, 2)]
+        fds: dict[int, int | str] = {0: "w", 1: outputs[0], 2: outputs[1],
+                                     LISTENER_FD: sockets.fileno(index), REPORT_FD: "r"}
         if admin:
             fds[ADMIN_FD] = admin[index].fileno()
         told = {WORKER_ENVIRONMENT: str(index)}  # its log lines name it
@@ -192,6 +198,19 @@ def spawner(reactor: Any, config_path: str, sockets: SharedPort,
         return transport
 
     return spawn
+
+
+def goes_nowhere(fd: int) -> bool:
+    """Whether this process's ``fd`` is ``/dev/null`` (a daemonized twistd's 1 and 2), or closed."""
+    try:
+        st, null = os.fstat(fd), os.stat(os.devnull)
+    except OSError:
+        return True
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+
+
+#: The longest line of a worker's output logged whole; the rest of a longer one is cut off.
+MAX_OUTPUT_LINE = 16384
 
 
 def ending(reason: Failure) -> str:
@@ -211,8 +230,14 @@ class WorkerProtocol(ProcessProtocol):
         self._supervisor = supervisor
         self._index = index
         self._buffer = b""
+        #: What came of a line not yet ended on its standard output and error
+        #: (read only when the supervisor is daemonized: `spawner`).
+        self._output = {1: b"", 2: b""}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in self._output:
+            self._relay(childFD, data)
+            return
         if childFD != REPORT_FD:
             return
         *lines, self._buffer = (self._buffer + data).split(b"\n")
@@ -220,7 +245,31 @@ class WorkerProtocol(ProcessProtocol):
         for line in lines:
             self._supervisor.reported(self._index, line.decode("utf-8", "replace"))
 
+    def _relay(self, fd: int, data: bytes) -> None:
+        """The worker's output, into the supervisor's log, a line at a time."""
+        *lines, rest = (self._output[fd] + data).split(b"\n")
+        if len(rest) > MAX_OUTPUT_LINE:  # no line waits for its end without bound
+            lines.append(rest)
+            rest = b""
+        self._output[fd] = rest
+        for line in lines:
+            self._log_line(fd, line)
+
+    def _log_line(self, fd: int, line: bytes) -> None:
+        text = line[:MAX_OUTPUT_LINE].decode("utf-8", "replace").rstrip("\r")
+        if len(line) > MAX_OUTPUT_LINE:
+            text += " [cut off]"
+        if not text.strip():
+            return
+        # Standard error is where a worker's last words go (a start that fails).
+        emit = _log.error if fd == 2 else _log.info
+        emit("worker {index}: {line}", index=self._index, line=text)
+
     def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._output.items():
+            if rest:
+                self._log_line(fd, rest)
+        self._output = {1: b"", 2: b""}
         self._supervisor.ended(self._index, reason)
 
 
