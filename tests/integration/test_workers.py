@@ -27,6 +27,9 @@ from typing import Iterator
 
 import pytest
 
+from txairflowrpc.service.supervisor import HUNG_SECONDS
+from txairflowrpc.service.workers import PING_SECONDS
+
 from .conftest import TWISTD, RunningGateway, audit_records, client_context, free_port
 from .test_deployment import AirflowHealth, Systemd
 from .test_operations import SUPERVISOR_METRICS, alert_metric_names, scrape_port
@@ -280,6 +283,38 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(workers: RunningGateway) 
             for k in "01"] == [0, 1]
     assert [merged[("airflowrpc_worker_up", frozenset({("worker", k)}))] for k in "01"] == [1, 1]
     wait_for(lambda: probe(workers.health_port, "/readyz")[0] == 200, "ready again", 30)
+
+
+def test_a_worker_whose_reactor_stops_turning_is_replaced(workers: RunningGateway) -> None:
+    """
+    Found by review: a worker stopped (``kill -STOP``, or a reactor that no
+    longer turns) stayed "running" and "ready" for good while the supervisor
+    told systemd all was well; the calls the kernel gave it waited.  It
+    reports WATCHDOG=1 to the supervisor, which kills and replaces it once
+    it falls silent.
+    """
+    old = worker_pids(workers)
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        wait_for(lambda: f"worker 0 (pid {old[0]}) has not reported for" in
+                 workers.log.read_text(), "the silence seen",
+                 HUNG_SECONDS + 2 * PING_SECONDS + 30)
+        wait_for(lambda: f"worker 0 (pid {old[0]}) exited unexpectedly: killed by signal 9"
+                 in workers.log.read_text(), "the hung worker killed")
+    finally:
+        if alive(old[0]):
+            os.kill(old[0], signal.SIGCONT)
+    wait_for(lambda: any(r.get("event") == "worker.exited" and r.get("pid") == old[0]
+                         and r.get("hung") is True
+                         for r in audit_records(workers.audit_path)),
+             "the hang on the supervisor's chain")
+    wait_for(lambda: worker_pids(workers)[0] != old[0], "a new worker 0")
+    new = worker_pids(workers)[0]
+    wait_for(lambda: f"worker 0 (pid {new}) ready" in workers.log.read_text(),
+             "the new worker 0 ready")
+    for _ in range(12):
+        assert fresh_call(workers)["dag_id"] == "example_hello"
+    assert worker_pids(workers)[1] == old[1]
 
 
 def test_a_replacement_refuses_a_config_changed_where_only_a_restart_applies(

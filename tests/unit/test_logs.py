@@ -166,6 +166,23 @@ class FatalLineTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code,
                          f"<3>airflowrpc: {config}: listen.bogus: unknown key")
 
+    def test_the_units_config_check_says_a_rejected_reload_as_an_error(self) -> None:
+        """
+        Found by review: ``ExecReload=``'s ``airflowrpc config check`` printed its
+        line without a priority: ``journalctl -p warning`` did not say why a reload
+        was refused.
+        """
+        from txairflowrpc.service.cli import main
+
+        config = Path(self.mktemp() + ".toml")
+        config.write_text("[listen]\nport = 8443\nbogus = 1\n")
+        self.environment(self.journal)
+        self.patch(sys, "stderr", self.stderr)
+        self.assertEqual(main(["config", "check", str(config)]), 1)
+        self.stderr.seek(0)
+        self.assertEqual(self.stderr.read(),
+                         f"<3>airflowrpc: {config}: listen.bogus: unknown key\n")
+
     def test_no_prefix_unless_the_stream_is_the_journals(self) -> None:
         self.environment(None)  # a terminal, a container's log
         self.assertEqual(fatal("airflowrpc: x", self.stderr).code, "airflowrpc: x")

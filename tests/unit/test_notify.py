@@ -147,6 +147,22 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(self.systemd.messages(), [])
         self.assertEqual(reactor.triggers, [])
 
+    def test_stopping_says_how_long_the_stop_may_take(self) -> None:
+        """
+        Found by review: a limits.shutdown_seconds longer than the unit's
+        TimeoutStopSec was cut off by systemd's SIGKILL, the calls in flight and
+        the trail's shutdown checkpoint unrecorded.
+        """
+        reactor = ShuttingDownClock()
+        service = Readiness(reactor, listeners=self.listeners, reachable=self.reachable,
+                            notifier=self.notifier, stop_seconds=90.5)
+        service.startService()
+        self.systemd.messages()
+        reactor.shut_down()
+        self.assertEqual(self.systemd.messages(), [
+            {"STOPPING": "1", "STATUS": "stopping", "EXTEND_TIMEOUT_USEC": "90500000"}])
+        service.stopService()
+
     def test_stopping_before_ready_stops_asking(self) -> None:
         service = self.readiness()
         self.answers = [False]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from txairflowrpc.identity.authenticate import Gate, Unauthenticated
 from txairflowrpc.service.admin import HealthResource
 from txairflowrpc.service.checked import build_authenticator, load_checked, served_certificates
 from txairflowrpc.service.metrics import GatewayMetrics, PartsCollector
-from txairflowrpc.service.reload import Reloader
+from txairflowrpc.service.reload import HangUp, Reloader
 
 from .helpers import audit_log
 from .test_access import FakeRequest, _patch_peer, cert, load, pki, run  # noqa: F401
@@ -604,3 +605,26 @@ def test_the_last_reload_stays_failed_until_a_good_one(setup) -> None:
     assert last() == 1
     assert metrics.registry.get_sample_value("airflowrpc_config_reloads_total",
                                              {"result": "rejected"}) == 1
+
+
+def test_a_sighup_while_stopping_is_ignored_not_the_end_of_the_process() -> None:
+    """
+    Found by review: stopping put back the handler before it (the default:
+    terminate) before the audit trail had closed; a SIGHUP then (a reload
+    racing a stop) killed the process without its shutdown checkpoint.
+    """
+    reloads: list[str] = []
+    reactor = SimpleNamespace(callFromThread=lambda f, *a: f(*a))
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        hangup = HangUp(reactor, reloads.append)  # type: ignore[arg-type]
+        hangup.startService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloads == ["SIGHUP"]
+        hangup.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)  # with the default handler, the test run would end
+        assert reloads == ["SIGHUP"]
+        # Ignored by the kernel: Python puts the default back for its own handlers at exit.
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

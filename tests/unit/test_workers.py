@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -314,11 +314,96 @@ def test_sighup_is_passed_on_only_for_a_good_config(logged: list[str]) -> None:
     assert [spawn.live(k)[0].signals for k in (0, 1)] == [["HUP", "HUP"], ["HUP"]]
 
 
+def test_a_worker_whose_reactor_stops_turning_is_killed_and_replaced(
+        logged: list[str]) -> None:
+    """
+    Found by review: a worker stopped with SIGSTOP stayed "running" and "ready"
+    for good while the supervisor told systemd all was well; half of the new
+    connections waited in its backlog.
+    """
+    recorded: list[dict[str, Any]] = []
+    sup, spawn, clock, notes, _ = supervise(2, record=recorded.append)
+    ping = supervisor_module.PING_SECONDS
+    for k in (0, 1):
+        spawn.ready(k)
+    # worker 1 never pings (an older worker, or still starting): never taken as hung
+    for _ in range(int(supervisor_module.HUNG_SECONDS / ping) * 3):
+        spawn.live(0)[1].childDataReceived(4, b"WATCHDOG=1\n")
+        clock.advance(ping)
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], []]
+    spawn.live(1)[1].childDataReceived(4, b"WATCHDOG=1\n")
+    for _ in range(int(supervisor_module.HUNG_SECONDS / ping)):
+        spawn.live(0)[1].childDataReceived(4, b"WATCHDOG=1\n")
+        clock.advance(ping)
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], ["KILL"]]
+    assert "worker 1 (pid 1001) has not reported for 30 s: its reactor does not turn; " \
+           "killing it, a new one replaces it" in logged
+    clock.advance(ping * 3)
+    assert spawn.live(1)[0].signals == ["KILL"]  # once
+    spawn.end(1, ProcessTerminated(signal=9))
+    assert recorded[-1]["hung"] is True and recorded[-1]["how"] == "killed by signal 9"
+    clock.advance(supervisor_module.RESTART_SECONDS)
+    assert [s[0] for s in spawn.started] == [0, 1, 1]
+    # the replacement starts afresh: silent until it pings, and then watched again
+    clock.advance(supervisor_module.HUNG_SECONDS * 2)
+    assert spawn.live(1)[0].signals == []
+
+
+def test_no_worker_is_taken_for_hung_while_they_drain() -> None:
+    sup, spawn, clock, notes, _ = supervise(2)
+    for k in (0, 1):
+        spawn.live(k)[1].childDataReceived(4, b"WATCHDOG=1\n")
+    clock.advance(supervisor_module.HUNG_SECONDS - 5)
+    sup.stopService()  # its own deadline, 10 + STOP_MARGIN_SECONDS from now, still far
+    clock.advance(10)
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["TERM"], ["TERM"]]
+
+
+def test_a_worker_that_does_not_stop_cleanly_is_an_error_and_on_the_chain(
+        logged: list[str]) -> None:
+    recorded: list[dict[str, Any]] = []
+    sup, spawn, clock, notes, stopped = supervise(2, record=recorded.append)
+    for k in (0, 1):
+        spawn.ready(k)
+    sup.stopService()
+    spawn.end(0, ProcessDone(0))
+    assert logged[-1] == "worker 0 (pid 1000) stopped: exit status 0" and not recorded
+    spawn.end(1, ProcessTerminated(signal=1))  # a SIGHUP killed it as it drained
+    assert logged[-1] == ("worker 1 (pid 1001) stopped: killed by signal 1; calls it had "
+                          "under way may have no outcome on its chain")
+    assert (recorded[-1]["event"], recorded[-1]["worker"], recorded[-1]["stopping"]) == (
+        "worker.exited", 1, True)
+    assert stopped == [True]
+
+
+def test_a_reload_checked_while_the_workers_stop_is_not_passed_on(logged: list[str]) -> None:
+    """Found by review: a SIGHUP checked as SIGTERM came was sent to draining workers."""
+    checked: list[Deferred[Any]] = []
+
+    def check() -> Deferred[Any]:
+        checked.append(Deferred())
+        return checked[-1]
+
+    sup, spawn, clock, notes, _ = supervise(2, check=check)
+    for k in (0, 1):
+        spawn.ready(k)
+    result = sup.reload("SIGHUP")
+    sup.stopService()
+    checked[0].callback(SimpleCfg(2))
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [["TERM"], ["TERM"]]
+    assert result.result is False
+    assert "config reload (SIGHUP): not passed on, the workers are stopping" in logged
+
+
 def test_sigterm_waits_for_every_worker_then_stops_cleanly() -> None:
     sup, spawn, clock, notes, stopped = supervise(2)
     d = sup.stopService()
     assert [spawn.live(k)[0].signals for k in (0, 1)] == [["TERM"], ["TERM"]]
-    assert {"STOPPING": "1", "STATUS": "stopping: workers drain their calls"} in notes.sent
+    # Found by review: a drain longer than TimeoutStopSec was cut off by systemd's SIGKILL.
+    assert {"STOPPING": "1", "STATUS": "stopping: workers drain their calls",
+            "EXTEND_TIMEOUT_USEC": str(int((10 + supervisor_module.STOP_MARGIN_SECONDS
+                                            + supervisor_module.EXIT_MARGIN_SECONDS) * 1e6))
+            } in notes.sent
     spawn.end(0, ProcessDone(0))
     assert not d.called and not stopped
     spawn.end(1, ProcessDone(0))

@@ -36,6 +36,8 @@ import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
+from twisted.logger import LogLevel
+
 from .. import config as config_module
 from ..audit import checkpoint
 from ..audit.chain import append_now
@@ -48,6 +50,7 @@ from ..core.shown import shown
 from ..gate.refusals import target_fields
 from ..identity import tokens
 from .checked import load_checked
+from .logs import for_stderr
 
 
 #: ``audit verify``'s exit status: the chain is whole (and, if a key was
@@ -184,11 +187,13 @@ def config_check(path: str) -> int:
     try:
         cfg = load_checked(path).config
     except config_module.ConfigError as e:
-        # The line twistd stops with, for the same config (and the same grep).
-        print(f"airflowrpc: {path}: {e}", file=sys.stderr)
+        # The line twistd stops with, for the same config (and the same grep),
+        # at the journal's priority error when the unit's ExecReload= runs it.
+        print(for_stderr(f"airflowrpc: {path}: {e}"), file=sys.stderr)
         return 1
     for warning in config_module.open_secrets(cfg):
-        print(f"airflowrpc: {path}: warning: {warning}", file=sys.stderr)
+        print(for_stderr(f"airflowrpc: {path}: warning: {warning}", LogLevel.warn),
+              file=sys.stderr)
     proxied = (" behind the PROXY protocol from "
                + ", ".join(map(str, cfg.listen.proxy_from))) if cfg.listen.proxy_protocol else ""
     print(f"{path}: OK (listening on {cfg.listen.host}:{cfg.listen.port}{proxied}, "

@@ -69,7 +69,7 @@ def bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-class CannotListen(SystemExit, Exception):  # noqa: N818 -- what it says, as SystemExit does
+class CannotListen(SystemExit, Exception):
     """
     A port that cannot be had as the service starts: the process ends with
     its one line and status 1, as a `SystemExit` does.  An `Exception` too,

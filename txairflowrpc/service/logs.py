@@ -182,9 +182,20 @@ def fatal(message: str, stream: IO[str] | None = None) -> SystemExit:
     ``journalctl -p warning``: to the journal it goes with ``<3>`` (error)
     before it, as `journal_line` prefixes the log's lines.
     """
+    return SystemExit(for_stderr(message, stream=stream))
+
+
+def for_stderr(message: str, level: LogLevel = LogLevel.error,
+               stream: IO[str] | None = None) -> str:
+    """
+    ``message`` as a line for standard error (``stream``): with the journal's
+    priority prefix for ``level`` when that is the journal (`fatal`), so that
+    a command run by the unit (``ExecReload=``'s config check) is seen by
+    ``journalctl -p warning`` too.
+    """
     if to_journal(stream or sys.stderr):
-        return SystemExit(f"<{_PRIORITY[LogLevel.error]}>{message}")
-    return SystemExit(message)
+        return f"<{_PRIORITY[level]}>{message}"
+    return message
 
 
 def journal_observer(out: IO[str] | None = None) -> ILogObserver:

@@ -5,7 +5,9 @@ Telling systemd (``Type=notify``) how the gateway is doing.
 Airflow's health endpoint has answered once (until then ``STATUS=`` says
 what it waits for, and the probe is repeated every `RETRY_SECONDS`).
 ``STOPPING=1`` is sent as soon as the shutdown begins (a "before shutdown"
-trigger of the reactor, so before the calls in flight are drained); and, when
+trigger of the reactor, so before the calls in flight are drained), with
+``EXTEND_TIMEOUT_USEC`` for what the stop may take (``TimeoutStopSec=`` is
+then the least it is given, not the most); and, when
 the unit sets ``WatchdogSec=``, ``WATCHDOG=1`` every half of that period
 from the reactor, so that a reactor that stops turning gets the gateway
 restarted.
@@ -152,14 +154,18 @@ class Readiness(service.Service):
     service.
 
     :param reachable: Airflow's health probe; fires True or False, never fails.
+    :param stop_seconds: the most a stop may take, said with ``STOPPING=1``
+        (None: nothing said).
     """
 
     def __init__(
         self, clock: IReactorTime, *, listeners: list[Bound],
         reachable: Callable[[], "Deferred[bool]"], notifier: SystemdNotifier | None,
         watchdog_seconds: float | None = None, retry_seconds: float = RETRY_SECONDS,
+        stop_seconds: float | None = None,
     ) -> None:
         self._clock = clock
+        self._stop_seconds = stop_seconds
         self._listeners = listeners
         self._reachable = reachable
         self._notifier = notifier
@@ -228,7 +234,11 @@ class Readiness(service.Service):
         """Tell systemd once, as early as the shutdown can be seen."""
         self._trigger = None
         if self._notifier is not None and not self._stopping:
-            self._notifier.send(STOPPING="1", STATUS="stopping")
+            # Found by review: a shutdown_seconds longer than TimeoutStopSec
+            # was cut off by systemd's SIGKILL, the calls and the trail's end unrecorded.
+            extend = ({"EXTEND_TIMEOUT_USEC": str(int(self._stop_seconds * 1_000_000))}
+                      if self._stop_seconds else {})
+            self._notifier.send(STOPPING="1", STATUS="stopping", **extend)
         self._stopping = True
 
     def stopService(self) -> None:

@@ -83,23 +83,35 @@ def _stamps(cfg: config_module.Config) -> dict[str, Any]:
 
 
 class HangUp(service.Service):
-    """While running, SIGHUP calls ``reload("SIGHUP")`` on the reactor thread."""
+    """
+    While running, SIGHUP calls ``reload("SIGHUP")`` on the reactor thread;
+    once it has started, a SIGHUP never ends the process: from `stopService`
+    on (the process is stopping) SIGHUP is ignored, by the kernel, to the
+    process's very end.  Found by review: the handler before it (the
+    default: terminate) was put back as the services stopped, before the
+    audit trail's, and a SIGHUP then (a reload racing a stop) killed the
+    process without its shutdown checkpoint; and Python puts the default
+    back for its own handlers as it exits, so a handler of ours would not do.
+    """
 
     def __init__(self, reactor: IReactorFromThreads, reload: Callable[[str], object]) -> None:
         self._reactor = reactor
         self._reload = reload
-        self._previous: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload, "SIGHUP")
-        )
+        signal.signal(signal.SIGHUP, self._received)
+
+    def _received(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._hung_up)
+
+    def _hung_up(self) -> None:
+        if self.running:  # not one that came just before the stop
+            self._reload("SIGHUP")
 
     def stopService(self) -> None:
         super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 #: What a reload cannot change in a running gateway: (section, key) pairs,

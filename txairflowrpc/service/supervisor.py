@@ -24,8 +24,12 @@ processes and serves nothing itself.
   the new one reports ready.
 - **Readiness**: each worker reports ``READY=1`` on a pipe when it would
   tell systemd; the supervisor sends ``READY=1`` to systemd once every
-  worker has, ``STOPPING=1`` at SIGTERM, and ``WATCHDOG=1`` from its own
-  reactor.
+  worker has, ``STOPPING=1`` at SIGTERM (with ``EXTEND_TIMEOUT_USEC``: what
+  the drain may take), and ``WATCHDOG=1`` from its own reactor.
+- **Liveness**: each worker reports ``WATCHDOG=1`` on the pipe every
+  `PING_SECONDS` from its reactor; one silent for `HUNG_SECONDS` after it
+  did (a reactor that stopped turning, a ``SIGSTOP``) is killed and
+  replaced, as systemd's watchdog would a single gateway.
 - **SIGHUP**: the supervisor checks the config whole first (off the
   reactor); a broken one is logged and not passed on, so the workers keep
   theirs; otherwise every worker gets SIGHUP and reloads as a single
@@ -52,6 +56,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -61,6 +66,7 @@ from .notify import Watchdog
 from .workers import (
     ADMIN_FD,
     LISTENER_FD,
+    PING_SECONDS,
     REPORT_FD,
     STARTED_WITH_ENVIRONMENT,
     STARTED_WITH_FD,
@@ -75,6 +81,11 @@ RESTART_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 #: How long past ``limits.shutdown_seconds`` a worker may take to stop at SIGTERM.
 STOP_MARGIN_SECONDS = 20.0
+#: A worker that reported its reactor turning (``WATCHDOG=1``, every `PING_SECONDS`) and
+#: then fell silent this long is hung: killed and replaced.
+HUNG_SECONDS = 30.0
+#: What the supervisor itself may take after its last worker is gone, at a stop.
+EXIT_MARGIN_SECONDS = 10.0
 #: Environment a worker must not inherit: systemd talks to the supervisor alone, and only
 #: the supervisor says which descriptor holds what the gateway started with.
 PRIVATE_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -281,6 +292,8 @@ class _Worker:
     heard: bool = False  # it reported: its SIGHUP handler is in place
     ready: bool = False
     deaths: int = 0  # in a row, without a ready report between
+    pinged: float | None = None  # when it last reported WATCHDOG=1
+    hung: bool = False  # killed for falling silent
     restarts: int = 0  # replaced after an unexpected exit, since the supervisor started
     restart: IDelayedCall | None = None
 
@@ -334,6 +347,8 @@ class Supervisor(service.Service):
         self._on_stopped = on_stopped
         self.workers = [_Worker(i) for i in range(count)]
         self._watchdog = Watchdog(clock, notifier, watchdog_seconds)
+        self._liveness = LoopingCall(self._find_hung)
+        self._liveness.clock = clock
         self._stopping = False
         self._stopped: Deferred[None] | None = None
         self._kill: IDelayedCall | None = None
@@ -343,13 +358,15 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         super().startService()
         self._watchdog.start()
+        self._liveness.start(PING_SECONDS, now=False)
         self._status(f"starting {len(self.workers)} workers")
         for worker in self.workers:
             self._start(worker)
 
     def _start(self, worker: _Worker) -> None:
         worker.restart = None
-        worker.ready = worker.heard = False
+        worker.ready = worker.heard = worker.hung = False
+        worker.pinged = None
         try:
             worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
         except OSError as e:  # no process at all (out of processes, of descriptors)
@@ -365,6 +382,9 @@ class Supervisor(service.Service):
         """Worker ``index`` said ``line`` on its report pipe."""
         worker = self.workers[index]
         worker.heard = True
+        if line == "WATCHDOG=1":
+            worker.pinged = self._clock.seconds()
+            return
         if line != "READY=1" or worker.transport is None or self._stopping:
             return
         worker.ready = True
@@ -383,6 +403,23 @@ class Supervisor(service.Service):
             if self._notifier is not None:
                 self._notifier.send(READY="1", STATUS=status)
 
+    def _find_hung(self) -> None:
+        """Kill each worker silent for `HUNG_SECONDS` after it reported (its end replaces it)."""
+        if self._stopping:  # a stop has its own deadline (`_kill_rest`)
+            return
+        now = self._clock.seconds()
+        for worker in self.workers:
+            if worker.transport is None or worker.pinged is None or worker.hung:
+                continue
+            silent = now - worker.pinged
+            if silent < HUNG_SECONDS:
+                continue
+            worker.hung = True
+            _log.error("worker {index} (pid {pid}) has not reported for {silent:.0f} s: its "
+                       "reactor does not turn; killing it, a new one replaces it",
+                       index=worker.index, pid=worker.pid, silent=silent)
+            self._signal(worker, "KILL")
+
     def ended(self, index: int, reason: Failure) -> None:
         """Worker ``index``'s process ended: replace it, unless the supervisor is stopping."""
         worker = self.workers[index]
@@ -390,8 +427,19 @@ class Supervisor(service.Service):
         worker.transport = None
         worker.ready = False
         if self._stopping:
-            _log.info("worker {index} (pid {pid}) stopped: {how}", index=index, pid=pid,
-                      how=ending(reason))
+            clean = isinstance(reason.value, ProcessDone)
+            # Found by review: a worker killed at the stop (its deadline, a
+            # signal) was logged as info, as if it had drained and closed its chain.
+            (_log.info if clean else _log.error)(
+                "worker {index} (pid {pid}) stopped: {how}{note}", index=index, pid=pid,
+                how=ending(reason),
+                note="" if clean else "; calls it had under way may have no outcome on "
+                                      "its chain")
+            if not clean and worker.heard and self._record is not None:
+                self._record({"event": "worker.exited", "worker": index, "pid": pid,
+                              "how": ending(reason), "stopping": True,
+                              "note": "calls it had under way may have no outcome on its "
+                                      "chain"})
             if all(w.transport is None for w in self.workers):
                 self._all_stopped()
             return
@@ -405,7 +453,7 @@ class Supervisor(service.Service):
             # Found by review: its chain just stopped (a service.start and no
             # service.stop), its calls under way ended without a record.
             self._record({"event": "worker.exited", "worker": index, "pid": pid,
-                          "how": ending(reason),
+                          "how": ending(reason), **({"hung": True} if worker.hung else {}),
                           "note": "calls it had under way have no outcome on its chain"})
         if failed_start and self._port is not None and self._port.sockets[index] is not None:
             self._port.close(index)
@@ -448,6 +496,10 @@ class Supervisor(service.Service):
         Fires True if it was passed on.
         """
         def good(cfg: config_module.Config) -> bool:
+            if self._stopping:  # checked while SIGTERM came: the workers are draining
+                _log.info("config reload ({trigger}): not passed on, the workers are "
+                          "stopping", trigger=trigger)
+                return False
             if cfg.listen.workers != len(self.workers):
                 _log.warn("config reload: listen.workers changed, but that needs a restart "
                           "to apply")
@@ -482,8 +534,14 @@ class Supervisor(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
+        if self._liveness.running:
+            self._liveness.stop()
         if self._notifier is not None:
-            self._notifier.send(STOPPING="1", STATUS="stopping: workers drain their calls")
+            # Longer than TimeoutStopSec if the drain may be (found by review: a
+            # shutdown_seconds past it was cut off by systemd's SIGKILL, unrecorded).
+            budget = self._stop_seconds + STOP_MARGIN_SECONDS + EXIT_MARGIN_SECONDS
+            self._notifier.send(STOPPING="1", STATUS="stopping: workers drain their calls",
+                                EXTEND_TIMEOUT_USEC=str(int(budget * 1_000_000)))
         for worker in self.workers:
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()

@@ -77,6 +77,7 @@ from .supervisor import (
 from .workers import (
     ADMIN_FD,
     LISTENER_FD,
+    PING_SECONDS,
     REPORT_FD,
     AdoptedEndpoint,
     ParentWatch,
@@ -693,8 +694,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # A worker reports to the supervisor, which tells systemd once every worker told it.
     notifier: Any = (SystemdNotifier.from_environment() if worker is None
                      else PipeNotifier(REPORT_FD))
+    # A worker's WATCHDOG=1 goes to the supervisor, which replaces one that falls silent.
     Readiness(reactor, listeners=bound, reachable=parts.client.reachable, notifier=notifier,
-              watchdog_seconds=watchdog_interval() if worker is None else None,
+              watchdog_seconds=watchdog_interval() if worker is None else PING_SECONDS,
+              stop_seconds=(cfg.limits.shutdown_seconds + STOP_MARGIN_SECONDS
+                            if worker is None else None),
               ).setServiceParent(top)
     if worker is not None:
         ParentWatch(reactor).setServiceParent(top)

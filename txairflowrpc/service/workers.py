@@ -58,6 +58,9 @@ __all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "STARTED_WITH_ENVIRONMENT", "
 LISTENER_FD = 3
 #: Where a worker writes its readiness reports.
 REPORT_FD = 4
+#: How often a worker reports ``WATCHDOG=1`` there from its reactor, as a
+#: single gateway tells systemd: the supervisor replaces one that goes silent.
+PING_SECONDS = 5.0
 #: The admin listener's socket a worker adopts.
 ADMIN_FD = 5
 #: Where a worker reads what the gateway started with (`started_with`), and
