@@ -490,3 +490,123 @@ def test_nil_conf_keeps_the_run_id(
     if answer != {"dag_run_id": run_id, "conf": {}}:
         raise NilConfLost(f"{language}: asked for run {run_id!r} with no conf, got {answer}")
     assert gateway.proxy().get_dag_run(DAG, run_id)["conf"] == {}
+
+
+#: Read a run back: its dag_run_id, its conf struct and its conf_json.
+READ_PROGRAMS = {
+    "go": ("read.go", r'''
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"log"
+	"net/http"
+	"os"
+
+	"github.com/kolo/xmlrpc"
+)
+
+func main() {
+	cert, err := tls.LoadX509KeyPair(os.Getenv("AIRFLOWRPC_CERT"), os.Getenv("AIRFLOWRPC_KEY"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ca, err := os.ReadFile(os.Getenv("AIRFLOWRPC_CA"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	config := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}
+	client, err := xmlrpc.NewClient(os.Getenv("AIRFLOWRPC_URL"), &http.Transport{TLSClientConfig: config})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var run map[string]interface{}
+	if err := client.Call("get_dag_run", []interface{}{"example_hello", os.Args[1]}, &run); err != nil {
+		log.Fatal(err)
+	}
+	var pong string
+	if err := client.Call("ping", nil, &pong); err != nil { // the client still works
+		log.Fatal(err)
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]interface{}{
+		"dag_run_id": run["dag_run_id"], "conf": run["conf"], "conf_json": run["conf_json"]})
+}
+'''),
+    "c": ("read.c", r'''
+#include <stdio.h>
+#include <stdlib.h>
+#include <xmlrpc-c/base.h>
+#include <xmlrpc-c/client.h>
+#include <xmlrpc-c/json.h>
+
+int main(int argc, char **argv) {
+    xmlrpc_env env;
+    xmlrpc_client *client;
+    xmlrpc_server_info *server;
+    xmlrpc_value *run, *conf;
+    const char *id, *confJson;
+    struct xmlrpc_curl_xportparms curl = {0};
+    struct xmlrpc_clientparms parms = {0};
+    xmlrpc_mem_block *json;
+    size_t i;
+
+    (void)argc;
+    xmlrpc_env_init(&env);
+    xmlrpc_client_setup_global_const(&env);
+    curl.cainfo = getenv("AIRFLOWRPC_CA");
+    curl.ssl_cert = getenv("AIRFLOWRPC_CERT");
+    curl.sslkey = getenv("AIRFLOWRPC_KEY");
+    parms.transport = "curl";
+    parms.transportparmsP = &curl;
+    parms.transportparm_size = XMLRPC_CXPSIZE(cainfo);
+    xmlrpc_client_create(&env, XMLRPC_CLIENT_NO_FLAGS, "read", "1.0", &parms,
+                         XMLRPC_CPSIZE(transportparm_size), &client);
+    server = xmlrpc_server_info_new(&env, getenv("AIRFLOWRPC_URL"));
+    xmlrpc_client_call2(&env, client, server, "get_dag_run",
+                        xmlrpc_build_value(&env, "(ss)", "example_hello", argv[1]), &run);
+    if (env.fault_occurred) { fprintf(stderr, "%d %s\n", env.fault_code, env.fault_string); return 1; }
+    xmlrpc_decompose_value(&env, run, "{s:s,s:S,s:s,*}", "dag_run_id", &id, "conf", &conf,
+                           "conf_json", &confJson);
+    if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
+    json = XMLRPC_MEMBLOCK_NEW(char, &env, 0);
+    xmlrpc_serialize_json(&env, xmlrpc_build_value(&env, "{s:s,s:S,s:s}", "dag_run_id", id,
+                          "conf", conf, "conf_json", confJson), json);
+    if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
+    for (i = 0; i < XMLRPC_MEMBLOCK_SIZE(char, json); ++i) {
+        char c = XMLRPC_MEMBLOCK_CONTENTS(char, json)[i];
+        putchar(c == '\n' ? ' ' : c);
+    }
+    putchar('\n');
+    return 0;
+}
+'''),
+}
+
+
+@pytest.mark.parametrize("language", list(READ_PROGRAMS))
+def test_a_run_whose_conf_some_clients_cannot_carry_is_still_read(
+    language: str, gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """
+    Found by review: a conf member without a name made every answer naming
+    the run unreadable to Go's kolo (and its client useless after it), and a
+    character beyond the Basic Multilingual Plane (an emoji) made it
+    unreadable to xmlrpc-c: anyone who may trigger could blind those readers
+    of a DAG.  The member is left out (conf_json has it), xmlrpc-c gets
+    U+FFFD, and conf_json is ASCII: exact for every client.
+    """
+    conf = {"": "no name", "msg": "done \U0001F680", "ok": 1}
+    run_id = f"read-{language}-{secrets.token_hex(4)}"
+    gateway.proxy().trigger_dag(DAG, conf, {"dag_run_id": run_id})
+    name, source = READ_PROGRAMS[language]
+    program = tmp_path / name
+    program.write_text(source.lstrip("\n"))
+    [answer] = run_json_lines(nil_command(language, program) + [run_id], client_env(gateway))
+    assert answer["dag_run_id"] == run_id
+    assert json.loads(answer["conf_json"]) == conf and answer["conf_json"].isascii()
+    msg = "done \ufffd" if language == "c" else "done \U0001F680"
+    assert answer["conf"] == {"msg": msg, "ok": 1}

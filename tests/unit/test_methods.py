@@ -320,6 +320,18 @@ class InteropTests(MethodTestCase):
         self.assertEqual(self.call("get_dag_run", "example_hello", "exact", headers=nil_i8)["conf"],
                          self.CONF)
 
+    def test_conf_json_is_ascii_and_exact_where_xml_cannot_carry_a_character(self) -> None:
+        """
+        Found by review: U+FFFE, U+FFFF and lone surrogates were dropped from
+        conf_json (XML cannot carry them), so it was not what Airflow holds.
+        """
+        conf = {"odd": "a\ufffeb\uffff\ud800c", "emoji": "\U0001F680", "e": "\u00e9"}
+        self.call("trigger_dag", "example_hello", {}, {"dag_run_id": "odd"})
+        self.gw.airflow.runs[("example_hello", "odd")]["conf"] = conf  # as Airflow may hold it
+        run = self.call("get_dag_run", "example_hello", "odd")
+        self.assertTrue(run["conf_json"].isascii())
+        self.assertEqual(json.loads(run["conf_json"]), conf)
+
     def test_idempotency_compares_conf_as_json(self) -> None:
         self.call("trigger_dag", "example_hello", self.CONF, {"dag_run_id": "same"})
         again = self.call("trigger_dag", "example_hello", dict(reversed(self.CONF.items())),

@@ -146,6 +146,42 @@ def test_extensions_are_read_from_the_header() -> None:
     assert extensions_of(None) == frozenset()
 
 
+def test_a_struct_member_without_a_name_is_left_out() -> None:
+    """
+    Found by review: Go's kolo reads no response holding ``<name></name>``, and
+    its client fails every call after it: one conf member named "" made a run
+    unreadable to Go readers.  A run's conf_json still has it.
+    """
+    body = dump_response({"run": {"conf": {"": "x", "\x01": "y", "ok": 1}}})
+    assert b"<name></name>" not in body
+    assert xmlrpc.client.loads(body)[0] == ({"run": {"conf": {"ok": 1}}},)
+
+
+def test_xmlrpc_c_gets_no_character_beyond_the_basic_multilingual_plane() -> None:
+    """
+    Found by review: xmlrpc-c refuses a whole response holding one ("-510 ...
+    not in the Basic Multilingual Plane"), written as a reference too: a run
+    whose conf held an emoji was unreadable to it.  It gets U+FFFD instead;
+    other clients get the character.
+    """
+    from txairflowrpc.gate.wire import extensions_of
+
+    assert extensions_of(None, b"Xmlrpc-c/1.33.14 Curl/7.88.1") == frozenset({"bmp"})
+    assert extensions_of(b"nil", b"read/1.0 Xmlrpc-c/1.33.14 Curl/7.88.1") == frozenset(
+        {"nil", "bmp"})
+    assert extensions_of(None, b"Python-xmlrpc/3.11") == frozenset()
+    assert extensions_of(b"bmp", None) == frozenset({"bmp"})  # any caller may ask
+    value = {"msg \U0001F680": "done \U0001F680\U0001F600 \u00e9\uffff"}
+    bmp = dump_response(value, frozenset({"bmp"}))
+    assert xmlrpc.client.loads(bmp)[0] == ({"msg \ufffd": "done \ufffd\ufffd \u00e9"},)
+    assert xmlrpc.client.loads(dump_response(value))[0] == (
+        {"msg \U0001F680": "done \U0001F680\U0001F600 \u00e9"},)
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        xmlrpc.client.loads(dump_fault(xmlrpc.client.Fault(-32601, "no \U0001F680"),
+                                       frozenset({"bmp"})))
+    assert e.value.faultString == "no \ufffd"
+
+
 def test_fault_text_is_made_safe_too() -> None:
     body = dump_fault(xmlrpc.client.Fault(404, "not found: \x07x"))
     with pytest.raises(xmlrpc.client.Fault) as e:
@@ -431,6 +467,7 @@ def test_the_response_writer_writes_what_the_stdlib_marshaller_writes(
         ("a", 1, (2.5,)), {"dag_run_id": "r", "conf": {"day": "2026-11-26", "attempt": 1}},
         object(), {1: "int key", "k": (None,), "m": [{"x": [1, [None]]}], "ok": [[]]},
         {"a\x00": 1, "a": 2, "b": [1, {"c": None}]}, [{"a": None}, ({},)],
+        {"": 1, "x": {"": [1], "\x01": 2, "y": 3}}, {"\x02": "only a key to clean away"},
         json.loads("{" + '"a": {' * 40 + "}" * 41), [[None, 1], 2],
         [_Word.X, None], {"l": [_Number.ONE, None]}, [[1, [2, [None]]], 3],
     ]

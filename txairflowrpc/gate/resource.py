@@ -111,6 +111,8 @@ class RPCResource(Resource):
                    f"request body is larger than {self.max_body_bytes} bytes", principal)
             return
         ctx = CallContext(principal=principal, request_id=request_id, peer=_peer(request))
+        extensions = wire.extensions_of(request.getHeader(b"x-airflowrpc-extensions"),
+                                        request.getHeader(b"user-agent"))
         charged = False
         try:
             # A large body's parse is paid for first; past the caller's rate
@@ -123,7 +125,7 @@ class RPCResource(Resource):
             recorded = self.refusals.record(_fields(
                 self.refusals, request, request_id, e.message, principal, fault_code=e.code),
                 charged=charged)
-            content = wire.dump_fault(e.to_fault())
+            content = wire.dump_fault(e.to_fault(), extensions)
             recorded.addBoth(lambda _: _write(request, content))
             return
         except BaseException:
@@ -139,8 +141,8 @@ class RPCResource(Resource):
             d.cancel()
 
         request.notifyFinish().addErrback(client_gone)
-        extensions = wire.extensions_of(request.getHeader(b"x-airflowrpc-extensions"))
-        d.addCallbacks(self._answer_body, self._fault_body, (extensions,), None, (request_id,))
+        d.addCallbacks(self._answer_body, self._fault_body, (extensions,), None,
+                       (request_id, extensions))
         d.addCallback(lambda content: None if gone else _write(request, content))
         d.addErrback(_internal_error, request, request_id)
 
@@ -162,13 +164,14 @@ class RPCResource(Resource):
             self._last_answer = (result, extensions, content)
         return content
 
-    def _fault_body(self, failure: Failure, request_id: str) -> bytes:
+    def _fault_body(self, failure: Failure, request_id: str,
+                    extensions: frozenset[str]) -> bytes:
         if failure.check(CancelledError):
             # Normally the caller went away and nothing is written; should
             # work be cancelled while the caller still waits, it gets an
             # answer rather than a hang.
-            return wire.dump_fault(errors.Cancelled().to_fault())
-        return wire.dump_fault(errors.as_fault(failure.value, request_id))
+            return wire.dump_fault(errors.Cancelled().to_fault(), extensions)
+        return wire.dump_fault(errors.as_fault(failure.value, request_id), extensions)
 
 
 def _fields(

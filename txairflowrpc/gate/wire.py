@@ -15,7 +15,12 @@ value is left out of its struct (never ``<nil/>``), integers beyond XML-RPC's
 carriage return is written ``&#13;``, so that it arrives as itself), and a
 struct or array nested deeper than `MAX_RESULT_DEPTH` is sent as its JSON
 text; a caller that names the ``nil`` and ``i8`` extensions in its request
-gets JSON nulls as ``<nil/>`` and big integers as ``<i8>`` instead.
+gets JSON nulls as ``<nil/>`` and big integers as ``<i8>`` instead.  A
+struct member without a name is left out too (Go's kolo cannot read a
+response holding one, and fails every call after it).  A caller with the
+``bmp`` extension (xmlrpc-c's, always: it refuses a whole response holding
+a character beyond the Basic Multilingual Plane) gets each such character
+as U+FFFD.
 """
 
 from __future__ import annotations
@@ -491,18 +496,39 @@ def _expat_reason(e: expat.ExpatError, started: bool) -> str:
 
 #: XML-RPC extensions a caller can read, named in the request header
 #: ``X-Airflowrpc-Extensions`` (comma-separated): ``nil`` (JSON nulls as
-#: ``<nil/>``) and ``i8`` (integers beyond 32 bits as ``<i8>``).
-EXTENSIONS = frozenset({"nil", "i8"})
+#: ``<nil/>``) and ``i8`` (integers beyond 32 bits as ``<i8>``); and one it
+#: cannot: ``bmp`` (no character beyond the Basic Multilingual Plane).
+EXTENSIONS = frozenset({"nil", "i8", "bmp"})
+#: Clients, by a product token in their User-Agent (lower case), that get
+#: ``bmp`` whatever they send: xmlrpc-c (found by review: a run whose conf or
+#: note held an emoji was unreadable to it, "-510 ... not in the Basic
+#: Multilingual Plane", even written as a character reference), which sends
+#: no header of a caller's choosing, and names itself after the program
+#: (``myapp/1.0 Xmlrpc-c/1.33.14 Curl/7.88.1``).
+BMP_ONLY_AGENTS = (b"xmlrpc-c/",)
 
 _I8_MIN, _I8_MAX = -(2**63), 2**63 - 1
+_BEYOND_BMP = re.compile("[\U00010000-\U0010FFFF]")
 
 
-def extensions_of(header: bytes | None) -> frozenset[str]:
-    """The known extensions a request's ``X-Airflowrpc-Extensions`` names."""
-    if not header:
-        return frozenset()
-    names = {part.strip().lower() for part in header.decode("latin-1").split(",")}
+def extensions_of(header: bytes | None, agent: bytes | None = None) -> frozenset[str]:
+    """
+    The known extensions a request's ``X-Airflowrpc-Extensions`` names, and
+    ``bmp`` for a client its User-Agent (``agent``) shows needs it.
+    """
+    names: set[str] = set()
+    if header:
+        names = {part.strip().lower() for part in header.decode("latin-1").split(",")}
+    if agent:
+        tokens = agent[:256].lower().split()
+        if any(token.startswith(BMP_ONLY_AGENTS) for token in tokens):
+            names.add("bmp")
     return frozenset(names & EXTENSIONS)
+
+
+def _within_bmp(text: str, extensions: frozenset[str]) -> str:
+    """``text`` with each character beyond the BMP as U+FFFD, for a ``bmp`` caller."""
+    return _BEYOND_BMP.sub("\ufffd", text) if "bmp" in extensions else text
 
 
 class _I8(int):
@@ -557,6 +583,8 @@ def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
             try:
                 key = key if isinstance(key, str) and key.isprintable() else NOT_IN_XML.sub(
                     "", str(key))
+                if not key:  # no name: Go's kolo reads no response holding one
+                    continue
                 out[key] = _render(item, nil, i8, depth)
             except _Unrepresentable:
                 continue
@@ -581,7 +609,7 @@ def dump_response(result: Any, extensions: frozenset[str] = frozenset()) -> byte
         del out[1:]
         _write("", out)
     out.append("</param>\n</params>\n</methodResponse>\n")
-    return "".join(out).encode()
+    return _within_bmp("".join(out), extensions).encode()
 
 
 def _string(text: str) -> tuple[str, str, str]:
@@ -602,7 +630,7 @@ def _emit(value: Any, nil: bool, i8: bool, depth: int, out: list[str]) -> None:
     if kind is str:
         out += _string(value if value.isprintable() else NOT_IN_XML.sub("", value))
     elif kind is dict and depth > 0:
-        if not all(type(key) is str and key.isprintable() for key in value):
+        if not all(type(key) is str and key and key.isprintable() for key in value):
             # Looked at before a member is written: nothing is written twice.
             _write(_render(value, nil, i8, depth), out)
             return
@@ -683,6 +711,7 @@ def _write(value: Any, out: list[str]) -> None:
 MAX_FAULT_TEXT = 1000
 
 
-def dump_fault(fault: Fault) -> bytes:
-    safe = Fault(fault.faultCode, to_xmlrpc(str(fault.faultString)[:MAX_FAULT_TEXT]))
+def dump_fault(fault: Fault, extensions: frozenset[str] = frozenset()) -> bytes:
+    text = _within_bmp(to_xmlrpc(str(fault.faultString)[:MAX_FAULT_TEXT]), extensions)
+    safe = Fault(fault.faultCode, text)
     return dumps(safe, methodresponse=True, encoding="utf-8").encode("utf-8")

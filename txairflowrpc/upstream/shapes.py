@@ -71,11 +71,14 @@ def shape_run(data: Any) -> dict[str, Any]:
     """
     A run, with ``conf_json``: its conf as JSON text, exactly as Airflow
     holds it (nulls, big integers and array positions included), next to
-    the ``conf`` struct that XML-RPC renders for the caller.
+    the ``conf`` struct that XML-RPC renders for the caller.  In ASCII, with
+    JSON's escapes: found by review, U+FFFE, U+FFFF and lone surrogates,
+    which XML cannot carry, were dropped from it, and xmlrpc-c read no run
+    whose conf held an emoji.
     """
     run = _pick(data, _RUN_FIELDS)
     if isinstance(data.get("conf"), dict):
-        run["conf_json"] = json.dumps(data["conf"], separators=(",", ":"), ensure_ascii=False)
+        run["conf_json"] = json.dumps(data["conf"], separators=(",", ":"), ensure_ascii=True)
     return run
 
 
@@ -99,7 +102,7 @@ def shape_backfill(data: Any) -> dict[str, Any]:
     backfill["completed"] = backfill.get("completed_at") is not None
     if isinstance(data.get("dag_run_conf"), dict):
         backfill["dag_run_conf_json"] = json.dumps(data["dag_run_conf"], separators=(",", ":"),
-                                                   ensure_ascii=False)
+                                                   ensure_ascii=True)
     return backfill
 
 
