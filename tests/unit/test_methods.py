@@ -87,6 +87,18 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(listed["total"], 1)
         self.assertEqual(self.call("list_dag_runs", "etl_orders", {"state": "success"})["total"], 0)
 
+    def test_a_datetime_is_read_as_each_stock_client_writes_it(self) -> None:
+        """Found by review: Java's aXMLRPC (no colons) and a zone were refused."""
+        for i, (text, sent) in enumerate([
+                ("20260102T030405", "2026-01-02T03:04:05Z"),
+                ("20260102T03:04:05+01:00", "2026-01-02T02:04:05Z"),
+                ("2026-01-02T03:04:05.5Z", "2026-01-02T03:04:05.500000Z")]):
+            when = xmlrpc.client.DateTime()
+            when.decode(text)
+            self.call("trigger_dag", "etl_orders", {}, {"dag_run_id": f"dt-{i}",
+                                                        "logical_date": when})
+            self.assertEqual(self.gw.airflow.bodies[-1]["logical_date"], sent, text)
+
     def test_trigger_without_options_sends_a_null_logical_date(self) -> None:
         run = self.call("trigger_dag", "example_hello")
         self.assertTrue(run["created"])

@@ -26,6 +26,7 @@ from ..core.files import sync_directory
 from .chain import strict_json
 from ..core.ids import KINDS, id_problem
 from ..core.spec import Param
+from ..core.timefmt import parse_xmlrpc_time
 
 
 #: Bytes of a digest key.
@@ -112,10 +113,7 @@ def _is_date(text: str) -> bool:
     try:
         datetime.fromisoformat(text)
     except ValueError:
-        try:
-            datetime.strptime(text, "%Y%m%dT%H:%M:%S")
-        except ValueError:
-            return False
+        return parse_xmlrpc_time(text) is not None
     return True
 
 

@@ -1,13 +1,15 @@
 """
 The two time formats the gateway writes: whole seconds for what callers see
 (expiry dates, certificate dates), microseconds for the audit trail.  Both
-are ISO-8601 in UTC with a trailing ``Z``.
+are ISO-8601 in UTC with a trailing ``Z``.  And the one it reads from
+callers' XML-RPC ``dateTime.iso8601`` values, as stock clients write them.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 MICROSECONDS = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -61,3 +63,38 @@ def utc(seconds: float) -> datetime:
 def parse_iso(text: str) -> datetime:
     """An ISO-8601 time with a zone (``Z`` accepted); ValueError otherwise."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+#: What stock XML-RPC clients write in a ``dateTime.iso8601``: the spec's
+#: ``20260131T12:00:00`` (Python, Go's kolo, Node, PHP, Perl, Ruby), without
+#: the colons (Java's aXMLRPC: ``20260131T120000``), with hyphens, with a
+#: fraction, with ``Z`` or an offset (Node's ``local: false``).
+_XMLRPC_TIME = re.compile(
+    r"(\d{4})-?(\d{2})-?(\d{2})T(\d{2}):?(\d{2}):?(\d{2})(?:[.,](\d{1,6})\d*)?"
+    r"(Z|[+-]\d{2}(?::?\d{2})?)?", re.ASCII)
+
+
+def parse_xmlrpc_time(text: str) -> datetime | None:
+    """
+    A ``dateTime.iso8601`` value's text as an aware datetime: in its own zone
+    when it names one, else taken as UTC (XML-RPC's dateTime has none);
+    None if it is no time in any of the forms clients write (`_XMLRPC_TIME`).
+    Found by review: only the spec's one spelling was taken, so every date
+    from Java's aXMLRPC, and Node's with ``Z``, was refused.
+    """
+    match = _XMLRPC_TIME.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    tz = timezone.utc
+    if zone and zone != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+        if offset >= timedelta(hours=24):
+            return None
+        tz = timezone(-offset if zone[0] == "-" else offset)
+    try:
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                        int((fraction or "0").ljust(6, "0")), tzinfo=tz)
+    except ValueError:
+        return None

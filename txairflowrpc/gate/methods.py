@@ -151,13 +151,15 @@ def _duration(window: timedelta) -> str:
 
 
 def _logical_date(method: str, value: Any, name: str = "options.logical_date") -> str:
-    """An aware ISO-8601 time (or an XML-RPC dateTime, taken as UTC) as UTC."""
+    """
+    An aware ISO-8601 time (or an XML-RPC dateTime, in its zone if it names
+    one, else taken as UTC: `timefmt.parse_xmlrpc_time`) as UTC.
+    """
     if isinstance(value, DateTime):
-        value = value.value
-        try:
-            parsed = datetime.strptime(value, "%Y%m%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-        except ValueError:
-            raise errors.InvalidParams(f"{name} is not a valid dateTime", method) from None
+        found = timefmt.parse_xmlrpc_time(value.value)
+        if found is None:
+            raise errors.InvalidParams(f"{name} is not a valid dateTime", method)
+        parsed = found
     else:
         try:
             parsed = datetime.fromisoformat(value)
