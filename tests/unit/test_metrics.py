@@ -78,6 +78,19 @@ class CallMetricsTests(SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "airflowrpc_principal_calls_total",
                                 principal="ci-bot", outcome="ok", fault_code=""), 2)
 
+    def test_internal_errors_have_a_counter_there_from_the_start(self) -> None:
+        """
+        Found by review: the alert read calls_total{fault_code="-32603"}, a series
+        that appears with its first error, where increase() sees nothing.
+        """
+        self.assertEqual(sample(self.metrics, "airflowrpc_internal_errors_total"), 0)
+        self.metrics.call_started()
+        self.metrics.call_finished("get_dag", None, -32603, False, 0.01)
+        self.metrics.call_started()
+        self.metrics.call_finished("get_dag", None, 404, False, 0.01)
+        self.assertEqual(sample(self.metrics, "airflowrpc_internal_errors_total"), 1)
+        self.assertEqual(self.calls("get_dag", "fault", "-32603"), 1)
+
     def test_a_name_that_is_no_method_is_unknown(self) -> None:
         for name in ("nope", "drop_table", "x" * 300):
             self.assertEqual(self.call(name).faultCode, -32601)
