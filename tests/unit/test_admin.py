@@ -26,6 +26,7 @@ from txairflowrpc.service.admin import (
     LINGER_SECONDS,
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
+    READY_WAIT_SECONDS,
     REQUEST_SECONDS,
     SCRAPE_BURST,
     SCRAPES_PER_SECOND,
@@ -172,6 +173,29 @@ class HealthTests(SynchronousTestCase):
         self.http.get("http://admin.test/readyz")
         self.assertEqual(len(asked), 2)  # a second on, a probe asks again
 
+    def test_a_probe_waits_for_a_hung_airflow_a_while_only(self) -> None:
+        """
+        Found by review: with Airflow hung, each /readyz held its connection for
+        airflow.timeout_seconds, and 64 such probes held the admin listener.
+        """
+        asked: list[Deferred[bool]] = []
+        self.airflow = lambda: asked.append(Deferred()) or asked[-1]
+        pending = self.http.get("http://admin.test/readyz")
+        self.clock.advance(READY_WAIT_SECONDS - 0.1)
+        self.assertNoResult(pending)
+        self.clock.advance(0.1)
+        self.http.flush()
+        response = self.successResultOf(pending)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual((response.code, body["checks"]["airflow"]), (503, {
+            "ok": False, "detail": "no answer from its health endpoint within 2 s"}))
+        later = self.http.get("http://admin.test/readyz")  # the one ask goes on meanwhile
+        self.assertEqual(len(asked), 1)
+        asked[0].callback(True)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(later).code, 200)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_a_probe_loop_asks_airflow_at_most_once_a_second(self) -> None:
         """Found by review: 1,400 probes a second, each one a request to Airflow."""
         asked: list[int] = []
@@ -241,11 +265,37 @@ class AdminListenerTests(SynchronousTestCase):
                   for i in range(MAX_CONNECTIONS - MAX_PER_SOURCE)]
         for proto, _ in mine[:MAX_PER_SOURCE] + others:
             proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertIsNone(self.connect(3000, "10.9.9.9")[0])  # the cap, nothing to evict
-        self.assertEqual((self.site.refused_connections, self.site.evicted), (2, 0))
-        mine[0][0].connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(self.connect(3001)[0])  # room again, for that address too
+        # At the cap, every connection answering (found by review: eight addresses
+        # asking each connection again as it was answered, or waiting on a hung
+        # Airflow's readiness, kept every scrape out): the address holding the most
+        # gives one up, its answer lost.
+        self.assertIsNotNone(self.connect(3000, "10.9.9.9")[0])
+        cut = [t for _, t in mine[:MAX_PER_SOURCE] if t.disconnecting]
+        self.assertEqual((len(cut), self.site.refused_connections, self.site.evicted), (1, 1, 1))
+        self.assertIsNone(self.connect(3001)[0])  # it holds the most still: it is refused
+        self.assertIsNotNone(self.connect(3002, "10.1.0.1")[0])  # holding 1, it takes a 2nd
+        self.assertEqual(len([t for _, t in mine[:MAX_PER_SOURCE] if t.disconnecting]), 2)
+        mine[-2][0].connectionLost(Failure(ConnectionDone()))  # one not cut
+        self.assertIsNotNone(self.connect(3003)[0])  # room again, for that address too
         self.assertEqual(self.site.open_connections, MAX_CONNECTIONS)
+
+    def test_addresses_holding_one_each_give_up_no_answer_under_way(self) -> None:
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET
+
+        class Hang(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> Any:
+                return NOT_DONE_YET
+
+        self.site = AdminSite(Hang(), reactor=self.clock)
+        crowd = [self.connect(2000, f"10.1.{i // 250}.{i % 250}") for i in range(MAX_CONNECTIONS)]
+        for proto, _ in crowd:
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(SETTLE_SECONDS)
+        self.assertIsNone(self.connect(3000, "10.9.9.9")[0])  # a scraper's one scrape is kept
+        self.assertEqual(self.site.evicted, 0)
 
     def test_at_the_cap_an_idle_connection_of_the_address_holding_the_most_gives_way(
         self,
@@ -256,7 +306,6 @@ class AdminListenerTests(SynchronousTestCase):
         """
         crowd = [self.connect(1000 + i, f"10.2.0.{i // MAX_PER_SOURCE}")
                  for i in range(MAX_CONNECTIONS)]
-        self.assertIsNone(self.connect(4000, "10.3.0.1")[0])  # all just opened: kept
         self.clock.advance(SETTLE_SECONDS)
         probes = [self.connect(4001 + i, f"10.3.0.{i + 1}") for i in range(20)]  # a burst
         self.assertTrue(all(p is not None for p, _ in probes))
@@ -269,16 +318,27 @@ class AdminListenerTests(SynchronousTestCase):
         self.clock.advance(LINGER_SECONDS)  # a peer that does not read is cut
         self.assertTrue(all(t.disconnected for t in closing))
 
-    def test_an_answer_just_written_is_not_cut_to_make_room(self) -> None:
-        """From a reading: the oldest connection, its answer still in Twisted's buffer, went."""
+    def test_connections_at_rest_give_way_first_and_a_written_answer_still_goes_out(
+        self,
+    ) -> None:
+        """
+        From a reading: the oldest connection, its answer still in Twisted's
+        buffer, went.  One at rest goes first; failing that, one just answered,
+        whose answer is sent before it closes.
+        """
         crowd = [self.connect(1000 + i, f"10.2.0.{i // MAX_PER_SOURCE}")
                  for i in range(MAX_CONNECTIONS)]
         self.clock.advance(SETTLE_SECONDS)
-        for proto, _ in crowd:
+        crowd[0][0].dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")  # answered now
+        self.assertIsNotNone(self.connect(4000, "10.3.0.1")[0])
+        self.assertEqual([t.disconnecting for _, t in crowd[:2]], [False, True])  # at rest first
+        for proto, _ in crowd[2:]:
             proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")  # each answered now
-        self.assertIsNone(self.connect(4000, "10.3.0.1")[0])
-        self.clock.advance(SETTLE_SECONDS)
-        self.assertIsNotNone(self.connect(4001, "10.3.0.1")[0])
+        self.assertIsNotNone(self.connect(4001, "10.3.0.2")[0])
+        gone = [t for _, t in crowd[2:] if t.disconnecting]
+        self.assertEqual(len(gone), 1)
+        self.assertIn(b"HTTP/1.1 404", gone[0].value())  # its answer, written before it closed
+        self.assertFalse(gone[0].disconnected)  # closing after what is on its way
 
     def test_a_request_must_come_whole_within_its_time_not_a_byte_a_minute(self) -> None:
         slow, slow_wire = self.connect(1000)

@@ -48,13 +48,16 @@ class BySource(Generic[C]):
         if not held:
             self._held.pop(source, None)
 
-    def giving_way(self, newcomer: str, may_go: Callable[[C], bool]) -> C | None:
+    def giving_way(self, newcomer: str, may_go: Callable[[C], bool],
+                   at_least: int = 1) -> C | None:
         """
-        At the cap: the first connection ``may_go`` allows of the source
-        holding the most, unless the ``newcomer``'s source holds as many
-        (then nobody gives way: it is the one to refuse).
+        At the cap: the first connection ``may_go`` allows of a source
+        holding the most (if that is ``at_least``), unless the
+        ``newcomer``'s source holds as many (then nobody gives way: it is
+        the one to refuse).
         """
-        top = max(self._held, key=lambda s: len(self._held[s]), default=None)
-        if top is None or self.holds(newcomer) >= len(self._held[top]):
+        most = max((len(held) for held in self._held.values()), default=0)
+        if most < at_least or self.holds(newcomer) >= most:
             return None
-        return next((c for c in self._held[top] if may_go(c)), None)
+        return next((c for held in self._held.values() if len(held) == most
+                     for c in held if may_go(c)), None)

@@ -109,6 +109,11 @@ SCRAPES_PER_SECOND = 10.0
 #: health request to Airflow a second however often ``/readyz`` is asked
 #: (found by review: 1,400 a second, each one to Airflow).
 READINESS_REUSE_SECONDS = 1.0
+#: How long one ``/readyz`` waits for Airflow's health endpoint: past it the
+#: probe is answered not ready, while the one request to Airflow goes on for
+#: later probes.  Found by review: with Airflow hung, each probe held its
+#: connection for airflow.timeout_seconds, and 64 of them held the listener.
+READY_WAIT_SECONDS = 2.0
 SCRAPE_BURST = 20
 _NO_BODY = (b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 44\r\nConnection: close\r\n\r\n"
@@ -199,6 +204,11 @@ class _AdminChannel(http.HTTPChannel):
         super().requestDone(request)
 
     @property
+    def answering(self) -> bool:
+        """A request of it is being answered."""
+        return self._answering
+
+    @property
     def evictable(self) -> bool:
         """
         Not answering a request (idle, or still receiving one), and neither
@@ -284,10 +294,21 @@ class AdminSite(server.Site):
     def _make_room(self, source: str) -> bool:
         """
         At the cap: close the oldest connection of the address holding the
-        most that is idle or still sending its request (`evictable`).
+        most (and more than the newcomer's) that is idle or still sending its
+        request (`evictable`); failing that, one just opened or just done
+        with an answer (which still goes out: `evict`); failing that, if that
+        address holds several, one answering.  Found by review: eight
+        addresses holding eight connections each, each asking every 0.8 s
+        (or each waiting on a hung Airflow's readiness), were never
+        `evictable`, and kept every scrape and probe out.
         """
-        channel = self.connections.giving_way(
-            source, lambda c: c.evictable and c.transport is not None)
+        def open_(c: _AdminChannel) -> bool:
+            return c.transport is not None and not c.evicted
+
+        channel = (
+            self.connections.giving_way(source, lambda c: c.evictable and open_(c))
+            or self.connections.giving_way(source, lambda c: not c.answering and open_(c))
+            or self.connections.giving_way(source, open_, at_least=2))
         if channel is None:
             return False
         self.evicted += 1
@@ -346,9 +367,18 @@ class HealthResource(Resource):
         if request.path != b"/readyz":
             request.setResponseCode(404)
             return b'{"error": "not found: /healthz, /readyz or /metrics"}\n'
-        d = self._airflow_ok()
-        d.addCallback(self._ready, request)
-        d.addErrback(self._failed, request)
+        verdict: Deferred[bool | None] = Deferred()  # this probe's: Airflow's ask is shared
+
+        def answered(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not verdict.called:
+                verdict.callback(result)  # a Failure: errback
+
+        timer = self._clock.callLater(READY_WAIT_SECONDS, answered, None)
+        self._airflow_ok().addBoth(answered)
+        verdict.addCallback(self._ready, request)
+        verdict.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
     def _airflow_ok(self) -> Deferred[bool]:
@@ -363,13 +393,16 @@ class HealthResource(Resource):
 
         return self._asking.run(self._reachable).addCallback(keep)
 
-    def _ready(self, airflow_ok: bool, request: server.Request) -> None:
+    def _ready(self, airflow_ok: bool | None, request: server.Request) -> None:
+        """``airflow_ok`` None: Airflow's health endpoint has not answered in time."""
         cfg = self._config()
         now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
         certs = certificate_check(self._certificates(), cfg.health.certificate_warning_days, now)
+        airflow = ("reachable" if airflow_ok else "no answer from its health endpoint"
+                   if airflow_ok is not None else
+                   f"no answer from its health endpoint within {READY_WAIT_SECONDS:g} s")
         checks = {
-            "airflow": {"ok": airflow_ok,
-                        "detail": "reachable" if airflow_ok else "no answer from its health endpoint"},
+            "airflow": {"ok": bool(airflow_ok), "detail": airflow},
             "audit": {"ok": self._audit.failed is None,
                       "detail": self._audit.failed or "writable"},
             "certificates": certs,
