@@ -387,7 +387,8 @@ class PartsCollector:
                 value=breaker.dismissed)
         if self._client is not None:
             yield CounterMetricFamily("airflowrpc_upstream_logins",
-                                      "Logins of the gateway's own account to Airflow",
+                                      "Logins to Airflow: of the gateway's own account "
+                                      "and of the callers' own accounts together",
                                       value=self._client.logins)
         if self._watcher is not None:
             yield GaugeMetricFamily("airflowrpc_watched_runs",
