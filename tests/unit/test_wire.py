@@ -294,6 +294,33 @@ def test_bare_containers_in_data_are_refused_at_the_first() -> None:
     assert len(seen) < 10  # stopped at the first bare container, not after 131,000
 
 
+@pytest.mark.parametrize("kind,text", [
+    ("int", "5_0"), ("int", "\u0665"), ("i4", "\u0661\u0662"), ("int", "0x10"), ("int", "1e3"),
+    ("i8", "5.0"), ("double", "1_0.5"), ("double", "\u0661.5"), ("double", "0x1p3"),
+    ("double", "1e"), ("double", "."),
+])
+def test_numbers_only_as_xml_rpc_writes_them(kind: str, text: str) -> None:
+    """
+    Found by review: int() and float() took ``5_0`` as 50 and Arabic-Indic
+    digits: text a filter in front of the gateway would read otherwise.
+    """
+    body = (HEAD + f"<param><value><{kind}>{text}</{kind}></value></param>".encode()
+            + TAIL)
+    with pytest.raises(errors.InvalidRequest, match="does not match its type"):
+        parse_call(body)
+
+
+@pytest.mark.parametrize("kind,text,value", [
+    ("int", " +5 ", 5), ("i4", "-0012", -12), ("i8", "9223372036854775807", 2**63 - 1),
+    ("double", "1e+300", 1e300), ("double", "-.5", -0.5), ("double", "3.", 3.0),
+    ("double", "0.000001", 1e-6), ("double", "5", 5.0),
+])
+def test_numbers_as_clients_write_them_are_read(kind: str, text: str, value: object) -> None:
+    body = (HEAD + f"<param><value><{kind}>{text}</{kind}></value></param>".encode()
+            + TAIL)
+    assert parse_call(body)[1] == (value,)
+
+
 def test_a_double_must_be_finite() -> None:
     for text in (b"nan", b"inf", b"-Infinity"):
         body = HEAD + b"<param><value><double>" + text + b"</double></value></param>" + TAIL

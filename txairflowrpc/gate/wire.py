@@ -139,7 +139,19 @@ def _boolean(text: str) -> bool:
 _INT_RANGE = range(-(2**63), 2**63)
 
 
+#: An int's and a double's text as XML-RPC writes them (ASCII digits, space
+#: around allowed).  Found by review: Python's int() and float() also take
+#: ``5_0`` (50), Arabic-Indic digits and ``nan``: text a filter in front of
+#: the gateway would read otherwise, or not as a number at all.
+_INT_TEXT = re.compile(r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*", re.ASCII)
+_DOUBLE_TEXT = re.compile(  # nan and inf too: refused below as what they are
+    r"[ \t\r\n]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"|(?i:nan|inf|infinity))[ \t\r\n]*", re.ASCII)
+
+
 def _integer(text: str) -> int:
+    if _INT_TEXT.fullmatch(text) is None:
+        raise ValueError("not an int as XML-RPC writes one")
     value = int(text)
     if value not in _INT_RANGE:
         raise _Refused(errors.InvalidParams("an int must fit in 64 bits (i8)"))
@@ -147,6 +159,8 @@ def _integer(text: str) -> int:
 
 
 def _double(text: str) -> float:
+    if _DOUBLE_TEXT.fullmatch(text) is None:
+        raise ValueError("not a double as XML-RPC writes one")
     value = float(text)
     if not math.isfinite(value):
         raise _Refused(errors.InvalidParams("a double must be a finite number"))
