@@ -321,6 +321,26 @@ def test_numbers_as_clients_write_them_are_read(kind: str, text: str, value: obj
     assert parse_call(body)[1] == (value,)
 
 
+@pytest.mark.parametrize("declared", ["punycode", "utf-7", "idna", "rot13", "cp500"])
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_mark_cannot_name_an_encoding_beyond_the_list(
+    declared: str, codec: str,
+) -> None:
+    """
+    Found by review: expat detected UTF-16 without a byte-order mark by itself,
+    then had Python's codecs decode with whatever its declaration named (the
+    call came out as -32600, its text read as punycode).  Such a body is read
+    as UTF-16 here, what it declares must be on the list as for any body, and
+    expat is told it is UTF-8 from then on.
+    """
+    call = ("<?xml version='1.0' encoding='{}'?><methodCall><methodName>ping"
+            "</methodName><params/></methodCall>")
+    for charset in (None, "utf-16"):
+        with pytest.raises(errors.UnsupportedEncoding):
+            parse_call(call.format(declared).encode(codec), charset=charset)
+        assert parse_call(call.format("UTF-16").encode(codec), charset=charset) == ("ping", ())
+
+
 def test_a_double_must_be_finite() -> None:
     for text in (b"nan", b"inf", b"-Infinity"):
         body = HEAD + b"<param><value><double>" + text + b"</double></value></param>" + TAIL

@@ -33,7 +33,8 @@ names = st.sampled_from(["get_dag_run", "ping", "system.listMethods", "a_b.c", "
 def full(body: bytes, charset: str | None = None) -> Any:
     """What the full reader makes of ``body``: the call, or the error's type and code."""
     try:
-        return _read_call(_as_utf8(body, charset), 64)
+        utf8, transcoded = _as_utf8(body, charset)
+        return _read_call(utf8, 64, "utf-8" if transcoded else None)
     except errors.GatewayError as e:
         return (type(e), e.code)
 
@@ -48,7 +49,7 @@ def typed(value: Any) -> Any:
 def agrees(body: bytes, charset: str | None = None) -> bool:
     """True if the plain reader read ``body``; fails if it read it otherwise than the full one."""
     try:
-        flat = _flat_call(_as_utf8(body, charset))
+        flat = _flat_call(_as_utf8(body, charset)[0])
     except errors.GatewayError:
         return False  # refused before either reader (an encoding): the same for both
     if flat is None:

@@ -353,18 +353,22 @@ def parse_call(
     (-32602) for nesting too deep, too many elements or values, a value too
     long, or a double that is not finite.
     """
-    body = _as_utf8(body, charset)
+    body, transcoded = _as_utf8(body, charset)
     if len(body) <= _FLAT_MAX_BYTES and max_depth >= _FLAT_DEPTH:
         flat = _flat_call(body)
         if flat is not None:
             return flat
-    return _read_call(body, max_depth)
+    return _read_call(body, max_depth, "utf-8" if transcoded else None)
 
 
-def _read_call(body: bytes, max_depth: int) -> tuple[str, tuple[Any, ...]]:
-    """`parse_call` of a body in UTF-8 or naming its own encoding, by expat and `_CallReader`."""
+def _read_call(body: bytes, max_depth: int,
+               encoding: str | None = None) -> tuple[str, tuple[Any, ...]]:
+    """
+    `parse_call` of a body in UTF-8 or naming its own encoding, by expat and
+    `_CallReader`; ``encoding``, if given, is the body's, whatever it says.
+    """
     reader = _CallReader(max_depth)
-    parser = expat.ParserCreate(None, None)
+    parser = expat.ParserCreate(encoding, None)
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end
     parser.CharacterDataHandler = reader.data
@@ -471,25 +475,41 @@ def _codec(name: str) -> str:
     return codec
 
 
-def _as_utf8(body: bytes, charset: str | None) -> bytes:
+#: The first bytes of UTF-16 without a byte-order mark (``<`` in either order).
+_UTF16_STARTS = {b"<\x00": "utf-16-le", b"\x00<": "utf-16-be"}
+
+
+def _as_utf8(body: bytes, charset: str | None) -> tuple[bytes, bool]:
     """
     ``body`` in UTF-8, read in ``charset`` when the body does not say its
-    own encoding (an XML declaration naming one, or a byte-order mark).
-    An encoding named either way must be one of `READABLE_ENCODINGS`.
+    own encoding (an XML declaration naming one, or a byte-order mark), and
+    whether it was turned into UTF-8 here (then expat is told so: the
+    declaration in it is no longer true).  An encoding named either way
+    must be one of `READABLE_ENCODINGS`.  UTF-16 without a byte-order mark
+    is turned into UTF-8 here too (found by review: expat found it by
+    itself, then asked Python's codecs for whatever its declaration named,
+    ``punycode`` or ``utf-7`` among them).
     """
     declared = _DECLARATION.match(body)
     if declared is not None:
         _codec(declared.group(2).decode("ascii"))
-        return body
-    if not charset or body.startswith(_BOMS):
-        return body
-    codec = _codec(charset.strip().strip('"'))
+        return body, False
+    if body.startswith(_BOMS):
+        return body, False
+    unmarked = _UTF16_STARTS.get(body[:2])
+    if not charset and unmarked is None:
+        return body, False
+    codec = unmarked or _codec(charset.strip().strip('"'))  # type: ignore[union-attr]
     if codec == "utf-8":
-        return body
+        return body, False
     try:
-        return body.decode(codec).encode("utf-8")
+        utf8 = body.decode(codec).encode("utf-8")
     except UnicodeError:
         raise errors.ParseError(f"the body is not valid {codec}") from None
+    declared = _DECLARATION.match(utf8)  # what it says of itself: one of the list too
+    if declared is not None:
+        _codec(declared.group(2).decode("ascii"))
+    return utf8, True
 
 
 def _expat_reason(e: expat.ExpatError, started: bool) -> str:
