@@ -188,6 +188,21 @@ class RegistryTests(SynchronousTestCase):
                 self.assertFalse(family.name.endswith("_total"), family.name)  # the parser strips it
 
 
+class AdminRefusalTests(SynchronousTestCase):
+    def test_the_admin_listeners_refusals_are_counted_by_kind(self) -> None:
+        """Found by review: a lockout of the admin listener showed only as up == 0."""
+        from types import SimpleNamespace
+
+        from txairflowrpc.service.metrics import AdminCollector
+
+        metrics = GatewayMetrics()
+        site = SimpleNamespace(refused_connections=3, evicted=2, scrapes_refused=0)
+        metrics.collect_from(AdminCollector(site))
+        site.scrapes_refused = 7  # read at the scrape
+        self.assertEqual([sample(metrics, "airflowrpc_admin_refusals_total", kind=k)
+                          for k in ("connection", "evicted", "scrape")], [3, 2, 7])
+
+
 class WrapperTests(SynchronousTestCase):
     def test_authentication_failures_by_the_credential_tried(self) -> None:
         metrics = GatewayMetrics()

@@ -57,7 +57,8 @@ from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Gate, Unauthenticated
 from .negotiation import gzip_wanted, usable_accept
 
-__all__ = ["GatewayMetrics", "PartsCollector", "credential_kind", "metrics_resource"]
+__all__ = ["AdminCollector", "GatewayMetrics", "PartsCollector", "admin_families",
+           "credential_kind", "metrics_resource"]
 
 #: Calls last from a millisecond (ping) to an hour (wait_dag_run).
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800,
@@ -207,9 +208,35 @@ class GatewayMetrics:
 
         return timed
 
-    def collect_from(self, collector: "PartsCollector") -> None:
+    def collect_from(self, collector: "PartsCollector | AdminCollector") -> None:
         """Have ``collector`` read its parts at every scrape."""
         self.registry.register(collector)
+
+
+class AdminCollector:
+    """
+    The admin listener's own refusals, read at scrape time from its site
+    (`txairflowrpc.service.admin.AdminSite`): found by review, a lockout of
+    the listener showed only as ``up == 0``.
+    """
+
+    def __init__(self, site: Any) -> None:
+        self._site = site
+
+    def collect(self) -> list[Metric]:
+        return admin_families(self._site)
+
+
+def admin_families(site: Any) -> list[Metric]:
+    """``airflowrpc_admin_refusals_total`` of an admin listener's ``site``, by kind."""
+    family = CounterMetricFamily(
+        "airflowrpc_admin_refusals", "The admin listener's refusals: connections closed at "
+        "once at its caps (connection), closed to make room for another address's "
+        "(evicted), /metrics past an address's rate (scrape, 429)", labels=["kind"])
+    family.add_metric(["connection"], site.refused_connections)
+    family.add_metric(["evicted"], site.evicted)
+    family.add_metric(["scrape"], site.scrapes_refused)
+    return [family]
 
 
 def metrics_resource(registry: CollectorRegistry, reactor: Any) -> IResource:

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import attrs
+from prometheus_client.process_collector import ProcessCollector
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -64,7 +65,13 @@ from .collector import CollectorTuning
 from .gathered import GatheredHealth, WorkerAdmins
 from .lifecycle import GatewayService, Listener, StopSignals, bind_problem, exit_zero
 from .logs import fatal
-from .metrics import GatewayMetrics, PartsCollector, metrics_resource
+from .metrics import (
+    AdminCollector,
+    GatewayMetrics,
+    PartsCollector,
+    admin_families,
+    metrics_resource,
+)
 from .notify import Bound, Readiness, SystemdNotifier, watchdog_interval
 from .reload import HangUp, Reloader, restart_fingerprint
 from .supervisor import (
@@ -555,14 +562,23 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     if cfg.health.port:
         # Bound before the workers start (a port taken stops twistd first); one address
         # for all the workers.
+        process = ProcessCollector(registry=None)
+
+        def own() -> list[Any]:
+            """The supervisor's own process metrics and its admin listener's refusals."""
+            return [*process.collect(), *admin_families(admin_site)]
+
         gathered = GatheredHealth(
             admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host,
                                 worker_admin_ports(cfg),
                                 running=lambda: [s.running for s in supervisor.states()]),
             states=supervisor.states, stopping=lambda: supervisor.stopping,
-            off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+            off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
+            own=own)
+        admin_site = AdminSite(gathered, reactor=reactor,
+                               ipv6_prefix=cfg.limits.ipv6_source_prefix)
         Listener(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host),
-                 AdminSite(gathered, reactor=reactor, ipv6_prefix=cfg.limits.ipv6_source_prefix),
+                 admin_site,
                  f"{cfg.health.host}:{cfg.health.port} (admin listener)").setServiceParent(top)
     supervisor.setServiceParent(top)
     HangUp(reactor, supervisor.reload).setServiceParent(top)
@@ -685,9 +701,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         # A worker's admin socket is the supervisor's, held while it is replaced.
         admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
                       if worker is None else AdoptedEndpoint(reactor, ADMIN_FD), "admin")
-        top.listen(Listener(admin, AdminSite(health, reactor=reactor,
-                                             ipv6_prefix=cfg.limits.ipv6_source_prefix,
-                                             scrapes_from_self=worker is not None),
+        admin_site = AdminSite(health, reactor=reactor,
+                               ipv6_prefix=cfg.limits.ipv6_source_prefix,
+                               scrapes_from_self=worker is not None)
+        metrics.collect_from(AdminCollector(admin_site))
+        top.listen(Listener(admin, admin_site,
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))
         bound.append(admin)
     # STOPPING=1 as the shutdown begins (a reactor trigger), WATCHDOG=1 through the drain.
