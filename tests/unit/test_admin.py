@@ -26,6 +26,7 @@ from txairflowrpc.service.admin import (
     LINGER_SECONDS,
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
+    PROBE_BURST,
     READY_WAIT_SECONDS,
     REQUEST_SECONDS,
     SCRAPE_BURST,
@@ -446,17 +447,49 @@ class AdminListenerTests(SynchronousTestCase):
         prometheus, prometheus_wire = self.connect(5200, "10.0.2.1")
         prometheus.dataReceived(scrape)
         self.assertIn(b"HTTP/1.1 200", prometheus_wire.value())
-        # A worker's listener does not count the supervisor's fan-out (from
-        # its own host's address), only others'.
-        self.site = AdminSite(health, reactor=self.clock, scrapes_from_self=True)
+        # A worker's listener does not count its supervisor's fan-out, which
+        # carries the supervisor's key; anyone else's it counts, from this very
+        # host too (found by review: every local process went uncounted).
+        self.site = AdminSite(health, reactor=self.clock, supervisor_key=b"k3y")
         host = IPv4Address("TCP", "10.0.0.7", 8082)
-        for peer, served in (("10.0.0.7", SCRAPE_BURST + 5), ("10.0.0.8", SCRAPE_BURST)):
+        for peer, key, served in (("10.0.0.7", b"k3y", SCRAPE_BURST + 5),
+                                  ("10.0.0.7", b"", SCRAPE_BURST),
+                                  ("10.0.0.8", b"k3z", SCRAPE_BURST)):
             address = IPv4Address("TCP", peer, 5000)
             proto = self.site.buildProtocol(address)
             wire = StringTransport(hostAddress=host, peerAddress=address)
             proto.makeConnection(wire)
-            proto.dataReceived(scrape * (SCRAPE_BURST + 5))
-            self.assertEqual(wire.value().count(b"HTTP/1.1 200"), served, peer)
+            keyed = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Airflowrpc-Supervisor: " + key
+                     + b"\r\n\r\n")
+            proto.dataReceived((keyed if key else scrape) * (SCRAPE_BURST + 5))
+            self.assertEqual(wire.value().count(b"HTTP/1.1 200"), served, (peer, key))
+
+    def test_other_requests_past_their_rate_from_one_address_are_429(self) -> None:
+        """
+        Found by review: /readyz and /healthz had no rate at all: 2,400 a second
+        from one address took half a core of the supervisor.
+        """
+        health = HealthResource(
+            config=lambda: CONFIG, airflow_reachable=lambda: succeed(True),
+            audit=audit_log(tempfile.mkdtemp(), self.clock), counters=dict, clock=self.clock,
+            certificates=dict)
+        self.site = AdminSite(health, reactor=self.clock)
+        proto, transport = self.connect(1000)
+        probes = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * PROBE_BURST
+                  + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        proto.dataReceived(probes)
+        answers = transport.value()
+        self.assertEqual((answers.count(b"HTTP/1.1 200"), answers.count(b"HTTP/1.1 429")),
+                         (PROBE_BURST, 3))
+        self.assertIn(b"Retry-After: 1", answers)
+        self.assertEqual(self.site.probes_refused, 3)
+        other, other_wire = self.connect(1001, "10.0.0.2")  # its own
+        other.dataReceived(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 200", other_wire.value())
+        transport.clear()
+        self.clock.advance(1)  # a second later: at the rate again
+        proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 51)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 429"), 1)
 
     def test_pipelined_requests_each_get_their_own_time(self) -> None:
         """From the second reading: a pipelined request's timer was lost, another cut it."""

@@ -82,10 +82,12 @@ class Workers(Resource):
         self.answers: dict[int, dict[bytes, tuple[int, bytes]]] = {}
         self.held: list[server.Request] = []
         self.accepts: list[bytes] = []
+        self.keys: list[bytes | None] = []
 
     def render_GET(self, request: server.Request) -> Any:
         port = int((request.getHeader(b"host") or b"").rpartition(b":")[2])
         self.accepts.append(request.getHeader(b"accept") or b"")
+        self.keys.append(request.getHeader(b"x-airflowrpc-supervisor"))
         answer = self.answers.get(port, {}).get(request.path)
         if answer is None:
             self.held.append(request)
@@ -108,7 +110,8 @@ class GatheredTests(SynchronousTestCase):
         self.states = [state(0), state(1, restarts=2)]
         self.stopping = False
         resource = GatheredHealth(
-            admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS),
+            admins=WorkerAdmins(self.clock, self.workers_http, "127.0.0.1", PORTS,
+                                key=b"k3y"),
             states=lambda: self.states, stopping=lambda: self.stopping,
             off_reactor=lambda f, *a: succeed(f(*a)), own=self.own)
         self.resource = resource
@@ -166,6 +169,8 @@ class GatheredTests(SynchronousTestCase):
         self.assertEqual(statuses[SCRAPE_BURST:], [b"HTTP/1.1 429"] * 2)
         # Each worker asked once: within METRICS_REUSE_SECONDS its answer is reused.
         self.assertEqual(len(self.workers.accepts), 2)
+        # Each question carries the key by which the worker does not count it.
+        self.assertEqual(self.workers.keys, [b"k3y", b"k3y"])
 
     def test_scrapes_within_a_second_share_one_merge_and_one_body(self) -> None:
         """

@@ -160,6 +160,16 @@ class PrincipalLabelTests(SynchronousTestCase):
                       for s in _samples(metrics, "airflowrpc_principal_calls")}
         self.assertEqual(principals, {"oidc:corp": 3})
         self.assertEqual(len(metrics._principal_children), 1)
+        # A reload renamed the provider, its issuer kept (found by review: its
+        # calls went on counting as oidc:corp until a restart).
+        renamed = Principal("staff/alice", "oidc", oidc_issuer="https://idp.example",
+                            oidc_sub="alice")
+        self.successResultOf(dispatcher.call(
+            CallContext(principal=renamed, request_id="r", peer="127.0.0.1:1"),
+            "system.listMethods", ()))
+        principals = {s.labels["principal"]: s.value
+                      for s in _samples(metrics, "airflowrpc_principal_calls")}
+        self.assertEqual(principals, {"oidc:corp": 3, "oidc:staff": 1})
 
 
 class RegistryTests(SynchronousTestCase):
@@ -196,11 +206,12 @@ class AdminRefusalTests(SynchronousTestCase):
         from txairflowrpc.service.metrics import AdminCollector
 
         metrics = GatewayMetrics()
-        site = SimpleNamespace(refused_connections=3, evicted=2, scrapes_refused=0)
+        site = SimpleNamespace(refused_connections=3, evicted=2, scrapes_refused=0,
+                               probes_refused=4)
         metrics.collect_from(AdminCollector(site))
         site.scrapes_refused = 7  # read at the scrape
         self.assertEqual([sample(metrics, "airflowrpc_admin_refusals_total", kind=k)
-                          for k in ("connection", "evicted", "scrape")], [3, 2, 7])
+                          for k in ("connection", "evicted", "scrape", "probe")], [3, 2, 7, 4])
 
 
 class WrapperTests(SynchronousTestCase):

@@ -535,6 +535,22 @@ def test_each_worker_is_spawned_with_its_index_in_the_environment(monkeypatch) -
     assert all("NOTIFY_SOCKET" not in env for env in spawned)
 
 
+def test_each_worker_gets_its_supervisors_key_and_no_other(monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOWRPC_SUPERVISOR_KEY", "from-outside")  # never passed on
+    reactor = MemoryReactor()
+    spawned: list[dict[str, str]] = []
+    reactor.spawnProcess = lambda *a, env, **kw: spawned.append(env)  # type: ignore[method-assign]
+    sockets = SharedPort("127.0.0.1", 0, 1)
+    try:
+        supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None, key="k3y")(
+            0, ProcessProtocol())
+        supervisor_module.spawner(reactor, "/etc/a.toml", sockets, None)(0, ProcessProtocol())
+    finally:
+        sockets.close_all()
+    assert spawned[0]["AIRFLOWRPC_SUPERVISOR_KEY"] == "k3y"
+    assert "AIRFLOWRPC_SUPERVISOR_KEY" not in spawned[1]
+
+
 # -- the shared port and the worker's pipes -----------------------------------
 
 def test_shared_sockets_hold_the_port_and_a_taken_port_fails() -> None:

@@ -32,6 +32,7 @@ service log's events.
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -115,6 +116,12 @@ READINESS_REUSE_SECONDS = 1.0
 #: connection for airflow.timeout_seconds, and 64 of them held the listener.
 READY_WAIT_SECONDS = 2.0
 SCRAPE_BURST = 20
+#: Every other request (``/healthz``, ``/readyz``, anything else) per second
+#: for one address, and its burst: far above what probers send (one a second
+#: or so each).  Found by review: 2,400 ``/readyz`` a second from one
+#: address took half a core of the supervisor.
+PROBES_PER_SECOND = 50.0
+PROBE_BURST = 100
 _NO_BODY = (b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 44\r\nConnection: close\r\n\r\n"
             b"the admin listener takes no request bodies\r\n")
@@ -256,15 +263,20 @@ class AdminSite(server.Site):
     requestFactory = _AdminRequest
 
     def __init__(self, resource: IResource, *, reactor: IReactorTime,
-                 ipv6_prefix: int = 64, scrapes_from_self: bool = False) -> None:
+                 ipv6_prefix: int = 64, supervisor_key: bytes | None = None) -> None:
         super().__init__(resource, reactor=reactor, timeout=IDLE_SECONDS)
         self.ipv6_prefix = ipv6_prefix
-        #: Scrapes from this host's own address are not counted (a worker's
-        #: listener: the supervisor's fan-out comes from there).
-        self.scrapes_from_self = scrapes_from_self
+        #: A worker's listener: requests carrying its supervisor's key
+        #: (`SUPERVISOR_HEADER`) are not counted, the supervisor's fan-out.
+        #: Found by review: every request from this host's own address was
+        #: exempt, so any local process could have /metrics rendered unbounded.
+        self.supervisor_key = supervisor_key
         self.connections: BySource[_AdminChannel] = BySource()
         #: Renders of ``/metrics`` per address (`SCRAPES_PER_SECOND`).
         self.scrapes = ConnectionRate(reactor)
+        #: Other requests per address (`PROBES_PER_SECOND`), and those refused 429.
+        self.probes = ConnectionRate(reactor)
+        self.probes_refused = 0
         #: Scrapes refused 429 past that rate, for tests.
         self.scrapes_refused = 0
         #: Connections closed at once at a cap, and idle ones closed to make
@@ -357,6 +369,8 @@ class HealthResource(Resource):
             if request.method == b"GET" and not may_scrape(request):
                 return head_without_body(request, too_many_scrapes(request))
             return head_without_body(request, self._metrics.render(request))
+        if not may_probe(request):
+            return head_without_body(request, too_many_probes(request))
         return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:
@@ -423,12 +437,34 @@ def may_scrape(request: server.Request) -> bool:
     site = getattr(channel, "site", None)
     if not isinstance(site, AdminSite):
         return True  # not served by the admin listener (a test's resource alone)
-    if site.scrapes_from_self and _from_own_address(channel.transport):
+    if from_supervisor(request, site):
         return True
     if site.scrapes.take(channel.source, SCRAPES_PER_SECOND, SCRAPE_BURST):
         return True
     site.scrapes_refused += 1
     return False
+
+
+def may_probe(request: server.Request) -> bool:
+    """Whether the address asking may have any other request answered now (`PROBES_PER_SECOND`)."""
+    channel = request.channel
+    site = getattr(channel, "site", None)
+    if not isinstance(site, AdminSite):
+        return True  # not served by the admin listener (a test's resource alone)
+    if from_supervisor(request, site):
+        return True
+    if site.probes.take(channel.source, PROBES_PER_SECOND, PROBE_BURST):
+        return True
+    site.probes_refused += 1
+    return False
+
+
+def too_many_probes(request: server.Request) -> bytes:
+    """The 429 of a request past `PROBES_PER_SECOND` (`may_probe`)."""
+    request.setResponseCode(429)
+    request.setHeader(b"Retry-After", b"1")
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return b"more than %d requests a second from one address\n" % PROBES_PER_SECOND
 
 
 def too_many_scrapes(request: server.Request) -> bytes:
@@ -439,10 +475,18 @@ def too_many_scrapes(request: server.Request) -> bytes:
     return b"more than %d scrapes a second from one address\n" % SCRAPES_PER_SECOND
 
 
-def _from_own_address(transport: Any) -> bool:
-    """Whether a connection comes from the address it came to (this host)."""
-    peer, host = transport.getPeer(), transport.getHost()
-    return bool(getattr(peer, "host", None)) and peer.host == getattr(host, "host", None)
+#: The header by which a supervisor's requests to its workers' listeners carry
+#: its key (`AdminSite.supervisor_key`).
+SUPERVISOR_HEADER = b"x-airflowrpc-supervisor"
+
+
+def from_supervisor(request: server.Request, site: "AdminSite") -> bool:
+    """Whether ``request`` carries the key of the supervisor of this worker's listener."""
+    if site.supervisor_key is None:
+        return False
+    given = request.getHeader(SUPERVISOR_HEADER) or b""
+    return hmac.compare_digest(given if isinstance(given, bytes) else given.encode(),
+                               site.supervisor_key)
 
 
 def metrics_head(request: server.Request) -> bytes:

@@ -60,10 +60,13 @@ from ..core.bodies import TooLarge, read_capped
 from ..core.singleflight import SingleFlight
 from .admin import (
     READINESS_REUSE_SECONDS,
+    SUPERVISOR_HEADER,
     finish,
     head_without_body,
+    may_probe,
     may_scrape,
     metrics_head,
+    too_many_probes,
     too_many_scrapes,
 )
 from .negotiation import gzip_wanted, usable_accept
@@ -116,9 +119,13 @@ class WorkerAdmins:
     """
 
     def __init__(self, clock: IReactorTime, agent: IAgent, host: str,
-                 ports: list[int], running: Callable[[], Sequence[bool]] | None = None) -> None:
+                 ports: list[int], running: Callable[[], Sequence[bool]] | None = None,
+                 key: bytes | None = None) -> None:
         self._clock = clock
         self._agent = agent
+        #: What each question carries, so that the worker does not count it
+        #: against this host's address (`admin.from_supervisor`).
+        self._key = key
         #: Which workers' processes run now: the others are not asked.
         self._running = running
         self._asking: dict[tuple[str, bytes], SingleFlight[list[Answer]]] = {}
@@ -177,8 +184,11 @@ class WorkerAdmins:
         return d.addErrback(lambda f: Answer(index, None, problem=_problem(f)))
 
     async def _get(self, index: int, path: str, accept: bytes) -> Answer:
+        headers = Headers({b"Accept": [accept]})
+        if self._key is not None:
+            headers.setRawHeaders(SUPERVISOR_HEADER, [self._key])
         response = await self._agent.request(
-            b"GET", (self._base[index] + path).encode("ascii"), Headers({b"Accept": [accept]}))
+            b"GET", (self._base[index] + path).encode("ascii"), headers)
         return Answer(index, response.code, await read_capped(response, MAX_ANSWER_BYTES))
 
 
@@ -321,6 +331,8 @@ class GatheredHealth(Resource):
     def render(self, request: server.Request) -> Any:
         if request.method == b"HEAD" and request.path == b"/metrics":
             return metrics_head(request)
+        if request.path != b"/metrics" and not may_probe(request):
+            return head_without_body(request, too_many_probes(request))
         return head_without_body(request, super().render(request))
 
     def render_GET(self, request: server.Request) -> Any:

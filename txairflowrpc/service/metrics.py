@@ -148,9 +148,12 @@ class GatewayMetrics:
         duration.observe(seconds)
         if fault == INTERNAL_ERROR:
             self._internal_errors.inc()
-        # An OIDC caller is keyed by its issuer (one per provider), so that its
-        # subjects, which nobody bounds, never reach the cache or a label.
-        who = getattr(principal, "oidc_issuer", None) or getattr(principal, "name", None)
+        # An OIDC caller is keyed by its label (one per provider), so that its
+        # subjects, which nobody bounds, never reach the cache or a label; not by
+        # its issuer (found by review: a provider renamed by a reload, its issuer
+        # kept, went on counting under the old name until a restart).
+        who = (getattr(principal, "name", None) if getattr(principal, "oidc_issuer", None) is None
+               else principal_label(principal))
         pkey = (who, fault, cancelled)
         child = self._principal_children.get(pkey)
         if child is None:
@@ -232,10 +235,12 @@ def admin_families(site: Any) -> list[Metric]:
     family = CounterMetricFamily(
         "airflowrpc_admin_refusals", "The admin listener's refusals: connections closed at "
         "once at its caps (connection), closed to make room for another address's "
-        "(evicted), /metrics past an address's rate (scrape, 429)", labels=["kind"])
+        "(evicted), /metrics past an address's rate (scrape, 429), other requests past an "
+        "address's rate (probe, 429)", labels=["kind"])
     family.add_metric(["connection"], site.refused_connections)
     family.add_metric(["evicted"], site.evicted)
     family.add_metric(["scrape"], site.scrapes_refused)
+    family.add_metric(["probe"], site.probes_refused)
     return [family]
 
 

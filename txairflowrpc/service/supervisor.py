@@ -70,6 +70,7 @@ from .workers import (
     REPORT_FD,
     STARTED_WITH_ENVIRONMENT,
     STARTED_WITH_FD,
+    SUPERVISOR_KEY_ENVIRONMENT,
 )
 
 __all__ = ["SharedPort", "Supervisor", "WorkerProtocol", "WorkerState", "bind_listening",
@@ -89,7 +90,8 @@ EXIT_MARGIN_SECONDS = 10.0
 #: Environment a worker must not inherit: systemd talks to the supervisor alone, and only
 #: the supervisor says which descriptor holds what the gateway started with.
 PRIVATE_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                       "LISTEN_PID", "LISTEN_FDNAMES", STARTED_WITH_ENVIRONMENT)
+                       "LISTEN_PID", "LISTEN_FDNAMES", STARTED_WITH_ENVIRONMENT,
+                       SUPERVISOR_KEY_ENVIRONMENT)
 
 _log = Logger()
 
@@ -178,12 +180,13 @@ def worker_argv(config_path: str, index: int, logger: str | None) -> list[str]:
 
 def spawner(reactor: Any, config_path: str, sockets: SharedPort,
             logger: str | None, admin: Sequence[socket.socket] = (),
-            started_with: Mapping[str, str] | None = None) -> Spawn:
+            started_with: Mapping[str, str] | None = None, key: str | None = None) -> Spawn:
     """
     How the supervisor starts worker K: with socket K, its admin socket
     (``admin[K]``, if the admin listener is on), a report pipe, its
-    lifeline, and ``started_with`` (the `restart_fingerprint` of the config
-    the gateway started with) on a pipe of its own.
+    lifeline, ``started_with`` (the `restart_fingerprint` of the config
+    the gateway started with) on a pipe of its own, and the ``key`` its
+    questions to the worker's admin listener carry.
     """
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
     fingerprint = json.dumps(dict(started_with or {})).encode("utf-8")
@@ -197,6 +200,8 @@ def spawner(reactor: Any, config_path: str, sockets: SharedPort,
         if admin:
             fds[ADMIN_FD] = admin[index].fileno()
         told = {WORKER_ENVIRONMENT: str(index)}  # its log lines name it
+        if key is not None:
+            told[SUPERVISOR_KEY_ENVIRONMENT] = key
         if started_with is not None:
             fds[STARTED_WITH_FD] = "w"
             told[STARTED_WITH_ENVIRONMENT] = str(STARTED_WITH_FD)

@@ -16,6 +16,7 @@ socket the supervisor bound (see `txairflowrpc.service.supervisor`).
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from typing import Any, Callable
@@ -86,6 +87,7 @@ from .workers import (
     LISTENER_FD,
     PING_SECONDS,
     REPORT_FD,
+    SUPERVISOR_KEY_ENVIRONMENT,
     AdoptedEndpoint,
     ParentWatch,
     PipeNotifier,
@@ -551,10 +553,12 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
     top = service.MultiService()
     # twistd may daemonize between here and the start: a new pid to note.
     reactor.callWhenRunning(owner.restate)
+    # What the supervisor's questions to the workers' admin listeners carry.
+    key = secrets.token_urlsafe(32)
     supervisor = Supervisor(
         reactor, count=cfg.listen.workers,
         spawn=spawner(reactor, str(source), sockets, _logger_name(options), admin_sockets,
-                      restart_fingerprint(cfg)),
+                      restart_fingerprint(cfg), key),
         check=check, stop_seconds=cfg.limits.shutdown_seconds,
         notifier=SystemdNotifier.from_environment(), watchdog_seconds=watchdog_interval(),
         where=where, on_stopped=stopped, port=sockets, record=record,
@@ -571,7 +575,8 @@ def make_supervisor(options: Options, reactor: Any) -> service.IService:
         gathered = GatheredHealth(
             admins=WorkerAdmins(reactor, Agent(reactor), cfg.health.host,
                                 worker_admin_ports(cfg),
-                                running=lambda: [s.running for s in supervisor.states()]),
+                                running=lambda: [s.running for s in supervisor.states()],
+                                key=key.encode()),
             states=supervisor.states, stopping=lambda: supervisor.stopping,
             off_reactor=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
             own=own)
@@ -701,9 +706,10 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         # A worker's admin socket is the supervisor's, held while it is replaced.
         admin = Bound(TCP4ServerEndpoint(reactor, cfg.health.port, interface=cfg.health.host)
                       if worker is None else AdoptedEndpoint(reactor, ADMIN_FD), "admin")
+        key = os.environ.pop(SUPERVISOR_KEY_ENVIRONMENT, None) if worker is not None else None
         admin_site = AdminSite(health, reactor=reactor,
                                ipv6_prefix=cfg.limits.ipv6_source_prefix,
-                               scrapes_from_self=worker is not None)
+                               supervisor_key=key.encode() if key else None)
         metrics.collect_from(AdminCollector(admin_site))
         top.listen(Listener(admin, admin_site,
                             f"{cfg.health.host}:{cfg.health.port} (admin listener)"))

@@ -58,6 +58,9 @@ __all__ = ["ADMIN_FD", "LISTENER_FD", "REPORT_FD", "STARTED_WITH_ENVIRONMENT", "
 LISTENER_FD = 3
 #: Where a worker writes its readiness reports.
 REPORT_FD = 4
+#: The environment variable by which the supervisor gives each worker the key
+#: its requests to the worker's admin listener carry (`admin.SUPERVISOR_HEADER`).
+SUPERVISOR_KEY_ENVIRONMENT = "AIRFLOWRPC_SUPERVISOR_KEY"
 #: How often a worker reports ``WATCHDOG=1`` there from its reactor, as a
 #: single gateway tells systemd: the supervisor replaces one that goes silent.
 PING_SECONDS = 5.0
