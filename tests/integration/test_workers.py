@@ -171,10 +171,13 @@ def test_both_workers_serve_calls_each_on_its_own_chain(workers: RunningGateway)
     for name in alert_metric_names() & set(SUPERVISOR_METRICS):
         assert {k for key in merged if key[0] == name for k, _ in key[1]} == \
             SUPERVISOR_METRICS[name], name
-    # Without a worker label: the supervisor's own gauge and its own process.
+    # Without a worker label: the supervisor's own gauge, its admin listener's refusals
+    # and its own process.
     unlabelled = {key[0] for key in merged if "worker" not in dict(key[1])}
-    assert unlabelled - {"airflowrpc_workers"} and all(
-        name.startswith("process_") for name in unlabelled - {"airflowrpc_workers"}), unlabelled
+    own_names = {"airflowrpc_workers", "airflowrpc_admin_refusals_total"}
+    assert unlabelled - own_names and all(
+        name.startswith("process_") for name in unlabelled - own_names), unlabelled
+    assert "airflowrpc_admin_refusals_total" in unlabelled
     assert merged[("process_resident_memory_bytes", frozenset())] > 0
     assert merged[("process_start_time_seconds", frozenset())] > 0
     status, ready = probe(workers.health_port, "/readyz")

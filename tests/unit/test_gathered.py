@@ -177,7 +177,7 @@ class GatheredTests(SynchronousTestCase):
         Found by review: each supervisor scrape parsed every worker's text again,
         about 12 ms of CPU against one gateway's 2 ms.
         """
-        import txairflowrpc.service.gathered as gathered
+        from txairflowrpc.service import gathered
 
         merges: list[int] = []
         real = gathered.merged_families
@@ -188,7 +188,15 @@ class GatheredTests(SynchronousTestCase):
         self.assertEqual(self.get("/metrics")[1], first)
         om = self.get("/metrics", {b"accept": [b"application/openmetrics-text; version=1.0.0"]})[1]
         self.assertTrue(om.endswith(b"# EOF\n") and not first.endswith(b"# EOF\n"))
+        named = self.get("/metrics?name[]=process_open_fds")[1]
+        # Found by review: each body after the first gathered the supervisor's own
+        # samples again into the shared merge: duplicate series.
+        for body in (first, om, named):
+            samples = [line for line in body.splitlines() if not line.startswith(b"#")]
+            self.assertEqual(len(samples), len(set(samples)), body)
+        self.assertEqual(named.count(b"process_open_fds 17.0"), 1)
         self.assertEqual((len(merges), len(self.workers.accepts)), (1, 2))
+        self.assertEqual(self.get("/metrics")[1], first)  # the same body again
         self.clock.advance(gathered.METRICS_REUSE_SECONDS)
         for k in range(2):
             self.answer(k, b"/metrics", 200, worker_exposition(2))

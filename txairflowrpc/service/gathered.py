@@ -258,16 +258,22 @@ def with_own(families: list[Metric], own: Iterable[Metric]) -> list[Metric]:
     ``families`` with the supervisor's own samples (no ``worker`` label)
     added: into the workers' family of the same name, else as families of
     their own.  A family of the workers' name but another type is left out
-    (one name, one family: never so for one gateway's code).
+    (one name, one family: never so for one gateway's code).  A new list:
+    ``families`` and their samples are left as they are (found by review:
+    changed in place, the merge reused for a second's bodies gathered the
+    supervisor's samples again in each, duplicate series for Prometheus).
     """
-    by_name = {f.name: f for f in families}
+    merged = list(families)  # the workers' families are not changed: they serve many bodies
+    index = {f.name: i for i, f in enumerate(merged)}
     for family in own:
-        into = by_name.get(family.name)
-        if into is None:
-            families.append(family)
-        elif into.type == family.type:
-            into.samples.extend(family.samples)
-    return families
+        at = index.get(family.name)
+        if at is None:
+            merged.append(family)
+        elif merged[at].type == family.type:
+            into = merged[at]
+            merged[at] = Metric(into.name, into.documentation, into.type, into.unit)
+            merged[at].samples = [*into.samples, *family.samples]
+    return merged
 
 
 class _Families:
@@ -323,10 +329,12 @@ class GatheredHealth(Resource):
         self._admins = admins
         self._states = states
         self._stopping = stopping
-        #: The workers' last answers to /metrics (held: its id is the key), their
-        #: families merged, and the bodies written of them, by what was asked.
-        self._merged: tuple[list[Answer], list[Metric], set[int]] | None = None
+        #: The workers' last answers to /metrics, the bodies written of them (by
+        #: what was asked), and their families merged (written off the reactor,
+        #: read by the next write of the same answers).
+        self._answers: list[Answer] | None = None
         self._written: dict[tuple[Any, ...], list[Deferred[Encoded]] | Encoded] = {}
+        self._merged: tuple[list[Answer], list[Metric], set[int]] | None = None
 
     def render(self, request: server.Request) -> Any:
         if request.method == b"HEAD" and request.path == b"/metrics":
@@ -386,10 +394,9 @@ class GatheredHealth(Resource):
         What ``answers`` (the workers', reused for `METRICS_REUSE_SECONDS`)
         make for this scraper: written once for all who ask the same of them.
         """
-        if self._merged is None or self._merged[0] is not answers:
-            self._merged, self._written = None, {}
-        key = (id(answers), tuple(states), usable_accept(accept), gzip_wanted(encoding),
-               tuple(names))
+        if self._answers is not answers:  # new answers: what was written of the old goes
+            self._answers, self._written = answers, {}
+        key = (tuple(states), usable_accept(accept), gzip_wanted(encoding), tuple(names))
         kept = self._written.get(key)
         if isinstance(kept, list):  # being written: this scraper waits for it too
             waiter: Deferred[Encoded] = Deferred()
