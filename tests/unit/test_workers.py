@@ -335,6 +335,9 @@ def test_a_worker_whose_reactor_stops_turning_is_killed_and_replaced(
     for _ in range(int(supervisor_module.HUNG_SECONDS / ping)):
         spawn.live(0)[1].childDataReceived(4, b"WATCHDOG=1\n")
         clock.advance(ping)
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], []]  # 30 s: not yet past
+    spawn.live(0)[1].childDataReceived(4, b"WATCHDOG=1\n")
+    clock.advance(ping)
     assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], ["KILL"]]
     assert "worker 1 (pid 1001) has not reported for 30 s: its reactor does not turn; " \
            "killing it, a new one replaces it" in logged
@@ -347,6 +350,20 @@ def test_a_worker_whose_reactor_stops_turning_is_killed_and_replaced(
     # the replacement starts afresh: silent until it pings, and then watched again
     clock.advance(supervisor_module.HUNG_SECONDS * 2)
     assert spawn.live(1)[0].signals == []
+
+
+def test_a_clock_stepped_forward_makes_no_worker_look_hung() -> None:
+    """
+    Found by review: silence was measured by the wall clock; a clock stepped
+    forward 60 s (NTP, a VM resumed) had every healthy worker killed at once.
+    """
+    sup, spawn, clock, notes, _ = supervise(2)
+    for k in (0, 1):
+        spawn.ready(k)
+        spawn.live(k)[1].childDataReceived(4, b"WATCHDOG=1\n")
+    clock.advance(supervisor_module.PING_SECONDS)
+    clock.advance(supervisor_module.HUNG_SECONDS * 2)  # the step: one late check, not twelve
+    assert [spawn.live(k)[0].signals for k in (0, 1)] == [[], []]
 
 
 def test_no_worker_is_taken_for_hung_while_they_drain() -> None:
@@ -475,6 +492,33 @@ def test_a_daemonized_supervisor_logs_its_workers_output_line_by_line(
                       "worker 1: " + "x" * supervisor_module.MAX_OUTPUT_LINE + " [cut off]"]
     protocol.processEnded(Failure(ProcessDone(0)))
     assert logged[-1] == "worker 1: no newline at the end" and ended == [1]
+
+
+def test_a_relayed_line_keeps_the_level_it_says_it_has() -> None:
+    """
+    Found by review: a daemonized supervisor logged every line of a worker's
+    standard output as info, its errors included (``--syslog``'s err filters missed them).
+    """
+    from twisted.logger import LogLevel
+
+    levels: list[tuple[Any, str]] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == supervisor_module.__name__:
+            levels.append((event["log_level"], event["line"][:12]))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        protocol = WorkerProtocol(type("S", (), {})(), 0)  # type: ignore[arg-type]
+        protocol.childDataReceived(1, b"2026-11-29T15:55:29+0000 [txairflowrpc.x#error] bad\n"
+                                      b"<4>[w0][txairflowrpc.x] warned\n"
+                                      b'{"level": "critical", "message": "m"}\n'
+                                      b"plain out\n")
+        protocol.childDataReceived(2, b"plain err\n")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [level for level, _ in levels] == [
+        LogLevel.error, LogLevel.warn, LogLevel.critical, LogLevel.info, LogLevel.error]
 
 
 @pytest.mark.parametrize("nowhere", [True, False])

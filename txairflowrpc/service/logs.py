@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from functools import partial
@@ -109,6 +110,35 @@ def this_worker() -> int | None:
     """The index `WORKER_ENVIRONMENT` gives this process, if it is a worker."""
     value = os.environ.get(WORKER_ENVIRONMENT, "")
     return int(value) if value.isdigit() else None
+
+
+#: syslog's priorities (the journal's prefix) as levels: emerg, alert, crit,
+#: err, warning, notice, info, debug.
+_FROM_PRIORITY = (LogLevel.critical, LogLevel.critical, LogLevel.critical, LogLevel.error,
+                  LogLevel.warn, LogLevel.info, LogLevel.info, LogLevel.debug)
+#: A line's level as each observer writes it: twistd's text (``[namespace#error]``),
+#: the journal's priority prefix (``<3>``), JSON Lines (``"level": "error"``).
+_TEXT_LEVEL = re.compile(r"\S+ \[[^\]\s]*#(debug|info|warn|error|critical)\] ")
+_JOURNAL_LEVEL = re.compile(r"<([0-7])>")
+_JSON_LEVEL = re.compile(r'"level": ?"(debug|info|warn|error|critical)"')
+
+
+def level_of_line(line: str) -> LogLevel | None:
+    """
+    The level a log line written by one of the observers says it has (a
+    worker's, relayed by a daemonized supervisor), or None if it says none.
+    """
+    text = _TEXT_LEVEL.match(line)
+    if text is not None:
+        return LogLevel.levelWithName(text.group(1))
+    journal = _JOURNAL_LEVEL.match(line)
+    if journal is not None:
+        return _FROM_PRIORITY[int(journal.group(1))]
+    if line.startswith("{"):
+        found = _JSON_LEVEL.search(line)
+        if found is not None:
+            return LogLevel.levelWithName(found.group(1))
+    return None
 
 
 def journal_line(event: LogEvent, worker: int | None = None) -> str:

@@ -57,11 +57,11 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTer
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from .. import config as config_module
-from .logs import WORKER_ENVIRONMENT
+from .logs import WORKER_ENVIRONMENT, level_of_line
 from .notify import Watchdog
 from .workers import (
     ADMIN_FD,
@@ -277,9 +277,11 @@ class WorkerProtocol(ProcessProtocol):
             text += " [cut off]"
         if not text.strip():
             return
-        # Standard error is where a worker's last words go (a start that fails).
-        emit = _log.error if fd == 2 else _log.info
-        emit("worker {index}: {line}", index=self._index, line=text)
+        # At the level the line says it has (found by review: a worker's errors,
+        # written to its standard output, came out as info); else standard error
+        # is where a worker's last words go (a start that fails).
+        level = level_of_line(text) or (LogLevel.error if fd == 2 else LogLevel.info)
+        _log.emit(level, "worker {index}: {line}", index=self._index, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._output.items():
@@ -297,7 +299,8 @@ class _Worker:
     heard: bool = False  # it reported: its SIGHUP handler is in place
     ready: bool = False
     deaths: int = 0  # in a row, without a ready report between
-    pinged: float | None = None  # when it last reported WATCHDOG=1
+    pinged: bool = False  # it reported WATCHDOG=1 once: it is watched
+    silent: int = 0  # liveness checks since its last WATCHDOG=1
     hung: bool = False  # killed for falling silent
     restarts: int = 0  # replaced after an unexpected exit, since the supervisor started
     restart: IDelayedCall | None = None
@@ -370,8 +373,8 @@ class Supervisor(service.Service):
 
     def _start(self, worker: _Worker) -> None:
         worker.restart = None
-        worker.ready = worker.heard = worker.hung = False
-        worker.pinged = None
+        worker.ready = worker.heard = worker.hung = worker.pinged = False
+        worker.silent = 0
         try:
             worker.transport = self._spawn(worker.index, WorkerProtocol(self, worker.index))
         except OSError as e:  # no process at all (out of processes, of descriptors)
@@ -388,7 +391,7 @@ class Supervisor(service.Service):
         worker = self.workers[index]
         worker.heard = True
         if line == "WATCHDOG=1":
-            worker.pinged = self._clock.seconds()
+            worker.pinged, worker.silent = True, 0
             return
         if line != "READY=1" or worker.transport is None or self._stopping:
             return
@@ -409,20 +412,25 @@ class Supervisor(service.Service):
                 self._notifier.send(READY="1", STATUS=status)
 
     def _find_hung(self) -> None:
-        """Kill each worker silent for `HUNG_SECONDS` after it reported (its end replaces it)."""
+        """
+        Kill each worker silent for `HUNG_SECONDS` after it reported (its end
+        replaces it).  Silence is counted in these checks, every
+        `PING_SECONDS`, not by the wall clock: found by review, a clock stepped
+        forward (NTP, a VM resumed) made every healthy worker look silent at
+        once, and all were killed together.
+        """
         if self._stopping:  # a stop has its own deadline (`_kill_rest`)
             return
-        now = self._clock.seconds()
         for worker in self.workers:
-            if worker.transport is None or worker.pinged is None or worker.hung:
+            if worker.transport is None or not worker.pinged or worker.hung:
                 continue
-            silent = now - worker.pinged
-            if silent < HUNG_SECONDS:
+            worker.silent += 1
+            if worker.silent * PING_SECONDS <= HUNG_SECONDS:
                 continue
             worker.hung = True
-            _log.error("worker {index} (pid {pid}) has not reported for {silent:.0f} s: its "
+            _log.error("worker {index} (pid {pid}) has not reported for {silent:g} s: its "
                        "reactor does not turn; killing it, a new one replaces it",
-                       index=worker.index, pid=worker.pid, silent=silent)
+                       index=worker.index, pid=worker.pid, silent=HUNG_SECONDS)
             self._signal(worker, "KILL")
 
     def ended(self, index: int, reason: Failure) -> None:
