@@ -260,11 +260,15 @@ class AdminListenerTests(SynchronousTestCase):
                 return NOT_DONE_YET  # an answer on its way: not to be evicted
 
         self.site = AdminSite(Hang(), reactor=self.clock)
-        mine = [self.connect(1000 + i) for i in range(MAX_PER_SOURCE + 1)]
+        mine = [self.connect(1000 + i) for i in range(MAX_PER_SOURCE)]
+        for proto, _ in mine:
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        # At its own cap, every one answering: refused.
+        mine.append(self.connect(1000 + MAX_PER_SOURCE))
         self.assertEqual([p is None for p, _ in mine], [False] * MAX_PER_SOURCE + [True])
         others = [self.connect(2000, f"10.1.{i // 250}.{i % 250}")
                   for i in range(MAX_CONNECTIONS - MAX_PER_SOURCE)]
-        for proto, _ in mine[:MAX_PER_SOURCE] + others:
+        for proto, _ in others:
             proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         # At the cap, every connection answering (found by review: eight addresses
         # asking each connection again as it was answered, or waiting on a hung
@@ -279,6 +283,22 @@ class AdminListenerTests(SynchronousTestCase):
         mine[-2][0].connectionLost(Failure(ConnectionDone()))  # one not cut
         self.assertIsNotNone(self.connect(3003)[0])  # room again, for that address too
         self.assertEqual(self.site.open_connections, MAX_CONNECTIONS)
+
+    def test_at_its_own_cap_an_address_s_idle_connection_gives_way_to_its_newest(self) -> None:
+        """
+        Found by review: any local process holding eight idle connections to a
+        worker's listener kept out the supervisor's questions, which come from
+        the same address, and the whole gateway reported not ready.
+        """
+        held = [self.connect(1000 + i, "127.0.0.1") for i in range(MAX_PER_SOURCE)]
+        self.clock.advance(SETTLE_SECONDS)
+        newest, wire = self.connect(2000, "127.0.0.1")
+        self.assertIsNotNone(newest)
+        self.assertEqual([t.disconnecting for _, t in held],
+                         [True] + [False] * (MAX_PER_SOURCE - 1))  # its oldest at rest went
+        newest.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 404", wire.value())  # answered (this site serves nothing)
+        self.assertEqual(self.site.connections.holds("127.0.0.1"), MAX_PER_SOURCE)
 
     def test_addresses_holding_one_each_give_up_no_answer_under_way(self) -> None:
         from twisted.web.resource import Resource

@@ -35,6 +35,10 @@ class BySource(Generic[C]):
     def all(self) -> list[C]:
         return [c for held in self._held.values() for c in held]
 
+    def of(self, source: str) -> list[C]:
+        """The connections ``source`` holds, the oldest first."""
+        return list(self._held.get(source, ()))
+
     def add(self, source: str, connection: C) -> None:
         self._held.setdefault(source, []).append(connection)
         self._count += 1

@@ -286,7 +286,7 @@ class AdminSite(server.Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         source = source_key(getattr(addr, "host", ""), self.ipv6_prefix)
-        if (self.connections.holds(source) >= MAX_PER_SOURCE
+        if ((self.connections.holds(source) >= MAX_PER_SOURCE and not self._room_within(source))
                 or (self.open_connections >= MAX_CONNECTIONS and not self._make_room(source))):
             self.refused_connections += 1
             if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
@@ -302,6 +302,25 @@ class AdminSite(server.Site):
     @property
     def open_connections(self) -> int:
         return len(self.connections)
+
+    def _room_within(self, source: str) -> bool:
+        """
+        At ``source``'s own cap: close its oldest connection that is not being
+        answered (one at rest first), so that its newest may come in.  Found by
+        review: any local process holding eight idle connections to a worker's
+        listener kept the supervisor's questions (from the same address) out,
+        and the whole gateway reported not ready.
+        """
+        held = [c for c in self.connections.of(source) if c.transport is not None
+                and not c.evicted]
+        channel = (next((c for c in held if c.evictable), None)
+                   or next((c for c in held if not c.answering), None))
+        if channel is None:
+            return False
+        self.evicted += 1
+        channel.evict()
+        self.left(channel)
+        return True
 
     def _make_room(self, source: str) -> bool:
         """
@@ -480,7 +499,7 @@ def too_many_scrapes(request: server.Request) -> bytes:
 SUPERVISOR_HEADER = b"x-airflowrpc-supervisor"
 
 
-def from_supervisor(request: server.Request, site: "AdminSite") -> bool:
+def from_supervisor(request: server.Request, site: AdminSite) -> bool:
     """Whether ``request`` carries the key of the supervisor of this worker's listener."""
     if site.supervisor_key is None:
         return False
