@@ -56,6 +56,7 @@ def test_the_datetimes_stock_clients_write_are_read(text: str, expected: datetim
     "", "yesterday", "2026-01-02", "20260102T03:04", "20260230T00:00:00", "20260102T24:00:00",
     "20260102T03:04:05+24:00", "20260102T03:04:05 ", "password=hunter2", "\u0662026-01-02T03:04:05",
     "20260102T03:04:05+1", "20260102T03:04:05Zjunk",
+    "20260102T03:04:05+00:99", "2026-0102T03:04:05", "20260102T03:0405",  # found by review
 ])
 def test_what_is_no_datetime_is_none(text: str) -> None:
     assert parse_xmlrpc_time(text) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import enum
 import xmlrpc.client
 
@@ -335,10 +336,13 @@ def test_utf16_without_a_mark_cannot_name_an_encoding_beyond_the_list(
     """
     call = ("<?xml version='1.0' encoding='{}'?><methodCall><methodName>ping"
             "</methodName><params/></methodCall>")
+    marked = codecs.BOM_UTF16_LE if codec == "utf-16-le" else codecs.BOM_UTF16_BE
     for charset in (None, "utf-16"):
-        with pytest.raises(errors.UnsupportedEncoding):
-            parse_call(call.format(declared).encode(codec), charset=charset)
-        assert parse_call(call.format("UTF-16").encode(codec), charset=charset) == ("ping", ())
+        for mark in (b"", marked):
+            with pytest.raises(errors.UnsupportedEncoding):
+                parse_call(mark + call.format(declared).encode(codec), charset=charset)
+            assert parse_call(mark + call.format("UTF-16").encode(codec),
+                              charset=charset) == ("ping", ())
 
 
 def test_a_double_must_be_finite() -> None:

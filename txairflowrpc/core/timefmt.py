@@ -69,9 +69,9 @@ def parse_iso(text: str) -> datetime:
 #: ``20260131T12:00:00`` (Python, Go's kolo, Node, PHP, Perl, Ruby), without
 #: the colons (Java's aXMLRPC: ``20260131T120000``), with hyphens, with a
 #: fraction, with ``Z`` or an offset (Node's ``local: false``).
-_XMLRPC_TIME = re.compile(
-    r"(\d{4})-?(\d{2})-?(\d{2})T(\d{2}):?(\d{2}):?(\d{2})(?:[.,](\d{1,6})\d*)?"
-    r"(Z|[+-]\d{2}(?::?\d{2})?)?", re.ASCII)
+_XMLRPC_TIME = re.compile(  # a date's hyphens, and a time's colons, both or neither
+    r"(\d{4})(-?)(\d{2})\2(\d{2})T(\d{2})(:?)(\d{2})\6(\d{2})(?:[.,](\d{1,6})\d*)?"
+    r"(Z|[+-]\d{2}(?::?[0-5]\d)?)?", re.ASCII)
 
 
 def parse_xmlrpc_time(text: str) -> datetime | None:
@@ -85,7 +85,7 @@ def parse_xmlrpc_time(text: str) -> datetime | None:
     match = _XMLRPC_TIME.fullmatch(text)
     if match is None:
         return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    year, _, month, day, hour, _, minute, second, fraction, zone = match.groups()
     tz = timezone.utc
     if zone and zone != "Z":
         digits = zone[1:].replace(":", "")

@@ -488,18 +488,20 @@ def _as_utf8(body: bytes, charset: str | None) -> tuple[bytes, bool]:
     must be one of `READABLE_ENCODINGS`.  UTF-16 without a byte-order mark
     is turned into UTF-8 here too (found by review: expat found it by
     itself, then asked Python's codecs for whatever its declaration named,
-    ``punycode`` or ``utf-7`` among them).
+    ``punycode`` or ``utf-7`` among them), and so is UTF-16 with one.
     """
     declared = _DECLARATION.match(body)
     if declared is not None:
         _codec(declared.group(2).decode("ascii"))
         return body, False
-    if body.startswith(_BOMS):
+    if body.startswith(b"\xef\xbb\xbf"):  # UTF-8's mark: a declaration was checked above
         return body, False
-    unmarked = _UTF16_STARTS.get(body[:2])
-    if not charset and unmarked is None:
+    # UTF-16, marked or not, is read here, its declaration checked as any other's
+    # (found by review: expat handed what it declared to Python's codecs).
+    utf16 = "utf-16" if body.startswith(_BOMS) else _UTF16_STARTS.get(body[:2])
+    if not charset and utf16 is None:
         return body, False
-    codec = unmarked or _codec(charset.strip().strip('"'))  # type: ignore[union-attr]
+    codec = utf16 or _codec(charset.strip().strip('"'))  # type: ignore[union-attr]
     if codec == "utf-8":
         return body, False
     try:
