@@ -452,46 +452,49 @@ class HealthResource(Resource):
 
 def may_scrape(request: server.Request) -> bool:
     """Whether the address asking may have ``/metrics`` rendered now (`SCRAPES_PER_SECOND`)."""
-    channel = request.channel
-    site = getattr(channel, "site", None)
-    if not isinstance(site, AdminSite):
-        return True  # not served by the admin listener (a test's resource alone)
-    if from_supervisor(request, site):
-        return True
-    if site.scrapes.take(channel.source, SCRAPES_PER_SECOND, SCRAPE_BURST):
-        return True
-    site.scrapes_refused += 1
-    return False
+    return _within_rate(request, "scrapes", SCRAPES_PER_SECOND, SCRAPE_BURST)
 
 
 def may_probe(request: server.Request) -> bool:
     """Whether the address asking may have any other request answered now (`PROBES_PER_SECOND`)."""
+    return _within_rate(request, "probes", PROBES_PER_SECOND, PROBE_BURST)
+
+
+def _within_rate(request: server.Request, kind: str, rate: float, burst: int) -> bool:
+    """
+    Spend one of the asking address's ``kind`` (``scrapes`` or ``probes``:
+    the site's rate of that name); False, counted in ``<kind>_refused``, if
+    it has none left.  The supervisor's questions to its worker are not counted.
+    """
     channel = request.channel
     site = getattr(channel, "site", None)
     if not isinstance(site, AdminSite):
         return True  # not served by the admin listener (a test's resource alone)
     if from_supervisor(request, site):
         return True
-    if site.probes.take(channel.source, PROBES_PER_SECOND, PROBE_BURST):
+    if getattr(site, kind).take(channel.source, rate, burst):
         return True
-    site.probes_refused += 1
+    setattr(site, f"{kind}_refused", getattr(site, f"{kind}_refused") + 1)
     return False
 
 
 def too_many_probes(request: server.Request) -> bytes:
     """The 429 of a request past `PROBES_PER_SECOND` (`may_probe`)."""
-    request.setResponseCode(429)
-    request.setHeader(b"Retry-After", b"1")
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return b"more than %d requests a second from one address\n" % PROBES_PER_SECOND
+    return _too_many(request, b"more than %d requests a second from one address\n"
+                     % PROBES_PER_SECOND)
 
 
 def too_many_scrapes(request: server.Request) -> bytes:
     """The 429 of a scrape past `SCRAPES_PER_SECOND` (`may_scrape`)."""
+    return _too_many(request, b"more than %d scrapes a second from one address\n"
+                     % SCRAPES_PER_SECOND)
+
+
+def _too_many(request: server.Request, body: bytes) -> bytes:
     request.setResponseCode(429)
     request.setHeader(b"Retry-After", b"1")
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return b"more than %d scrapes a second from one address\n" % SCRAPES_PER_SECOND
+    return body
 
 
 #: The header by which a supervisor's requests to its workers' listeners carry
