@@ -464,6 +464,14 @@ def test_a_result_nested_deeper_than_callers_parse_is_sent_as_json_text() -> Non
     assert json.loads(inner) == json.loads("[" * (900 - MAX_RESULT_DEPTH + 1) + "1" + "]" * (900 - MAX_RESULT_DEPTH + 1))
     shallow = {"a": [{"b": [1, 2]}]}
     assert xmlrpc.client.loads(dump_response(shallow))[0][0] == shallow
+    # Its JSON text is ASCII: exact for a caller that gets no astral character
+    # (found by review: xmlrpc-c got U+FFFD inside it, where conf_json is exact).
+    emoji = json.loads("[" * 40 + '"\\ud83d\\ude80"' + "]" * 40)
+    (result,), _ = xmlrpc.client.loads(dump_response({"conf": emoji}, frozenset({"bmp"})))
+    inner = result["conf"]
+    while isinstance(inner, list):
+        inner = inner[0]
+    assert json.loads(inner) == json.loads("[" * 9 + '"\\ud83d\\ude80"' + "]" * 9)
 
 
 def test_a_carriage_return_arrives_as_itself() -> None:

@@ -595,7 +595,8 @@ def _render(value: Any, nil: bool, i8: bool, depth: int) -> Any:
     if isinstance(value, (dict, list, tuple)) and depth <= 0:
         # Deeper than callers' parsers (and the marshaller) go: its JSON text.
         try:
-            text = json.dumps(value, default=str, ensure_ascii=False)
+            # ASCII, as a run's conf_json: exact for every caller, a bmp one too.
+            text = json.dumps(value, default=str, ensure_ascii=True)
         except RecursionError:  # deeper still than Python's own limit
             text = f"(nested more than {MAX_RESULT_DEPTH} levels deep: not sent)"
         return _render(text, nil, i8, depth)
