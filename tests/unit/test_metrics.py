@@ -91,6 +91,21 @@ class CallMetricsTests(SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "airflowrpc_internal_errors_total"), 1)
         self.assertEqual(self.calls("get_dag", "fault", "-32603"), 1)
 
+    def test_an_answer_that_cannot_be_written_is_an_internal_error_too(self) -> None:
+        """
+        Found by review: the resource's last resort (-32603 when an answer could
+        not be written, its call counted ok) never reached the alert's counter.
+        """
+        from txairflowrpc.gate import wire
+
+        def broken(result: Any, extensions: Any = frozenset()) -> bytes:
+            raise RuntimeError("a writer bug")
+
+        self.patch(wire, "dump_response", broken)
+        self.assertEqual(self.call("ping").faultCode, -32603)
+        self.assertEqual(sample(self.metrics, "airflowrpc_internal_errors_total"), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_a_name_that_is_no_method_is_unknown(self) -> None:
         for name in ("nope", "drop_table", "x" * 300):
             self.assertEqual(self.call(name).faultCode, -32601)

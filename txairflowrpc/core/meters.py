@@ -27,6 +27,9 @@ class CallMeter(Protocol):
         such method), ``fault`` the fault code (None: ok or cancelled).
         """
 
+    def answer_failed(self) -> None:
+        """A request's answer could not be made: it was answered -32603 (a bug)."""
+
 
 class UpstreamMeter(Protocol):
     def upstream_answered(self, http_method: str, outcome: int | str, seconds: float) -> None:
@@ -45,6 +48,9 @@ class _Unmetered:
 
     def call_finished(self, method: str | None, principal: object, fault: int | None,
                       cancelled: bool, seconds: float) -> None:
+        pass
+
+    def answer_failed(self) -> None:
         pass
 
     def upstream_answered(self, http_method: str, outcome: int | str, seconds: float) -> None:

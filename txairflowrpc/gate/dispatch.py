@@ -167,6 +167,11 @@ class Dispatcher:
             return _detached(d)
         return d
 
+    @property
+    def meter(self) -> CallMeter:
+        """What is told of every call (the metrics): the resource tells it of failed answers."""
+        return self._meter
+
     def charge_body(self, ctx: CallContext, size: int) -> bool:
         """
         Before a request body of ``size`` bytes is parsed, spend its call

@@ -89,7 +89,7 @@ class RPCResource(Resource):
         try:
             self._serve(request, request_id, principal)
         except Exception:
-            _internal_error(Failure(), request, request_id)
+            self._internal_error(Failure(), request, request_id)
         return server.NOT_DONE_YET
 
     def _serve(self, request: server.Request, request_id: str, principal: Principal) -> None:
@@ -144,7 +144,7 @@ class RPCResource(Resource):
         d.addCallbacks(self._answer_body, self._fault_body, (extensions,), None,
                        (request_id, extensions))
         d.addCallback(lambda content: None if gone else _write(request, content))
-        d.addErrback(_internal_error, request, request_id)
+        d.addErrback(self._internal_error, request, request_id)
 
     def _answer_body(self, result: Any, extensions: frozenset[str]) -> bytes:
         """
@@ -163,6 +163,18 @@ class RPCResource(Resource):
         if len(content) <= _KEEP_ANSWER_BYTES:
             self._last_answer = (result, extensions, content)
         return content
+
+    def _internal_error(self, failure: Failure, request: server.Request,
+                        request_id: str) -> None:
+        """
+        The last resort of a request whose handling failed unexpectedly: log
+        it, count it (`CallMeter.answer_failed`) and answer with a fault
+        -32603 naming the request id, so that the caller is never left
+        waiting for an answer that will not come.
+        """
+        _log.failure("request {id} failed", failure, id=request_id)
+        self._dispatcher.meter.answer_failed()
+        _write(request, wire.dump_fault(errors.InternalError(request_id).to_fault()))
 
     def _fault_body(self, failure: Failure, request_id: str,
                     extensions: frozenset[str]) -> bytes:
@@ -206,14 +218,6 @@ def refuse(
     return server.NOT_DONE_YET
 
 
-def _internal_error(failure: Failure, request: server.Request, request_id: str) -> None:
-    """
-    The last resort of a request whose handling failed unexpectedly: log it
-    and answer with a fault -32603 naming the request id, so that the
-    caller is never left waiting for an answer that will not come.
-    """
-    _log.failure("request {id} failed", failure, id=request_id)
-    _write(request, wire.dump_fault(errors.InternalError(request_id).to_fault()))
 
 
 def _write(request: Any, content: bytes, content_type: bytes = b"text/xml; charset=utf-8") -> None:

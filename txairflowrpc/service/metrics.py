@@ -162,6 +162,11 @@ class GatewayMetrics:
                 principal_label(principal), outcome, code)
         child.inc()
 
+    def answer_failed(self) -> None:
+        # Found by review: the resource's last resort (a bug in writing an answer,
+        # its call counted as ok already) was no internal error to the alert.
+        self._internal_errors.inc()
+
     # -- UpstreamMeter -------------------------------------------------------
 
     def upstream_answered(self, http_method: str, outcome: int | str, seconds: float) -> None:
