@@ -163,6 +163,24 @@ class ReadinessTests(SynchronousTestCase):
             {"STOPPING": "1", "STATUS": "stopping", "EXTEND_TIMEOUT_USEC": "90500000"}])
         service.stopService()
 
+    def test_a_remark_follows_the_ready_status_while_it_holds(self) -> None:
+        """Found by review: a rejected reload left STATUS saying all was well."""
+        service = self.readiness()
+        self.answers = [True]
+        service.remark("the config on disk is not in force: x")  # before ready: kept
+        service.startService()
+        self.systemd.messages()
+        self.bind_all()
+        ready = self.systemd.messages()[-1]
+        self.assertTrue(ready["STATUS"].startswith("ready: rpc "))
+        self.assertTrue(ready["STATUS"].endswith("; the config on disk is not in force: x"))
+        service.remark(None)
+        self.assertNotIn(";", self.systemd.messages()[-1]["STATUS"])
+        service.stopService()
+        self.systemd.messages()
+        service.remark("late")  # stopping: nothing more is said
+        self.assertEqual(self.systemd.messages(), [])
+
     def test_stopping_before_ready_stops_asking(self) -> None:
         service = self.readiness()
         self.answers = [False]

@@ -206,6 +206,26 @@ def test_a_bad_config_is_rejected_and_the_old_one_stays(setup) -> None:
     assert "roles.broken.scopes" in event["error"]
 
 
+def test_systemd_is_told_while_the_config_on_disk_is_not_in_force(setup) -> None:
+    """
+    Found by review: a config the gateway's own watch rejected left systemd's
+    STATUS saying all was well (`notify.Readiness.remark` says it).
+    """
+    cfg, gate, tls, _, tmp = setup
+    told: list[str | None] = []
+    reloader = Reloader(cfg, gate=gate, tls=tls, http=None, clock=Clock(), audit=None,
+                        told=told.append)
+    config = tmp / "airflowrpc.toml"
+    good = config.read_text()
+    config.write_text(good + '\n[roles.broken]\nscopes = ["runs:explode"]\n')
+    assert reloader.reload("file change: config").result is False
+    assert told[-1] is not None and told[-1].startswith(
+        "the config on disk is not in force: roles.broken.scopes")
+    config.write_text(good)
+    assert reloader.reload("file change: config").result is True
+    assert told[-1] is None
+
+
 def taken_token(cfg, gate, reloader) -> tuple[Path, tokens.TokenRecord, str]:
     """A token created in the store and taken by the gateway (its poll), shown to work."""
     store = cfg.access.auth.token_store

@@ -176,6 +176,9 @@ class Readiness(service.Service):
         self._waited = False
         self._trigger: Any = None
         self._stopping = False
+        #: What STATUS says once ready, and a remark after it (`remark`).
+        self._ready_status = ""
+        self._remark: str | None = None
         #: True once READY was reported.
         self.ready = False
 
@@ -216,8 +219,9 @@ class Readiness(service.Service):
             self.ready = True
             listening = ", ".join(f"{b.name} {_where(b.port)}" for b in self._listeners)
             _log.info("ready: listening ({listening}) and Airflow answers", listening=listening)
+            self._ready_status = f"ready: {listening}"
             if self._notifier is not None:
-                self._notifier.send(READY="1", STATUS=f"ready: {listening}")
+                self._notifier.send(READY="1", STATUS=self._with_remark())
             return
         if not self._waited:
             self._waited = True
@@ -229,6 +233,19 @@ class Readiness(service.Service):
     def _status(self, text: str) -> None:
         if self._notifier is not None:
             self._notifier.send(STATUS=text)
+
+    def remark(self, text: str | None) -> None:
+        """
+        Say ``text`` after the ready status (None: nothing), as long as it
+        holds: found by review, a config the gateway's own watch rejected
+        left ``systemctl status`` saying all was well.
+        """
+        self._remark = text
+        if self.ready and not self._stopping:
+            self._status(self._with_remark())
+
+    def _with_remark(self) -> str:
+        return self._ready_status + (f"; {self._remark}" if self._remark else "")
 
     def _stop_begins(self) -> None:
         """Tell systemd once, as early as the shutdown can be seen."""

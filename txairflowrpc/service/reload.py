@@ -188,6 +188,7 @@ class Reloader(service.Service):
         clock: IReactorTime, audit: AuditLog | None,
         run_blocking: Callable[[Callable[[], Any]], "Deferred[Any]"] = maybeDeferred,
         apply: Callable[[config_module.Config], None] = lambda cfg: None,
+        told: Callable[[str | None], None] = lambda problem: None,
         derive: Callable[[Checked], Checked] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -200,6 +201,9 @@ class Reloader(service.Service):
         self._audit = audit
         self._run_blocking = run_blocking
         self._apply = apply
+        #: Told what is wrong with the files in force after a rejected reload,
+        #: None after an accepted one (systemd's STATUS: `notify.Readiness.remark`).
+        self._told = told
         self._seen = _stamps(cfg)
         #: The stamps of a change seen at the last poll, waiting to stand still.
         self._settling: dict[str, Any] = {}
@@ -307,6 +311,7 @@ class Reloader(service.Service):
                 self.last_reload_successful = False
                 self._record("rejected", "file change: tokens",
                              f"auth.token_store: {failure.getErrorMessage()}")
+                self._told("the token store on disk is not in force (rejected)")
 
         d = self._run_blocking(lambda: tokens.TokenStore.load(path))
         return d.addCallbacks(swap, unreadable)
@@ -359,6 +364,7 @@ class Reloader(service.Service):
             self.rejected += 1
             self.last_reload_successful = False
             self._record("rejected", trigger, str(checked))
+            self._told(f"the config on disk is not in force: {str(checked)[:200]}")
             if tokens_changed:
                 # A revocation must not wait for the rest of the config to
                 # be fixed: the store is read on its own, as a poll would.
@@ -382,6 +388,7 @@ class Reloader(service.Service):
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))
         self._record("accepted", trigger, None, restart)
+        self._told(None)
         return True
 
     def _taken(self, old: tokens.TokenStore | None,

@@ -668,6 +668,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     reloader = Reloader(cfg, gate=gate, tls=tls, http=http, clock=reactor, audit=audit,
                         run_blocking=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
                         apply=parts.apply,
+                        # `readiness` is made below; a reload comes only once it runs.
+                        told=lambda problem: readiness.remark(problem),
                         derive=None if worker is None else (
                             lambda c, k=worker: worker_checked(c, k)))
     # Logins and watched runs are counted over every Airflow account.
@@ -719,11 +721,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     notifier: Any = (SystemdNotifier.from_environment() if worker is None
                      else PipeNotifier(REPORT_FD))
     # A worker's WATCHDOG=1 goes to the supervisor, which replaces one that falls silent.
-    Readiness(reactor, listeners=bound, reachable=parts.client.reachable, notifier=notifier,
-              watchdog_seconds=watchdog_interval() if worker is None else PING_SECONDS,
-              stop_seconds=(cfg.limits.shutdown_seconds + STOP_MARGIN_SECONDS
-                            if worker is None else None),
-              ).setServiceParent(top)
+    readiness = Readiness(
+        reactor, listeners=bound, reachable=parts.client.reachable, notifier=notifier,
+        watchdog_seconds=watchdog_interval() if worker is None else PING_SECONDS,
+        stop_seconds=(cfg.limits.shutdown_seconds + STOP_MARGIN_SECONDS
+                      if worker is None else None))
+    readiness.setServiceParent(top)
     if worker is not None:
         ParentWatch(reactor).setServiceParent(top)
     CollectorTuning(reactor).setServiceParent(top)  # last: once everything above is built
