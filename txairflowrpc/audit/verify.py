@@ -535,7 +535,6 @@ def find_chains(
     return chains, sorted(f for files in others.values() for f in files)
 
 
-
 @attrs.frozen
 class ChainsReport:
     """What `check_chains` found: a report per chain, and what fits none."""

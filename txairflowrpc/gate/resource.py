@@ -218,8 +218,6 @@ def refuse(
     return server.NOT_DONE_YET
 
 
-
-
 def _write(request: Any, content: bytes, content_type: bytes = b"text/xml; charset=utf-8") -> None:
     if request.finished or getattr(request, "_disconnected", False):
         return

@@ -223,7 +223,6 @@ class TokenStore:
         return record
 
 
-
 @attrs.frozen
 class StoreChange:
     """
