@@ -490,9 +490,7 @@ def _as_utf8(body: bytes, charset: str | None) -> tuple[bytes, bool]:
     itself, then asked Python's codecs for whatever its declaration named,
     ``punycode`` or ``utf-7`` among them), and so is UTF-16 with one.
     """
-    declared = _DECLARATION.match(body)
-    if declared is not None:
-        _codec(declared.group(2).decode("ascii"))
+    if _declared(body):
         return body, False
     if body.startswith(b"\xef\xbb\xbf"):  # UTF-8's mark: a declaration was checked above
         return body, False
@@ -508,10 +506,17 @@ def _as_utf8(body: bytes, charset: str | None) -> tuple[bytes, bool]:
         utf8 = body.decode(codec).encode("utf-8")
     except UnicodeError:
         raise errors.ParseError(f"the body is not valid {codec}") from None
-    declared = _DECLARATION.match(utf8)  # what it says of itself: one of the list too
-    if declared is not None:
-        _codec(declared.group(2).decode("ascii"))
+    _declared(utf8)  # what it says of itself: one of the list too
     return utf8, True
+
+
+def _declared(body: bytes) -> bool:
+    """Whether ``body`` (ASCII-compatible) declares its encoding; it must be one of the list."""
+    declared = _DECLARATION.match(body)
+    if declared is None:
+        return False
+    _codec(declared.group(2).decode("ascii"))
+    return True
 
 
 def _expat_reason(e: expat.ExpatError, started: bool) -> str:
