@@ -333,7 +333,7 @@ class GatheredHealth(Resource):
         #: what was asked), and their families merged (written off the reactor,
         #: read by the next write of the same answers).
         self._answers: list[Answer] | None = None
-        self._written: dict[tuple[Any, ...], list[Deferred[Encoded]] | Encoded] = {}
+        self._written: dict[tuple[Any, ...], SingleFlight[Encoded] | Encoded] = {}
         self._merged: tuple[list[Answer], list[Metric], set[int]] | None = None
 
     def render(self, request: server.Request) -> Any:
@@ -392,35 +392,32 @@ class GatheredHealth(Resource):
               encoding: str, names: list[str]) -> Deferred[Encoded]:
         """
         What ``answers`` (the workers', reused for `METRICS_REUSE_SECONDS`)
-        make for this scraper: written once for all who ask the same of them.
+        make for this scraper: written once for all who ask the same of them
+        (those who ask while it is written share it: `SingleFlight`).
         """
         if self._answers is not answers:  # new answers: what was written of the old goes
             self._answers, self._written = answers, {}
+        written = self._written
         key = (tuple(states), usable_accept(accept), gzip_wanted(encoding), tuple(names))
-        kept = self._written.get(key)
-        if isinstance(kept, list):  # being written: this scraper waits for it too
-            waiter: Deferred[Encoded] = Deferred()
-            kept.append(waiter)
-            return waiter
-        if kept is not None:
+        kept = written.get(key)
+        if isinstance(kept, tuple):
             return succeed(kept)
-        if len(self._written) >= MAX_BODIES_KEPT:
-            self._written.clear()
-        waiting: list[Deferred[Encoded]] = [Deferred()]
-        self._written[key] = waiting
+        if kept is None:
+            if len(written) >= MAX_BODIES_KEPT:
+                written.clear()
+            kept = written[key] = SingleFlight()
+        flight = kept
 
-        def written(result: Encoded | Failure) -> None:
-            if self._written.get(key) is waiting:
-                if isinstance(result, Failure):
-                    del self._written[key]
-                else:
-                    self._written[key] = result
-            for waiter in waiting:
-                waiter.callback(result)  # a Failure: its errback
+        def write() -> Deferred[Encoded]:
+            def keep(encoded: Encoded) -> Encoded:
+                if written.get(key) is flight:
+                    written[key] = encoded
+                return encoded
 
-        self._off_reactor(self._metrics, answers, states, accept, encoding, names).addBoth(
-            written)
-        return waiting[0]
+            return self._off_reactor(
+                self._metrics, answers, states, accept, encoding, names).addCallback(keep)
+
+        return flight.run(write)
 
     def _metrics(self, answers: list[Answer], states: list[WorkerState], accept: str,
                  encoding: str, names: list[str]) -> Encoded:
