@@ -251,6 +251,11 @@ class _AdminChannel(http.HTTPChannel):
         self.site.left(self)
 
 
+def _open(channel: _AdminChannel) -> bool:
+    """Whether ``channel`` is connected and not already closing to make room."""
+    return channel.transport is not None and not channel.evicted
+
+
 class AdminSite(server.Site):
     """
     The admin listener's site: no access log (probes and scrapes are not
@@ -311,16 +316,9 @@ class AdminSite(server.Site):
         listener kept the supervisor's questions (from the same address) out,
         and the whole gateway reported not ready.
         """
-        held = [c for c in self.connections.of(source) if c.transport is not None
-                and not c.evicted]
-        channel = (next((c for c in held if c.evictable), None)
-                   or next((c for c in held if not c.answering), None))
-        if channel is None:
-            return False
-        self.evicted += 1
-        channel.evict()
-        self.left(channel)
-        return True
+        held = [c for c in self.connections.of(source) if _open(c)]
+        return self._gives_way(next((c for c in held if c.evictable), None)
+                               or next((c for c in held if not c.answering), None))
 
     def _make_room(self, source: str) -> bool:
         """
@@ -333,13 +331,13 @@ class AdminSite(server.Site):
         (or each waiting on a hung Airflow's readiness), were never
         `evictable`, and kept every scrape and probe out.
         """
-        def open_(c: _AdminChannel) -> bool:
-            return c.transport is not None and not c.evicted
+        return self._gives_way(
+            self.connections.giving_way(source, lambda c: c.evictable and _open(c))
+            or self.connections.giving_way(source, lambda c: not c.answering and _open(c))
+            or self.connections.giving_way(source, _open, at_least=2))
 
-        channel = (
-            self.connections.giving_way(source, lambda c: c.evictable and open_(c))
-            or self.connections.giving_way(source, lambda c: not c.answering and open_(c))
-            or self.connections.giving_way(source, open_, at_least=2))
+    def _gives_way(self, channel: _AdminChannel | None) -> bool:
+        """Close ``channel`` to make room, if there is one; whether there was."""
         if channel is None:
             return False
         self.evicted += 1
@@ -506,9 +504,7 @@ def from_supervisor(request: server.Request, site: AdminSite) -> bool:
     """Whether ``request`` carries the key of the supervisor of this worker's listener."""
     if site.supervisor_key is None:
         return False
-    given = request.getHeader(SUPERVISOR_HEADER) or b""
-    return hmac.compare_digest(given if isinstance(given, bytes) else given.encode(),
-                               site.supervisor_key)
+    return hmac.compare_digest(request.getHeader(SUPERVISOR_HEADER) or b"", site.supervisor_key)
 
 
 def metrics_head(request: server.Request) -> bytes:
