@@ -31,7 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Bound", "Readiness", "SystemdNotifier"]
+__all__ = ["Bound", "Readiness", "SystemdNotifier", "microseconds"]
 
 #: Seconds between two probes of Airflow's health endpoint while not ready.
 RETRY_SECONDS = 2.0
@@ -88,6 +88,11 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
     if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2e6
+
+
+def microseconds(seconds: float) -> str:
+    """``seconds`` as sd_notify's ``..._USEC`` fields take them."""
+    return str(int(seconds * 1_000_000))
 
 
 class Bound:
@@ -253,7 +258,7 @@ class Readiness(service.Service):
         if self._notifier is not None and not self._stopping:
             # Found by review: a shutdown_seconds longer than TimeoutStopSec
             # was cut off by systemd's SIGKILL, the calls and the trail's end unrecorded.
-            extend = ({"EXTEND_TIMEOUT_USEC": str(int(self._stop_seconds * 1_000_000))}
+            extend = ({"EXTEND_TIMEOUT_USEC": microseconds(self._stop_seconds)}
                       if self._stop_seconds else {})
             self._notifier.send(STOPPING="1", STATUS="stopping", **extend)
         self._stopping = True

@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 
 from .. import config as config_module
 from .logs import WORKER_ENVIRONMENT, level_of_line
-from .notify import Watchdog
+from .notify import Watchdog, microseconds
 from .workers import (
     ADMIN_FD,
     LISTENER_FD,
@@ -448,11 +448,9 @@ class Supervisor(service.Service):
                 how=ending(reason),
                 note="" if clean else "; calls it had under way may have no outcome on "
                                       "its chain")
-            if not clean and worker.heard and self._record is not None:
-                self._record({"event": "worker.exited", "worker": index, "pid": pid,
-                              "how": ending(reason), "stopping": True,
-                              "note": "calls it had under way may have no outcome on its "
-                                      "chain"})
+            if not clean:
+                self._record_exit(worker, pid, reason, stopping=True,
+                                  note="calls it had under way may have no outcome on its chain")
             if all(w.transport is None for w in self.workers):
                 self._all_stopped()
             return
@@ -462,18 +460,23 @@ class Supervisor(service.Service):
         _log.error("worker {index} (pid {pid}) exited unexpectedly: {how}; "
                    "starting a new one in {delay:g} s",
                    index=index, pid=pid, how=ending(reason), delay=delay)
-        if worker.heard and self._record is not None:
-            # Found by review: its chain just stopped (a service.start and no
-            # service.stop), its calls under way ended without a record.
-            self._record({"event": "worker.exited", "worker": index, "pid": pid,
-                          "how": ending(reason), **({"hung": True} if worker.hung else {}),
-                          "note": "calls it had under way have no outcome on its chain"})
+        # Found by review: its chain just stopped (a service.start and no
+        # service.stop), its calls under way ended without a record.
+        self._record_exit(worker, pid, reason, **({"hung": True} if worker.hung else {}),
+                          note="calls it had under way have no outcome on its chain")
         if failed_start and self._port is not None and self._port.sockets[index] is not None:
             self._port.close(index)
             _log.error("worker {index} cannot start: its socket is closed until a new one "
                        "does, and new connections go to the other workers", index=index)
         self._status(f"worker {index} exited ({ending(reason)}); restarting")
         worker.restart = self._clock.callLater(delay, self._start, worker)
+
+    def _record_exit(self, worker: _Worker, pid: int | None, reason: Failure,
+                     **fields: Any) -> None:
+        """``worker.exited`` on the supervisor's chain, for a worker that ran (reported)."""
+        if worker.heard and self._record is not None:
+            self._record({"event": "worker.exited", "worker": worker.index, "pid": pid,
+                          "how": ending(reason), **fields})
 
     @property
     def restarts(self) -> int:
@@ -554,7 +557,7 @@ class Supervisor(service.Service):
             # shutdown_seconds past it was cut off by systemd's SIGKILL, unrecorded).
             budget = self._stop_seconds + STOP_MARGIN_SECONDS + EXIT_MARGIN_SECONDS
             self._notifier.send(STOPPING="1", STATUS="stopping: workers drain their calls",
-                                EXTEND_TIMEOUT_USEC=str(int(budget * 1_000_000)))
+                                EXTEND_TIMEOUT_USEC=microseconds(budget))
         for worker in self.workers:
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()
