@@ -220,6 +220,46 @@ def test_example_with_a_token(
 #   java    null, FLAGS_NIL (aXMLRPC)      <value>, <nil/>, </value> on lines of their own
 #                                          (without the flag: a NullPointerException, unsent)
 
+#: A Go program's client, with its certificate (the programs below start with it).
+GO_CLIENT = r'''	cert, err := tls.LoadX509KeyPair(os.Getenv("AIRFLOWRPC_CERT"), os.Getenv("AIRFLOWRPC_KEY"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ca, err := os.ReadFile(os.Getenv("AIRFLOWRPC_CA"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	config := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}
+	transport := &http.Transport{TLSClientConfig: config}
+	client, err := xmlrpc.NewClient(os.Getenv("AIRFLOWRPC_URL"), transport)
+	if err != nil {
+		log.Fatal(err)
+	}
+'''
+
+#: A C program's client and server info, after its declarations (env, curl, parms,
+#: client, server), as the programs below make them.
+_C_CLIENT = r'''    xmlrpc_env_init(&env);
+    xmlrpc_client_setup_global_const(&env);
+    curl.cainfo = getenv("AIRFLOWRPC_CA");
+    curl.ssl_cert = getenv("AIRFLOWRPC_CERT");
+    curl.sslkey = getenv("AIRFLOWRPC_KEY");
+    parms.transport = "curl";
+    parms.transportparmsP = &curl;
+    parms.transportparm_size = XMLRPC_CXPSIZE(cainfo);
+    xmlrpc_client_create(&env, XMLRPC_CLIENT_NO_FLAGS, "{name}", "1.0", &parms,
+                         XMLRPC_CPSIZE(transportparm_size), &client);
+    server = xmlrpc_server_info_new(&env, getenv("AIRFLOWRPC_URL"));
+'''
+
+
+def c_client(name: str) -> str:
+    """`_C_CLIENT` for the program ``name``."""
+    return _C_CLIENT.replace("{name}", name)
+
+
 NIL_PROGRAMS = {
     "python": ("nil.py", r'''
 import json, os, ssl, sys, xmlrpc.client
@@ -260,23 +300,7 @@ import (
 )
 
 func main() {
-	cert, err := tls.LoadX509KeyPair(os.Getenv("AIRFLOWRPC_CERT"), os.Getenv("AIRFLOWRPC_KEY"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	ca, err := os.ReadFile(os.Getenv("AIRFLOWRPC_CA"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca)
-	config := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}
-	transport := &http.Transport{TLSClientConfig: config}
-	client, err := xmlrpc.NewClient(os.Getenv("AIRFLOWRPC_URL"), transport)
-	if err != nil {
-		log.Fatal(err)
-	}
-	var run map[string]interface{}
+''' + GO_CLIENT + r'''	var run map[string]interface{}
 	err = client.Call("trigger_dag", []interface{}{"example_hello", nil,
 		map[string]interface{}{"dag_run_id": os.Args[1]}}, &run)
 	// kolo decodes an empty <struct> as a nil map: read conf_json, the exact JSON.
@@ -371,18 +395,7 @@ int main(int argc, char **argv) {
     xmlrpc_mem_block *json;
 
     (void)argc;
-    xmlrpc_env_init(&env);
-    xmlrpc_client_setup_global_const(&env);
-    curl.cainfo = getenv("AIRFLOWRPC_CA");
-    curl.ssl_cert = getenv("AIRFLOWRPC_CERT");
-    curl.sslkey = getenv("AIRFLOWRPC_KEY");
-    parms.transport = "curl";
-    parms.transportparmsP = &curl;
-    parms.transportparm_size = XMLRPC_CXPSIZE(cainfo);
-    xmlrpc_client_create(&env, XMLRPC_CLIENT_NO_FLAGS, "nil", "1.0", &parms,
-                         XMLRPC_CPSIZE(transportparm_size), &client);
-    server = xmlrpc_server_info_new(&env, getenv("AIRFLOWRPC_URL"));
-    params = xmlrpc_build_value(&env, "(sn{s:s})", "example_hello", "dag_run_id", argv[1]);
+''' + c_client("nil") + r'''    params = xmlrpc_build_value(&env, "(sn{s:s})", "example_hello", "dag_run_id", argv[1]);
     if (env.fault_occurred) { fprintf(stderr, "%s\n", env.fault_string); return 1; }
     xmlrpc_client_call2(&env, client, server, "trigger_dag", params, &run);
     if (env.fault_occurred) {  /* a fault, or a transport error: shown the same way */
@@ -509,22 +522,7 @@ import (
 )
 
 func main() {
-	cert, err := tls.LoadX509KeyPair(os.Getenv("AIRFLOWRPC_CERT"), os.Getenv("AIRFLOWRPC_KEY"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	ca, err := os.ReadFile(os.Getenv("AIRFLOWRPC_CA"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca)
-	config := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}
-	client, err := xmlrpc.NewClient(os.Getenv("AIRFLOWRPC_URL"), &http.Transport{TLSClientConfig: config})
-	if err != nil {
-		log.Fatal(err)
-	}
-	var run map[string]interface{}
+''' + GO_CLIENT + r'''	var run map[string]interface{}
 	if err := client.Call("get_dag_run", []interface{}{"example_hello", os.Args[1]}, &run); err != nil {
 		log.Fatal(err)
 	}
@@ -555,18 +553,7 @@ int main(int argc, char **argv) {
     size_t i;
 
     (void)argc;
-    xmlrpc_env_init(&env);
-    xmlrpc_client_setup_global_const(&env);
-    curl.cainfo = getenv("AIRFLOWRPC_CA");
-    curl.ssl_cert = getenv("AIRFLOWRPC_CERT");
-    curl.sslkey = getenv("AIRFLOWRPC_KEY");
-    parms.transport = "curl";
-    parms.transportparmsP = &curl;
-    parms.transportparm_size = XMLRPC_CXPSIZE(cainfo);
-    xmlrpc_client_create(&env, XMLRPC_CLIENT_NO_FLAGS, "read", "1.0", &parms,
-                         XMLRPC_CPSIZE(transportparm_size), &client);
-    server = xmlrpc_server_info_new(&env, getenv("AIRFLOWRPC_URL"));
-    xmlrpc_client_call2(&env, client, server, "get_dag_run",
+''' + c_client("read") + r'''    xmlrpc_client_call2(&env, client, server, "get_dag_run",
                         xmlrpc_build_value(&env, "(ss)", "example_hello", argv[1]), &run);
     if (env.fault_occurred) { fprintf(stderr, "%d %s\n", env.fault_code, env.fault_string); return 1; }
     xmlrpc_decompose_value(&env, run, "{s:s,s:S,s:s,*}", "dag_run_id", &id, "conf", &conf,
