@@ -39,6 +39,14 @@ def write_config(directory: Path, pki: DevPKI, port: int, airflow_port: int) -> 
     return path
 
 
+def stop_daemon(pid: int, pidfile: Path, seconds: float) -> None:
+    """SIGTERM to a daemonized twistd, then wait (``seconds`` at most) for its pid file to go."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("edit,expected", [
     (lambda t: t + "\n[rpc]\nmax_multical = 3\n", "rpc.max_multical: unknown key"),
     (lambda t: t.replace('"pw"', '"missing-pw"'), "airflow.password_file: cannot read"),
@@ -100,10 +108,7 @@ def test_daemonizes_with_pidfile_and_logfile_and_reports_airflow_down(
         assert "Site (TLS) starting on" in logfile.read_text()
     finally:
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while pidfile.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            stop_daemon(pid, pidfile, 30)
     assert not pidfile.exists()
 
 
@@ -186,10 +191,7 @@ def test_a_daemonized_supervisor_keeps_its_workers_log(tmp_path: Path, pki: DevP
             time.sleep(0.2)
     finally:
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while pidfile.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            stop_daemon(pid, pidfile, 60)
     assert not pidfile.exists()
     text = logfile.read_text()
     for k in (0, 1):  # each worker's own start and its orderly stop
