@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import http.client
 import socket
 import ssl
 import subprocess
@@ -14,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from txairflowrpc.devstack.pki import DevPKI
+from txairflowrpc.devstack.airflow import LocalAirflow
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
 from .conftest import RunningGateway, audit_records, client_context
 
@@ -127,3 +130,62 @@ def test_curl_with_http_1_0_is_served(gateway: RunningGateway, tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert b"pong" in result.stdout
+
+
+def issued(pki: DevPKI, directory: Path, name: str, dns: str) -> ClientFiles:
+    """A client certificate for ``dns`` in ``directory`` (not the suite's shared files)."""
+    leaf = pki.ca.issue_cert(dns, common_name=dns)
+    files = ClientFiles(name, directory / f"{name}.pem", directory / f"{name}.key")
+    leaf.cert_chain_pems[0].write_to_path(str(files.cert))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+def ping_status(conn: http.client.HTTPSConnection) -> int:
+    conn.request("POST", "/RPC2", xmlrpc.client.dumps((), "ping").encode(),
+                 {"Content-Type": "text/xml"})
+    answer = conn.getresponse()
+    answer.read()
+    return answer.status
+
+
+def test_a_certificate_its_ca_revoked_is_refused_on_a_connection_already_open(
+    tmp_path: Path, pki: DevPKI, airflow: LocalAirflow,
+) -> None:
+    """
+    ``tls.client_crl``: a certificate on its CA's list gets a 401 that says so, and
+    the trail records it; a list renewed while the gateway runs reaches a keep-alive
+    connection that was let in before; the principal's other certificate stays in.
+    """
+    crl = pki.write_crl(tmp_path / "crl.pem")  # nothing revoked yet
+    (tmp_path / "gw").mkdir()
+    gateway = RunningGateway(tmp_path / "gw", pki, airflow)
+    text = gateway.config.read_text()
+    assert text.count("client_ca = ") == 1
+    gateway.config.write_text(text.replace("client_ca = ", f'client_crl = "{crl}"\nclient_ca = '))
+    stolen = issued(pki, tmp_path, "stolen", "ci-bot.example.com")
+    renewed = issued(pki, tmp_path, "renewed", "ci-bot.example.com")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.contextmanager(gateway.serving)())
+        kept_open = http.client.HTTPSConnection(
+            "localhost", gateway.port, timeout=30, context=client_context(pki, stolen))
+        stack.callback(kept_open.close)
+        assert ping_status(kept_open) == 200
+        sock = kept_open.sock
+        pki.write_crl(crl, (stolen,))
+        deadline = time.monotonic() + 15
+        while (status := ping_status(kept_open)) == 200:
+            assert kept_open.sock is sock, "the connection was not kept open"
+            assert time.monotonic() < deadline, "the new list was not taken"
+            time.sleep(0.2)
+        assert status == 401
+        assert gateway.proxy(renewed).ping() == "pong"
+        fresh = http.client.HTTPSConnection(
+            "localhost", gateway.port, timeout=30, context=client_context(pki, stolen))
+        stack.callback(fresh.close)
+        assert ping_status(fresh) == 401
+        deadline = time.monotonic() + 15
+        while not any("revoked by its CA" in str(r.get("reason", ""))
+                      for r in audit_records(gateway.audit_path)):
+            assert time.monotonic() < deadline, "no refusal on the trail says why"
+            time.sleep(0.2)

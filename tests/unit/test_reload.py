@@ -648,3 +648,31 @@ def test_a_sighup_while_stopping_is_ignored_not_the_end_of_the_process() -> None
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI) -> None:  # noqa: F811
+    """``tls.client_crl``: a certificate its CA revokes is refused once the new list is seen."""
+    from cryptography import x509
+
+    from txairflowrpc.identity.certificates import PeerCertificate
+
+    _, gate, _, reloader, tmp = setup
+    files = pki.client("ci-bot.example.com")
+    mine = PeerCertificate.from_cryptography(x509.load_pem_x509_certificate(files.cert.read_bytes()))
+    crl = pki.write_crl(tmp / "crl.pem")  # nothing revoked yet
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text().replace(
+        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1))
+    bump(config)
+    reloader._poll()
+    reloader._poll()
+    assert gate.current.revocations is not None
+    assert run(gate.authenticate(FakeRequest(mine))).name == "ci-bot"
+    pki.write_crl(crl, (files,))
+    bump(crl)
+    reloader._poll()
+    reloader._poll()  # it stood still
+    with pytest.raises(Unauthenticated, match="revoked by its CA"):
+        run(gate.authenticate(FakeRequest(mine)))
+    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+    assert (event["trigger"], event["result"]) == ("file change: client_crl", "accepted")

@@ -72,6 +72,8 @@ def parse(document: dict[str, Any], source: Path) -> Config:
         name: read_table(name, document.get(name, {}), base, SECTIONS[name]._keys)
         for name in SECTIONS
     }
+    tls = sections["tls"]
+    tls["client_crl"] = None if tls["client_crl"] in ("", base / "") else tls["client_crl"]
     airflow = sections["airflow"]
     airflow["base_url"] = _check_base_url(airflow["base_url"])
     airflow["ca_file"] = None if airflow["ca_file"] in ("", base / "") else airflow["ca_file"]

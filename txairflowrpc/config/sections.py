@@ -76,16 +76,22 @@ class ListenConfig:
 
 @attrs.frozen
 class TLSConfig:
-    """The server's certificate and the CA that signs client certificates."""
+    """
+    The server's certificate, the CA that signs client certificates and
+    the lists of those it has revoked.
+    """
 
     certificate: Path
     private_key: Path
     client_ca: Path
+    #: PEM CRLs of ``client_ca``'s CAs (`txairflowrpc.identity.revocation`); None: none.
+    client_crl: Path | None = None
 
     _keys = {
         "certificate": Key(str, is_path=True),
         "private_key": Key(str, is_path=True),
         "client_ca": Key(str, is_path=True),
+        "client_crl": Key(str, "", is_path=True, must_exist=False),
     }
 
 

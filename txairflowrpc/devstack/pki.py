@@ -56,3 +56,31 @@ class DevPKI:
         cert.private_key_pem.write_to_path(str(files.key))
         files.key.chmod(0o600)
         return files
+
+    def write_crl(
+        self, path: Path, revoked: tuple[ClientFiles, ...] = (), *,
+        next_update: datetime.datetime | None = None,
+    ) -> Path:
+        """
+        The CA's certificate revocation list (PEM) at ``path``, revoking the
+        certificates of ``revoked``; due for renewal at ``next_update``
+        (default: in a week).
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), None)
+        issuer = x509.load_pem_x509_certificate(self.ca.cert_pem.bytes()).subject
+        now = datetime.datetime.now(datetime.timezone.utc)
+        due = next_update or now + datetime.timedelta(days=7)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer)
+                   .last_update(min(now, due) - datetime.timedelta(days=1))
+                   .next_update(due))
+        for files in revoked:
+            serial = x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(now - datetime.timedelta(minutes=1)).build())
+        crl = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return path

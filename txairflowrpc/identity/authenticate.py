@@ -7,7 +7,8 @@ credentials).  A caller proves who it is with
 
 - a client certificate (verified by the TLS layer against the configured
   CA), mapped to a configured principal by SAN, CN, fingerprint or SPKI
-  hash; a certificate that maps to no principal is refused;
+  hash; a certificate that maps to no principal, or that its CA revoked
+  (``tls.client_crl``, `txairflowrpc.identity.revocation`), is refused;
 - a gateway token, as ``Authorization: Bearer arpc_...`` or, for clients
   that only do basic auth, ``Authorization: Basic`` with the principal's
   name and the token;
@@ -43,6 +44,7 @@ from . import aws, oidc, tokens
 from .backoff import source_key
 from .certificates import PeerCertificate, matches, peer_certificate
 from .principal import Principal
+from .revocation import Revocations
 from .scopes import Grants, Role
 
 _log = Logger()
@@ -99,8 +101,11 @@ class Authenticator:
         self, access: AccessConfig, *, roles: dict[str, Role],
         tokens_store: tokens.TokenStore | None, jwks: dict[str, oidc.JWKSet],
         clock: IReactorTime, aws: aws.IAMVerifier | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.access = access
+        #: The client certificates their CAs revoked (``tls.client_crl``; None: no lists).
+        self.revocations = revocations
         self.roles = roles
         self.tokens = tokens_store
         self.jwks = jwks
@@ -149,6 +154,10 @@ class Authenticator:
         return attrs.evolve(principal, warning_days=settings.expiry_warning_days)
 
     def _from_certificate(self, cert: PeerCertificate) -> Principal:
+        if self.revocations is not None and self.revocations.revoked(cert):
+            # Refused whatever else the request holds (a token too): whoever
+            # presents a revoked certificate is not let in by another proof.
+            raise Unauthenticated("the client certificate has been revoked by its CA")
         found = [e for e in self.access.principals.values() if matches(e, cert)]
         if not found:
             raise Unauthenticated("the client certificate matches no principal")

@@ -34,6 +34,10 @@ class PeerCertificate:
     #: ``not_after`` as seconds since the epoch: a connection kept open past
     #: it must not keep the verdict its handshake earned.
     not_after_seconds: float | None = None
+    #: Its CA's subject (RFC 4514 text) and its serial number: what a
+    #: revocation list names it by (`txairflowrpc.identity.revocation`).
+    issuer: str = ""
+    serial: int | None = None
 
     @classmethod
     def from_cryptography(cls, cert: x509.Certificate) -> "PeerCertificate":
@@ -59,6 +63,8 @@ class PeerCertificate:
             spki_sha256=hashlib.sha256(spki).hexdigest(),
             not_after=iso_seconds(cert.not_valid_after_utc),
             not_after_seconds=cert.not_valid_after_utc.timestamp(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=cert.serial_number,
         )
 
     @property

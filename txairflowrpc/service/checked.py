@@ -1,12 +1,13 @@
 """
 A config file read and checked whole, as twistd does at start, a reload
 does, and ``airflowrpc config check`` does: the TOML, the roles it defines,
-the TLS certificates, the token store, the OIDC key files and the CAs
-that verify Airflow's certificate.
+the TLS certificates and the client CAs' revocation lists, the token
+store, the OIDC key files and the CAs that verify Airflow's certificate.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from twisted.internet.interfaces import IReactorTime
 
 from .. import config as config_module
 from ..audit import checkpoint
-from ..gate.tls import ca_certificates, server_options
+from ..gate.tls import ca_certificates, load_ca_bundle, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
+from ..identity.revocation import Revocations, load_revocations
 from ..identity.scopes import Role, build_roles
 from ..upstream.transport import OriginTrust
 
@@ -36,6 +38,15 @@ class Checked:
     signer: checkpoint.Signer | None = attrs.field(eq=False, default=None)
     #: Airflow's own CAs (``airflow.ca_file``), for its origin alone; None: the system's.
     airflow_trust: OriginTrust | None = attrs.field(eq=False, default=None)
+    #: The client certificates revoked by ``tls.client_crl`` (None: no lists).
+    revocations: Revocations | None = attrs.field(eq=False, default=None)
+
+    def warnings(self, now: datetime) -> list[str]:
+        """What the start, a reload and ``config check`` warn of, each a line."""
+        found = config_module.open_secrets(self.config)
+        if self.revocations is not None:
+            found += self.revocations.overdue(now)
+        return found
 
 
 def load_checked(path: str | Path) -> Checked:
@@ -80,7 +91,19 @@ def _load_checked(path: str | Path) -> Checked:
     if cfg.airflow.ca_file is not None:
         airflow_trust = OriginTrust(cfg.airflow.base_url, ssl.trustRootFromCertificates(
             ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file)))
-    return Checked(cfg, roles, options, store, signer, airflow_trust)
+    revocations = None
+    if cfg.tls.client_crl is not None:
+        cas = [c.original.to_cryptography()
+               for c in load_ca_bundle("tls.client_ca", cfg.tls.client_ca)]
+        try:
+            revocations = load_revocations(cfg.tls.client_crl.read_bytes(), cas)
+        except OSError as e:
+            raise config_module.ConfigError(
+                "tls.client_crl", f"cannot read {cfg.tls.client_crl}: {e.strerror}") from None
+        except ValueError as e:
+            raise config_module.ConfigError(
+                "tls.client_crl", f"{cfg.tls.client_crl}: {e}") from None
+    return Checked(cfg, roles, options, store, signer, airflow_trust, revocations)
 
 
 def served_certificates(options: ssl.CertificateOptions) -> dict[str, list[x509.Certificate]]:
@@ -117,5 +140,5 @@ def build_authenticator(
         verifier.adopt(previous.aws if previous is not None else None)
     return Authenticator(
         checked.config.access, roles=checked.roles, tokens_store=checked.tokens, jwks=jwks,
-        clock=clock, aws=verifier,
+        clock=clock, aws=verifier, revocations=checked.revocations,
     )

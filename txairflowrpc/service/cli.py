@@ -185,13 +185,14 @@ def audit_digest(config: str, value: str, target: bool) -> int:
 
 def config_check(path: str) -> int:
     try:
-        cfg = load_checked(path).config
+        checked = load_checked(path)
     except config_module.ConfigError as e:
         # The line twistd stops with, for the same config (and the same grep),
         # at the journal's priority error when the unit's ExecReload= runs it.
         print(for_stderr(f"airflowrpc: {path}: {e}"), file=sys.stderr)
         return 1
-    for warning in config_module.open_secrets(cfg):
+    cfg = checked.config
+    for warning in checked.warnings(datetime.now(timezone.utc)):
         print(for_stderr(f"airflowrpc: {path}: warning: {warning}", LogLevel.warn),
               file=sys.stderr)
     proxied = (" behind the PROXY protocol from "

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from .. import config as config_module
 from ..audit.log import AuditLog
+from ..core.timefmt import utc
 from ..gate.tls import ReloadableTLS
 from ..identity import tokens
 from ..identity.authenticate import Gate
@@ -71,7 +72,7 @@ def _stamps(cfg: config_module.Config) -> dict[str, Any]:
     files = {
         "config": cfg.source, "certificate": cfg.tls.certificate,
         "private_key": cfg.tls.private_key, "client_ca": cfg.tls.client_ca,
-        "airflow_ca": cfg.airflow.ca_file,
+        "client_crl": cfg.tls.client_crl, "airflow_ca": cfg.airflow.ca_file,
     }
     for name, provider in cfg.access.oidc.items():
         files[f"jwks:{name}"] = provider.jwks_file
@@ -387,6 +388,9 @@ class Reloader(service.Service):
         _log.info("config reloaded ({trigger}): {principals} principals, {roles} roles",
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))
+        if checked.revocations is not None:
+            for warning in checked.revocations.overdue(utc(self._clock.seconds())):
+                _log.warn("{warning}", warning=warning)
         self._record("accepted", trigger, None, restart)
         self._told(None)
         return True

@@ -42,6 +42,7 @@ from ..audit.log import AuditLog, RunBlocking
 from ..audit.owner import ChainInUse, Claim, claim
 from ..audit.summary import Summarizer, load_digest_key
 from ..audit.thread import AuditThread
+from ..core.timefmt import utc
 from ..gate.dispatch import Dispatcher
 from ..gate.limits import CallLimits
 from ..gate.methods import AirflowMethods
@@ -630,7 +631,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     cfg = checked.config
     worker: int | None = options["worker"]
     if worker is None:  # once per gateway: not again from each worker
-        for warning in config_module.open_secrets(cfg):
+        for warning in checked.warnings(utc(reactor.seconds())):
             _log.warn("{warning}", warning=warning)
     if worker is None and cfg.listen.workers > 1:
         return make_supervisor(options, reactor)

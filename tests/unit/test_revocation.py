@@ -1,0 +1,206 @@
+"""Client certificates their CA revoked: ``tls.client_crl``, read, checked and applied."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import attrs
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.task import Clock
+
+from txairflowrpc.config import ConfigError
+from txairflowrpc.devstack.gatewayconf import core_config
+from txairflowrpc.devstack.pki import ClientFiles, DevPKI
+from txairflowrpc.identity.authenticate import Unauthenticated
+from txairflowrpc.identity.certificates import PeerCertificate
+from txairflowrpc.identity.revocation import load_revocations
+from txairflowrpc.service.checked import build_authenticator, load_checked
+from txairflowrpc.service.cli import main
+
+from .test_access import run
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
+    return DevPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+class Request:
+    """A request over TLS with ``files``' certificate (or none) and an Authorization."""
+
+    def __init__(self, files: ClientFiles | None, authorization: str | None = None) -> None:
+        self.transport = self
+        self._files, self._auth = files, authorization
+
+    def getPeerCertificate(self) -> object:
+        return None if self._files is None else self
+
+    def to_cryptography(self) -> x509.Certificate:
+        assert self._files is not None
+        return x509.load_pem_x509_certificate(self._files.cert.read_bytes())
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        return self._auth.encode() if self._auth and name == b"authorization" else None
+
+
+def peer(files: ClientFiles) -> PeerCertificate:
+    return PeerCertificate.from_cryptography(x509.load_pem_x509_certificate(files.cert.read_bytes()))
+
+
+def cas(*pkis: DevPKI) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(p.ca_file.read_bytes()) for p in pkis]
+
+
+def test_a_listed_certificate_is_revoked_and_no_other(pki: DevPKI, tmp_path: Path) -> None:
+    gone, kept = pki.client("gone-bot"), pki.client("kept-bot")
+    crl = pki.write_crl(tmp_path / "crl.pem", (gone,))
+    revocations = load_revocations(crl.read_bytes(), cas(pki))
+    assert revocations.revoked(peer(gone)) and not revocations.revoked(peer(kept))
+    (listed,) = revocations.lists
+    assert listed.revoked == 1 and "txairflowrpc dev CA" in listed.issuer
+
+
+def test_the_same_serial_from_another_ca_is_not_revoked(pki: DevPKI, tmp_path: Path) -> None:
+    """A list names certificates by its own CA and serial: another CA's serial is another's."""
+    gone = pki.client("gone-bot")
+    revocations = load_revocations(pki.write_crl(tmp_path / "crl.pem", (gone,)).read_bytes(),
+                                   cas(pki))
+    theirs = attrs.evolve(peer(gone), issuer="O=someone else")
+    assert not revocations.revoked(theirs)
+
+
+def test_lists_of_two_cas_in_one_file(pki: DevPKI, tmp_path: Path) -> None:
+    other = DevPKI.create(tmp_path / "other")
+    mine, theirs = pki.client("mine-bot"), other.client("their-bot")
+    both = (pki.write_crl(tmp_path / "a.pem", (mine,)).read_bytes()
+            + other.write_crl(tmp_path / "b.pem", (theirs,)).read_bytes())
+    revocations = load_revocations(both, cas(pki, other))
+    assert revocations.revoked(peer(mine)) and revocations.revoked(peer(theirs))
+    assert not revocations.revoked(peer(pki.client("other-bot")))
+    assert len(revocations.lists) == 2
+
+
+def forged(pki: DevPKI) -> bytes:
+    """A list in the dev CA's name, signed by another key."""
+    issuer = x509.load_pem_x509_certificate(pki.ca_file.read_bytes()).subject
+    now = dt.datetime.now(dt.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now)
+           .next_update(now + dt.timedelta(days=1))
+           .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def test_unusable_lists_are_refused_saying_why(pki: DevPKI, tmp_path: Path) -> None:
+    good = pki.write_crl(tmp_path / "crl.pem").read_bytes()
+    other = DevPKI.create(tmp_path / "other")
+    for pem, why in [
+        (b"", "holds no PEM CRL"),
+        (pki.ca_file.read_bytes(), "holds no PEM CRL"),
+        (good + b"\ngarbage\n", "holds something besides PEM CRLs"),
+        (unreadable(good), "CRL 1 cannot be read"),
+        (forged(pki), "is not signed by a CA of tls.client_ca"),
+        (other.write_crl(tmp_path / "o.pem").read_bytes(), "(none has that name)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            load_revocations(pem, cas(pki))
+
+
+def unreadable(pem: bytes) -> bytes:
+    """``pem`` with its DER's first line overwritten: PEM still, no CRL."""
+    lines = pem.splitlines()
+    lines[1] = b"A" * len(lines[1])
+    return b"\n".join(lines) + b"\n"
+
+
+def test_a_delta_list_is_refused(pki: DevPKI, tmp_path: Path) -> None:
+    key = serialization.load_pem_private_key(pki.ca.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(pki.ca_file.read_bytes()).subject
+    now = dt.datetime.now(dt.timezone.utc)
+    delta = (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now)
+             .next_update(now + dt.timedelta(days=1))
+             .add_extension(x509.DeltaCRLIndicator(1), critical=True)
+             .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="is a delta CRL: give the full one"):
+        load_revocations(delta.public_bytes(serialization.Encoding.PEM), cas(pki))
+
+
+def test_a_list_past_its_next_update_still_revokes_and_is_warned_of(
+        pki: DevPKI, tmp_path: Path) -> None:
+    gone = pki.client("gone-bot")
+    due = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    revocations = load_revocations(
+        pki.write_crl(tmp_path / "crl.pem", (gone,), next_update=due).read_bytes(), cas(pki))
+    assert revocations.revoked(peer(gone))
+    (warning,) = revocations.overdue(dt.datetime.now(dt.timezone.utc))
+    assert warning.startswith("tls.client_crl: the list of ") and "was due for renewal on" in warning
+    assert "it still revokes the 1 it lists" in warning
+    assert revocations.overdue(due - dt.timedelta(seconds=1)) == []
+
+
+def write_config(tmp_path: Path, pki: DevPKI, crl: str | None) -> Path:
+    (tmp_path / "pw").write_text("pw\n")
+    text = core_config(
+        port=8443, tls=pki.directory, airflow="http://127.0.0.1:8080",
+        password_file=tmp_path / "pw", audit=tmp_path / "audit.jsonl",
+    )
+    if crl is not None:
+        text = text.replace('client_ca = "', f'client_crl = "{crl}"\nclient_ca = "', 1)
+    text += ('[auth]\nclient_certificate = "optional"\n'
+             f'token_store = "{tmp_path}/tokens.json"\n'
+             '[principals.etl-bot]\nroles = ["ci"]\ncert_cn = ["etl-bot"]\n'
+             '[roles.ci]\nscopes = ["dags:read"]\n')
+    path = tmp_path / "airflowrpc.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_gateway_refuses_a_revoked_certificate_even_beside_a_token(
+        pki: DevPKI, tmp_path: Path) -> None:
+    from txairflowrpc.identity import tokens
+
+    gone, kept = pki.client("etl-bot"), ClientFiles("etl-bot", tmp_path / "k.pem", tmp_path / "k.key")
+    pki.ca.issue_cert("etl-bot", common_name="etl-bot").cert_chain_pems[0].write_to_path(
+        str(kept.cert))
+    crl = pki.write_crl(tmp_path / "crl.pem", (gone,))
+    config = write_config(tmp_path, pki, str(crl))
+    _, token = tokens.create(tmp_path / "tokens.json", "etl-bot", None, 9,
+                             dt.datetime.now(dt.timezone.utc))
+    checked = load_checked(config)
+    assert checked.config.tls.client_crl == crl
+    auth = build_authenticator(checked, http=None, clock=Clock())
+    with pytest.raises(Unauthenticated, match="the client certificate has been revoked by its CA"):
+        run(auth.authenticate(Request(gone)))
+    with pytest.raises(Unauthenticated, match="revoked by its CA"):
+        run(auth.authenticate(Request(gone, f"Bearer {token}")))
+    assert run(auth.authenticate(Request(kept))).name == "etl-bot"
+    assert run(auth.authenticate(Request(None, f"Bearer {token}"))).name == "etl-bot"
+    # Without the list the same certificate is let in: the list decides.
+    unlisted = build_authenticator(load_checked(write_config(tmp_path, pki, None)),
+                                   http=None, clock=Clock())
+    assert run(unlisted.authenticate(Request(gone))).name == "etl-bot"
+
+
+def test_a_bad_list_is_a_config_error_naming_the_key(pki: DevPKI, tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_bytes(forged(pki))
+    for crl, why in [(str(tmp_path / "bad.pem"), "is not signed by a CA of tls.client_ca"),
+                     (str(tmp_path / "missing.pem"), "cannot read")]:
+        with pytest.raises(ConfigError) as e:
+            load_checked(write_config(tmp_path, pki, crl))
+        assert e.value.key == "tls.client_crl" and why in str(e.value)
+
+
+def test_config_check_warns_of_a_list_past_its_next_update(
+        pki: DevPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    due = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    stale = pki.write_crl(tmp_path / "crl.pem", next_update=due)
+    config = write_config(tmp_path, pki, str(stale))
+    assert main(["config", "check", "--config", str(config)]) == 0  # a warning, not an error
+    assert "warning: tls.client_crl: the list of " in capsys.readouterr().err
+    pki.write_crl(stale)
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "tls.client_crl" not in capsys.readouterr().err
