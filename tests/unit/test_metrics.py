@@ -26,6 +26,7 @@ from txairflowrpc.gate.dispatch import Dispatcher
 from txairflowrpc.identity.authenticate import Unauthenticated
 from txairflowrpc.identity.policy import ScopePolicy
 from txairflowrpc.identity.principal import Principal
+from txairflowrpc.identity.revocation import RevocationList, Revocations
 from txairflowrpc.identity.tokens import TokenRecord, TokenStore
 from txairflowrpc.service.metrics import GatewayMetrics, PartsCollector, credential_kind
 from txairflowrpc.service.tap import Parts, build_site
@@ -365,8 +366,13 @@ class CollectorTests(SynchronousTestCase):
         store = TokenStore(Path("tokens.json"), {r.id: r for r in records})
         access = attrs.make_class("A", {"principals": attrs.field()})(
             {"ci-bot": object(), "auditor": object()})
+        due = now + timedelta(hours=6)
+        lists = Revocations((RevocationList("O=Corp CA", 3, due),
+                             RevocationList("O=Old CA", 0, now - timedelta(days=1)),
+                             RevocationList("O=Undated CA", 0, None)), frozenset())
         current = attrs.make_class("C", {"jwks": attrs.field(), "tokens": attrs.field(),
-                                         "access": attrs.field()})({}, store, access)
+                                         "access": attrs.field(), "revocations": attrs.field()})(
+            {}, store, access, lists)
         gate = attrs.make_class("G", {"current": attrs.field()})(current)
         self.collector(gate=gate)
         expiry = {s.labels["principal"]: s.value
@@ -374,6 +380,10 @@ class CollectorTests(SynchronousTestCase):
         # An expired token stays, below zero, until it is revoked: found by review, its
         # alert cleared at the moment its client began to fail.
         self.assertEqual(expiry, {"ci-bot": 3 * 86400, "auditor": -86400})
+        # The client CAs' lists by their nextUpdate; one that names none is not reported.
+        crls = {s.labels["issuer"]: s.value
+                for s in _samples(self.metrics, "airflowrpc_client_crl_next_update_seconds")}
+        self.assertEqual(crls, {"O=Corp CA": 6 * 3600, "O=Old CA": -86400})
         leaf = self.value("airflowrpc_certificate_expiry_seconds", certificate="tls.certificate")
         assert leaf is not None
         self.assertTrue(29.9 < leaf / 86400 <= 30, leaf)
@@ -393,8 +403,8 @@ class CollectorTests(SynchronousTestCase):
                               created=now - timedelta(days=30), expires=now - timedelta(days=2))
         access = attrs.make_class("A", {"principals": attrs.field()})({"ci-bot": object()})
         current = attrs.make_class("C", {"jwks": attrs.field(), "tokens": attrs.field(),
-                                         "access": attrs.field()})(
-            {}, TokenStore(Path("tokens.json"), {"a": expired}), access)
+                                         "access": attrs.field(), "revocations": attrs.field()})(
+            {}, TokenStore(Path("tokens.json"), {"a": expired}), access, None)
         gate = attrs.make_class("G", {"current": attrs.field()})(current)
         self.collector(gate=gate)
         self.assertEqual(self.value("airflowrpc_token_expiry_seconds", principal="ci-bot"),

@@ -504,6 +504,16 @@ class PartsCollector:
             for principal, expires in sorted(earliest.items()):
                 expiry.add_metric([principal], (expires - now).total_seconds())
         yield expiry
+        lists = GaugeMetricFamily(
+            "airflowrpc_client_crl_next_update_seconds", "Seconds until each revocation list "
+            "of tls.client_crl is due for renewal (its nextUpdate), negative once it is: a "
+            "certificate revoked since is not known", labels=["issuer"])
+        if current.revocations is not None:
+            for crl in current.revocations.lists:
+                if crl.next_update is not None:
+                    lists.add_metric([crl.issuer[:200]],
+                                     crl.next_update.timestamp() - self._clock.seconds())
+        yield lists
 
     def _certificate_metrics(self) -> Iterator[Metric]:
         if self._certificates is None:
