@@ -52,6 +52,9 @@ class FakeAirflow(Resource):
         self._counter = itertools.count(1)
         #: (method, path-prefix) -> (status, body) for the next matching request.
         self.fail_next: dict[tuple[str, str], tuple[Any, ...]] = {}
+        #: The same, but the request is carried out first (what Airflow did
+        #: before something in front of it answered an error instead).
+        self.fail_after: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.dags: dict[str, dict[str, Any]] = {}
         #: Backfills by id; a DAG with "_daily" set has a daily schedule (others none).
         self.backfills: dict[int, dict[str, Any]] = {}
@@ -86,6 +89,11 @@ class FakeAirflow(Resource):
     def render(self, request: Any) -> bytes:
         method = request.method.decode()
         path = unquote(request.path.decode())
+        for (m, prefix), answer in list(self.fail_after.items()):
+            if m == method and path.startswith(prefix):
+                del self.fail_after[(m, prefix)]
+                self.render(request)  # done, and its answer replaced
+                return self._json(request, *answer)
         self.requests.append((method, path))
         raw = request.content.read()
         body = json.loads(raw) if raw else None

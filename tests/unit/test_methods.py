@@ -127,6 +127,68 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(f.faultCode, 409)
         self.assertIn("different conf", f.faultString)
 
+    def test_a_run_made_before_airflow_answered_an_error_is_found_and_said_made(
+            self) -> None:
+        """
+        Found by review: Airflow (or a proxy in front of it) answered 500 or
+        502 after making the run: the trigger failed (exit 5 in a pipeline)
+        for a run that existed, and its retry said "already existed, none
+        was started".  With a dag_run_id the run is looked for first.
+        """
+        for status in (500, 502, 504):
+            run_id = f"made-{status}"
+            self.gw.airflow.fail_after[("POST", "/api/v2/dags/etl_orders/dagRuns")] = (
+                status, {"detail": "upstream trouble"})
+            d = self.gw.call_d("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": run_id})
+            self.gw.advance(5)  # a 502 or 504 is retried by the gateway first
+            _, _, run = self.successResultOf(d)
+            self.assertEqual((run["dag_run_id"], run["created"]), (run_id, True), status)
+            # A later try of the same run (the client's, or a CI re-run) made nothing.
+            again = self.call("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": run_id})
+            self.assertFalse(again["created"])
+        self.assertEqual(len(self.gw.airflow.runs), 3)
+
+    def test_an_error_with_no_run_made_stays_an_error(self) -> None:
+        self.gw.airflow.fail_next[("POST", "/api/v2/dags/etl_orders/dagRuns")] = (
+            500, {"detail": "boom"})
+        f = self.fault("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "not-made"})
+        self.assertEqual(f.faultCode, 502)
+        self.assertEqual(self.gw.airflow.runs, {})
+        # Without a run id nothing can be looked for: the caller is told it may exist.
+        self.gw.airflow.fail_after[("POST", "/api/v2/dags/etl_orders/dagRuns")] = (
+            500, {"detail": "boom"})
+        f = self.fault("trigger_dag", "etl_orders", {"a": 1})
+        self.assertIn("may", f.faultString)
+
+    def test_a_retry_inside_the_gateway_that_meets_its_own_run_says_made(self) -> None:
+        """Found by review: a 503 after the run was made, retried into a 409: created false."""
+        self.gw.airflow.fail_after[("POST", "/api/v2/dags/etl_orders/dagRuns")] = (
+            503, {"detail": "busy"})
+        d = self.gw.call_d("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "retried"})
+        self.gw.advance(5)  # the gateway's back-off before its own retry
+        _, _, run = self.successResultOf(d)
+        self.assertEqual((run["dag_run_id"], run["created"]), ("retried", True))
+        posts = [r for r in self.gw.airflow.api_requests()
+                 if r == ("POST", "/api/v2/dags/etl_orders/dagRuns")]
+        self.assertEqual(len(posts), 2)
+        self.assertEqual(len(self.gw.airflow.runs), 1)
+
+    def test_the_same_run_id_with_another_logical_date_is_a_conflict(self) -> None:
+        """Found by review: only the conf was compared; another date was "already made"."""
+        self.call("trigger_dag", "etl_orders", {"a": 1},
+                  {"dag_run_id": "ld", "logical_date": "2026-01-01T00:00:00Z"})
+        f = self.fault("trigger_dag", "etl_orders", {"a": 1},
+                       {"dag_run_id": "ld", "logical_date": "2026-06-30T00:00:00Z"})
+        self.assertEqual(f.faultCode, 409)
+        self.assertIn("another logical_date", f.faultString)
+        # The same instant written in another zone is the same date.
+        again = self.call("trigger_dag", "etl_orders", {"a": 1},
+                          {"dag_run_id": "ld", "logical_date": "2026-01-01T01:00:00+01:00"})
+        self.assertFalse(again["created"])
+        # No date asked for: any date will do (the CLI sends none).
+        self.assertFalse(self.call("trigger_dag", "etl_orders", {"a": 1},
+                                   {"dag_run_id": "ld"})["created"])
+
     def test_trigger_rejects_bad_options(self) -> None:
         for params, words in [
             (({}, {"logical_date": "yesterday"}), "ISO-8601"),

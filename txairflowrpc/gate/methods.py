@@ -222,6 +222,28 @@ def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
     return first.startswith(start) and _LINE_END.match(first, len(start)) is not None
 
 
+def _made_by_this_call(run: dict[str, Any], call: CallContext) -> bool:
+    """
+    Whether ``run`` was made by this very call: its note's first line names
+    the call's own request id (an attempt whose answer was lost made it).
+    """
+    note = run.get("note")
+    first = note.split("\n", 1)[0] if isinstance(note, str) else ""
+    return first == f"{_attributed_to(call)}{call.request_id})"
+
+
+def _same_logical_date(run: dict[str, Any], logical_date: str | None) -> bool:
+    """Whether ``run`` has the logical date a trigger asked for (none asked: any)."""
+    if logical_date is None:
+        return True
+    found = run.get("logical_date")
+    try:
+        return isinstance(found, str) and (
+            timefmt.parse_iso(found) == timefmt.parse_iso(logical_date))
+    except ValueError:
+        return False
+
+
 def _attributed_to(call: CallContext) -> str:
     """How a run's note starts when the caller triggered it: up to its request id."""
     name = getattr(call.principal, "name", "unknown")[:MAX_NAME_IN_NOTE]
@@ -412,8 +434,11 @@ class AirflowMethods:
         caller's own note (at most 700 characters).
 
         With a dag_run_id the call is idempotent: if that run exists with the
-        same conf, it is returned with ``created`` false and nothing is
-        triggered; with another conf the call is a 409 fault.
+        same conf (and logical_date, if one is given), it is returned with
+        ``created`` false and nothing is triggered; with another conf or
+        logical_date the call is a 409 fault.  ``created`` is true for a run
+        this call made, though Airflow's answer to it was lost or an error:
+        with a dag_run_id, a failed trigger looks for the run before it fails.
         """
         m = "trigger_dag"
         _check_id(m, "dag_id", dag_id)
@@ -449,7 +474,18 @@ class AirflowMethods:
                 # second one (found by review).  What to do instead is said.
                 cause = e.message.removesuffix("; retry later")
                 raise errors.MayHaveBeenMade(cause, e.code) from None
-            raise
+            if run_id is None:
+                raise
+            # The run may be there all the same: Airflow (or a proxy in front
+            # of it) answered an error after making it, or an earlier attempt
+            # of this call's made it and its answer was lost (found by review:
+            # exit 5 for a run that was made).  If it cannot be looked up, or
+            # is not there, the error stands.
+            try:
+                existing = await client.get_dag_run(dag_id, run_id)
+            except errors.GatewayError:
+                raise e from None
+            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing)
         except errors.Conflict:
             existing = None
             if run_id is not None:
@@ -459,22 +495,38 @@ class AirflowMethods:
                     pass  # the clash was not on the run id
             if existing is None:
                 raise errors.Conflict(_clash(dag_id, logical_date)) from None
-            if not call.principal.grants.allows("runs:read", dag_id):
-                # May not read runs: learns nothing of the existing one (its
-                # state, dates, conf, note), not even whether a guessed conf
-                # matches, unless the run is its own retried.
-                if _triggered_by(existing, call) and _same_conf(existing.get("conf"), conf):
-                    return {"dag_id": dag_id, "dag_run_id": run_id, "created": False}
-                raise errors.Conflict(
-                    f"run {run_id!r} of DAG {dag_id!r} already exists") from None
-            if not _same_conf(existing.get("conf"), conf):
-                raise errors.Conflict(
-                    f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf"
-                ) from None
-            return {**existing, "created": False}
+            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing)
         if run_id is None:  # Airflow named the run: the record says which
             _note_created(dag_run_id=run.get("dag_run_id"))
         return {**run, "created": True}
+
+    @staticmethod
+    def _existing_run(
+        call: CallContext, dag_id: str, run_id: str | None, conf: dict[str, Any],
+        logical_date: str | None, existing: dict[str, Any],
+    ) -> dict[str, Any]:
+        """
+        A trigger's answer when its run id is taken: the run, if it is the
+        one asked for (the same conf and logical date), ``created`` saying
+        whether this call made it; else a 409 fault.
+        """
+        same = _same_conf(existing.get("conf"), conf) and _same_logical_date(
+            existing, logical_date)
+        created = _made_by_this_call(existing, call)
+        if not call.principal.grants.allows("runs:read", dag_id):
+            # May not read runs: learns nothing of the existing one (its
+            # state, dates, conf, note), not even whether a guessed conf
+            # matches, unless the run is its own retried.
+            if _triggered_by(existing, call) and same:
+                return {"dag_id": dag_id, "dag_run_id": run_id, "created": created}
+            raise errors.Conflict(f"run {run_id!r} of DAG {dag_id!r} already exists")
+        if not _same_conf(existing.get("conf"), conf):
+            raise errors.Conflict(
+                f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf")
+        if not same:
+            raise errors.Conflict(
+                f"run {run_id!r} of DAG {dag_id!r} already exists with another logical_date")
+        return {**existing, "created": created}
 
     @rpc_method("get_dag_run", "struct", _DAG_ID, _RUN_ID, scope="runs:read", dag="dag_id")
     def get_dag_run(self, call: CallContext, dag_id: str, dag_run_id: str) -> Deferred[Any]:
