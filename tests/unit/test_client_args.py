@@ -313,6 +313,37 @@ def test_a_retried_job_gets_the_same_run_id() -> None:
     assert runid.derive({**GITLAB, "CI_PIPELINE_ID": "9002"}).run_id != first.run_id
 
 
+def test_two_jenkins_jobs_whose_names_differ_only_in_slashes_get_two_ids() -> None:
+    """
+    Found by review: Jenkins' BUILD_TAG turns a folder's '/' into '-', so
+    job team/app-deploy #7 and job team-app/deploy #7 shared a run id, and
+    the second was told its run "already existed" and started nothing.
+    """
+    def build(job: str, number: str = "7", **more: str) -> runid.RunIdentity:
+        tag = f"jenkins-{job.replace('/', '-')}-{number}"
+        return runid.derive({"JENKINS_URL": "https://ci.example/", "JOB_NAME": job,
+                             "BUILD_NUMBER": number, "BUILD_TAG": tag, **more})
+
+    a, b = build("team/app-deploy"), build("team-app/deploy")
+    assert a.run_id != b.run_id and a.retry_safe and b.retry_safe
+    assert a.source == "JOB_NAME, BUILD_NUMBER"
+    # A name with nothing to change keeps the id BUILD_TAG gave before.
+    assert build("etl-deploy").run_id == "jenkins-etl-deploy-7"
+    # A retry inside one build keeps its id; the next build gets another.
+    assert build("team/app-deploy").run_id == a.run_id != build("team/app-deploy", "8").run_id
+
+
+def test_jenkins_without_its_url_configured_is_still_jenkins() -> None:
+    """Found by review: JENKINS_URL is set only once Jenkins' URL is configured."""
+    env = {"JOB_NAME": "etl/nightly", "BUILD_NUMBER": "12", "BUILD_TAG": "jenkins-etl-nightly-12",
+           "BUILD_URL": "https://ci.example/job/etl/job/nightly/12/"}
+    found = runid.derive(env)
+    assert found.retry_safe and found.run_id == runid.derive(env).run_id
+    assert found.job_url == env["BUILD_URL"]
+    # A BUILD_TAG that is not Jenkins' own making is no Jenkins build.
+    assert not runid.derive({**env, "BUILD_TAG": "v1.2"}).retry_safe
+
+
 def test_without_a_ci_marker_a_stray_variable_is_not_a_ci_job() -> None:
     # BUILD_TAG is a common name in build scripts; alone it is not Jenkins.
     fresh = runid.derive({"BUILD_TAG": "v1.2", "CI_PIPELINE_ID": "3", "GITHUB_RUN_ID": "4"},

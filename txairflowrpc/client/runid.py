@@ -10,7 +10,9 @@ environment, a CI system's own variables over a generic one):
 3. GitLab CI (``GITLAB_CI`` set): ``gitlab-<CI_PIPELINE_ID>-<CI_JOB_NAME>``
 4. GitHub Actions (``GITHUB_ACTIONS`` set):
    ``github-<owner>.<repo>-<GITHUB_RUN_ID>-<GITHUB_JOB>`` (from ``GITHUB_REPOSITORY``)
-5. Jenkins (``JENKINS_URL`` set): ``<BUILD_TAG>`` (``jenkins-<job>-<build number>``)
+5. Jenkins (``JENKINS_URL`` set, or ``BUILD_TAG`` as Jenkins makes it of
+   ``JOB_NAME`` and ``BUILD_NUMBER``): ``jenkins-<JOB_NAME>-<BUILD_NUMBER>``
+   (``<BUILD_TAG>`` without them)
 6. none: ``airflowrpc-<UTC time>-<random>``, and a note that a retry of
    the command will not be deduplicated.
 
@@ -24,7 +26,11 @@ id yourself (``--run-id "$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT"``).  One job
 that triggers the same DAG twice needs an id of its own for the second, and
 so do the legs of a GitHub matrix and two callers of one reusable workflow:
 they share ``GITHUB_JOB``, and no variable tells them apart.  A Jenkins
-rebuild or replay is a new build (a new ``BUILD_TAG``) and a new run.
+rebuild or replay is a new build (a new build number) and a new run.
+Jenkins' own ``BUILD_TAG`` turns the ``/`` of a folder into ``-``, so that
+``team/app-deploy`` and ``team-app/deploy`` share it: the job's name is
+taken as it is instead (found by review), which gives the same id as
+``BUILD_TAG`` for a name with nothing to change.
 
 Each part is reduced to what Airflow allows in a run id
 (``A-Z a-z 0-9 _ . - ~ : +``); a part that had to change gets a short
@@ -109,11 +115,29 @@ def derive(
                   f"-{part(e['GITHUB_JOB'])}")
         return RunIdentity(_clip(run_id), "GITHUB_REPOSITORY, GITHUB_RUN_ID, GITHUB_JOB",
                            _job_url(e))
-    if _set(e, "JENKINS_URL", "BUILD_TAG"):
+    if _jenkins(e):
+        if _set(e, "JOB_NAME", "BUILD_NUMBER"):
+            run_id = f"jenkins-{part(e['JOB_NAME'])}-{part(e['BUILD_NUMBER'])}"
+            return RunIdentity(_clip(run_id), "JOB_NAME, BUILD_NUMBER", _job_url(e))
         return RunIdentity(_clip(part(e["BUILD_TAG"])), "BUILD_TAG", _job_url(e))
     now = now or datetime.now(timezone.utc)
     token = token or secrets.token_hex(4)
     return RunIdentity(f"airflowrpc-{now:%Y%m%dT%H%M%SZ}-{token}", None)
+
+
+def _jenkins(e: Mapping[str, str]) -> bool:
+    """
+    Whether this is a Jenkins build: ``JENKINS_URL`` is set only once Jenkins'
+    own URL is configured (found by review: without it every try got a fresh
+    id), so a ``BUILD_TAG`` that is exactly what Jenkins makes of the job's
+    name and build number says so too (a stray ``BUILD_TAG`` does not).
+    """
+    if not _set(e, "BUILD_TAG"):
+        return False
+    if _set(e, "JENKINS_URL"):
+        return True
+    return _set(e, "JOB_NAME", "BUILD_NUMBER") and e["BUILD_TAG"] == (
+        f"jenkins-{e['JOB_NAME'].replace('/', '-')}-{e['BUILD_NUMBER']}")
 
 
 def _job_url(e: Mapping[str, str]) -> str | None:
@@ -124,6 +148,6 @@ def _job_url(e: Mapping[str, str]) -> str | None:
                                         "GITHUB_RUN_ID"):
         return (f"{e['GITHUB_SERVER_URL']}/{e['GITHUB_REPOSITORY']}/actions/runs/"
                 f"{e['GITHUB_RUN_ID']}")
-    if e.get("JENKINS_URL") and e.get("BUILD_URL"):
+    if _jenkins(e) and e.get("BUILD_URL"):
         return e["BUILD_URL"]
     return None
