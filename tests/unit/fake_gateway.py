@@ -226,7 +226,7 @@ class TLSServer:
     """
     FakeGateway over HTTPS on 127.0.0.1, in a thread.  ``requests`` keeps
     each request's headers and body; ``respond`` may be set to answer a
-    request itself: (status, content type, body) or None for the gateway.
+    request itself: (status, content type, body[, headers]) or None for the gateway.
     """
 
     def __init__(self, gateway: FakeGateway, cert: str, key: str,
@@ -246,8 +246,10 @@ class TLSServer:
                 custom = outer.respond(headers, body) if outer.respond else None
                 if custom is None:
                     custom = (200, "text/xml", outer._answer(body))
-                status, content_type, answer = custom
+                status, content_type, answer, *extra = custom  # [, more headers]
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(answer)))
                 self.send_header("X-Request-Id", "req-42")

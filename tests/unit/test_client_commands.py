@@ -573,6 +573,20 @@ def test_other_http_answers_exit_5(
     assert "oops" not in got.err
 
 
+def test_a_busy_gateways_retry_after_is_heeded(
+    server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The HTTP 503 a gateway answers when busy says when to come back: the pause is that."""
+    answers = iter([(503, "text/plain", b"busy", {"Retry-After": "2"})])
+    server.respond = lambda h, b: next(answers, None)
+    got = run_main(["trigger", "example_hello", "--run-id", "busy-1"],
+                   tls_env(server, pki, AIRFLOWRPC_TOKEN=TOKEN), monkeypatch, capsys)
+    assert got.status == 0, got.err
+    assert "HTTP 503 Service Unavailable" in got.err and "trying again in 2.0 s" in got.err
+    server.respond = None
+
+
 def test_nothing_secret_is_printed_even_verbose(
     server: TLSServer, pki: DevPKI, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], tmp_path: Path,

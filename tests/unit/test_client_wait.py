@@ -119,6 +119,32 @@ def test_transient_failures_are_retried_then_given_up() -> None:
     assert len(clock.slept) == before  # not retried
 
 
+def test_a_pause_is_never_shorter_than_the_gateway_asked_for() -> None:
+    """
+    Found by review: a rate's "retry after 3.9 s" was met by tries at 1.2
+    and 2.2 s, each refused and each one of the tries spent.
+    """
+    clock = FakeClock()
+    failures: list[Exception] = [
+        FaultReply("m", 429, "rate limited: rate_per_second for this principal; retry after 3.9 s"),
+        HTTPRefused("m", 503, "Service Unavailable", retry_after=7.0),
+        FaultReply("m", 429, "rate limited: burst; retry after 99999 s"),  # cut to the cap
+        FaultReply("m", 503, "down; retry after 50 s"),  # only a 429's text is read
+    ]
+
+    def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    assert call_with_retries(attempt, backoff=Backoff(), sleep=clock.sleep, clock=clock,
+                             rand=lambda: 0.5) == "ok"
+    assert clock.slept == [3.9, 7.0, errors.MAX_RETRY_AFTER, 8.0]
+    assert errors.retry_after_header("12") == 12.0
+    for value in (None, "", "Wed, 21 Oct 2026 07:28:00 GMT", "-1", "1.5"):
+        assert errors.retry_after_header(value) is None, value
+
+
 def test_no_pause_runs_past_the_deadline() -> None:
     """
     Found by review: the outage's own error (exit 5) was raised when the

@@ -29,6 +29,7 @@ with user info, a header or a token.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -61,6 +62,19 @@ _TRANSIENT_FAULTS = frozenset({
 _TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
 
 
+#: How a 429 fault says when to come back (`txairflowrpc.core.errors.RateLimited`).
+_RETRY_AFTER = re.compile(r"; retry after ([0-9]{1,6}(?:\.[0-9]+)?) s\Z")
+#: The longest pause a gateway's "retry after" may ask for (one beyond is cut to it).
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after_header(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (its date form is not read), at most the cap."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER)
+
+
 class ClientError(Exception):
     """
     Base of every error a command reports; ``exit_status`` is what the
@@ -70,6 +84,8 @@ class ClientError(Exception):
     exit_status: int = UNAVAILABLE
     #: Whether the same call may succeed if tried again a little later.
     transient: bool = False
+    #: Seconds the gateway asked to wait before the next try (None: it did not say).
+    retry_after: float | None = None
 
     @property
     def message(self) -> str:  # pragma: no cover - overridden
@@ -116,6 +132,14 @@ class FaultReply(ClientError):
         return _int_or_none(self.code) in _TRANSIENT_FAULTS
 
     @property
+    def retry_after(self) -> float | None:  # type: ignore[override]
+        """What a 429 fault's text asks for: the gateway writes ``retry after N s``."""
+        if _int_or_none(self.code) != codes.RATE_LIMITED:
+            return None
+        found = _RETRY_AFTER.search(self.text)
+        return min(float(found.group(1)), MAX_RETRY_AFTER) if found else None
+
+    @property
     def message(self) -> str:
         ref = f" (request id {self.request_id})" if self.request_id else ""
         return f"{self.method}: fault {self.code}: {self.text}{ref}"
@@ -131,6 +155,8 @@ class HTTPRefused(ClientError):
     request_id: str | None = None
     #: Added to the message: e.g. that no credential was given at all.
     hint: str = ""
+    #: Its ``Retry-After`` in seconds (the date form is not read), at most `MAX_RETRY_AFTER`.
+    retry_after: float | None = None
 
     @property
     def exit_status(self) -> int:  # type: ignore[override]

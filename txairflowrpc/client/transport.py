@@ -34,7 +34,15 @@ from xml.sax.saxutils import escape
 
 from .. import __version__
 from ..core.xmlchars import NOT_IN_XML, declaration_handlers
-from .errors import BadAnswer, FaultReply, HandshakeRefused, HTTPRefused, Unreachable, UsageError
+from .errors import (
+    BadAnswer,
+    FaultReply,
+    HandshakeRefused,
+    HTTPRefused,
+    Unreachable,
+    UsageError,
+    retry_after_header,
+)
 from .settings import Settings
 
 USER_AGENT = f"airflowrpc-client/{__version__} (Python xmlrpc.client)"
@@ -280,7 +288,8 @@ class Gateway:
             self._on_expiry(expires)
         if status != 200:
             raise HTTPRefused(method, status, reason, request_id,
-                              _hint(status, headers, answer, self._settings))
+                              _hint(status, headers, answer, self._settings),
+                              retry_after_header(headers.get("retry-after")))
         return parse_answer(method, answer, request_id)
 
     def _exchange(
