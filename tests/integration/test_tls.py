@@ -20,6 +20,7 @@ from txairflowrpc.devstack.airflow import LocalAirflow
 from txairflowrpc.devstack.pki import ClientFiles, DevPKI
 
 from .conftest import RunningGateway, audit_records, client_context
+from .test_operations import scrape_port
 
 
 def handshake(gateway: RunningGateway, ctx: ssl.SSLContext) -> str:
@@ -189,3 +190,8 @@ def test_a_certificate_its_ca_revoked_is_refused_on_a_connection_already_open(
                       for r in audit_records(gateway.audit_path)):
             assert time.monotonic() < deadline, "no refusal on the trail says why"
             time.sleep(0.2)
+        # The list's nextUpdate (a week ahead) on /metrics, as the alert rules read it.
+        (due,) = [(dict(labels), seconds) for (name, labels), seconds
+                  in scrape_port(gateway.health_port).items()
+                  if name == "airflowrpc_client_crl_next_update_seconds"]
+        assert "txairflowrpc dev CA" in due[0]["issuer"] and 6 * 86400 < due[1] <= 7 * 86400

@@ -367,9 +367,9 @@ class CollectorTests(SynchronousTestCase):
         access = attrs.make_class("A", {"principals": attrs.field()})(
             {"ci-bot": object(), "auditor": object()})
         due = now + timedelta(hours=6)
-        lists = Revocations((RevocationList("O=Corp CA", 3, due),
-                             RevocationList("O=Old CA", 0, now - timedelta(days=1)),
-                             RevocationList("O=Undated CA", 0, None)), frozenset())
+        lists = Revocations((RevocationList("O=Corp CA", "a1", 3, now, due),
+                             RevocationList("O=Old CA", "b2", 0, now, now - timedelta(days=1)),
+                             RevocationList("O=Undated CA", "c3", 0, now, None)), frozenset())
         current = attrs.make_class("C", {"jwks": attrs.field(), "tokens": attrs.field(),
                                          "access": attrs.field(), "revocations": attrs.field()})(
             {}, store, access, lists)

@@ -658,8 +658,11 @@ def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI)
 
     _, gate, _, reloader, tmp = setup
     files = pki.client("ci-bot.example.com")
-    mine = PeerCertificate.from_cryptography(x509.load_pem_x509_certificate(files.cert.read_bytes()))
-    crl = pki.write_crl(tmp / "crl.pem")  # nothing revoked yet
+    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
+    mine = PeerCertificate.from_cryptography(leaf, [leaf, ca])
+    crl = pki.write_crl(tmp / "crl.pem", next_update=datetime.now(timezone.utc)
+                        + timedelta(days=6))  # nothing revoked yet
     config = tmp / "airflowrpc.toml"
     config.write_text(config.read_text().replace(
         'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1))
@@ -676,3 +679,65 @@ def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI)
         run(gate.authenticate(FakeRequest(mine)))
     event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
     assert (event["trigger"], event["result"]) == ("file change: client_crl", "accepted")
+
+
+def test_an_older_revocation_list_put_back_is_rejected(setup, pki: DevPKI) -> None:  # noqa: F811
+    """Found by review: a backup of the list put back let a revoked certificate in again."""
+    from cryptography import x509
+
+    from txairflowrpc.identity.certificates import PeerCertificate
+
+    _, gate, _, reloader, tmp = setup
+    files = pki.client("ci-bot.example.com")
+    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    mine = PeerCertificate.from_cryptography(
+        leaf, [leaf, x509.load_pem_x509_certificate(pki.ca_file.read_bytes())])
+    crl = pki.write_crl(tmp / "crl.pem", (files,))
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text().replace(
+        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1))
+    bump(config)
+    reloader._poll()
+    reloader._poll()
+    with pytest.raises(Unauthenticated, match="revoked by its CA"):
+        run(gate.authenticate(FakeRequest(mine)))
+    # Last week's list, which did not name it yet.
+    pki.write_crl(crl, next_update=datetime.now(timezone.utc) - timedelta(days=3))
+    bump(crl)
+    reloader._poll()
+    reloader._poll()
+    with pytest.raises(Unauthenticated, match="revoked by its CA"):
+        run(gate.authenticate(FakeRequest(mine)))
+    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+    assert event["result"] == "rejected" and "before the one in force" in event["error"]
+
+
+def test_a_new_revocation_list_does_not_wait_for_a_typo_elsewhere(setup, pki: DevPKI) -> None:  # noqa: F811
+    """Found by review: a reload rejected for an unknown section kept the new list out too."""
+    from cryptography import x509
+
+    from txairflowrpc.identity.certificates import PeerCertificate
+
+    _, gate, _, reloader, tmp = setup
+    files = pki.client("ci-bot.example.com")
+    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    mine = PeerCertificate.from_cryptography(
+        leaf, [leaf, x509.load_pem_x509_certificate(pki.ca_file.read_bytes())])
+    crl = pki.write_crl(tmp / "crl.pem")
+    config = tmp / "airflowrpc.toml"
+    good = config.read_text().replace(
+        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1)
+    config.write_text(good)
+    bump(config)
+    reloader._poll()
+    reloader._poll()
+    assert run(gate.authenticate(FakeRequest(mine))).name == "ci-bot"
+    config.write_text(good + "\n[typo_section]\n")
+    pki.write_crl(crl, (files,))
+    bump(config)
+    bump(crl)
+    reloader._poll()
+    reloader._poll()
+    assert not reloader.last_reload_successful
+    with pytest.raises(Unauthenticated, match="revoked by its CA"):
+        run(gate.authenticate(FakeRequest(mine)))

@@ -31,11 +31,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
 
 
 class Request:
-    """A request over TLS with ``files``' certificate (or none) and an Authorization."""
+    """
+    A request over TLS with ``files``' certificate (or none), the chain the
+    handshake verified (the leaf and ``pki``'s CA) and an Authorization.
+    """
 
-    def __init__(self, files: ClientFiles | None, authorization: str | None = None) -> None:
+    def __init__(self, files: ClientFiles | None, authorization: str | None = None,
+                 pki: DevPKI | None = None) -> None:
         self.transport = self
-        self._files, self._auth = files, authorization
+        self._files, self._auth, self._pki = files, authorization, pki
 
     def getPeerCertificate(self) -> object:
         return None if self._files is None else self
@@ -44,12 +48,23 @@ class Request:
         assert self._files is not None
         return x509.load_pem_x509_certificate(self._files.cert.read_bytes())
 
+    def getHandle(self) -> object:
+        return self
+
+    def get_verified_chain(self, *, as_cryptography: bool) -> list[x509.Certificate] | None:
+        assert as_cryptography
+        if self._files is None or self._pki is None:
+            return None
+        return [self.to_cryptography(), *cas(self._pki)]
+
     def getHeader(self, name: bytes) -> bytes | None:
         return self._auth.encode() if self._auth and name == b"authorization" else None
 
 
-def peer(files: ClientFiles) -> PeerCertificate:
-    return PeerCertificate.from_cryptography(x509.load_pem_x509_certificate(files.cert.read_bytes()))
+def peer(files: ClientFiles, pki: DevPKI | None = None) -> PeerCertificate:
+    """``files``' certificate as the gateway sees it, its chain up to ``pki``'s CA."""
+    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    return PeerCertificate.from_cryptography(leaf, [leaf, *cas(pki)] if pki else ())
 
 
 def cas(*pkis: DevPKI) -> list[x509.Certificate]:
@@ -60,18 +75,88 @@ def test_a_listed_certificate_is_revoked_and_no_other(pki: DevPKI, tmp_path: Pat
     gone, kept = pki.client("gone-bot"), pki.client("kept-bot")
     crl = pki.write_crl(tmp_path / "crl.pem", (gone,))
     revocations = load_revocations(crl.read_bytes(), cas(pki))
-    assert revocations.revoked(peer(gone)) and not revocations.revoked(peer(kept))
+    assert revocations.revoked(peer(gone, pki)) and not revocations.revoked(peer(kept, pki))
     (listed,) = revocations.lists
     assert listed.revoked == 1 and "txairflowrpc dev CA" in listed.issuer
 
 
 def test_the_same_serial_from_another_ca_is_not_revoked(pki: DevPKI, tmp_path: Path) -> None:
-    """A list names certificates by its own CA and serial: another CA's serial is another's."""
+    """A list names certificates by its own CA's key and serial: another CA's is another's."""
     gone = pki.client("gone-bot")
     revocations = load_revocations(pki.write_crl(tmp_path / "crl.pem", (gone,)).read_bytes(),
                                    cas(pki))
-    theirs = attrs.evolve(peer(gone), issuer="O=someone else")
-    assert not revocations.revoked(theirs)
+    mine = peer(gone, pki)
+    (link,) = mine.issued
+    theirs = attrs.evolve(mine, issued=(("ab" * 32, link[1]),))
+    assert revocations.revoked(mine) and not revocations.revoked(theirs)
+
+
+def ca_and_leaf(tmp_path: Path, *, issuer_as: str) -> tuple[x509.Certificate, ClientFiles, bytes]:
+    """
+    A CA named ``CN=Case CA,O=Org``, a leaf it signed whose issuer field says
+    ``issuer_as`` (OpenSSL's chain building takes case and spacing as the
+    same name), and the CA's list revoking that leaf.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name.from_rfc4514_string("CN=Case CA,O=Org")
+    now = dt.datetime.now(dt.timezone.utc)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(key.public_key()).serial_number(1)
+          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=etl-bot"))
+            .issuer_name(x509.Name.from_rfc4514_string(issuer_as))
+            .public_key(leaf_key.public_key()).serial_number(4242)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+            .sign(key, hashes.SHA256()))
+    files = ClientFiles("case", tmp_path / "case.pem", tmp_path / "case.key")
+    files.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(name)
+           .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(4242)
+                                    .revocation_date(now - dt.timedelta(hours=1)).build())
+           .sign(key, hashes.SHA256()))
+    return ca, files, crl.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("issuer_as", ["CN=Case CA,O=Org", "CN=CASE CA,O=Org", "CN=Case  CA,O=Org"])
+def test_a_ca_is_known_by_its_key_not_by_how_a_certificate_writes_its_name(
+        tmp_path: Path, issuer_as: str) -> None:
+    """Found by review: a leaf naming its CA in another case or spacing was let in."""
+    ca, files, crl = ca_and_leaf(tmp_path, issuer_as=issuer_as)
+    revocations = load_revocations(crl, [ca])
+    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert revocations.revoked(PeerCertificate.from_cryptography(leaf, [leaf, ca]))
+
+
+def test_a_root_that_revokes_an_intermediate_shuts_out_what_it_signed(tmp_path: Path) -> None:
+    """Every link of the verified chain is checked, not only the leaf's."""
+    import trustme
+
+    root = trustme.CA()
+    intermediate = root.create_child_ca()
+    leaf = x509.load_pem_x509_certificate(
+        intermediate.issue_cert("etl-bot").cert_chain_pems[0].bytes())
+    inter_cert = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes())
+    root_cert = x509.load_pem_x509_certificate(root.cert_pem.bytes())
+    key = serialization.load_pem_private_key(root.private_key_pem.bytes(), None)
+    now = dt.datetime.now(dt.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(root_cert.subject)
+           .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                    .serial_number(inter_cert.serial_number)
+                                    .revocation_date(now - dt.timedelta(hours=1)).build())
+           .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    revocations = load_revocations(crl.public_bytes(serialization.Encoding.PEM), [root_cert])
+    chain = [leaf, inter_cert, root_cert]
+    assert revocations.revoked(PeerCertificate.from_cryptography(leaf, chain))
+    # Another intermediate's certificates are not touched.
+    other = root.create_child_ca()
+    their_leaf = x509.load_pem_x509_certificate(other.issue_cert("x").cert_chain_pems[0].bytes())
+    their_chain = [their_leaf, x509.load_pem_x509_certificate(other.cert_pem.bytes()), root_cert]
+    assert not revocations.revoked(PeerCertificate.from_cryptography(their_leaf, their_chain))
 
 
 def test_lists_of_two_cas_in_one_file(pki: DevPKI, tmp_path: Path) -> None:
@@ -80,9 +165,11 @@ def test_lists_of_two_cas_in_one_file(pki: DevPKI, tmp_path: Path) -> None:
     both = (pki.write_crl(tmp_path / "a.pem", (mine,)).read_bytes()
             + other.write_crl(tmp_path / "b.pem", (theirs,)).read_bytes())
     revocations = load_revocations(both, cas(pki, other))
-    assert revocations.revoked(peer(mine)) and revocations.revoked(peer(theirs))
-    assert not revocations.revoked(peer(pki.client("other-bot")))
+    assert revocations.revoked(peer(mine, pki)) and revocations.revoked(peer(theirs, other))
+    assert not revocations.revoked(peer(pki.client("other-bot"), pki))
     assert len(revocations.lists) == 2
+    with pytest.raises(ValueError, match="CRL 2 .* is a second list of the same CA"):
+        load_revocations(pki.write_crl(tmp_path / "c.pem").read_bytes() * 2, cas(pki))
 
 
 def forged(pki: DevPKI) -> bytes:
@@ -103,6 +190,7 @@ def test_unusable_lists_are_refused_saying_why(pki: DevPKI, tmp_path: Path) -> N
         (pki.ca_file.read_bytes(), "holds no PEM CRL"),
         (good + b"\ngarbage\n", "holds something besides PEM CRLs"),
         (unreadable(good), "CRL 1 cannot be read"),
+        (good + b"-----BEGIN X509 CRL-----\nAAAA\n", "has no END line"),
         (forged(pki), "is not signed by a CA of tls.client_ca"),
         (other.write_crl(tmp_path / "o.pem").read_bytes(), "(none has that name)"),
     ]:
@@ -115,6 +203,43 @@ def unreadable(pem: bytes) -> bytes:
     lines = pem.splitlines()
     lines[1] = b"A" * len(lines[1])
     return b"\n".join(lines) + b"\n"
+
+
+def test_a_malformed_file_is_refused_in_one_pass() -> None:
+    """
+    Found by review: each unclosed BEGIN line was searched to the end of the
+    file again (216 KB held the reactor 14 s); a megabyte of them would take
+    minutes that way.
+    """
+    with pytest.raises(ValueError, match="has no END line"):
+        load_revocations(b"-----BEGIN X509 CRL-----\nA\n" * 40_000, [])
+
+
+def test_an_indirect_list_is_refused(pki: DevPKI) -> None:
+    key = serialization.load_pem_private_key(pki.ca.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(pki.ca_file.read_bytes()).subject
+    now = dt.datetime.now(dt.timezone.utc)
+    point = x509.IssuingDistributionPoint(
+        full_name=None, relative_name=None, only_contains_user_certs=False,
+        only_contains_ca_certs=False, only_some_reasons=None, indirect_crl=True,
+        only_contains_attribute_certs=False)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now)
+           .next_update(now + dt.timedelta(days=1)).add_extension(point, critical=True)
+           .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="is an indirect CRL"):
+        load_revocations(crl.public_bytes(serialization.Encoding.PEM), cas(pki))
+
+
+def test_an_older_list_of_a_ca_is_told_apart(pki: DevPKI, tmp_path: Path) -> None:
+    """Found by review: a backup of the list put back let the certificates revoked since in."""
+    now = dt.datetime.now(dt.timezone.utc)
+    old = load_revocations(pki.write_crl(tmp_path / "a.pem", next_update=now - dt.timedelta(
+        days=2)).read_bytes(), cas(pki))
+    new = load_revocations(pki.write_crl(tmp_path / "b.pem").read_bytes(), cas(pki))
+    problem = old.older_than(new)
+    assert problem is not None and "before the one in force" in problem
+    assert new.older_than(old) is None and new.older_than(None) is None
+    assert new.older_than(new) is None
 
 
 def test_a_delta_list_is_refused(pki: DevPKI, tmp_path: Path) -> None:
@@ -135,10 +260,10 @@ def test_a_list_past_its_next_update_still_revokes_and_is_warned_of(
     due = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     revocations = load_revocations(
         pki.write_crl(tmp_path / "crl.pem", (gone,), next_update=due).read_bytes(), cas(pki))
-    assert revocations.revoked(peer(gone))
+    assert revocations.revoked(peer(gone, pki))
     (warning,) = revocations.overdue(dt.datetime.now(dt.timezone.utc))
     assert warning.startswith("tls.client_crl: the list of ") and "was due for renewal on" in warning
-    assert "it still revokes the 1 it lists" in warning
+    assert "it still revokes the 1 it lists, but knows nothing revoked since" in warning
     assert revocations.overdue(due - dt.timedelta(seconds=1)) == []
 
 
@@ -174,15 +299,18 @@ def test_the_gateway_refuses_a_revoked_certificate_even_beside_a_token(
     assert checked.config.tls.client_crl == crl
     auth = build_authenticator(checked, http=None, clock=Clock())
     with pytest.raises(Unauthenticated, match="the client certificate has been revoked by its CA"):
-        run(auth.authenticate(Request(gone)))
+        run(auth.authenticate(Request(gone, pki=pki)))
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
-        run(auth.authenticate(Request(gone, f"Bearer {token}")))
-    assert run(auth.authenticate(Request(kept))).name == "etl-bot"
+        run(auth.authenticate(Request(gone, f"Bearer {token}", pki=pki)))
+    assert run(auth.authenticate(Request(kept, pki=pki))).name == "etl-bot"
+    # With no verified chain to check (a transport that cannot say), nobody is let in.
+    with pytest.raises(Unauthenticated, match="its revocation cannot be checked"):
+        run(auth.authenticate(Request(kept)))
     assert run(auth.authenticate(Request(None, f"Bearer {token}"))).name == "etl-bot"
     # Without the list the same certificate is let in: the list decides.
     unlisted = build_authenticator(load_checked(write_config(tmp_path, pki, None)),
                                    http=None, clock=Clock())
-    assert run(unlisted.authenticate(Request(gone))).name == "etl-bot"
+    assert run(unlisted.authenticate(Request(gone, pki=pki))).name == "etl-bot"
 
 
 def test_a_bad_list_is_a_config_error_naming_the_key(pki: DevPKI, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ anything here sees it; this module only reads it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import attrs
 from cryptography import x509
@@ -34,13 +35,18 @@ class PeerCertificate:
     #: ``not_after`` as seconds since the epoch: a connection kept open past
     #: it must not keep the verdict its handshake earned.
     not_after_seconds: float | None = None
-    #: Its CA's subject (RFC 4514 text) and its serial number: what a
+    #: Who vouched for it, along the chain the handshake verified (the root
+    #: left out): for the certificate and each CA above it, the SHA-256 of
+    #: its issuer's public key (SPKI) and its serial number, what a
     #: revocation list names it by (`txairflowrpc.identity.revocation`).
-    issuer: str = ""
-    serial: int | None = None
+    #: Empty when the chain is not known.
+    issued: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def from_cryptography(cls, cert: x509.Certificate) -> "PeerCertificate":
+    def from_cryptography(
+        cls, cert: x509.Certificate, chain: Sequence[x509.Certificate] = (),
+    ) -> "PeerCertificate":
+        """``cert``, and ``chain``, the verified chain it heads (leaf first), if known."""
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         try:
             san = cert.extensions.get_extension_for_oid(
@@ -48,9 +54,6 @@ class PeerCertificate:
             ).value
         except x509.ExtensionNotFound:
             san = x509.SubjectAlternativeName([])
-        spki = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
         # A subject with two CNs names no one by its CN: which is meant is a guess.
         cn = cns[0].value if len(cns) == 1 else None
         return cls(
@@ -60,11 +63,11 @@ class PeerCertificate:
             uris=tuple(san.get_values_for_type(x509.UniformResourceIdentifier)),
             emails=tuple(san.get_values_for_type(x509.RFC822Name)),
             fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-            spki_sha256=hashlib.sha256(spki).hexdigest(),
+            spki_sha256=spki_sha256(cert),
             not_after=iso_seconds(cert.not_valid_after_utc),
             not_after_seconds=cert.not_valid_after_utc.timestamp(),
-            issuer=cert.issuer.rfc4514_string(),
-            serial=cert.serial_number,
+            issued=tuple((spki_sha256(issuer), issued.serial_number)
+                         for issued, issuer in zip(chain, chain[1:], strict=False)),
         )
 
     @property
@@ -76,12 +79,22 @@ class PeerCertificate:
         return self.subject
 
 
+def spki_sha256(cert: x509.Certificate) -> str:
+    """The SHA-256 of a certificate's public key (its SubjectPublicKeyInfo), in hex."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
 def peer_certificate(transport: object) -> PeerCertificate | None:
     """
     The verified client certificate of a connection, or None.
 
     ``transport`` is a request's transport; anything that is not a TLS
-    transport with a peer certificate gives None.
+    transport with a peer certificate gives None.  The chain is the one
+    OpenSSL verified in the handshake (``get_verified_chain``), so that a
+    CA is known by its key, whatever its name looks like in a certificate.
     """
     get = getattr(transport, "getPeerCertificate", None)
     if get is None:
@@ -89,7 +102,13 @@ def peer_certificate(transport: object) -> PeerCertificate | None:
     cert = get()
     if cert is None:
         return None
-    return PeerCertificate.from_cryptography(cert.to_cryptography())
+    chain: Sequence[x509.Certificate] = ()
+    handle = getattr(transport, "getHandle", None)
+    if handle is not None:
+        verified = getattr(handle(), "get_verified_chain", None)
+        if verified is not None:
+            chain = verified(as_cryptography=True) or ()
+    return PeerCertificate.from_cryptography(cert.to_cryptography(), chain)
 
 
 

@@ -2,24 +2,29 @@
 Client certificates their CA has revoked: ``tls.client_crl``, one or more
 PEM certificate revocation lists, each signed by a CA of ``tls.client_ca``.
 
-The TLS layer verifies a certificate's chain and dates; whether its CA has
-since revoked it is decided here, when a request is authenticated, so that
-a revoked certificate is refused with a 401 that says so (and a refusal on
-the audit trail), and so that a reload bringing a new list reaches the
-connections already open: their earlier verdicts end with the rules they
-were reached under.
+The TLS layer verifies a certificate's chain and dates; whether a CA on
+that chain has since revoked the certificate below it is decided here,
+when a request is authenticated, so that a revoked certificate is refused
+with a 401 that says so (and a refusal on the audit trail), and so that a
+reload bringing a new list reaches the connections already open: their
+earlier verdicts end with the rules they were reached under.
+
+A CA is known by its public key, not by its name: a list counts for the
+certificates of the CA whose key signed it, along the chain OpenSSL
+verified (`PeerCertificate.issued`), so that a name written in another
+case or spacing (which OpenSSL's chain building accepts) changes nothing
+(found by review).  Every link of the chain is checked: a root's list that
+revokes an intermediate shuts out every certificate under it.
 
 A list past its ``nextUpdate`` still revokes what it lists, and is warned
 of (`Revocations.overdue`): a stale list is no reason to let a listed
 certificate back in, nor, as OpenSSL's own CRL check would, to refuse every
-client.  Only full lists are read: a delta CRL is refused, so that no one
-mistakes it for the whole.  The leaf is checked, not its intermediates (an
-intermediate is revoked by taking it out of ``tls.client_ca``).
+client.  Only full, direct lists are read: a delta or an indirect CRL is
+refused, and so are two lists of one CA in the file (which is the one?).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -28,21 +33,26 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from ..core.timefmt import iso_seconds
-from .certificates import PeerCertificate
+from .certificates import PeerCertificate, spki_sha256
 
-_PEM_CRL = re.compile(
-    rb"-----BEGIN X509 CRL-----\r?\n.+?\r?\n-----END X509 CRL-----", re.DOTALL)
+_BEGIN, _END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
+#: The largest ``tls.client_crl`` read, in bytes: a list of a million
+#: certificates is about 40 MB.
+MAX_CRL_BYTES = 64 * 1024 * 1024
 
 
 @attrs.frozen
 class RevocationList:
-    """What one CRL in force says, for warnings and ``config check``."""
+    """What one CRL in force says, for warnings, metrics and reloads."""
 
     #: Its CA's subject, as RFC 4514 text.
     issuer: str
+    #: The SHA-256 of its CA's public key (what the list counts for).
+    signer: str
     #: How many certificates it revokes.
     revoked: int
-    #: When its CA promised the next one (None: it did not say).
+    #: When its CA issued it, and promised the next one (None: it did not say).
+    last_update: datetime
     next_update: datetime | None
 
 
@@ -51,56 +61,112 @@ class Revocations:
     """The certificates revoked by the lists of ``tls.client_crl``."""
 
     lists: tuple[RevocationList, ...]
-    #: (issuer as RFC 4514 text, serial number) of every revoked certificate.
+    #: (the SHA-256 of the revoking CA's key, serial number) of every revoked certificate.
     _revoked: frozenset[tuple[str, int]] = attrs.field(repr=False)
 
     def revoked(self, cert: PeerCertificate) -> bool:
-        """Whether ``cert``'s CA has revoked it."""
-        return (cert.issuer, cert.serial) in self._revoked
+        """Whether a CA on ``cert``'s verified chain has revoked the certificate below it."""
+        return any(link in self._revoked for link in cert.issued)
 
     def overdue(self, now: datetime) -> list[str]:
         """A warning for each list whose ``nextUpdate`` has passed at ``now``."""
         return [
             f"tls.client_crl: the list of {crl.issuer[:200]} was due for renewal on "
             f"{iso_seconds(crl.next_update)}; it still revokes the {crl.revoked} it "
-            f"lists, and a certificate revoked since is let in: fetch a new one"
+            f"lists, but knows nothing revoked since: fetch a new one"
             for crl in self.lists
             if crl.next_update is not None and crl.next_update <= now
         ]
+
+    def older_than(self, before: Revocations | None) -> str | None:
+        """
+        What is wrong if these lists would put back an older list of a CA
+        than ``before`` held (a backup restored: found by review, the
+        certificates revoked since were let in again); None if nothing is.
+        """
+        if before is None:
+            return None
+        held = {crl.signer: crl for crl in before.lists}
+        for crl in self.lists:
+            old = held.get(crl.signer)
+            if old is not None and crl.last_update < old.last_update:
+                return (f"the list of {crl.issuer[:200]} was issued on "
+                        f"{iso_seconds(crl.last_update)}, before the one in force "
+                        f"({iso_seconds(old.last_update)}): an older list is not put back")
+        return None
 
 
 def load_revocations(pem: bytes, cas: Sequence[x509.Certificate]) -> Revocations:
     """
     The revocations in ``pem``, one or more PEM CRLs, each signed by one of
     ``cas``; `ValueError` saying what is wrong otherwise (no list, something
-    else in the file, a delta CRL, a list no CA given signed).
+    else in the file, a delta or indirect CRL, two lists of one CA, a list
+    no CA given signed).
     """
-    blocks = _PEM_CRL.findall(pem)
-    if not blocks:
-        raise ValueError("holds no PEM CRL (-----BEGIN X509 CRL-----)")
-    if _PEM_CRL.sub(b"", pem).strip():
-        raise ValueError("holds something besides PEM CRLs")
-    lists, revoked = [], set()
-    for index, block in enumerate(blocks, 1):
+    if len(pem) > MAX_CRL_BYTES:
+        raise ValueError(f"is larger than {MAX_CRL_BYTES} bytes")
+    lists: list[RevocationList] = []
+    revoked: set[tuple[str, int]] = set()
+    for index, block in enumerate(_blocks(pem), 1):
         try:
             crl = x509.load_pem_x509_crl(block)
         except ValueError:
             raise ValueError(f"CRL {index} cannot be read") from None
         issuer = crl.issuer.rfc4514_string()
-        try:
-            crl.extensions.get_extension_for_oid(ExtensionOID.DELTA_CRL_INDICATOR)
-        except x509.ExtensionNotFound:
-            pass
-        else:
-            raise ValueError(f"CRL {index} ({issuer[:200]}) is a delta CRL: give the full one")
-        signers = [ca for ca in cas if ca.subject == crl.issuer]
-        if not any(_signed_by(crl, ca) for ca in signers):
-            raise ValueError(f"CRL {index} ({issuer[:200]}) is not signed by a CA of "
-                             f"tls.client_ca" + ("" if signers else " (none has that name)"))
-        serials = {(issuer, entry.serial_number) for entry in crl}
+        what = f"CRL {index} ({issuer[:200]})"
+        _direct_and_full(crl, what)
+        signers = [ca for ca in cas if ca.subject == crl.issuer and _signed_by(crl, ca)]
+        if not signers:
+            named = any(ca.subject == crl.issuer for ca in cas)
+            raise ValueError(f"{what} is not signed by a CA of tls.client_ca"
+                             + ("" if named else " (none has that name)"))
+        signer = spki_sha256(signers[0])
+        if any(other.signer == signer for other in lists):
+            raise ValueError(f"{what} is a second list of the same CA: keep the newest")
+        serials = {(signer, entry.serial_number) for entry in crl}
         revoked |= serials
-        lists.append(RevocationList(issuer, len(serials), crl.next_update_utc))
+        lists.append(RevocationList(issuer, signer, len(serials), crl.last_update_utc,
+                                    crl.next_update_utc))
     return Revocations(tuple(lists), frozenset(revoked))
+
+
+def _blocks(pem: bytes) -> list[bytes]:
+    """
+    The PEM blocks of ``pem``, in one pass (found by review: a regular
+    expression searched to the end for each unclosed block, a time that
+    grew with the square of the file's size); `ValueError` for anything
+    else in it, or a block left open.
+    """
+    if _BEGIN not in pem:
+        raise ValueError("holds no PEM CRL (-----BEGIN X509 CRL-----)")
+    blocks, at = [], 0
+    while (start := pem.find(_BEGIN, at)) >= 0:
+        if pem[at:start].strip():
+            raise ValueError("holds something besides PEM CRLs")
+        end = pem.find(_END, start)
+        if end < 0:
+            raise ValueError("a CRL's -----BEGIN X509 CRL----- has no END line")
+        at = end + len(_END)
+        blocks.append(pem[start:at])
+    if pem[at:].strip():
+        raise ValueError("holds something besides PEM CRLs")
+    return blocks
+
+
+def _direct_and_full(crl: x509.CertificateRevocationList, what: str) -> None:
+    """`ValueError` for a delta CRL, or an indirect one (entries of other CAs)."""
+    try:
+        crl.extensions.get_extension_for_oid(ExtensionOID.DELTA_CRL_INDICATOR)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        raise ValueError(f"{what} is a delta CRL: give the full one")
+    try:
+        point = crl.extensions.get_extension_for_oid(ExtensionOID.ISSUING_DISTRIBUTION_POINT)
+    except x509.ExtensionNotFound:
+        return
+    if point.value.indirect_crl:
+        raise ValueError(f"{what} is an indirect CRL: give each CA's own")
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:

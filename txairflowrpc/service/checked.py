@@ -21,7 +21,7 @@ from ..audit import checkpoint
 from ..gate.tls import ca_certificates, load_ca_bundle, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
-from ..identity.revocation import Revocations, load_revocations
+from ..identity.revocation import MAX_CRL_BYTES, Revocations, load_revocations
 from ..identity.scopes import Role, build_roles
 from ..upstream.transport import OriginTrust
 
@@ -91,19 +91,28 @@ def _load_checked(path: str | Path) -> Checked:
     if cfg.airflow.ca_file is not None:
         airflow_trust = OriginTrust(cfg.airflow.base_url, ssl.trustRootFromCertificates(
             ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file)))
-    revocations = None
-    if cfg.tls.client_crl is not None:
-        cas = [c.original.to_cryptography()
-               for c in load_ca_bundle("tls.client_ca", cfg.tls.client_ca)]
-        try:
-            revocations = load_revocations(cfg.tls.client_crl.read_bytes(), cas)
-        except OSError as e:
-            raise config_module.ConfigError(
-                "tls.client_crl", f"cannot read {cfg.tls.client_crl}: {e.strerror}") from None
-        except ValueError as e:
-            raise config_module.ConfigError(
-                "tls.client_crl", f"{cfg.tls.client_crl}: {e}") from None
+    revocations = load_client_crl(cfg.tls)
     return Checked(cfg, roles, options, store, signer, airflow_trust, revocations)
+
+
+def load_client_crl(tls: config_module.TLSConfig) -> Revocations | None:
+    """
+    The revocation lists of ``tls.client_crl`` (None: the key is not set),
+    checked against the CAs of ``tls.client_ca``; `ConfigError` naming the
+    key otherwise.  Blocking (it reads files).
+    """
+    if tls.client_crl is None:
+        return None
+    cas = [c.original.to_cryptography() for c in load_ca_bundle("tls.client_ca", tls.client_ca)]
+    try:
+        with tls.client_crl.open("rb") as f:
+            pem = f.read(MAX_CRL_BYTES + 1)
+        return load_revocations(pem, cas)
+    except OSError as e:
+        raise config_module.ConfigError(
+            "tls.client_crl", f"cannot read {tls.client_crl}: {e.strerror}") from None
+    except ValueError as e:
+        raise config_module.ConfigError("tls.client_crl", f"{tls.client_crl}: {e}") from None
 
 
 def served_certificates(options: ssl.CertificateOptions) -> dict[str, list[x509.Certificate]]:

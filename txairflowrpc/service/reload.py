@@ -38,7 +38,8 @@ from ..core.timefmt import utc
 from ..gate.tls import ReloadableTLS
 from ..identity import tokens
 from ..identity.authenticate import Gate
-from .checked import Checked, build_authenticator, load_checked
+from ..identity.revocation import Revocations
+from .checked import Checked, build_authenticator, load_checked, load_client_crl
 
 POLL_SECONDS = 1.0
 #: Token ids named in one ``tokens.reloaded`` record, of each kind (the rest counted).
@@ -317,6 +318,38 @@ class Reloader(service.Service):
         d = self._run_blocking(lambda: tokens.TokenStore.load(path))
         return d.addCallbacks(swap, unreadable)
 
+    def reload_client_crl(self) -> Deferred[None]:
+        """
+        Re-read ``tls.client_crl`` alone (off the reactor), as the config in
+        force names it, after a reload that was rejected for something else:
+        a certificate revoked meanwhile is refused all the same.  An
+        unreadable list, or one older than the list in force, keeps the old.
+        """
+        tls = self.cfg.tls
+        if tls.client_crl is None:
+            return succeed(None)
+        ticket = self._next_read()
+
+        def swap(revocations: Revocations | None) -> None:
+            if self._outdated(ticket, "tls.client_crl reload"):
+                return
+            current = self._gate.current
+            older = revocations.older_than(current.revocations) if revocations else None
+            if older is not None:
+                _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
+                           error=older)
+                return
+            self._gate.current = current.with_revocations(revocations)
+            _log.info("tls.client_crl re-read on its own: {lists} lists in force",
+                      lists=len(revocations.lists) if revocations else 0)
+
+        def unreadable(failure: Any) -> None:
+            _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
+                       error=failure.getErrorMessage())
+
+        d = self._run_blocking(lambda: load_client_crl(tls))
+        return d.addCallbacks(swap, unreadable)
+
     def reload(self, trigger: str) -> Deferred[bool]:
         """Re-read everything (off the reactor); fires True if the new config is in force."""
         source, cfg, derive = self.cfg.source, self.cfg, self._derive
@@ -358,7 +391,12 @@ class Reloader(service.Service):
             return False  # its stamps too: what it missed is seen at the next poll
         stamps, checked = read
         tokens_changed = stamps.get("tokens") != self._seen.get("tokens")
+        crl_changed = stamps.get("client_crl") != self._seen.get("client_crl")
         self._seen = stamps
+        if not isinstance(checked, config_module.ConfigError) and checked.revocations:
+            older = checked.revocations.older_than(self._gate.current.revocations)
+            if older is not None:
+                checked = config_module.ConfigError("tls.client_crl", older)
         if isinstance(checked, config_module.ConfigError):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(checked))
@@ -370,6 +408,8 @@ class Reloader(service.Service):
                 # A revocation must not wait for the rest of the config to
                 # be fixed: the store is read on its own, as a poll would.
                 self.reload_tokens(counted=True)
+            if crl_changed:
+                self.reload_client_crl()  # nor a certificate's (found by review)
             return False
         cfg = checked.config
         restart = needs_restart(self.cfg, cfg)
