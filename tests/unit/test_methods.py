@@ -173,6 +173,24 @@ class SurfaceTests(MethodTestCase):
         self.assertEqual(len(posts), 2)
         self.assertEqual(len(self.gw.airflow.runs), 1)
 
+    def test_two_entries_of_one_multicall_for_one_run_make_it_once(self) -> None:
+        """Found by review: they share a request id, and both said created."""
+        entry = {"methodName": "trigger_dag",
+                 "params": ["etl_orders", {"a": 1}, {"dag_run_id": "mc"}]}
+        first, second = self.call("system.multicall", [entry, entry])
+        self.assertEqual((first[0]["created"], second[0]["created"]), (True, False))
+        self.assertEqual(len(self.gw.airflow.runs), 1)
+
+    def test_a_refusal_by_airflow_is_not_followed_by_a_lookup(self) -> None:
+        """Found by review: a 403 from Airflow made nothing, and a GET followed it."""
+        self.gw.airflow.fail_next[("POST", "/api/v2/dags/etl_orders/dagRuns")] = (
+            403, {"detail": "forbidden"})
+        before = len(self.gw.airflow.api_requests())
+        f = self.fault("trigger_dag", "etl_orders", {"a": 1}, {"dag_run_id": "no"})
+        self.assertEqual(f.faultCode, 502)
+        self.assertEqual(self.gw.airflow.api_requests()[before:],
+                         [("POST", "/api/v2/dags/etl_orders/dagRuns")])
+
     def test_the_same_run_id_with_another_logical_date_is_a_conflict(self) -> None:
         """Found by review: only the conf was compared; another date was "already made"."""
         self.call("trigger_dag", "etl_orders", {"a": 1},

@@ -63,14 +63,20 @@ _TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
 
 
 #: How a 429 fault says when to come back (`txairflowrpc.core.errors.RateLimited`).
-_RETRY_AFTER = re.compile(r"; retry after ([0-9]{1,6}(?:\.[0-9]+)?) s\Z")
-#: The longest pause a gateway's "retry after" may ask for (one beyond is cut to it).
-MAX_RETRY_AFTER = 300.0
+_RETRY_AFTER = re.compile(r"; retry after ([0-9]{1,6}(?:\.[0-9]{1,6})?) s\Z", re.ASCII)
+#: The longest pause a gateway's "retry after" may ask for (one beyond is cut
+#: to it): a command without a deadline sleeps at most this between tries.
+MAX_RETRY_AFTER = 60.0
+_SECONDS = re.compile(r"[0-9]{1,9}\Z", re.ASCII)
 
 
 def retry_after_header(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (its date form is not read), at most the cap."""
-    if value is None or not value.strip().isdigit():
+    """
+    A ``Retry-After`` header in seconds (its date form is not read), at most
+    the cap; None for anything else (found by review: ``str.isdigit`` took
+    '²' for a digit, and the client crashed on it).
+    """
+    if value is None or not _SECONDS.match(value.strip()):
         return None
     return min(float(value.strip()), MAX_RETRY_AFTER)
 

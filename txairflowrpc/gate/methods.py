@@ -458,10 +458,13 @@ class AirflowMethods:
                 f"options.note is longer than {MAX_NOTE_LENGTH} characters", m
             )
         client = self._client(call)
+        #: Each time the request went to Airflow: with more than one, an
+        #: earlier attempt may have made the run, its answer lost.
+        attempts: list[None] = []
         try:
             run = await client.trigger_dag_run(
                 dag_id, dag_run_id=run_id, conf=conf, logical_date=logical_date,
-                note=attribution(call, note),
+                note=attribution(call, note), attempts=attempts,
             )
         except (errors.UpstreamUnavailable, errors.UpstreamTimeout, errors.UpstreamError) as e:
             # Airflow answered a refusal (401/403, 429, 503), or was never
@@ -474,18 +477,20 @@ class AirflowMethods:
                 # second one (found by review).  What to do instead is said.
                 cause = e.message.removesuffix("; retry later")
                 raise errors.MayHaveBeenMade(cause, e.code) from None
-            if run_id is None:
+            if run_id is None or (refused and len(attempts) <= 1):
                 raise
             # The run may be there all the same: Airflow (or a proxy in front
             # of it) answered an error after making it, or an earlier attempt
             # of this call's made it and its answer was lost (found by review:
             # exit 5 for a run that was made).  If it cannot be looked up, or
-            # is not there, the error stands.
+            # is not there, the error stands.  (A refusal of the one attempt
+            # made nothing: no lookup.)
             try:
                 existing = await client.get_dag_run(dag_id, run_id)
             except errors.GatewayError:
                 raise e from None
-            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing)
+            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing,
+                                      made_here=True)
         except errors.Conflict:
             existing = None
             if run_id is not None:
@@ -495,7 +500,8 @@ class AirflowMethods:
                     pass  # the clash was not on the run id
             if existing is None:
                 raise errors.Conflict(_clash(dag_id, logical_date)) from None
-            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing)
+            return self._existing_run(call, dag_id, run_id, conf, logical_date, existing,
+                                      made_here=len(attempts) > 1)
         if run_id is None:  # Airflow named the run: the record says which
             _note_created(dag_run_id=run.get("dag_run_id"))
         return {**run, "created": True}
@@ -503,16 +509,19 @@ class AirflowMethods:
     @staticmethod
     def _existing_run(
         call: CallContext, dag_id: str, run_id: str | None, conf: dict[str, Any],
-        logical_date: str | None, existing: dict[str, Any],
+        logical_date: str | None, existing: dict[str, Any], *, made_here: bool,
     ) -> dict[str, Any]:
         """
         A trigger's answer when its run id is taken: the run, if it is the
         one asked for (the same conf and logical date), ``created`` saying
-        whether this call made it; else a 409 fault.
+        whether this call made it; else a 409 fault.  ``made_here``: an
+        attempt of this call may have made it (an error, or a retry): then
+        the run's note says (found by review: a multicall's two entries of
+        one run share a request id, and both said created).
         """
         same = _same_conf(existing.get("conf"), conf) and _same_logical_date(
             existing, logical_date)
-        created = _made_by_this_call(existing, call)
+        created = made_here and _made_by_this_call(existing, call)
         if not call.principal.grants.allows("runs:read", dag_id):
             # May not read runs: learns nothing of the existing one (its
             # state, dates, conf, note), not even whether a guessed conf

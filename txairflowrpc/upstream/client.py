@@ -534,19 +534,21 @@ class AirflowClient:
         self, method: str, path: str, *, what: str, body: Any = _NOTHING,
         params: Any = None, conflict: str | None = None, retry: bool | None = None,
         rejected: Rejections = (), dry_run: bool = False, shape: Shape | None = None,
+        attempts: list[None] | None = None,
     ) -> Any:
         """
         Call ``/api/v2`` + ``path`` and return the JSON body of a 2xx answer,
         or ``shape`` of it; a GET shares the answer of the same GET in
         flight or cached, and its shape with the callers of the same shape.
         ``dry_run``: a request other than a GET that changes nothing.
+        ``attempts`` (a change only) gets an item each time it is sent.
         """
         if method != "GET":
             # Airflow may have changed, unless it refused the request or the
             # request is a dry run: counting those too let any caller with one
             # write scope end every read's sharing and cache at will.
             changed = not (dry_run or (isinstance(body, dict) and body.get("dry_run") is True))
-            attempts: list[None] = []
+            attempts = [] if attempts is None else attempts
             try:
                 answer = await self._api_retrying(method, path, what=what, body=body,
                                                   params=params, conflict=conflict, retry=retry,
@@ -767,13 +769,14 @@ class AirflowClient:
 
     def trigger_dag_run(
         self, dag_id: str, *, dag_run_id: str | None, conf: dict[str, Any],
-        logical_date: str | None, note: str | None,
+        logical_date: str | None, note: str | None, attempts: list[None] | None = None,
     ) -> Deferred[dict[str, Any]]:
         """
         Create a run; `errors.Conflict` if ``dag_run_id`` is taken.
 
         Retried only with a ``dag_run_id``: then a retry of a trigger that
-        did reach Airflow meets a 409, never a second run.
+        did reach Airflow meets a 409, never a second run.  ``attempts``
+        gets an item each time the request is sent.
         """
         body: dict[str, Any] = {"logical_date": logical_date, "conf": conf}
         if dag_run_id is not None:
@@ -786,7 +789,7 @@ class AirflowClient:
                 "POST", ids.path("dags", dag_id, "dagRuns"), what=f"DAG {dag_id!r}",
                 body=body,
                 conflict=f"DAG {dag_id!r} already has a run with this dag_run_id or logical_date",
-                retry=dag_run_id is not None,
+                retry=dag_run_id is not None, attempts=attempts,
             )
             return shape_run(data)
 
