@@ -650,8 +650,13 @@ def test_a_sighup_while_stopping_is_ignored_not_the_end_of_the_process() -> None
         signal.signal(signal.SIGHUP, before)
 
 
-def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI) -> None:  # noqa: F811
-    """``tls.client_crl``: a certificate its CA revokes is refused once the new list is seen."""
+def with_crl(setup, pki: DevPKI, revoked: bool, **crl: Any) -> SimpleNamespace:  # noqa: F811
+    """
+    The setup's gateway given ``tls.client_crl`` (the PKI's list, revoking
+    the ci-bot certificate if ``revoked``), read in by a reload; the parts
+    a test needs: the gate, the reloader, the list's path, the config text,
+    the certificate's files and the certificate as the gateway sees it.
+    """
     from cryptography import x509
 
     from txairflowrpc.identity.certificates import PeerCertificate
@@ -659,85 +664,65 @@ def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI)
     _, gate, _, reloader, tmp = setup
     files = pki.client("ci-bot.example.com")
     leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
-    ca = x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
-    mine = PeerCertificate.from_cryptography(leaf, [leaf, ca])
-    crl = pki.write_crl(tmp / "crl.pem", next_update=datetime.now(timezone.utc)
-                        + timedelta(days=6))  # nothing revoked yet
+    mine = PeerCertificate.from_cryptography(
+        leaf, [leaf, x509.load_pem_x509_certificate(pki.ca_file.read_bytes())])
+    path = pki.write_crl(tmp / "crl.pem", (files,) if revoked else (), **crl)
     config = tmp / "airflowrpc.toml"
-    config.write_text(config.read_text().replace(
-        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1))
+    text = config.read_text().replace(
+        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{path}"', 1)
+    config.write_text(text)
     bump(config)
     reloader._poll()
     reloader._poll()
     assert gate.current.revocations is not None
-    assert run(gate.authenticate(FakeRequest(mine))).name == "ci-bot"
-    pki.write_crl(crl, (files,))
-    bump(crl)
+    return SimpleNamespace(gate=gate, reloader=reloader, tmp=tmp, crl=path, config=config,
+                           text=text, files=files, mine=mine)
+
+
+def polled(reloader: Reloader) -> None:
+    """Two looks: a change is seen, then read once it stood still."""
     reloader._poll()
-    reloader._poll()  # it stood still
+    reloader._poll()
+
+
+def test_a_revocation_list_is_watched_and_a_new_one_reloaded(setup, pki: DevPKI) -> None:  # noqa: F811
+    """``tls.client_crl``: a certificate its CA revokes is refused once the new list is seen."""
+    it = with_crl(setup, pki, revoked=False,
+                  next_update=datetime.now(timezone.utc) + timedelta(days=6))
+    assert run(it.gate.authenticate(FakeRequest(it.mine))).name == "ci-bot"
+    pki.write_crl(it.crl, (it.files,))
+    bump(it.crl)
+    polled(it.reloader)
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
-        run(gate.authenticate(FakeRequest(mine)))
-    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+        run(it.gate.authenticate(FakeRequest(it.mine)))
+    event = [e for e in audit_events(it.tmp) if e.get("event") == "config.reload"][-1]
     assert (event["trigger"], event["result"]) == ("file change: client_crl", "accepted")
 
 
 def test_an_older_revocation_list_put_back_is_rejected(setup, pki: DevPKI) -> None:  # noqa: F811
     """Found by review: a backup of the list put back let a revoked certificate in again."""
-    from cryptography import x509
-
-    from txairflowrpc.identity.certificates import PeerCertificate
-
-    _, gate, _, reloader, tmp = setup
-    files = pki.client("ci-bot.example.com")
-    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
-    mine = PeerCertificate.from_cryptography(
-        leaf, [leaf, x509.load_pem_x509_certificate(pki.ca_file.read_bytes())])
-    crl = pki.write_crl(tmp / "crl.pem", (files,))
-    config = tmp / "airflowrpc.toml"
-    config.write_text(config.read_text().replace(
-        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1))
-    bump(config)
-    reloader._poll()
-    reloader._poll()
+    it = with_crl(setup, pki, revoked=True)
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
-        run(gate.authenticate(FakeRequest(mine)))
+        run(it.gate.authenticate(FakeRequest(it.mine)))
     # Last week's list, which did not name it yet.
-    pki.write_crl(crl, next_update=datetime.now(timezone.utc) - timedelta(days=3))
-    bump(crl)
-    reloader._poll()
-    reloader._poll()
+    pki.write_crl(it.crl, next_update=datetime.now(timezone.utc) - timedelta(days=3))
+    bump(it.crl)
+    polled(it.reloader)
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
-        run(gate.authenticate(FakeRequest(mine)))
-    event = [e for e in audit_events(tmp) if e.get("event") == "config.reload"][-1]
+        run(it.gate.authenticate(FakeRequest(it.mine)))
+    event = [e for e in audit_events(it.tmp) if e.get("event") == "config.reload"][-1]
     assert event["result"] == "rejected" and "before the one in force" in event["error"]
 
 
 def test_a_new_revocation_list_does_not_wait_for_a_typo_elsewhere(setup, pki: DevPKI) -> None:  # noqa: F811
     """Found by review: a reload rejected for an unknown section kept the new list out too."""
-    from cryptography import x509
-
-    from txairflowrpc.identity.certificates import PeerCertificate
-
-    _, gate, _, reloader, tmp = setup
-    files = pki.client("ci-bot.example.com")
-    leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
-    mine = PeerCertificate.from_cryptography(
-        leaf, [leaf, x509.load_pem_x509_certificate(pki.ca_file.read_bytes())])
-    crl = pki.write_crl(tmp / "crl.pem")
-    config = tmp / "airflowrpc.toml"
-    good = config.read_text().replace(
-        'client_ca = "tls/ca.pem"', f'client_ca = "tls/ca.pem"\nclient_crl = "{crl}"', 1)
-    config.write_text(good)
-    bump(config)
-    reloader._poll()
-    reloader._poll()
-    assert run(gate.authenticate(FakeRequest(mine))).name == "ci-bot"
-    config.write_text(good + "\n[typo_section]\n")
-    pki.write_crl(crl, (files,))
-    bump(config)
-    bump(crl)
-    reloader._poll()
-    reloader._poll()
-    assert not reloader.last_reload_successful
+    it = with_crl(setup, pki, revoked=False)
+    assert run(it.gate.authenticate(FakeRequest(it.mine))).name == "ci-bot"
+    it.config.write_text(it.text + "\n[typo_section]\n")
+    pki.write_crl(it.crl, (it.files,))
+    bump(it.config)
+    bump(it.crl)
+    polled(it.reloader)
+    assert not it.reloader.last_reload_successful
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
-        run(gate.authenticate(FakeRequest(mine)))
+        run(it.gate.authenticate(FakeRequest(it.mine)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import pairwise
 
 import attrs
 from cryptography import x509
@@ -67,7 +68,7 @@ class PeerCertificate:
             not_after=iso_seconds(cert.not_valid_after_utc),
             not_after_seconds=cert.not_valid_after_utc.timestamp(),
             issued=tuple((spki_sha256(issuer), issued.serial_number)
-                         for issued, issuer in zip(chain, chain[1:], strict=False)),
+                         for issued, issuer in pairwise(chain)),
         )
 
     @property
