@@ -236,10 +236,33 @@ def test_an_older_list_of_a_ca_is_told_apart(pki: DevPKI, tmp_path: Path) -> Non
     old = load_revocations(pki.write_crl(tmp_path / "a.pem", next_update=now - dt.timedelta(
         days=2)).read_bytes(), cas(pki))
     new = load_revocations(pki.write_crl(tmp_path / "b.pem").read_bytes(), cas(pki))
-    problem = old.older_than(new)
-    assert problem is not None and "before the one in force" in problem
-    assert new.older_than(old) is None and new.older_than(None) is None
-    assert new.older_than(new) is None
+    (warning,) = old.older_than(new)
+    assert "before the one it replaces" in warning and "let in again" in warning
+    assert new.older_than(old) == [] and new.older_than(None) == [] and new.older_than(new) == []
+
+
+def test_a_list_issued_in_the_future_is_warned_of(pki: DevPKI, tmp_path: Path) -> None:
+    """Found by review: a list dated ahead (the CA's clock) was taken without a word."""
+    listed = load_revocations(pki.write_crl(tmp_path / "a.pem").read_bytes(), cas(pki))
+    (issued,) = [crl.last_update for crl in listed.lists]
+    assert listed.warnings(issued + dt.timedelta(minutes=1)) == []
+    (warning,) = listed.warnings(issued - dt.timedelta(hours=1))
+    assert "after now: is the CA's clock right?" in warning
+
+
+def test_a_certificate_trusted_as_it_is_is_not_refused_for_its_short_chain(
+        pki: DevPKI, tmp_path: Path) -> None:
+    """
+    Found by review: a self-signed client certificate put in tls.client_ca
+    verifies as a chain of one; with a list configured it was refused as if
+    its chain were unknown.  No CA above it can revoke it.
+    """
+    revocations = load_revocations(pki.write_crl(tmp_path / "a.pem").read_bytes(), cas(pki))
+    alone = cas(pki)[0]
+    trusted = PeerCertificate.from_cryptography(alone, [alone])
+    assert trusted.chain_known and trusted.issued == ()
+    assert not revocations.revoked(trusted)
+    assert not PeerCertificate.from_cryptography(alone).chain_known
 
 
 def test_a_delta_list_is_refused(pki: DevPKI, tmp_path: Path) -> None:
@@ -261,10 +284,10 @@ def test_a_list_past_its_next_update_still_revokes_and_is_warned_of(
     revocations = load_revocations(
         pki.write_crl(tmp_path / "crl.pem", (gone,), next_update=due).read_bytes(), cas(pki))
     assert revocations.revoked(peer(gone, pki))
-    (warning,) = revocations.overdue(dt.datetime.now(dt.timezone.utc))
+    (warning,) = revocations.warnings(dt.datetime.now(dt.timezone.utc))
     assert warning.startswith("tls.client_crl: the list of ") and "was due for renewal on" in warning
     assert "it still revokes the 1 it lists, but knows nothing revoked since" in warning
-    assert revocations.overdue(due - dt.timedelta(seconds=1)) == []
+    assert revocations.warnings(due - dt.timedelta(seconds=1)) == []
 
 
 def write_config(tmp_path: Path, pki: DevPKI, crl: str | None) -> Path:

@@ -163,7 +163,7 @@ class Authenticator:
         if self.revocations is not None:
             # Refused whatever else the request holds (a token too): whoever
             # presents a revoked certificate is not let in by another proof.
-            if not cert.issued:  # no verified chain to check: not let in
+            if not cert.chain_known:  # no verified chain to check: not let in
                 raise Unauthenticated("the client certificate's chain is not known, "
                                       "so its revocation cannot be checked")
             if self.revocations.revoked(cert):

@@ -40,8 +40,10 @@ class PeerCertificate:
     #: left out): for the certificate and each CA above it, the SHA-256 of
     #: its issuer's public key (SPKI) and its serial number, what a
     #: revocation list names it by (`txairflowrpc.identity.revocation`).
-    #: Empty when the chain is not known.
+    #: Empty for a certificate trusted as it is (a chain of one).
     issued: tuple[tuple[str, int], ...] = ()
+    #: Whether the verified chain was known (the TLS layer said it).
+    chain_known: bool = False
 
     @classmethod
     def from_cryptography(
@@ -69,6 +71,7 @@ class PeerCertificate:
             not_after_seconds=cert.not_valid_after_utc.timestamp(),
             issued=tuple((spki_sha256(issuer), issued.serial_number)
                          for issued, issuer in pairwise(chain)),
+            chain_known=bool(chain),
         )
 
     @property

@@ -17,16 +17,22 @@ case or spacing (which OpenSSL's chain building accepts) changes nothing
 revokes an intermediate shuts out every certificate under it.
 
 A list past its ``nextUpdate`` still revokes what it lists, and is warned
-of (`Revocations.overdue`): a stale list is no reason to let a listed
+of (`Revocations.warnings`): a stale list is no reason to let a listed
 certificate back in, nor, as OpenSSL's own CRL check would, to refuse every
-client.  Only full, direct lists are read: a delta or an indirect CRL is
-refused, and so are two lists of one CA in the file (which is the one?).
+client.  The file decides what is revoked, in every process that reads it
+(each worker, one replaced included): a list older than the one in force,
+a backup put back, is warned of loudly (`Revocations.older_than`), not
+refused (found by review: a refusal kept by one process's memory let a
+replaced worker disagree with its sibling, held back every other change of
+the config, and let a list dated in the future block the CA's real ones).
+Only full, direct lists are read: a delta or an indirect CRL is refused,
+and so are two lists of one CA in the file (which is the one?).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 from cryptography import x509
@@ -39,6 +45,8 @@ _BEGIN, _END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
 #: The largest ``tls.client_crl`` read, in bytes: a list of a million
 #: certificates is about 40 MB.
 MAX_CRL_BYTES = 64 * 1024 * 1024
+#: How far ahead of the clock a list's ``lastUpdate`` may be before it is warned of.
+FUTURE_SLACK = timedelta(minutes=5)
 
 
 @attrs.frozen
@@ -68,32 +76,39 @@ class Revocations:
         """Whether a CA on ``cert``'s verified chain has revoked the certificate below it."""
         return any(link in self._revoked for link in cert.issued)
 
-    def overdue(self, now: datetime) -> list[str]:
-        """A warning for each list whose ``nextUpdate`` has passed at ``now``."""
-        return [
-            f"tls.client_crl: the list of {crl.issuer[:200]} was due for renewal on "
-            f"{iso_seconds(crl.next_update)}; it still revokes the {crl.revoked} it "
-            f"lists, but knows nothing revoked since: fetch a new one"
-            for crl in self.lists
-            if crl.next_update is not None and crl.next_update <= now
-        ]
-
-    def older_than(self, before: Revocations | None) -> str | None:
+    def warnings(self, now: datetime) -> list[str]:
         """
-        What is wrong if these lists would put back an older list of a CA
-        than ``before`` held (a backup restored: found by review, the
-        certificates revoked since were let in again); None if nothing is.
+        A warning for each list whose ``nextUpdate`` has passed at ``now``,
+        and each one issued after it (the CA's clock, or a forged date).
         """
-        if before is None:
-            return None
-        held = {crl.signer: crl for crl in before.lists}
+        found = []
         for crl in self.lists:
-            old = held.get(crl.signer)
-            if old is not None and crl.last_update < old.last_update:
-                return (f"the list of {crl.issuer[:200]} was issued on "
-                        f"{iso_seconds(crl.last_update)}, before the one in force "
-                        f"({iso_seconds(old.last_update)}): an older list is not put back")
-        return None
+            if crl.next_update is not None and crl.next_update <= now:
+                found.append(
+                    f"tls.client_crl: the list of {crl.issuer[:200]} was due for renewal on "
+                    f"{iso_seconds(crl.next_update)}; it still revokes the {crl.revoked} it "
+                    f"lists, but knows nothing revoked since: fetch a new one")
+            if crl.last_update > now + FUTURE_SLACK:
+                found.append(
+                    f"tls.client_crl: the list of {crl.issuer[:200]} says it was issued on "
+                    f"{iso_seconds(crl.last_update)}, after now: is the CA's clock right?")
+        return found
+
+    def older_than(self, before: Revocations | None) -> list[str]:
+        """
+        A warning for each list older (by its ``lastUpdate``) than the list
+        of the same CA in ``before``, the lists in force: a backup put back
+        lets in again what was revoked since.
+        """
+        held = {crl.signer: crl for crl in before.lists} if before is not None else {}
+        return [
+            f"tls.client_crl: the list of {crl.issuer[:200]} now in force was issued on "
+            f"{iso_seconds(crl.last_update)}, before the one it replaces "
+            f"({iso_seconds(held[crl.signer].last_update)}): a certificate revoked in "
+            f"between is let in again; if this is a backup, put the newest list back"
+            for crl in self.lists
+            if crl.signer in held and crl.last_update < held[crl.signer].last_update
+        ]
 
 
 def load_revocations(pem: bytes, cas: Sequence[x509.Certificate]) -> Revocations:

@@ -45,7 +45,7 @@ class Checked:
         """What the start, a reload and ``config check`` warn of, each a line."""
         found = config_module.open_secrets(self.config)
         if self.revocations is not None:
-            found += self.revocations.overdue(now)
+            found += self.revocations.warnings(now)
         return found
 
 

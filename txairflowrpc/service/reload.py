@@ -334,14 +334,10 @@ class Reloader(service.Service):
             if self._outdated(ticket, "tls.client_crl reload"):
                 return
             current = self._gate.current
-            older = revocations.older_than(current.revocations) if revocations else None
-            if older is not None:
-                _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
-                           error=older)
-                return
             self._gate.current = current.with_revocations(revocations)
             _log.info("tls.client_crl re-read on its own: {lists} lists in force",
                       lists=len(revocations.lists) if revocations else 0)
+            self._warn_of_lists(revocations, current.revocations)
 
         def unreadable(failure: Any) -> None:
             _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
@@ -349,6 +345,15 @@ class Reloader(service.Service):
 
         d = self._run_blocking(lambda: load_client_crl(tls))
         return d.addCallbacks(swap, unreadable)
+
+    def _warn_of_lists(self, lists: Revocations | None, before: Revocations | None) -> None:
+        """Log what is wrong with the revocation lists now in force (stale, older, future)."""
+        if lists is None:
+            return
+        for warning in lists.warnings(utc(self._clock.seconds())):
+            _log.warn("{warning}", warning=warning)
+        for warning in lists.older_than(before):
+            _log.error("{warning}", warning=warning)
 
     def reload(self, trigger: str) -> Deferred[bool]:
         """Re-read everything (off the reactor); fires True if the new config is in force."""
@@ -393,10 +398,6 @@ class Reloader(service.Service):
         tokens_changed = stamps.get("tokens") != self._seen.get("tokens")
         crl_changed = stamps.get("client_crl") != self._seen.get("client_crl")
         self._seen = stamps
-        if not isinstance(checked, config_module.ConfigError) and checked.revocations:
-            older = checked.revocations.older_than(self._gate.current.revocations)
-            if older is not None:
-                checked = config_module.ConfigError("tls.client_crl", older)
         if isinstance(checked, config_module.ConfigError):
             _log.error("config reload ({trigger}) rejected, the old config stays in force: "
                        "{error}", trigger=trigger, error=str(checked))
@@ -428,9 +429,7 @@ class Reloader(service.Service):
         _log.info("config reloaded ({trigger}): {principals} principals, {roles} roles",
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))
-        if checked.revocations is not None:
-            for warning in checked.revocations.overdue(utc(self._clock.seconds())):
-                _log.warn("{warning}", warning=warning)
+        self._warn_of_lists(checked.revocations, previous.revocations)
         self._record("accepted", trigger, None, restart)
         self._told(None)
         return True
