@@ -236,9 +236,14 @@ def test_an_older_list_of_a_ca_is_told_apart(pki: DevPKI, tmp_path: Path) -> Non
     old = load_revocations(pki.write_crl(tmp_path / "a.pem", next_update=now - dt.timedelta(
         days=2)).read_bytes(), cas(pki))
     new = load_revocations(pki.write_crl(tmp_path / "b.pem").read_bytes(), cas(pki))
-    (warning,) = old.older_than(new)
+    (warning,) = old.older_than(new, now)
     assert "before the one it replaces" in warning and "let in again" in warning
-    assert new.older_than(old) == [] and new.older_than(None) == [] and new.older_than(new) == []
+    assert new.older_than(old, now) == [] and new.older_than(None, now) == []
+    assert new.older_than(new, now) == []
+    # The list replaced was dated ahead of the clock (warned of then): the CA's
+    # real list after it is no backup (found by review).
+    (issued,) = [crl.last_update for crl in new.lists]
+    assert old.older_than(new, issued - dt.timedelta(hours=1)) == []
 
 
 def test_a_list_issued_in_the_future_is_warned_of(pki: DevPKI, tmp_path: Path) -> None:

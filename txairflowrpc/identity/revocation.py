@@ -94,11 +94,13 @@ class Revocations:
                     f"{iso_seconds(crl.last_update)}, after now: is the CA's clock right?")
         return found
 
-    def older_than(self, before: Revocations | None) -> list[str]:
+    def older_than(self, before: Revocations | None, now: datetime) -> list[str]:
         """
         A warning for each list older (by its ``lastUpdate``) than the list
         of the same CA in ``before``, the lists in force: a backup put back
-        lets in again what was revoked since.
+        lets in again what was revoked since.  Not when the list replaced was
+        dated ahead of ``now`` (found by review: the CA's real list after a
+        future-dated one was called a backup, "put the newest back").
         """
         held = {crl.signer: crl for crl in before.lists} if before is not None else {}
         return [
@@ -108,6 +110,7 @@ class Revocations:
             f"between is let in again; if this is a backup, put the newest list back"
             for crl in self.lists
             if crl.signer in held and crl.last_update < held[crl.signer].last_update
+            and held[crl.signer].last_update <= now + FUTURE_SLACK
         ]
 
 

@@ -350,9 +350,10 @@ class Reloader(service.Service):
         """Log what is wrong with the revocation lists now in force (stale, older, future)."""
         if lists is None:
             return
-        for warning in lists.warnings(utc(self._clock.seconds())):
+        now = utc(self._clock.seconds())
+        for warning in lists.warnings(now):
             _log.warn("{warning}", warning=warning)
-        for warning in lists.older_than(before):
+        for warning in lists.older_than(before, now):
             _log.error("{warning}", warning=warning)
 
     def reload(self, trigger: str) -> Deferred[bool]:
