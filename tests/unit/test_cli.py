@@ -82,6 +82,29 @@ def test_config_check_warns_of_secret_files_open_to_others(
     assert "airflow.password_file" not in capsys.readouterr().err
 
 
+def test_config_check_warns_of_live_tokens_of_a_principal_no_longer_named(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    A principal taken out of the config leaves its tokens refused, but alive:
+    the name given again (a new team's bot) would let them in.  Said, with
+    the ids to revoke.
+    """
+    assert main(["token", "create", "--principal", "ci-bot", "--config", str(config)]) == 0
+    token_id = tokens.parse(capsys.readouterr().out.strip())
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "auth.token_store" not in capsys.readouterr().err
+    config.write_text(config.read_text().replace('[principals.ci-bot]\nroles = ["ci"]\n', ""))
+    assert main(["config", "check", "--config", str(config)]) == 0  # a warning, not an error
+    err = capsys.readouterr().err
+    assert (f"warning: auth.token_store: live tokens of principals the config does not name "
+            f"(ci-bot: {token_id})") in err and "airflowrpc token revoke ID" in err
+    assert main(["token", "revoke", token_id, "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "auth.token_store" not in capsys.readouterr().err
+
+
 def test_a_typo_elsewhere_in_the_config_does_not_block_a_revocation(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

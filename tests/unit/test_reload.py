@@ -747,3 +747,26 @@ def test_a_new_revocation_list_does_not_wait_for_a_typo_elsewhere(setup, pki: De
     assert not it.reloader.last_reload_successful
     with pytest.raises(Unauthenticated, match="revoked by its CA"):
         run(it.gate.authenticate(FakeRequest(it.mine)))
+
+
+def test_a_reload_that_removes_a_principal_with_live_tokens_says_so(setup) -> None:
+    """Its tokens are refused from then on, but alive: the log names them to revoke."""
+    from twisted.logger import globalLogPublisher
+
+    cfg, gate, _, reloader, tmp = setup
+    record, _ = tokens.create(cfg.access.auth.token_store, "auditor", None, 9,
+                              datetime.now(timezone.utc))
+    reloader._clock.advance(datetime.now(timezone.utc).timestamp())
+    config = tmp / "airflowrpc.toml"
+    config.write_text(config.read_text().replace(
+        '[principals.auditor]\nroles = ["auditor"]\ncert_email = ["auditor@example.com"]\n', ""))
+    bump(config)
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        polled(reloader)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert "auditor" not in gate.current.access.principals
+    said = [e["warning"] for e in logged if "warning" in e]
+    assert any(f"(auditor: {record.id})" in w for w in said), said

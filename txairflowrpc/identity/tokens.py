@@ -25,6 +25,7 @@ import re
 import secrets
 import tempfile
 import zlib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -420,6 +421,28 @@ def rotate(
                            last_rotated=now, rotated_to=new_id)
         records[token_id] = old
     return old, new, token
+
+
+def orphaned(store: TokenStore, principals: Iterable[str], now: datetime) -> str | None:
+    """
+    A warning if live tokens (neither revoked nor expired) name principals
+    that ``principals`` does not: they are refused while the name is
+    unknown, and would be let in again if it came back (a new team's bot
+    given an old name); None if there are none.
+    """
+    known = set(principals)
+    left: dict[str, list[str]] = {}
+    for record in store.records.values():
+        if record.principal not in known and record.revoked is None and now < record.expires:
+            left.setdefault(record.principal, []).append(record.id)
+    if not left:
+        return None
+    named = "; ".join(f"{name[:64]}: {', '.join(sorted(ids)[:5])}"
+                      + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+                      for name, ids in sorted(left.items())[:10])
+    return (f"auth.token_store: live tokens of principals the config does not name ({named}); "
+            f"they are refused now and let in again if the name comes back: revoke them "
+            f"(airflowrpc token revoke ID)")
 
 
 def revoke(path: Path, token_id: str, now: datetime) -> TokenRecord:

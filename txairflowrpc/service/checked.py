@@ -44,6 +44,9 @@ class Checked:
     def warnings(self, now: datetime) -> list[str]:
         """What the start, a reload and ``config check`` warn of, each a line."""
         found = config_module.open_secrets(self.config)
+        if self.tokens is not None:
+            orphans = tokens.orphaned(self.tokens, self.config.access.principals, now)
+            found += [orphans] if orphans else []
         if self.revocations is not None:
             found += self.revocations.warnings(now)
         return found

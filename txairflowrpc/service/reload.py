@@ -337,7 +337,10 @@ class Reloader(service.Service):
             self._gate.current = current.with_revocations(revocations)
             _log.info("tls.client_crl re-read on its own: {lists} lists in force",
                       lists=len(revocations.lists) if revocations else 0)
-            self._warn_of_lists(revocations, current.revocations)
+            now = utc(self._clock.seconds())
+            for warning in revocations.warnings(now) if revocations else ():
+                _log.warn("{warning}", warning=warning)
+            self._older_lists(revocations, current.revocations, now)
 
         def unreadable(failure: Any) -> None:
             _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
@@ -346,14 +349,11 @@ class Reloader(service.Service):
         d = self._run_blocking(lambda: load_client_crl(tls))
         return d.addCallbacks(swap, unreadable)
 
-    def _warn_of_lists(self, lists: Revocations | None, before: Revocations | None) -> None:
-        """Log what is wrong with the revocation lists now in force (stale, older, future)."""
-        if lists is None:
-            return
-        now = utc(self._clock.seconds())
-        for warning in lists.warnings(now):
-            _log.warn("{warning}", warning=warning)
-        for warning in lists.older_than(before, now):
+    @staticmethod
+    def _older_lists(lists: Revocations | None, before: Revocations | None,
+                     now: Any) -> None:
+        """Log an error for each revocation list now in force older than the one it replaced."""
+        for warning in lists.older_than(before, now) if lists is not None else ():
             _log.error("{warning}", warning=warning)
 
     def reload(self, trigger: str) -> Deferred[bool]:
@@ -430,7 +430,10 @@ class Reloader(service.Service):
         _log.info("config reloaded ({trigger}): {principals} principals, {roles} roles",
                   trigger=trigger, principals=len(cfg.access.principals),
                   roles=len(cfg.access.roles))
-        self._warn_of_lists(checked.revocations, previous.revocations)
+        now = utc(self._clock.seconds())
+        for warning in checked.warnings(now):
+            _log.warn("{warning}", warning=warning)
+        self._older_lists(checked.revocations, previous.revocations, now)
         self._record("accepted", trigger, None, restart)
         self._told(None)
         return True
