@@ -216,8 +216,7 @@ def _triggered_by(run: dict[str, Any], call: CallContext) -> bool:
     merely one that starts alike (a name may hold `` (request ``, so
     ``corp/x (request y`` would otherwise pass for ``corp/x``).
     """
-    note = run.get("note")
-    first = note.split("\n", 1)[0] if isinstance(note, str) else ""
+    first = _note_line(run)
     start = _attributed_to(call)
     return first.startswith(start) and _LINE_END.match(first, len(start)) is not None
 
@@ -227,9 +226,13 @@ def _made_by_this_call(run: dict[str, Any], call: CallContext) -> bool:
     Whether ``run`` was made by this very call: its note's first line names
     the call's own request id (an attempt whose answer was lost made it).
     """
+    return _note_line(run) == f"{_attributed_to(call)}{call.request_id})"
+
+
+def _note_line(run: dict[str, Any]) -> str:
+    """The first line of ``run``'s note: where `attribution` puts who triggered it."""
     note = run.get("note")
-    first = note.split("\n", 1)[0] if isinstance(note, str) else ""
-    return first == f"{_attributed_to(call)}{call.request_id})"
+    return note.split("\n", 1)[0] if isinstance(note, str) else ""
 
 
 def _same_logical_date(run: dict[str, Any], logical_date: str | None) -> bool:
@@ -519,8 +522,8 @@ class AirflowMethods:
         the run's note says (found by review: a multicall's two entries of
         one run share a request id, and both said created).
         """
-        same = _same_conf(existing.get("conf"), conf) and _same_logical_date(
-            existing, logical_date)
+        same_conf = _same_conf(existing.get("conf"), conf)
+        same = same_conf and _same_logical_date(existing, logical_date)
         created = made_here and _made_by_this_call(existing, call)
         if not call.principal.grants.allows("runs:read", dag_id):
             # May not read runs: learns nothing of the existing one (its
@@ -529,7 +532,7 @@ class AirflowMethods:
             if _triggered_by(existing, call) and same:
                 return {"dag_id": dag_id, "dag_run_id": run_id, "created": created}
             raise errors.Conflict(f"run {run_id!r} of DAG {dag_id!r} already exists")
-        if not _same_conf(existing.get("conf"), conf):
+        if not same_conf:
             raise errors.Conflict(
                 f"run {run_id!r} of DAG {dag_id!r} already exists with a different conf")
         if not same:

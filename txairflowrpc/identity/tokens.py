@@ -433,7 +433,7 @@ def orphaned(store: TokenStore, principals: Iterable[str], now: datetime) -> str
     known = set(principals)
     left: dict[str, list[str]] = {}
     for record in store.records.values():
-        if record.principal not in known and record.revoked is None and now < record.expires:
+        if record.principal not in known and record.state(now) not in ("revoked", "expired"):
             left.setdefault(record.principal, []).append(record.id)
     if not left:
         return None

@@ -7,6 +7,7 @@ store, the OIDC key files and the CAs that verify Airflow's certificate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from .. import config as config_module
 from ..audit import checkpoint
-from ..gate.tls import ca_certificates, load_ca_bundle, server_options
+from ..gate.tls import ca_certificates, server_options
 from ..identity import aws, oidc, tokens
 from ..identity.authenticate import Authenticator
 from ..identity.revocation import MAX_CRL_BYTES, Revocations, load_revocations
@@ -94,19 +95,21 @@ def _load_checked(path: str | Path) -> Checked:
     if cfg.airflow.ca_file is not None:
         airflow_trust = OriginTrust(cfg.airflow.base_url, ssl.trustRootFromCertificates(
             ca_certificates("airflow.ca_file", cfg.airflow.ca_pem, cfg.airflow.ca_file)))
-    revocations = load_client_crl(cfg.tls)
+    revocations = load_client_crl(cfg.tls, served_certificates(options)["tls.client_ca"])
     return Checked(cfg, roles, options, store, signer, airflow_trust, revocations)
 
 
-def load_client_crl(tls: config_module.TLSConfig) -> Revocations | None:
+def load_client_crl(
+    tls: config_module.TLSConfig, cas: Sequence[x509.Certificate],
+) -> Revocations | None:
     """
     The revocation lists of ``tls.client_crl`` (None: the key is not set),
-    checked against the CAs of ``tls.client_ca``; `ConfigError` naming the
-    key otherwise.  Blocking (it reads files).
+    checked against ``cas``, the client CAs of the listener's TLS options
+    (`served_certificates`); `ConfigError` naming the key otherwise.
+    Blocking (it reads the file).
     """
     if tls.client_crl is None:
         return None
-    cas = [c.original.to_cryptography() for c in load_ca_bundle("tls.client_ca", tls.client_ca)]
     try:
         with tls.client_crl.open("rb") as f:
             pem = f.read(MAX_CRL_BYTES + 1)

@@ -39,7 +39,13 @@ from ..gate.tls import ReloadableTLS
 from ..identity import tokens
 from ..identity.authenticate import Gate
 from ..identity.revocation import Revocations
-from .checked import Checked, build_authenticator, load_checked, load_client_crl
+from .checked import (
+    Checked,
+    build_authenticator,
+    load_checked,
+    load_client_crl,
+    served_certificates,
+)
 
 POLL_SECONDS = 1.0
 #: Token ids named in one ``tokens.reloaded`` record, of each kind (the rest counted).
@@ -321,13 +327,15 @@ class Reloader(service.Service):
     def reload_client_crl(self) -> Deferred[None]:
         """
         Re-read ``tls.client_crl`` alone (off the reactor), as the config in
-        force names it, after a reload that was rejected for something else:
-        a certificate revoked meanwhile is refused all the same.  An
-        unreadable list, or one older than the list in force, keeps the old.
+        force names it and against the client CAs in force, after a reload
+        that was rejected for something else: a certificate revoked meanwhile
+        is refused all the same.  An unreadable list keeps the old; an older
+        one is taken and said (`Revocations.older_than`), as by a reload.
         """
         tls = self.cfg.tls
         if tls.client_crl is None:
             return succeed(None)
+        cas = served_certificates(self._tls.options)["tls.client_ca"]
         ticket = self._next_read()
 
         def swap(revocations: Revocations | None) -> None:
@@ -346,7 +354,7 @@ class Reloader(service.Service):
             _log.error("tls.client_crl not reloaded, keeping the lists in force: {error}",
                        error=failure.getErrorMessage())
 
-        d = self._run_blocking(lambda: load_client_crl(tls))
+        d = self._run_blocking(lambda: load_client_crl(tls, cas))
         return d.addCallbacks(swap, unreadable)
 
     @staticmethod
